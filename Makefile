@@ -1,0 +1,63 @@
+# Every task of the project. `make run` sets everything up and shows the main job;
+# `make test` runs the whole suite (SQLite and PostgreSQL).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DB ?= sqlite:///var/benefits.db
+PERIOD ?= 2025
+COUNT ?= 20000
+SEED ?= 7
+REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
+
+.PHONY: install run seed check-rules test test-unit test-integration test-policies bench lint clean
+
+install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
+
+$(VENV)/.installed: pyproject.toml
+	@# durable-rules needs Python 3.11 or 3.12 (it does not import on 3.13)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(REGISTRY): | $(VENV)/.installed
+	@# deterministic synthetic Xiangyang registry
+	$(BIN)/benefits registry synth --count $(COUNT) --seed $(SEED) --out $@
+
+var/.seeded-$(COUNT)-$(SEED): $(REGISTRY)
+	@# a fresh embedded SQLite database filled with the synthetic registry
+	rm -f var/benefits.db var/benefits.db-wal var/benefits.db-shm var/.seeded-*
+	$(BIN)/benefits registry load $(REGISTRY) --db $(DB)
+	touch $@
+
+seed: var/.seeded-$(COUNT)-$(SEED)  ## load the synthetic registry into $(DB)
+
+check-rules: install  ## validate every policy file
+	$(BIN)/benefits rules check rules
+
+run: install seed check-rules  ## the main job: evaluate every policy for $(PERIOD)
+	$(BIN)/benefits evaluate-period --db $(DB) --rules rules --period $(PERIOD)
+	@echo
+	@echo "One enterprise, explained (benefits evaluate --uscc ... --policy ... --period $(PERIOD)):"
+	@$(BIN)/python -m service.demo --db $(DB) --period $(PERIOD)
+
+test: install  ## the whole suite: unit, integration, policy cases, on SQLite and PostgreSQL
+	$(BIN)/python -m pytest -q
+
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest -q tests/integration
+
+test-policies: install  ## the test cases beside each policy
+	$(BIN)/benefits rules test rules
+
+bench: install  ## evaluation throughput against a plain-Python baseline, measured in the same run
+	$(BIN)/python benchmarks/bench_rules.py
+
+lint: install
+	$(BIN)/ruff check rules service enterprise_registry tests benchmarks
+
+clean:
+	rm -rf var $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,251 @@
+"""Compiles a policy, for one period, into a durable-rules ruleset plus the clauses it decides.
+
+Each clause becomes one rule (`c0`, `c1`, ... and `p0`, ... for payability), the conjunction of
+all conditions becomes rule `all`, and rule `seen` matches every evaluation so that no fact is
+ever unhandled. Conditions are put in negation normal form, so that durable-rules' "a missing
+field makes a comparison false" coincides exactly with "the clause is not known to be true".
+Sub-expressions the engine cannot compute (counts over records, year(), min/max, tiers) become
+precomputed terms; everything else - comparisons, arithmetic, and/or/not, membership, presence -
+is evaluated by the engine. The compiler refuses what would crash or mislead durable-rules.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from rules import ast
+from rules.errors import EngineLimitError
+from rules.interpreter import ParamValue, Tiers
+
+# Limits measured on durable-rules 2.0.28 (NOTES.md): 64 sibling rules matching one fact fail
+# with error 303, 253 properties per fact with 302, more than 512 rules loop forever.
+MAX_RULES = 60
+MAX_PROPERTIES = 200
+MAX_STRING = 1000
+INT64_MAX = 2**63 - 1
+
+TRUE_JSON: dict[str, Any] = {"$ex": {"_eval": 1}}
+FALSE_JSON: dict[str, Any] = {"$nex": {"_eval": 1}}
+_OPS = {"==": "$eq", "!=": "$neq", "<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
+_NEGATED = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+_MIRRORED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_ARITH = {"+": "$add", "-": "$sub", "*": "$mul"}
+
+
+@dataclass(frozen=True)
+class Clause:
+    id: str
+    text: str
+    citation: str
+    expr: ast.Expr
+    rule: str                    # the durable-rules rule that decides it
+
+
+@dataclass
+class EngineLayout:
+    """How a document maps onto the one fact asserted per evaluation."""
+    fields: dict[str, str] = field(default_factory=dict)      # fact or context name -> property
+    terms: dict[ast.Expr, str] = field(default_factory=dict)  # precomputed node -> property
+    bounds: dict[str, int] = field(default_factory=dict)      # property -> largest magnitude
+
+    def property_for(self, name: str, bound: int) -> str:
+        if name not in self.fields:
+            self.fields[name] = f"f{len(self.fields)}"
+            self.bounds[self.fields[name]] = bound
+        return self.fields[name]
+
+    def term_for(self, node: ast.Expr, bound: int) -> str:
+        if node not in self.terms:
+            self.terms[node] = f"t{len(self.terms)}"
+            self.bounds[self.terms[node]] = bound
+        return self.terms[node]
+
+
+def compile_ruleset(conditions: list[Clause], payable: list[Clause],
+                    params: Mapping[str, ParamValue], fact_bounds: Mapping[str, int],
+                    file: str) -> tuple[dict[str, Any], EngineLayout]:
+    """Build the durable-rules ruleset definition for resolved parameters."""
+    if len(conditions) + len(payable) + 2 > MAX_RULES:
+        raise EngineLimitError(file, None, f"{len(conditions) + len(payable)} clauses: the engine "
+                                           f"allows at most {MAX_RULES - 2} per policy")
+    layout = EngineLayout()
+    emitter = _Emitter(layout, params, fact_bounds, file)
+    rules: dict[str, Any] = {}
+    condition_json = []
+    for clause in [*conditions, *payable]:
+        body = emitter.boolean(clause.expr, negate=False)
+        rules[clause.rule] = _rule(body)
+        if clause in conditions:
+            condition_json.append(body)
+    rules["all"] = _rule({"$and": condition_json} if len(condition_json) > 1 else condition_json[0])
+    rules["seen"] = _rule(TRUE_JSON)
+    if len(layout.fields) + len(layout.terms) + 3 > MAX_PROPERTIES:
+        raise EngineLimitError(file, None, "the policy reads too many facts for one engine fact "
+                                           f"(limit {MAX_PROPERTIES})")
+    return rules, layout
+
+
+def _rule(condition: dict[str, Any]) -> dict[str, Any]:
+    # Every rule also requires `_eval`, so that the engine's own state object never matches.
+    return {"all": [{"m": {"$and": [{"$ex": {"_eval": 1}}, condition]}}]}
+
+
+def encode(value: object) -> object:
+    """A value as the engine sees it: dates as day numbers; nothing else changes."""
+    if isinstance(value, date):
+        return value.toordinal()
+    return value
+
+
+class _Emitter:
+    def __init__(self, layout: EngineLayout, params: Mapping[str, ParamValue],
+                 fact_bounds: Mapping[str, int], file: str) -> None:
+        self.layout, self.params, self.fact_bounds, self.file = layout, params, fact_bounds, file
+
+    def refuse(self, node: ast.Expr, reason: str) -> EngineLimitError:
+        return EngineLimitError(self.file, node.pos.line, reason, column=node.pos.column)
+
+    # --- boolean positions -------------------------------------------------------------
+    def boolean(self, node: ast.Expr, negate: bool) -> dict[str, Any]:
+        if isinstance(node, ast.Logical):
+            parts = [self.boolean(operand, negate) for operand in node.operands]
+            return {"$and" if (node.op == "and") != negate else "$or": parts}
+        if isinstance(node, ast.Unary) and node.op == "not":
+            return self.boolean(node.operand, not negate)
+        if isinstance(node, ast.Literal):
+            return TRUE_JSON if bool(node.value) != negate else FALSE_JSON
+        if isinstance(node, ast.Name):
+            constant = self._constant(node)
+            if constant is not None:
+                return TRUE_JSON if bool(constant) != negate else FALSE_JSON
+            return {"$eq": {self._property(node): not negate}}
+        if isinstance(node, ast.Presence):
+            test = "$ex" if node.present != negate else "$nex"
+            return {test: {self._property(node.subject): 1}}
+        if isinstance(node, ast.Membership):
+            op = "!=" if node.negated != negate else "=="
+            parts = [self._compare(op, node.subject, option) for option in node.options]
+            joiner = "$and" if op == "!=" else "$or"
+            return parts[0] if len(parts) == 1 else {joiner: parts}
+        if isinstance(node, ast.Binary) and node.op in ast.COMPARISONS:
+            op = _NEGATED[node.op] if negate else node.op
+            if _is_ratio(node.left) or _is_ratio(node.right):
+                return self._ratio(op, node)
+            return self._compare(op, node.left, node.right)
+        if isinstance(node, ast.Conditional):
+            c, a, b = node.condition, node.then, node.otherwise
+            rewritten = ast.Logical("or", (ast.Logical("and", (c, a), node.pos),
+                                           ast.Logical("and", (ast.Unary("not", c, node.pos), b),
+                                                       node.pos)), node.pos)
+            return self.boolean(rewritten, negate)
+        raise self.refuse(node, "this expression cannot decide a condition")
+
+    def _compare(self, op: str, left: ast.Expr, right: ast.Expr) -> dict[str, Any]:
+        left_const, right_const = self._constant(left), self._constant(right)
+        if left_const is not None and right_const is not None:
+            from rules.interpreter import _compare as python_compare
+            return TRUE_JSON if python_compare(op, left_const, right_const) else FALSE_JSON
+        if self._is_property(left):
+            return {_OPS[op]: {self._property(left): self.operand(right)}}
+        if self._is_property(right):
+            return {_OPS[_MIRRORED[op]]: {self._property(right): self.operand(left)}}
+        # Neither side is a plain field: compare 0 with (right - left), which keeps the order.
+        difference = ast.Binary("-", right, left, left.pos)
+        return {_OPS[op]: {"_zero": self.operand(difference)}}
+
+    def _ratio(self, op: str, node: ast.Binary) -> dict[str, Any]:
+        # ratio(a, b) OP r  <=>  b > 0 and a * den(r) OP b * num(r): exact, and never a division
+        # in the engine (an integer division by zero there kills the process).
+        if _is_ratio(node.right):
+            op, ratio_node, rate_node = _MIRRORED[op], node.right, node.left
+        else:
+            ratio_node, rate_node = node.left, node.right
+        assert isinstance(ratio_node, ast.Call)
+        rate = self._constant(rate_node)
+        if not isinstance(rate, (int, Fraction)):
+            raise self.refuse(rate_node, "a ratio is compared only with a constant rate or parameter")
+        rate = Fraction(rate)
+        numerator, denominator = ratio_node.args
+        pos = node.pos
+        scaled_num = ast.Binary("*", numerator, ast.Literal(rate.denominator, pos), pos)
+        scaled_den = ast.Binary("*", denominator, ast.Literal(rate.numerator, pos), pos)
+        return {"$and": [self._compare(">", denominator, ast.Literal(0, pos)),
+                         self._compare(op, scaled_num, scaled_den)]}
+
+    # --- value positions ---------------------------------------------------------------
+    def operand(self, node: ast.Expr) -> Any:
+        constant = self._constant(node)
+        if constant is not None:
+            if isinstance(constant, Fraction):
+                if constant.denominator != 1:
+                    raise self.refuse(node, "the engine has no exact fractions: compare rates "
+                                            "with ratio(a, b) <= 5.5%, or multiply out")
+                constant = int(constant)
+            if isinstance(constant, str) and (len(constant) > MAX_STRING or "\x00" in constant):
+                raise self.refuse(node, "string constant too long for the engine")
+            if isinstance(constant, int) and not isinstance(constant, bool) and abs(constant) > INT64_MAX:
+                raise self.refuse(node, "number out of the engine's 64-bit range")
+            return encode(constant)
+        if self._is_property(node):
+            return {"$m": self._property(node)}
+        if isinstance(node, ast.Binary) and node.op in _ARITH:
+            self._check_bound(node)
+            return {_ARITH[node.op]: {"$l": self.operand(node.left), "$r": self.operand(node.right)}}
+        if isinstance(node, ast.Binary) and node.op == "/":
+            raise self.refuse(node, "division is not allowed in conditions (an integer division by "
+                                    "zero kills the engine): write a * 100 <= b * 5, or ratio(a, b)")
+        if isinstance(node, ast.Unary) and node.op == "-":
+            return {"$sub": {"$l": 0, "$r": self.operand(node.operand)}}
+        raise self.refuse(node, "this expression cannot be computed by the engine")
+
+    def _check_bound(self, node: ast.Expr) -> None:
+        if self.bound(node) > INT64_MAX:
+            raise self.refuse(node, "this arithmetic can exceed the engine's 64-bit integers "
+                                    "(it wraps around silently)")
+
+    def bound(self, node: ast.Expr) -> int:
+        """The largest magnitude an integer expression can take, from the facts' declared ranges."""
+        constant = self._constant(node)
+        if constant is not None:
+            return abs(int(encode(constant))) if not isinstance(constant, (str, bool)) else 1  # type: ignore[call-overload]
+        if isinstance(node, ast.Name):
+            return self.fact_bounds.get(node.dotted, 10**15)
+        if isinstance(node, ast.Binary):
+            left, right = self.bound(node.left), self.bound(node.right)
+            return left * right if node.op == "*" else left + right
+        if isinstance(node, ast.Unary):
+            return self.bound(node.operand)
+        return 10**15
+
+    def _is_property(self, node: ast.Expr) -> bool:
+        if isinstance(node, ast.Name):
+            return self._constant(node) is None
+        return isinstance(node, (ast.Count, ast.Call, ast.Conditional)) and not _is_ratio(node)
+
+    def _property(self, node: ast.Expr) -> str:
+        if isinstance(node, ast.Name):
+            if node.parts[0] == "params":
+                raise self.refuse(node, "a parameter is a constant, not a fact")
+            return self.layout.property_for(node.dotted, self.fact_bounds.get(node.dotted, 10**15))
+        if isinstance(node, (ast.Count, ast.Call, ast.Conditional)):
+            return self.layout.term_for(node, 10**15)
+        raise self.refuse(node, "expected a fact here")
+
+    def _constant(self, node: ast.Expr) -> object | None:
+        if isinstance(node, ast.Literal):
+            value = node.value
+            return Fraction(value) if isinstance(value, Decimal) else value
+        if isinstance(node, ast.Name) and node.parts[0] == "params":
+            value = self.params[node.parts[1]]
+            if isinstance(value, Tiers):
+                raise self.refuse(node, "a tier table is used only through tier(amount, table)")
+            return value
+        return None
+
+
+def _is_ratio(node: ast.Expr) -> bool:
+    return isinstance(node, ast.Call) and node.function == "ratio"

@@ -1,0 +1,235 @@
+"""Independent, three-valued (Kleene) evaluation of expressions over a facts document.
+
+This is the trace: it records every value a clause read, and it decides each clause without the
+engine, so that the engine's decision can be cross-checked. Numbers stay exact (int, Fraction).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import Union
+
+from rules import ast
+from rules.facts import FactsDocument, Record
+
+
+class _Unknown:
+    """A value that cannot be known from the facts on record (three-valued logic's third value)."""
+
+    _instance: _Unknown | None = None
+
+    def __new__(cls) -> _Unknown:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN = _Unknown()
+Value = Union[int, Fraction, str, bool, date, _Unknown]
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """A tier table: steps of (inclusive upper bound or None, value), in ascending order."""
+    steps: tuple[tuple[int | None, int | Fraction], ...]
+
+    def pick(self, amount: int) -> int | Fraction:
+        for up_to, value in self.steps:
+            if up_to is None or amount <= up_to:
+                return value
+        raise ValueError("tier table has no step for this amount")
+
+
+ParamValue = Union[int, Fraction, str, bool, date, Tiers]
+
+
+@dataclass
+class Reads:
+    """What one clause or formula read: fact names in order, collections with counts, notes."""
+    facts: list[str] = field(default_factory=list)
+    collections: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # n records, matched refs
+    notes: list[str] = field(default_factory=list)
+
+    def add_fact(self, name: str) -> None:
+        if name not in self.facts:
+            self.facts.append(name)
+
+
+class Interpreter:
+    """Evaluates expressions for one document, one period and one evaluation date."""
+
+    def __init__(self, document: FactsDocument, params: Mapping[str, ParamValue], *,
+                 period: int, today: date) -> None:
+        self.document = document
+        self.params = params
+        self.context: dict[str, Value] = {"period": period, "fact_year": document.fact_year,
+                                          "today": today}
+
+    def evaluate(self, node: ast.Expr, reads: Reads | None = None) -> Value:
+        return _Run(self, reads if reads is not None else Reads(), {}).eval(node)
+
+
+def truth(value: Value) -> str:
+    """'true', 'false' or 'unknown' for a condition's value."""
+    if value is UNKNOWN:
+        return "unknown"
+    return "true" if value is True else "false"
+
+
+def as_number(value: int | Decimal | Fraction) -> int | Fraction:
+    return Fraction(value) if isinstance(value, Decimal) else value
+
+
+class _Run:
+    def __init__(self, interp: Interpreter, reads: Reads, local: dict[str, Record]) -> None:
+        self.interp, self.reads, self.local = interp, reads, local
+
+    def eval(self, node: ast.Expr) -> Value:
+        return getattr(self, "_" + type(node).__name__.lower())(node)  # type: ignore[no-any-return]
+
+    def _literal(self, node: ast.Literal) -> Value:
+        value = node.value
+        return Fraction(value) if isinstance(value, Decimal) else value
+
+    def _name(self, node: ast.Name) -> Value:
+        parts = node.parts
+        if parts[0] == "params":
+            value = self.interp.params[parts[1]]
+            assert not isinstance(value, Tiers)
+            return value
+        if parts[0] in self.local:
+            raw = self.local[parts[0]].fields.get(parts[1])
+            return UNKNOWN if raw is None else raw
+        if len(parts) == 1 and parts[0] in self.interp.context:
+            return self.interp.context[parts[0]]
+        self.reads.add_fact(node.dotted)
+        fact = self.interp.document.facts.get(node.dotted)
+        return UNKNOWN if fact is None else fact.value
+
+    def _unary(self, node: ast.Unary) -> Value:
+        value = self.eval(node.operand)
+        if value is UNKNOWN:
+            return UNKNOWN
+        if node.op == "not":
+            return not value
+        return -value  # type: ignore[operator]
+
+    def _binary(self, node: ast.Binary) -> Value:
+        left, right = self.eval(node.left), self.eval(node.right)
+        if left is UNKNOWN or right is UNKNOWN:
+            return UNKNOWN
+        op = node.op
+        if op in ast.COMPARISONS:
+            return _compare(op, left, right)
+        if isinstance(left, date):
+            if isinstance(right, date):
+                return (left - right).days
+            return left + timedelta(days=right) if op == "+" else left - timedelta(days=right)  # type: ignore[arg-type]
+        if op == "+":
+            return _norm(left + right)  # type: ignore[operator]
+        if op == "-":
+            return _norm(left - right)  # type: ignore[operator]
+        if op == "*":
+            return _norm(left * right)  # type: ignore[operator]
+        if right == 0:
+            self.reads.notes.append("division by zero")
+            return UNKNOWN
+        return _norm(Fraction(left) / Fraction(right))  # type: ignore[arg-type]
+
+    def _logical(self, node: ast.Logical) -> Value:
+        values = [self.eval(operand) for operand in node.operands]  # all: the trace shows every read
+        decisive = node.op == "or"
+        if decisive in values:
+            return decisive
+        return UNKNOWN if UNKNOWN in values else (not decisive)
+
+    def _membership(self, node: ast.Membership) -> Value:
+        subject = self.eval(node.subject)
+        options = [self.eval(option) for option in node.options]
+        if subject is UNKNOWN:
+            return UNKNOWN
+        found = any(option is not UNKNOWN and option == subject for option in options)
+        if not found and UNKNOWN in options:
+            return UNKNOWN
+        return found != node.negated
+
+    def _presence(self, node: ast.Presence) -> Value:
+        return (self.eval(node.subject) is not UNKNOWN) == node.present
+
+    def _conditional(self, node: ast.Conditional) -> Value:
+        condition = self.eval(node.condition)
+        then, otherwise = self.eval(node.then), self.eval(node.otherwise)
+        if condition is UNKNOWN:
+            return UNKNOWN
+        return then if condition else otherwise
+
+    def _count(self, node: ast.Count) -> Value:
+        records = self.interp.document.collections.get(node.collection, ())
+        matched: list[str] = []
+        unsure = False
+        for record in records:
+            if node.where is None:
+                matched.append(record.ref)
+                continue
+            inner = _Run(self.interp, self.reads, {**self.local, node.variable: record})
+            verdict = inner.eval(node.where)
+            if verdict is True:
+                matched.append(record.ref)
+            elif verdict is UNKNOWN:
+                unsure = True
+        self.reads.collections[node.collection] = (len(records), matched)
+        return UNKNOWN if unsure else len(matched)
+
+    def _call(self, node: ast.Call) -> Value:
+        name = node.function
+        if name == "tier":
+            amount = self.eval(node.args[0])
+            table = self.interp.params[node.args[1].parts[1]]  # type: ignore[union-attr]
+            assert isinstance(table, Tiers)
+            return UNKNOWN if amount is UNKNOWN else table.pick(amount)  # type: ignore[arg-type]
+        args = [self.eval(arg) for arg in node.args]
+        if UNKNOWN in args:
+            return UNKNOWN
+        if name == "year":
+            return args[0].year  # type: ignore[union-attr]
+        if name == "ratio":
+            numerator, denominator = args
+            if denominator == 0:
+                self.reads.notes.append(f"ratio undefined: {_show(node.args[1])} is 0")
+                return UNKNOWN
+            return Fraction(numerator, denominator)  # type: ignore[arg-type]
+        if name == "min":
+            return min(args)  # type: ignore[type-var]
+        if name == "max":
+            return max(args)  # type: ignore[type-var]
+        raise AssertionError(f"unchecked function {name}")
+
+
+def _compare(op: str, left: Value, right: Value) -> bool:
+    if op == "==":
+        return left == right
+    if op == "!=":
+        return left != right
+    if op == "<":
+        return left < right  # type: ignore[operator]
+    if op == "<=":
+        return left <= right  # type: ignore[operator]
+    if op == ">":
+        return left > right  # type: ignore[operator]
+    return left >= right  # type: ignore[operator]
+
+
+def _norm(value: int | Fraction) -> int | Fraction:
+    if isinstance(value, Fraction) and value.denominator == 1:
+        return int(value)
+    return value
+
+
+def _show(node: ast.Expr) -> str:
+    return node.dotted if isinstance(node, ast.Name) else type(node).__name__

@@ -1,0 +1,189 @@
+"""Parser of the policy expression language: text -> `rules.ast` tree, with line:column errors."""
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
+
+from rules import ast
+from rules.errors import ExpressionSyntaxError
+
+_GRAMMAR = Path(__file__).with_name("grammar.lark")
+FEN_PER_YUAN = 100
+FEN_PER_WAN_YUAN = 1_000_000
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(_GRAMMAR.read_text(encoding="utf-8"), parser="lalr", propagate_positions=True,
+                maybe_placeholders=True)
+
+
+def parse_expression(text: str, *, file: str = "<expression>", line: int = 1,
+                     column: int = 1) -> ast.Expr:
+    """Parse one expression. `line`/`column` say where the text starts in its file, so that
+    errors and node positions point into the policy file, not into the snippet."""
+    try:
+        tree = _parser().parse(text)
+        return _ToAst(line, column).transform(tree)  # type: ignore[no-any-return]
+    except UnexpectedInput as exc:
+        err_line, err_col = _shift(exc.line, exc.column, line, column)
+        raise ExpressionSyntaxError(file, err_line, _describe(exc, text), column=err_col) from None
+    except VisitError as exc:
+        original = exc.orig_exc
+        if isinstance(original, _LiteralError):
+            err_line, err_col = _shift(original.line, original.column, line, column)
+            raise ExpressionSyntaxError(file, err_line, original.reason, column=err_col) from None
+        raise
+
+
+def parse_literal(text: str, *, file: str = "<parameter>", line: int = 1) -> ast.Literal:
+    """Parse a parameter value written as a literal (`60%`, `1500元`, `12`, `"large"`)."""
+    node = parse_expression(text, file=file, line=line)
+    if isinstance(node, ast.Unary) and node.op == "-" and isinstance(node.operand, ast.Literal):
+        value = node.operand.value
+        if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+            return ast.Literal(-value, node.pos)
+    if not isinstance(node, ast.Literal):
+        raise ExpressionSyntaxError(file, line, f"expected a constant value, got {text!r}")
+    return node
+
+
+def _shift(err_line: int, err_col: int, line: int, column: int) -> tuple[int, int]:
+    if err_line <= 1:
+        return line, column + err_col - 1
+    return line + err_line - 1, err_col
+
+
+def _describe(exc: UnexpectedInput, text: str) -> str:
+    if isinstance(exc, UnexpectedEOF):
+        return "expression ends too early"
+    if isinstance(exc, UnexpectedCharacters):
+        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        return f"unexpected character {char!r}"
+    token = getattr(exc, "token", None)
+    if token is not None and getattr(token, "type", "") == "$END":
+        return "expression ends too early"
+    expected = sorted(getattr(exc, "expected", []) or [])[:6]
+    hint = f" (expected one of: {', '.join(expected)})" if expected else ""
+    return f"unexpected {str(token)!r}{hint}"
+
+
+class _LiteralError(Exception):
+    def __init__(self, reason: str, line: int, column: int) -> None:
+        self.reason, self.line, self.column = reason, line, column
+
+
+def _pos(meta_or_token: object, line: int, column: int) -> ast.Pos:
+    raw_line = getattr(meta_or_token, "line", 1) or 1
+    raw_col = getattr(meta_or_token, "column", 1) or 1
+    shifted = _shift(raw_line, raw_col, line, column)
+    return ast.Pos(*shifted)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):  # type: ignore[type-arg]
+    def __init__(self, line: int, column: int) -> None:
+        super().__init__()
+        self._line, self._column = line, column
+
+    def _p(self, meta: object) -> ast.Pos:
+        return _pos(meta, self._line, self._column)
+
+    def _fail(self, reason: str, token: Token) -> _LiteralError:
+        return _LiteralError(reason, token.line or 1, token.column or 1)
+
+    # literals
+    def int_lit(self, meta: object, children: list[Token]) -> ast.Literal:
+        return ast.Literal(int(children[0]), self._p(meta))
+
+    def dec_lit(self, meta: object, children: list[Token]) -> ast.Literal:
+        return ast.Literal(Decimal(str(children[0])), self._p(meta))
+
+    def pct_lit(self, meta: object, children: list[Token]) -> ast.Literal:
+        return ast.Literal(Decimal(str(children[0])[:-1]) / 100, self._p(meta))
+
+    def money_lit(self, meta: object, children: list[Token]) -> ast.Literal:
+        token = children[0]
+        text = str(token)
+        unit = FEN_PER_WAN_YUAN if text.endswith("万元") else FEN_PER_YUAN
+        number = Decimal(text.removesuffix("万元").removesuffix("元"))
+        fen = number * unit
+        if fen != fen.to_integral_value():
+            raise self._fail(f"{text} is not a whole number of fen", token)
+        return ast.Literal(int(fen), self._p(meta))
+
+    def str_lit(self, meta: object, children: list[Token]) -> ast.Literal:
+        return ast.Literal(str(children[0])[1:-1], self._p(meta))
+
+    def true_lit(self, meta: object, _children: list[object]) -> ast.Literal:
+        return ast.Literal(True, self._p(meta))
+
+    def false_lit(self, meta: object, _children: list[object]) -> ast.Literal:
+        return ast.Literal(False, self._p(meta))
+
+    def date_lit(self, meta: object, children: list[Token]) -> ast.Literal:
+        token = children[0]
+        try:
+            value = date.fromisoformat(str(token)[1:-1])
+        except ValueError:
+            raise self._fail(f"not a real date: {str(token)}", token) from None
+        return ast.Literal(value, self._p(meta))
+
+    # names and calls
+    def name(self, meta: object, children: list[Token]) -> ast.Name:
+        return ast.Name(tuple(str(c) for c in children), self._p(meta))
+
+    def call(self, meta: object, children: list[object]) -> ast.Call:
+        function, *args = children
+        return ast.Call(str(function), tuple(a for a in args if a is not None), self._p(meta))
+
+    def count(self, meta: object, children: list[object]) -> ast.Count:
+        variable, collection, where = children
+        return ast.Count(str(variable), str(collection), where, self._p(meta))  # type: ignore[arg-type]
+
+    # operators
+    def neg(self, meta: object, children: list[ast.Expr]) -> ast.Expr:
+        return ast.Unary("-", children[0], self._p(meta))
+
+    def arith(self, meta: object, children: list[object]) -> ast.Binary:
+        left, op, right = children
+        return ast.Binary(str(op), left, right, self._p(meta))  # type: ignore[arg-type]
+
+    def compare(self, meta: object, children: list[object]) -> ast.Binary:
+        left, op, right = children
+        return ast.Binary(str(op), left, right, self._p(meta))  # type: ignore[arg-type]
+
+    def member(self, meta: object, children: list[object]) -> ast.Membership:
+        subject, options = children
+        return ast.Membership(subject, tuple(options), False, self._p(meta))  # type: ignore[arg-type]
+
+    def not_member(self, meta: object, children: list[object]) -> ast.Membership:
+        subject, options = children
+        return ast.Membership(subject, tuple(options), True, self._p(meta))  # type: ignore[arg-type]
+
+    def list(self, meta: object, children: list[object]) -> list[object]:
+        return [c for c in children if c is not None]
+
+    def is_missing(self, meta: object, children: list[ast.Expr]) -> ast.Presence:
+        return ast.Presence(children[0], False, self._p(meta))
+
+    def is_present(self, meta: object, children: list[ast.Expr]) -> ast.Presence:
+        return ast.Presence(children[0], True, self._p(meta))
+
+    def not_(self, meta: object, children: list[ast.Expr]) -> ast.Unary:
+        return ast.Unary("not", children[0], self._p(meta))
+
+    def and_(self, meta: object, children: list[ast.Expr]) -> ast.Logical:
+        return ast.Logical("and", tuple(children), self._p(meta))
+
+    def or_(self, meta: object, children: list[ast.Expr]) -> ast.Logical:
+        return ast.Logical("or", tuple(children), self._p(meta))
+
+    def conditional(self, meta: object, children: list[ast.Expr]) -> ast.Conditional:
+        condition, then, otherwise = children
+        return ast.Conditional(condition, then, otherwise, self._p(meta))

@@ -1,0 +1,75 @@
+"""YAML loading that remembers where every value came from (line, column) and refuses duplicate keys."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from rules.errors import PolicySchemaError, PolicySyntaxError
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Located:
+    """A YAML document as plain Python data plus the position of each value by its key path."""
+    data: Any
+    positions: dict[Path, tuple[int, int, str]]  # path -> (line, column, scalar style)
+    file: str
+    lines: tuple[str, ...] = ()
+
+    def line_of(self, path: Path) -> int | None:
+        """The line of the value at `path`, or of its nearest enclosing value."""
+        while True:
+            if path in self.positions:
+                return self.positions[path][0]
+            if not path:
+                return None
+            path = path[:-1]
+
+    def text_start(self, path: Path) -> tuple[int, int]:
+        """Where the text of a scalar begins (block scalars start on the line after `|`)."""
+        line, column, style = self.positions.get(path, (1, 1, ""))
+        if style in ("|", ">"):
+            body = self.lines[line] if line < len(self.lines) else ""
+            return line + 1, len(body) - len(body.lstrip(" ")) + 1
+        if style in ("'", '"'):
+            return line, column + 1
+        return line, column
+
+
+def load(text: str, file: str) -> Located:
+    """Parse YAML text; raise PolicySyntaxError with the line of a YAML error."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
+        raise PolicySyntaxError(file, line, f"YAML: {exc.problem or exc}", column=column) from None
+    positions: dict[Path, tuple[int, int, str]] = {}
+    data = _construct(root, (), positions, file) if root is not None else None
+    return Located(data, positions, file, tuple(text.splitlines()))
+
+
+def _construct(node: Node, path: Path, positions: dict[Path, tuple[int, int, str]],
+               file: str) -> Any:
+    style = getattr(node, "style", None) or ""
+    positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1, style)
+    if isinstance(node, MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = SafeConstructor().construct_object(key_node)  # type: ignore[no-untyped-call]
+            if isinstance(key, (dict, list)):
+                raise PolicySchemaError(file, key_node.start_mark.line + 1, "a key must be a plain value")
+            if key in out:
+                raise PolicySchemaError(file, key_node.start_mark.line + 1, f"duplicate key {key!r}")
+            out[key] = _construct(value_node, (*path, key), positions, file)
+        return out
+    if isinstance(node, SequenceNode):
+        return [_construct(item, (*path, i), positions, file) for i, item in enumerate(node.value)]
+    assert isinstance(node, ScalarNode)
+    return SafeConstructor().construct_object(node)  # type: ignore[no-untyped-call]

@@ -1,0 +1,210 @@
+"""The `benefits` command: registry, rules and evaluation tasks (subcommands)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+import rules as rules_package
+from enterprise_registry.db import DEFAULT_DB_URL, create_schema, make_engine
+from rules.errors import RuleError
+from rules.loader import PolicySet, load_policy_dir
+from service.catalogue import CATALOGUE
+from service.errors import ServiceError
+
+DEFAULT_RULES = Path(rules_package.__file__).resolve().parent
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (RuleError, ServiceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except _registry_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _registry_errors() -> tuple[type[BaseException], ...]:
+    from enterprise_registry.errors import RegistryError
+    return (RegistryError,)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benefits", description="Apply-free benefits (免申即享) service")
+    sub = parser.add_subparsers(title="commands")
+
+    registry = sub.add_parser("registry", help="enterprise facts").add_subparsers(title="registry")
+    load = registry.add_parser("load", help="load a JSONL fact feed (all-or-nothing per file)")
+    load.add_argument("file", type=Path)
+    load.add_argument("--db", default=DEFAULT_DB_URL)
+    load.set_defaults(run=_registry_load)
+    synth = registry.add_parser("synth", help="write a deterministic synthetic Xiangyang registry")
+    synth.add_argument("--count", type=int, required=True)
+    synth.add_argument("--seed", type=int, default=1)
+    synth.add_argument("--out", type=Path, required=True)
+    synth.set_defaults(run=_registry_synth)
+
+    rules = sub.add_parser("rules", help="policy files").add_subparsers(title="rules")
+    check = rules.add_parser("check", help="validate policy files")
+    check.add_argument("dir", type=Path, nargs="?", default=DEFAULT_RULES)
+    check.set_defaults(run=_rules_check)
+    test = rules.add_parser("test", help="run the test cases beside each policy")
+    test.add_argument("dir", type=Path, nargs="?", default=DEFAULT_RULES)
+    test.set_defaults(run=_rules_test)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate one enterprise under one policy")
+    evaluate.add_argument("--db", default=DEFAULT_DB_URL)
+    evaluate.add_argument("--rules", type=Path, default=DEFAULT_RULES)
+    evaluate.add_argument("--uscc", required=True)
+    evaluate.add_argument("--policy", required=True)
+    evaluate.add_argument("--period", type=int, required=True)
+    evaluate.add_argument("--as-of", type=date.fromisoformat, default=None,
+                          help="evaluation date (default: today)")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(run=_evaluate)
+
+    period = sub.add_parser("evaluate-period",
+                            help="evaluate every enterprise under every policy; print a summary")
+    period.add_argument("--db", default=DEFAULT_DB_URL)
+    period.add_argument("--rules", type=Path, default=DEFAULT_RULES)
+    period.add_argument("--period", type=int, required=True)
+    period.add_argument("--policy", action="append", help="only this policy (repeatable)")
+    period.add_argument("--as-of", type=date.fromisoformat, default=None)
+    period.add_argument("--json", action="store_true")
+    period.set_defaults(run=_evaluate_period)
+    return parser
+
+
+def _policies(root: Path) -> PolicySet:
+    return load_policy_dir(root, CATALOGUE)
+
+
+def _registry_load(args: argparse.Namespace) -> int:
+    from enterprise_registry.errors import ImportRejectedError
+    from enterprise_registry.importer import load_jsonl
+
+    engine = make_engine(args.db)
+    create_schema(engine)
+    try:
+        report = load_jsonl(args.file, engine)
+    except ImportRejectedError as exc:
+        for error in exc.errors:
+            print(str(error), file=sys.stderr)
+        print(f"refused: {len(exc.errors)} error(s) shown; nothing of {args.file} was stored",
+              file=sys.stderr)
+        return 1
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.by_kind.items()))
+    print(f"loaded {report.records} records ({kinds}) in {report.seconds:.1f} s: "
+          f"{report.rate:,.0f} records/s; stored {report.stored}, kept newer {report.stale}")
+    for warning in report.warnings[:20]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _registry_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from enterprise_registry.synthetic import write_jsonl
+
+    started = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    written = write_jsonl(args.out, args.count, args.seed)
+    seconds = time.perf_counter() - started
+    print(f"wrote {written} records for {args.count} enterprises to {args.out} "
+          f"in {seconds:.1f} s (seed {args.seed})")
+    return 0
+
+
+def _rules_check(args: argparse.Namespace) -> int:
+    policies = _policies(args.dir)
+    for policy in policies:
+        periods = policy.model.effective
+        span = ", ".join(str(p) for p in periods.listed()) + \
+            (" onwards" if periods.periods is None and periods.last_period is None else "")
+        print(f"ok  {policy.id:26} v{policy.version:8} {policy.model.title}  periods {span}  "
+              f"sha256 {policy.sha256[:12]}")
+    print(f"{len(policies)} policies valid")
+    return 0
+
+
+def _rules_test(args: argparse.Namespace) -> int:
+    from service.policy_tests import run_policy_tests
+
+    failed = total = 0
+    for result in run_policy_tests(_policies(args.dir)):
+        total += 1
+        if result.passed:
+            print(f"PASS {result.policy_id}: {result.name}")
+        else:
+            failed += 1
+            print(f"FAIL {result.policy_id}: {result.name}")
+            for problem in result.problems:
+                print(f"     {problem}")
+    print(f"{total - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from service.evaluation import evaluate_enterprise
+    from service.explain import as_json, as_text
+    from service.facts_documents import DocumentSource
+
+    policies = _policies(args.rules)
+    engine = make_engine(args.db)
+    create_schema(engine)
+    result = evaluate_enterprise(policies, DocumentSource(engine), uscc=args.uscc,
+                                 policy_id=args.policy, period=args.period,
+                                 today=args.as_of or date.today())
+    title = policies.get(args.policy).model.title
+    if args.json:
+        print(json.dumps(as_json(result, title), ensure_ascii=False, indent=2))
+    else:
+        print(as_text(result, title))
+    return 0
+
+
+def _evaluate_period(args: argparse.Namespace) -> int:
+    from rules.money import format_yuan
+    from service.evaluation import evaluate_period
+    from service.facts_documents import DocumentSource
+
+    policies = _policies(args.rules)
+    engine = make_engine(args.db)
+    create_schema(engine)
+    source = DocumentSource(engine)
+    summary = evaluate_period(policies, source, period=args.period, policy_ids=args.policy,
+                              today=args.as_of or date.today())
+    if args.json:
+        print(json.dumps({"period": summary.period, "enterprises": summary.enterprises,
+                          "evaluations": summary.evaluations, "seconds": summary.seconds,
+                          "evaluations_per_second": summary.rate,
+                          "policies": [vars(p) for p in summary.policies],
+                          "errors": summary.error_samples}, ensure_ascii=False, indent=2))
+        return 1 if summary.error_samples else 0
+    print(f"period {summary.period}: {summary.enterprises} enterprises, {summary.evaluations} "
+          f"evaluations in {summary.seconds:.1f} s ({summary.rate:,.0f} evaluations/s)")
+    header = f"{'policy':26} {'eligible':>9} {'ineligible':>10} {'undetermined':>12} {'held':>6} " \
+             f"{'errors':>6} {'eligible total':>20} {'held total':>16}"
+    print(header)
+    for p in summary.policies:
+        c = p.counts
+        print(f"{p.policy_id:26} {c['ELIGIBLE']:>9} {c['INELIGIBLE']:>10} {c['UNDETERMINED']:>12} "
+              f"{c['HELD']:>6} {p.errors:>6} {format_yuan(p.eligible_fen):>20} "
+              f"{format_yuan(p.held_fen):>16}")
+    for sample in summary.error_samples:
+        print(f"error: {sample}", file=sys.stderr)
+    return 1 if summary.error_samples else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

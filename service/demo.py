@@ -1,0 +1,39 @@
+"""`make run` epilogue: explain one eligible and one not-eligible enterprise from the registry."""
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from itertools import islice
+
+from enterprise_registry.db import make_engine
+from rules.evaluator import evaluate
+from service.cli import DEFAULT_RULES, _policies
+from service.explain import as_text
+from service.facts_documents import DocumentSource, build_document
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--period", type=int, required=True)
+    parser.add_argument("--policy", default="stable-jobs-refund")
+    args = parser.parse_args()
+    policy = _policies(DEFAULT_RULES).get(args.policy)
+    compiled = policy.compiled(args.period)
+    shown: set[str] = set()
+    for rows in islice(DocumentSource(make_engine(args.db)).all_rows(), 5000):
+        result = evaluate(compiled, build_document(rows, policy.fact_year(args.period)),
+                          today=date.today())
+        if result.outcome in shown or result.outcome not in ("ELIGIBLE", "INELIGIBLE"):
+            continue
+        shown.add(result.outcome)
+        print(f"$ benefits evaluate --db {args.db} --uscc {rows.uscc} --policy {policy.id} "
+              f"--period {args.period}")
+        print(as_text(result, policy.model.title))
+        print()
+        if len(shown) == 2:
+            break
+
+
+if __name__ == "__main__":
+    main()
