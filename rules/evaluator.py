@@ -108,6 +108,8 @@ def evaluate(compiled: CompiledPolicy, document: FactsDocument, *, today: date) 
         outcome = INELIGIBLE
     elif missing:
         outcome = UNDETERMINED
+        # Name also what the amount will need, so that one correction of the data suffices.
+        missing += [name for name in _amount(compiled, interpreter, document)[2] if name not in missing]
     else:
         amount_fen, amount_trace, amount_missing = _amount(compiled, interpreter, document)
         held = [c.id for c in payable_results if c.result != "true"]

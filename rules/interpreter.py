@@ -164,10 +164,11 @@ class _Run:
 
     def _conditional(self, node: ast.Conditional) -> Value:
         condition = self.eval(node.condition)
-        then, otherwise = self.eval(node.then), self.eval(node.otherwise)
         if condition is UNKNOWN:
+            self.eval(node.then)  # both branches could apply: the trace shows what each reads
+            self.eval(node.otherwise)
             return UNKNOWN
-        return then if condition else otherwise
+        return self.eval(node.then) if condition else self.eval(node.otherwise)
 
     def _count(self, node: ast.Count) -> Value:
         records = self.interp.document.collections.get(node.collection, ())

@@ -1,0 +1,722 @@
+"""A deterministic synthetic registry of Xiangyang units, streamed as JSON-ready fact records.
+
+Everything is invented: codes are synthetic (valid GB 32100 and GB 11714 checks), names are
+built from word lists, and no fact is attached to a real company. Output depends only on
+(count, seed): one `random.Random(seed)` drives every draw, in a fixed order, and memory stays
+constant (counters and a small ring buffer), so a million enterprises stream as easily as ten.
+
+The data is meant to exercise every reference policy for periods 2024 and 2025 (fact years
+2023 and 2024): besides the ordinary spread, one enterprise in 25 is an "edge case" built to sit
+on a boundary a policy tests (a layoff rate of exactly 5.5%, 30 insured at the start of the
+year, revenue one fen below a threshold, little giant and single champion in one year, ...).
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from enterprise_registry import uscc as uscc_codes
+from enterprise_registry.regions import XIANGYANG
+
+FACT_YEARS = (2023, 2024)
+HIRE_YEARS = (2024, 2025)
+REGISTRY_AS_OF = date(2025, 6, 30)
+WAN_FEN = 1_000_000  # 1 万元 = 10,000 yuan = 1,000,000 fen
+EDGE_EVERY = 25  # one enterprise in EDGE_EVERY is an edge case
+
+# org_type -> (weight, USCC registration authority + organisation type prefix)
+_ORG_TYPES: dict[str, tuple[float, str]] = {
+    "enterprise": (85.0, "91"),
+    "individual_business": (6.0, "92"),
+    "farmer_cooperative": (2.5, "93"),
+    "social_organization": (1.5, "51"),
+    "social_service_org": (1.5, "52"),
+    "foundation": (0.5, "53"),
+    "law_firm": (0.8, "31"),
+    "accounting_firm": (0.7, "91"),
+    "public_institution": (1.0, "12"),
+    "government": (0.5, "11"),
+}
+
+# Enterprise industries (GB/T 4754-2017): code, weight, revenue per employee in yuan, name words.
+# Weighted toward Xiangyang's manufacturing: automotive (C36), machinery (C34/C35), chemicals
+# (C26), food (C13/C14), electrical (C38).
+_INDUSTRIES: tuple[tuple[str, float, int, tuple[str, ...]], ...] = (
+    ("C3660", 8.0, 900_000, ("汽车零部件", "汽车配件", "车桥")),
+    ("C3650", 1.0, 800_000, ("专用车", "挂车")),
+    ("C3612", 0.5, 1_500_000, ("新能源汽车",)),
+    ("C3611", 0.3, 2_000_000, ("汽车",)),
+    ("C3451", 1.5, 700_000, ("轴承",)),
+    ("C3484", 4.0, 600_000, ("机械", "精密机械", "机械加工")),
+    ("C3421", 0.8, 600_000, ("机床",)),
+    ("C3441", 0.6, 600_000, ("泵业",)),
+    ("C3511", 0.6, 700_000, ("矿山机械", "重工")),
+    ("C3572", 0.8, 600_000, ("农业机械", "农机")),
+    ("C3599", 1.0, 600_000, ("专用设备", "装备")),
+    ("C2614", 0.8, 1_500_000, ("化工",)),
+    ("C2621", 0.5, 1_500_000, ("化肥",)),
+    ("C2631", 0.4, 1_200_000, ("农化",)),
+    ("C2641", 0.5, 1_000_000, ("涂料",)),
+    ("C2669", 0.8, 1_000_000, ("精细化工", "新材料")),
+    ("C1311", 1.0, 1_200_000, ("粮油", "米业")),
+    ("C1331", 0.7, 1_500_000, ("油脂",)),
+    ("C1353", 0.8, 1_000_000, ("肉类食品",)),
+    ("C1329", 0.6, 1_200_000, ("饲料",)),
+    ("C1411", 0.6, 500_000, ("食品",)),
+    ("C1432", 0.4, 600_000, ("速冻食品",)),
+    ("C1469", 0.4, 600_000, ("调味品",)),
+    ("C1512", 0.5, 800_000, ("酒业",)),
+    ("C1711", 0.8, 400_000, ("纺织", "棉纺")),
+    ("C2720", 0.4, 1_000_000, ("药业", "制药")),
+    ("C2740", 0.4, 900_000, ("药业",)),
+    ("C2929", 0.8, 600_000, ("塑业", "塑料制品")),
+    ("C3021", 0.6, 700_000, ("建材",)),
+    ("C3011", 0.2, 1_500_000, ("水泥",)),
+    ("C3311", 0.8, 700_000, ("钢结构",)),
+    ("C3360", 0.5, 500_000, ("热处理", "表面处理")),
+    ("C3812", 0.6, 700_000, ("电机",)),
+    ("C3821", 0.5, 800_000, ("电气",)),
+    ("C3831", 0.5, 1_200_000, ("电缆",)),
+    ("C3841", 0.6, 1_500_000, ("新能源科技", "电池")),
+    ("C3982", 0.4, 600_000, ("电子",)),
+    ("B1011", 0.4, 800_000, ("矿业",)),
+    ("B1020", 0.4, 1_000_000, ("磷化", "矿业")),
+    ("D4413", 0.2, 3_000_000, ("水电",)),
+    ("D4416", 0.3, 3_000_000, ("光伏", "新能源")),
+    ("D4420", 0.2, 3_000_000, ("电力",)),
+    ("D4610", 0.2, 1_000_000, ("水务",)),
+    ("E4710", 2.0, 700_000, ("建筑工程", "建设")),
+    ("E4812", 0.8, 900_000, ("路桥",)),
+    ("E4910", 0.6, 500_000, ("机电安装",)),
+    ("E5011", 0.8, 400_000, ("装饰工程",)),
+    ("F5123", 1.0, 2_500_000, ("农产品",)),
+    ("F5165", 1.5, 3_000_000, ("建材贸易",)),
+    ("F5161", 0.5, 4_000_000, ("能源贸易",)),
+    ("F5162", 0.3, 5_000_000, ("石化贸易",)),
+    ("F5211", 0.8, 800_000, ("百货",)),
+    ("F5212", 1.5, 700_000, ("超市", "商贸")),
+    ("F5261", 1.0, 2_000_000, ("汽车销售",)),
+    ("F5251", 1.0, 600_000, ("大药房",)),
+    ("F5221", 0.5, 600_000, ("粮油商行",)),
+    ("G5431", 2.0, 500_000, ("物流", "运输")),
+    ("G5821", 0.6, 800_000, ("货运代理",)),
+    ("G5920", 0.6, 400_000, ("仓储",)),
+    ("G6020", 0.3, 300_000, ("快递",)),
+    ("H6110", 0.5, 200_000, ("酒店",)),
+    ("H6121", 0.5, 150_000, ("宾馆",)),
+    ("H6210", 1.5, 150_000, ("餐饮",)),
+    ("H6220", 0.8, 150_000, ("快餐",)),
+    ("I6513", 1.2, 400_000, ("软件", "信息技术")),
+    ("I6531", 0.8, 500_000, ("信息科技",)),
+    ("I6550", 0.3, 500_000, ("数据科技",)),
+    ("I6429", 0.2, 600_000, ("网络科技",)),
+    ("K7010", 1.2, 3_000_000, ("房地产开发", "置业")),
+    ("K7020", 1.0, 100_000, ("物业服务",)),
+    ("L7111", 0.3, 500_000, ("汽车租赁",)),
+    ("L7212", 0.5, 800_000, ("投资",)),
+    ("L7224", 0.4, 2_000_000, ("供应链管理",)),
+    ("L7263", 0.3, 100_000, ("人力资源",)),
+    ("M7320", 0.6, 300_000, ("技术研究",)),
+    ("M7483", 0.5, 400_000, ("工程设计",)),
+    ("M7519", 0.5, 300_000, ("科技",)),
+    ("A0111", 0.4, 300_000, ("农业",)),
+    ("A0141", 0.4, 300_000, ("农业开发",)),
+    ("A0313", 0.5, 800_000, ("养殖",)),
+    ("A0164", 0.3, 300_000, ("茶业",)),
+    ("O8111", 0.6, 200_000, ("汽车维修",)),
+)
+_INDUSTRY = {entry[0]: entry for entry in _INDUSTRIES}
+
+# Units that are not enterprises: industry choices and the shape of their names.
+_OTHER_UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "individual_business": (("F5212", "F5221", "H6210", "H6220", "O8111", "O8040"),
+                            ("超市", "粮油店", "饭店", "小吃店", "汽车修理部", "理发店")),
+    "farmer_cooperative": (("A0111", "A0141", "A0313", "A0164"),
+                           ("水稻种植专业合作社", "蔬菜种植专业合作社", "生猪养殖专业合作社",
+                            "茶叶专业合作社")),
+    "social_organization": (("S9522", "S9521"), ("机械行业协会", "企业商会", "科技学会")),
+    "social_service_org": (("P8391", "P8310", "Q8411"), ("职业培训学校", "幼儿园", "医院")),
+    "foundation": (("S9530",), ("慈善基金会", "教育基金会")),
+    "law_firm": (("L7231",), ("律师事务所",)),
+    "accounting_firm": (("L7241",), ("会计师事务所有限公司",)),
+    "public_institution": (("P8336", "Q8411", "M7320"), ("职业技术学校", "医院", "研究所")),
+    "government": (("S9221",), ("街道办事处", "管理委员会")),
+}
+
+_PLACE = {"420624": "南漳县", "420625": "谷城县", "420626": "保康县", "420682": "老河口市",
+          "420683": "枣阳市", "420684": "宜城市"}  # the rest register as 襄阳市
+
+_TRADE_CHARS = (
+    "华鑫博恒盛泰达兴隆昌瑞祥宏远锦程嘉信诚安康宇航汉江岘鹿檀樊襄荆楚凯丰润德源聚创新"
+    "科力精工鼎峰豪振飞腾云龙凤翔金玉银海天正弘毅"
+)
+_BANKS = ("中国工商银行股份有限公司", "中国农业银行股份有限公司", "中国银行股份有限公司",
+          "中国建设银行股份有限公司", "交通银行股份有限公司", "湖北银行股份有限公司",
+          "襄阳农村商业银行股份有限公司", "中国邮政储蓄银行股份有限公司")
+
+# Thresholds of the SME standard (staff; revenue and assets in 万元) for edge cases to sit on.
+_STAFF_EDGES = (5, 10, 20, 50, 100, 200, 300, 1000)
+_MONEY_EDGES_WAN = (50, 100, 300, 500, 1000, 2000, 5000, 20000, 40000)
+
+_EDGE_CASES = (
+    "size_boundary", "layoff_exactly_5_5", "small_employer_20pct", "small_employer_31",
+    "ui_months_11", "ui_arrears", "zero_insured", "labor_dispatch", "no_bank_account",
+    "missing_2024", "si_class_missing", "high_tech_first_big", "high_tech_first_50m",
+    "high_tech_recert", "little_giant_and_champion", "above_size_emerging", "listed_current",
+    "listed_removed", "tax_credit_d", "youth_hires", "shared_hire", "size_boundary",
+)
+
+
+@dataclass
+class _Unit:
+    """What was drawn for one unit, before it is written out as records."""
+
+    index: int
+    edge: str | None
+    org_type: str
+    uscc: str
+    region: str
+    industry: str
+    established: date
+    employees: dict[int, int] = field(default_factory=dict)  # year-end headcount, 2022..2024
+    revenue: dict[int, int] = field(default_factory=dict)  # fen
+    assets: dict[int, int] = field(default_factory=dict)  # fen
+    coverage: float = 1.0  # share of the staff insured
+
+
+@dataclass(frozen=True)
+class _Person:
+    ref: str
+    year: int
+    hired_on: date
+    category: str
+    graduation_year: int | None
+    age: int | None
+    uscc: str
+
+
+class _Generator:
+    """Holds the random stream, counters and permutations of one (count, seed) registry."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.rng = random.Random(seed)
+        rng = self.rng
+        self.edge_phase = rng.randrange(EDGE_EVERY)
+        # Affine bijections (a*i + b mod m, a coprime to m) make codes and names unique by
+        # construction while looking random, with no set of used values to keep.
+        self.name_length = max(3, math.ceil(math.log(max(count, 2), len(_TRADE_CHARS))))
+        self.name_perm = _affine(rng, len(_TRADE_CHARS) ** self.name_length)
+        self.new_code_perm = _affine(rng, 31**5)
+        self.old_code_perm = _affine(rng, 10**8)
+        self.person_perm = _affine(rng, 2**40)
+        self.persons = 0
+        self.certificates = 0
+        self.recent_hires: deque[_Person] = deque(maxlen=512)
+
+    # -- one unit -------------------------------------------------------------------------
+
+    def unit(self, index: int) -> Iterator[dict[str, Any]]:
+        rng = self.rng
+        edge = None
+        if index % EDGE_EVERY == self.edge_phase:
+            edge = _EDGE_CASES[(index // EDGE_EVERY) % len(_EDGE_CASES)]
+        org_type = _ORG_TYPE_CHOICE.draw(rng)
+        if edge is not None:
+            org_type = "enterprise"  # edge cases test enterprise rules
+        region = _REGION_CHOICE.draw(rng)
+        if org_type in _OTHER_UNITS:
+            industries, words = _OTHER_UNITS[org_type]
+            choice = rng.randrange(len(industries))
+            industry, word = industries[choice], words[choice]
+        else:
+            industry = _INDUSTRY_CHOICE.draw(rng)
+            if edge == "labor_dispatch":
+                industry = "L7263"
+            elif edge in ("above_size_emerging", "little_giant_and_champion", "size_boundary"):
+                industry = rng.choice(("C3660", "C3484", "C3841", "C2669"))
+            word = rng.choice(_INDUSTRY[industry][3])
+        established = self._established(org_type, edge)
+        uscc = self._uscc(index, org_type, region, established)
+        unit = _Unit(index, edge, org_type, uscc, region, industry, established)
+        self._figures(unit)
+
+        yield self._enterprise(unit, word)
+        missing = self._missing_years(unit)
+        for year in FACT_YEARS:
+            if year < established.year:
+                continue
+            if org_type != "government" and ("tax", year) not in missing:
+                yield self._tax_year(unit, year)
+            if ("si", year) not in missing:
+                yield self._social_insurance_year(unit, year)
+        if org_type not in ("government", "public_institution") and (
+            rng.random() < 0.30 or edge in ("youth_hires", "shared_hire")
+        ):
+            yield from self._hires(unit)
+        yield from self._qualifications(unit)
+        yield from self._credit_listings(unit)
+
+    def _established(self, org_type: str, edge: str | None) -> date:
+        rng = self.rng
+        if org_type == "government":
+            year = rng.randint(1950, 2000)
+        elif org_type == "public_institution":
+            year = rng.randint(1960, 2015)
+        elif edge is not None:
+            year = rng.randint(1995, 2020)  # old enough to have both fact years
+        elif rng.random() < 0.01:
+            return date(2025, 1, 1) + timedelta(days=rng.randrange(180))  # no fact year yet
+        else:
+            year = max(1985, 2024 - int(rng.expovariate(1 / 12)))
+        return date(year, 1, 1) + timedelta(days=rng.randrange(365))
+
+    def _uscc(self, index: int, org_type: str, region: str, established: date) -> str:
+        # Codes issued since the 2015 reform carry organisation codes like MA4xxxxx; older
+        # units kept their eight-digit organisation code.
+        if established >= date(2015, 10, 1):
+            body = "MA4" + _encode(self.new_code_perm(index), uscc_codes.CHARSET, 5)
+        else:
+            body = _encode(self.old_code_perm(index), "0123456789", 8)
+        organisation = body + uscc_codes.organisation_check_character(body)
+        return uscc_codes.make(_ORG_TYPES[org_type][1] + region + organisation)
+
+    def _name(self, unit: _Unit, word: str) -> str:
+        trade = _encode(self.name_perm(unit.index), _TRADE_CHARS, self.name_length)
+        place = _PLACE.get(unit.region, "襄阳市")
+        org_type = unit.org_type
+        if org_type == "enterprise":
+            suffix = _SUFFIX_CHOICE.draw(self.rng)
+            return f"{place}{trade}{word}{suffix}"
+        if org_type in ("law_firm", "accounting_firm"):
+            return f"湖北{trade}{word}"
+        if org_type == "individual_business":
+            return f"{place}{XIANGYANG[unit.region].removeprefix(place)}{trade}{word}"
+        return f"{place}{trade}{word}"
+
+    # -- figures ----------------------------------------------------------------------------
+
+    def _figures(self, unit: _Unit) -> None:
+        """Headcount, revenue and assets for 2022..2024, correlated and size-spread."""
+        rng = self.rng
+        if unit.org_type in ("government", "public_institution"):
+            staff = rng.randint(20, 600)
+        else:
+            segment = rng.random()
+            if segment < 0.74:
+                staff = rng.lognormvariate(math.log(7), 1.0)
+            elif segment < 0.95:
+                staff = rng.lognormvariate(math.log(60), 0.9)
+            else:
+                staff = rng.lognormvariate(math.log(600), 0.8)
+        per_head = _INDUSTRY[unit.industry][2] if unit.industry in _INDUSTRY else 150_000
+        productivity = rng.lognormvariate(0, 0.5)
+        unit.coverage = rng.uniform(0.55, 1.0)
+        asset_ratio = rng.lognormvariate(math.log(3.0 if unit.industry == "K7010" else 0.8), 0.5)
+        for year in (2022, 2023, 2024):
+            staff *= rng.lognormvariate(0.03, 0.12)
+            employees = min(5000, max(1, round(staff)))
+            revenue = int(employees * per_head * productivity * rng.lognormvariate(0.02, 0.1) * 100)
+            if year == unit.established.year:  # a first, partial year
+                revenue = revenue * (13 - unit.established.month) // 12
+            unit.employees[year] = employees
+            unit.revenue[year] = revenue + rng.randrange(100)
+            unit.assets[year] = int(revenue * asset_ratio) + rng.randrange(100)
+        if unit.edge == "size_boundary":
+            for year in FACT_YEARS:
+                unit.employees[year] = rng.choice(_STAFF_EDGES) - rng.randint(0, 1)
+                unit.revenue[year] = rng.choice(_MONEY_EDGES_WAN) * WAN_FEN - rng.randint(0, 1)
+                unit.assets[year] = rng.choice(_MONEY_EDGES_WAN) * WAN_FEN - rng.randint(0, 1)
+        elif unit.edge == "high_tech_first_big":
+            for year in FACT_YEARS:
+                unit.revenue[year] = rng.randint(20_000, 80_000) * WAN_FEN + rng.randrange(WAN_FEN)
+                unit.employees[year] = rng.randint(300, 2000)
+        elif unit.edge == "high_tech_first_50m":
+            for year in FACT_YEARS:
+                unit.revenue[year] = 5_000 * WAN_FEN + rng.choice((-1, 0, 1))
+
+    def _missing_years(self, unit: _Unit) -> set[tuple[str, int]]:
+        """Fact records a department does not (yet) have: ~5% miss some 2024 data."""
+        rng = self.rng
+        draw = rng.random()
+        if unit.edge == "missing_2024":
+            draw *= 0.05
+        elif unit.edge is not None:
+            return set()
+        if draw < 0.02:
+            return {("tax", 2024)}
+        if draw < 0.04:
+            return {("si", 2024)}
+        if draw < 0.05:
+            return {("tax", 2024), ("si", 2024)}
+        if draw < 0.06:
+            return {("si", 2023)}
+        return set()
+
+    # -- records ----------------------------------------------------------------------------
+
+    def _enterprise(self, unit: _Unit, word: str) -> dict[str, Any]:
+        rng = self.rng
+        name = self._name(unit, word)
+        status = _STATUS_CHOICE.draw(rng)
+        if unit.edge is not None:
+            status = "active"
+        dispatch = unit.edge == "labor_dispatch" or (
+            unit.org_type == "enterprise" and rng.random() < (0.5 if unit.industry == "L7263" else 0.006)
+        )
+        account: dict[str, str] | None = {
+            "bank_name": f"{rng.choice(_BANKS)}襄阳{rng.choice(('分行', '樊城支行', '襄城支行', '高新支行'))}",
+            "account_no": "".join(str(rng.randrange(10)) for _ in range(19)),
+            "account_name": name,
+        }
+        if rng.random() < 0.04 or unit.edge == "no_bank_account":
+            account = None
+        return {
+            "kind": "enterprise",
+            "uscc": unit.uscc,
+            "source": "market_regulation",
+            "as_of": REGISTRY_AS_OF.isoformat(),
+            "name": name,
+            "org_type": unit.org_type,
+            "region_code": unit.region,
+            "industry_code": unit.industry,
+            "established_on": unit.established.isoformat(),
+            "status": status,
+            "labor_dispatch": dispatch,
+            "bank_account": account,
+        }
+
+    def _tax_year(self, unit: _Unit, year: int) -> dict[str, Any]:
+        rng = self.rng
+        revenue = unit.revenue[year]
+        industrial = unit.industry[0] in "BCD"
+        main = revenue if not industrial else revenue * rng.randint(82, 100) // 100
+        researching = unit.industry[0] in "CIM" and rng.random() < 0.5
+        rating = _RATING_CHOICE.draw(rng)
+        if unit.established.year >= year and rating in ("A", "B"):
+            rating = "M"  # a taxpayer new in the year is rated M
+        if unit.edge == "tax_credit_d":
+            rating = "D"
+        elif unit.edge is not None and rating == "D":
+            rating = "B"  # keep other edge cases about their own boundary
+        return {
+            "kind": "tax_year",
+            "uscc": unit.uscc,
+            "source": "tax",
+            "as_of": f"{year + 1}-05-31",
+            "year": year,
+            "employees": unit.employees[year],
+            "revenue_fen": revenue,
+            "main_business_revenue_fen": main,
+            "total_assets_fen": unit.assets[year],
+            "tax_paid_fen": revenue * rng.randint(5, 50) // 1000,
+            "rd_expense_fen": revenue * rng.randint(1, 60) // 1000 if researching else 0,
+            "credit_rating": rating,
+        }
+
+    def _social_insurance_year(self, unit: _Unit, year: int) -> dict[str, Any]:
+        rng = self.rng
+        edge = unit.edge
+        start = 0 if year == unit.established.year else round(unit.employees[year - 1] * unit.coverage)
+        end = round(unit.employees[year] * unit.coverage)
+        average = max(1, round((start + end) / 2 * rng.uniform(0.95, 1.05))) if start + end else 0
+        draw = rng.random()
+        if draw < 0.84:
+            claimants = int(average * rng.uniform(0, 0.05))
+        elif draw < 0.96:
+            claimants = max(1, round(average * rng.uniform(0.056, 0.20)))
+        else:
+            claimants = max(1, round(average * rng.uniform(0.2, 0.4)))
+        claimants = min(claimants, average)
+        exact = {
+            "layoff_exactly_5_5": (rng.choice((200, 400, 1000)), None, 55),
+            "small_employer_20pct": (30, rng.choice((25, 30)), 200),
+            "small_employer_31": (31, 30, 100),
+            "zero_insured": (0, 0, 0),
+        }.get(edge or "")
+        if exact is not None:
+            start, average, per_mille = exact[0], exact[1], exact[2]
+            average = start if average is None else average
+            end = average
+            claimants = average * per_mille // 1000
+        layoffs = claimants + rng.randint(0, claimants)
+        months_this_year = 12 if year > unit.established.year else 12 - unit.established.month
+        months_paid = min(600, (year - unit.established.year) * 12 + months_this_year)
+        if rng.random() < 0.07 or edge == "ui_months_11":
+            months_paid = min(months_paid, 11 if edge else rng.randint(0, 11))
+        wage_fen = rng.randint(350_000, 900_000)  # monthly contribution base per person
+        premium = average * months_this_year * wage_fen * 7 // 1000  # employer rate 0.7%
+        premium += rng.randrange(100) if premium else 0
+        back = rng.randint(1, premium // 5) if premium > 5 and rng.random() < 0.05 else 0
+        late = rng.randint(1, max(1, premium // 50)) if premium and rng.random() < 0.03 else 0
+        size_class: str | None = _rough_size_class(unit.industry, unit.employees[year],
+                                                   unit.revenue[year])
+        if rng.random() < 0.15 or edge == "si_class_missing":
+            size_class = None
+        return {
+            "kind": "social_insurance_year",
+            "uscc": unit.uscc,
+            "source": "human_resources",
+            "as_of": f"{year + 1}-01-31",
+            "year": year,
+            "insured_start": start,
+            "insured_end": end,
+            "insured_avg_monthly": average,
+            "ui_months_paid": months_paid,
+            "ui_premium_paid_fen": premium,
+            "ui_back_payment_fen": back,
+            "ui_late_fee_fen": late,
+            "ui_arrears": edge == "ui_arrears" or (edge is None and rng.random() < 0.03),
+            "layoffs": layoffs,
+            "ui_benefit_claimants": claimants,
+            "size_class": size_class,
+        }
+
+    def _hires(self, unit: _Unit) -> Iterator[dict[str, Any]]:
+        rng = self.rng
+        used: set[str] = set()
+        for year in HIRE_YEARS:
+            if year < unit.established.year or (rng.random() < 0.3 and unit.edge is None):
+                continue
+            count = 1 + min(40, int(rng.expovariate(1 / (1 + unit.employees[2024] / 40))))
+            for number in range(count):
+                person = None
+                if (unit.edge == "shared_hire" and number == 0) or rng.random() < 0.02:
+                    person = self._shared_person(unit, year, used)
+                if person is None:
+                    person = self._new_person(unit, year, youth_edges=unit.edge == "youth_hires")
+                    self.recent_hires.append(person)
+                used.add(person.ref)
+                yield self._hire_record(unit, person)
+
+    def _new_person(self, unit: _Unit, year: int, *, youth_edges: bool) -> _Person:
+        rng = self.rng
+        self.persons += 1
+        ref = f"P{self.person_perm(self.persons):010x}"
+        hired_on = date(year, 1, 1) + timedelta(days=rng.randrange(365))
+        draw = rng.random()
+        graduation_year: int | None = None
+        age: int | None
+        if youth_edges:
+            draw = rng.choice((0.1, 0.6))
+        if draw < 0.45:
+            category = "graduate"
+            graduation_year = year - rng.choice((0, 0, 0, 1, 1, 2, 3))
+            age = rng.randint(20, 25) + (year - graduation_year)
+        elif draw < 0.70:
+            category = "unemployed_youth"
+            edges = (15, 16, 24, 25) if youth_edges else ()
+            age = rng.choice(edges) if edges else rng.randint(14, 30)
+            graduation_year = year - rng.randint(1, 5) if rng.random() < 0.3 else None
+        else:
+            category = "other"
+            age = rng.randint(18, 59) if rng.random() < 0.9 else None
+        return _Person(ref, year, hired_on, category, graduation_year, age, unit.uscc)
+
+    def _shared_person(self, unit: _Unit, year: int, used: set[str]) -> _Person | None:
+        """The same person hired in the same year by an earlier enterprise: both report them."""
+        rng = self.rng
+        candidates = [p for p in self.recent_hires if p.year == year and p.uscc != unit.uscc
+                      and p.ref not in used]
+        if not candidates:
+            return None
+        earlier = rng.choice(candidates)
+        hired_on = earlier.hired_on
+        if rng.random() < 0.6:
+            hired_on = date(year, 1, 1) + timedelta(days=rng.randrange(365))
+        return _Person(earlier.ref, year, hired_on, earlier.category, earlier.graduation_year,
+                       earlier.age, unit.uscc)
+
+    def _hire_record(self, unit: _Unit, person: _Person) -> dict[str, Any]:
+        rng = self.rng
+        as_of = date(person.year + 1, 1, 31)
+        covered = min(12, (as_of.year - person.hired_on.year) * 12
+                      + as_of.month - person.hired_on.month)
+        insured = covered if rng.random() < 0.7 else rng.randint(0, covered)
+        return {
+            "kind": "hire",
+            "uscc": unit.uscc,
+            "source": "human_resources",
+            "as_of": as_of.isoformat(),
+            "year": person.year,
+            "hired_on": person.hired_on.isoformat(),
+            "person_ref": person.ref,
+            "category": person.category,
+            "graduation_year": person.graduation_year,
+            "age": person.age,
+            "labor_contract": rng.random() < 0.9,
+            "insured_months": insured,
+            "absorption_subsidy_claimed": rng.random() < 0.08,
+        }
+
+    def _qualifications(self, unit: _Unit) -> Iterator[dict[str, Any]]:
+        rng = self.rng
+        if unit.org_type != "enterprise":
+            return
+        edge = unit.edge
+        section = unit.industry[0]
+        granted: list[tuple[str, str, bool, int]] = []  # type, level, first_time, year
+        tech_odds = 0.06 if section in "CIM" else 0.01
+        if edge in ("high_tech_first_big", "high_tech_first_50m"):
+            granted.append(("high_tech", "national", True, rng.choice((2024, 2025))))
+        elif edge == "high_tech_recert" or (edge is None and rng.random() < tech_odds):
+            first = edge is None and rng.random() < 0.6
+            granted.append(("high_tech", "national", first, rng.choice((2023, 2024, 2025))))
+        champion = edge == "little_giant_and_champion" or (
+            edge is None and section == "C" and rng.random() < 0.004
+        )
+        giant_draw = rng.random()
+        year = rng.choice((2023, 2024, 2025))
+        if champion:
+            granted.append(("single_champion", "national", True, year))
+        if edge == "little_giant_and_champion" or (champion and rng.random() < 0.4):
+            granted.append(("little_giant", "national", True, year))
+        elif edge is None and giant_draw < 0.005:
+            granted.append(("little_giant", "national", rng.random() < 0.9, year))
+        elif edge is None and giant_draw < 0.025:
+            granted.append(("little_giant", "provincial", True, year))
+        if section in "BCD":
+            if edge == "above_size_emerging" or (edge is None and rng.random() < 0.04):
+                granted.append(("above_designated_size", "provincial", True, year))
+                if edge == "above_size_emerging" or rng.random() < 0.3:
+                    granted.append(("strategic_emerging", "provincial", True, year))
+        if edge is None and rng.random() < 0.025:
+            level = rng.choice(("provincial", "city"))
+            granted.append(("strategic_emerging", level, rng.random() < 0.7,
+                            rng.choice((2023, 2024, 2025))))
+        for kind, level, first_time, granted_year in granted:
+            self.certificates += 1
+            granted_on = date(granted_year, 1, 1) + timedelta(days=rng.randrange(365))
+            yield {
+                "kind": "qualification",
+                "uscc": unit.uscc,
+                "source": "science_technology" if kind == "high_tech" else "industry_it",
+                "as_of": granted_on.isoformat(),
+                "type": kind,
+                "level": level,
+                "first_time": first_time,
+                "granted_on": granted_on.isoformat(),
+                "certificate_no": f"{_CERTIFICATE_PREFIX[kind]}{granted_year}42{self.certificates:07d}",
+            }
+
+    def _credit_listings(self, unit: _Unit) -> Iterator[dict[str, Any]]:
+        rng = self.rng
+        edge = unit.edge
+        if edge == "listed_current":
+            lists = [rng.choice(("serious_dishonesty", "judgment_defaulter", "wage_arrears", "zombie"))]
+        elif edge == "listed_removed":
+            lists = [rng.choice(_LIST_CHOICE.items)]
+        elif edge is None and rng.random() < 0.02:
+            drawn = {_LIST_CHOICE.draw(rng) for _ in range(rng.choice((1, 1, 1, 2)))}
+            lists = sorted(drawn)
+        else:
+            return
+        for name in lists:
+            listed_on = date(2019, 1, 1) + timedelta(days=rng.randrange((REGISTRY_AS_OF - date(2019, 1, 1)).days))
+            removed_on: date | None = None
+            if edge == "listed_removed" or (edge is None and rng.random() < 0.45):
+                room = (REGISTRY_AS_OF - listed_on).days
+                removed_on = listed_on + timedelta(days=rng.randint(0, room))
+            yield {
+                "kind": "credit_listing",
+                "uscc": unit.uscc,
+                "source": "credit",
+                "as_of": REGISTRY_AS_OF.isoformat(),
+                "list": name,
+                "listed_on": listed_on.isoformat(),
+                "removed_on": removed_on.isoformat() if removed_on else None,
+            }
+
+
+_CERTIFICATE_PREFIX = {
+    "high_tech": "GR",
+    "little_giant": "XJR",
+    "single_champion": "DXGJ",
+    "above_designated_size": "GS",
+    "strategic_emerging": "ZX",
+}
+
+
+def generate(count: int, seed: int) -> Iterator[dict[str, Any]]:
+    """Records of `count` synthetic units, unit by unit; the same (count, seed), the same data."""
+    generator = _Generator(count, seed)
+    for index in range(count):
+        yield from generator.unit(index)
+
+
+def write_jsonl(path: Path, count: int, seed: int) -> int:
+    """Write `generate(count, seed)` as JSON Lines; the number of records written."""
+    written = 0
+    with open(path, "wb") as out:
+        for record in generate(count, seed):
+            out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            written += 1
+    return written
+
+
+class _Weighted:
+    """Items drawn by weight; the cumulative weights are computed once, not on every draw."""
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        self.items = tuple(weights)
+        self.cumulative = tuple(accumulate(weights.values()))
+
+    def draw(self, rng: random.Random) -> str:
+        return rng.choices(self.items, cum_weights=self.cumulative)[0]
+
+
+_ORG_TYPE_CHOICE = _Weighted({name: weight for name, (weight, _) in _ORG_TYPES.items()})
+_INDUSTRY_CHOICE = _Weighted({code: weight for code, weight, _, _ in _INDUSTRIES})
+_REGION_CHOICE = _Weighted(dict(zip(XIANGYANG, (30.0, 8, 14, 12, 5, 6, 3, 6, 10, 6))))
+_SUFFIX_CHOICE = _Weighted({"有限公司": 7.0, "有限责任公司": 2.0, "股份有限公司": 1.0})
+_STATUS_CHOICE = _Weighted(
+    {"active": 94.0, "suspended": 2.0, "liquidating": 1.5, "deregistered": 1.5, "revoked": 1.0}
+)
+_RATING_CHOICE = _Weighted({"A": 38.0, "B": 42.0, "M": 8.0, "C": 7.0, "D": 5.0})
+_LIST_CHOICE = _Weighted({"abnormal_operation": 40.0, "judgment_defaulter": 20.0,
+                          "wage_arrears": 15.0, "serious_dishonesty": 10.0, "zombie": 15.0})
+
+
+def _affine(rng: random.Random, modulus: int) -> Any:
+    """A random bijection of range(modulus) of the form i -> (a*i + b) mod modulus."""
+    while True:
+        a = rng.randrange(modulus // 3, modulus)
+        if math.gcd(a, modulus) == 1:
+            break
+    b = rng.randrange(modulus)
+    return lambda i: (a * i + b) % modulus
+
+
+def _encode(number: int, alphabet: str, width: int) -> str:
+    """`number` written in base len(alphabet) with exactly `width` characters."""
+    base = len(alphabet)
+    chars = []
+    for _ in range(width):
+        number, digit = divmod(number, base)
+        chars.append(alphabet[digit])
+    return "".join(reversed(chars))
+
+
+def _rough_size_class(industry: str, employees: int, revenue_fen: int) -> str:
+    """The class a social-insurance office might have recorded: a rough reading of the standard.
+
+    Deliberately not the SME-standard classifier (that is `sme_standard`): the office's record is
+    a separate fact and may disagree with the derived class.
+    """
+    revenue_wan = revenue_fen // WAN_FEN
+    if industry[0] in "BCD":
+        bounds = ((1000, 40000), (300, 2000), (20, 300))
+    else:
+        bounds = ((300, 10000), (100, 1000), (10, 100))
+    for size, (staff, revenue) in zip(("large", "medium", "small"), bounds):
+        if employees >= staff and revenue_wan >= revenue:
+            return size
+    return "micro"

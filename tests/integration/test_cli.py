@@ -1,0 +1,140 @@
+"""The `benefits` command end to end: load a feed, evaluate with --json, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from enterprise_registry.uscc import make
+from service.cli import main
+
+A = make("91420606MA4K10001")
+B = make("91420606MA4K10002")
+BANK = {"bank_name": "中国工商银行襄阳分行", "account_no": "1804000109200012345", "account_name": "x"}
+
+
+def _enterprise(uscc: str, **overrides: object) -> dict[str, object]:
+    record: dict[str, object] = {
+        "kind": "enterprise", "uscc": uscc, "source": "market_regulation", "as_of": "2025-12-31",
+        "name": f"襄阳示例{uscc[-4:]}有限公司", "org_type": "enterprise", "region_code": "420606",
+        "industry_code": "C3670", "established_on": "2010-01-01", "status": "active",
+        "labor_dispatch": False, "bank_account": BANK}
+    record.update(overrides)
+    return record
+
+
+def _si(uscc: str, **overrides: object) -> dict[str, object]:
+    record: dict[str, object] = {
+        "kind": "social_insurance_year", "uscc": uscc, "source": "human_resources",
+        "as_of": "2025-01-31", "year": 2024, "insured_start": 1000, "insured_end": 1000,
+        "insured_avg_monthly": 1000, "ui_months_paid": 12, "ui_premium_paid_fen": 123456715,
+        "ui_back_payment_fen": 0, "ui_late_fee_fen": 0, "ui_arrears": False, "layoffs": 0,
+        "ui_benefit_claimants": 55, "size_class": "large"}
+    record.update(overrides)
+    return record
+
+
+def _hire(uscc: str, person: str, hired_on: str) -> dict[str, object]:
+    return {"kind": "hire", "uscc": uscc, "source": "human_resources", "as_of": "2025-12-31",
+            "year": 2025, "hired_on": hired_on, "person_ref": person, "category": "graduate",
+            "graduation_year": 2025, "age": 22, "labor_contract": True, "insured_months": 3,
+            "absorption_subsidy_claimed": False}
+
+
+def _write(path: Path, records: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                    encoding="utf-8")
+    return path
+
+
+def _evaluate(capsys: pytest.CaptureFixture[str], db_url: str, uscc: str, policy: str,
+              period: int = 2025) -> dict[str, object]:
+    code = main(["evaluate", "--db", db_url, "--uscc", uscc, "--policy", policy,
+                 "--period", str(period), "--as-of", "2026-03-31", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def test_load_then_evaluate_json(db_url: str, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    feed = _write(tmp_path / "feed.jsonl", [_enterprise(A), _si(A), _enterprise(B),
+                                            _si(B, ui_benefit_claimants=56)])
+    assert main(["registry", "load", str(feed), "--db", db_url]) == 0
+    capsys.readouterr()
+
+    eligible = _evaluate(capsys, db_url, A, "stable-jobs-refund")
+    assert eligible["outcome"] == "ELIGIBLE"
+    assert eligible["amount_fen"] == 37037015
+    layoff = next(c for c in eligible["conditions"] if c["id"] == "layoff-rate")  # type: ignore[union-attr, index]
+    assert layoff["result"] is True
+    assert {r["name"] for r in layoff["reads"]} >= {"si.ui_benefit_claimants", "si.insured_avg_monthly"}
+    assert all(r["source"] == "human_resources" and r["as_of"] == "2025-01-31" for r in layoff["reads"])
+
+    ineligible = _evaluate(capsys, db_url, B, "stable-jobs-refund")
+    assert ineligible["outcome"] == "INELIGIBLE"
+    assert ineligible["amount_fen"] == 0
+
+
+def test_person_hired_by_two_enterprises_counts_once(db_url: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    feed = _write(tmp_path / "hires.jsonl", [
+        _enterprise(A), _enterprise(B),
+        _hire(A, "P000001", "2025-03-01"), _hire(B, "P000001", "2025-02-01"),
+        _hire(A, "P000002", "2025-04-01")])
+    assert main(["registry", "load", str(feed), "--db", db_url]) == 0
+    capsys.readouterr()
+    assert _evaluate(capsys, db_url, A, "job-expansion-subsidy")["amount_fen"] == 150000
+    assert _evaluate(capsys, db_url, B, "job-expansion-subsidy")["amount_fen"] == 150000
+
+
+def test_refused_feed_stores_nothing_and_names_the_line(db_url: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    good = _write(tmp_path / "good.jsonl", [_enterprise(A), _si(A)])
+    assert main(["registry", "load", str(good), "--db", db_url]) == 0
+    bad = _write(tmp_path / "bad.jsonl", [_enterprise(B), _si(B, ui_premium_paid_fen=12.5)])
+    assert main(["registry", "load", str(bad), "--db", db_url]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:2:" in err and "ui_premium_paid_fen" in err
+    code = main(["evaluate", "--db", db_url, "--uscc", B, "--policy", "stable-jobs-refund",
+                 "--period", "2025"])
+    assert code == 2
+    assert f"no facts on record for enterprise {B}" in capsys.readouterr().err
+    assert _evaluate(capsys, db_url, A, "stable-jobs-refund")["outcome"] == "ELIGIBLE"
+
+
+def test_evaluate_refuses_unknown_policy_and_period(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    assert main(["evaluate", "--db", db, "--uscc", A, "--policy", "no-such", "--period", "2025"]) == 2
+    assert "unknown policy 'no-such'" in capsys.readouterr().err
+    assert main(["evaluate", "--db", db, "--uscc", A, "--policy", "job-expansion-subsidy",
+                 "--period", "2024"]) == 2
+    assert "not in force for period 2024" in capsys.readouterr().err
+
+
+def test_rules_check_names_file_and_line_of_a_broken_policy(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pack = tmp_path / "rules"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "rules" / "policies", pack)
+    policy = pack / "high-tech-reward.yaml"
+    text = policy.read_text(encoding="utf-8")
+    policy.write_text(text.replace('expr: tax.credit_rating != "D"',
+                                   'expr: tax.credit_ratng != "D"'), encoding="utf-8")
+    line = next(i for i, l in enumerate(policy.read_text(encoding="utf-8").splitlines(), 1)
+                if "credit_ratng" in l)
+    assert main(["rules", "check", str(pack)]) == 2
+    err = capsys.readouterr().err
+    assert f"{policy}:{line}:" in err
+    assert "unknown fact 'tax.credit_ratng'" in err and "did you mean 'tax.credit_rating'" in err
+
+
+def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "service.cli", "rules", "check"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "6 policies valid" in result.stdout
