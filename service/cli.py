@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
 import rules as rules_package
+from sqlalchemy.engine import Engine
+
 from enterprise_registry.db import DEFAULT_DB_URL, create_schema, make_engine
 from rules.errors import RuleError
 from rules.loader import PolicySet, load_policy_dir
@@ -85,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _database(url: str) -> Iterator[Engine]:
+    """An engine with the schema in place, disposed afterwards (no connection left open)."""
+    engine = make_engine(url)
+    try:
+        create_schema(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def _policies(root: Path) -> PolicySet:
     return load_policy_dir(root, CATALOGUE)
 
@@ -93,10 +107,9 @@ def _registry_load(args: argparse.Namespace) -> int:
     from enterprise_registry.errors import ImportRejectedError
     from enterprise_registry.importer import load_jsonl
 
-    engine = make_engine(args.db)
-    create_schema(engine)
     try:
-        report = load_jsonl(args.file, engine)
+        with _database(args.db) as engine:
+            report = load_jsonl(args.file, engine)
     except ImportRejectedError as exc:
         for error in exc.errors:
             print(str(error), file=sys.stderr)
@@ -160,11 +173,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from service.facts_documents import DocumentSource
 
     policies = _policies(args.rules)
-    engine = make_engine(args.db)
-    create_schema(engine)
-    result = evaluate_enterprise(policies, DocumentSource(engine), uscc=args.uscc,
-                                 policy_id=args.policy, period=args.period,
-                                 today=args.as_of or date.today())
+    with _database(args.db) as engine:
+        result = evaluate_enterprise(policies, DocumentSource(engine), uscc=args.uscc,
+                                     policy_id=args.policy, period=args.period,
+                                     today=args.as_of or date.today())
     title = policies.get(args.policy).model.title
     if args.json:
         print(json.dumps(as_json(result, title), ensure_ascii=False, indent=2))
@@ -179,11 +191,9 @@ def _evaluate_period(args: argparse.Namespace) -> int:
     from service.facts_documents import DocumentSource
 
     policies = _policies(args.rules)
-    engine = make_engine(args.db)
-    create_schema(engine)
-    source = DocumentSource(engine)
-    summary = evaluate_period(policies, source, period=args.period, policy_ids=args.policy,
-                              today=args.as_of or date.today())
+    with _database(args.db) as engine:
+        summary = evaluate_period(policies, DocumentSource(engine), period=args.period,
+                                  policy_ids=args.policy, today=args.as_of or date.today())
     if args.json:
         print(json.dumps({"period": summary.period, "enterprises": summary.enterprises,
                           "evaluations": summary.evaluations, "seconds": summary.seconds,
