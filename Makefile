@@ -8,17 +8,30 @@ PERIOD ?= 2025
 COUNT ?= 20000
 SEED ?= 7
 REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
+PROTOS := $(wildcard proto/benefits/v1/*.proto)
+GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install run seed check-rules test test-unit test-integration test-policies bench lint clean
+.PHONY: install proto run seed check-rules test test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(PROTOS)
 	@# durable-rules needs Python 3.11 or 3.12 (it does not import on 3.13)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(MAKE) proto
+	@# again, so that the editable install also maps the generated package
+	$(BIN)/pip install --quiet --no-deps -e '.[dev]'
 	touch $@
+
+proto: $(GENERATED)  ## generate Python code from proto/ into gen/ (never edited by hand)
+
+$(GENERATED): $(PROTOS)
+	rm -rf gen && mkdir -p gen
+	$(BIN)/python -m grpc_tools.protoc -I proto -I "$$($(BIN)/python -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')" \
+	  --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	touch gen/benefits/__init__.py gen/benefits/v1/__init__.py
 
 $(REGISTRY): | $(VENV)/.installed
 	@# deterministic synthetic Xiangyang registry
@@ -56,8 +69,9 @@ test-policies: install  ## the test cases beside each policy
 bench: install  ## evaluation throughput against a plain-Python baseline, measured in the same run
 	$(BIN)/python benchmarks/bench_rules.py
 
-lint: install
+lint: install  ## buf lint over proto/ and ruff over the Python code
+	$(BIN)/buf lint
 	$(BIN)/ruff check rules service enterprise_registry tests benchmarks
 
 clean:
-	rm -rf var $(VENV) *.egg-info .pytest_cache
+	rm -rf var gen $(VENV) *.egg-info .pytest_cache

@@ -13,9 +13,9 @@ import hashlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import orjson
 from sqlalchemy import Connection
@@ -27,6 +27,9 @@ from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.errors import ImportRejectedError, RecordError, RecordValidationError
 from enterprise_registry.models import key_columns, table_for, to_row
 from enterprise_registry.records import KEY_FIELDS, Record, parse_record, record_key
+
+if TYPE_CHECKING:
+    import psycopg
 
 BATCH_ROWS = 5000  # rows per INSERT statement: large enough to amortise, small enough to stream
 MAX_ERRORS = 1000  # problems kept for the report; all of them are counted
@@ -84,7 +87,8 @@ class RecordChecker:
         key = record_key(record)
         first = self._first_line.setdefault(_digest(record.kind, key), line)
         if first != line:
-            shown = ", ".join(f"{name}={value}" for name, value in zip(KEY_FIELDS[record.kind], key))
+            names = KEY_FIELDS[record.kind]
+            shown = ", ".join(f"{name}={value}" for name, value in zip(names, key))
             self._error(line, None, f"duplicate {record.kind} ({shown}): already on line {first}")
             return None
         if record.kind == "enterprise" and not uscc_codes.organisation_code_ok(record.uscc):
@@ -210,7 +214,7 @@ def _digest(kind: str, key: tuple[Any, ...]) -> int:
     return int.from_bytes(hashlib.blake2b(encoded, digest_size=16).digest(), "big")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _upsert_statement(dialect: str, kind: str) -> ReturningInsert[Any]:
     """INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE stored.as_of <= new.as_of RETURNING."""
     table = table_for(kind)
@@ -238,7 +242,8 @@ def _upsert(connection: Connection, kind: str, rows: list[dict[str, Any]]) -> in
     # statements that psycopg re-parses every time (about 20k rows/s, measured); psycopg's own
     # pipelined executemany with returning=True is 2.5x faster and yields one result per row.
     compiled = statement.compile(dialect=connection.dialect, column_keys=list(rows[0]))
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    dbapi_connection = cast("psycopg.Connection[Any]", connection.connection.dbapi_connection)
+    cursor = dbapi_connection.cursor()
     try:
         cursor.executemany(str(compiled), rows, returning=True)
         written = 0

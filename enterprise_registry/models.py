@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Optional
+from typing import Any
 
 from sqlalchemy import BigInteger, Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -28,9 +28,9 @@ class Enterprise(SQLModel, table=True):
     established_on: date
     status: str
     labor_dispatch: bool
-    bank_name: Optional[str] = None
-    bank_account_no: Optional[str] = None
-    bank_account_name: Optional[str] = None
+    bank_name: str | None = None
+    bank_account_no: str | None = None
+    bank_account_name: str | None = None
     source: str
     as_of: date
 
@@ -41,7 +41,7 @@ class TaxYear(SQLModel, table=True):
     __tablename__ = "tax_year"
     __table_args__ = (UniqueConstraint("uscc", "year", name="uq_tax_year_key"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     uscc: str = Field(max_length=18)
     year: int
     employees: int
@@ -61,7 +61,7 @@ class SocialInsuranceYear(SQLModel, table=True):
     __tablename__ = "social_insurance_year"
     __table_args__ = (UniqueConstraint("uscc", "year", name="uq_social_insurance_year_key"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     uscc: str = Field(max_length=18)
     year: int
     insured_start: int
@@ -74,7 +74,7 @@ class SocialInsuranceYear(SQLModel, table=True):
     ui_arrears: bool
     layoffs: int
     ui_benefit_claimants: int
-    size_class: Optional[str] = None
+    size_class: str | None = None
     source: str
     as_of: date
 
@@ -88,14 +88,14 @@ class Hire(SQLModel, table=True):
         Index("ix_hire_person_ref_year", "person_ref", "year"),
     )
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     uscc: str = Field(max_length=18)
     year: int
     hired_on: date
     person_ref: str = Field(max_length=64)
     category: str
-    graduation_year: Optional[int] = None
-    age: Optional[int] = None
+    graduation_year: int | None = None
+    age: int | None = None
     labor_contract: bool
     insured_months: int
     absorption_subsidy_claimed: bool
@@ -109,7 +109,7 @@ class Qualification(SQLModel, table=True):
     __tablename__ = "qualification"
     __table_args__ = (UniqueConstraint("uscc", "certificate_no", name="uq_qualification_key"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     uscc: str = Field(max_length=18)
     type: str
     level: str
@@ -126,11 +126,11 @@ class CreditListing(SQLModel, table=True):
     __tablename__ = "credit_listing"
     __table_args__ = (UniqueConstraint("uscc", "list", "listed_on", name="uq_credit_listing_key"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     uscc: str = Field(max_length=18)
     list: str
     listed_on: date
-    removed_on: Optional[date] = None
+    removed_on: date | None = None
     source: str
     as_of: date
 

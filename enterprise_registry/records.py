@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import (
@@ -107,7 +107,8 @@ def _to_date(value: object) -> object:
         except ValueError:
             raise ValueError(f"not a real date: {value}") from None
     elif isinstance(value, datetime) or not isinstance(value, date):
-        raise ValueError(f"must be a date written YYYY-MM-DD, got {_show(value)}")
+        # ValueError, not TypeError: pydantic reports only ValueError as a validation error.
+        raise ValueError(f"must be a date written YYYY-MM-DD, got {_show(value)}")  # noqa: TRY004
     if not MIN_DATE_YEAR <= value.year <= MAX_YEAR:
         raise ValueError(f"year of {value.isoformat()} is outside {MIN_DATE_YEAR}..{MAX_YEAR}")
     return value
@@ -336,14 +337,14 @@ class CreditListingRecord(RecordBase):
         return self
 
 
-Record = Union[
-    EnterpriseRecord,
-    TaxYearRecord,
-    SocialInsuranceYearRecord,
-    HireRecord,
-    QualificationRecord,
-    CreditListingRecord,
-]
+Record = (
+    EnterpriseRecord
+    | TaxYearRecord
+    | SocialInsuranceYearRecord
+    | HireRecord
+    | QualificationRecord
+    | CreditListingRecord
+)
 
 RECORD_MODELS: dict[str, type[RecordBase]] = {
     "enterprise": EnterpriseRecord,

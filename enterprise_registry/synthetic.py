@@ -27,11 +27,13 @@ import orjson
 from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.regions import XIANGYANG
 
-FACT_YEARS = (2023, 2024)
-HIRE_YEARS = (2024, 2025)
+PERIOD_YEARS = (2024, 2025)  # policy periods the data is made for
+FACT_YEARS = (2023, 2024)  # the years before them, which the policies read
+HIRE_YEARS = PERIOD_YEARS
 REGISTRY_AS_OF = date(2025, 6, 30)
 WAN_FEN = 1_000_000  # 1 万元 = 10,000 yuan = 1,000,000 fen
 EDGE_EVERY = 25  # one enterprise in EDGE_EVERY is an edge case
+MAX_COUNT = 31**5  # distinct post-2015 organisation codes MA4xxxxx: 28.6 million
 
 # org_type -> (weight, USCC registration authority + organisation type prefix)
 _ORG_TYPES: dict[str, tuple[float, str]] = {
@@ -162,6 +164,7 @@ _TRADE_CHARS = (
 _BANKS = ("中国工商银行股份有限公司", "中国农业银行股份有限公司", "中国银行股份有限公司",
           "中国建设银行股份有限公司", "交通银行股份有限公司", "湖北银行股份有限公司",
           "襄阳农村商业银行股份有限公司", "中国邮政储蓄银行股份有限公司")
+_BRANCHES = ("分行", "樊城支行", "襄城支行", "高新支行")
 
 # Thresholds of the SME standard (staff; revenue and assets in 万元) for edge cases to sit on.
 _STAFF_EDGES = (5, 10, 20, 50, 100, 200, 300, 1000)
@@ -187,6 +190,7 @@ class _Unit:
     region: str
     industry: str
     established: date
+    edge_year: int  # the period an edge case is built for
     employees: dict[int, int] = field(default_factory=dict)  # year-end headcount, 2022..2024
     revenue: dict[int, int] = field(default_factory=dict)  # fen
     assets: dict[int, int] = field(default_factory=dict)  # fen
@@ -213,7 +217,11 @@ class _Generator:
         self.edge_phase = rng.randrange(EDGE_EVERY)
         # Affine bijections (a*i + b mod m, a coprime to m) make codes and names unique by
         # construction while looking random, with no set of used values to keep.
-        self.name_length = max(3, math.ceil(math.log(max(count, 2), len(_TRADE_CHARS))))
+        if count > MAX_COUNT:
+            raise ValueError(f"at most {MAX_COUNT:,} units, got {count:,}")
+        self.name_length = 3  # trade names of 3 characters, 4 for very large registries
+        while len(_TRADE_CHARS) ** self.name_length < count:
+            self.name_length += 1
         self.name_perm = _affine(rng, len(_TRADE_CHARS) ** self.name_length)
         self.new_code_perm = _affine(rng, 31**5)
         self.old_code_perm = _affine(rng, 10**8)
@@ -246,7 +254,9 @@ class _Generator:
             word = rng.choice(_INDUSTRY[industry][3])
         established = self._established(org_type, edge)
         uscc = self._uscc(index, org_type, region, established)
-        unit = _Unit(index, edge, org_type, uscc, region, industry, established)
+        # Successive occurrences of one edge case alternate between the two periods.
+        edge_year = PERIOD_YEARS[(index // (EDGE_EVERY * len(_EDGE_CASES))) % 2]
+        unit = _Unit(index, edge, org_type, uscc, region, industry, established, edge_year)
         self._figures(unit)
 
         yield self._enterprise(unit, word)
@@ -308,7 +318,7 @@ class _Generator:
         """Headcount, revenue and assets for 2022..2024, correlated and size-spread."""
         rng = self.rng
         if unit.org_type in ("government", "public_institution"):
-            staff = rng.randint(20, 600)
+            staff = float(rng.randint(20, 600))
         else:
             segment = rng.random()
             if segment < 0.74:
@@ -369,11 +379,13 @@ class _Generator:
         status = _STATUS_CHOICE.draw(rng)
         if unit.edge is not None:
             status = "active"
+        # Labour-dispatch agencies: about half the L7263 firms, and a few registered elsewhere.
+        dispatch_odds = 0.5 if unit.industry == "L7263" else 0.006
         dispatch = unit.edge == "labor_dispatch" or (
-            unit.org_type == "enterprise" and rng.random() < (0.5 if unit.industry == "L7263" else 0.006)
+            unit.org_type == "enterprise" and rng.random() < dispatch_odds
         )
         account: dict[str, str] | None = {
-            "bank_name": f"{rng.choice(_BANKS)}襄阳{rng.choice(('分行', '樊城支行', '襄城支行', '高新支行'))}",
+            "bank_name": f"{rng.choice(_BANKS)}襄阳{rng.choice(_BRANCHES)}",
             "account_no": "".join(str(rng.randrange(10)) for _ in range(19)),
             "account_name": name,
         }
@@ -399,6 +411,8 @@ class _Generator:
         revenue = unit.revenue[year]
         industrial = unit.industry[0] in "BCD"
         main = revenue if not industrial else revenue * rng.randint(82, 100) // 100
+        if unit.edge in ("size_boundary", "high_tech_first_50m"):
+            main = revenue  # industry is classed by main-business revenue: keep it on the edge
         researching = unit.industry[0] in "CIM" and rng.random() < 0.5
         rating = _RATING_CHOICE.draw(rng)
         if unit.established.year >= year and rating in ("A", "B"):
@@ -425,7 +439,8 @@ class _Generator:
     def _social_insurance_year(self, unit: _Unit, year: int) -> dict[str, Any]:
         rng = self.rng
         edge = unit.edge
-        start = 0 if year == unit.established.year else round(unit.employees[year - 1] * unit.coverage)
+        new = year == unit.established.year
+        start = 0 if new else round(unit.employees[year - 1] * unit.coverage)
         end = round(unit.employees[year] * unit.coverage)
         average = max(1, round((start + end) / 2 * rng.uniform(0.95, 1.05))) if start + end else 0
         draw = rng.random()
@@ -436,22 +451,19 @@ class _Generator:
         else:
             claimants = max(1, round(average * rng.uniform(0.2, 0.4)))
         claimants = min(claimants, average)
-        exact = {
-            "layoff_exactly_5_5": (rng.choice((200, 400, 1000)), None, 55),
-            "small_employer_20pct": (30, rng.choice((25, 30)), 200),
-            "small_employer_31": (31, 30, 100),
-            "zero_insured": (0, 0, 0),
-        }.get(edge or "")
+        exact = self._exact_layoffs(edge)
         if exact is not None:
-            start, average, per_mille = exact[0], exact[1], exact[2]
-            average = start if average is None else average
+            start, average, per_mille = exact
             end = average
             claimants = average * per_mille // 1000
         layoffs = claimants + rng.randint(0, claimants)
         months_this_year = 12 if year > unit.established.year else 12 - unit.established.month
         months_paid = min(600, (year - unit.established.year) * 12 + months_this_year)
-        if rng.random() < 0.07 or edge == "ui_months_11":
-            months_paid = min(months_paid, 11 if edge else rng.randint(0, 11))
+        gap = rng.random() < 0.07  # contributions interrupted: the run restarted this year
+        if edge == "ui_months_11":
+            months_paid = min(months_paid, 11)
+        elif gap and edge is None:
+            months_paid = min(months_paid, rng.randint(0, 11))
         wage_fen = rng.randint(350_000, 900_000)  # monthly contribution base per person
         premium = average * months_this_year * wage_fen * 7 // 1000  # employer rate 0.7%
         premium += rng.randrange(100) if premium else 0
@@ -480,6 +492,19 @@ class _Generator:
             "size_class": size_class,
         }
 
+    def _exact_layoffs(self, edge: str | None) -> tuple[int, int, int] | None:
+        """Insured at the start, average insured and claimants per mille of the layoff edges."""
+        if edge == "layoff_exactly_5_5":  # 5.5% exactly: still within the limit
+            average = self.rng.choice((200, 400, 1000))
+            return average, average, 55
+        if edge == "small_employer_20pct":  # 30 insured at the start: the 20% limit applies
+            return 30, self.rng.choice((25, 30)), 200
+        if edge == "small_employer_31":  # 31 at the start: 10% is over the 5.5% limit
+            return 31, 30, 100
+        if edge == "zero_insured":  # nobody insured: a rate with a zero denominator
+            return 0, 0, 0
+        return None
+
     def _hires(self, unit: _Unit) -> Iterator[dict[str, Any]]:
         rng = self.rng
         used: set[str] = set()
@@ -501,7 +526,7 @@ class _Generator:
         rng = self.rng
         self.persons += 1
         ref = f"P{self.person_perm(self.persons):010x}"
-        hired_on = date(year, 1, 1) + timedelta(days=rng.randrange(365))
+        hired_on = _day_in_year(rng, year, unit.established)
         draw = rng.random()
         graduation_year: int | None = None
         age: int | None
@@ -530,8 +555,8 @@ class _Generator:
             return None
         earlier = rng.choice(candidates)
         hired_on = earlier.hired_on
-        if rng.random() < 0.6:
-            hired_on = date(year, 1, 1) + timedelta(days=rng.randrange(365))
+        if rng.random() < 0.6 or hired_on < unit.established:
+            hired_on = _day_in_year(rng, year, unit.established)
         return _Person(earlier.ref, year, hired_on, earlier.category, earlier.graduation_year,
                        earlier.age, unit.uscc)
 
@@ -566,15 +591,17 @@ class _Generator:
         granted: list[tuple[str, str, bool, int]] = []  # type, level, first_time, year
         tech_odds = 0.06 if section in "CIM" else 0.01
         if edge in ("high_tech_first_big", "high_tech_first_50m"):
-            granted.append(("high_tech", "national", True, rng.choice((2024, 2025))))
-        elif edge == "high_tech_recert" or (edge is None and rng.random() < tech_odds):
-            first = edge is None and rng.random() < 0.6
+            granted.append(("high_tech", "national", True, unit.edge_year))
+        elif edge == "high_tech_recert":
+            granted.append(("high_tech", "national", False, unit.edge_year))
+        elif edge is None and rng.random() < tech_odds:
+            first = rng.random() < 0.6
             granted.append(("high_tech", "national", first, rng.choice((2023, 2024, 2025))))
         champion = edge == "little_giant_and_champion" or (
             edge is None and section == "C" and rng.random() < 0.004
         )
         giant_draw = rng.random()
-        year = rng.choice((2023, 2024, 2025))
+        year = unit.edge_year if edge else rng.choice((2023, 2024, 2025))
         if champion:
             granted.append(("single_champion", "national", True, year))
         if edge == "little_giant_and_champion" or (champion and rng.random() < 0.4):
@@ -583,11 +610,11 @@ class _Generator:
             granted.append(("little_giant", "national", rng.random() < 0.9, year))
         elif edge is None and giant_draw < 0.025:
             granted.append(("little_giant", "provincial", True, year))
-        if section in "BCD":
-            if edge == "above_size_emerging" or (edge is None and rng.random() < 0.04):
-                granted.append(("above_designated_size", "provincial", True, year))
-                if edge == "above_size_emerging" or rng.random() < 0.3:
-                    granted.append(("strategic_emerging", "provincial", True, year))
+        entering = edge == "above_size_emerging" or (edge is None and rng.random() < 0.04)
+        if section in "BCD" and entering:
+            granted.append(("above_designated_size", "provincial", True, year))
+            if edge == "above_size_emerging" or rng.random() < 0.3:
+                granted.append(("strategic_emerging", "provincial", True, year))
         if edge is None and rng.random() < 0.025:
             level = rng.choice(("provincial", "city"))
             granted.append(("strategic_emerging", level, rng.random() < 0.7,
@@ -604,14 +631,14 @@ class _Generator:
                 "level": level,
                 "first_time": first_time,
                 "granted_on": granted_on.isoformat(),
-                "certificate_no": f"{_CERTIFICATE_PREFIX[kind]}{granted_year}42{self.certificates:07d}",
+                "certificate_no": _certificate_no(kind, granted_year, self.certificates),
             }
 
     def _credit_listings(self, unit: _Unit) -> Iterator[dict[str, Any]]:
         rng = self.rng
         edge = unit.edge
         if edge == "listed_current":
-            lists = [rng.choice(("serious_dishonesty", "judgment_defaulter", "wage_arrears", "zombie"))]
+            lists = [rng.choice(_EXCLUDING_LISTS)]
         elif edge == "listed_removed":
             lists = [rng.choice(_LIST_CHOICE.items)]
         elif edge is None and rng.random() < 0.02:
@@ -620,7 +647,7 @@ class _Generator:
         else:
             return
         for name in lists:
-            listed_on = date(2019, 1, 1) + timedelta(days=rng.randrange((REGISTRY_AS_OF - date(2019, 1, 1)).days))
+            listed_on = _LISTINGS_FROM + timedelta(days=rng.randrange(_LISTING_DAYS))
             removed_on: date | None = None
             if edge == "listed_removed" or (edge is None and rng.random() < 0.45):
                 room = (REGISTRY_AS_OF - listed_on).days
@@ -636,6 +663,10 @@ class _Generator:
             }
 
 
+# Lists that exclude an enterprise from every policy while it is on them.
+_EXCLUDING_LISTS = ("serious_dishonesty", "judgment_defaulter", "wage_arrears", "zombie")
+_LISTINGS_FROM = date(2019, 1, 1)
+_LISTING_DAYS = (REGISTRY_AS_OF - _LISTINGS_FROM).days
 _CERTIFICATE_PREFIX = {
     "high_tech": "GR",
     "little_giant": "XJR",
@@ -660,6 +691,17 @@ def write_jsonl(path: Path, count: int, seed: int) -> int:
             out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
             written += 1
     return written
+
+
+def _day_in_year(rng: random.Random, year: int, not_before: date) -> date:
+    """A day of `year`, not before `not_before` (nobody is hired before the employer exists)."""
+    first = max(date(year, 1, 1), not_before)
+    return first + timedelta(days=rng.randrange((date(year, 12, 31) - first).days + 1))
+
+
+def _certificate_no(kind: str, year: int, serial: int) -> str:
+    """Like GR202442001234: a type prefix, the year, Hubei's province code 42, a serial."""
+    return f"{_CERTIFICATE_PREFIX[kind]}{year}42{serial:07d}"
 
 
 class _Weighted:

@@ -21,7 +21,10 @@ def main() -> None:
     policy = _policies(DEFAULT_RULES).get(args.policy)
     compiled = policy.compiled(args.period)
     shown: set[str] = set()
-    for rows in islice(DocumentSource(make_engine(args.db)).all_rows(), 5000):
+    engine = make_engine(args.db)
+    for rows in islice(DocumentSource(engine).all_rows(), 20000):
+        if rows.enterprise is None or rows.enterprise.org_type != "enterprise":
+            continue  # show companies, the common case
         result = evaluate(compiled, build_document(rows, policy.fact_year(args.period)),
                           today=date.today())
         if result.outcome in shown or result.outcome not in ("ELIGIBLE", "INELIGIBLE"):
@@ -33,6 +36,7 @@ def main() -> None:
         print()
         if len(shown) == 2:
             break
+    engine.dispose()
 
 
 if __name__ == "__main__":

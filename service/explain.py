@@ -59,9 +59,18 @@ def _clause(clause: ClauseResult) -> str:
         if read.missing is not None:
             out.append(f"      {read.label}（{read.name}）：缺失 — {read.missing}")
         else:
-            out.append(f"      {read.label}（{read.name}）= {read.value}　来源 {read.source}，截至 {read.as_of}")
+            out.append(f"      {read.label}（{read.name}）= {_value(read.value)}"
+                       f"　来源 {read.source}，截至 {read.as_of}")
     for coll in clause.collections:
         out.append(f"      {coll.label}（{coll.name}）：共 {coll.records} 条，符合 {len(coll.matched)} 条"
                    + (f"：{', '.join(coll.matched[:10])}" if coll.matched else ""))
     out.extend(f"      注：{note}" for note in clause.notes)
     return "\n".join(out)
+
+
+def _value(value: object) -> str:
+    if value is True:
+        return "是"
+    if value is False:
+        return "否"
+    return str(value)

@@ -51,7 +51,7 @@ def test_published_codes_pass_both_checks(code: str) -> None:
         ("", "must be 18 characters, got 0"),
         ("914403001922O38216", "character 'O' at position 13 is not allowed"),
         ("91440300I92203821X", "character 'I' at position 9 is not allowed"),
-        ("9144030071526726xG", "character 'x' at position 17 is not allowed (letters must be upper"),
+        ("9144030071526726xG", "'x' at position 17 is not allowed (letters must be upper case)"),
         ("91440300S92203821X", "(I, O, S, V and Z are never used)"),
         ("91440300V92203821X", "(I, O, S, V and Z are never used)"),
         ("９１４４０３００１９２２０３８２１６", "character '９' at position 1 is not allowed"),
