@@ -85,6 +85,28 @@ def _parser() -> argparse.ArgumentParser:
     period.add_argument("--as-of", type=date.fromisoformat, default=None)
     period.add_argument("--json", action="store_true")
     period.set_defaults(run=_evaluate_period)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--db", default=DEFAULT_DB_URL)
+    serve.add_argument("--rules", type=Path, default=DEFAULT_RULES)
+    serve.add_argument("--listen", default="127.0.0.1:50051")
+    serve.add_argument("--auth-file", type=Path, required=True)
+    serve.add_argument("--workers", type=int, default=16)
+    serve.set_defaults(run=_serve)
+
+    lookup = sub.add_parser("lookup", help="an enterprise's benefits and explanations (gRPC client)")
+    lookup.add_argument("--uscc", required=True)
+    lookup.add_argument("--policy")
+    lookup.add_argument("--period", type=int, default=date.today().year - 1)
+    lookup.add_argument("--target", default="127.0.0.1:50051")
+    lookup.add_argument("--token", default=None,
+                        help="bearer token (default: the BENEFITS_TOKEN environment variable)")
+    lookup.set_defaults(run=_lookup)
+
+    demo = sub.add_parser("demo-auth", help="write an auth file with a demo token for every role")
+    demo.add_argument("--db", default=DEFAULT_DB_URL)
+    demo.add_argument("--out", type=Path, required=True)
+    demo.set_defaults(run=_demo_auth)
     return parser
 
 
@@ -214,6 +236,39 @@ def _evaluate_period(args: argparse.Namespace) -> int:
     for sample in summary.error_samples:
         print(f"error: {sample}", file=sys.stderr)
     return 1 if summary.error_samples else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from service.config import ServeConfig
+    from service.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    serve(ServeConfig(db_url=args.db, rules_dir=args.rules, auth_file=args.auth_file,
+                      listen=args.listen, max_workers=args.workers))
+    return 0
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    import os
+
+    from service.client import lookup
+
+    token = args.token or os.environ.get("BENEFITS_TOKEN")
+    if not token:
+        print("error: give --token or set BENEFITS_TOKEN", file=sys.stderr)
+        return 2
+    return lookup(args.target, token, uscc=args.uscc, policy_id=args.policy, period=args.period)
+
+
+def _demo_auth(args: argparse.Namespace) -> int:
+    from service.demo import write_demo_auth
+
+    with _database(args.db) as engine:
+        write_demo_auth(engine, args.out)
+    print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from datetime import date
 from itertools import islice
+from pathlib import Path
 
 from enterprise_registry.db import make_engine
 from rules.evaluator import evaluate
@@ -41,3 +42,31 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def write_demo_auth(engine: object, out: Path) -> None:
+    """An auth file with one demo principal per role; the enterprise is a registered company."""
+    import secrets
+
+    import yaml
+    from sqlalchemy import select
+
+    from enterprise_registry.models import Enterprise
+
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        uscc = conn.execute(select(Enterprise.uscc).where(Enterprise.org_type == "enterprise")
+                            .where(Enterprise.status == "active")
+                            .order_by(Enterprise.uscc).limit(1)).scalar_one()
+    principals = []
+    for role in ("admin", "auditor", "finance_operator", "finance_approver", "registry_feed",
+                 "enterprise"):
+        entry = {"principal": f"demo-{role.replace('_', '-')}", "role": role,
+                 "token": f"demo-{role.replace('_', '-')}-{secrets.token_hex(8)}"}
+        if role == "enterprise":
+            entry["uscc"] = uscc
+        principals.append(entry)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Demo tokens for `make run` only; never for production.\n" +
+                   yaml.safe_dump({"principals": principals}, allow_unicode=True, sort_keys=False),
+                   encoding="utf-8")
+    out.chmod(0o600)

@@ -1,7 +1,12 @@
 """Errors of the service layer.
 
 ServiceError
-└── EnterpriseNotFoundError      nothing is on record for a USCC
+├── EnterpriseNotFoundError      nothing is on record for a USCC
+├── InvalidArgumentError         request fields are malformed (one violation per field)
+├── UnauthenticatedError         no token, or an unknown one
+├── PermissionDeniedError        a known caller without the right (role, or foreign USCC)
+├── UnimplementedError           a method whose issue has not landed
+└── AuthFileError                the auth file is unreadable or malformed
 """
 from __future__ import annotations
 
@@ -16,3 +21,27 @@ class EnterpriseNotFoundError(ServiceError):
     def __init__(self, uscc: str) -> None:
         self.uscc = uscc
         super().__init__(f"no facts on record for enterprise {uscc}")
+
+
+class InvalidArgumentError(ServiceError):
+    """Raised when request fields are malformed; carries one (field, reason) per problem."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{field}: {reason}" for field, reason in violations))
+
+
+class UnauthenticatedError(ServiceError):
+    """Raised when a call carries no token, or one the auth file does not know."""
+
+
+class PermissionDeniedError(ServiceError):
+    """Raised when a known caller may not do this: wrong role, or another enterprise's USCC."""
+
+
+class UnimplementedError(ServiceError):
+    """Raised by methods whose issue has not landed yet (payouts, audit)."""
+
+
+class AuthFileError(ServiceError):
+    """Raised when the auth file cannot be read or an entry is malformed (names the entry)."""

@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 
 from rules.facts import Fact, FactsDocument, FactValue, Record
-from rules.loader import CompiledPolicy, LoadedPolicy, load_policy_file
+from rules.loader import CompiledPolicy, LoadedPolicy, PolicySet, load_policy_dir, load_policy_file
 from service.catalogue import CATALOGUE
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -116,6 +116,12 @@ def position_of(text: str, needle: str, occurrence: int = 1) -> tuple[int, int]:
 def stable_jobs() -> LoadedPolicy:
     """The real stable-jobs-refund policy (loaded once per test process)."""
     return load_policy_file(STABLE_JOBS_FILE, CATALOGUE, require_tests=False)
+
+
+@cache
+def shipped_policies() -> PolicySet:
+    """Every policy under rules/policies (loaded once per test process)."""
+    return load_policy_dir(POLICIES_DIR, CATALOGUE, require_tests=False)
 
 
 STABLE_BASE: dict[str, FactValue] = {

@@ -11,7 +11,6 @@ import pytest
 from rules.compiler import INT64_MAX, MAX_RULES
 from rules.errors import EngineDisagreementError, EngineError, EngineLimitError, PolicyFileError
 from rules.evaluator import ELIGIBLE, INELIGIBLE, evaluate
-from rules.loader import load_policy_dir
 from rules_testkit import (
     POLICIES_DIR,
     TODAY,
@@ -20,8 +19,8 @@ from rules_testkit import (
     load_text,
     policy_yaml,
     position_of,
+    shipped_policies,
 )
-from service.catalogue import CATALOGUE
 
 RATE = "rate:\n  description: 比例\n  value: 5.5%\n"
 
@@ -74,8 +73,7 @@ def test_division_in_the_amount_formula_is_allowed(tmp_path: Path) -> None:
                                        sorted(POLICIES_DIR.glob("*.yaml"))
                                        if not p.name.endswith(".test.yaml")])
 def test_no_shipped_policy_sends_a_division_to_the_engine(policy_id: str) -> None:
-    policies = load_policy_dir(POLICIES_DIR, CATALOGUE, require_tests=False)
-    policy = policies.get(policy_id)
+    policy = shipped_policies().get(policy_id)
     for period in policy.check_periods():
         assert "$div" not in set(keys(policy.compiled(period).definition))
 

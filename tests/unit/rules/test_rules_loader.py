@@ -28,6 +28,7 @@ from rules_testkit import (
     load_text,
     policy_yaml,
     position_of,
+    shipped_policies,
     stable_document,
     stable_jobs,
     write_policy,
@@ -434,7 +435,7 @@ def test_stable_jobs_parameters_by_period() -> None:
 
 
 def test_every_shipped_policy_loads_and_evaluates_for_every_listed_period() -> None:
-    policies = load_policy_dir(POLICIES_DIR, CATALOGUE, require_tests=False)
+    policies = shipped_policies()
     assert len(policies) == len(policy_files(POLICIES_DIR)) >= 6
     for policy in policies:
         for period in policy.check_periods():

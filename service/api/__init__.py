@@ -1,0 +1,1 @@
+"""The gRPC adapter: authentication, the error table, message conversion and the servicers."""

@@ -1,0 +1,79 @@
+"""Domain results -> protobuf messages of benefits.v1."""
+from __future__ import annotations
+
+import json
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from benefits.v1 import evaluation_pb2, policy_service_pb2
+from rules.evaluator import AmountTrace, ClauseResult, Evaluation, FactRead
+from rules.loader import LoadedPolicy
+
+OUTCOMES = {"ELIGIBLE": evaluation_pb2.OUTCOME_ELIGIBLE,
+            "INELIGIBLE": evaluation_pb2.OUTCOME_INELIGIBLE,
+            "UNDETERMINED": evaluation_pb2.OUTCOME_UNDETERMINED,
+            "HELD": evaluation_pb2.OUTCOME_HELD}
+RESULTS = {"true": evaluation_pb2.CONDITION_RESULT_TRUE,
+           "false": evaluation_pb2.CONDITION_RESULT_FALSE,
+           "unknown": evaluation_pb2.CONDITION_RESULT_UNKNOWN}
+
+
+def evaluation(e: Evaluation, *, evaluation_id: str = "") -> evaluation_pb2.Evaluation:
+    now = Timestamp()
+    now.GetCurrentTime()
+    message = evaluation_pb2.Evaluation(
+        evaluation_id=evaluation_id, uscc=e.uscc, policy_id=e.policy_id,
+        policy_version=e.policy_version, rule_sha256=e.rule_sha256, period=e.period,
+        fact_year=e.fact_year, outcome=OUTCOMES[e.outcome], amount_fen=e.amount_fen,
+        conditions=[_clause(c) for c in e.conditions],
+        payable_conditions=[_clause(c) for c in e.payable],
+        missing_facts=e.missing, held_conditions=e.held, evaluation_date=e.evaluated_on,
+        evaluate_time=now, engine_version=e.engine, conflict_group=e.conflict_group or "")
+    if e.amount is not None:
+        message.amount.CopyFrom(_amount(e.amount))
+    return message
+
+
+def _clause(c: ClauseResult) -> evaluation_pb2.ConditionTrace:
+    return evaluation_pb2.ConditionTrace(
+        id=c.id, text=c.text, citation=c.citation, result=RESULTS[c.result],
+        reads=[_read(r) for r in c.reads],
+        collections=[evaluation_pb2.CollectionRead(name=k.name, label=k.label,
+                                                   record_count=k.records,
+                                                   matched_refs=k.matched)
+                     for k in c.collections],
+        notes=c.notes)
+
+
+def _read(r: FactRead) -> evaluation_pb2.FactRead:
+    return evaluation_pb2.FactRead(
+        name=r.name, label=r.label,
+        value_json="" if r.missing is not None else json.dumps(r.value, ensure_ascii=False),
+        source=r.source or "", as_of=r.as_of or "", missing_reason=r.missing or "")
+
+
+def _amount(a: AmountTrace) -> evaluation_pb2.AmountComputation:
+    return evaluation_pb2.AmountComputation(
+        text=a.text, formula=a.formula, exact_fen=a.exact or "", rounding=a.rounding,
+        cap_fen=a.cap_fen or 0, reads=[_read(r) for r in a.reads], notes=a.notes)
+
+
+def policy(p: LoadedPolicy) -> policy_service_pb2.Policy:
+    model = p.model
+    effective = model.effective
+    return policy_service_pb2.Policy(
+        policy_id=p.id, version=p.version, title=model.title, authority=model.authority,
+        description=(model.description or "").strip(),
+        legal_basis=[policy_service_pb2.LegalBasis(
+            document=b.document, title=b.title, article=b.article or "", url=b.url or "",
+            periods=b.periods or []) for b in model.legal_basis],
+        apply_free=model.apply_free is True,
+        application_reason="" if model.apply_free is True else str(model.apply_free),
+        funding=model.funding, periods=effective.listed(),
+        open_ended=effective.periods is None and effective.last_period is None,
+        conflict_group=model.conflict_group or "", rule_sha256=p.sha256,
+        conditions=[policy_service_pb2.PolicyCondition(
+            id=c.id, text=c.text, citation=c.citation, expression=c.expr.strip(), payable=payable)
+            for payable, clauses in ((False, model.conditions), (True, model.payable))
+            for c in clauses],
+        amount_text=model.amount.text, budget_fen=p.budget_fen or 0)

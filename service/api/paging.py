@@ -1,0 +1,39 @@
+"""Opaque page tokens (AIP-158): an offset bound to the query it belongs to."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+from service.errors import InvalidArgumentError
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+
+
+def page_bounds(page_size: int, page_token: str, query: str) -> tuple[int, int]:
+    """(offset, limit) for a request; a token from another query or a forged one is refused."""
+    if page_size < 0:
+        raise InvalidArgumentError([("page_size", "must not be negative")])
+    limit = DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
+    if not page_token:
+        return 0, limit
+    try:
+        data = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+        offset, fingerprint = int(data["o"]), str(data["q"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgumentError([("page_token", "not a token this service issued")]) from None
+    if offset < 0 or fingerprint != _fingerprint(query):
+        raise InvalidArgumentError([("page_token", "belongs to a different query")])
+    return offset, limit
+
+
+def next_token(offset: int, limit: int, total: int, query: str) -> str:
+    if offset + limit >= total:
+        return ""
+    raw = json.dumps({"o": offset + limit, "q": _fingerprint(query)}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _fingerprint(query: str) -> str:
+    return hashlib.sha256(query.encode()).hexdigest()[:16]

@@ -1,0 +1,242 @@
+"""The benefits.v1 servicers. Each validates its request, checks the caller's right to the
+USCC, and calls the domain layers; errors are mapped to status codes in `status.py`."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import grpc
+import orjson
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from benefits.v1 import (
+    audit_service_pb2_grpc,
+    benefit_service_pb2,
+    benefit_service_pb2_grpc,
+    payout_service_pb2_grpc,
+    policy_service_pb2,
+    policy_service_pb2_grpc,
+    registry_service_pb2,
+    registry_service_pb2_grpc,
+)
+from enterprise_registry import uscc as uscc_codes
+from enterprise_registry.importer import RecordChecker, store_records
+from enterprise_registry.models import MODEL_BY_KIND
+from rules.loader import PolicyStore
+from service.api import convert
+from service.api.auth import Principal, authorize_uscc, current_principal
+from service.api.paging import next_token, page_bounds
+from service.errors import (
+    EnterpriseNotFoundError,
+    InvalidArgumentError,
+    UnimplementedError,
+)
+from service.evaluation import evaluate_enterprise
+from service.explain import OUTCOME_ZH, as_text
+from service.facts_documents import DocumentSource
+
+MIN_PERIOD, MAX_PERIOD = 2000, 2100
+MAX_IMPORT_RECORDS = 1_000_000
+IMPORT_CHUNK = 1000
+
+
+def _caller() -> Principal:
+    principal = current_principal.get()
+    assert principal is not None, "the interceptor admits every call first"
+    return principal
+
+
+def _check_uscc(uscc: str, violations: list[tuple[str, str]]) -> None:
+    authorize_uscc(_caller(), uscc)  # permission before validity and existence (AIP-211)
+    if not uscc:
+        violations.append(("uscc", "required"))
+    elif not uscc_codes.is_valid(uscc):
+        try:
+            uscc_codes.validate(uscc)
+            reason = "not a valid unified social credit code"
+        except Exception as exc:  # the validator names what is wrong
+            reason = str(exc)
+        violations.append(("uscc", reason))
+
+
+def _raise_if(violations: list[tuple[str, str]]) -> None:
+    if violations:
+        raise InvalidArgumentError(violations)
+
+
+def _check_period(period: int, violations: list[tuple[str, str]]) -> None:
+    if not MIN_PERIOD <= period <= MAX_PERIOD:
+        violations.append(("period", f"must be a year from {MIN_PERIOD} to {MAX_PERIOD}, got {period}"))
+
+
+class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, policies: PolicyStore) -> None:
+        self.policies = policies
+
+    def ListPolicies(self, request: Any, context: grpc.ServicerContext) -> Any:
+        everything = list(self.policies.current)
+        offset, limit = page_bounds(request.page_size, request.page_token, "policies")
+        page = everything[offset:offset + limit]
+        return policy_service_pb2.ListPoliciesResponse(
+            policies=[convert.policy(p) for p in page],
+            next_page_token=next_token(offset, limit, len(everything), "policies"))
+
+    def GetPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if not request.policy_id:
+            raise InvalidArgumentError([("policy_id", "required")])
+        policy = self.policies.current.get(request.policy_id)
+        if request.version and request.version != policy.version:
+            from rules.errors import PolicyNotFoundError
+            raise PolicyNotFoundError(f"{request.policy_id}@{request.version}")
+        return convert.policy(policy)
+
+
+class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def ImportFacts(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        checker = RecordChecker("ImportFacts", max_errors=None)
+        received = stored = stale = 0
+        pending = []
+        for index, message in enumerate(request_iterator, start=1):
+            if index > MAX_IMPORT_RECORDS:
+                raise InvalidArgumentError([("record_json", f"more than {MAX_IMPORT_RECORDS} "
+                                                            "records in one stream")])
+            received = index
+            try:
+                obj: object = orjson.loads(message.record_json)
+            except orjson.JSONDecodeError as exc:
+                checker.errors.append(_reject(index, None, f"malformed JSON: {exc}"))
+                continue
+            record = checker.check(index, obj)
+            if record is not None:
+                pending.append(record)
+            if len(pending) >= IMPORT_CHUNK:
+                stored, stale = _store(self.engine, pending, stored, stale)
+                pending = []
+        stored, stale = _store(self.engine, pending, stored, stale)
+        return registry_service_pb2.ImportFactsResponse(
+            received_count=received, stored_count=stored, stale_count=stale,
+            rejects=[registry_service_pb2.RecordReject(record_index=e.line, field=e.field or "",
+                                                       reason=e.reason)
+                     for e in sorted(checker.errors, key=lambda e: e.line)])
+
+    def GetEnterprise(self, request: Any, context: grpc.ServicerContext) -> Any:
+        violations: list[tuple[str, str]] = []
+        _check_uscc(request.uscc, violations)
+        _raise_if(violations)
+        records = []
+        name = ""
+        with self.engine.connect() as conn:
+            for kind, model in MODEL_BY_KIND.items():
+                table = model.__table__  # type: ignore[attr-defined]
+                for row in conn.execute(select(table).where(table.c.uscc == request.uscc)):
+                    fields = {k: v for k, v in row._mapping.items()
+                              if k not in ("id", "uscc", "source", "as_of")}
+                    if kind == "enterprise":
+                        name = fields["name"]
+                    records.append(registry_service_pb2.FactRecord(
+                        kind=kind, source=row.source, as_of=row.as_of.isoformat(),
+                        fields_json=json.dumps(fields, ensure_ascii=False, default=str,
+                                               sort_keys=True)))
+        if not records:
+            raise EnterpriseNotFoundError(request.uscc)
+        return registry_service_pb2.Enterprise(uscc=request.uscc, name=name, records=records)
+
+
+def _reject(index: int, field: str | None, reason: str) -> Any:
+    from enterprise_registry.errors import RecordError
+    return RecordError("ImportFacts", index, field, reason)
+
+
+def _store(engine: Engine, records: list[Any], stored: int, stale: int) -> tuple[int, int]:
+    if not records:
+        return stored, stale
+    with engine.begin() as conn:
+        new_stored, new_stale = store_records(conn, records)
+    return stored + new_stored, stale + new_stale
+
+
+class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
+    def __init__(self, policies: PolicyStore, engine: Engine) -> None:
+        self.policies = policies
+        self.source = DocumentSource(engine)
+
+    def ListMatchedBenefits(self, request: Any, context: grpc.ServicerContext) -> Any:
+        violations: list[tuple[str, str]] = []
+        _check_uscc(request.uscc, violations)
+        _check_period(request.period, violations)
+        _raise_if(violations)
+        query = f"benefits:{request.uscc}:{request.period}"
+        offset, limit = page_bounds(request.page_size, request.page_token, query)
+        policies = [p for p in self.policies.current if p.covers(request.period)]
+        page = policies[offset:offset + limit]
+        benefits = []
+        for policy in page:
+            result = evaluate_enterprise(self.policies.current, self.source, uscc=request.uscc,
+                                         policy_id=policy.id, period=request.period,
+                                         today=date.today())
+            benefits.append(benefit_service_pb2.MatchedBenefit(
+                policy_id=policy.id, title=policy.model.title, period=request.period,
+                outcome=convert.OUTCOMES[result.outcome], amount_fen=result.amount_fen,
+                summary=_summary(result)))
+        return benefit_service_pb2.ListMatchedBenefitsResponse(
+            benefits=benefits, next_page_token=next_token(offset, limit, len(policies), query))
+
+    def ExplainEligibility(self, request: Any, context: grpc.ServicerContext) -> Any:
+        violations: list[tuple[str, str]] = []
+        _check_uscc(request.uscc, violations)
+        if not request.policy_id:
+            violations.append(("policy_id", "required"))
+        _check_period(request.period, violations)
+        _raise_if(violations)
+        policies = self.policies.current
+        result = evaluate_enterprise(policies, self.source, uscc=request.uscc,
+                                     policy_id=request.policy_id, period=request.period,
+                                     today=date.today())
+        title = policies.get(request.policy_id).model.title
+        return benefit_service_pb2.ExplainEligibilityResponse(
+            evaluation=convert.evaluation(result), explanation=as_text(result, title))
+
+
+def _summary(result: Any) -> str:
+    text = OUTCOME_ZH[result.outcome]
+    failed = [c.text for c in result.conditions if c.result == "false"]
+    if failed:
+        text += "：" + "；".join(failed)
+    elif result.missing:
+        text += "：缺少 " + "、".join(result.missing)
+    elif result.held:
+        text += "：" + "；".join(c.text for c in result.payable if c.id in result.held)
+    return text
+
+
+class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
+    """Designed in the contract; implemented by the payout-batches issue."""
+
+    def _unimplemented(self, *_: Any) -> Any:
+        raise UnimplementedError("payout batches are not implemented yet")
+
+    CreatePayoutBatch = GetPayoutBatch = ListPayoutLines = ApprovePayoutBatch = _unimplemented
+    RecordPayoutResults = CancelPayoutBatch = _unimplemented
+
+    def WatchPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        raise UnimplementedError("payout batches are not implemented yet")
+        yield  # a generator: the method streams
+
+    def ExportPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        raise UnimplementedError("payout batches are not implemented yet")
+        yield
+
+
+class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
+    """Designed in the contract; implemented by the audit-trail issue."""
+
+    def _unimplemented(self, *_: Any) -> Any:
+        raise UnimplementedError("the audit trail is not implemented yet")
+
+    GetEvaluation = ListEvaluations = VerifyAuditLog = ReplayEvaluation = _unimplemented

@@ -1,0 +1,145 @@
+"""One table from errors to gRPC status codes, and the interceptor that applies it with
+authentication. Domain code raises its own errors; only this module speaks gRPC status."""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from enterprise_registry.errors import RegistryError
+from rules.errors import (
+    EvaluationError,
+    PeriodNotCoveredError,
+    PolicyFileError,
+    PolicyNotFoundError,
+    RuleError,
+)
+from service.api.auth import OPEN_METHODS, AuthTable, authorize_method, current_principal
+from service.errors import (
+    EnterpriseNotFoundError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ServiceError,
+    UnauthenticatedError,
+    UnimplementedError,
+)
+
+log = logging.getLogger("benefits.api")
+
+# Looked up along the exception's MRO, so the most specific entry wins.
+ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    PeriodNotCoveredError: grpc.StatusCode.INVALID_ARGUMENT,
+    RegistryError: grpc.StatusCode.INVALID_ARGUMENT,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    EnterpriseNotFoundError: grpc.StatusCode.NOT_FOUND,
+    PolicyNotFoundError: grpc.StatusCode.NOT_FOUND,
+    UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
+    PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,
+    # Engine failures and disagreements are our fault, never the caller's: reported, with a
+    # reference to the log entry that holds the details.
+    EvaluationError: grpc.StatusCode.INTERNAL,
+    RuleError: grpc.StatusCode.INTERNAL,
+    ServiceError: grpc.StatusCode.INTERNAL,
+}
+_GENERIC = frozenset({grpc.StatusCode.INTERNAL})
+
+
+def status_code_for(exc: BaseException) -> grpc.StatusCode | None:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_CODES:
+            return ERROR_CODES[cls]
+    return None
+
+
+def to_status(exc: BaseException) -> status_pb2.Status:
+    """The google.rpc.Status for an error, with BadRequest field violations where they apply."""
+    code = status_code_for(exc)
+    if code is None or code in _GENERIC:
+        reference = uuid.uuid4().hex[:12]
+        log.error("internal error %s: %s", reference, exc, exc_info=exc)
+        return status_pb2.Status(code=code_pb2.INTERNAL,
+                                 message=f"internal error (reference {reference})")
+    status = status_pb2.Status(code=code.value[0], message=str(exc))
+    violations: list[tuple[str, str]] = []
+    if isinstance(exc, InvalidArgumentError):
+        violations = exc.violations
+    elif isinstance(exc, PeriodNotCoveredError):
+        violations = [("period", str(exc))]
+    if violations:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+            for f, d in violations]))
+        status.details.append(detail)
+    return status
+
+
+class ApiInterceptor(grpc.ServerInterceptor):
+    """Authenticates every call (health checks excepted), checks the caller's role for the
+    method, and maps errors raised by our servicers through the table above."""
+
+    def __init__(self, auth: AuthTable) -> None:
+        self.auth = auth
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or details.method in OPEN_METHODS:
+            return handler
+        method, metadata = details.method, details.invocation_metadata
+        ours = method.startswith("/benefits.v1.")
+
+        def admit(context: grpc.ServicerContext) -> object:
+            try:
+                principal = self.auth.authenticate(metadata)
+                authorize_method(principal, method)
+            except (UnauthenticatedError, PermissionDeniedError) as exc:
+                context.abort_with_status(rpc_status.to_status(to_status(exc)))
+            return current_principal.set(principal)
+
+        def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
+                token = admit(context)
+                try:
+                    return behavior(request, context)
+                except Exception as exc:
+                    if not ours:
+                        raise
+                    context.abort_with_status(rpc_status.to_status(to_status(exc)))
+                finally:
+                    current_principal.reset(token)  # type: ignore[arg-type]
+            return run
+
+        def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                token = admit(context)
+                try:
+                    yield from behavior(request, context)
+                except Exception as exc:
+                    if not ours:
+                        raise
+                    context.abort_with_status(rpc_status.to_status(to_status(exc)))
+                finally:
+                    current_principal.reset(token)  # type: ignore[arg-type]
+            return run
+
+        return _rewrap(handler, unary, streaming)
+
+
+def _rewrap(handler: Any, unary: Callable[..., Any], streaming: Callable[..., Any]) -> Any:
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
+    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)

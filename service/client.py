@@ -1,0 +1,54 @@
+"""A small gRPC client for enterprises: `benefits lookup`."""
+from __future__ import annotations
+
+import sys
+
+import grpc
+from grpc_status import rpc_status
+
+from benefits.v1 import benefit_service_pb2, benefit_service_pb2_grpc
+from rules.money import format_yuan
+from service.explain import OUTCOME_ZH
+
+_OUTCOME_NAMES = {1: "ELIGIBLE", 2: "INELIGIBLE", 3: "UNDETERMINED", 4: "HELD"}
+
+
+def lookup(target: str, token: str, *, uscc: str, policy_id: str | None, period: int) -> int:
+    """Print an enterprise's matched benefits, or one explanation, in Chinese."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    with grpc.insecure_channel(target) as channel:
+        stub = benefit_service_pb2_grpc.BenefitServiceStub(channel)
+        try:
+            if policy_id:
+                response = stub.ExplainEligibility(benefit_service_pb2.ExplainEligibilityRequest(
+                    uscc=uscc, policy_id=policy_id, period=period), metadata=metadata, timeout=30)
+                print(response.explanation)
+                return 0
+            listing = stub.ListMatchedBenefits(benefit_service_pb2.ListMatchedBenefitsRequest(
+                uscc=uscc, period=period), metadata=metadata, timeout=60)
+        except grpc.RpcError as exc:
+            _print_error(exc)
+            return 1
+    print(f"企业 {uscc} 在 {period} 年度的免申即享匹配结果：")
+    for benefit in listing.benefits:
+        outcome = _OUTCOME_NAMES.get(benefit.outcome, "UNDETERMINED")
+        amount = f"  {format_yuan(benefit.amount_fen)}" if benefit.amount_fen else ""
+        print(f"- {benefit.title}（{benefit.policy_id}）：{OUTCOME_ZH[outcome]}{amount}")
+        if benefit.summary and outcome != "ELIGIBLE":
+            print(f"    {benefit.summary}")
+    print(f"详细说明：benefits lookup --uscc {uscc} --policy <policy_id> --period {period}")
+    return 0
+
+
+def _print_error(exc: grpc.RpcError) -> None:
+    print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    if status is None:
+        return
+    from google.rpc import error_details_pb2
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            for violation in bad.field_violations:
+                print(f"  {violation.field}: {violation.description}", file=sys.stderr)

@@ -1,0 +1,18 @@
+"""Settings of the gRPC server, read once from the command line (or given by tests)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    db_url: str
+    rules_dir: Path
+    auth_file: Path
+    listen: str = "127.0.0.1:50051"
+    max_workers: int = 16
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    shutdown_grace_seconds: float = 10.0
