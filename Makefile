@@ -7,11 +7,12 @@ DB ?= sqlite:///var/benefits.db
 PERIOD ?= 2025
 COUNT ?= 20000
 SEED ?= 7
+LISTEN ?= 127.0.0.1:50051
 REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install proto run seed check-rules test test-unit test-integration test-policies bench lint clean
+.PHONY: install proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -48,11 +49,27 @@ seed: var/.seeded-$(COUNT)-$(SEED)  ## load the synthetic registry into $(DB)
 check-rules: install  ## validate every policy file
 	$(BIN)/benefits rules check rules
 
-run: install seed check-rules  ## the main job: evaluate every policy for $(PERIOD)
+run: install seed check-rules  ## the main job for $(PERIOD), then the gRPC server on $(LISTEN)
 	$(BIN)/benefits evaluate-period --db $(DB) --rules rules --period $(PERIOD)
 	@echo
 	@echo "One enterprise, explained (benefits evaluate --uscc ... --policy ... --period $(PERIOD)):"
 	@$(BIN)/python -m service.demo --db $(DB) --period $(PERIOD)
+	@$(MAKE) --no-print-directory serve-background
+
+serve-background: install seed stop  ## start the server in the background (var/server.pid, var/server.log)
+	$(BIN)/benefits demo-auth --db $(DB) --out var/demo-auth.yaml --listen $(LISTEN) --period $(PERIOD)
+	nohup $(BIN)/benefits serve --db $(DB) --rules rules --auth-file var/demo-auth.yaml \
+	  --listen $(LISTEN) > var/server.log 2>&1 & echo $$! > var/server.pid
+	@for i in $$(seq 1 50); do grep -q "listening on" var/server.log 2>/dev/null && break; sleep 0.2; done
+	@grep "listening on" var/server.log || (cat var/server.log; exit 1)
+	@echo "server pid $$(cat var/server.pid); stop it with: make stop"
+
+serve: install seed  ## run the server in the foreground
+	$(BIN)/benefits demo-auth --db $(DB) --out var/demo-auth.yaml --listen $(LISTEN) --period $(PERIOD)
+	$(BIN)/benefits serve --db $(DB) --rules rules --auth-file var/demo-auth.yaml --listen $(LISTEN)
+
+stop:  ## stop the background server
+	@if [ -f var/server.pid ]; then kill $$(cat var/server.pid) 2>/dev/null || true; rm -f var/server.pid; fi
 
 test: install  ## the whole suite: unit, integration, policy cases, on SQLite and PostgreSQL
 	$(BIN)/python -m pytest -q

@@ -236,7 +236,7 @@ class EnterpriseRecord(RecordBase):
     established_on: IsoDate
     status: Status
     labor_dispatch: bool
-    bank_account: BankAccount | None
+    bank_account: BankAccount | None = None
 
 
 class TaxYearRecord(RecordBase):
@@ -272,7 +272,7 @@ class SocialInsuranceYearRecord(RecordBase):
     ui_arrears: bool
     layoffs: Count
     ui_benefit_claimants: Count
-    size_class: SizeClass | None
+    size_class: SizeClass | None = None
 
 
 class HireRecord(RecordBase):
@@ -285,8 +285,8 @@ class HireRecord(RecordBase):
     hired_on: IsoDate
     person_ref: PersonRef
     category: HireCategory
-    graduation_year: Year | None
-    age: Age | None
+    graduation_year: Year | None = None
+    age: Age | None = None
     labor_contract: bool
     insured_months: Months
     absorption_subsidy_claimed: bool
@@ -299,7 +299,7 @@ class HireRecord(RecordBase):
             )
         if self.category == "graduate" and self.graduation_year is None:
             raise _FieldProblem("graduation_year", "required for category graduate")
-        if self.category != "other" and self.age is None:
+        if self.category == "unemployed_youth" and self.age is None:
             raise _FieldProblem("age", f"required for category {self.category}")
         return self
 
@@ -325,7 +325,7 @@ class CreditListingRecord(RecordBase):
     kind: Literal["credit_listing"]
     list: ListName
     listed_on: IsoDate
-    removed_on: IsoDate | None
+    removed_on: IsoDate | None = None
 
     @model_validator(mode="after")
     def _removed_after_listed(self) -> CreditListingRecord:

@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo-auth", help="write an auth file with a demo token for every role")
     demo.add_argument("--db", default=DEFAULT_DB_URL)
     demo.add_argument("--out", type=Path, required=True)
+    demo.add_argument("--listen", default="127.0.0.1:50051", help="for the printed examples")
+    demo.add_argument("--period", type=int, default=2025, help="for the printed examples")
     demo.set_defaults(run=_demo_auth)
     return parser
 
@@ -266,8 +268,22 @@ def _demo_auth(args: argparse.Namespace) -> int:
     from service.demo import write_demo_auth
 
     with _database(args.db) as engine:
-        write_demo_auth(engine, args.out)
-    print(f"wrote {args.out}")
+        principals = write_demo_auth(engine, args.out)
+    enterprise = next(p for p in principals if p["role"] == "enterprise")
+    admin = next(p for p in principals if p["role"] == "admin")
+    print(f"wrote {args.out}: a demo token for every role")
+    print("Call the server as the demo enterprise (it may read only its own USCC):")
+    print(f"  BENEFITS_TOKEN={enterprise['token']} .venv/bin/benefits lookup --target {args.listen} "
+          f"--uscc {enterprise['uscc']} --period {args.period}")
+    print(f"  BENEFITS_TOKEN={enterprise['token']} .venv/bin/benefits lookup --target {args.listen} "
+          f"--uscc {enterprise['uscc']} --policy stable-jobs-refund --period {args.period}")
+    print("Any language, from proto/ alone (reflection and health are served too), e.g. with buf:")
+    print(f"  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge "
+          f"-H 'authorization: Bearer {admin['token']}' "
+          f"--reflect-header 'authorization: Bearer {admin['token']}' "
+          f"-d '{{\"uscc\":\"{enterprise['uscc']}\",\"policy_id\":\"stable-jobs-refund\","
+          f"\"period\":{args.period}}}' "
+          f"http://{args.listen}/benefits.v1.BenefitService/ExplainEligibility")
     return 0
 
 

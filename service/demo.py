@@ -44,7 +44,7 @@ if __name__ == "__main__":
     main()
 
 
-def write_demo_auth(engine: object, out: Path) -> None:
+def write_demo_auth(engine: object, out: Path) -> list[dict[str, str]]:
     """An auth file with one demo principal per role; the enterprise is a registered company."""
     import secrets
 
@@ -57,7 +57,7 @@ def write_demo_auth(engine: object, out: Path) -> None:
         uscc = conn.execute(select(Enterprise.uscc).where(Enterprise.org_type == "enterprise")
                             .where(Enterprise.status == "active")
                             .order_by(Enterprise.uscc).limit(1)).scalar_one()
-    principals = []
+    principals: list[dict[str, str]] = []
     for role in ("admin", "auditor", "finance_operator", "finance_approver", "registry_feed",
                  "enterprise"):
         entry = {"principal": f"demo-{role.replace('_', '-')}", "role": role,
@@ -70,3 +70,4 @@ def write_demo_auth(engine: object, out: Path) -> None:
                    yaml.safe_dump({"principals": principals}, allow_unicode=True, sort_keys=False),
                    encoding="utf-8")
     out.chmod(0o600)
+    return principals
