@@ -1,8 +1,8 @@
 """Compiles a policy, for one period, into a durable-rules ruleset plus the clauses it decides.
 
-Each clause becomes one rule (`c0`, `c1`, ... and `p0`, ... for payability), the conjunction of
-all conditions becomes rule `all`, and rule `seen` matches every evaluation so that no fact is
-ever unhandled. Conditions are put in negation normal form, so that durable-rules' "a missing
+Each clause becomes one rule (`c0`, `c1`, ... and `p0`, ... for payability), rule `seen`
+matches every evaluation so that no fact is ever unhandled, and rule `all` decides eligibility
+from a second fact that records which condition rules fired. Conditions are put in negation normal form, so that durable-rules' "a missing
 field makes a comparison false" coincides exactly with "the clause is not known to be true".
 Sub-expressions the engine cannot compute (counts over records, year(), min/max, tiers) become
 precomputed terms; everything else - comparisons, arithmetic, and/or/not, membership, presence -
@@ -10,7 +10,7 @@ is evaluated by the engine. The compiler refuses what would crash or mislead dur
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -28,6 +28,7 @@ MAX_PROPERTIES = 200
 MAX_STRING = 1000
 INT64_MAX = 2**63 - 1
 
+DECISION = "_decision"          # marks the second fact of an evaluation (see compile_ruleset)
 TRUE_JSON: dict[str, Any] = {"$ex": {"_eval": 1}}
 FALSE_JSON: dict[str, Any] = {"$nex": {"_eval": 1}}
 _OPS = {"==": "$eq", "!=": "$neq", "<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
@@ -67,22 +68,25 @@ class EngineLayout:
 
 def compile_ruleset(conditions: list[Clause], payable: list[Clause],
                     params: Mapping[str, ParamValue], fact_bounds: Mapping[str, int],
-                    file: str) -> tuple[dict[str, Any], EngineLayout]:
-    """Build the durable-rules ruleset definition for resolved parameters."""
-    if len(conditions) + len(payable) + 2 > MAX_RULES:
+                    file: str, term_type: Callable[[ast.Expr], str]) -> tuple[dict[str, Any], EngineLayout]:
+    """Build the durable-rules ruleset definition for resolved parameters. `term_type` gives
+    the static type of a sub-expression (the engine holds no fractions)."""
+    if len(conditions) + len(payable) + 3 > MAX_RULES:
         raise EngineLimitError(file, None, f"{len(conditions) + len(payable)} clauses: the engine "
-                                           f"allows at most {MAX_RULES - 2} per policy")
+                                           f"allows at most {MAX_RULES - 3} per policy")
     layout = EngineLayout()
-    emitter = _Emitter(layout, params, fact_bounds, file)
+    emitter = _Emitter(layout, params, fact_bounds, file, term_type)
     rules: dict[str, Any] = {}
-    condition_json = []
     for clause in [*conditions, *payable]:
-        body = emitter.boolean(clause.expr, negate=False)
-        rules[clause.rule] = _rule(body)
-        if clause in conditions:
-            condition_json.append(body)
-    rules["all"] = _rule({"$and": condition_json} if len(condition_json) > 1 else condition_json[0])
+        rules[clause.rule] = _rule(emitter.boolean(clause.expr, negate=False))
     rules["seen"] = _rule(TRUE_JSON)
+    # The decision chains on the clause rules: a second fact records which of them fired, and
+    # `all` requires every condition's. (One rule holding every condition would be multiplied
+    # out by durable-rules into disjunctive normal form, which overflows its limit of 32
+    # expressions per sequence (error 113) as soon as a few conditions contain `or`.)
+    decision = [{"$eq": {clause.rule: True}} for clause in conditions]
+    rules["all"] = {"all": [{"m": {"$and": [{"$ex": {DECISION: 1}}, *decision]}}]}
+    rules["decided"] = {"all": [{"m": {"$ex": {DECISION: 1}}}]}
     if len(layout.fields) + len(layout.terms) + 3 > MAX_PROPERTIES:
         raise EngineLimitError(file, None, "the policy reads too many facts for one engine fact "
                                            f"(limit {MAX_PROPERTIES})")
@@ -103,8 +107,10 @@ def encode(value: object) -> object:
 
 class _Emitter:
     def __init__(self, layout: EngineLayout, params: Mapping[str, ParamValue],
-                 fact_bounds: Mapping[str, int], file: str) -> None:
+                 fact_bounds: Mapping[str, int], file: str,
+                 term_type: Callable[[ast.Expr], str]) -> None:
         self.layout, self.params, self.fact_bounds, self.file = layout, params, fact_bounds, file
+        self.term_type = term_type
 
     def refuse(self, node: ast.Expr, reason: str) -> EngineLimitError:
         return EngineLimitError(self.file, node.pos.line, reason, column=node.pos.column)
@@ -137,11 +143,19 @@ class _Emitter:
                 return self._ratio(op, node)
             return self._compare(op, node.left, node.right)
         if isinstance(node, ast.Conditional):
-            c, a, b = node.condition, node.then, node.otherwise
-            rewritten = ast.Logical("or", (ast.Logical("and", (c, a), node.pos),
-                                           ast.Logical("and", (ast.Unary("not", c, node.pos), b),
-                                                       node.pos)), node.pos)
-            return self.boolean(rewritten, negate)
+            # (c and a) or (not c and b) or (a and b): the last, redundant in two-valued logic,
+            # makes an unknown c harmless when both branches agree, as in the trace.
+            c, a, b, pos = node.condition, node.then, node.otherwise, node.pos
+            rewritten = ast.Logical("or", (ast.Logical("and", (c, a), pos),
+                                           ast.Logical("and", (ast.Unary("not", c, pos), b), pos),
+                                           ast.Logical("and", (a, b), pos)), pos)
+            if negate:
+                rewritten = ast.Logical("or", (
+                    ast.Logical("and", (c, ast.Unary("not", a, pos)), pos),
+                    ast.Logical("and", (ast.Unary("not", c, pos), ast.Unary("not", b, pos)), pos),
+                    ast.Logical("and", (ast.Unary("not", a, pos), ast.Unary("not", b, pos)), pos)),
+                    pos)
+            return self.boolean(rewritten, False)
         raise self.refuse(node, "this expression cannot decide a condition")
 
     def _compare(self, op: str, left: ast.Expr, right: ast.Expr) -> dict[str, Any]:
@@ -150,12 +164,21 @@ class _Emitter:
             from rules.interpreter import _compare as python_compare
             return TRUE_JSON if python_compare(op, left_const, right_const) else FALSE_JSON
         if self._is_property(left):
-            return {_OPS[op]: {self._property(left): self.operand(right)}}
+            return self._guarded({_OPS[op]: {self._property(left): self.operand(right)}}, right)
         if self._is_property(right):
-            return {_OPS[_MIRRORED[op]]: {self._property(right): self.operand(left)}}
+            return self._guarded({_OPS[_MIRRORED[op]]: {self._property(right): self.operand(left)}},
+                                 left)
         # Neither side is a plain field: compare 0 with (right - left), which keeps the order.
         difference = ast.Binary("-", right, left, left.pos)
-        return {_OPS[op]: {"_zero": self.operand(difference)}}
+        return self._guarded({_OPS[op]: {"_zero": self.operand(difference)}}, difference)
+
+    def _guarded(self, comparison: dict[str, Any], operand: ast.Expr) -> dict[str, Any]:
+        # durable-rules evaluates arithmetic over a missing field with a stale value instead of
+        # failing the comparison: require every field the operand reads to be present.
+        fields = sorted({self._property(n) for n in _reads(operand) if self._is_property(n)})
+        if not fields:
+            return comparison
+        return {"$and": [*({"$ex": {f: 1}} for f in fields), comparison]}
 
     def _ratio(self, op: str, node: ast.Binary) -> dict[str, Any]:
         # ratio(a, b) OP r  <=>  b > 0 and a * den(r) OP b * num(r): exact, and never a division
@@ -232,10 +255,25 @@ class _Emitter:
                 raise self.refuse(node, "a parameter is a constant, not a fact")
             return self.layout.property_for(node.dotted, self.fact_bounds.get(node.dotted, 10**15))
         if isinstance(node, (ast.Count, ast.Call, ast.Conditional)):
+            if self.term_type(node) == "decimal":
+                raise self.refuse(node, "this value can be a fraction, which the engine cannot "
+                                        "hold: compare rates with ratio(a, b) <= 5.5%")
             return self.layout.term_for(node, 10**15)
         raise self.refuse(node, "expected a fact here")
 
     def _constant(self, node: ast.Expr) -> object | None:
+        """The value of a node that needs no facts, folded here: durable-rules never
+        evaluates arithmetic between two constants as true."""
+        if isinstance(node, ast.Binary) and node.op in _ARITH:
+            left, right = self._constant(node.left), self._constant(node.right)
+            if _is_number(left) and _is_number(right):
+                value = {"+": lambda: left + right, "-": lambda: left - right,  # type: ignore[operator]
+                         "*": lambda: left * right}[node.op]()  # type: ignore[operator]
+                return int(value) if isinstance(value, Fraction) and value.denominator == 1 else value
+            return None
+        if isinstance(node, ast.Unary) and node.op == "-":
+            value = self._constant(node.operand)
+            return -value if _is_number(value) else None  # type: ignore[operator]
         if isinstance(node, ast.Literal):
             value = node.value
             return Fraction(value) if isinstance(value, Decimal) else value
@@ -245,6 +283,17 @@ class _Emitter:
                 raise self.refuse(node, "a tier table is used only through tier(amount, table)")
             return value
         return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, Fraction)) and not isinstance(value, bool)
+
+
+def _reads(node: ast.Expr) -> list[ast.Expr]:
+    """The fact names and precomputed terms an operand reads (not looking inside terms)."""
+    if isinstance(node, (ast.Name, ast.Count, ast.Call, ast.Conditional)):
+        return [node]
+    return [n for child in ast.children(node) for n in _reads(child)]
 
 
 def _is_ratio(node: ast.Expr) -> bool:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import durable_rules_engine as _engine
 
+from rules.compiler import DECISION
 from rules.errors import EngineError
 
 ENGINE_VERSION = "durable-rules 2.0.28"
@@ -36,26 +38,34 @@ class DurableRuleset:
         except Exception as exc:  # durable raises bare Exception with an error code
             raise EngineError(f"durable-rules refused ruleset {name}: {exc}") from exc
 
-    def fire(self, properties: dict[str, Any]) -> frozenset[str]:
-        """Assert one fact, run every rule it matches, retract it; return the fired rule names."""
+    def fire(self, properties: dict[str, Any], decide_on: Sequence[str] = ()) -> frozenset[str]:
+        """Assert the evaluation's fact and run every rule it matches; then assert the decision
+        fact recording which of the `decide_on` rules fired, and run the rules it matches.
+        Both facts are retracted before the lock is released. Returns every fired rule name."""
         with self._lock:
-            fact = {**properties, "_eval": str(next(self._serial)), "_zero": 0}
-            text = json.dumps(fact, ensure_ascii=False)
+            serial = str(next(self._serial))
+            fired = self._once({**properties, "_eval": serial, "_zero": 0})
+            if decide_on:
+                fired |= self._once({DECISION: serial, **{r: r in fired for r in decide_on}})
+            return frozenset(fired)
+
+    def _once(self, fact: dict[str, Any]) -> set[str]:
+        text = json.dumps(fact, ensure_ascii=False)
+        try:
+            code, state = _engine.assert_fact(self._handle, text)
+        except Exception as exc:
+            raise EngineError(f"{self.name}: assert failed: {exc}") from exc
+        if code == 1:
+            raise EngineError(f"{self.name}: no rule handled the fact")
+        if code == 2:
+            raise EngineError(f"{self.name}: the engine reported the fact as a duplicate")
+        try:
+            return set(self._drain(state))
+        finally:
             try:
-                code, state = _engine.assert_fact(self._handle, text)
+                _engine.retract_fact(self._handle, text)
             except Exception as exc:
-                raise EngineError(f"{self.name}: assert failed: {exc}") from exc
-            if code == 1:
-                raise EngineError(f"{self.name}: no rule handled the fact")
-            if code == 2:
-                raise EngineError(f"{self.name}: the engine reported the fact as a duplicate")
-            try:
-                return self._drain(state)
-            finally:
-                try:
-                    _engine.retract_fact(self._handle, text)
-                except Exception as exc:
-                    raise EngineError(f"{self.name}: retract failed: {exc}") from exc
+                raise EngineError(f"{self.name}: retract failed: {exc}") from exc
 
     def _drain(self, state: int) -> frozenset[str]:
         fired: set[str] = set()

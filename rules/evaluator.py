@@ -99,14 +99,15 @@ def evaluate(compiled: CompiledPolicy, document: FactsDocument, *, today: date) 
     payable_results = [_trace(clause, interpreter, document, policy.catalogue)
                        for clause in policy.payable]
 
-    fired = compiled.ruleset.fire(_engine_fact(compiled, interpreter))
+    fired = compiled.ruleset.fire(_engine_fact(compiled, interpreter),
+                                  decide_on=[c.rule for c in policy.conditions])
     _cross_check(compiled, document, condition_results, payable_results, fired)
 
     missing = _missing(condition_results)
     amount_fen, amount_trace, amount_missing = 0, None, []
     if any(c.result == "false" for c in condition_results):
         outcome = INELIGIBLE
-    elif missing:
+    elif any(c.result == "unknown" for c in condition_results):
         outcome = UNDETERMINED
         # Name also what the amount will need, so that one correction of the data suffices.
         missing += [name for name in _amount(compiled, interpreter, document)[2] if name not in missing]
@@ -114,7 +115,7 @@ def evaluate(compiled: CompiledPolicy, document: FactsDocument, *, today: date) 
         amount_fen, amount_trace, amount_missing = _amount(compiled, interpreter, document)
         held = [c.id for c in payable_results if c.result != "true"]
         if held:
-            outcome = HELD
+            outcome, missing = HELD, amount_missing
         elif amount_missing:
             outcome, missing = UNDETERMINED, amount_missing
         else:
@@ -198,23 +199,23 @@ def _cross_check(compiled: CompiledPolicy, document: FactsDocument, conditions: 
     if ("all" in fired) != all_true:
         problems.append(f"decision: engine {'eligible' if 'all' in fired else 'not eligible'}, "
                         f"trace {'eligible' if all_true else 'not eligible'}")
-    if "seen" not in fired:
+    if "seen" not in fired or "decided" not in fired:
         problems.append("the engine did not see the evaluation (catch-all rule did not fire)")
     if problems:
         raise EngineDisagreementError(policy.id, document.uscc, problems)
 
 
 def _missing(results: list[ClauseResult]) -> list[str]:
+    """What keeps unknown clauses unknown: missing facts by name, else the trace's notes,
+    else the clause itself (never an empty list for an unknown clause)."""
     names: list[str] = []
     for result in results:
         if result.result != "unknown":
             continue
-        for read in result.reads:
-            if read.missing is not None and read.name not in names:
-                names.append(read.name)
-        for note in result.notes:
-            if note not in names:
-                names.append(note)
+        found = [r.name for r in result.reads if r.missing is not None] + result.notes
+        for name in found or [f"{result.id}: not decidable from the facts on record"]:
+            if name not in names:
+                names.append(name)
     return names
 
 

@@ -165,9 +165,10 @@ class _Run:
     def _conditional(self, node: ast.Conditional) -> Value:
         condition = self.eval(node.condition)
         if condition is UNKNOWN:
-            self.eval(node.then)  # both branches could apply: the trace shows what each reads
-            self.eval(node.otherwise)
-            return UNKNOWN
+            # Both branches could apply: the trace shows what each reads, and when they agree
+            # the answer does not depend on the unknown condition.
+            then, otherwise = self.eval(node.then), self.eval(node.otherwise)
+            return then if then is not UNKNOWN and then == otherwise else UNKNOWN
         return self.eval(node.then) if condition else self.eval(node.otherwise)
 
     def _count(self, node: ast.Count) -> Value:
@@ -184,6 +185,7 @@ class _Run:
                 matched.append(record.ref)
             elif verdict is UNKNOWN:
                 unsure = True
+                self.reads.notes.append(f"{record.ref}: a value the filter needs is not on record")
         self.reads.collections[node.collection] = (len(records), matched)
         return UNKNOWN if unsure else len(matched)
 
@@ -201,8 +203,8 @@ class _Run:
             return args[0].year  # type: ignore[union-attr]
         if name == "ratio":
             numerator, denominator = args
-            if denominator == 0:
-                self.reads.notes.append(f"ratio undefined: {_show(node.args[1])} is 0")
+            if denominator <= 0:  # type: ignore[operator]
+                self.reads.notes.append(f"ratio undefined: {_show(node.args[1])} is {denominator}")
                 return UNKNOWN
             return Fraction(numerator, denominator)  # type: ignore[arg-type]
         if name == "min":

@@ -18,6 +18,8 @@ from rules import ast
 from rules.compiler import Clause, EngineLayout, compile_ruleset
 from rules.engine import DurableRuleset, ruleset
 from rules.errors import (
+    EngineError,
+    EngineLimitError,
     ExpressionTypeError,
     MissingPolicyTestsError,
     PeriodNotCoveredError,
@@ -69,6 +71,8 @@ class LoadedPolicy:
     cap_fen: int | None
     budget_fen: int | None
     param_types: dict[str, str]
+    param_values: dict[str, tuple[object, ...]]
+    param_lines: dict[str, int]
     raw_params: dict[str, Parameter]
     catalogue: Catalogue
     test_file: str | None
@@ -101,12 +105,15 @@ class LoadedPolicy:
             return self._compiled[period]
 
     def params_for(self, period: int) -> dict[str, ParamValue]:
-        return {name: _resolve(self.file, name, raw, period) for name, raw in self.raw_params.items()}
+        return {name: _resolve(self.file, self.param_lines.get(name), name, raw, period)
+                for name, raw in self.raw_params.items()}
 
     def _compile(self, period: int) -> CompiledPolicy:
         params = self.params_for(period)
         bounds = {name: t.max_abs for name, t in self.catalogue.facts.items()}
-        definition, layout = compile_ruleset(self.conditions, self.payable, params, bounds, self.file)
+        scope = Scope(self.catalogue, self.param_types, self.file, param_values=self.param_values)
+        definition, layout = compile_ruleset(self.conditions, self.payable, params, bounds,
+                                             self.file, lambda node: check(node, scope))
         return CompiledPolicy(self, period, params, definition, layout)
 
     def check_periods(self) -> list[int]:
@@ -115,7 +122,13 @@ class LoadedPolicy:
         for raw in self.raw_params.values():
             years.update(y for y in (raw.values or {}) if self.covers(y))
         for year in sorted(years):
-            self._compile(year)
+            compiled = self._compile(year)
+            try:  # register now: durable-rules refuses some rulesets only when it builds them
+                compiled.ruleset  # noqa: B018
+            except EngineError as exc:
+                raise EngineLimitError(self.file, None, f"the engine cannot hold this policy for "
+                                                        f"{year}: {exc.__cause__ or exc}") from exc
+            self._compiled.setdefault(year, compiled)
         return sorted(years)
 
 
@@ -132,8 +145,10 @@ def load_policy_file(path: Path, catalogue: Catalogue, *, require_tests: bool = 
     if policy.id != path.name.removesuffix(".yaml") and not path.name.startswith(policy.id + "."):
         raise PolicySchemaError(file, doc.line_of(("id",)), f"id {policy.id!r} does not match "
                                 f"the file name (expected {path.name.removesuffix('.yaml')!r})")
+    _unique_clause_ids(doc, policy)
     param_types = {name: _param_type(file, doc, name, p) for name, p in policy.parameters.items()}
-    scope = Scope(catalogue, param_types, file)
+    param_values = {name: _param_literals(file, doc, name, p) for name, p in policy.parameters.items()}
+    scope = Scope(catalogue, param_types, file, param_values=param_values)
 
     def clauses(key: str, items: list[Condition], prefix: str) -> list[Clause]:
         out = []
@@ -154,7 +169,9 @@ def load_policy_file(path: Path, catalogue: Catalogue, *, require_tests: bool = 
         conditions=conditions, payable=payable, amount=amount,
         cap_fen=_money(doc, ("amount", "cap"), policy.amount.cap),
         budget_fen=_money(doc, ("budget",), policy.budget),
-        param_types=param_types, raw_params=dict(policy.parameters), catalogue=catalogue,
+        param_types=param_types, param_values=param_values,
+        param_lines={name: doc.line_of(("parameters", name)) or 1 for name in policy.parameters},
+        raw_params=dict(policy.parameters), catalogue=catalogue,
         test_file=test_file)
     loaded.check_periods()
     return loaded
@@ -172,8 +189,8 @@ def _find_tests(path: Path, required: bool) -> str | None:
 
 
 def _parse(doc: Located, path: tuple[str | int, ...], text: str) -> ast.Expr:
-    line, column = doc.text_start(path)
-    return parse_expression(text, file=doc.file, line=line, column=column)
+    line, column, indent = doc.text_start(path)
+    return parse_expression(text, file=doc.file, line=line, column=column, indent=indent)
 
 
 def _expect(doc: Located, path: tuple[str | int, ...], expr: ast.Expr, scope: Scope,
@@ -199,6 +216,24 @@ def _literal_value(file: str, line: int, value: object) -> Any:
         return value
     parsed = parse_literal(str(value), file=file, line=line).value
     return as_number(parsed) if isinstance(parsed, Decimal) else parsed
+
+
+def _unique_clause_ids(doc: Located, policy: Policy) -> None:
+    seen: dict[str, int] = {}
+    for key, clauses in (("conditions", policy.conditions), ("payable", policy.payable)):
+        for i, clause in enumerate(clauses):
+            line = doc.line_of((key, i, "id")) or 1
+            if clause.id in seen:
+                raise PolicySchemaError(doc.file, line, f"clause id {clause.id!r} is already used "
+                                                        f"on line {seen[clause.id]}", field="id")
+            seen[clause.id] = line
+
+
+def _param_literals(file: str, doc: Located, name: str, param: Parameter) -> tuple[object, ...]:
+    """Every scalar value a parameter takes, over all periods (for enumeration checks)."""
+    values = [param.value] if param.values is None else list(param.values.values())
+    line = doc.line_of(("parameters", name)) or 1
+    return tuple(_literal_value(file, line, v) for v in values if not isinstance(v, list))
 
 
 def _param_type(file: str, doc: Located, name: str, param: Parameter) -> str:
@@ -239,14 +274,15 @@ def _tiers(file: str, line: int, steps: list[Any]) -> Tiers:
     return Tiers(tuple(out))
 
 
-def _resolve(file: str, name: str, raw: Parameter, period: int) -> ParamValue:
+def _resolve(file: str, line: int | None, name: str, raw: Parameter, period: int) -> ParamValue:
     value: Any
     if raw.values is None:
         value = raw.value
     else:
         years = [year for year in sorted(raw.values) if year <= period]
         if not years:
-            raise PolicySchemaError(file, None, f"parameter {name!r} has no value for period {period}")
+            raise PolicySchemaError(file, line, f"parameter {name!r} has no value for period "
+                                                f"{period} (values start in {min(raw.values)})")
         value = raw.values[years[-1]]
     if isinstance(value, list):
         return _tiers(file, 1, value)

@@ -1,6 +1,7 @@
 """Parser of the policy expression language: text -> `rules.ast` tree, with line:column errors."""
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
@@ -13,6 +14,7 @@ from rules import ast
 from rules.errors import ExpressionSyntaxError
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 FEN_PER_YUAN = 100
 FEN_PER_WAN_YUAN = 1_000_000
 
@@ -24,19 +26,20 @@ def _parser() -> Lark:
 
 
 def parse_expression(text: str, *, file: str = "<expression>", line: int = 1,
-                     column: int = 1) -> ast.Expr:
-    """Parse one expression. `line`/`column` say where the text starts in its file, so that
-    errors and node positions point into the policy file, not into the snippet."""
+                     column: int = 1, indent: int = 0) -> ast.Expr:
+    """Parse one expression. `line`/`column` say where the text starts in its file, and
+    `indent` how much indentation YAML removed from its continuation lines (block scalars),
+    so that errors and node positions point into the policy file, not into the snippet."""
     try:
         tree = _parser().parse(text)
-        return _ToAst(line, column).transform(tree)  # type: ignore[no-any-return]
+        return _ToAst(line, column, indent).transform(tree)  # type: ignore[no-any-return]
     except UnexpectedInput as exc:
-        err_line, err_col = _shift(exc.line, exc.column, line, column)
+        err_line, err_col = _shift(exc.line, exc.column, line, column, indent)
         raise ExpressionSyntaxError(file, err_line, _describe(exc, text), column=err_col) from None
     except VisitError as exc:
         original = exc.orig_exc
         if isinstance(original, _LiteralError):
-            err_line, err_col = _shift(original.line, original.column, line, column)
+            err_line, err_col = _shift(original.line, original.column, line, column, indent)
             raise ExpressionSyntaxError(file, err_line, original.reason, column=err_col) from None
         raise
 
@@ -53,10 +56,11 @@ def parse_literal(text: str, *, file: str = "<parameter>", line: int = 1) -> ast
     return node
 
 
-def _shift(err_line: int, err_col: int, line: int, column: int) -> tuple[int, int]:
+def _shift(err_line: int, err_col: int, line: int, column: int,
+           indent: int = 0) -> tuple[int, int]:
     if err_line <= 1:
         return line, column + err_col - 1
-    return line + err_line - 1, err_col
+    return line + err_line - 1, err_col + indent
 
 
 def _describe(exc: UnexpectedInput, text: str) -> str:
@@ -78,21 +82,20 @@ class _LiteralError(Exception):
         self.reason, self.line, self.column = reason, line, column
 
 
-def _pos(meta_or_token: object, line: int, column: int) -> ast.Pos:
+def _pos(meta_or_token: object, line: int, column: int, indent: int) -> ast.Pos:
     raw_line = getattr(meta_or_token, "line", 1) or 1
     raw_col = getattr(meta_or_token, "column", 1) or 1
-    shifted = _shift(raw_line, raw_col, line, column)
-    return ast.Pos(*shifted)
+    return ast.Pos(*_shift(raw_line, raw_col, line, column, indent))
 
 
 @v_args(meta=True)
 class _ToAst(Transformer):  # type: ignore[type-arg]
-    def __init__(self, line: int, column: int) -> None:
+    def __init__(self, line: int, column: int, indent: int) -> None:
         super().__init__()
-        self._line, self._column = line, column
+        self._line, self._column, self._indent = line, column, indent
 
     def _p(self, meta: object) -> ast.Pos:
-        return _pos(meta, self._line, self._column)
+        return _pos(meta, self._line, self._column, self._indent)
 
     def _fail(self, reason: str, token: Token) -> _LiteralError:
         return _LiteralError(reason, token.line or 1, token.column or 1)
@@ -129,6 +132,8 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
     def date_lit(self, meta: object, children: list[Token]) -> ast.Literal:
         token = children[0]
         try:
+            if not _ISO_DATE.match(str(token)[1:-1]):
+                raise ValueError("not YYYY-MM-DD")
             value = date.fromisoformat(str(token)[1:-1])
         except ValueError:
             raise self._fail(f"not a real date: {str(token)}", token) from None

@@ -130,15 +130,6 @@ class Policy(_Strict):
             raise ValueError("ids are lower-case words joined by '-'")
         return value
 
-    @model_validator(mode="after")
-    def _unique_clause_ids(self) -> Policy:
-        seen: set[str] = set()
-        for clause in [*self.conditions, *self.payable]:
-            if clause.id in seen:
-                raise ValueError(f"clause id {clause.id!r} is used twice")
-            seen.add(clause.id)
-        return self
-
 
 class Expectation(_Strict):
     outcome: Literal["ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD"]

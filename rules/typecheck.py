@@ -22,9 +22,11 @@ class Scope:
     params: Mapping[str, str]           # parameter name -> type ("int", "decimal", "tiers[int]", ...)
     file: str
     locals: Mapping[str, str] = field(default_factory=dict)  # count variable -> collection
+    param_values: Mapping[str, tuple[object, ...]] = field(default_factory=dict)
 
     def bind(self, variable: str, collection: str) -> Scope:
-        return Scope(self.catalogue, self.params, self.file, {**self.locals, variable: collection})
+        return Scope(self.catalogue, self.params, self.file, {**self.locals, variable: collection},
+                     self.param_values)
 
 
 def literal_type(value: object) -> str:
@@ -140,9 +142,18 @@ class _Checker:
 
     def _check_enum(self, subject: ast.Expr, candidate: ast.Expr) -> None:
         allowed = enum_values(subject, self.scope)
-        if allowed and isinstance(candidate, ast.Literal) and candidate.value not in allowed:
-            raise self.fail(candidate, f"{candidate.value!r} is not a value of "
-                                       f"{subject.dotted}: one of {', '.join(allowed)}")  # type: ignore[union-attr]
+        if not allowed:
+            return
+        values: tuple[object, ...] = ()
+        if isinstance(candidate, ast.Literal):
+            values = (candidate.value,)
+        elif isinstance(candidate, ast.Name) and candidate.parts[0] == "params" \
+                and len(candidate.parts) == 2:
+            values = self.scope.param_values.get(candidate.parts[1], ())
+        for value in values:
+            if value not in allowed:
+                raise self.fail(candidate, f"{value!r} is not a value of "
+                                           f"{subject.dotted}: one of {', '.join(allowed)}")  # type: ignore[union-attr]
 
     def _logical(self, node: ast.Logical) -> str:
         for operand in node.operands:

@@ -1,7 +1,7 @@
 """YAML loading that remembers where every value came from (line, column) and refuses duplicate keys."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -20,6 +20,7 @@ class Located:
     positions: dict[Path, tuple[int, int, str]]  # path -> (line, column, scalar style)
     file: str
     lines: tuple[str, ...] = ()
+    values: dict[Path, tuple[int, int, str]] = field(default_factory=dict)  # where each value starts
 
     def line_of(self, path: Path) -> int | None:
         """The line of the value at `path`, or of its nearest enclosing value."""
@@ -30,15 +31,17 @@ class Located:
                 return None
             path = path[:-1]
 
-    def text_start(self, path: Path) -> tuple[int, int]:
-        """Where the text of a scalar begins (block scalars start on the line after `|`)."""
-        line, column, style = self.positions.get(path, (1, 1, ""))
+    def text_start(self, path: Path) -> tuple[int, int, int]:
+        """Where the text of a scalar begins, and the indentation YAML strips from its
+        continuation lines (block scalars start on the line after `|`)."""
+        line, column, style = self.values.get(path, (1, 1, ""))
         if style in ("|", ">"):
             body = self.lines[line] if line < len(self.lines) else ""
-            return line + 1, len(body) - len(body.lstrip(" ")) + 1
+            indent = len(body) - len(body.lstrip(" "))
+            return line + 1, indent + 1, indent
         if style in ("'", '"'):
-            return line, column + 1
-        return line, column
+            return line, column + 1, 0
+        return line, column, 0
 
 
 def load(text: str, file: str) -> Located:
@@ -51,14 +54,17 @@ def load(text: str, file: str) -> Located:
         column = mark.column + 1 if mark else None
         raise PolicySyntaxError(file, line, f"YAML: {exc.problem or exc}", column=column) from None
     positions: dict[Path, tuple[int, int, str]] = {}
-    data = _construct(root, (), positions, file) if root is not None else None
-    return Located(data, positions, file, tuple(text.splitlines()))
+    values: dict[Path, tuple[int, int, str]] = {}
+    data = _construct(root, (), positions, values, file) if root is not None else None
+    return Located(data, positions, file, tuple(text.splitlines()), values)
 
 
 def _construct(node: Node, path: Path, positions: dict[Path, tuple[int, int, str]],
-               file: str) -> Any:
+               values: dict[Path, tuple[int, int, str]], file: str) -> Any:
     style = getattr(node, "style", None) or ""
-    positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1, style)
+    mark = (node.start_mark.line + 1, node.start_mark.column + 1, style)
+    values[path] = mark
+    positions.setdefault(path, mark)  # a mapping entry is located at its key (set by the parent)
     if isinstance(node, MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -67,9 +73,12 @@ def _construct(node: Node, path: Path, positions: dict[Path, tuple[int, int, str
                 raise PolicySchemaError(file, key_node.start_mark.line + 1, "a key must be a plain value")
             if key in out:
                 raise PolicySchemaError(file, key_node.start_mark.line + 1, f"duplicate key {key!r}")
-            out[key] = _construct(value_node, (*path, key), positions, file)
+            positions[(*path, key)] = (key_node.start_mark.line + 1,
+                                       key_node.start_mark.column + 1, "")
+            out[key] = _construct(value_node, (*path, key), positions, values, file)
         return out
     if isinstance(node, SequenceNode):
-        return [_construct(item, (*path, i), positions, file) for i, item in enumerate(node.value)]
+        return [_construct(item, (*path, i), positions, values, file)
+                for i, item in enumerate(node.value)]
     assert isinstance(node, ScalarNode)
     return SafeConstructor().construct_object(node)  # type: ignore[no-untyped-call]

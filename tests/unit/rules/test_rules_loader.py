@@ -7,19 +7,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-
-from rules.errors import (
-    ExpressionSyntaxError,
-    ExpressionTypeError,
-    MissingPolicyTestsError,
-    PeriodNotCoveredError,
-    PolicyFileError,
-    PolicyNotFoundError,
-    PolicySchemaError,
-    PolicySyntaxError,
-)
-from rules.evaluator import ELIGIBLE, evaluate
-from rules.loader import PolicyStore, load_policy_dir, load_policy_file, policy_files
 from rules_testkit import (
     POLICIES_DIR,
     STABLE_JOBS_FILE,
@@ -33,6 +20,19 @@ from rules_testkit import (
     stable_jobs,
     write_policy,
 )
+
+from rules.errors import (
+    ExpressionSyntaxError,
+    ExpressionTypeError,
+    MissingPolicyTestsError,
+    PeriodNotCoveredError,
+    PolicyFileError,
+    PolicyNotFoundError,
+    PolicySchemaError,
+    PolicySyntaxError,
+)
+from rules.evaluator import ELIGIBLE, evaluate
+from rules.loader import PolicyStore, load_policy_dir, load_policy_file, policy_files
 from service.catalogue import CATALOGUE
 
 BASE = policy_yaml(["si.layoffs > 1"])
@@ -94,8 +94,6 @@ def test_unknown_key_in_a_parameter_and_in_payable(tmp_path: Path) -> None:
     assert (error.field, error.line) == ("payable.0.note", position_of(text, "note:")[0])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unknown key whose value is a nested block (mapping "
-                                       "or list) is reported on the line after the key")
 def test_unknown_key_holding_a_block_is_refused_on_the_key_line(tmp_path: Path) -> None:
     text = insert_after(BASE, "fact_year: previous\n", "extras:\n  a: 1\n  b: 2\n")
     error = refused(tmp_path, text, PolicySchemaError)
@@ -105,7 +103,7 @@ def test_unknown_key_holding_a_block_is_refused_on_the_key_line(tmp_path: Path) 
 @pytest.mark.parametrize(("remove", "field", "line_anchor"), [
     ("title: 演示政策\n", "title", "id: demo"),
     ("    text: 条件0\n", "conditions.0.text", "id: c0"),
-    ("  text: 金额\n", "amount.text", "formula:"),
+    ("  text: 金额\n", "amount.text", "amount:\n"),
     ("fact_year: previous\n", "fact_year", "id: demo"),
 ])
 def test_missing_required_key(tmp_path: Path, remove: str, field: str, line_anchor: str) -> None:
@@ -139,17 +137,15 @@ def test_duplicate_yaml_key_is_refused_on_the_second_occurrence(tmp_path: Path, 
 def test_duplicate_clause_id_is_refused(tmp_path: Path) -> None:
     text = policy_yaml(["si.layoffs > 1", "si.layoffs > 2"]).replace("id: c1", "id: c0")
     error = refused(tmp_path, text, PolicySchemaError)
-    assert "clause id 'c0' is used twice" in error.reason
+    assert "clause id 'c0' is already used on line" in error.reason
 
 
 def test_duplicate_clause_id_across_conditions_and_payable(tmp_path: Path) -> None:
     text = policy_yaml(["si.layoffs > 1"], payable=["enterprise.has_bank_account"])
     text = text.replace("id: p0", "id: c0")
-    assert "used twice" in refused(tmp_path, text, PolicySchemaError).reason
+    assert "already used on line" in refused(tmp_path, text, PolicySchemaError).reason
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a duplicate clause id is reported at line 1 (the "
-                                       "model validator has no location), not at the clause")
 def test_duplicate_clause_id_names_the_line_of_the_second_clause(tmp_path: Path) -> None:
     text = policy_yaml(["si.layoffs > 1", "si.layoffs > 2"]).replace("id: c1", "id: c0")
     error = refused(tmp_path, text, PolicySchemaError)
@@ -250,8 +246,6 @@ BLOCK_CONTINUATION_CASES = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in a `|` block scalar, errors on the 2nd and later "
-                                       "lines get a column that ignores the block's indentation")
 @pytest.mark.parametrize(("expr_lines", "needle", "kind"), BLOCK_CONTINUATION_CASES)
 def test_block_scalar_error_on_a_continuation_line_has_the_right_column(
         tmp_path: Path, expr_lines: str, needle: str, kind: type[PolicyFileError]) -> None:
@@ -260,8 +254,6 @@ def test_block_scalar_error_on_a_continuation_line_has_the_right_column(
     assert (error.line, error.column) == position_of(text, needle)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: amount formula in a `|` block: the column of an error "
-                                       "on a continuation line ignores the block's indentation")
 def test_amount_formula_error_on_a_continuation_line(tmp_path: Path) -> None:
     text = policy_yaml(["si.layoffs > 1"], amount="1000元 +\n  si.layofs")
     error = refused(tmp_path, text, ExpressionTypeError)
@@ -298,8 +290,6 @@ def test_parameter_without_a_value_for_a_period(tmp_path: Path) -> None:
     assert "parameter 'n' has no value for period 2025" in error.reason
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: 'parameter has no value for period' is raised with "
-                                       "line=None; it should name the parameter's line")
 def test_parameter_without_a_value_names_its_line(tmp_path: Path) -> None:
     text = policy_yaml(["si.layoffs > params.n"], parameters=PARAM_BY_YEAR)
     error = refused(tmp_path, text, PolicySchemaError)
@@ -327,8 +317,8 @@ def test_parameter_needs_exactly_one_of_value_or_values(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("steps", "message"), [
-    ("    - up_to: 100万元\n      value: 10万元\n    - up_to: 50万元\n      value: 20万元\n"
-     "    - up_to: null\n      value: 30万元\n", "ascending"),
+    (("    - up_to: 100万元\n      value: 10万元\n    - up_to: 50万元\n      value: 20万元\n"
+      "    - up_to: null\n      value: 30万元\n"), "ascending"),
     ("    - up_to: null\n      value: 10万元\n    - up_to: 50万元\n      value: 20万元\n",
      "only the last tier may be unbounded"),
     ("    - up_to: 100万元\n      value: 10万元\n", "the last tier must be unbounded"),

@@ -13,7 +13,7 @@ def test_whole_fen_pass_through_unchanged() -> None:
     assert to_fen(37_037_015) == 37_037_015
     assert to_fen(-5) == -5
     assert to_fen(Fraction(42)) == 42
-    assert to_fen(Decimal("42")) == 42
+    assert to_fen(Decimal(42)) == 42
 
 
 @pytest.mark.parametrize(("exact", "fen"), [

@@ -144,7 +144,7 @@ def test_sub_fen_money_error_names_the_reason_and_place() -> None:
     ("5.5%", Decimal("0.055")),
     ("33.333%", Decimal("0.33333")),
     ("0.1%", Decimal("0.001")),
-    ("100%", Decimal("1")),
+    ("100%", Decimal(1)),
     ("20%", Decimal("0.2")),
 ])
 def test_percent_literal_is_an_exact_decimal(text: str, value: Decimal) -> None:

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from rules_testkit import TODAY, load_text, policy_yaml, record, stable_document, stable_jobs
+
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, evaluate
 from rules.facts import FactsDocument
-from rules_testkit import TODAY, load_text, policy_yaml, record, stable_document, stable_jobs
 
 THREADS = 8
 PER_THREAD = 500
@@ -46,32 +48,23 @@ def test_threads_share_one_compiled_policy_without_mixing_results() -> None:
     assert len({(e["outcome"], e["amount_fen"]) for e in expected}) >= 6
 
     start = threading.Barrier(THREADS)
-    mismatches: list[str] = []
-    errors: list[BaseException] = []
-    done = [0] * THREADS
 
-    def work(worker: int) -> None:
-        try:
-            start.wait()
-            for k in range(PER_THREAD):
-                index = (worker * 7 + k * 5) % len(docs)
-                result = evaluate(compiled, docs[index], today=TODAY).to_dict()
-                if result != expected[index]:
-                    mismatches.append(f"thread {worker} #{k} {docs[index].uscc}: "
-                                      f"{result['outcome']} {result['amount_fen']}")
-                done[worker] += 1
-        except BaseException as exc:  # reported below, with the thread's other results
-            errors.append(exc)
+    def work(worker: int) -> list[str]:
+        """Evaluate PER_THREAD documents; return what differed (an exception propagates)."""
+        start.wait()
+        mismatches = []
+        for k in range(PER_THREAD):
+            index = (worker * 7 + k * 5) % len(docs)
+            result = evaluate(compiled, docs[index], today=TODAY).to_dict()
+            if result != expected[index]:
+                mismatches.append(f"thread {worker} #{k} {docs[index].uscc}: "
+                                  f"{result['outcome']} {result['amount_fen']}")
+        return mismatches
 
-    workers = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in workers)
-    assert errors == []
-    assert mismatches == []
-    assert done == [PER_THREAD] * THREADS
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        futures = [pool.submit(work, worker) for worker in range(THREADS)]
+        results = [future.result(timeout=120) for future in futures]
+    assert results == [[]] * THREADS
 
 
 def test_first_use_from_many_threads_compiles_and_registers_once(tmp_path: Path) -> None:

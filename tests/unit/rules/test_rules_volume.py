@@ -10,9 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from rules_testkit import TODAY, compile_text, document, policy_yaml
 
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, evaluate
-from rules_testkit import TODAY, compile_text, document, policy_yaml
 
 EVALUATIONS = 100_000
 MAX_LAYOFFS = 50_000
