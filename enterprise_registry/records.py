@@ -108,7 +108,7 @@ def _to_date(value: object) -> object:
             raise ValueError(f"not a real date: {value}") from None
     elif isinstance(value, datetime) or not isinstance(value, date):
         # ValueError, not TypeError: pydantic reports only ValueError as a validation error.
-        raise ValueError(f"must be a date written YYYY-MM-DD, got {_show(value)}")  # noqa: TRY004
+        raise ValueError(f"must be a date written YYYY-MM-DD, got {_show(value)}")
     if not MIN_DATE_YEAR <= value.year <= MAX_YEAR:
         raise ValueError(f"year of {value.isoformat()} is outside {MIN_DATE_YEAR}..{MAX_YEAR}")
     return value

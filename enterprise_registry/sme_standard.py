@@ -262,10 +262,7 @@ def _reason(row: _Row, value: int, rank: int, main_business: bool) -> str:
     if row.indicator == "employees":
         label, unit, shown = "从业人员", "人", str(value)
     else:
-        if row.indicator == "total_assets":
-            label = "资产总额"
-        else:
-            label = "主营业务收入" if main_business else "营业收入"
+        label = "资产总额" if row.indicator == "total_assets" else "主营业务收入" if main_business else "营业收入"
         unit, shown = "万元", _format_wan(value)
     bounds = (row.large, row.medium, row.small)
     if rank < 3:

@@ -754,10 +754,7 @@ def _rough_size_class(industry: str, employees: int, revenue_fen: int) -> str:
     a separate fact and may disagree with the derived class.
     """
     revenue_wan = revenue_fen // WAN_FEN
-    if industry[0] in "BCD":
-        bounds = ((1000, 40000), (300, 2000), (20, 300))
-    else:
-        bounds = ((300, 10000), (100, 1000), (10, 100))
+    bounds = ((1000, 40000), (300, 2000), (20, 300)) if industry[0] in "BCD" else ((300, 10000), (100, 1000), (10, 100))
     for size, (staff, revenue) in zip(("large", "medium", "small"), bounds):
         if employees >= staff and revenue_wan >= revenue:
             return size

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ class Call:
     pos: Pos = field(compare=False)
 
 
-Expr = Union[Literal, Name, Unary, Binary, Logical, Membership, Presence, Conditional, Count, Call]
+Expr = Literal | Name | Unary | Binary | Logical | Membership | Presence | Conditional | Count | Call
 
 COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">="})
 ARITHMETIC = frozenset({"+", "-", "*", "/"})

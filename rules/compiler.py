@@ -2,8 +2,10 @@
 
 Each clause becomes one rule (`c0`, `c1`, ... and `p0`, ... for payability), rule `seen`
 matches every evaluation so that no fact is ever unhandled, and rule `all` decides eligibility
-from a second fact that records which condition rules fired. Conditions are put in negation normal form, so that durable-rules' "a missing
-field makes a comparison false" coincides exactly with "the clause is not known to be true".
+from a second fact that records which condition rules fired. Conditions are put in negation
+normal form, and every field read inside arithmetic must be present, so that durable-rules'
+"a missing field makes a comparison false" coincides exactly with "the clause is not known to
+be true".
 Sub-expressions the engine cannot compute (counts over records, year(), min/max, tiers) become
 precomputed terms; everything else - comparisons, arithmetic, and/or/not, membership, presence -
 is evaluated by the engine. The compiler refuses what would crash or mislead durable-rules.

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from typing import Union
 
 from rules import ast
 from rules.facts import FactsDocument, Record
@@ -31,7 +30,7 @@ class _Unknown:
 
 
 UNKNOWN = _Unknown()
-Value = Union[int, Fraction, str, bool, date, _Unknown]
+Value = int | Fraction | str | bool | date | _Unknown
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class Tiers:
         raise ValueError("tier table has no step for this amount")
 
 
-ParamValue = Union[int, Fraction, str, bool, date, Tiers]
+ParamValue = int | Fraction | str | bool | date | Tiers
 
 
 @dataclass

@@ -353,5 +353,13 @@ class PolicyStore:
         return fresh
 
 
-__all__ = ["CompiledPolicy", "LoadedPolicy", "PolicySet", "PolicyStore", "PolicyFileError",
-           "load_policy_dir", "load_policy_file", "policy_files"]
+__all__ = [
+    "CompiledPolicy",
+    "LoadedPolicy",
+    "PolicyFileError",
+    "PolicySet",
+    "PolicyStore",
+    "load_policy_dir",
+    "load_policy_file",
+    "policy_files",
+]

@@ -136,7 +136,7 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
                 raise ValueError("not YYYY-MM-DD")
             value = date.fromisoformat(str(token)[1:-1])
         except ValueError:
-            raise self._fail(f"not a real date: {str(token)}", token) from None
+            raise self._fail(f"not a real date: {token!s}", token) from None
         return ast.Literal(value, self._p(meta))
 
     # names and calls

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
-import rules as rules_package
 from sqlalchemy.engine import Engine
 
+import rules as rules_package
 from enterprise_registry.db import DEFAULT_DB_URL, create_schema, make_engine
 from rules.errors import RuleError
 from rules.loader import PolicySet, load_policy_dir

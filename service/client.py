@@ -4,9 +4,9 @@ from __future__ import annotations
 import sys
 
 import grpc
+from benefits.v1 import benefit_service_pb2, benefit_service_pb2_grpc
 from grpc_status import rpc_status
 
-from benefits.v1 import benefit_service_pb2, benefit_service_pb2_grpc
 from rules.money import format_yuan
 from service.explain import OUTCOME_ZH
 

@@ -2,8 +2,7 @@
 time or streamed in chunks for a whole period."""
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -141,10 +140,15 @@ class DocumentSource:
         """One enterprise's document, or None when nothing at all is on record for it."""
         with self.engine.connect() as conn:
             rows = _load_rows(conn, [uscc])[uscc]
-        if rows.enterprise is None and not (rows.tax or rows.si or rows.hires or
-                                            rows.qualifications or rows.credit_listings):
+        if not _on_record(rows):
             return None
         return build_document(rows, fact_year)
+
+    def exists(self, uscc: str) -> bool:
+        """Whether anything at all is on record for the USCC."""
+        with self.engine.connect() as conn:
+            rows = _load_rows(conn, [uscc])[uscc]
+        return _on_record(rows)
 
     def all_rows(self, chunk_size: int = 2000) -> Iterator[EnterpriseRows]:
         """Every registered enterprise's rows, ordered by USCC, loaded a chunk at a time."""
@@ -165,6 +169,11 @@ class DocumentSource:
         from sqlalchemy import func
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(Enterprise)).scalar_one())
+
+
+def _on_record(rows: EnterpriseRows) -> bool:
+    return rows.enterprise is not None or bool(rows.tax or rows.si or rows.hires or
+                                               rows.qualifications or rows.credit_listings)
 
 
 def _load_rows(conn: Connection, usccs: list[str]) -> dict[str, EnterpriseRows]:

@@ -9,9 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from benefits.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -24,6 +21,9 @@ from benefits.v1 import (
     registry_service_pb2,
     registry_service_pb2_grpc,
 )
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from enterprise_registry.db import create_schema, make_engine
 from rules.loader import PolicyStore
 from service.api.auth import AuthTable

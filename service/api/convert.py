@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
+from benefits.v1 import evaluation_pb2, policy_service_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from benefits.v1 import evaluation_pb2, policy_service_pb2
 from rules.evaluator import AmountTrace, ClauseResult, Evaluation, FactRead
 from rules.loader import LoadedPolicy
 

@@ -9,9 +9,6 @@ from typing import Any
 
 import grpc
 import orjson
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
-
 from benefits.v1 import (
     audit_service_pb2_grpc,
     benefit_service_pb2,
@@ -22,6 +19,9 @@ from benefits.v1 import (
     registry_service_pb2,
     registry_service_pb2_grpc,
 )
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
 from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.importer import RecordChecker, store_records
 from enterprise_registry.models import MODEL_BY_KIND
@@ -171,6 +171,8 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
         _check_uscc(request.uscc, violations)
         _check_period(request.period, violations)
         _raise_if(violations)
+        if not self.source.exists(request.uscc):
+            raise EnterpriseNotFoundError(request.uscc)
         query = f"benefits:{request.uscc}:{request.period}"
         offset, limit = page_bounds(request.page_size, request.page_token, query)
         policies = [p for p in self.policies.current if p.covers(request.period)]

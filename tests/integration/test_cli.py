@@ -125,8 +125,8 @@ def test_rules_check_names_file_and_line_of_a_broken_policy(tmp_path: Path,
     text = policy.read_text(encoding="utf-8")
     policy.write_text(text.replace('expr: tax.credit_rating != "D"',
                                    'expr: tax.credit_ratng != "D"'), encoding="utf-8")
-    line = next(i for i, l in enumerate(policy.read_text(encoding="utf-8").splitlines(), 1)
-                if "credit_ratng" in l)
+    line = next(number for number, text in enumerate(policy.read_text(encoding="utf-8").splitlines(), 1)
+                if "credit_ratng" in text)
     assert main(["rules", "check", str(pack)]) == 2
     err = capsys.readouterr().err
     assert f"{policy}:{line}:" in err
