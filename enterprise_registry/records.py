@@ -131,9 +131,15 @@ def _check_uscc(code: str) -> str:
     return code
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _check_text(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty or blank")
+    control = _CONTROL.search(text)
+    if control:  # NUL in particular: PostgreSQL text cannot hold it
+        raise ValueError(f"must not contain control characters, found U+{ord(control.group()):04X}")
     if text != text.strip():
         raise ValueError(f"must not start or end with white space, got {_show(text)}")
     return text

@@ -20,8 +20,10 @@ def page_bounds(page_size: int, page_token: str, query: str) -> tuple[int, int]:
         return 0, limit
     try:
         data = json.loads(base64.urlsafe_b64decode(page_token.encode()))
-        offset, fingerprint = int(data["o"]), str(data["q"])
-    except (ValueError, KeyError, TypeError):
+        offset, fingerprint = data["o"], str(data["q"])
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise TypeError("offset")
+    except (ValueError, KeyError, TypeError, OverflowError):
         raise InvalidArgumentError([("page_token", "not a token this service issued")]) from None
     if offset < 0 or fingerprint != _fingerprint(query):
         raise InvalidArgumentError([("page_token", "belongs to a different query")])

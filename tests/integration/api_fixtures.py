@@ -11,9 +11,6 @@ from typing import Any
 
 import grpc
 import yaml
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-
 from benefits.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -26,6 +23,9 @@ from benefits.v1 import (
     registry_service_pb2,
     registry_service_pb2_grpc,
 )
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
 from enterprise_registry.uscc import make
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

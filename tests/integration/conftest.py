@@ -6,8 +6,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
-
 from api_fixtures import (
     PG_URL,
     REQUIRE_PG,
@@ -17,6 +15,8 @@ from api_fixtures import (
     registry_records,
     write_auth_file,
 )
+from sqlalchemy import text
+
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
 from service.config import ServeConfig

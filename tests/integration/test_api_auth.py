@@ -7,13 +7,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from api_fixtures import (
-    A,
-    B,
     HASHED_AUDITOR_TOKEN,
     METHOD_CALLS,
     ROLES,
@@ -24,6 +18,8 @@ from api_fixtures import (
     UNKNOWN,
     WRONG_CHECK,
     WRONG_TOKEN,
+    A,
+    B,
     Stubs,
     as_role,
     bearer,
@@ -38,6 +34,10 @@ from benefits.v1 import (
     policy_service_pb2,
     registry_service_pb2,
 )
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from service.api.auth import METHOD_ROLES
 from service.server import SERVICE_NAMES
 
@@ -136,7 +136,7 @@ def test_an_enterprise_reads_only_its_own_uscc_and_learns_nothing_else(stubs: St
                                                                        method: str) -> None:
     answers = {}
     for case, uscc in FOREIGN_USCCS.items():
-        err = rpc_error(lambda: _uscc_call(stubs, method, uscc, as_role("enterprise")))
+        err = rpc_error(lambda u=uscc: _uscc_call(stubs, method, u, as_role("enterprise")))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED, case
         assert err.trailing_metadata() is not None
         answers[case] = (err.details(), field_violations_or_none(err))
@@ -181,15 +181,19 @@ def test_auditor_and_admin_read_any_uscc(stubs: Stubs, method: str, role: str) -
     assert set(field_violations(err)) == {"uscc"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ListMatchedBenefits answers OK with an empty list "
-                   "for a USCC with no facts when no policy is in force for the period (2021); "
-                   "for 2025 it answers NOT_FOUND")
+@pytest.mark.parametrize("period", [2021, 2025, 2100])
 def test_list_matched_benefits_is_not_found_for_an_unknown_uscc_in_any_period(
-        stubs: Stubs) -> None:
+        stubs: Stubs, period: int) -> None:
+    # 2021: no policy is in force, yet the USCC is still unknown (was OK with an empty list).
     err = rpc_error(lambda: stubs.benefit.ListMatchedBenefits(
-        benefit_service_pb2.ListMatchedBenefitsRequest(uscc=UNKNOWN, period=2021),
+        benefit_service_pb2.ListMatchedBenefitsRequest(uscc=UNKNOWN, period=period),
         metadata=as_role("auditor"), timeout=20))
     assert err.code() == grpc.StatusCode.NOT_FOUND
+    # A known enterprise with no policy in force gets an empty list.
+    reply = stubs.benefit.ListMatchedBenefits(
+        benefit_service_pb2.ListMatchedBenefitsRequest(uscc=A, period=2021),
+        metadata=as_role("auditor"), timeout=20)
+    assert list(reply.benefits) == [] and reply.next_page_token == ""
 
 
 # ---------------------------------------------------------------------------------------------

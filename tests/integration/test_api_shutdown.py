@@ -1,0 +1,192 @@
+"""`benefits serve` as a process: SIGTERM lets in-flight calls finish, refuses new ones, and
+exits 0 within the grace period (SQLite)."""
+from __future__ import annotations
+
+import json
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import grpc
+import pytest
+from api_fixtures import (
+    REPO_ROOT,
+    RULES_DIR,
+    Stubs,
+    as_role,
+    enterprise_record,
+    registry_records,
+    rpc_error,
+    write_auth_file,
+)
+from benefits.v1 import policy_service_pb2, registry_service_pb2
+from sqlalchemy import select
+
+from enterprise_registry.db import create_schema, make_engine
+from enterprise_registry.importer import load_records
+from enterprise_registry.models import MODEL_BY_KIND
+from enterprise_registry.uscc import make
+from service.config import ServeConfig
+
+GRACE = ServeConfig.shutdown_grace_seconds  # what `benefits serve` uses
+STARTUP_SECONDS = 60.0
+LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+
+
+class ServerProcess:
+    """A `benefits serve` child with its stdout read line by line on a thread."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self._reader = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line matching {pattern.pattern!r}; saw {self.seen}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"server exited ({self.proc.poll()}) before "
+                                     f"{pattern.pattern!r}; saw {self.seen}")
+            self.seen.append(line)
+            match = pattern.search(line)
+            if match:
+                return match
+
+    def join(self) -> None:
+        self._reader.join(timeout=10)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    engine = make_engine(url)
+    try:
+        create_schema(engine)
+        load_records(registry_records(), engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def server(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
+    auth_file = write_auth_file(tmp_path / "auth.yaml")
+    command = [sys.executable, "-m", "service.cli", "serve", "--db", sqlite_url,
+               "--rules", str(RULES_DIR), "--auth-file", str(auth_file),
+               "--listen", "127.0.0.1:0"]
+    with open(tmp_path / "server.log", "w", encoding="utf-8") as log, subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
+            encoding="utf-8") as proc:
+        child = ServerProcess(proc)
+        try:
+            port = int(child.wait_for(LISTENING, STARTUP_SECONDS).group(1))
+            yield child, port
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            child.join()
+
+
+def _list_policies(stubs: Stubs) -> policy_service_pb2.ListPoliciesResponse:
+    return stubs.policy.ListPolicies(policy_service_pb2.ListPoliciesRequest(),
+                                     metadata=as_role("admin"), timeout=10)
+
+
+def _stored_names(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        table = MODEL_BY_KIND["enterprise"].__table__  # type: ignore[attr-defined]
+        with engine.connect() as conn:
+            return {row.name for row in conn.execute(select(table.c.name))}
+    finally:
+        engine.dispose()
+
+
+def test_sigterm_finishes_the_call_in_flight_refuses_new_ones_and_exits_0(
+        server: tuple[ServerProcess, int], sqlite_url: str) -> None:
+    child, port = server
+    stubs = Stubs.connect(port)
+    gate = threading.Event()
+    first, second = make("91420600MA4K50001"), make("91420600MA4K50002")
+
+    def feed() -> Iterator[registry_service_pb2.ImportFactsRequest]:
+        # A client stream held open across SIGTERM: the call in flight during shutdown.
+        yield registry_service_pb2.ImportFactsRequest(
+            record_json=json.dumps(enterprise_record(first, name="停机前有限公司"),
+                                   ensure_ascii=False))
+        gate.wait(timeout=30)
+        yield registry_service_pb2.ImportFactsRequest(
+            record_json=json.dumps(enterprise_record(second, name="停机中有限公司"),
+                                   ensure_ascii=False))
+
+    in_flight = stubs.registry.ImportFacts.future(feed(), metadata=as_role("registry_feed"),
+                                                  timeout=60)
+    try:
+        # A call made just before SIGTERM completes; on the same connection it also makes
+        # sure the server has the streaming call by now.
+        assert len(_list_policies(stubs).policies) == 6
+        time.sleep(0.2)
+        signalled = time.monotonic()
+        child.proc.send_signal(signal.SIGTERM)
+        child.wait_for(re.compile("shutting down"), timeout=10)
+        # New calls are refused while the call in flight goes on.
+        late = Stubs.connect(port)
+        try:
+            err = rpc_error(lambda: _list_policies(late))
+            assert err.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            late.channel.close()
+        assert not in_flight.done()
+        gate.set()
+        reply = in_flight.result(timeout=GRACE)
+        assert (reply.received_count, reply.stored_count, list(reply.rejects)) == (2, 2, [])
+        assert child.proc.wait(timeout=GRACE + 5) == 0
+        assert time.monotonic() - signalled < GRACE
+    finally:
+        gate.set()
+        in_flight.cancel()
+        stubs.channel.close()
+    assert {"停机前有限公司", "停机中有限公司"} <= _stored_names(sqlite_url)
+    # Gone: a later call fails UNAVAILABLE.
+    after = Stubs.connect(port)
+    try:
+        assert rpc_error(lambda: _list_policies(after)).code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        after.channel.close()
+
+
+def test_sigint_on_an_idle_server_exits_0_at_once(server: tuple[ServerProcess, int]) -> None:
+    child, port = server
+    stubs = Stubs.connect(port)
+    try:
+        assert len(_list_policies(stubs).policies) == 6
+    finally:
+        stubs.channel.close()
+    signalled = time.monotonic()
+    child.proc.send_signal(signal.SIGINT)
+    assert child.proc.wait(timeout=GRACE + 5) == 0
+    assert time.monotonic() - signalled < 3.0
+    child.wait_for(re.compile("shutting down"), timeout=5)
