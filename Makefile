@@ -8,11 +8,12 @@ PERIOD ?= 2025
 COUNT ?= 20000
 SEED ?= 7
 LISTEN ?= 127.0.0.1:50051
+BENCH_COUNT ?= 100000
 REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
+.PHONY: install node-deps bench-api proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -71,8 +72,14 @@ serve: install seed  ## run the server in the foreground
 stop:  ## stop the background server
 	@if [ -f var/server.pid ]; then kill $$(cat var/server.pid) 2>/dev/null || true; rm -f var/server.pid; fi
 
-test: install  ## the whole suite: unit, integration, policy cases, on SQLite and PostgreSQL
+test: install node-deps  ## the whole suite: unit, integration, policy cases, on SQLite and PostgreSQL
 	$(BIN)/python -m pytest -q
+
+node-deps: tests/node/node_modules/.installed  ## the Node.js client's packages (from its lock file)
+
+tests/node/node_modules/.installed: tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
@@ -85,6 +92,9 @@ test-policies: install  ## the test cases beside each policy
 
 bench: install  ## evaluation throughput against a plain-Python baseline, measured in the same run
 	$(BIN)/python benchmarks/bench_rules.py
+
+bench-api: install  ## ExplainEligibility calls/s and p50/p99 at 1, 8, 32 clients vs a trivial RPC
+	$(BIN)/python benchmarks/bench_api.py --count $(BENCH_COUNT)
 
 lint: install  ## buf lint over proto/ and ruff over the Python code
 	$(BIN)/buf lint
