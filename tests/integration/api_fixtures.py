@@ -3,7 +3,6 @@ a real server on a loopback port, stubs and call helpers."""
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,6 @@ from enterprise_registry.uscc import make
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO_ROOT / "rules"
-PG_URL = os.environ.get("BENEFITS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REQUIRE_PG = os.environ.get("BENEFITS_REQUIRE_PG") == "1"
 CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 TIMEOUT = 20.0
 

@@ -2,43 +2,22 @@
 PostgreSQL), with a small registry and an auth file holding one principal per role."""
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from api_fixtures import (
-    PG_URL,
-    REQUIRE_PG,
     RULES_DIR,
     Stubs,
     channel_stubs,
     registry_records,
     write_auth_file,
 )
-from sqlalchemy import text
+from testing_databases import private_schema
 
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
 from service.config import ServeConfig
 from service.server import RunningServer, create_server
-
-_pg_reachable: bool | None = None
-
-
-def _postgres_reachable() -> bool:
-    global _pg_reachable
-    if _pg_reachable is None:
-        try:
-            probe = make_engine(PG_URL)
-            try:
-                with probe.connect() as conn:
-                    conn.execute(text("select 1"))
-            finally:
-                probe.dispose()
-            _pg_reachable = True
-        except Exception:
-            _pg_reachable = False
-    return _pg_reachable
 
 
 @pytest.fixture(scope="module",
@@ -51,22 +30,8 @@ def api_db_url(request: pytest.FixtureRequest,
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('api-db') / 'registry.db'}"
         return
-    if not _postgres_reachable():
-        message = f"PostgreSQL not reachable at {PG_URL}: PostgreSQL tests SKIPPED"
-        if REQUIRE_PG:
-            pytest.fail(message + " (BENEFITS_REQUIRE_PG=1 forbids skipping)")
-        pytest.skip(message)
-    schema = "t_" + uuid.uuid4().hex[:12]
-    admin = make_engine(PG_URL)
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'create schema "{schema}"'))
-        separator = "&" if "?" in PG_URL else "?"
-        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
-        with admin.begin() as conn:
-            conn.execute(text(f'drop schema "{schema}" cascade'))
-    finally:
-        admin.dispose()
+    with private_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
