@@ -1,0 +1,1 @@
+"""The audit trail: canonical JSON, the hash-chained ledger, signed checkpoints, Merkle proofs."""

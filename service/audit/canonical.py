@@ -1,0 +1,59 @@
+"""Canonical JSON (sorted keys, UTF-8, no whitespace, no floats) and SHA-256 for the audit ledger."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+# orjson refuses integers outside this range; say where instead of failing without a path.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+
+
+def canonical_json(value: Any) -> bytes:
+    """Encode `value` as canonical JSON bytes: the same value always gives the same bytes.
+
+    Keys are sorted, non-ASCII text is kept as UTF-8 and there is no insignificant whitespace.
+    Allowed: dict (str keys only), list, str, int, bool, None. Floats are refused anywhere
+    (their text is not canonical across writers; give amounts as integer fen, ratios as strings),
+    and so are dates: callers pass them as ISO 8601 strings. Raises `TypeError` naming the path
+    of the first offending value, e.g. `$.conditions[2].ratio`.
+    """
+    _check(value, "$")
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex SHA-256 of `data` (64 characters)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check(value: Any, path: str) -> None:
+    # Checked before orjson sees the value: orjson would happily encode floats, tuples and dates.
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, float):
+        raise TypeError(f"float at {path} is not allowed in canonical JSON (use int or str): {value!r}")
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise TypeError(f"integer at {path} is outside the 64-bit range canonical JSON allows")
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check(item, f"{path}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"key {key!r} at {path} is a {type(key).__name__}; only str keys are allowed")
+            _check(item, _child(path, key))
+        return
+    hint = " (give dates as ISO 8601 strings)" if hasattr(value, "isoformat") else ""
+    raise TypeError(f"{type(value).__name__} at {path} is not allowed in canonical JSON{hint}")
+
+
+def _child(path: str, key: str) -> str:
+    if key.isidentifier():
+        return f"{path}.{key}"
+    return f"{path}[{orjson.dumps(key).decode()}]"
