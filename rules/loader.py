@@ -135,16 +135,27 @@ class LoadedPolicy:
 def load_policy_file(path: Path, catalogue: Catalogue, *, require_tests: bool = True) -> LoadedPolicy:
     """Load, validate, parse and type-check one policy file; raise PolicyFileError naming the line."""
     file = str(path)
+    raw = path.read_bytes()
+    policy = _load_bytes(raw, file, catalogue, expected_id=path.name.removesuffix(".yaml"))
+    policy.test_file = _find_tests(path, require_tests)
+    return policy
+
+
+def load_policy_text(raw: bytes, catalogue: Catalogue, *, origin: str) -> LoadedPolicy:
+    """Load a policy from its stored bytes (a past version, for replay); no test file is sought."""
+    return _load_bytes(raw, origin, catalogue, expected_id=None)
+
+
+def _load_bytes(raw: bytes, file: str, catalogue: Catalogue, *, expected_id: str | None) -> LoadedPolicy:
     try:
-        raw = path.read_bytes()
         source = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicySchemaError(file, None, f"not UTF-8 text: {exc}") from None
     doc = load(source, file)
     policy = validate_policy(doc)
-    if policy.id != path.name.removesuffix(".yaml") and not path.name.startswith(policy.id + "."):
+    if expected_id is not None and policy.id != expected_id and not expected_id.startswith(policy.id + "."):
         raise PolicySchemaError(file, doc.line_of(("id",)), f"id {policy.id!r} does not match "
-                                f"the file name (expected {path.name.removesuffix('.yaml')!r})")
+                                f"the file name (expected {expected_id!r})")
     _unique_clause_ids(doc, policy)
     param_types = {name: _param_type(file, doc, name, p) for name, p in policy.parameters.items()}
     param_values = {name: _param_literals(file, doc, name, p) for name, p in policy.parameters.items()}
@@ -163,7 +174,6 @@ def load_policy_file(path: Path, catalogue: Catalogue, *, require_tests: bool = 
     amount = _parse(doc, ("amount", "formula"), policy.amount.formula)
     _expect(doc, ("amount", "formula"), amount, scope, {"int", "decimal"},
             "the amount formula must give a number of fen")
-    test_file = _find_tests(path, require_tests)
     loaded = LoadedPolicy(
         model=policy, file=file, source=source, sha256=hashlib.sha256(raw).hexdigest(),
         conditions=conditions, payable=payable, amount=amount,
@@ -172,7 +182,7 @@ def load_policy_file(path: Path, catalogue: Catalogue, *, require_tests: bool = 
         param_types=param_types, param_values=param_values,
         param_lines={name: doc.line_of(("parameters", name)) or 1 for name in policy.parameters},
         raw_params=dict(policy.parameters), catalogue=catalogue,
-        test_file=test_file)
+        test_file=None)
     loaded.check_periods()
     return loaded
 

@@ -1,0 +1,210 @@
+"""Evaluation records: every evaluation stored with its facts and rule text, chained in the ledger,
+and replayable under the exact policy text that made it.
+
+Each record is canonical JSON; the ledger entry of kind "evaluation" holds the record's SHA-256,
+so editing a stored record (or the facts or rule text it points to) is caught by `verify_records`
+even when the ledger itself is intact.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy.engine import Connection, Engine
+
+from rules.evaluator import Evaluation, evaluate
+from rules.facts import Catalogue, Fact, FactsDocument, Record
+from rules.loader import LoadedPolicy, load_policy_text
+from service.audit.canonical import canonical_json, sha256_hex
+from service.audit.ledger import append, create_ledger_schema, get_entry, ledger_transaction
+
+SERVICE_VERSION = "benefits 0.1.0"
+metadata = MetaData()
+
+policy_version = Table(
+    "policy_version", metadata,
+    Column("rule_sha256", String(64), primary_key=True),
+    Column("policy_id", String(100), nullable=False),
+    Column("version", String(50), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("first_seen", String(40), nullable=False))
+
+facts_snapshot = Table(
+    "facts_snapshot", metadata,
+    Column("facts_sha256", String(64), primary_key=True),
+    Column("document", Text, nullable=False))
+
+evaluation_record = Table(
+    "evaluation_record", metadata,
+    Column("evaluation_id", String(40), primary_key=True),
+    Column("uscc", String(18), nullable=False, index=True),
+    Column("policy_id", String(100), nullable=False, index=True),
+    Column("period", Integer, nullable=False),
+    Column("outcome", String(20), nullable=False),
+    Column("amount_fen", BigInteger, nullable=False),
+    Column("batch_id", String(40), nullable=True, index=True),
+    Column("record", Text, nullable=False),
+    Column("record_sha256", String(64), nullable=False),
+    Column("ledger_seq", BigInteger, nullable=False, unique=True))
+
+
+@dataclass(frozen=True)
+class Actor:
+    principal: str
+    role: str
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    identical: bool
+    replayed: Evaluation
+    differences: list[str]
+
+
+def create_audit_schema(engine: Engine) -> None:
+    create_ledger_schema(engine)
+    metadata.create_all(engine)
+
+
+def remember_policy(connection: Connection, policy: LoadedPolicy) -> None:
+    """Store a loaded policy version by the hash of its bytes (once)."""
+    known = connection.execute(select(policy_version.c.rule_sha256)
+                               .where(policy_version.c.rule_sha256 == policy.sha256)).first()
+    if known is None:
+        connection.execute(insert(policy_version).values(
+            rule_sha256=policy.sha256, policy_id=policy.id, version=policy.version,
+            source=policy.source, first_seen=_now()))
+
+
+def record_evaluation(engine: Engine, evaluation: Evaluation, document: FactsDocument,
+                      policy: LoadedPolicy, actor: Actor, *, batch_id: str | None = None) -> str:
+    """Store one evaluation with its facts and rule text and chain it in the ledger; its id."""
+    facts_json = canonical_json(document_to_json(document)).decode()
+    facts_sha = sha256_hex(facts_json.encode())
+    evaluation_id = "ev_" + sha256_hex(f"{facts_sha}{evaluation.rule_sha256}{_now()}{id(evaluation)}"
+                                       .encode())[:32]
+    record = {"evaluation_id": evaluation_id, "evaluation": evaluation.to_dict(),
+              "facts_sha256": facts_sha, "service_version": SERVICE_VERSION,
+              "actor": {"principal": actor.principal, "role": actor.role},
+              "batch_id": batch_id, "recorded_at": _now()}
+    record_json = canonical_json(record).decode()
+    record_sha = sha256_hex(record_json.encode())
+    with ledger_transaction(engine) as conn:
+        remember_policy(conn, policy)
+        if conn.execute(select(facts_snapshot.c.facts_sha256)
+                        .where(facts_snapshot.c.facts_sha256 == facts_sha)).first() is None:
+            conn.execute(insert(facts_snapshot).values(facts_sha256=facts_sha, document=facts_json))
+        entry = append(conn, "evaluation", {"evaluation_id": evaluation_id, "record_sha256": record_sha,
+                                            "facts_sha256": facts_sha, "rule_sha256": evaluation.rule_sha256})
+        conn.execute(insert(evaluation_record).values(
+            evaluation_id=evaluation_id, uscc=evaluation.uscc, policy_id=evaluation.policy_id,
+            period=evaluation.period, outcome=evaluation.outcome, amount_fen=evaluation.amount_fen,
+            batch_id=batch_id, record=record_json, record_sha256=record_sha, ledger_seq=entry.seq))
+    return evaluation_id
+
+
+def load_record(connection: Connection, evaluation_id: str) -> dict[str, Any] | None:
+    row = connection.execute(select(evaluation_record.c.record)
+                             .where(evaluation_record.c.evaluation_id == evaluation_id)).first()
+    return orjson.loads(row.record) if row else None
+
+
+def verify_records(connection: Connection) -> list[str]:
+    """Every stored record, facts snapshot and rule text still matches what the ledger holds;
+    the problems found, first the earliest by ledger position (empty when all is intact)."""
+    problems: list[str] = []
+    rows = connection.execute(select(evaluation_record).order_by(evaluation_record.c.ledger_seq))
+    for row in rows:
+        entry = get_entry(connection, row.ledger_seq)
+        if entry is None or entry.kind != "evaluation":
+            problems.append(f"{row.evaluation_id}: ledger entry {row.ledger_seq} is missing")
+            continue
+        sealed = entry.data()
+        if sealed.get("evaluation_id") != row.evaluation_id or \
+                sha256_hex(row.record.encode()) != sealed.get("record_sha256"):
+            problems.append(f"{row.evaluation_id}: the stored record differs from ledger entry "
+                            f"{row.ledger_seq} (edited)")
+            continue
+        facts = connection.execute(select(facts_snapshot.c.document)
+                                   .where(facts_snapshot.c.facts_sha256 == sealed["facts_sha256"])).first()
+        if facts is None or sha256_hex(facts.document.encode()) != sealed["facts_sha256"]:
+            problems.append(f"{row.evaluation_id}: its facts snapshot is missing or edited")
+        rule = connection.execute(select(policy_version.c.source)
+                                  .where(policy_version.c.rule_sha256 == sealed["rule_sha256"])).first()
+        if rule is None or sha256_hex(rule.source.encode()) != sealed["rule_sha256"]:
+            problems.append(f"{row.evaluation_id}: its rule text is missing or edited")
+    return problems
+
+
+def replay(engine: Engine, evaluation_id: str, catalogue: Catalogue) -> ReplayResult | None:
+    """Re-run a stored evaluation on its stored facts under its stored rule text."""
+    with engine.connect() as conn:
+        record = load_record(conn, evaluation_id)
+        if record is None:
+            return None
+        stored = record["evaluation"]
+        source = conn.execute(select(policy_version.c.source)
+                              .where(policy_version.c.rule_sha256 == stored["rule_sha256"])).scalar_one()
+        facts = conn.execute(select(facts_snapshot.c.document)
+                             .where(facts_snapshot.c.facts_sha256 == record["facts_sha256"])).scalar_one()
+    policy = load_policy_text(source.encode(), catalogue, origin=f"policy_version {stored['rule_sha256'][:12]}")
+    document = document_from_json(orjson.loads(facts), catalogue)
+    again = evaluate(policy.compiled(stored["period"]), document,
+                     today=date.fromisoformat(stored["evaluated_on"]))
+    differences = _differences(stored, orjson.loads(canonical_json(again.to_dict())), "")
+    return ReplayResult(not differences, again, differences)
+
+
+def document_to_json(document: FactsDocument) -> dict[str, Any]:
+    return {"uscc": document.uscc, "fact_year": document.fact_year,
+            "facts": {name: {"value": _plain(f.value), "source": f.source, "as_of": _plain(f.as_of)}
+                      for name, f in sorted(document.facts.items())},
+            "collections": {name: [{"ref": r.ref, "fields": {k: _plain(v) for k, v in r.fields.items()},
+                                    "source": r.source, "as_of": _plain(r.as_of)} for r in records]
+                            for name, records in sorted(document.collections.items())},
+            "missing": dict(sorted(document.missing.items()))}
+
+
+def document_from_json(data: Mapping[str, Any], catalogue: Catalogue) -> FactsDocument:
+    """The inverse of `document_to_json`: dates restored by the catalogue's types."""
+    facts = {name: Fact(_typed(f["value"], catalogue.facts[name].kind if name in catalogue.facts else ""),
+                        f["source"], _date(f["as_of"]))
+             for name, f in data["facts"].items()}
+    collections = {}
+    for name, records in data["collections"].items():
+        types = catalogue.collections.get(name, {})
+        collections[name] = [Record(r["ref"], {k: _typed(v, types[k].kind if k in types else "")
+                                               for k, v in r["fields"].items()},
+                                    r["source"], _date(r["as_of"])) for r in records]
+    return FactsDocument(data["uscc"], data["fact_year"], facts, collections, dict(data["missing"]))
+
+
+def _differences(before: Any, after: Any, path: str) -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in sorted(set(before) | set(after)):
+            out += _differences(before.get(key), after.get(key), f"{path}.{key}" if path else key)
+        return out
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [d for i, (b, a) in enumerate(zip(before, after)) for d in _differences(b, a, f"{path}[{i}]")]
+    return [] if before == after else [f"{path}: stored {before!r}, replayed {after!r}"]
+
+
+def _plain(value: object) -> object:
+    return value.isoformat() if isinstance(value, date) else value
+
+
+def _typed(value: Any, kind: str) -> Any:
+    return date.fromisoformat(value) if kind == "date" and isinstance(value, str) else value
+
+
+def _date(value: str | None) -> date | None:
+    return date.fromisoformat(value) if value else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
