@@ -8,6 +8,7 @@ from datetime import date
 
 from rules.errors import EvaluationError
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, Evaluation, evaluate
+from rules.facts import FactsDocument
 from rules.loader import LoadedPolicy, PolicySet
 from service.errors import EnterpriseNotFoundError
 from service.facts_documents import DocumentSource, build_document
@@ -16,12 +17,19 @@ from service.facts_documents import DocumentSource, build_document
 def evaluate_enterprise(policies: PolicySet, source: DocumentSource, *, uscc: str, policy_id: str,
                         period: int, today: date) -> Evaluation:
     """Evaluate one enterprise under one policy for one period."""
+    return evaluate_with_inputs(policies, source, uscc=uscc, policy_id=policy_id, period=period,
+                                today=today)[0]
+
+
+def evaluate_with_inputs(policies: PolicySet, source: DocumentSource, *, uscc: str, policy_id: str,
+                         period: int, today: date) -> tuple[Evaluation, FactsDocument, LoadedPolicy]:
+    """The evaluation together with what it was made from, for the audit record."""
     policy = policies.get(policy_id)
     compiled = policy.compiled(period)
     document = source.document(uscc, policy.fact_year(period))
     if document is None:
         raise EnterpriseNotFoundError(uscc)
-    return evaluate(compiled, document, today=today)
+    return evaluate(compiled, document, today=today), document, policy
 
 
 @dataclass

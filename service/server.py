@@ -35,6 +35,8 @@ from service.api.servicers import (
     RegistryServicer,
 )
 from service.api.status import ApiInterceptor
+from service.audit.ledger import ledger_transaction
+from service.audit.records import create_audit_schema, remember_policy
 from service.catalogue import CATALOGUE
 from service.config import ServeConfig
 
@@ -67,6 +69,10 @@ def create_server(config: ServeConfig) -> RunningServer:
     policies = PolicyStore(config.rules_dir, CATALOGUE)
     engine = make_engine(config.db_url)
     create_schema(engine)
+    create_audit_schema(engine)
+    with ledger_transaction(engine) as conn:  # every loaded policy version, by hash
+        for policy in policies.current:
+            remember_policy(conn, policy)
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes),
                ("grpc.so_reuseport", 0)]

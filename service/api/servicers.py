@@ -29,12 +29,13 @@ from rules.loader import PolicyStore
 from service.api import convert
 from service.api.auth import Principal, authorize_uscc, current_principal
 from service.api.paging import next_token, page_bounds
+from service.audit.records import Actor, record_evaluation
 from service.errors import (
     EnterpriseNotFoundError,
     InvalidArgumentError,
     UnimplementedError,
 )
-from service.evaluation import evaluate_enterprise
+from service.evaluation import evaluate_with_inputs
 from service.explain import OUTCOME_ZH, as_text
 from service.facts_documents import DocumentSource
 
@@ -162,9 +163,21 @@ def _store(engine: Engine, records: list[Any], stored: int, stale: int) -> tuple
 
 
 class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
+    """Every evaluation it makes is recorded in the audit trail with the caller as actor."""
+
     def __init__(self, policies: PolicyStore, engine: Engine) -> None:
         self.policies = policies
+        self.engine = engine
         self.source = DocumentSource(engine)
+
+    def _evaluate(self, uscc: str, policy_id: str, period: int) -> tuple[Any, str]:
+        result, document, policy = evaluate_with_inputs(
+            self.policies.current, self.source, uscc=uscc, policy_id=policy_id, period=period,
+            today=date.today())
+        caller = _caller()
+        evaluation_id = record_evaluation(self.engine, result, document, policy,
+                                          Actor(caller.name, caller.role))
+        return result, evaluation_id
 
     def ListMatchedBenefits(self, request: Any, context: grpc.ServicerContext) -> Any:
         violations: list[tuple[str, str]] = []
@@ -179,9 +192,7 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
         page = policies[offset:offset + limit]
         benefits = []
         for policy in page:
-            result = evaluate_enterprise(self.policies.current, self.source, uscc=request.uscc,
-                                         policy_id=policy.id, period=request.period,
-                                         today=date.today())
+            result, _ = self._evaluate(request.uscc, policy.id, request.period)
             benefits.append(benefit_service_pb2.MatchedBenefit(
                 policy_id=policy.id, title=policy.model.title, period=request.period,
                 outcome=convert.OUTCOMES[result.outcome], amount_fen=result.amount_fen,
@@ -196,13 +207,11 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
             violations.append(("policy_id", "required"))
         _check_period(request.period, violations)
         _raise_if(violations)
-        policies = self.policies.current
-        result = evaluate_enterprise(policies, self.source, uscc=request.uscc,
-                                     policy_id=request.policy_id, period=request.period,
-                                     today=date.today())
-        title = policies.get(request.policy_id).model.title
+        result, evaluation_id = self._evaluate(request.uscc, request.policy_id, request.period)
+        title = self.policies.current.get(request.policy_id).model.title
         return benefit_service_pb2.ExplainEligibilityResponse(
-            evaluation=convert.evaluation(result), explanation=as_text(result, title))
+            evaluation=convert.evaluation(result, evaluation_id=evaluation_id),
+            explanation=as_text(result, title))
 
 
 def _summary(result: Any) -> str:

@@ -45,6 +45,7 @@ from benefits.v1 import (
 )
 
 from enterprise_registry.uscc import make
+from service.server import RunningServer
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 ADMIN = as_role("admin")
@@ -123,6 +124,7 @@ def test_explain_an_eligible_large_enterprise(stubs: Stubs) -> None:
     premiums = {r.name: r for r in ev.amount.reads}["si.ui_premium_paid_fen"]
     assert json.loads(premiums.value_json) == 123456715
     assert ev.evaluate_time.seconds > 0 and ev.engine_version
+    assert ev.evaluation_id.startswith("ev_")  # recorded in the audit trail
     assert CJK.search(reply.explanation)
     assert "370,370.15" in reply.explanation and "符合条件" in reply.explanation
     assert all(c.id in reply.explanation for c in ev.conditions)
@@ -461,6 +463,7 @@ def _essence(reply: Any) -> Any:
     copy = type(reply)()
     copy.CopyFrom(reply)
     copy.evaluation.ClearField("evaluate_time")
+    copy.evaluation.ClearField("evaluation_id")  # each call is its own audit record
     return copy
 
 
@@ -491,3 +494,16 @@ def test_concurrent_explanations_equal_sequential_ones(stubs: Stubs) -> None:
 
 
 _ROUNDS = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Last in the module: every lookup above was recorded, in one unbroken chain.
+def test_every_lookup_was_recorded_in_one_valid_chain(api_server: RunningServer) -> None:
+    from service.audit.ledger import verify
+    from service.audit.records import verify_records
+
+    with api_server.engine.connect() as conn:
+        result = verify(conn)
+        assert result.valid, result.detail
+        assert result.entries_checked > 32  # the concurrent explanations among them
+        assert verify_records(conn) == []
