@@ -9,11 +9,13 @@ COUNT ?= 20000
 SEED ?= 7
 LISTEN ?= 127.0.0.1:50051
 BENCH_COUNT ?= 100000
+# the checkpoint signing key lives outside the database
+AUDIT_FILES := --ledger-key var/ledger-key.pem --checkpoints var/checkpoints.jsonl
 REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install node-deps bench-api bench-ledger proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
+.PHONY: install audit-verify node-deps bench-api bench-ledger proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -60,14 +62,17 @@ run: install seed check-rules  ## the main job for $(PERIOD), then the gRPC serv
 serve-background: install seed stop  ## start the server in the background (var/server.pid, var/server.log)
 	$(BIN)/benefits demo-auth --db $(DB) --out var/demo-auth.yaml --listen $(LISTEN) --period $(PERIOD)
 	nohup $(BIN)/benefits serve --db $(DB) --rules rules --auth-file var/demo-auth.yaml \
-	  --listen $(LISTEN) > var/server.log 2>&1 & echo $$! > var/server.pid
+	  --listen $(LISTEN) $(AUDIT_FILES) > var/server.log 2>&1 & echo $$! > var/server.pid
 	@for i in $$(seq 1 50); do grep -q "listening on" var/server.log 2>/dev/null && break; sleep 0.2; done
 	@grep "listening on" var/server.log || (cat var/server.log; exit 1)
 	@echo "server pid $$(cat var/server.pid); stop it with: make stop"
 
 serve: install seed  ## run the server in the foreground
 	$(BIN)/benefits demo-auth --db $(DB) --out var/demo-auth.yaml --listen $(LISTEN) --period $(PERIOD)
-	$(BIN)/benefits serve --db $(DB) --rules rules --auth-file var/demo-auth.yaml --listen $(LISTEN)
+	$(BIN)/benefits serve --db $(DB) --rules rules --auth-file var/demo-auth.yaml --listen $(LISTEN) $(AUDIT_FILES)
+
+audit-verify: install  ## verify the ledger, every stored record and the newest signed checkpoint
+	$(BIN)/benefits audit verify --db $(DB) $(AUDIT_FILES)
 
 stop:  ## stop the background server
 	@if [ -f var/server.pid ]; then kill $$(cat var/server.pid) 2>/dev/null || true; rm -f var/server.pid; fi

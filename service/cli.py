@@ -92,7 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="127.0.0.1:50051")
     serve.add_argument("--auth-file", type=Path, required=True)
     serve.add_argument("--workers", type=int, default=16)
+    serve.add_argument("--ledger-key", type=Path, default=None,
+                       help="Ed25519 key (PEM) signing ledger checkpoints; created if missing")
+    serve.add_argument("--checkpoints", type=Path, default=None,
+                       help="file the signed checkpoints are appended to")
     serve.set_defaults(run=_serve)
+
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(title="audit")
+    verify = audit.add_parser("verify", help="verify the ledger, every record, and the newest checkpoint")
+    verify.add_argument("--db", default=DEFAULT_DB_URL)
+    verify.add_argument("--ledger-key", type=Path, default=None)
+    verify.add_argument("--checkpoints", type=Path, default=None)
+    verify.set_defaults(run=_audit_verify)
 
     lookup = sub.add_parser("lookup", help="an enterprise's benefits and explanations (gRPC client)")
     lookup.add_argument("--uscc", required=True)
@@ -248,8 +259,26 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve(ServeConfig(db_url=args.db, rules_dir=args.rules, auth_file=args.auth_file,
-                      listen=args.listen, max_workers=args.workers))
+                      listen=args.listen, max_workers=args.workers, ledger_key=args.ledger_key,
+                      checkpoint_file=args.checkpoints))
     return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from service.audit import checkpoints
+    from service.audit.records import create_audit_schema
+    from service.audit.verification import verify_audit_log
+
+    public_key = checkpoints.load_or_create_key(args.ledger_key).public_key() \
+        if args.ledger_key and args.ledger_key.exists() else None
+    with _database(args.db) as engine:
+        create_audit_schema(engine)
+        with engine.connect() as conn:
+            verdict = verify_audit_log(conn, checkpoint_file=args.checkpoints, public_key=public_key)
+    state = "VALID" if verdict.valid else f"INVALID ({verdict.fault} at entry {verdict.first_bad_entry})"
+    print(f"{state}: {verdict.entries_checked} entries checked, head {verdict.head_hash}")
+    print(verdict.detail)
+    return 0 if verdict.valid else 1
 
 
 def _lookup(args: argparse.Namespace) -> int:

@@ -16,3 +16,5 @@ class ServeConfig:
     max_workers: int = 16
     max_message_bytes: int = MAX_MESSAGE_BYTES
     shutdown_grace_seconds: float = 10.0
+    ledger_key: Path | None = None        # Ed25519 key signing ledger checkpoints (never in the DB)
+    checkpoint_file: Path | None = None   # where signed checkpoints are written

@@ -6,6 +6,7 @@ ServiceError
 ├── UnauthenticatedError         no token, or an unknown one
 ├── PermissionDeniedError        a known caller without the right (role, or foreign USCC)
 ├── UnimplementedError           a method whose issue has not landed
+├── EvaluationNotFoundError      no stored evaluation has that id
 └── AuthFileError                the auth file is unreadable or malformed
 """
 from __future__ import annotations
@@ -45,3 +46,11 @@ class UnimplementedError(ServiceError):
 
 class AuthFileError(ServiceError):
     """Raised when the auth file cannot be read or an entry is malformed (names the entry)."""
+
+
+class EvaluationNotFoundError(ServiceError):
+    """Raised when no stored evaluation has the requested id."""
+
+    def __init__(self, evaluation_id: str) -> None:
+        self.evaluation_id = evaluation_id
+        super().__init__(f"no stored evaluation {evaluation_id!r}")

@@ -6,6 +6,7 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -35,12 +36,14 @@ from service.api.servicers import (
     RegistryServicer,
 )
 from service.api.status import ApiInterceptor
+from service.audit import checkpoints
 from service.audit.ledger import ledger_transaction
 from service.audit.records import create_audit_schema, remember_policy
 from service.catalogue import CATALOGUE
 from service.config import ServeConfig
 
 log = logging.getLogger("benefits.server")
+CHECKPOINT_INTERVAL_SECONDS = 300
 SERVICE_NAMES = tuple(m.DESCRIPTOR.services_by_name[n].full_name for m, n in (
     (policy_service_pb2, "PolicyService"), (registry_service_pb2, "RegistryService"),
     (benefit_service_pb2, "BenefitService"), (payout_service_pb2, "PayoutService"),
@@ -54,11 +57,21 @@ class RunningServer:
     health: health.HealthServicer
     policies: PolicyStore
     engine: Any
+    ledger_key: Any = None
+    checkpoint_file: Path | None = None
+
+    def checkpoint(self) -> None:
+        """Sign the ledger head and write it outside the database (when configured)."""
+        if self.ledger_key is None or self.checkpoint_file is None:
+            return
+        with self.engine.connect() as conn:
+            checkpoints.write(checkpoints.checkpoint_now(conn, self.ledger_key), self.checkpoint_file)
 
     def stop(self, grace: float | None = None) -> None:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        self.checkpoint()  # the last word on what the ledger held when the server stopped
         self.engine.dispose()
 
 
@@ -85,7 +98,10 @@ def create_server(config: ServeConfig) -> RunningServer:
     benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
         BenefitServicer(policies, engine), server)
     payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(PayoutServicer(), server)
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(), server)
+    key = checkpoints.load_or_create_key(config.ledger_key) if config.ledger_key else None
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(engine, checkpoint_file=config.checkpoint_file,
+                      public_key=key.public_key() if key else None), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -96,7 +112,7 @@ def create_server(config: ServeConfig) -> RunningServer:
     server.start()
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, policies, engine)
+    return RunningServer(server, port, health_servicer, policies, engine, key, config.checkpoint_file)
 
 
 def serve(config: ServeConfig) -> None:
@@ -112,6 +128,7 @@ def serve(config: ServeConfig) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stopping.wait()
+    while not stopping.wait(CHECKPOINT_INTERVAL_SECONDS):
+        running.checkpoint()
     print("shutting down: finishing in-flight calls", flush=True)
     running.stop(config.shutdown_grace_seconds)

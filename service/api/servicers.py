@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import grpc
 import orjson
 from benefits.v1 import (
+    audit_service_pb2,
     audit_service_pb2_grpc,
     benefit_service_pb2,
     benefit_service_pb2_grpc,
@@ -29,9 +31,19 @@ from rules.loader import PolicyStore
 from service.api import convert
 from service.api.auth import Principal, authorize_uscc, current_principal
 from service.api.paging import next_token, page_bounds
-from service.audit.records import Actor, record_evaluation
+from service.audit.records import (
+    Actor,
+    evaluation_from_dict,
+    list_records,
+    load_record,
+    record_evaluation,
+    replay,
+)
+from service.audit.verification import verify_audit_log
+from service.catalogue import CATALOGUE
 from service.errors import (
     EnterpriseNotFoundError,
+    EvaluationNotFoundError,
     InvalidArgumentError,
     UnimplementedError,
 )
@@ -245,9 +257,67 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
-    """Designed in the contract; implemented by the audit-trail issue."""
+    """Stored evaluations, verification of the ledger (and checkpoints), replay."""
 
-    def _unimplemented(self, *_: Any) -> Any:
-        raise UnimplementedError("the audit trail is not implemented yet")
+    def __init__(self, engine: Engine, *, checkpoint_file: Path | None = None,
+                 public_key: Any = None) -> None:
+        self.engine = engine
+        self.checkpoint_file, self.public_key = checkpoint_file, public_key
 
-    GetEvaluation = ListEvaluations = VerifyAuditLog = ReplayEvaluation = _unimplemented
+    def GetEvaluation(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if not request.evaluation_id:
+            raise InvalidArgumentError([("evaluation_id", "required")])
+        with self.engine.connect() as conn:
+            record = load_record(conn, request.evaluation_id)
+        if record is None:
+            raise EvaluationNotFoundError(request.evaluation_id)
+        return _stored_evaluation(record)
+
+    def ListEvaluations(self, request: Any, context: grpc.ServicerContext) -> Any:
+        violations: list[tuple[str, str]] = []
+        if request.period and not MIN_PERIOD <= request.period <= MAX_PERIOD:
+            _check_period(request.period, violations)
+        if request.uscc and not uscc_codes.is_valid(request.uscc):
+            violations.append(("uscc", "not a valid unified social credit code"))
+        _raise_if(violations)
+        outcome = _OUTCOME_NAMES.get(request.outcome, "")
+        query = f"evaluations:{request.uscc}:{request.policy_id}:{request.period}:{request.batch_id}:{outcome}"
+        offset, limit = page_bounds(request.page_size, request.page_token, query)
+        with self.engine.connect() as conn:
+            records, total = list_records(conn, uscc=request.uscc, policy_id=request.policy_id,
+                                          period=request.period, batch_id=request.batch_id,
+                                          outcome=outcome, offset=offset, limit=limit)
+        return audit_service_pb2.ListEvaluationsResponse(
+            evaluations=[_stored_evaluation(r) for r in records],
+            next_page_token=next_token(offset, limit, total, query))
+
+    def VerifyAuditLog(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.engine.connect() as conn:
+            verdict = verify_audit_log(conn, checkpoint_file=self.checkpoint_file,
+                                       public_key=self.public_key)
+        return audit_service_pb2.VerifyAuditLogResponse(
+            entries_checked=verdict.entries_checked, head_hash=verdict.head_hash, valid=verdict.valid,
+            first_bad_entry=verdict.first_bad_entry, fault=_FAULTS[verdict.fault], detail=verdict.detail)
+
+    def ReplayEvaluation(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if not request.evaluation_id:
+            raise InvalidArgumentError([("evaluation_id", "required")])
+        result = replay(self.engine, request.evaluation_id, CATALOGUE)
+        if result is None:
+            raise EvaluationNotFoundError(request.evaluation_id)
+        return audit_service_pb2.ReplayEvaluationResponse(
+            identical=result.identical, replayed=convert.evaluation(result.replayed),
+            differences=result.differences)
+
+
+_OUTCOME_NAMES = {1: "ELIGIBLE", 2: "INELIGIBLE", 3: "UNDETERMINED", 4: "HELD"}
+_FAULTS = {"none": audit_service_pb2.LEDGER_FAULT_NONE, "edited": audit_service_pb2.LEDGER_FAULT_EDITED,
+           "deleted": audit_service_pb2.LEDGER_FAULT_DELETED,
+           "inserted": audit_service_pb2.LEDGER_FAULT_INSERTED,
+           "reordered": audit_service_pb2.LEDGER_FAULT_REORDERED,
+           "checkpoint": audit_service_pb2.LEDGER_FAULT_CHECKPOINT}
+
+
+def _stored_evaluation(record: dict[str, Any]) -> Any:
+    return convert.evaluation(evaluation_from_dict(record["evaluation"]),
+                              evaluation_id=record["evaluation_id"])

@@ -23,6 +23,7 @@ from rules.errors import (
 from service.api.auth import OPEN_METHODS, AuthTable, authorize_method, current_principal
 from service.errors import (
     EnterpriseNotFoundError,
+    EvaluationNotFoundError,
     InvalidArgumentError,
     PermissionDeniedError,
     ServiceError,
@@ -40,6 +41,7 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     EnterpriseNotFoundError: grpc.StatusCode.NOT_FOUND,
+    EvaluationNotFoundError: grpc.StatusCode.NOT_FOUND,
     PolicyNotFoundError: grpc.StatusCode.NOT_FOUND,
     UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
     PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,

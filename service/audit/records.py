@@ -208,3 +208,41 @@ def _date(value: str | None) -> date | None:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def evaluation_from_dict(data: Mapping[str, Any]) -> Evaluation:
+    """Rebuild an Evaluation from its stored dictionary (the inverse of `Evaluation.to_dict`)."""
+    from rules.evaluator import AmountTrace, ClauseResult, CollectionRead, FactRead
+
+    def clause(c: Mapping[str, Any]) -> ClauseResult:
+        return ClauseResult(c["id"], c["text"], c["citation"], c["result"],
+                            [FactRead(**r) for r in c["reads"]],
+                            [CollectionRead(**k) for k in c["collections"]], list(c["notes"]))
+
+    amount = data.get("amount")
+    return Evaluation(
+        **{k: data[k] for k in ("policy_id", "policy_version", "rule_sha256", "period", "fact_year",
+                                "uscc", "evaluated_on", "outcome", "amount_fen", "conflict_group",
+                                "engine")},
+        conditions=[clause(c) for c in data["conditions"]], payable=[clause(c) for c in data["payable"]],
+        missing=list(data["missing"]), held=list(data["held"]),
+        amount=None if amount is None else AmountTrace(**{**amount, "reads": [FactRead(**r) for r in
+                                                                               amount["reads"]]}))
+
+
+def list_records(connection: Connection, *, uscc: str = "", policy_id: str = "", period: int = 0,
+                 batch_id: str = "", outcome: str = "", offset: int = 0,
+                 limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+    """Stored records matching the filters, newest first: one page, and the total count."""
+    from sqlalchemy import func
+
+    query = select(evaluation_record.c.record)
+    count = select(func.count()).select_from(evaluation_record)
+    for column, value in ((evaluation_record.c.uscc, uscc), (evaluation_record.c.policy_id, policy_id),
+                          (evaluation_record.c.period, period), (evaluation_record.c.batch_id, batch_id),
+                          (evaluation_record.c.outcome, outcome)):
+        if value:
+            query, count = query.where(column == value), count.where(column == value)
+    rows = connection.execute(query.order_by(evaluation_record.c.ledger_seq.desc())
+                              .offset(offset).limit(limit)).all()
+    return [orjson.loads(r.record) for r in rows], int(connection.execute(count).scalar_one())

@@ -222,7 +222,10 @@ METHOD_CALLS: dict[str, Call] = {
         _unary("audit", "ReplayEvaluation",
                audit_service_pb2.ReplayEvaluationRequest(evaluation_id="e1")),
 }
-UNIMPLEMENTED_SERVICES = ("/benefits.v1.PayoutService/", "/benefits.v1.AuditService/")
+UNIMPLEMENTED_SERVICES = ("/benefits.v1.PayoutService/",)
+# What an allowed caller gets where the fixed request names nothing that exists.
+ALLOWED_CODES = {"/benefits.v1.AuditService/GetEvaluation": "NOT_FOUND",
+                 "/benefits.v1.AuditService/ReplayEvaluation": "NOT_FOUND"}
 
 
 def call_code(call: Call, stubs: Stubs, metadata: list[tuple[str, str]]) -> grpc.StatusCode:

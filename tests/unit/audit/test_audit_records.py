@@ -124,3 +124,21 @@ def test_replay_reports_differences(audit_engine: Engine, policy: LoadedPolicy) 
     result = replay(audit_engine, evaluation_id, CATALOGUE)
     assert result is not None and not result.identical
     assert any(d.startswith("amount_fen: stored 37037015, replayed 30000000") for d in result.differences)
+
+
+def test_a_stored_record_rebuilds_the_evaluation_and_lists_by_filter(audit_engine: Engine,
+                                                                     policy: LoadedPolicy) -> None:
+    from service.audit.records import evaluation_from_dict, list_records
+
+    document = _document()
+    original = evaluate(policy.compiled(2025), document, today=TODAY)
+    first = record_evaluation(audit_engine, original, document, policy, AUDITOR)
+    second = _record(audit_engine, policy, _document(0))
+    with audit_engine.connect() as conn:
+        record = load_record(conn, first)
+        assert record is not None
+        assert evaluation_from_dict(record["evaluation"]) == original
+        page, total = list_records(conn, policy_id="stable-jobs-refund", limit=1)
+        assert total == 2 and [r["evaluation_id"] for r in page] == [second]
+        assert list_records(conn, uscc="91420600MA4K00001M", outcome="ELIGIBLE")[1] == 2
+        assert list_records(conn, period=2024)[1] == 0

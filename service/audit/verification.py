@@ -1,0 +1,46 @@
+"""The auditor's whole check: the ledger chain, every stored record against it, and the newest
+signed checkpoint (which catches a rebuilt chain or a cut tail)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.engine import Connection
+
+from service.audit import checkpoints
+from service.audit.ledger import verify
+from service.audit.records import verify_records
+
+
+@dataclass(frozen=True)
+class AuditVerdict:
+    entries_checked: int
+    head_hash: str
+    valid: bool
+    first_bad_entry: int
+    fault: str          # none, edited, deleted, inserted, reordered, checkpoint
+    detail: str
+
+
+def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = None,
+                     public_key: Ed25519PublicKey | None = None) -> AuditVerdict:
+    chain = verify(connection)
+    if not chain.valid:
+        return AuditVerdict(chain.entries_checked, chain.head_hash, False, chain.first_bad_seq or 0,
+                            str(chain.fault), chain.detail)
+    problems = verify_records(connection)
+    if problems:
+        return AuditVerdict(chain.entries_checked, chain.head_hash, False, 0, "edited", problems[0])
+    detail = f"{chain.entries_checked} entries chain correctly; every stored record matches the ledger"
+    if checkpoint_file is not None and public_key is not None:
+        newest = checkpoints.newest(checkpoint_file)
+        if newest is not None:
+            check = checkpoints.check(connection, newest, public_key)
+            if not check.valid:
+                return AuditVerdict(chain.entries_checked, chain.head_hash, False, newest.entry_count,
+                                    checkpoints.CHECKPOINT_FAULT, check.detail)
+            detail += f"; {check.detail}"
+        else:
+            detail += "; no checkpoint written yet"
+    return AuditVerdict(chain.entries_checked, chain.head_hash, True, 0, "none", detail)

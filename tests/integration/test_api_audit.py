@@ -1,0 +1,117 @@
+"""AuditService over a real socket: an auditor fetches, lists, verifies and replays the
+evaluations that lookups recorded; tampering in SQL is caught, and a rebuilt chain is caught
+by the signed checkpoint written outside the database."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from api_fixtures import (
+    RULES_DIR,
+    SJR,
+    A,
+    B,
+    Stubs,
+    as_role,
+    registry_records,
+    write_auth_file,
+)
+from benefits.v1 import audit_service_pb2, benefit_service_pb2, evaluation_pb2
+from sqlalchemy import text
+
+from enterprise_registry.db import create_schema, make_engine
+from enterprise_registry.importer import load_records
+from service.config import ServeConfig
+from service.server import RunningServer, create_server
+
+AUDITOR = as_role("auditor")
+
+
+@pytest.fixture(scope="module")
+def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    engine = make_engine(api_db_url)
+    try:
+        create_schema(engine)
+        load_records(registry_records(), engine)
+    finally:
+        engine.dispose()
+    folder = tmp_path_factory.mktemp("audit")
+    running = create_server(ServeConfig(
+        db_url=api_db_url, rules_dir=RULES_DIR, auth_file=write_auth_file(folder / "auth.yaml"),
+        listen="127.0.0.1:0", ledger_key=folder / "ledger-key.pem",
+        checkpoint_file=folder / "checkpoints.jsonl"))
+    try:
+        yield running
+    finally:
+        running.stop(grace=None)
+
+
+def _explain(stubs: Stubs, uscc: str, role: str = "enterprise") -> evaluation_pb2.Evaluation:
+    reply = stubs.benefit.ExplainEligibility(benefit_service_pb2.ExplainEligibilityRequest(
+        uscc=uscc, policy_id=SJR, period=2025), metadata=as_role(role))
+    return reply.evaluation
+
+
+def _verify(stubs: Stubs) -> audit_service_pb2.VerifyAuditLogResponse:
+    return stubs.audit.VerifyAuditLog(audit_service_pb2.VerifyAuditLogRequest(), metadata=AUDITOR)
+
+
+def test_an_auditor_fetches_lists_verifies_and_replays(stubs: Stubs) -> None:
+    looked_up = _explain(stubs, A)
+    _explain(stubs, B, role="admin")
+    stored = stubs.audit.GetEvaluation(audit_service_pb2.GetEvaluationRequest(
+        evaluation_id=looked_up.evaluation_id), metadata=AUDITOR)
+    assert (stored.outcome, stored.amount_fen) == (looked_up.outcome, looked_up.amount_fen)
+    assert [c.result for c in stored.conditions] == [c.result for c in looked_up.conditions]
+    listed = stubs.audit.ListEvaluations(audit_service_pb2.ListEvaluationsRequest(
+        uscc=A, policy_id=SJR, period=2025, outcome=evaluation_pb2.OUTCOME_ELIGIBLE), metadata=AUDITOR)
+    assert looked_up.evaluation_id in [e.evaluation_id for e in listed.evaluations]
+    assert all(e.uscc == A for e in listed.evaluations)
+    verdict = _verify(stubs)
+    assert verdict.valid and verdict.fault == audit_service_pb2.LEDGER_FAULT_NONE
+    assert verdict.entries_checked >= 2
+    replayed = stubs.audit.ReplayEvaluation(audit_service_pb2.ReplayEvaluationRequest(
+        evaluation_id=looked_up.evaluation_id), metadata=AUDITOR)
+    assert replayed.identical and list(replayed.differences) == []
+    assert replayed.replayed.amount_fen == looked_up.amount_fen
+
+
+def test_an_unknown_evaluation_is_not_found(stubs: Stubs) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stubs.audit.GetEvaluation(audit_service_pb2.GetEvaluationRequest(evaluation_id="ev_nope"),
+                                  metadata=AUDITOR)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_edited_record_is_located(api_server: RunningServer, stubs: Stubs) -> None:
+    victim = _explain(stubs, A)
+    with api_server.engine.begin() as conn:
+        conn.execute(text("UPDATE evaluation_record SET record = replace(record, :a, :b) "
+                          "WHERE evaluation_id = :e"),
+                     {"a": f'"amount_fen":{victim.amount_fen}', "b": '"amount_fen":1', "e": victim.evaluation_id})
+    verdict = _verify(stubs)
+    assert not verdict.valid and verdict.fault == audit_service_pb2.LEDGER_FAULT_EDITED
+    assert victim.evaluation_id in verdict.detail
+    with api_server.engine.begin() as conn:  # put it back for the next test
+        conn.execute(text("UPDATE evaluation_record SET record = replace(record, :b, :a) "
+                          "WHERE evaluation_id = :e"),
+                     {"a": f'"amount_fen":{victim.amount_fen}', "b": '"amount_fen":1', "e": victim.evaluation_id})
+    assert _verify(stubs).valid
+
+
+def test_a_cut_tail_contradicts_the_signed_checkpoint(api_server: RunningServer, stubs: Stubs) -> None:
+    _explain(stubs, A)
+    api_server.checkpoint()
+    with api_server.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("DROP TRIGGER ledger_entry_append_only ON ledger_entry"))
+        else:
+            conn.execute(text("DROP TRIGGER ledger_entry_no_delete"))
+        newest = conn.execute(text("SELECT max(seq) FROM ledger_entry")).scalar_one()
+        conn.execute(text("DELETE FROM evaluation_record WHERE ledger_seq = :s"), {"s": newest})
+        conn.execute(text("DELETE FROM ledger_entry WHERE seq = :s"), {"s": newest})
+    verdict = _verify(stubs)
+    assert not verdict.valid
+    assert verdict.fault == audit_service_pb2.LEDGER_FAULT_CHECKPOINT
+    assert "cut off" in verdict.detail and verdict.first_bad_entry == newest
