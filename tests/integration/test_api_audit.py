@@ -115,3 +115,25 @@ def test_a_cut_tail_contradicts_the_signed_checkpoint(api_server: RunningServer,
     assert not verdict.valid
     assert verdict.fault == audit_service_pb2.LEDGER_FAULT_CHECKPOINT
     assert "cut off" in verdict.detail and verdict.first_bad_entry == newest
+
+
+def test_every_recorded_evaluation_of_the_registry_replays_identically(stubs: Stubs) -> None:
+    from api_fixtures import LOADED
+
+    for uscc in LOADED:  # every policy in force, for every enterprise of the test registry
+        stubs.benefit.ListMatchedBenefits(benefit_service_pb2.ListMatchedBenefitsRequest(
+            uscc=uscc, period=2025), metadata=as_role("admin"))
+    ids: list[str] = []
+    token = ""
+    while True:
+        page = stubs.audit.ListEvaluations(audit_service_pb2.ListEvaluationsRequest(
+            page_size=100, page_token=token), metadata=AUDITOR)
+        ids += [e.evaluation_id for e in page.evaluations]
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(ids) >= len(LOADED) * 6
+    for evaluation_id in ids:
+        replayed = stubs.audit.ReplayEvaluation(audit_service_pb2.ReplayEvaluationRequest(
+            evaluation_id=evaluation_id), metadata=AUDITOR)
+        assert replayed.identical, (evaluation_id, list(replayed.differences))
