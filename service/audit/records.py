@@ -246,3 +246,14 @@ def list_records(connection: Connection, *, uscc: str = "", policy_id: str = "",
     rows = connection.execute(query.order_by(evaluation_record.c.ledger_seq.desc())
                               .offset(offset).limit(limit)).all()
     return [orjson.loads(r.record) for r in rows], int(connection.execute(count).scalar_one())
+
+
+def seal_decisions(connection: Connection, batch_id: str, record_sha256s: list[str]) -> dict[str, Any]:
+    """Seal a batch's decisions in the ledger: the RFC 6962 Merkle root over their record hashes,
+    in the given (line) order. Call inside `ledger_transaction`; returns the sealed payload."""
+    from service.audit.merkle import root
+
+    seal = {"batch_id": batch_id, "leaf_count": len(record_sha256s),
+            "merkle_root": root([bytes.fromhex(h) for h in record_sha256s]).hex()}
+    append(connection, "batch_seal", seal)
+    return seal
