@@ -203,18 +203,25 @@ def _rules_test(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from service.evaluation import evaluate_enterprise
+    import getpass
+
+    from service.audit.records import Actor, create_audit_schema, record_evaluation
+    from service.evaluation import evaluate_with_inputs
     from service.explain import as_json, as_text
     from service.facts_documents import DocumentSource
 
     policies = _policies(args.rules)
     with _database(args.db) as engine:
-        result = evaluate_enterprise(policies, DocumentSource(engine), uscc=args.uscc,
-                                     policy_id=args.policy, period=args.period,
-                                     today=args.as_of or date.today())
-    title = policies.get(args.policy).model.title
+        result, document, policy = evaluate_with_inputs(
+            policies, DocumentSource(engine), uscc=args.uscc, policy_id=args.policy,
+            period=args.period, today=args.as_of or date.today())
+        create_audit_schema(engine)  # every evaluation is recorded, this one too
+        evaluation_id = record_evaluation(engine, result, document, policy,
+                                          Actor(f"cli:{getpass.getuser()}", "local"))
+    title = policy.model.title
     if args.json:
-        print(json.dumps(as_json(result, title), ensure_ascii=False, indent=2))
+        print(json.dumps({**as_json(result, title), "evaluation_id": evaluation_id},
+                         ensure_ascii=False, indent=2))
     else:
         print(as_text(result, title))
     return 0

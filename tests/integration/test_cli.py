@@ -138,3 +138,29 @@ def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "6 policies valid" in result.stdout
+
+
+def test_evaluations_are_recorded_and_audit_verify_locates_an_edit(db_url: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlalchemy import text
+
+    from enterprise_registry.db import make_engine
+
+    feed = _write(tmp_path / "feed.jsonl", [_enterprise(A), _si(A)])
+    assert main(["registry", "load", str(feed), "--db", db_url]) == 0
+    capsys.readouterr()
+    first = _evaluate(capsys, db_url, A, "stable-jobs-refund")["evaluation_id"]
+    _evaluate(capsys, db_url, A, "stable-jobs-refund")
+    assert main(["audit", "verify", "--db", db_url]) == 0
+    assert capsys.readouterr().out.startswith("VALID: 2 entries checked")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE evaluation_record SET outcome = 'INELIGIBLE', "
+                              "record = replace(record, '\"ELIGIBLE\"', '\"INELIGIBLE\"') "
+                              "WHERE evaluation_id = :e"), {"e": first})
+    finally:
+        engine.dispose()
+    assert main(["audit", "verify", "--db", db_url]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("INVALID (edited") and first in out
