@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -98,38 +99,34 @@ class ApiInterceptor(grpc.ServerInterceptor):
         method, metadata = details.method, details.invocation_metadata
         ours = method.startswith("/benefits.v1.")
 
-        def admit(context: grpc.ServicerContext) -> object:
+        @contextmanager
+        def admitted(context: grpc.ServicerContext) -> Iterator[None]:
+            """Authenticate and authorise, expose the caller to the servicer, and map its errors."""
             try:
                 principal = self.auth.authenticate(metadata)
                 authorize_method(principal, method)
             except (UnauthenticatedError, PermissionDeniedError) as exc:
                 context.abort_with_status(rpc_status.to_status(to_status(exc)))
-            return current_principal.set(principal)
+            token = current_principal.set(principal)
+            try:
+                yield
+            except Exception as exc:
+                if not ours:  # health and reflection keep their own statuses
+                    raise
+                context.abort_with_status(rpc_status.to_status(to_status(exc)))
+            finally:
+                current_principal.reset(token)
 
         def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
-                token = admit(context)
-                try:
+                with admitted(context):
                     return behavior(request, context)
-                except Exception as exc:
-                    if not ours:
-                        raise
-                    context.abort_with_status(rpc_status.to_status(to_status(exc)))
-                finally:
-                    current_principal.reset(token)  # type: ignore[arg-type]
             return run
 
         def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                token = admit(context)
-                try:
+                with admitted(context):
                     yield from behavior(request, context)
-                except Exception as exc:
-                    if not ours:
-                        raise
-                    context.abort_with_status(rpc_status.to_status(to_status(exc)))
-                finally:
-                    current_principal.reset(token)  # type: ignore[arg-type]
             return run
 
         return _rewrap(handler, unary, streaming)
