@@ -1,0 +1,1 @@
+"""Payout batches: grants once per (enterprise, policy, period), budgets, stacking, exports."""
