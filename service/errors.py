@@ -7,6 +7,7 @@ ServiceError
 ├── PermissionDeniedError        a known caller without the right (role, or foreign USCC)
 ├── UnimplementedError           a method whose issue has not landed
 ├── EvaluationNotFoundError      no stored evaluation has that id
+├── DuplicateBatchError          a payout request_id reused with other arguments
 └── AuthFileError                the auth file is unreadable or malformed
 """
 from __future__ import annotations
@@ -54,3 +55,7 @@ class EvaluationNotFoundError(ServiceError):
     def __init__(self, evaluation_id: str) -> None:
         self.evaluation_id = evaluation_id
         super().__init__(f"no stored evaluation {evaluation_id!r}")
+
+
+class DuplicateBatchError(ServiceError):
+    """Raised when a payout request_id was already used with other arguments."""

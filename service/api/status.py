@@ -23,6 +23,7 @@ from rules.errors import (
 )
 from service.api.auth import OPEN_METHODS, AuthTable, authorize_method, current_principal
 from service.errors import (
+    DuplicateBatchError,
     EnterpriseNotFoundError,
     EvaluationNotFoundError,
     InvalidArgumentError,
@@ -43,6 +44,7 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     EnterpriseNotFoundError: grpc.StatusCode.NOT_FOUND,
     EvaluationNotFoundError: grpc.StatusCode.NOT_FOUND,
+    DuplicateBatchError: grpc.StatusCode.ALREADY_EXISTS,
     PolicyNotFoundError: grpc.StatusCode.NOT_FOUND,
     UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
     PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,
