@@ -8,6 +8,8 @@ ServiceError
 ├── UnimplementedError           a method whose issue has not landed
 ├── EvaluationNotFoundError      no stored evaluation has that id
 ├── DuplicateBatchError          a payout request_id reused with other arguments
+├── BatchNotFoundError           no payout batch has that id
+├── BatchStateError              an illegal lifecycle transition (FAILED_PRECONDITION)
 └── AuthFileError                the auth file is unreadable or malformed
 """
 from __future__ import annotations
@@ -59,3 +61,11 @@ class EvaluationNotFoundError(ServiceError):
 
 class DuplicateBatchError(ServiceError):
     """Raised when a payout request_id was already used with other arguments."""
+
+
+class BatchNotFoundError(ServiceError):
+    """Raised when no payout batch has the requested id."""
+
+
+class BatchStateError(ServiceError):
+    """Raised for a lifecycle transition the batch's state does not allow, or a concurrent batch."""

@@ -38,9 +38,10 @@ from service.api.servicers import (
 from service.api.status import ApiInterceptor
 from service.audit import checkpoints
 from service.audit.ledger import ledger_transaction
-from service.audit.records import create_audit_schema, remember_policy
+from service.audit.records import remember_policy
 from service.catalogue import CATALOGUE
 from service.config import ServeConfig
+from service.payouts.batches import create_payout_schema
 
 log = logging.getLogger("benefits.server")
 CHECKPOINT_INTERVAL_SECONDS = 300
@@ -82,7 +83,7 @@ def create_server(config: ServeConfig) -> RunningServer:
     policies = PolicyStore(config.rules_dir, CATALOGUE)
     engine = make_engine(config.db_url)
     create_schema(engine)
-    create_audit_schema(engine)
+    create_payout_schema(engine)  # the audit trail's tables included
     with ledger_transaction(engine) as conn:  # every loaded policy version, by hash
         for policy in policies.current:
             remember_policy(conn, policy)
@@ -97,7 +98,7 @@ def create_server(config: ServeConfig) -> RunningServer:
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine), server)
     benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
         BenefitServicer(policies, engine), server)
-    payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(PayoutServicer(), server)
+    payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(PayoutServicer(policies, engine), server)
     key = checkpoints.load_or_create_key(config.ledger_key) if config.ledger_key else None
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(engine, checkpoint_file=config.checkpoint_file,

@@ -15,6 +15,7 @@ from benefits.v1 import (
     audit_service_pb2_grpc,
     benefit_service_pb2,
     benefit_service_pb2_grpc,
+    payout_service_pb2,
     payout_service_pb2_grpc,
     policy_service_pb2,
     policy_service_pb2_grpc,
@@ -50,6 +51,7 @@ from service.errors import (
 from service.evaluation import evaluate_with_inputs
 from service.explain import OUTCOME_ZH, as_text
 from service.facts_documents import DocumentSource
+from service.payouts import batches
 
 MIN_PERIOD, MAX_PERIOD = 2000, 2100
 MAX_IMPORT_RECORDS = 1_000_000
@@ -239,21 +241,81 @@ def _summary(result: Any) -> str:
 
 
 class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
-    """Designed in the contract; implemented by the payout-batches issue."""
+    """Batches for the finance bureau. Export, bank results and progress streaming come with the
+    rest of the payout issue and answer UNIMPLEMENTED until then."""
 
-    def _unimplemented(self, *_: Any) -> Any:
-        raise UnimplementedError("payout batches are not implemented yet")
+    def __init__(self, policies: PolicyStore, engine: Engine) -> None:
+        self.policies, self.engine = policies, engine
 
-    CreatePayoutBatch = GetPayoutBatch = ListPayoutLines = ApprovePayoutBatch = _unimplemented
-    RecordPayoutResults = CancelPayoutBatch = _unimplemented
+    def CreatePayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
+        violations: list[tuple[str, str]] = []
+        if not request.policy_id:
+            violations.append(("policy_id", "required"))
+        _check_period(request.period, violations)
+        if not 8 <= len(request.request_id) <= 100:
+            violations.append(("request_id", "required: a client-chosen id of 8-100 characters (a UUID)"))
+        _raise_if(violations)
+        caller = _caller()
+        batch = batches.create_batch(self.engine, self.policies.current, policy_id=request.policy_id,
+                                     period=request.period, request_id=request.request_id,
+                                     actor=Actor(caller.name, caller.role), today=date.today())
+        return _batch_message(batch)
+
+    def GetPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return _batch_message(batches.get_batch(self.engine, _batch_id(request)))
+
+    def ListPayoutLines(self, request: Any, context: grpc.ServicerContext) -> Any:
+        batch = batches.get_batch(self.engine, _batch_id(request))
+        query = f"lines:{batch.batch_id}"
+        offset, limit = page_bounds(request.page_size, request.page_token, query)
+        with self.engine.connect() as conn:
+            lines = batches.lines_of(conn, batch.batch_id)
+        return payout_service_pb2.ListPayoutLinesResponse(
+            lines=[payout_service_pb2.PayoutLine(
+                line_id=str(line["grant_id"]), uscc=str(line["uscc"]), amount_fen=int(line["amount_fen"]),  # type: ignore[call-overload]
+                full_amount_fen=int(line["full_fen"]), evaluation_id=str(line["evaluation_id"]),  # type: ignore[call-overload]
+                supersedes_line_id=str(line["tops_up"] or ""), state=payout_service_pb2.LINE_STATE_PENDING)
+                for line in lines[offset:offset + limit]],
+            next_page_token=next_token(offset, limit, len(lines), query))
+
+    def ApprovePayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
+        caller = _caller()
+        return _batch_message(batches.approve(self.engine, _batch_id(request), Actor(caller.name, caller.role)))
+
+    def CancelPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return _batch_message(batches.cancel(self.engine, _batch_id(request)))
+
+    def RecordPayoutResults(self, request: Any, context: grpc.ServicerContext) -> Any:
+        raise UnimplementedError("bank results are not implemented yet")
 
     def WatchPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        raise UnimplementedError("payout batches are not implemented yet")
+        raise UnimplementedError("batches are created synchronously for now; nothing to watch")
         yield  # a generator: the method streams
 
     def ExportPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        raise UnimplementedError("payout batches are not implemented yet")
+        raise UnimplementedError("bank file export is not implemented yet")
         yield
+
+
+def _batch_id(request: Any) -> str:
+    if not request.batch_id:
+        raise InvalidArgumentError([("batch_id", "required")])
+    return str(request.batch_id)
+
+
+_BATCH_STATES = {"RUNNING": 1, "DRAFT": 2, "APPROVED": 3, "EXPORTED": 4, "SETTLED": 5, "CANCELLED": 6}
+
+
+def _batch_message(batch: Any) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    created = Timestamp()
+    created.FromJsonString(batch.created_at)
+    return payout_service_pb2.PayoutBatch(
+        batch_id=batch.batch_id, policy_id=batch.policy_id, policy_version=batch.policy_version,
+        period=batch.period, state=_BATCH_STATES[batch.state], line_count=batch.line_count,
+        total_fen=batch.total_fen, request_id=batch.request_id, created_by=batch.created_by,
+        approved_by=batch.approved_by or "", create_time=created, merkle_root=batch.merkle_root)
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):

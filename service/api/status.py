@@ -23,6 +23,8 @@ from rules.errors import (
 )
 from service.api.auth import OPEN_METHODS, AuthTable, authorize_method, current_principal
 from service.errors import (
+    BatchNotFoundError,
+    BatchStateError,
     DuplicateBatchError,
     EnterpriseNotFoundError,
     EvaluationNotFoundError,
@@ -45,6 +47,8 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     EnterpriseNotFoundError: grpc.StatusCode.NOT_FOUND,
     EvaluationNotFoundError: grpc.StatusCode.NOT_FOUND,
     DuplicateBatchError: grpc.StatusCode.ALREADY_EXISTS,
+    BatchNotFoundError: grpc.StatusCode.NOT_FOUND,
+    BatchStateError: grpc.StatusCode.FAILED_PRECONDITION,
     PolicyNotFoundError: grpc.StatusCode.NOT_FOUND,
     UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
     PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -24,12 +25,13 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import PolicySet
 from service.audit.ledger import ledger_transaction
 from service.audit.records import Actor, create_audit_schema, record_evaluation, seal_decisions
-from service.errors import DuplicateBatchError
+from service.errors import BatchNotFoundError, BatchStateError, DuplicateBatchError, PermissionDeniedError
 from service.facts_documents import DocumentSource, build_document
 from service.payouts.allocation import prorate, stack
 
@@ -47,6 +49,7 @@ payout_batch = Table(
     Column("line_count", BigInteger, nullable=False),
     Column("total_fen", BigInteger, nullable=False),
     Column("created_by", String(100), nullable=False),
+    Column("approved_by", String(100), nullable=True),
     Column("created_at", String(40), nullable=False),
     Column("merkle_root", String(64), nullable=False))
 
@@ -77,6 +80,10 @@ class Batch:
     line_count: int
     total_fen: int
     merkle_root: str
+    created_by: str
+    approved_by: str | None
+    policy_version: str
+    created_at: str
 
 
 def create_payout_schema(engine: Engine) -> None:
@@ -125,6 +132,24 @@ def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period:
         eligible[rows.uscc] = (result.amount_fen, award.payable_fen, award.tops_up, evaluation_id,
                                _record_sha(engine, evaluation_id))
     shares = prorate({u: v[1] for u, v in eligible.items()}, policy.budget_fen)
+    try:
+        _write_batch(engine, batch_id, request_id, policy, period, group, eligible, shares, actor)
+    except IntegrityError:
+        # Another call made this batch (same request_id) or granted these enterprises first.
+        existing = _by_request(engine, request_id)
+        if existing is not None and (existing.policy_id, existing.period) == (policy_id, period):
+            return existing
+        raise BatchStateError(f"another batch for {policy_id} {period} was created at the same time; "
+                              "retry to pick up whoever it did not grant") from None
+    batch = _by_request(engine, request_id)
+    assert batch is not None
+    return batch
+
+
+def _write_batch(engine: Engine, batch_id: str, request_id: str, policy: Any, period: int,
+                 group: str | None, eligible: dict[str, tuple[int, int, str | None, str, str]],
+                 shares: list[Any], actor: Actor) -> None:
+    policy_id = policy.id
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with ledger_transaction(engine) as conn:
         lines = [{"grant_id": f"{batch_id}-{i:06d}", "uscc": s.uscc, "policy_id": policy_id, "period": period,
@@ -140,9 +165,6 @@ def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period:
             rule_sha256=policy.sha256, period=period, state="DRAFT", line_count=len(lines),
             total_fen=sum(line["amount_fen"] for line in lines), created_by=actor.principal,
             created_at=now, merkle_root=seal["merkle_root"]))
-    batch = _by_request(engine, request_id)
-    assert batch is not None
-    return batch
 
 
 def _by_request(engine: Engine, request_id: str) -> Batch | None:
@@ -150,8 +172,14 @@ def _by_request(engine: Engine, request_id: str) -> Batch | None:
         row = conn.execute(select(payout_batch).where(payout_batch.c.request_id == request_id)).first()
     if row is None:
         return None
-    return Batch(row.batch_id, row.request_id, row.policy_id, row.period, row.state, row.line_count,
-                 row.total_fen, row.merkle_root)
+    return _batch(row)
+
+
+def _batch(row: object) -> Batch:
+    r = row  # a Row of payout_batch
+    return Batch(r.batch_id, r.request_id, r.policy_id, r.period, r.state, r.line_count,  # type: ignore[attr-defined]
+                 r.total_fen, r.merkle_root, r.created_by, r.approved_by, r.policy_version,  # type: ignore[attr-defined]
+                 r.created_at)  # type: ignore[attr-defined]
 
 
 def _group_grants(engine: Engine, uscc: str, group: str, period: int) -> dict[str, int]:
@@ -172,3 +200,44 @@ def _record_sha(engine: Engine, evaluation_id: str) -> str:
 def lines_of(connection: Connection, batch_id: str) -> list[dict[str, object]]:
     rows = connection.execute(select(grant).where(grant.c.batch_id == batch_id).order_by(grant.c.uscc))
     return [dict(r._mapping) for r in rows]
+
+
+def get_batch(engine: Engine, batch_id: str) -> Batch:
+    with engine.connect() as conn:
+        row = conn.execute(select(payout_batch).where(payout_batch.c.batch_id == batch_id)).first()
+    if row is None:
+        raise BatchNotFoundError(f"no payout batch {batch_id!r}")
+    return _batch(row)
+
+
+def approve(engine: Engine, batch_id: str, approver: Actor) -> Batch:
+    """DRAFT -> APPROVED by a second principal (four eyes)."""
+    batch = get_batch(engine, batch_id)
+    if approver.principal == batch.created_by:
+        raise PermissionDeniedError("the creator of a batch may not approve it")
+    return _transition(engine, batch_id, "DRAFT", "APPROVED", approved_by=approver.principal)
+
+
+def cancel(engine: Engine, batch_id: str) -> Batch:
+    """DRAFT -> CANCELLED; its grants are released, so a later batch can grant them."""
+    with engine.begin() as conn:
+        conn.execute(grant.delete().where(grant.c.batch_id == batch_id))
+        _transition_in(conn, batch_id, "DRAFT", "CANCELLED")
+    return get_batch(engine, batch_id)
+
+
+def _transition(engine: Engine, batch_id: str, expected: str, new: str, **values: object) -> Batch:
+    with engine.begin() as conn:
+        _transition_in(conn, batch_id, expected, new, **values)
+    return get_batch(engine, batch_id)
+
+
+def _transition_in(conn: Connection, batch_id: str, expected: str, new: str, **values: object) -> None:
+    # Compare-and-set on the state: concurrent transitions cannot both succeed.
+    changed = conn.execute(payout_batch.update().where(
+        payout_batch.c.batch_id == batch_id, payout_batch.c.state == expected).values(state=new, **values))
+    if changed.rowcount != 1:
+        state = conn.execute(select(payout_batch.c.state).where(payout_batch.c.batch_id == batch_id)).scalar()
+        if state is None:
+            raise BatchNotFoundError(f"no payout batch {batch_id!r}")
+        raise BatchStateError(f"batch {batch_id} is {state}: only a {expected} batch can become {new}")

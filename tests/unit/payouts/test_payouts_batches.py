@@ -95,3 +95,17 @@ def test_the_batch_is_sealed_with_the_merkle_root_of_its_decisions(registry: Eng
         hashes = [line["record_sha256"] for line in lines_of(conn, batch.batch_id)]
         assert batch.merkle_root == root([bytes.fromhex(h) for h in hashes]).hex()  # type: ignore[arg-type]
         assert verify(conn).valid
+
+
+def test_four_eyes_and_cancellation_release_grants(registry: Engine, policies: PolicySet) -> None:
+    from service.errors import BatchStateError, PermissionDeniedError
+    from service.payouts.batches import approve, cancel
+
+    batch = _create(registry, policies, "little-giant-reward", "req-1")
+    with pytest.raises(PermissionDeniedError):
+        approve(registry, batch.batch_id, OPERATOR)  # the creator
+    assert cancel(registry, batch.batch_id).state == "CANCELLED"
+    with pytest.raises(BatchStateError):
+        approve(registry, batch.batch_id, Actor("approver", "finance_approver"))
+    again = _create(registry, policies, "little-giant-reward", "req-2")  # grants were released
+    assert again.line_count == 1

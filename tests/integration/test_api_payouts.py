@@ -1,0 +1,108 @@
+"""PayoutService over a real socket: create (idempotent, concurrent), read, approve, cancel."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from api_fixtures import RULES_DIR, Stubs, as_role, write_auth_file
+from benefits.v1 import payout_service_pb2 as pb
+
+from enterprise_registry.db import create_schema, make_engine
+from enterprise_registry.importer import load_records
+from enterprise_registry.uscc import make
+from service.config import ServeConfig
+from service.server import RunningServer, create_server
+
+OPERATOR, APPROVER = as_role("finance_operator"), as_role("finance_approver")
+GIANTS = [make(f"91420600MA4Q0000{i}") for i in range(1, 6)]
+BANK = {"bank_name": "中国工商银行襄阳分行", "account_no": "1804000109200012345", "account_name": "x"}
+
+
+def _records() -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for i, uscc in enumerate(GIANTS):
+        out.append({"kind": "enterprise", "uscc": uscc, "source": "market_regulation", "as_of": "2025-12-31",
+                    "name": f"襄阳示例{i}有限公司", "org_type": "enterprise", "region_code": "420606",
+                    "industry_code": "C3670", "established_on": "2010-01-01", "status": "active",
+                    "labor_dispatch": False, "bank_account": BANK})
+        out.append({"kind": "qualification", "uscc": uscc, "source": "industry_it", "as_of": "2025-12-31",
+                    "type": "little_giant", "level": "national", "first_time": True,
+                    "granted_on": "2025-07-01", "certificate_no": f"LG-{i}"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    engine = make_engine(api_db_url)
+    try:
+        create_schema(engine)
+        load_records(_records(), engine)
+    finally:
+        engine.dispose()
+    folder = tmp_path_factory.mktemp("payouts")
+    running = create_server(ServeConfig(db_url=api_db_url, rules_dir=RULES_DIR,
+                                        auth_file=write_auth_file(folder / "auth.yaml"), listen="127.0.0.1:0"))
+    try:
+        yield running
+    finally:
+        running.stop(grace=None)
+
+
+def _create(stubs: Stubs, request_id: str, policy_id: str = "little-giant-reward") -> pb.PayoutBatch:
+    return stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
+        policy_id=policy_id, period=2025, request_id=request_id), metadata=OPERATOR)
+
+
+def _code(call: object) -> grpc.StatusCode:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as err:
+        return err.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_eight_concurrent_creates_with_one_request_id_give_one_batch(stubs: Stubs) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: _create(stubs, "req-concurrent-0001"), range(8)))
+    assert len({b.batch_id for b in made}) == 1
+    batch = made[0]
+    assert (batch.state, batch.line_count, batch.total_fen) == (pb.BATCH_STATE_DRAFT, 5, 5 * 50_000_000)
+    lines = stubs.payout.ListPayoutLines(pb.ListPayoutLinesRequest(batch_id=batch.batch_id), metadata=APPROVER)
+    assert sorted(line.uscc for line in lines.lines) == sorted(GIANTS)
+    assert all(line.evaluation_id.startswith("ev_") for line in lines.lines)
+
+
+def test_the_same_request_id_with_other_arguments_already_exists(stubs: Stubs) -> None:
+    _create(stubs, "req-concurrent-0001")
+    assert _code(lambda: _create(stubs, "req-concurrent-0001", "single-champion-reward")) == \
+        grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_a_second_request_pays_nobody_twice(stubs: Stubs) -> None:
+    again = _create(stubs, "req-second-00001")
+    assert (again.line_count, again.total_fen) == (0, 0)
+
+
+def test_lifecycle_and_illegal_transitions(stubs: Stubs) -> None:
+    batch = _create(stubs, "req-concurrent-0001")
+    approved = stubs.payout.ApprovePayoutBatch(pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id),
+                                               metadata=APPROVER)
+    assert approved.state == pb.BATCH_STATE_APPROVED and approved.approved_by
+    assert _code(lambda: stubs.payout.ApprovePayoutBatch(
+        pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id), metadata=APPROVER)) == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    assert _code(lambda: stubs.payout.CancelPayoutBatch(
+        pb.CancelPayoutBatchRequest(batch_id=batch.batch_id), metadata=OPERATOR)) == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    assert _code(lambda: stubs.payout.ApprovePayoutBatch(
+        pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id), metadata=OPERATOR)) == \
+        grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_bad_create_requests_name_the_field(stubs: Stubs) -> None:
+    assert _code(lambda: stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(), metadata=OPERATOR)) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(lambda: stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id="pb_none"),
+                                                     metadata=OPERATOR)) == grpc.StatusCode.NOT_FOUND
