@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="Ed25519 key (PEM) signing ledger checkpoints; created if missing")
     serve.add_argument("--checkpoints", type=Path, default=None,
                        help="file the signed checkpoints are appended to")
+    serve.add_argument("--payers", type=Path, default=None,
+                       help="YAML of paying accounts by funding, needed to export bank files")
     serve.set_defaults(run=_serve)
 
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(title="audit")
@@ -267,7 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve(ServeConfig(db_url=args.db, rules_dir=args.rules, auth_file=args.auth_file,
                       listen=args.listen, max_workers=args.workers, ledger_key=args.ledger_key,
-                      checkpoint_file=args.checkpoints))
+                      checkpoint_file=args.checkpoints, payers_file=args.payers))
     return 0
 
 

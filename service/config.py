@@ -18,3 +18,4 @@ class ServeConfig:
     shutdown_grace_seconds: float = 10.0
     ledger_key: Path | None = None        # Ed25519 key signing ledger checkpoints (never in the DB)
     checkpoint_file: Path | None = None   # where signed checkpoints are written
+    payers_file: Path | None = None       # paying accounts by funding (YAML); needed to export

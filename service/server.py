@@ -42,6 +42,7 @@ from service.audit.records import remember_policy
 from service.catalogue import CATALOGUE
 from service.config import ServeConfig
 from service.payouts.batches import create_payout_schema
+from service.payouts.export import load_payers
 
 log = logging.getLogger("benefits.server")
 CHECKPOINT_INTERVAL_SECONDS = 300
@@ -98,7 +99,8 @@ def create_server(config: ServeConfig) -> RunningServer:
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine), server)
     benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
         BenefitServicer(policies, engine), server)
-    payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(PayoutServicer(policies, engine), server)
+    payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(
+        PayoutServicer(policies, engine, load_payers(config.payers_file)), server)
     key = checkpoints.load_or_create_key(config.ledger_key) if config.ledger_key else None
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(engine, checkpoint_file=config.checkpoint_file,

@@ -43,6 +43,7 @@ from service.audit.records import (
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
 from service.errors import (
+    BatchStateError,
     EnterpriseNotFoundError,
     EvaluationNotFoundError,
     InvalidArgumentError,
@@ -244,8 +245,8 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     """Batches for the finance bureau. Export, bank results and progress streaming come with the
     rest of the payout issue and answer UNIMPLEMENTED until then."""
 
-    def __init__(self, policies: PolicyStore, engine: Engine) -> None:
-        self.policies, self.engine = policies, engine
+    def __init__(self, policies: PolicyStore, engine: Engine, payers: dict[str, Any] | None = None) -> None:
+        self.policies, self.engine, self.payers = policies, engine, payers or {}
 
     def CreatePayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
         violations: list[tuple[str, str]] = []
@@ -293,8 +294,19 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         yield  # a generator: the method streams
 
     def ExportPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        raise UnimplementedError("bank file export is not implemented yet")
-        yield
+        from service.payouts.export import export
+
+        batch = batches.get_batch(self.engine, _batch_id(request))
+        if request.format not in (payout_service_pb2.EXPORT_FORMAT_CSV, payout_service_pb2.EXPORT_FORMAT_PAIN_001):
+            raise InvalidArgumentError([("format", "EXPORT_FORMAT_CSV or EXPORT_FORMAT_PAIN_001")])
+        funding = self.policies.current.get(batch.policy_id).model.funding
+        payer = self.payers.get(funding)
+        if payer is None:
+            raise BatchStateError(f"no paying account is configured for {funding}")
+        csv_bytes, xml = export(self.engine, batch.batch_id, payer)
+        data = csv_bytes if request.format == payout_service_pb2.EXPORT_FORMAT_CSV else xml
+        for start in range(0, len(data), 64 * 1024):
+            yield payout_service_pb2.ExportPayoutBatchResponse(data=data[start:start + 64 * 1024])
 
 
 def _batch_id(request: Any) -> str:

@@ -87,8 +87,11 @@ class Batch:
 
 
 def create_payout_schema(engine: Engine) -> None:
+    from service.payouts.export import create_export_schema
+
     create_audit_schema(engine)
     metadata.create_all(engine)
+    create_export_schema(engine)
 
 
 def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period: int, request_id: str,

@@ -223,14 +223,14 @@ METHOD_CALLS: dict[str, Call] = {
                audit_service_pb2.ReplayEvaluationRequest(evaluation_id="e1")),
 }
 UNIMPLEMENTED_SERVICES = ("/benefits.v1.PayoutService/RecordPayoutResults",
-                          "/benefits.v1.PayoutService/WatchPayoutBatch",
-                          "/benefits.v1.PayoutService/ExportPayoutBatch")
+                          "/benefits.v1.PayoutService/WatchPayoutBatch")
 # What an allowed caller gets where the fixed request names nothing that exists.
 ALLOWED_CODES = {"/benefits.v1.AuditService/GetEvaluation": "NOT_FOUND",
                  "/benefits.v1.PayoutService/GetPayoutBatch": "NOT_FOUND",
                  "/benefits.v1.PayoutService/ListPayoutLines": "NOT_FOUND",
                  "/benefits.v1.PayoutService/ApprovePayoutBatch": "NOT_FOUND",
                  "/benefits.v1.PayoutService/CancelPayoutBatch": "NOT_FOUND",
+                 "/benefits.v1.PayoutService/ExportPayoutBatch": "NOT_FOUND",
                  "/benefits.v1.AuditService/ReplayEvaluation": "NOT_FOUND"}
 
 

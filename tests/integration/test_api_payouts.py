@@ -42,8 +42,12 @@ def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     finally:
         engine.dispose()
     folder = tmp_path_factory.mktemp("payouts")
+    payers = folder / "payers.yaml"
+    payers.write_text("treasury: {name: 襄阳市财政局国库支付中心, account_no: '4200000000000000001', "
+                      "bank_name: 中国人民银行襄阳市分行}\n", encoding="utf-8")
     running = create_server(ServeConfig(db_url=api_db_url, rules_dir=RULES_DIR,
-                                        auth_file=write_auth_file(folder / "auth.yaml"), listen="127.0.0.1:0"))
+                                        auth_file=write_auth_file(folder / "auth.yaml"), listen="127.0.0.1:0",
+                                        payers_file=payers))
     try:
         yield running
     finally:
@@ -106,3 +110,39 @@ def test_bad_create_requests_name_the_field(stubs: Stubs) -> None:
         grpc.StatusCode.INVALID_ARGUMENT
     assert _code(lambda: stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id="pb_none"),
                                                      metadata=OPERATOR)) == grpc.StatusCode.NOT_FOUND
+
+
+def _export(stubs: Stubs, batch_id: str, fmt: int) -> bytes:
+    return b"".join(chunk.data for chunk in stubs.payout.ExportPayoutBatch(
+        pb.ExportPayoutBatchRequest(batch_id=batch_id, format=fmt), metadata=OPERATOR))
+
+
+def test_an_approved_batch_exports_valid_files_once(stubs: Stubs) -> None:
+    from lxml import etree
+
+    from service.payouts.export import PAIN_NS, _schema
+
+    batch = _create(stubs, "req-concurrent-0001")  # approved by the lifecycle test above
+    assert stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=batch.batch_id),
+                                       metadata=OPERATOR).state == pb.BATCH_STATE_APPROVED
+    xml = _export(stubs, batch.batch_id, pb.EXPORT_FORMAT_PAIN_001)
+    document = etree.fromstring(xml)
+    assert _schema().validate(document)
+    ns = {"p": PAIN_NS}
+    assert document.findtext(".//p:GrpHdr/p:NbOfTxs", namespaces=ns) == "5"
+    assert document.findtext(".//p:GrpHdr/p:CtrlSum", namespaces=ns) == "2500000.00"
+    ids = [e.text for e in document.iterfind(".//p:EndToEndId", ns)]
+    assert len(set(ids)) == 5
+    csv_text = _export(stubs, batch.batch_id, pb.EXPORT_FORMAT_CSV).decode()
+    assert csv_text.count("\n") == 6 and "500000.00" in csv_text
+    assert stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=batch.batch_id),
+                                       metadata=OPERATOR).state == pb.BATCH_STATE_EXPORTED
+    assert _export(stubs, batch.batch_id, pb.EXPORT_FORMAT_PAIN_001) == xml  # same ids, never new ones
+
+
+def test_a_draft_batch_is_not_exported(stubs: Stubs, api_server: RunningServer) -> None:
+    from service.payouts.batches import cancel
+
+    draft = _create(stubs, "req-second-00001")
+    assert _code(lambda: _export(stubs, draft.batch_id, pb.EXPORT_FORMAT_CSV)) == grpc.StatusCode.FAILED_PRECONDITION
+    cancel(api_server.engine, draft.batch_id)

@@ -1,0 +1,194 @@
+"""Bank files of an approved batch: CSV and ISO 20022 pain.001.001.09, checked beyond the XSD.
+
+The first export of a batch is stored and every later export returns the same bytes, so a
+message id or an end-to-end id is never issued twice (both are also unique in the database).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+
+from lxml import etree
+from sqlalchemy import Column, LargeBinary, MetaData, String, Table, insert, select
+from sqlalchemy.engine import Engine
+
+from enterprise_registry.models import Enterprise
+from service.errors import BatchStateError
+from service.payouts import batches
+
+PAIN_NS = "urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"
+metadata = MetaData()
+
+payout_export = Table(
+    "payout_export", metadata,
+    Column("batch_id", String(40), primary_key=True),
+    Column("message_id", String(35), nullable=False, unique=True),
+    Column("csv", LargeBinary, nullable=False),
+    Column("pain001", LargeBinary, nullable=False),
+    Column("exported_at", String(40), nullable=False))
+
+
+@dataclass(frozen=True)
+class Payer:
+    """The paying account (configuration): the UI fund's or the treasury's agent bank account."""
+    name: str
+    account_no: str
+    bank_name: str
+
+
+@dataclass(frozen=True)
+class PaymentLine:
+    end_to_end_id: str
+    uscc: str
+    payee_name: str
+    account_no: str
+    bank_name: str
+    amount_fen: int
+    purpose: str
+
+
+def load_payers(path: Path | None) -> dict[str, Payer]:
+    """Paying accounts by funding (`unemployment_insurance_fund`, `treasury`) from a YAML file."""
+    if path is None:
+        return {}
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {funding: Payer(str(p["name"]), str(p["account_no"]), str(p["bank_name"]))
+            for funding, p in data.items()}
+
+
+def create_export_schema(engine: Engine) -> None:
+    metadata.create_all(engine)
+
+
+def export(engine: Engine, batch_id: str, payer: Payer) -> tuple[bytes, bytes]:
+    """(CSV, pain.001 XML) of an APPROVED batch, which becomes EXPORTED; the stored files of an
+    already EXPORTED batch."""
+    with engine.connect() as conn:
+        stored = conn.execute(select(payout_export).where(payout_export.c.batch_id == batch_id)).first()
+    if stored is not None:
+        return bytes(stored.csv), bytes(stored.pain001)
+    batch = batches.get_batch(engine, batch_id)
+    if batch.state != "APPROVED":
+        raise BatchStateError(f"batch {batch_id} is {batch.state}: only an APPROVED batch is exported")
+    lines = payment_lines(engine, batch)
+    message_id = batch_id.replace("pb_", "MSG")[:35]
+    created = datetime.now(UTC).replace(microsecond=0)
+    csv_bytes = to_csv(lines, batch)
+    xml = to_pain001(lines, batch, payer, message_id, created)
+    check(xml, lines)
+    with engine.begin() as conn:
+        conn.execute(insert(payout_export).values(batch_id=batch_id, message_id=message_id, csv=csv_bytes,
+                                                  pain001=xml, exported_at=created.isoformat()))
+        batches._transition_in(conn, batch_id, "APPROVED", "EXPORTED")
+    return csv_bytes, xml
+
+
+def payment_lines(engine: Engine, batch: batches.Batch) -> list[PaymentLine]:
+    table = Enterprise.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        lines = batches.lines_of(conn, batch.batch_id)
+        accounts = {r.uscc: r for r in conn.execute(select(table).where(
+            table.c.uscc.in_([line["uscc"] for line in lines])))}
+    out = []
+    for line in lines:
+        account = accounts.get(str(line["uscc"]))
+        if account is None or not account.bank_account_no:
+            raise BatchStateError(f"{line['uscc']} has no bank account on record any more")
+        out.append(PaymentLine(str(line["grant_id"]), str(line["uscc"]), account.bank_account_name or account.name,
+                               account.bank_account_no, account.bank_name or "", int(line["amount_fen"]),  # type: ignore[call-overload]
+                               f"{batch.policy_id} {batch.period} {batch.batch_id}"))
+    return out
+
+
+def yuan(fen: int) -> str:
+    return str((Decimal(fen) / 100).quantize(Decimal("0.01")))
+
+
+def to_csv(lines: list[PaymentLine], batch: batches.Batch) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["end_to_end_id", "uscc", "payee_name", "account_no", "bank_name", "amount_yuan",
+                     "policy_id", "batch_id", "purpose"])
+    for line in lines:
+        writer.writerow([line.end_to_end_id, line.uscc, line.payee_name, line.account_no, line.bank_name,
+                         yuan(line.amount_fen), batch.policy_id, batch.batch_id, line.purpose])
+    return out.getvalue().encode("utf-8")
+
+
+def to_pain001(lines: list[PaymentLine], batch: batches.Batch, payer: Payer, message_id: str,
+               created: datetime) -> bytes:
+    total = yuan(sum(line.amount_fen for line in lines))
+
+    def el(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
+        node = etree.SubElement(parent, f"{{{PAIN_NS}}}{tag}", **attrs)
+        if text is not None:
+            node.text = text
+        return node
+
+    def account(parent: etree._Element, tag: str, number: str) -> None:
+        el(el(el(el(parent, tag), "Id"), "Othr"), "Id", number)
+
+    def agent(parent: etree._Element, tag: str, bank: str) -> None:
+        el(el(el(parent, tag), "FinInstnId"), "Nm", bank[:140] or "NOTPROVIDED")
+
+    root = etree.Element(f"{{{PAIN_NS}}}Document", nsmap={None: PAIN_NS})
+    initiation = el(root, "CstmrCdtTrfInitn")
+    header = el(initiation, "GrpHdr")
+    el(header, "MsgId", message_id)
+    el(header, "CreDtTm", created.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    el(header, "NbOfTxs", str(len(lines)))
+    el(header, "CtrlSum", total)
+    el(el(header, "InitgPty"), "Nm", payer.name[:140])
+    info = el(initiation, "PmtInf")
+    el(info, "PmtInfId", batch.batch_id[:35])
+    el(info, "PmtMtd", "TRF")
+    el(info, "NbOfTxs", str(len(lines)))
+    el(info, "CtrlSum", total)
+    el(el(info, "ReqdExctnDt"), "Dt", created.date().isoformat())
+    el(el(info, "Dbtr"), "Nm", payer.name[:140])
+    account(info, "DbtrAcct", payer.account_no)
+    agent(info, "DbtrAgt", payer.bank_name)
+    for line in lines:
+        transfer = el(info, "CdtTrfTxInf")
+        el(el(transfer, "PmtId"), "EndToEndId", line.end_to_end_id[:35])
+        el(el(transfer, "Amt"), "InstdAmt", yuan(line.amount_fen), Ccy="CNY")
+        agent(transfer, "CdtrAgt", line.bank_name)
+        el(el(transfer, "Cdtr"), "Nm", line.payee_name[:140])
+        account(transfer, "CdtrAcct", line.account_no)
+        el(el(transfer, "RmtInf"), "Ustrd", line.purpose[:140])
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+@cache
+def _schema() -> etree.XMLSchema:
+    import sepaxml
+
+    path = Path(sepaxml.__file__).parent / "schemas" / "pain.001.001.09.xsd"
+    return etree.XMLSchema(etree.parse(str(path)))
+
+
+def check(xml: bytes, lines: list[PaymentLine]) -> None:
+    """Validate against the ISO XSD, then what it cannot say: count, control sum, unique ids."""
+    document = etree.fromstring(xml)
+    schema = _schema()
+    if not schema.validate(document):
+        raise BatchStateError(f"pain.001 does not validate: {schema.error_log.last_error}")
+    ns = {"p": PAIN_NS}
+    total = yuan(sum(line.amount_fen for line in lines))
+    for path in ("p:CstmrCdtTrfInitn/p:GrpHdr", "p:CstmrCdtTrfInitn/p:PmtInf"):
+        node = document.find(path, ns)
+        assert node is not None
+        if node.findtext("p:NbOfTxs", namespaces=ns) != str(len(lines)) or \
+                node.findtext("p:CtrlSum", namespaces=ns) != total:
+            raise BatchStateError("pain.001 count or control sum does not match the lines")
+    ids = [e.text for e in document.iterfind(".//p:EndToEndId", ns)]
+    amounts = sum(Decimal(e.text or "0") for e in document.iterfind(".//p:InstdAmt", ns))
+    if len(ids) != len(set(ids)) or len(ids) != len(lines) or str(amounts.quantize(Decimal("0.01"))) != total:
+        raise BatchStateError("pain.001 end-to-end ids are not unique or amounts do not add up")
