@@ -275,7 +275,8 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             lines=[payout_service_pb2.PayoutLine(
                 line_id=str(line["grant_id"]), uscc=str(line["uscc"]), amount_fen=int(line["amount_fen"]),  # type: ignore[call-overload]
                 full_amount_fen=int(line["full_fen"]), evaluation_id=str(line["evaluation_id"]),  # type: ignore[call-overload]
-                supersedes_line_id=str(line["tops_up"] or ""), state=payout_service_pb2.LINE_STATE_PENDING)
+                supersedes_line_id=str(line["tops_up"] or ""), state=_LINE_STATES[str(line["state"])],
+                return_reason=str(line["return_reason"] or ""))
                 for line in lines[offset:offset + limit]],
             next_page_token=next_token(offset, limit, len(lines), query))
 
@@ -287,7 +288,11 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         return _batch_message(batches.cancel(self.engine, _batch_id(request)))
 
     def RecordPayoutResults(self, request: Any, context: grpc.ServicerContext) -> Any:
-        raise UnimplementedError("bank results are not implemented yet")
+        names = {payout_service_pb2.LINE_STATE_PAID: "PAID", payout_service_pb2.LINE_STATE_RETURNED: "RETURNED"}
+        results = [(r.line_id, names.get(r.state, ""), r.return_reason) for r in request.results]
+        if not results:
+            raise InvalidArgumentError([("results", "at least one result")])
+        return _batch_message(batches.record_results(self.engine, _batch_id(request), results))
 
     def WatchPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         raise UnimplementedError("batches are created synchronously for now; nothing to watch")
@@ -315,6 +320,7 @@ def _batch_id(request: Any) -> str:
     return str(request.batch_id)
 
 
+_LINE_STATES = {"PENDING": 1, "PAID": 2, "RETURNED": 3}
 _BATCH_STATES = {"RUNNING": 1, "DRAFT": 2, "APPROVED": 3, "EXPORTED": 4, "SETTLED": 5, "CANCELLED": 6}
 
 

@@ -66,8 +66,13 @@ grant = Table(
     Column("tops_up", String(100), nullable=True),
     Column("evaluation_id", String(40), nullable=False),
     Column("record_sha256", String(64), nullable=False),
+    Column("state", String(12), nullable=False, server_default="PENDING"),   # PENDING, PAID, RETURNED
+    Column("return_reason", String(200), nullable=True),
+    # '' while the grant stands; its own id once the bank returned it, which frees the
+    # (enterprise, policy, period) for one new grant after the account is corrected.
+    Column("released", String(40), nullable=False, server_default=""),
     # Exactly once: whatever retries, restarts or concurrent calls do.
-    UniqueConstraint("uscc", "policy_id", "period", name="one_grant_per_enterprise_policy_period"))
+    UniqueConstraint("uscc", "policy_id", "period", "released", name="one_grant_per_enterprise_policy_period"))
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period:
     source = DocumentSource(engine)
     with engine.connect() as conn:
         granted = {row.uscc for row in conn.execute(
-            select(grant.c.uscc).where(grant.c.policy_id == policy_id, grant.c.period == period))}
+            select(grant.c.uscc).where(grant.c.policy_id == policy_id, grant.c.period == period,
+                                       grant.c.released == ""))}
     eligible: dict[str, tuple[int, int, str | None, str, str]] = {}
     for rows in source.all_rows():
         if rows.uscc in granted:
@@ -189,7 +195,8 @@ def _group_grants(engine: Engine, uscc: str, group: str, period: int) -> dict[st
     with engine.connect() as conn:
         return {r.policy_id: r.amount_fen for r in conn.execute(
             select(grant.c.policy_id, grant.c.amount_fen).where(
-                grant.c.uscc == uscc, grant.c.conflict_group == group, grant.c.period == period))}
+                grant.c.uscc == uscc, grant.c.conflict_group == group, grant.c.period == period,
+                grant.c.released == ""))}
 
 
 def _record_sha(engine: Engine, evaluation_id: str) -> str:
@@ -244,3 +251,33 @@ def _transition_in(conn: Connection, batch_id: str, expected: str, new: str, **v
         if state is None:
             raise BatchNotFoundError(f"no payout batch {batch_id!r}")
         raise BatchStateError(f"batch {batch_id} is {state}: only a {expected} batch can become {new}")
+
+
+def record_results(engine: Engine, batch_id: str, results: list[tuple[str, str, str]]) -> Batch:
+    """Bank results (line id, PAID or RETURNED, reason) for an EXPORTED batch; SETTLED once every
+    line has one. A returned line is released: a later batch may pay it once more."""
+    from service.errors import InvalidArgumentError
+
+    with engine.begin() as conn:
+        state = conn.execute(select(payout_batch.c.state).where(payout_batch.c.batch_id == batch_id)).scalar()
+        if state is None:
+            raise BatchNotFoundError(f"no payout batch {batch_id!r}")
+        if state != "EXPORTED":
+            raise BatchStateError(f"batch {batch_id} is {state}: results are recorded for an EXPORTED batch")
+        for index, (line_id, outcome, reason) in enumerate(results):
+            if outcome not in ("PAID", "RETURNED"):
+                raise InvalidArgumentError([(f"results[{index}].state", "PAID or RETURNED")])
+            if outcome == "RETURNED" and not reason:
+                raise InvalidArgumentError([(f"results[{index}].return_reason", "the bank's reason is required")])
+            changed = conn.execute(grant.update().where(
+                grant.c.grant_id == line_id, grant.c.batch_id == batch_id, grant.c.state == "PENDING").values(
+                state=outcome, return_reason=reason or None,
+                released=line_id if outcome == "RETURNED" else ""))
+            if changed.rowcount != 1:
+                raise InvalidArgumentError([(f"results[{index}].line_id",
+                                             f"{line_id} is not a pending line of this batch")])
+        pending = conn.execute(select(grant.c.grant_id).where(grant.c.batch_id == batch_id,
+                                                              grant.c.state == "PENDING")).first()
+        if pending is None:
+            _transition_in(conn, batch_id, "EXPORTED", "SETTLED")
+    return get_batch(engine, batch_id)

@@ -222,8 +222,7 @@ METHOD_CALLS: dict[str, Call] = {
         _unary("audit", "ReplayEvaluation",
                audit_service_pb2.ReplayEvaluationRequest(evaluation_id="e1")),
 }
-UNIMPLEMENTED_SERVICES = ("/benefits.v1.PayoutService/RecordPayoutResults",
-                          "/benefits.v1.PayoutService/WatchPayoutBatch")
+UNIMPLEMENTED_SERVICES = ("/benefits.v1.PayoutService/WatchPayoutBatch",)
 # What an allowed caller gets where the fixed request names nothing that exists.
 ALLOWED_CODES = {"/benefits.v1.AuditService/GetEvaluation": "NOT_FOUND",
                  "/benefits.v1.PayoutService/GetPayoutBatch": "NOT_FOUND",
@@ -231,6 +230,7 @@ ALLOWED_CODES = {"/benefits.v1.AuditService/GetEvaluation": "NOT_FOUND",
                  "/benefits.v1.PayoutService/ApprovePayoutBatch": "NOT_FOUND",
                  "/benefits.v1.PayoutService/CancelPayoutBatch": "NOT_FOUND",
                  "/benefits.v1.PayoutService/ExportPayoutBatch": "NOT_FOUND",
+                 "/benefits.v1.PayoutService/RecordPayoutResults": "INVALID_ARGUMENT",
                  "/benefits.v1.AuditService/ReplayEvaluation": "NOT_FOUND"}
 
 

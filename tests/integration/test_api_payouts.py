@@ -146,3 +146,23 @@ def test_a_draft_batch_is_not_exported(stubs: Stubs, api_server: RunningServer) 
     draft = _create(stubs, "req-second-00001")
     assert _code(lambda: _export(stubs, draft.batch_id, pb.EXPORT_FORMAT_CSV)) == grpc.StatusCode.FAILED_PRECONDITION
     cancel(api_server.engine, draft.batch_id)
+
+
+def test_bank_results_settle_the_batch_and_a_returned_line_is_paid_again_once(stubs: Stubs) -> None:
+    batch = _create(stubs, "req-concurrent-0001")  # exported by the test above
+    lines = stubs.payout.ListPayoutLines(pb.ListPayoutLinesRequest(batch_id=batch.batch_id), metadata=OPERATOR).lines
+    returned, paid = lines[0], lines[1:]
+    results = [pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID) for line in paid]
+    partial = stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(
+        batch_id=batch.batch_id, results=results), metadata=OPERATOR)
+    assert partial.state == pb.BATCH_STATE_EXPORTED
+    settled = stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(batch_id=batch.batch_id, results=[
+        pb.PayoutResult(line_id=returned.line_id, state=pb.LINE_STATE_RETURNED, return_reason="AC01 账号错误")]),
+        metadata=OPERATOR)
+    assert settled.state == pb.BATCH_STATE_SETTLED
+    assert _code(lambda: stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(
+        batch_id=batch.batch_id, results=results), metadata=OPERATOR)) == grpc.StatusCode.FAILED_PRECONDITION
+    repay = _create(stubs, "req-repay-000001")
+    repaid = stubs.payout.ListPayoutLines(pb.ListPayoutLinesRequest(batch_id=repay.batch_id), metadata=OPERATOR)
+    assert [line.uscc for line in repaid.lines] == [returned.uscc]
+    assert _create(stubs, "req-repay-000002").line_count == 0  # and never twice
