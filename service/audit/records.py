@@ -7,6 +7,7 @@ even when the ledger itself is intact.
 """
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -85,8 +86,7 @@ def record_evaluation(engine: Engine, evaluation: Evaluation, document: FactsDoc
     """Store one evaluation with its facts and rule text and chain it in the ledger; its id."""
     facts_json = canonical_json(document_to_json(document)).decode()
     facts_sha = sha256_hex(facts_json.encode())
-    evaluation_id = "ev_" + sha256_hex(f"{facts_sha}{evaluation.rule_sha256}{_now()}{id(evaluation)}"
-                                       .encode())[:32]
+    evaluation_id = "ev_" + uuid.uuid4().hex  # random: concurrent records never collide
     record = {"evaluation_id": evaluation_id, "evaluation": evaluation.to_dict(),
               "facts_sha256": facts_sha, "service_version": SERVICE_VERSION,
               "actor": {"principal": actor.principal, "role": actor.role},
