@@ -71,7 +71,7 @@ class Interpreter:
                                           "today": today}
 
     def evaluate(self, node: ast.Expr, reads: Reads | None = None) -> Value:
-        return _Run(self, reads if reads is not None else Reads(), {}).eval(node)
+        return _Run(self, reads if reads is not None else Reads(), {}).value_of(node)
 
 
 def truth(value: Value) -> str:
@@ -89,7 +89,7 @@ class _Run:
     def __init__(self, interp: Interpreter, reads: Reads, local: dict[str, Record]) -> None:
         self.interp, self.reads, self.local = interp, reads, local
 
-    def eval(self, node: ast.Expr) -> Value:
+    def value_of(self, node: ast.Expr) -> Value:
         return getattr(self, "_" + type(node).__name__.lower())(node)  # type: ignore[no-any-return]
 
     def _literal(self, node: ast.Literal) -> Value:
@@ -112,7 +112,7 @@ class _Run:
         return UNKNOWN if fact is None else fact.value
 
     def _unary(self, node: ast.Unary) -> Value:
-        value = self.eval(node.operand)
+        value = self.value_of(node.operand)
         if value is UNKNOWN:
             return UNKNOWN
         if node.op == "not":
@@ -120,7 +120,7 @@ class _Run:
         return -value  # type: ignore[operator]
 
     def _binary(self, node: ast.Binary) -> Value:
-        left, right = self.eval(node.left), self.eval(node.right)
+        left, right = self.value_of(node.left), self.value_of(node.right)
         if left is UNKNOWN or right is UNKNOWN:
             return UNKNOWN
         op = node.op
@@ -142,15 +142,15 @@ class _Run:
         return _norm(Fraction(left) / Fraction(right))  # type: ignore[arg-type]
 
     def _logical(self, node: ast.Logical) -> Value:
-        values = [self.eval(operand) for operand in node.operands]  # all: the trace shows every read
+        values = [self.value_of(operand) for operand in node.operands]  # all: the trace shows every read
         decisive = node.op == "or"
         if decisive in values:
             return decisive
         return UNKNOWN if UNKNOWN in values else (not decisive)
 
     def _membership(self, node: ast.Membership) -> Value:
-        subject = self.eval(node.subject)
-        options = [self.eval(option) for option in node.options]
+        subject = self.value_of(node.subject)
+        options = [self.value_of(option) for option in node.options]
         if subject is UNKNOWN:
             return UNKNOWN
         found = any(option is not UNKNOWN and option == subject for option in options)
@@ -159,16 +159,16 @@ class _Run:
         return found != node.negated
 
     def _presence(self, node: ast.Presence) -> Value:
-        return (self.eval(node.subject) is not UNKNOWN) == node.present
+        return (self.value_of(node.subject) is not UNKNOWN) == node.present
 
     def _conditional(self, node: ast.Conditional) -> Value:
-        condition = self.eval(node.condition)
+        condition = self.value_of(node.condition)
         if condition is UNKNOWN:
             # Both branches could apply: the trace shows what each reads, and when they agree
             # the answer does not depend on the unknown condition.
-            then, otherwise = self.eval(node.then), self.eval(node.otherwise)
+            then, otherwise = self.value_of(node.then), self.value_of(node.otherwise)
             return then if then is not UNKNOWN and then == otherwise else UNKNOWN
-        return self.eval(node.then) if condition else self.eval(node.otherwise)
+        return self.value_of(node.then) if condition else self.value_of(node.otherwise)
 
     def _count(self, node: ast.Count) -> Value:
         records = self.interp.document.collections.get(node.collection, ())
@@ -179,7 +179,7 @@ class _Run:
                 matched.append(record.ref)
                 continue
             inner = _Run(self.interp, self.reads, {**self.local, node.variable: record})
-            verdict = inner.eval(node.where)
+            verdict = inner.value_of(node.where)
             if verdict is True:
                 matched.append(record.ref)
             elif verdict is UNKNOWN:
@@ -191,11 +191,11 @@ class _Run:
     def _call(self, node: ast.Call) -> Value:
         name = node.function
         if name == "tier":
-            amount = self.eval(node.args[0])
+            amount = self.value_of(node.args[0])
             table = self.interp.params[node.args[1].parts[1]]  # type: ignore[union-attr]
             assert isinstance(table, Tiers)
             return UNKNOWN if amount is UNKNOWN else table.pick(amount)  # type: ignore[arg-type]
-        args = [self.eval(arg) for arg in node.args]
+        args = [self.value_of(arg) for arg in node.args]
         if UNKNOWN in args:
             return UNKNOWN
         if name == "year":
