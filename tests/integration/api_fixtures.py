@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,11 @@ from benefits.v1 import (
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from enterprise_registry.db import create_schema, make_engine
+from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make
+from service.config import ServeConfig
+from service.server import RunningServer, create_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO_ROOT / "rules"
@@ -271,3 +276,23 @@ def channel_stubs(port: int) -> Iterator[Stubs]:
         yield stubs
     finally:
         stubs.channel.close()
+
+
+@contextmanager
+def serving(db_url: str, records: list[dict[str, object]], folder: Path,
+            **config: Any) -> Iterator[RunningServer]:
+    """Load `records` into the database at `db_url`, write the auth file into `folder`, start a
+    server on a loopback port (extra ServeConfig fields in `config`), stop it afterwards."""
+    engine = make_engine(db_url)
+    try:
+        create_schema(engine)
+        load_records(records, engine)
+    finally:
+        engine.dispose()
+    running = create_server(ServeConfig(db_url=db_url, rules_dir=RULES_DIR,
+                                        auth_file=write_auth_file(folder / "auth.yaml"),
+                                        listen="127.0.0.1:0", **config))
+    try:
+        yield running
+    finally:
+        running.stop(grace=None)

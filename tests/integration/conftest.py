@@ -5,19 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from api_fixtures import (
-    RULES_DIR,
-    Stubs,
-    channel_stubs,
-    registry_records,
-    write_auth_file,
-)
+from api_fixtures import Stubs, channel_stubs, registry_records, serving
 from testing_databases import private_schema
 
-from enterprise_registry.db import create_schema, make_engine
-from enterprise_registry.importer import load_records
-from service.config import ServeConfig
-from service.server import RunningServer, create_server
+from service.server import RunningServer
 
 
 @pytest.fixture(scope="module",
@@ -38,19 +29,8 @@ def api_db_url(request: pytest.FixtureRequest,
 def api_server(api_db_url: str,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A started server on a loopback port over the small registry of api_fixtures."""
-    engine = make_engine(api_db_url)
-    try:
-        create_schema(engine)
-        load_records(registry_records(), engine)
-    finally:
-        engine.dispose()
-    auth_file = write_auth_file(tmp_path_factory.mktemp("api-auth") / "auth.yaml")
-    running = create_server(ServeConfig(db_url=api_db_url, rules_dir=RULES_DIR,
-                                        auth_file=auth_file, listen="127.0.0.1:0"))
-    try:
+    with serving(api_db_url, registry_records(), tmp_path_factory.mktemp("api-auth")) as running:
         yield running
-    finally:
-        running.stop(grace=None)
 
 
 @pytest.fixture(scope="module")

@@ -8,43 +8,28 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from api_fixtures import (
-    RULES_DIR,
     SJR,
     A,
     B,
     Stubs,
     as_role,
     registry_records,
-    write_auth_file,
+    serving,
 )
 from benefits.v1 import audit_service_pb2, benefit_service_pb2, evaluation_pb2
 from sqlalchemy import text
 
-from enterprise_registry.db import create_schema, make_engine
-from enterprise_registry.importer import load_records
-from service.config import ServeConfig
-from service.server import RunningServer, create_server
+from service.server import RunningServer
 
 AUDITOR = as_role("auditor")
 
 
 @pytest.fixture(scope="module")
 def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    engine = make_engine(api_db_url)
-    try:
-        create_schema(engine)
-        load_records(registry_records(), engine)
-    finally:
-        engine.dispose()
     folder = tmp_path_factory.mktemp("audit")
-    running = create_server(ServeConfig(
-        db_url=api_db_url, rules_dir=RULES_DIR, auth_file=write_auth_file(folder / "auth.yaml"),
-        listen="127.0.0.1:0", ledger_key=folder / "ledger-key.pem",
-        checkpoint_file=folder / "checkpoints.jsonl"))
-    try:
+    with serving(api_db_url, registry_records(), folder, ledger_key=folder / "ledger-key.pem",
+                 checkpoint_file=folder / "checkpoints.jsonl") as running:
         yield running
-    finally:
-        running.stop(grace=None)
 
 
 def _explain(stubs: Stubs, uscc: str, role: str = "enterprise") -> evaluation_pb2.Evaluation:

@@ -6,14 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from api_fixtures import RULES_DIR, Stubs, as_role, write_auth_file
+from api_fixtures import Stubs, as_role, serving
 from benefits.v1 import payout_service_pb2 as pb
 
-from enterprise_registry.db import create_schema, make_engine
-from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make
-from service.config import ServeConfig
-from service.server import RunningServer, create_server
+from service.server import RunningServer
 
 OPERATOR, APPROVER = as_role("finance_operator"), as_role("finance_approver")
 GIANTS = [make(f"91420600MA4Q0000{i}") for i in range(1, 6)]
@@ -35,23 +32,12 @@ def _records() -> list[dict[str, object]]:
 
 @pytest.fixture(scope="module")
 def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    engine = make_engine(api_db_url)
-    try:
-        create_schema(engine)
-        load_records(_records(), engine)
-    finally:
-        engine.dispose()
     folder = tmp_path_factory.mktemp("payouts")
     payers = folder / "payers.yaml"
     payers.write_text("treasury: {name: 襄阳市财政局国库支付中心, account_no: '4200000000000000001', "
                       "bank_name: 中国人民银行襄阳市分行}\n", encoding="utf-8")
-    running = create_server(ServeConfig(db_url=api_db_url, rules_dir=RULES_DIR,
-                                        auth_file=write_auth_file(folder / "auth.yaml"), listen="127.0.0.1:0",
-                                        payers_file=payers))
-    try:
+    with serving(api_db_url, _records(), folder, payers_file=payers) as running:
         yield running
-    finally:
-        running.stop(grace=None)
 
 
 def _create(stubs: Stubs, request_id: str, policy_id: str = "little-giant-reward") -> pb.PayoutBatch:
