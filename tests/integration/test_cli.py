@@ -8,34 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from api_fixtures import enterprise_record as _enterprise
+from api_fixtures import si_record
 
 from enterprise_registry.uscc import make
 from service.cli import main
 
 A = make("91420606MA4K10001")
 B = make("91420606MA4K10002")
-BANK = {"bank_name": "中国工商银行襄阳分行", "account_no": "1804000109200012345", "account_name": "x"}
-
-
-def _enterprise(uscc: str, **overrides: object) -> dict[str, object]:
-    record: dict[str, object] = {
-        "kind": "enterprise", "uscc": uscc, "source": "market_regulation", "as_of": "2025-12-31",
-        "name": f"襄阳示例{uscc[-4:]}有限公司", "org_type": "enterprise", "region_code": "420606",
-        "industry_code": "C3670", "established_on": "2010-01-01", "status": "active",
-        "labor_dispatch": False, "bank_account": BANK}
-    record.update(overrides)
-    return record
 
 
 def _si(uscc: str, **overrides: object) -> dict[str, object]:
-    record: dict[str, object] = {
-        "kind": "social_insurance_year", "uscc": uscc, "source": "human_resources",
-        "as_of": "2025-01-31", "year": 2024, "insured_start": 1000, "insured_end": 1000,
-        "insured_avg_monthly": 1000, "ui_months_paid": 12, "ui_premium_paid_fen": 123456715,
-        "ui_back_payment_fen": 0, "ui_late_fee_fen": 0, "ui_arrears": False, "layoffs": 0,
-        "ui_benefit_claimants": 55, "size_class": "large"}
-    record.update(overrides)
-    return record
+    """A 2024 social-insurance record with exactly 5.5 % claimants (the inclusive edge)."""
+    return si_record(uscc, **{"ui_benefit_claimants": 55, **overrides})
 
 
 def _hire(uscc: str, person: str, hired_on: str) -> dict[str, object]:
