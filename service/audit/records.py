@@ -84,6 +84,12 @@ def remember_policy(connection: Connection, policy: LoadedPolicy) -> None:
 def record_evaluation(engine: Engine, evaluation: Evaluation, document: FactsDocument,
                       policy: LoadedPolicy, actor: Actor, *, batch_id: str | None = None) -> str:
     """Store one evaluation with its facts and rule text and chain it in the ledger; its id."""
+    return record_with_hash(engine, evaluation, document, policy, actor, batch_id=batch_id)[0]
+
+
+def record_with_hash(engine: Engine, evaluation: Evaluation, document: FactsDocument,
+                     policy: LoadedPolicy, actor: Actor, *, batch_id: str | None = None) -> tuple[str, str]:
+    """As `record_evaluation`, also returning the record's SHA-256 (a batch's Merkle leaf)."""
     facts_json = canonical_json(document_to_json(document)).decode()
     facts_sha = sha256_hex(facts_json.encode())
     evaluation_id = "ev_" + uuid.uuid4().hex  # random: concurrent records never collide
@@ -104,7 +110,7 @@ def record_evaluation(engine: Engine, evaluation: Evaluation, document: FactsDoc
             evaluation_id=evaluation_id, uscc=evaluation.uscc, policy_id=evaluation.policy_id,
             period=evaluation.period, outcome=evaluation.outcome, amount_fen=evaluation.amount_fen,
             batch_id=batch_id, record=record_json, record_sha256=record_sha, ledger_seq=entry.seq))
-    return evaluation_id
+    return evaluation_id, record_sha
 
 
 def load_record(connection: Connection, evaluation_id: str) -> dict[str, Any] | None:

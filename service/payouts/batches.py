@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import PolicySet
 from service.audit.ledger import ledger_transaction
-from service.audit.records import Actor, create_audit_schema, record_evaluation, seal_decisions
+from service.audit.records import Actor, create_audit_schema, record_with_hash, seal_decisions
 from service.errors import BatchNotFoundError, BatchStateError, DuplicateBatchError, PermissionDeniedError
 from service.facts_documents import DocumentSource, build_document
 from service.payouts.allocation import prorate, stack
@@ -137,9 +137,8 @@ def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period:
         award = stack(awards, paid)[policy.id]
         if award.payable_fen <= 0:
             continue
-        evaluation_id = record_evaluation(engine, result, document, policy, actor, batch_id=batch_id)
-        eligible[rows.uscc] = (result.amount_fen, award.payable_fen, award.tops_up, evaluation_id,
-                               _record_sha(engine, evaluation_id))
+        evaluation_id, record_sha = record_with_hash(engine, result, document, policy, actor, batch_id=batch_id)
+        eligible[rows.uscc] = (result.amount_fen, award.payable_fen, award.tops_up, evaluation_id, record_sha)
     shares = prorate({u: v[1] for u, v in eligible.items()}, policy.budget_fen)
     try:
         _write_batch(engine, batch_id, request_id, policy, period, group, eligible, shares, actor)
@@ -197,14 +196,6 @@ def _group_grants(engine: Engine, uscc: str, group: str, period: int) -> dict[st
             select(grant.c.policy_id, grant.c.amount_fen).where(
                 grant.c.uscc == uscc, grant.c.conflict_group == group, grant.c.period == period,
                 grant.c.released == ""))}
-
-
-def _record_sha(engine: Engine, evaluation_id: str) -> str:
-    from service.audit.records import evaluation_record
-
-    with engine.connect() as conn:
-        return str(conn.execute(select(evaluation_record.c.record_sha256).where(
-            evaluation_record.c.evaluation_id == evaluation_id)).scalar_one())
 
 
 def lines_of(connection: Connection, batch_id: str) -> list[dict[str, object]]:
