@@ -19,3 +19,5 @@ class ServeConfig:
     ledger_key: Path | None = None        # Ed25519 key signing ledger checkpoints (never in the DB)
     checkpoint_file: Path | None = None   # where signed checkpoints are written
     payers_file: Path | None = None       # paying accounts by funding (YAML); needed to export
+    batch_chunk_size: int = 200           # enterprises a running batch commits at a time
+    batch_lease_seconds: float = 30.0     # after this long without progress, another worker takes a batch over

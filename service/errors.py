@@ -5,11 +5,11 @@ ServiceError
 ├── InvalidArgumentError         request fields are malformed (one violation per field)
 ├── UnauthenticatedError         no token, or an unknown one
 ├── PermissionDeniedError        a known caller without the right (role, or foreign USCC)
-├── UnimplementedError           a method whose issue has not landed
 ├── EvaluationNotFoundError      no stored evaluation has that id
 ├── DuplicateBatchError          a payout request_id reused with other arguments
 ├── BatchNotFoundError           no payout batch has that id
 ├── BatchStateError              an illegal lifecycle transition (FAILED_PRECONDITION)
+│   └── BatchRunningError        another batch of the policy and period is running
 └── AuthFileError                the auth file is unreadable or malformed
 """
 from __future__ import annotations
@@ -43,10 +43,6 @@ class PermissionDeniedError(ServiceError):
     """Raised when a known caller may not do this: wrong role, or another enterprise's USCC."""
 
 
-class UnimplementedError(ServiceError):
-    """Raised by methods whose issue has not landed yet (payouts, audit)."""
-
-
 class AuthFileError(ServiceError):
     """Raised when the auth file cannot be read or an entry is malformed (names the entry)."""
 
@@ -68,4 +64,8 @@ class BatchNotFoundError(ServiceError):
 
 
 class BatchStateError(ServiceError):
-    """Raised for a lifecycle transition the batch's state does not allow, or a concurrent batch."""
+    """Raised for a lifecycle transition the batch's state does not allow."""
+
+
+class BatchRunningError(BatchStateError):
+    """Raised when another batch of the same policy and period is still running."""

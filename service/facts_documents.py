@@ -152,18 +152,18 @@ class DocumentSource:
 
     def all_rows(self, chunk_size: int = 2000) -> Iterator[EnterpriseRows]:
         """Every registered enterprise's rows, ordered by USCC, loaded a chunk at a time."""
+        last = ""
+        while chunk := self.rows_after(last, chunk_size):
+            yield from chunk
+            last = chunk[-1].uscc
+
+    def rows_after(self, last: str, limit: int) -> list[EnterpriseRows]:
+        """The rows of the next `limit` registered enterprises after USCC `last`, in USCC order."""
         with self.engine.connect() as conn:
-            last = ""
-            while True:
-                usccs = list(conn.execute(
-                    select(Enterprise.uscc).where(Enterprise.uscc > last)
-                    .order_by(Enterprise.uscc).limit(chunk_size)).scalars())
-                if not usccs:
-                    return
-                loaded = _load_rows(conn, usccs)
-                for uscc in usccs:
-                    yield loaded[uscc]
-                last = usccs[-1]
+            usccs = list(conn.execute(select(Enterprise.uscc).where(Enterprise.uscc > last)
+                                      .order_by(Enterprise.uscc).limit(limit)).scalars())
+            loaded = _load_rows(conn, usccs) if usccs else {}
+        return [loaded[uscc] for uscc in usccs]
 
     def count(self) -> int:
         from sqlalchemy import func

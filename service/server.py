@@ -41,8 +41,9 @@ from service.audit.ledger import ledger_transaction
 from service.audit.records import remember_policy
 from service.catalogue import CATALOGUE
 from service.config import ServeConfig
-from service.payouts.batches import create_payout_schema
 from service.payouts.export import load_payers
+from service.payouts.runner import BatchWorkers, RunSettings
+from service.payouts.tables import create_payout_schema
 
 log = logging.getLogger("benefits.server")
 CHECKPOINT_INTERVAL_SECONDS = 300
@@ -53,26 +54,34 @@ SERVICE_NAMES = tuple(m.DESCRIPTOR.services_by_name[n].full_name for m, n in (
 
 
 @dataclass
+class Checkpointer:
+    """Signs the ledger head and writes it outside the database (when configured)."""
+    engine: Any
+    key: Any = None
+    file: Path | None = None
+
+    def __call__(self) -> None:
+        if self.key is None or self.file is None:
+            return
+        with self.engine.connect() as conn:
+            checkpoints.write(checkpoints.checkpoint_now(conn, self.key), self.file)
+
+
+@dataclass
 class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
     policies: PolicyStore
     engine: Any
-    ledger_key: Any = None
-    checkpoint_file: Path | None = None
-
-    def checkpoint(self) -> None:
-        """Sign the ledger head and write it outside the database (when configured)."""
-        if self.ledger_key is None or self.checkpoint_file is None:
-            return
-        with self.engine.connect() as conn:
-            checkpoints.write(checkpoints.checkpoint_now(conn, self.ledger_key), self.checkpoint_file)
+    workers: BatchWorkers
+    checkpoint: Checkpointer
 
     def stop(self, grace: float | None = None) -> None:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        self.workers.stop(grace)  # running batches stop after their chunk and are given back
         self.checkpoint()  # the last word on what the ledger held when the server stopped
         self.engine.dispose()
 
@@ -99,9 +108,13 @@ def create_server(config: ServeConfig) -> RunningServer:
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine), server)
     benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
         BenefitServicer(policies, engine), server)
-    payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(
-        PayoutServicer(policies, engine, load_payers(config.payers_file)), server)
     key = checkpoints.load_or_create_key(config.ledger_key) if config.ledger_key else None
+    checkpoint = Checkpointer(engine, key, config.checkpoint_file)
+    workers = BatchWorkers(engine, lambda: policies.current,
+                           RunSettings(config.batch_chunk_size, config.batch_lease_seconds))
+    payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(
+        PayoutServicer(policies, engine, workers, payers=load_payers(config.payers_file), on_export=checkpoint),
+        server)
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(engine, checkpoint_file=config.checkpoint_file,
                       public_key=key.public_key() if key else None), server)
@@ -113,9 +126,10 @@ def create_server(config: ServeConfig) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     server.start()
+    workers.start()  # resumes any batch a stopped or crashed server left RUNNING
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, policies, engine, key, config.checkpoint_file)
+    return RunningServer(server, port, health_servicer, policies, engine, workers, checkpoint)
 
 
 def serve(config: ServeConfig) -> None:

@@ -3,7 +3,8 @@ USCC, and calls the domain layers; errors are mapped to status codes in `status.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -47,16 +48,17 @@ from service.errors import (
     EnterpriseNotFoundError,
     EvaluationNotFoundError,
     InvalidArgumentError,
-    UnimplementedError,
 )
 from service.evaluation import evaluate_with_inputs
 from service.explain import OUTCOME_ZH, as_text
 from service.facts_documents import DocumentSource
 from service.payouts import batches
+from service.payouts.runner import BatchWorkers
 
 MIN_PERIOD, MAX_PERIOD = 2000, 2100
 MAX_IMPORT_RECORDS = 1_000_000
 IMPORT_CHUNK = 1000
+WATCH_INTERVAL_SECONDS = 0.25
 
 
 def _caller() -> Principal:
@@ -242,11 +244,14 @@ def _summary(result: Any) -> str:
 
 
 class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
-    """Batches for the finance bureau. Export, bank results and progress streaming come with the
-    rest of the payout issue and answer UNIMPLEMENTED until then."""
+    """Batches for the finance bureau. A created batch runs in the background (`BatchWorkers`);
+    WatchPayoutBatch streams its progress until it leaves RUNNING."""
 
-    def __init__(self, policies: PolicyStore, engine: Engine, payers: dict[str, Any] | None = None) -> None:
-        self.policies, self.engine, self.payers = policies, engine, payers or {}
+    def __init__(self, policies: PolicyStore, engine: Engine, workers: BatchWorkers, *,
+                 payers: dict[str, Any] | None = None, on_export: Callable[[], None] = lambda: None,
+                 watch_interval: float = WATCH_INTERVAL_SECONDS) -> None:
+        self.policies, self.engine, self.workers, self.payers = policies, engine, workers, payers or {}
+        self.on_export, self.watch_interval = on_export, watch_interval
 
     def CreatePayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
         violations: list[tuple[str, str]] = []
@@ -257,28 +262,45 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             violations.append(("request_id", "required: a client-chosen id of 8-100 characters (a UUID)"))
         _raise_if(violations)
         caller = _caller()
-        batch = batches.create_batch(self.engine, self.policies.current, policy_id=request.policy_id,
-                                     period=request.period, request_id=request.request_id,
-                                     actor=Actor(caller.name, caller.role), today=date.today())
+        batch = batches.start_batch(self.engine, self.policies.current, policy_id=request.policy_id,
+                                    period=request.period, request_id=request.request_id,
+                                    actor=Actor(caller.name, caller.role), today=date.today())
+        if batch.state == "RUNNING":
+            self.workers.wake()  # a repeated request after a restart finishes the same batch
         return _batch_message(batch)
 
     def GetPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
         return _batch_message(batches.get_batch(self.engine, _batch_id(request)))
+
+    def WatchPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        batch_id = _batch_id(request)
+        last = None
+        while context.is_active():
+            batch = batches.get_batch(self.engine, batch_id)
+            if batch != last:
+                yield payout_service_pb2.PayoutBatchProgress(
+                    batch=_batch_message(batch), evaluated_count=batch.evaluated_count,
+                    eligible_count=batch.eligible_count, amount_fen=batch.eligible_fen,
+                    enterprise_count=batch.enterprise_count, error_count=batch.error_count)
+                last = batch
+            if batch.state != "RUNNING":
+                return
+            time.sleep(self.watch_interval)
 
     def ListPayoutLines(self, request: Any, context: grpc.ServicerContext) -> Any:
         batch = batches.get_batch(self.engine, _batch_id(request))
         query = f"lines:{batch.batch_id}"
         offset, limit = page_bounds(request.page_size, request.page_token, query)
         with self.engine.connect() as conn:
-            lines = batches.lines_of(conn, batch.batch_id)
+            lines = batches.lines_of(conn, batch.batch_id, offset=offset, limit=limit)
         return payout_service_pb2.ListPayoutLinesResponse(
             lines=[payout_service_pb2.PayoutLine(
                 line_id=str(line["grant_id"]), uscc=str(line["uscc"]), amount_fen=int(line["amount_fen"]),  # type: ignore[call-overload]
                 full_amount_fen=int(line["full_fen"]), evaluation_id=str(line["evaluation_id"]),  # type: ignore[call-overload]
                 supersedes_line_id=str(line["tops_up"] or ""), state=_LINE_STATES[str(line["state"])],
                 return_reason=str(line["return_reason"] or ""))
-                for line in lines[offset:offset + limit]],
-            next_page_token=next_token(offset, limit, len(lines), query))
+                for line in lines],
+            next_page_token=next_token(offset, limit, batch.line_count, query))
 
     def ApprovePayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
         caller = _caller()
@@ -294,10 +316,6 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             raise InvalidArgumentError([("results", "at least one result")])
         return _batch_message(batches.record_results(self.engine, _batch_id(request), results))
 
-    def WatchPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        raise UnimplementedError("batches are created synchronously for now; nothing to watch")
-        yield  # a generator: the method streams
-
     def ExportPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         from service.payouts.export import export
 
@@ -309,6 +327,7 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         if payer is None:
             raise BatchStateError(f"no paying account is configured for {funding}")
         csv_bytes, xml = export(self.engine, batch.batch_id, payer)
+        self.on_export()  # a signed checkpoint with every bank file: the ledger as it was paid out
         data = csv_bytes if request.format == payout_service_pb2.EXPORT_FORMAT_CSV else xml
         for start in range(0, len(data), 64 * 1024):
             yield payout_service_pb2.ExportPayoutBatchResponse(data=data[start:start + 64 * 1024])

@@ -32,7 +32,6 @@ from service.errors import (
     PermissionDeniedError,
     ServiceError,
     UnauthenticatedError,
-    UnimplementedError,
 )
 
 log = logging.getLogger("benefits.api")
@@ -50,7 +49,6 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     BatchNotFoundError: grpc.StatusCode.NOT_FOUND,
     BatchStateError: grpc.StatusCode.FAILED_PRECONDITION,
     PolicyNotFoundError: grpc.StatusCode.NOT_FOUND,
-    UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
     PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,
     # Engine failures and disagreements are our fault, never the caller's: reported, with a
     # reference to the log entry that holds the details.

@@ -21,7 +21,7 @@ from rules.evaluator import Evaluation, evaluate
 from rules.facts import Catalogue, Fact, FactsDocument, Record
 from rules.loader import LoadedPolicy, load_policy_text
 from service.audit.canonical import canonical_json, sha256_hex
-from service.audit.ledger import append, create_ledger_schema, get_entry, ledger_transaction
+from service.audit.ledger import append, append_many, create_ledger_schema, get_entry, ledger_transaction
 
 SERVICE_VERSION = "benefits 0.1.0"
 metadata = MetaData()
@@ -90,6 +90,27 @@ def record_evaluation(engine: Engine, evaluation: Evaluation, document: FactsDoc
 def record_with_hash(engine: Engine, evaluation: Evaluation, document: FactsDocument,
                      policy: LoadedPolicy, actor: Actor, *, batch_id: str | None = None) -> tuple[str, str]:
     """As `record_evaluation`, also returning the record's SHA-256 (a batch's Merkle leaf)."""
+    prepared = prepare_record(evaluation, document, actor, batch_id=batch_id)
+    with ledger_transaction(engine) as conn:
+        write_records(conn, policy, [prepared])
+    return prepared.evaluation_id, prepared.record_sha256
+
+
+@dataclass(frozen=True)
+class PreparedRecord:
+    """An evaluation record encoded and hashed, ready to be written (see `write_records`)."""
+    evaluation: Evaluation
+    evaluation_id: str
+    batch_id: str | None
+    record_json: str
+    record_sha256: str
+    facts_json: str
+    facts_sha256: str
+
+
+def prepare_record(evaluation: Evaluation, document: FactsDocument, actor: Actor, *,
+                   batch_id: str | None = None) -> PreparedRecord:
+    """Encode one evaluation's record outside any transaction (the costly part)."""
     facts_json = canonical_json(document_to_json(document)).decode()
     facts_sha = sha256_hex(facts_json.encode())
     evaluation_id = "ev_" + uuid.uuid4().hex  # random: concurrent records never collide
@@ -98,19 +119,35 @@ def record_with_hash(engine: Engine, evaluation: Evaluation, document: FactsDocu
               "actor": {"principal": actor.principal, "role": actor.role},
               "batch_id": batch_id, "recorded_at": _now()}
     record_json = canonical_json(record).decode()
-    record_sha = sha256_hex(record_json.encode())
-    with ledger_transaction(engine) as conn:
-        remember_policy(conn, policy)
-        if conn.execute(select(facts_snapshot.c.facts_sha256)
-                        .where(facts_snapshot.c.facts_sha256 == facts_sha)).first() is None:
-            conn.execute(insert(facts_snapshot).values(facts_sha256=facts_sha, document=facts_json))
-        entry = append(conn, "evaluation", {"evaluation_id": evaluation_id, "record_sha256": record_sha,
-                                            "facts_sha256": facts_sha, "rule_sha256": evaluation.rule_sha256})
-        conn.execute(insert(evaluation_record).values(
-            evaluation_id=evaluation_id, uscc=evaluation.uscc, policy_id=evaluation.policy_id,
-            period=evaluation.period, outcome=evaluation.outcome, amount_fen=evaluation.amount_fen,
-            batch_id=batch_id, record=record_json, record_sha256=record_sha, ledger_seq=entry.seq))
-    return evaluation_id, record_sha
+    return PreparedRecord(evaluation, evaluation_id, batch_id, record_json, sha256_hex(record_json.encode()),
+                          facts_json, facts_sha)
+
+
+def write_records(connection: Connection, policy: LoadedPolicy, prepared: list[PreparedRecord]) -> None:
+    """Store prepared records of one policy and chain them in the ledger, inside the caller's
+    `ledger_transaction` (so they commit, or vanish, with whatever else it writes)."""
+    if not prepared:
+        return
+    remember_policy(connection, policy)
+    wanted = {p.facts_sha256: p.facts_json for p in prepared}
+    known: set[str] = set()
+    digests = sorted(wanted)
+    for start in range(0, len(digests), 500):
+        known.update(connection.execute(select(facts_snapshot.c.facts_sha256).where(
+            facts_snapshot.c.facts_sha256.in_(digests[start:start + 500]))).scalars())
+    new = [{"facts_sha256": d, "document": wanted[d]} for d in digests if d not in known]
+    if new:
+        connection.execute(insert(facts_snapshot), new)
+    entries = append_many(connection, [
+        ("evaluation", {"evaluation_id": p.evaluation_id, "record_sha256": p.record_sha256,
+                        "facts_sha256": p.facts_sha256, "rule_sha256": p.evaluation.rule_sha256})
+        for p in prepared])
+    connection.execute(insert(evaluation_record), [
+        {"evaluation_id": p.evaluation_id, "uscc": p.evaluation.uscc, "policy_id": p.evaluation.policy_id,
+         "period": p.evaluation.period, "outcome": p.evaluation.outcome, "amount_fen": p.evaluation.amount_fen,
+         "batch_id": p.batch_id, "record": p.record_json, "record_sha256": p.record_sha256,
+         "ledger_seq": entry.seq}
+        for p, entry in zip(prepared, entries, strict=True)])
 
 
 def load_record(connection: Connection, evaluation_id: str) -> dict[str, Any] | None:

@@ -86,7 +86,7 @@ def export(engine: Engine, batch_id: str, payer: Payer) -> tuple[bytes, bytes]:
     with engine.begin() as conn:
         conn.execute(insert(payout_export).values(batch_id=batch_id, message_id=message_id, csv=csv_bytes,
                                                   pain001=xml, exported_at=created.isoformat()))
-        batches._transition_in(conn, batch_id, "APPROVED", "EXPORTED")
+        batches.mark_exported(conn, batch_id)
     return csv_bytes, xml
 
 

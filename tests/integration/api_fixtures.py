@@ -227,11 +227,11 @@ METHOD_CALLS: dict[str, Call] = {
         _unary("audit", "ReplayEvaluation",
                audit_service_pb2.ReplayEvaluationRequest(evaluation_id="e1")),
 }
-UNIMPLEMENTED_SERVICES = ("/benefits.v1.PayoutService/WatchPayoutBatch",)
 # What an allowed caller gets where the fixed request names nothing that exists.
 ALLOWED_CODES = {"/benefits.v1.AuditService/GetEvaluation": "NOT_FOUND",
                  "/benefits.v1.PayoutService/GetPayoutBatch": "NOT_FOUND",
                  "/benefits.v1.PayoutService/ListPayoutLines": "NOT_FOUND",
+                 "/benefits.v1.PayoutService/WatchPayoutBatch": "NOT_FOUND",
                  "/benefits.v1.PayoutService/ApprovePayoutBatch": "NOT_FOUND",
                  "/benefits.v1.PayoutService/CancelPayoutBatch": "NOT_FOUND",
                  "/benefits.v1.PayoutService/ExportPayoutBatch": "NOT_FOUND",
@@ -296,3 +296,13 @@ def serving(db_url: str, records: list[dict[str, object]], folder: Path,
         yield running
     finally:
         running.stop(grace=None)
+
+
+def finished_batch(stubs: Stubs, batch_id: str) -> Any:
+    """Watch a payout batch until it leaves RUNNING; the batch as the last progress shows it."""
+    last = None
+    for progress in stubs.payout.WatchPayoutBatch(payout_service_pb2.WatchPayoutBatchRequest(batch_id=batch_id),
+                                                  metadata=as_role("finance_operator"), timeout=120):
+        last = progress
+    assert last is not None and last.batch.state != payout_service_pb2.BATCH_STATE_RUNNING
+    return last.batch

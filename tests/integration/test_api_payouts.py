@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from api_fixtures import Stubs, as_role, serving
+from api_fixtures import Stubs, as_role, finished_batch, serving
 from benefits.v1 import payout_service_pb2 as pb
 
 from enterprise_registry.uscc import make
@@ -41,6 +41,12 @@ def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def _create(stubs: Stubs, request_id: str, policy_id: str = "little-giant-reward") -> pb.PayoutBatch:
+    """Create a batch and watch it until it leaves RUNNING; the batch as it ends."""
+    started = _start(stubs, request_id, policy_id)
+    return finished_batch(stubs, started.batch_id)
+
+
+def _start(stubs: Stubs, request_id: str, policy_id: str = "little-giant-reward") -> pb.PayoutBatch:
     return stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
         policy_id=policy_id, period=2025, request_id=request_id), metadata=OPERATOR)
 
@@ -55,9 +61,9 @@ def _code(call: object) -> grpc.StatusCode:
 
 def test_eight_concurrent_creates_with_one_request_id_give_one_batch(stubs: Stubs) -> None:
     with ThreadPoolExecutor(8) as pool:
-        made = list(pool.map(lambda _: _create(stubs, "req-concurrent-0001"), range(8)))
+        made = list(pool.map(lambda _: _start(stubs, "req-concurrent-0001"), range(8)))
     assert len({b.batch_id for b in made}) == 1
-    batch = made[0]
+    batch = finished_batch(stubs, made[0].batch_id)
     assert (batch.state, batch.line_count, batch.total_fen) == (pb.BATCH_STATE_DRAFT, 5, 5 * 50_000_000)
     lines = stubs.payout.ListPayoutLines(pb.ListPayoutLinesRequest(batch_id=batch.batch_id), metadata=APPROVER)
     assert sorted(line.uscc for line in lines.lines) == sorted(GIANTS)

@@ -17,7 +17,8 @@ from service.audit.merkle import root
 from service.audit.records import Actor
 from service.catalogue import CATALOGUE
 from service.errors import DuplicateBatchError
-from service.payouts.batches import create_batch, create_payout_schema, grant, lines_of
+from service.payouts.batches import create_payout_schema, grant, lines_of
+from service.payouts.runner import create_batch
 
 RULES = Path(__file__).resolve().parents[3] / "rules"
 OPERATOR = Actor("finance-op", "finance_operator")

@@ -1,0 +1,335 @@
+"""Running a payout batch: evaluate every enterprise in chunks, then stack, pro-rate, grant and
+seal in one transaction.
+
+Crash safety. Each chunk commits its evaluation records, its candidates and the batch's cursor
+in ONE transaction; a crash loses at most the chunk in flight, and a restart resumes after the
+cursor, so no enterprise is missing or evaluated into the batch twice. Grants are written only
+at the end, in the transaction that turns the batch DRAFT: a batch is never visible as complete
+until it is. A worker holds the batch by a lease renewed with every chunk; when a server dies,
+another (or the restarted one) takes the batch over once the lease has run out.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, or_, select
+from sqlalchemy.engine import Connection, Engine
+
+from rules.errors import EvaluationError
+from rules.evaluator import ELIGIBLE, evaluate
+from rules.loader import LoadedPolicy, PolicySet, load_policy_text
+from service.audit.ledger import ledger_transaction
+from service.audit.records import Actor, PreparedRecord, policy_version, prepare_record, seal_decisions, write_records
+from service.catalogue import CATALOGUE
+from service.facts_documents import DocumentSource, EnterpriseRows, build_document
+from service.payouts.allocation import prorate, stack
+from service.payouts.batches import Batch, get_batch, start_batch
+from service.payouts.tables import grant, payout_batch, payout_candidate
+
+log = logging.getLogger("benefits.payouts")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    chunk_size: int = 200          # enterprises per committed chunk
+    lease_seconds: float = 30.0    # how long a silent worker keeps its batch
+
+
+class LeaseLostError(Exception):
+    """Another worker took the batch over (this one was too slow to renew its lease)."""
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_batch(engine: Engine, policies: PolicySet, batch_id: str, *, worker: str,
+              settings: RunSettings = RunSettings(), stop: threading.Event | None = None) -> bool:
+    """Run a RUNNING batch to DRAFT, resuming after its cursor. False when the batch is not
+    RUNNING, another worker holds it, or `stop` was set (the lease is then given back)."""
+    if not claim(engine, batch_id, worker, settings.lease_seconds):
+        return False
+    try:
+        run = _Run.load(engine, policies, batch_id, worker, settings)
+        while True:
+            if stop is not None and stop.is_set():
+                release(engine, batch_id, worker)
+                return False
+            chunk = run.source.rows_after(run.cursor, settings.chunk_size)
+            if not chunk:
+                break
+            run.commit_chunk(chunk)
+        run.finish()
+        return True
+    except LeaseLostError:
+        log.warning("batch %s: lease lost to another worker; it continues the batch", batch_id)
+        return False
+
+
+def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period: int, request_id: str,
+                 actor: Actor, today: date, settings: RunSettings = RunSettings()) -> Batch:
+    """Start a batch and run it to DRAFT in the calling thread (the CLI and tests; the server runs
+    batches in `BatchWorkers`). A repeated request returns its batch as it stands."""
+    batch = start_batch(engine, policies, policy_id=policy_id, period=period, request_id=request_id,
+                        actor=actor, today=today)
+    if batch.state == "RUNNING":
+        run_batch(engine, policies, batch.batch_id, worker=new_worker_id(), settings=settings)
+    return get_batch(engine, batch.batch_id)
+
+
+def claim(engine: Engine, batch_id: str, worker: str, lease_seconds: float) -> bool:
+    """Take a RUNNING batch whose lease is free or ran out (or is already ours)."""
+    now = _now_ms()
+    with engine.begin() as conn:
+        changed = conn.execute(payout_batch.update().where(
+            payout_batch.c.batch_id == batch_id, payout_batch.c.state == "RUNNING",
+            or_(payout_batch.c.worker.is_(None), payout_batch.c.worker == worker,
+                payout_batch.c.lease_until < now)).values(
+            worker=worker, lease_until=now + int(lease_seconds * 1000)))
+    return changed.rowcount == 1
+
+
+def release(engine: Engine, batch_id: str, worker: str) -> None:
+    """Give a batch back (on shutdown), so the next server resumes it without waiting."""
+    with engine.begin() as conn:
+        conn.execute(payout_batch.update().where(
+            payout_batch.c.batch_id == batch_id, payout_batch.c.worker == worker).values(worker=None, lease_until=0))
+
+
+def claimable(engine: Engine) -> list[str]:
+    """RUNNING batches that nobody holds: new ones, and those of a worker that died."""
+    with engine.connect() as conn:
+        return list(conn.execute(select(payout_batch.c.batch_id).where(
+            payout_batch.c.state == "RUNNING",
+            or_(payout_batch.c.worker.is_(None), payout_batch.c.lease_until < _now_ms()))
+            .order_by(payout_batch.c.created_at)).scalars())
+
+
+class _Run:
+    """One worker's run of one batch."""
+
+    def __init__(self, engine: Engine, row: Any, policy: LoadedPolicy, rivals: list[LoadedPolicy],
+                 worker: str, settings: RunSettings) -> None:
+        self.engine, self.row, self.policy, self.rivals = engine, row, policy, rivals
+        self.worker, self.settings = worker, settings
+        self.batch_id: str = row.batch_id
+        self.period: int = row.period
+        self.cursor: str = row.cursor
+        self.actor = Actor(row.created_by, row.created_role)
+        self.today = date.fromisoformat(row.evaluated_on)
+        self.source = DocumentSource(engine)
+
+    @classmethod
+    def load(cls, engine: Engine, policies: PolicySet, batch_id: str, worker: str,
+             settings: RunSettings) -> _Run:
+        with engine.connect() as conn:
+            row = conn.execute(select(payout_batch).where(payout_batch.c.batch_id == batch_id)).one()
+            policy = _policy_version(conn, policies, row.policy_id, row.rule_sha256)
+        group = policy.model.conflict_group
+        rivals = [p for p in policies if group and p.id != policy.id and p.model.conflict_group == group
+                  and p.covers(row.period)]
+        return cls(engine, row, policy, rivals, worker, settings)
+
+    # -- chunks -----------------------------------------------------------------------------------
+
+    def commit_chunk(self, chunk: list[EnterpriseRows]) -> None:
+        """Evaluate a chunk (outside any transaction), then commit its records, candidates and
+        the cursor together."""
+        granted = self._granted({rows.uscc for rows in chunk})
+        records: dict[str, list[PreparedRecord]] = defaultdict(list)
+        candidates: list[dict[str, Any]] = []
+        for rows in chunk:
+            if rows.uscc in granted:
+                continue  # never twice: an earlier batch granted it
+            try:
+                candidate = self._evaluate(rows, records)
+            except EvaluationError as exc:  # counted, logged, not paid; a later batch may pay it
+                log.error("batch %s: %s could not be evaluated: %s", self.batch_id, rows.uscc, exc)
+                candidate = {"uscc": rows.uscc, "full_fen": 0, "error": str(exc)}
+            if candidate is not None:
+                candidates.append({"batch_id": self.batch_id, **candidate})
+        eligible = [c for c in candidates if not c.get("error")]
+        with ledger_transaction(self.engine) as conn:
+            self._renew(conn, cursor=chunk[-1].uscc,
+                        evaluated_count=payout_batch.c.evaluated_count + len(chunk),
+                        eligible_count=payout_batch.c.eligible_count + len(eligible),
+                        eligible_fen=payout_batch.c.eligible_fen + sum(c["full_fen"] for c in eligible),
+                        error_count=payout_batch.c.error_count + len(candidates) - len(eligible))
+            for policy_id, prepared in records.items():
+                write_records(conn, self._policy_by_id(policy_id), prepared)
+            if candidates:
+                conn.execute(insert(payout_candidate), candidates)
+        self.cursor = chunk[-1].uscc
+
+    def _evaluate(self, rows: EnterpriseRows, records: dict[str, list[PreparedRecord]]) -> dict[str, Any] | None:
+        result, record = self._evaluate_policy(self.policy, rows, records)
+        if result.outcome != ELIGIBLE:
+            return None
+        awards = {}
+        for rival in self.rivals:  # 就高不重复: what the group's other policies would award
+            rival_result, _ = self._evaluate_policy(rival, rows, records)
+            if rival_result.outcome == ELIGIBLE:
+                awards[rival.id] = rival_result.amount_fen
+        return {"uscc": rows.uscc, "full_fen": result.amount_fen,
+                "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),
+                "evaluation_id": record.evaluation_id, "record_sha256": record.record_sha256}
+
+    def _evaluate_policy(self, policy: LoadedPolicy, rows: EnterpriseRows,
+                         records: dict[str, list[PreparedRecord]]) -> tuple[Any, PreparedRecord]:
+        document = build_document(rows, policy.fact_year(self.period))
+        result = evaluate(policy.compiled(self.period), document, today=self.today)
+        record = prepare_record(result, document, self.actor, batch_id=self.batch_id)
+        records[policy.id].append(record)
+        return result, record
+
+    def _policy_by_id(self, policy_id: str) -> LoadedPolicy:
+        return next(p for p in (self.policy, *self.rivals) if p.id == policy_id)
+
+    def _granted(self, usccs: set[str]) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(grant.c.uscc).where(
+                grant.c.policy_id == self.policy.id, grant.c.period == self.period, grant.c.released == "",
+                grant.c.uscc.in_(sorted(usccs)))).scalars())
+
+    def _renew(self, conn: Connection, **values: Any) -> None:
+        # First statement of every write: proves the lease is still ours and extends it.
+        changed = conn.execute(payout_batch.update().where(
+            payout_batch.c.batch_id == self.batch_id, payout_batch.c.state == "RUNNING",
+            payout_batch.c.worker == self.worker).values(
+            **{"lease_until": _now_ms() + int(self.settings.lease_seconds * 1000), **values}))
+        if changed.rowcount != 1:
+            raise LeaseLostError(self.batch_id)
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Stack, pro-rate, grant, seal and turn DRAFT - one transaction."""
+        group = self.policy.model.conflict_group
+        with ledger_transaction(self.engine) as conn:
+            self._renew(conn)
+            candidates = conn.execute(select(payout_candidate).where(
+                payout_candidate.c.batch_id == self.batch_id, payout_candidate.c.error.is_(None))
+                .order_by(payout_candidate.c.uscc)).all()
+            granted = set(conn.execute(select(grant.c.uscc).where(
+                grant.c.policy_id == self.policy.id, grant.c.period == self.period,
+                grant.c.released == "")).scalars())
+            paid_in_group: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
+            if group:
+                for g in conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.amount_fen, grant.c.grant_id)
+                                      .where(grant.c.conflict_group == group, grant.c.period == self.period,
+                                             grant.c.released == "")):
+                    paid_in_group[g.uscc][g.policy_id] = (g.amount_fen, g.grant_id)
+            payable: dict[str, int] = {}
+            tops_up: dict[str, str | None] = {}
+            for c in candidates:
+                if c.uscc in granted:
+                    continue
+                paid = paid_in_group.get(c.uscc, {})
+                awards = {**orjson.loads(c.group_awards), self.policy.id: c.full_fen}
+                award = stack(awards, {p: fen for p, (fen, _) in paid.items()})[self.policy.id]
+                if award.payable_fen > 0:
+                    payable[c.uscc] = award.payable_fen
+                    tops_up[c.uscc] = paid[award.tops_up][1] if award.tops_up else None
+            by_uscc = {c.uscc: c for c in candidates}
+            lines = [{"grant_id": f"{self.batch_id}-{i:06d}", "uscc": s.uscc, "policy_id": self.policy.id,
+                      "period": self.period, "conflict_group": group, "batch_id": self.batch_id,
+                      "full_fen": by_uscc[s.uscc].full_fen, "amount_fen": s.paid_fen, "tops_up": tops_up[s.uscc],
+                      "evaluation_id": by_uscc[s.uscc].evaluation_id,
+                      "record_sha256": by_uscc[s.uscc].record_sha256}
+                     for i, s in enumerate(prorate(payable, self.policy.budget_fen), start=1)]
+            for start in range(0, len(lines), 1000):
+                conn.execute(insert(grant), lines[start:start + 1000])
+            seal = seal_decisions(conn, self.batch_id, [line["record_sha256"] for line in lines])
+            self._renew(conn, state="DRAFT", running_key=None, worker=None, lease_until=0,
+                        line_count=len(lines), total_fen=sum(line["amount_fen"] for line in lines),
+                        merkle_root=seal["merkle_root"])
+
+
+def _policy_version(conn: Connection, policies: PolicySet, policy_id: str, rule_sha256: str) -> LoadedPolicy:
+    """The policy exactly as the batch started under it, even if the rules were reloaded since."""
+    current = policies.get(policy_id) if policy_id in {p.id for p in policies} else None
+    if current is not None and current.sha256 == rule_sha256:
+        return current
+    source = conn.execute(select(policy_version.c.source)
+                          .where(policy_version.c.rule_sha256 == rule_sha256)).scalar_one()
+    return load_policy_text(source.encode(), CATALOGUE, origin=f"policy_version {rule_sha256[:12]}")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BatchWorkers:
+    """Runs RUNNING batches in background threads: new ones when woken, and any batch whose
+    worker died (its lease ran out) on the next scan - which, at start, resumes a crashed run."""
+
+    def __init__(self, engine: Engine, policies: Callable[[], PolicySet], settings: RunSettings = RunSettings(),
+                 *, max_parallel: int = 2) -> None:
+        self.engine, self.policies, self.settings = engine, policies, settings
+        self.max_parallel = max_parallel
+        self.worker = new_worker_id()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._active: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._scanner = threading.Thread(target=self._loop, name="batch-scanner", daemon=True)
+
+    def start(self) -> None:
+        self._scanner.start()
+
+    def wake(self) -> None:
+        """Look for work now (a batch was just created)."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the chunks in flight; their batches are given back for the next server."""
+        self._stop.set()
+        self._wake.set()
+        self._scanner.join(timeout)
+        with self._lock:
+            threads = list(self._active.values())
+        for thread in threads:
+            thread.join(timeout)
+
+    def _loop(self) -> None:
+        poll = max(self.settings.lease_seconds / 3, 0.2)
+        while not self._stop.is_set():
+            try:
+                self._scan()
+            except Exception:  # a database hiccup must not end the scanner; the next scan retries
+                log.exception("batch scan failed")
+            self._wake.wait(poll)
+            self._wake.clear()
+
+    def _scan(self) -> None:
+        for batch_id in claimable(self.engine):
+            with self._lock:
+                if batch_id in self._active or len(self._active) >= self.max_parallel:
+                    continue
+                thread = threading.Thread(target=self._run, args=(batch_id,), name=f"batch-{batch_id}",
+                                          daemon=True)
+                self._active[batch_id] = thread
+            thread.start()
+
+    def _run(self, batch_id: str) -> None:
+        try:
+            if run_batch(self.engine, self.policies(), batch_id, worker=self.worker, settings=self.settings,
+                         stop=self._stop):
+                log.warning("batch %s is DRAFT", batch_id)
+        except Exception:  # the lease runs out and a later scan (here or elsewhere) retries
+            log.exception("batch %s failed; it will be retried", batch_id)
+        finally:
+            with self._lock:
+                self._active.pop(batch_id, None)
+            self._wake.set()
