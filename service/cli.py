@@ -98,7 +98,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="file the signed checkpoints are appended to")
     serve.add_argument("--payers", type=Path, default=None,
                        help="YAML of paying accounts by funding, needed to export bank files")
+    serve.add_argument("--batch-chunk", type=int, default=200,
+                       help="enterprises a running payout batch commits at a time")
+    serve.add_argument("--batch-lease-seconds", type=float, default=30.0,
+                       help="a payout batch whose worker is silent this long is taken over (after a crash)")
     serve.set_defaults(run=_serve)
+
+    _batch_parser(sub)
 
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(title="audit")
     verify = audit.add_parser("verify", help="verify the ledger, every record, and the newest checkpoint")
@@ -269,7 +275,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve(ServeConfig(db_url=args.db, rules_dir=args.rules, auth_file=args.auth_file,
                       listen=args.listen, max_workers=args.workers, ledger_key=args.ledger_key,
-                      checkpoint_file=args.checkpoints, payers_file=args.payers))
+                      checkpoint_file=args.checkpoints, payers_file=args.payers,
+                      batch_chunk_size=args.batch_chunk, batch_lease_seconds=args.batch_lease_seconds))
     return 0
 
 
@@ -290,14 +297,62 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 0 if verdict.valid else 1
 
 
-def _lookup(args: argparse.Namespace) -> int:
+def _batch_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    batch = sub.add_parser("batch", help="payout batches over gRPC (finance bureau)").add_subparsers(title="batch")
+
+    def command(name: str, help_text: str, *, with_batch_id: bool = True) -> argparse.ArgumentParser:
+        parser = batch.add_parser(name, help=help_text)
+        parser.add_argument("--target", default="127.0.0.1:50051", help="the server's host:port")
+        parser.add_argument("--token", default=None, help="bearer token (default: $BENEFITS_TOKEN)")
+        if with_batch_id:
+            parser.add_argument("batch_id")
+        parser.set_defaults(run=_batch, command=name)
+        return parser
+
+    create = command("create", "create a batch for a policy and period and follow it to DRAFT",
+                     with_batch_id=False)
+    create.add_argument("--policy", required=True)
+    create.add_argument("--period", type=int, required=True)
+    create.add_argument("--request-id", default=None,
+                        help="idempotency key; repeat it to resume or re-read the same batch (default: a new UUID)")
+    create.add_argument("--no-wait", action="store_true", help="return while the batch is RUNNING")
+    create.add_argument("--quiet", action="store_true", help="no progress bar")
+    watch = command("watch", "follow a running batch with a progress bar")
+    watch.add_argument("--quiet", action="store_true", help="no progress bar")
+    command("get", "show a batch")
+    command("lines", "print a batch's lines as CSV")
+    command("approve", "approve a DRAFT batch (not its creator)")
+    command("cancel", "cancel a DRAFT batch (its grants are released)")
+    export = command("export", "write the bank file of an APPROVED batch")
+    export.add_argument("--format", choices=("csv", "pain001"), default="pain001")
+    export.add_argument("--out", type=Path, required=True)
+    results = command("results", "record the bank's results of an EXPORTED batch")
+    source = results.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", type=Path, help="CSV with line_id,state,return_reason (state PAID or RETURNED)")
+    source.add_argument("--all-paid", action="store_true", help="mark every pending line PAID (demonstrations)")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from service.batch_client import run
+
+    token = _token(args)
+    return run(args.command, args.target, token, args) if token else 2
+
+
+def _token(args: argparse.Namespace) -> str | None:
     import os
 
-    from service.client import lookup
-
-    token = args.token or os.environ.get("BENEFITS_TOKEN")
+    token: str | None = args.token or os.environ.get("BENEFITS_TOKEN")
     if not token:
         print("error: give --token or set BENEFITS_TOKEN", file=sys.stderr)
+    return token
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    from service.client import lookup
+
+    token = _token(args)
+    if not token:
         return 2
     return lookup(args.target, token, uscc=args.uscc, policy_id=args.policy, period=args.period)
 

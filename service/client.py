@@ -27,7 +27,7 @@ def lookup(target: str, token: str, *, uscc: str, policy_id: str | None, period:
             listing = stub.ListMatchedBenefits(benefit_service_pb2.ListMatchedBenefitsRequest(
                 uscc=uscc, period=period), metadata=metadata, timeout=60)
         except grpc.RpcError as exc:
-            _print_error(exc)
+            print_error(exc)
             return 1
     print(f"企业 {uscc} 在 {period} 年度的免申即享匹配结果：")
     for benefit in listing.benefits:
@@ -40,7 +40,7 @@ def lookup(target: str, token: str, *, uscc: str, policy_id: str | None, period:
     return 0
 
 
-def _print_error(exc: grpc.RpcError) -> None:
+def print_error(exc: grpc.RpcError) -> None:
     print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     if status is None:

@@ -20,13 +20,38 @@ def canonical_json(value: Any) -> bytes:
     and so are dates: callers pass them as ISO 8601 strings. Raises `TypeError` naming the path
     of the first offending value, e.g. `$.conditions[2].ratio`.
     """
-    _check(value, "$")
+    if not _allowed(value):
+        _check(value, "$")  # walks again, with paths, to name the first offending value
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def sha256_hex(data: bytes) -> str:
     """Lower-case hex SHA-256 of `data` (64 characters)."""
     return hashlib.sha256(data).hexdigest()
+
+
+def _allowed(value: Any) -> bool:
+    """The fast check (no paths): every value is one canonical JSON allows. Evaluation records
+    hold thousands of values each, so this loop is on the hot path of every batch."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                return False
+        elif kind is dict:
+            for key in item:
+                if type(key) is not str:
+                    return False
+            pending.extend(item.values())
+        elif kind is list:
+            pending.extend(item)
+        else:
+            return False  # floats, tuples, dates, subclasses: let the slow walk decide and name them
+    return True
 
 
 def _check(value: Any, path: str) -> None:

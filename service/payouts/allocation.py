@@ -40,30 +40,34 @@ def prorate(amounts: Mapping[str, int], budget_fen: int | None) -> list[Share]:
 class StackedAward:
     policy_id: str
     payable_fen: int            # what this policy's line pays now
-    superseded_by: str | None   # a higher award of the same group pays instead
-    tops_up: str | None         # an earlier grant of the group this line adds to
+    superseded_by: str | None   # a higher award of the same group, not granted yet, pays instead
+    tops_up: str | None         # the policy of the largest standing grant this line adds to
 
 
-def stack(awards: Mapping[str, int], already_paid: Mapping[str, int]) -> dict[str, StackedAward]:
+def stack(awards: Mapping[str, int], standing: Mapping[str, int]) -> dict[str, StackedAward]:
     """就高不重复 within one conflict group for one enterprise and period.
 
-    `awards`: policy -> eligible amount now; `already_paid`: policy -> amount granted earlier.
-    Only the highest award is paid; if a lower one was paid before, the new line pays the
-    difference and refers to it; nothing is paid twice.
+    `awards`: policy -> amount the enterprise is eligible for now; `standing`: policy -> amount
+    of the group's grants that stand (paid or pending; returned ones are released). The
+    enterprise is owed the highest award; what the standing grants hold counts against it, and
+    only the shortfall is paid. The highest policy pays it; a lower one pays (up to its own
+    award) only once every higher policy already holds a grant - so a returned or cancelled
+    lower grant under a top-up is made good, and nothing is ever paid twice. A policy that
+    holds a grant pays nothing more.
     """
     if not awards:
         return {}
-    best = max(sorted(awards), key=lambda p: awards[p])
-    paid_before = max(already_paid.values(), default=0)
-    earlier = max(sorted(already_paid), key=lambda p: already_paid[p]) if already_paid else None
+    shortfall = max(max(awards.values()) - sum(standing.values()), 0)
+    ranked = sorted(awards, key=lambda p: (-awards[p], p))   # highest first; ties by policy id
+    earlier = max(sorted(standing), key=lambda p: standing[p]) if standing else None
     out: dict[str, StackedAward] = {}
-    for policy in sorted(awards):
-        if policy != best:
-            out[policy] = StackedAward(policy, 0, best, None)
-        else:
-            difference = max(awards[policy] - paid_before, 0)
-            out[policy] = StackedAward(policy, difference, None,
-                                       earlier if earlier and earlier != policy and paid_before else None)
+    for rank, policy in enumerate(ranked):
+        waiting_for = next((p for p in ranked[:rank] if p not in standing), None)
+        if policy in standing or waiting_for is not None:
+            out[policy] = StackedAward(policy, 0, waiting_for, None)
+            continue
+        payable = min(shortfall, awards[policy])
+        out[policy] = StackedAward(policy, payable, None, earlier if payable and earlier else None)
     return out
 
 

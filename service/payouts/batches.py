@@ -14,7 +14,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from rules.loader import PolicySet
-from service.audit.records import Actor
+from service.audit.ledger import ledger_transaction
+from service.audit.records import Actor, remember_policy
 from service.errors import (
     BatchNotFoundError,
     BatchRunningError,
@@ -66,14 +67,18 @@ def start_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period: 
     policy.compiled(period)  # refuses a period the policy does not cover, before anything is written
     from service.facts_documents import DocumentSource
 
+    enterprise_count = DocumentSource(engine).count()
     try:
-        with engine.begin() as conn:
+        # The batch and the exact rule text it runs under commit together: a resume after a
+        # restart finds the text even if the rules were reloaded in between.
+        with ledger_transaction(engine) as conn:
+            remember_policy(conn, policy)
             conn.execute(insert(payout_batch).values(
                 batch_id=batch_id_for(request_id), request_id=request_id, policy_id=policy.id,
                 policy_version=policy.version, rule_sha256=policy.sha256, period=period, state="RUNNING",
                 running_key=running_key(policy.id, period), created_by=actor.principal,
                 created_role=actor.role, created_at=_now(), evaluated_on=today.isoformat(),
-                enterprise_count=DocumentSource(engine).count()))
+                enterprise_count=enterprise_count))
     except IntegrityError:
         existing = _by_request(engine, request_id)
         if existing is not None:  # the same request, made concurrently
@@ -81,13 +86,11 @@ def start_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period: 
         with engine.connect() as conn:
             running = conn.execute(select(payout_batch.c.batch_id).where(
                 payout_batch.c.running_key == running_key(policy.id, period))).scalar()
+        if running is None:
+            raise BatchRunningError(f"a batch of {policy_id} {period} was running and has just finished: retry "
+                                    "to pick up whoever it did not grant") from None
         raise BatchRunningError(f"batch {running} of {policy_id} {period} is running: watch it, and start "
                                 "another when it is DRAFT (it picks up whoever this one did not grant)") from None
-    from service.audit.ledger import ledger_transaction
-    from service.audit.records import remember_policy
-
-    with ledger_transaction(engine) as conn:  # the exact rule text, for a resume after a restart
-        remember_policy(conn, policy)
     return get_batch(engine, batch_id_for(request_id))
 
 

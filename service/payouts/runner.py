@@ -23,7 +23,7 @@ from datetime import date
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, or_, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from rules.errors import EvaluationError
@@ -156,7 +156,8 @@ class _Run:
                 candidate = self._evaluate(rows, records)
             except EvaluationError as exc:  # counted, logged, not paid; a later batch may pay it
                 log.error("batch %s: %s could not be evaluated: %s", self.batch_id, rows.uscc, exc)
-                candidate = {"uscc": rows.uscc, "full_fen": 0, "error": str(exc)}
+                candidate = {"uscc": rows.uscc, "full_fen": 0, "group_awards": "{}", "evaluation_id": None,
+                             "record_sha256": None, "error": str(exc)}
             if candidate is not None:
                 candidates.append({"batch_id": self.batch_id, **candidate})
         eligible = [c for c in candidates if not c.get("error")]
@@ -183,7 +184,7 @@ class _Run:
                 awards[rival.id] = rival_result.amount_fen
         return {"uscc": rows.uscc, "full_fen": result.amount_fen,
                 "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),
-                "evaluation_id": record.evaluation_id, "record_sha256": record.record_sha256}
+                "evaluation_id": record.evaluation_id, "record_sha256": record.record_sha256, "error": None}
 
     def _evaluate_policy(self, policy: LoadedPolicy, rows: EnterpriseRows,
                          records: dict[str, list[PreparedRecord]]) -> tuple[Any, PreparedRecord]:
@@ -192,6 +193,15 @@ class _Run:
         record = prepare_record(result, document, self.actor, batch_id=self.batch_id)
         records[policy.id].append(record)
         return result, record
+
+    def _budget_left(self, conn: Connection) -> int | None:
+        """The period's budget less what standing grants of earlier batches already spent."""
+        if self.policy.budget_fen is None:
+            return None
+        spent = conn.execute(select(func.coalesce(func.sum(grant.c.amount_fen), 0)).where(
+            grant.c.policy_id == self.policy.id, grant.c.period == self.period,
+            grant.c.released == "")).scalar_one()
+        return max(self.policy.budget_fen - int(spent), 0)
 
     def _policy_by_id(self, policy_id: str) -> LoadedPolicy:
         return next(p for p in (self.policy, *self.rivals) if p.id == policy_id)
@@ -237,7 +247,7 @@ class _Run:
                     continue
                 paid = paid_in_group.get(c.uscc, {})
                 awards = {**orjson.loads(c.group_awards), self.policy.id: c.full_fen}
-                award = stack(awards, {p: fen for p, (fen, _) in paid.items()})[self.policy.id]
+                award = stack(awards, {p: fen for p, (fen, _) in paid.items() if p != self.policy.id})[self.policy.id]
                 if award.payable_fen > 0:
                     payable[c.uscc] = award.payable_fen
                     tops_up[c.uscc] = paid[award.tops_up][1] if award.tops_up else None
@@ -247,7 +257,7 @@ class _Run:
                       "full_fen": by_uscc[s.uscc].full_fen, "amount_fen": s.paid_fen, "tops_up": tops_up[s.uscc],
                       "evaluation_id": by_uscc[s.uscc].evaluation_id,
                       "record_sha256": by_uscc[s.uscc].record_sha256}
-                     for i, s in enumerate(prorate(payable, self.policy.budget_fen), start=1)]
+                     for i, s in enumerate(prorate(payable, self._budget_left(conn)), start=1)]
             for start in range(0, len(lines), 1000):
                 conn.execute(insert(grant), lines[start:start + 1000])
             seal = seal_decisions(conn, self.batch_id, [line["record_sha256"] for line in lines])

@@ -80,3 +80,9 @@ def test_sha256_hex_is_lower_case_hex_of_the_bytes() -> None:
     digest = sha256_hex(b"abc")
     assert digest == hashlib.sha256(b"abc").hexdigest()
     assert digest == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.parametrize("value", [1.0, (1,), date(2025, 1, 1), 2**64, {1: "a"}, True.__class__, Decimal("1")])
+def test_the_fast_check_refuses_what_the_named_check_refuses(value: Any) -> None:
+    with pytest.raises(TypeError, match=r"\$\.deep\[1\]\.x"):
+        canonical_json({"deep": [0, {"x": value}]})

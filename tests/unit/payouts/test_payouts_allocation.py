@@ -67,3 +67,45 @@ def test_a_lower_award_after_a_higher_one_was_paid_pays_nothing() -> None:
 def test_the_same_award_again_pays_nothing_more() -> None:
     result = stack({"little-giant-reward": 50_000_000}, {"little-giant-reward": 50_000_000})
     assert result["little-giant-reward"].payable_fen == 0
+
+
+def test_a_returned_lower_grant_under_a_top_up_is_made_good_by_the_lower_policy() -> None:
+    # little giant 50万 paid, champion topped it up by 50万, then the bank returned the little giant line
+    result = stack({"little-giant-reward": 50_000_000, "single-champion-reward": 100_000_000},
+                   {"single-champion-reward": 50_000_000})
+    assert result["little-giant-reward"].payable_fen == 50_000_000
+    assert result["little-giant-reward"].tops_up == "single-champion-reward"
+    assert result["single-champion-reward"].payable_fen == 0   # it holds a grant already
+
+
+def test_a_lower_policy_waits_while_the_higher_one_holds_nothing() -> None:
+    # the champion line was returned; the little giant must not step in with its lower award
+    result = stack({"little-giant-reward": 50_000_000, "single-champion-reward": 100_000_000}, {})
+    assert result["little-giant-reward"].payable_fen == 0
+    assert result["single-champion-reward"].payable_fen == 100_000_000
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_standing_grants_never_exceed_the_highest_award(seed: int) -> None:
+    """Any order of batches, returns and re-batches: what stands never exceeds the highest award,
+    and once every policy ran after the last return, it equals it."""
+    import random
+
+    rng = random.Random(seed)
+    awards = {p: rng.choice([10_000, 50_000, 100_000]) for p in ("a", "b", "c") if rng.random() < 0.8} or {"a": 1}
+    standing: dict[str, int] = {}
+    for _ in range(12):
+        policy = rng.choice(sorted(awards))
+        if policy in standing and rng.random() < 0.3:
+            del standing[policy]  # the bank returned it
+            continue
+        if policy not in standing:
+            paid = stack(awards, standing)[policy].payable_fen
+            if paid:
+                standing[policy] = paid
+        assert sum(standing.values()) <= max(awards.values())
+    for _ in range(len(awards)):
+        for policy in sorted(awards):
+            if policy not in standing and (paid := stack(awards, standing)[policy].payable_fen):
+                standing[policy] = paid
+    assert sum(standing.values()) == max(awards.values())

@@ -579,3 +579,14 @@ def test_engine_agrees_with_the_trace_on_random_conditions(tmp_path: Path) -> No
             result = evaluate(compiled, random_document(rng), today=TODAY)  # raises on disagreement
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
     assert set(outcomes) == {ELIGIBLE, INELIGIBLE, UNDETERMINED}
+
+
+@pytest.mark.parametrize("overrides", [{}, {"si.layoffs": 500}, {"si.ui_premium_paid_fen": None},
+                                       {"enterprise.has_bank_account": False}])
+def test_to_dict_is_what_dataclasses_asdict_gives(overrides: dict[str, FactValue | None]) -> None:
+    from dataclasses import asdict
+
+    result = stable(overrides)
+    assert result.to_dict() == asdict(result)
+    assert json.dumps(result.to_dict(), sort_keys=True, default=str) == json.dumps(asdict(result), sort_keys=True,
+                                                                                    default=str)

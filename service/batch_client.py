@@ -1,0 +1,212 @@
+"""`benefits batch ...`: the finance bureau's gRPC client for payout batches.
+
+create (and watch, with a progress bar) -> approve (a second principal) -> export -> results.
+Every command prints what it did and exits non-zero with the server's status on failure.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from benefits.v1 import payout_service_pb2 as pb
+from benefits.v1 import payout_service_pb2_grpc
+from tqdm import tqdm
+
+from rules.money import format_yuan
+from service.client import print_error
+
+STATE_NAMES = {value: name.removeprefix("BATCH_STATE_") for name, value in pb.BatchState.items()}
+FORMATS = {"csv": pb.EXPORT_FORMAT_CSV, "pain001": pb.EXPORT_FORMAT_PAIN_001}
+RESULTS_PER_CALL = 5000   # keeps each RecordPayoutResults request far below the 4 MiB bound
+
+
+class BatchClient:
+    """PayoutService calls with the caller's token."""
+
+    def __init__(self, channel: grpc.Channel, token: str) -> None:
+        self.stub = payout_service_pb2_grpc.PayoutServiceStub(channel)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def create(self, policy_id: str, period: int, request_id: str) -> Any:
+        return self.stub.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
+            policy_id=policy_id, period=period, request_id=request_id), metadata=self.metadata, timeout=60)
+
+    def get(self, batch_id: str) -> Any:
+        return self.stub.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=batch_id), metadata=self.metadata,
+                                        timeout=30)
+
+    def watch(self, batch_id: str) -> Iterator[Any]:
+        yield from self.stub.WatchPayoutBatch(pb.WatchPayoutBatchRequest(batch_id=batch_id),
+                                              metadata=self.metadata)
+
+    def lines(self, batch_id: str) -> Iterator[Any]:
+        token = ""
+        while True:
+            page = self.stub.ListPayoutLines(pb.ListPayoutLinesRequest(
+                batch_id=batch_id, page_size=1000, page_token=token), metadata=self.metadata, timeout=60)
+            yield from page.lines
+            token = page.next_page_token
+            if not token:
+                return
+
+    def approve(self, batch_id: str) -> Any:
+        return self.stub.ApprovePayoutBatch(pb.ApprovePayoutBatchRequest(batch_id=batch_id),
+                                            metadata=self.metadata, timeout=30)
+
+    def cancel(self, batch_id: str) -> Any:
+        return self.stub.CancelPayoutBatch(pb.CancelPayoutBatchRequest(batch_id=batch_id),
+                                           metadata=self.metadata, timeout=30)
+
+    def export(self, batch_id: str, export_format: int) -> bytes:
+        chunks = self.stub.ExportPayoutBatch(pb.ExportPayoutBatchRequest(batch_id=batch_id, format=export_format),
+                                             metadata=self.metadata, timeout=300)
+        return b"".join(chunk.data for chunk in chunks)
+
+    def record_results(self, batch_id: str, results: list[Any]) -> Any:
+        batch = None
+        for start in range(0, len(results), RESULTS_PER_CALL):
+            batch = self.stub.RecordPayoutResults(pb.RecordPayoutResultsRequest(
+                batch_id=batch_id, results=results[start:start + RESULTS_PER_CALL]),
+                metadata=self.metadata, timeout=120)
+        return batch
+
+
+@contextmanager
+def connected(target: str, token: str) -> Iterator[BatchClient]:
+    with grpc.insecure_channel(target) as channel:
+        yield BatchClient(channel, token)
+
+
+def describe(batch: Any) -> str:
+    text = (f"batch {batch.batch_id}: {batch.policy_id} {batch.period} ({batch.policy_version}) "
+            f"{STATE_NAMES.get(batch.state, '?')}, {batch.line_count} lines, {format_yuan(batch.total_fen)}")
+    if batch.merkle_root:
+        text += f"\n  merkle root {batch.merkle_root}"
+    if batch.approved_by:
+        text += f"\n  created by {batch.created_by}, approved by {batch.approved_by}"
+    return text
+
+
+def watch_with_progress(client: BatchClient, batch_id: str, *, quiet: bool = False) -> Any:
+    """Follow a running batch with a progress bar (on stderr) until it leaves RUNNING."""
+    bar = None
+    last = None
+    try:
+        for progress in client.watch(batch_id):
+            last = progress
+            if quiet:
+                continue
+            if bar is None:
+                bar = tqdm(total=progress.enterprise_count, unit=" enterprises", file=sys.stderr,
+                           desc=f"{progress.batch.policy_id} {progress.batch.period}", dynamic_ncols=True)
+            bar.update(progress.evaluated_count - bar.n)
+            bar.set_postfix_str(f"eligible {progress.eligible_count}, {format_yuan(progress.amount_fen)}"
+                                + (f", errors {progress.error_count}" if progress.error_count else ""))
+    finally:
+        if bar is not None:
+            bar.close()
+    if last is None:
+        raise RuntimeError(f"no progress received for batch {batch_id}")
+    return last.batch
+
+
+def run(command: str, target: str, token: str, args: Any) -> int:
+    """One `benefits batch` command; 0 on success, 1 with the server's status on failure."""
+    try:
+        with connected(target, token) as client:
+            return _COMMANDS[command](client, args)
+    except grpc.RpcError as exc:
+        print_error(exc)
+        return 1
+    except (OSError, ValueError) as exc:  # a results file that cannot be read or is malformed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _create(client: BatchClient, args: Any) -> int:
+    request_id = args.request_id or str(uuid.uuid4())
+    batch = client.create(args.policy, args.period, request_id)
+    print(f"batch {batch.batch_id} ({STATE_NAMES[batch.state]}), request id {request_id} "
+          "(repeat the command with --request-id to resume or re-read it)")
+    if args.no_wait:
+        return 0
+    if batch.state == pb.BATCH_STATE_RUNNING:
+        batch = watch_with_progress(client, batch.batch_id, quiet=args.quiet)
+    print(describe(batch))
+    return 0
+
+
+def _watch(client: BatchClient, args: Any) -> int:
+    print(describe(watch_with_progress(client, args.batch_id, quiet=args.quiet)))
+    return 0
+
+
+def _get(client: BatchClient, args: Any) -> int:
+    print(describe(client.get(args.batch_id)))
+    return 0
+
+
+def _lines(client: BatchClient, args: Any) -> int:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["line_id", "uscc", "amount_fen", "full_amount_fen", "evaluation_id", "supersedes_line_id",
+                     "state", "return_reason"])
+    for line in client.lines(args.batch_id):
+        writer.writerow([line.line_id, line.uscc, line.amount_fen, line.full_amount_fen, line.evaluation_id,
+                         line.supersedes_line_id, pb.LineState.Name(line.state).removeprefix("LINE_STATE_"),
+                         line.return_reason])
+    return 0
+
+
+def _approve(client: BatchClient, args: Any) -> int:
+    print(describe(client.approve(args.batch_id)))
+    return 0
+
+
+def _cancel(client: BatchClient, args: Any) -> int:
+    print(describe(client.cancel(args.batch_id)))
+    return 0
+
+
+def _export(client: BatchClient, args: Any) -> int:
+    data = client.export(args.batch_id, FORMATS[args.format])
+    Path(args.out).write_bytes(data)
+    print(f"wrote {args.out}: {len(data):,} bytes ({args.format})")
+    return 0
+
+
+def _results(client: BatchClient, args: Any) -> int:
+    if args.all_paid:
+        results = [pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID)
+                   for line in client.lines(args.batch_id) if line.state == pb.LINE_STATE_PENDING]
+    else:
+        results = read_results(Path(args.file))
+    batch = client.record_results(args.batch_id, results)
+    print(f"recorded {len(results)} results")
+    if batch is not None:
+        print(describe(batch))
+    return 0
+
+
+def read_results(path: Path) -> list[Any]:
+    """The bank's results file: CSV with a header `line_id,state,return_reason`, state PAID or
+    RETURNED (the server checks each; a malformed row is named by its line)."""
+    results = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            state = (row.get("state") or "").strip().upper()
+            if state not in ("PAID", "RETURNED") or not row.get("line_id"):
+                raise ValueError(f"{path}:{number}: needs a line_id and a state PAID or RETURNED")
+            results.append(pb.PayoutResult(line_id=row["line_id"].strip(),
+                                           state=pb.LineState.Value(f"LINE_STATE_{state}"),
+                                           return_reason=(row.get("return_reason") or "").strip()))
+    return results
+
+
+_COMMANDS = {"create": _create, "watch": _watch, "get": _get, "lines": _lines, "approve": _approve,
+             "cancel": _cancel, "export": _export, "results": _results}
