@@ -261,14 +261,18 @@ def _show(value: Fraction) -> str:
     return f"{value.numerator}/{value.denominator}"
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+_SCALARS = (str, int, bool, type(None))
 
 
 def _plain(value: Any) -> Any:
     kind = type(value)
-    names = _FIELD_NAMES.get(kind)
-    if names is None and is_dataclass(value) and not isinstance(value, type):
-        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(value))
+    if kind in _SCALARS:
+        return value
+    if kind not in _FIELD_NAMES:
+        _FIELD_NAMES[kind] = tuple(f.name for f in fields(value)) if is_dataclass(value) and \
+            not isinstance(value, type) else None
+    names = _FIELD_NAMES[kind]
     if names is not None:
         return {name: _plain(getattr(value, name)) for name in names}
     if kind is list:

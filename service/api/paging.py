@@ -11,11 +11,13 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 
 
-def page_bounds(page_size: int, page_token: str, query: str) -> tuple[int, int]:
-    """(offset, limit) for a request; a token from another query or a forged one is refused."""
+def page_bounds(page_size: int, page_token: str, query: str, *, default: int = DEFAULT_PAGE_SIZE,
+                maximum: int = MAX_PAGE_SIZE) -> tuple[int, int]:
+    """(offset, limit) for a request; a token from another query or a forged one is refused.
+    `default` and `maximum` are the page sizes the method's proto comment promises."""
     if page_size < 0:
         raise InvalidArgumentError([("page_size", "must not be negative")])
-    limit = DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
+    limit = default if page_size == 0 else min(page_size, maximum)
     if not page_token:
         return 0, limit
     try:

@@ -290,7 +290,7 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     def ListPayoutLines(self, request: Any, context: grpc.ServicerContext) -> Any:
         batch = batches.get_batch(self.engine, _batch_id(request))
         query = f"lines:{batch.batch_id}"
-        offset, limit = page_bounds(request.page_size, request.page_token, query)
+        offset, limit = page_bounds(request.page_size, request.page_token, query, default=100, maximum=1000)
         with self.engine.connect() as conn:
             lines = batches.lines_of(conn, batch.batch_id, offset=offset, limit=limit)
         return payout_service_pb2.ListPayoutLinesResponse(
@@ -381,7 +381,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         _raise_if(violations)
         outcome = _OUTCOME_NAMES.get(request.outcome, "")
         query = f"evaluations:{request.uscc}:{request.policy_id}:{request.period}:{request.batch_id}:{outcome}"
-        offset, limit = page_bounds(request.page_size, request.page_token, query)
+        offset, limit = page_bounds(request.page_size, request.page_token, query, default=100, maximum=1000)
         with self.engine.connect() as conn:
             records, total = list_records(conn, uscc=request.uscc, policy_id=request.policy_id,
                                           period=request.period, batch_id=request.batch_id,

@@ -3,22 +3,16 @@ exits 0 within the grace period (SQLite)."""
 from __future__ import annotations
 
 import json
-import queue
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import grpc
 import pytest
 from api_fixtures import (
-    REPO_ROOT,
-    RULES_DIR,
     Stubs,
     as_role,
     enterprise_record,
@@ -27,6 +21,7 @@ from api_fixtures import (
     write_auth_file,
 )
 from benefits.v1 import policy_service_pb2, registry_service_pb2
+from server_process import ServerProcess, server_process
 from sqlalchemy import select
 
 from enterprise_registry.db import create_schema, make_engine
@@ -36,46 +31,6 @@ from enterprise_registry.uscc import make
 from service.config import ServeConfig
 
 GRACE = ServeConfig.shutdown_grace_seconds  # what `benefits serve` uses
-STARTUP_SECONDS = 60.0
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
-
-
-class ServerProcess:
-    """A `benefits serve` child with its stdout read line by line on a thread."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        self._reader = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: IO[str] | None) -> None:
-        assert stream is not None
-        for line in stream:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no line matching {pattern.pattern!r}; saw {self.seen}")
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(f"server exited ({self.proc.poll()}) before "
-                                     f"{pattern.pattern!r}; saw {self.seen}")
-            self.seen.append(line)
-            match = pattern.search(line)
-            if match:
-                return match
-
-    def join(self) -> None:
-        self._reader.join(timeout=10)
 
 
 @pytest.fixture
@@ -93,21 +48,8 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def server(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
     auth_file = write_auth_file(tmp_path / "auth.yaml")
-    command = [sys.executable, "-m", "service.cli", "serve", "--db", sqlite_url,
-               "--rules", str(RULES_DIR), "--auth-file", str(auth_file),
-               "--listen", "127.0.0.1:0"]
-    with open(tmp_path / "server.log", "w", encoding="utf-8") as log, subprocess.Popen(
-            command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
-            encoding="utf-8") as proc:
-        child = ServerProcess(proc)
-        try:
-            port = int(child.wait_for(LISTENING, STARTUP_SECONDS).group(1))
-            yield child, port
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-            child.join()
+    with server_process(sqlite_url, auth_file, tmp_path / "server.log") as running:
+        yield running
 
 
 def _list_policies(stubs: Stubs) -> policy_service_pb2.ListPoliciesResponse:
