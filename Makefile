@@ -11,6 +11,9 @@ LISTEN ?= 127.0.0.1:50051
 BENCH_COUNT ?= 100000
 # the checkpoint signing key lives outside the database
 AUDIT_FILES := --ledger-key var/ledger-key.pem --checkpoints var/checkpoints.jsonl
+# demonstration paying accounts (the bank files' debtor); see the file
+PAYERS := --payers examples/payers.yaml
+BATCH_POLICY ?= stable-jobs-refund
 REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
@@ -52,24 +55,28 @@ seed: var/.seeded-$(COUNT)-$(SEED)  ## load the synthetic registry into $(DB)
 check-rules: install  ## validate every policy file
 	$(BIN)/benefits rules check rules
 
-run: install seed check-rules  ## the main job for $(PERIOD), then the gRPC server on $(LISTEN)
+run: install seed check-rules  ## the main job for $(PERIOD): match, explain, serve, pay one batch
 	$(BIN)/benefits evaluate-period --db $(DB) --rules rules --period $(PERIOD)
 	@echo
 	@echo "One enterprise, explained (benefits evaluate --uscc ... --policy ... --period $(PERIOD)):"
 	@$(BIN)/python -m service.demo --db $(DB) --period $(PERIOD)
 	@$(MAKE) --no-print-directory serve-background
+	@echo
+	@echo "One payout batch through gRPC, from empty to settled ($(BATCH_POLICY) $(PERIOD)):"
+	@$(BIN)/python -m service.demo_batch --auth-file var/demo-auth.yaml --target $(LISTEN) \
+	  --policy $(BATCH_POLICY) --period $(PERIOD) --out var
 
 serve-background: install seed stop  ## start the server in the background (var/server.pid, var/server.log)
 	$(BIN)/benefits demo-auth --db $(DB) --out var/demo-auth.yaml --listen $(LISTEN) --period $(PERIOD)
 	nohup $(BIN)/benefits serve --db $(DB) --rules rules --auth-file var/demo-auth.yaml \
-	  --listen $(LISTEN) $(AUDIT_FILES) > var/server.log 2>&1 & echo $$! > var/server.pid
+	  --listen $(LISTEN) $(AUDIT_FILES) $(PAYERS) > var/server.log 2>&1 & echo $$! > var/server.pid
 	@for i in $$(seq 1 50); do grep -q "listening on" var/server.log 2>/dev/null && break; sleep 0.2; done
 	@grep "listening on" var/server.log || (cat var/server.log; exit 1)
 	@echo "server pid $$(cat var/server.pid); stop it with: make stop"
 
 serve: install seed  ## run the server in the foreground
 	$(BIN)/benefits demo-auth --db $(DB) --out var/demo-auth.yaml --listen $(LISTEN) --period $(PERIOD)
-	$(BIN)/benefits serve --db $(DB) --rules rules --auth-file var/demo-auth.yaml --listen $(LISTEN) $(AUDIT_FILES)
+	$(BIN)/benefits serve --db $(DB) --rules rules --auth-file var/demo-auth.yaml --listen $(LISTEN) $(AUDIT_FILES) $(PAYERS)
 
 audit-verify: install  ## verify the ledger, every stored record and the newest signed checkpoint
 	$(BIN)/benefits audit verify --db $(DB) $(AUDIT_FILES)

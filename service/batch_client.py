@@ -104,7 +104,8 @@ def watch_with_progress(client: BatchClient, batch_id: str, *, quiet: bool = Fal
                 continue
             if bar is None:
                 bar = tqdm(total=progress.enterprise_count, unit=" enterprises", file=sys.stderr,
-                           desc=f"{progress.batch.policy_id} {progress.batch.period}", dynamic_ncols=True)
+                           desc=f"{progress.batch.policy_id} {progress.batch.period}", dynamic_ncols=True,
+                           mininterval=0.5)
             bar.update(progress.evaluated_count - bar.n)
             bar.set_postfix_str(f"eligible {progress.eligible_count}, {format_yuan(progress.amount_fen)}"
                                 + (f", errors {progress.error_count}" if progress.error_count else ""))
