@@ -112,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--ledger-key", type=Path, default=None)
     verify.add_argument("--checkpoints", type=Path, default=None)
     verify.set_defaults(run=_audit_verify)
+    prove = audit.add_parser("prove", help="prove a payout line is in its batch (Merkle inclusion proof)")
+    prove.add_argument("--db", default=DEFAULT_DB_URL)
+    prove.add_argument("line_id", help="the line's id (its end-to-end id in the bank file)")
+    prove.set_defaults(run=_audit_prove)
 
     lookup = sub.add_parser("lookup", help="an enterprise's benefits and explanations (gRPC client)")
     lookup.add_argument("--uscc", required=True)
@@ -295,6 +299,20 @@ def _audit_verify(args: argparse.Namespace) -> int:
     print(f"{state}: {verdict.entries_checked} entries checked, head {verdict.head_hash}")
     print(verdict.detail)
     return 0 if verdict.valid else 1
+
+
+def _audit_prove(args: argparse.Namespace) -> int:
+    from service.payouts.proofs import prove_line
+
+    with _database(args.db) as engine, engine.connect() as conn:
+        proof = prove_line(conn, args.line_id)
+    print(f"line {proof.line_id} of batch {proof.batch_id}: evaluation {proof.evaluation_id}")
+    print(f"  leaf {proof.leaf_index} of {proof.tree_size}, record sha256 {proof.record_sha256}")
+    for sibling in proof.proof:
+        print(f"  sibling {sibling}")
+    print(f"  sealed root {proof.sealed_root} (ledger entry {proof.ledger_seq})")
+    print("VERIFIED: the line is in its batch" if proof.verified else f"NOT VERIFIED: {proof.problem}")
+    return 0 if proof.verified else 1
 
 
 def _batch_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

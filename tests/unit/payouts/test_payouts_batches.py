@@ -110,3 +110,27 @@ def test_four_eyes_and_cancellation_release_grants(registry: Engine, policies: P
         approve(registry, batch.batch_id, Actor("approver", "finance_approver"))
     again = _create(registry, policies, "little-giant-reward", "req-2")  # grants were released
     assert again.line_count == 1
+
+
+def test_every_line_has_an_inclusion_proof_under_the_sealed_root(registry: Engine, policies: PolicySet) -> None:
+    from service.payouts.proofs import prove_line
+
+    batch = _create(registry, policies, "single-champion-reward", "req-proof")
+    with registry.connect() as conn:
+        lines = lines_of(conn, batch.batch_id)
+        proofs = [prove_line(conn, str(line["grant_id"])) for line in lines]
+    assert len(proofs) == 2 and all(p.verified and p.sealed_root == batch.merkle_root for p in proofs)
+    assert [p.leaf_index for p in proofs] == [0, 1]
+
+
+def test_a_line_whose_record_hash_was_edited_is_not_proven(registry: Engine, policies: PolicySet) -> None:
+    from service.payouts.proofs import prove_line
+
+    batch = _create(registry, policies, "single-champion-reward", "req-proof")
+    with registry.connect() as conn:
+        line_id = str(lines_of(conn, batch.batch_id)[0]["grant_id"])
+    with registry.begin() as conn:
+        conn.execute(grant.update().where(grant.c.grant_id == line_id).values(record_sha256="0" * 64))
+    with registry.connect() as conn:
+        proof = prove_line(conn, line_id)
+    assert not proof.verified and "differs from the stored evaluation record" in proof.problem

@@ -1,0 +1,74 @@
+"""Proof that a payout line is in its batch: an RFC 6962 inclusion proof of the line's evaluation
+record hash under the Merkle root the batch sealed in the ledger when it became DRAFT.
+
+The root is read from the ledger's `batch_seal` entry (hash-chained, signed by checkpoints), not
+from the batch row, so editing the batch table cannot forge a proof.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from service.audit.ledger import ledger_entry
+from service.audit.merkle import inclusion_proof, verify_inclusion
+from service.audit.records import evaluation_record
+from service.errors import BatchNotFoundError
+from service.payouts.batches import lines_of
+from service.payouts.tables import grant
+
+
+@dataclass(frozen=True)
+class LineProof:
+    line_id: str
+    batch_id: str
+    evaluation_id: str
+    record_sha256: str
+    leaf_index: int
+    tree_size: int
+    proof: list[str]          # sibling hashes, leaf to root (hex)
+    sealed_root: str          # from the ledger's batch_seal entry
+    ledger_seq: int           # that entry's sequence number
+    verified: bool            # the proof places the stored record's hash under the sealed root
+    problem: str = ""
+
+
+def prove_line(conn: Connection, line_id: str) -> LineProof:
+    """The inclusion proof of one line (its grant id), checked against the ledger."""
+    row = conn.execute(select(grant.c.batch_id).where(grant.c.grant_id == line_id)).first()
+    if row is None:
+        raise BatchNotFoundError(f"no payout line {line_id!r}")
+    batch_id = row.batch_id
+    lines = lines_of(conn, batch_id)   # the order the seal used
+    index = next(i for i, line in enumerate(lines) if line["grant_id"] == line_id)
+    line = lines[index]
+    leaves = [bytes.fromhex(str(item["record_sha256"])) for item in lines]
+    proof = inclusion_proof(leaves, index)
+    seal_seq, seal = _seal(conn, batch_id)
+    stored = conn.execute(select(evaluation_record.c.record_sha256).where(
+        evaluation_record.c.evaluation_id == line["evaluation_id"])).scalar()
+    problem = ""
+    if stored != line["record_sha256"]:
+        problem = "the line's record hash differs from the stored evaluation record's"
+    elif seal is None:
+        problem = "no batch_seal entry for this batch in the ledger"
+    elif seal.get("leaf_count") != len(lines):
+        problem = f"the seal covers {seal.get('leaf_count')} lines, the batch has {len(lines)}"
+    sealed_root = str(seal["merkle_root"]) if seal else ""
+    verified = not problem and verify_inclusion(leaves[index], index, len(leaves), proof, bytes.fromhex(sealed_root))
+    if not problem and not verified:
+        problem = "the proof does not lead to the sealed root"
+    return LineProof(line_id, batch_id, str(line["evaluation_id"]), str(line["record_sha256"]), index, len(leaves),
+                     [p.hex() for p in proof], sealed_root, seal_seq, verified, problem)
+
+
+def _seal(conn: Connection, batch_id: str) -> tuple[int, dict[str, object] | None]:
+    for entry in conn.execute(select(ledger_entry.c.seq, ledger_entry.c.payload).where(
+            ledger_entry.c.kind == "batch_seal",
+            ledger_entry.c.payload.contains(f'"batch_id":"{batch_id}"')).order_by(ledger_entry.c.seq)):
+        payload = orjson.loads(entry.payload)
+        if payload.get("batch_id") == batch_id:
+            return int(entry.seq), payload
+    return 0, None
