@@ -18,7 +18,7 @@ REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install audit-verify node-deps bench-api bench-ledger proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
+.PHONY: install audit-verify node-deps bench-api bench-batches bench-ledger proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -107,6 +107,9 @@ bench: install  ## evaluation throughput against a plain-Python baseline, measur
 
 bench-ledger: install  ## ledger appends/s vs plain inserts in one transaction; verification entries/s
 	$(BIN)/python benchmarks/bench_ledger.py
+
+bench-batches: install  ## a payout batch to DRAFT, enterprises/s, vs evaluation without writes
+	$(BIN)/python benchmarks/bench_batches.py
 
 bench-api: install  ## ExplainEligibility calls/s and p50/p99 at 1, 8, 32 clients vs a trivial RPC
 	$(BIN)/python benchmarks/bench_api.py --count $(BENCH_COUNT)
