@@ -9,15 +9,14 @@ Usage: python benchmarks/bench_batches.py [--count 20000] [--policy stable-jobs-
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 import uuid
 from datetime import date
 
-from sqlalchemy import text
+from bench_databases import DEFAULT_PG, bench_databases
 from sqlalchemy.engine import Engine
 
-from enterprise_registry.db import create_schema, make_engine
+from enterprise_registry.db import create_schema
 from enterprise_registry.importer import load_records
 from enterprise_registry.synthetic import generate
 from rules.evaluator import evaluate
@@ -61,28 +60,10 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--policy", default="stable-jobs-refund")
     parser.add_argument("--chunk", type=int, default=200)
-    parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--pg", default=DEFAULT_PG)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = make_engine(f"sqlite:///{tmp}/batches.db")
-        run(engine, "SQLite", args.count, args.policy, args.chunk)
-        engine.dispose()
-    schema = "bench_" + uuid.uuid4().hex[:8]
-    admin = make_engine(args.pg)
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'create schema "{schema}"'))
-    except Exception as exc:  # no PostgreSQL here: say so
-        print(f"PostgreSQL not reachable ({exc.__class__.__name__}): skipped")
-        return
-    try:
-        engine = make_engine(f"{args.pg}?options=-csearch_path%3D{schema}")
-        run(engine, "PostgreSQL", args.count, args.policy, args.chunk)
-        engine.dispose()
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'drop schema "{schema}" cascade'))
-        admin.dispose()
+    for label, engine in bench_databases(args.pg):
+        run(engine, label, args.count, args.policy, args.chunk)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,12 @@ Usage: python benchmarks/bench_ledger.py [--entries 20000] [--pg postgresql://po
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-import uuid
 
-from sqlalchemy import Column, MetaData, String, Table, Text, insert, text
+from bench_databases import DEFAULT_PG, bench_databases
+from sqlalchemy import Column, MetaData, String, Table, Text, insert
 from sqlalchemy.engine import Engine
 
-from enterprise_registry.db import make_engine
 from service.audit.canonical import canonical_json, sha256_hex
 from service.audit.ledger import append_many, create_ledger_schema, ledger_transaction, verify
 
@@ -60,28 +58,10 @@ def run(engine: Engine, label: str, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=20_000)
-    parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--pg", default=DEFAULT_PG)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = make_engine(f"sqlite:///{tmp}/ledger.db")
-        run(engine, "SQLite", args.entries)
-        engine.dispose()
-    schema = "bench_" + uuid.uuid4().hex[:8]
-    admin = make_engine(args.pg)
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'create schema "{schema}"'))
-    except Exception as exc:  # no PostgreSQL here: say so
-        print(f"PostgreSQL not reachable ({exc.__class__.__name__}): skipped")
-        return
-    try:
-        engine = make_engine(f"{args.pg}?options=-csearch_path%3D{schema}")
-        run(engine, "PostgreSQL", args.entries)
-        engine.dispose()
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'drop schema "{schema}" cascade'))
-        admin.dispose()
+    for label, engine in bench_databases(args.pg):
+        run(engine, label, args.entries)
 
 
 if __name__ == "__main__":

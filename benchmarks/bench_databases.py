@@ -1,0 +1,41 @@
+"""The databases a benchmark runs on: a fresh SQLite file, then a private schema on PostgreSQL
+when one is reachable (it says so when not)."""
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from enterprise_registry.db import make_engine
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def bench_databases(pg_url: str = DEFAULT_PG) -> Iterator[tuple[str, Engine]]:
+    """Yield ("SQLite", engine), then ("PostgreSQL", engine); each is dropped after its turn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = make_engine(f"sqlite:///{tmp}/bench.db")
+        try:
+            yield "SQLite", engine
+        finally:
+            engine.dispose()
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    admin = make_engine(pg_url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'create schema "{schema}"'))
+    except Exception as exc:  # no PostgreSQL here: say so
+        print(f"PostgreSQL not reachable ({exc.__class__.__name__}): skipped")
+        admin.dispose()
+        return
+    engine = make_engine(f"{pg_url}?options=-csearch_path%3D{schema}")
+    try:
+        yield "PostgreSQL", engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'drop schema "{schema}" cascade'))
+        admin.dispose()
