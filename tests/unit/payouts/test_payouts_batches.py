@@ -5,7 +5,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -134,3 +134,35 @@ def test_a_line_whose_record_hash_was_edited_is_not_proven(registry: Engine, pol
     with registry.connect() as conn:
         proof = prove_line(conn, line_id)
     assert not proof.verified and "differs from the stored evaluation record" in proof.problem
+
+
+STATES = ("RUNNING", "DRAFT", "APPROVED", "EXPORTED", "SETTLED", "CANCELLED")
+LEGAL = {("approve", "DRAFT"), ("cancel", "DRAFT"), ("export", "APPROVED"), ("results", "EXPORTED")}
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("action", ["approve", "cancel", "export", "results"])
+def test_every_transition_outside_the_lifecycle_is_refused(registry: Engine, policies: PolicySet,
+                                                           action: str, state: str) -> None:
+    from service.errors import BatchStateError
+    from service.payouts.batches import approve, cancel, record_results
+    from service.payouts.export import Payer, export
+    from service.payouts.tables import payout_batch
+
+    batch = _create(registry, policies, "little-giant-reward", "req-lifecycle")
+    with registry.begin() as conn:  # put the batch in the state under test
+        conn.execute(payout_batch.update().where(payout_batch.c.batch_id == batch.batch_id).values(state=state))
+        line_id = str(lines_of(conn, batch.batch_id)[0]["grant_id"])
+    calls = {"approve": lambda: approve(registry, batch.batch_id, Actor("approver", "finance_approver")),
+             "cancel": lambda: cancel(registry, batch.batch_id),
+             "export": lambda: export(registry, batch.batch_id, Payer("国库", "4200000000000000001", "人民银行")),
+             "results": lambda: record_results(registry, batch.batch_id, [(line_id, "PAID", "")])}
+    if (action, state) in LEGAL:
+        calls[action]()
+    else:
+        with pytest.raises(BatchStateError):
+            calls[action]()
+        with registry.connect() as conn:  # refused, and nothing changed
+            assert conn.execute(select(payout_batch.c.state).where(
+                payout_batch.c.batch_id == batch.batch_id)).scalar_one() == state
+            assert len(lines_of(conn, batch.batch_id)) == 1
