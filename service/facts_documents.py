@@ -138,17 +138,19 @@ class DocumentSource:
 
     def document(self, uscc: str, fact_year: int) -> FactsDocument | None:
         """One enterprise's document, or None when nothing at all is on record for it."""
+        rows = self.rows(uscc)
+        return None if rows is None else build_document(rows, fact_year)
+
+    def rows(self, uscc: str) -> EnterpriseRows | None:
+        """One enterprise's rows (read once, for documents of several fact years), or None when
+        nothing at all is on record for it."""
         with self.engine.connect() as conn:
             rows = _load_rows(conn, [uscc])[uscc]
-        if not _on_record(rows):
-            return None
-        return build_document(rows, fact_year)
+        return rows if _on_record(rows) else None
 
     def exists(self, uscc: str) -> bool:
         """Whether anything at all is on record for the USCC."""
-        with self.engine.connect() as conn:
-            rows = _load_rows(conn, [uscc])[uscc]
-        return _on_record(rows)
+        return self.rows(uscc) is not None
 
     def all_rows(self, chunk_size: int = 2000) -> Iterator[EnterpriseRows]:
         """Every registered enterprise's rows, ordered by USCC, loaded a chunk at a time."""

@@ -29,17 +29,22 @@ from sqlalchemy.engine import Engine
 from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.importer import RecordChecker, store_records
 from enterprise_registry.models import MODEL_BY_KIND
+from rules.evaluator import evaluate
+from rules.facts import FactsDocument
 from rules.loader import PolicyStore
 from service.api import convert
 from service.api.auth import Principal, authorize_uscc, current_principal
 from service.api.paging import next_token, page_bounds
+from service.audit.ledger import ledger_transaction
 from service.audit.records import (
     Actor,
     evaluation_from_dict,
     list_records,
     load_record,
+    prepare_record,
     record_evaluation,
     replay,
+    write_records,
 )
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
@@ -51,7 +56,7 @@ from service.errors import (
 )
 from service.evaluation import evaluate_with_inputs
 from service.explain import OUTCOME_ZH, as_text
-from service.facts_documents import DocumentSource
+from service.facts_documents import DocumentSource, build_document
 from service.payouts import batches
 from service.payouts.runner import BatchWorkers
 
@@ -201,15 +206,28 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
         _check_uscc(request.uscc, violations)
         _check_period(request.period, violations)
         _raise_if(violations)
-        if not self.source.exists(request.uscc):
+        rows = self.source.rows(request.uscc)   # read once for every policy of the page
+        if rows is None:
             raise EnterpriseNotFoundError(request.uscc)
         query = f"benefits:{request.uscc}:{request.period}"
         offset, limit = page_bounds(request.page_size, request.page_token, query)
         policies = [p for p in self.policies.current if p.covers(request.period)]
         page = policies[offset:offset + limit]
-        benefits = []
+        caller = _caller()
+        documents: dict[int, FactsDocument] = {}
+        evaluated = []
         for policy in page:
-            result, _ = self._evaluate(request.uscc, policy.id, request.period)
+            fact_year = policy.fact_year(request.period)
+            if fact_year not in documents:
+                documents[fact_year] = build_document(rows, fact_year)
+            document = documents[fact_year]
+            result = evaluate(policy.compiled(request.period), document, today=date.today())
+            evaluated.append((policy, result, prepare_record(result, document, Actor(caller.name, caller.role))))
+        with ledger_transaction(self.engine) as conn:   # every evaluation recorded, in one transaction
+            for policy, _, record in evaluated:
+                write_records(conn, policy, [record])
+        benefits = []
+        for policy, result, _ in evaluated:
             benefits.append(benefit_service_pb2.MatchedBenefit(
                 policy_id=policy.id, title=policy.model.title, period=request.period,
                 outcome=convert.OUTCOMES[result.outcome], amount_fen=result.amount_fen,
