@@ -182,16 +182,18 @@ def _export(client: BatchClient, args: Any) -> int:
 
 
 def _results(client: BatchClient, args: Any) -> int:
-    if args.all_paid:
-        results = [pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID)
-                   for line in client.lines(args.batch_id) if line.state == pb.LINE_STATE_PENDING]
-    else:
-        results = read_results(Path(args.file))
+    results = all_paid(client, args.batch_id) if args.all_paid else read_results(Path(args.file))
     batch = client.record_results(args.batch_id, results)
     print(f"recorded {len(results)} results")
     if batch is not None:
         print(describe(batch))
     return 0
+
+
+def all_paid(client: BatchClient, batch_id: str) -> list[Any]:
+    """A PAID result for every pending line (demonstrations: the bank's answer, simulated)."""
+    return [pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID)
+            for line in client.lines(batch_id) if line.state == pb.LINE_STATE_PENDING]
 
 
 def read_results(path: Path) -> list[Any]:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import grpc
 import yaml
-from benefits.v1 import payout_service_pb2 as pb
 
-from service.batch_client import FORMATS, connected, describe, watch_with_progress
+from service.batch_client import FORMATS, all_paid, connected, describe, watch_with_progress
 from service.client import print_error
 
 
@@ -61,9 +60,7 @@ def _cycle(args: argparse.Namespace, operator: str, approver: str) -> int:
               "(validated against the ISO 20022 XSD by the server)")
         print(f"\n$ BENEFITS_TOKEN=<finance_operator> {say.format('results')} {batch.batch_id} --all-paid"
               "   # the bank's answer, simulated: every line paid")
-        results = [pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID)
-                   for line in client.lines(batch.batch_id)]
-        print(describe(client.record_results(batch.batch_id, results)))
+        print(describe(client.record_results(batch.batch_id, all_paid(client, batch.batch_id))))
     print("\nThe auditor's check of the ledger, every record and the signed checkpoint: make audit-verify")
     return 0
 

@@ -268,9 +268,9 @@ class _Run:
 
 def _policy_version(conn: Connection, policies: PolicySet, policy_id: str, rule_sha256: str) -> LoadedPolicy:
     """The policy exactly as the batch started under it, even if the rules were reloaded since."""
-    current = policies.get(policy_id) if policy_id in {p.id for p in policies} else None
-    if current is not None and current.sha256 == rule_sha256:
-        return current
+    loaded = next((p for p in policies if p.id == policy_id and p.sha256 == rule_sha256), None)
+    if loaded is not None:
+        return loaded
     source = conn.execute(select(policy_version.c.source)
                           .where(policy_version.c.rule_sha256 == rule_sha256)).scalar_one()
     return load_policy_text(source.encode(), CATALOGUE, origin=f"policy_version {rule_sha256[:12]}")

@@ -278,17 +278,22 @@ def channel_stubs(port: int) -> Iterator[Stubs]:
         stubs.channel.close()
 
 
-@contextmanager
-def serving(db_url: str, records: list[dict[str, object]], folder: Path,
-            **config: Any) -> Iterator[RunningServer]:
-    """Load `records` into the database at `db_url`, write the auth file into `folder`, start a
-    server on a loopback port (extra ServeConfig fields in `config`), stop it afterwards."""
+def load_registry(db_url: str, records: list[dict[str, object]]) -> None:
+    """Create the registry tables at `db_url` and load `records` into them."""
     engine = make_engine(db_url)
     try:
         create_schema(engine)
         load_records(records, engine)
     finally:
         engine.dispose()
+
+
+@contextmanager
+def serving(db_url: str, records: list[dict[str, object]], folder: Path,
+            **config: Any) -> Iterator[RunningServer]:
+    """Load `records` into the database at `db_url`, write the auth file into `folder`, start a
+    server on a loopback port (extra ServeConfig fields in `config`), stop it afterwards."""
+    load_registry(db_url, records)
     running = create_server(ServeConfig(db_url=db_url, rules_dir=RULES_DIR,
                                         auth_file=write_auth_file(folder / "auth.yaml"),
                                         listen="127.0.0.1:0", **config))

@@ -16,6 +16,7 @@ from api_fixtures import (
     Stubs,
     as_role,
     enterprise_record,
+    load_registry,
     registry_records,
     rpc_error,
     write_auth_file,
@@ -24,8 +25,7 @@ from benefits.v1 import policy_service_pb2, registry_service_pb2
 from server_process import ServerProcess, server_process
 from sqlalchemy import select
 
-from enterprise_registry.db import create_schema, make_engine
-from enterprise_registry.importer import load_records
+from enterprise_registry.db import make_engine
 from enterprise_registry.models import MODEL_BY_KIND
 from enterprise_registry.uscc import make
 from service.config import ServeConfig
@@ -36,12 +36,7 @@ GRACE = ServeConfig.shutdown_grace_seconds  # what `benefits serve` uses
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'registry.db'}"
-    engine = make_engine(url)
-    try:
-        create_schema(engine)
-        load_records(registry_records(), engine)
-    finally:
-        engine.dispose()
+    load_registry(url, registry_records())
     return url
 
 

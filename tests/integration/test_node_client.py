@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from api_fixtures import load_registry
 
-from enterprise_registry.db import create_schema, make_engine
-from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make
 from service.config import ServeConfig
 from service.server import RunningServer, create_server
@@ -91,12 +90,7 @@ def node() -> str:
 def server(node: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     folder = tmp_path_factory.mktemp("node-client")
     db_url = f"sqlite:///{folder / 'registry.db'}"
-    engine = make_engine(db_url)
-    try:
-        create_schema(engine)
-        load_records(_records(), engine)
-    finally:
-        engine.dispose()
+    load_registry(db_url, _records())
     auth_file = folder / "auth.yaml"
     auth_file.write_text(yaml.safe_dump({"principals": [
         {"principal": "node-enterprise", "role": "enterprise", "uscc": OWN, "token": ENTERPRISE_TOKEN},

@@ -11,20 +11,19 @@ from pathlib import Path
 
 import grpc
 import pytest
-from api_fixtures import Stubs, as_role, write_auth_file
+from api_fixtures import Stubs, as_role, load_registry, write_auth_file
 from benefits.v1 import payout_service_pb2 as pb
 from server_process import server_process
 from sqlalchemy import func, select
 from testing_databases import private_schema
 
-from enterprise_registry.db import create_schema, make_engine
-from enterprise_registry.importer import load_records
+from enterprise_registry.db import make_engine
 from enterprise_registry.synthetic import generate
 from rules.evaluator import ELIGIBLE, evaluate
 from service.audit.ledger import verify
 from service.audit.records import evaluation_record, verify_records
 from service.cli import DEFAULT_RULES, _policies
-from service.facts_documents import DocumentSource
+from service.facts_documents import DocumentSource, build_document
 from service.payouts.tables import grant, payout_batch, payout_candidate
 
 ENTERPRISES = 400
@@ -40,21 +39,12 @@ KILL_AT = (0.2, 0.6)       # fractions of the registry evaluated when the server
 def crash_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'crash.db'}"
-        _load_registry(url)
+        load_registry(url, list(generate(ENTERPRISES, seed=11)))
         yield url
         return
     with private_schema() as url:
-        _load_registry(url)
+        load_registry(url, list(generate(ENTERPRISES, seed=11)))
         yield url
-
-
-def _load_registry(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        create_schema(engine)
-        load_records(list(generate(ENTERPRISES, seed=11)), engine)
-    finally:
-        engine.dispose()
 
 
 def _create(stubs: Stubs) -> pb.PayoutBatch:
@@ -92,8 +82,6 @@ def _expected_lines(url: str, today: date) -> dict[str, int]:
     try:
         expected = {}
         for rows in DocumentSource(engine).all_rows():
-            from service.facts_documents import build_document
-
             result = evaluate(compiled, build_document(rows, policy.fact_year(PERIOD)), today=today)
             if result.outcome == ELIGIBLE:
                 expected[rows.uscc] = result.amount_fen
