@@ -104,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="a payout batch whose worker is silent this long is taken over (after a crash)")
     serve.set_defaults(run=_serve)
 
-    _batch_parser(sub)
+    from service.batch_client import add_batch_commands
+
+    add_batch_commands(sub, run=_batch)
 
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(title="audit")
     verify = audit.add_parser("verify", help="verify the ledger, every record, and the newest checkpoint")
@@ -313,41 +315,6 @@ def _audit_prove(args: argparse.Namespace) -> int:
     print(f"  sealed root {proof.sealed_root} (ledger entry {proof.ledger_seq})")
     print("VERIFIED: the line is in its batch" if proof.verified else f"NOT VERIFIED: {proof.problem}")
     return 0 if proof.verified else 1
-
-
-def _batch_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    batch = sub.add_parser("batch", help="payout batches over gRPC (finance bureau)").add_subparsers(title="batch")
-
-    def command(name: str, help_text: str, *, with_batch_id: bool = True) -> argparse.ArgumentParser:
-        parser = batch.add_parser(name, help=help_text)
-        parser.add_argument("--target", default="127.0.0.1:50051", help="the server's host:port")
-        parser.add_argument("--token", default=None, help="bearer token (default: $BENEFITS_TOKEN)")
-        if with_batch_id:
-            parser.add_argument("batch_id")
-        parser.set_defaults(run=_batch, command=name)
-        return parser
-
-    create = command("create", "create a batch for a policy and period and follow it to DRAFT",
-                     with_batch_id=False)
-    create.add_argument("--policy", required=True)
-    create.add_argument("--period", type=int, required=True)
-    create.add_argument("--request-id", default=None,
-                        help="idempotency key; repeat it to resume or re-read the same batch (default: a new UUID)")
-    create.add_argument("--no-wait", action="store_true", help="return while the batch is RUNNING")
-    create.add_argument("--quiet", action="store_true", help="no progress bar")
-    watch = command("watch", "follow a running batch with a progress bar")
-    watch.add_argument("--quiet", action="store_true", help="no progress bar")
-    command("get", "show a batch")
-    command("lines", "print a batch's lines as CSV")
-    command("approve", "approve a DRAFT batch (not its creator)")
-    command("cancel", "cancel a DRAFT batch (its grants are released)")
-    export = command("export", "write the bank file of an APPROVED batch")
-    export.add_argument("--format", choices=("csv", "pain001"), default="pain001")
-    export.add_argument("--out", type=Path, required=True)
-    results = command("results", "record the bank's results of an EXPORTED batch")
-    source = results.add_mutually_exclusive_group(required=True)
-    source.add_argument("--file", type=Path, help="CSV with line_id,state,return_reason (state PAID or RETURNED)")
-    source.add_argument("--all-paid", action="store_true", help="mark every pending line PAID (demonstrations)")
 
 
 def _batch(args: argparse.Namespace) -> int:
