@@ -9,7 +9,8 @@ ServiceError
 ├── DuplicateBatchError          a payout request_id reused with other arguments
 ├── BatchNotFoundError           no payout batch has that id
 ├── BatchStateError              an illegal lifecycle transition (FAILED_PRECONDITION)
-│   └── BatchRunningError        another batch of the policy and period is running
+│   ├── BatchRunningError        another batch of the policy and period is running
+│   └── ConflictingResultError   a bank result contradicting the one a line has
 └── AuthFileError                the auth file is unreadable or malformed
 """
 from __future__ import annotations
@@ -69,3 +70,7 @@ class BatchStateError(ServiceError):
 
 class BatchRunningError(BatchStateError):
     """Raised when another batch of the same policy and period is still running."""
+
+
+class ConflictingResultError(BatchStateError):
+    """Raised when a line is given a bank result that contradicts the one it already has."""

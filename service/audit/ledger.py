@@ -57,39 +57,41 @@ _SEQ_SEARCH_WINDOW = 64
 
 # --------------------------------------------------------------------------------------------- schema
 
-_PG_TRIGGER_SQL = (
-    """
-    CREATE OR REPLACE FUNCTION ledger_entry_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+_PG_REFUSE_CHANGE_SQL = """
+    CREATE OR REPLACE FUNCTION append_only_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         RAISE EXCEPTION USING
-            MESSAGE = 'ledger_entry is append-only: ' || TG_OP || ' refused',
+            MESSAGE = TG_TABLE_NAME || ' is append-only: ' || TG_OP || ' refused',
             ERRCODE = 'restrict_violation';
     END
     $$
+"""
+_PG_TRIGGER_SQL = (
+    """
+    CREATE OR REPLACE TRIGGER {table}_append_only
+        BEFORE UPDATE OR DELETE ON {table}
+        FOR EACH STATEMENT EXECUTE FUNCTION append_only_refuse_change()
     """,
     """
-    CREATE OR REPLACE TRIGGER ledger_entry_append_only
-        BEFORE UPDATE OR DELETE ON ledger_entry
-        FOR EACH STATEMENT EXECUTE FUNCTION ledger_entry_refuse_change()
-    """,
-    """
-    CREATE OR REPLACE TRIGGER ledger_entry_no_truncate
-        BEFORE TRUNCATE ON ledger_entry
-        FOR EACH STATEMENT EXECUTE FUNCTION ledger_entry_refuse_change()
+    CREATE OR REPLACE TRIGGER {table}_no_truncate
+        BEFORE TRUNCATE ON {table}
+        FOR EACH STATEMENT EXECUTE FUNCTION append_only_refuse_change()
     """,
 )
 
 # SQLite has no TRUNCATE; an unqualified DELETE is not optimised into one while a trigger exists.
 _SQLITE_TRIGGER_SQL = (
     """
-    CREATE TRIGGER IF NOT EXISTS ledger_entry_no_update BEFORE UPDATE ON ledger_entry
-    BEGIN SELECT RAISE(ABORT, 'ledger_entry is append-only: UPDATE refused'); END
+    CREATE TRIGGER IF NOT EXISTS {table}_no_update BEFORE UPDATE ON {table}
+    BEGIN SELECT RAISE(ABORT, '{table} is append-only: UPDATE refused'); END
     """,
     """
-    CREATE TRIGGER IF NOT EXISTS ledger_entry_no_delete BEFORE DELETE ON ledger_entry
-    BEGIN SELECT RAISE(ABORT, 'ledger_entry is append-only: DELETE refused'); END
+    CREATE TRIGGER IF NOT EXISTS {table}_no_delete BEFORE DELETE ON {table}
+    BEGIN SELECT RAISE(ABORT, '{table} is append-only: DELETE refused'); END
     """,
 )
+APPEND_ONLY_TRIGGER_NAMES = {"postgresql": ("{table}_append_only", "{table}_no_truncate"),
+                             "sqlite": ("{table}_no_update", "{table}_no_delete")}
 
 
 def create_ledger_schema(engine: Engine) -> None:
@@ -100,9 +102,18 @@ def create_ledger_schema(engine: Engine) -> None:
     """
     with engine.begin() as conn:
         metadata.create_all(conn)
-        statements = _PG_TRIGGER_SQL if _dialect(conn) == "postgresql" else _SQLITE_TRIGGER_SQL
-        for statement in statements:
-            conn.execute(text(statement))
+        create_append_only_triggers(conn, ledger_entry.name)
+
+
+def create_append_only_triggers(connection: Connection, table: str) -> None:
+    """Triggers that refuse UPDATE, DELETE (and TRUNCATE) on `table` (idempotent)."""
+    if _dialect(connection) == "postgresql":
+        connection.execute(text(_PG_REFUSE_CHANGE_SQL))
+        statements = _PG_TRIGGER_SQL
+    else:
+        statements = _SQLITE_TRIGGER_SQL
+    for statement in statements:
+        connection.execute(text(statement.format(table=table)))
 
 
 # --------------------------------------------------------------------------------------------- append

@@ -22,6 +22,31 @@ def root(leaves: Sequence[bytes]) -> bytes:
     return _root_of_hashes([leaf_hash(leaf) for leaf in leaves])
 
 
+class RootBuilder:
+    """MTH of leaves added one at a time, in O(log n) memory: a stack of perfect subtrees whose
+    sizes are the binary digits of n, folded right to left at the end (RFC 6962's split)."""
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []
+        self.count = 0
+
+    def add(self, leaf: bytes) -> None:
+        size, digest = 1, leaf_hash(leaf)
+        while self._stack and self._stack[-1][0] == size:
+            left = self._stack.pop()[1]
+            size, digest = size * 2, node_hash(left, digest)
+        self._stack.append((size, digest))
+        self.count += 1
+
+    def root(self) -> bytes:
+        if not self._stack:
+            return hashlib.sha256(b"").digest()
+        digest = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            digest = node_hash(left, digest)
+        return digest
+
+
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     """PATH(m, D[n]) (RFC 6962 2.1.1): the sibling hashes from the leaf up to the root."""
     if not 0 <= index < len(leaves):

@@ -14,14 +14,15 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from rules.evaluator import Evaluation, evaluate
 from rules.facts import Catalogue, Fact, FactsDocument, Record
 from rules.loader import LoadedPolicy, load_policy_text
 from service.audit.canonical import canonical_json, sha256_hex
-from service.audit.ledger import append, append_many, create_ledger_schema, get_entry, ledger_transaction
+from service.audit.ledger import Fault, append_many, create_ledger_schema, ledger_entry, ledger_transaction
+from service.audit.problems import AuditProblem
 
 SERVICE_VERSION = "benefits 0.1.0"
 metadata = MetaData()
@@ -109,8 +110,9 @@ class PreparedRecord:
 
 
 def prepare_record(evaluation: Evaluation, document: FactsDocument, actor: Actor, *,
-                   batch_id: str | None = None) -> PreparedRecord:
-    """Encode one evaluation's record outside any transaction (the costly part)."""
+                   batch_id: str | None = None, payout_note: str | None = None) -> PreparedRecord:
+    """Encode one evaluation's record outside any transaction (the costly part). `payout_note`
+    says why a batch does not pay an eligible enterprise (it holds an excluded grant)."""
     facts_json = canonical_json(document_to_json(document)).decode()
     facts_sha = sha256_hex(facts_json.encode())
     evaluation_id = "ev_" + uuid.uuid4().hex  # random: concurrent records never collide
@@ -118,6 +120,8 @@ def prepare_record(evaluation: Evaluation, document: FactsDocument, actor: Actor
               "facts_sha256": facts_sha, "service_version": SERVICE_VERSION,
               "actor": {"principal": actor.principal, "role": actor.role},
               "batch_id": batch_id, "recorded_at": _now()}
+    if payout_note:
+        record["payout_note"] = payout_note
     record_json = canonical_json(record).decode()
     return PreparedRecord(evaluation, evaluation_id, batch_id, record_json, sha256_hex(record_json.encode()),
                           facts_json, facts_sha)
@@ -156,31 +160,68 @@ def load_record(connection: Connection, evaluation_id: str) -> dict[str, Any] | 
     return orjson.loads(row.record) if row else None
 
 
-def verify_records(connection: Connection) -> list[str]:
-    """Every stored record, facts snapshot and rule text still matches what the ledger holds;
-    the problems found, first the earliest by ledger position (empty when all is intact)."""
-    problems: list[str] = []
-    rows = connection.execute(select(evaluation_record).order_by(evaluation_record.c.ledger_seq))
-    for row in rows:
-        entry = get_entry(connection, row.ledger_seq)
-        if entry is None or entry.kind != "evaluation":
-            problems.append(f"{row.evaluation_id}: ledger entry {row.ledger_seq} is missing")
-            continue
-        sealed = entry.data()
-        if sealed.get("evaluation_id") != row.evaluation_id or \
-                sha256_hex(row.record.encode()) != sealed.get("record_sha256"):
-            problems.append(f"{row.evaluation_id}: the stored record differs from ledger entry "
-                            f"{row.ledger_seq} (edited)")
-            continue
-        facts = connection.execute(select(facts_snapshot.c.document)
-                                   .where(facts_snapshot.c.facts_sha256 == sealed["facts_sha256"])).first()
-        if facts is None or sha256_hex(facts.document.encode()) != sealed["facts_sha256"]:
-            problems.append(f"{row.evaluation_id}: its facts snapshot is missing or edited")
-        rule = connection.execute(select(policy_version.c.source)
-                                  .where(policy_version.c.rule_sha256 == sealed["rule_sha256"])).first()
-        if rule is None or sha256_hex(rule.source.encode()) != sealed["rule_sha256"]:
-            problems.append(f"{row.evaluation_id}: its rule text is missing or edited")
+def verify_records(connection: Connection, *, limit: int = 100) -> list[AuditProblem]:
+    """Every evaluation entry of the ledger has its stored record and every record its entry;
+    each record, its filter columns, facts snapshot and rule text still match what the ledger
+    holds. The problems found (at most `limit`), in ledger order, then records without entry."""
+    problems: list[AuditProblem] = []
+    facts_ok: dict[str, bool] = {}
+    rules_ok: dict[str, bool] = {}
+    sealed_by = evaluation_record.c.ledger_seq == ledger_entry.c.seq
+    query = (select(ledger_entry.c.seq, ledger_entry.c.payload, evaluation_record)
+             .select_from(ledger_entry.outerjoin(evaluation_record, sealed_by))
+             .where(ledger_entry.c.kind == "evaluation").order_by(ledger_entry.c.seq))
+    for row in connection.execution_options(stream_results=True, yield_per=2000).execute(query):
+        sealed = orjson.loads(row.payload)
+        problem = _record_problem(connection, row, sealed, facts_ok, rules_ok)
+        if problem is not None:
+            problems.append(problem)
+            if len(problems) >= limit:
+                return problems
+    orphans = (select(evaluation_record.c.evaluation_id, evaluation_record.c.ledger_seq)
+               .select_from(evaluation_record.outerjoin(ledger_entry, sealed_by))
+               .where(or_(ledger_entry.c.seq.is_(None), ledger_entry.c.kind != "evaluation"))
+               .order_by(evaluation_record.c.ledger_seq).limit(max(limit - len(problems), 0)))
+    for evaluation_id, seq in connection.execute(orphans):
+        problems.append(AuditProblem(evaluation_record.name, evaluation_id, Fault.INSERTED, 0,
+                                     f"record claims ledger entry {seq}, which is no evaluation entry"))
     return problems
+
+
+def _record_problem(conn: Connection, row: Any, sealed: dict[str, Any], facts_ok: dict[str, bool],
+                    rules_ok: dict[str, bool]) -> AuditProblem | None:
+    evaluation_id, seq = str(sealed.get("evaluation_id")), int(row.seq)
+
+    def problem(fault: Fault, detail: str) -> AuditProblem:
+        return AuditProblem(evaluation_record.name, evaluation_id, fault, seq, detail)
+
+    if row.evaluation_id is None:
+        return problem(Fault.DELETED, f"ledger entry {seq} seals this evaluation; its stored record is missing")
+    if row.evaluation_id != evaluation_id or sha256_hex(row.record.encode()) != sealed.get("record_sha256"):
+        return problem(Fault.EDITED, f"the stored record differs from ledger entry {seq}")
+    record = orjson.loads(row.record)
+    evaluation = record["evaluation"]
+    expected = {"uscc": evaluation["uscc"], "policy_id": evaluation["policy_id"], "period": evaluation["period"],
+                "outcome": evaluation["outcome"], "amount_fen": evaluation["amount_fen"],
+                "batch_id": record.get("batch_id"), "record_sha256": sealed.get("record_sha256")}
+    changed = [f"{column} is {getattr(row, column)!r}, sealed {value!r}" for column, value in expected.items()
+               if getattr(row, column) != value]
+    if changed:
+        return problem(Fault.EDITED, "; ".join(changed) + f" (ledger entry {seq})")
+    facts_sha, rule_sha = sealed["facts_sha256"], sealed["rule_sha256"]
+    if facts_sha not in facts_ok:
+        facts = conn.execute(select(facts_snapshot.c.document)
+                             .where(facts_snapshot.c.facts_sha256 == facts_sha)).first()
+        facts_ok[facts_sha] = facts is not None and sha256_hex(facts.document.encode()) == facts_sha
+    if not facts_ok[facts_sha]:
+        return problem(Fault.EDITED, f"its facts snapshot {facts_sha[:12]} is missing or edited")
+    if rule_sha not in rules_ok:
+        rule = conn.execute(select(policy_version.c.source)
+                            .where(policy_version.c.rule_sha256 == rule_sha)).first()
+        rules_ok[rule_sha] = rule is not None and sha256_hex(rule.source.encode()) == rule_sha
+    if not rules_ok[rule_sha]:
+        return problem(Fault.EDITED, f"its rule text {rule_sha[:12]} is missing or edited")
+    return None
 
 
 def replay(engine: Engine, evaluation_id: str, catalogue: Catalogue) -> ReplayResult | None:
@@ -289,14 +330,3 @@ def list_records(connection: Connection, *, uscc: str = "", policy_id: str = "",
     rows = connection.execute(query.order_by(evaluation_record.c.ledger_seq.desc())
                               .offset(offset).limit(limit)).all()
     return [orjson.loads(r.record) for r in rows], int(connection.execute(count).scalar_one())
-
-
-def seal_decisions(connection: Connection, batch_id: str, record_sha256s: list[str]) -> dict[str, Any]:
-    """Seal a batch's decisions in the ledger: the RFC 6962 Merkle root over their record hashes,
-    in the given (line) order. Call inside `ledger_transaction`; returns the sealed payload."""
-    from service.audit.merkle import root
-
-    seal = {"batch_id": batch_id, "leaf_count": len(record_sha256s),
-            "merkle_root": root([bytes.fromhex(h) for h in record_sha256s]).hex()}
-    append(connection, "batch_seal", seal)
-    return seal

@@ -1,8 +1,9 @@
-"""The auditor's whole check: the ledger chain, every stored record against it, and the newest
-signed checkpoint (which catches a rebuilt chain or a cut tail)."""
+"""The auditor's whole check: the ledger chain, every stored evaluation record and every money
+table (batches, lines, bank files) against it, and the newest signed checkpoint (which catches a
+rebuilt chain or a cut tail)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -10,7 +11,11 @@ from sqlalchemy.engine import Connection
 
 from service.audit import checkpoints
 from service.audit.ledger import verify
+from service.audit.problems import AuditProblem
 from service.audit.records import verify_records
+from service.payouts.verification import verify_payouts
+
+MAX_PROBLEMS = 100   # rows reported; the first is the verdict's
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,7 @@ class AuditVerdict:
     first_bad_entry: int
     fault: str          # none, edited, deleted, inserted, reordered, checkpoint
     detail: str
+    problems: list[AuditProblem] = field(default_factory=list)   # each altered row, named
 
 
 def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = None,
@@ -29,10 +35,14 @@ def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = N
     if not chain.valid:
         return AuditVerdict(chain.entries_checked, chain.head_hash, False, chain.first_bad_seq or 0,
                             str(chain.fault), chain.detail)
-    problems = verify_records(connection)
+    problems = verify_records(connection, limit=MAX_PROBLEMS)
+    problems += verify_payouts(connection, limit=MAX_PROBLEMS - len(problems))
     if problems:
-        return AuditVerdict(chain.entries_checked, chain.head_hash, False, 0, "edited", problems[0])
-    detail = f"{chain.entries_checked} entries chain correctly; every stored record matches the ledger"
+        first = problems[0]
+        return AuditVerdict(chain.entries_checked, chain.head_hash, False, first.ledger_seq, str(first.fault),
+                            f"{len(problems)} row(s) differ from the ledger; first: {first}", problems)
+    detail = (f"{chain.entries_checked} entries chain correctly; every stored record and every batch, line and "
+              "bank file matches the ledger")
     if checkpoint_file is not None and public_key is not None:
         newest = checkpoints.newest(checkpoint_file)
         if newest is not None:

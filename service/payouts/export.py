@@ -1,7 +1,10 @@
 """Bank files of an approved batch: CSV and ISO 20022 pain.001.001.09, checked beyond the XSD.
 
-The first export of a batch is stored and every later export returns the same bytes, so a
-message id or an end-to-end id is never issued twice (both are also unique in the database).
+Each transfer goes to the payee sealed in its line when the batch reached DRAFT (and approved
+with it), never to an account read now: if the registry's account changed since, the export is
+refused until an approver withdraws those lines. The first export of a batch is stored, its
+files' SHA-256 sealed in the ledger, and every later export returns the same bytes, so a message
+id or an end-to-end id is never issued twice (both are also unique in the database).
 """
 from __future__ import annotations
 
@@ -14,23 +17,20 @@ from functools import cache
 from pathlib import Path
 
 from lxml import etree
-from sqlalchemy import Column, LargeBinary, MetaData, String, Table, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
-from enterprise_registry.models import Enterprise
+from service.audit.ledger import ledger_transaction
+from service.audit.records import Actor
 from service.errors import BatchStateError
 from service.payouts import batches
+from service.payouts.payees import changed_payees, line_payee
+from service.payouts.seals import MoneyEvent, export_digest, seal_event
+from service.payouts.states import BatchState, LineState
+from service.payouts.tables import payout_export
 
 PAIN_NS = "urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"
-metadata = MetaData()
-
-payout_export = Table(
-    "payout_export", metadata,
-    Column("batch_id", String(40), primary_key=True),
-    Column("message_id", String(35), nullable=False, unique=True),
-    Column("csv", LargeBinary, nullable=False),
-    Column("pain001", LargeBinary, nullable=False),
-    Column("exported_at", String(40), nullable=False))
+FIRST_CHANGED_SHOWN = 10   # lines named when an export is refused for changed payees
 
 
 @dataclass(frozen=True)
@@ -63,47 +63,62 @@ def load_payers(path: Path | None) -> dict[str, Payer]:
             for funding, p in data.items()}
 
 
-def create_export_schema(engine: Engine) -> None:
-    metadata.create_all(engine)
+def message_id_for(batch_id: str) -> str:
+    """The pain.001 message id of a batch (and back: the batch a status report answers)."""
+    return batch_id.replace("pb_", "MSG", 1)[:35]
 
 
-def export(engine: Engine, batch_id: str, payer: Payer) -> tuple[bytes, bytes]:
-    """(CSV, pain.001 XML) of an APPROVED batch, which becomes EXPORTED; the stored files of an
-    already EXPORTED batch."""
+def batch_id_for_message(message_id: str) -> str:
+    return message_id.replace("MSG", "pb_", 1)
+
+
+def stored_export(engine: Engine, batch_id: str) -> tuple[bytes, bytes] | None:
     with engine.connect() as conn:
         stored = conn.execute(select(payout_export).where(payout_export.c.batch_id == batch_id)).first()
+    return None if stored is None else (bytes(stored.csv), bytes(stored.pain001))
+
+
+def export(engine: Engine, batch_id: str, payer: Payer, actor: Actor) -> tuple[bytes, bytes]:
+    """(CSV, pain.001 XML) of an APPROVED batch, which becomes EXPORTED; the stored files of an
+    already EXPORTED batch. Refused while a pending line's payee differs from the registry's."""
+    stored = stored_export(engine, batch_id)
     if stored is not None:
-        return bytes(stored.csv), bytes(stored.pain001)
+        return stored
     batch = batches.get_batch(engine, batch_id)
-    if batch.state != "APPROVED":
+    if batch.state != BatchState.APPROVED:
         raise BatchStateError(f"batch {batch_id} is {batch.state}: only an APPROVED batch is exported")
-    lines = payment_lines(engine, batch)
-    message_id = batch_id.replace("pb_", "MSG")[:35]
+    with engine.connect() as conn:
+        pending = [line for line in batches.lines_of(conn, batch_id) if line["state"] == LineState.PENDING]
+        changed = changed_payees(conn, pending)
+    if changed:
+        first = ", ".join(f"{line['grant_id']} ({line['uscc']})" for line in changed[:FIRST_CHANGED_SHOWN])
+        raise BatchStateError(f"{len(changed)} line(s) of batch {batch_id} would be paid to an account that is no "
+                              f"longer the registry's (changed or removed since DRAFT), first: {first}; a "
+                              "finance_approver withdraws them (WithdrawPayoutLines) and the rest is exported")
+    if not pending:
+        raise BatchStateError(f"batch {batch_id} has no line left to pay: cancel it")
+    lines = payment_lines(pending, batch)
+    message_id = message_id_for(batch_id)
     created = datetime.now(UTC).replace(microsecond=0)
     csv_bytes = to_csv(lines, batch)
     xml = to_pain001(lines, batch, payer, message_id, created)
     check(xml, lines)
-    with engine.begin() as conn:
+    with ledger_transaction(engine) as conn:
         conn.execute(insert(payout_export).values(batch_id=batch_id, message_id=message_id, csv=csv_bytes,
                                                   pain001=xml, exported_at=created.isoformat()))
         batches.mark_exported(conn, batch_id)
+        seal_event(conn, MoneyEvent.EXPORT, batch_id, actor, export=export_digest(
+            message_id, csv_bytes, xml, created.isoformat()))
     return csv_bytes, xml
 
 
-def payment_lines(engine: Engine, batch: batches.Batch) -> list[PaymentLine]:
-    table = Enterprise.__table__  # type: ignore[attr-defined]
-    with engine.connect() as conn:
-        lines = batches.lines_of(conn, batch.batch_id)
-        accounts = {r.uscc: r for r in conn.execute(select(table).where(
-            table.c.uscc.in_([line["uscc"] for line in lines])))}
+def payment_lines(lines: list[dict[str, object]], batch: batches.Batch) -> list[PaymentLine]:
+    """The transfers of the given lines, each to its sealed payee."""
     out = []
     for line in lines:
-        account = accounts.get(str(line["uscc"]))
-        if account is None or not account.bank_account_no:
-            raise BatchStateError(f"{line['uscc']} has no bank account on record any more")
-        out.append(PaymentLine(str(line["grant_id"]), str(line["uscc"]), account.bank_account_name or account.name,
-                               account.bank_account_no, account.bank_name or "", int(line["amount_fen"]),  # type: ignore[call-overload]
-                               f"{batch.policy_id} {batch.period} {batch.batch_id}"))
+        payee = line_payee(line)
+        out.append(PaymentLine(str(line["grant_id"]), str(line["uscc"]), payee.name, payee.account_no, payee.bank,
+                               int(str(line["amount_fen"])), f"{batch.policy_id} {batch.period} {batch.batch_id}"))
     return out
 
 

@@ -1,7 +1,7 @@
 """Proof that a payout line is in its batch: an RFC 6962 inclusion proof of the line's evaluation
-record hash under the Merkle root the batch sealed in the ledger when it became DRAFT.
+record hash under the Merkle root of decisions the batch sealed in the ledger when it became DRAFT.
 
-The root is read from the ledger's `batch_seal` entry (hash-chained, signed by checkpoints), not
+The root is read from the ledger's DRAFT money event (hash-chained, signed by checkpoints), not
 from the batch row, so editing the batch table cannot forge a proof.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from service.audit.merkle import inclusion_proof, verify_inclusion
 from service.audit.records import evaluation_record
 from service.errors import BatchNotFoundError
 from service.payouts.batches import lines_of
+from service.payouts.seals import MONEY_EVENT_KIND, MoneyEvent
 from service.payouts.tables import grant
 
 
@@ -29,7 +30,7 @@ class LineProof:
     leaf_index: int
     tree_size: int
     proof: list[str]          # sibling hashes, leaf to root (hex)
-    sealed_root: str          # from the ledger's batch_seal entry
+    sealed_root: str          # from the ledger's DRAFT event
     ledger_seq: int           # that entry's sequence number
     verified: bool            # the proof places the stored record's hash under the sealed root
     problem: str = ""
@@ -53,7 +54,7 @@ def prove_line(conn: Connection, line_id: str) -> LineProof:
     if stored != line["record_sha256"]:
         problem = "the line's record hash differs from the stored evaluation record's"
     elif seal is None:
-        problem = "no batch_seal entry for this batch in the ledger"
+        problem = "no DRAFT event for this batch in the ledger"
     elif seal.get("leaf_count") != len(lines):
         problem = f"the seal covers {seal.get('leaf_count')} lines, the batch has {len(lines)}"
     sealed_root = str(seal["merkle_root"]) if seal else ""
@@ -65,10 +66,12 @@ def prove_line(conn: Connection, line_id: str) -> LineProof:
 
 
 def _seal(conn: Connection, batch_id: str) -> tuple[int, dict[str, object] | None]:
+    """The decisions root of the batch's DRAFT event."""
     for entry in conn.execute(select(ledger_entry.c.seq, ledger_entry.c.payload).where(
-            ledger_entry.c.kind == "batch_seal",
+            ledger_entry.c.kind == MONEY_EVENT_KIND,
             ledger_entry.c.payload.contains(f'"batch_id":"{batch_id}"')).order_by(ledger_entry.c.seq)):
         payload = orjson.loads(entry.payload)
-        if payload.get("batch_id") == batch_id:
-            return int(entry.seq), payload
+        if payload.get("batch_id") == batch_id and payload.get("event") == MoneyEvent.DRAFT:
+            decisions: dict[str, object] = payload["decisions"]
+            return int(entry.seq), decisions
     return 0, None

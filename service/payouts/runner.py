@@ -30,11 +30,15 @@ from rules.errors import EvaluationError
 from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_text
 from service.audit.ledger import ledger_transaction
-from service.audit.records import Actor, PreparedRecord, policy_version, prepare_record, seal_decisions, write_records
+from service.audit.merkle import root
+from service.audit.records import Actor, PreparedRecord, policy_version, prepare_record, write_records
 from service.catalogue import CATALOGUE
 from service.facts_documents import DocumentSource, EnterpriseRows, build_document
 from service.payouts.allocation import prorate, stack
 from service.payouts.batches import Batch, get_batch, start_batch
+from service.payouts.payees import registry_payees
+from service.payouts.seals import MoneyEvent, seal_event
+from service.payouts.states import BatchState, LineState
 from service.payouts.tables import grant, payout_batch, payout_candidate
 
 log = logging.getLogger("benefits.payouts")
@@ -83,7 +87,7 @@ def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period:
     batches in `BatchWorkers`). A repeated request returns its batch as it stands."""
     batch = start_batch(engine, policies, policy_id=policy_id, period=period, request_id=request_id,
                         actor=actor, today=today)
-    if batch.state == "RUNNING":
+    if batch.state == BatchState.RUNNING:
         run_batch(engine, policies, batch.batch_id, worker=new_worker_id(), settings=settings)
     return get_batch(engine, batch.batch_id)
 
@@ -93,7 +97,7 @@ def claim(engine: Engine, batch_id: str, worker: str, lease_seconds: float) -> b
     now = _now_ms()
     with engine.begin() as conn:
         changed = conn.execute(payout_batch.update().where(
-            payout_batch.c.batch_id == batch_id, payout_batch.c.state == "RUNNING",
+            payout_batch.c.batch_id == batch_id, payout_batch.c.state == BatchState.RUNNING,
             or_(payout_batch.c.worker.is_(None), payout_batch.c.worker == worker,
                 payout_batch.c.lease_until < now)).values(
             worker=worker, lease_until=now + int(lease_seconds * 1000)))
@@ -111,7 +115,7 @@ def claimable(engine: Engine) -> list[str]:
     """RUNNING batches that nobody holds: new ones, and those of a worker that died."""
     with engine.connect() as conn:
         return list(conn.execute(select(payout_batch.c.batch_id).where(
-            payout_batch.c.state == "RUNNING",
+            payout_batch.c.state == BatchState.RUNNING,
             or_(payout_batch.c.worker.is_(None), payout_batch.c.lease_until < _now_ms()))
             .order_by(payout_batch.c.created_at)).scalars())
 
@@ -120,8 +124,9 @@ class _Run:
     """One worker's run of one batch."""
 
     def __init__(self, engine: Engine, row: Any, policy: LoadedPolicy, rivals: list[LoadedPolicy],
-                 worker: str, settings: RunSettings) -> None:
+                 excluded: frozenset[str], worker: str, settings: RunSettings) -> None:
         self.engine, self.row, self.policy, self.rivals = engine, row, policy, rivals
+        self.excluded = sorted(excluded)   # policies whose standing grant bars this one
         self.worker, self.settings = worker, settings
         self.batch_id: str = row.batch_id
         self.period: int = row.period
@@ -139,21 +144,24 @@ class _Run:
         group = policy.model.conflict_group
         rivals = [p for p in policies if group and p.id != policy.id and p.model.conflict_group == group
                   and p.covers(row.period)]
-        return cls(engine, row, policy, rivals, worker, settings)
+        excluded = policies.excluded(policy.id) if policy.id in {p.id for p in policies} else frozenset()
+        return cls(engine, row, policy, rivals, excluded, worker, settings)
 
     # -- chunks -----------------------------------------------------------------------------------
 
     def commit_chunk(self, chunk: list[EnterpriseRows]) -> None:
         """Evaluate a chunk (outside any transaction), then commit its records, candidates and
         the cursor together."""
-        granted = self._granted({rows.uscc for rows in chunk})
+        usccs = {rows.uscc for rows in chunk}
+        granted = self._granted(usccs)
+        barred = self._excluded_grants(self.engine, usccs)
         records: dict[str, list[PreparedRecord]] = defaultdict(list)
         candidates: list[dict[str, Any]] = []
         for rows in chunk:
             if rows.uscc in granted:
                 continue  # never twice: an earlier batch granted it
             try:
-                candidate = self._evaluate(rows, records)
+                candidate = self._evaluate(rows, records, barred.get(rows.uscc))
             except EvaluationError as exc:  # counted, logged, not paid; a later batch may pay it
                 log.error("batch %s: %s could not be evaluated: %s", self.batch_id, rows.uscc, exc)
                 candidate = {"uscc": rows.uscc, "full_fen": 0, "group_awards": "{}", "evaluation_id": None,
@@ -173,9 +181,11 @@ class _Run:
                 conn.execute(insert(payout_candidate), candidates)
         self.cursor = chunk[-1].uscc
 
-    def _evaluate(self, rows: EnterpriseRows, records: dict[str, list[PreparedRecord]]) -> dict[str, Any] | None:
-        result, record = self._evaluate_policy(self.policy, rows, records)
-        if result.outcome != ELIGIBLE:
+    def _evaluate(self, rows: EnterpriseRows, records: dict[str, list[PreparedRecord]],
+                  barred_by: str | None) -> dict[str, Any] | None:
+        note = f"not paid: holds {barred_by}, which {self.policy.id} excludes" if barred_by else None
+        result, record = self._evaluate_policy(self.policy, rows, records, note=note)
+        if result.outcome != ELIGIBLE or barred_by:
             return None
         awards = {}
         for rival in self.rivals:  # 就高不重复: what the group's other policies would award
@@ -186,11 +196,11 @@ class _Run:
                 "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),
                 "evaluation_id": record.evaluation_id, "record_sha256": record.record_sha256, "error": None}
 
-    def _evaluate_policy(self, policy: LoadedPolicy, rows: EnterpriseRows,
-                         records: dict[str, list[PreparedRecord]]) -> tuple[Any, PreparedRecord]:
+    def _evaluate_policy(self, policy: LoadedPolicy, rows: EnterpriseRows, records: dict[str, list[PreparedRecord]],
+                         *, note: str | None = None) -> tuple[Any, PreparedRecord]:
         document = build_document(rows, policy.fact_year(self.period))
         result = evaluate(policy.compiled(self.period), document, today=self.today)
-        record = prepare_record(result, document, self.actor, batch_id=self.batch_id)
+        record = prepare_record(result, document, self.actor, batch_id=self.batch_id, payout_note=note)
         records[policy.id].append(record)
         return result, record
 
@@ -212,10 +222,25 @@ class _Run:
                 grant.c.policy_id == self.policy.id, grant.c.period == self.period, grant.c.released == "",
                 grant.c.uscc.in_(sorted(usccs)))).scalars())
 
+    def _excluded_grants(self, conn: Connection | Engine, usccs: set[str]) -> dict[str, str]:
+        """Enterprises holding a standing grant of a policy this one excludes, in the period:
+        USCC -> "grant <id> of <policy>"."""
+        if not self.excluded or not usccs:
+            return {}
+        query = select(grant.c.uscc, grant.c.grant_id, grant.c.policy_id).where(
+            grant.c.policy_id.in_(self.excluded), grant.c.period == self.period, grant.c.released == "",
+            grant.c.uscc.in_(sorted(usccs)))
+        if isinstance(conn, Engine):
+            with conn.connect() as c:
+                rows = c.execute(query).all()
+        else:
+            rows = conn.execute(query).all()
+        return {r.uscc: f"grant {r.grant_id} of {r.policy_id}" for r in rows}
+
     def _renew(self, conn: Connection, **values: Any) -> None:
         # First statement of every write: proves the lease is still ours and extends it.
         changed = conn.execute(payout_batch.update().where(
-            payout_batch.c.batch_id == self.batch_id, payout_batch.c.state == "RUNNING",
+            payout_batch.c.batch_id == self.batch_id, payout_batch.c.state == BatchState.RUNNING,
             payout_batch.c.worker == self.worker).values(
             **{"lease_until": _now_ms() + int(self.settings.lease_seconds * 1000), **values}))
         if changed.rowcount != 1:
@@ -224,7 +249,8 @@ class _Run:
     # -- the end ----------------------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Stack, pro-rate, grant, seal and turn DRAFT - one transaction."""
+        """Stack, pro-rate, grant, take each payee from the registry, seal and turn DRAFT - one
+        transaction."""
         group = self.policy.model.conflict_group
         with ledger_transaction(self.engine) as conn:
             self._renew(conn)
@@ -234,16 +260,24 @@ class _Run:
             granted = set(conn.execute(select(grant.c.uscc).where(
                 grant.c.policy_id == self.policy.id, grant.c.period == self.period,
                 grant.c.released == "")).scalars())
+            # Checked again here, under the ledger lock: a batch of an excluded policy may have
+            # reached DRAFT since the chunk was evaluated.
+            barred = self._excluded_grants(conn, {c.uscc for c in candidates})
             paid_in_group: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
             if group:
                 for g in conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.amount_fen, grant.c.grant_id)
                                       .where(grant.c.conflict_group == group, grant.c.period == self.period,
                                              grant.c.released == "")):
                     paid_in_group[g.uscc][g.policy_id] = (g.amount_fen, g.grant_id)
+            payees = registry_payees(conn, (c.uscc for c in candidates))
             payable: dict[str, int] = {}
             tops_up: dict[str, str | None] = {}
             for c in candidates:
-                if c.uscc in granted:
+                if c.uscc in granted or c.uscc in barred:
+                    continue
+                if payees[c.uscc] is None:  # the account went away since evaluation: a later batch pays
+                    log.warning("batch %s: %s has no bank account on record any more; not paid", self.batch_id,
+                                c.uscc)
                     continue
                 paid = paid_in_group.get(c.uscc, {})
                 awards = {**orjson.loads(c.group_awards), self.policy.id: c.full_fen}
@@ -252,18 +286,27 @@ class _Run:
                     payable[c.uscc] = award.payable_fen
                     tops_up[c.uscc] = paid[award.tops_up][1] if award.tops_up else None
             by_uscc = {c.uscc: c for c in candidates}
-            lines = [{"grant_id": f"{self.batch_id}-{i:06d}", "uscc": s.uscc, "policy_id": self.policy.id,
-                      "period": self.period, "conflict_group": group, "batch_id": self.batch_id,
-                      "full_fen": by_uscc[s.uscc].full_fen, "amount_fen": s.paid_fen, "tops_up": tops_up[s.uscc],
-                      "evaluation_id": by_uscc[s.uscc].evaluation_id,
-                      "record_sha256": by_uscc[s.uscc].record_sha256}
+            lines = [self._line(i, s.uscc, s.paid_fen, by_uscc[s.uscc], tops_up[s.uscc], payees[s.uscc], group)
                      for i, s in enumerate(prorate(payable, self._budget_left(conn)), start=1)]
             for start in range(0, len(lines), 1000):
                 conn.execute(insert(grant), lines[start:start + 1000])
-            seal = seal_decisions(conn, self.batch_id, [line["record_sha256"] for line in lines])
-            self._renew(conn, state="DRAFT", running_key=None, worker=None, lease_until=0,
+            decisions = root([bytes.fromhex(str(line["record_sha256"])) for line in lines]).hex()
+            self._renew(conn, state=BatchState.DRAFT, running_key=None, worker=None, lease_until=0,
                         line_count=len(lines), total_fen=sum(line["amount_fen"] for line in lines),
-                        merkle_root=seal["merkle_root"])
+                        merkle_root=decisions)
+            seal_event(conn, MoneyEvent.DRAFT, self.batch_id, self.actor, lines=lines,
+                       decisions={"leaf_count": len(lines), "merkle_root": decisions})
+
+    def _line(self, number: int, uscc: str, amount_fen: int, candidate: Any, tops_up: str | None,
+              payee: Any, group: str | None) -> dict[str, Any]:
+        """A new line with every column given (its leaf is sealed as written)."""
+        return {"grant_id": f"{self.batch_id}-{number:06d}", "uscc": uscc, "policy_id": self.policy.id,
+                "period": self.period, "conflict_group": group, "batch_id": self.batch_id,
+                "full_fen": int(candidate.full_fen), "amount_fen": amount_fen, "tops_up": tops_up,
+                "evaluation_id": candidate.evaluation_id, "record_sha256": candidate.record_sha256,
+                "payee_name": payee.name, "payee_account_no": payee.account_no, "payee_bank": payee.bank,
+                "state": LineState.PENDING.value, "return_reason": None, "result_by": None, "confirmed_by": None,
+                "withdraw_reason": None, "released": ""}
 
 
 def _policy_version(conn: Connection, policies: PolicySet, policy_id: str, rule_sha256: str) -> LoadedPolicy:

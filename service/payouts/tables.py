@@ -1,10 +1,13 @@
-"""The payout tables: batches, their candidates while running, and grants (the money)."""
+"""The payout tables: batches, their candidates while running, lines (grants: the money), the
+seals of the lines in the ledger, and the stored bank files."""
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
     Column,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -14,7 +17,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
+from service.audit.ledger import create_append_only_triggers
 from service.audit.records import create_audit_schema
+from service.payouts.states import LineState
 
 metadata = MetaData()
 
@@ -27,8 +32,9 @@ payout_batch = Table(
     Column("rule_sha256", String(64), nullable=False),
     Column("period", Integer, nullable=False),
     Column("state", String(20), nullable=False),
-    # "<policy>/<period>" while RUNNING, NULL after: one running batch per policy and period.
-    Column("running_key", String(120), nullable=True, unique=True),
+    # "<exclusion family>/<period>" while RUNNING, NULL after: one running batch per policy (and
+    # the policies it excludes) and period.
+    Column("running_key", String(400), nullable=True, unique=True),
     Column("created_by", String(100), nullable=False),
     Column("created_role", String(40), nullable=False),
     Column("approved_by", String(100), nullable=True),
@@ -44,10 +50,18 @@ payout_batch = Table(
     # The worker holding the run and until when (epoch ms); another may take over after that.
     Column("worker", String(120), nullable=True),
     Column("lease_until", BigInteger, nullable=False, server_default="0"),
-    # Set when the batch reaches DRAFT.
+    # Set when the batch reaches DRAFT; line count and total change when lines are withdrawn.
     Column("line_count", BigInteger, nullable=False, server_default="0"),
     Column("total_fen", BigInteger, nullable=False, server_default="0"),
-    Column("merkle_root", String(64), nullable=False, server_default=""))
+    Column("merkle_root", String(64), nullable=False, server_default=""),
+    Column("cancelled_by", String(100), nullable=True),
+    Column("cancel_reason", String(500), nullable=True))
+
+# The columns of a batch that the ledger seals with every money event (`seals.batch_snapshot`);
+# the progress columns of a running batch change with every chunk and decide no money.
+SEALED_BATCH_COLUMNS = ("batch_id", "request_id", "policy_id", "policy_version", "rule_sha256", "period", "state",
+                        "created_by", "created_role", "approved_by", "created_at", "evaluated_on", "line_count",
+                        "total_fen", "merkle_root", "cancelled_by", "cancel_reason")
 
 # What a running batch found, enterprise by enterprise; committed with the evaluation records
 # of the same chunk, so a restart resumes after the last committed enterprise.
@@ -63,6 +77,7 @@ payout_candidate = Table(
     Column("error", Text, nullable=True),                   # an evaluation that failed: not paid
     PrimaryKeyConstraint("batch_id", "uscc", name="one_candidate_per_batch_enterprise"))
 
+# A line of a batch: one grant. Every column is sealed (`seals.line_leaf`).
 grant = Table(
     "grant_award", metadata,
     Column("grant_id", String(40), primary_key=True),
@@ -76,18 +91,46 @@ grant = Table(
     Column("tops_up", String(100), nullable=True),
     Column("evaluation_id", String(40), nullable=False),
     Column("record_sha256", String(64), nullable=False),
-    Column("state", String(12), nullable=False, server_default="PENDING"),   # PENDING, PAID, RETURNED
+    # The payee as read from the registry when the batch reached DRAFT: approved, then paid.
+    Column("payee_name", String(200), nullable=False),
+    Column("payee_account_no", String(64), nullable=False),
+    Column("payee_bank", String(200), nullable=False),
+    Column("state", String(20), nullable=False, server_default=LineState.PENDING.value),
     Column("return_reason", String(200), nullable=True),
-    # '' while the grant stands; its own id once the bank returned it, which frees the
-    # (enterprise, policy, period) for one new grant after the account is corrected.
+    Column("result_by", String(100), nullable=True),        # who recorded the bank's result
+    Column("confirmed_by", String(100), nullable=True),     # who confirmed a return (never the recorder)
+    Column("withdraw_reason", String(500), nullable=True),
+    # '' while the grant stands; its own id once released (returned and confirmed, withdrawn or
+    # cancelled), which frees the (enterprise, policy, period) for one new grant.
     Column("released", String(40), nullable=False, server_default=""),
     # Exactly once: whatever retries, restarts or concurrent calls do.
     UniqueConstraint("uscc", "policy_id", "period", "released", name="one_grant_per_enterprise_policy_period"))
 
+# Each line as a money event sealed it: the leaves under the Merkle root in that event's ledger
+# entry, in order. A line's newest seal must equal the live line. Append-only, like the ledger.
+payout_line_seal = Table(
+    "payout_line_seal", metadata,
+    Column("ledger_seq", BigInteger, nullable=False),
+    Column("leaf_index", Integer, nullable=False),
+    Column("batch_id", String(40), nullable=False),
+    Column("line_id", String(40), nullable=False),
+    Column("leaf", Text, nullable=False),
+    PrimaryKeyConstraint("ledger_seq", "leaf_index", name="one_leaf_per_seal_position"),
+    Index("ix_payout_line_seal_line", "line_id", "ledger_seq"))
+
+# The first export of a batch, kept: a re-export returns the same bytes, so a message id or an
+# end-to-end id is never issued twice. Its files' SHA-256 are sealed by the export event.
+payout_export = Table(
+    "payout_export", metadata,
+    Column("batch_id", String(40), primary_key=True),
+    Column("message_id", String(35), nullable=False, unique=True),
+    Column("csv", LargeBinary, nullable=False),
+    Column("pain001", LargeBinary, nullable=False),
+    Column("exported_at", String(40), nullable=False))
+
 
 def create_payout_schema(engine: Engine) -> None:
-    from service.payouts.export import create_export_schema
-
     create_audit_schema(engine)
     metadata.create_all(engine)
-    create_export_schema(engine)
+    with engine.begin() as conn:
+        create_append_only_triggers(conn, payout_line_seal.name)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from service.audit.merkle import inclusion_proof, leaf_hash, node_hash, root, verify_inclusion
+from service.audit.merkle import RootBuilder, inclusion_proof, leaf_hash, node_hash, root, verify_inclusion
 
 # Leaves, roots and inclusion proofs of the reference test tree of Certificate Transparency:
 # transparency-dev/merkle testonly/constants.go and proof/verify_test.go (also in
@@ -91,19 +91,11 @@ def test_random_large_trees_match_the_reference() -> None:
         assert verify_inclusion(leaves[index], index, len(leaves), inclusion_proof(leaves, index), root(leaves))
 
 
-def test_a_sealed_batch_proves_each_decision(db_engine: object) -> None:
-    from service.audit.ledger import create_ledger_schema, head, ledger_transaction
-    from service.audit.records import seal_decisions
-
-    engine = db_engine
-    create_ledger_schema(engine)  # type: ignore[arg-type]
-    hashes = [hashlib.sha256(f"record-{i}".encode()).hexdigest() for i in range(37)]
-    with ledger_transaction(engine) as conn:  # type: ignore[arg-type]
-        seal = seal_decisions(conn, "batch-1", hashes)
-    with engine.connect() as conn:  # type: ignore[attr-defined]
-        sealed = head(conn)
-    assert sealed is not None and sealed.kind == "batch_seal" and sealed.data() == seal
-    leaves = [bytes.fromhex(h) for h in hashes]
-    proof = inclusion_proof(leaves, 20)
-    assert verify_inclusion(leaves[20], 20, 37, proof, bytes.fromhex(seal["merkle_root"]))
-    assert not verify_inclusion(bytes.fromhex(hashes[21]), 20, 37, proof, bytes.fromhex(seal["merkle_root"]))
+def test_the_streaming_root_equals_the_recursive_one() -> None:
+    rng = random.Random(9162)
+    for size in [*range(0, 70), 1023, 1024, 1025]:
+        leaves = [rng.randbytes(rng.randint(0, 12)) for _ in range(size)]
+        builder = RootBuilder()
+        for leaf in leaves:
+            builder.add(leaf)
+        assert (builder.count, builder.root()) == (size, _reference_root(leaves))

@@ -1,0 +1,95 @@
+"""The money path sealed in the ledger: one entry per money event, in the transaction that makes
+the change, with its actor.
+
+An event's entry (kind `payout`) holds the batch as it now stands (`SEALED_BATCH_COLUMNS`) and,
+when lines changed, the RFC 6962 Merkle root of the changed lines' leaves in line-id order. Each
+leaf (the canonical JSON of every column of the line) is also stored in `payout_line_seal`
+beside its position, so that verification can say which row was altered: the newest seal of
+every line must equal the live line, and the seals of each entry must give its root. One entry
+per event, never one per line, so a batch of a million lines stays one transaction of bounded
+cost.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
+
+from service.audit.canonical import canonical_json, sha256_hex
+from service.audit.ledger import LedgerEntry, append
+from service.audit.merkle import RootBuilder
+from service.audit.records import Actor
+from service.payouts.tables import SEALED_BATCH_COLUMNS, grant, payout_batch, payout_line_seal
+
+MONEY_EVENT_KIND = "payout"
+LINE_COLUMNS = tuple(column.name for column in grant.columns)
+# Never written into a verification report: they identify the payee's bank account.
+PRIVATE_LINE_COLUMNS = frozenset({"payee_account_no", "payee_name"})
+_ROWS_PER_INSERT = 1000
+
+
+class MoneyEvent(StrEnum):
+    START = "start"                      # a RUNNING batch was created
+    DRAFT = "draft"                      # its lines (and payees) were written
+    APPROVE = "approve"
+    WITHDRAW = "withdraw"                # lines taken out before export
+    CANCEL = "cancel"
+    EXPORT = "export"                    # the bank files' SHA-256
+    RESULTS = "results"                  # the bank's answers (PAID, RETURN_PENDING)
+    CONFIRM_RETURNS = "confirm_returns"  # returns confirmed by a second principal: grants released
+
+
+def line_leaf(line: Mapping[str, Any]) -> bytes:
+    """The Merkle leaf of a line: the canonical JSON of all its columns."""
+    return canonical_json({column: line[column] for column in LINE_COLUMNS})
+
+
+def export_digest(message_id: str, csv_bytes: bytes, xml: bytes, exported_at: str) -> dict[str, str]:
+    """What the ledger seals of a stored export."""
+    return {"message_id": message_id, "csv_sha256": sha256_hex(csv_bytes), "pain001_sha256": sha256_hex(xml),
+            "exported_at": exported_at}
+
+
+def batch_snapshot(connection: Connection, batch_id: str) -> dict[str, Any]:
+    row = connection.execute(select(*(payout_batch.c[c] for c in SEALED_BATCH_COLUMNS))
+                             .where(payout_batch.c.batch_id == batch_id)).one()
+    return dict(row._mapping)
+
+
+def read_lines(connection: Connection, line_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """Lines by id, as stored (in id order)."""
+    wanted = sorted(set(line_ids))
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(wanted), 500):
+        out += [dict(r._mapping) for r in connection.execute(
+            select(grant).where(grant.c.grant_id.in_(wanted[start:start + 500])))]
+    return sorted(out, key=lambda line: str(line["grant_id"]))
+
+
+def seal_event(connection: Connection, event: MoneyEvent, batch_id: str, actor: Actor, *,
+               lines: Sequence[Mapping[str, Any]] = (), **details: Any) -> LedgerEntry:
+    """Seal a money event inside the caller's ledger transaction, after its change was written.
+
+    `lines`: the lines the event changed, with all their columns as now stored. `details`: what
+    else the event says (a reason, the exported files' hashes); canonical-JSON values only.
+    """
+    ordered = sorted(lines, key=lambda line: str(line["grant_id"]))
+    leaves = [line_leaf(line) for line in ordered]
+    payload: dict[str, Any] = {"event": event.value, "batch_id": batch_id,
+                               "actor": {"principal": actor.principal, "role": actor.role},
+                               "batch": batch_snapshot(connection, batch_id), **details}
+    if leaves:
+        builder = RootBuilder()
+        for leaf in leaves:
+            builder.add(leaf)
+        payload["lines"] = {"count": len(leaves), "root": builder.root().hex()}
+    entry = append(connection, MONEY_EVENT_KIND, payload)
+    rows = [{"ledger_seq": entry.seq, "leaf_index": index, "batch_id": batch_id,
+             "line_id": str(line["grant_id"]), "leaf": leaf.decode()}
+            for index, (line, leaf) in enumerate(zip(ordered, leaves, strict=True))]
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        connection.execute(insert(payout_line_seal), rows[start:start + _ROWS_PER_INSERT])
+    return entry

@@ -1,0 +1,144 @@
+"""The bank's ISO 20022 payment status report (pain.002.001.10) read into line results.
+
+No package we can install ships the pain.002 XSD, so the structure is checked explicitly:
+the document element in the pain.002.001.10 namespace, one CstmrPmtStsRpt with a GrpHdr/MsgId,
+the original message id (which must be the batch's pain.001 MsgId), and for every TxInfAndSts
+an OrgnlEndToEndId (a line of the batch) and a TxSts from ISO's ExternalPaymentTransactionStatus1
+code list. Everything refused names its place in the file (element and line).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lxml import etree
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from service.audit.records import Actor
+from service.errors import BatchStateError, InvalidArgumentError
+from service.payouts.batches import BankResult, Batch, get_batch, record_results
+from service.payouts.seals import read_lines
+from service.payouts.states import LineState
+from service.payouts.tables import payout_export
+
+PAIN002_NS = "urn:iso:std:iso:20022:tech:xsd:pain.002.001.10"
+# What each transaction status means for a line; None: no change yet (accepted, pending, ...).
+TRANSACTION_STATUSES: dict[str, LineState | None] = {
+    "ACSC": LineState.PAID,       # accepted, settlement completed (debtor side)
+    "ACCC": LineState.PAID,       # accepted, settlement completed (creditor account credited)
+    "RJCT": LineState.RETURNED,   # rejected: waits for a second principal (RETURN_PENDING)
+    **dict.fromkeys(("ACCP", "ACSP", "PDNG", "ACTC", "ACWC", "ACWP", "RCVD", "PATC", "PRES")),
+}
+MAX_REASON = 200
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, remove_comments=True)
+
+
+@dataclass(frozen=True)
+class Transaction:
+    where: str              # `TxInfAndSts[2] (line 31)`
+    end_to_end_id: str      # the line id
+    status: str             # TxSts
+    reason: str             # for RJCT: `<reason code> <additional information>`
+
+    @property
+    def result(self) -> BankResult | None:
+        state = TRANSACTION_STATUSES[self.status]
+        return None if state is None else BankResult(self.end_to_end_id, state, self.reason, self.where)
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    message_id: str                   # the report's own MsgId
+    original_message_id: str          # the pain.001 it answers
+    group_status: str
+    transactions: list[Transaction]
+
+    @property
+    def results(self) -> list[BankResult]:
+        """The results that change a line (ACSC, ACCC, RJCT)."""
+        return [r for r in (t.result for t in self.transactions) if r is not None]
+
+
+def apply(engine: Engine, batch_id: str, data: bytes, actor: Actor) -> tuple[Batch, StatusReport]:
+    """Record a status report's results for the batch it answers: matched by the message id of
+    the batch's bank file and each transfer's end-to-end id; an unknown id is refused with its
+    place and nothing is recorded. Results are recorded as by `record_results` (a return waits
+    for a second principal; a repeated report changes nothing)."""
+    report = parse(data)
+    with engine.connect() as conn:
+        exported = conn.execute(select(payout_export.c.message_id)
+                                .where(payout_export.c.batch_id == batch_id)).scalar()
+        if exported is None:
+            raise BatchStateError(f"batch {batch_id} has no bank file: a status report answers an exported batch")
+        if report.original_message_id != exported:
+            raise _bad(f"OrgnlMsgId {report.original_message_id!r} is not the message id of batch {batch_id}'s "
+                       f"bank file ({exported})")
+        lines = {str(line["grant_id"]): line for line in read_lines(conn, (t.end_to_end_id for t in
+                                                                           report.transactions))}
+    for transaction in report.transactions:
+        line = lines.get(transaction.end_to_end_id)
+        if line is None or line["batch_id"] != batch_id:
+            raise _bad(f"{transaction.where}: unknown end-to-end id {transaction.end_to_end_id!r} (not a line of "
+                       f"batch {batch_id})")
+    results = report.results
+    batch = record_results(engine, batch_id, results, actor) if results else get_batch(engine, batch_id)
+    return batch, report
+
+
+def parse(data: bytes) -> StatusReport:
+    """Read a pain.002.001.10 document; InvalidArgumentError on field `data` naming the place."""
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise _bad(f"not well-formed XML: {exc}") from None
+    if root.tag != _tag("Document"):
+        raise _bad(f"line {root.sourceline}: the document element must be Document in {PAIN002_NS}, "
+                   f"got {root.tag}")
+    report = _one(root, "CstmrPmtStsRpt")
+    message_id = _text(_one(_one(report, "GrpHdr"), "MsgId"))
+    original = _one(report, "OrgnlGrpInfAndSts")
+    original_message_id = _text(_one(original, "OrgnlMsgId"))
+    group = original.find(_tag("GrpSts"))
+    transactions: list[Transaction] = []
+    for index, transaction in enumerate(report.iterfind(f"{_tag('OrgnlPmtInfAndSts')}/{_tag('TxInfAndSts')}")):
+        where = f"TxInfAndSts[{index}] (line {transaction.sourceline})"
+        end_to_end = _text(_one(transaction, "OrgnlEndToEndId", where))
+        status = _text(_one(transaction, "TxSts", where))
+        if status not in TRANSACTION_STATUSES:
+            raise _bad(f"{where}: transaction status {status!r} is not handled here; record that line by hand")
+        reason = _reason(transaction) if TRANSACTION_STATUSES[status] == LineState.RETURNED else ""
+        transactions.append(Transaction(where, end_to_end, status, reason))
+    return StatusReport(message_id, original_message_id, _text(group) if group is not None else "", transactions)
+
+
+def _reason(transaction: etree._Element) -> str:
+    """`<code> <additional information>` of the first StsRsnInf, or the status when none is given."""
+    info = transaction.find(_tag("StsRsnInf"))
+    if info is None:
+        return "RJCT"
+    code = info.findtext(f"{_tag('Rsn')}/{_tag('Cd')}") or info.findtext(f"{_tag('Rsn')}/{_tag('Prtry')}") or "RJCT"
+    extra = " ".join((e.text or "").strip() for e in info.iterfind(_tag("AddtlInf")))
+    return f"{code.strip()} {extra}".strip()[:MAX_REASON]
+
+
+def _one(parent: etree._Element, name: str, where: str = "") -> etree._Element:
+    found = parent.findall(_tag(name))
+    place = where or f"{etree.QName(parent).localname} (line {parent.sourceline})"
+    if len(found) != 1:
+        raise _bad(f"{place}: expected one {name}, found {len(found)}")
+    return found[0]
+
+
+def _text(element: etree._Element) -> str:
+    text = (element.text or "").strip()
+    if not text:
+        raise _bad(f"{etree.QName(element).localname} (line {element.sourceline}) is empty")
+    return text
+
+
+def _tag(name: str) -> str:
+    return f"{{{PAIN002_NS}}}{name}"
+
+
+def _bad(reason: str) -> InvalidArgumentError:
+    return InvalidArgumentError([("data", reason)])

@@ -1,0 +1,175 @@
+"""Verification of the money tables against the ledger: the batches, their lines and the stored
+bank files must be exactly what the money events sealed.
+
+- every line equals its newest seal, and every sealed line exists (a line edited, deleted or
+  inserted is named, with the columns that differ);
+- the seals of each event give the Merkle root and count its ledger entry holds (a seal row
+  edited, deleted or inserted is caught, so the seals cannot be rewritten to match);
+- every batch row equals the snapshot of its newest event (state, totals, approver, ...);
+- every stored bank file has the SHA-256 and message id its export event sealed.
+The ledger itself is verified first by the chain walk, so its entries can be trusted here.
+Memory stays bounded by one event's seals, whatever the number of lines.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, select
+from sqlalchemy.engine import Connection
+
+from service.audit.ledger import Fault, ledger_entry
+from service.audit.merkle import RootBuilder
+from service.audit.problems import AuditProblem
+from service.payouts.seals import MONEY_EVENT_KIND, PRIVATE_LINE_COLUMNS, MoneyEvent, export_digest, line_leaf
+from service.payouts.tables import SEALED_BATCH_COLUMNS, grant, payout_batch, payout_export, payout_line_seal
+
+_STREAM = {"stream_results": True, "yield_per": 2000}
+
+
+@dataclass
+class _Events:
+    batches: dict[str, tuple[int, dict[str, Any]]]     # batch -> newest (seq, snapshot)
+    exports: dict[str, tuple[int, dict[str, Any]]]     # batch -> (seq, export digest)
+    line_seals: dict[int, tuple[str, int, str]]         # seq -> (batch, count, root)
+
+
+def verify_payouts(connection: Connection, *, limit: int = 100) -> list[AuditProblem]:
+    """Every difference between the money tables and the ledger, at most `limit` of them."""
+    if limit <= 0:
+        return []
+    events = _read_events(connection)
+    problems: list[AuditProblem] = []
+    for check in (_check_seals, _check_lines, _check_batches, _check_exports):
+        for problem in check(connection, events):
+            problems.append(problem)
+            if len(problems) >= limit:
+                return problems
+    return problems
+
+
+def _read_events(connection: Connection) -> _Events:
+    events = _Events({}, {}, {})
+    query = select(ledger_entry.c.seq, ledger_entry.c.payload).where(
+        ledger_entry.c.kind == MONEY_EVENT_KIND).order_by(ledger_entry.c.seq)
+    for seq, text in connection.execution_options(**_STREAM).execute(query):
+        payload = orjson.loads(text)
+        batch_id = payload["batch_id"]
+        events.batches[batch_id] = (seq, payload["batch"])
+        if payload["event"] == MoneyEvent.EXPORT:
+            events.exports[batch_id] = (seq, payload["export"])
+        if "lines" in payload:
+            events.line_seals[seq] = (batch_id, payload["lines"]["count"], payload["lines"]["root"])
+    return events
+
+
+def _check_seals(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+    """The seal rows of each event give its sealed root; no seal row belongs to no event."""
+    for seq, (batch_id, count, expected_root) in events.line_seals.items():
+        builder = RootBuilder()
+        rows = connection.execution_options(**_STREAM).execute(
+            select(payout_line_seal.c.leaf_index, payout_line_seal.c.line_id, payout_line_seal.c.batch_id,
+                   payout_line_seal.c.leaf).where(payout_line_seal.c.ledger_seq == seq)
+            .order_by(payout_line_seal.c.leaf_index))
+        misplaced = None
+        for index, line_id, seal_batch, leaf in rows:
+            if (index != builder.count or seal_batch != batch_id) and misplaced is None:
+                misplaced = f"position {index} ({line_id})"
+            builder.add(leaf.encode())
+        where = f"entry {seq}"
+        if builder.count != count:
+            fault = Fault.DELETED if builder.count < count else Fault.INSERTED
+            yield AuditProblem(payout_line_seal.name, where, fault, seq,
+                               f"ledger entry {seq} sealed {count} line(s) of batch {batch_id}; "
+                               f"{builder.count} seal row(s) remain")
+        elif misplaced is not None or builder.root().hex() != expected_root:
+            yield AuditProblem(payout_line_seal.name, where, Fault.EDITED, seq,
+                               f"the seal rows of ledger entry {seq} (batch {batch_id}) no longer give its Merkle "
+                               f"root{': ' + misplaced + ' is out of place' if misplaced else ''}")
+    stray = connection.execute(select(payout_line_seal.c.ledger_seq, func.count()).group_by(
+        payout_line_seal.c.ledger_seq))
+    for seq, number in stray:
+        if seq not in events.line_seals:
+            yield AuditProblem(payout_line_seal.name, f"entry {seq}", Fault.INSERTED, 0,
+                               f"{number} seal row(s) claim ledger entry {seq}, which sealed no lines")
+
+
+def _check_lines(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+    """Every line equals its newest seal; every sealed line exists."""
+    newest = (select(payout_line_seal.c.line_id, func.max(payout_line_seal.c.ledger_seq).label("seq"))
+              .group_by(payout_line_seal.c.line_id).subquery())
+    seal = payout_line_seal.alias("newest_seal")
+    query = (select(grant, newest.c.seq, seal.c.leaf)
+             .select_from(grant.outerjoin(newest, newest.c.line_id == grant.c.grant_id)
+                          .outerjoin(seal, and_(seal.c.line_id == newest.c.line_id,
+                                                seal.c.ledger_seq == newest.c.seq))))
+    for row in connection.execution_options(**_STREAM).execute(query):
+        line = dict(row._mapping)
+        line_id = str(line["grant_id"])
+        if row.seq is None:
+            yield AuditProblem(grant.name, line_id, Fault.INSERTED, 0,
+                               f"line of batch {line['batch_id']} was never sealed in the ledger")
+            continue
+        if line_leaf(line).decode() != row.leaf:
+            yield AuditProblem(grant.name, line_id, Fault.EDITED, int(row.seq),
+                               _differences(line, orjson.loads(row.leaf), int(row.seq)))
+    missing = (select(payout_line_seal.c.line_id, func.max(payout_line_seal.c.ledger_seq))
+               .where(~select(grant.c.grant_id).where(grant.c.grant_id == payout_line_seal.c.line_id).exists())
+               .group_by(payout_line_seal.c.line_id).order_by(payout_line_seal.c.line_id))
+    for line_id, seq in connection.execute(missing):
+        yield AuditProblem(grant.name, str(line_id), Fault.DELETED, int(seq),
+                           f"line sealed by ledger entry {seq} is missing")
+
+
+def _check_batches(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+    seen: set[str] = set()
+    query = select(*(payout_batch.c[c] for c in SEALED_BATCH_COLUMNS)).order_by(payout_batch.c.batch_id)
+    for row in connection.execution_options(**_STREAM).execute(query):
+        batch = dict(row._mapping)
+        batch_id = str(batch["batch_id"])
+        seen.add(batch_id)
+        sealed = events.batches.get(batch_id)
+        if sealed is None:
+            yield AuditProblem(payout_batch.name, batch_id, Fault.INSERTED, 0, "batch was never sealed in the ledger")
+        elif batch != sealed[1]:
+            yield AuditProblem(payout_batch.name, batch_id, Fault.EDITED, sealed[0],
+                               _differences(batch, sealed[1], sealed[0]))
+    for batch_id, (seq, _) in sorted(events.batches.items()):
+        if batch_id not in seen:
+            yield AuditProblem(payout_batch.name, batch_id, Fault.DELETED, seq,
+                               f"batch sealed by ledger entry {seq} is missing")
+
+
+def _check_exports(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+    seen: set[str] = set()
+    for row in connection.execution_options(stream_results=True, yield_per=1).execute(select(payout_export)):
+        batch_id = str(row.batch_id)
+        seen.add(batch_id)
+        sealed = events.exports.get(batch_id)
+        if sealed is None:
+            yield AuditProblem(payout_export.name, batch_id, Fault.INSERTED, 0,
+                               "bank file was never sealed in the ledger")
+            continue
+        stored = export_digest(row.message_id, bytes(row.csv), bytes(row.pain001), row.exported_at)
+        if stored != sealed[1]:
+            changed = ", ".join(k for k in sorted(stored) if stored[k] != sealed[1].get(k))
+            yield AuditProblem(payout_export.name, batch_id, Fault.EDITED, sealed[0],
+                               f"{changed} differ(s) from what ledger entry {sealed[0]} sealed")
+    for batch_id, (seq, _) in sorted(events.exports.items()):
+        if batch_id not in seen:
+            yield AuditProblem(payout_export.name, batch_id, Fault.DELETED, seq,
+                               f"bank file sealed by ledger entry {seq} is missing")
+
+
+def _differences(live: dict[str, Any], sealed: dict[str, Any], seq: int) -> str:
+    """Which columns differ, with both values (but for the payee's private columns)."""
+    parts = []
+    for column in sorted(set(live) | set(sealed)):
+        now, then = live.get(column), sealed.get(column)
+        if now != then:
+            private = column in PRIVATE_LINE_COLUMNS
+            parts.append(f"{column} differs" if private else f"{column} is {now!r}, sealed {then!r}")
+    return f"{'; '.join(parts) or 'differs'} (ledger entry {seq})"
+
