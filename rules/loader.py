@@ -1,10 +1,12 @@
 """Loads policy files: validate, parse and type-check every expression, compile per period.
 
 A directory loads completely or not at all, so a running service keeps the rules it had when a
-changed file is refused (see `PolicyStore`).
+changed file is refused (see `PolicyStore`). Exclusions (`excludes:`) are checked per file (no
+repeats, not the policy itself) and, once the whole directory is loaded, against the other files.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import threading
 from collections.abc import Iterator, Mapping
@@ -76,6 +78,7 @@ class LoadedPolicy:
     raw_params: dict[str, Parameter]
     catalogue: Catalogue
     test_file: str | None
+    exclude_lines: dict[str, int] = field(default_factory=dict)  # excluded id -> line naming it
     _compiled: dict[int, CompiledPolicy] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -86,6 +89,12 @@ class LoadedPolicy:
     @property
     def version(self) -> str:
         return self.model.version
+
+    @property
+    def excludes(self) -> tuple[str, ...]:
+        """The policies this file names under `excludes:`, in file order; the symmetric set
+        (including policies that name this one) is `PolicySet.excluded`."""
+        return tuple(self.model.excludes)
 
     def fact_year(self, period: int) -> int:
         return period - 1 if self.model.fact_year == "previous" else period
@@ -157,6 +166,7 @@ def _load_bytes(raw: bytes, file: str, catalogue: Catalogue, *, expected_id: str
         raise PolicySchemaError(file, doc.line_of(("id",)), f"id {policy.id!r} does not match "
                                 f"the file name (expected {expected_id!r})")
     _unique_clause_ids(doc, policy)
+    exclude_lines = _exclusions(doc, policy)
     param_types = {name: _param_type(file, doc, name, p) for name, p in policy.parameters.items()}
     param_values = {name: _param_literals(file, doc, name, p) for name, p in policy.parameters.items()}
     scope = Scope(catalogue, param_types, file, param_values=param_values)
@@ -182,7 +192,7 @@ def _load_bytes(raw: bytes, file: str, catalogue: Catalogue, *, expected_id: str
         param_types=param_types, param_values=param_values,
         param_lines={name: doc.line_of(("parameters", name)) or 1 for name in policy.parameters},
         raw_params=dict(policy.parameters), catalogue=catalogue,
-        test_file=None)
+        test_file=None, exclude_lines=exclude_lines)
     loaded.check_periods()
     return loaded
 
@@ -237,6 +247,42 @@ def _unique_clause_ids(doc: Located, policy: Policy) -> None:
                 raise PolicySchemaError(doc.file, line, f"clause id {clause.id!r} is already used "
                                                         f"on line {seen[clause.id]}", field="id")
             seen[clause.id] = line
+
+
+def _exclusions(doc: Located, policy: Policy) -> dict[str, int]:
+    """Each excluded id with the line naming it. Whether the ids exist is known only once the
+    whole directory is loaded (`_check_exclusions`)."""
+    lines: dict[str, int] = {}
+    for i, other in enumerate(policy.excludes):
+        line = doc.line_of(("excludes", i)) or 1
+        if other == policy.id:
+            raise PolicySchemaError(doc.file, line, "a policy cannot exclude itself",
+                                    field=f"excludes.{i}")
+        if other in lines:
+            raise PolicySchemaError(doc.file, line, f"{other!r} is already excluded on line "
+                                                    f"{lines[other]}", field=f"excludes.{i}")
+        lines[other] = line
+    return lines
+
+
+def _check_exclusions(policies: list[LoadedPolicy]) -> None:
+    """Every excluded id names a loaded policy, and never one of the same conflict group: the
+    group pays the higher of the two awards (就高不重复), an exclusion never both."""
+    by_id = {p.id: p for p in policies}
+    for policy in policies:
+        for i, (other, line) in enumerate(policy.exclude_lines.items()):
+            target = by_id.get(other)
+            if target is None:
+                close = difflib.get_close_matches(other, sorted(by_id), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise PolicySchemaError(policy.file, line, f"excludes {other!r}, which is not a "
+                                                           f"loaded policy{hint}", field=f"excludes.{i}")
+            group = policy.model.conflict_group
+            if group is not None and target.model.conflict_group == group:
+                raise PolicySchemaError(
+                    policy.file, line, f"excludes {other!r}, which is in the same conflict group "
+                    f"{group!r}: the group pays the higher award (就高不重复), an exclusion never "
+                    "both; keep one of the two", field=f"excludes.{i}")
 
 
 def _param_literals(file: str, doc: Located, name: str, param: Parameter) -> tuple[object, ...]:
@@ -305,6 +351,23 @@ class PolicySet:
     def __init__(self, policies: list[LoadedPolicy], root: str) -> None:
         self.root = root
         self._by_id = {p.id: p for p in policies}
+        neighbours: dict[str, set[str]] = {p.id: set() for p in policies}
+        for policy in policies:  # symmetric: A excludes B means B excludes A
+            for other in policy.excludes:
+                neighbours[policy.id].add(other)
+                neighbours.setdefault(other, set()).add(policy.id)
+        self._excluded = {node: frozenset(ids) for node, ids in neighbours.items()}
+        self._family: dict[str, tuple[str, ...]] = {}
+        for start in sorted(neighbours):
+            if start in self._family:
+                continue
+            component, todo = {start}, [start]
+            while todo:
+                for other in neighbours[todo.pop()] - component:
+                    component.add(other)
+                    todo.append(other)
+            family = tuple(sorted(component))
+            self._family.update(dict.fromkeys(family, family))
 
     def __iter__(self) -> Iterator[LoadedPolicy]:
         return iter(sorted(self._by_id.values(), key=lambda p: p.id))
@@ -318,6 +381,19 @@ class PolicySet:
         except KeyError:
             raise PolicyNotFoundError(policy_id) from None
 
+    def excluded(self, policy_id: str) -> frozenset[str]:
+        """The policies an enterprise may not hold in the same period together with `policy_id`:
+        those it names under `excludes:` and those naming it."""
+        self.get(policy_id)
+        return self._excluded[policy_id]
+
+    def exclusion_family(self, policy_id: str) -> tuple[str, ...]:
+        """The sorted ids of the connected part of the exclusion graph holding `policy_id`, itself
+        included (`(policy_id,)` without exclusions): whatever one of them pays in a period
+        depends on what the others paid."""
+        self.get(policy_id)
+        return self._family[policy_id]
+
 
 def policy_files(root: Path) -> list[Path]:
     """Policy files found below `root` (test files excluded)."""
@@ -327,7 +403,8 @@ def policy_files(root: Path) -> list[Path]:
 
 
 def load_policy_dir(root: Path, catalogue: Catalogue, *, require_tests: bool = True) -> PolicySet:
-    """Load every policy below `root`; the first refused file raises and nothing is loaded."""
+    """Load every policy below `root`; the first refused file raises and nothing is loaded, as
+    does an exclusion naming no policy of the directory or one of its own conflict group."""
     policies: list[LoadedPolicy] = []
     seen: dict[str, str] = {}
     files = policy_files(root)
@@ -340,6 +417,8 @@ def load_policy_dir(root: Path, catalogue: Catalogue, *, require_tests: bool = T
                                                   f"{seen[policy.id]}")
         seen[policy.id] = str(path)
         policies.append(policy)
+    if root.is_dir():  # a single file, like load_policy_file, cannot know the other ids
+        _check_exclusions(policies)
     return PolicySet(policies, str(root))
 
 

@@ -3,15 +3,33 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rules.errors import PolicySchemaError
 from rules.yaml_source import Located
 
 _ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 OUTCOMES = ("ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD")
+
+
+def _policy_id(value: str) -> str:
+    if not _ID.match(value):
+        raise ValueError("ids are lower-case words joined by '-'")
+    return value
+
+
+# A policy id: `id`, and each entry of `excludes` (validated per item, so an error names its line).
+PolicyId = Annotated[str, AfterValidator(_policy_id)]
 
 
 class _Strict(BaseModel):
@@ -105,7 +123,7 @@ class Amount(_Strict):
 
 
 class Policy(_Strict):
-    id: str
+    id: PolicyId
     version: str = Field(min_length=1)
     title: str = Field(min_length=1)
     authority: str = Field(min_length=1)
@@ -116,19 +134,17 @@ class Policy(_Strict):
     effective: Effective
     fact_year: Literal["previous", "period"]     # which year's yearly records `tax`/`si` read
     conflict_group: str | None = None            # 就高不重复: one award per group and period
-    excludes: list[str] = Field(default_factory=list)
+    # `excludes: [other-policy-id, ...]`: programmes an enterprise may not hold in the same period
+    # together with this one; symmetric (B need not name A), never the policy itself nor twice,
+    # every id a policy of the same directory, never one of the same conflict group (checked by
+    # rules.loader, which has the lines and the other files). Unlike a conflict group, which pays
+    # the higher award, an exclusion pays nothing once the other programme is held.
+    excludes: list[PolicyId] = Field(default_factory=list)
     budget: str | int | None = None              # money available per period (for payout batches)
     parameters: dict[str, Parameter] = Field(default_factory=dict)
     conditions: list[Condition] = Field(min_length=1)
     payable: list[Condition] = Field(default_factory=list)
     amount: Amount
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        if not _ID.match(value):
-            raise ValueError("ids are lower-case words joined by '-'")
-        return value
 
 
 class Expectation(_Strict):
