@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from rules.money import format_yuan
 from service.client import print_error
+from service.errors import InvalidArgumentError
+from service.payouts.export import batch_id_for_message
 
 STATE_NAMES = {value: name.removeprefix("BATCH_STATE_") for name, value in pb.BatchState.items()}
 FORMATS = {"csv": pb.EXPORT_FORMAT_CSV, "pain001": pb.EXPORT_FORMAT_PAIN_001}
@@ -46,11 +48,12 @@ class BatchClient:
         yield from self.stub.WatchPayoutBatch(pb.WatchPayoutBatchRequest(batch_id=batch_id),
                                               metadata=self.metadata)
 
-    def lines(self, batch_id: str) -> Iterator[Any]:
+    def lines(self, batch_id: str, *, payee_changed: bool = False) -> Iterator[Any]:
         token = ""
         while True:
             page = self.stub.ListPayoutLines(pb.ListPayoutLinesRequest(
-                batch_id=batch_id, page_size=1000, page_token=token), metadata=self.metadata, timeout=60)
+                batch_id=batch_id, page_size=1000, page_token=token, payee_changed=payee_changed),
+                metadata=self.metadata, timeout=60)
             yield from page.lines
             token = page.next_page_token
             if not token:
@@ -60,9 +63,21 @@ class BatchClient:
         return self.stub.ApprovePayoutBatch(pb.ApprovePayoutBatchRequest(batch_id=batch_id),
                                             metadata=self.metadata, timeout=30)
 
-    def cancel(self, batch_id: str) -> Any:
-        return self.stub.CancelPayoutBatch(pb.CancelPayoutBatchRequest(batch_id=batch_id),
-                                           metadata=self.metadata, timeout=30)
+    def cancel(self, batch_id: str, reason: str) -> Any:
+        return self.stub.CancelPayoutBatch(pb.CancelPayoutBatchRequest(batch_id=batch_id, reason=reason),
+                                           metadata=self.metadata, timeout=60)
+
+    def withdraw(self, batch_id: str, line_ids: list[str], reason: str) -> Any:
+        return self.stub.WithdrawPayoutLines(pb.WithdrawPayoutLinesRequest(
+            batch_id=batch_id, line_ids=line_ids, reason=reason), metadata=self.metadata, timeout=60)
+
+    def confirm_returns(self, batch_id: str, line_ids: list[str]) -> Any:
+        return self.stub.ConfirmPayoutReturns(pb.ConfirmPayoutReturnsRequest(batch_id=batch_id, line_ids=line_ids),
+                                              metadata=self.metadata, timeout=60)
+
+    def status_report(self, batch_id: str, data: bytes) -> Any:
+        return self.stub.ImportPaymentStatusReport(pb.ImportPaymentStatusReportRequest(batch_id=batch_id, data=data),
+                                                   metadata=self.metadata, timeout=120)
 
     def export(self, batch_id: str, export_format: int) -> bytes:
         chunks = self.stub.ExportPayoutBatch(pb.ExportPayoutBatchRequest(batch_id=batch_id, format=export_format),
@@ -129,6 +144,9 @@ def run(command: str, target: str, token: str, args: Any) -> int:
     except (OSError, ValueError) as exc:  # a results file that cannot be read or is malformed
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except InvalidArgumentError as exc:  # a status report that is not a pain.002 document
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _create(client: BatchClient, args: Any) -> int:
@@ -157,11 +175,13 @@ def _get(client: BatchClient, args: Any) -> int:
 def _lines(client: BatchClient, args: Any) -> int:
     writer = csv.writer(sys.stdout)
     writer.writerow(["line_id", "uscc", "amount_fen", "full_amount_fen", "evaluation_id", "supersedes_line_id",
-                     "state", "return_reason"])
-    for line in client.lines(args.batch_id):
+                     "state", "return_reason", "payee_name", "payee_account", "payee_bank", "payee_changed",
+                     "withdraw_reason"])
+    for line in client.lines(args.batch_id, payee_changed=args.payee_changed):
         writer.writerow([line.line_id, line.uscc, line.amount_fen, line.full_amount_fen, line.evaluation_id,
                          line.supersedes_line_id, pb.LineState.Name(line.state).removeprefix("LINE_STATE_"),
-                         line.return_reason])
+                         line.return_reason, line.payee.account_name, line.payee.account_number_masked,
+                         line.payee.bank_name, "yes" if line.payee_changed else "", line.withdraw_reason])
     return 0
 
 
@@ -171,7 +191,44 @@ def _approve(client: BatchClient, args: Any) -> int:
 
 
 def _cancel(client: BatchClient, args: Any) -> int:
-    print(describe(client.cancel(args.batch_id)))
+    print(describe(client.cancel(args.batch_id, args.reason)))
+    return 0
+
+
+def _withdraw(client: BatchClient, args: Any) -> int:
+    line_ids = list(args.line_ids)
+    if args.payee_changed:
+        line_ids += [line.line_id for line in client.lines(args.batch_id, payee_changed=True)]
+    if not line_ids:
+        print("no line to withdraw", file=sys.stderr)
+        return 1
+    batch = client.withdraw(args.batch_id, line_ids, args.reason)
+    print(f"withdrew {len(line_ids)} line(s)")
+    print(describe(batch))
+    return 0
+
+
+def _confirm_returns(client: BatchClient, args: Any) -> int:
+    line_ids = list(args.line_ids) or [line.line_id for line in client.lines(args.batch_id)
+                                       if line.state == pb.LINE_STATE_RETURN_PENDING]
+    if not line_ids:
+        print("no return awaits confirmation", file=sys.stderr)
+        return 1
+    batch = client.confirm_returns(args.batch_id, line_ids)
+    print(f"confirmed {len(line_ids)} return(s): their grants are released for a later batch")
+    print(describe(batch))
+    return 0
+
+
+def _status_report(client: BatchClient, args: Any) -> int:
+    from service.payouts.status_report import parse
+
+    data = Path(args.file).read_bytes()
+    batch_id = args.batch or batch_id_for_message(parse(data).original_message_id)
+    answer = client.status_report(batch_id, data)
+    print(f"status report {answer.message_id}: {answer.paid_count} paid, {answer.rejected_count} rejected "
+          f"(awaiting a second principal's confirmation), {answer.unchanged_count} unchanged")
+    print(describe(answer.batch))
     return 0
 
 
@@ -237,9 +294,22 @@ def add_batch_commands(sub: argparse._SubParsersAction,  # type: ignore[type-arg
     watch = command("watch", "follow a running batch with a progress bar")
     watch.add_argument("--quiet", action="store_true", help="no progress bar")
     command("get", "show a batch")
-    command("lines", "print a batch's lines as CSV")
+    lines = command("lines", "print a batch's lines as CSV (payee accounts masked)")
+    lines.add_argument("--payee-changed", action="store_true",
+                       help="only pending lines whose payee is no longer the registry's account")
     command("approve", "approve a DRAFT batch (not its creator)")
-    command("cancel", "cancel a DRAFT batch (its grants are released)")
+    cancel = command("cancel", "cancel a DRAFT batch, or (approver) an APPROVED one not exported")
+    cancel.add_argument("--reason", required=True, help="why (sealed in the ledger)")
+    withdraw = command("withdraw", "withdraw pending lines before export (approver); their grants are released")
+    withdraw.add_argument("line_ids", nargs="*", help="line ids to withdraw")
+    withdraw.add_argument("--payee-changed", action="store_true",
+                          help="every line whose payee is no longer the registry's account")
+    withdraw.add_argument("--reason", required=True, help="why (sealed in the ledger)")
+    confirm = command("confirm-returns", "confirm returns recorded by another principal (approver)")
+    confirm.add_argument("line_ids", nargs="*", help="line ids (default: every return awaiting confirmation)")
+    report = command("status-report", "record the bank's pain.002 status report", with_batch_id=False)
+    report.add_argument("file", type=Path, help="pain.002.001.10 XML")
+    report.add_argument("--batch", default=None, help="batch id (default: from the report's original message id)")
     export = command("export", "write the bank file of an APPROVED batch")
     export.add_argument("--format", choices=("csv", "pain001"), default="pain001")
     export.add_argument("--out", type=Path, required=True)
@@ -250,4 +320,5 @@ def add_batch_commands(sub: argparse._SubParsersAction,  # type: ignore[type-arg
 
 
 _COMMANDS = {"create": _create, "watch": _watch, "get": _get, "lines": _lines, "approve": _approve,
-             "cancel": _cancel, "export": _export, "results": _results}
+             "cancel": _cancel, "withdraw": _withdraw, "confirm-returns": _confirm_returns,
+             "status-report": _status_report, "export": _export, "results": _results}

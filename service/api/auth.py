@@ -39,7 +39,12 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     "/benefits.v1.PayoutService/ApprovePayoutBatch": frozenset({"finance_approver"}),
     "/benefits.v1.PayoutService/ExportPayoutBatch": frozenset({"finance_operator"}),
     "/benefits.v1.PayoutService/RecordPayoutResults": frozenset({"finance_operator"}),
-    "/benefits.v1.PayoutService/CancelPayoutBatch": frozenset({"finance_operator"}),
+    "/benefits.v1.PayoutService/ImportPaymentStatusReport": frozenset({"finance_operator"}),
+    # An APPROVED batch only by an approver (checked by the batch itself).
+    "/benefits.v1.PayoutService/CancelPayoutBatch": frozenset({"finance_operator", "finance_approver"}),
+    "/benefits.v1.PayoutService/WithdrawPayoutLines": frozenset({"finance_approver"}),
+    # Never by the principal who recorded the return (checked by the batch itself).
+    "/benefits.v1.PayoutService/ConfirmPayoutReturns": frozenset({"finance_approver"}),
     "/benefits.v1.AuditService/GetEvaluation": frozenset({"auditor", "admin"}),
     "/benefits.v1.AuditService/ListEvaluations": frozenset({"auditor", "admin"}),
     "/benefits.v1.AuditService/VerifyAuditLog": frozenset({"auditor", "admin"}),

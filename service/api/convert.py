@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
-from benefits.v1 import evaluation_pb2, policy_service_pb2
+from benefits.v1 import evaluation_pb2, payout_service_pb2, policy_service_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from rules.evaluator import AmountTrace, ClauseResult, Evaluation, FactRead
 from rules.loader import LoadedPolicy
+from service.payouts.batches import Batch
+from service.payouts.payees import line_payee
+from service.payouts.states import BatchState, LineState
+
+# Our enums to the proto's, by name from the generated descriptors (BATCH_STATE_<name>, ...).
+BATCH_STATES = {state: payout_service_pb2.BatchState.Value(f"BATCH_STATE_{state.value}") for state in BatchState}
+LINE_STATES = {state: payout_service_pb2.LineState.Value(f"LINE_STATE_{state.value}") for state in LineState}
+# The results a bank reports through RecordPayoutResults.
+BANK_RESULT_STATES = {LINE_STATES[state]: state for state in (LineState.PAID, LineState.RETURNED)}
 
 OUTCOMES = {"ELIGIBLE": evaluation_pb2.OUTCOME_ELIGIBLE,
             "INELIGIBLE": evaluation_pb2.OUTCOME_INELIGIBLE,
@@ -77,3 +88,27 @@ def policy(p: LoadedPolicy) -> policy_service_pb2.Policy:
             for payable, clauses in ((False, model.conditions), (True, model.payable))
             for c in clauses],
         amount_text=model.amount.text, budget_fen=p.budget_fen or 0)
+
+
+def payout_batch(batch: Batch) -> payout_service_pb2.PayoutBatch:
+    created = Timestamp()
+    created.FromJsonString(batch.created_at)
+    return payout_service_pb2.PayoutBatch(
+        batch_id=batch.batch_id, policy_id=batch.policy_id, policy_version=batch.policy_version,
+        period=batch.period, state=BATCH_STATES[batch.state], line_count=batch.line_count,
+        total_fen=batch.total_fen, request_id=batch.request_id, created_by=batch.created_by,
+        approved_by=batch.approved_by or "", create_time=created, merkle_root=batch.merkle_root,
+        cancelled_by=batch.cancelled_by or "", cancel_reason=batch.cancel_reason or "")
+
+
+def payout_line(line: Mapping[str, Any], *, payee_changed: bool) -> payout_service_pb2.PayoutLine:
+    payee = line_payee(line)
+    return payout_service_pb2.PayoutLine(
+        line_id=str(line["grant_id"]), uscc=str(line["uscc"]), amount_fen=int(line["amount_fen"]),
+        full_amount_fen=int(line["full_fen"]), evaluation_id=str(line["evaluation_id"]),
+        supersedes_line_id=str(line["tops_up"] or ""), state=LINE_STATES[LineState(line["state"])],
+        return_reason=str(line["return_reason"] or ""),
+        payee=payout_service_pb2.Payee(account_name=payee.name, account_number_masked=payee.masked_account,
+                                       bank_name=payee.bank),
+        payee_changed=payee_changed, withdraw_reason=str(line["withdraw_reason"] or ""),
+        result_recorded_by=str(line["result_by"] or ""), return_confirmed_by=str(line["confirmed_by"] or ""))

@@ -57,8 +57,10 @@ from service.errors import (
 from service.evaluation import evaluate_with_inputs
 from service.explain import OUTCOME_ZH, as_text
 from service.facts_documents import DocumentSource, build_document
-from service.payouts import batches
+from service.payouts import batches, status_report
+from service.payouts.payees import changed_payees, line_payee, registry_payees
 from service.payouts.runner import BatchWorkers
+from service.payouts.states import BatchState, LineState
 
 MIN_PERIOD, MAX_PERIOD = 2000, 2100
 MAX_IMPORT_RECORDS = 1_000_000
@@ -263,7 +265,8 @@ def _summary(result: Any) -> str:
 
 class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     """Batches for the finance bureau. A created batch runs in the background (`BatchWorkers`);
-    WatchPayoutBatch streams its progress until it leaves RUNNING."""
+    WatchPayoutBatch streams its progress until it leaves RUNNING. Every change of money state
+    is sealed in the ledger with the caller as actor."""
 
     def __init__(self, policies: PolicyStore, engine: Engine, workers: BatchWorkers, *,
                  payers: dict[str, Any] | None = None, on_export: Callable[[], None] = lambda: None,
@@ -279,16 +282,15 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         if not 8 <= len(request.request_id) <= 100:
             violations.append(("request_id", "required: a client-chosen id of 8-100 characters (a UUID)"))
         _raise_if(violations)
-        caller = _caller()
         batch = batches.start_batch(self.engine, self.policies.current, policy_id=request.policy_id,
                                     period=request.period, request_id=request.request_id,
-                                    actor=Actor(caller.name, caller.role), today=date.today())
-        if batch.state == "RUNNING":
+                                    actor=_actor(), today=date.today())
+        if batch.state == BatchState.RUNNING:
             self.workers.wake()  # a repeated request after a restart finishes the same batch
-        return _batch_message(batch)
+        return convert.payout_batch(batch)
 
     def GetPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return _batch_message(batches.get_batch(self.engine, _batch_id(request)))
+        return convert.payout_batch(batches.get_batch(self.engine, _batch_id(request)))
 
     def WatchPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         batch_id = _batch_id(request)
@@ -297,42 +299,67 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             batch = batches.get_batch(self.engine, batch_id)
             if batch != last:
                 yield payout_service_pb2.PayoutBatchProgress(
-                    batch=_batch_message(batch), evaluated_count=batch.evaluated_count,
+                    batch=convert.payout_batch(batch), evaluated_count=batch.evaluated_count,
                     eligible_count=batch.eligible_count, amount_fen=batch.eligible_fen,
                     enterprise_count=batch.enterprise_count, error_count=batch.error_count)
                 last = batch
-            if batch.state != "RUNNING":
+            if batch.state != BatchState.RUNNING:
                 return
             time.sleep(self.watch_interval)
 
     def ListPayoutLines(self, request: Any, context: grpc.ServicerContext) -> Any:
         batch = batches.get_batch(self.engine, _batch_id(request))
-        query = f"lines:{batch.batch_id}"
+        query = f"lines:{batch.batch_id}:{request.payee_changed}"
         offset, limit = page_bounds(request.page_size, request.page_token, query, default=100, maximum=1000)
         with self.engine.connect() as conn:
-            lines = batches.lines_of(conn, batch.batch_id, offset=offset, limit=limit)
+            if request.payee_changed:   # every pending line is compared with the registry, then paged
+                pending = [line for line in batches.lines_of(conn, batch.batch_id)
+                           if line["state"] == LineState.PENDING]
+                matching = changed_payees(conn, pending)
+                total, lines = len(matching), matching[offset:offset + limit]
+            else:
+                total = batches.count_lines(conn, batch.batch_id)
+                lines = batches.lines_of(conn, batch.batch_id, offset=offset, limit=limit)
+            now = registry_payees(conn, (str(line["uscc"]) for line in lines))
         return payout_service_pb2.ListPayoutLinesResponse(
-            lines=[payout_service_pb2.PayoutLine(
-                line_id=str(line["grant_id"]), uscc=str(line["uscc"]), amount_fen=int(line["amount_fen"]),  # type: ignore[call-overload]
-                full_amount_fen=int(line["full_fen"]), evaluation_id=str(line["evaluation_id"]),  # type: ignore[call-overload]
-                supersedes_line_id=str(line["tops_up"] or ""), state=_LINE_STATES[str(line["state"])],
-                return_reason=str(line["return_reason"] or ""))
-                for line in lines],
-            next_page_token=next_token(offset, limit, batch.line_count, query))
+            lines=[convert.payout_line(line, payee_changed=line["state"] == LineState.PENDING
+                                       and not line_payee(line).same_as(now[str(line["uscc"])]))
+                   for line in lines],
+            next_page_token=next_token(offset, limit, total, query))
 
     def ApprovePayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
-        caller = _caller()
-        return _batch_message(batches.approve(self.engine, _batch_id(request), Actor(caller.name, caller.role)))
+        return convert.payout_batch(batches.approve(self.engine, _batch_id(request), _actor()))
 
     def CancelPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return _batch_message(batches.cancel(self.engine, _batch_id(request)))
+        return convert.payout_batch(batches.cancel(self.engine, _batch_id(request), _actor(), request.reason))
+
+    def WithdrawPayoutLines(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return convert.payout_batch(batches.withdraw(self.engine, _batch_id(request), list(request.line_ids),
+                                                     request.reason, _actor()))
+
+    def ConfirmPayoutReturns(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return convert.payout_batch(batches.confirm_returns(self.engine, _batch_id(request), list(request.line_ids),
+                                                            _actor()))
 
     def RecordPayoutResults(self, request: Any, context: grpc.ServicerContext) -> Any:
-        names = {payout_service_pb2.LINE_STATE_PAID: "PAID", payout_service_pb2.LINE_STATE_RETURNED: "RETURNED"}
-        results = [(r.line_id, names.get(r.state, ""), r.return_reason) for r in request.results]
-        if not results:
-            raise InvalidArgumentError([("results", "at least one result")])
-        return _batch_message(batches.record_results(self.engine, _batch_id(request), results))
+        results = []
+        for index, result in enumerate(request.results):
+            state = convert.BANK_RESULT_STATES.get(result.state)
+            if state is None:
+                raise InvalidArgumentError([(f"results[{index}].state", "LINE_STATE_PAID or LINE_STATE_RETURNED")])
+            results.append(batches.BankResult(result.line_id, state, result.return_reason, f"results[{index}]"))
+        return convert.payout_batch(batches.record_results(self.engine, _batch_id(request), results, _actor()))
+
+    def ImportPaymentStatusReport(self, request: Any, context: grpc.ServicerContext) -> Any:
+        batch_id = _batch_id(request)
+        if not request.data:
+            raise InvalidArgumentError([("data", "required: the pain.002.001.10 document")])
+        batch, report = status_report.apply(self.engine, batch_id, bytes(request.data), _actor())
+        results = report.results
+        rejected = sum(1 for r in results if r.state == LineState.RETURNED)
+        return payout_service_pb2.ImportPaymentStatusReportResponse(
+            batch=convert.payout_batch(batch), message_id=report.message_id, paid_count=len(results) - rejected,
+            rejected_count=rejected, unchanged_count=len(report.transactions) - len(results))
 
     def ExportPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         from service.payouts.export import export
@@ -344,33 +371,22 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         payer = self.payers.get(funding)
         if payer is None:
             raise BatchStateError(f"no paying account is configured for {funding}")
-        csv_bytes, xml = export(self.engine, batch.batch_id, payer)
+        csv_bytes, xml = export(self.engine, batch.batch_id, payer, _actor())
         self.on_export()  # a signed checkpoint with every bank file: the ledger as it was paid out
         data = csv_bytes if request.format == payout_service_pb2.EXPORT_FORMAT_CSV else xml
         for start in range(0, len(data), 64 * 1024):
             yield payout_service_pb2.ExportPayoutBatchResponse(data=data[start:start + 64 * 1024])
 
 
+def _actor() -> Actor:
+    caller = _caller()
+    return Actor(caller.name, caller.role)
+
+
 def _batch_id(request: Any) -> str:
     if not request.batch_id:
         raise InvalidArgumentError([("batch_id", "required")])
     return str(request.batch_id)
-
-
-_LINE_STATES = {"PENDING": 1, "PAID": 2, "RETURNED": 3}
-_BATCH_STATES = {"RUNNING": 1, "DRAFT": 2, "APPROVED": 3, "EXPORTED": 4, "SETTLED": 5, "CANCELLED": 6}
-
-
-def _batch_message(batch: Any) -> Any:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    created = Timestamp()
-    created.FromJsonString(batch.created_at)
-    return payout_service_pb2.PayoutBatch(
-        batch_id=batch.batch_id, policy_id=batch.policy_id, policy_version=batch.policy_version,
-        period=batch.period, state=_BATCH_STATES[batch.state], line_count=batch.line_count,
-        total_fen=batch.total_fen, request_id=batch.request_id, created_by=batch.created_by,
-        approved_by=batch.approved_by or "", create_time=created, merkle_root=batch.merkle_root)
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):

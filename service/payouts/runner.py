@@ -144,7 +144,9 @@ class _Run:
         group = policy.model.conflict_group
         rivals = [p for p in policies if group and p.id != policy.id and p.model.conflict_group == group
                   and p.covers(row.period)]
-        excluded = policies.excluded(policy.id) if policy.id in {p.id for p in policies} else frozenset()
+        # The exclusions of the text the batch runs under, and those the current rules add.
+        excluded = frozenset(policy.excludes) | (
+            policies.excluded(policy.id) if policy.id in {p.id for p in policies} else frozenset())
         return cls(engine, row, policy, rivals, excluded, worker, settings)
 
     # -- chunks -----------------------------------------------------------------------------------

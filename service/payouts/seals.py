@@ -25,7 +25,7 @@ from service.audit.records import Actor
 from service.payouts.tables import SEALED_BATCH_COLUMNS, grant, payout_batch, payout_line_seal
 
 MONEY_EVENT_KIND = "payout"
-LINE_COLUMNS = tuple(column.name for column in grant.columns)
+LINE_COLUMNS = tuple(str(column.name) for column in grant.columns)   # plain str: canonical JSON keys
 # Never written into a verification report: they identify the payee's bank account.
 PRIVATE_LINE_COLUMNS = frozenset({"payee_account_no", "payee_name"})
 _ROWS_PER_INSERT = 1000
@@ -56,7 +56,7 @@ def export_digest(message_id: str, csv_bytes: bytes, xml: bytes, exported_at: st
 def batch_snapshot(connection: Connection, batch_id: str) -> dict[str, Any]:
     row = connection.execute(select(*(payout_batch.c[c] for c in SEALED_BATCH_COLUMNS))
                              .where(payout_batch.c.batch_id == batch_id)).one()
-    return dict(row._mapping)
+    return {column: row._mapping[column] for column in SEALED_BATCH_COLUMNS}
 
 
 def read_lines(connection: Connection, line_ids: Iterable[str]) -> list[dict[str, Any]]:

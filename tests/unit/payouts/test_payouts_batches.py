@@ -105,7 +105,7 @@ def test_four_eyes_and_cancellation_release_grants(registry: Engine, policies: P
     batch = _create(registry, policies, "little-giant-reward", "req-1")
     with pytest.raises(PermissionDeniedError):
         approve(registry, batch.batch_id, OPERATOR)  # the creator
-    assert cancel(registry, batch.batch_id).state == "CANCELLED"
+    assert cancel(registry, batch.batch_id, OPERATOR, "预算调整").state == "CANCELLED"
     with pytest.raises(BatchStateError):
         approve(registry, batch.batch_id, Actor("approver", "finance_approver"))
     again = _create(registry, policies, "little-giant-reward", "req-2")  # grants were released
@@ -137,7 +137,11 @@ def test_a_line_whose_record_hash_was_edited_is_not_proven(registry: Engine, pol
 
 
 STATES = ("RUNNING", "DRAFT", "APPROVED", "EXPORTED", "SETTLED", "CANCELLED")
-LEGAL = {("approve", "DRAFT"), ("cancel", "DRAFT"), ("export", "APPROVED"), ("results", "EXPORTED")}
+# An approver may cancel an APPROVED batch that was not exported; a late return may reach a
+# SETTLED batch.
+LEGAL = {("approve", "DRAFT"), ("cancel", "DRAFT"), ("cancel", "APPROVED"), ("export", "APPROVED"),
+         ("results", "EXPORTED"), ("results", "SETTLED")}
+APPROVER = Actor("approver", "finance_approver")
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -145,18 +149,21 @@ LEGAL = {("approve", "DRAFT"), ("cancel", "DRAFT"), ("export", "APPROVED"), ("re
 def test_every_transition_outside_the_lifecycle_is_refused(registry: Engine, policies: PolicySet,
                                                            action: str, state: str) -> None:
     from service.errors import BatchStateError
-    from service.payouts.batches import approve, cancel, record_results
+    from service.payouts.batches import BankResult, approve, cancel, record_results
     from service.payouts.export import Payer, export
+    from service.payouts.states import LineState
     from service.payouts.tables import payout_batch
 
     batch = _create(registry, policies, "little-giant-reward", "req-lifecycle")
     with registry.begin() as conn:  # put the batch in the state under test
         conn.execute(payout_batch.update().where(payout_batch.c.batch_id == batch.batch_id).values(state=state))
         line_id = str(lines_of(conn, batch.batch_id)[0]["grant_id"])
-    calls = {"approve": lambda: approve(registry, batch.batch_id, Actor("approver", "finance_approver")),
-             "cancel": lambda: cancel(registry, batch.batch_id),
-             "export": lambda: export(registry, batch.batch_id, Payer("国库", "4200000000000000001", "人民银行")),
-             "results": lambda: record_results(registry, batch.batch_id, [(line_id, "PAID", "")])}
+    calls = {"approve": lambda: approve(registry, batch.batch_id, APPROVER),
+             "cancel": lambda: cancel(registry, batch.batch_id, APPROVER, "test"),
+             "export": lambda: export(registry, batch.batch_id, Payer("国库", "4200000000000000001", "人民银行"),
+                                      OPERATOR),
+             "results": lambda: record_results(registry, batch.batch_id, [BankResult(line_id, LineState.PAID)],
+                                               OPERATOR)}
     if (action, state) in LEGAL:
         calls[action]()
     else:
