@@ -64,6 +64,7 @@ def apply(engine: Engine, batch_id: str, data: bytes, actor: Actor) -> tuple[Bat
     the batch's bank file and each transfer's end-to-end id; an unknown id is refused with its
     place and nothing is recorded. Results are recorded as by `record_results` (a return waits
     for a second principal; a repeated report changes nothing)."""
+    get_batch(engine, batch_id)   # NOT_FOUND before anything is read of the file
     report = parse(data)
     with engine.connect() as conn:
         exported = conn.execute(select(payout_export.c.message_id)

@@ -216,7 +216,16 @@ METHOD_CALLS: dict[str, Call] = {
                payout_service_pb2.RecordPayoutResultsRequest(batch_id="b1")),
     "/benefits.v1.PayoutService/CancelPayoutBatch":
         _unary("payout", "CancelPayoutBatch",
-               payout_service_pb2.CancelPayoutBatchRequest(batch_id="b1")),
+               payout_service_pb2.CancelPayoutBatchRequest(batch_id="b1", reason="test")),
+    "/benefits.v1.PayoutService/WithdrawPayoutLines":
+        _unary("payout", "WithdrawPayoutLines",
+               payout_service_pb2.WithdrawPayoutLinesRequest(batch_id="b1", line_ids=["b1-000001"], reason="test")),
+    "/benefits.v1.PayoutService/ConfirmPayoutReturns":
+        _unary("payout", "ConfirmPayoutReturns",
+               payout_service_pb2.ConfirmPayoutReturnsRequest(batch_id="b1", line_ids=["b1-000001"])),
+    "/benefits.v1.PayoutService/ImportPaymentStatusReport":
+        _unary("payout", "ImportPaymentStatusReport",
+               payout_service_pb2.ImportPaymentStatusReportRequest(batch_id="b1", data=b"<Document/>")),
     "/benefits.v1.AuditService/GetEvaluation":
         _unary("audit", "GetEvaluation", audit_service_pb2.GetEvaluationRequest(evaluation_id="e1")),
     "/benefits.v1.AuditService/ListEvaluations":
@@ -236,6 +245,9 @@ ALLOWED_CODES = {"/benefits.v1.AuditService/GetEvaluation": "NOT_FOUND",
                  "/benefits.v1.PayoutService/CancelPayoutBatch": "NOT_FOUND",
                  "/benefits.v1.PayoutService/ExportPayoutBatch": "NOT_FOUND",
                  "/benefits.v1.PayoutService/RecordPayoutResults": "INVALID_ARGUMENT",
+                 "/benefits.v1.PayoutService/WithdrawPayoutLines": "NOT_FOUND",
+                 "/benefits.v1.PayoutService/ConfirmPayoutReturns": "NOT_FOUND",
+                 "/benefits.v1.PayoutService/ImportPaymentStatusReport": "NOT_FOUND",
                  "/benefits.v1.AuditService/ReplayEvaluation": "NOT_FOUND"}
 
 

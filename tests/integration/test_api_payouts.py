@@ -10,6 +10,7 @@ from api_fixtures import Stubs, as_role, finished_batch, serving
 from benefits.v1 import payout_service_pb2 as pb
 
 from enterprise_registry.uscc import make
+from service.audit.records import Actor
 from service.server import RunningServer
 
 OPERATOR, APPROVER = as_role("finance_operator"), as_role("finance_approver")
@@ -89,9 +90,12 @@ def test_lifecycle_and_illegal_transitions(stubs: Stubs) -> None:
     assert _code(lambda: stubs.payout.ApprovePayoutBatch(
         pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id), metadata=APPROVER)) == \
         grpc.StatusCode.FAILED_PRECONDITION
-    assert _code(lambda: stubs.payout.CancelPayoutBatch(
-        pb.CancelPayoutBatchRequest(batch_id=batch.batch_id), metadata=OPERATOR)) == \
-        grpc.StatusCode.FAILED_PRECONDITION
+    assert _code(lambda: stubs.payout.CancelPayoutBatch(  # an approved batch: only by an approver
+        pb.CancelPayoutBatchRequest(batch_id=batch.batch_id, reason="预算调整"), metadata=OPERATOR)) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    assert _code(lambda: stubs.payout.CancelPayoutBatch(  # and never without a reason
+        pb.CancelPayoutBatchRequest(batch_id=batch.batch_id), metadata=APPROVER)) == \
+        grpc.StatusCode.INVALID_ARGUMENT
     assert _code(lambda: stubs.payout.ApprovePayoutBatch(
         pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id), metadata=OPERATOR)) == \
         grpc.StatusCode.PERMISSION_DENIED
@@ -137,7 +141,7 @@ def test_a_draft_batch_is_not_exported(stubs: Stubs, api_server: RunningServer) 
 
     draft = _create(stubs, "req-second-00001")
     assert _code(lambda: _export(stubs, draft.batch_id, pb.EXPORT_FORMAT_CSV)) == grpc.StatusCode.FAILED_PRECONDITION
-    cancel(api_server.engine, draft.batch_id)
+    cancel(api_server.engine, draft.batch_id, Actor("test-finance_operator", "finance_operator"), "test")
 
 
 def test_bank_results_settle_the_batch_and_a_returned_line_is_paid_again_once(stubs: Stubs) -> None:
@@ -148,12 +152,19 @@ def test_bank_results_settle_the_batch_and_a_returned_line_is_paid_again_once(st
     partial = stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(
         batch_id=batch.batch_id, results=results), metadata=OPERATOR)
     assert partial.state == pb.BATCH_STATE_EXPORTED
-    settled = stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(batch_id=batch.batch_id, results=[
-        pb.PayoutResult(line_id=returned.line_id, state=pb.LINE_STATE_RETURNED, return_reason="AC01 账号错误")]),
-        metadata=OPERATOR)
+    bounced = [pb.PayoutResult(line_id=returned.line_id, state=pb.LINE_STATE_RETURNED, return_reason="AC01 账号错误")]
+    pending = stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(batch_id=batch.batch_id,
+                                                                             results=bounced), metadata=OPERATOR)
+    assert pending.state == pb.BATCH_STATE_EXPORTED  # a return waits for a second principal
+    assert stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(  # a retry is harmless
+        batch_id=batch.batch_id, results=results + bounced), metadata=OPERATOR).state == pb.BATCH_STATE_EXPORTED
+    assert _create(stubs, "req-repay-000000").line_count == 0   # not released yet: nobody is paid again
+    settled = stubs.payout.ConfirmPayoutReturns(pb.ConfirmPayoutReturnsRequest(
+        batch_id=batch.batch_id, line_ids=[returned.line_id]), metadata=APPROVER)
     assert settled.state == pb.BATCH_STATE_SETTLED
-    assert _code(lambda: stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(
-        batch_id=batch.batch_id, results=results), metadata=OPERATOR)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert _code(lambda: stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(  # a different result
+        batch_id=batch.batch_id, results=[pb.PayoutResult(line_id=returned.line_id, state=pb.LINE_STATE_PAID)]),
+        metadata=OPERATOR)) == grpc.StatusCode.FAILED_PRECONDITION
     repay = _create(stubs, "req-repay-000001")
     repaid = stubs.payout.ListPayoutLines(pb.ListPayoutLinesRequest(batch_id=repay.batch_id), metadata=OPERATOR)
     assert [line.uscc for line in repaid.lines] == [returned.uscc]

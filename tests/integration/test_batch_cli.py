@@ -53,7 +53,12 @@ def test_the_whole_cycle_from_the_command_line(api_server: RunningServer, tmp_pa
     results.write_text("line_id,state,return_reason\n"
                        f"{rows[0][0]},PAID,\n{rows[1][0]},RETURNED,AC04 账户已销户\n", encoding="utf-8")
     assert _batch(api_server, "finance_operator", "results", batch_id, "--file", str(results)) == 0
-    assert "SETTLED" in capsys.readouterr().out
+    assert "EXPORTED" in capsys.readouterr().out   # the return awaits a second principal
+    assert _batch(api_server, "finance_operator", "confirm-returns", batch_id) != 0   # not the recorder's role
+    capsys.readouterr()
+    assert _batch(api_server, "finance_approver", "confirm-returns", batch_id) == 0
+    out = capsys.readouterr().out
+    assert "confirmed 1 return(s)" in out and "SETTLED" in out
 
     assert main(["audit", "prove", "--db", api_db_url, rows[0][0]]) == 0
     assert "VERIFIED: the line is in its batch" in capsys.readouterr().out
