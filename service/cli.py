@@ -288,18 +288,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from service.audit import checkpoints
-    from service.audit.records import create_audit_schema
     from service.audit.verification import verify_audit_log
+    from service.payouts.tables import create_payout_schema
 
     public_key = checkpoints.load_or_create_key(args.ledger_key).public_key() \
         if args.ledger_key and args.ledger_key.exists() else None
     with _database(args.db) as engine:
-        create_audit_schema(engine)
+        create_payout_schema(engine)  # the audit trail's tables included
         with engine.connect() as conn:
             verdict = verify_audit_log(conn, checkpoint_file=args.checkpoints, public_key=public_key)
     state = "VALID" if verdict.valid else f"INVALID ({verdict.fault} at entry {verdict.first_bad_entry})"
     print(f"{state}: {verdict.entries_checked} entries checked, head {verdict.head_hash}")
     print(verdict.detail)
+    for problem in verdict.problems:   # each altered row, named
+        print(f"  {problem.fault} {problem}")
     return 0 if verdict.valid else 1
 
 

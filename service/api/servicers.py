@@ -430,7 +430,10 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
                                        public_key=self.public_key)
         return audit_service_pb2.VerifyAuditLogResponse(
             entries_checked=verdict.entries_checked, head_hash=verdict.head_hash, valid=verdict.valid,
-            first_bad_entry=verdict.first_bad_entry, fault=_FAULTS[verdict.fault], detail=verdict.detail)
+            first_bad_entry=verdict.first_bad_entry, fault=_FAULTS[verdict.fault], detail=verdict.detail,
+            problems=[audit_service_pb2.AuditProblem(table=p.table, row=p.row, fault=_FAULTS[str(p.fault)],
+                                                     ledger_entry=p.ledger_seq, detail=p.detail)
+                      for p in verdict.problems])
 
     def ReplayEvaluation(self, request: Any, context: grpc.ServicerContext) -> Any:
         if not request.evaluation_id:

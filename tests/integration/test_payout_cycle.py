@@ -254,9 +254,14 @@ def record_results(stubs: Stubs, batch_id: str, results: list[pb.PayoutResult]) 
 
 
 def return_line(stubs: Stubs, batch_id: str, line_id: str) -> pb.PayoutBatch:
-    """The bank returns a line (the payee's account was closed)."""
-    return record_results(stubs, batch_id, [pb.PayoutResult(line_id=line_id, state=pb.LINE_STATE_RETURNED,
-                                                            return_reason=RETURN_REASON)])
+    """The bank returns a line (the payee's account was closed): recorded by the operator, it
+    waits (RETURN_PENDING, batch not settled) until the approver confirms it."""
+    recorded = record_results(stubs, batch_id, [pb.PayoutResult(line_id=line_id, state=pb.LINE_STATE_RETURNED,
+                                                                return_reason=RETURN_REASON)])
+    assert recorded.state == pb.BATCH_STATE_EXPORTED
+    assert {line.line_id: line.state for line in all_lines(stubs, batch_id)}[line_id] == pb.LINE_STATE_RETURN_PENDING
+    return stubs.payout.ConfirmPayoutReturns(pb.ConfirmPayoutReturnsRequest(batch_id=batch_id, line_ids=[line_id]),
+                                             metadata=APPROVER, timeout=TIMEOUT)
 
 
 def verify_audit_log(stubs: Stubs) -> audit_service_pb2.VerifyAuditLogResponse:
