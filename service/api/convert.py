@@ -69,7 +69,7 @@ def _amount(a: AmountTrace) -> evaluation_pb2.AmountComputation:
         cap_fen=a.cap_fen or 0, reads=[_read(r) for r in a.reads], notes=a.notes)
 
 
-def policy(p: LoadedPolicy) -> policy_service_pb2.Policy:
+def policy(p: LoadedPolicy, excluded: frozenset[str] = frozenset()) -> policy_service_pb2.Policy:
     model = p.model
     effective = model.effective
     return policy_service_pb2.Policy(
@@ -87,7 +87,7 @@ def policy(p: LoadedPolicy) -> policy_service_pb2.Policy:
             id=c.id, text=c.text, citation=c.citation, expression=c.expr.strip(), payable=payable)
             for payable, clauses in ((False, model.conditions), (True, model.payable))
             for c in clauses],
-        amount_text=model.amount.text, budget_fen=p.budget_fen or 0)
+        amount_text=model.amount.text, budget_fen=p.budget_fen or 0, excludes=sorted(excluded))
 
 
 def payout_batch(batch: Batch) -> payout_service_pb2.PayoutBatch:

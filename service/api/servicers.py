@@ -102,21 +102,23 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
         self.policies = policies
 
     def ListPolicies(self, request: Any, context: grpc.ServicerContext) -> Any:
-        everything = list(self.policies.current)
+        current = self.policies.current
+        everything = list(current)
         offset, limit = page_bounds(request.page_size, request.page_token, "policies")
         page = everything[offset:offset + limit]
         return policy_service_pb2.ListPoliciesResponse(
-            policies=[convert.policy(p) for p in page],
+            policies=[convert.policy(p, current.excluded(p.id)) for p in page],
             next_page_token=next_token(offset, limit, len(everything), "policies"))
 
     def GetPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
         if not request.policy_id:
             raise InvalidArgumentError([("policy_id", "required")])
-        policy = self.policies.current.get(request.policy_id)
+        current = self.policies.current
+        policy = current.get(request.policy_id)
         if request.version and request.version != policy.version:
             from rules.errors import PolicyNotFoundError
             raise PolicyNotFoundError(f"{request.policy_id}@{request.version}")
-        return convert.policy(policy)
+        return convert.policy(policy, current.excluded(policy.id))
 
 
 class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):

@@ -110,7 +110,9 @@ def test_sigkill_during_a_batch_and_restart_finish_the_same_batch_exactly_once(
         state, evaluated, grants = _state_in_database(crash_db_url, batch_id)
         # Killed mid-run: still RUNNING, progress kept, and not one line visible.
         assert (state, grants) == ("RUNNING", 0)
-        assert evaluated >= int(ENTERPRISES * kill_at) and evaluated < ENTERPRISES
+        # (On a loaded machine the kill may land after the last chunk, while the batch turns DRAFT:
+        # a crash point as good as any, and still no line may be visible.)
+        assert int(ENTERPRISES * kill_at) <= evaluated <= ENTERPRISES
 
     with server_process(crash_db_url, auth_file, log_file, *serve_args) as (child, port):
         stubs = Stubs.connect(port)
