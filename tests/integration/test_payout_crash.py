@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 
 import grpc
+import orjson
 import pytest
 from api_fixtures import Stubs, as_role, load_registry, write_auth_file
 from benefits.v1 import payout_service_pb2 as pb
@@ -20,11 +21,13 @@ from testing_databases import private_schema
 from enterprise_registry.db import make_engine
 from enterprise_registry.synthetic import generate
 from rules.evaluator import ELIGIBLE, evaluate
-from service.audit.ledger import verify
+from service.audit.ledger import ledger_entry, verify
 from service.audit.records import evaluation_record, verify_records
 from service.cli import DEFAULT_RULES, _policies
 from service.facts_documents import DocumentSource, build_document
+from service.payouts.seals import MONEY_EVENT_KIND, MoneyEvent
 from service.payouts.tables import grant, payout_batch, payout_candidate
+from service.payouts.verification import verify_payouts
 
 ENTERPRISES = 400
 CHUNK = 10                 # small chunks: the batch runs for seconds and commits often
@@ -141,6 +144,10 @@ def test_sigkill_during_a_batch_and_restart_finish_the_same_batch_exactly_once(
             assert candidates == len(expected)
             assert verify(conn).valid
             assert verify_records(conn) == []
+            assert verify_payouts(conn) == []   # the money events survived the kills: start, then DRAFT
+            events = [orjson.loads(p)["event"] for p in conn.execute(select(ledger_entry.c.payload).where(
+                ledger_entry.c.kind == MONEY_EVENT_KIND)).scalars()]
+            assert events == [MoneyEvent.START, MoneyEvent.DRAFT]
     finally:
         engine.dispose()
 
