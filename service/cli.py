@@ -153,12 +153,13 @@ def _policies(root: Path) -> PolicySet:
 
 
 def _registry_load(args: argparse.Namespace) -> int:
+    from enterprise_registry.clock import Clock
     from enterprise_registry.errors import ImportRejectedError
     from enterprise_registry.importer import load_jsonl
 
     try:
         with _database(args.db) as engine:
-            report = load_jsonl(args.file, engine)
+            report = load_jsonl(args.file, engine, today=Clock().today())
     except ImportRejectedError as exc:
         for error in exc.errors:
             print(str(error), file=sys.stderr)
