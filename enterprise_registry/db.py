@@ -1,10 +1,14 @@
-"""Database engines for the registry: SQLite (embedded default) and PostgreSQL (production)."""
+"""Database engines for the registry: SQLite (embedded default) and PostgreSQL (production),
+and database errors told without the data they carry."""
 from __future__ import annotations
 
+import sqlite3
+import sys
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError, StatementError
 from sqlmodel import SQLModel, create_engine
 
 DEFAULT_DB_URL = "sqlite:///var/benefits.db"
@@ -18,15 +22,80 @@ def normalise_url(url: str) -> str:
 
 
 def make_engine(url: str = DEFAULT_DB_URL, **kwargs: Any) -> Engine:
-    """Create an engine; SQLite gets WAL, foreign keys and FULL sync (the ledger must survive power loss)."""
+    """Create an engine; SQLite gets WAL, foreign keys and FULL sync (the ledger must survive power loss).
+
+    Statement parameters (bank accounts, tax figures) never appear in the text of its errors.
+    """
     url = normalise_url(url)
     if url.startswith("sqlite"):
         _ensure_sqlite_folder(url)
-        engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
+        engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True,
+                               **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, **kwargs)
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
     return engine
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Raised by SQLAlchemy or a driver (the importer also drives psycopg's cursor directly)."""
+    if isinstance(exc, (SQLAlchemyError, sqlite3.Error)):
+        return True
+    psycopg = sys.modules.get("psycopg")  # not loaded: no psycopg error can exist
+    return psycopg is not None and isinstance(exc, psycopg.Error)
+
+
+def error_text(exc: BaseException) -> str:
+    """An error as a log line or a caller may see it: its class and message, and for a database
+    error only the class and the server's primary message, never the statement, its parameters
+    or PostgreSQL's DETAIL (`Key (uscc, ...)=(...) already exists` holds the row's values)."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    if isinstance(exc, StatementError):  # SQLAlchemy's wrapper of a driver error
+        return f"{name}: {error_text(exc.orig)}" if exc.orig is not None else name
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        sqlstate = exc.diag.sqlstate or ""
+        if sqlstate.startswith("22"):
+            # Data exceptions quote the offending input in the primary message itself.
+            return f"{name} (SQLSTATE {sqlstate})"
+        primary = exc.diag.message_primary
+        if primary is None:  # raised by the client library, not the server: no diagnostics
+            primary = _first_line(exc)
+        return f"{name}: {primary}"
+    if is_database_error(exc):  # SQLite names tables and columns, never values
+        return f"{name}: {_first_line(exc)}"
+    return f"{name}: {exc}"
+
+
+class RedactedError(Exception):
+    """Stands in for an error in a logged traceback, with `error_text` as its message."""
+
+
+def redacted(exc: BaseException) -> RedactedError:
+    """`exc` and the errors it was raised from, as stand-ins with the same tracebacks and
+    `error_text` messages: for `exc_info=`, whose chained messages would show DETAIL text."""
+    copies: dict[int, RedactedError] = {}
+
+    def copy(error: BaseException | None) -> RedactedError | None:
+        if error is None:
+            return None
+        if id(error) not in copies:
+            stand_in = RedactedError(error_text(error)).with_traceback(error.__traceback__)
+            copies[id(error)] = stand_in  # before the causes: a chain may loop
+            stand_in.__cause__ = copy(error.__cause__)
+            stand_in.__context__ = copy(error.__context__)
+            stand_in.__suppress_context__ = error.__suppress_context__
+        return copies[id(error)]
+
+    result = copy(exc)
+    assert result is not None
+    return result
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
 
 
 def create_schema(engine: Engine) -> None:

@@ -5,14 +5,19 @@ written inside one transaction as it streams. If any record was bad, the transac
 back and ImportRejectedError lists the problems: nothing of the feed is stored. A record whose
 natural key is already stored supersedes the stored row when its `as_of` is the same or later;
 an older one is kept out and counted as stale (a department re-sending old data is no error).
+
+Given `today` (the Asia/Shanghai date, `clock.Clock.today()`), a record true as of a later day is
+refused: no department knows facts of a day that has not come. Given `sources`, a record from a
+department not among them is refused: a feed speaks only for its own departments.
 """
 from __future__ import annotations
 
 import codecs
 import hashlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -61,11 +66,18 @@ class _Unparsable:
 
 
 class RecordChecker:
-    """Validates the records of one feed in order, catching keys repeated within the feed."""
+    """Validates the records of one feed in order, catching keys repeated within the feed.
 
-    def __init__(self, origin: str, max_errors: int | None = MAX_ERRORS) -> None:
+    `sources`: the departments the feed may write for (None: any). `today`: records as of a
+    later day are refused (None: not checked).
+    """
+
+    def __init__(self, origin: str, max_errors: int | None = MAX_ERRORS, *,
+                 sources: Collection[str] | None = None, today: date | None = None) -> None:
         self.origin = origin
         self.max_errors = max_errors
+        self.sources = None if sources is None else tuple(sorted(sources))
+        self.today = today
         self.errors: list[RecordError] = []
         self.error_count = 0
         self.warnings: list[RecordError] = []
@@ -83,6 +95,16 @@ class RecordChecker:
             record = parse_record(obj)
         except RecordValidationError as exc:
             self._error(line, exc.field, exc.reason)
+            return None
+        # Before the key is remembered: a refused record must not make a later one a "duplicate".
+        if self.sources is not None and record.source not in self.sources:
+            self._error(line, "source", f"department {record.source} is not a source of this feed "
+                                        f"(it may write only for {', '.join(self.sources)})")
+            return None
+        if self.today is not None and record.as_of > self.today:
+            self._error(line, "as_of", f"{record.as_of.isoformat()} is after today "
+                                       f"({self.today.isoformat()}, Asia/Shanghai): no department "
+                                       "knows facts of a day to come")
             return None
         key = record_key(record)
         first = self._first_line.setdefault(_digest(record.kind, key), line)
@@ -135,10 +157,10 @@ class RecordWriter:
 
 
 def validate_records(
-    records: Iterable[tuple[int, object]], origin: str
+    records: Iterable[tuple[int, object]], origin: str, *, today: date | None = None
 ) -> tuple[list[Record], list[RecordError]]:
     """Validate (line, record) pairs: the good records, and every problem with its line."""
-    checker = RecordChecker(origin, max_errors=None)
+    checker = RecordChecker(origin, max_errors=None, today=today)
     good = [record for line, obj in records if (record := checker.check(line, obj)) is not None]
     return good, checker.errors
 
@@ -152,26 +174,29 @@ def store_records(connection: Connection, records: Iterable[Record]) -> tuple[in
     return writer.stored, writer.stale
 
 
-def load_jsonl(path: Path, engine: Engine) -> LoadReport:
-    """Load a JSON Lines feed, all or nothing; raise ImportRejectedError if any line is bad.
+def load_jsonl(path: Path, engine: Engine, *, today: date | None = None) -> LoadReport:
+    """Load a JSON Lines feed, all or nothing; raise ImportRejectedError if any line is bad
+    (with `today`, a line as of a later day is bad).
 
     The file is streamed: only the current batch of rows and one digest per key are held.
     Lines are numbered from 1 as in the file; blank lines are skipped.
     """
     with open(path, "rb") as stream:
-        return _load(_json_lines(stream), engine, str(path))
+        return _load(_json_lines(stream), engine, str(path), today)
 
 
 def load_records(
-    records: Iterable[object], engine: Engine, *, origin: str = "<records>"
+    records: Iterable[object], engine: Engine, *, origin: str = "<records>",
+    today: date | None = None,
 ) -> LoadReport:
     """Load records given as objects (line = 1-based position), all or nothing like a file."""
-    return _load(enumerate(records, start=1), engine, origin)
+    return _load(enumerate(records, start=1), engine, origin, today)
 
 
-def _load(items: Iterable[tuple[int, object]], engine: Engine, origin: str) -> LoadReport:
+def _load(items: Iterable[tuple[int, object]], engine: Engine, origin: str,
+          today: date | None) -> LoadReport:
     started = time.perf_counter()
-    checker = RecordChecker(origin)
+    checker = RecordChecker(origin, today=today)
     by_kind: dict[str, int] = {}
     with engine.begin() as connection:
         writer = RecordWriter(connection)

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 import rules as rules_package
-from enterprise_registry.db import DEFAULT_DB_URL, create_schema, make_engine
+from enterprise_registry.db import DEFAULT_DB_URL, create_schema, error_text, is_database_error, make_engine
 from rules.errors import RuleError
 from rules.loader import PolicySet, load_policy_dir
 from service.catalogue import CATALOGUE
@@ -34,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except _registry_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+        # Not the traceback: its chained messages hold PostgreSQL's DETAIL (the row's values).
+        print(f"error: database: {error_text(exc)}", file=sys.stderr)
         return 2
 
 
@@ -153,12 +159,13 @@ def _policies(root: Path) -> PolicySet:
 
 
 def _registry_load(args: argparse.Namespace) -> int:
+    from enterprise_registry.clock import Clock
     from enterprise_registry.errors import ImportRejectedError
     from enterprise_registry.importer import load_jsonl
 
     try:
         with _database(args.db) as engine:
-            report = load_jsonl(args.file, engine)
+            report = load_jsonl(args.file, engine, today=Clock().today())
     except ImportRejectedError as exc:
         for error in exc.errors:
             print(str(error), file=sys.stderr)

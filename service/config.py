@@ -1,8 +1,10 @@
 """Settings of the gRPC server, read once from the command line (or given by tests)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from enterprise_registry.clock import Clock
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -21,3 +23,4 @@ class ServeConfig:
     payers_file: Path | None = None       # paying accounts by funding (YAML); needed to export
     batch_chunk_size: int = 200           # enterprises a running batch commits at a time
     batch_lease_seconds: float = 30.0     # after this long without progress, another worker takes a batch over
+    clock: Clock = field(default_factory=Clock)  # "today" for imports: the Asia/Shanghai date; tests fix it

@@ -105,7 +105,7 @@ def create_server(config: ServeConfig) -> RunningServer:
                          interceptors=[ApiInterceptor(auth)], options=options,
                          maximum_concurrent_rpcs=config.max_workers * 8)
     policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), server)
-    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine), server)
+    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine, config.clock), server)
     benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
         BenefitServicer(policies, engine), server)
     key = checkpoints.load_or_create_key(config.ledger_key) if config.ledger_key else None

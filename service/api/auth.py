@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from enterprise_registry import uscc as uscc_codes
+from enterprise_registry.records import DEPARTMENTS
 from service.errors import AuthFileError, PermissionDeniedError, UnauthenticatedError
 
 ROLES = ("registry_feed", "finance_operator", "finance_approver", "auditor", "enterprise", "admin")
@@ -27,7 +28,9 @@ _FINANCE_READERS = frozenset({"finance_operator", "finance_approver", "auditor",
 METHOD_ROLES: Mapping[str, frozenset[str]] = {
     "/benefits.v1.PolicyService/ListPolicies": _ALL,
     "/benefits.v1.PolicyService/GetPolicy": _ALL,
-    "/benefits.v1.RegistryService/ImportFacts": frozenset({"registry_feed", "admin"}),
+    # Only feeds: each names the departments it writes for, so every imported fact is attributable
+    # to the department that holds it. An admin is no department and imports nothing.
+    "/benefits.v1.RegistryService/ImportFacts": frozenset({"registry_feed"}),
     "/benefits.v1.RegistryService/GetEnterprise": frozenset(
         {"enterprise", "auditor", "admin", "registry_feed"}),
     "/benefits.v1.BenefitService/ListMatchedBenefits": _READERS,
@@ -62,6 +65,7 @@ class Principal:
     name: str
     role: str
     uscc: str | None = None   # enterprises only
+    sources: tuple[str, ...] = ()   # registry feeds only: the departments whose facts it writes
 
     @property
     def is_enterprise(self) -> bool:
@@ -138,7 +142,7 @@ def token_digest(token: str) -> str:
 def _entry(entry: object, where: str) -> tuple[Principal, str]:
     if not isinstance(entry, dict):
         raise AuthFileError(f"{where}: expected a mapping")
-    unknown = set(entry) - {"principal", "role", "uscc", "token", "token_sha256"}
+    unknown = set(entry) - {"principal", "role", "uscc", "sources", "token", "token_sha256"}
     if unknown:
         raise AuthFileError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     name, role = entry.get("principal"), entry.get("role")
@@ -152,6 +156,11 @@ def _entry(entry: object, where: str) -> tuple[Principal, str]:
             raise AuthFileError(f"{where}: an enterprise needs a valid `uscc`")
     elif code is not None:
         raise AuthFileError(f"{where}: only enterprises have a `uscc`")
+    sources: tuple[str, ...] = ()
+    if role == "registry_feed":
+        sources = _sources(entry.get("sources"), where)
+    elif "sources" in entry:
+        raise AuthFileError(f"{where}: only a registry_feed has `sources`")
     token, digest = entry.get("token"), entry.get("token_sha256")
     if (token is None) == (digest is None):
         raise AuthFileError(f"{where}: give exactly one of `token` or `token_sha256`")
@@ -161,4 +170,19 @@ def _entry(entry: object, where: str) -> tuple[Principal, str]:
         digest = token_digest(token)
     elif not isinstance(digest, str) or not _SHA256.match(digest):
         raise AuthFileError(f"{where}: `token_sha256` must be 64 lower-case hex digits")
-    return Principal(name, role, code), digest
+    return Principal(name, role, code, sources), digest
+
+
+def _sources(value: object, where: str) -> tuple[str, ...]:
+    """The departments of a feed entry: a non-empty list of known ones, each named once."""
+    known = ", ".join(DEPARTMENTS)
+    if not isinstance(value, list) or not value:
+        raise AuthFileError(f"{where}: a registry_feed needs `sources`, a non-empty list of the "
+                            f"departments it writes for (of {known})")
+    for position, source in enumerate(value):
+        if not isinstance(source, str) or source not in DEPARTMENTS:
+            raise AuthFileError(f"{where}: `sources` holds {source!r}, which is no source department "
+                                f"(one of {known})")
+        if source in value[:position]:
+            raise AuthFileError(f"{where}: `sources` names {source!r} twice")
+    return tuple(value)

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from enterprise_registry import uscc as uscc_codes
+from enterprise_registry.clock import Clock
 from enterprise_registry.importer import RecordChecker, store_records
 from enterprise_registry.models import MODEL_BY_KIND
 from rules.evaluator import evaluate
@@ -122,11 +123,17 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
 
 
 class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    """ImportFacts keeps the good records of a stream and rejects the others by index; a feed
+    writes only for its own departments, and nothing as of a day after today (`clock`)."""
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
         self.engine = engine
+        self.clock = clock
 
     def ImportFacts(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        checker = RecordChecker("ImportFacts", max_errors=None)
+        # Today is read once: a stream that runs past midnight is judged by the day it began.
+        checker = RecordChecker("ImportFacts", max_errors=None, sources=_caller().sources,
+                                today=self.clock.today())
         received = stored = stale = 0
         pending = []
         for index, message in enumerate(request_iterator, start=1):

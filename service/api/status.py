@@ -13,6 +13,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from enterprise_registry.db import error_text, redacted
 from enterprise_registry.errors import RegistryError
 from rules.errors import (
     EvaluationError,
@@ -71,7 +72,8 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     code = status_code_for(exc)
     if code is None or code in _GENERIC:
         reference = uuid.uuid4().hex[:12]
-        log.error("internal error %s: %s", reference, exc, exc_info=exc)
+        # Redacted: a database error's own text would carry DETAIL, i.e. the row's values.
+        log.error("internal error %s: %s", reference, error_text(exc), exc_info=redacted(exc))
         return status_pb2.Status(code=code_pb2.INTERNAL,
                                  message=f"internal error (reference {reference})")
     status = status_pb2.Status(code=code.value[0], message=str(exc))

@@ -26,6 +26,7 @@ import orjson
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 
+from enterprise_registry.db import error_text, redacted
 from rules.errors import EvaluationError
 from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_text
@@ -362,8 +363,8 @@ class BatchWorkers:
         while not self._stop.is_set():
             try:
                 self._scan()
-            except Exception:  # a database hiccup must not end the scanner; the next scan retries
-                log.exception("batch scan failed")
+            except Exception as exc:  # a database hiccup must not end the scanner; the next scan retries
+                log.error("batch scan failed: %s", error_text(exc), exc_info=redacted(exc))
             self._wake.wait(poll)
             self._wake.clear()
 
@@ -382,8 +383,9 @@ class BatchWorkers:
             if run_batch(self.engine, self.policies(), batch_id, worker=self.worker, settings=self.settings,
                          stop=self._stop):
                 log.warning("batch %s is DRAFT", batch_id)
-        except Exception:  # the lease runs out and a later scan (here or elsewhere) retries
-            log.exception("batch %s failed; it will be retried", batch_id)
+        except Exception as exc:  # the lease runs out and a later scan (here or elsewhere) retries
+            log.error("batch %s failed; it will be retried: %s", batch_id, error_text(exc),
+                      exc_info=redacted(exc))
         finally:
             with self._lock:
                 self._active.pop(batch_id, None)

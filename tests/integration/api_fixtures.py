@@ -28,6 +28,7 @@ from grpc_status import rpc_status
 
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
+from enterprise_registry.records import DEPARTMENTS
 from enterprise_registry.uscc import make
 from service.config import ServeConfig
 from service.server import RunningServer, create_server
@@ -108,18 +109,24 @@ TOKENS = {
 }
 ROLES = tuple(TOKENS)
 HASHED_AUDITOR_TOKEN = "hashed-auditor-token-0123456789"
+TAX_FEED_TOKEN = "tax-feed-token-0123456789"   # a registry_feed of the tax department only
 WRONG_TOKEN = "not-a-known-token-0123456789"
 
 
 def write_auth_file(path: Path) -> Path:
-    principals: list[dict[str, str]] = []
+    """The registry_feed of TOKENS writes for every department; test-tax-feed only for tax."""
+    principals: list[dict[str, object]] = []
     for role, token in TOKENS.items():
-        entry = {"principal": f"test-{role}", "role": role, "token": token}
+        entry: dict[str, object] = {"principal": f"test-{role}", "role": role, "token": token}
         if role == "enterprise":
             entry["uscc"] = A
+        if role == "registry_feed":
+            entry["sources"] = list(DEPARTMENTS)
         principals.append(entry)
     principals.append({"principal": "test-auditor-hashed", "role": "auditor",
                        "token_sha256": hashlib.sha256(HASHED_AUDITOR_TOKEN.encode()).hexdigest()})
+    principals.append({"principal": "test-tax-feed", "role": "registry_feed", "sources": ["tax"],
+                       "token": TAX_FEED_TOKEN})
     path.write_text(yaml.safe_dump({"principals": principals}, allow_unicode=True),
                     encoding="utf-8")
     return path

@@ -5,12 +5,16 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from api_fixtures import enterprise_record as _enterprise
 from api_fixtures import si_record
+from sqlalchemy import text
 
+from enterprise_registry.clock import Clock
+from enterprise_registry.db import make_engine
 from enterprise_registry.uscc import make
 from service.cli import main
 
@@ -90,6 +94,48 @@ def test_refused_feed_stores_nothing_and_names_the_line(db_url: str, tmp_path: P
     assert code == 2
     assert f"no facts on record for enterprise {B}" in capsys.readouterr().err
     assert _evaluate(capsys, db_url, A, "stable-jobs-refund")["outcome"] == "ELIGIBLE"
+
+
+def test_a_line_as_of_a_day_to_come_refuses_the_feed(db_url: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    today = Clock().today()  # the Asia/Shanghai date, as the command reads it
+    # Two days ahead: still in the future should the test straddle midnight in Shanghai.
+    later = (today + timedelta(days=2)).isoformat()
+    bad = _write(tmp_path / "future.jsonl", [_enterprise(B), _si(B, as_of=later)])
+    assert main(["registry", "load", str(bad), "--db", db_url]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:2: as_of: {later} is after today (" in err and "Asia/Shanghai" in err
+    assert f"nothing of {bad} was stored" in err
+    assert main(["evaluate", "--db", db_url, "--uscc", B, "--policy", "stable-jobs-refund",
+                 "--period", "2025"]) == 2
+    assert f"no facts on record for enterprise {B}" in capsys.readouterr().err
+    # Facts as of today itself are no facts of the future.
+    good = _write(tmp_path / "today.jsonl", [_enterprise(B, as_of=today.isoformat()), _si(B)])
+    assert main(["registry", "load", str(good), "--db", db_url]) == 0
+
+
+def test_a_database_refusal_is_told_without_the_row(db_url: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    account = {"bank_name": "中国银行襄阳分行", "account_no": "6217856200031415926", "account_name": "襄阳"}
+    assert main(["registry", "load", str(_write(tmp_path / "a.jsonl", [_enterprise(A, bank_account=account)])),
+                 "--db", db_url]) == 0
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:  # a constraint the schema lacks: the database refuses the next feed
+            conn.execute(text("create unique index uq_cli_account on enterprise (bank_account_no)"))
+    finally:
+        engine.dispose()
+    capsys.readouterr()
+    feed = _write(tmp_path / "b.jsonl", [_enterprise(B, bank_account=account)])
+    assert main(["registry", "load", str(feed), "--db", db_url]) == 2
+    out, err = capsys.readouterr()
+    if db_url.startswith("postgresql"):  # the importer writes through psycopg's own cursor there
+        assert err == ('error: database: psycopg.errors.UniqueViolation: duplicate key value violates '
+                       'unique constraint "uq_cli_account"\n')
+    else:
+        assert err == ("error: database: sqlalchemy.exc.IntegrityError: sqlite3.IntegrityError: "
+                       "UNIQUE constraint failed: enterprise.bank_account_no\n")
+    assert account["account_no"] not in out
 
 
 def test_evaluate_refuses_unknown_policy_and_period(tmp_path: Path,

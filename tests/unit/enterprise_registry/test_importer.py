@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from enterprise_registry import importer
 from enterprise_registry.errors import ImportRejectedError, RecordError
 from enterprise_registry.importer import (
     LoadReport,
+    RecordChecker,
     load_jsonl,
     load_records,
     store_records,
@@ -250,6 +251,54 @@ def test_undecodable_bytes_are_a_line_error(db_engine: Engine, tmp_path: Path) -
         load_jsonl(path, db_engine)
     assert where(info.value.errors) == [(str(path), 7, None)]
     assert nothing_stored(db_engine)
+
+
+# -- facts of a day to come, and the departments a feed speaks for ---------------------------------
+
+TODAY = date(2025, 6, 30)  # the as_of of the newest line of good.jsonl
+
+
+def test_a_line_as_of_a_later_day_rejects_the_file(db_engine: Engine, tmp_path: Path) -> None:
+    assert max(record["as_of"] for record in good_records().values()) == TODAY.isoformat()
+    tomorrow = {**good_records()["tax_year"], "year": 2023, "as_of": (TODAY + timedelta(days=1)).isoformat()}
+    path = write_feed(tmp_path / "future.jsonl", [*good_lines(), orjson.dumps(tomorrow)])
+    with pytest.raises(ImportRejectedError) as info:
+        load_jsonl(path, db_engine, today=TODAY)
+    assert where(info.value.errors) == [(str(path), 7, "as_of")]
+    assert info.value.errors[0].reason.startswith("2025-07-01 is after today (2025-06-30, Asia/Shanghai)")
+    assert str(info.value.errors[0]).startswith(f"{path}:7: as_of: ")
+    assert nothing_stored(db_engine)
+    # A day earlier everything is fine: lines as of today itself are accepted.
+    assert load_jsonl(path, db_engine, today=TODAY + timedelta(days=1)).records == 7
+
+
+def test_records_given_as_objects_are_checked_against_today(db_engine: Engine) -> None:
+    records = list(good_records().values())
+    assert [record["as_of"] for record in records].count(TODAY.isoformat()) == 2  # lines 1 and 6
+    with pytest.raises(ImportRejectedError) as info:
+        load_records(records, db_engine, origin="case", today=TODAY - timedelta(days=1))
+    assert where(info.value.errors) == [("case", 1, "as_of"), ("case", 6, "as_of")]
+    assert nothing_stored(db_engine)
+
+
+def test_a_feed_writes_only_for_its_departments() -> None:
+    good = good_records()
+    checker = RecordChecker("feed", sources=["tax"])
+    assert checker.check(1, good["enterprise"]) is None
+    tax = checker.check(2, good["tax_year"])
+    assert tax is not None and tax.source == "tax"
+    assert checker.errors == [RecordError(
+        "feed", 1, "source", "department market_regulation is not a source of this feed "
+                             "(it may write only for tax)")]
+    assert RecordChecker("feed", sources=["tax", "market_regulation"]).check(1, good["enterprise"]) is not None
+
+
+def test_a_record_refused_for_its_source_leaves_its_key_free() -> None:
+    qualification = good_records()["qualification"]  # from science_technology
+    checker = RecordChecker("feed", sources=["science_technology"])
+    assert checker.check(1, {**qualification, "source": "industry_it"}) is None
+    assert checker.check(2, qualification) is not None  # same key, not a "duplicate of line 1"
+    assert [(e.line, e.field) for e in checker.errors] == [(1, "source")]
 
 
 # -- superseding ---------------------------------------------------------------------------------
