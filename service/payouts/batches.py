@@ -52,6 +52,7 @@ __all__ = [
 
 APPROVER_ROLE = "finance_approver"
 MAX_REASON_LENGTH = 500
+_IN_CHUNK = 500   # ids per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -217,9 +218,7 @@ def withdraw(engine: Engine, batch_id: str, line_ids: Sequence[str], reason: str
                 raise InvalidArgumentError([(f"line_ids[{index}]", f"{line_id} is {lines[line_id]['state']}, "
                                                                    "not a pending line")])
         unique = sorted(set(line_ids))
-        for line_id in unique:
-            conn.execute(grant.update().where(grant.c.grant_id == line_id).values(
-                state=LineState.WITHDRAWN, withdraw_reason=reason, released=line_id))
+        _set_lines(conn, unique, state=LineState.WITHDRAWN, withdraw_reason=reason, release=True)
         _recount(conn, batch_id)
         seal_event(conn, MoneyEvent.WITHDRAW, batch_id, actor, lines=read_lines(conn, unique), reason=reason)
     return get_batch(engine, batch_id)
@@ -239,10 +238,7 @@ def cancel(engine: Engine, batch_id: str, actor: Actor, reason: str) -> Batch:
                        cancel_reason=reason)
         pending = [str(r) for r in conn.execute(select(grant.c.grant_id).where(
             grant.c.batch_id == batch_id, grant.c.state == LineState.PENDING)).scalars()]
-        for start in range(0, len(pending), 500):
-            chunk = pending[start:start + 500]
-            conn.execute(grant.update().where(grant.c.grant_id.in_(chunk)).values(
-                state=LineState.CANCELLED, released=grant.c.grant_id))
+        _set_lines(conn, pending, state=LineState.CANCELLED, release=True)
         seal_event(conn, MoneyEvent.CANCEL, batch_id, actor, lines=read_lines(conn, pending), reason=reason)
     return get_batch(engine, batch_id)
 
@@ -278,8 +274,11 @@ def record_results(engine: Engine, batch_id: str, results: Sequence[BankResult],
                 raise InvalidArgumentError([(f"{where}.line_id", f"{result.line_id} is given two different results")])
             changes[result.line_id] = change
         if changes:
-            for line_id, values in changes.items():
-                conn.execute(grant.update().where(grant.c.grant_id == line_id).values(**values))
+            by_change: dict[tuple[tuple[str, Any], ...], list[str]] = {}
+            for line_id, values in changes.items():   # one UPDATE per distinct change, not per line
+                by_change.setdefault(tuple(sorted(values.items())), []).append(line_id)
+            for values, ids in by_change.items():
+                _set_lines(conn, ids, **dict(values))
             _settle_or_reopen(conn, batch_id)
             seal_event(conn, MoneyEvent.RESULTS, batch_id, actor, lines=read_lines(conn, changes))
     return get_batch(engine, batch_id)
@@ -335,9 +334,7 @@ def confirm_returns(engine: Engine, batch_id: str, line_ids: Sequence[str], acto
                                             f"{line_id} and may not confirm it (four eyes)")
             confirm.append(line_id)
         if confirm:
-            for line_id in sorted(set(confirm)):
-                conn.execute(grant.update().where(grant.c.grant_id == line_id).values(
-                    state=LineState.RETURNED, confirmed_by=actor.principal, released=line_id))
+            _set_lines(conn, confirm, state=LineState.RETURNED, confirmed_by=actor.principal, release=True)
             _settle_or_reopen(conn, batch_id)
             seal_event(conn, MoneyEvent.CONFIRM_RETURNS, batch_id, actor, lines=read_lines(conn, confirm))
     return get_batch(engine, batch_id)
@@ -354,6 +351,15 @@ def _lines_named(conn: Connection, batch_id: str, line_ids: Sequence[str], field
             place = f"{where[index]}.line_id" if where else f"{field}[{index}]"
             raise InvalidArgumentError([(place, f"{line_id!r} is not a line of batch {batch_id}")])
     return found
+
+
+def _set_lines(conn: Connection, line_ids: Sequence[str], *, release: bool = False, **values: Any) -> None:
+    """Set the same columns on many lines, a chunk of ids per statement; `release` also frees
+    each line's grant (released = its own id)."""
+    extra = {"released": grant.c.grant_id} if release else {}
+    for start in range(0, len(line_ids), _IN_CHUNK):
+        conn.execute(grant.update().where(grant.c.grant_id.in_(line_ids[start:start + _IN_CHUNK]))
+                     .values(**values, **extra))
 
 
 def _recount(conn: Connection, batch_id: str) -> None:
