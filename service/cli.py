@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-file", type=Path, required=True)
     serve.add_argument("--workers", type=int, default=16)
     serve.add_argument("--ledger-key", type=Path, default=None,
-                       help="Ed25519 key (PEM) signing ledger checkpoints; created if missing")
+                       help="Ed25519 key (PEM) signing ledger checkpoints, made by `benefits audit keygen`")
     serve.add_argument("--checkpoints", type=Path, default=None,
                        help="file the signed checkpoints are appended to")
     serve.add_argument("--payers", type=Path, default=None,
@@ -111,9 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(title="audit")
     verify = audit.add_parser("verify", help="verify the ledger, every record, and the newest checkpoint")
     verify.add_argument("--db", default=DEFAULT_DB_URL)
-    verify.add_argument("--ledger-key", type=Path, default=None)
-    verify.add_argument("--checkpoints", type=Path, default=None)
+    key_source = verify.add_mutually_exclusive_group()
+    key_source.add_argument("--public-key", type=Path, default=None,
+                            help="the ledger key's public half (PEM, FILE.pub of `benefits audit keygen`)")
+    key_source.add_argument("--ledger-key", type=Path, default=None,
+                            help="or the private key itself, for its public half")
+    verify.add_argument("--checkpoints", type=Path, default=None, help="the signed checkpoints (JSON lines)")
     verify.set_defaults(run=_audit_verify)
+    keygen = audit.add_parser("keygen", help="make the Ed25519 key that signs ledger checkpoints (once)")
+    keygen.add_argument("--out", type=Path, required=True,
+                        help="private key file (created with mode 0600, never overwritten); "
+                             "the public key goes to FILE.pub")
+    keygen.set_defaults(run=_audit_keygen)
     prove = audit.add_parser("prove", help="prove a payout line is in its batch (Merkle inclusion proof)")
     prove.add_argument("--db", default=DEFAULT_DB_URL)
     prove.add_argument("line_id", help="the line's id (its end-to-end id in the bank file)")
@@ -291,16 +300,28 @@ def _audit_verify(args: argparse.Namespace) -> int:
     from service.audit.records import create_audit_schema
     from service.audit.verification import verify_audit_log
 
-    public_key = checkpoints.load_or_create_key(args.ledger_key).public_key() \
-        if args.ledger_key and args.ledger_key.exists() else None
+    public_key = checkpoints.load_public_key(args.public_key) if args.public_key else \
+        checkpoints.load_private_key(args.ledger_key).public_key() if args.ledger_key else None
     with _database(args.db) as engine:
         create_audit_schema(engine)
         with engine.connect() as conn:
             verdict = verify_audit_log(conn, checkpoint_file=args.checkpoints, public_key=public_key)
-    state = "VALID" if verdict.valid else f"INVALID ({verdict.fault} at entry {verdict.first_bad_entry})"
+    where = f" at entry {verdict.first_bad_entry}" if verdict.first_bad_entry else ""  # 0: the checkpoints file
+    state = "VALID" if verdict.valid else f"INVALID ({verdict.fault}{where})"
     print(f"{state}: {verdict.entries_checked} entries checked, head {verdict.head_hash}")
     print(verdict.detail)
     return 0 if verdict.valid else 1
+
+
+def _audit_keygen(args: argparse.Namespace) -> int:
+    from service.audit import checkpoints
+
+    key = checkpoints.generate_key(args.out)
+    print(f"wrote {args.out} (private, mode 0600: give it to `benefits serve --ledger-key`, keep it out of "
+          f"the database and its backups) and {checkpoints.public_key_path(args.out)} (public: for "
+          "`benefits audit verify --public-key`)")
+    print(f"key id {checkpoints.key_id(key.public_key())}")
+    return 0
 
 
 def _audit_prove(args: argparse.Namespace) -> int:

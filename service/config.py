@@ -16,7 +16,8 @@ class ServeConfig:
     max_workers: int = 16
     max_message_bytes: int = MAX_MESSAGE_BYTES
     shutdown_grace_seconds: float = 10.0
-    ledger_key: Path | None = None        # Ed25519 key signing ledger checkpoints (never in the DB)
+    ledger_key: Path | None = None        # Ed25519 key signing ledger checkpoints (never in the DB),
+                                          # made by `benefits audit keygen`
     checkpoint_file: Path | None = None   # where signed checkpoints are written
     payers_file: Path | None = None       # paying accounts by funding (YAML); needed to export
     batch_chunk_size: int = 200           # enterprises a running batch commits at a time

@@ -10,7 +10,8 @@ ServiceError
 ├── BatchNotFoundError           no payout batch has that id
 ├── BatchStateError              an illegal lifecycle transition (FAILED_PRECONDITION)
 │   └── BatchRunningError        another batch of the policy and period is running
-└── AuthFileError                the auth file is unreadable or malformed
+├── AuthFileError                the auth file is unreadable or malformed
+└── LedgerKeyError               the checkpoint signing key is missing, unreadable, malformed or exists
 """
 from __future__ import annotations
 
@@ -69,3 +70,9 @@ class BatchStateError(ServiceError):
 
 class BatchRunningError(BatchStateError):
     """Raised when another batch of the same policy and period is still running."""
+
+
+class LedgerKeyError(ServiceError):
+    """Raised when the ledger's signing key (or its public half) is missing, unreadable or malformed,
+    or when a new key would overwrite an existing file."""
+
