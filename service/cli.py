@@ -17,6 +17,7 @@ from rules.errors import RuleError
 from rules.loader import PolicySet, load_policy_dir
 from service.catalogue import CATALOGUE
 from service.errors import ServiceError
+from service.tls import add_connection_arguments, endpoint_from_args
 
 DEFAULT_RULES = Path(rules_package.__file__).resolve().parent
 
@@ -89,7 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--db", default=DEFAULT_DB_URL)
     serve.add_argument("--rules", type=Path, default=DEFAULT_RULES)
-    serve.add_argument("--listen", default="127.0.0.1:50051")
+    serve.add_argument("--listen", default="127.0.0.1:50051",
+                       help="host:port; beyond loopback only with TLS (or --insecure)")
+    serve.add_argument("--tls-cert", type=Path, default=None,
+                       help="certificate chain (PEM, leaf first) to serve TLS with; needs --tls-key")
+    serve.add_argument("--tls-key", type=Path, default=None, help="the private key (PEM) of --tls-cert")
+    serve.add_argument("--client-ca", type=Path, default=None,
+                       help="CA (PEM) whose client certificates are required: mutual TLS")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow plaintext on a non-loopback address (logged as a warning)")
     serve.add_argument("--auth-file", type=Path, required=True)
     serve.add_argument("--workers", type=int, default=16)
     serve.add_argument("--ledger-key", type=Path, default=None,
@@ -132,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     lookup.add_argument("--uscc", required=True)
     lookup.add_argument("--policy")
     lookup.add_argument("--period", type=int, default=date.today().year - 1)
-    lookup.add_argument("--target", default="127.0.0.1:50051")
+    add_connection_arguments(lookup)
     lookup.add_argument("--token", default=None,
                         help="bearer token (default: the BENEFITS_TOKEN environment variable)")
     lookup.set_defaults(run=_lookup)
@@ -291,7 +300,9 @@ def _serve(args: argparse.Namespace) -> int:
     serve(ServeConfig(db_url=args.db, rules_dir=args.rules, auth_file=args.auth_file,
                       listen=args.listen, max_workers=args.workers, ledger_key=args.ledger_key,
                       checkpoint_file=args.checkpoints, payers_file=args.payers,
-                      batch_chunk_size=args.batch_chunk, batch_lease_seconds=args.batch_lease_seconds))
+                      batch_chunk_size=args.batch_chunk, batch_lease_seconds=args.batch_lease_seconds,
+                      tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
+                      insecure=args.insecure))
     return 0
 
 
@@ -342,7 +353,7 @@ def _batch(args: argparse.Namespace) -> int:
     from service.batch_client import run
 
     token = _token(args)
-    return run(args.command, args.target, token, args) if token else 2
+    return run(args.command, endpoint_from_args(args), token, args) if token else 2  # type: ignore[arg-type]
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -360,7 +371,7 @@ def _lookup(args: argparse.Namespace) -> int:
     token = _token(args)
     if not token:
         return 2
-    return lookup(args.target, token, uscc=args.uscc, policy_id=args.policy, period=args.period)
+    return lookup(endpoint_from_args(args), token, uscc=args.uscc, policy_id=args.policy, period=args.period)
 
 
 def _demo_auth(args: argparse.Namespace) -> int:

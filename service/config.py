@@ -22,3 +22,7 @@ class ServeConfig:
     payers_file: Path | None = None       # paying accounts by funding (YAML); needed to export
     batch_chunk_size: int = 200           # enterprises a running batch commits at a time
     batch_lease_seconds: float = 30.0     # after this long without progress, another worker takes a batch over
+    tls_cert: Path | None = None          # certificate chain (PEM), leaf first; with tls_key: TLS
+    tls_key: Path | None = None           # the certificate's private key (PEM, unencrypted)
+    client_ca: Path | None = None         # CA of the client certificates required (mutual TLS)
+    insecure: bool = False                # plaintext on a non-loopback address, said explicitly

@@ -11,7 +11,9 @@ ServiceError
 ├── BatchStateError              an illegal lifecycle transition (FAILED_PRECONDITION)
 │   └── BatchRunningError        another batch of the policy and period is running
 ├── AuthFileError                the auth file is unreadable or malformed
-└── LedgerKeyError               the checkpoint signing key is missing, unreadable, malformed or exists
+├── LedgerKeyError               the checkpoint signing key is missing, unreadable, malformed or exists
+├── TlsConfigError               TLS settings incomplete, or their files unreadable, malformed or not matching
+└── ServerStartError             the server cannot start as configured (address in use, plaintext off loopback)
 """
 from __future__ import annotations
 
@@ -76,3 +78,11 @@ class LedgerKeyError(ServiceError):
     """Raised when the ledger's signing key (or its public half) is missing, unreadable or malformed,
     or when a new key would overwrite an existing file."""
 
+
+class TlsConfigError(ServiceError):
+    """Raised when TLS settings (server's or client's) are incomplete, or their files are unreadable,
+    malformed or do not match (a key that is not the certificate's); names the file."""
+
+
+class ServerStartError(ServiceError):
+    """Raised when the server cannot start as configured; says what to change."""

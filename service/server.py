@@ -43,10 +43,11 @@ from service.audit.ledger import ledger_transaction
 from service.audit.records import remember_policy
 from service.catalogue import CATALOGUE
 from service.config import ServeConfig
-from service.errors import LedgerKeyError
+from service.errors import LedgerKeyError, ServerStartError
 from service.payouts.export import load_payers
 from service.payouts.runner import BatchWorkers, RunSettings
 from service.payouts.tables import create_payout_schema
+from service.tls import check_transport, is_loopback, server_credentials
 
 log = logging.getLogger("benefits.server")
 CHECKPOINT_INTERVAL_SECONDS = 300
@@ -160,8 +161,11 @@ class RunningServer:
 
 def create_server(config: ServeConfig) -> RunningServer:
     """Build and start the server; health turns SERVING once rules and database are ready.
-    Listening on port 0 picks a free port, returned in `.port`. A missing ledger key is refused
-    before the database is touched."""
+    Listening on port 0 picks a free port, returned in `.port`. Settings that cannot work (TLS
+    files, plaintext beyond loopback, a missing ledger key) are refused before the database is
+    touched."""
+    credentials = server_credentials(config.tls_cert, config.tls_key, config.client_ca)
+    check_transport(config.listen, tls=credentials is not None, insecure=config.insecure)
     key = _ledger_key(config)
     auth = AuthTable.from_file(config.auth_file)
     policies = PolicyStore(config.rules_dir, CATALOGUE)
@@ -195,9 +199,14 @@ def create_server(config: ServeConfig) -> RunningServer:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+    try:
+        port = _listen(server, config.listen, credentials)
+    except ServerStartError:
+        engine.dispose()
+        raise
+    if credentials is None and config.insecure and not is_loopback(config.listen):
+        log.warning("listening on %s WITHOUT TLS (--insecure): bearer tokens and enterprise data cross "
+                    "the network in clear text", config.listen)
     checkpoint.start()  # before the first call: a verification finds the ledger covered
     server.start()
     workers.start()  # resumes any batch a stopped or crashed server left RUNNING
@@ -219,11 +228,23 @@ def _ledger_key(config: ServeConfig) -> Any:
     return checkpoints.load_private_key(config.ledger_key)
 
 
+def _listen(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        port = (server.add_secure_port(listen, credentials) if credentials is not None
+                else server.add_insecure_port(listen))
+    except RuntimeError:  # gRPC's "Failed to bind to address"
+        port = 0
+    if port == 0:
+        raise ServerStartError(f"cannot listen on {listen}: the address is in use or not valid")
+    return port
+
+
 def serve(config: ServeConfig) -> None:
     """Run until SIGTERM or SIGINT; in-flight calls get the grace period to finish."""
     running = create_server(config)
     host = config.listen.rsplit(":", 1)[0]
-    log.warning("benefits gRPC server listening on %s:%d", host, running.port)
+    transport = ("mutual TLS" if config.client_ca else "TLS") if config.tls_cert else "plaintext"
+    log.warning("benefits gRPC server listening on %s:%d (%s)", host, running.port, transport)
     print(f"listening on {host}:{running.port}", flush=True)
     stopping = threading.Event()
 
