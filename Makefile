@@ -9,8 +9,12 @@ COUNT ?= 20000
 SEED ?= 7
 LISTEN ?= 127.0.0.1:50051
 BENCH_COUNT ?= 100000
-# the checkpoint signing key lives outside the database
-AUDIT_FILES := --ledger-key var/ledger-key.pem --checkpoints var/checkpoints.jsonl
+# the checkpoint signing key lives outside the database; made once (`benefits audit keygen`), never replaced
+LEDGER_KEY := var/ledger-key.pem
+CHECKPOINTS := var/checkpoints.jsonl
+AUDIT_FILES := --ledger-key $(LEDGER_KEY) --checkpoints $(CHECKPOINTS)
+# auditors need only the public half
+VERIFY_FILES := --public-key $(LEDGER_KEY).pub --checkpoints $(CHECKPOINTS)
 # demonstration paying accounts (the bank files' debtor); see the file
 PAYERS := --payers examples/payers.yaml
 BATCH_POLICY ?= stable-jobs-refund
@@ -45,8 +49,8 @@ $(REGISTRY): | $(VENV)/.installed
 	$(BIN)/benefits registry synth --count $(COUNT) --seed $(SEED) --out $@
 
 var/.seeded-$(COUNT)-$(SEED): $(REGISTRY)
-	@# a fresh embedded SQLite database filled with the synthetic registry
-	rm -f var/benefits.db var/benefits.db-wal var/benefits.db-shm var/.seeded-*
+	@# a fresh embedded SQLite database filled with the synthetic registry (the old one's checkpoints go too)
+	rm -f var/benefits.db var/benefits.db-wal var/benefits.db-shm var/.seeded-* $(CHECKPOINTS)
 	$(BIN)/benefits registry load $(REGISTRY) --db $(DB)
 	touch $@
 
@@ -66,7 +70,10 @@ run: install seed check-rules  ## the main job for $(PERIOD): match, explain, se
 	@$(BIN)/python -m service.demo_batch --auth-file var/demo-auth.yaml --target $(LISTEN) \
 	  --policy $(BATCH_POLICY) --period $(PERIOD) --out var
 
-serve-background: install seed stop  ## start the server in the background (var/server.pid, var/server.log)
+$(LEDGER_KEY): | $(VENV)/.installed
+	$(BIN)/benefits audit keygen --out $@
+
+serve-background: install seed stop $(LEDGER_KEY)  ## start the server in the background (var/server.pid, var/server.log)
 	$(BIN)/benefits demo-auth --db $(DB) --out var/demo-auth.yaml --listen $(LISTEN) --period $(PERIOD)
 	nohup $(BIN)/benefits serve --db $(DB) --rules rules --auth-file var/demo-auth.yaml \
 	  --listen $(LISTEN) $(AUDIT_FILES) $(PAYERS) > var/server.log 2>&1 & echo $$! > var/server.pid
@@ -74,12 +81,12 @@ serve-background: install seed stop  ## start the server in the background (var/
 	@grep "listening on" var/server.log || (cat var/server.log; exit 1)
 	@echo "server pid $$(cat var/server.pid); stop it with: make stop"
 
-serve: install seed  ## run the server in the foreground
+serve: install seed $(LEDGER_KEY)  ## run the server in the foreground
 	$(BIN)/benefits demo-auth --db $(DB) --out var/demo-auth.yaml --listen $(LISTEN) --period $(PERIOD)
 	$(BIN)/benefits serve --db $(DB) --rules rules --auth-file var/demo-auth.yaml --listen $(LISTEN) $(AUDIT_FILES) $(PAYERS)
 
 audit-verify: install  ## verify the ledger, every stored record and the newest signed checkpoint
-	$(BIN)/benefits audit verify --db $(DB) $(AUDIT_FILES)
+	$(BIN)/benefits audit verify --db $(DB) $(VERIFY_FILES)
 
 stop:  ## stop the background server
 	@if [ -f var/server.pid ]; then kill $$(cat var/server.pid) 2>/dev/null || true; rm -f var/server.pid; fi

@@ -23,6 +23,7 @@ from rules.money import format_yuan
 from service.client import print_error
 from service.errors import InvalidArgumentError
 from service.payouts.export import batch_id_for_message
+from service.tls import Endpoint, add_connection_arguments, open_channel
 
 STATE_NAMES = {value: name.removeprefix("BATCH_STATE_") for name, value in pb.BatchState.items()}
 FORMATS = {"csv": pb.EXPORT_FORMAT_CSV, "pain001": pb.EXPORT_FORMAT_PAIN_001}
@@ -94,8 +95,9 @@ class BatchClient:
 
 
 @contextmanager
-def connected(target: str, token: str) -> Iterator[BatchClient]:
-    with grpc.insecure_channel(target) as channel:
+def connected(target: str | Endpoint, token: str) -> Iterator[BatchClient]:
+    """A client on a channel to `target`: a bare address is plaintext, an Endpoint says (TLS)."""
+    with open_channel(target) as channel:
         yield BatchClient(channel, token)
 
 
@@ -276,7 +278,7 @@ def add_batch_commands(sub: argparse._SubParsersAction,  # type: ignore[type-arg
 
     def command(name: str, help_text: str, *, with_batch_id: bool = True) -> argparse.ArgumentParser:
         parser = batch.add_parser(name, help=help_text)
-        parser.add_argument("--target", default="127.0.0.1:50051", help="the server's host:port")
+        add_connection_arguments(parser)  # --target, and --ca/--cert/--key for TLS
         parser.add_argument("--token", default=None, help="bearer token (default: $BENEFITS_TOKEN)")
         if with_batch_id:
             parser.add_argument("batch_id")

@@ -17,6 +17,7 @@ from rules.errors import RuleError
 from rules.loader import PolicySet, load_policy_dir
 from service.catalogue import CATALOGUE
 from service.errors import ServiceError
+from service.tls import add_connection_arguments, endpoint_from_args
 
 DEFAULT_RULES = Path(rules_package.__file__).resolve().parent
 
@@ -95,11 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--db", default=DEFAULT_DB_URL)
     serve.add_argument("--rules", type=Path, default=DEFAULT_RULES)
-    serve.add_argument("--listen", default="127.0.0.1:50051")
+    serve.add_argument("--listen", default="127.0.0.1:50051",
+                       help="host:port; beyond loopback only with TLS (or --insecure)")
+    serve.add_argument("--tls-cert", type=Path, default=None,
+                       help="certificate chain (PEM, leaf first) to serve TLS with; needs --tls-key")
+    serve.add_argument("--tls-key", type=Path, default=None, help="the private key (PEM) of --tls-cert")
+    serve.add_argument("--client-ca", type=Path, default=None,
+                       help="CA (PEM) whose client certificates are required: mutual TLS")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow plaintext on a non-loopback address (logged as a warning)")
     serve.add_argument("--auth-file", type=Path, required=True)
     serve.add_argument("--workers", type=int, default=16)
     serve.add_argument("--ledger-key", type=Path, default=None,
-                       help="Ed25519 key (PEM) signing ledger checkpoints; created if missing")
+                       help="Ed25519 key (PEM) signing ledger checkpoints, made by `benefits audit keygen`")
     serve.add_argument("--checkpoints", type=Path, default=None,
                        help="file the signed checkpoints are appended to")
     serve.add_argument("--payers", type=Path, default=None,
@@ -117,9 +126,18 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(title="audit")
     verify = audit.add_parser("verify", help="verify the ledger, every record, and the newest checkpoint")
     verify.add_argument("--db", default=DEFAULT_DB_URL)
-    verify.add_argument("--ledger-key", type=Path, default=None)
-    verify.add_argument("--checkpoints", type=Path, default=None)
+    key_source = verify.add_mutually_exclusive_group()
+    key_source.add_argument("--public-key", type=Path, default=None,
+                            help="the ledger key's public half (PEM, FILE.pub of `benefits audit keygen`)")
+    key_source.add_argument("--ledger-key", type=Path, default=None,
+                            help="or the private key itself, for its public half")
+    verify.add_argument("--checkpoints", type=Path, default=None, help="the signed checkpoints (JSON lines)")
     verify.set_defaults(run=_audit_verify)
+    keygen = audit.add_parser("keygen", help="make the Ed25519 key that signs ledger checkpoints (once)")
+    keygen.add_argument("--out", type=Path, required=True,
+                        help="private key file (created with mode 0600, never overwritten); "
+                             "the public key goes to FILE.pub")
+    keygen.set_defaults(run=_audit_keygen)
     prove = audit.add_parser("prove", help="prove a payout line is in its batch (Merkle inclusion proof)")
     prove.add_argument("--db", default=DEFAULT_DB_URL)
     prove.add_argument("line_id", help="the line's id (its end-to-end id in the bank file)")
@@ -129,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     lookup.add_argument("--uscc", required=True)
     lookup.add_argument("--policy")
     lookup.add_argument("--period", type=int, default=date.today().year - 1)
-    lookup.add_argument("--target", default="127.0.0.1:50051")
+    add_connection_arguments(lookup)
     lookup.add_argument("--token", default=None,
                         help="bearer token (default: the BENEFITS_TOKEN environment variable)")
     lookup.set_defaults(run=_lookup)
@@ -289,7 +307,9 @@ def _serve(args: argparse.Namespace) -> int:
     serve(ServeConfig(db_url=args.db, rules_dir=args.rules, auth_file=args.auth_file,
                       listen=args.listen, max_workers=args.workers, ledger_key=args.ledger_key,
                       checkpoint_file=args.checkpoints, payers_file=args.payers,
-                      batch_chunk_size=args.batch_chunk, batch_lease_seconds=args.batch_lease_seconds))
+                      batch_chunk_size=args.batch_chunk, batch_lease_seconds=args.batch_lease_seconds,
+                      tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
+                      insecure=args.insecure))
     return 0
 
 
@@ -298,18 +318,30 @@ def _audit_verify(args: argparse.Namespace) -> int:
     from service.audit.verification import verify_audit_log
     from service.payouts.tables import create_payout_schema
 
-    public_key = checkpoints.load_or_create_key(args.ledger_key).public_key() \
-        if args.ledger_key and args.ledger_key.exists() else None
+    public_key = checkpoints.load_public_key(args.public_key) if args.public_key else \
+        checkpoints.load_private_key(args.ledger_key).public_key() if args.ledger_key else None
     with _database(args.db) as engine:
         create_payout_schema(engine)  # the audit trail's tables included
         with engine.connect() as conn:
             verdict = verify_audit_log(conn, checkpoint_file=args.checkpoints, public_key=public_key)
-    state = "VALID" if verdict.valid else f"INVALID ({verdict.fault} at entry {verdict.first_bad_entry})"
+    where = f" at entry {verdict.first_bad_entry}" if verdict.first_bad_entry else ""  # 0: the checkpoints file
+    state = "VALID" if verdict.valid else f"INVALID ({verdict.fault}{where})"
     print(f"{state}: {verdict.entries_checked} entries checked, head {verdict.head_hash}")
     print(verdict.detail)
     for problem in verdict.problems:   # each altered row, named
         print(f"  {problem.fault} {problem}")
     return 0 if verdict.valid else 1
+
+
+def _audit_keygen(args: argparse.Namespace) -> int:
+    from service.audit import checkpoints
+
+    key = checkpoints.generate_key(args.out)
+    print(f"wrote {args.out} (private, mode 0600: give it to `benefits serve --ledger-key`, keep it out of "
+          f"the database and its backups) and {checkpoints.public_key_path(args.out)} (public: for "
+          "`benefits audit verify --public-key`)")
+    print(f"key id {checkpoints.key_id(key.public_key())}")
+    return 0
 
 
 def _audit_prove(args: argparse.Namespace) -> int:
@@ -330,7 +362,7 @@ def _batch(args: argparse.Namespace) -> int:
     from service.batch_client import run
 
     token = _token(args)
-    return run(args.command, args.target, token, args) if token else 2
+    return run(args.command, endpoint_from_args(args), token, args) if token else 2  # type: ignore[arg-type]
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -348,7 +380,7 @@ def _lookup(args: argparse.Namespace) -> int:
     token = _token(args)
     if not token:
         return 2
-    return lookup(args.target, token, uscc=args.uscc, policy_id=args.policy, period=args.period)
+    return lookup(endpoint_from_args(args), token, uscc=args.uscc, policy_id=args.policy, period=args.period)
 
 
 def _demo_auth(args: argparse.Namespace) -> int:

@@ -9,14 +9,15 @@ from grpc_status import rpc_status
 
 from rules.money import format_yuan
 from service.explain import OUTCOME_ZH
+from service.tls import Endpoint, open_channel
 
 _OUTCOME_NAMES = {1: "ELIGIBLE", 2: "INELIGIBLE", 3: "UNDETERMINED", 4: "HELD"}
 
 
-def lookup(target: str, token: str, *, uscc: str, policy_id: str | None, period: int) -> int:
+def lookup(target: str | Endpoint, token: str, *, uscc: str, policy_id: str | None, period: int) -> int:
     """Print an enterprise's matched benefits, or one explanation, in Chinese."""
     metadata = (("authorization", f"Bearer {token}"),)
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target) as channel:
         stub = benefit_service_pb2_grpc.BenefitServiceStub(channel)
         try:
             if policy_id:

@@ -11,7 +11,10 @@ ServiceError
 ├── BatchStateError              an illegal lifecycle transition (FAILED_PRECONDITION)
 │   ├── BatchRunningError        another batch of the policy and period is running
 │   └── ConflictingResultError   a bank result contradicting the one a line has
-└── AuthFileError                the auth file is unreadable or malformed
+├── AuthFileError                the auth file is unreadable or malformed
+├── LedgerKeyError               the checkpoint signing key is missing, unreadable, malformed or exists
+├── TlsConfigError               TLS settings incomplete, or their files unreadable, malformed or not matching
+└── ServerStartError             the server cannot start as configured (address in use, plaintext off loopback)
 """
 from __future__ import annotations
 
@@ -74,3 +77,17 @@ class BatchRunningError(BatchStateError):
 
 class ConflictingResultError(BatchStateError):
     """Raised when a line is given a bank result that contradicts the one it already has."""
+
+
+class LedgerKeyError(ServiceError):
+    """Raised when the ledger's signing key (or its public half) is missing, unreadable or malformed,
+    or when a new key would overwrite an existing file."""
+
+
+class TlsConfigError(ServiceError):
+    """Raised when TLS settings (server's or client's) are incomplete, or their files are unreadable,
+    malformed or do not match (a key that is not the certificate's); names the file."""
+
+
+class ServerStartError(ServiceError):
+    """Raised when the server cannot start as configured; says what to change."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,30 +43,101 @@ from service.audit.ledger import ledger_transaction
 from service.audit.records import remember_policy
 from service.catalogue import CATALOGUE
 from service.config import ServeConfig
+from service.errors import LedgerKeyError, ServerStartError
 from service.payouts.export import load_payers
 from service.payouts.runner import BatchWorkers, RunSettings
 from service.payouts.tables import create_payout_schema
+from service.tls import check_transport, is_loopback, server_credentials
 
 log = logging.getLogger("benefits.server")
 CHECKPOINT_INTERVAL_SECONDS = 300
+CHECKPOINT_RETRY_SECONDS = (1.0, 5.0, 15.0, 60.0)  # after a failure: soon, then less often (a full disk stays full)
 SERVICE_NAMES = tuple(m.DESCRIPTOR.services_by_name[n].full_name for m, n in (
     (policy_service_pb2, "PolicyService"), (registry_service_pb2, "RegistryService"),
     (benefit_service_pb2, "BenefitService"), (payout_service_pb2, "PayoutService"),
     (audit_service_pb2, "AuditService")))
 
 
-@dataclass
 class Checkpointer:
-    """Signs the ledger head and writes it outside the database (when configured)."""
-    engine: Any
-    key: Any = None
-    file: Path | None = None
+    """Signs the ledger head and appends it to the checkpoint file (outside the database): at
+    `start`, when called (after each export), every `interval` seconds on its own thread, and a
+    last time at `stop`. A failure (disk full, database away, anything) is logged and retried
+    after a short, growing pause; it never reaches the caller, so an export that succeeded is
+    reported as such and the server keeps serving."""
 
-    def __call__(self) -> None:
-        if self.key is None or self.file is None:
-            return
-        with self.engine.connect() as conn:
-            checkpoints.write(checkpoints.checkpoint_now(conn, self.key), self.file)
+    def __init__(self, engine: Any, key: Any = None, file: Path | None = None, *,
+                 interval: float = CHECKPOINT_INTERVAL_SECONDS,
+                 retry_seconds: Sequence[float] = CHECKPOINT_RETRY_SECONDS) -> None:
+        self.engine, self.key, self.file = engine, key, file
+        self.interval, self.retry_seconds = interval, tuple(retry_seconds)
+        self.failures = 0  # consecutive failed attempts; 0 after a success
+        self._due = time.monotonic() + interval
+        self._stopping = False
+        self._cond = threading.Condition()  # one attempt at a time: lines never interleave
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.key is not None and self.file is not None
+
+    def __call__(self) -> bool:
+        """Checkpoint now; False (logged, retried soon) when it failed."""
+        with self._cond:
+            done = self._attempt()
+            self._cond.notify()  # the ticking thread waits for the new due time
+            return done
+
+    def start(self) -> None:
+        """A first checkpoint now (so that verification never meets entries without any), then
+        one every `interval` seconds on a thread of its own."""
+        if self.enabled and self._thread is None:
+            self()
+            self._thread = threading.Thread(target=self._tick, name="checkpoints", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop ticking; one last checkpoint: what the ledger held when the server stopped."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+        with self._cond:
+            if not self._attempt():
+                log.error("the ledger's head at shutdown is not checkpointed; the next server's first "
+                          "checkpoint will cover it")
+
+    def _tick(self) -> None:
+        with self._cond:
+            while not self._stopping:
+                wait = self._due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                else:
+                    self._attempt()
+
+    def _attempt(self) -> bool:
+        # Called with self._cond held.
+        if not self.enabled:
+            return True
+        try:
+            with self.engine.connect() as conn:
+                checkpoint = checkpoints.checkpoint_now(conn, self.key)
+            checkpoints.write(checkpoint, self.file)  # type: ignore[arg-type]
+        except Exception as exc:  # whatever it is, the server goes on
+            pause = self.retry_seconds[min(self.failures, len(self.retry_seconds) - 1)]
+            self.failures += 1
+            self._due = time.monotonic() + min(pause, self.interval)
+            # The exception's first line only: no traceback, no SQL parameters, never the key.
+            reason = (str(exc).splitlines() or [""])[0][:200]
+            log.error("checkpoint to %s failed (%s: %s), attempt %d; retrying in %.0f s",
+                      self.file, type(exc).__name__, reason, self.failures, min(pause, self.interval))
+            return False
+        if self.failures:
+            log.warning("checkpoint to %s written again after %d failed attempts", self.file, self.failures)
+        self.failures = 0
+        self._due = time.monotonic() + self.interval
+        return True
 
 
 @dataclass
@@ -82,13 +155,18 @@ class RunningServer:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
         self.workers.stop(grace)  # running batches stop after their chunk and are given back
-        self.checkpoint()  # the last word on what the ledger held when the server stopped
+        self.checkpoint.stop()  # the last word on what the ledger held when the server stopped
         self.engine.dispose()
 
 
 def create_server(config: ServeConfig) -> RunningServer:
     """Build and start the server; health turns SERVING once rules and database are ready.
-    Listening on port 0 picks a free port, returned in `.port`."""
+    Listening on port 0 picks a free port, returned in `.port`. Settings that cannot work (TLS
+    files, plaintext beyond loopback, a missing ledger key) are refused before the database is
+    touched."""
+    credentials = server_credentials(config.tls_cert, config.tls_key, config.client_ca)
+    check_transport(config.listen, tls=credentials is not None, insecure=config.insecure)
+    key = _ledger_key(config)
     auth = AuthTable.from_file(config.auth_file)
     policies = PolicyStore(config.rules_dir, CATALOGUE)
     engine = make_engine(config.db_url)
@@ -108,7 +186,6 @@ def create_server(config: ServeConfig) -> RunningServer:
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine, config.clock), server)
     benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
         BenefitServicer(policies, engine), server)
-    key = checkpoints.load_or_create_key(config.ledger_key) if config.ledger_key else None
     checkpoint = Checkpointer(engine, key, config.checkpoint_file)
     workers = BatchWorkers(engine, lambda: policies.current,
                            RunSettings(config.batch_chunk_size, config.batch_lease_seconds))
@@ -122,9 +199,15 @@ def create_server(config: ServeConfig) -> RunningServer:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+    try:
+        port = _listen(server, config.listen, credentials)
+    except ServerStartError:
+        engine.dispose()
+        raise
+    if credentials is None and config.insecure and not is_loopback(config.listen):
+        log.warning("listening on %s WITHOUT TLS (--insecure): bearer tokens and enterprise data cross "
+                    "the network in clear text", config.listen)
+    checkpoint.start()  # before the first call: a verification finds the ledger covered
     server.start()
     workers.start()  # resumes any batch a stopped or crashed server left RUNNING
     for name in ("", *SERVICE_NAMES):
@@ -132,11 +215,36 @@ def create_server(config: ServeConfig) -> RunningServer:
     return RunningServer(server, port, health_servicer, policies, engine, workers, checkpoint)
 
 
+def _ledger_key(config: ServeConfig) -> Any:
+    """The checkpoint signing key, or None (and a warning) when the server is to run without."""
+    if config.ledger_key is None:
+        if config.checkpoint_file is not None:
+            raise LedgerKeyError("--checkpoints needs --ledger-key (the key that signs them)")
+        log.warning("no --ledger-key: the ledger is not checkpointed, so a rebuilt chain or a cut tail "
+                    "cannot be detected (make a key once with `benefits audit keygen --out FILE`)")
+        return None
+    if config.checkpoint_file is None:
+        raise LedgerKeyError("--ledger-key needs --checkpoints (the file the signed checkpoints go to)")
+    return checkpoints.load_private_key(config.ledger_key)
+
+
+def _listen(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        port = (server.add_secure_port(listen, credentials) if credentials is not None
+                else server.add_insecure_port(listen))
+    except RuntimeError:  # gRPC's "Failed to bind to address"
+        port = 0
+    if port == 0:
+        raise ServerStartError(f"cannot listen on {listen}: the address is in use or not valid")
+    return port
+
+
 def serve(config: ServeConfig) -> None:
     """Run until SIGTERM or SIGINT; in-flight calls get the grace period to finish."""
     running = create_server(config)
     host = config.listen.rsplit(":", 1)[0]
-    log.warning("benefits gRPC server listening on %s:%d", host, running.port)
+    transport = ("mutual TLS" if config.client_ca else "TLS") if config.tls_cert else "plaintext"
+    log.warning("benefits gRPC server listening on %s:%d (%s)", host, running.port, transport)
     print(f"listening on {host}:{running.port}", flush=True)
     stopping = threading.Event()
 
@@ -145,7 +253,6 @@ def serve(config: ServeConfig) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    while not stopping.wait(CHECKPOINT_INTERVAL_SECONDS):
-        running.checkpoint()
+    stopping.wait()  # checkpoints tick on their own thread (Checkpointer)
     print("shutting down: finishing in-flight calls", flush=True)
     running.stop(config.shutdown_grace_seconds)

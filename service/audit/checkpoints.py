@@ -4,16 +4,20 @@ A hash chain cannot stop someone with write access from rebuilding every hash af
 nor show that the newest entries were cut off. A checkpoint - entry count and head hash, signed
 with an Ed25519 key that is not stored in the database - can: verification against it fails
 if the chain no longer holds that entry with that hash at that position.
+
+The key is made once, on purpose, by `benefits audit keygen` (`generate_key`); the server only
+loads it (`load_private_key`) and auditors need only its public half (`load_public_key`).
 """
 from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import func, select
@@ -21,8 +25,10 @@ from sqlalchemy.engine import Connection
 
 from service.audit.canonical import canonical_json, sha256_hex
 from service.audit.ledger import GENESIS_HASH, get_entry, head, ledger_entry
+from service.errors import LedgerKeyError
 
 CHECKPOINT_FAULT = "checkpoint"
+PUBLIC_KEY_SUFFIX = ".pub"
 
 
 @dataclass(frozen=True)
@@ -43,27 +49,99 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, text: str) -> Checkpoint:
-        return cls(**json.loads(text))
+        """Parse one line; ValueError saying what is wrong with it."""
+        data = json.loads(text)
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, dict) or sorted(data) != sorted(names):
+            raise ValueError(f"expected an object with exactly {', '.join(names)}")
+        if type(data["entry_count"]) is not int or data["entry_count"] < 0:  # bool is not a count
+            raise ValueError("entry_count is not a count")
+        wrong = [name for name in names[1:] if not isinstance(data[name], str)]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} must be text")
+        return cls(**data)
 
 
 @dataclass(frozen=True)
 class CheckpointCheck:
+    """The verdict of `verify_checkpoints`."""
     valid: bool
     detail: str
+    covered_entries: int = 0     # entries the newest checkpoint vouches for (when valid)
+    uncovered_entries: int = 0   # entries appended after it, not signed yet (when valid)
+    first_bad_entry: int = 0     # the ledger entry a failure is about; 0 when it is about the file
 
 
-def load_or_create_key(path: Path) -> Ed25519PrivateKey:
-    """The signing key from a PEM file (created with mode 0600 on first use)."""
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path}: not an Ed25519 private key")
-        return key
+# ---------------------------------------------------------------------------------------------
+# The key.
+def public_key_path(private_key_path: Path) -> Path:
+    """Where `generate_key` writes the public half: beside the key, FILE.pub."""
+    return private_key_path.with_name(private_key_path.name + PUBLIC_KEY_SUFFIX)
+
+
+def generate_key(path: Path) -> Ed25519PrivateKey:
+    """A new signing key in `path` (PEM, mode 0600 from its creation) and its public half in
+    FILE.pub. Never overwrites: a replaced key could no longer verify the checkpoints it signed."""
+    public_path = public_key_path(path)
+    for existing in (path, public_path):
+        if os.path.lexists(existing):
+            raise LedgerKeyError(f"{existing} already exists; refusing to overwrite a ledger key "
+                                 "(the checkpoints it signed could no longer be verified)")
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
+    _create(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()), 0o600)
+    _create(public_path, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
+    return key
+
+
+def _create(path: Path, data: bytes, mode: int) -> None:
+    # O_EXCL: fails on any existing file or symlink, so nothing is ever overwritten or followed;
+    # the mode is set by the creation itself, never loosened first and tightened after.
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise LedgerKeyError(f"{path} already exists; refusing to overwrite it") from None
+    except OSError as exc:
+        raise LedgerKeyError(f"cannot create {path}: {exc.strerror or exc}") from None
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _key_bytes(path: Path, what: str, remedy: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise LedgerKeyError(f"{what} {path} does not exist; {remedy}") from None
+    except OSError as exc:
+        raise LedgerKeyError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """The signing key from its PEM file (made by `generate_key`); LedgerKeyError when it is
+    missing, unreadable or not an unencrypted Ed25519 key."""
+    try:
+        key = serialization.load_pem_private_key(
+            _key_bytes(path, "ledger key", f"make it once with `benefits audit keygen --out {path}`"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise LedgerKeyError(f"ledger key {path} is not an unencrypted Ed25519 private key (PEM)")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """The public half (PEM, FILE.pub beside the key) that verifies checkpoints."""
+    try:
+        key = serialization.load_pem_public_key(_key_bytes(
+            path, "public key", f"`benefits audit keygen --out FILE` writes it as FILE{PUBLIC_KEY_SUFFIX}"))
+    except (ValueError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, Ed25519PublicKey):
+        raise LedgerKeyError(f"public key {path} is not an Ed25519 public key (PEM)")
     return key
 
 
@@ -72,6 +150,8 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return sha256_hex(raw)
 
 
+# ---------------------------------------------------------------------------------------------
+# Signing and writing.
 def sign(key: Ed25519PrivateKey, entry_count: int, head_hash: str,
          signed_at: datetime | None = None) -> Checkpoint:
     moment = (signed_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -87,36 +167,107 @@ def checkpoint_now(connection: Connection, key: Ed25519PrivateKey) -> Checkpoint
 
 
 def write(checkpoint: Checkpoint, path: Path) -> None:
-    """Append a checkpoint to a JSON-lines file (one checkpoint a line, newest last)."""
+    """Append a checkpoint to a JSON-lines file (one checkpoint a line, newest last), on disk
+    before returning: a checkpoint lost in a crash is a gap an attacker could use."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as out:
         out.write(checkpoint.to_json() + "\n")
+        out.flush()
+        os.fsync(out.fileno())
 
 
-def newest(path: Path) -> Checkpoint | None:
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if path.exists() else []
-    return Checkpoint.from_json(lines[-1]) if lines else None
+# ---------------------------------------------------------------------------------------------
+# Verification: every rule in one place.
+def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
+                       public_key: Ed25519PublicKey | None) -> CheckpointCheck:
+    """Does the ledger agree with the signed checkpoints?
 
-
-def check(connection: Connection, checkpoint: Checkpoint, public_key: Ed25519PublicKey) -> CheckpointCheck:
-    """Does the ledger still hold what the checkpoint says? Signature first, then the entry."""
-    if checkpoint.key_id != key_id(public_key):
-        return CheckpointCheck(False, "checkpoint signed by another key")
+    - Neither a file nor a key given: not checked, and the detail says so.
+    - An empty ledger verifies without checkpoints; with them, they are checked like any other.
+    - A ledger with entries but no checkpoint (file missing or empty) fails.
+    - Every line must be a checkpoint whose signature verifies with `public_key`; the first that
+      is not fails, named by its line number.
+    - Entry counts never go down from one checkpoint to a later one (the ledger only grows); a
+      later checkpoint covering fewer entries means the file was cut back or the ledger reset.
+    - The newest checkpoint must still hold: the ledger has at least its entry count, and the
+      entry at that position has the signed hash (else entries were cut off or the chain
+      rebuilt). Entries after it are valid but named as not yet covered.
+    """
+    if checkpoint_file is None and public_key is None:
+        return CheckpointCheck(True, "checkpoints not checked (no public key and no checkpoints file given)")
+    if public_key is None:
+        return CheckpointCheck(False, f"the checkpoints in {checkpoint_file} cannot be checked without "
+                                      "the ledger's public key")
+    # The file is read before the ledger is counted: a checkpoint written meanwhile covers only
+    # entries committed before it, which the count then includes.
     try:
-        public_key.verify(base64.b64decode(checkpoint.signature), checkpoint.signed_bytes())
+        lines = _lines(checkpoint_file)
+    except (OSError, UnicodeDecodeError) as exc:
+        return CheckpointCheck(False, f"cannot read the checkpoints {checkpoint_file}: "
+                                      f"{getattr(exc, 'strerror', None) or exc}")
+    entries = connection.execute(select(func.count()).select_from(ledger_entry)).scalar_one()
+    if not lines:
+        if entries == 0:
+            return CheckpointCheck(True, "the ledger is empty: nothing to checkpoint yet")
+        where = ("no checkpoints file was given" if checkpoint_file is None else
+                 f"{checkpoint_file} does not exist" if not checkpoint_file.exists() else
+                 f"{checkpoint_file} holds no checkpoint")
+        return CheckpointCheck(False, f"the ledger holds {entries} entries but {where}: "
+                                      "its checkpoints were removed or never written")
+    widest: tuple[int, Checkpoint] | None = None   # (line number, checkpoint) covering the most
+    newest: Checkpoint | None = None
+    for number, text in lines:
+        try:
+            checkpoint = Checkpoint.from_json(text)
+        except ValueError as exc:
+            return CheckpointCheck(False, f"{checkpoint_file} line {number}: not a checkpoint ({exc})")
+        problem = _signature_problem(checkpoint, public_key)
+        if problem:
+            return CheckpointCheck(False, f"{checkpoint_file} line {number}: {problem}")
+        if widest is not None and checkpoint.entry_count < widest[1].entry_count:
+            return CheckpointCheck(False, f"{checkpoint_file} line {number}: the checkpoint of "
+                                          f"{checkpoint.signed_at} covers {checkpoint.entry_count} entries, "
+                                          f"fewer than the {widest[1].entry_count} of line {widest[0]}: "
+                                          "the file was cut back or the ledger reset")
+        if widest is None or checkpoint.entry_count > widest[1].entry_count:
+            widest = (number, checkpoint)
+        newest = checkpoint
+    assert newest is not None  # lines is not empty and every line parsed
+    return _against_ledger(connection, newest, entries)
+
+
+def _lines(path: Path | None) -> list[tuple[int, str]]:
+    """(line number, text) of every non-blank line; none when the file does not exist."""
+    if path is None or not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _signature_problem(checkpoint: Checkpoint, public_key: Ed25519PublicKey) -> str | None:
+    if checkpoint.key_id != key_id(public_key):
+        return "checkpoint signed by another key"
+    try:
+        public_key.verify(base64.b64decode(checkpoint.signature, validate=True), checkpoint.signed_bytes())
     except (InvalidSignature, ValueError):
-        return CheckpointCheck(False, "checkpoint signature does not verify")
-    if checkpoint.entry_count == 0:
-        return CheckpointCheck(True, "empty checkpoint")
-    count = connection.execute(select(func.count()).select_from(ledger_entry)).scalar_one()
-    if count < checkpoint.entry_count:
-        return CheckpointCheck(False, f"the ledger holds {count} entries but a checkpoint signed at "
-                                      f"{checkpoint.signed_at} covers {checkpoint.entry_count}: "
-                                      "entries were cut off")
-    entry = get_entry(connection, checkpoint.entry_count)
-    if entry is None or entry.entry_hash != checkpoint.head_hash:
-        return CheckpointCheck(False, f"entry {checkpoint.entry_count} does not have the hash signed at "
-                                      f"{checkpoint.signed_at}: the chain was rebuilt")
-    return CheckpointCheck(True, f"entry {checkpoint.entry_count} matches the checkpoint of "
-                                 f"{checkpoint.signed_at}")
+        return "checkpoint signature does not verify"
+    return None
+
+
+def _against_ledger(connection: Connection, newest: Checkpoint, entries: int) -> CheckpointCheck:
+    covered = newest.entry_count
+    if entries < covered:
+        return CheckpointCheck(False, f"the ledger holds {entries} entries but the checkpoint signed at "
+                                      f"{newest.signed_at} covers {covered}: entries were cut off",
+                               first_bad_entry=covered)
+    if covered:
+        entry = get_entry(connection, covered)
+        if entry is None or entry.entry_hash != newest.head_hash:
+            return CheckpointCheck(False, f"entry {covered} does not have the hash signed at "
+                                          f"{newest.signed_at}: the chain was rebuilt", first_bad_entry=covered)
+    detail = (f"entry {covered} matches the checkpoint of {newest.signed_at}" if covered else
+              f"the checkpoint of {newest.signed_at} covers the empty ledger")
+    uncovered = entries - covered
+    if uncovered:
+        detail += f"; {uncovered} entries after the newest checkpoint are not yet covered"
+    return CheckpointCheck(True, detail, covered_entries=covered, uncovered_entries=uncovered)

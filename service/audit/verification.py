@@ -43,14 +43,9 @@ def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = N
                             f"{len(problems)} row(s) differ from the ledger; first: {first}", problems)
     detail = (f"{chain.entries_checked} entries chain correctly; every stored record and every batch, line and "
               "bank file matches the ledger")
-    if checkpoint_file is not None and public_key is not None:
-        newest = checkpoints.newest(checkpoint_file)
-        if newest is not None:
-            check = checkpoints.check(connection, newest, public_key)
-            if not check.valid:
-                return AuditVerdict(chain.entries_checked, chain.head_hash, False, newest.entry_count,
-                                    checkpoints.CHECKPOINT_FAULT, check.detail)
-            detail += f"; {check.detail}"
-        else:
-            detail += "; no checkpoint written yet"
+    check = checkpoints.verify_checkpoints(connection, checkpoint_file, public_key)
+    if not check.valid:
+        return AuditVerdict(chain.entries_checked, chain.head_hash, False, check.first_bad_entry,
+                            checkpoints.CHECKPOINT_FAULT, check.detail)
+    detail += f"; {check.detail}"
     return AuditVerdict(chain.entries_checked, chain.head_hash, True, 0, "none", detail)

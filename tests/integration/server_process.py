@@ -15,7 +15,7 @@ from typing import IO
 from api_fixtures import REPO_ROOT, RULES_DIR
 
 STARTUP_SECONDS = 60.0
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(r"listening on \S+:(\d+)$")  # 127.0.0.1, 0.0.0.0, [::]
 
 
 class ServerProcess:

@@ -19,6 +19,7 @@ from api_fixtures import (
 from benefits.v1 import audit_service_pb2, benefit_service_pb2, evaluation_pb2
 from sqlalchemy import text
 
+from service.audit import checkpoints
 from service.server import RunningServer
 
 AUDITOR = as_role("auditor")
@@ -27,6 +28,7 @@ AUDITOR = as_role("auditor")
 @pytest.fixture(scope="module")
 def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     folder = tmp_path_factory.mktemp("audit")
+    checkpoints.generate_key(folder / "ledger-key.pem")
     with serving(api_db_url, registry_records(), folder, ledger_key=folder / "ledger-key.pem",
                  checkpoint_file=folder / "checkpoints.jsonl") as running:
         yield running

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from api_fixtures import load_registry
+from tls_material import TlsFiles, make_tls_files
 
 from enterprise_registry.uscc import make
 from service.config import ServeConfig
@@ -86,9 +87,8 @@ def node() -> str:
     return _node_or_skip()
 
 
-@pytest.fixture(scope="module")
-def server(node: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("node-client")
+def _serve(folder: Path, **tls: Path) -> Iterator[RunningServer]:
+    """A server on a loopback port over `_records()`, with the TLS settings in `tls`."""
     db_url = f"sqlite:///{folder / 'registry.db'}"
     load_registry(db_url, _records())
     auth_file = folder / "auth.yaml"
@@ -97,19 +97,37 @@ def server(node: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
         {"principal": "node-admin", "role": "admin", "token": ADMIN_TOKEN},
     ]}), encoding="utf-8")
     running = create_server(ServeConfig(db_url=db_url, rules_dir=REPO_ROOT / "rules",
-                                        auth_file=auth_file, listen="127.0.0.1:0"))
+                                        auth_file=auth_file, listen="127.0.0.1:0", **tls))  # type: ignore[arg-type]
     try:
         yield running
     finally:
         running.stop(grace=None)  # also disposes the server's engine
 
 
-def _run_client(node: str, port: int, token: str, uscc: str) -> tuple[int, dict[str, Any], str]:
-    """Run the Node.js client: (exit status, the JSON object it printed, stderr)."""
+@pytest.fixture(scope="module")
+def server(node: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from _serve(tmp_path_factory.mktemp("node-client"))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("node-pki"))
+
+
+@pytest.fixture(scope="module")
+def mtls_server(node: str, pki: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Mutual TLS: a client needs a certificate signed by the test CA."""
+    yield from _serve(tmp_path_factory.mktemp("node-mtls"), tls_cert=pki.server_cert, tls_key=pki.server_key,
+                      client_ca=pki.ca)
+
+
+def _run_client(node: str, port: int, token: str, uscc: str, *tls: str) -> tuple[int, dict[str, Any], str]:
+    """Run the Node.js client (extra TLS options in `tls`): (exit status, the JSON object it
+    printed, stderr)."""
     env = {**os.environ, "BENEFITS_TOKEN": token}  # the token through the environment, not argv
     completed = subprocess.run(
         [node, str(CLIENT), "--target", f"127.0.0.1:{port}", "--uscc", uscc,
-         "--policy", SJR, "--period", "2025"],
+         "--policy", SJR, "--period", "2025", *tls],
         cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
     lines = completed.stdout.strip().splitlines()
     assert len(lines) == 1, (f"expected one JSON line, exit {completed.returncode}\n"
@@ -151,3 +169,15 @@ def test_node_client_admin_may_read_any_uscc(node: str, server: RunningServer) -
     assert status == 0, stderr
     assert printed["evaluation"]["uscc"] == FOREIGN
     assert printed["evaluation"]["outcome"] == "OUTCOME_ELIGIBLE"
+
+
+def test_node_client_over_mutual_tls(node: str, mtls_server: RunningServer, pki: TlsFiles) -> None:
+    status, printed, stderr = _run_client(node, mtls_server.port, ENTERPRISE_TOKEN, OWN, "--ca", str(pki.ca),
+                                          "--cert", str(pki.client_cert), "--key", str(pki.client_key))
+    assert status == 0, stderr
+    assert printed["policy_ids"] == POLICY_IDS
+    assert printed["evaluation"]["outcome"] == "OUTCOME_ELIGIBLE"
+    assert printed["evaluation"]["amount_fen"] == str(AMOUNT_FEN)
+    # without its certificate the same client is refused in the handshake
+    status, printed, _ = _run_client(node, mtls_server.port, ENTERPRISE_TOKEN, OWN, "--ca", str(pki.ca))
+    assert status == 1 and printed["error"]["status"] == "UNAVAILABLE", printed

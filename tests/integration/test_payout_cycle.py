@@ -47,6 +47,7 @@ from testing_databases import private_schema
 from enterprise_registry.synthetic import generate
 from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import LoadedPolicy, PolicySet, PolicyStore
+from service.audit import checkpoints
 from service.audit.ledger import ledger_entry
 from service.catalogue import CATALOGUE
 from service.facts_documents import DocumentSource, build_document
@@ -96,6 +97,7 @@ def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     folder = tmp_path_factory.mktemp("payout-cycle")
     payers = folder / "payers.yaml"
     payers.write_text(PAYERS_YAML, encoding="utf-8")
+    checkpoints.generate_key(folder / LEDGER_KEY_FILE)
     with serving(api_db_url, list(generate(REGISTRY_SIZE, REGISTRY_SEED)), folder, payers_file=payers,
                  batch_chunk_size=CHUNK_SIZE, ledger_key=folder / LEDGER_KEY_FILE,
                  checkpoint_file=folder / "checkpoints.jsonl") as running:

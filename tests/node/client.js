@@ -5,9 +5,14 @@
 //
 // Usage:
 //   node client.js --target 127.0.0.1:50051 --uscc <USCC> --policy stable-jobs-refund --period 2025
+//                  [--ca CA.pem [--cert CLIENT.pem --key CLIENT-KEY.pem] [--server-name NAME]]
 // Each option may come from the environment instead: BENEFITS_TARGET, BENEFITS_TOKEN,
-// BENEFITS_USCC, BENEFITS_POLICY, BENEFITS_PERIOD. Prefer BENEFITS_TOKEN to --token (argv is
-// visible to other users in the process list).
+// BENEFITS_USCC, BENEFITS_POLICY, BENEFITS_PERIOD, BENEFITS_CA, BENEFITS_CERT, BENEFITS_KEY,
+// BENEFITS_SERVER_NAME. Prefer BENEFITS_TOKEN to --token (argv is visible to other users in the
+// process list).
+//
+// --ca turns TLS on (the CA that signed the server's certificate); --cert and --key add this
+// client's certificate for a server that requires mutual TLS. Without --ca: plaintext.
 //
 // Calls PolicyService.ListPolicies (every page) and BenefitService.ExplainEligibility with
 // `authorization: Bearer <token>` metadata and prints ONE JSON object on stdout:
@@ -32,8 +37,9 @@ const DEADLINE_MS = 20000;
 function usage(message) {
   process.stderr.write(`error: ${message}\n` +
     'usage: node client.js --target HOST:PORT --uscc USCC --policy ID --period YEAR ' +
-    '[--token TOKEN] [--proto-root DIR]\n' +
-    '(or BENEFITS_TARGET, BENEFITS_TOKEN, BENEFITS_USCC, BENEFITS_POLICY, BENEFITS_PERIOD)\n');
+    '[--token TOKEN] [--proto-root DIR] [--ca FILE [--cert FILE --key FILE] [--server-name NAME]]\n' +
+    '(or BENEFITS_TARGET, BENEFITS_TOKEN, BENEFITS_USCC, BENEFITS_POLICY, BENEFITS_PERIOD,\n' +
+    ' BENEFITS_CA, BENEFITS_CERT, BENEFITS_KEY, BENEFITS_SERVER_NAME)\n');
   process.exit(2);
 }
 
@@ -44,6 +50,10 @@ function parseArgs(argv) {
     uscc: process.env.BENEFITS_USCC,
     policy: process.env.BENEFITS_POLICY,
     period: process.env.BENEFITS_PERIOD,
+    ca: process.env.BENEFITS_CA,
+    cert: process.env.BENEFITS_CERT,
+    key: process.env.BENEFITS_KEY,
+    'server-name': process.env.BENEFITS_SERVER_NAME,
     'proto-root': path.join(REPO_ROOT, 'proto'),
   };
   for (let i = 0; i < argv.length; i += 1) {
@@ -67,6 +77,10 @@ function parseArgs(argv) {
     if (!options[name]) usage(`missing --${name}`);
   }
   if (!/^\d{4}$/.test(options.period)) usage(`--period must be a year, got ${options.period}`);
+  if (!options.ca && (options.cert || options.key || options['server-name'])) {
+    usage('--cert, --key and --server-name need --ca (the CA that signed the server\'s certificate)');
+  }
+  if (Boolean(options.cert) !== Boolean(options.key)) usage('--cert and --key go together');
   options.period = Number(options.period);
   return options;
 }
@@ -118,12 +132,33 @@ function conditionSummary(traces) {
   return traces.map((c) => ({ id: c.id, result: c.result }));
 }
 
+function readPem(file, what) {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    return usage(`cannot read ${what} ${file}: ${err.message}`);
+  }
+}
+
+// TLS when a CA is given (mutual TLS with a certificate and key); plaintext otherwise.
+function channelCredentials(options) {
+  if (!options.ca) return { credentials: grpc.credentials.createInsecure(), channelOptions: {} };
+  const credentials = grpc.credentials.createSsl(
+    readPem(options.ca, 'CA certificate'),
+    options.key ? readPem(options.key, 'client key') : null,
+    options.cert ? readPem(options.cert, 'client certificate') : null,
+  );
+  const name = options['server-name'];
+  const channelOptions = name ? { 'grpc.ssl_target_name_override': name, 'grpc.default_authority': name } : {};
+  return { credentials, channelOptions };
+}
+
 async function main() {
   const options = parseArgs(process.argv.slice(2));
   const api = loadApi(options['proto-root']);
-  const credentials = grpc.credentials.createInsecure();
-  const policyClient = new api.PolicyService(options.target, credentials);
-  const benefitClient = new api.BenefitService(options.target, credentials);
+  const { credentials, channelOptions } = channelCredentials(options);
+  const policyClient = new api.PolicyService(options.target, credentials, channelOptions);
+  const benefitClient = new api.BenefitService(options.target, credentials, channelOptions);
   const metadata = new grpc.Metadata();
   metadata.set('authorization', `Bearer ${options.token}`);
   try {
