@@ -72,7 +72,7 @@ class _FieldProblem(ValueError):
         self.field = field
 
 
-def _show(value: object) -> str:
+def _shown(value: object) -> str:
     """A value as it would appear in the JSON line, shortened for messages."""
     try:
         text = orjson.dumps(value).decode()
@@ -101,14 +101,14 @@ def _to_date(value: object) -> object:
     """ISO `YYYY-MM-DD` text to a date. Date objects pass too: YAML test facts load them as such."""
     if isinstance(value, str):
         if not _DATE_SHAPE.fullmatch(value):
-            raise ValueError(f"must be a date written YYYY-MM-DD, got {_show(value)}")
+            raise ValueError(f"must be a date written YYYY-MM-DD, got {_shown(value)}")
         try:
             value = date.fromisoformat(value)
         except ValueError:
             raise ValueError(f"not a real date: {value}") from None
     elif isinstance(value, datetime) or not isinstance(value, date):
         # ValueError, not TypeError: pydantic reports only ValueError as a validation error.
-        raise ValueError(f"must be a date written YYYY-MM-DD, got {_show(value)}")
+        raise ValueError(f"must be a date written YYYY-MM-DD, got {_shown(value)}")
     if not MIN_DATE_YEAR <= value.year <= MAX_YEAR:
         raise ValueError(f"year of {value.isoformat()} is outside {MIN_DATE_YEAR}..{MAX_YEAR}")
     return value
@@ -141,7 +141,7 @@ def _check_text(text: str) -> str:
     if control:  # NUL in particular: PostgreSQL text cannot hold it
         raise ValueError(f"must not contain control characters, found U+{ord(control.group()):04X}")
     if text != text.strip():
-        raise ValueError(f"must not start or end with white space, got {_show(text)}")
+        raise ValueError(f"must not start or end with white space, got {_shown(text)}")
     return text
 
 
@@ -219,7 +219,7 @@ class RecordBase(BaseModel):
     def _department_holds_kind(cls, source: str) -> str:
         if source not in DEPARTMENTS:
             known = ", ".join(DEPARTMENTS)
-            raise ValueError(f"unknown department {_show(source)} (one of {known})")
+            raise ValueError(f"unknown department {_shown(source)} (one of {known})")
         holders = SOURCES_BY_KIND[cls.KIND]
         if source not in holders:
             raise ValueError(
@@ -380,7 +380,7 @@ def parse_record(obj: object) -> Record:
     model = RECORD_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise RecordValidationError(
-            "kind", f"unknown kind {_show(kind)} (one of {', '.join(KINDS)})"
+            "kind", f"unknown kind {_shown(kind)} (one of {', '.join(KINDS)})"
         )
     try:
         return model.model_validate(obj)  # type: ignore[return-value]
@@ -406,11 +406,20 @@ def _first_problem(exc: ValidationError) -> tuple[str, str]:
     return field, _reason(error, field)
 
 
+# Money and bank accounts never appear in a message (it may reach a log): only their JSON type.
+_PRIVATE_FIELDS = frozenset({"account_no", "account_name", "bank_account"})
+
+
 def _reason(error: ErrorDetails, field: str) -> str:
     kind = error["type"]
     value = error.get("input")
     ctx = error.get("ctx") or {}
     leaf = field.rsplit(".", 1)[-1]
+    private = leaf.endswith("_fen") or bool(_PRIVATE_FIELDS & set(field.split(".")))
+
+    def _show(value: object) -> str:
+        return f"{_json_type(value)} (not repeated)" if private else _shown(value)
+
     if kind == "missing":
         return "missing required field"
     if kind == "extra_forbidden":

@@ -135,7 +135,7 @@ def watch_with_progress(client: BatchClient, batch_id: str, *, quiet: bool = Fal
     return last.batch
 
 
-def run(command: str, target: str, token: str, args: Any) -> int:
+def run(command: str, target: str | Endpoint, token: str, args: Any) -> int:
     """One `benefits batch` command; 0 on success, 1 with the server's status on failure."""
     try:
         with connected(target, token) as client:

@@ -362,7 +362,7 @@ def _batch(args: argparse.Namespace) -> int:
     from service.batch_client import run
 
     token = _token(args)
-    return run(args.command, endpoint_from_args(args), token, args) if token else 2  # type: ignore[arg-type]
+    return run(args.command, endpoint_from_args(args), token, args) if token else 2
 
 
 def _token(args: argparse.Namespace) -> str | None:

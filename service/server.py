@@ -185,13 +185,13 @@ def create_server(config: ServeConfig) -> RunningServer:
     policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), server)
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine, config.clock), server)
     benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
-        BenefitServicer(policies, engine), server)
+        BenefitServicer(policies, engine, config.clock), server)
     checkpoint = Checkpointer(engine, key, config.checkpoint_file)
     workers = BatchWorkers(engine, lambda: policies.current,
                            RunSettings(config.batch_chunk_size, config.batch_lease_seconds))
     payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(
-        PayoutServicer(policies, engine, workers, payers=load_payers(config.payers_file), on_export=checkpoint),
-        server)
+        PayoutServicer(policies, engine, workers, config.clock, payers=load_payers(config.payers_file),
+                       on_export=checkpoint), server)
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(engine, checkpoint_file=config.checkpoint_file,
                       public_key=key.public_key() if key else None), server)

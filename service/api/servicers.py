@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -198,15 +197,16 @@ def _store(engine: Engine, records: list[Any], stored: int, stale: int) -> tuple
 class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
     """Every evaluation it makes is recorded in the audit trail with the caller as actor."""
 
-    def __init__(self, policies: PolicyStore, engine: Engine) -> None:
+    def __init__(self, policies: PolicyStore, engine: Engine, clock: Clock) -> None:
         self.policies = policies
         self.engine = engine
+        self.clock = clock   # the evaluation date: the Asia/Shanghai date
         self.source = DocumentSource(engine)
 
     def _evaluate(self, uscc: str, policy_id: str, period: int) -> tuple[Any, str]:
         result, document, policy = evaluate_with_inputs(
             self.policies.current, self.source, uscc=uscc, policy_id=policy_id, period=period,
-            today=date.today())
+            today=self.clock.today())
         caller = _caller()
         evaluation_id = record_evaluation(self.engine, result, document, policy,
                                           Actor(caller.name, caller.role))
@@ -232,7 +232,7 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
             if fact_year not in documents:
                 documents[fact_year] = build_document(rows, fact_year)
             document = documents[fact_year]
-            result = evaluate(policy.compiled(request.period), document, today=date.today())
+            result = evaluate(policy.compiled(request.period), document, today=self.clock.today())
             evaluated.append((policy, result, prepare_record(result, document, Actor(caller.name, caller.role))))
         with ledger_transaction(self.engine) as conn:   # every evaluation recorded, in one transaction
             for policy, _, record in evaluated:
@@ -277,11 +277,11 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     WatchPayoutBatch streams its progress until it leaves RUNNING. Every change of money state
     is sealed in the ledger with the caller as actor."""
 
-    def __init__(self, policies: PolicyStore, engine: Engine, workers: BatchWorkers, *,
+    def __init__(self, policies: PolicyStore, engine: Engine, workers: BatchWorkers, clock: Clock, *,
                  payers: dict[str, Any] | None = None, on_export: Callable[[], None] = lambda: None,
                  watch_interval: float = WATCH_INTERVAL_SECONDS) -> None:
         self.policies, self.engine, self.workers, self.payers = policies, engine, workers, payers or {}
-        self.on_export, self.watch_interval = on_export, watch_interval
+        self.clock, self.on_export, self.watch_interval = clock, on_export, watch_interval
 
     def CreatePayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
         violations: list[tuple[str, str]] = []
@@ -293,7 +293,7 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         _raise_if(violations)
         batch = batches.start_batch(self.engine, self.policies.current, policy_id=request.policy_id,
                                     period=request.period, request_id=request.request_id,
-                                    actor=_actor(), today=date.today())
+                                    actor=_actor(), today=self.clock.today())
         if batch.state == BatchState.RUNNING:
             self.workers.wake()  # a repeated request after a restart finishes the same batch
         return convert.payout_batch(batch)
