@@ -315,6 +315,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from service.audit import checkpoints
+    from service.audit.ledger import read_snapshot
     from service.audit.verification import verify_audit_log
     from service.payouts.tables import create_payout_schema
 
@@ -322,7 +323,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
         checkpoints.load_private_key(args.ledger_key).public_key() if args.ledger_key else None
     with _database(args.db) as engine:
         create_payout_schema(engine)  # the audit trail's tables included
-        with engine.connect() as conn:
+        with read_snapshot(engine) as conn:
             verdict = verify_audit_log(conn, checkpoint_file=args.checkpoints, public_key=public_key)
     where = f" at entry {verdict.first_bad_entry}" if verdict.first_bad_entry else ""  # 0: the checkpoints file
     state = "VALID" if verdict.valid else f"INVALID ({verdict.fault}{where})"

@@ -35,7 +35,7 @@ from rules.loader import PolicyStore
 from service.api import convert
 from service.api.auth import Principal, authorize_uscc, current_principal
 from service.api.paging import next_token, page_bounds
-from service.audit.ledger import ledger_transaction
+from service.audit.ledger import ledger_transaction, read_snapshot
 from service.audit.records import (
     Actor,
     evaluation_from_dict,
@@ -434,7 +434,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             next_page_token=next_token(offset, limit, total, query))
 
     def VerifyAuditLog(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with self.engine.connect() as conn:
+        with read_snapshot(self.engine) as conn:   # one snapshot, while batches write
             verdict = verify_audit_log(conn, checkpoint_file=self.checkpoint_file,
                                        public_key=self.public_key)
         return audit_service_pb2.VerifyAuditLogResponse(

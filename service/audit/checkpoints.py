@@ -179,7 +179,8 @@ def write(checkpoint: Checkpoint, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Verification: every rule in one place.
 def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
-                       public_key: Ed25519PublicKey | None) -> CheckpointCheck:
+                       public_key: Ed25519PublicKey | None, *,
+                       lines_read: list[tuple[int, str]] | None = None) -> CheckpointCheck:
     """Does the ledger agree with the signed checkpoints?
 
     - Neither a file nor a key given: not checked, and the detail says so.
@@ -199,9 +200,10 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
         return CheckpointCheck(False, f"the checkpoints in {checkpoint_file} cannot be checked without "
                                       "the ledger's public key")
     # The file is read before the ledger is counted: a checkpoint written meanwhile covers only
-    # entries committed before it, which the count then includes.
+    # entries committed before it, which the count then includes. A caller reading the ledger
+    # in one snapshot reads the file before the snapshot's first query (`lines_read`).
     try:
-        lines = _lines(checkpoint_file)
+        lines = lines_read if lines_read is not None else read_lines(checkpoint_file)
     except (OSError, UnicodeDecodeError) as exc:
         return CheckpointCheck(False, f"cannot read the checkpoints {checkpoint_file}: "
                                       f"{getattr(exc, 'strerror', None) or exc}")
@@ -236,7 +238,7 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
     return _against_ledger(connection, newest, entries)
 
 
-def _lines(path: Path | None) -> list[tuple[int, str]]:
+def read_lines(path: Path | None) -> list[tuple[int, str]]:
     """(line number, text) of every non-blank line; none when the file does not exist."""
     if path is None or not path.exists():
         return []

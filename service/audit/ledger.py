@@ -172,6 +172,22 @@ def ledger_transaction(engine: Engine) -> Iterator[Connection]:
         conn.commit()
 
 
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A connection whose every read sees one snapshot of the database (for verification while
+    the server writes): REPEATABLE READ on PostgreSQL, one deferred read transaction on SQLite
+    (WAL keeps its snapshot). Nothing is written; rolled back on exit."""
+    with engine.connect() as conn:
+        if _dialect(conn) == "sqlite":
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
 def append(connection: Connection, kind: str, payload: dict[str, Any],
            *, recorded_at: datetime | None = None) -> LedgerEntry:
     """Append one entry inside the caller's transaction (which commits it) and return it.

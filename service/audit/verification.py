@@ -31,6 +31,10 @@ class AuditVerdict:
 
 def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = None,
                      public_key: Ed25519PublicKey | None = None) -> AuditVerdict:
+    try:   # before the first query: in a snapshot, a checkpoint written later would cover too much
+        lines_read: list[tuple[int, str]] | None = checkpoints.read_lines(checkpoint_file)
+    except (OSError, UnicodeDecodeError):
+        lines_read = None   # verify_checkpoints reads it again and reports why it cannot
     chain = verify(connection)
     if not chain.valid:
         return AuditVerdict(chain.entries_checked, chain.head_hash, False, chain.first_bad_seq or 0,
@@ -43,7 +47,7 @@ def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = N
                             f"{len(problems)} row(s) differ from the ledger; first: {first}", problems)
     detail = (f"{chain.entries_checked} entries chain correctly; every stored record and every batch, line and "
               "bank file matches the ledger")
-    check = checkpoints.verify_checkpoints(connection, checkpoint_file, public_key)
+    check = checkpoints.verify_checkpoints(connection, checkpoint_file, public_key, lines_read=lines_read)
     if not check.valid:
         return AuditVerdict(chain.entries_checked, chain.head_hash, False, check.first_bad_entry,
                             checkpoints.CHECKPOINT_FAULT, check.detail)
