@@ -44,7 +44,7 @@ def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = N
     if problems:
         first = problems[0]
         return AuditVerdict(chain.entries_checked, chain.head_hash, False, first.ledger_seq, str(first.fault),
-                            f"{len(problems)} row(s) differ from the ledger; first: {first}", problems)
+                            f"{len(problems)} row(s) differ from the ledger, first {first.table} {first.row}", problems)
     detail = (f"{chain.entries_checked} entries chain correctly; every stored record and every batch, line and "
               "bank file matches the ledger")
     check = checkpoints.verify_checkpoints(connection, checkpoint_file, public_key, lines_read=lines_read)

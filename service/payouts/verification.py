@@ -23,7 +23,14 @@ from sqlalchemy.engine import Connection
 from service.audit.ledger import Fault, ledger_entry
 from service.audit.merkle import RootBuilder
 from service.audit.problems import AuditProblem
-from service.payouts.seals import MONEY_EVENT_KIND, PRIVATE_LINE_COLUMNS, MoneyEvent, export_digest, line_leaf
+from service.payouts.seals import (
+    LINE_COLUMNS,
+    MONEY_EVENT_KIND,
+    PRIVATE_LINE_COLUMNS,
+    MoneyEvent,
+    export_digest,
+    line_leaf,
+)
 from service.payouts.tables import SEALED_BATCH_COLUMNS, grant, payout_batch, payout_export, payout_line_seal
 
 _STREAM = {"stream_results": True, "yield_per": 2000}
@@ -106,7 +113,7 @@ def _check_lines(connection: Connection, events: _Events) -> Iterator[AuditProbl
                           .outerjoin(seal, and_(seal.c.line_id == newest.c.line_id,
                                                 seal.c.ledger_seq == newest.c.seq))))
     for row in connection.execution_options(**_STREAM).execute(query):
-        line = dict(row._mapping)
+        line = {column: row._mapping[column] for column in LINE_COLUMNS}   # not the joined seal columns
         line_id = str(line["grant_id"])
         if row.seq is None:
             yield AuditProblem(grant.name, line_id, Fault.INSERTED, 0,
