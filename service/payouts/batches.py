@@ -275,10 +275,10 @@ def record_results(engine: Engine, batch_id: str, results: Sequence[BankResult],
             changes[result.line_id] = change
         if changes:
             by_change: dict[tuple[tuple[str, Any], ...], list[str]] = {}
-            for line_id, values in changes.items():   # one UPDATE per distinct change, not per line
-                by_change.setdefault(tuple(sorted(values.items())), []).append(line_id)
-            for values, ids in by_change.items():
-                _set_lines(conn, ids, **dict(values))
+            for line_id, change in changes.items():   # one UPDATE per distinct change, not per line
+                by_change.setdefault(tuple(sorted(change.items())), []).append(line_id)
+            for columns, ids in by_change.items():
+                _set_lines(conn, ids, **dict(columns))
             _settle_or_reopen(conn, batch_id)
             seal_event(conn, MoneyEvent.RESULTS, batch_id, actor, lines=read_lines(conn, changes))
     return get_batch(engine, batch_id)

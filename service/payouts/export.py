@@ -204,6 +204,6 @@ def check(xml: bytes, lines: list[PaymentLine]) -> None:
                 node.findtext("p:CtrlSum", namespaces=ns) != total:
             raise BatchStateError("pain.001 count or control sum does not match the lines")
     ids = [e.text for e in document.iterfind(".//p:EndToEndId", ns)]
-    amounts = sum(Decimal(e.text or "0") for e in document.iterfind(".//p:InstdAmt", ns))
+    amounts = sum((Decimal(e.text or "0") for e in document.iterfind(".//p:InstdAmt", ns)), Decimal(0))
     if len(ids) != len(set(ids)) or len(ids) != len(lines) or str(amounts.quantize(Decimal("0.01"))) != total:
         raise BatchStateError("pain.001 end-to-end ids are not unique or amounts do not add up")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -60,12 +61,12 @@ def registry_payees(connection: Connection, usccs: Iterable[str]) -> dict[str, P
     return out
 
 
-def line_payee(line: Mapping[str, object]) -> Payee:
+def line_payee(line: Mapping[str, Any]) -> Payee:
     """The payee sealed in a line."""
     return Payee(str(line["payee_name"]), str(line["payee_account_no"]), str(line["payee_bank"]))
 
 
-def changed_payees(connection: Connection, lines: list[Mapping[str, object]]) -> list[Mapping[str, object]]:
+def changed_payees(connection: Connection, lines: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The lines whose sealed payee is no longer the registry's account, in the given order."""
     now = registry_payees(connection, (str(line["uscc"]) for line in lines))
     return [line for line in lines if not line_payee(line).same_as(now[str(line["uscc"])])]
