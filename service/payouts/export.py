@@ -104,6 +104,16 @@ def export(engine: Engine, batch_id: str, payer: Payer, actor: Actor) -> tuple[b
     xml = to_pain001(lines, batch, payer, message_id, created)
     check(xml, lines)
     with ledger_transaction(engine) as conn:
+        # Under the chain-head lock, which every money event takes: another export made while
+        # these files were built wins (its files are returned), and a line withdrawn meanwhile
+        # means these files are not stored (they would pay it).
+        made_meanwhile = conn.execute(select(payout_export).where(payout_export.c.batch_id == batch_id)).first()
+        if made_meanwhile is not None:
+            return bytes(made_meanwhile.csv), bytes(made_meanwhile.pain001)
+        now = [line for line in batches.lines_of(conn, batch_id) if line["state"] == LineState.PENDING]
+        if payment_lines(now, batch) != lines:
+            raise BatchStateError(f"the lines of batch {batch_id} changed while its bank file was built (a "
+                                  "withdrawal or a cancellation): export again")
         conn.execute(insert(payout_export).values(batch_id=batch_id, message_id=message_id, csv=csv_bytes,
                                                   pain001=xml, exported_at=created.isoformat()))
         batches.mark_exported(conn, batch_id)

@@ -32,7 +32,14 @@ from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_text
 from service.audit.ledger import ledger_transaction
 from service.audit.merkle import root
-from service.audit.records import Actor, PreparedRecord, policy_version, prepare_record, write_records
+from service.audit.records import (
+    Actor,
+    PreparedRecord,
+    evaluation_record,
+    policy_version,
+    prepare_record,
+    write_records,
+)
 from service.catalogue import CATALOGUE
 from service.facts_documents import DocumentSource, EnterpriseRows, build_document
 from service.payouts.allocation import prorate, stack
@@ -257,9 +264,7 @@ class _Run:
         group = self.policy.model.conflict_group
         with ledger_transaction(self.engine) as conn:
             self._renew(conn)
-            candidates = conn.execute(select(payout_candidate).where(
-                payout_candidate.c.batch_id == self.batch_id, payout_candidate.c.error.is_(None))
-                .order_by(payout_candidate.c.uscc)).all()
+            candidates = self._founded_candidates(conn)
             granted = set(conn.execute(select(grant.c.uscc).where(
                 grant.c.policy_id == self.policy.id, grant.c.period == self.period,
                 grant.c.released == "")).scalars())
@@ -299,6 +304,30 @@ class _Run:
                         merkle_root=decisions)
             seal_event(conn, MoneyEvent.DRAFT, self.batch_id, self.actor, lines=lines,
                        decisions={"leaf_count": len(lines), "merkle_root": decisions})
+
+    def _founded_candidates(self, conn: Connection) -> list[Any]:
+        """The batch's evaluated candidates that agree with the evaluation record each cites (the
+        records are sealed, the candidates are only a work table): one that does not was altered
+        and is not paid."""
+        decision = evaluation_record
+        rows = conn.execute(select(payout_candidate, decision.c.uscc.label("decision_uscc"),
+                                   decision.c.policy_id.label("decision_policy"),
+                                   decision.c.outcome.label("decision_outcome"),
+                                   decision.c.amount_fen.label("decision_fen"),
+                                   decision.c.record_sha256.label("decision_sha256"))
+                            .select_from(payout_candidate.outerjoin(
+                                decision, decision.c.evaluation_id == payout_candidate.c.evaluation_id))
+                            .where(payout_candidate.c.batch_id == self.batch_id, payout_candidate.c.error.is_(None))
+                            .order_by(payout_candidate.c.uscc)).all()
+        founded = []
+        for row in rows:
+            if (row.decision_uscc, row.decision_policy, row.decision_outcome, row.decision_fen,
+                    row.decision_sha256) == (row.uscc, self.policy.id, ELIGIBLE, row.full_fen, row.record_sha256):
+                founded.append(row)
+            else:
+                log.error("batch %s: the candidate %s does not match its evaluation record %s; not paid",
+                          self.batch_id, row.uscc, row.evaluation_id)
+        return founded
 
     def _line(self, number: int, uscc: str, amount_fen: int, candidate: Any, tops_up: str | None,
               payee: Any, group: str | None) -> dict[str, Any]:

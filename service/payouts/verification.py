@@ -20,9 +20,11 @@ import orjson
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
+from rules.evaluator import ELIGIBLE
 from service.audit.ledger import Fault, ledger_entry
 from service.audit.merkle import RootBuilder
 from service.audit.problems import AuditProblem
+from service.audit.records import evaluation_record
 from service.payouts.seals import (
     LINE_COLUMNS,
     MONEY_EVENT_KIND,
@@ -82,8 +84,13 @@ def _check_seals(connection: Connection, events: _Events) -> Iterator[AuditProbl
             .order_by(payout_line_seal.c.leaf_index))
         misplaced = None
         for index, line_id, seal_batch, leaf in rows:
-            if (index != builder.count or seal_batch != batch_id) and misplaced is None:
-                misplaced = f"position {index} ({line_id})"
+            # The row's own columns must say what its (sealed) leaf says: the verification of
+            # lines looks seals up by them.
+            sealed = orjson.loads(leaf)
+            labelled = (line_id, seal_batch) == (sealed.get("grant_id"), sealed.get("batch_id"))
+            if (index != builder.count or seal_batch != batch_id or not labelled) and misplaced is None:
+                misplaced = f"position {index} ({line_id}) " + ("is out of place" if labelled else
+                                                                 "is labelled as another line than its leaf")
             builder.add(leaf.encode())
         where = f"entry {seq}"
         if builder.count != count:
@@ -94,7 +101,7 @@ def _check_seals(connection: Connection, events: _Events) -> Iterator[AuditProbl
         elif misplaced is not None or builder.root().hex() != expected_root:
             yield AuditProblem(payout_line_seal.name, where, Fault.EDITED, seq,
                                f"the seal rows of ledger entry {seq} (batch {batch_id}) no longer give its Merkle "
-                               f"root{': ' + misplaced + ' is out of place' if misplaced else ''}")
+                               f"root{': ' + misplaced if misplaced else ''}")
     stray = connection.execute(select(payout_line_seal.c.ledger_seq, func.count()).group_by(
         payout_line_seal.c.ledger_seq))
     for seq, number in stray:
@@ -104,16 +111,20 @@ def _check_seals(connection: Connection, events: _Events) -> Iterator[AuditProbl
 
 
 def _check_lines(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
-    """Every line equals its newest seal; every sealed line exists."""
+    """Every line equals its newest seal and rests on the evaluation it cites; every sealed line
+    exists."""
     newest = (select(payout_line_seal.c.line_id, func.max(payout_line_seal.c.ledger_seq).label("seq"))
               .group_by(payout_line_seal.c.line_id).subquery())
     seal = payout_line_seal.alias("newest_seal")
-    query = (select(grant, newest.c.seq, seal.c.leaf)
+    decision = evaluation_record.alias("decision")
+    query = (select(grant, newest.c.seq, seal.c.leaf,
+                    *(decision.c[c].label(f"decision_{c}") for c in _DECISION_COLUMNS))
              .select_from(grant.outerjoin(newest, newest.c.line_id == grant.c.grant_id)
                           .outerjoin(seal, and_(seal.c.line_id == newest.c.line_id,
-                                                seal.c.ledger_seq == newest.c.seq))))
+                                                seal.c.ledger_seq == newest.c.seq))
+                          .outerjoin(decision, decision.c.evaluation_id == grant.c.evaluation_id)))
     for row in connection.execution_options(**_STREAM).execute(query):
-        line = {column: row._mapping[column] for column in LINE_COLUMNS}   # not the joined seal columns
+        line = {column: row._mapping[column] for column in LINE_COLUMNS}   # not the joined columns
         line_id = str(line["grant_id"])
         if row.seq is None:
             yield AuditProblem(grant.name, line_id, Fault.INSERTED, 0,
@@ -122,12 +133,39 @@ def _check_lines(connection: Connection, events: _Events) -> Iterator[AuditProbl
         if line_leaf(line).decode() != row.leaf:
             yield AuditProblem(grant.name, line_id, Fault.EDITED, int(row.seq),
                                _differences(line, orjson.loads(row.leaf), int(row.seq)))
+            continue
+        unfounded = _unfounded(line, {c: row._mapping[f"decision_{c}"] for c in _DECISION_COLUMNS})
+        if unfounded:
+            yield AuditProblem(grant.name, line_id, Fault.EDITED, int(row.seq),
+                               f"the line does not rest on its evaluation {line['evaluation_id']}: {unfounded} "
+                               f"(sealed so by ledger entry {row.seq}: its batch was drafted from altered data)")
     missing = (select(payout_line_seal.c.line_id, func.max(payout_line_seal.c.ledger_seq))
                .where(~select(grant.c.grant_id).where(grant.c.grant_id == payout_line_seal.c.line_id).exists())
                .group_by(payout_line_seal.c.line_id).order_by(payout_line_seal.c.line_id))
     for line_id, seq in connection.execute(missing):
         yield AuditProblem(grant.name, str(line_id), Fault.DELETED, int(seq),
                            f"line sealed by ledger entry {seq} is missing")
+
+
+_DECISION_COLUMNS = ("evaluation_id", "uscc", "policy_id", "period", "outcome", "amount_fen", "record_sha256",
+                     "batch_id")
+
+
+def _unfounded(line: dict[str, Any], decision: dict[str, Any]) -> str:
+    """How a line departs from the stored evaluation it cites ('' when it does not): the
+    evaluation's own columns are verified against the ledger by `verify_records`."""
+    if decision["evaluation_id"] is None:
+        return "that evaluation is not stored"
+    wrong = [f"{column} {line[column]!r} but the evaluation's {decision[column]!r}"
+             for column in ("uscc", "policy_id", "period", "record_sha256", "batch_id")
+             if line[column] != decision[column]]
+    if decision["outcome"] != ELIGIBLE:
+        wrong.append(f"the evaluation is {decision['outcome']}")
+    if line["full_fen"] != decision["amount_fen"]:
+        wrong.append(f"full_fen {line['full_fen']} but the evaluation awards {decision['amount_fen']}")
+    if not 0 <= line["amount_fen"] <= line["full_fen"]:
+        wrong.append(f"amount_fen {line['amount_fen']} is not within 0..full_fen")
+    return "; ".join(wrong)
 
 
 def _check_batches(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
