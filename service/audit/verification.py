@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from service.audit import checkpoints
 from service.audit.ledger import verify
 from service.audit.problems import AuditProblem
-from service.audit.records import verify_records
+from service.audit.records import evaluation_record, verify_records
 from service.payouts.verification import verify_payouts
 
 MAX_PROBLEMS = 100   # rows reported; the first is the verdict's
@@ -40,7 +40,8 @@ def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = N
         return AuditVerdict(chain.entries_checked, chain.head_hash, False, chain.first_bad_seq or 0,
                             str(chain.fault), chain.detail)
     problems = verify_records(connection, limit=MAX_PROBLEMS)
-    problems += verify_payouts(connection, limit=MAX_PROBLEMS - len(problems))
+    altered = frozenset(p.row for p in problems if p.table == evaluation_record.name)
+    problems += verify_payouts(connection, limit=MAX_PROBLEMS - len(problems), suspect_evaluations=altered)
     if problems:
         first = problems[0]
         return AuditVerdict(chain.entries_checked, chain.head_hash, False, first.ledger_seq, str(first.fault),

@@ -773,13 +773,9 @@ CANDIDATE_ATTACKS: dict[str, Callable[[Any], dict[str, Any]]] = {
 }
 
 
-@pytest.mark.parametrize("attack", sorted(CANDIDATE_ATTACKS))
-def test_a_line_drafted_from_a_tampered_candidate_is_caught(db_engine: Engine, policies: PolicySet,
-                                                            attack: str) -> None:
-    """While a batch runs, what it found is kept in `payout_candidate` (not sealed). An attacker
-    edits a candidate between the last chunk and DRAFT; the DRAFT event then seals a line that
-    contradicts the evaluation record it cites (whose hash the ledger holds): the amount, or the
-    enterprise. Verification must not call that VALID."""
+def _draft_with_a_tampered_candidate(db_engine: Engine, policies: PolicySet, attack: str) -> Any:
+    """Run a batch to its last chunk, alter one candidate as an attacker would, then let it turn
+    DRAFT; the altered candidate row (as it was before the attack)."""
     from service.payouts.batches import start_batch
     from service.payouts.runner import new_worker_id, run_batch
     from service.payouts.tables import payout_candidate
@@ -799,6 +795,36 @@ def test_a_line_drafted_from_a_tampered_candidate_is_caught(db_engine: Engine, p
                                                     payout_candidate.c.uscc == MAIN[0])
                      .values(CANDIDATE_ATTACKS[attack](candidate)))
     assert run_batch(db_engine, policies, batch.batch_id, worker=new_worker_id(), settings=RunSettings(chunk_size=10))
+    return candidate
+
+
+@pytest.mark.parametrize("attack", sorted(CANDIDATE_ATTACKS))
+def test_a_tampered_candidate_is_not_drafted(db_engine: Engine, policies: PolicySet, attack: str) -> None:
+    """While a batch runs, what it found is kept in `payout_candidate` (not sealed). An attacker
+    edits a candidate between the last chunk and DRAFT: the DRAFT transaction checks every
+    candidate against the (sealed) evaluation record it cites and pays none that contradicts it."""
+    candidate = _draft_with_a_tampered_candidate(db_engine, policies, attack)
+    with db_engine.connect() as conn:
+        assert conn.execute(select(grant).where(grant.c.evaluation_id == candidate.evaluation_id)).first() is None
+        assert [line.uscc for line in conn.execute(select(grant))] == [MAIN[1]]   # the untouched one is paid
+        assert _verdict(conn).valid
+
+
+@pytest.mark.parametrize("attack", sorted(CANDIDATE_ATTACKS))
+def test_a_line_drafted_from_a_tampered_candidate_is_caught(db_engine: Engine, policies: PolicySet,
+                                                            attack: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a writer draft such a line anyway (here: the DRAFT check switched off), the sealed
+    line contradicts the evaluation record it cites, whose hash the ledger holds: the amount,
+    or the enterprise. Verification must not call that VALID."""
+    from service.payouts import runner
+    from service.payouts.tables import payout_candidate
+
+    def unchecked(run: Any, conn: Any) -> list[Any]:
+        return list(conn.execute(select(payout_candidate).where(payout_candidate.c.batch_id == run.batch_id)
+                                 .order_by(payout_candidate.c.uscc)))
+
+    monkeypatch.setattr(runner._Run, "_founded_candidates", unchecked)
+    candidate = _draft_with_a_tampered_candidate(db_engine, policies, attack)
     with db_engine.connect() as conn:
         line = conn.execute(select(grant).where(grant.c.evaluation_id == candidate.evaluation_id)).one()
         record = conn.execute(select(evaluation_record).where(
