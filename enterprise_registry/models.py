@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from enterprise_registry.records import KEY_FIELDS, Record
+from enterprise_registry.kinds import KEY_FIELDS, KINDS
+from enterprise_registry.records import Record
 
 # No foreign keys between the tables: departments feed independently, and a tax or hire record
 # may well arrive before the market-regulation record of its enterprise.
@@ -39,7 +40,7 @@ class TaxYear(SQLModel, table=True):
     """One year of tax-bureau figures; money in fen (BigInteger: fen overflow int32 quickly)."""
 
     __tablename__ = "tax_year"
-    __table_args__ = (UniqueConstraint("uscc", "year", name="uq_tax_year_key"),)
+    __table_args__ = (UniqueConstraint(*KINDS["tax_year"].key, name="uq_tax_year_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
     uscc: str = Field(max_length=18)
@@ -59,7 +60,7 @@ class SocialInsuranceYear(SQLModel, table=True):
     """One year of unemployment-insurance figures of an employer."""
 
     __tablename__ = "social_insurance_year"
-    __table_args__ = (UniqueConstraint("uscc", "year", name="uq_social_insurance_year_key"),)
+    __table_args__ = (UniqueConstraint(*KINDS["social_insurance_year"].key, name="uq_social_insurance_year_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
     uscc: str = Field(max_length=18)
@@ -84,7 +85,7 @@ class Hire(SQLModel, table=True):
 
     __tablename__ = "hire"
     __table_args__ = (
-        UniqueConstraint("uscc", "person_ref", "hired_on", name="uq_hire_key"),
+        UniqueConstraint(*KINDS["hire"].key, name="uq_hire_key"),
         Index("ix_hire_person_ref_year", "person_ref", "year"),
     )
 
@@ -107,7 +108,7 @@ class Qualification(SQLModel, table=True):
     """A certification granted to an enterprise."""
 
     __tablename__ = "qualification"
-    __table_args__ = (UniqueConstraint("uscc", "certificate_no", name="uq_qualification_key"),)
+    __table_args__ = (UniqueConstraint(*KINDS["qualification"].key, name="uq_qualification_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
     uscc: str = Field(max_length=18)
@@ -124,7 +125,7 @@ class CreditListing(SQLModel, table=True):
     """An entry on a credit list; removed_on is null while the enterprise is still listed."""
 
     __tablename__ = "credit_listing"
-    __table_args__ = (UniqueConstraint("uscc", "list", "listed_on", name="uq_credit_listing_key"),)
+    __table_args__ = (UniqueConstraint(*KINDS["credit_listing"].key, name="uq_credit_listing_key"),)
 
     id: int | None = Field(default=None, primary_key=True)
     uscc: str = Field(max_length=18)

@@ -21,43 +21,30 @@ from pydantic_core import ErrorDetails
 
 from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.errors import InvalidUsccError, RecordValidationError
-
-MAX_FEN = 10**15  # 10 trillion yuan: far above any real amount, far below int64
-MAX_COUNT = 10**7
-MAX_MONTHS = 600
-MIN_YEAR, MAX_YEAR = 1949, 2100
-MIN_DATE_YEAR = 1900  # establishment dates may predate 1949; anything older is a typo
-
-DEPARTMENTS = (
-    "market_regulation",
-    "tax",
-    "human_resources",
-    "science_technology",
-    "industry_it",
-    "credit",
+from enterprise_registry.kinds import (
+    DEPARTMENTS,
+    KEY_FIELDS,
+    KIND_NAMES,
+    MAX_AGE,
+    MAX_COUNT,
+    MAX_FEN,
+    MAX_MONTHS,
+    MAX_YEAR,
+    MIN_AGE,
+    MIN_YEAR,
+    SOURCES_BY_KIND,
+    CreditRating,
+    HireCategory,
+    ListName,
+    OrgType,
+    QualificationLevel,
+    QualificationType,
+    SizeClass,
+    Status,
 )
 
-# Which department holds which kind of fact: a record from any other source is refused.
-SOURCES_BY_KIND: dict[str, tuple[str, ...]] = {
-    "enterprise": ("market_regulation",),
-    "tax_year": ("tax",),
-    "social_insurance_year": ("human_resources",),
-    "hire": ("human_resources",),
-    "qualification": ("science_technology", "industry_it"),
-    "credit_listing": ("credit",),
-}
-
-# The natural key of each kind: a later record with the same key supersedes the stored one.
-KEY_FIELDS: dict[str, tuple[str, ...]] = {
-    "enterprise": ("uscc",),
-    "tax_year": ("uscc", "year"),
-    "social_insurance_year": ("uscc", "year"),
-    "hire": ("uscc", "person_ref", "hired_on"),
-    "qualification": ("uscc", "certificate_no"),
-    "credit_listing": ("uscc", "list", "listed_on"),
-}
-
-KINDS: tuple[str, ...] = tuple(SOURCES_BY_KIND)
+MIN_DATE_YEAR = 1900  # establishment dates may predate 1949; anything older is a typo
+KINDS = KIND_NAMES
 
 _DATE_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # A PRC resident ID number (17 digits and a digit or X; 15 digits for the first generation).
@@ -160,33 +147,9 @@ Fen = Annotated[int, Field(ge=0, lt=MAX_FEN)]
 Count = Annotated[int, Field(ge=0, lt=MAX_COUNT)]
 Months = Annotated[int, Field(ge=0, le=MAX_MONTHS)]
 Year = Annotated[int, Field(ge=MIN_YEAR, le=MAX_YEAR)]
-Age = Annotated[int, Field(ge=14, le=100)]
+Age = Annotated[int, Field(ge=MIN_AGE, le=MAX_AGE)]
 PersonRef = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9_-]{4,64}$"), AfterValidator(_check_person_ref)
-]
-
-OrgType = Literal[
-    "enterprise",
-    "individual_business",
-    "farmer_cooperative",
-    "social_organization",
-    "foundation",
-    "social_service_org",
-    "law_firm",
-    "accounting_firm",
-    "public_institution",
-    "government",
-]
-Status = Literal["active", "suspended", "liquidating", "deregistered", "revoked"]
-CreditRating = Literal["A", "B", "M", "C", "D"]
-SizeClass = Literal["large", "medium", "small", "micro"]
-HireCategory = Literal["graduate", "unemployed_youth", "other"]
-QualificationType = Literal[
-    "high_tech", "little_giant", "single_champion", "above_designated_size", "strategic_emerging"
-]
-QualificationLevel = Literal["national", "provincial", "city"]
-ListName = Literal[
-    "serious_dishonesty", "judgment_defaulter", "wage_arrears", "abnormal_operation", "zombie"
 ]
 
 # strict: no "12" for 12, no 12.0 for 12, no true for 1; forbid: an unknown key is an error.

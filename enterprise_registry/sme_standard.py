@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from enterprise_registry.kinds import SizeClass
+
 __all__ = ["FEN_PER_WAN", "SizeClass", "SizeClassification", "classify", "sector_of"]
 
-SizeClass = Literal["large", "medium", "small", "micro"]
 _Indicator = Literal["employees", "revenue", "total_assets"]
 
 FEN_PER_WAN: Final = 1_000_000

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry import derived
+from enterprise_registry.kinds import KINDS
 from enterprise_registry.models import (
     CreditListing,
     Enterprise,
@@ -20,17 +21,13 @@ from enterprise_registry.models import (
 from rules.facts import Fact, FactsDocument, Record
 
 DERIVED = "derived"
-_TAX_FIELDS = ("year", "employees", "revenue_fen", "main_business_revenue_fen", "total_assets_fen",
-               "tax_paid_fen", "rd_expense_fen", "credit_rating")
-_SI_FIELDS = ("year", "insured_start", "insured_end", "insured_avg_monthly", "ui_months_paid",
-              "ui_premium_paid_fen", "ui_back_payment_fen", "ui_late_fee_fen", "ui_arrears",
-              "layoffs", "ui_benefit_claimants", "size_class")
-_ENTERPRISE_FIELDS = ("uscc", "name", "org_type", "region_code", "industry_code", "established_on",
-                      "status", "labor_dispatch")
-_HIRE_FIELDS = ("year", "hired_on", "person_ref", "category", "graduation_year", "age",
-                "labor_contract", "insured_months", "absorption_subsidy_claimed")
-_QUALIFICATION_FIELDS = ("type", "level", "first_time", "granted_on", "certificate_no")
-_CREDIT_FIELDS = ("list", "listed_on", "removed_on")
+# What policies read of each kind: its fact fields (`enterprise_registry.kinds`).
+_ENTERPRISE_FIELDS = KINDS["enterprise"].fact_fields
+_TAX_FIELDS = KINDS["tax_year"].fact_fields
+_SI_FIELDS = KINDS["social_insurance_year"].fact_fields
+_HIRE_FIELDS = KINDS["hire"].fact_fields
+_QUALIFICATION_FIELDS = KINDS["qualification"].fact_fields
+_CREDIT_FIELDS = KINDS["credit_listing"].fact_fields
 
 
 class EnterpriseRows:

@@ -18,6 +18,7 @@ from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.errors import ImportRejectedError
 from enterprise_registry.importer import load_records
+from enterprise_registry.kinds import KINDS
 from rules.evaluator import Evaluation, evaluate
 from rules.loader import LoadedPolicy, PolicySet
 from rules.schema import PolicyTestCase, validate_test_cases
@@ -26,9 +27,8 @@ from service.facts_documents import DocumentSource
 
 # A synthetic code (never a real company's) used when a case does not name its enterprise.
 DEFAULT_USCC = uscc_codes.make("91420600MA4K00001")
-_SOURCE_BY_KIND = {"enterprise": "market_regulation", "tax_year": "tax",
-                   "social_insurance_year": "human_resources", "hire": "human_resources",
-                   "qualification": "industry_it", "credit_listing": "credit"}
+# A case's record without a source is taken to come from the kind's (last named) department.
+_SOURCE_BY_KIND = {kind: spec.sources[-1] for kind, spec in KINDS.items()}
 
 
 @dataclass(frozen=True)
