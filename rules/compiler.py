@@ -21,6 +21,7 @@ from typing import Any
 
 from rules import ast
 from rules.errors import EngineLimitError
+from rules.facts import DEFAULT_MAX_ABS
 from rules.interpreter import ParamValue, Tiers
 
 # Limits measured on durable-rules 2.0.28 (NOTES.md): 64 sibling rules matching one fact fail
@@ -238,13 +239,13 @@ class _Emitter:
         if constant is not None:
             return abs(int(encode(constant))) if not isinstance(constant, (str, bool)) else 1  # type: ignore[call-overload]
         if isinstance(node, ast.Name):
-            return self.fact_bounds.get(node.dotted, 10**15)
+            return self.fact_bounds.get(node.dotted, DEFAULT_MAX_ABS)
         if isinstance(node, ast.Binary):
             left, right = self.bound(node.left), self.bound(node.right)
             return left * right if node.op == "*" else left + right
         if isinstance(node, ast.Unary):
             return self.bound(node.operand)
-        return 10**15
+        return DEFAULT_MAX_ABS
 
     def _is_property(self, node: ast.Expr) -> bool:
         if isinstance(node, ast.Name):
@@ -255,12 +256,12 @@ class _Emitter:
         if isinstance(node, ast.Name):
             if node.parts[0] == "params":
                 raise self.refuse(node, "a parameter is a constant, not a fact")
-            return self.layout.property_for(node.dotted, self.fact_bounds.get(node.dotted, 10**15))
+            return self.layout.property_for(node.dotted, self.fact_bounds.get(node.dotted, DEFAULT_MAX_ABS))
         if isinstance(node, (ast.Count, ast.Call, ast.Conditional)):
             if self.term_type(node) == "decimal":
                 raise self.refuse(node, "this value can be a fraction, which the engine cannot "
                                         "hold: compare rates with ratio(a, b) <= 5.5%")
-            return self.layout.term_for(node, 10**15)
+            return self.layout.term_for(node, DEFAULT_MAX_ABS)
         raise self.refuse(node, "expected a fact here")
 
     def _constant(self, node: ast.Expr) -> object | None:

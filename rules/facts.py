@@ -11,6 +11,9 @@ from datetime import date
 from typing import Literal
 
 ScalarKind = Literal["int", "bool", "str", "date"]
+# The magnitude assumed of an integer nothing bounds more tightly (a count over records, a term):
+# the catalogue gives each registry fact its own bound, from the registry's description.
+DEFAULT_MAX_ABS = 10**15
 FactValue = int | bool | str | date
 
 
@@ -19,7 +22,7 @@ class FactType:
     kind: ScalarKind
     label: str                                 # Chinese name shown in explanations
     values: tuple[str, ...] | None = None      # allowed values of an enumeration
-    max_abs: int = 10**15                      # largest magnitude the registry accepts (int facts)
+    max_abs: int = DEFAULT_MAX_ABS             # largest magnitude the registry accepts (int facts)
 
 
 @dataclass(frozen=True)
