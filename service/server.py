@@ -38,7 +38,7 @@ from service.api.servicers import (
     RegistryServicer,
 )
 from service.api.status import ApiInterceptor
-from service.audit import checkpoints
+from service.audit import checkpoints, signatures
 from service.audit.ledger import ledger_transaction
 from service.audit.records import remember_policy
 from service.catalogue import CATALOGUE
@@ -172,6 +172,7 @@ def create_server(config: ServeConfig) -> RunningServer:
     engine = make_engine(config.db_url)
     create_schema(engine)
     create_payout_schema(engine)  # the audit trail's tables included
+    signatures.sign_with(engine, key)  # every money event this server writes is signed with the ledger key
     with ledger_transaction(engine) as conn:  # every loaded policy version, by hash
         for policy in policies.current:
             remember_policy(conn, policy)

@@ -288,8 +288,8 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         if not request.policy_id:
             violations.append(("policy_id", "required"))
         _check_period(request.period, violations)
-        if not 8 <= len(request.request_id) <= 100:
-            violations.append(("request_id", "required: a client-chosen id of 8-100 characters (a UUID)"))
+        if not 8 <= len(request.request_id) <= 100 or not request.request_id.isprintable():
+            violations.append(("request_id", "required: a client-chosen id of 8-100 printable characters (a UUID)"))
         _raise_if(violations)
         batch = batches.start_batch(self.engine, self.policies.current, policy_id=request.policy_id,
                                     period=request.period, request_id=request.request_id,
@@ -395,7 +395,7 @@ def _actor() -> Actor:
 def _batch_id(request: Any) -> str:
     if not request.batch_id:
         raise InvalidArgumentError([("batch_id", "required")])
-    return str(request.batch_id)
+    return batches.check_id(str(request.batch_id), "batch_id")
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):

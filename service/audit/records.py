@@ -68,7 +68,10 @@ class ReplayResult:
 
 
 def create_audit_schema(engine: Engine) -> None:
+    from service.audit.signatures import create_signature_schema
+
     create_ledger_schema(engine)
+    create_signature_schema(engine)
     metadata.create_all(engine)
 
 

@@ -41,7 +41,8 @@ def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = N
                             str(chain.fault), chain.detail)
     problems = verify_records(connection, limit=MAX_PROBLEMS)
     altered = frozenset(p.row for p in problems if p.table == evaluation_record.name)
-    problems += verify_payouts(connection, limit=MAX_PROBLEMS - len(problems), suspect_evaluations=altered)
+    problems += verify_payouts(connection, limit=MAX_PROBLEMS - len(problems), suspect_evaluations=altered,
+                               public_key=public_key)
     if problems:
         first = problems[0]
         return AuditVerdict(chain.entries_checked, chain.head_hash, False, first.ledger_seq, str(first.fault),

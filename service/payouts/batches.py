@@ -10,6 +10,7 @@ reported releases its grant only when a finance_approver who did not record it c
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -33,7 +34,13 @@ from service.errors import (
 )
 from service.payouts.seals import MoneyEvent, read_lines, seal_event
 from service.payouts.states import COUNTED_LINE_STATES, OPEN_LINE_STATES, BatchState, LineState
-from service.payouts.tables import create_payout_schema, grant, payout_batch
+from service.payouts.tables import (
+    MAX_REASON_LENGTH,
+    MAX_RETURN_REASON_LENGTH,
+    create_payout_schema,
+    grant,
+    payout_batch,
+)
 
 __all__ = [
     "BankResult",
@@ -51,7 +58,7 @@ __all__ = [
 ]
 
 APPROVER_ROLE = "finance_approver"
-MAX_REASON_LENGTH = 500
+_ID = re.compile(r"[\x21-\x7e]{1,40}")   # what any line or batch id looks like (printable ASCII)
 _IN_CHUNK = 500   # ids per IN (...) list
 
 
@@ -291,7 +298,7 @@ def _result_change(line: dict[str, Any], result: BankResult, where: str, actor: 
         raise InvalidArgumentError([(f"{where}.state", "PAID or RETURNED")])
     if result.state == LineState.RETURNED and not reason:
         raise InvalidArgumentError([(f"{where}.return_reason", "the bank's reason is required")])
-    _reason(reason, f"{where}.return_reason", required=False)
+    _reason(reason, f"{where}.return_reason", required=False, max_length=MAX_RETURN_REASON_LENGTH)
     if current not in (LineState.PENDING, LineState.PAID, LineState.RETURN_PENDING, LineState.RETURNED):
         raise ConflictingResultError(f"{where}: line {result.line_id} is {current} and was not sent to the bank")
     if result.state == LineState.PAID:
@@ -344,6 +351,8 @@ def _lines_named(conn: Connection, batch_id: str, line_ids: Sequence[str], field
                  where: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """The batch's lines by the ids a caller named; a name that is not a line of this batch is
     refused with its place."""
+    for index, line_id in enumerate(line_ids):
+        check_id(line_id, f"{where[index]}.line_id" if where else f"{field}[{index}]")
     found = {str(line["grant_id"]): line for line in read_lines(conn, line_ids)}
     for index, line_id in enumerate(line_ids):
         line = found.get(line_id)
@@ -393,13 +402,21 @@ def _transition_in(conn: Connection, batch_id: str, expected: Sequence[BatchStat
         raise BatchStateError(f"batch {batch_id} is {state}: only a {' or '.join(expected)} batch can become {new}")
 
 
-def _reason(reason: str, field: str, *, required: bool = True) -> str:
+def _reason(reason: str, field: str, *, required: bool = True, max_length: int = MAX_REASON_LENGTH) -> str:
     reason = reason.strip()
     if required and not reason:
         raise InvalidArgumentError([(field, "required: say why")])
-    if len(reason) > MAX_REASON_LENGTH or any(ord(c) < 32 and c not in "\t" for c in reason):
-        raise InvalidArgumentError([(field, f"at most {MAX_REASON_LENGTH} characters, no control characters")])
+    if len(reason) > max_length or any(ord(c) < 32 and c not in "\t" for c in reason):
+        raise InvalidArgumentError([(field, f"at most {max_length} characters, no control characters")])
     return reason
+
+
+def check_id(value: str, field: str) -> str:
+    """A batch or line id as a caller gave it: printable ASCII of at most 40 characters (anything
+    else could be no id of ours, and some databases refuse it outright, NUL for one)."""
+    if not _ID.fullmatch(value):
+        raise InvalidArgumentError([(field, "not an id: 1-40 printable ASCII characters")])
+    return value
 
 
 def _now() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,7 +26,7 @@ from service.audit.records import Actor
 from service.errors import BatchStateError
 from service.payouts import batches
 from service.payouts.payees import changed_payees, line_payee
-from service.payouts.seals import MoneyEvent, export_digest, seal_event
+from service.payouts.seals import MoneyEvent, export_digest, seal_event, sealed_export, unsealed
 from service.payouts.states import BatchState, LineState
 from service.payouts.tables import payout_export
 
@@ -73,9 +74,17 @@ def batch_id_for_message(message_id: str) -> str:
 
 
 def stored_export(engine: Engine, batch_id: str) -> tuple[bytes, bytes] | None:
+    """The stored bank files of an exported batch - only as its export event sealed them."""
     with engine.connect() as conn:
         stored = conn.execute(select(payout_export).where(payout_export.c.batch_id == batch_id)).first()
-    return None if stored is None else (bytes(stored.csv), bytes(stored.pain001))
+        if stored is None:
+            return None
+        sealed = sealed_export(conn, batch_id)
+    files = (bytes(stored.csv), bytes(stored.pain001))
+    if sealed != export_digest(stored.message_id, *files, stored.exported_at):
+        raise BatchStateError(f"the stored bank file of batch {batch_id} is not the one its export sealed: "
+                              "it is not handed out (run `benefits audit verify`)")
+    return files
 
 
 def export(engine: Engine, batch_id: str, payer: Payer, actor: Actor) -> tuple[bytes, bytes]:
@@ -89,7 +98,12 @@ def export(engine: Engine, batch_id: str, payer: Payer, actor: Actor) -> tuple[b
         raise BatchStateError(f"batch {batch_id} is {batch.state}: only an APPROVED batch is exported")
     with engine.connect() as conn:
         pending = [line for line in batches.lines_of(conn, batch_id) if line["state"] == LineState.PENDING]
+        altered = unsealed(conn, pending)
         changed = changed_payees(conn, pending)
+    if altered:
+        raise BatchStateError(f"{len(altered)} line(s) of batch {batch_id} differ from what the ledger sealed, "
+                              f"first: {', '.join(altered[:FIRST_CHANGED_SHOWN])}; nothing is exported (run "
+                              "`benefits audit verify`)")
     if changed:
         first = ", ".join(f"{line['grant_id']} ({line['uscc']})" for line in changed[:FIRST_CHANGED_SHOWN])
         raise BatchStateError(f"{len(changed)} line(s) of batch {batch_id} would be paid to an account that is no "
@@ -191,6 +205,9 @@ def to_pain001(lines: list[PaymentLine], batch: batches.Batch, payer: Payer, mes
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
+_SCHEMA_LOCK = threading.Lock()   # lxml's schemas are not to be built or used by two threads at once
+
+
 @cache
 def _schema() -> etree.XMLSchema:
     import sepaxml
@@ -202,9 +219,10 @@ def _schema() -> etree.XMLSchema:
 def check(xml: bytes, lines: list[PaymentLine]) -> None:
     """Validate against the ISO XSD, then what it cannot say: count, control sum, unique ids."""
     document = etree.fromstring(xml)
-    schema = _schema()
-    if not schema.validate(document):
-        raise BatchStateError(f"pain.001 does not validate: {schema.error_log.last_error}")
+    with _SCHEMA_LOCK:
+        schema = _schema()
+        if not schema.validate(document):
+            raise BatchStateError(f"pain.001 does not validate: {schema.error_log.last_error}")
     ns = {"p": PAIN_NS}
     total = yuan(sum(line.amount_fen for line in lines))
     for path in ("p:CstmrCdtTrfInitn/p:GrpHdr", "p:CstmrCdtTrfInitn/p:PmtInf"):

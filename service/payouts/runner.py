@@ -45,7 +45,7 @@ from service.facts_documents import DocumentSource, EnterpriseRows, build_docume
 from service.payouts.allocation import prorate, stack
 from service.payouts.batches import Batch, get_batch, start_batch
 from service.payouts.payees import registry_payees
-from service.payouts.seals import MoneyEvent, seal_event
+from service.payouts.seals import MoneyEvent, seal_event, unsealed
 from service.payouts.states import BatchState, LineState
 from service.payouts.tables import grant, payout_batch, payout_candidate
 
@@ -277,6 +277,7 @@ class _Run:
                                       .where(grant.c.conflict_group == group, grant.c.period == self.period,
                                              grant.c.released == "")):
                     paid_in_group[g.uscc][g.policy_id] = (g.amount_fen, g.grant_id)
+            barred.update(self._unsealed_history(conn, {c.uscc for c in candidates}))
             payees = registry_payees(conn, (c.uscc for c in candidates))
             payable: dict[str, int] = {}
             tops_up: dict[str, str | None] = {}
@@ -294,8 +295,11 @@ class _Run:
                     payable[c.uscc] = award.payable_fen
                     tops_up[c.uscc] = paid[award.tops_up][1] if award.tops_up else None
             by_uscc = {c.uscc: c for c in candidates}
+            # A share of 0 fen (the budget is spent) grants nothing: the enterprise stays for a batch
+            # with budget left, instead of holding a grant that never pays.
+            shares = [share for share in prorate(payable, self._budget_left(conn)) if share.paid_fen > 0]
             lines = [self._line(i, s.uscc, s.paid_fen, by_uscc[s.uscc], tops_up[s.uscc], payees[s.uscc], group)
-                     for i, s in enumerate(prorate(payable, self._budget_left(conn)), start=1)]
+                     for i, s in enumerate(shares, start=1)]
             for start in range(0, len(lines), 1000):
                 conn.execute(insert(grant), lines[start:start + 1000])
             decisions = root([bytes.fromhex(str(line["record_sha256"])) for line in lines]).hex()
@@ -304,6 +308,31 @@ class _Run:
                         merkle_root=decisions)
             seal_event(conn, MoneyEvent.DRAFT, self.batch_id, self.actor, lines=lines,
                        decisions={"leaf_count": len(lines), "merkle_root": decisions})
+
+    def _unsealed_history(self, conn: Connection, usccs: set[str]) -> dict[str, str]:
+        """Enterprises with an earlier grant that decides this one (of the policy, its conflict
+        group or a policy it excludes, in the period) but differs from what the ledger sealed -
+        a grant released by hand, say: they are not paid until that is cleared up."""
+        if not usccs:
+            return {}
+        deciding = [grant.c.policy_id == self.policy.id]
+        if self.policy.model.conflict_group:
+            deciding.append(grant.c.conflict_group == self.policy.model.conflict_group)
+        if self.excluded:
+            deciding.append(grant.c.policy_id.in_(self.excluded))
+        history: list[dict[str, Any]] = []
+        ordered = sorted(usccs)
+        for start in range(0, len(ordered), 500):
+            history += [dict(r._mapping) for r in conn.execute(select(grant).where(
+                grant.c.period == self.period, grant.c.uscc.in_(ordered[start:start + 500]), or_(*deciding)))]
+        altered = set(unsealed(conn, history))
+        out = {}
+        for line in history:
+            if str(line["grant_id"]) in altered:
+                log.error("batch %s: grant %s of %s differs from what the ledger sealed; %s is not paid",
+                          self.batch_id, line["grant_id"], line["uscc"], line["uscc"])
+                out[str(line["uscc"])] = f"grant {line['grant_id']} differs from its seal"
+        return out
 
     def _founded_candidates(self, conn: Connection) -> list[Any]:
         """The batch's evaluated candidates that agree with the evaluation record each cites (the

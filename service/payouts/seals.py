@@ -15,11 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
+from service.audit import signatures
 from service.audit.canonical import canonical_json, sha256_hex
-from service.audit.ledger import LedgerEntry, append
+from service.audit.ledger import LedgerEntry, append, ledger_entry
 from service.audit.merkle import RootBuilder
 from service.audit.records import Actor
 from service.payouts.tables import SEALED_BATCH_COLUMNS, grant, payout_batch, payout_line_seal
@@ -69,6 +71,34 @@ def read_lines(connection: Connection, line_ids: Iterable[str]) -> list[dict[str
     return sorted(out, key=lambda line: str(line["grant_id"]))
 
 
+def unsealed(connection: Connection, lines: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ids of those lines that differ from their newest seal (or have none): rows someone
+    changed outside a money event. The money path consults this before it acts on a line (pays
+    it, or pays an enterprise again because its earlier grant is released)."""
+    by_id = {str(line["grant_id"]): line for line in lines}
+    newest: dict[str, tuple[int, str]] = {}
+    ids = sorted(by_id)
+    for start in range(0, len(ids), 500):
+        for line_id, seq, leaf in connection.execute(
+                select(payout_line_seal.c.line_id, payout_line_seal.c.ledger_seq, payout_line_seal.c.leaf)
+                .where(payout_line_seal.c.line_id.in_(ids[start:start + 500]))):
+            if line_id not in newest or seq > newest[line_id][0]:
+                newest[line_id] = (seq, leaf)
+    return [line_id for line_id in ids
+            if line_id not in newest or newest[line_id][1] != line_leaf(by_id[line_id]).decode()]
+
+
+def sealed_export(connection: Connection, batch_id: str) -> dict[str, Any] | None:
+    """What the batch's export event sealed of its bank files (`export_digest`), or None."""
+    for (payload,) in connection.execute(select(ledger_entry.c.payload).where(
+            ledger_entry.c.kind == MONEY_EVENT_KIND, ledger_entry.c.payload.contains(f'"batch_id":"{batch_id}"'))):
+        event = orjson.loads(payload)
+        if event.get("batch_id") == batch_id and event.get("event") == MoneyEvent.EXPORT:
+            digest: dict[str, Any] = event["export"]
+            return digest
+    return None
+
+
 def seal_event(connection: Connection, event: MoneyEvent, batch_id: str, actor: Actor, *,
                lines: Sequence[Mapping[str, Any]] = (), **details: Any) -> LedgerEntry:
     """Seal a money event inside the caller's ledger transaction, after its change was written.
@@ -87,6 +117,7 @@ def seal_event(connection: Connection, event: MoneyEvent, batch_id: str, actor: 
             builder.add(leaf)
         payload["lines"] = {"count": len(leaves), "root": builder.root().hex()}
     entry = append(connection, MONEY_EVENT_KIND, payload)
+    signatures.sign(connection, entry)   # by the ledger key: an entry appended without it is refused
     rows = [{"ledger_seq": entry.seq, "leaf_index": index, "batch_id": batch_id,
              "line_id": str(line["grant_id"]), "leaf": leaf.decode()}
             for index, (line, leaf) in enumerate(zip(ordered, leaves, strict=True))]

@@ -16,10 +16,10 @@ from sqlalchemy.engine import Engine
 
 from service.audit.records import Actor
 from service.errors import BatchStateError, InvalidArgumentError
-from service.payouts.batches import BankResult, Batch, get_batch, record_results
+from service.payouts.batches import BankResult, Batch, get_batch, lines_of, record_results
 from service.payouts.seals import read_lines
 from service.payouts.states import LineState
-from service.payouts.tables import payout_export
+from service.payouts.tables import MAX_RETURN_REASON_LENGTH, payout_export
 
 PAIN002_NS = "urn:iso:std:iso:20022:tech:xsd:pain.002.001.10"
 # What each transaction status means for a line; None: no change yet (accepted, pending, ...).
@@ -29,7 +29,6 @@ TRANSACTION_STATUSES: dict[str, LineState | None] = {
     "RJCT": LineState.RETURNED,   # rejected: waits for a second principal (RETURN_PENDING)
     **dict.fromkeys(("ACCP", "ACSP", "PDNG", "ACTC", "ACWC", "ACWP", "RCVD", "PATC", "PRES")),
 }
-MAX_REASON = 200
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, remove_comments=True)
 
 
@@ -52,6 +51,7 @@ class StatusReport:
     original_message_id: str          # the pain.001 it answers
     group_status: str
     transactions: list[Transaction]
+    group_rejection: str = ""         # the reason, when the bank rejected the whole file (GrpSts RJCT)
 
     @property
     def results(self) -> list[BankResult]:
@@ -82,8 +82,25 @@ def apply(engine: Engine, batch_id: str, data: bytes, actor: Actor) -> tuple[Bat
             raise _bad(f"{transaction.where}: unknown end-to-end id {transaction.end_to_end_id!r} (not a line of "
                        f"batch {batch_id})")
     results = report.results
+    if report.group_rejection:   # every transfer of the file comes back, each awaiting a second principal
+        with engine.connect() as conn:
+            sent = [line for line in lines_of(conn, batch_id) if line["state"] in (LineState.PENDING, LineState.PAID)]
+        results = [BankResult(str(line["grant_id"]), LineState.RETURNED, report.group_rejection, "GrpSts")
+                   for line in sent]
     batch = record_results(engine, batch_id, results, actor) if results else get_batch(engine, batch_id)
     return batch, report
+
+
+def _only_pain002_elements(root: etree._Element) -> None:
+    """Every element is of pain.002.001.10 (but for supplementary data, which is free): an
+    element of another namespace would be read as nothing."""
+    for element in root.iter():
+        if not isinstance(element.tag, str):
+            continue   # processing instructions
+        if etree.QName(element).namespace != PAIN002_NS and not any(
+                etree.QName(a).localname == "SplmtryData" for a in element.iterancestors()):
+            raise _bad(f"line {element.sourceline}: element {etree.QName(element).localname} is not of "
+                       f"{PAIN002_NS}")
 
 
 def parse(data: bytes) -> StatusReport:
@@ -95,13 +112,19 @@ def parse(data: bytes) -> StatusReport:
     if root.tag != _tag("Document"):
         raise _bad(f"line {root.sourceline}: the document element must be Document in {PAIN002_NS}, "
                    f"got {root.tag}")
+    _only_pain002_elements(root)
     report = _one(root, "CstmrPmtStsRpt")
     message_id = _text(_one(_one(report, "GrpHdr"), "MsgId"))
     original = _one(report, "OrgnlGrpInfAndSts")
     original_message_id = _text(_one(original, "OrgnlMsgId"))
     group = original.find(_tag("GrpSts"))
+    placed = report.findall(f"{_tag('OrgnlPmtInfAndSts')}/{_tag('TxInfAndSts')}")
+    stray = [t for t in root.iter(_tag("TxInfAndSts")) if not any(t is p for p in placed)]
+    if stray:
+        raise _bad(f"TxInfAndSts (line {stray[0].sourceline}) is not inside CstmrPmtStsRpt/OrgnlPmtInfAndSts: "
+                   "it would be ignored, so the report is refused")
     transactions: list[Transaction] = []
-    for index, transaction in enumerate(report.iterfind(f"{_tag('OrgnlPmtInfAndSts')}/{_tag('TxInfAndSts')}")):
+    for index, transaction in enumerate(placed):
         where = f"TxInfAndSts[{index}] (line {transaction.sourceline})"
         end_to_end = _text(_one(transaction, "OrgnlEndToEndId", where))
         status = _text(_one(transaction, "TxSts", where))
@@ -109,7 +132,11 @@ def parse(data: bytes) -> StatusReport:
             raise _bad(f"{where}: transaction status {status!r} is not handled here; record that line by hand")
         reason = _reason(transaction) if TRANSACTION_STATUSES[status] == LineState.RETURNED else ""
         transactions.append(Transaction(where, end_to_end, status, reason))
-    return StatusReport(message_id, original_message_id, _text(group) if group is not None else "", transactions)
+    group_status = _text(group) if group is not None else ""
+    if group_status == "RJCT" and not transactions:   # the bank refused the whole file: nothing was paid
+        reason = _reason(original) if original.find(_tag("StsRsnInf")) is not None else "RJCT"
+        return StatusReport(message_id, original_message_id, group_status, [], group_rejection=reason)
+    return StatusReport(message_id, original_message_id, group_status, transactions)
 
 
 def _reason(transaction: etree._Element) -> str:
@@ -119,7 +146,7 @@ def _reason(transaction: etree._Element) -> str:
         return "RJCT"
     code = info.findtext(f"{_tag('Rsn')}/{_tag('Cd')}") or info.findtext(f"{_tag('Rsn')}/{_tag('Prtry')}") or "RJCT"
     extra = " ".join((e.text or "").strip() for e in info.iterfind(_tag("AddtlInf")))
-    return f"{code.strip()} {extra}".strip()[:MAX_REASON]
+    return f"{code.strip()} {extra}".strip()[:MAX_RETURN_REASON_LENGTH]
 
 
 def _one(parent: etree._Element, name: str, where: str = "") -> etree._Element:

@@ -22,6 +22,8 @@ from service.audit.records import create_audit_schema
 from service.payouts.states import LineState
 
 metadata = MetaData()
+MAX_REASON_LENGTH = 500          # a cancellation's or withdrawal's reason
+MAX_RETURN_REASON_LENGTH = 200   # the bank's reason for a return (code and text)
 
 payout_batch = Table(
     "payout_batch", metadata,
@@ -55,7 +57,7 @@ payout_batch = Table(
     Column("total_fen", BigInteger, nullable=False, server_default="0"),
     Column("merkle_root", String(64), nullable=False, server_default=""),
     Column("cancelled_by", String(100), nullable=True),
-    Column("cancel_reason", String(500), nullable=True))
+    Column("cancel_reason", String(MAX_REASON_LENGTH), nullable=True))
 
 # The columns of a batch that the ledger seals with every money event (`seals.batch_snapshot`);
 # the progress columns of a running batch change with every chunk and decide no money.
@@ -96,10 +98,10 @@ grant = Table(
     Column("payee_account_no", String(64), nullable=False),
     Column("payee_bank", String(200), nullable=False),
     Column("state", String(20), nullable=False, server_default=LineState.PENDING.value),
-    Column("return_reason", String(200), nullable=True),
+    Column("return_reason", String(MAX_RETURN_REASON_LENGTH), nullable=True),
     Column("result_by", String(100), nullable=True),        # who recorded the bank's result
     Column("confirmed_by", String(100), nullable=True),     # who confirmed a return (never the recorder)
-    Column("withdraw_reason", String(500), nullable=True),
+    Column("withdraw_reason", String(MAX_REASON_LENGTH), nullable=True),
     # '' while the grant stands; its own id once released (returned and confirmed, withdrawn or
     # cancelled), which frees the (enterprise, policy, period) for one new grant.
     Column("released", String(40), nullable=False, server_default=""),

@@ -13,14 +13,16 @@ Memory stays bounded by one event's seals, whatever the number of lines.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
 from rules.evaluator import ELIGIBLE
+from service.audit import signatures
 from service.audit.ledger import Fault, ledger_entry
 from service.audit.merkle import RootBuilder
 from service.audit.problems import AuditProblem
@@ -44,17 +46,19 @@ class _Events:
     exports: dict[str, tuple[int, dict[str, Any]]]     # batch -> (seq, export digest)
     line_seals: dict[int, tuple[str, int, str]]         # seq -> (batch, count, root)
     suspects: frozenset[str] = frozenset()              # evaluation records reported as altered
+    unsigned: list[AuditProblem] = field(default_factory=list)   # money events without a valid signature
 
 
-def verify_payouts(connection: Connection, *, limit: int = 100,
-                   suspect_evaluations: frozenset[str] = frozenset()) -> list[AuditProblem]:
+def verify_payouts(connection: Connection, *, limit: int = 100, suspect_evaluations: frozenset[str] = frozenset(),
+                   public_key: Ed25519PublicKey | None = None) -> list[AuditProblem]:
     """Every difference between the money tables and the ledger, at most `limit` of them. Lines
-    citing a `suspect_evaluations` record (already reported as altered) are not compared with it."""
+    citing a `suspect_evaluations` record (already reported as altered) are not compared with it.
+    With the ledger's public key, every money event must carry its signature."""
     if limit <= 0:
         return []
-    events = _read_events(connection)
+    events = _read_events(connection, public_key)
     events.suspects = suspect_evaluations
-    problems: list[AuditProblem] = []
+    problems: list[AuditProblem] = list(events.unsigned)
     for check in (_check_seals, _check_lines, _check_batches, _check_exports):
         for problem in check(connection, events):
             problems.append(problem)
@@ -63,11 +67,18 @@ def verify_payouts(connection: Connection, *, limit: int = 100,
     return problems
 
 
-def _read_events(connection: Connection) -> _Events:
+def _read_events(connection: Connection, public_key: Ed25519PublicKey | None) -> _Events:
     events = _Events({}, {}, {})
-    query = select(ledger_entry.c.seq, ledger_entry.c.payload).where(
-        ledger_entry.c.kind == MONEY_EVENT_KIND).order_by(ledger_entry.c.seq)
-    for seq, text in connection.execution_options(**_STREAM).execute(query):
+    signature = signatures.ledger_signature
+    query = (select(ledger_entry.c.seq, ledger_entry.c.payload, ledger_entry.c.entry_hash, signature.c.key_id,
+                    signature.c.signature)
+             .select_from(ledger_entry.outerjoin(signature, signature.c.seq == ledger_entry.c.seq))
+             .where(ledger_entry.c.kind == MONEY_EVENT_KIND).order_by(ledger_entry.c.seq))
+    for seq, text, digest, signer, signed in connection.execution_options(**_STREAM).execute(query):
+        if public_key is not None and not signatures.valid(public_key, seq, digest, signer, signed):
+            events.unsigned.append(AuditProblem(
+                ledger_entry.name, f"entry {seq}", Fault.INSERTED, seq,
+                f"money event {seq} is not signed by the ledger key: it was not written by the server"))
         payload = orjson.loads(text)
         batch_id = payload["batch_id"]
         events.batches[batch_id] = (seq, payload["batch"])
