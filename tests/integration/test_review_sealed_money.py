@@ -242,6 +242,75 @@ def test_a_grant_released_by_a_bare_update_is_paid_again_by_the_next_batch(
         f"{sorted(exported_to.values())}")
 
 
+def test_history_rewritten_before_a_checkpoint_verifies_once_the_server_signs_the_next(
+        db_engine: Engine, policies: PolicySet, tmp_path: Path) -> None:
+    """FAILS. The attacker may drop triggers this time. A checkpoint covers the settled batch.
+    The attacker rewrites history: a PAID line becomes a confirmed return (grant_award UPDATE),
+    its seal row in the results event is recomputed, that event's Merkle root with it, and every
+    ledger hash from there on (same number of entries). Right after, verification fails - the
+    checkpoint no longer matches. But the server signs the ledger head every 5 minutes (and at
+    start, and after every export) whatever it holds, and `verify_checkpoints` compares only the
+    NEWEST checkpoint with the ledger; older ones are checked for their signature and that their
+    counts never go down, not for their hashes (service/audit/checkpoints.py:247-263 and
+    `_against_ledger`). So after the next checkpoint the rewritten history verifies VALID, and the
+    next batch pays the enterprise a second time."""
+    from money_fixtures import drop_append_only_triggers
+
+    from service.audit.canonical import canonical_json, sha256_hex
+    from service.audit.ledger import entry_hash
+    from service.audit.merkle import RootBuilder
+    from service.payouts.seals import line_leaf
+    from service.payouts.tables import payout_line_seal
+
+    key_file = tmp_path / "ledger-key.pem"
+    key = checkpoints.generate_key(key_file)
+    check_file = tmp_path / "checkpoints.jsonl"
+    public = checkpoints.load_public_key(checkpoints.public_key_path(key_file))
+    _, line_ids = _settled(db_engine, policies)
+    with db_engine.connect() as conn:
+        checkpoints.write(checkpoints.checkpoint_now(conn, key), check_file)
+    victim = line_ids[0]
+    with db_engine.begin() as conn:     # the attacker, committed
+        for table in (ledger_entry.name, payout_line_seal.name):
+            drop_append_only_triggers(conn, table)
+        conn.execute(update(grant).where(grant.c.grant_id == victim).values(
+            state=LineState.RETURNED, return_reason="AC04 账户已销户", result_by=OPERATOR.principal,
+            confirmed_by=APPROVER.principal, released=victim))
+        seq = conn.execute(select(payout_line_seal.c.ledger_seq).where(payout_line_seal.c.line_id == victim)
+                           .order_by(payout_line_seal.c.ledger_seq.desc()).limit(1)).scalar_one()
+        leaf = line_leaf(read_lines(conn, [victim])[0]).decode()
+        conn.execute(update(payout_line_seal).where(payout_line_seal.c.ledger_seq == seq,
+                                                    payout_line_seal.c.line_id == victim).values(leaf=leaf))
+        builder = RootBuilder()
+        for (row_leaf,) in conn.execute(select(payout_line_seal.c.leaf).where(payout_line_seal.c.ledger_seq == seq)
+                                        .order_by(payout_line_seal.c.leaf_index)):
+            builder.add(row_leaf.encode())
+        rows = conn.execute(select(ledger_entry).where(ledger_entry.c.seq >= seq).order_by(ledger_entry.c.seq)).all()
+        prev = rows[0].prev_hash
+        for row in rows:
+            payload = row.payload
+            if row.seq == seq:
+                data = orjson.loads(payload)
+                data["lines"]["root"] = builder.root().hex()
+                payload = canonical_json(data).decode()
+            digest = sha256_hex(payload.encode())
+            new_hash = entry_hash(row.seq, row.kind, digest, prev, row.recorded_at)
+            conn.execute(update(ledger_entry).where(ledger_entry.c.seq == row.seq).values(
+                payload=payload, payload_sha256=digest, prev_hash=prev, entry_hash=new_hash))
+            prev = new_hash
+    right_after = _verdict(db_engine, checkpoint_file=check_file, public_key=public)
+    assert not right_after.valid and right_after.fault == "checkpoint", right_after.detail   # caught, for now
+    with db_engine.connect() as conn:    # the server's next periodic checkpoint
+        checkpoints.write(checkpoints.checkpoint_now(conn, key), check_file)
+    later = _verdict(db_engine, checkpoint_file=check_file, public_key=public)
+    again = create_batch(db_engine, policies, policy_id=GIANT, period=2025, request_id="review-sealed-0004",
+                         actor=OPERATOR, today=TODAY)
+    assert not later.valid, (
+        f"the rewritten history verifies once the next checkpoint is signed: {later.detail}; batch "
+        f"{again.batch_id} pays {again.line_count} line(s), {again.total_fen} fen, to an enterprise already "
+        f"paid (of {check_file.read_text().count(chr(10))} checkpoints, only the newest is checked against the ledger)")
+
+
 # --------------------------------------------------------------------------------------------- resisted
 
 
