@@ -58,7 +58,7 @@ def _run(engine: Engine, policies: PolicySet, request_id: str):  # type: ignore[
 def test_a_spent_budget_grants_no_zero_fen_line(db_engine: Engine, policies: PolicySet) -> None:
     """FAILS. `runner._Run.finish` pro-rates the payable amounts to what is left of the budget
     (`_budget_left`, 0 here) and writes a line for every share, 0 fen included
-    (service/payouts/runner.py:297-299; allocation.prorate gives every share 0). The 0-fen grant
+    (service/payouts/runner.py:297-300; allocation.prorate gives every share 0). The 0-fen grant
     stands, so `_granted` skips the enterprise in every later batch: when the budget comes back
     (a returned line), it is still never paid. Expected: no line for a share of 0 fen (the
     enterprise left for a batch with budget), and no 0.00 transfer in any bank file."""

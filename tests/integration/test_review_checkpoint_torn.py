@@ -4,10 +4,10 @@ When the disk fills up in the middle of `checkpoints.write`, the part of the lin
 in the file (a write to a nearly full disk writes what fits, then fails with ENOSPC). The
 server logs the failure and retries (that much is promised and tested). The retry appends its
 line right after the torn one - `write` opens the file in append mode and writes
-`<json>\\n` without first ending a torn last line (service/audit/checkpoints.py `write`) - so
+`<json>\\n` without first ending a torn last line (service/audit/checkpoints.py:169-176) - so
 the torn part and the good checkpoint become one line that is no checkpoint, and from then on
 `verify_checkpoints` fails at that line for ever, with nothing tampered with
-(service/audit/checkpoints.py:247-252).
+(service/audit/checkpoints.py:222-225).
 """
 from __future__ import annotations
 

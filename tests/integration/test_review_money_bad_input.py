@@ -253,10 +253,10 @@ def test_odd_input_gets_a_precise_status_and_changes_nothing(stubs: Stubs, scene
     `psycopg.DataError`, which status.py does not map: INTERNAL). FAILS on both databases for a
     status report whose only transaction is in another namespace or outside OrgnlPmtInfAndSts:
     `status_report.parse` reads `OrgnlPmtInfAndSts/TxInfAndSts` in its namespace only and ignores
-    the rest (service/payouts/status_report.py:91), so a report of a rejection is answered OK,
+    the rest (service/payouts/status_report.py:104), so a report of a rejection is answered OK,
     "0 paid, 0 rejected, 0 unchanged". FAILS on both for a group-level rejection (GrpSts RJCT, the
-    whole file refused by the bank): GrpSts is read but never looked at (status_report.py:89,
-    94), the report is answered OK with nothing changed and every line stays PENDING in an
+    whole file refused by the bank): GrpSts is read (status_report.py:102) into `group_status`,
+    which nothing looks at, the report is answered OK with nothing changed and every line stays PENDING in an
     EXPORTED batch that can be neither cancelled nor withdrawn from."""
     before = money_snapshot(api_server.engine)
     code, details, error = _code(lambda: case.call(stubs, scene))
@@ -272,8 +272,8 @@ def test_odd_input_gets_a_precise_status_and_changes_nothing(stubs: Stubs, scene
 def test_a_return_reason_longer_than_its_column_is_refused_precisely(stubs: Stubs, scene: Scene,
                                                                       api_server: RunningServer) -> None:
     """FAILS on PostgreSQL. `batches._reason` lets a return reason of up to MAX_REASON_LENGTH =
-    500 characters through (service/payouts/batches.py:278, called at 290), but the column is
-    `return_reason VARCHAR(200)` (service/payouts/tables.py:104): 201-500 characters make
+    500 characters through (service/payouts/batches.py:54 and 400, called at 294), but the
+    column is `return_reason VARCHAR(200)` (service/payouts/tables.py:99): 201-500 characters make
     PostgreSQL refuse the UPDATE (StringDataRightTruncation) and the caller gets INTERNAL. (SQLite
     does not enforce VARCHAR lengths and stores all 300.) Expected: INVALID_ARGUMENT naming
     results[0].return_reason (or the reason stored whole)."""

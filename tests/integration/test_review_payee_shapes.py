@@ -3,7 +3,7 @@ in-process on SQLite and PostgreSQL.
 
 The registry takes any `account_no` of 1-200 characters without control characters
 (enterprise_registry/records.py `Text`, used by `BankAccount`). The line stores it in
-`grant_award.payee_account_no VARCHAR(64)` (service/payouts/tables.py:100) and pain.001 carries
+`grant_award.payee_account_no VARCHAR(64)` (service/payouts/tables.py:96) and pain.001 carries
 it in `CdtrAcct/Id/Othr/Id`, an ISO Max34Text.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_an_account_number_pain001_cannot_carry_is_named_by_its_line_when_refuse
         db_engine: Engine, policies: PolicySet) -> None:
     """FAILS. A 40-character account reaches DRAFT and approval; the export then fails the XSD
     (Max34Text) with FAILED_PRECONDITION "pain.001 does not validate: <string>:54:0:...
-    [facet 'maxLength'] The value has a length of '40'..." (service/payouts/export.py:192). The
+    [facet 'maxLength'] The value has a length of '40'..." (service/payouts/export.py:207). The
     message does not hold the number (asserted first: passes with libxml2 2.14), but it names
     neither the line nor the enterprise - only a line of the generated XML - and the line is not
     "payee changed", so ListPayoutLines(payee_changed) does not show it either: the approver has
@@ -70,7 +70,7 @@ def test_an_account_number_longer_than_the_line_column_does_not_wedge_the_batch(
         db_engine: Engine, policies: PolicySet) -> None:
     """FAILS on PostgreSQL. A 70-character account: the DRAFT transaction's INSERT into
     payee_account_no VARCHAR(64) is refused (StringDataRightTruncation), so the whole batch
-    never reaches DRAFT (service/payouts/runner.py `finish`, the insert at 298). Through the
+    never reaches DRAFT (service/payouts/runner.py `finish`, the insert at 300). Through the
     server see the next test. (SQLite ignores VARCHAR lengths and stores it.)
     Expected: the batch reaches DRAFT; the enterprise with the unusable account is left out (as one
     without an account is) or its line refused, and the other enterprise is paid."""

@@ -103,7 +103,8 @@ def test_export_pays_an_amount_that_is_not_the_sealed_one(db_engine: Engine, pol
     """FAILS. One UPDATE of an APPROVED line's amount (grant_award has no trigger) and the bank
     file pays it: `export.export` builds the transfers from the live rows (`lines_of`) and its
     `check` only compares the XML with those same rows; nothing compares a line with its seal
-    before the money leaves (service/payouts/export.py:95-120). Verification names the line - but
+    before the money leaves (service/payouts/export.py:91 and 100 read the live rows, 113-114
+    re-compare them with themselves). Verification names the line - but
     only after the file has gone to the bank."""
     batch_id, line_ids = _approved(db_engine, policies)
     victim = line_ids[1]
@@ -124,8 +125,8 @@ def test_export_pays_an_account_that_is_not_the_sealed_payee(db_engine: Engine, 
     """FAILS. The attacker rewrites an APPROVED line's payee (one UPDATE of grant_award) and gives
     the registry the same account (here by a feed import, as a market_regulation feed or a
     database writer can): the payee check of the export compares the live line with the registry,
-    both the attacker's, and the bank file pays the attacker (service/payouts/export.py:96-97 and
-    payment_lines at 126-133 read the live row, never the sealed leaf)."""
+    both the attacker's, and the bank file pays the attacker (service/payouts/export.py:91-92 and
+    `payment_lines` at 125 read the live row, never the sealed leaf)."""
     batch_id, line_ids = _approved(db_engine, policies)
     victim, code = line_ids[0], E[0]
     with db_engine.begin() as conn:
@@ -145,7 +146,7 @@ def test_a_re_export_hands_out_a_stored_bank_file_that_is_not_the_sealed_one(
         db_engine: Engine, policies: PolicySet) -> None:
     """FAILS. Re-exports are meant to be safe ("the first export is stored and re-exports return
     the same bytes"); the stored file is returned without checking it against the SHA-256 its
-    export event sealed (service/payouts/export.py:82-84 `stored_export`). An UPDATE of
+    export event sealed (service/payouts/export.py:84-86 `stored_export`). An UPDATE of
     payout_export.pain001 redirecting one transfer reaches the bank with the next re-export."""
     batch_id, line_ids = _approved(db_engine, policies)
     _, original = export(db_engine, batch_id, PAYER, OPERATOR)
@@ -251,8 +252,8 @@ def test_history_rewritten_before_a_checkpoint_verifies_once_the_server_signs_th
     checkpoint no longer matches. But the server signs the ledger head every 5 minutes (and at
     start, and after every export) whatever it holds, and `verify_checkpoints` compares only the
     NEWEST checkpoint with the ledger; older ones are checked for their signature and that their
-    counts never go down, not for their hashes (service/audit/checkpoints.py:247-263 and
-    `_against_ledger`). So after the next checkpoint the rewritten history verifies VALID, and the
+    counts never go down, not for their hashes (service/audit/checkpoints.py:219-238: only
+    `newest` reaches `_against_ledger`). So after the next checkpoint the rewritten history verifies VALID, and the
     next batch pays the enterprise a second time."""
     from money_fixtures import drop_append_only_triggers
 

@@ -1,14 +1,15 @@
 """Red-team review: the first exports after a server starts, made at the same time.
 
-`service/payouts/export.py` `_schema()` is `@functools.cache`d, which does not stop two threads
-from running it at once: the first two exports of a fresh server (the gRPC server runs each call
-on a thread of its pool) both parse the pain.001 XSD concurrently. With the installed lxml 6 /
-libxml2 2.14 that parse is not thread-safe: it fails with `XMLSchemaParseError: Document is not
-valid XML Schema`, and from then on every parse in the process fails with `Internal error:
-xmlSchemaPValAttrNodeValue, the given type is not a built-in type` - nothing is cached, so every
-later export of every batch ends INTERNAL until the server is restarted. (Seen first through
-gRPC in test_review_races.py before its schema was primed: 3 runs in 40, 9-10 of 12 tests
-failing in each, the log saying `internal error ...: lxml.etree.XMLSchemaParseError: ...`.)
+`_schema()` (service/payouts/export.py:194-199, called by `check` at 204) is
+`@functools.cache`d, which does not stop two threads from running it at once: the first two
+exports of a fresh server (the gRPC server runs each call on a thread of its pool) both parse
+the pain.001 XSD concurrently. With the installed lxml 6 / libxml2 2.14 that parse is not
+thread-safe: it fails with `XMLSchemaParseError: Document is not valid XML Schema`, and from
+then on every parse in the process fails with `Internal error: xmlSchemaPValAttrNodeValue, the
+given type is not a built-in type` - nothing is cached, so every later export of every batch
+ends INTERNAL until the server is restarted. (Seen first through gRPC in test_review_races.py
+before its schema was primed: 3 runs in 40, 9-10 of 12 tests failing in each, the log saying
+`internal error ...: lxml.etree.XMLSchemaParseError: ...`.)
 
 The race is real threads, so it is probabilistic: each fresh interpreter below triggers it with
 a probability of about 20-30 % here; the test tries up to 20 interpreters and stops at the
