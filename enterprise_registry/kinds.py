@@ -17,6 +17,7 @@ MAX_COUNT = 10**7       # people, records
 MAX_MONTHS = 600
 MIN_YEAR, MAX_YEAR = 1949, 2100
 MIN_AGE, MAX_AGE = 14, 100
+MAX_TEXT = 200          # a name, an account number, a bank
 
 Department = Literal["market_regulation", "tax", "human_resources", "science_technology", "industry_it", "credit"]
 OrgType = Literal["enterprise", "individual_business", "farmer_cooperative", "social_organization", "foundation",

@@ -29,6 +29,7 @@ from enterprise_registry.kinds import (
     MAX_COUNT,
     MAX_FEN,
     MAX_MONTHS,
+    MAX_TEXT,
     MAX_YEAR,
     MIN_AGE,
     MIN_YEAR,
@@ -142,7 +143,7 @@ def _check_person_ref(ref: str) -> str:
 
 IsoDate = Annotated[date, BeforeValidator(_to_date)]
 Uscc = Annotated[str, AfterValidator(_check_uscc)]
-Text = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_text)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_check_text)]
 Fen = Annotated[int, Field(ge=0, lt=MAX_FEN)]
 Count = Annotated[int, Field(ge=0, lt=MAX_COUNT)]
 Months = Annotated[int, Field(ge=0, le=MAX_MONTHS)]

@@ -407,8 +407,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         self.checkpoint_file, self.public_key = checkpoint_file, public_key
 
     def GetEvaluation(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if not request.evaluation_id:
-            raise InvalidArgumentError([("evaluation_id", "required")])
+        _evaluation_id(request)
         with self.engine.connect() as conn:
             record = load_record(conn, request.evaluation_id)
         if record is None:
@@ -421,6 +420,10 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             _check_period(request.period, violations)
         if request.uscc and not uscc_codes.is_valid(request.uscc):
             violations.append(("uscc", "not a valid unified social credit code"))
+        for field in ("policy_id", "batch_id"):   # free text compared in SQL: no NUL, bounded
+            value = getattr(request, field)
+            if value and (len(value) > 100 or not value.isprintable()):
+                violations.append((field, "at most 100 printable characters"))
         _raise_if(violations)
         outcome = _OUTCOME_NAMES.get(request.outcome, "")
         query = f"evaluations:{request.uscc}:{request.policy_id}:{request.period}:{request.batch_id}:{outcome}"
@@ -445,14 +448,19 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
                       for p in verdict.problems])
 
     def ReplayEvaluation(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if not request.evaluation_id:
-            raise InvalidArgumentError([("evaluation_id", "required")])
+        _evaluation_id(request)
         result = replay(self.engine, request.evaluation_id, CATALOGUE)
         if result is None:
             raise EvaluationNotFoundError(request.evaluation_id)
         return audit_service_pb2.ReplayEvaluationResponse(
             identical=result.identical, replayed=convert.evaluation(result.replayed),
             differences=result.differences)
+
+
+def _evaluation_id(request: Any) -> str:
+    if not request.evaluation_id:
+        raise InvalidArgumentError([("evaluation_id", "required")])
+    return batches.check_id(str(request.evaluation_id), "evaluation_id")
 
 
 _OUTCOME_NAMES = {1: "ELIGIBLE", 2: "INELIGIBLE", 3: "UNDETERMINED", 4: "HELD"}

@@ -167,13 +167,30 @@ def checkpoint_now(connection: Connection, key: Ed25519PrivateKey) -> Checkpoint
 
 
 def write(checkpoint: Checkpoint, path: Path) -> None:
-    """Append a checkpoint to a JSON-lines file (one checkpoint a line, newest last), on disk
-    before returning: a checkpoint lost in a crash is a gap an attacker could use."""
+    """Add a checkpoint to a JSON-lines file (one checkpoint a line, newest last), on disk
+    before returning: a checkpoint lost in a crash is a gap an attacker could use. The file is
+    rewritten beside itself and renamed over, so a write cut short (a full disk) leaves the old
+    file whole instead of a torn line that would fail every later verification."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as out:
-        out.write(checkpoint.to_json() + "\n")
-        out.flush()
-        os.fsync(out.fileno())
+    line = (checkpoint.to_json() + "\n").encode("utf-8")
+    if path.exists() and not path.is_file():   # a device or a pipe: written to as it is
+        with path.open("ab") as out:
+            out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        return
+    before = path.read_bytes() if path.exists() else b""
+    if before and not before.endswith(b"\n"):
+        before += b"\n"
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("wb") as out:
+            out.write(before + line)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +235,7 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
                                       "its checkpoints were removed or never written")
     widest: tuple[int, Checkpoint] | None = None   # (line number, checkpoint) covering the most
     newest: Checkpoint | None = None
+    checked: dict[int, str] = {}                    # entry count -> head hash found in the ledger
     for number, text in lines:
         try:
             checkpoint = Checkpoint.from_json(text)
@@ -233,6 +251,15 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
                                           "the file was cut back or the ledger reset")
         if widest is None or checkpoint.entry_count > widest[1].entry_count:
             widest = (number, checkpoint)
+        # Every checkpoint still holds, not only the newest: a history rewritten before an older
+        # checkpoint and then vouched for by a newer one is caught by the older.
+        if 0 < checkpoint.entry_count <= entries and checked.get(checkpoint.entry_count) != checkpoint.head_hash:
+            entry = get_entry(connection, checkpoint.entry_count)
+            if entry is None or entry.entry_hash != checkpoint.head_hash:
+                return CheckpointCheck(False, f"{checkpoint_file} line {number}: entry {checkpoint.entry_count} "
+                                              f"does not have the hash signed at {checkpoint.signed_at}: the chain "
+                                              "was rebuilt", first_bad_entry=checkpoint.entry_count)
+            checked[checkpoint.entry_count] = checkpoint.head_hash
         newest = checkpoint
     assert newest is not None  # lines is not empty and every line parsed
     return _against_ledger(connection, newest, entries)

@@ -32,6 +32,7 @@ from service.payouts.tables import payout_export
 
 PAIN_NS = "urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"
 FIRST_CHANGED_SHOWN = 10   # lines named when an export is refused for changed payees
+PAIN001_ACCOUNT_LENGTH = 34   # Othr/Id is a Max34Text
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,12 @@ def export(engine: Engine, batch_id: str, payer: Payer, actor: Actor) -> tuple[b
         raise BatchStateError(f"{len(changed)} line(s) of batch {batch_id} would be paid to an account that is no "
                               f"longer the registry's (changed or removed since DRAFT), first: {first}; a "
                               "finance_approver withdraws them (WithdrawPayoutLines) and the rest is exported")
+    uncarried = [line for line in pending if len(line_payee(line).account_no) > PAIN001_ACCOUNT_LENGTH]
+    if uncarried:
+        first = ", ".join(f"{line['grant_id']} ({line['uscc']})" for line in uncarried[:FIRST_CHANGED_SHOWN])
+        raise BatchStateError(f"{len(uncarried)} line(s) of batch {batch_id} are paid to an account number of more "
+                              f"than {PAIN001_ACCOUNT_LENGTH} characters, which a bank file cannot carry, first: "
+                              f"{first}; a finance_approver withdraws them and the rest is exported")
     if not pending:
         raise BatchStateError(f"batch {batch_id} has no line left to pay: cancel it")
     lines = payment_lines(pending, batch)

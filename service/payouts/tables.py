@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
+from enterprise_registry.kinds import MAX_TEXT  # the registry's bound of what a payee field holds
 from service.audit.ledger import create_append_only_triggers
 from service.audit.records import create_audit_schema
 from service.payouts.states import LineState
@@ -94,9 +95,9 @@ grant = Table(
     Column("evaluation_id", String(40), nullable=False),
     Column("record_sha256", String(64), nullable=False),
     # The payee as read from the registry when the batch reached DRAFT: approved, then paid.
-    Column("payee_name", String(200), nullable=False),
-    Column("payee_account_no", String(64), nullable=False),
-    Column("payee_bank", String(200), nullable=False),
+    Column("payee_name", String(MAX_TEXT), nullable=False),
+    Column("payee_account_no", String(MAX_TEXT), nullable=False),
+    Column("payee_bank", String(MAX_TEXT), nullable=False),
     Column("state", String(20), nullable=False, server_default=LineState.PENDING.value),
     Column("return_reason", String(MAX_RETURN_REASON_LENGTH), nullable=True),
     Column("result_by", String(100), nullable=True),        # who recorded the bank's result

@@ -27,7 +27,8 @@ from service.server import Checkpointer
 
 
 class _DiskFillsUp:
-    """`Path.open` of the checkpoints file, once: the write stores its first half, then ENOSPC."""
+    """`Path.open` of a file beside the checkpoints (the file itself, or what the writer writes
+    before renaming it over), once: the write stores its first half, then ENOSPC."""
 
     def __init__(self, target: Path) -> None:
         self.target, self.done = target, False
@@ -35,7 +36,7 @@ class _DiskFillsUp:
 
     def __call__(self, path: Path, *args: Any, **kwargs: Any) -> Any:
         handle = self.real_open(path, *args, **kwargs)
-        if path != self.target or self.done:
+        if path.parent != self.target.parent or self.done or "w" not in str(args[:1]) + str(kwargs):
             return handle
         self.done = True
         real_write = handle.write

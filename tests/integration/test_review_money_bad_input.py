@@ -239,8 +239,8 @@ ODD = [
         frozenset({INVALID}), "data"),
     Odd("a status report whose transaction is outside OrgnlPmtInfAndSts", _report(_misplaced),
         frozenset({INVALID}), "data"),
-    Odd("a status report rejecting the whole file (GrpSts RJCT, no transaction)", _report(_group_rejected),
-        frozenset({INVALID, grpc.StatusCode.FAILED_PRECONDITION})),
+    # A whole-file rejection (GrpSts RJCT, no transaction) is applied, not refused: every line
+    # becomes RETURN_PENDING (tests/unit/payouts/test_payouts_status_report.py).
 ]
 
 
@@ -254,10 +254,7 @@ def test_odd_input_gets_a_precise_status_and_changes_nothing(stubs: Stubs, scene
     status report whose only transaction is in another namespace or outside OrgnlPmtInfAndSts:
     `status_report.parse` reads `OrgnlPmtInfAndSts/TxInfAndSts` in its namespace only and ignores
     the rest (service/payouts/status_report.py:104), so a report of a rejection is answered OK,
-    "0 paid, 0 rejected, 0 unchanged". FAILS on both for a group-level rejection (GrpSts RJCT, the
-    whole file refused by the bank): GrpSts is read (status_report.py:102) into `group_status`,
-    which nothing looks at, the report is answered OK with nothing changed and every line stays PENDING in an
-    EXPORTED batch that can be neither cancelled nor withdrawn from."""
+    "0 paid, 0 rejected, 0 unchanged"."""
     before = money_snapshot(api_server.engine)
     code, details, error = _code(lambda: case.call(stubs, scene))
     assert code not in PRECISE_NOT, f"{case.name}: {code} {details}"

@@ -62,3 +62,18 @@ def test_external_entities_are_never_read() -> None:
                + _report(("&e;", "ACSC", "")).split(b"?>", 1)[1])
     reason = _refusal(hostile)   # the entity stays unexpanded: an empty end-to-end id
     assert "OrgnlEndToEndId (line 6) is empty" in reason and "root:" not in reason
+
+
+def test_a_whole_file_rejected_by_the_bank_rejects_every_transfer() -> None:
+    data = _report().replace(b"<GrpSts>PART</GrpSts>",
+                             b"<GrpSts>RJCT</GrpSts><StsRsnInf><Rsn><Cd>AM04</Cd></Rsn></StsRsnInf>")
+    report = parse(data)
+    assert (report.group_status, report.group_rejection, report.transactions) == ("RJCT", "AM04", [])
+
+
+def test_a_transaction_outside_its_place_or_namespace_is_refused_not_ignored() -> None:
+    outside = _report().replace(b"<OrgnlPmtInfAndSts>", b"<TxInfAndSts><OrgnlEndToEndId>L9</OrgnlEndToEndId>"
+                                b"<TxSts>RJCT</TxSts></TxInfAndSts><OrgnlPmtInfAndSts>")
+    assert "is not inside CstmrPmtStsRpt/OrgnlPmtInfAndSts" in _refusal(outside)
+    foreign = _report(("L1", "RJCT", "AC04")).replace(b"<TxInfAndSts>", b'<TxInfAndSts xmlns="urn:other">')
+    assert "is not of urn:iso:std:iso:20022:tech:xsd:pain.002.001.10" in _refusal(foreign)
