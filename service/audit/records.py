@@ -168,15 +168,14 @@ def verify_records(connection: Connection, *, limit: int = 100) -> list[AuditPro
     each record, its filter columns, facts snapshot and rule text still match what the ledger
     holds. The problems found (at most `limit`), in ledger order, then records without entry."""
     problems: list[AuditProblem] = []
-    facts_ok: dict[str, bool] = {}
-    rules_ok: dict[str, bool] = {}
+    texts_ok: dict[str, bool] = {}   # facts snapshot or rule text, by its SHA-256: each checked once
     sealed_by = evaluation_record.c.ledger_seq == ledger_entry.c.seq
     query = (select(ledger_entry.c.seq, ledger_entry.c.payload, evaluation_record)
              .select_from(ledger_entry.outerjoin(evaluation_record, sealed_by))
              .where(ledger_entry.c.kind == "evaluation").order_by(ledger_entry.c.seq))
     for row in connection.execution_options(stream_results=True, yield_per=2000).execute(query):
         sealed = orjson.loads(row.payload)
-        problem = _record_problem(connection, row, sealed, facts_ok, rules_ok)
+        problem = _record_problem(connection, row, sealed, texts_ok)
         if problem is not None:
             problems.append(problem)
             if len(problems) >= limit:
@@ -191,8 +190,8 @@ def verify_records(connection: Connection, *, limit: int = 100) -> list[AuditPro
     return problems
 
 
-def _record_problem(conn: Connection, row: Any, sealed: dict[str, Any], facts_ok: dict[str, bool],
-                    rules_ok: dict[str, bool]) -> AuditProblem | None:
+def _record_problem(conn: Connection, row: Any, sealed: dict[str, Any],
+                    texts_ok: dict[str, bool]) -> AuditProblem | None:
     evaluation_id, seq = str(sealed.get("evaluation_id")), int(row.seq)
 
     def problem(fault: Fault, detail: str) -> AuditProblem:
@@ -211,20 +210,20 @@ def _record_problem(conn: Connection, row: Any, sealed: dict[str, Any], facts_ok
                if getattr(row, column) != value]
     if changed:
         return problem(Fault.EDITED, "; ".join(changed) + f" (ledger entry {seq})")
-    facts_sha, rule_sha = sealed["facts_sha256"], sealed["rule_sha256"]
-    if facts_sha not in facts_ok:
-        facts = conn.execute(select(facts_snapshot.c.document)
-                             .where(facts_snapshot.c.facts_sha256 == facts_sha)).first()
-        facts_ok[facts_sha] = facts is not None and sha256_hex(facts.document.encode()) == facts_sha
-    if not facts_ok[facts_sha]:
-        return problem(Fault.EDITED, f"its facts snapshot {facts_sha[:12]} is missing or edited")
-    if rule_sha not in rules_ok:
-        rule = conn.execute(select(policy_version.c.source)
-                            .where(policy_version.c.rule_sha256 == rule_sha)).first()
-        rules_ok[rule_sha] = rule is not None and sha256_hex(rule.source.encode()) == rule_sha
-    if not rules_ok[rule_sha]:
-        return problem(Fault.EDITED, f"its rule text {rule_sha[:12]} is missing or edited")
+    for what, table, column, key in (("facts snapshot", facts_snapshot, "document", "facts_sha256"),
+                                     ("rule text", policy_version, "source", "rule_sha256")):
+        if not _stored_text_holds(conn, table, column, key, sealed[key], texts_ok):
+            return problem(Fault.EDITED, f"its {what} {sealed[key][:12]} is missing or edited")
     return None
+
+
+def _stored_text_holds(conn: Connection, table: Table, column: str, key: str, digest: str,
+                       known: dict[str, bool]) -> bool:
+    """Whether the text stored under `digest` still has that SHA-256 (asked once per digest)."""
+    if digest not in known:
+        text = conn.execute(select(table.c[column]).where(table.c[key] == digest)).scalar()
+        known[digest] = text is not None and sha256_hex(text.encode()) == digest
+    return known[digest]
 
 
 def replay(engine: Engine, evaluation_id: str, catalogue: Catalogue) -> ReplayResult | None:

@@ -39,6 +39,7 @@ from service.payouts.tables import (
     MAX_RETURN_REASON_LENGTH,
     create_payout_schema,
     grant,
+    in_lists,
     payout_batch,
 )
 
@@ -59,7 +60,6 @@ __all__ = [
 
 APPROVER_ROLE = "finance_approver"
 _ID = re.compile(r"[\x21-\x7e]{1,40}")   # what any line or batch id looks like (printable ASCII)
-_IN_CHUNK = 500   # ids per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -366,9 +366,8 @@ def _set_lines(conn: Connection, line_ids: Sequence[str], *, release: bool = Fal
     """Set the same columns on many lines, a chunk of ids per statement; `release` also frees
     each line's grant (released = its own id)."""
     extra = {"released": grant.c.grant_id} if release else {}
-    for start in range(0, len(line_ids), _IN_CHUNK):
-        conn.execute(grant.update().where(grant.c.grant_id.in_(line_ids[start:start + _IN_CHUNK]))
-                     .values(**values, **extra))
+    for chunk in in_lists(line_ids):
+        conn.execute(grant.update().where(grant.c.grant_id.in_(chunk)).values(**values, **extra))
 
 
 def _recount(conn: Connection, batch_id: str) -> None:

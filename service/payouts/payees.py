@@ -18,10 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from enterprise_registry.models import table_for
+from service.payouts.tables import in_lists
 
 _SPACES = re.compile(r"\s+")
 _NUMBER_SEPARATORS = re.compile(r"[\s\-]")
-_IN_CHUNK = 500   # values per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,10 @@ def registry_payees(connection: Connection, usccs: Iterable[str]) -> dict[str, P
     table = table_for("enterprise")
     wanted = sorted(set(usccs))
     out: dict[str, Payee | None] = dict.fromkeys(wanted)
-    for start in range(0, len(wanted), _IN_CHUNK):
+    for chunk in in_lists(wanted):
         for row in connection.execute(select(
                 table.c.uscc, table.c.name, table.c.bank_account_name, table.c.bank_account_no, table.c.bank_name)
-                .where(table.c.uscc.in_(wanted[start:start + _IN_CHUNK]))):
+                .where(table.c.uscc.in_(chunk))):
             if row.bank_account_no:
                 out[row.uscc] = Payee(row.bank_account_name or row.name, row.bank_account_no, row.bank_name or "")
     return out

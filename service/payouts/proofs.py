@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import orjson
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from service.audit.ledger import ledger_entry
 from service.audit.merkle import inclusion_proof, verify_inclusion
 from service.audit.records import evaluation_record
 from service.errors import BatchNotFoundError
 from service.payouts.batches import lines_of
-from service.payouts.seals import MONEY_EVENT_KIND, MoneyEvent
+from service.payouts.seals import MoneyEvent, money_event
 from service.payouts.tables import grant
 
 
@@ -67,11 +65,5 @@ def prove_line(conn: Connection, line_id: str) -> LineProof:
 
 def _seal(conn: Connection, batch_id: str) -> tuple[int, dict[str, object] | None]:
     """The decisions root of the batch's DRAFT event."""
-    for entry in conn.execute(select(ledger_entry.c.seq, ledger_entry.c.payload).where(
-            ledger_entry.c.kind == MONEY_EVENT_KIND,
-            ledger_entry.c.payload.contains(f'"batch_id":"{batch_id}"')).order_by(ledger_entry.c.seq)):
-        payload = orjson.loads(entry.payload)
-        if payload.get("batch_id") == batch_id and payload.get("event") == MoneyEvent.DRAFT:
-            decisions: dict[str, object] = payload["decisions"]
-            return int(entry.seq), decisions
-    return 0, None
+    found = money_event(conn, batch_id, MoneyEvent.DRAFT)
+    return (0, None) if found is None else (found[0], found[1]["decisions"])

@@ -47,7 +47,7 @@ from service.payouts.batches import Batch, get_batch, start_batch
 from service.payouts.payees import registry_payees
 from service.payouts.seals import MoneyEvent, seal_event, unsealed
 from service.payouts.states import BatchState, LineState
-from service.payouts.tables import grant, payout_batch, payout_candidate
+from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate
 
 log = logging.getLogger("benefits.payouts")
 
@@ -164,7 +164,8 @@ class _Run:
         the cursor together."""
         usccs = {rows.uscc for rows in chunk}
         granted = self._granted(usccs)
-        barred = self._excluded_grants(self.engine, usccs)
+        with self.engine.connect() as conn:
+            barred = self._excluded_grants(conn, usccs)
         records: dict[str, list[PreparedRecord]] = defaultdict(list)
         candidates: list[dict[str, Any]] = []
         for rows in chunk:
@@ -232,7 +233,7 @@ class _Run:
                 grant.c.policy_id == self.policy.id, grant.c.period == self.period, grant.c.released == "",
                 grant.c.uscc.in_(sorted(usccs)))).scalars())
 
-    def _excluded_grants(self, conn: Connection | Engine, usccs: set[str]) -> dict[str, str]:
+    def _excluded_grants(self, conn: Connection, usccs: set[str]) -> dict[str, str]:
         """Enterprises holding a standing grant of a policy this one excludes, in the period:
         USCC -> "grant <id> of <policy>"."""
         if not self.excluded or not usccs:
@@ -240,11 +241,7 @@ class _Run:
         query = select(grant.c.uscc, grant.c.grant_id, grant.c.policy_id).where(
             grant.c.policy_id.in_(self.excluded), grant.c.period == self.period, grant.c.released == "",
             grant.c.uscc.in_(sorted(usccs)))
-        if isinstance(conn, Engine):
-            with conn.connect() as c:
-                rows = c.execute(query).all()
-        else:
-            rows = conn.execute(query).all()
+        rows = conn.execute(query).all()
         return {r.uscc: f"grant {r.grant_id} of {r.policy_id}" for r in rows}
 
     def _renew(self, conn: Connection, **values: Any) -> None:
@@ -321,10 +318,9 @@ class _Run:
         if self.excluded:
             deciding.append(grant.c.policy_id.in_(self.excluded))
         history: list[dict[str, Any]] = []
-        ordered = sorted(usccs)
-        for start in range(0, len(ordered), 500):
+        for chunk in in_lists(sorted(usccs)):
             history += [dict(r._mapping) for r in conn.execute(select(grant).where(
-                grant.c.period == self.period, grant.c.uscc.in_(ordered[start:start + 500]), or_(*deciding)))]
+                grant.c.period == self.period, grant.c.uscc.in_(chunk), or_(*deciding)))]
         altered = set(unsealed(conn, history))
         out = {}
         for line in history:

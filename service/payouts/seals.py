@@ -24,7 +24,7 @@ from service.audit.canonical import canonical_json, sha256_hex
 from service.audit.ledger import LedgerEntry, append, ledger_entry
 from service.audit.merkle import RootBuilder
 from service.audit.records import Actor
-from service.payouts.tables import SEALED_BATCH_COLUMNS, grant, payout_batch, payout_line_seal
+from service.payouts.tables import SEALED_BATCH_COLUMNS, grant, in_lists, payout_batch, payout_line_seal
 
 MONEY_EVENT_KIND = "payout"
 LINE_COLUMNS = tuple(str(column.name) for column in grant.columns)   # plain str: canonical JSON keys
@@ -63,11 +63,9 @@ def batch_snapshot(connection: Connection, batch_id: str) -> dict[str, Any]:
 
 def read_lines(connection: Connection, line_ids: Iterable[str]) -> list[dict[str, Any]]:
     """Lines by id, as stored (in id order)."""
-    wanted = sorted(set(line_ids))
     out: list[dict[str, Any]] = []
-    for start in range(0, len(wanted), 500):
-        out += [dict(r._mapping) for r in connection.execute(
-            select(grant).where(grant.c.grant_id.in_(wanted[start:start + 500])))]
+    for chunk in in_lists(sorted(set(line_ids))):
+        out += [dict(r._mapping) for r in connection.execute(select(grant).where(grant.c.grant_id.in_(chunk)))]
     return sorted(out, key=lambda line: str(line["grant_id"]))
 
 
@@ -78,25 +76,31 @@ def unsealed(connection: Connection, lines: Sequence[Mapping[str, Any]]) -> list
     by_id = {str(line["grant_id"]): line for line in lines}
     newest: dict[str, tuple[int, str]] = {}
     ids = sorted(by_id)
-    for start in range(0, len(ids), 500):
+    for chunk in in_lists(ids):
         for line_id, seq, leaf in connection.execute(
                 select(payout_line_seal.c.line_id, payout_line_seal.c.ledger_seq, payout_line_seal.c.leaf)
-                .where(payout_line_seal.c.line_id.in_(ids[start:start + 500]))):
+                .where(payout_line_seal.c.line_id.in_(chunk))):
             if line_id not in newest or seq > newest[line_id][0]:
                 newest[line_id] = (seq, leaf)
     return [line_id for line_id in ids
             if line_id not in newest or newest[line_id][1] != line_leaf(by_id[line_id]).decode()]
 
 
+def money_event(connection: Connection, batch_id: str, event: MoneyEvent) -> tuple[int, dict[str, Any]] | None:
+    """(seq, payload) of the batch's first ledger entry of `event`, or None."""
+    for seq, payload in connection.execute(select(ledger_entry.c.seq, ledger_entry.c.payload).where(
+            ledger_entry.c.kind == MONEY_EVENT_KIND, ledger_entry.c.payload.contains(f'"batch_id":"{batch_id}"'))
+            .order_by(ledger_entry.c.seq)):
+        found: dict[str, Any] = orjson.loads(payload)
+        if found.get("batch_id") == batch_id and found.get("event") == event:
+            return int(seq), found
+    return None
+
+
 def sealed_export(connection: Connection, batch_id: str) -> dict[str, Any] | None:
     """What the batch's export event sealed of its bank files (`export_digest`), or None."""
-    for (payload,) in connection.execute(select(ledger_entry.c.payload).where(
-            ledger_entry.c.kind == MONEY_EVENT_KIND, ledger_entry.c.payload.contains(f'"batch_id":"{batch_id}"'))):
-        event = orjson.loads(payload)
-        if event.get("batch_id") == batch_id and event.get("event") == MoneyEvent.EXPORT:
-            digest: dict[str, Any] = event["export"]
-            return digest
-    return None
+    found = money_event(connection, batch_id, MoneyEvent.EXPORT)
+    return None if found is None else dict(found[1]["export"])
 
 
 def seal_event(connection: Connection, event: MoneyEvent, batch_id: str, actor: Actor, *,

@@ -2,6 +2,9 @@
 seals of the lines in the ledger, and the stored bank files."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -23,6 +26,7 @@ from service.audit.records import create_audit_schema
 from service.payouts.states import LineState
 
 metadata = MetaData()
+IN_LIST_SIZE = 500               # values per IN (...) list: well within every database's limits
 MAX_REASON_LENGTH = 500          # a cancellation's or withdrawal's reason
 MAX_RETURN_REASON_LENGTH = 200   # the bank's reason for a return (code and text)
 
@@ -137,3 +141,12 @@ def create_payout_schema(engine: Engine) -> None:
     metadata.create_all(engine)
     with engine.begin() as conn:
         create_append_only_triggers(conn, payout_line_seal.name)
+
+
+_T = TypeVar("_T")
+
+
+def in_lists(values: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """`values` a chunk at a time, for queries of the form `column IN (...)`."""
+    for start in range(0, len(values), IN_LIST_SIZE):
+        yield values[start:start + IN_LIST_SIZE]
