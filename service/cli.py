@@ -245,7 +245,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import getpass
 
     from service.audit.records import Actor, create_audit_schema, record_evaluation
-    from service.evaluation import evaluate_with_inputs
+    from service.evaluation.period import evaluate_with_inputs
     from service.explain import as_json, as_text
     from service.facts_documents import DocumentSource
 
@@ -268,7 +268,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_period(args: argparse.Namespace) -> int:
     from rules.money import format_yuan
-    from service.evaluation import evaluate_period
+    from service.evaluation.period import evaluate_period
     from service.facts_documents import DocumentSource
 
     policies = _policies(args.rules)

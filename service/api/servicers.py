@@ -54,7 +54,7 @@ from service.errors import (
     EvaluationNotFoundError,
     InvalidArgumentError,
 )
-from service.evaluation import evaluate_with_inputs
+from service.evaluation.period import evaluate_with_inputs
 from service.explain import OUTCOME_ZH, as_text
 from service.facts_documents import DocumentSource, build_document
 from service.payouts import batches, status_report

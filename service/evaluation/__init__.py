@@ -1,0 +1,1 @@
+"""The evaluate path: facts read from the registry (documents and columns), decided, recorded."""
