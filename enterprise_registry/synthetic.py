@@ -189,15 +189,20 @@ _INSURED_MONTHS_EDGES = (0, 1, 2, 3)
 # Early extracts of a yearly record, in days before its year's last day: mid-year and the day
 # before (stale: the record does not yet describe the whole year), and the last day itself.
 _EARLY_EXTRACT_DAYS = (184, 1, 0)
+_STALE_EXTRACT_DAYS = _EARLY_EXTRACT_DAYS[:2]
 
+# Edge cases in turn, one unit in EDGE_EVERY (new ones go last: small registries that tests
+# build keep the first ones).
 _EDGE_CASES = (
     "size_boundary", "layoff_exactly_5_5", "small_employer_20pct", "small_employer_31",
     "ui_months_11", "ui_arrears", "zero_insured", "labor_dispatch", "no_bank_account",
-    "missing_record", "stale_record", "refund_half_fen", "si_class_missing",
-    "high_tech_first_big", "high_tech_first_50m", "high_tech_recert", "little_giant_and_champion",
-    "above_size_emerging", "listed_current", "listed_removed", "tax_credit_d", "youth_hires",
-    "hire_insured_months", "shared_hire", "size_boundary",
+    "missing_record", "si_class_missing", "high_tech_first_big", "high_tech_first_50m",
+    "high_tech_recert", "little_giant_and_champion", "above_size_emerging", "listed_current",
+    "listed_removed", "tax_credit_d", "youth_hires", "shared_hire", "stale_record",
+    "refund_half_fen", "hire_insured_months", "size_boundary",
 )
+# Consecutive units holding every edge case once for every period.
+EDGE_CYCLE = EDGE_EVERY * len(_EDGE_CASES) * len(PERIOD_YEARS)
 # Without a bank account every policy's conditions hold but nothing is payable (HELD): the edge
 # case carries the titles, the first entry, a first high-tech grant and hires of its period.
 _INDUSTRIAL_EDGES = ("above_size_emerging", "little_giant_and_champion", "size_boundary",
@@ -269,8 +274,13 @@ class _Generator:
     def unit(self, index: int) -> Iterator[dict[str, Any]]:
         rng = self.rng
         edge = None
+        edge_year = PERIOD_YEARS[-1]
         if index % EDGE_EVERY == self.edge_phase:
-            edge = _EDGE_CASES[(index // EDGE_EVERY) % len(_EDGE_CASES)]
+            # Successive occurrences of one edge case take the periods in turn, each edge case
+            # from its own starting period: a small registry has edge cases in every period.
+            occurrence, kind = divmod(index // EDGE_EVERY, len(_EDGE_CASES))
+            edge = _EDGE_CASES[kind]
+            edge_year = PERIOD_YEARS[(kind + occurrence) % len(PERIOD_YEARS)]
         org_type = _ORG_TYPE_CHOICE.draw(rng)
         if edge is not None:
             org_type = "enterprise"  # edge cases test enterprise rules
@@ -288,8 +298,6 @@ class _Generator:
             word = _pick(rng, _INDUSTRY[industry][3])
         established = self._established(org_type, edge)
         uscc = self._uscc(index, org_type, region, established)
-        # Successive occurrences of one edge case take the periods in turn.
-        edge_year = PERIOD_YEARS[(index // (EDGE_EVERY * len(_EDGE_CASES))) % len(PERIOD_YEARS)]
         unit = _Unit(index, edge, org_type, uscc, region, industry, established, edge_year)
         self._figures(unit)
 
@@ -392,9 +400,9 @@ class _Generator:
                 unit.revenue[year] = 5_000 * WAN_FEN + _below(rng, 3) - 1
 
     def _gaps(self, unit: _Unit) -> Gaps:
-        """Yearly records a department does not (yet) have, or has only as extracted before the
-        year ended: ~6.5% of units, in any fact year; the missing- and stale-record edge cases
-        in the year their period reads (yearly records are read for the previous year)."""
+        """Yearly records a department does not (yet) have, or has only as extracted early:
+        ~6.5% of units, in any fact year; the missing- and stale-record edge cases in the year
+        their period reads (yearly records are read for the previous year)."""
         rng = self.rng
         if unit.edge is None:
             draw = rng.random()
@@ -403,8 +411,10 @@ class _Generator:
             year = _pick(rng, FACT_YEARS)
         elif unit.edge == "missing_record":
             draw, year = rng.random() * 0.05, unit.edge_year - 1
-        elif unit.edge == "stale_record":
-            draw, year = 0.05 + rng.random() * 0.015, unit.edge_year - 1
+        elif unit.edge == "stale_record":  # both records of the year, extracted before it ended
+            year = unit.edge_year - 1
+            return {(department, year): _early_extract(rng, year, _STALE_EXTRACT_DAYS)
+                    for department in ("tax", "si")}
         else:
             return {}
         if draw < 0.02:
@@ -413,8 +423,8 @@ class _Generator:
             return {("si", year): None}
         if draw < 0.05:
             return {("tax", year): None, ("si", year): None}
-        extracted = date(year, 12, 31) - timedelta(days=_pick(rng, _EARLY_EXTRACT_DAYS))
-        return {("si" if draw < 0.06 else "tax", year): extracted.isoformat()}
+        department = "si" if draw < 0.06 else "tax"
+        return {(department, year): _early_extract(rng, year, _EARLY_EXTRACT_DAYS)}
 
     # -- records ----------------------------------------------------------------------------
 
@@ -757,6 +767,11 @@ def _day_in_year(rng: random.Random, year: int, not_before: date) -> date:
     """A day of `year`, not before `not_before` (nobody is hired before the employer exists)."""
     first = max(date(year, 1, 1), not_before)
     return first + timedelta(days=_below(rng, (date(year, 12, 31) - first).days + 1))
+
+
+def _early_extract(rng: random.Random, year: int, days_before_end: Sequence[int]) -> str:
+    """The as_of of a yearly record extracted that many days before its year's last day."""
+    return (date(year, 12, 31) - timedelta(days=_pick(rng, days_before_end))).isoformat()
 
 
 # Uniform draws from one `random()` each: `randrange`, `randint` and `choice` cost several
