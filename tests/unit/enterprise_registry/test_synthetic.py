@@ -111,7 +111,7 @@ def _peak_bytes(count: int) -> int:
 
 
 def test_memory_does_not_grow_with_the_count() -> None:
-    small, large = _peak_bytes(1000), _peak_bytes(8000)
+    small, large = _peak_bytes(500), _peak_bytes(4000)  # the ring of recent hires is full by 500
     assert large < 1.5 * small + 100_000, (small, large)
 
 
@@ -371,19 +371,29 @@ def test_stale_and_missing_records_in_every_year_a_period_reads(
                               for r in on_the_day)
 
 
+# The refund rate of each recorded size class (stable-jobs-refund's amount formula).
+REFUND_RATES = {"large_rate": ("large",), "sme_rate": ("medium", "small", "micro")}
+
+
 def test_refunds_tie_at_half_a_fen_in_every_period(registry: Records, pack: PolicySet) -> None:
     # The refund is the net premium times the period's rate, rounded half-up once: an edge case
-    # lands exactly on half a fen under each period's large-enterprise rate.
+    # lands exactly on half a fen under each period's rates - those that can leave half a fen
+    # (an even denominator: 30%, 50%, 90%; never 60%).
     policy = pack.get(STABLE_JOBS)
-    insurance = [r for r in registry if r["kind"] == "social_insurance_year"
-                 and r["size_class"] == "large"]
+    checked = 0
     for period, year in _previous_year_periods(pack).items():
-        rate = policy.params_for(period)["large_rate"]
-        assert isinstance(rate, Fraction)
-        ties = [r for r in insurance if r["year"] == year and
-                (r["ui_premium_paid_fen"] - r["ui_back_payment_fen"] - r["ui_late_fee_fen"])
-                * rate % 1 == Fraction(1, 2)]
-        assert ties, period
+        for name, classes in REFUND_RATES.items():
+            rate = policy.params_for(period)[name]
+            assert isinstance(rate, Fraction)
+            if rate.denominator % 2:
+                continue
+            ties = [r for r in registry if r["kind"] == "social_insurance_year"
+                    and r["year"] == year and r["size_class"] in classes
+                    and (r["ui_premium_paid_fen"] - r["ui_back_payment_fen"] - r["ui_late_fee_fen"])
+                    * rate % 1 == Fraction(1, 2)]
+            assert ties, (period, name)
+            checked += 1
+    assert checked > len(PERIOD_YEARS)  # every period's large rate and at least one other
 
 
 def test_hires_on_both_sides_of_each_periods_insured_months_minimum(
