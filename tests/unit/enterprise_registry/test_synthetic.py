@@ -465,4 +465,6 @@ def test_loads_100k_enterprises_quickly(tmp_path: Path) -> None:
     report = load_jsonl(path, engine)
     engine.dispose()
     assert report.records == written
-    assert report.seconds < 60
+    # The pace at which the 620,000 records 100,000 enterprises had with two fact years loaded
+    # within a minute; with every fact year they are twice as many.
+    assert report.rate > 10_000
