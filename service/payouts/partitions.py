@@ -14,6 +14,7 @@ flight, and a restart resumes every partition after its cursor.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -108,9 +109,16 @@ def all_done(conn: Connection, batch_id: str) -> bool:
     return int(open_partitions) == 0
 
 
-def run_partition(task: PartitionTask) -> int:
+@dataclass(frozen=True)
+class PartitionResult:
+    partition_no: int
+    evaluated: int       # enterprises this run evaluated (not those of an earlier, crashed run)
+    pid: int             # the process that ran it
+
+
+def run_partition(task: PartitionTask) -> PartitionResult:
     """Run one partition to its end in a process of its own (a worker process or a Dask worker):
-    its own database engine, its own engine state. The enterprises it evaluated."""
+    its own database engine, its own engine state."""
     from enterprise_registry.db import make_engine
 
     engine = make_engine(task.db_url)
@@ -120,7 +128,7 @@ def run_partition(task: PartitionTask) -> int:
         with engine.connect() as conn:
             row = conn.execute(select(payout_batch).where(payout_batch.c.batch_id == task.batch_id)).one()
         evaluator = ChunkEvaluator.for_batch(row, policies[0], policies[1:], task.excluded)
-        return run_partition_with(engine, evaluator, task)
+        return PartitionResult(task.partition_no, run_partition_with(engine, evaluator, task), os.getpid())
     finally:
         engine.dispose()
 
@@ -312,7 +320,6 @@ def now_ms() -> int:
 
 
 def new_worker_id() -> str:
-    import os
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -9,30 +9,37 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
-import ctypes
 import multiprocessing
-import signal
-import sys
+import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from service.payouts.partitions import PartitionTask, run_partition
+from service.payouts.partitions import PartitionResult, PartitionTask, run_partition
+
+PARENT_POLL_SECONDS = 0.5
 
 
 class PartitionPool(Protocol):
     def run(self, tasks: Sequence[PartitionTask], *, heartbeat: Callable[[], None],
-            stopped: Callable[[], bool], interval: float) -> bool:
+            stopped: Callable[[], bool], interval: float) -> list[PartitionResult] | None:
         """Run every task to its end, calling `heartbeat` every `interval` seconds meanwhile;
-        False when `stopped()` became true first. A task's failure is raised."""
+        None when `stopped()` became true first. A task's failure is raised."""
         ...
 
 
 def _die_with_parent() -> None:
-    # A worker whose server was killed must not go on: its chunks could no longer commit anyway
-    # (the batch's lease is the server's), and it would hold the database.
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    """Run in each worker process: end it when its server is gone. (Not PR_SET_PDEATHSIG: that
+    follows the thread that happened to start the process, which ends with its batch.)"""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)  # its chunks could not commit anyway: the batch's lease is the server's
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class ProcessPool:
@@ -51,7 +58,7 @@ class ProcessPool:
             return self._executor
 
     def run(self, tasks: Sequence[PartitionTask], *, heartbeat: Callable[[], None],
-            stopped: Callable[[], bool], interval: float) -> bool:
+            stopped: Callable[[], bool], interval: float) -> list[PartitionResult] | None:
         pending = {self._pool().submit(run_partition, task) for task in tasks}
         try:
             return _wait(pending, heartbeat, stopped, interval,
@@ -74,14 +81,14 @@ class DaskPool:
         self.client = client
 
     def run(self, tasks: Sequence[PartitionTask], *, heartbeat: Callable[[], None],
-            stopped: Callable[[], bool], interval: float) -> bool:
+            stopped: Callable[[], bool], interval: float) -> list[PartitionResult] | None:
         from distributed import wait
 
         submitted = self.client.map(run_partition, list(tasks), pure=False)
 
         def step(ps: set[Any]) -> tuple[set[Any], set[Any]]:
             with contextlib.suppress(TimeoutError):  # the heartbeat is due
-                wait(list(ps), timeout=interval, return_when="FIRST_EXCEPTION")
+                wait(list(ps), timeout=interval, return_when="FIRST_COMPLETED")
             done = {p for p in ps if p.done()}
             return done, ps - done
 
@@ -89,18 +96,19 @@ class DaskPool:
 
 
 def _wait(pending: set[Any], heartbeat: Callable[[], None], stopped: Callable[[], bool], interval: float,
-          step: Callable[[set[Any]], tuple[Any, Any]]) -> bool:
+          step: Callable[[set[Any]], tuple[Any, Any]]) -> list[PartitionResult] | None:
+    results: list[PartitionResult] = []
     while pending:
         done, pending = step(pending)
         pending = set(pending)
         for finished in done:
-            finished.result()  # a failed partition fails the run (the batch is retried later)
+            results.append(finished.result())  # a failed partition fails the run (retried later)
         if stopped():
             for task in pending:
                 task.cancel()
-            return False
+            return None
         heartbeat()
-    return True
+    return sorted(results, key=lambda r: r.partition_no)
 
 
 _shared: dict[int, ProcessPool] = {}
@@ -113,3 +121,12 @@ def shared_process_pool(workers: int) -> ProcessPool:
         if workers not in _shared:
             _shared[workers] = ProcessPool(workers)
         return _shared[workers]
+
+
+def close_shared_pools() -> None:
+    """Shut the shared pools down (the server stops); their processes end with their tasks."""
+    with _shared_lock:
+        pools = list(_shared.values())
+        _shared.clear()
+    for pool in pools:
+        pool.close()

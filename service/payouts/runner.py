@@ -45,7 +45,7 @@ from service.payouts.partitions import (
     run_partition_with,
 )
 from service.payouts.payees import registry_payees
-from service.payouts.pools import PartitionPool, shared_process_pool
+from service.payouts.pools import PartitionPool, close_shared_pools, shared_process_pool
 from service.payouts.seals import MoneyEvent, seal_event, unsealed
 from service.payouts.states import BatchState, LineState
 from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate, payout_partition
@@ -159,8 +159,12 @@ class _Run:
             return True
         if pool is None:
             pool = shared_process_pool(self.settings.workers)
-        return pool.run(tasks, heartbeat=self.renew_lease, stopped=stopped,
-                        interval=max(self.settings.lease_seconds / 3, 0.2))
+        results = pool.run(tasks, heartbeat=self.renew_lease, stopped=stopped,
+                           interval=max(self.settings.lease_seconds / 3, 0.2))
+        for result in results or ():
+            log.info("batch %s partition %d: %d enterprises evaluated in process %d", self.batch_id,
+                     result.partition_no, result.evaluated, result.pid)
+        return results is not None
 
     def _task(self, partition_no: int) -> PartitionTask:
         return PartitionTask(self.engine.url.render_as_string(hide_password=False), self.batch_id, partition_no,
@@ -345,6 +349,7 @@ class BatchWorkers:
             threads = list(self._active.values())
         for thread in threads:
             thread.join(timeout)
+        close_shared_pools()
 
     def _loop(self) -> None:
         poll = max(self.settings.lease_seconds / 3, 0.2)
