@@ -118,8 +118,9 @@ def decide_chunk(plan: PeriodPlan, columns: Mapping[int, FactColumns], *, today:
 
 
 def _engine_errors(trace: ChunkTrace) -> dict[int, str]:
-    rows = np.flatnonzero(trace.engine_error)
-    return {int(row): trace.engine_messages.get(int(row), "a value the engine cannot hold") for row in rows}
+    """Rows the trace could not evaluate, or whose values the engine cannot hold: errors."""
+    rows = np.flatnonzero(trace.engine_error | trace.failed)
+    return {int(row): trace.messages.get(int(row), "a value the engine cannot hold") for row in rows.tolist()}
 
 
 def engine_facts(members: Sequence[PackedMember], decisions: Mapping[str, PolicyDecisions]) -> list[dict[str, Any]]:
