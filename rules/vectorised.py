@@ -27,11 +27,11 @@ import numpy as np
 import numpy.typing as npt
 
 from rules import ast
-from rules.columns import Column, FactColumns, RecordColumns, decode, dtype_of
+from rules.columns import Column, FactColumns, RecordColumns, dtype_of, row_document
 from rules.compiler import INT64_MAX, MAX_STRING
 from rules.errors import EngineError, VectorisedLimitError
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, _amount, _checked, _engine_fact
-from rules.facts import DEFAULT_MAX_ABS, Catalogue, Fact, FactsDocument, Record
+from rules.facts import DEFAULT_MAX_ABS
 from rules.interpreter import Interpreter, Tiers, truth
 
 if TYPE_CHECKING:
@@ -261,28 +261,6 @@ class VectorisedPolicy:
                 fen[row], amount_known[row] = amount, not missing
         except (OverflowError, ValueError) as exc:
             failed[row], messages[row] = True, f"{columns.usccs[row]}: {exc}"
-
-
-def row_document(columns: FactColumns, row: int, catalogue: Catalogue) -> FactsDocument:
-    """One row of a chunk as a facts document (what the interpreter reads), values decoded."""
-    facts: dict[str, Fact] = {}
-    for name, column in columns.facts.items():
-        value = column.python(row)
-        if value is not None and name in catalogue.facts:
-            facts[name] = Fact(decode(catalogue.facts[name].kind, value), "columns", None)
-    collections: dict[str, list[Record]] = {}
-    for name, records in columns.collections.items():
-        kinds = catalogue.collections.get(name, {})
-        first, last = np.searchsorted(records.owner, [row, row + 1])
-        out = []
-        for i in range(int(first), int(last)):
-            fields = {}
-            for field, column in records.fields.items():
-                value = column.python(i)
-                fields[field] = None if value is None or field not in kinds else decode(kinds[field].kind, value)
-            out.append(Record(records.refs[i], fields, "columns", None))
-        collections[name] = out
-    return FactsDocument(columns.usccs[row], columns.fact_year, facts, collections)
 
 
 def compile_vectorised(compiled: CompiledPolicy) -> VectorisedPolicy:
@@ -776,4 +754,4 @@ def _decide(conditions: Codes, payable: Codes, fen: Ints, amount_known: Bools) -
 
 
 __all__ = ["FALSE", "OUTCOMES", "TRUE", "UNKNOWN", "ChunkTrace", "VectorisedPolicy",
-           "compile_vectorised", "row_document"]
+           "compile_vectorised"]
