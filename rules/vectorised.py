@@ -296,7 +296,7 @@ class _Compiler:
         self.params: Mapping[str, Any] = compiled.params
         self.period = compiled.period
         self.catalogue = compiled.policy.catalogue
-        self.memo: dict[tuple[ast.Expr, Scope], _Step] = {}
+        self.memo: dict[tuple[object, Scope], _Step] = {}
 
     def refuse(self, node: ast.Expr, reason: str) -> VectorisedLimitError:
         return VectorisedLimitError(self.file, node.pos.line, reason, column=node.pos.column)
@@ -314,7 +314,7 @@ class _Compiler:
         return step
 
     def step(self, node: ast.Expr, scope: Scope) -> _Step:
-        key = (node, scope)
+        key = (_structure(node), scope)
         if key not in self.memo:
             self.memo[key] = getattr(self, "_" + type(node).__name__.lower())(node, scope)
         return self.memo[key]
@@ -717,6 +717,20 @@ def _full(run: _Run, collection: str | None, value: object, dtype: Any, kind: st
 
 def _as_array(value: Ints | int, size: int) -> Ints:
     return value if isinstance(value, np.ndarray) else np.full(size, value, dtype=np.int64)
+
+
+def _structure(node: ast.Expr) -> object:
+    """A node as a key that tells literals of different types apart: the nodes compare equal
+    when `True == 1` or `Decimal(2) == 2`, but do not compute the same kind of value."""
+    if isinstance(node, ast.Literal):
+        return ("Literal", type(node.value).__name__, node.value)
+    if isinstance(node, ast.Name):
+        return ("Name", node.parts)
+    if isinstance(node, ast.Count):
+        where = _structure(node.where) if node.where is not None else None
+        return ("Count", node.variable, node.collection, where)
+    extra = tuple(getattr(node, f) for f in ("op", "negated", "present", "function") if hasattr(node, f))
+    return (type(node).__name__, extra, tuple(_structure(child) for child in ast.children(node)))
 
 
 def _free_locals(node: ast.Expr, bound: frozenset[str]) -> set[str]:
