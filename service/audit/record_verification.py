@@ -21,6 +21,7 @@ Memory stays bounded by one chunk whatever the number of records.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,10 +62,11 @@ def verify_records(connection: Connection, *, limit: int = 100,
         catalogue = CATALOGUE
     run = _Run(connection, catalogue)
     problems: list[AuditProblem] = []
-    for problem in run.problems():
-        problems.append(problem)
-        if len(problems) >= limit:
-            break
+    with closing(run.problems()) as found:   # closes the open cursors when stopping early
+        for problem in found:
+            problems.append(problem)
+            if len(problems) >= limit:
+                break
     return problems
 
 
@@ -106,13 +108,14 @@ class _Run:
                  .select_from(ledger_entry.outerjoin(evaluation_record, r.ledger_seq == ledger_entry.c.seq))
                  .where(ledger_entry.c.kind == RECORDS_KIND).order_by(ledger_entry.c.seq, r.leaf_index))
         chunk: _Chunk | None = None
-        for row in self.conn.execution_options(**_STREAM).execute(query):
-            if chunk is None or row.seq != chunk.seq:
-                if chunk is not None:
-                    yield from self._close(chunk)
-                chunk = _Chunk(int(row.seq), orjson.loads(row.payload))
-            if row.evaluation_id is not None:
-                yield from self._leaf(chunk, row)
+        with self.conn.execution_options(**_STREAM).execute(query) as rows:
+            for row in rows:
+                if chunk is None or row.seq != chunk.seq:
+                    if chunk is not None:
+                        yield from self._close(chunk)
+                    chunk = _Chunk(int(row.seq), orjson.loads(row.payload))
+                if row.evaluation_id is not None:
+                    yield from self._leaf(chunk, row)
         if chunk is not None:
             yield from self._close(chunk)
 
@@ -186,10 +189,11 @@ class _Run:
                  .select_from(evaluation_record.outerjoin(ledger_entry, ledger_entry.c.seq == r.ledger_seq))
                  .where(or_(ledger_entry.c.seq.is_(None), ledger_entry.c.kind != RECORDS_KIND))
                  .order_by(r.ledger_seq, r.leaf_index))
-        for evaluation_id, seq in self.conn.execution_options(**_STREAM).execute(query):
-            if evaluation_id not in self.named:
-                yield self._problem(str(evaluation_id), Fault.INSERTED, 0,
-                                    f"it claims ledger entry {seq}, which seals no evaluation records")
+        with self.conn.execution_options(**_STREAM).execute(query) as rows:
+            for evaluation_id, seq in rows:
+                if evaluation_id not in self.named:
+                    yield self._problem(str(evaluation_id), Fault.INSERTED, 0,
+                                        f"it claims ledger entry {seq}, which seals no evaluation records")
 
     # -- facts snapshots and rule texts -----------------------------------------------------------
 
@@ -204,10 +208,11 @@ class _Run:
             r[key].in_(bad[start:start + _IN_LIST])).order_by(r.ledger_seq, r.leaf_index)
             for start in range(0, len(bad), _IN_LIST)]
         for query in queries:
-            for evaluation_id, seq, digest in self.conn.execution_options(**_STREAM).execute(query):
-                if evaluation_id not in self.named:
-                    yield self._problem(str(evaluation_id), Fault.EDITED, int(seq),
-                                        f"its {what} {str(digest)[:12]} is missing or edited")
+            with self.conn.execution_options(**_STREAM).execute(query) as rows:
+                for evaluation_id, seq, digest in rows:
+                    if evaluation_id not in self.named:
+                        yield self._problem(str(evaluation_id), Fault.EDITED, int(seq),
+                                            f"its {what} {str(digest)[:12]} is missing or edited")
 
 
 def _record_detail(row: Any, text_hash: str, chunk: _Chunk) -> str:
