@@ -9,6 +9,9 @@ COUNT ?= 20000
 SEED ?= 7
 LISTEN ?= 127.0.0.1:50051
 BENCH_COUNT ?= 100000
+# make bench: enterprises and worker processes
+N ?= 1000000
+WORKERS ?= 2
 # the checkpoint signing key lives outside the database; made once (`benefits audit keygen`), never replaced
 LEDGER_KEY := var/ledger-key.pem
 CHECKPOINTS := var/checkpoints.jsonl
@@ -22,7 +25,7 @@ REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install audit-verify node-deps bench-api bench-batches bench-ledger bench-money proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-ledger bench-money proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -109,7 +112,10 @@ test-integration: install
 test-policies: install  ## the test cases beside each policy
 	$(BIN)/benefits rules test rules
 
-bench: install  ## evaluation throughput against a plain-Python baseline, measured in the same run
+bench: install  ## the province run: N enterprises (N=, DB=sqlite|postgresql, WORKERS=): engine alone, batches, lookups; bench/results/latest.json
+	$(BIN)/python benchmarks/bench.py --n $(N) --db $(if $(findstring postgres,$(DB)),postgresql,sqlite) --workers $(WORKERS)
+
+bench-rules: install  ## evaluation throughput against a plain-Python baseline, measured in the same run
 	$(BIN)/python benchmarks/bench_rules.py
 
 bench-ledger: install  ## ledger appends/s vs plain inserts in one transaction; verification entries/s

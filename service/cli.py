@@ -115,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="YAML of paying accounts by funding, needed to export bank files")
     serve.add_argument("--batch-chunk", type=int, default=200,
                        help="enterprises a running payout batch commits at a time")
+    serve.add_argument("--batch-workers", type=int, default=1,
+                       help="worker processes evaluating a payout batch's partitions (1: in the server)")
     serve.add_argument("--batch-lease-seconds", type=float, default=30.0,
                        help="a payout batch whose worker is silent this long is taken over (after a crash)")
     serve.set_defaults(run=_serve)
@@ -310,6 +312,7 @@ def _serve(args: argparse.Namespace) -> int:
                       listen=args.listen, max_workers=args.workers, ledger_key=args.ledger_key,
                       checkpoint_file=args.checkpoints, payers_file=args.payers,
                       batch_chunk_size=args.batch_chunk, batch_lease_seconds=args.batch_lease_seconds,
+                      batch_workers=args.batch_workers,
                       tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
                       insecure=args.insecure))
     return 0

@@ -164,6 +164,12 @@ class DocumentSource:
             loaded = _load_rows(conn, usccs) if usccs else {}
         return [loaded[uscc] for uscc in usccs]
 
+    def rows_of(self, usccs: list[str]) -> list[EnterpriseRows]:
+        """The rows of the given enterprises, in the given order."""
+        with self.engine.connect() as conn:
+            loaded = _load_rows(conn, usccs) if usccs else {}
+        return [loaded[uscc] for uscc in usccs]
+
     def count(self) -> int:
         from sqlalchemy import func
         with self.engine.connect() as conn:

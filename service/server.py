@@ -189,7 +189,8 @@ def create_server(config: ServeConfig) -> RunningServer:
         BenefitServicer(policies, engine, config.clock), server)
     checkpoint = Checkpointer(engine, key, config.checkpoint_file)
     workers = BatchWorkers(engine, lambda: policies.current,
-                           RunSettings(config.batch_chunk_size, config.batch_lease_seconds))
+                           RunSettings(config.batch_chunk_size, config.batch_lease_seconds,
+                                       workers=config.batch_workers))
     payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(
         PayoutServicer(policies, engine, workers, config.clock, payers=load_payers(config.payers_file),
                        on_export=checkpoint), server)
