@@ -140,9 +140,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="private key file (created with mode 0600, never overwritten); "
                              "the public key goes to FILE.pub")
     keygen.set_defaults(run=_audit_keygen)
-    prove = audit.add_parser("prove", help="prove a payout line is in its batch (Merkle inclusion proof)")
+    prove = audit.add_parser("prove", help="prove a payout line is in its batch, or an evaluation record in the "
+                                           "ledger (Merkle inclusion proofs)")
     prove.add_argument("--db", default=DEFAULT_DB_URL)
-    prove.add_argument("line_id", help="the line's id (its end-to-end id in the bank file)")
+    prove.add_argument("line_id", help="the line's id (its end-to-end id in the bank file), or an evaluation id "
+                                       "(ev_...)")
     prove.set_defaults(run=_audit_prove)
 
     lookup = sub.add_parser("lookup", help="an enterprise's benefits and explanations (gRPC client)")
@@ -348,15 +350,34 @@ def _audit_keygen(args: argparse.Namespace) -> int:
 
 
 def _audit_prove(args: argparse.Namespace) -> int:
+    from service.audit.record_proofs import RecordProof, prove_record
+    from service.errors import EvaluationNotFoundError
     from service.payouts.proofs import prove_line
 
+    def show_record(proof: RecordProof) -> None:
+        print(f"  record {proof.evaluation_id}: leaf {proof.leaf_index} of {proof.tree_size}, "
+              f"sha256 {proof.record_sha256}")
+        for sibling in proof.path:
+            print(f"    sibling {sibling}")
+        print(f"    sealed root {proof.sealed_root} (ledger entry {proof.ledger_seq})")
+
     with _database(args.db) as engine, engine.connect() as conn:
+        if args.line_id.startswith("ev_"):
+            record = prove_record(conn, args.line_id)
+            if record is None:
+                raise EvaluationNotFoundError(args.line_id)
+            show_record(record)
+            print("VERIFIED: the record is sealed in the ledger" if record.verified
+                  else f"NOT VERIFIED: {record.problem}")
+            return 0 if record.verified else 1
         proof = prove_line(conn, args.line_id)
     print(f"line {proof.line_id} of batch {proof.batch_id}: evaluation {proof.evaluation_id}")
     print(f"  leaf {proof.leaf_index} of {proof.tree_size}, record sha256 {proof.record_sha256}")
     for sibling in proof.proof:
         print(f"  sibling {sibling}")
     print(f"  sealed root {proof.sealed_root} (ledger entry {proof.ledger_seq})")
+    if proof.record is not None:
+        show_record(proof.record)
     print("VERIFIED: the line is in its batch" if proof.verified else f"NOT VERIFIED: {proof.problem}")
     return 0 if proof.verified else 1
 

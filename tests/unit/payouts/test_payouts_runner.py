@@ -349,7 +349,7 @@ def test_a_crash_inside_a_chunk_leaves_nothing_of_it_and_the_next_worker_finishe
     real_write, writes_in_second_chunk = partitions.write_records, Counter[str]()
 
     def write_then_crash(conn: Any, policy: LoadedPolicy, prepared: list[Any]) -> None:
-        if any(p.evaluation.uscc > first_chunk_end for p in prepared):
+        if any(p.decision.uscc > first_chunk_end for p in prepared):
             writes_in_second_chunk["calls"] += 1
             if writes_in_second_chunk["calls"] == 2:   # after one policy's records of the chunk
                 raise SimulatedCrash("the server died mid-chunk")
@@ -600,7 +600,7 @@ def test_a_batch_runs_under_the_rule_text_it_started_with(
 
     _assert_complete(registry, batch.batch_id, expected)
     with registry.connect() as conn:
-        shas = {orjson.loads(r)["evaluation"]["rule_sha256"] for r in conn.execute(
+        shas = {orjson.loads(r)["rule_sha256"] for r in conn.execute(
             select(evaluation_record.c.record).where(evaluation_record.c.batch_id == batch.batch_id,
                                                      evaluation_record.c.policy_id == GIANT)).scalars()}
     assert shas == {started_under}
