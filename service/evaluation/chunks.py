@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from enterprise_registry.models import Enterprise
 from rules.columns import FactColumns, from_documents
 from rules.facts import FactsDocument
 from service.audit.facts_json import snapshot_of
@@ -35,6 +37,14 @@ class Chunk:
         if key not in self._snapshots:
             self._snapshots[key] = snapshot_of(self.document(row, fact_year))
         return self._snapshots[key]
+
+
+def next_usccs(conn: Connection, after: str, limit: int, *, last: str | None = None) -> list[str]:
+    """The next `limit` registered enterprises after USCC `after` (up to `last`), in USCC order."""
+    query = select(Enterprise.uscc).where(Enterprise.uscc > after)
+    if last is not None:
+        query = query.where(Enterprise.uscc <= last)
+    return list(conn.execute(query.order_by(Enterprise.uscc).limit(limit)).scalars())
 
 
 def read_chunk(conn: Connection, usccs: Sequence[str], fact_years: Iterable[int]) -> Chunk:

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from rules.vectorised import FALSE, OUTCOMES, TRUE, UNKNOWN, ChunkTrace
 
 from rules.columns import FactColumns
 from rules.evaluator import ELIGIBLE, HELD
 from rules.loader import CompiledPolicy, LoadedPolicy
 from rules.packing import PackedMember, PackedRuleset, pack
+from rules.vectorised import FALSE, OUTCOMES, TRUE, UNKNOWN, ChunkTrace
 from service.audit.decision import MASK_CODES, MASK_SEPARATOR
 
 log = logging.getLogger("benefits.evaluation")

@@ -12,7 +12,7 @@ from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, Evaluation
 from rules.facts import FactsDocument
 from rules.loader import LoadedPolicy, PolicySet
 from service.errors import EnterpriseNotFoundError
-from service.evaluation.columns import next_usccs, read_columns
+from service.evaluation.chunks import next_usccs, read_chunk
 from service.evaluation.decide import PolicyDecisions, decide_chunk, plan_for
 from service.facts_documents import DocumentSource
 
@@ -73,7 +73,7 @@ def evaluate_period(policies: PolicySet, engine: Engine, *, period: int, today: 
             usccs = next_usccs(conn, cursor, chunk_size)
             if not usccs:
                 break
-            columns = read_columns(conn, usccs, plan.fact_years)
+            columns = read_chunk(conn, usccs, plan.fact_years).columns
         for policy_id, decisions in decide_chunk(plan, columns, today=today).items():
             _tally(by_id[policy_id], decisions, summary)
         summary.enterprises += len(usccs)

@@ -34,7 +34,7 @@ from service.audit.decision import Decision
 from service.audit.ledger import ledger_transaction
 from service.audit.records import Actor, PreparedRecord, prepare_decision, write_records
 from service.catalogue import CATALOGUE
-from service.evaluation.chunks import Chunk, read_chunk
+from service.evaluation.chunks import Chunk, next_usccs, read_chunk
 from service.evaluation.decide import PolicyDecisions, decide_chunk, plan_for
 from service.payouts.states import BatchState
 from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate, payout_partition
@@ -139,7 +139,7 @@ def run_partition_with(engine: Engine, evaluator: ChunkEvaluator, task: Partitio
     """Run one partition with a given database engine and evaluator (in this thread); stops
     between chunks when `stop()` says so. The enterprises it evaluated."""
     holder, settings = task.lease_holder, task.settings
-    if not _claim(engine, task.batch_id, task.partition_no, holder, settings.lease_seconds):
+    if not _claim(engine, task, settings.lease_seconds):
         raise LeaseLostError(f"{task.batch_id} partition {task.partition_no} is held by another worker")
     evaluated = 0
     while not stop():
@@ -163,20 +163,21 @@ def run_partition_with(engine: Engine, evaluator: ChunkEvaluator, task: Partitio
 
 
 def next_chunk(conn: Connection, part: Any, limit: int) -> list[str]:
-    query = select(Enterprise.uscc).where(Enterprise.uscc > part.cursor)
-    if part.last_uscc is not None:
-        query = query.where(Enterprise.uscc <= part.last_uscc)
-    return list(conn.execute(query.order_by(Enterprise.uscc).limit(limit)).scalars())
+    """The partition's next chunk of USCCs after its cursor."""
+    return next_usccs(conn, part.cursor, limit, last=part.last_uscc)
 
 
-def _claim(engine: Engine, batch_id: str, partition_no: int, holder: str, lease_seconds: float) -> bool:
+def _claim(engine: Engine, task: PartitionTask, lease_seconds: float) -> bool:
+    """Take the partition: free, ours, its lease ran out, or left by an earlier coordinator of
+    the batch (whose tasks can no longer commit: the batch is not theirs)."""
     now = now_ms()
+    holder = payout_partition.c.worker
     with engine.begin() as conn:
         changed = conn.execute(payout_partition.update().where(
-            payout_partition.c.batch_id == batch_id, payout_partition.c.partition_no == partition_no,
-            or_(payout_partition.c.worker.is_(None), payout_partition.c.worker == holder,
-                payout_partition.c.lease_until < now)).values(
-            worker=holder, lease_until=now + int(lease_seconds * 1000)))
+            payout_partition.c.batch_id == task.batch_id, payout_partition.c.partition_no == task.partition_no,
+            or_(holder.is_(None), holder == task.lease_holder, payout_partition.c.lease_until < now,
+                ~holder.startswith(f"{task.coordinator}/", autoescape=True))).values(
+            worker=task.lease_holder, lease_until=now + int(lease_seconds * 1000)))
     return changed.rowcount == 1
 
 
@@ -199,7 +200,7 @@ def _advance(conn: Connection, task: PartitionTask, expected_cursor: str, cursor
                   "error_count": payout_batch.c.error_count + outcome.errors}
     batch = conn.execute(payout_batch.update().where(
         payout_batch.c.batch_id == task.batch_id, payout_batch.c.state == BatchState.RUNNING,
-        payout_batch.c.worker == task.coordinator).values(lease_until=payout_batch.c.lease_until, **counts))
+        payout_batch.c.worker == task.coordinator).values(lease_until=lease, **counts))
     if batch.rowcount != 1:
         raise LeaseLostError(f"{task.batch_id}: the batch is no longer held by {task.coordinator}")
 
