@@ -125,7 +125,7 @@ def fresh_audit_trail(url: str) -> None:
 
 def _engine_alone(url: str, skip: int, count: int) -> tuple[int, float]:
     """In a worker: hold the engine facts of `count` enterprises in memory, then assert them all."""
-    from service.evaluation.columns import read_columns
+    from service.evaluation.chunks import read_chunk
     from sqlalchemy import select
 
     from enterprise_registry.db import make_engine
@@ -139,7 +139,7 @@ def _engine_alone(url: str, skip: int, count: int) -> tuple[int, float]:
                                   .offset(skip).limit(count)).scalars())
         facts: list[tuple[Any, list[dict[str, Any]]]] = []
         for start in range(0, len(usccs), 2000):
-            columns = read_columns(conn, usccs[start:start + 2000], plan.fact_years)
+            columns = read_chunk(conn, usccs[start:start + 2000], plan.fact_years).columns
             decisions = decide_chunk(plan, columns, today=TODAY)
             for packed in plan.packs:
                 facts.append((packed, engine_facts(packed.members, decisions)))
