@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="enterprises a running payout batch commits at a time")
     serve.add_argument("--batch-workers", type=int, default=1,
                        help="worker processes evaluating a payout batch's partitions (1: in the server)")
+    serve.add_argument("--dask-scheduler", metavar="ADDRESS",
+                       help="run payout batch partitions on this Dask cluster (e.g. tcp://10.0.0.5:8786); "
+                            "its workers need this package and one thread each")
     serve.add_argument("--batch-lease-seconds", type=float, default=30.0,
                        help="a payout batch whose worker is silent this long is taken over (after a crash)")
     serve.set_defaults(run=_serve)
@@ -311,7 +314,7 @@ def _serve(args: argparse.Namespace) -> int:
                       listen=args.listen, max_workers=args.workers, ledger_key=args.ledger_key,
                       checkpoint_file=args.checkpoints, payers_file=args.payers,
                       batch_chunk_size=args.batch_chunk, batch_lease_seconds=args.batch_lease_seconds,
-                      batch_workers=args.batch_workers,
+                      batch_workers=args.batch_workers, dask_scheduler=args.dask_scheduler,
                       tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
                       insecure=args.insecure))
     return 0

@@ -138,7 +138,7 @@ def run_partition_with(engine: Engine, evaluator: ChunkEvaluator, task: Partitio
                        stop: Callable[[], bool] = lambda: False) -> int:
     """Run one partition with a given database engine and evaluator (in this thread); stops
     between chunks when `stop()` says so. The enterprises it evaluated."""
-    holder, settings = task.lease_holder, task.settings
+    settings = task.settings
     if not _claim(engine, task, settings.lease_seconds):
         raise LeaseLostError(f"{task.batch_id} partition {task.partition_no} is held by another worker")
     evaluated = 0

@@ -111,6 +111,13 @@ def _wait(pending: set[Any], heartbeat: Callable[[], None], stopped: Callable[[]
     return sorted(results, key=lambda r: r.partition_no)
 
 
+def dask_pool(address: str) -> DaskPool:
+    """A pool on the Dask cluster whose scheduler is at `address` (needs the `cluster` extra)."""
+    from distributed import Client
+
+    return DaskPool(Client(address))
+
+
 _shared: dict[int, ProcessPool] = {}
 _shared_lock = threading.Lock()
 

@@ -323,9 +323,10 @@ class BatchWorkers:
     worker died (its lease ran out) on the next scan - which, at start, resumes a crashed run."""
 
     def __init__(self, engine: Engine, policies: Callable[[], PolicySet], settings: RunSettings = DEFAULT_SETTINGS,
-                 *, max_parallel: int = 2) -> None:
+                 *, max_parallel: int = 2, pool: PartitionPool | None = None) -> None:
         self.engine, self.policies, self.settings = engine, policies, settings
         self.max_parallel = max_parallel
+        self.pool = pool   # where partitions run (a Dask cluster); None: per settings.workers
         self.worker = new_worker_id()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -374,7 +375,7 @@ class BatchWorkers:
     def _run(self, batch_id: str) -> None:
         try:
             if run_batch(self.engine, self.policies(), batch_id, worker=self.worker, settings=self.settings,
-                         stop=self._stop):
+                         stop=self._stop, pool=self.pool):
                 log.warning("batch %s is DRAFT", batch_id)
         except Exception as exc:  # the lease runs out and a later scan (here or elsewhere) retries
             log.error("batch %s failed; it will be retried: %s", batch_id, error_text(exc),
