@@ -16,9 +16,8 @@ documents' own order depends on the database: see `ChunkRows`).
 from __future__ import annotations
 
 import json
-from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
-from functools import cache, cached_property
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -60,7 +59,8 @@ def read_columns(conn: Connection, usccs: Sequence[str], fact_years: Iterable[in
 
 
 def read_chunk(conn: Connection, usccs: Sequence[str]) -> ChunkRows:
-    """Every stored row of `usccs`, one SELECT per kind (per IN list), kept as columns."""
+    """Every stored row of `usccs` (one SELECT per kind, one more for the hires of the same
+    persons elsewhere), kept as columns and rows."""
     usccs = tuple(usccs)
     position = {uscc: index for index, uscc in enumerate(usccs)}
     if len(position) != len(usccs):
@@ -97,14 +97,14 @@ class KindRows:
     """The rows of one kind in a chunk, sorted by `owner` (the enterprise's index in the chunk),
     within an enterprise by the kind's key; `raw[name]` holds one column's values as read."""
 
-    def __init__(self, spec: KindSpec, names: tuple[str, ...], owner: Index,
-                 raw: dict[str, Sequence[Any]], chunk_size: int) -> None:
+    def __init__(self, spec: KindSpec, rows: list[Any], owner: Index, raw: dict[str, Sequence[Any]],
+                 chunk_size: int) -> None:
         self.spec = spec
         self.owner = owner
         self.raw = raw
-        # starts[i]:starts[i + 1] are the rows of enterprise i
-        self.starts = np.searchsorted(owner, np.arange(chunk_size + 1))
-        self._row_type = _row_type(spec.kind, names)
+        self._rows = rows  # the rows as read (attribute access): documents are built from them
+        # _starts[i]:_starts[i + 1] are the rows of enterprise i
+        self._starts: list[int] = np.searchsorted(owner, np.arange(chunk_size + 1)).tolist()
         self._encoded: dict[str, Column] = {}
 
     def __len__(self) -> int:
@@ -117,10 +117,8 @@ class KindRows:
         return self._encoded[name]
 
     def rows_of(self, index: int) -> list[Any]:
-        """The rows of enterprise `index`, as objects with one attribute per column read."""
-        columns = self.raw.values()
-        return [self._row_type(*(column[row] for column in columns))
-                for row in range(self.starts[index], self.starts[index + 1])]
+        """The rows of enterprise `index`, with one attribute per column read."""
+        return self._rows[self._starts[index]:self._starts[index + 1]]
 
 
 class ChunkRows:
@@ -155,7 +153,9 @@ class ChunkRows:
         return build_document(rows, fact_year)
 
     def columns(self, fact_year: int) -> FactColumns:
-        """The chunk's facts for one fact year, in the order of its USCCs."""
+        """The chunk's facts for one fact year, in the order of its USCCs. The columns of several
+        fact years share the year-independent arrays (registry facts, collections), which are
+        therefore read-only."""
         yearly = {spec.group: self._final_rows(spec, fact_year) for spec in _YEARLY}
         year_facts = {**{f"{spec.group}.{name}": self._scatter(spec, name, *yearly[spec.group])
                          for spec in _YEARLY for name in spec.fact_fields},
@@ -176,6 +176,8 @@ class ChunkRows:
             rows, "industry_code", "enterprise.industry_section", derived.industry_section)
         facts["enterprise.has_bank_account"] = self._derived(
             rows, _BANK_ACCOUNT_NO, "enterprise.has_bank_account", derived.has_bank_account)
+        for column in facts.values():
+            _freeze(column)
         return facts
 
     @cached_property
@@ -190,8 +192,10 @@ class ChunkRows:
             missing = set(fields) - set(columns)
             if missing:
                 raise KeyError(f"no column reader for {spec.group} fields {sorted(missing)}")
-            refs = _refs(spec, rows)
-            out[spec.group] = RecordColumns(rows.owner, {name: columns[name] for name in fields}, refs)
+            for column in columns.values():
+                _freeze(column)
+            rows.owner.flags.writeable = False
+            out[spec.group] = RecordColumns(rows.owner, {name: columns[name] for name in fields}, _refs(spec, rows))
         return out
 
     @cached_property
@@ -273,7 +277,7 @@ def _read_kind(conn: Connection, spec: KindSpec, position: dict[str, int]) -> Ki
     order = np.argsort(owner, kind="stable")  # stable: the key order within an enterprise stays
     fetched = [fetched[i] for i in order.tolist()]
     transposed = list(zip(*fetched)) if fetched else [() for _ in names]
-    return KindRows(spec, names, owner[order], dict(zip(names, transposed)), len(position))
+    return KindRows(spec, fetched, owner[order], dict(zip(names, transposed)), len(position))
 
 
 def _counting_hires(conn: Connection, hires: KindRows) -> set[derived.HireKey]:
@@ -335,12 +339,6 @@ def _python_at(n: int, owners: Index, values: Sequence[Any], rows: Index) -> lis
     return out
 
 
-@cache
-def _row_type(kind: str, names: tuple[str, ...]) -> Any:
-    """A row with one attribute per column read, as `build_document` reads rows."""
-    return namedtuple(kind, names)  # type: ignore[misc]
-
-
 def _encoded(kind: ScalarKind, raw: Sequence[FactValue | None]) -> Column:
     """`Column.of(kind, raw)`, without its value-by-value loop where every value is on record
     (the usual case: most columns are NOT NULL)."""
@@ -360,6 +358,12 @@ def _placed(kind: ScalarKind, n: int, owners: Index, values: npt.NDArray[Any],
     on_record = np.zeros(n, dtype=np.bool_)
     on_record[owners] = known
     return Column(out, on_record)
+
+
+def _freeze(column: Column) -> None:
+    """Shared by the columns of every fact year: a write would change them all."""
+    column.values.flags.writeable = False
+    column.known.flags.writeable = False
 
 
 _PLACEHOLDERS: dict[ScalarKind, Any] = {}

@@ -315,3 +315,16 @@ def test_documents_compared_here_hold_records(reference_rows: dict[str, Enterpri
     assert all(any(d.collections[name] for d in documents) for name in CATALOGUE.collections)
     counted = {r.fields["counts_for_enterprise"] for d in documents for r in d.collections["hires"]}
     assert counted == {True, False}
+
+
+def test_what_the_fact_years_share_is_read_only(registry: Engine) -> None:
+    with registry.connect() as conn:
+        got = read_columns(conn, [STALE, NULLS, HIRER_A], [2024, 2025])
+    assert got[2024].collections["hires"] is got[2025].collections["hires"]
+    assert got[2024].facts["enterprise.name"] is got[2025].facts["enterprise.name"]
+    with pytest.raises(ValueError, match="read-only"):
+        got[2024].collections["hires"].fields["age"].values[0] = 99
+    with pytest.raises(ValueError, match="read-only"):
+        got[2024].facts["enterprise.has_bank_account"].known[0] = False
+    got[2024].facts["tax.employees"].values[0] = 1  # a fact year's own column is its own
+    assert got[2025].facts["tax.employees"].values[0] != 1 or not got[2025].facts["tax.employees"].known[0]
