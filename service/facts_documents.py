@@ -17,6 +17,7 @@ from enterprise_registry.models import (
     Qualification,
     SocialInsuranceYear,
     TaxYear,
+    table_for,
 )
 from rules.facts import Fact, FactsDocument, Record
 
@@ -203,8 +204,12 @@ def load_rows(conn: Connection, usccs: list[str]) -> dict[str, EnterpriseRows]:
 
 
 def _rows(conn: Connection, model: Any, usccs: list[str]) -> Sequence[Any]:
+    # In key order: a document (and so its snapshot's hash) must not depend on the database's
+    # row order (PostgreSQL returns a heap's order, which an upsert changes).
     table = model.__table__
-    return conn.execute(select(table).where(table.c.uscc.in_(usccs))).all()
+    key = next(spec.key for spec in KINDS.values() if table_for(spec.kind) is table)
+    return conn.execute(select(table).where(table.c.uscc.in_(usccs))
+                        .order_by(*(table.c[name] for name in key))).all()
 
 
 def _counting_hires(conn: Connection, hires: list[Any]) -> set[derived.HireKey]:

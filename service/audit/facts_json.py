@@ -6,7 +6,7 @@ from datetime import date
 from typing import Any
 
 from rules.facts import Catalogue, Fact, FactsDocument, Record
-from service.audit.canonical import canonical_json, sha256_hex
+from service.audit.canonical import canonical_json_of_typed, sha256_hex
 
 
 def document_to_json(document: FactsDocument) -> dict[str, Any]:
@@ -21,7 +21,7 @@ def document_to_json(document: FactsDocument) -> dict[str, Any]:
 
 def snapshot_of(document: FactsDocument) -> tuple[str, str]:
     """The facts snapshot of a document: its canonical JSON text and that text's SHA-256."""
-    text = canonical_json(document_to_json(document))
+    text = canonical_json_of_typed(document_to_json(document))
     return text.decode(), sha256_hex(text)
 
 

@@ -30,7 +30,7 @@ from rules.evaluator import Evaluation
 from rules.facts import FactsDocument
 from rules.loader import LoadedPolicy
 from service.audit.bulk import insert_rows, store_snapshots
-from service.audit.canonical import canonical_json, sha256_hex
+from service.audit.canonical import canonical_json_of_typed, sha256_hex
 from service.audit.decision import Decision
 from service.audit.facts_json import document_from_json, document_to_json, snapshot_of
 from service.audit.ledger import LedgerEntry, append_many, ledger_transaction
@@ -116,7 +116,7 @@ def prepare_decision(decision: Decision, facts_json: str, facts_sha256: str, act
         "recorded_at": _now(), "batch_id": batch_id, "service_version": SERVICE_VERSION}
     if payout_note:
         record["payout_note"] = payout_note
-    record_json = canonical_json(record)
+    record_json = canonical_json_of_typed(record)
     return PreparedRecord(decision, evaluation_id, batch_id, record_json.decode(), sha256_hex(record_json),
                           facts_json, facts_sha256)
 

@@ -9,26 +9,22 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from enterprise_registry.models import Enterprise
-from rules.columns import FactColumns, from_documents
+from rules.columns import FactColumns
 from rules.facts import FactsDocument
 from service.audit.facts_json import snapshot_of
-from service.catalogue import CATALOGUE
-from service.facts_documents import EnterpriseRows, build_document, load_rows
+from service.evaluation.columns import ChunkRows
+from service.evaluation.columns import read_chunk as read_rows
 
 
 @dataclass
 class Chunk:
     usccs: Sequence[str]
     columns: dict[int, FactColumns]
-    rows: Sequence[EnterpriseRows]
-    _documents: dict[tuple[int, int], FactsDocument] = field(default_factory=dict)
+    rows: ChunkRows
     _snapshots: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
 
     def document(self, row: int, fact_year: int) -> FactsDocument:
-        key = (row, fact_year)
-        if key not in self._documents:
-            self._documents[key] = build_document(self.rows[row], fact_year)
-        return self._documents[key]
+        return self.rows.document(self.usccs[row], fact_year)
 
     def snapshot(self, row: int, fact_year: int) -> tuple[str, str]:
         """The facts snapshot of one enterprise and fact year (JSON and its SHA-256), made once
@@ -48,10 +44,7 @@ def next_usccs(conn: Connection, after: str, limit: int, *, last: str | None = N
 
 
 def read_chunk(conn: Connection, usccs: Sequence[str], fact_years: Iterable[int]) -> Chunk:
-    """The chunk's rows, read with one query per kind, and its columns for each fact year."""
-    loaded = load_rows(conn, list(usccs))
-    rows = [loaded[uscc] for uscc in usccs]
-    chunk = Chunk(usccs, {}, rows)
-    for year in fact_years:
-        chunk.columns[year] = from_documents([chunk.document(i, year) for i in range(len(rows))], CATALOGUE)
-    return chunk
+    """The chunk read with one query per kind (`service.evaluation.columns`), as columns for each
+    fact year."""
+    rows = read_rows(conn, usccs)
+    return Chunk(usccs, {year: rows.columns(year) for year in dict.fromkeys(fact_years)}, rows)
