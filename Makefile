@@ -25,7 +25,7 @@ REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-columns bench-ledger bench-money proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-columns bench-ledger bench-money bench-records bench-trace proto run serve serve-background stop seed check-rules test test-slow test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -94,8 +94,11 @@ audit-verify: install  ## verify the ledger, every stored record and the newest 
 stop:  ## stop the background server
 	@if [ -f var/server.pid ]; then kill $$(cat var/server.pid) 2>/dev/null || true; rm -f var/server.pid; fi
 
-test: install node-deps  ## the whole suite: unit, integration, policy cases, on SQLite and PostgreSQL
-	$(BIN)/python -m pytest -q
+test: install node-deps  ## the whole suite but the slow tests: unit, integration, policy cases, on SQLite and PostgreSQL
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install  ## the slow large-volume tests only (100,000 enterprises: registry load, vectorised differential)
+	$(BIN)/python -m pytest -q -m slow
 
 node-deps: tests/node/node_modules/.installed  ## the Node.js client's packages (from its lock file)
 
@@ -117,6 +120,9 @@ bench: install  ## the province run: N enterprises (N=, DB=sqlite|postgresql, WO
 
 bench-rules: install  ## evaluation throughput against a plain-Python baseline, measured in the same run
 	$(BIN)/python benchmarks/bench_rules.py
+
+bench-trace: install  ## trace pairs/s: the interpreter vs the vectorised trace (chunks of 2,000), and the ratio
+	$(BIN)/python benchmarks/bench_trace.py
 
 bench-ledger: install  ## ledger appends/s vs plain inserts in one transaction; verification entries/s
 	$(BIN)/python benchmarks/bench_ledger.py
