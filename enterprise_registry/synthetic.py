@@ -5,32 +5,47 @@ built from word lists, and no fact is attached to a real company. Output depends
 (count, seed): one `random.Random(seed)` drives every draw, in a fixed order, and memory stays
 constant (counters and a small ring buffer), so a million enterprises stream as easily as ten.
 
-The data is meant to exercise every reference policy for periods 2024 and 2025 (fact years
-2023 and 2024): besides the ordinary spread, one enterprise in 25 is an "edge case" built to sit
+The data is meant to exercise every reference policy for every period the pack covers
+(PERIOD_YEARS) and so holds yearly facts, hires and grants for every year those periods read
+(FACT_YEARS). Besides the ordinary spread, one enterprise in 25 is an "edge case" built to sit
 on a boundary a policy tests (a layoff rate of exactly 5.5%, 30 insured at the start of the
-year, revenue one fen below a threshold, little giant and single champion in one year, ...).
+year, revenue one fen below a threshold, a refund ending in half a fen, a record extracted a day
+before its year ended, little giant and single champion in one year, ...); successive
+occurrences of each edge case take the periods in turn.
 """
 from __future__ import annotations
 
 import math
 import random
+from bisect import bisect
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.regions import XIANGYANG
 
-PERIOD_YEARS = (2024, 2025)  # policy periods the data is made for
-FACT_YEARS = (2023, 2024)  # the years before them, which the policies read
-HIRE_YEARS = PERIOD_YEARS
-REGISTRY_AS_OF = date(2025, 6, 30)
+T = TypeVar("T")
+
+# The policy periods the data is made for: the reference pack's coverage (rules/policies/*.yaml,
+# `effective:`): every policy from 2022, and 2025 the last period any of them names
+# (stable-jobs-refund's last_period, job-expansion-subsidy's periods). The registry cannot read
+# the pack (it knows nothing of rules); test_synthetic.py checks these against it.
+PERIOD_YEARS: tuple[int, ...] = tuple(range(2022, 2026))
+# The years those periods read: `fact_year: previous` the year before the first period,
+# `fact_year: period` up to the last. Tax, social insurance, hires and grants exist for each.
+FACT_YEARS: tuple[int, ...] = tuple(range(PERIOD_YEARS[0] - 1, PERIOD_YEARS[-1] + 1))
+HIRE_YEARS = FACT_YEARS
+# Headcount is drawn from the year before the first fact year: its year-end is that year's start.
+FIGURE_YEARS: tuple[int, ...] = (FACT_YEARS[0] - 1, *FACT_YEARS)
+# The extract date: after the last fact year's tax settlement (as of 31 May the year after).
+REGISTRY_AS_OF = date(FACT_YEARS[-1] + 1, 6, 30)
 WAN_FEN = 1_000_000  # 1 万元 = 10,000 yuan = 1,000,000 fen
 EDGE_EVERY = 25  # one enterprise in EDGE_EVERY is an edge case
 MAX_COUNT = 31**5  # distinct post-2015 organisation codes MA4xxxxx: 28.6 million
@@ -169,14 +184,38 @@ _BRANCHES = ("分行", "樊城支行", "襄城支行", "高新支行")
 # Thresholds of the SME standard (staff; revenue and assets in 万元) for edge cases to sit on.
 _STAFF_EDGES = (5, 10, 20, 50, 100, 200, 300, 1000)
 _MONEY_EDGES_WAN = (50, 100, 300, 500, 1000, 2000, 5000, 20000, 40000)
+# Insured months on both sides of job-expansion-subsidy's minimum (1 in 2023, 3 from 2025).
+_INSURED_MONTHS_EDGES = (0, 1, 2, 3)
+# Early extracts of a yearly record, in days before its year's last day: mid-year and the day
+# before (stale: the record does not yet describe the whole year), and the last day itself.
+_EARLY_EXTRACT_DAYS = (184, 1, 0)
+_STALE_EXTRACT_DAYS = _EARLY_EXTRACT_DAYS[:2]
 
+# Edge cases in turn, one unit in EDGE_EVERY (new ones go last: small registries that tests
+# build keep the first ones).
 _EDGE_CASES = (
     "size_boundary", "layoff_exactly_5_5", "small_employer_20pct", "small_employer_31",
     "ui_months_11", "ui_arrears", "zero_insured", "labor_dispatch", "no_bank_account",
-    "missing_2024", "si_class_missing", "high_tech_first_big", "high_tech_first_50m",
+    "missing_record", "si_class_missing", "high_tech_first_big", "high_tech_first_50m",
     "high_tech_recert", "little_giant_and_champion", "above_size_emerging", "listed_current",
-    "listed_removed", "tax_credit_d", "youth_hires", "shared_hire", "size_boundary",
+    "listed_removed", "tax_credit_d", "youth_hires", "shared_hire", "stale_record",
+    "refund_half_fen", "hire_insured_months", "size_boundary",
 )
+# Consecutive units holding every edge case once for every period.
+EDGE_CYCLE = EDGE_EVERY * len(_EDGE_CASES) * len(PERIOD_YEARS)
+# Without a bank account every policy's conditions hold but nothing is payable (HELD): the edge
+# case carries the titles, the first entry, a first high-tech grant and hires of its period.
+_INDUSTRIAL_EDGES = ("above_size_emerging", "little_giant_and_champion", "size_boundary",
+                     "no_bank_account")
+_HIRING_EDGES = ("youth_hires", "shared_hire", "hire_insured_months", "no_bank_account")
+_GRADUATE_EDGES = ("hire_insured_months", "no_bank_account")  # hires that otherwise qualify
+
+# The as_of of each yearly record: the departments' year-end extracts.
+_TAX_AS_OF = {year: f"{year + 1}-05-31" for year in FACT_YEARS}
+_SI_AS_OF = {year: f"{year + 1}-01-31" for year in FACT_YEARS}
+_HIRE_AS_OF = {year: date(year + 1, 1, 31) for year in HIRE_YEARS}
+
+Gaps = dict[tuple[str, int], str | None]  # (department, year) -> None: no record; else its as_of
 
 
 @dataclass
@@ -191,7 +230,7 @@ class _Unit:
     industry: str
     established: date
     edge_year: int  # the period an edge case is built for
-    employees: dict[int, int] = field(default_factory=dict)  # year-end headcount, 2022..2024
+    employees: dict[int, int] = field(default_factory=dict)  # year-end headcount, FIGURE_YEARS
     revenue: dict[int, int] = field(default_factory=dict)  # fen
     assets: dict[int, int] = field(default_factory=dict)  # fen
     coverage: float = 1.0  # share of the staff insured
@@ -235,41 +274,46 @@ class _Generator:
     def unit(self, index: int) -> Iterator[dict[str, Any]]:
         rng = self.rng
         edge = None
+        edge_year = PERIOD_YEARS[-1]
         if index % EDGE_EVERY == self.edge_phase:
-            edge = _EDGE_CASES[(index // EDGE_EVERY) % len(_EDGE_CASES)]
+            # Successive occurrences of one edge case take the periods in turn, each edge case
+            # from its own starting period: a small registry has edge cases in every period.
+            occurrence, kind = divmod(index // EDGE_EVERY, len(_EDGE_CASES))
+            edge = _EDGE_CASES[kind]
+            edge_year = PERIOD_YEARS[(kind + occurrence) % len(PERIOD_YEARS)]
         org_type = _ORG_TYPE_CHOICE.draw(rng)
         if edge is not None:
             org_type = "enterprise"  # edge cases test enterprise rules
         region = _REGION_CHOICE.draw(rng)
         if org_type in _OTHER_UNITS:
             industries, words = _OTHER_UNITS[org_type]
-            choice = rng.randrange(len(industries))
+            choice = _below(rng, len(industries))
             industry, word = industries[choice], words[choice]
         else:
             industry = _INDUSTRY_CHOICE.draw(rng)
             if edge == "labor_dispatch":
                 industry = "L7263"
-            elif edge in ("above_size_emerging", "little_giant_and_champion", "size_boundary"):
-                industry = rng.choice(("C3660", "C3484", "C3841", "C2669"))
-            word = rng.choice(_INDUSTRY[industry][3])
+            elif edge in _INDUSTRIAL_EDGES:
+                industry = _pick(rng, ("C3660", "C3484", "C3841", "C2669"))
+            word = _pick(rng, _INDUSTRY[industry][3])
         established = self._established(org_type, edge)
         uscc = self._uscc(index, org_type, region, established)
-        # Successive occurrences of one edge case alternate between the two periods.
-        edge_year = PERIOD_YEARS[(index // (EDGE_EVERY * len(_EDGE_CASES))) % 2]
         unit = _Unit(index, edge, org_type, uscc, region, industry, established, edge_year)
         self._figures(unit)
 
         yield self._enterprise(unit, word)
-        missing = self._missing_years(unit)
+        gaps = self._gaps(unit)
         for year in FACT_YEARS:
             if year < established.year:
                 continue
-            if org_type != "government" and ("tax", year) not in missing:
-                yield self._tax_year(unit, year)
-            if ("si", year) not in missing:
-                yield self._social_insurance_year(unit, year)
+            as_of = gaps.get(("tax", year), _TAX_AS_OF[year]) if org_type != "government" else None
+            if as_of is not None:
+                yield self._tax_year(unit, year, as_of)
+            as_of = gaps.get(("si", year), _SI_AS_OF[year])
+            if as_of is not None:
+                yield self._social_insurance_year(unit, year, as_of)
         if org_type not in ("government", "public_institution") and (
-            rng.random() < 0.30 or edge in ("youth_hires", "shared_hire")
+            rng.random() < 0.30 or edge in _HIRING_EDGES
         ):
             yield from self._hires(unit)
         yield from self._qualifications(unit)
@@ -278,16 +322,16 @@ class _Generator:
     def _established(self, org_type: str, edge: str | None) -> date:
         rng = self.rng
         if org_type == "government":
-            year = rng.randint(1950, 2000)
+            year = _between(rng, 1950, 2000)
         elif org_type == "public_institution":
-            year = rng.randint(1960, 2015)
+            year = _between(rng, 1960, 2015)
         elif edge is not None:
-            year = rng.randint(1995, 2020)  # old enough to have both fact years
-        elif rng.random() < 0.01:
-            return date(2025, 1, 1) + timedelta(days=rng.randrange(180))  # no fact year yet
+            year = _between(rng, 1995, FACT_YEARS[0] - 1)  # old enough to have every fact year
+        elif rng.random() < 0.01:  # registered this year: no fact year yet
+            return date(REGISTRY_AS_OF.year, 1, 1) + timedelta(days=_below(rng, 180))
         else:
-            year = max(1985, 2024 - int(rng.expovariate(1 / 12)))
-        return date(year, 1, 1) + timedelta(days=rng.randrange(365))
+            year = max(1985, FACT_YEARS[-1] - int(rng.expovariate(1 / 12)))
+        return date(year, 1, 1) + timedelta(days=_below(rng, 365))
 
     def _uscc(self, index: int, org_type: str, region: str, established: date) -> str:
         # Codes issued since the 2015 reform carry organisation codes like MA4xxxxx; older
@@ -315,10 +359,10 @@ class _Generator:
     # -- figures ----------------------------------------------------------------------------
 
     def _figures(self, unit: _Unit) -> None:
-        """Headcount, revenue and assets for 2022..2024, correlated and size-spread."""
+        """Headcount, revenue and assets for FIGURE_YEARS, correlated and size-spread."""
         rng = self.rng
         if unit.org_type in ("government", "public_institution"):
-            staff = float(rng.randint(20, 600))
+            staff = float(_between(rng, 20, 600))
         else:
             segment = rng.random()
             if segment < 0.74:
@@ -331,45 +375,58 @@ class _Generator:
         productivity = rng.lognormvariate(0, 0.5)
         unit.coverage = rng.uniform(0.55, 1.0)
         asset_ratio = rng.lognormvariate(math.log(3.0 if unit.industry == "K7010" else 0.8), 0.5)
-        for year in (2022, 2023, 2024):
-            staff *= rng.lognormvariate(0.03, 0.12)
+        established = unit.established
+        # The hot loop (every unit, every year): lognormals from `gauss`, which draws normals in
+        # pairs, a quarter cheaper than `lognormvariate`.
+        gauss, random_, exp = rng.gauss, rng.random, math.exp
+        for year in FIGURE_YEARS:
+            staff *= exp(0.03 + 0.12 * gauss())
             employees = min(5000, max(1, round(staff)))
-            revenue = int(employees * per_head * productivity * rng.lognormvariate(0.02, 0.1) * 100)
-            if year == unit.established.year:  # a first, partial year
-                revenue = revenue * (13 - unit.established.month) // 12
+            revenue = int(employees * per_head * productivity * exp(0.02 + 0.1 * gauss()) * 100)
+            if year == established.year:  # a first, partial year
+                revenue = revenue * (13 - established.month) // 12
             unit.employees[year] = employees
-            unit.revenue[year] = revenue + rng.randrange(100)
-            unit.assets[year] = int(revenue * asset_ratio) + rng.randrange(100)
+            unit.revenue[year] = revenue + int(random_() * 100)
+            unit.assets[year] = int(revenue * asset_ratio) + int(random_() * 100)
         if unit.edge == "size_boundary":
             for year in FACT_YEARS:
-                unit.employees[year] = rng.choice(_STAFF_EDGES) - rng.randint(0, 1)
-                unit.revenue[year] = rng.choice(_MONEY_EDGES_WAN) * WAN_FEN - rng.randint(0, 1)
-                unit.assets[year] = rng.choice(_MONEY_EDGES_WAN) * WAN_FEN - rng.randint(0, 1)
+                unit.employees[year] = _pick(rng, _STAFF_EDGES) - _below(rng, 2)
+                unit.revenue[year] = _pick(rng, _MONEY_EDGES_WAN) * WAN_FEN - _below(rng, 2)
+                unit.assets[year] = _pick(rng, _MONEY_EDGES_WAN) * WAN_FEN - _below(rng, 2)
         elif unit.edge == "high_tech_first_big":
             for year in FACT_YEARS:
-                unit.revenue[year] = rng.randint(20_000, 80_000) * WAN_FEN + rng.randrange(WAN_FEN)
-                unit.employees[year] = rng.randint(300, 2000)
+                unit.revenue[year] = _between(rng, 20_000, 80_000) * WAN_FEN + _below(rng, WAN_FEN)
+                unit.employees[year] = _between(rng, 300, 2000)
         elif unit.edge == "high_tech_first_50m":
             for year in FACT_YEARS:
-                unit.revenue[year] = 5_000 * WAN_FEN + rng.choice((-1, 0, 1))
+                unit.revenue[year] = 5_000 * WAN_FEN + _below(rng, 3) - 1
 
-    def _missing_years(self, unit: _Unit) -> set[tuple[str, int]]:
-        """Fact records a department does not (yet) have: ~5% miss some 2024 data."""
+    def _gaps(self, unit: _Unit) -> Gaps:
+        """Yearly records a department does not (yet) have, or has only as extracted early:
+        ~6.5% of units, in any fact year; the missing- and stale-record edge cases in the year
+        their period reads (yearly records are read for the previous year)."""
         rng = self.rng
-        draw = rng.random()
-        if unit.edge == "missing_2024":
-            draw *= 0.05
-        elif unit.edge is not None:
-            return set()
+        if unit.edge is None:
+            draw = rng.random()
+            if draw >= 0.065:
+                return {}
+            year = _pick(rng, FACT_YEARS)
+        elif unit.edge == "missing_record":
+            draw, year = rng.random() * 0.05, unit.edge_year - 1
+        elif unit.edge == "stale_record":  # both records of the year, extracted before it ended
+            year = unit.edge_year - 1
+            return {(department, year): _early_extract(rng, year, _STALE_EXTRACT_DAYS)
+                    for department in ("tax", "si")}
+        else:
+            return {}
         if draw < 0.02:
-            return {("tax", 2024)}
+            return {("tax", year): None}
         if draw < 0.04:
-            return {("si", 2024)}
+            return {("si", year): None}
         if draw < 0.05:
-            return {("tax", 2024), ("si", 2024)}
-        if draw < 0.06:
-            return {("si", 2023)}
-        return set()
+            return {("tax", year): None, ("si", year): None}
+        department = "si" if draw < 0.06 else "tax"
+        return {(department, year): _early_extract(rng, year, _EARLY_EXTRACT_DAYS)}
 
     # -- records ----------------------------------------------------------------------------
 
@@ -385,8 +442,8 @@ class _Generator:
             unit.org_type == "enterprise" and rng.random() < dispatch_odds
         )
         account: dict[str, str] | None = {
-            "bank_name": f"{rng.choice(_BANKS)}襄阳{rng.choice(_BRANCHES)}",
-            "account_no": "".join(str(rng.randrange(10)) for _ in range(19)),
+            "bank_name": f"{_pick(rng, _BANKS)}襄阳{_pick(rng, _BRANCHES)}",
+            "account_no": f"{rng.getrandbits(64) % 10**19:019d}",  # 19 digits, one draw
             "account_name": name,
         }
         if rng.random() < 0.04 or unit.edge == "no_bank_account":
@@ -395,7 +452,7 @@ class _Generator:
             "kind": "enterprise",
             "uscc": unit.uscc,
             "source": "market_regulation",
-            "as_of": REGISTRY_AS_OF.isoformat(),
+            "as_of": _REGISTRY_AS_OF,
             "name": name,
             "org_type": unit.org_type,
             "region_code": unit.region,
@@ -406,78 +463,86 @@ class _Generator:
             "bank_account": account,
         }
 
-    def _tax_year(self, unit: _Unit, year: int) -> dict[str, Any]:
+    def _tax_year(self, unit: _Unit, year: int, as_of: str) -> dict[str, Any]:
         rng = self.rng
+        edge = unit.edge
         revenue = unit.revenue[year]
         industrial = unit.industry[0] in "BCD"
-        main = revenue if not industrial else revenue * rng.randint(82, 100) // 100
-        if unit.edge in ("size_boundary", "high_tech_first_50m"):
+        main = revenue if not industrial else revenue * _between(rng, 82, 100) // 100
+        if edge in ("size_boundary", "high_tech_first_50m"):
             main = revenue  # industry is classed by main-business revenue: keep it on the edge
         researching = unit.industry[0] in "CIM" and rng.random() < 0.5
         rating = _RATING_CHOICE.draw(rng)
         if unit.established.year >= year and rating in ("A", "B"):
             rating = "M"  # a taxpayer new in the year is rated M
-        if unit.edge == "tax_credit_d":
+        if edge == "tax_credit_d":
             rating = "D"
-        elif unit.edge is not None and rating == "D":
+        elif edge is not None and rating == "D":
             rating = "B"  # keep other edge cases about their own boundary
         return {
             "kind": "tax_year",
             "uscc": unit.uscc,
             "source": "tax",
-            "as_of": f"{year + 1}-05-31",
+            "as_of": as_of,
             "year": year,
             "employees": unit.employees[year],
             "revenue_fen": revenue,
             "main_business_revenue_fen": main,
             "total_assets_fen": unit.assets[year],
-            "tax_paid_fen": revenue * rng.randint(5, 50) // 1000,
-            "rd_expense_fen": revenue * rng.randint(1, 60) // 1000 if researching else 0,
+            "tax_paid_fen": revenue * _between(rng, 5, 50) // 1000,
+            "rd_expense_fen": revenue * _between(rng, 1, 60) // 1000 if researching else 0,
             "credit_rating": rating,
         }
 
-    def _social_insurance_year(self, unit: _Unit, year: int) -> dict[str, Any]:
+    def _social_insurance_year(self, unit: _Unit, year: int, as_of: str) -> dict[str, Any]:
         rng = self.rng
+        random_ = rng.random  # the record drawn most often: uniform draws inlined
         edge = unit.edge
-        new = year == unit.established.year
+        established = unit.established
+        new = year == established.year
         start = 0 if new else round(unit.employees[year - 1] * unit.coverage)
         end = round(unit.employees[year] * unit.coverage)
-        average = max(1, round((start + end) / 2 * rng.uniform(0.95, 1.05))) if start + end else 0
-        draw = rng.random()
+        average = max(1, round((start + end) / 2 * (0.95 + 0.1 * random_()))) if start + end else 0
+        draw = 0.0 if edge == "refund_half_fen" else random_()  # that edge is about the amount
         if draw < 0.84:
-            claimants = int(average * rng.uniform(0, 0.05))
+            claimants = int(average * 0.05 * random_())
         elif draw < 0.96:
-            claimants = max(1, round(average * rng.uniform(0.056, 0.20)))
+            claimants = max(1, round(average * (0.056 + 0.144 * random_())))
         else:
-            claimants = max(1, round(average * rng.uniform(0.2, 0.4)))
+            claimants = max(1, round(average * (0.2 + 0.2 * random_())))
         claimants = min(claimants, average)
         exact = self._exact_layoffs(edge)
         if exact is not None:
             start, average, per_mille = exact
             end = average
             claimants = average * per_mille // 1000
-        layoffs = claimants + rng.randint(0, claimants)
-        months_this_year = 12 if year > unit.established.year else 12 - unit.established.month
-        months_paid = min(600, (year - unit.established.year) * 12 + months_this_year)
-        gap = rng.random() < 0.07  # contributions interrupted: the run restarted this year
+        layoffs = claimants + int(random_() * (claimants + 1))
+        months_this_year = 12 if year > established.year else 12 - established.month
+        months_paid = min(600, (year - established.year) * 12 + months_this_year)
+        gap = random_() < 0.07  # contributions interrupted: the run restarted this year
         if edge == "ui_months_11":
             months_paid = min(months_paid, 11)
         elif gap and edge is None:
-            months_paid = min(months_paid, rng.randint(0, 11))
-        wage_fen = rng.randint(350_000, 900_000)  # monthly contribution base per person
+            months_paid = min(months_paid, int(random_() * 12))
+        wage_fen = 350_000 + int(random_() * 550_001)  # monthly contribution base per person
         premium = average * months_this_year * wage_fen * 7 // 1000  # employer rate 0.7%
-        premium += rng.randrange(100) if premium else 0
-        back = rng.randint(1, premium // 5) if premium > 5 and rng.random() < 0.05 else 0
-        late = rng.randint(1, max(1, premium // 50)) if premium and rng.random() < 0.03 else 0
+        premium += int(random_() * 100) if premium else 0
+        back = _between(rng, 1, premium // 5) if premium > 5 and random_() < 0.05 else 0
+        late = _between(rng, 1, max(1, premium // 50)) if premium and random_() < 0.03 else 0
         size_class: str | None = _rough_size_class(unit.industry, unit.employees[year],
                                                    unit.revenue[year])
-        if rng.random() < 0.15 or edge == "si_class_missing":
+        if random_() < 0.15 or edge == "si_class_missing":
             size_class = None
+        if edge == "refund_half_fen":
+            # The refundable premium ends in 5 fen: times a rate of a half or of an odd number of
+            # tenths (30%, 50%, 90%) it leaves exactly half a fen, the rounding tie.
+            premium, back, late = premium - premium % 10 + 5, 0, 0
+            size_class = _pick(rng, ("large", "small"))
         return {
             "kind": "social_insurance_year",
             "uscc": unit.uscc,
             "source": "human_resources",
-            "as_of": f"{year + 1}-01-31",
+            "as_of": as_of,
             "year": year,
             "insured_start": start,
             "insured_end": end,
@@ -486,7 +551,7 @@ class _Generator:
             "ui_premium_paid_fen": premium,
             "ui_back_payment_fen": back,
             "ui_late_fee_fen": late,
-            "ui_arrears": edge == "ui_arrears" or (edge is None and rng.random() < 0.03),
+            "ui_arrears": edge == "ui_arrears" or (edge is None and random_() < 0.03),
             "layoffs": layoffs,
             "ui_benefit_claimants": claimants,
             "size_class": size_class,
@@ -495,10 +560,10 @@ class _Generator:
     def _exact_layoffs(self, edge: str | None) -> tuple[int, int, int] | None:
         """Insured at the start, average insured and claimants per mille of the layoff edges."""
         if edge == "layoff_exactly_5_5":  # 5.5% exactly: still within the limit
-            average = self.rng.choice((200, 400, 1000))
+            average = _pick(self.rng, (200, 400, 1000))
             return average, average, 55
         if edge == "small_employer_20pct":  # 30 insured at the start: the 20% limit applies
-            return 30, self.rng.choice((25, 30)), 200
+            return 30, _pick(self.rng, (25, 30)), 200
         if edge == "small_employer_31":  # 31 at the start: 10% is over the 5.5% limit
             return 31, 30, 100
         if edge == "zero_insured":  # nobody insured: a rate with a zero denominator
@@ -507,22 +572,23 @@ class _Generator:
 
     def _hires(self, unit: _Unit) -> Iterator[dict[str, Any]]:
         rng = self.rng
+        edge = unit.edge
         used: set[str] = set()
         for year in HIRE_YEARS:
-            if year < unit.established.year or (rng.random() < 0.3 and unit.edge is None):
+            if year < unit.established.year or (rng.random() < 0.3 and edge is None):
                 continue
-            count = 1 + min(40, int(rng.expovariate(1 / (1 + unit.employees[2024] / 40))))
+            count = 1 + min(40, int(rng.expovariate(1 / (1 + unit.employees[year] / 40))))
             for number in range(count):
                 person = None
-                if (unit.edge == "shared_hire" and number == 0) or rng.random() < 0.02:
+                if (edge == "shared_hire" and number == 0) or rng.random() < 0.02:
                     person = self._shared_person(unit, year, used)
                 if person is None:
-                    person = self._new_person(unit, year, youth_edges=unit.edge == "youth_hires")
+                    person = self._new_person(unit, year)
                     self.recent_hires.append(person)
                 used.add(person.ref)
                 yield self._hire_record(unit, person)
 
-    def _new_person(self, unit: _Unit, year: int, *, youth_edges: bool) -> _Person:
+    def _new_person(self, unit: _Unit, year: int) -> _Person:
         rng = self.rng
         self.persons += 1
         ref = f"P{self.person_perm(self.persons):010x}"
@@ -530,20 +596,22 @@ class _Generator:
         draw = rng.random()
         graduation_year: int | None = None
         age: int | None
+        youth_edges = unit.edge == "youth_hires"
         if youth_edges:
-            draw = rng.choice((0.1, 0.6))
+            draw = _pick(rng, (0.1, 0.6))
+        elif unit.edge in _GRADUATE_EDGES:
+            draw = 0.1
         if draw < 0.45:
             category = "graduate"
-            graduation_year = year - rng.choice((0, 0, 0, 1, 1, 2, 3))
-            age = rng.randint(20, 25) + (year - graduation_year)
+            graduation_year = year - _pick(rng, (0, 0, 0, 1, 1, 2, 3))
+            age = _between(rng, 20, 25) + (year - graduation_year)
         elif draw < 0.70:
             category = "unemployed_youth"
-            edges = (15, 16, 24, 25) if youth_edges else ()
-            age = rng.choice(edges) if edges else rng.randint(14, 30)
-            graduation_year = year - rng.randint(1, 5) if rng.random() < 0.3 else None
+            age = _pick(rng, (15, 16, 24, 25)) if youth_edges else _between(rng, 14, 30)
+            graduation_year = year - _between(rng, 1, 5) if rng.random() < 0.3 else None
         else:
             category = "other"
-            age = rng.randint(18, 59) if rng.random() < 0.9 else None
+            age = _between(rng, 18, 59) if rng.random() < 0.9 else None
         return _Person(ref, year, hired_on, category, graduation_year, age, unit.uscc)
 
     def _shared_person(self, unit: _Unit, year: int, used: set[str]) -> _Person | None:
@@ -553,7 +621,7 @@ class _Generator:
                       and p.ref not in used]
         if not candidates:
             return None
-        earlier = rng.choice(candidates)
+        earlier = _pick(rng, candidates)
         hired_on = earlier.hired_on
         if rng.random() < 0.6 or hired_on < unit.established:
             hired_on = _day_in_year(rng, year, unit.established)
@@ -562,10 +630,13 @@ class _Generator:
 
     def _hire_record(self, unit: _Unit, person: _Person) -> dict[str, Any]:
         rng = self.rng
-        as_of = date(person.year + 1, 1, 31)
+        as_of = _HIRE_AS_OF[person.year]
         covered = min(12, (as_of.year - person.hired_on.year) * 12
                       + as_of.month - person.hired_on.month)
-        insured = covered if rng.random() < 0.7 else rng.randint(0, covered)
+        if unit.edge == "hire_insured_months":
+            insured = min(covered, _pick(rng, _INSURED_MONTHS_EDGES))
+        else:
+            insured = covered if rng.random() < 0.7 else _below(rng, covered + 1)
         return {
             "kind": "hire",
             "uscc": unit.uscc,
@@ -590,47 +661,47 @@ class _Generator:
         section = unit.industry[0]
         granted: list[tuple[str, str, bool, int]] = []  # type, level, first_time, year
         tech_odds = 0.06 if section in "CIM" else 0.01
-        if edge in ("high_tech_first_big", "high_tech_first_50m"):
+        if edge in ("high_tech_first_big", "high_tech_first_50m", "no_bank_account"):
             granted.append(("high_tech", "national", True, unit.edge_year))
         elif edge == "high_tech_recert":
             granted.append(("high_tech", "national", False, unit.edge_year))
         elif edge is None and rng.random() < tech_odds:
             first = rng.random() < 0.6
-            granted.append(("high_tech", "national", first, rng.choice((2023, 2024, 2025))))
-        champion = edge == "little_giant_and_champion" or (
-            edge is None and section == "C" and rng.random() < 0.004
-        )
+            granted.append(("high_tech", "national", first, _pick(rng, FACT_YEARS)))
+        titled = edge in ("little_giant_and_champion", "no_bank_account")
+        champion = titled or (edge is None and section == "C" and rng.random() < 0.004)
         giant_draw = rng.random()
-        year = unit.edge_year if edge else rng.choice((2023, 2024, 2025))
+        year = unit.edge_year if edge else _pick(rng, FACT_YEARS)
         if champion:
             granted.append(("single_champion", "national", True, year))
-        if edge == "little_giant_and_champion" or (champion and rng.random() < 0.4):
+        if titled or (champion and rng.random() < 0.4):
             granted.append(("little_giant", "national", True, year))
         elif edge is None and giant_draw < 0.005:
             granted.append(("little_giant", "national", rng.random() < 0.9, year))
         elif edge is None and giant_draw < 0.025:
             granted.append(("little_giant", "provincial", True, year))
-        entering = edge == "above_size_emerging" or (edge is None and rng.random() < 0.04)
+        entry_edge = edge in ("above_size_emerging", "no_bank_account")
+        entering = entry_edge or (edge is None and rng.random() < 0.04)
         if section in "BCD" and entering:
             granted.append(("above_designated_size", "provincial", True, year))
-            if edge == "above_size_emerging" or rng.random() < 0.3:
+            if entry_edge or rng.random() < 0.3:
                 granted.append(("strategic_emerging", "provincial", True, year))
         if edge is None and rng.random() < 0.025:
-            level = rng.choice(("provincial", "city"))
+            level = _pick(rng, ("provincial", "city"))
             granted.append(("strategic_emerging", level, rng.random() < 0.7,
-                            rng.choice((2023, 2024, 2025))))
+                            _pick(rng, FACT_YEARS)))
         for kind, level, first_time, granted_year in granted:
             self.certificates += 1
-            granted_on = date(granted_year, 1, 1) + timedelta(days=rng.randrange(365))
+            granted_on = (date(granted_year, 1, 1) + timedelta(days=_below(rng, 365))).isoformat()
             yield {
                 "kind": "qualification",
                 "uscc": unit.uscc,
                 "source": "science_technology" if kind == "high_tech" else "industry_it",
-                "as_of": granted_on.isoformat(),
+                "as_of": granted_on,
                 "type": kind,
                 "level": level,
                 "first_time": first_time,
-                "granted_on": granted_on.isoformat(),
+                "granted_on": granted_on,
                 "certificate_no": _certificate_no(kind, granted_year, self.certificates),
             }
 
@@ -638,25 +709,25 @@ class _Generator:
         rng = self.rng
         edge = unit.edge
         if edge == "listed_current":
-            lists = [rng.choice(_EXCLUDING_LISTS)]
+            lists = [_pick(rng, _EXCLUDING_LISTS)]
         elif edge == "listed_removed":
-            lists = [rng.choice(_LIST_CHOICE.items)]
+            lists = [_pick(rng, _LIST_CHOICE.items)]
         elif edge is None and rng.random() < 0.02:
-            drawn = {_LIST_CHOICE.draw(rng) for _ in range(rng.choice((1, 1, 1, 2)))}
+            drawn = {_LIST_CHOICE.draw(rng) for _ in range(_pick(rng, (1, 1, 1, 2)))}
             lists = sorted(drawn)
         else:
             return
         for name in lists:
-            listed_on = _LISTINGS_FROM + timedelta(days=rng.randrange(_LISTING_DAYS))
+            listed_on = _LISTINGS_FROM + timedelta(days=_below(rng, _LISTING_DAYS))
             removed_on: date | None = None
             if edge == "listed_removed" or (edge is None and rng.random() < 0.45):
                 room = (REGISTRY_AS_OF - listed_on).days
-                removed_on = listed_on + timedelta(days=rng.randint(0, room))
+                removed_on = listed_on + timedelta(days=_below(rng, room + 1))
             yield {
                 "kind": "credit_listing",
                 "uscc": unit.uscc,
                 "source": "credit",
-                "as_of": REGISTRY_AS_OF.isoformat(),
+                "as_of": _REGISTRY_AS_OF,
                 "list": name,
                 "listed_on": listed_on.isoformat(),
                 "removed_on": removed_on.isoformat() if removed_on else None,
@@ -667,6 +738,7 @@ class _Generator:
 _EXCLUDING_LISTS = ("serious_dishonesty", "judgment_defaulter", "wage_arrears", "zombie")
 _LISTINGS_FROM = date(2019, 1, 1)
 _LISTING_DAYS = (REGISTRY_AS_OF - _LISTINGS_FROM).days
+_REGISTRY_AS_OF = REGISTRY_AS_OF.isoformat()
 _CERTIFICATE_PREFIX = {
     "high_tech": "GR",
     "little_giant": "XJR",
@@ -696,7 +768,28 @@ def write_jsonl(path: Path, count: int, seed: int) -> int:
 def _day_in_year(rng: random.Random, year: int, not_before: date) -> date:
     """A day of `year`, not before `not_before` (nobody is hired before the employer exists)."""
     first = max(date(year, 1, 1), not_before)
-    return first + timedelta(days=rng.randrange((date(year, 12, 31) - first).days + 1))
+    return first + timedelta(days=_below(rng, (date(year, 12, 31) - first).days + 1))
+
+
+def _early_extract(rng: random.Random, year: int, days_before_end: Sequence[int]) -> str:
+    """The as_of of a yearly record extracted that many days before its year's last day."""
+    return (date(year, 12, 31) - timedelta(days=_pick(rng, days_before_end))).isoformat()
+
+
+# Uniform draws from one `random()` each: `randrange`, `randint` and `choice` cost several
+# times as much, and records are drawn by the million.
+def _below(rng: random.Random, n: int) -> int:
+    """An integer in range(n), n >= 1."""
+    return int(rng.random() * n)
+
+
+def _between(rng: random.Random, low: int, high: int) -> int:
+    """An integer from low to high, both included."""
+    return low + int(rng.random() * (high - low + 1))
+
+
+def _pick(rng: random.Random, items: Sequence[T]) -> T:
+    return items[int(rng.random() * len(items))]
 
 
 def _certificate_no(kind: str, year: int, serial: int) -> str:
@@ -710,9 +803,12 @@ class _Weighted:
     def __init__(self, weights: dict[str, float]) -> None:
         self.items = tuple(weights)
         self.cumulative = tuple(accumulate(weights.values()))
+        self.total = self.cumulative[-1]
+        self.last = len(self.items) - 1
 
     def draw(self, rng: random.Random) -> str:
-        return rng.choices(self.items, cum_weights=self.cumulative)[0]
+        # What `rng.choices(items, cum_weights=...)` does, without its per-call set-up.
+        return self.items[bisect(self.cumulative, rng.random() * self.total, 0, self.last)]
 
 
 _ORG_TYPE_CHOICE = _Weighted({name: weight for name, (weight, _) in _ORG_TYPES.items()})

@@ -57,7 +57,7 @@ from service.server import RunningServer
 OPERATOR, APPROVER, AUDITOR = as_role("finance_operator"), as_role("finance_approver"), as_role("auditor")
 OPERATOR_PRINCIPAL, APPROVER_PRINCIPAL = "test-finance_operator", "test-finance_approver"
 
-REGISTRY_SIZE, REGISTRY_SEED = 400, 41  # seconds a cycle; every policy pays several, both titles one
+REGISTRY_SIZE, REGISTRY_SEED = 400, 117  # seconds a cycle; every policy pays several, both titles one
 CHUNK_SIZE = 50                          # enterprises a running batch commits at a time
 PAGE_SIZE = 37                           # lines per ListPayoutLines page: not a divisor of anything
 CYCLES = [("stable-jobs-refund", 2025), ("job-expansion-subsidy", 2025), ("above-size-entry-reward", 2025),
