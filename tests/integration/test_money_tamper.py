@@ -13,9 +13,9 @@ line of every state, every sealed column of `payout_batch` on a batch of every s
 column of `payout_export`, a row of each deleted, a forged row of each inserted, the seal rows
 edited, deleted, inserted, moved, relabelled, and a line and its seal edited together; the
 evaluation records deleted (named by their chunk), forged, rewritten and their filter columns
-edited. Each attack runs in a transaction that is rolled back, so the cases are independent. Part of the matrix runs through the real
-CLI (`benefits audit verify --db URL` via `service.cli.main`), with the attack committed and
-undone afterwards.
+edited. Each attack runs in a transaction that is rolled back, so the cases are independent.
+Part of the matrix runs through the real CLI (`benefits audit verify --db URL` via
+`service.cli.main`), with the attack committed and undone afterwards.
 """
 from __future__ import annotations
 
