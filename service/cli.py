@@ -273,11 +273,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _evaluate_period(args: argparse.Namespace) -> int:
     from rules.money import format_yuan
     from service.evaluation.period import evaluate_period
-    from service.facts_documents import DocumentSource
 
     policies = _policies(args.rules)
     with _database(args.db) as engine:
-        summary = evaluate_period(policies, DocumentSource(engine), period=args.period,
+        summary = evaluate_period(policies, engine, period=args.period,
                                   policy_ids=args.policy, today=args.as_of or date.today())
     if args.json:
         print(json.dumps({"period": summary.period, "enterprises": summary.enterprises,

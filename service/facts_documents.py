@@ -142,7 +142,7 @@ class DocumentSource:
         """One enterprise's rows (read once, for documents of several fact years), or None when
         nothing at all is on record for it."""
         with self.engine.connect() as conn:
-            rows = _load_rows(conn, [uscc])[uscc]
+            rows = load_rows(conn, [uscc])[uscc]
         return rows if _on_record(rows) else None
 
     def exists(self, uscc: str) -> bool:
@@ -161,13 +161,13 @@ class DocumentSource:
         with self.engine.connect() as conn:
             usccs = list(conn.execute(select(Enterprise.uscc).where(Enterprise.uscc > last)
                                       .order_by(Enterprise.uscc).limit(limit)).scalars())
-            loaded = _load_rows(conn, usccs) if usccs else {}
+            loaded = load_rows(conn, usccs) if usccs else {}
         return [loaded[uscc] for uscc in usccs]
 
     def rows_of(self, usccs: list[str]) -> list[EnterpriseRows]:
         """The rows of the given enterprises, in the given order."""
         with self.engine.connect() as conn:
-            loaded = _load_rows(conn, usccs) if usccs else {}
+            loaded = load_rows(conn, usccs) if usccs else {}
         return [loaded[uscc] for uscc in usccs]
 
     def count(self) -> int:
@@ -181,7 +181,7 @@ def _on_record(rows: EnterpriseRows) -> bool:
                                                rows.qualifications or rows.credit_listings)
 
 
-def _load_rows(conn: Connection, usccs: list[str]) -> dict[str, EnterpriseRows]:
+def load_rows(conn: Connection, usccs: list[str]) -> dict[str, EnterpriseRows]:
     out = {uscc: EnterpriseRows(uscc) for uscc in usccs}
     for ent in _rows(conn, Enterprise, usccs):
         out[ent.uscc].enterprise = ent

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from rules.vectorised import OUTCOMES, TRUE, ChunkTrace
 
 from rules.columns import FactColumns
 from rules.evaluator import ELIGIBLE, HELD
 from rules.loader import CompiledPolicy, LoadedPolicy
 from rules.packing import PackedMember, PackedRuleset, pack
+from rules.vectorised import FALSE, OUTCOMES, TRUE, UNKNOWN, ChunkTrace
+from service.audit.decision import MASK_CODES, MASK_SEPARATOR
 
 log = logging.getLogger("benefits.evaluation")
 
@@ -75,8 +76,8 @@ class PolicyDecisions:
         return int(self.trace.amount_fen[row])
 
     def mask(self, row: int) -> str:
-        """The clause results of one row: a character per condition, `/`, one per payable clause."""
-        return _mask(self.trace.conditions[row]) + "/" + _mask(self.trace.payable[row])
+        """The clause results of one row as a record stores them (`service.audit.decision`)."""
+        return _mask(self.trace.conditions[row]) + MASK_SEPARATOR + _mask(self.trace.payable[row])
 
     def tally(self) -> tuple[dict[str, int], int, int, int]:
         """Outcome counts, eligible fen and held fen over the rows without error, and the errors."""
@@ -91,7 +92,10 @@ class PolicyDecisions:
                 len(self.errors))
 
 
-_TRUTH_CHARS = np.array(["F", "T", "U"])
+# The record's character for each truth code of the vectorised trace.
+_TRUTH_CHARS = np.empty(3, dtype=object)
+for _code, _truth in ((FALSE, "false"), (TRUE, "true"), (UNKNOWN, "unknown")):
+    _TRUTH_CHARS[_code] = MASK_CODES[_truth]
 
 
 def _mask(results: npt.NDArray[np.int8]) -> str:

@@ -28,13 +28,14 @@ from sqlalchemy import func, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry.models import Enterprise
-from rules.errors import EvaluationError
-from rules.evaluator import ELIGIBLE, evaluate
+from rules.evaluator import ELIGIBLE
 from rules.loader import LoadedPolicy, load_policy_text
+from service.audit.decision import Decision
 from service.audit.ledger import ledger_transaction
-from service.audit.records import Actor, PreparedRecord, prepare_record, write_records
+from service.audit.records import Actor, PreparedRecord, prepare_decision, write_records
 from service.catalogue import CATALOGUE
-from service.facts_documents import DocumentSource, EnterpriseRows, build_document
+from service.evaluation.chunks import Chunk, next_usccs, read_chunk
+from service.evaluation.decide import PolicyDecisions, decide_chunk, plan_for
 from service.payouts.states import BatchState
 from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate, payout_partition
 
@@ -138,10 +139,9 @@ def run_partition_with(engine: Engine, evaluator: ChunkEvaluator, task: Partitio
     """Run one partition with a given database engine and evaluator (in this thread); stops
     between chunks when `stop()` says so. The enterprises it evaluated."""
     holder, settings = task.lease_holder, task.settings
-    if not _claim(engine, task.batch_id, task.partition_no, holder, settings.lease_seconds):
+    if not _claim(engine, task, settings.lease_seconds):
         raise LeaseLostError(f"{task.batch_id} partition {task.partition_no} is held by another worker")
     evaluated = 0
-    source = DocumentSource(engine)
     while not stop():
         with engine.connect() as conn:
             part = conn.execute(select(payout_partition).where(
@@ -154,8 +154,7 @@ def run_partition_with(engine: Engine, evaluator: ChunkEvaluator, task: Partitio
             with ledger_transaction(engine) as conn:
                 _advance(conn, task, part.cursor, part.cursor, done=True)
             return evaluated
-        rows = source.rows_of(usccs)
-        outcome = evaluator.evaluate(engine, rows)
+        outcome = evaluator.evaluate(engine, usccs)
         with ledger_transaction(engine) as conn:
             _advance(conn, task, part.cursor, usccs[-1], done=False, outcome=outcome)
             outcome.write(conn, evaluator)
@@ -164,20 +163,21 @@ def run_partition_with(engine: Engine, evaluator: ChunkEvaluator, task: Partitio
 
 
 def next_chunk(conn: Connection, part: Any, limit: int) -> list[str]:
-    query = select(Enterprise.uscc).where(Enterprise.uscc > part.cursor)
-    if part.last_uscc is not None:
-        query = query.where(Enterprise.uscc <= part.last_uscc)
-    return list(conn.execute(query.order_by(Enterprise.uscc).limit(limit)).scalars())
+    """The partition's next chunk of USCCs after its cursor."""
+    return next_usccs(conn, part.cursor, limit, last=part.last_uscc)
 
 
-def _claim(engine: Engine, batch_id: str, partition_no: int, holder: str, lease_seconds: float) -> bool:
+def _claim(engine: Engine, task: PartitionTask, lease_seconds: float) -> bool:
+    """Take the partition: free, ours, its lease ran out, or left by an earlier coordinator of
+    the batch (whose tasks can no longer commit: the batch is not theirs)."""
     now = now_ms()
+    holder = payout_partition.c.worker
     with engine.begin() as conn:
         changed = conn.execute(payout_partition.update().where(
-            payout_partition.c.batch_id == batch_id, payout_partition.c.partition_no == partition_no,
-            or_(payout_partition.c.worker.is_(None), payout_partition.c.worker == holder,
-                payout_partition.c.lease_until < now)).values(
-            worker=holder, lease_until=now + int(lease_seconds * 1000)))
+            payout_partition.c.batch_id == task.batch_id, payout_partition.c.partition_no == task.partition_no,
+            or_(holder.is_(None), holder == task.lease_holder, payout_partition.c.lease_until < now,
+                ~holder.startswith(f"{task.coordinator}/", autoescape=True))).values(
+            worker=task.lease_holder, lease_until=now + int(lease_seconds * 1000)))
     return changed.rowcount == 1
 
 
@@ -200,7 +200,7 @@ def _advance(conn: Connection, task: PartitionTask, expected_cursor: str, cursor
                   "error_count": payout_batch.c.error_count + outcome.errors}
     batch = conn.execute(payout_batch.update().where(
         payout_batch.c.batch_id == task.batch_id, payout_batch.c.state == BatchState.RUNNING,
-        payout_batch.c.worker == task.coordinator).values(lease_until=payout_batch.c.lease_until, **counts))
+        payout_batch.c.worker == task.coordinator).values(lease_until=lease, **counts))
     if batch.rowcount != 1:
         raise LeaseLostError(f"{task.batch_id}: the batch is no longer held by {task.coordinator}")
 
@@ -249,48 +249,56 @@ class ChunkEvaluator:
     def policy_by_id(self, policy_id: str) -> LoadedPolicy:
         return next(p for p in (self.policy, *self.rivals) if p.id == policy_id)
 
-    def evaluate(self, engine: Engine, chunk: list[EnterpriseRows]) -> ChunkOutcome:
-        usccs = {rows.uscc for rows in chunk}
+    def evaluate(self, engine: Engine, usccs: Sequence[str]) -> ChunkOutcome:
+        """Decide the chunk under the batch's policy and, where it is eligible, its rivals; the
+        records of every decision made, and a candidate per enterprise to pay (or in error)."""
+        plan = plan_for([self.policy, *self.rivals], self.period)
         with engine.connect() as conn:
-            granted = self._granted(conn, usccs)
-            barred = excluded_grants(conn, self.excluded, self.period, usccs)
+            granted = self._granted(conn, set(usccs))
+            barred = excluded_grants(conn, self.excluded, self.period, set(usccs))
+            chunk = read_chunk(conn, usccs, plan.fact_years)
+        decisions = decide_chunk(plan, chunk.columns, today=self.today)
+        own = decisions[self.policy.id]
         records: dict[str, list[PreparedRecord]] = defaultdict(list)
         candidates: list[dict[str, Any]] = []
-        for rows in chunk:
-            if rows.uscc in granted:
+        for row, uscc in enumerate(usccs):
+            if uscc in granted:
                 continue  # never twice: an earlier batch granted it
-            try:
-                candidate = self._evaluate(rows, records, barred.get(rows.uscc))
-            except EvaluationError as exc:  # counted, logged, not paid; a later batch may pay it
-                log.error("batch %s: %s could not be evaluated: %s", self.batch_id, rows.uscc, exc)
-                candidate = {"uscc": rows.uscc, "full_fen": 0, "group_awards": "{}", "evaluation_id": None,
-                             "record_sha256": None, "error": str(exc)}
-            if candidate is not None:
-                candidates.append({"batch_id": self.batch_id, **candidate})
-        return ChunkOutcome(dict(records), candidates, len(chunk))
+            failed = next((f"{d.policy.id}: {d.errors[row]}" for d in decisions.values() if row in d.errors), None)
+            if row in own.errors or (failed and own.outcome(row) == ELIGIBLE):
+                # counted, logged, not paid; a later batch may pay it
+                log.error("batch %s: %s could not be evaluated: %s", self.batch_id, uscc, failed)
+                candidates.append({"batch_id": self.batch_id, "uscc": uscc, "full_fen": 0, "group_awards": "{}",
+                                   "evaluation_id": None, "record_sha256": None, "error": failed})
+                continue
+            barred_by = barred.get(uscc)
+            note = f"not paid: holds {barred_by}, which {self.policy.id} excludes" if barred_by else None
+            record = self._record(own, chunk, row, records, note)
+            if own.outcome(row) != ELIGIBLE or barred_by:
+                continue
+            awards = {}
+            for rival in self.rivals:  # 就高不重复: what the group's other policies would award
+                theirs = decisions[rival.id]
+                self._record(theirs, chunk, row, records, None)
+                if theirs.outcome(row) == ELIGIBLE:
+                    awards[rival.id] = theirs.amount_fen(row)
+            candidates.append({"batch_id": self.batch_id, "uscc": uscc, "full_fen": own.amount_fen(row),
+                               "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),
+                               "evaluation_id": record.evaluation_id, "record_sha256": record.record_sha256,
+                               "error": None})
+        return ChunkOutcome(dict(records), candidates, len(usccs))
 
-    def _evaluate(self, rows: EnterpriseRows, records: dict[str, list[PreparedRecord]],
-                  barred_by: str | None) -> dict[str, Any] | None:
-        note = f"not paid: holds {barred_by}, which {self.policy.id} excludes" if barred_by else None
-        result, record = self._evaluate_policy(self.policy, rows, records, note=note)
-        if result.outcome != ELIGIBLE or barred_by:
-            return None
-        awards = {}
-        for rival in self.rivals:  # 就高不重复: what the group's other policies would award
-            rival_result, _ = self._evaluate_policy(rival, rows, records)
-            if rival_result.outcome == ELIGIBLE:
-                awards[rival.id] = rival_result.amount_fen
-        return {"uscc": rows.uscc, "full_fen": result.amount_fen,
-                "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),
-                "evaluation_id": record.evaluation_id, "record_sha256": record.record_sha256, "error": None}
-
-    def _evaluate_policy(self, policy: LoadedPolicy, rows: EnterpriseRows, records: dict[str, list[PreparedRecord]],
-                         *, note: str | None = None) -> tuple[Any, PreparedRecord]:
-        document = build_document(rows, policy.fact_year(self.period))
-        result = evaluate(policy.compiled(self.period), document, today=self.today)
-        record = prepare_record(result, document, self.actor, batch_id=self.batch_id, payout_note=note)
+    def _record(self, decisions: PolicyDecisions, chunk: Chunk, row: int, records: dict[str, list[PreparedRecord]],
+                note: str | None) -> PreparedRecord:
+        policy = decisions.policy
+        fact_year = policy.fact_year(self.period)
+        facts_json, facts_sha256 = chunk.snapshot(row, fact_year)
+        decision = Decision(policy.id, policy.version, policy.sha256, self.period, fact_year, chunk.usccs[row],
+                            self.today.isoformat(), decisions.outcome(row), decisions.amount_fen(row),
+                            decisions.mask(row))
+        record = prepare_decision(decision, facts_json, facts_sha256, self.actor, self.batch_id, note)
         records[policy.id].append(record)
-        return result, record
+        return record
 
     def _granted(self, conn: Connection, usccs: set[str]) -> set[str]:
         found: set[str] = set()

@@ -27,7 +27,6 @@ from sqlalchemy.engine import Engine
 
 from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make, organisation_check_character
-from rules.errors import EngineDisagreementError
 from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
 from service.audit.ledger import verify
@@ -35,8 +34,9 @@ from service.audit.merkle import root
 from service.audit.records import Actor, evaluation_record, verify_records
 from service.catalogue import CATALOGUE
 from service.errors import BatchRunningError, BatchStateError
+from service.evaluation import decide
 from service.facts_documents import DocumentSource
-from service.payouts import partitions, runner
+from service.payouts import partitions
 from service.payouts.batches import Batch, create_payout_schema, get_batch, lines_of, start_batch
 from service.payouts.runner import BatchWorkers, RunSettings, claim, claimable, create_batch, run_batch
 from service.payouts.tables import grant, payout_batch, payout_candidate, payout_partition
@@ -175,13 +175,19 @@ def _stop_after_chunks(monkeypatch: pytest.MonkeyPatch, chunks: int) -> threadin
 
 
 def _fail_evaluations_of(monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
-    """Every evaluation of `victim` in the runner fails as if the engine and the trace disagreed."""
-    def failing(compiled: Any, document: Any, *, today: date) -> Any:
-        if document.uscc == victim:
-            raise EngineDisagreementError(compiled.policy.id, victim, ["simulated disagreement"])
-        return evaluate(compiled, document, today=today)
+    """The engine is shown an empty fact for `victim`, so it fires none of the clauses the trace
+    holds true: the cross-check makes every evaluation of `victim` an error."""
+    original = decide.engine_facts
 
-    monkeypatch.setattr(partitions, "evaluate", failing)
+    def emptied(members: Any, decisions: Any) -> list[dict[str, Any]]:
+        facts = original(members, decisions)
+        usccs = next(iter(decisions.values())).columns.usccs
+        for row, uscc in enumerate(usccs):
+            if uscc == victim:
+                facts[row] = {}
+        return facts
+
+    monkeypatch.setattr(decide, "engine_facts", emptied)
 
 
 def _sleep_past_lease(engine: Engine, batch_id: str) -> None:
@@ -652,7 +658,7 @@ def test_an_enterprise_that_cannot_be_evaluated_is_counted_and_paid_by_a_later_b
     with registry.connect() as conn:
         error = conn.execute(select(payout_candidate.c.error).where(
             payout_candidate.c.batch_id == first.batch_id, payout_candidate.c.uscc == victim)).scalar_one()
-    assert "simulated disagreement" in error
+    assert "engine and trace disagree: clause registered-active: engine failed, trace true" in error
     _assert_audit_intact(registry)
 
     monkeypatch.undo()
