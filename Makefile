@@ -25,7 +25,7 @@ REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-ledger bench-money proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-ledger bench-money bench-records proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -120,6 +120,9 @@ bench-rules: install  ## evaluation throughput against a plain-Python baseline, 
 
 bench-ledger: install  ## ledger appends/s vs plain inserts in one transaction; verification entries/s
 	$(BIN)/python benchmarks/bench_ledger.py
+
+bench-records: install  ## evaluation records/s written (100,000 in chunks of 2,000) and verified: compact vs the old fat records, SQLite and PostgreSQL
+	$(BIN)/python benchmarks/bench_records.py --records 100000 --chunk 2000
 
 bench-batches: install  ## a payout batch to DRAFT, enterprises/s, vs evaluation without writes
 	$(BIN)/python benchmarks/bench_batches.py
