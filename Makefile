@@ -127,6 +127,9 @@ bench-trace: install  ## trace pairs/s: the interpreter vs the vectorised trace 
 bench-ledger: install  ## ledger appends/s vs plain inserts in one transaction; verification entries/s
 	$(BIN)/python benchmarks/bench_ledger.py
 
+bench-records: install  ## evaluation records/s written (100,000 in chunks of 2,000) and verified: compact vs the old fat records, SQLite and PostgreSQL
+	$(BIN)/python benchmarks/bench_records.py --records 100000 --chunk 2000
+
 bench-batches: install  ## a payout batch to DRAFT, enterprises/s, vs evaluation without writes
 	$(BIN)/python benchmarks/bench_batches.py
 

@@ -73,8 +73,10 @@ def render(connection: Connection, record: Mapping[str, Any], catalogue: Catalog
     except (RuleError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise RecordMismatchError(evaluation_id, [*differences, f"it cannot be replayed: {exc}"]) from exc
     replayed = Decision.of(again)
+    # The engine's version is not compared: a newer engine replaying an old decision is no fault.
     differences += [f"{name}: stored {getattr(stored, name)!r}, replayed {getattr(replayed, name)!r}"
-                    for name in DECISION_FIELDS if name != "engine" and getattr(stored, name) != getattr(replayed, name)]
+                    for name in DECISION_FIELDS
+                    if name != "engine" and getattr(stored, name) != getattr(replayed, name)]
     return Rendering(evaluation_id, again, differences)
 
 

@@ -91,11 +91,11 @@ def test_postgresql_copies_records_and_new_snapshots_in_the_callers_transaction(
     with pg_engine.connect() as conn:
         assert verify_records(conn) == []
 
-    # Already stored snapshots are not sent again; the records still go by COPY.
+    # Already stored snapshots are skipped (by the server): each is stored once.
     spy.statements.clear()
     write_chunk(pg_engine, policy, [prepared(policy, 1_000_000 + i, uscc=f"91420600MA4K0{i:04d}X")
                                     for i in range(3)])
-    assert [s.split(" (")[0] for s in spy.statements] == ["COPY evaluation_record"]
+    assert [s.split(" (")[0] for s in spy.statements] == ["COPY facts_snapshot_incoming", "COPY evaluation_record"]
     assert (_count(pg_engine, evaluation_record), _count(pg_engine, facts_snapshot)) == (53, 50)
 
     # A rollback takes the copied rows with it: COPY ran in the same transaction.

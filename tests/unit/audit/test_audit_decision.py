@@ -61,3 +61,14 @@ def test_an_ineligible_evaluation_marks_its_failed_condition(policy: LoadedPolic
     assert "F" in decision.mask.split("/")[0]
     assert [c.result for c in result.conditions] == [
         {v: k for k, v in MASK_CODES.items()}[code] for code in decision.mask.split("/")[0]]
+
+
+def test_a_decision_and_a_prepared_record_cross_process_boundaries(policy: LoadedPolicy) -> None:
+    """Batch partitions run in worker processes: what they prepare is pickled back."""
+    import pickle
+
+    from records_testkit import prepared
+
+    record = prepared(policy)
+    again = pickle.loads(pickle.dumps(record))
+    assert again == record and again.decision == record.decision and again is not record
