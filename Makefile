@@ -9,6 +9,9 @@ COUNT ?= 20000
 SEED ?= 7
 LISTEN ?= 127.0.0.1:50051
 BENCH_COUNT ?= 100000
+# make bench: enterprises and worker processes
+N ?= 1000000
+WORKERS ?= 2
 # the checkpoint signing key lives outside the database; made once (`benefits audit keygen`), never replaced
 LEDGER_KEY := var/ledger-key.pem
 CHECKPOINTS := var/checkpoints.jsonl
@@ -22,7 +25,7 @@ REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install audit-verify node-deps bench-api bench-batches bench-ledger bench-money proto run serve serve-background stop seed check-rules test test-unit test-integration test-policies bench lint clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-columns bench-ledger bench-money bench-records bench-trace proto run serve serve-background stop seed check-rules test test-slow test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -91,8 +94,11 @@ audit-verify: install  ## verify the ledger, every stored record and the newest 
 stop:  ## stop the background server
 	@if [ -f var/server.pid ]; then kill $$(cat var/server.pid) 2>/dev/null || true; rm -f var/server.pid; fi
 
-test: install node-deps  ## the whole suite: unit, integration, policy cases, on SQLite and PostgreSQL
-	$(BIN)/python -m pytest -q
+test: install node-deps  ## the whole suite but the slow tests: unit, integration, policy cases, on SQLite and PostgreSQL
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install  ## the slow large-volume tests only (100,000 enterprises: registry load, vectorised differential)
+	$(BIN)/python -m pytest -q -m slow
 
 node-deps: tests/node/node_modules/.installed  ## the Node.js client's packages (from its lock file)
 
@@ -109,14 +115,26 @@ test-integration: install
 test-policies: install  ## the test cases beside each policy
 	$(BIN)/benefits rules test rules
 
-bench: install  ## evaluation throughput against a plain-Python baseline, measured in the same run
+bench: install  ## the province run: N enterprises (N=, DB=sqlite|postgresql, WORKERS=): engine alone, batches, lookups; bench/results/latest.json
+	$(BIN)/python benchmarks/bench.py --n $(N) --db $(if $(findstring postgres,$(DB)),postgresql,sqlite) --workers $(WORKERS)
+
+bench-rules: install  ## evaluation throughput against a plain-Python baseline, measured in the same run
 	$(BIN)/python benchmarks/bench_rules.py
+
+bench-trace: install  ## trace pairs/s: the interpreter vs the vectorised trace (chunks of 2,000), and the ratio
+	$(BIN)/python benchmarks/bench_trace.py
 
 bench-ledger: install  ## ledger appends/s vs plain inserts in one transaction; verification entries/s
 	$(BIN)/python benchmarks/bench_ledger.py
 
+bench-records: install  ## evaluation records/s written (100,000 in chunks of 2,000) and verified: compact vs the old fat records, SQLite and PostgreSQL
+	$(BIN)/python benchmarks/bench_records.py --records 100000 --chunk 2000
+
 bench-batches: install  ## a payout batch to DRAFT, enterprises/s, vs evaluation without writes
 	$(BIN)/python benchmarks/bench_batches.py
+
+bench-columns: install  ## facts of a chunk read into columns vs documents per enterprise, enterprises/s; profile
+	$(BIN)/python benchmarks/bench_columns.py
 
 bench-money: install  ## sealing the money path: DRAFT, approve, results and verification vs unsealed writes
 	$(BIN)/python benchmarks/bench_money_events.py --lines 100000

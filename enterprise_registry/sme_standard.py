@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -155,6 +157,7 @@ _LEVEL_NAMES: Final[dict[SizeClass, str]] = {
 _CLASSES: Final[tuple[SizeClass, ...]] = ("large", "medium", "small", "micro")
 
 
+@functools.lru_cache(maxsize=4096)   # a registry has a few hundred distinct codes; scanning the table is slow
 def sector_of(industry_code: str) -> str | None:
     """The table row for a GB/T 4754-2017 code such as "C3484", or None when not covered.
 

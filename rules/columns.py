@@ -9,7 +9,8 @@ Encodings, the same for every column: int facts int64; bool facts bool; dates in
 (`date.toordinal()`, as the engine sees them); strings numpy object arrays of `str`.
 
 `from_documents` builds the same columns from facts documents: the reference the database reader
-is tested against, and what a single lookup uses.
+is tested against, and what a single lookup uses; `row_document` is its inverse for one row (what
+the vectorised trace hands the interpreter for a row it cannot vouch for).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from datetime import date
 import numpy as np
 import numpy.typing as npt
 
-from rules.facts import Catalogue, FactsDocument, FactType, FactValue, ScalarKind
+from rules.facts import Catalogue, Fact, FactsDocument, FactType, FactValue, Record, ScalarKind
 
 Array = npt.NDArray[np.generic]
 
@@ -130,3 +131,27 @@ def _records(documents: Sequence[FactsDocument], name: str,
                 raw[field].append(record.fields.get(field))
     return RecordColumns(np.asarray(owner, dtype=np.int64),
                          {field: Column.of(fields[field].kind, raw[field]) for field in fields}, refs)
+
+
+def row_document(columns: FactColumns, row: int, catalogue: Catalogue) -> FactsDocument:
+    """One row of a chunk as a facts document, values decoded (sources and dates of record are not
+    columns: every fact has source "columns" and no as_of). A day number beyond the calendar
+    raises ValueError."""
+    facts: dict[str, Fact] = {}
+    for name, column in columns.facts.items():
+        value = column.python(row)
+        if value is not None and name in catalogue.facts:
+            facts[name] = Fact(decode(catalogue.facts[name].kind, value), "columns", None)
+    collections: dict[str, list[Record]] = {}
+    for name, records in columns.collections.items():
+        kinds = catalogue.collections.get(name, {})
+        first, last = np.searchsorted(records.owner, [row, row + 1])
+        out = []
+        for i in range(int(first), int(last)):
+            fields: dict[str, FactValue | None] = {}
+            for field, column in records.fields.items():
+                value = column.python(i)
+                fields[field] = None if value is None or field not in kinds else decode(kinds[field].kind, value)
+            out.append(Record(records.refs[i], fields, "columns", None))
+        collections[name] = out
+    return FactsDocument(columns.usccs[row], columns.fact_year, facts, collections)

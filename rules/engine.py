@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import durable_rules_engine as _engine
+import orjson
 
 from rules.compiler import DECISION
 from rules.errors import EngineError
@@ -49,8 +50,20 @@ class DurableRuleset:
                 fired |= self._once({DECISION: serial, **{r: r in fired for r in decide_on}})
             return frozenset(fired)
 
+    def fire_each(self, facts: Sequence[dict[str, Any]]) -> list[frozenset[str]]:
+        """Assert each fact alone (one per enterprise, no decision fact) and run every rule it
+        matches, holding the lock once for the whole sequence: the fired rule names of each.
+        The dictionaries are the caller's to give away (their `_eval` and `_zero` are set here)."""
+        with self._lock:
+            out = []
+            for properties in facts:
+                properties["_eval"] = str(next(self._serial))
+                properties["_zero"] = 0
+                out.append(frozenset(self._once(properties)))
+            return out
+
     def _once(self, fact: dict[str, Any]) -> set[str]:
-        text = json.dumps(fact, ensure_ascii=False)
+        text = orjson.dumps(fact).decode()
         try:
             code, state = _engine.assert_fact(self._handle, text)
         except Exception as exc:
@@ -73,11 +86,20 @@ class DurableRuleset:
             started = _engine.start_action_for_state(self._handle, state)
             message = started[1] if started else None
             while message:
-                fired.update(json.loads(message).keys())
+                fired.add(_rule_name(message))
                 message = _engine.complete_and_start_action(self._handle, state)
         except Exception as exc:
             raise EngineError(f"{self.name}: running actions failed: {exc}") from exc
         return frozenset(fired)
+
+
+def _rule_name(message: str) -> str:
+    """The rule an action message is for: `{"<rule>":{"m":{...the fact...}}}`. Rule names are the
+    compiler's (no quotes or escapes), so the name ends at the first closing quote; parsing the
+    whole message, which repeats the fact, cost more than the assertion itself."""
+    if not message.startswith('{"'):
+        raise EngineError(f"unexpected action message {message[:40]!r}")
+    return message[2:message.index('"', 2)]
 
 
 def ruleset(name: str, definition: dict[str, Any]) -> DurableRuleset:

@@ -7,6 +7,7 @@ RuleError
 │   ├── ExpressionSyntaxError        an expression does not parse in our language
 │   ├── ExpressionTypeError          an expression parses but mixes types or names unknown facts
 │   ├── EngineLimitError             the expression would crash or mislead durable-rules
+│   │   └── VectorisedLimitError     the vectorised trace cannot compute it exactly (rules.vectorised)
 │   └── MissingPolicyTestsError      a policy has no test cases beside it
 ├── PolicyNotFoundError              no loaded policy has that id
 ├── PeriodNotCoveredError            the policy is not in force for that period
@@ -61,6 +62,11 @@ class ExpressionTypeError(PolicyFileError):
 
 class EngineLimitError(PolicyFileError):
     """Raised when a construct would crash or silently mislead durable-rules (see NOTES.md)."""
+
+
+class VectorisedLimitError(EngineLimitError):
+    """Raised at load when the vectorised trace cannot compute an expression exactly in 64-bit
+    integers (its bound from the facts' declared ranges is too large) or does not support it."""
 
 
 class MissingPolicyTestsError(PolicyFileError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rules import ast
 from rules.compiler import Clause, EngineLayout, compile_ruleset
@@ -36,6 +36,9 @@ from rules.schema import Condition, Parameter, Policy, validate_policy, validate
 from rules.typecheck import Scope, check, literal_type
 from rules.yaml_source import Located, load
 
+if TYPE_CHECKING:
+    from rules.vectorised import VectorisedPolicy
+
 TEST_SUFFIX = ".test.yaml"
 
 
@@ -48,6 +51,7 @@ class CompiledPolicy:
     definition: dict[str, Any]
     layout: EngineLayout
     _ruleset: DurableRuleset | None = None
+    vectorised: VectorisedPolicy | None = None   # the vectorised trace (set by LoadedPolicy._compile)
 
     @property
     def ruleset_name(self) -> str:
@@ -123,7 +127,14 @@ class LoadedPolicy:
         scope = Scope(self.catalogue, self.param_types, self.file, param_values=self.param_values)
         definition, layout = compile_ruleset(self.conditions, self.payable, params, bounds,
                                              self.file, lambda node: check(node, scope))
-        return CompiledPolicy(self, period, params, definition, layout)
+        compiled = CompiledPolicy(self, period, params, definition, layout)
+        # --- vectorised trace hook: every period is also compiled vectorised, so what it cannot
+        # compute exactly is refused here, at load (VectorisedLimitError names file and line).
+        # Imported here: rules.vectorised imports rules.evaluator, which imports this module.
+        from rules.vectorised import compile_vectorised
+        compiled.vectorised = compile_vectorised(compiled)
+        # --- end of the vectorised trace hook
+        return compiled
 
     def check_periods(self) -> list[int]:
         """Compile every period the file gives figures for, so errors surface at load time."""

@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="YAML of paying accounts by funding, needed to export bank files")
     serve.add_argument("--batch-chunk", type=int, default=200,
                        help="enterprises a running payout batch commits at a time")
+    serve.add_argument("--batch-workers", type=int, default=1,
+                       help="worker processes evaluating a payout batch's partitions (1: in the server)")
+    serve.add_argument("--dask-scheduler", metavar="ADDRESS",
+                       help="run payout batch partitions on this Dask cluster (e.g. tcp://10.0.0.5:8786); "
+                            "its workers need this package and one thread each")
     serve.add_argument("--batch-lease-seconds", type=float, default=30.0,
                        help="a payout batch whose worker is silent this long is taken over (after a crash)")
     serve.set_defaults(run=_serve)
@@ -138,9 +143,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="private key file (created with mode 0600, never overwritten); "
                              "the public key goes to FILE.pub")
     keygen.set_defaults(run=_audit_keygen)
-    prove = audit.add_parser("prove", help="prove a payout line is in its batch (Merkle inclusion proof)")
+    prove = audit.add_parser("prove", help="prove a payout line is in its batch, or an evaluation record in the "
+                                           "ledger (Merkle inclusion proofs)")
     prove.add_argument("--db", default=DEFAULT_DB_URL)
-    prove.add_argument("line_id", help="the line's id (its end-to-end id in the bank file)")
+    prove.add_argument("line_id", help="the line's id (its end-to-end id in the bank file), or an evaluation id "
+                                       "(ev_...)")
     prove.set_defaults(run=_audit_prove)
 
     lookup = sub.add_parser("lookup", help="an enterprise's benefits and explanations (gRPC client)")
@@ -269,11 +276,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _evaluate_period(args: argparse.Namespace) -> int:
     from rules.money import format_yuan
     from service.evaluation.period import evaluate_period
-    from service.facts_documents import DocumentSource
 
     policies = _policies(args.rules)
     with _database(args.db) as engine:
-        summary = evaluate_period(policies, DocumentSource(engine), period=args.period,
+        summary = evaluate_period(policies, engine, period=args.period,
                                   policy_ids=args.policy, today=args.as_of or date.today())
     if args.json:
         print(json.dumps({"period": summary.period, "enterprises": summary.enterprises,
@@ -308,6 +314,7 @@ def _serve(args: argparse.Namespace) -> int:
                       listen=args.listen, max_workers=args.workers, ledger_key=args.ledger_key,
                       checkpoint_file=args.checkpoints, payers_file=args.payers,
                       batch_chunk_size=args.batch_chunk, batch_lease_seconds=args.batch_lease_seconds,
+                      batch_workers=args.batch_workers, dask_scheduler=args.dask_scheduler,
                       tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
                       insecure=args.insecure))
     return 0
@@ -346,15 +353,34 @@ def _audit_keygen(args: argparse.Namespace) -> int:
 
 
 def _audit_prove(args: argparse.Namespace) -> int:
+    from service.audit.record_proofs import RecordProof, prove_record
+    from service.errors import EvaluationNotFoundError
     from service.payouts.proofs import prove_line
 
+    def show_record(proof: RecordProof) -> None:
+        print(f"  record {proof.evaluation_id}: leaf {proof.leaf_index} of {proof.tree_size}, "
+              f"sha256 {proof.record_sha256}")
+        for sibling in proof.path:
+            print(f"    sibling {sibling}")
+        print(f"    sealed root {proof.sealed_root} (ledger entry {proof.ledger_seq})")
+
     with _database(args.db) as engine, engine.connect() as conn:
+        if args.line_id.startswith("ev_"):
+            record = prove_record(conn, args.line_id)
+            if record is None:
+                raise EvaluationNotFoundError(args.line_id)
+            show_record(record)
+            print("VERIFIED: the record is sealed in the ledger" if record.verified
+                  else f"NOT VERIFIED: {record.problem}")
+            return 0 if record.verified else 1
         proof = prove_line(conn, args.line_id)
     print(f"line {proof.line_id} of batch {proof.batch_id}: evaluation {proof.evaluation_id}")
     print(f"  leaf {proof.leaf_index} of {proof.tree_size}, record sha256 {proof.record_sha256}")
     for sibling in proof.proof:
         print(f"  sibling {sibling}")
     print(f"  sealed root {proof.sealed_root} (ledger entry {proof.ledger_seq})")
+    if proof.record is not None:
+        show_record(proof.record)
     print("VERIFIED: the line is in its batch" if proof.verified else f"NOT VERIFIED: {proof.problem}")
     return 0 if proof.verified else 1
 

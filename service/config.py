@@ -23,6 +23,8 @@ class ServeConfig:
     checkpoint_file: Path | None = None   # where signed checkpoints are written
     payers_file: Path | None = None       # paying accounts by funding (YAML); needed to export
     batch_chunk_size: int = 200           # enterprises a running batch commits at a time
+    batch_workers: int = 1                # worker processes evaluating a batch's partitions (1: in the server)
+    dask_scheduler: str | None = None     # a Dask scheduler's address: partitions run on its workers
     batch_lease_seconds: float = 30.0     # after this long without progress, another worker takes a batch over
     clock: Clock = field(default_factory=Clock)  # "today" for imports: the Asia/Shanghai date; tests fix it
     tls_cert: Path | None = None          # certificate chain (PEM), leaf first; with tls_key: TLS

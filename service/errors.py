@@ -6,6 +6,7 @@ ServiceError
 ├── UnauthenticatedError         no token, or an unknown one
 ├── PermissionDeniedError        a known caller without the right (role, or foreign USCC)
 ├── EvaluationNotFoundError      no stored evaluation has that id
+├── RecordMismatchError          a stored evaluation does not replay to its record (DATA_LOSS)
 ├── DuplicateBatchError          a payout request_id reused with other arguments
 ├── BatchNotFoundError           no payout batch has that id
 ├── BatchStateError              an illegal lifecycle transition (FAILED_PRECONDITION)
@@ -57,6 +58,16 @@ class EvaluationNotFoundError(ServiceError):
     def __init__(self, evaluation_id: str) -> None:
         self.evaluation_id = evaluation_id
         super().__init__(f"no stored evaluation {evaluation_id!r}")
+
+
+class RecordMismatchError(ServiceError):
+    """Raised when a stored evaluation record cannot be rendered faithfully: its replay decides
+    otherwise than the record says, or its facts or rule text is missing or edited."""
+
+    def __init__(self, evaluation_id: str, differences: list[str]) -> None:
+        self.evaluation_id, self.differences = evaluation_id, differences
+        super().__init__(f"stored evaluation {evaluation_id} does not replay to its record: "
+                         + "; ".join(differences))
 
 
 class DuplicateBatchError(ServiceError):

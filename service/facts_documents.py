@@ -17,6 +17,7 @@ from enterprise_registry.models import (
     Qualification,
     SocialInsuranceYear,
     TaxYear,
+    table_for,
 )
 from rules.facts import Fact, FactsDocument, Record
 
@@ -142,7 +143,7 @@ class DocumentSource:
         """One enterprise's rows (read once, for documents of several fact years), or None when
         nothing at all is on record for it."""
         with self.engine.connect() as conn:
-            rows = _load_rows(conn, [uscc])[uscc]
+            rows = load_rows(conn, [uscc])[uscc]
         return rows if _on_record(rows) else None
 
     def exists(self, uscc: str) -> bool:
@@ -161,7 +162,13 @@ class DocumentSource:
         with self.engine.connect() as conn:
             usccs = list(conn.execute(select(Enterprise.uscc).where(Enterprise.uscc > last)
                                       .order_by(Enterprise.uscc).limit(limit)).scalars())
-            loaded = _load_rows(conn, usccs) if usccs else {}
+            loaded = load_rows(conn, usccs) if usccs else {}
+        return [loaded[uscc] for uscc in usccs]
+
+    def rows_of(self, usccs: list[str]) -> list[EnterpriseRows]:
+        """The rows of the given enterprises, in the given order."""
+        with self.engine.connect() as conn:
+            loaded = load_rows(conn, usccs) if usccs else {}
         return [loaded[uscc] for uscc in usccs]
 
     def count(self) -> int:
@@ -175,7 +182,7 @@ def _on_record(rows: EnterpriseRows) -> bool:
                                                rows.qualifications or rows.credit_listings)
 
 
-def _load_rows(conn: Connection, usccs: list[str]) -> dict[str, EnterpriseRows]:
+def load_rows(conn: Connection, usccs: list[str]) -> dict[str, EnterpriseRows]:
     out = {uscc: EnterpriseRows(uscc) for uscc in usccs}
     for ent in _rows(conn, Enterprise, usccs):
         out[ent.uscc].enterprise = ent
@@ -197,8 +204,12 @@ def _load_rows(conn: Connection, usccs: list[str]) -> dict[str, EnterpriseRows]:
 
 
 def _rows(conn: Connection, model: Any, usccs: list[str]) -> Sequence[Any]:
+    # In key order: a document (and so its snapshot's hash) must not depend on the database's
+    # row order (PostgreSQL returns a heap's order, which an upsert changes).
     table = model.__table__
-    return conn.execute(select(table).where(table.c.uscc.in_(usccs))).all()
+    key = next(spec.key for spec in KINDS.values() if table_for(spec.kind) is table)
+    return conn.execute(select(table).where(table.c.uscc.in_(usccs))
+                        .order_by(*(table.c[name] for name in key))).all()
 
 
 def _counting_hires(conn: Connection, hires: list[Any]) -> set[derived.HireKey]:

@@ -45,6 +45,7 @@ from service.catalogue import CATALOGUE
 from service.config import ServeConfig
 from service.errors import LedgerKeyError, ServerStartError
 from service.payouts.export import load_payers
+from service.payouts.pools import dask_pool
 from service.payouts.runner import BatchWorkers, RunSettings
 from service.payouts.tables import create_payout_schema
 from service.tls import check_transport, is_loopback, server_credentials
@@ -189,7 +190,9 @@ def create_server(config: ServeConfig) -> RunningServer:
         BenefitServicer(policies, engine, config.clock), server)
     checkpoint = Checkpointer(engine, key, config.checkpoint_file)
     workers = BatchWorkers(engine, lambda: policies.current,
-                           RunSettings(config.batch_chunk_size, config.batch_lease_seconds))
+                           RunSettings(config.batch_chunk_size, config.batch_lease_seconds,
+                                       workers=config.batch_workers),
+                           pool=dask_pool(config.dask_scheduler) if config.dask_scheduler else None)
     payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(
         PayoutServicer(policies, engine, workers, config.clock, payers=load_payers(config.payers_file),
                        on_export=checkpoint), server)

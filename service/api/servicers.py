@@ -38,14 +38,13 @@ from service.api.paging import next_token, page_bounds
 from service.audit.ledger import ledger_transaction, read_snapshot
 from service.audit.records import (
     Actor,
-    evaluation_from_dict,
     list_records,
     load_record,
     prepare_record,
     record_evaluation,
-    replay,
     write_records,
 )
+from service.audit.rendering import render_faithful, replay
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
 from service.errors import (
@@ -410,9 +409,9 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         _evaluation_id(request)
         with self.engine.connect() as conn:
             record = load_record(conn, request.evaluation_id)
-        if record is None:
-            raise EvaluationNotFoundError(request.evaluation_id)
-        return _stored_evaluation(record)
+            if record is None:
+                raise EvaluationNotFoundError(request.evaluation_id)
+            return _stored_evaluation(conn, record)
 
     def ListEvaluations(self, request: Any, context: grpc.ServicerContext) -> Any:
         violations: list[tuple[str, str]] = []
@@ -432,9 +431,9 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             records, total = list_records(conn, uscc=request.uscc, policy_id=request.policy_id,
                                           period=request.period, batch_id=request.batch_id,
                                           outcome=outcome, offset=offset, limit=limit)
+            evaluations = [_stored_evaluation(conn, r) for r in records]
         return audit_service_pb2.ListEvaluationsResponse(
-            evaluations=[_stored_evaluation(r) for r in records],
-            next_page_token=next_token(offset, limit, total, query))
+            evaluations=evaluations, next_page_token=next_token(offset, limit, total, query))
 
     def VerifyAuditLog(self, request: Any, context: grpc.ServicerContext) -> Any:
         with read_snapshot(self.engine) as conn:   # one snapshot, while batches write
@@ -471,6 +470,7 @@ _FAULTS = {"none": audit_service_pb2.LEDGER_FAULT_NONE, "edited": audit_service_
            "checkpoint": audit_service_pb2.LEDGER_FAULT_CHECKPOINT}
 
 
-def _stored_evaluation(record: dict[str, Any]) -> Any:
-    return convert.evaluation(evaluation_from_dict(record["evaluation"]),
-                              evaluation_id=record["evaluation_id"])
+def _stored_evaluation(conn: Any, record: dict[str, Any]) -> Any:
+    """A compact record shown in full: rendered by replay, refused (DATA_LOSS) when the replay
+    does not decide what the record says."""
+    return convert.evaluation(render_faithful(conn, record, CATALOGUE), evaluation_id=record["evaluation_id"])

@@ -31,6 +31,7 @@ from service.errors import (
     EvaluationNotFoundError,
     InvalidArgumentError,
     PermissionDeniedError,
+    RecordMismatchError,
     ServiceError,
     UnauthenticatedError,
 )
@@ -46,6 +47,7 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     EnterpriseNotFoundError: grpc.StatusCode.NOT_FOUND,
     EvaluationNotFoundError: grpc.StatusCode.NOT_FOUND,
+    RecordMismatchError: grpc.StatusCode.DATA_LOSS,
     DuplicateBatchError: grpc.StatusCode.ALREADY_EXISTS,
     BatchNotFoundError: grpc.StatusCode.NOT_FOUND,
     BatchStateError: grpc.StatusCode.FAILED_PRECONDITION,

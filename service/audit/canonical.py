@@ -25,6 +25,13 @@ def canonical_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def canonical_json_of_typed(value: Any) -> bytes:
+    """`canonical_json` without the walk that refuses floats and dates: for values built by our
+    own code from typed sources only (a `Decision`, a facts document of the typed registry), where
+    the walk cost a third of writing a record. The bytes are the same as `canonical_json`'s."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
 def sha256_hex(data: bytes) -> str:
     """Lower-case hex SHA-256 of `data` (64 characters)."""
     return hashlib.sha256(data).hexdigest()

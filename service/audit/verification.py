@@ -12,7 +12,8 @@ from sqlalchemy.engine import Connection
 from service.audit import checkpoints
 from service.audit.ledger import verify
 from service.audit.problems import AuditProblem
-from service.audit.records import evaluation_record, verify_records
+from service.audit.record_tables import evaluation_record
+from service.audit.record_verification import verify_records
 from service.payouts.verification import verify_payouts
 
 MAX_PROBLEMS = 100   # rows reported; the first is the verdict's

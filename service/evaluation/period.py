@@ -6,19 +6,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 
-from rules.errors import EvaluationError
+from sqlalchemy.engine import Engine
+
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, Evaluation, evaluate
 from rules.facts import FactsDocument
 from rules.loader import LoadedPolicy, PolicySet
 from service.errors import EnterpriseNotFoundError
-from service.facts_documents import DocumentSource, build_document
-
-
-def evaluate_enterprise(policies: PolicySet, source: DocumentSource, *, uscc: str, policy_id: str,
-                        period: int, today: date) -> Evaluation:
-    """Evaluate one enterprise under one policy for one period."""
-    return evaluate_with_inputs(policies, source, uscc=uscc, policy_id=policy_id, period=period,
-                                today=today)[0]
+from service.evaluation.chunks import next_usccs, read_chunk
+from service.evaluation.decide import PolicyDecisions, decide_chunk, plan_for
+from service.facts_documents import DocumentSource
 
 
 def evaluate_with_inputs(policies: PolicySet, source: DocumentSource, *, uscc: str, policy_id: str,
@@ -57,43 +53,44 @@ class PeriodSummary:
         return self.evaluations / self.seconds if self.seconds else 0.0
 
 
-def evaluate_period(policies: PolicySet, source: DocumentSource, *, period: int, today: date,
-                    policy_ids: Iterable[str] | None = None,
+def evaluate_period(policies: PolicySet, engine: Engine, *, period: int, today: date,
+                    policy_ids: Iterable[str] | None = None, chunk_size: int = 2000,
                     progress: Callable[[int], None] | None = None) -> PeriodSummary:
-    """Evaluate every registered enterprise under every (or the given) policy for `period`.
-    Engine errors are counted and sampled, never hidden: the summary reports them."""
+    """Decide every registered enterprise under every (or the given) policy for `period`, a chunk
+    at a time (`service.evaluation.decide`: the engine decides, the compiled trace cross-checks).
+    Errors are counted and sampled, never hidden: the summary reports them."""
     chosen = [policies.get(pid) for pid in policy_ids] if policy_ids else \
         [p for p in policies if p.covers(period)]
-    compiled = {p.id: p.compiled(period) for p in chosen}
+    for policy in chosen:
+        policy.compiled(period)  # a period the policy does not cover is refused here, by name
+    plan = plan_for(chosen, period)
     summary = PeriodSummary(period, policies=[PolicySummary(p.id, p.model.title) for p in chosen])
     by_id = {s.policy_id: s for s in summary.policies}
     started = time.perf_counter()
-    for rows in source.all_rows():
-        documents = {}
-        for policy in chosen:
-            year = policy.fact_year(period)
-            if year not in documents:
-                documents[year] = build_document(rows, year)
-            _tally(by_id[policy.id], policy, compiled[policy.id], documents[year], today, summary)
-        summary.enterprises += 1
-        if progress is not None and summary.enterprises % 1000 == 0:
+    cursor = ""
+    while True:
+        with engine.connect() as conn:
+            usccs = next_usccs(conn, cursor, chunk_size)
+            if not usccs:
+                break
+            columns = read_chunk(conn, usccs, plan.fact_years).columns
+        for policy_id, decisions in decide_chunk(plan, columns, today=today).items():
+            _tally(by_id[policy_id], decisions, summary)
+        summary.enterprises += len(usccs)
+        summary.evaluations += len(usccs) * len(chosen)
+        cursor = usccs[-1]
+        if progress is not None:
             progress(summary.enterprises)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _tally(target: PolicySummary, policy: LoadedPolicy, compiled: object, document: object,
-           today: date, summary: PeriodSummary) -> None:
-    summary.evaluations += 1
-    try:
-        result = evaluate(compiled, document, today=today)  # type: ignore[arg-type]
-    except EvaluationError as exc:
-        target.errors += 1
-        if len(summary.error_samples) < 20:
-            summary.error_samples.append(f"{policy.id}: {exc}")
-        return
-    target.counts[result.outcome] += 1
-    if result.outcome == ELIGIBLE:
-        target.eligible_fen += result.amount_fen
-    elif result.outcome == HELD:
-        target.held_fen += result.amount_fen
+def _tally(target: PolicySummary, decisions: PolicyDecisions, summary: PeriodSummary) -> None:
+    counts, eligible_fen, held_fen, errors = decisions.tally()
+    for outcome, count in counts.items():
+        target.counts[outcome] += count
+    target.eligible_fen += eligible_fen
+    target.held_fen += held_fen
+    target.errors += errors
+    for row, message in list(decisions.errors.items())[:max(0, 20 - len(summary.error_samples))]:
+        summary.error_samples.append(f"{target.policy_id} {decisions.columns.usccs[row]}: {message}")

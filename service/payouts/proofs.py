@@ -1,8 +1,10 @@
 """Proof that a payout line is in its batch: an RFC 6962 inclusion proof of the line's evaluation
-record hash under the Merkle root of decisions the batch sealed in the ledger when it became DRAFT.
+record hash under the Merkle root of decisions the batch sealed in the ledger when it became DRAFT,
+and the record's own proof under the root of the chunk that recorded it.
 
-The root is read from the ledger's DRAFT money event (hash-chained, signed by checkpoints), not
-from the batch row, so editing the batch table cannot forge a proof.
+The roots are read from the ledger (the DRAFT money event, the chunk's `evaluations` entry:
+hash-chained, signed by checkpoints), not from the batch row, so editing the tables cannot forge
+a proof.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from service.audit.merkle import inclusion_proof, verify_inclusion
-from service.audit.records import evaluation_record
+from service.audit.record_proofs import RecordProof, prove_record
+from service.audit.record_tables import evaluation_record
 from service.errors import BatchNotFoundError
 from service.payouts.batches import lines_of
 from service.payouts.seals import MoneyEvent, money_event
@@ -30,8 +33,9 @@ class LineProof:
     proof: list[str]          # sibling hashes, leaf to root (hex)
     sealed_root: str          # from the ledger's DRAFT event
     ledger_seq: int           # that entry's sequence number
-    verified: bool            # the proof places the stored record's hash under the sealed root
-    problem: str = ""
+    verified: bool            # the proof places the stored record's hash under the sealed root, and the record
+    problem: str = ""         # is in its recording chunk
+    record: RecordProof | None = None   # the record's proof under its chunk's ledger entry
 
 
 def prove_line(conn: Connection, line_id: str) -> LineProof:
@@ -59,8 +63,12 @@ def prove_line(conn: Connection, line_id: str) -> LineProof:
     verified = not problem and verify_inclusion(leaves[index], index, len(leaves), proof, bytes.fromhex(sealed_root))
     if not problem and not verified:
         problem = "the proof does not lead to the sealed root"
+    record = prove_record(conn, str(line["evaluation_id"]))
+    if not problem and (record is None or not record.verified):
+        problem = f"its evaluation record is not proven in the ledger: {record.problem if record else 'missing'}"
+        verified = False
     return LineProof(line_id, batch_id, str(line["evaluation_id"]), str(line["record_sha256"]), index, len(leaves),
-                     [p.hex() for p in proof], sealed_root, seal_seq, verified, problem)
+                     [p.hex() for p in proof], sealed_root, seal_seq, verified, problem, record)
 
 
 def _seal(conn: Connection, batch_id: str) -> tuple[int, dict[str, object] | None]:

@@ -1,24 +1,20 @@
-"""Running a payout batch: evaluate every enterprise in chunks, then stack, pro-rate, grant and
-seal in one transaction.
+"""Running a payout batch: evaluate every enterprise, partition by partition, then stack, pro-rate,
+grant and seal in one transaction.
 
-Crash safety. Each chunk commits its evaluation records, its candidates and the batch's cursor
-in ONE transaction; a crash loses at most the chunk in flight, and a restart resumes after the
-cursor, so no enterprise is missing or evaluated into the batch twice. Grants are written only
-at the end, in the transaction that turns the batch DRAFT: a batch is never visible as complete
-until it is. A worker holds the batch by a lease renewed with every chunk; when a server dies,
-another (or the restarted one) takes the batch over once the lease has run out.
+The worker that holds the batch (by a lease, renewed while it runs) is its coordinator: it splits
+the registry into partitions (`service.payouts.partitions`: each commits chunk by chunk with its
+own cursor and lease, exactly once) and runs them in this thread, in worker processes or on a Dask
+cluster (`service.payouts.pools`). Grants are written only at the end, in the transaction that
+turns the batch DRAFT: a batch is never visible as complete until it is. When a server dies,
+another (or the restarted one) takes the batch over once the lease has run out, and every
+partition resumes after its last committed chunk.
 """
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -27,61 +23,52 @@ from sqlalchemy import func, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry.db import error_text, redacted
-from rules.errors import EvaluationError
-from rules.evaluator import ELIGIBLE, evaluate
+from rules.evaluator import ELIGIBLE
 from rules.loader import LoadedPolicy, PolicySet, load_policy_text
 from service.audit.ledger import ledger_transaction
 from service.audit.merkle import root
-from service.audit.records import (
-    Actor,
-    PreparedRecord,
-    evaluation_record,
-    policy_version,
-    prepare_record,
-    write_records,
-)
+from service.audit.records import Actor, evaluation_record, policy_version
 from service.catalogue import CATALOGUE
-from service.facts_documents import DocumentSource, EnterpriseRows, build_document
 from service.payouts.allocation import prorate, stack
 from service.payouts.batches import Batch, get_batch, start_batch
+from service.payouts.partitions import (
+    DEFAULT_SETTINGS,
+    ChunkEvaluator,
+    LeaseLostError,
+    PartitionTask,
+    RunSettings,
+    all_done,
+    ensure_partitions,
+    excluded_grants,
+    new_worker_id,
+    now_ms,
+    run_partition_with,
+)
 from service.payouts.payees import registry_payees
+from service.payouts.pools import PartitionPool, close_shared_pools, shared_process_pool
 from service.payouts.seals import MoneyEvent, seal_event, unsealed
 from service.payouts.states import BatchState, LineState
-from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate
+from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate, payout_partition
+
+__all__ = ["BatchWorkers", "LeaseLostError", "RunSettings", "claim", "claimable", "create_batch",
+           "new_worker_id", "release", "run_batch"]
 
 log = logging.getLogger("benefits.payouts")
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    chunk_size: int = 200          # enterprises per committed chunk
-    lease_seconds: float = 30.0    # how long a silent worker keeps its batch
-
-
-class LeaseLostError(Exception):
-    """Another worker took the batch over (this one was too slow to renew its lease)."""
-
-
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 def run_batch(engine: Engine, policies: PolicySet, batch_id: str, *, worker: str,
-              settings: RunSettings = RunSettings(), stop: threading.Event | None = None) -> bool:
-    """Run a RUNNING batch to DRAFT, resuming after its cursor. False when the batch is not
-    RUNNING, another worker holds it, or `stop` was set (the lease is then given back)."""
+              settings: RunSettings = DEFAULT_SETTINGS, stop: threading.Event | None = None,
+              pool: PartitionPool | None = None) -> bool:
+    """Run a RUNNING batch to DRAFT, resuming each partition after its cursor: in this thread, or
+    with `settings.workers` > 1 (or a `pool`) in worker processes. False when the batch is not
+    RUNNING, another worker holds it, or `stop` was set (the batch is then given back)."""
     if not claim(engine, batch_id, worker, settings.lease_seconds):
         return False
     try:
         run = _Run.load(engine, policies, batch_id, worker, settings)
-        while True:
-            if stop is not None and stop.is_set():
-                release(engine, batch_id, worker)
-                return False
-            chunk = run.source.rows_after(run.cursor, settings.chunk_size)
-            if not chunk:
-                break
-            run.commit_chunk(chunk)
+        if not run.run_partitions(stop, pool):
+            release(engine, batch_id, worker)
+            return False
         run.finish()
         return True
     except LeaseLostError:
@@ -90,7 +77,7 @@ def run_batch(engine: Engine, policies: PolicySet, batch_id: str, *, worker: str
 
 
 def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period: int, request_id: str,
-                 actor: Actor, today: date, settings: RunSettings = RunSettings()) -> Batch:
+                 actor: Actor, today: date, settings: RunSettings = DEFAULT_SETTINGS) -> Batch:
     """Start a batch and run it to DRAFT in the calling thread (the CLI and tests; the server runs
     batches in `BatchWorkers`). A repeated request returns its batch as it stands."""
     batch = start_batch(engine, policies, policy_id=policy_id, period=period, request_id=request_id,
@@ -102,7 +89,7 @@ def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period:
 
 def claim(engine: Engine, batch_id: str, worker: str, lease_seconds: float) -> bool:
     """Take a RUNNING batch whose lease is free or ran out (or is already ours)."""
-    now = _now_ms()
+    now = now_ms()
     with engine.begin() as conn:
         changed = conn.execute(payout_batch.update().where(
             payout_batch.c.batch_id == batch_id, payout_batch.c.state == BatchState.RUNNING,
@@ -117,6 +104,9 @@ def release(engine: Engine, batch_id: str, worker: str) -> None:
     with engine.begin() as conn:
         conn.execute(payout_batch.update().where(
             payout_batch.c.batch_id == batch_id, payout_batch.c.worker == worker).values(worker=None, lease_until=0))
+        conn.execute(payout_partition.update().where(
+            payout_partition.c.batch_id == batch_id, payout_partition.c.worker.like(f"{worker}/p%"))
+            .values(worker=None, lease_until=0))
 
 
 def claimable(engine: Engine) -> list[str]:
@@ -124,24 +114,21 @@ def claimable(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         return list(conn.execute(select(payout_batch.c.batch_id).where(
             payout_batch.c.state == BatchState.RUNNING,
-            or_(payout_batch.c.worker.is_(None), payout_batch.c.lease_until < _now_ms()))
+            or_(payout_batch.c.worker.is_(None), payout_batch.c.lease_until < now_ms()))
             .order_by(payout_batch.c.created_at)).scalars())
 
 
 class _Run:
-    """One worker's run of one batch."""
+    """One coordinator's run of one batch: its partitions, then the end (DRAFT)."""
 
-    def __init__(self, engine: Engine, row: Any, policy: LoadedPolicy, rivals: list[LoadedPolicy],
-                 excluded: frozenset[str], worker: str, settings: RunSettings) -> None:
-        self.engine, self.row, self.policy, self.rivals = engine, row, policy, rivals
-        self.excluded = sorted(excluded)   # policies whose standing grant bars this one
+    def __init__(self, engine: Engine, row: Any, evaluator: ChunkEvaluator, worker: str,
+                 settings: RunSettings) -> None:
+        self.engine, self.row, self.evaluator = engine, row, evaluator
+        self.policy, self.rivals, self.excluded = evaluator.policy, evaluator.rivals, evaluator.excluded
         self.worker, self.settings = worker, settings
         self.batch_id: str = row.batch_id
         self.period: int = row.period
-        self.cursor: str = row.cursor
-        self.actor = Actor(row.created_by, row.created_role)
-        self.today = date.fromisoformat(row.evaluated_on)
-        self.source = DocumentSource(engine)
+        self.actor = evaluator.actor
 
     @classmethod
     def load(cls, engine: Engine, policies: PolicySet, batch_id: str, worker: str,
@@ -155,65 +142,38 @@ class _Run:
         # The exclusions of the text the batch runs under, and those the current rules add.
         excluded = frozenset(policy.excludes) | (
             policies.excluded(policy.id) if policy.id in {p.id for p in policies} else frozenset())
-        return cls(engine, row, policy, rivals, excluded, worker, settings)
+        return cls(engine, row, ChunkEvaluator.for_batch(row, policy, rivals, sorted(excluded)), worker, settings)
 
-    # -- chunks -----------------------------------------------------------------------------------
+    # -- partitions -------------------------------------------------------------------------------
 
-    def commit_chunk(self, chunk: list[EnterpriseRows]) -> None:
-        """Evaluate a chunk (outside any transaction), then commit its records, candidates and
-        the cursor together."""
-        usccs = {rows.uscc for rows in chunk}
-        granted = self._granted(usccs)
-        with self.engine.connect() as conn:
-            barred = self._excluded_grants(conn, usccs)
-        records: dict[str, list[PreparedRecord]] = defaultdict(list)
-        candidates: list[dict[str, Any]] = []
-        for rows in chunk:
-            if rows.uscc in granted:
-                continue  # never twice: an earlier batch granted it
-            try:
-                candidate = self._evaluate(rows, records, barred.get(rows.uscc))
-            except EvaluationError as exc:  # counted, logged, not paid; a later batch may pay it
-                log.error("batch %s: %s could not be evaluated: %s", self.batch_id, rows.uscc, exc)
-                candidate = {"uscc": rows.uscc, "full_fen": 0, "group_awards": "{}", "evaluation_id": None,
-                             "record_sha256": None, "error": str(exc)}
-            if candidate is not None:
-                candidates.append({"batch_id": self.batch_id, **candidate})
-        eligible = [c for c in candidates if not c.get("error")]
-        with ledger_transaction(self.engine) as conn:
-            self._renew(conn, cursor=chunk[-1].uscc,
-                        evaluated_count=payout_batch.c.evaluated_count + len(chunk),
-                        eligible_count=payout_batch.c.eligible_count + len(eligible),
-                        eligible_fen=payout_batch.c.eligible_fen + sum(c["full_fen"] for c in eligible),
-                        error_count=payout_batch.c.error_count + len(candidates) - len(eligible))
-            for policy_id, prepared in records.items():
-                write_records(conn, self._policy_by_id(policy_id), prepared)
-            if candidates:
-                conn.execute(insert(payout_candidate), candidates)
-        self.cursor = chunk[-1].uscc
+    def run_partitions(self, stop: threading.Event | None, pool: PartitionPool | None) -> bool:
+        """Every partition to its end; False when stopped first."""
+        partitions = ensure_partitions(self.engine, self.batch_id, self.settings.partitions or self.settings.workers)
+        tasks = [self._task(p.partition_no) for p in partitions if not p.done]
+        stopped = stop.is_set if stop is not None else (lambda: False)
+        if pool is None and self.settings.workers <= 1:
+            for task in tasks:
+                run_partition_with(self.engine, self.evaluator, task, stop=stopped)
+                if stopped():
+                    return False
+            return True
+        if pool is None:
+            pool = shared_process_pool(self.settings.workers)
+        results = pool.run(tasks, heartbeat=self.renew_lease, stopped=stopped,
+                           interval=max(self.settings.lease_seconds / 3, 0.2))
+        for result in results or ():
+            log.info("batch %s partition %d: %d enterprises evaluated in process %d", self.batch_id,
+                     result.partition_no, result.evaluated, result.pid)
+        return results is not None
 
-    def _evaluate(self, rows: EnterpriseRows, records: dict[str, list[PreparedRecord]],
-                  barred_by: str | None) -> dict[str, Any] | None:
-        note = f"not paid: holds {barred_by}, which {self.policy.id} excludes" if barred_by else None
-        result, record = self._evaluate_policy(self.policy, rows, records, note=note)
-        if result.outcome != ELIGIBLE or barred_by:
-            return None
-        awards = {}
-        for rival in self.rivals:  # 就高不重复: what the group's other policies would award
-            rival_result, _ = self._evaluate_policy(rival, rows, records)
-            if rival_result.outcome == ELIGIBLE:
-                awards[rival.id] = rival_result.amount_fen
-        return {"uscc": rows.uscc, "full_fen": result.amount_fen,
-                "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),
-                "evaluation_id": record.evaluation_id, "record_sha256": record.record_sha256, "error": None}
+    def _task(self, partition_no: int) -> PartitionTask:
+        return PartitionTask(self.engine.url.render_as_string(hide_password=False), self.batch_id, partition_no,
+                             self.worker, tuple(p.source for p in (self.policy, *self.rivals)),
+                             tuple(self.excluded), self.settings)
 
-    def _evaluate_policy(self, policy: LoadedPolicy, rows: EnterpriseRows, records: dict[str, list[PreparedRecord]],
-                         *, note: str | None = None) -> tuple[Any, PreparedRecord]:
-        document = build_document(rows, policy.fact_year(self.period))
-        result = evaluate(policy.compiled(self.period), document, today=self.today)
-        record = prepare_record(result, document, self.actor, batch_id=self.batch_id, payout_note=note)
-        records[policy.id].append(record)
-        return result, record
+    def renew_lease(self) -> None:
+        with self.engine.begin() as conn:
+            self._renew(conn)
 
     def _budget_left(self, conn: Connection) -> int | None:
         """The period's budget less what standing grants of earlier batches already spent."""
@@ -224,32 +184,12 @@ class _Run:
             grant.c.released == "")).scalar_one()
         return max(self.policy.budget_fen - int(spent), 0)
 
-    def _policy_by_id(self, policy_id: str) -> LoadedPolicy:
-        return next(p for p in (self.policy, *self.rivals) if p.id == policy_id)
-
-    def _granted(self, usccs: set[str]) -> set[str]:
-        with self.engine.connect() as conn:
-            return set(conn.execute(select(grant.c.uscc).where(
-                grant.c.policy_id == self.policy.id, grant.c.period == self.period, grant.c.released == "",
-                grant.c.uscc.in_(sorted(usccs)))).scalars())
-
-    def _excluded_grants(self, conn: Connection, usccs: set[str]) -> dict[str, str]:
-        """Enterprises holding a standing grant of a policy this one excludes, in the period:
-        USCC -> "grant <id> of <policy>"."""
-        if not self.excluded or not usccs:
-            return {}
-        query = select(grant.c.uscc, grant.c.grant_id, grant.c.policy_id).where(
-            grant.c.policy_id.in_(self.excluded), grant.c.period == self.period, grant.c.released == "",
-            grant.c.uscc.in_(sorted(usccs)))
-        rows = conn.execute(query).all()
-        return {r.uscc: f"grant {r.grant_id} of {r.policy_id}" for r in rows}
-
     def _renew(self, conn: Connection, **values: Any) -> None:
         # First statement of every write: proves the lease is still ours and extends it.
         changed = conn.execute(payout_batch.update().where(
             payout_batch.c.batch_id == self.batch_id, payout_batch.c.state == BatchState.RUNNING,
             payout_batch.c.worker == self.worker).values(
-            **{"lease_until": _now_ms() + int(self.settings.lease_seconds * 1000), **values}))
+            **{"lease_until": now_ms() + int(self.settings.lease_seconds * 1000), **values}))
         if changed.rowcount != 1:
             raise LeaseLostError(self.batch_id)
 
@@ -261,13 +201,15 @@ class _Run:
         group = self.policy.model.conflict_group
         with ledger_transaction(self.engine) as conn:
             self._renew(conn)
+            if not all_done(conn, self.batch_id):
+                raise LeaseLostError(f"{self.batch_id}: a partition is still running")
             candidates = self._founded_candidates(conn)
             granted = set(conn.execute(select(grant.c.uscc).where(
                 grant.c.policy_id == self.policy.id, grant.c.period == self.period,
                 grant.c.released == "")).scalars())
             # Checked again here, under the ledger lock: a batch of an excluded policy may have
             # reached DRAFT since the chunk was evaluated.
-            barred = self._excluded_grants(conn, {c.uscc for c in candidates})
+            barred = excluded_grants(conn, self.excluded, self.period, {c.uscc for c in candidates})
             paid_in_group: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
             if group:
                 for g in conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.amount_fen, grant.c.grant_id)
@@ -376,18 +318,15 @@ def _policy_version(conn: Connection, policies: PolicySet, policy_id: str, rule_
     return load_policy_text(source.encode(), CATALOGUE, origin=f"policy_version {rule_sha256[:12]}")
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class BatchWorkers:
     """Runs RUNNING batches in background threads: new ones when woken, and any batch whose
     worker died (its lease ran out) on the next scan - which, at start, resumes a crashed run."""
 
-    def __init__(self, engine: Engine, policies: Callable[[], PolicySet], settings: RunSettings = RunSettings(),
-                 *, max_parallel: int = 2) -> None:
+    def __init__(self, engine: Engine, policies: Callable[[], PolicySet], settings: RunSettings = DEFAULT_SETTINGS,
+                 *, max_parallel: int = 2, pool: PartitionPool | None = None) -> None:
         self.engine, self.policies, self.settings = engine, policies, settings
         self.max_parallel = max_parallel
+        self.pool = pool   # where partitions run (a Dask cluster); None: per settings.workers
         self.worker = new_worker_id()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -411,6 +350,7 @@ class BatchWorkers:
             threads = list(self._active.values())
         for thread in threads:
             thread.join(timeout)
+        close_shared_pools()
 
     def _loop(self) -> None:
         poll = max(self.settings.lease_seconds / 3, 0.2)
@@ -435,7 +375,7 @@ class BatchWorkers:
     def _run(self, batch_id: str) -> None:
         try:
             if run_batch(self.engine, self.policies(), batch_id, worker=self.worker, settings=self.settings,
-                         stop=self._stop):
+                         stop=self._stop, pool=self.pool):
                 log.warning("batch %s is DRAFT", batch_id)
         except Exception as exc:  # the lease runs out and a later scan (here or elsewhere) retries
             log.error("batch %s failed; it will be retried: %s", batch_id, error_text(exc),

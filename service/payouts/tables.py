@@ -84,6 +84,21 @@ payout_candidate = Table(
     Column("error", Text, nullable=True),                   # an evaluation that failed: not paid
     PrimaryKeyConstraint("batch_id", "uscc", name="one_candidate_per_batch_enterprise"))
 
+# A running batch's share of the registry: the enterprises after `after_uscc` up to `last_uscc`
+# (NULL: to the end), each with its own cursor and lease, so that worker processes run partitions
+# side by side and a dead worker's partition resumes after its last committed chunk.
+payout_partition = Table(
+    "payout_partition", metadata,
+    Column("batch_id", String(40), nullable=False),
+    Column("partition_no", Integer, nullable=False),
+    Column("after_uscc", String(18), nullable=False),
+    Column("last_uscc", String(18), nullable=True),
+    Column("cursor", String(18), nullable=False),          # the last USCC whose chunk committed
+    Column("done", Integer, nullable=False, server_default="0"),
+    Column("worker", String(120), nullable=True),
+    Column("lease_until", BigInteger, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("batch_id", "partition_no", name="one_row_per_batch_partition"))
+
 # A line of a batch: one grant. Every column is sealed (`seals.line_leaf`).
 grant = Table(
     "grant_award", metadata,

@@ -26,7 +26,7 @@ from service.audit import signatures
 from service.audit.ledger import Fault, ledger_entry
 from service.audit.merkle import RootBuilder
 from service.audit.problems import AuditProblem
-from service.audit.records import evaluation_record
+from service.audit.record_tables import evaluation_record
 from service.payouts.seals import (
     LINE_COLUMNS,
     MONEY_EVENT_KIND,

@@ -50,7 +50,9 @@ def test_an_auditor_fetches_lists_verifies_and_replays(stubs: Stubs) -> None:
     stored = stubs.audit.GetEvaluation(audit_service_pb2.GetEvaluationRequest(
         evaluation_id=looked_up.evaluation_id), metadata=AUDITOR)
     assert (stored.outcome, stored.amount_fen) == (looked_up.outcome, looked_up.amount_fen)
-    assert [c.result for c in stored.conditions] == [c.result for c in looked_up.conditions]
+    # The record is compact: the full trace is rendered by replay, equal to what the lookup showed.
+    assert list(stored.conditions) == list(looked_up.conditions) and stored.amount == looked_up.amount
+    assert list(stored.payable_conditions) == list(looked_up.payable_conditions)
     listed = stubs.audit.ListEvaluations(audit_service_pb2.ListEvaluationsRequest(
         uscc=A, policy_id=SJR, period=2025, outcome=evaluation_pb2.OUTCOME_ELIGIBLE), metadata=AUDITOR)
     assert looked_up.evaluation_id in [e.evaluation_id for e in listed.evaluations]
@@ -84,6 +86,34 @@ def test_an_edited_record_is_located(api_server: RunningServer, stubs: Stubs) ->
         conn.execute(text("UPDATE evaluation_record SET record = replace(record, :b, :a) "
                           "WHERE evaluation_id = :e"),
                      {"a": f'"amount_fen":{victim.amount_fen}', "b": '"amount_fen":1', "e": victim.evaluation_id})
+    assert _verify(stubs).valid
+
+
+def test_a_record_that_no_longer_replays_to_itself_is_refused_not_shown(api_server: RunningServer,
+                                                                       stubs: Stubs) -> None:
+    victim = _explain(stubs, A)
+    edit = {"a": f'"amount_fen":{victim.amount_fen}', "b": '"amount_fen":1', "e": victim.evaluation_id}
+    with api_server.engine.begin() as conn:
+        conn.execute(text("UPDATE evaluation_record SET record = replace(record, :a, :b) WHERE evaluation_id = :e"),
+                     edit)
+    try:
+        for call in (lambda: stubs.audit.GetEvaluation(audit_service_pb2.GetEvaluationRequest(
+                         evaluation_id=victim.evaluation_id), metadata=AUDITOR),
+                     lambda: stubs.audit.ListEvaluations(audit_service_pb2.ListEvaluationsRequest(
+                         uscc=A, page_size=1000), metadata=AUDITOR)):
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.DATA_LOSS
+            assert victim.evaluation_id in info.value.details()
+            assert f"amount_fen: stored 1, replayed {victim.amount_fen}" in info.value.details()
+        replayed = stubs.audit.ReplayEvaluation(audit_service_pb2.ReplayEvaluationRequest(
+            evaluation_id=victim.evaluation_id), metadata=AUDITOR)
+        assert not replayed.identical and replayed.replayed.amount_fen == victim.amount_fen
+        assert f"amount_fen: stored 1, replayed {victim.amount_fen}" in list(replayed.differences)
+    finally:
+        with api_server.engine.begin() as conn:  # put it back for the next test
+            conn.execute(text("UPDATE evaluation_record SET record = replace(record, :b, :a) "
+                              "WHERE evaluation_id = :e"), edit)
     assert _verify(stubs).valid
 
 

@@ -195,3 +195,25 @@ def test_evaluations_are_recorded_and_audit_verify_locates_an_edit(db_url: str, 
     assert main(["audit", "verify", "--db", db_url]) == 1
     out = capsys.readouterr().out
     assert out.startswith("INVALID (edited") and first in out
+
+
+def test_audit_prove_gives_an_evaluation_records_inclusion_proof(db_url: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    feed = _write(tmp_path / "feed.jsonl", [_enterprise(A), _si(A)])
+    assert main(["registry", "load", str(feed), "--db", db_url]) == 0
+    capsys.readouterr()
+    evaluation_id = _evaluate(capsys, db_url, A, "stable-jobs-refund")["evaluation_id"]
+    assert main(["audit", "prove", "--db", db_url, evaluation_id]) == 0
+    out = capsys.readouterr().out
+    assert f"record {evaluation_id}: leaf 0 of 1" in out and out.rstrip().endswith(
+        "VERIFIED: the record is sealed in the ledger")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE evaluation_record SET record = replace(record, 'cli:', 'forged:') "
+                              "WHERE evaluation_id = :e"), {"e": evaluation_id})
+    finally:
+        engine.dispose()
+    assert main(["audit", "prove", "--db", db_url, evaluation_id]) == 1
+    assert "NOT VERIFIED: the record's text no longer has its record_sha256" in capsys.readouterr().out
+    assert main(["audit", "prove", "--db", db_url, "ev_unknown"]) != 0

@@ -90,7 +90,7 @@ def test_an_enterprise_granted_under_one_policy_is_not_paid_by_the_other(registr
     assert (beta.line_count, beta.eligible_count) == (1, 1)
     for code in (E1, E2):
         record = _record(registry, code, BETA, beta.batch_id)
-        assert record["evaluation"]["outcome"] == "ELIGIBLE"       # eligible, but not paid: says why
+        assert record["outcome"] == "ELIGIBLE"       # eligible, but not paid: says why
         note = str(record.get("payout_note", ""))
         assert ALPHA in note and alpha_lines[code] in note, record.get("payout_note")
     assert "payout_note" not in _record(registry, E3, BETA, beta.batch_id)

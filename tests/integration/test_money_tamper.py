@@ -12,10 +12,10 @@ table and row concerned, never printing an account number: every column of `gran
 line of every state, every sealed column of `payout_batch` on a batch of every state, every
 column of `payout_export`, a row of each deleted, a forged row of each inserted, the seal rows
 edited, deleted, inserted, moved, relabelled, and a line and its seal edited together; the
-evaluation records deleted and their filter columns edited. Each attack runs in a transaction
-that is rolled back, so the cases are independent. Part of the matrix runs through the real
-CLI (`benefits audit verify --db URL` via `service.cli.main`), with the attack committed and
-undone afterwards.
+evaluation records deleted (named by their chunk), forged, rewritten and their filter columns
+edited. Each attack runs in a transaction that is rolled back, so the cases are independent.
+Part of the matrix runs through the real CLI (`benefits audit verify --db URL` via
+`service.cli.main`), with the attack committed and undone afterwards.
 """
 from __future__ import annotations
 
@@ -567,21 +567,26 @@ def _record_of_paid_line(conn: Connection, world: World) -> dict[str, Any]:
 
 
 def test_a_deleted_evaluation_record_is_named(world: World) -> None:
+    """The ledger seals a chunk of records by its root: a deleted record names its chunk (and its
+    place in it); the line citing it names the evaluation that is gone."""
     with attacker(world.engine) as conn:
         record = _record_of_paid_line(conn, world)
         conn.execute(delete(evaluation_record).where(
             evaluation_record.c.evaluation_id == record["evaluation_id"]))
         verdict = _verdict(conn)
-    assert_caught(verdict, {("evaluation_record", record["evaluation_id"])}, fault=Fault.DELETED)
+    chunk = ("evaluation_record", f"entry {record['ledger_seq']}")
+    assert_caught(verdict, {chunk}, {chunk, ("grant_award", world.lines["PAID"])}, fault=Fault.DELETED)
+    assert f"leaf {record['leaf_index']} missing" in _report_text(verdict)
+    line_problem = next(p for p in verdict.problems if p.table == "grant_award")
+    assert record["evaluation_id"] in line_problem.detail and "not stored" in line_problem.detail
 
 
 def test_a_deleted_ineligible_evaluation_record_is_named(world: World) -> None:
     with attacker(world.engine) as conn:
-        evaluation_id = conn.execute(select(evaluation_record.c.evaluation_id).where(
-            evaluation_record.c.uscc == UNTITLED).limit(1)).scalar_one()
-        conn.execute(delete(evaluation_record).where(evaluation_record.c.evaluation_id == evaluation_id))
+        record = conn.execute(select(evaluation_record).where(evaluation_record.c.uscc == UNTITLED).limit(1)).one()
+        conn.execute(delete(evaluation_record).where(evaluation_record.c.evaluation_id == record.evaluation_id))
         verdict = _verdict(conn)
-    assert_caught(verdict, {("evaluation_record", evaluation_id)}, fault=Fault.DELETED)
+    assert_caught(verdict, {("evaluation_record", f"entry {record.ledger_seq}")}, fault=Fault.DELETED)
 
 
 RECORD_EDITS: dict[str, Callable[[World, dict[str, Any]], Any]] = {
@@ -619,12 +624,11 @@ def test_an_evaluation_record_rewritten_with_its_hash_recomputed_is_named(world:
     with attacker(world.engine) as conn:
         record = _record_of_paid_line(conn, world)
         body = orjson.loads(record["record"])
-        body["evaluation"]["amount_fen"] *= 2
+        body["amount_fen"] *= 2
         text = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
         conn.execute(update(evaluation_record).where(
             evaluation_record.c.evaluation_id == record["evaluation_id"]).values(
-            record=text, record_sha256=hashlib.sha256(text.encode()).hexdigest(),
-            amount_fen=body["evaluation"]["amount_fen"]))
+            record=text, record_sha256=hashlib.sha256(text.encode()).hexdigest(), amount_fen=body["amount_fen"]))
         verdict = _verdict(conn)
     assert_caught(verdict, {("evaluation_record", record["evaluation_id"])}, fault=Fault.EDITED)
 
@@ -693,7 +697,8 @@ def _delete_seal(conn: Connection, world: World) -> tuple[str, Callable[[Connect
 def _delete_record(conn: Connection, world: World) -> tuple[str, Callable[[Connection], None]]:
     record = _record_of_paid_line(conn, world)
     conn.execute(delete(evaluation_record).where(evaluation_record.c.evaluation_id == record["evaluation_id"]))
-    return record["evaluation_id"], lambda c: c.execute(insert(evaluation_record).values(record))
+    # Named by its chunk: the ledger holds the chunk's root, not each record's id.
+    return f"entry {record['ledger_seq']}", lambda c: c.execute(insert(evaluation_record).values(record))
 
 
 def _edit_record_outcome(conn: Connection, world: World) -> tuple[str, Callable[[Connection], None]]:

@@ -93,11 +93,13 @@ def _expected_lines(url: str, today: date) -> dict[str, int]:
         engine.dispose()
 
 
+@pytest.mark.parametrize("workers", [1, 3], ids=["in-the-server", "three-worker-processes"])
 def test_sigkill_during_a_batch_and_restart_finish_the_same_batch_exactly_once(
-        crash_db_url: str, tmp_path: Path) -> None:
+        crash_db_url: str, tmp_path: Path, workers: int) -> None:
     auth_file = write_auth_file(tmp_path / "auth.yaml")
     log_file = tmp_path / "server.log"
-    serve_args = ("--batch-chunk", str(CHUNK), "--batch-lease-seconds", LEASE_SECONDS)
+    serve_args = ("--batch-chunk", str(CHUNK), "--batch-lease-seconds", LEASE_SECONDS,
+                  "--batch-workers", str(workers))
     batch_id = ""
     for kill_at in KILL_AT:
         with server_process(crash_db_url, auth_file, log_file, *serve_args) as (child, port):

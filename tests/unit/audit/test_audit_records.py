@@ -1,146 +1,237 @@
-"""Evaluation records: stored with facts and rule text, chained, checked, and replayed."""
+"""Evaluation records: compact, stored with facts and rule text by hash, sealed one chunk per
+ledger entry, rendered on demand, found again for reuse."""
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
+import orjson
 import pytest
-from sqlalchemy import text
+from records_testkit import (
+    AUDITOR,
+    CATALOGUE,
+    POLICY,
+    TODAY,
+    USCC,
+    audit_engine,
+    document,
+    policy,
+    prepared,
+    write_chunk,
+)
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from rules.evaluator import evaluate
-from rules.facts import Fact, FactsDocument, Record
 from rules.loader import LoadedPolicy, load_policy_file
-from service.audit.ledger import verify
+from service.audit.canonical import canonical_json, sha256_hex
+from service.audit.decision import Decision
+from service.audit.ledger import ledger_entry, verify
+from service.audit.merkle import root
 from service.audit.records import (
-    Actor,
-    create_audit_schema,
+    RECORDS_KIND,
+    SERVICE_VERSION,
     document_from_json,
     document_to_json,
+    evaluation_record,
+    facts_snapshot,
+    find_recorded,
+    list_records,
     load_record,
+    prepare_decision,
     record_evaluation,
     replay,
+    snapshot_of,
     verify_records,
 )
-from service.catalogue import CATALOGUE
+from service.audit.rendering import render, render_faithful
+from service.errors import RecordMismatchError
 
-POLICY = Path(__file__).resolve().parents[3] / "rules" / "policies" / "stable-jobs-refund.yaml"
-AS_OF = date(2025, 1, 31)
-TODAY = date(2026, 3, 31)
-AUDITOR = Actor("test-auditor", "auditor")
+__all__ = ["audit_engine", "policy"]   # fixtures
 
-
-def _document(premium_fen: int = 123_456_715) -> FactsDocument:
-    def fact(value: object) -> Fact:
-        return Fact(value, "human_resources", AS_OF)  # type: ignore[arg-type]
-    facts = {"enterprise.status": fact("active"), "enterprise.org_type": fact("enterprise"),
-             "enterprise.labor_dispatch": fact(False), "enterprise.has_bank_account": fact(True),
-             "enterprise.established_on": fact(date(2010, 5, 6)),
-             "si.ui_months_paid": fact(12), "si.ui_arrears": fact(False),
-             "si.ui_benefit_claimants": fact(30), "si.insured_avg_monthly": fact(1000),
-             "si.insured_start": fact(1000), "si.ui_premium_paid_fen": fact(premium_fen),
-             "si.ui_back_payment_fen": fact(0), "si.ui_late_fee_fen": fact(0),
-             "derived.size_class": fact("large")}
-    listings = [Record("credit_listing:zombie@2020-01-01", {"list": "zombie", "listed_on": date(2020, 1, 1),
-                                                            "removed_on": date(2021, 1, 1)}, "credit", AS_OF)]
-    return FactsDocument("91420600MA4K00001M", 2024, facts,
-                         {"hires": [], "qualifications": [], "credit_listings": listings}, {"tax": "no record"})
+COMPACT_FIELDS = {"evaluation_id", "policy_id", "rule_sha256", "policy_version", "period", "fact_year", "uscc",
+                  "evaluated_on", "outcome", "amount_fen", "mask", "facts_sha256", "actor", "recorded_at",
+                  "batch_id", "engine", "service_version"}
 
 
-@pytest.fixture
-def audit_engine(db_engine: Engine) -> Engine:
-    create_audit_schema(db_engine)
-    return db_engine
-
-
-@pytest.fixture(scope="module")
-def policy() -> LoadedPolicy:
-    return load_policy_file(POLICY, CATALOGUE)
-
-
-def _record(engine: Engine, policy: LoadedPolicy, document: FactsDocument) -> str:
-    result = evaluate(policy.compiled(2025), document, today=TODAY)
-    return record_evaluation(engine, result, document, policy, AUDITOR)
+def _record(engine: Engine, policy: LoadedPolicy, premium_fen: int = 123_456_715) -> str:
+    facts = document(premium_fen)
+    result = evaluate(policy.compiled(2025), facts, today=TODAY)
+    return record_evaluation(engine, result, facts, policy, AUDITOR)
 
 
 def test_a_facts_document_round_trips_with_its_dates() -> None:
-    document = _document()
-    assert document_from_json(document_to_json(document), CATALOGUE) == document
+    facts = document()
+    assert document_from_json(document_to_json(facts), CATALOGUE) == facts
 
 
-def test_a_recorded_evaluation_is_chained_and_replays_identically(audit_engine: Engine,
-                                                                  policy: LoadedPolicy) -> None:
-    evaluation_id = _record(audit_engine, policy, _document())
+def test_a_record_is_compact_and_holds_the_decision(audit_engine: Engine, policy: LoadedPolicy) -> None:
+    facts = document()
+    result = evaluate(policy.compiled(2025), facts, today=TODAY)
+    evaluation_id = record_evaluation(audit_engine, result, facts, policy, AUDITOR)
     with audit_engine.connect() as conn:
-        record = load_record(conn, evaluation_id)
-        assert record is not None
-        assert record["evaluation"]["amount_fen"] == 37_037_015
-        assert record["actor"] == {"principal": "test-auditor", "role": "auditor"}
+        stored = conn.execute(select(evaluation_record).where(
+            evaluation_record.c.evaluation_id == evaluation_id)).one()
+    record = orjson.loads(stored.record)
+    assert set(record) == COMPACT_FIELDS           # no trace, no explanation
+    assert stored.record == canonical_json(record).decode() and stored.record_sha256 == sha256_hex(
+        stored.record.encode())
+    assert Decision.from_record(record) == Decision.of(result)
+    everything_holds = "T" * len(result.conditions) + "/" + "T" * len(result.payable)
+    assert (record["outcome"], record["amount_fen"], record["mask"]) == ("ELIGIBLE", 37_037_015, everything_holds)
+    assert record["actor"] == {"principal": "test-auditor", "role": "auditor"}
+    assert record["facts_sha256"] == snapshot_of(facts)[1] and record["service_version"] == SERVICE_VERSION
+    assert (stored.rule_sha256, stored.facts_sha256, stored.evaluated_on, stored.leaf_index) == (
+        policy.sha256, record["facts_sha256"], TODAY.isoformat(), 0)
+    fat = len(canonical_json(result.to_dict()))
+    assert len(stored.record) * 4 < fat, (len(stored.record), fat)
+
+
+def test_a_record_needs_no_evaluation_object(audit_engine: Engine, policy: LoadedPolicy) -> None:
+    """The fast path: a Decision and a shared snapshot suffice; the record replays faithfully."""
+    facts = document()
+    result = evaluate(policy.compiled(2025), facts, today=TODAY)
+    decision = Decision(policy.id, policy.version, policy.sha256, 2025, 2024, USCC, TODAY.isoformat(),
+                        result.outcome, result.amount_fen, Decision.of(result).mask)
+    facts_json, facts_sha = snapshot_of(facts)
+    records = [prepare_decision(decision, facts_json, facts_sha, AUDITOR, "pb_x", note)
+               for note in (None, "not paid: holds grant g of p")]
+    write_chunk(audit_engine, policy, records)
+    with audit_engine.connect() as conn:
+        first, second = (load_record(conn, r.evaluation_id) for r in records)
+        assert first is not None and second is not None
+        assert "payout_note" not in first and second["payout_note"] == "not paid: holds grant g of p"
+        assert first["batch_id"] == "pb_x"
+        assert render_faithful(conn, first, CATALOGUE) == result
+        assert conn.execute(select(func.count()).select_from(facts_snapshot)).scalar_one() == 1   # shared
+        assert verify_records(conn) == []
+
+
+def test_a_written_chunk_is_one_ledger_entry_with_the_root_of_its_records(audit_engine: Engine,
+                                                                         policy: LoadedPolicy) -> None:
+    records = [prepared(policy, 1_000_000 + i) for i in range(5)]
+    seq = write_chunk(audit_engine, policy, records)
+    with audit_engine.connect() as conn:
+        entries = conn.execute(select(ledger_entry.c.kind, ledger_entry.c.payload)).all()
+        places = conn.execute(select(evaluation_record.c.evaluation_id, evaluation_record.c.ledger_seq,
+                                     evaluation_record.c.leaf_index).order_by(evaluation_record.c.leaf_index)).all()
         assert verify(conn).valid and verify_records(conn) == []
+    assert [kind for kind, _ in entries] == [RECORDS_KIND]
+    seal = orjson.loads(entries[0].payload)
+    assert seal == {"count": 5, "merkle_root": root([bytes.fromhex(r.record_sha256) for r in records]).hex(),
+                    "policy_id": policy.id, "rule_sha256": policy.sha256}
+    assert [tuple(p) for p in places] == [(r.evaluation_id, seq, i) for i, r in enumerate(records)]
+
+
+def test_records_of_another_rule_text_are_refused(audit_engine: Engine, policy: LoadedPolicy,
+                                                  tmp_path: Path) -> None:
+    changed = tmp_path / "stable-jobs-refund.yaml"
+    changed.write_text(POLICY.read_text(encoding="utf-8").replace("2023: 30%", "2023: 35%"), encoding="utf-8")
+    other = load_policy_file(changed, CATALOGUE, require_tests=False)
+    with pytest.raises(ValueError, match="not made under"):
+        write_chunk(audit_engine, other, [prepared(policy)])
+
+
+def test_a_recorded_evaluation_replays_identically(audit_engine: Engine, policy: LoadedPolicy) -> None:
+    evaluation_id = _record(audit_engine, policy)
     result = replay(audit_engine, evaluation_id, CATALOGUE)
     assert result is not None and result.identical, result.differences
     assert result.replayed.amount_fen == 37_037_015
-
-
-def test_an_edited_record_is_caught_and_named(audit_engine: Engine, policy: LoadedPolicy) -> None:
-    first = _record(audit_engine, policy, _document())
-    second = _record(audit_engine, policy, _document(1_000_000))
-    with audit_engine.begin() as conn:
-        stored = conn.execute(text("SELECT record FROM evaluation_record WHERE evaluation_id = :e"),
-                              {"e": second}).scalar_one()
-        conn.execute(text("UPDATE evaluation_record SET record = :r WHERE evaluation_id = :e"),
-                     {"r": stored.replace('"amount_fen":300000', '"amount_fen":900000'), "e": second})
-    with audit_engine.connect() as conn:
-        problems = verify_records(conn)
-    assert [(p.row, p.fault, p.ledger_seq, p.detail) for p in problems] == \
-        [(second, "edited", 2, "the stored record differs from ledger entry 2")]
-    assert first not in " ".join(map(str, problems))
-
-
-def test_an_edited_facts_snapshot_is_caught(audit_engine: Engine, policy: LoadedPolicy) -> None:
-    evaluation_id = _record(audit_engine, policy, _document())
-    with audit_engine.begin() as conn:
-        conn.execute(text("UPDATE facts_snapshot SET document = replace(document, '123456715', '999999999')"))
-    with audit_engine.connect() as conn:
-        assert [(p.row, p.detail.split(" ")[:3]) for p in verify_records(conn)] == \
-            [(evaluation_id, ["its", "facts", "snapshot"])]
+    assert result.replayed == evaluate(policy.compiled(2025), document(), today=TODAY)
+    assert replay(audit_engine, "ev_unknown", CATALOGUE) is None
 
 
 def test_a_rule_file_changed_after_the_decision_still_replays_under_the_old_text(
         audit_engine: Engine, policy: LoadedPolicy, tmp_path: Path) -> None:
-    evaluation_id = _record(audit_engine, policy, _document())
+    evaluation_id = _record(audit_engine, policy)
     changed = tmp_path / "stable-jobs-refund.yaml"
     changed.write_text(POLICY.read_text(encoding="utf-8").replace("2023: 30%", "2023: 35%"), encoding="utf-8")
     new_policy = load_policy_file(changed, CATALOGUE, require_tests=False)
     assert new_policy.sha256 != policy.sha256
-    assert evaluate(new_policy.compiled(2025), _document(), today=TODAY).amount_fen != 37_037_015
+    assert evaluate(new_policy.compiled(2025), document(), today=TODAY).amount_fen != 37_037_015
     result = replay(audit_engine, evaluation_id, CATALOGUE)
     assert result is not None and result.identical
     assert result.replayed.rule_sha256 == policy.sha256
 
 
-def test_replay_reports_differences(audit_engine: Engine, policy: LoadedPolicy) -> None:
-    evaluation_id = _record(audit_engine, policy, _document())
-    with audit_engine.begin() as conn:  # an altered snapshot (verification would flag it too)
+def test_replay_reports_an_altered_snapshot(audit_engine: Engine, policy: LoadedPolicy) -> None:
+    evaluation_id = _record(audit_engine, policy)
+    with audit_engine.begin() as conn:  # an altered snapshot (verification flags it too)
         conn.execute(text("UPDATE facts_snapshot SET document = replace(document, '123456715', '100000000')"))
     result = replay(audit_engine, evaluation_id, CATALOGUE)
     assert result is not None and not result.identical
-    assert any(d.startswith("amount_fen: stored 37037015, replayed 30000000") for d in result.differences)
+    assert any(d.startswith("facts snapshot: the stored text no longer has SHA-256") for d in result.differences)
+    assert "amount_fen: stored 37037015, replayed 30000000" in result.differences
 
 
-def test_a_stored_record_rebuilds_the_evaluation_and_lists_by_filter(audit_engine: Engine,
-                                                                     policy: LoadedPolicy) -> None:
-    from service.audit.records import evaluation_from_dict, list_records
-
-    document = _document()
-    original = evaluate(policy.compiled(2025), document, today=TODAY)
-    first = record_evaluation(audit_engine, original, document, policy, AUDITOR)
-    second = _record(audit_engine, policy, _document(0))
+@pytest.mark.parametrize(("field", "value"), [("outcome", "INELIGIBLE"), ("amount_fen", 1), ("mask", "TTTT/T")])
+def test_rendering_detects_a_record_that_disagrees_with_its_replay(audit_engine: Engine, policy: LoadedPolicy,
+                                                                   field: str, value: object) -> None:
+    """A record whose decision is not what its facts and rule text give (written so, or edited
+    with its hash recomputed) is reported, and never shown as the stored evaluation."""
+    honest = prepared(policy)
+    record = orjson.loads(honest.record_json)
+    assert record[field] != value
     with audit_engine.connect() as conn:
-        record = load_record(conn, first)
-        assert record is not None
-        assert evaluation_from_dict(record["evaluation"]) == original
-        page, total = list_records(conn, policy_id="stable-jobs-refund", limit=1)
-        assert total == 2 and [r["evaluation_id"] for r in page] == [second]
-        assert list_records(conn, uscc="91420600MA4K00001M", outcome="ELIGIBLE")[1] == 2
+        write_chunk(audit_engine, policy, [honest])
+        rendering = render(conn, {**record, field: value}, CATALOGUE)
+        assert rendering.differences == [f"{field}: stored {value!r}, replayed {record[field]!r}"]
+        with pytest.raises(RecordMismatchError) as raised:
+            render_faithful(conn, {**record, field: value}, CATALOGUE)
+        assert raised.value.evaluation_id == honest.evaluation_id and field in str(raised.value)
+        assert render(conn, record, CATALOGUE).differences == []
+
+
+def test_rendering_refuses_a_record_whose_snapshot_is_gone(audit_engine: Engine, policy: LoadedPolicy) -> None:
+    record = orjson.loads(prepared(policy).record_json)   # never written: nothing is stored
+    with audit_engine.connect() as conn, pytest.raises(RecordMismatchError, match="is not stored"):
+        render(conn, record, CATALOGUE)
+
+
+def test_a_recorded_decision_is_found_again_for_reuse(audit_engine: Engine, policy: LoadedPolicy) -> None:
+    first, other = prepared(policy), prepared(policy, 1_000_000)
+    again = prepared(policy)                     # the same facts on the same day: the same decision
+    write_chunk(audit_engine, policy, [first, other])
+    write_chunk(audit_engine, policy, [again])
+    key = {"rule_sha256": policy.sha256, "facts_sha256": first.facts_sha256, "evaluated_on": TODAY.isoformat(),
+           "uscc": USCC, "policy_id": policy.id, "period": 2025}
+    with audit_engine.connect() as conn:
+        found = find_recorded(conn, **key)
+        assert found is not None and found["evaluation_id"] == again.evaluation_id   # the newest
+        assert Decision.from_record(found) == again.decision
+        for column, wrong in (("period", 2024), ("evaluated_on", "2026-04-01"), ("uscc", "91420600MA4K00002K"),
+                              ("rule_sha256", "0" * 64), ("policy_id", "other")):
+            assert find_recorded(conn, **{**key, column: wrong}) is None, column
+    with audit_engine.begin() as conn:   # an altered record is never answered from
+        conn.execute(text("UPDATE evaluation_record SET record = replace(record, 'auditor', 'forger') "
+                          "WHERE evaluation_id = :e"), {"e": again.evaluation_id})
+    with audit_engine.connect() as conn:
+        found = find_recorded(conn, **key)
+        assert found is not None and found["evaluation_id"] == first.evaluation_id
+
+
+def test_the_reuse_lookup_has_its_index(audit_engine: Engine) -> None:
+    from sqlalchemy import inspect
+
+    indexes = {i["name"]: i["column_names"] for i in inspect(audit_engine).get_indexes("evaluation_record")}
+    assert indexes["ix_evaluation_record_reuse"] == ["facts_sha256", "rule_sha256", "evaluated_on", "period"]
+    if audit_engine.dialect.name == "sqlite":   # (PostgreSQL plans an empty table as it likes)
+        with audit_engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT record FROM evaluation_record WHERE facts_sha256 = 'a' AND "
+                "rule_sha256 = 'b' AND evaluated_on = 'c' AND period = 1 AND uscc = 'd' AND policy_id = 'e'"))
+        assert "ix_evaluation_record_reuse" in plan, plan
+
+
+def test_stored_records_list_by_filter_newest_first(audit_engine: Engine, policy: LoadedPolicy) -> None:
+    first = _record(audit_engine, policy)
+    second = _record(audit_engine, policy, 0)
+    chunk = [prepared(policy, 2_000_000), prepared(policy, 3_000_000)]
+    write_chunk(audit_engine, policy, chunk)
+    with audit_engine.connect() as conn:
+        page, total = list_records(conn, policy_id="stable-jobs-refund", limit=3)
+        assert total == 4
+        assert [r["evaluation_id"] for r in page] == [chunk[1].evaluation_id, chunk[0].evaluation_id, second]
+        assert list_records(conn, uscc=USCC, outcome="ELIGIBLE")[1] == 4
         assert list_records(conn, period=2024)[1] == 0
+        record = load_record(conn, first)
+        assert record is not None and render_faithful(conn, record, CATALOGUE).amount_fen == 37_037_015

@@ -27,7 +27,6 @@ from sqlalchemy.engine import Engine
 
 from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make, organisation_check_character
-from rules.errors import EngineDisagreementError
 from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
 from service.audit.ledger import verify
@@ -35,11 +34,12 @@ from service.audit.merkle import root
 from service.audit.records import Actor, evaluation_record, verify_records
 from service.catalogue import CATALOGUE
 from service.errors import BatchRunningError, BatchStateError
+from service.evaluation import decide
 from service.facts_documents import DocumentSource
-from service.payouts import runner
+from service.payouts import partitions
 from service.payouts.batches import Batch, create_payout_schema, get_batch, lines_of, start_batch
 from service.payouts.runner import BatchWorkers, RunSettings, claim, claimable, create_batch, run_batch
-from service.payouts.tables import grant, payout_batch, payout_candidate
+from service.payouts.tables import grant, payout_batch, payout_candidate, payout_partition
 
 RULES = Path(__file__).resolve().parents[3] / "rules"
 POLICIES_DIR = RULES / "policies"
@@ -139,6 +139,13 @@ def _replace_once(text: str, old: str, new: str) -> str:
 # -- running --------------------------------------------------------------------------------------
 
 
+def _cursor(engine: Engine, batch_id: str) -> str:
+    """The cursor of the batch's one partition (these runs have one worker, so one partition)."""
+    with engine.connect() as conn:
+        return str(conn.execute(select(payout_partition.c.cursor)
+                                .where(payout_partition.c.batch_id == batch_id)).scalar_one())
+
+
 def _start(engine: Engine, policies: PolicySet, policy_id: str, request_id: str) -> Batch:
     return start_batch(engine, policies, policy_id=policy_id, period=PERIOD, request_id=request_id,
                        actor=OPERATOR, today=TODAY)
@@ -153,26 +160,34 @@ def _stop_after_chunks(monkeypatch: pytest.MonkeyPatch, chunks: int) -> threadin
     """A stop event set when the runner reads its `chunks`-th chunk: that chunk still commits,
     and the runner stops before reading the next."""
     stop, reads = threading.Event(), Counter[str]()
-    original = DocumentSource.rows_after
+    original = partitions.next_chunk
 
-    def rows_after(self: DocumentSource, last: str, limit: int) -> list[Any]:
-        reads["chunks"] += 1
-        if reads["chunks"] >= chunks:
-            stop.set()
-        return original(self, last, limit)
+    def next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
+        found = original(conn, part, limit)
+        if found:
+            reads["chunks"] += 1
+            if reads["chunks"] >= chunks:
+                stop.set()
+        return found
 
-    monkeypatch.setattr(DocumentSource, "rows_after", rows_after)
+    monkeypatch.setattr(partitions, "next_chunk", next_chunk)
     return stop
 
 
 def _fail_evaluations_of(monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
-    """Every evaluation of `victim` in the runner fails as if the engine and the trace disagreed."""
-    def failing(compiled: Any, document: Any, *, today: date) -> Any:
-        if document.uscc == victim:
-            raise EngineDisagreementError(compiled.policy.id, victim, ["simulated disagreement"])
-        return evaluate(compiled, document, today=today)
+    """The engine is shown an empty fact for `victim`, so it fires none of the clauses the trace
+    holds true: the cross-check makes every evaluation of `victim` an error."""
+    original = decide.engine_facts
 
-    monkeypatch.setattr(runner, "evaluate", failing)
+    def emptied(members: Any, decisions: Any) -> list[dict[str, Any]]:
+        facts = original(members, decisions)
+        usccs = next(iter(decisions.values())).columns.usccs
+        for row, uscc in enumerate(usccs):
+            if uscc == victim:
+                facts[row] = {}
+        return facts
+
+    monkeypatch.setattr(decide, "engine_facts", emptied)
 
 
 def _sleep_past_lease(engine: Engine, batch_id: str) -> None:
@@ -281,7 +296,7 @@ def _assert_complete(engine: Engine, batch_id: str, expected: dict[str, int]) ->
     assert batch.state == "DRAFT"
     assert (row.worker, row.lease_until, row.running_key) == (None, 0, None)
     assert batch.evaluated_count == batch.enterprise_count == ENTERPRISES
-    assert row.cursor == max(USCCS)
+    assert _cursor(engine, batch_id) == max(USCCS)
     candidates = _candidate_usccs(engine, batch_id)
     assert len(candidates) == len(set(candidates))
     per_enterprise = Counter(_recorded(engine, batch_id, batch.policy_id))
@@ -317,7 +332,7 @@ def test_a_stopped_run_resumes_without_missing_or_doubling_anyone(
     stopped, row = get_batch(registry, batch.batch_id), _row(registry, batch.batch_id)
     assert stopped.state == "RUNNING"
     assert 0 < stopped.evaluated_count < ENTERPRISES
-    assert stopped.evaluated_count == CHUNK and row.cursor == USCCS[CHUNK - 1]
+    assert stopped.evaluated_count == CHUNK and _cursor(registry, batch.batch_id) == USCCS[CHUNK - 1]
     assert sorted(_recorded(registry, batch.batch_id, GIANT)) == USCCS[:CHUNK]
     assert (row.worker, row.lease_until) == (None, 0), "a stopped worker gives its batch back"
     assert batch.batch_id in claimable(registry)
@@ -337,23 +352,24 @@ def test_a_crash_inside_a_chunk_leaves_nothing_of_it_and_the_next_worker_finishe
     expected = _expected_grants(registry, policies, GIANT)
     batch = _start(registry, policies, GIANT, "req-crash")
     first_chunk_end = USCCS[CHUNK - 1]
-    real_write, writes_in_second_chunk = runner.write_records, Counter[str]()
+    real_write, writes_in_second_chunk = partitions.write_records, Counter[str]()
 
     def write_then_crash(conn: Any, policy: LoadedPolicy, prepared: list[Any]) -> None:
-        if any(p.evaluation.uscc > first_chunk_end for p in prepared):
+        if any(p.decision.uscc > first_chunk_end for p in prepared):
             writes_in_second_chunk["calls"] += 1
             if writes_in_second_chunk["calls"] == 2:   # after one policy's records of the chunk
                 raise SimulatedCrash("the server died mid-chunk")
         real_write(conn, policy, prepared)
 
-    monkeypatch.setattr(runner, "write_records", write_then_crash)
+    monkeypatch.setattr(partitions, "write_records", write_then_crash)
     short = RunSettings(chunk_size=CHUNK, lease_seconds=0.5)
     with pytest.raises(SimulatedCrash):
         _run(registry, policies, batch.batch_id, worker="w1", settings=short)
 
     crashed, row = get_batch(registry, batch.batch_id), _row(registry, batch.batch_id)
     assert crashed.state == "RUNNING"
-    assert (crashed.evaluated_count, row.cursor) == (CHUNK, first_chunk_end), "the cursor did not move"
+    assert (crashed.evaluated_count, _cursor(registry, batch.batch_id)) == (CHUNK, first_chunk_end), \
+        "the cursor did not move"
     assert sorted(_candidate_usccs(registry, batch.batch_id)) == \
         sorted(u for u in USCCS[:CHUNK] if u in _of_profile("giant") + _of_profile("both"))
     with registry.connect() as conn:
@@ -397,16 +413,16 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing_more(
     expected = _expected_grants(registry, policies, GIANT)
     batch = _start(registry, policies, GIANT, "req-takeover")
     short = RunSettings(chunk_size=CHUNK, lease_seconds=0.3)
-    original, taken_over = DocumentSource.rows_after, threading.Event()
+    original, taken_over = partitions.next_chunk, threading.Event()
 
-    def stall_while_another_takes_over(self: DocumentSource, last: str, limit: int) -> list[Any]:
-        if last and not taken_over.is_set():   # w1 committed its first chunk, then hangs
+    def stall_while_another_takes_over(conn: Any, part: Any, limit: int) -> list[str]:
+        if part.cursor and not taken_over.is_set():   # w1 committed its first chunk, then hangs
             _sleep_past_lease(registry, batch.batch_id)
             assert claim(registry, batch.batch_id, "w2", 30)
             taken_over.set()
-        return original(self, last, limit)
+        return original(conn, part, limit)
 
-    monkeypatch.setattr(DocumentSource, "rows_after", stall_while_another_takes_over)
+    monkeypatch.setattr(partitions, "next_chunk", stall_while_another_takes_over)
     with caplog.at_level(logging.WARNING, logger="benefits.payouts"):
         assert _run(registry, policies, batch.batch_id, worker="w1", settings=short) is False
     assert taken_over.is_set()
@@ -414,7 +430,8 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing_more(
 
     lost, row = get_batch(registry, batch.batch_id), _row(registry, batch.batch_id)
     assert (lost.state, row.worker) == ("RUNNING", "w2")
-    assert (lost.evaluated_count, row.cursor) == (CHUNK, USCCS[CHUNK - 1]), "w1's second chunk was not kept"
+    assert (lost.evaluated_count, _cursor(registry, batch.batch_id)) == (CHUNK, USCCS[CHUNK - 1]), \
+        "w1's second chunk was not kept"
     assert sorted(_recorded(registry, batch.batch_id, GIANT)) == USCCS[:CHUNK]
     assert max(_candidate_usccs(registry, batch.batch_id)) <= USCCS[CHUNK - 1]
 
@@ -589,7 +606,7 @@ def test_a_batch_runs_under_the_rule_text_it_started_with(
 
     _assert_complete(registry, batch.batch_id, expected)
     with registry.connect() as conn:
-        shas = {orjson.loads(r)["evaluation"]["rule_sha256"] for r in conn.execute(
+        shas = {orjson.loads(r)["rule_sha256"] for r in conn.execute(
             select(evaluation_record.c.record).where(evaluation_record.c.batch_id == batch.batch_id,
                                                      evaluation_record.c.policy_id == GIANT)).scalars()}
     assert shas == {started_under}
@@ -641,7 +658,7 @@ def test_an_enterprise_that_cannot_be_evaluated_is_counted_and_paid_by_a_later_b
     with registry.connect() as conn:
         error = conn.execute(select(payout_candidate.c.error).where(
             payout_candidate.c.batch_id == first.batch_id, payout_candidate.c.uscc == victim)).scalar_one()
-    assert "simulated disagreement" in error
+    assert "engine and trace disagree: clause registered-active: engine failed, trace true" in error
     _assert_audit_intact(registry)
 
     monkeypatch.undo()
@@ -688,13 +705,13 @@ def test_stopped_workers_give_the_batch_back_and_new_ones_resume_it(
         registry: Engine, policies: PolicySet, workers: Callable[[], BatchWorkers],
         monkeypatch: pytest.MonkeyPatch) -> None:
     expected = _expected_grants(registry, policies, GIANT)
-    original = DocumentSource.rows_after
+    original = partitions.next_chunk
 
-    def slow_rows_after(self: DocumentSource, last: str, limit: int) -> list[Any]:
+    def slow_next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
         time.sleep(0.2)
-        return original(self, last, limit)
+        return original(conn, part, limit)
 
-    monkeypatch.setattr(DocumentSource, "rows_after", slow_rows_after)
+    monkeypatch.setattr(partitions, "next_chunk", slow_next_chunk)
     first = workers()
     batch = _start(registry, policies, GIANT, "req-handover")
     first.wake()

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from rules_testkit import TODAY, compile_text, document, policy_yaml
 
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, evaluate
@@ -29,7 +28,6 @@ def expected(i: int) -> tuple[str, int]:
     return (HELD if i % 10 == 5 else ELIGIBLE), amount
 
 
-@pytest.mark.slow
 def test_one_hundred_thousand_evaluations_through_one_compiled_policy(tmp_path: Path) -> None:
     compiled = compile_text(tmp_path, policy_yaml(
         ['enterprise.status == "active"', f"si.layoffs <= {MAX_LAYOFFS}"],

@@ -1,0 +1,50 @@
+"""A chunk of enterprises read once: their facts as columns (what the decision reads) and, on
+demand, each enterprise's facts document (what its record's snapshot stores)."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from enterprise_registry.models import Enterprise
+from rules.columns import FactColumns
+from rules.facts import FactsDocument
+from service.audit.facts_json import snapshot_of
+from service.evaluation.columns import ChunkRows
+from service.evaluation.columns import read_chunk as read_rows
+
+
+@dataclass
+class Chunk:
+    usccs: Sequence[str]
+    columns: dict[int, FactColumns]
+    rows: ChunkRows
+    _snapshots: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
+
+    def document(self, row: int, fact_year: int) -> FactsDocument:
+        return self.rows.document(self.usccs[row], fact_year)
+
+    def snapshot(self, row: int, fact_year: int) -> tuple[str, str]:
+        """The facts snapshot of one enterprise and fact year (JSON and its SHA-256), made once
+        and shared by every policy reading that year."""
+        key = (row, fact_year)
+        if key not in self._snapshots:
+            self._snapshots[key] = snapshot_of(self.document(row, fact_year))
+        return self._snapshots[key]
+
+
+def next_usccs(conn: Connection, after: str, limit: int, *, last: str | None = None) -> list[str]:
+    """The next `limit` registered enterprises after USCC `after` (up to `last`), in USCC order."""
+    query = select(Enterprise.uscc).where(Enterprise.uscc > after)
+    if last is not None:
+        query = query.where(Enterprise.uscc <= last)
+    return list(conn.execute(query.order_by(Enterprise.uscc).limit(limit)).scalars())
+
+
+def read_chunk(conn: Connection, usccs: Sequence[str], fact_years: Iterable[int]) -> Chunk:
+    """The chunk read with one query per kind (`service.evaluation.columns`), as columns for each
+    fact year."""
+    rows = read_rows(conn, usccs)
+    return Chunk(usccs, {year: rows.columns(year) for year in dict.fromkeys(fact_years)}, rows)

@@ -1,0 +1,333 @@
+"""A running batch's partitions: the registry split by USCC into ranges, each evaluated chunk by
+chunk with its own cursor and lease, in this thread, in worker processes or on a Dask cluster.
+
+Exactly once. Each chunk commits its evaluation records, its candidates and the partition's new
+cursor in ONE transaction, and only if (a) the partition's cursor is still the one the chunk
+started from and its lease is this task's, and (b) the batch is RUNNING and held by the
+coordinator that started the task. So a chunk committed twice, by a duplicate task or by a
+worker whose coordinator lost the batch, is impossible; a crash loses at most the chunks in
+flight, and a restart resumes every partition after its cursor.
+
+`run_partition(task)` is the one function every kind of worker runs: it takes only plain data
+(the database URL and the rule texts), so it can be pickled to another process or machine.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import orjson
+from sqlalchemy import func, insert, or_, select
+from sqlalchemy.engine import Connection, Engine
+
+from enterprise_registry.models import Enterprise
+from rules.evaluator import ELIGIBLE
+from rules.loader import LoadedPolicy, load_policy_text
+from service.audit.decision import Decision
+from service.audit.ledger import ledger_transaction
+from service.audit.records import Actor, PreparedRecord, prepare_decision, write_records
+from service.catalogue import CATALOGUE
+from service.evaluation.chunks import Chunk, next_usccs, read_chunk
+from service.evaluation.decide import PolicyDecisions, decide_chunk, plan_for
+from service.payouts.states import BatchState
+from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate, payout_partition
+
+log = logging.getLogger("benefits.payouts")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    chunk_size: int = 200          # enterprises per committed chunk
+    lease_seconds: float = 30.0    # how long a silent worker keeps its batch or partition
+    workers: int = 1               # worker processes evaluating partitions side by side (1: this thread)
+    partitions: int = 0            # partitions of a new batch (0: one per worker)
+
+
+DEFAULT_SETTINGS = RunSettings()
+
+
+class LeaseLostError(Exception):
+    """Another worker took the batch or partition over (this one was too slow to renew its lease),
+    or the chunk was committed by a duplicate of this task."""
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """What a worker needs to run one partition of a batch, as plain data."""
+    db_url: str
+    batch_id: str
+    partition_no: int
+    coordinator: str               # the worker holding the batch; chunks commit only while it does
+    sources: tuple[str, ...]       # rule texts: the batch's policy, then its conflict group's rivals
+    excluded: tuple[str, ...]      # policies whose standing grant bars the batch's policy
+    settings: RunSettings
+
+    @property
+    def lease_holder(self) -> str:
+        # The same for a task resubmitted by the same coordinator (after its worker died), so it
+        # resumes at once; unique across coordinators.
+        return f"{self.coordinator}/p{self.partition_no}"
+
+
+def ensure_partitions(engine: Engine, batch_id: str, count: int) -> list[Any]:
+    """The batch's partitions, made on its first run: `count` ranges of about equal numbers of
+    registered enterprises (fewer when the registry is smaller)."""
+    with engine.begin() as conn:
+        rows = _partitions(conn, batch_id)
+        if rows:
+            return rows
+        total = int(conn.execute(select(func.count()).select_from(Enterprise)).scalar_one())
+        count = max(1, min(count, total))
+        bounds: list[str | None] = []
+        for k in range(1, count):
+            bounds.append(conn.execute(select(Enterprise.uscc).order_by(Enterprise.uscc)
+                                       .offset(k * total // count - 1).limit(1)).scalar_one())
+        bounds.append(None)
+        after = ""
+        for number, last in enumerate(bounds):
+            conn.execute(insert(payout_partition).values(batch_id=batch_id, partition_no=number,
+                                                         after_uscc=after, last_uscc=last, cursor=after))
+            after = last or ""
+        return _partitions(conn, batch_id)
+
+
+def _partitions(conn: Connection, batch_id: str) -> list[Any]:
+    return list(conn.execute(select(payout_partition).where(payout_partition.c.batch_id == batch_id)
+                             .order_by(payout_partition.c.partition_no)).all())
+
+
+def all_done(conn: Connection, batch_id: str) -> bool:
+    """Whether every partition of the batch committed its last chunk."""
+    open_partitions = conn.execute(select(func.count()).select_from(payout_partition).where(
+        payout_partition.c.batch_id == batch_id, payout_partition.c.done == 0)).scalar_one()
+    return int(open_partitions) == 0
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    partition_no: int
+    evaluated: int       # enterprises this run evaluated (not those of an earlier, crashed run)
+    pid: int             # the process that ran it
+
+
+def run_partition(task: PartitionTask) -> PartitionResult:
+    """Run one partition to its end in a process of its own (a worker process or a Dask worker):
+    its own database engine, its own engine state."""
+    from enterprise_registry.db import make_engine
+
+    engine = make_engine(task.db_url)
+    try:
+        policies = [load_policy_text(source.encode(), CATALOGUE, origin=f"batch {task.batch_id}")
+                    for source in task.sources]
+        with engine.connect() as conn:
+            row = conn.execute(select(payout_batch).where(payout_batch.c.batch_id == task.batch_id)).one()
+        evaluator = ChunkEvaluator.for_batch(row, policies[0], policies[1:], task.excluded)
+        return PartitionResult(task.partition_no, run_partition_with(engine, evaluator, task), os.getpid())
+    finally:
+        engine.dispose()
+
+
+def run_partition_with(engine: Engine, evaluator: ChunkEvaluator, task: PartitionTask,
+                       stop: Callable[[], bool] = lambda: False) -> int:
+    """Run one partition with a given database engine and evaluator (in this thread); stops
+    between chunks when `stop()` says so. The enterprises it evaluated."""
+    settings = task.settings
+    if not _claim(engine, task, settings.lease_seconds):
+        raise LeaseLostError(f"{task.batch_id} partition {task.partition_no} is held by another worker")
+    evaluated = 0
+    while not stop():
+        with engine.connect() as conn:
+            part = conn.execute(select(payout_partition).where(
+                payout_partition.c.batch_id == task.batch_id,
+                payout_partition.c.partition_no == task.partition_no)).one()
+            if part.done:
+                return evaluated
+            usccs = next_chunk(conn, part, settings.chunk_size)
+        if not usccs:
+            with ledger_transaction(engine) as conn:
+                _advance(conn, task, part.cursor, part.cursor, done=True)
+            return evaluated
+        outcome = evaluator.evaluate(engine, usccs)
+        with ledger_transaction(engine) as conn:
+            _advance(conn, task, part.cursor, usccs[-1], done=False, outcome=outcome)
+            outcome.write(conn, evaluator)
+        evaluated += len(usccs)
+    return evaluated
+
+
+def next_chunk(conn: Connection, part: Any, limit: int) -> list[str]:
+    """The partition's next chunk of USCCs after its cursor."""
+    return next_usccs(conn, part.cursor, limit, last=part.last_uscc)
+
+
+def _claim(engine: Engine, task: PartitionTask, lease_seconds: float) -> bool:
+    """Take the partition: free, ours, its lease ran out, or left by an earlier coordinator of
+    the batch (whose tasks can no longer commit: the batch is not theirs)."""
+    now = now_ms()
+    holder = payout_partition.c.worker
+    with engine.begin() as conn:
+        changed = conn.execute(payout_partition.update().where(
+            payout_partition.c.batch_id == task.batch_id, payout_partition.c.partition_no == task.partition_no,
+            or_(holder.is_(None), holder == task.lease_holder, payout_partition.c.lease_until < now,
+                ~holder.startswith(f"{task.coordinator}/", autoescape=True))).values(
+            worker=task.lease_holder, lease_until=now + int(lease_seconds * 1000)))
+    return changed.rowcount == 1
+
+
+def _advance(conn: Connection, task: PartitionTask, expected_cursor: str, cursor: str, *, done: bool,
+             outcome: ChunkOutcome | None = None) -> None:
+    # First statements of every chunk's transaction: prove the partition and the batch are still
+    # ours, and that no duplicate committed this chunk (the cursor is where it was).
+    lease = now_ms() + int(task.settings.lease_seconds * 1000)
+    changed = conn.execute(payout_partition.update().where(
+        payout_partition.c.batch_id == task.batch_id, payout_partition.c.partition_no == task.partition_no,
+        payout_partition.c.worker == task.lease_holder, payout_partition.c.cursor == expected_cursor,
+        payout_partition.c.done == 0).values(cursor=cursor, lease_until=lease, done=int(done)))
+    if changed.rowcount != 1:
+        raise LeaseLostError(f"{task.batch_id} partition {task.partition_no}: lease lost or chunk already committed")
+    counts: dict[str, Any] = {}
+    if outcome is not None:
+        counts = {"evaluated_count": payout_batch.c.evaluated_count + outcome.evaluated,
+                  "eligible_count": payout_batch.c.eligible_count + outcome.eligible,
+                  "eligible_fen": payout_batch.c.eligible_fen + outcome.eligible_fen,
+                  "error_count": payout_batch.c.error_count + outcome.errors}
+    batch = conn.execute(payout_batch.update().where(
+        payout_batch.c.batch_id == task.batch_id, payout_batch.c.state == BatchState.RUNNING,
+        payout_batch.c.worker == task.coordinator).values(lease_until=lease, **counts))
+    if batch.rowcount != 1:
+        raise LeaseLostError(f"{task.batch_id}: the batch is no longer held by {task.coordinator}")
+
+
+@dataclass
+class ChunkOutcome:
+    """A chunk's evaluation, ready to be committed: records by policy, candidates and counts."""
+    records: dict[str, list[PreparedRecord]]
+    candidates: list[dict[str, Any]]
+    evaluated: int
+
+    @property
+    def eligible(self) -> int:
+        return sum(1 for c in self.candidates if not c.get("error"))
+
+    @property
+    def eligible_fen(self) -> int:
+        return sum(int(c["full_fen"]) for c in self.candidates if not c.get("error"))
+
+    @property
+    def errors(self) -> int:
+        return len(self.candidates) - self.eligible
+
+    def write(self, conn: Connection, evaluator: ChunkEvaluator) -> None:
+        for policy_id, prepared in self.records.items():
+            write_records(conn, evaluator.policy_by_id(policy_id), prepared)
+        if self.candidates:
+            conn.execute(insert(payout_candidate), self.candidates)
+
+
+class ChunkEvaluator:
+    """Evaluates a chunk of enterprises for one batch: its policy, and its conflict group's rivals
+    for stacking (就高不重复); outside any transaction."""
+
+    def __init__(self, batch_id: str, period: int, today: date, actor: Actor, policy: LoadedPolicy,
+                 rivals: Sequence[LoadedPolicy], excluded: Sequence[str]) -> None:
+        self.batch_id, self.period, self.today, self.actor = batch_id, period, today, actor
+        self.policy, self.rivals, self.excluded = policy, list(rivals), sorted(excluded)
+
+    @classmethod
+    def for_batch(cls, row: Any, policy: LoadedPolicy, rivals: Sequence[LoadedPolicy],
+                  excluded: Sequence[str]) -> ChunkEvaluator:
+        return cls(row.batch_id, row.period, date.fromisoformat(row.evaluated_on),
+                   Actor(row.created_by, row.created_role), policy, rivals, excluded)
+
+    def policy_by_id(self, policy_id: str) -> LoadedPolicy:
+        return next(p for p in (self.policy, *self.rivals) if p.id == policy_id)
+
+    def evaluate(self, engine: Engine, usccs: Sequence[str]) -> ChunkOutcome:
+        """Decide the chunk under the batch's policy and, where it is eligible, its rivals; the
+        records of every decision made, and a candidate per enterprise to pay (or in error)."""
+        plan = plan_for([self.policy, *self.rivals], self.period)
+        with engine.connect() as conn:
+            granted = self._granted(conn, set(usccs))
+            barred = excluded_grants(conn, self.excluded, self.period, set(usccs))
+            chunk = read_chunk(conn, usccs, plan.fact_years)
+        decisions = decide_chunk(plan, chunk.columns, today=self.today)
+        own = decisions[self.policy.id]
+        records: dict[str, list[PreparedRecord]] = defaultdict(list)
+        candidates: list[dict[str, Any]] = []
+        for row, uscc in enumerate(usccs):
+            if uscc in granted:
+                continue  # never twice: an earlier batch granted it
+            failed = next((f"{d.policy.id}: {d.errors[row]}" for d in decisions.values() if row in d.errors), None)
+            if row in own.errors or (failed and own.outcome(row) == ELIGIBLE):
+                # counted, logged, not paid; a later batch may pay it
+                log.error("batch %s: %s could not be evaluated: %s", self.batch_id, uscc, failed)
+                candidates.append({"batch_id": self.batch_id, "uscc": uscc, "full_fen": 0, "group_awards": "{}",
+                                   "evaluation_id": None, "record_sha256": None, "error": failed})
+                continue
+            barred_by = barred.get(uscc)
+            note = f"not paid: holds {barred_by}, which {self.policy.id} excludes" if barred_by else None
+            record = self._record(own, chunk, row, records, note)
+            if own.outcome(row) != ELIGIBLE or barred_by:
+                continue
+            awards = {}
+            for rival in self.rivals:  # 就高不重复: what the group's other policies would award
+                theirs = decisions[rival.id]
+                self._record(theirs, chunk, row, records, None)
+                if theirs.outcome(row) == ELIGIBLE:
+                    awards[rival.id] = theirs.amount_fen(row)
+            candidates.append({"batch_id": self.batch_id, "uscc": uscc, "full_fen": own.amount_fen(row),
+                               "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),
+                               "evaluation_id": record.evaluation_id, "record_sha256": record.record_sha256,
+                               "error": None})
+        return ChunkOutcome(dict(records), candidates, len(usccs))
+
+    def _record(self, decisions: PolicyDecisions, chunk: Chunk, row: int, records: dict[str, list[PreparedRecord]],
+                note: str | None) -> PreparedRecord:
+        policy = decisions.policy
+        fact_year = policy.fact_year(self.period)
+        facts_json, facts_sha256 = chunk.snapshot(row, fact_year)
+        decision = Decision(policy.id, policy.version, policy.sha256, self.period, fact_year, chunk.usccs[row],
+                            self.today.isoformat(), decisions.outcome(row), decisions.amount_fen(row),
+                            decisions.mask(row))
+        record = prepare_decision(decision, facts_json, facts_sha256, self.actor, self.batch_id, note)
+        records[policy.id].append(record)
+        return record
+
+    def _granted(self, conn: Connection, usccs: set[str]) -> set[str]:
+        found: set[str] = set()
+        for part in in_lists(sorted(usccs)):
+            found.update(conn.execute(select(grant.c.uscc).where(
+                grant.c.policy_id == self.policy.id, grant.c.period == self.period, grant.c.released == "",
+                grant.c.uscc.in_(part))).scalars())
+        return found
+
+
+def excluded_grants(conn: Connection, excluded: Sequence[str], period: int, usccs: set[str]) -> dict[str, str]:
+    """Enterprises holding a standing grant of a policy in `excluded`, in the period:
+    USCC -> "grant <id> of <policy>"."""
+    if not excluded or not usccs:
+        return {}
+    out: dict[str, str] = {}
+    for part in in_lists(sorted(usccs)):
+        query = select(grant.c.uscc, grant.c.grant_id, grant.c.policy_id).where(
+            grant.c.policy_id.in_(sorted(excluded)), grant.c.period == period, grant.c.released == "",
+            grant.c.uscc.in_(part))
+        out.update({r.uscc: f"grant {r.grant_id} of {r.policy_id}" for r in conn.execute(query).all()})
+    return out
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_worker_id() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
