@@ -36,7 +36,6 @@ from rules.loader import PolicySet, load_policy_dir
 from service.catalogue import CATALOGUE
 from service.cli import DEFAULT_RULES
 from service.evaluation.period import evaluate_period
-from service.facts_documents import DocumentSource
 
 Records = list[dict[str, Any]]
 Coverage = set[tuple[str, int]]
@@ -428,19 +427,19 @@ def test_shares_are_plausible(registry: Records) -> None:
 
 
 @pytest.fixture(scope="module")
-def run_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocumentSource]:
+def run_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """`make run`'s registry, loaded into SQLite as of the extract date (nothing is later)."""
     engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('run') / 'registry.db'}")
     create_schema(engine)
     report = load_records(generate(RUN_COUNT, RUN_SEED), engine, today=REGISTRY_AS_OF)
     assert report.by_kind["enterprise"] == RUN_COUNT
-    yield DocumentSource(engine)
+    yield engine
     engine.dispose()
 
 
 @pytest.mark.slow
 def test_every_policy_and_period_has_each_kind_of_outcome(
-    run_registry: DocumentSource, pack: PolicySet
+    run_registry: Engine, pack: PolicySet
 ) -> None:
     coverage = pack_coverage(pack)
     outcomes: dict[tuple[str, int], dict[str, int]] = {}
