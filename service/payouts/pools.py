@@ -29,10 +29,10 @@ class PartitionPool(Protocol):
         ...
 
 
-def _die_with_parent() -> None:
-    """Run in each worker process: end it when its server is gone. (Not PR_SET_PDEATHSIG: that
-    follows the thread that happened to start the process, which ends with its batch.)"""
-    parent = os.getppid()
+def _die_with_parent(parent: int) -> None:
+    """Run in each worker process: end it when its server (`parent`) is gone - also when that
+    happened while the worker was starting. (Not PR_SET_PDEATHSIG: that follows the thread that
+    happened to start the process, which ends with its batch.)"""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -54,7 +54,8 @@ class ProcessPool:
         with self._lock:
             if self._executor is None:
                 self._executor = futures.ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent)
+                    self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+                    initargs=(os.getpid(),))
             return self._executor
 
     def run(self, tasks: Sequence[PartitionTask], *, heartbeat: Callable[[], None],
