@@ -1,0 +1,569 @@
+"""Red-team review of the decide path and the partitioned batch run, on SQLite and PostgreSQL.
+
+Every expectation is independent of the code under test: the reference evaluator
+(`rules.evaluator.evaluate` over `service.facts_documents` documents) decides each enterprise
+alone, and batches are checked enterprise by enterprise (evaluated exactly once, paid what the
+reference pays, every record replaying to itself, the audit log VALID). Interruptions are real:
+threads racing on one partition, a stale coordinator's task, a worker process killed by SIGKILL.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from enterprise_registry.db import create_schema, make_engine
+from enterprise_registry.importer import load_records
+from enterprise_registry.models import Enterprise
+from enterprise_registry.synthetic import PERIOD_YEARS, generate
+from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, Evaluation, evaluate
+from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
+from service.audit.records import Actor, evaluation_record, replay
+from service.audit.verification import verify_audit_log
+from service.catalogue import CATALOGUE
+from service.evaluation import decide
+from service.evaluation.period import evaluate_period
+from service.facts_documents import DocumentSource, build_document
+from service.payouts import partitions
+from service.payouts.batches import create_payout_schema, get_batch, lines_of, start_batch
+from service.payouts.partitions import (
+    ChunkEvaluator,
+    LeaseLostError,
+    PartitionResult,
+    PartitionTask,
+    ensure_partitions,
+    run_partition,
+    run_partition_with,
+)
+from service.payouts.pools import ProcessPool
+from service.payouts.runner import RunSettings, claim, run_batch
+from service.payouts.tables import payout_batch, payout_candidate, payout_partition
+
+POLICIES_DIR = Path(__file__).resolve().parents[2] / "rules" / "policies"
+ENTERPRISES, SEED = 400, 117          # seed 117: in 2024 giants alone, champions, and one holding both
+TODAY = date(2026, 3, 31)
+OPERATOR = Actor("operator-rev", "finance_operator")
+SJR, GIANT, CHAMPION = "stable-jobs-refund", "little-giant-reward", "single-champion-reward"
+CHUNK = 25
+OUTCOME_NAMES = (ELIGIBLE, INELIGIBLE, UNDETERMINED, HELD)
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict[str, Any]]:
+    return list(generate(ENTERPRISES, SEED))
+
+
+@pytest.fixture(scope="module")
+def policies() -> PolicySet:
+    return load_policy_dir(POLICIES_DIR, CATALOGUE)
+
+
+def _usccs_of(records: Sequence[dict[str, Any]]) -> list[str]:
+    return sorted({str(r["uscc"]) for r in records if r["kind"] == "enterprise"})
+
+
+def _only(records: Sequence[dict[str, Any]], usccs: set[str]) -> list[dict[str, Any]]:
+    return [r for r in records if r["uscc"] in usccs]
+
+
+@pytest.fixture(scope="module")
+def eligible_2025(tmp_path_factory: pytest.TempPathFactory, records: list[dict[str, Any]],
+                  policies: PolicySet) -> list[str]:
+    """The enterprises eligible for stable-jobs-refund 2025 (chosen before any test database)."""
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('reference') / 'registry.db'}")
+    try:
+        create_schema(engine)
+        load_records(records, engine)
+        return sorted(_awards(engine, policies.get(SJR), 2025))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def empty(db_engine: Engine) -> Engine:
+    """The registry and payout schemas, nothing loaded (SQLite and PostgreSQL)."""
+    create_payout_schema(db_engine)
+    return db_engine
+
+
+@pytest.fixture
+def registry(empty: Engine, records: list[dict[str, Any]]) -> Engine:
+    load_records(records, empty)
+    return empty
+
+
+# -- the independent reference --------------------------------------------------------------------
+
+
+def _reference(engine: Engine, policy: LoadedPolicy, period: int) -> dict[str, Evaluation]:
+    """Every registered enterprise evaluated alone by the reference evaluator."""
+    compiled, year = policy.compiled(period), policy.fact_year(period)
+    return {rows.uscc: evaluate(compiled, build_document(rows, year), today=TODAY)
+            for rows in DocumentSource(engine).all_rows()}
+
+
+def _awards(engine: Engine, policy: LoadedPolicy, period: int) -> dict[str, int]:
+    return {u: e.amount_fen for u, e in _reference(engine, policy, period).items() if e.outcome == ELIGIBLE}
+
+
+def _expected_lines(engine: Engine, policies: PolicySet, policy_id: str, period: int) -> dict[str, int]:
+    """What a first batch pays: eligible, and no rival of the conflict group awards as much
+    (就高不重复). The reference pack has no budgets and no exclusions (asserted)."""
+    policy = policies.get(policy_id)
+    assert policy.budget_fen is None and not policies.excluded(policy_id)
+    group = policy.model.conflict_group
+    rivals = [_awards(engine, p, period) for p in policies
+              if group and p.id != policy_id and p.model.conflict_group == group and p.covers(period)]
+    return {u: fen for u, fen in _awards(engine, policy, period).items()
+            if all(r.get(u, 0) < fen for r in rivals)}
+
+
+def _start(engine: Engine, policies: PolicySet, policy_id: str, period: int, request_id: str) -> str:
+    return start_batch(engine, policies, policy_id=policy_id, period=period, request_id=request_id,
+                       actor=OPERATOR, today=TODAY).batch_id
+
+
+def _url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def _batch_row(engine: Engine, batch_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(payout_batch).where(payout_batch.c.batch_id == batch_id)).one()
+
+
+def _partition_rows(engine: Engine, batch_id: str) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(payout_partition).where(payout_partition.c.batch_id == batch_id)
+                                 .order_by(payout_partition.c.partition_no)))
+
+
+def _task(engine: Engine, batch_id: str, number: int, coordinator: str, sources: tuple[str, ...],
+          settings: RunSettings) -> PartitionTask:
+    return PartitionTask(_url(engine), batch_id, number, coordinator, sources, (), settings)
+
+
+def _sleep_past_lease(engine: Engine, batch_id: str) -> None:
+    time.sleep(max(_batch_row(engine, batch_id).lease_until / 1000 - time.time(), 0) + 0.05)
+
+
+def _recorded(engine: Engine, batch_id: str, policy_id: str) -> Counter[str]:
+    with engine.connect() as conn:
+        return Counter(conn.execute(select(evaluation_record.c.uscc).where(
+            evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == policy_id)).scalars())
+
+
+def _assert_batch(engine: Engine, batch_id: str, *, evaluated: Sequence[str], recorded: Sequence[str],
+                  lines: dict[str, int], errors: int = 0) -> None:
+    """DRAFT; every enterprise of `evaluated` counted once, `recorded` each with exactly one
+    record of the batch's policy; the lines are `lines`; every record of the batch replays to
+    itself; the whole audit log is VALID."""
+    batch = get_batch(engine, batch_id)
+    assert batch.state == "DRAFT", batch
+    assert (batch.evaluated_count, batch.error_count) == (len(evaluated), errors)
+    per_enterprise = _recorded(engine, batch_id, batch.policy_id)
+    twice = sorted(u for u, n in per_enterprise.items() if n > 1)
+    assert not twice, f"evaluated twice into the batch: {twice[:5]}"
+    assert sorted(per_enterprise) == sorted(recorded)
+    with engine.connect() as conn:
+        candidates = list(conn.execute(select(payout_candidate.c.uscc)
+                                       .where(payout_candidate.c.batch_id == batch_id)).scalars())
+        paid = {line["uscc"]: line["amount_fen"] for line in lines_of(conn, batch_id)}
+        ids = list(conn.execute(select(evaluation_record.c.evaluation_id)
+                                .where(evaluation_record.c.batch_id == batch_id)).scalars())
+        verdict = verify_audit_log(conn)
+    assert len(candidates) == len(set(candidates))
+    assert paid == lines
+    assert (batch.line_count, batch.total_fen) == (len(lines), sum(lines.values()))
+    assert verdict.valid, (verdict.fault, verdict.detail, verdict.problems[:3])
+    differing = [(i, r.differences) for i in ids if not (r := replay(engine, i, CATALOGUE)) or not r.identical]
+    assert not differing, differing[:3]
+
+
+# -- 1. evaluate-period against the reference evaluator ---------------------------------------------
+
+
+def _reference_summary(engine: Engine, policy: LoadedPolicy, period: int,
+                       leave_out: frozenset[str] = frozenset()) -> tuple[dict[str, int], int, int]:
+    counts = dict.fromkeys(OUTCOME_NAMES, 0)
+    eligible_fen = held_fen = 0
+    for uscc, e in _reference(engine, policy, period).items():
+        if uscc in leave_out:
+            continue
+        counts[e.outcome] += 1
+        eligible_fen += e.amount_fen if e.outcome == ELIGIBLE else 0
+        held_fen += e.amount_fen if e.outcome == HELD else 0
+    return counts, eligible_fen, held_fen
+
+
+def test_evaluate_period_totals_equal_the_reference_evaluator_for_every_policy_and_period(
+        registry: Engine, policies: PolicySet) -> None:
+    compared = 0
+    for period in PERIOD_YEARS:
+        summary = evaluate_period(policies, registry, period=period, today=TODAY, chunk_size=150)
+        covering = sorted(p.id for p in policies if p.covers(period))
+        assert sorted(s.policy_id for s in summary.policies) == covering
+        assert summary.enterprises == ENTERPRISES and summary.evaluations == ENTERPRISES * len(covering)
+        assert summary.error_samples == []
+        for s in summary.policies:
+            want = _reference_summary(registry, policies.get(s.policy_id), period)
+            assert (s.counts, s.eligible_fen, s.held_fen, s.errors) == (*want, 0), (s.policy_id, period)
+            compared += 1
+    assert compared >= 20  # every policy in (almost) every period: 2022-2025
+
+
+def test_an_engine_disagreement_in_evaluate_period_is_an_error_left_out_of_the_totals(
+        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    period = 2025
+    reference = {p.id: _reference(registry, p, period) for p in policies if p.covers(period)}
+    victim = sorted(u for u, e in reference[SJR].items() if e.outcome == ELIGIBLE)[3]
+    _show_the_engine_nothing_of(monkeypatch, victim, lambda member: True)
+
+    summary = evaluate_period(policies, registry, period=period, today=TODAY)
+
+    for s in summary.policies:
+        own = reference[s.policy_id][victim]
+        # An empty fact fires none of the clause rules: an error wherever the trace holds a clause true.
+        disagrees = any(c.result == "true" for c in [*own.conditions, *own.payable])
+        left_out = frozenset({victim}) if disagrees else frozenset()
+        want = _reference_summary(registry, policies.get(s.policy_id), period, left_out)
+        assert (s.counts, s.eligible_fen, s.held_fen, s.errors) == (*want, int(disagrees)), s.policy_id
+    assert any(f"{SJR} {victim}: engine and trace disagree" in e for e in summary.error_samples)
+
+
+def _show_the_engine_nothing_of(monkeypatch: pytest.MonkeyPatch, victim: str,
+                                which: Callable[[Any], bool]) -> None:
+    """The engine is asserted the victim's fact without the properties of the members `which`
+    selects: their clause rules cannot fire, and the cross-check must catch it."""
+    original = decide.engine_facts
+
+    def facts_without(members: Any, decisions: Any) -> list[dict[str, Any]]:
+        facts = original(members, decisions)
+        usccs = next(iter(decisions.values())).columns.usccs
+        hidden = {packed for m in members if which(m) for packed in m.properties.values()}
+        for row, uscc in enumerate(usccs):
+            if uscc == victim:
+                facts[row] = {k: v for k, v in facts[row].items() if k not in hidden}
+        return facts
+
+    monkeypatch.setattr(decide, "engine_facts", facts_without)
+
+
+# -- 2. partition boundaries ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "wanted"), [(0, 3), (1, 4), (3, 5), (10, 3)])
+def test_partitions_tile_any_registry_and_the_batch_pays_what_the_reference_pays(
+        empty: Engine, records: list[dict[str, Any]], policies: PolicySet, size: int, wanted: int) -> None:
+    chosen = _usccs_of(records)[:size]
+    if chosen:
+        load_records(_only(records, set(chosen)), empty)
+    batch_id = _start(empty, policies, SJR, 2025, f"req-tile-{size}")
+    settings = RunSettings(chunk_size=2, partitions=wanted)
+    assert run_batch(empty, policies, batch_id, worker="coord", settings=settings)
+
+    rows = _partition_rows(empty, batch_id)
+    assert len(rows) == max(1, min(wanted, size))
+    assert rows[0].after_uscc == "" and rows[-1].last_uscc is None and all(r.done for r in rows)
+    assert all(rows[i].last_uscc == rows[i + 1].after_uscc for i in range(len(rows) - 1))
+    sizes = [sum(1 for u in chosen if r.after_uscc < u and (r.last_uscc is None or u <= r.last_uscc)) for r in rows]
+    assert sum(sizes) == size and (size == 0 or max(sizes) - min(sizes) <= 1), sizes
+    _assert_batch(empty, batch_id, evaluated=chosen, recorded=chosen,
+                  lines=_expected_lines(empty, policies, SJR, 2025))
+
+
+# -- 3. duplicates and racing coordinators --------------------------------------------------------
+
+
+def test_a_duplicate_task_run_concurrently_records_every_enterprise_once(
+        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    batch_id = _start(registry, policies, SJR, 2025, "req-duplicate")
+    settings = RunSettings(chunk_size=CHUNK, partitions=2)
+    assert claim(registry, batch_id, "coord", 30)
+    ensure_partitions(registry, batch_id, 2)
+    policy = policies.get(SJR)
+    evaluator = ChunkEvaluator.for_batch(_batch_row(registry, batch_id), policy, [], [])
+    task = _task(registry, batch_id, 0, "coord", (policy.source,), settings)
+
+    # Both copies read the partition at the same cursor before either commits its first chunk.
+    meet, original = threading.Barrier(2, timeout=30), partitions.next_chunk
+    first_read: set[str] = set()
+
+    def next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
+        found = original(conn, part, limit)
+        name = threading.current_thread().name
+        if name not in first_read:
+            first_read.add(name)
+            meet.wait()
+        return found
+
+    monkeypatch.setattr(partitions, "next_chunk", next_chunk)
+    outcomes: dict[str, object] = {}
+
+    def copy(name: str) -> None:
+        try:
+            outcomes[name] = run_partition_with(registry, evaluator, task)
+        except Exception as exc:  # the loser's LeaseLostError, checked below
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=copy, args=(f"copy-{k}",), name=f"copy-{k}") for k in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    monkeypatch.undo()
+
+    lost = [o for o in outcomes.values() if isinstance(o, LeaseLostError)]
+    won = [o for o in outcomes.values() if isinstance(o, int)]
+    assert len(lost) == 1 and len(won) == 1, outcomes
+    assert _partition_rows(registry, batch_id)[0].done == 1
+    assert run_batch(registry, policies, batch_id, worker="coord", settings=settings)
+    everyone = _registered(registry)
+    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
+                  lines=_expected_lines(registry, policies, SJR, 2025))
+
+
+def _registered(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(Enterprise.uscc).order_by(Enterprise.uscc)).scalars())
+
+
+def test_coordinators_starting_one_batch_at_once_run_it_exactly_once(
+        registry: Engine, policies: PolicySet) -> None:
+    batch_id = _start(registry, policies, SJR, 2025, "req-race")
+    settings = RunSettings(chunk_size=CHUNK, partitions=3)
+    meet, results = threading.Barrier(3, timeout=30), {}
+
+    def coordinator(name: str) -> None:
+        meet.wait()
+        try:
+            results[name] = run_batch(registry, policies, batch_id, worker=name, settings=settings)
+        except Exception as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=coordinator, args=(f"coord-{k}",)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(map(str, results.values())) == ["False", "False", "True"], results
+    everyone = _registered(registry)
+    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
+                  lines=_expected_lines(registry, policies, SJR, 2025))
+
+
+def test_a_stale_coordinators_late_task_leaves_the_batch_holders_partition_alone(
+        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Coordinator A lost the batch (its lease ran out) and B holds it now; one of A's tasks that
+    was still queued (behind others in a pool, or on a Dask cluster) starts late. It must not
+    disturb B: B runs the batch to DRAFT without waiting for any lease."""
+    batch_id = _start(registry, policies, SJR, 2025, "req-stale")
+    settings = RunSettings(chunk_size=CHUNK, partitions=2, lease_seconds=30)
+    assert claim(registry, batch_id, "coord-A", 0.2)
+    ensure_partitions(registry, batch_id, 2)
+    _sleep_past_lease(registry, batch_id)
+
+    policy = policies.get(SJR)
+    evaluator = ChunkEvaluator.for_batch(_batch_row(registry, batch_id), policy, [], [])
+    stale = _task(registry, batch_id, 1, "coord-A", (policy.source,), settings)
+    original, seen = partitions.next_chunk, {}
+
+    def next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
+        if part.partition_no == 1 and part.cursor and "stale" not in seen:   # B is inside partition 1
+            seen["stale"] = None
+            try:
+                run_partition_with(registry, evaluator, stale)
+            except LeaseLostError as exc:
+                seen["stale"] = exc
+        return original(conn, part, limit)
+
+    monkeypatch.setattr(partitions, "next_chunk", next_chunk)
+    finished = run_batch(registry, policies, batch_id, worker="coord-B", settings=settings)
+    monkeypatch.undo()
+
+    assert isinstance(seen.get("stale"), LeaseLostError), "the stale task must not commit anything"
+    holder = _partition_rows(registry, batch_id)[1].worker
+    assert finished, (f"coord-B did not finish: the stale task took partition 1 (now held by {holder!r}); "
+                      "the batch stays RUNNING until coord-B's lease runs out")
+    everyone = _registered(registry)
+    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
+                  lines=_expected_lines(registry, policies, SJR, 2025))
+
+
+def test_a_task_carrying_another_rule_text_than_the_batchs_writes_and_pays_nothing(
+        registry: Engine, policies: PolicySet) -> None:
+    """The batch runs under the rule text it started with (its rule_sha256). A task whose text
+    differs (a coordinator with reloaded rules, a tampered message) must not record or pay."""
+    batch_id = _start(registry, policies, SJR, 2025, "req-foreign")
+    policy = policies.get(SJR)
+    edited = policy.source.replace("      2023: 60%", "      2023: 70%")
+    assert edited != policy.source
+    settings = RunSettings(chunk_size=CHUNK, partitions=1)
+    assert claim(registry, batch_id, "coord", 30)
+    ensure_partitions(registry, batch_id, 1)
+
+    # Refusing in any way is fine; what the task left behind is checked below.
+    with contextlib.suppress(Exception):
+        run_partition(_task(registry, batch_id, 0, "coord", (edited,), settings))
+
+    started_under = _batch_row(registry, batch_id).rule_sha256
+    with registry.connect() as conn:
+        foreign = Counter(conn.execute(select(evaluation_record.c.rule_sha256).where(
+            evaluation_record.c.batch_id == batch_id, evaluation_record.c.rule_sha256 != started_under)).scalars())
+    assert not foreign, f"records of batch {batch_id} made under another rule text: {dict(foreign)}"
+    assert run_batch(registry, policies, batch_id, worker="coord", settings=settings)
+    everyone = _registered(registry)
+    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
+                  lines=_expected_lines(registry, policies, SJR, 2025))
+
+
+# -- 4. the registry changing under a running batch -----------------------------------------------
+
+
+def test_enterprises_registered_during_a_run_are_evaluated_at_most_once_and_never_paid_twice(
+        empty: Engine, records: list[dict[str, Any]], policies: PolicySet, eligible_2025: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    everyone = _usccs_of(records)
+    early, late = eligible_2025[1], eligible_2025[-2]   # both eligible; registered only mid-run
+    load_records([r for r in records if r["uscc"] not in {early, late}], empty)
+    batch_id = _start(empty, policies, SJR, 2025, "req-grow")
+    stop, original = threading.Event(), partitions.next_chunk
+
+    def next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
+        found = original(conn, part, limit)
+        if found and found[-1] > early:
+            stop.set()   # this chunk (past where `early` belongs) still commits, then the run stops
+        return found
+
+    monkeypatch.setattr(partitions, "next_chunk", next_chunk)
+    settings = RunSettings(chunk_size=CHUNK, partitions=1)
+    assert not run_batch(empty, policies, batch_id, worker="coord-1", settings=settings, stop=stop)
+    monkeypatch.undo()
+    cursor = _partition_rows(empty, batch_id)[0].cursor
+    assert early < cursor < late
+
+    load_records(_only(records, {early, late}), empty)   # registered while the batch runs
+    assert run_batch(empty, policies, batch_id, worker="coord-2", settings=settings)
+    evaluated = [u for u in everyone if u != early]       # behind the cursor: left to a later batch
+    expected = _expected_lines(empty, policies, SJR, 2025)
+    first_lines = {u: fen for u, fen in expected.items() if u != early}
+    _assert_batch(empty, batch_id, evaluated=evaluated, recorded=evaluated, lines=first_lines)
+
+    later = _start(empty, policies, SJR, 2025, "req-grow-later")
+    assert run_batch(empty, policies, later, worker="coord-3", settings=settings)
+    _assert_batch(empty, later, evaluated=everyone, recorded=[u for u in everyone if u not in first_lines],
+                  lines={early: expected[early]})
+
+
+# -- 5. engine disagreement inside a batch --------------------------------------------------------
+
+
+def test_a_rivals_disagreement_is_counted_never_paid_and_a_later_batch_pays(
+        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    period = 2024
+    expected = _expected_lines(registry, policies, GIANT, period)
+    champions = _awards(registry, policies.get(CHAMPION), period)
+    alone = sorted(u for u in expected if u not in champions)
+    assert len(alone) >= 2, "the seed's registry holds giants without a champion title"
+    victim = alone[0]
+    _show_the_engine_nothing_of(monkeypatch, victim, lambda member: member.policy_id == CHAMPION)
+    settings = RunSettings(chunk_size=7, partitions=3)
+
+    first = _start(registry, policies, GIANT, period, "req-rival-1")
+    assert run_batch(registry, policies, first, worker="coord", settings=settings)
+    everyone = _registered(registry)
+    _assert_batch(registry, first, evaluated=everyone, recorded=[u for u in everyone if u != victim],
+                  lines={u: fen for u, fen in expected.items() if u != victim}, errors=1)
+    with registry.connect() as conn:
+        error = conn.execute(select(payout_candidate.c.error).where(
+            payout_candidate.c.batch_id == first, payout_candidate.c.uscc == victim)).scalar_one()
+    assert error.startswith(f"{CHAMPION}: engine and trace disagree"), error
+
+    monkeypatch.undo()
+    second = _start(registry, policies, GIANT, period, "req-rival-2")
+    assert run_batch(registry, policies, second, worker="coord", settings=settings)
+    not_granted = [u for u in everyone if u not in expected or u == victim]
+    _assert_batch(registry, second, evaluated=everyone, recorded=not_granted, lines={victim: expected[victim]})
+
+
+# -- 6. worker processes: a stopped run, a killed worker ------------------------------------------
+
+
+class _InterruptingPool(ProcessPool):
+    """A ProcessPool whose heartbeat (the coordinator's, every interval) calls `act` once some
+    chunk has committed, until it returns True."""
+
+    def __init__(self, workers: int, engine: Engine, batch_id: str) -> None:
+        super().__init__(workers)
+        self.engine, self.batch_id = engine, batch_id
+        self.act: Callable[[], bool] = lambda: True
+        self.acted = False
+
+    def run(self, tasks: Sequence[PartitionTask], *, heartbeat: Callable[[], None],
+            stopped: Callable[[], bool], interval: float) -> list[PartitionResult] | None:
+        def beat() -> None:
+            heartbeat()
+            if not self.acted and 0 < get_batch(self.engine, self.batch_id).evaluated_count < ENTERPRISES:
+                self.acted = self.act()
+
+        return super().run(tasks, heartbeat=beat, stopped=stopped, interval=interval)
+
+    def processes(self) -> list[Any]:
+        assert self._executor is not None
+        return list(self._executor._processes.values())  # the processes, to kill one
+
+
+def test_worker_processes_stopped_then_one_killed_resume_to_exactly_what_the_reference_pays(
+        registry: Engine, policies: PolicySet) -> None:
+    batch_id = _start(registry, policies, SJR, 2025, "req-kill")
+    # Small chunks: the run lasts long enough for the heartbeat (every 0.2 s) to act mid-batch.
+    settings = RunSettings(chunk_size=4, lease_seconds=0.6, workers=2, partitions=3)
+    pool = _InterruptingPool(2, registry, batch_id)
+    try:
+        stop = threading.Event()
+        pool.act = lambda: stop.set() or True
+        assert run_batch(registry, policies, batch_id, worker="coord-1", settings=settings, stop=stop,
+                         pool=pool) is False
+        assert pool.acted
+        row = _batch_row(registry, batch_id)
+        assert (row.state, row.worker, row.lease_until) == ("RUNNING", None, 0), "a stopped run gives the batch back"
+        assert 0 < row.evaluated_count < ENTERPRISES
+
+        victims: list[Any] = []
+
+        def kill() -> bool:
+            victims.extend(pool.processes())
+            os.kill(victims[0].pid, signal.SIGKILL)
+            return True
+
+        pool.acted, pool.act = False, kill
+        with pytest.raises(BrokenProcessPool):
+            run_batch(registry, policies, batch_id, worker="coord-2", settings=settings, pool=pool)
+        for process in victims:   # the pool ends its other processes too; wait until they are gone
+            process.join(30)
+            assert not process.is_alive()
+        assert get_batch(registry, batch_id).evaluated_count < ENTERPRISES, "killed mid-batch"
+    finally:
+        pool.close()
+
+    # The same coordinator resumes at once, in this thread, after each partition's cursor.
+    in_thread = RunSettings(chunk_size=CHUNK, lease_seconds=30, partitions=3)
+    assert run_batch(registry, policies, batch_id, worker="coord-2", settings=in_thread)
+    everyone = _registered(registry)
+    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
+                  lines=_expected_lines(registry, policies, SJR, 2025))
