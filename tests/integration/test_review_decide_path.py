@@ -528,6 +528,22 @@ class _InterruptingPool(ProcessPool):
         return list(self._executor._processes.values())  # the processes, to kill one
 
 
+def _wait_until_gone(pid: int, timeout: float = 30) -> None:
+    """Until the process has exited (the pool's own thread reaps it: joining it here as well
+    would race that thread's waitpid)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                state = stat.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):
+            return
+        assert time.monotonic() < deadline, f"process {pid} still running"
+        time.sleep(0.02)
+
+
 def test_worker_processes_stopped_then_one_killed_resume_to_exactly_what_the_reference_pays(
         registry: Engine, policies: PolicySet) -> None:
     batch_id = _start(registry, policies, SJR, 2025, "req-kill")
@@ -555,8 +571,7 @@ def test_worker_processes_stopped_then_one_killed_resume_to_exactly_what_the_ref
         with pytest.raises(BrokenProcessPool):
             run_batch(registry, policies, batch_id, worker="coord-2", settings=settings, pool=pool)
         for process in victims:   # the pool ends its other processes too; wait until they are gone
-            process.join(30)
-            assert not process.is_alive()
+            _wait_until_gone(process.pid)
         assert get_batch(registry, batch_id).evaluated_count < ENTERPRISES, "killed mid-batch"
     finally:
         pool.close()
