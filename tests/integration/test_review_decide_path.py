@@ -20,6 +20,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -30,7 +31,7 @@ from enterprise_registry.models import Enterprise
 from enterprise_registry.synthetic import PERIOD_YEARS, generate
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, Evaluation, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
-from service.audit.records import Actor, evaluation_record, replay
+from service.audit.records import Actor, evaluation_record, replay, snapshot_of
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
 from service.evaluation import decide
@@ -499,6 +500,97 @@ def test_a_rivals_disagreement_is_counted_never_paid_and_a_later_batch_pays(
     assert run_batch(registry, policies, second, worker="coord", settings=settings)
     not_granted = [u for u in everyone if u not in expected or u == victim]
     _assert_batch(registry, second, evaluated=everyone, recorded=not_granted, lines={victim: expected[victim]})
+
+
+def _champion_title(uscc: str, period: int) -> dict[str, object]:
+    return {"kind": "qualification", "uscc": uscc, "source": "industry_it", "as_of": f"{period}-12-31",
+            "type": "single_champion", "level": "national", "first_time": True, "granted_on": f"{period}-07-01",
+            "certificate_no": f"SC-rev-{uscc[-6:]}"}
+
+
+def _reloaded_with(tmp_path: Path, policy_id: str, old: str, new: str) -> PolicySet:
+    """The reference pack reloaded from a copy in which `policy_id`'s text has `old` replaced."""
+    folder = tmp_path / "reloaded"
+    folder.mkdir()
+    for source in POLICIES_DIR.glob("*.yaml"):
+        text = source.read_text(encoding="utf-8")
+        if source.name == f"{policy_id}.yaml":
+            assert text.count(old) == 1
+            text = text.replace(old, new)
+        (folder / source.name).write_text(text, encoding="utf-8")
+    return load_policy_dir(folder, CATALOGUE, require_tests=False)
+
+
+def test_a_batch_resumed_after_the_rivals_were_reloaded_decides_as_one_run_would(
+        registry: Engine, policies: PolicySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """就高不重复 reads the conflict group's rivals. A batch stopped, then resumed after the rules
+    were reloaded with a rival's award changed, must decide every enterprise under one version
+    of that rival: the one it started with, or the new one - not some under each, depending on
+    where the run happened to stop."""
+    period = 2024
+    alone = sorted(set(_expected_lines(registry, policies, GIANT, period)) -
+                   set(_awards(registry, policies.get(CHAMPION), period)))
+    first, last = alone[0], alone[-1]
+    load_records([_champion_title(first, period), _champion_title(last, period)], registry)
+    reloaded = _reloaded_with(tmp_path, CHAMPION, "value: 100万元", "value: 40万元")
+    assert reloaded.get(GIANT).sha256 == policies.get(GIANT).sha256
+    as_started = _expected_lines(registry, policies, GIANT, period)
+    as_reloaded = _expected_lines(registry, reloaded, GIANT, period)
+    assert first not in as_started and last not in as_started   # the champion's 100万 is the higher award
+    assert first in as_reloaded and last in as_reloaded          # 40万 is not
+
+    batch_id = _start(registry, policies, GIANT, period, "req-reloaded-rival")
+    stop, original = threading.Event(), partitions.next_chunk
+
+    def next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
+        found = original(conn, part, limit)
+        if found and found[0] <= first <= found[-1]:
+            stop.set()   # the chunk holding `first` commits, then the run stops
+        return found
+
+    monkeypatch.setattr(partitions, "next_chunk", next_chunk)
+    settings = RunSettings(chunk_size=CHUNK, partitions=1)
+    assert not run_batch(registry, policies, batch_id, worker="coord-1", settings=settings, stop=stop)
+    monkeypatch.undo()
+    assert first <= _partition_rows(registry, batch_id)[0].cursor < last
+
+    assert run_batch(registry, reloaded, batch_id, worker="coord-2", settings=settings)
+    with registry.connect() as conn:
+        paid = {line["uscc"]: line["amount_fen"] for line in lines_of(conn, batch_id)}
+    assert paid in (as_started, as_reloaded), (
+        f"{first} was decided under the rival's text as started ({'paid' if first in paid else 'not paid'}), "
+        f"{last} under the reloaded one ({'paid' if last in paid else 'not paid'})")
+
+
+def test_evaluate_period_reports_a_policy_named_twice_once_or_twice_but_never_with_zero_counts(
+        registry: Engine, policies: PolicySet, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    want = _reference_summary(registry, policies.get(SJR), 2025)
+    code = main(["evaluate-period", "--db", _url(registry), "--rules", str(POLICIES_DIR), "--period", "2025",
+                 "--policy", SJR, "--policy", SJR, "--as-of", TODAY.isoformat(), "--json"])
+    report = orjson.loads(capsys.readouterr().out)
+    assert code == 0 and report["enterprises"] == ENTERPRISES
+    rows = [(p["counts"], p["eligible_fen"], p["held_fen"], p["errors"]) for p in report["policies"]]
+    assert rows and all(row == (*want, 0) for row in rows), rows
+
+
+def test_batch_snapshots_are_the_documents_a_lookup_stores(
+        registry: Engine, records: list[dict[str, Any]], policies: PolicySet) -> None:
+    """A record's facts snapshot does not depend on how the facts were read (chunk columns and
+    rows, or one enterprise's document) nor on the database's row order: re-importing rows with
+    a newer as_of moves them in PostgreSQL's heap."""
+    newer = [{**r, "as_of": "2026-01-05"} for r in records if r["kind"] in ("hire", "qualification")][::2]
+    load_records(newer, registry)
+    batch_id = _start(registry, policies, SJR, 2025, "req-snapshots")
+    assert run_batch(registry, policies, batch_id, worker="coord", settings=RunSettings(chunk_size=60, partitions=2))
+    source, year = DocumentSource(registry), policies.get(SJR).fact_year(2025)
+    with registry.connect() as conn:
+        stored = dict(conn.execute(select(evaluation_record.c.uscc, evaluation_record.c.facts_sha256)
+                                   .where(evaluation_record.c.batch_id == batch_id)).all())
+    assert len(stored) == ENTERPRISES
+    differing = [u for u, sha in stored.items() if snapshot_of(source.document(u, year))[1] != sha]
+    assert not differing, differing[:5]
 
 
 # -- 6. worker processes: a stopped run, a killed worker ------------------------------------------
