@@ -508,15 +508,17 @@ def _champion_title(uscc: str, period: int) -> dict[str, object]:
             "certificate_no": f"SC-rev-{uscc[-6:]}"}
 
 
-def _reloaded_with(tmp_path: Path, policy_id: str, old: str, new: str) -> PolicySet:
-    """The reference pack reloaded from a copy in which `policy_id`'s text has `old` replaced."""
+def _reloaded_with(tmp_path: Path, policy_id: str, *edits: tuple[str, str]) -> PolicySet:
+    """The reference pack reloaded from a copy in which `policy_id`'s text has each `old`
+    (occurring once) replaced by its `new`."""
     folder = tmp_path / "reloaded"
     folder.mkdir()
     for source in POLICIES_DIR.glob("*.yaml"):
         text = source.read_text(encoding="utf-8")
         if source.name == f"{policy_id}.yaml":
-            assert text.count(old) == 1
-            text = text.replace(old, new)
+            for old, new in edits:
+                assert text.count(old) == 1, old
+                text = text.replace(old, new)
         (folder / source.name).write_text(text, encoding="utf-8")
     return load_policy_dir(folder, CATALOGUE, require_tests=False)
 
@@ -532,7 +534,7 @@ def test_a_batch_resumed_after_the_rivals_were_reloaded_decides_as_one_run_would
                    set(_awards(registry, policies.get(CHAMPION), period)))
     first, last = alone[0], alone[-1]
     load_records([_champion_title(first, period), _champion_title(last, period)], registry)
-    reloaded = _reloaded_with(tmp_path, CHAMPION, "value: 100万元", "value: 40万元")
+    reloaded = _reloaded_with(tmp_path, CHAMPION, ("value: 100万元", "value: 40万元"))
     assert reloaded.get(GIANT).sha256 == policies.get(GIANT).sha256
     as_started = _expected_lines(registry, policies, GIANT, period)
     as_reloaded = _expected_lines(registry, reloaded, GIANT, period)
@@ -560,6 +562,48 @@ def test_a_batch_resumed_after_the_rivals_were_reloaded_decides_as_one_run_would
     assert paid in (as_started, as_reloaded), (
         f"{first} was decided under the rival's text as started ({'paid' if first in paid else 'not paid'}), "
         f"{last} under the reloaded one ({'paid' if last in paid else 'not paid'})")
+
+
+SI_CONDITION = """  - id: premiums-paid
+    text: 上年度足额缴纳失业保险费满12个月
+    citation: 审查用例
+    expr: si.ui_months_paid >= 12
+
+payable:"""
+
+
+def test_a_rival_reading_another_fact_year_is_decided_on_that_years_facts(
+        registry: Engine, tmp_path: Path) -> None:
+    """The batch's policy reads the period's facts, its rival (reloaded so) the year before's:
+    one packed ruleset, two fact years. Each decision is the reference's on its own year, and
+    each record's snapshot is the document of the year it names."""
+    period = 2024
+    rules = _reloaded_with(tmp_path, CHAMPION, ("fact_year: period", "fact_year: previous"),
+                           ("\npayable:", "\n" + SI_CONDITION))
+    assert (rules.get(CHAMPION).fact_year(period), rules.get(GIANT).fact_year(period)) == (period - 1, period)
+    giants = sorted(_awards(registry, rules.get(GIANT), period))
+    load_records([_champion_title(u, period) for u in giants], registry)   # every giant is a champion too
+    expected = _expected_lines(registry, rules, GIANT, period)
+    champions = _reference(registry, rules.get(CHAMPION), period)
+    source = DocumentSource(registry)
+    on_the_period = {u: evaluate(rules.get(CHAMPION).compiled(period), source.document(u, period), today=TODAY)
+                     for u in giants}
+    assert any(champions[u].outcome != on_the_period[u].outcome for u in giants), \
+        "the fact year decides some giant's rival award (else this test could not tell the years apart)"
+
+    batch_id = _start(registry, rules, GIANT, period, "req-fact-years")
+    assert run_batch(registry, rules, batch_id, worker="coord", settings=RunSettings(chunk_size=CHUNK, partitions=2))
+    everyone = _registered(registry)
+    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone, lines=expected)
+    with registry.connect() as conn:
+        rival_records = [orjson.loads(r) for r in conn.execute(select(evaluation_record.c.record).where(
+            evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == CHAMPION)).scalars()]
+    assert sorted(r["uscc"] for r in rival_records) == sorted(_awards(registry, rules.get(GIANT), period))
+    for record in rival_records:
+        assert record["fact_year"] == period - 1
+        assert (record["outcome"], record["amount_fen"]) == \
+            (champions[record["uscc"]].outcome, champions[record["uscc"]].amount_fen)
+        assert record["facts_sha256"] == snapshot_of(source.document(record["uscc"], period - 1))[1]
 
 
 def test_evaluate_period_reports_a_policy_named_twice_once_or_twice_but_never_with_zero_counts(
