@@ -471,6 +471,27 @@ def test_enterprises_registered_during_a_run_are_evaluated_at_most_once_and_neve
                   lines={early: expected[early]})
 
 
+def test_a_registry_changed_between_partitioning_and_the_run_is_evaluated_as_it_then_stands(
+        empty: Engine, records: list[dict[str, Any]], policies: PolicySet, eligible_2025: list[str]) -> None:
+    """Partitions are USCC ranges, not lists: an enterprise registered after they were made is
+    in the range it falls in, and one removed (by hand: the registry has no delete) leaves a hole
+    - even when it was a range's bound."""
+    added = eligible_2025[len(eligible_2025) // 2]
+    load_records([r for r in records if r["uscc"] != added], empty)
+    batch_id = _start(empty, policies, SJR, 2025, "req-reshaped")
+    assert claim(empty, batch_id, "coord", 30)
+    bounds = [r.last_uscc for r in ensure_partitions(empty, batch_id, 3)][:-1]
+    removed = {bounds[0], eligible_2025[-1]}
+    with empty.begin() as conn:
+        conn.execute(Enterprise.__table__.delete().where(Enterprise.__table__.c.uscc.in_(sorted(removed))))
+    load_records(_only(records, {added}), empty)
+
+    assert run_batch(empty, policies, batch_id, worker="coord", settings=RunSettings(chunk_size=CHUNK, partitions=3))
+    now = _registered(empty)
+    assert added in now and not removed & set(now)
+    _assert_batch(empty, batch_id, evaluated=now, recorded=now, lines=_expected_lines(empty, policies, SJR, 2025))
+
+
 # -- 5. engine disagreement inside a batch --------------------------------------------------------
 
 
