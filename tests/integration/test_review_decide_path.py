@@ -31,7 +31,8 @@ from enterprise_registry.models import Enterprise
 from enterprise_registry.synthetic import PERIOD_YEARS, generate
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, Evaluation, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
-from service.audit.records import Actor, evaluation_record, replay, snapshot_of
+from service.audit.ledger import ledger_entry
+from service.audit.records import RECORDS_KIND, Actor, evaluation_record, replay, snapshot_of
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
 from service.evaluation import decide
@@ -286,6 +287,18 @@ def test_partitions_tile_any_registry_and_the_batch_pays_what_the_reference_pays
     assert sum(sizes) == size and (size == 0 or max(sizes) - min(sizes) <= 1), sizes
     _assert_batch(empty, batch_id, evaluated=chosen, recorded=chosen,
                   lines=_expected_lines(empty, policies, SJR, 2025))
+    # Compact records: one ledger entry per committed chunk, sealing exactly that chunk's records.
+    with empty.connect() as conn:
+        per_entry = Counter(conn.execute(select(evaluation_record.c.ledger_seq)
+                                         .where(evaluation_record.c.batch_id == batch_id)).scalars())
+        entries = {e.seq: e for e in conn.execute(select(ledger_entry).where(ledger_entry.c.seq.in_(list(per_entry))))}
+    chunks = [min(settings.chunk_size, n - start) for n in sizes for start in range(0, n, settings.chunk_size)]
+    assert sorted(per_entry.values()) == sorted(chunks)
+    started_under = _batch_row(empty, batch_id).rule_sha256
+    for seq, count in per_entry.items():
+        payload = orjson.loads(entries[seq].payload)
+        assert (entries[seq].kind, payload["count"], payload["policy_id"], payload["rule_sha256"]) == \
+            (RECORDS_KIND, count, SJR, started_under)
 
 
 # -- 3. duplicates and racing coordinators --------------------------------------------------------
@@ -596,8 +609,8 @@ payable:"""
 def test_a_rival_reading_another_fact_year_is_decided_on_that_years_facts(
         registry: Engine, tmp_path: Path) -> None:
     """The batch's policy reads the period's facts, its rival (reloaded so) the year before's:
-    one packed ruleset, two fact years. Each decision is the reference's on its own year, and
-    each record's snapshot is the document of the year it names."""
+    one packed ruleset, two fact years, run in worker processes. Each decision is the
+    reference's on its own year, and each record's snapshot is the document of the year it names."""
     period = 2024
     rules = _reloaded_with(tmp_path, CHAMPION, ("fact_year: period", "fact_year: previous"),
                            ("\npayable:", "\n" + SI_CONDITION))
@@ -613,7 +626,12 @@ def test_a_rival_reading_another_fact_year_is_decided_on_that_years_facts(
         "the fact year decides some giant's rival award (else this test could not tell the years apart)"
 
     batch_id = _start(registry, rules, GIANT, period, "req-fact-years")
-    assert run_batch(registry, rules, batch_id, worker="coord", settings=RunSettings(chunk_size=CHUNK, partitions=2))
+    pool = ProcessPool(2)   # the workers get the rule texts with the task, never the reloaded folder
+    try:
+        assert run_batch(registry, rules, batch_id, worker="coord", pool=pool,
+                         settings=RunSettings(chunk_size=CHUNK, partitions=3, workers=2))
+    finally:
+        pool.close()
     everyone = _registered(registry)
     _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone, lines=expected)
     with registry.connect() as conn:
