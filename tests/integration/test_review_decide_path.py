@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from enterprise_registry.db import create_schema, make_engine
@@ -32,12 +32,12 @@ from enterprise_registry.synthetic import PERIOD_YEARS, generate
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, Evaluation, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
 from service.audit.ledger import ledger_entry
-from service.audit.records import RECORDS_KIND, Actor, evaluation_record, replay, snapshot_of
+from service.audit.records import RECORDS_KIND, Actor, evaluation_record, render, snapshot_of
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
 from service.evaluation import decide
 from service.evaluation.period import evaluate_period
-from service.facts_documents import DocumentSource, build_document
+from service.facts_documents import DocumentSource, EnterpriseRows, build_document
 from service.payouts import partitions
 from service.payouts.batches import create_payout_schema, get_batch, lines_of, start_batch
 from service.payouts.partitions import (
@@ -50,7 +50,7 @@ from service.payouts.partitions import (
     run_partition_with,
 )
 from service.payouts.pools import ProcessPool
-from service.payouts.runner import RunSettings, claim, run_batch
+from service.payouts.runner import RunSettings, claim, release, run_batch
 from service.payouts.tables import payout_batch, payout_candidate, payout_partition
 
 POLICIES_DIR = Path(__file__).resolve().parents[2] / "rules" / "policies"
@@ -112,11 +112,13 @@ def registry(empty: Engine, records: list[dict[str, Any]]) -> Engine:
 # -- the independent reference --------------------------------------------------------------------
 
 
-def _reference(engine: Engine, policy: LoadedPolicy, period: int) -> dict[str, Evaluation]:
-    """Every registered enterprise evaluated alone by the reference evaluator."""
+def _reference(engine: Engine, policy: LoadedPolicy, period: int,
+               registered: Sequence[EnterpriseRows] | None = None) -> dict[str, Evaluation]:
+    """Every registered enterprise (its rows read now, or given) evaluated alone by the
+    reference evaluator."""
     compiled, year = policy.compiled(period), policy.fact_year(period)
-    return {rows.uscc: evaluate(compiled, build_document(rows, year), today=TODAY)
-            for rows in DocumentSource(engine).all_rows()}
+    every = registered if registered is not None else DocumentSource(engine).all_rows()
+    return {rows.uscc: evaluate(compiled, build_document(rows, year), today=TODAY) for rows in every}
 
 
 def _awards(engine: Engine, policy: LoadedPolicy, period: int) -> dict[str, int]:
@@ -186,25 +188,26 @@ def _assert_batch(engine: Engine, batch_id: str, *, evaluated: Sequence[str], re
         candidates = list(conn.execute(select(payout_candidate.c.uscc)
                                        .where(payout_candidate.c.batch_id == batch_id)).scalars())
         paid = {line["uscc"]: line["amount_fen"] for line in lines_of(conn, batch_id)}
-        ids = list(conn.execute(select(evaluation_record.c.evaluation_id)
-                                .where(evaluation_record.c.batch_id == batch_id)).scalars())
+        stored = [orjson.loads(r) for r in conn.execute(select(evaluation_record.c.record)
+                                                         .where(evaluation_record.c.batch_id == batch_id)).scalars()]
+        # Replayed as AuditService.ReplayEvaluation does (`replay`), in one connection.
+        differing = [(r["evaluation_id"], d) for r in stored if (d := render(conn, r, CATALOGUE).differences)]
         verdict = verify_audit_log(conn)
     assert len(candidates) == len(set(candidates))
     assert paid == lines
     assert (batch.line_count, batch.total_fen) == (len(lines), sum(lines.values()))
     assert verdict.valid, (verdict.fault, verdict.detail, verdict.problems[:3])
-    differing = [(i, r.differences) for i in ids if not (r := replay(engine, i, CATALOGUE)) or not r.identical]
     assert not differing, differing[:3]
 
 
 # -- 1. evaluate-period against the reference evaluator ---------------------------------------------
 
 
-def _reference_summary(engine: Engine, policy: LoadedPolicy, period: int,
+def _reference_summary(evaluations: dict[str, Evaluation],
                        leave_out: frozenset[str] = frozenset()) -> tuple[dict[str, int], int, int]:
     counts = dict.fromkeys(OUTCOME_NAMES, 0)
     eligible_fen = held_fen = 0
-    for uscc, e in _reference(engine, policy, period).items():
+    for uscc, e in evaluations.items():
         if uscc in leave_out:
             continue
         counts[e.outcome] += 1
@@ -215,7 +218,7 @@ def _reference_summary(engine: Engine, policy: LoadedPolicy, period: int,
 
 def test_evaluate_period_totals_equal_the_reference_evaluator_for_every_policy_and_period(
         registry: Engine, policies: PolicySet) -> None:
-    compared = 0
+    compared, registered = 0, list(DocumentSource(registry).all_rows())
     for period in PERIOD_YEARS:
         summary = evaluate_period(policies, registry, period=period, today=TODAY, chunk_size=150)
         covering = sorted(p.id for p in policies if p.covers(period))
@@ -223,7 +226,7 @@ def test_evaluate_period_totals_equal_the_reference_evaluator_for_every_policy_a
         assert summary.enterprises == ENTERPRISES and summary.evaluations == ENTERPRISES * len(covering)
         assert summary.error_samples == []
         for s in summary.policies:
-            want = _reference_summary(registry, policies.get(s.policy_id), period)
+            want = _reference_summary(_reference(registry, policies.get(s.policy_id), period, registered))
             assert (s.counts, s.eligible_fen, s.held_fen, s.errors) == (*want, 0), (s.policy_id, period)
             compared += 1
     assert compared >= 20  # every policy in (almost) every period: 2022-2025
@@ -232,7 +235,8 @@ def test_evaluate_period_totals_equal_the_reference_evaluator_for_every_policy_a
 def test_an_engine_disagreement_in_evaluate_period_is_an_error_left_out_of_the_totals(
         registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
     period = 2025
-    reference = {p.id: _reference(registry, p, period) for p in policies if p.covers(period)}
+    registered = list(DocumentSource(registry).all_rows())
+    reference = {p.id: _reference(registry, p, period, registered) for p in policies if p.covers(period)}
     victim = sorted(u for u, e in reference[SJR].items() if e.outcome == ELIGIBLE)[3]
     _show_the_engine_nothing_of(monkeypatch, victim, lambda member: True)
 
@@ -243,7 +247,7 @@ def test_an_engine_disagreement_in_evaluate_period_is_an_error_left_out_of_the_t
         # An empty fact fires none of the clause rules: an error wherever the trace holds a clause true.
         disagrees = any(c.result == "true" for c in [*own.conditions, *own.payable])
         left_out = frozenset({victim}) if disagrees else frozenset()
-        want = _reference_summary(registry, policies.get(s.policy_id), period, left_out)
+        want = _reference_summary(reference[s.policy_id], left_out)
         assert (s.counts, s.eligible_fen, s.held_fen, s.errors) == (*want, int(disagrees)), s.policy_id
     assert any(f"{SJR} {victim}: engine and trace disagree" in e for e in summary.error_samples)
 
@@ -649,7 +653,7 @@ def test_evaluate_period_reports_a_policy_named_twice_once_or_twice_but_never_wi
         registry: Engine, policies: PolicySet, capsys: pytest.CaptureFixture[str]) -> None:
     from service.cli import main
 
-    want = _reference_summary(registry, policies.get(SJR), 2025)
+    want = _reference_summary(_reference(registry, policies.get(SJR), 2025))
     code = main(["evaluate-period", "--db", _url(registry), "--rules", str(POLICIES_DIR), "--period", "2025",
                  "--policy", SJR, "--policy", SJR, "--as-of", TODAY.isoformat(), "--json"])
     report = orjson.loads(capsys.readouterr().out)
@@ -719,41 +723,148 @@ def _wait_until_gone(pid: int, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
-def test_worker_processes_stopped_then_one_killed_resume_to_exactly_what_the_reference_pays(
+def test_a_worker_process_killed_mid_batch_leaves_a_batch_its_coordinator_resumes_exactly_once(
         registry: Engine, policies: PolicySet) -> None:
     batch_id = _start(registry, policies, SJR, 2025, "req-kill")
     # Small chunks: the run lasts long enough for the heartbeat (every 0.2 s) to act mid-batch.
     settings = RunSettings(chunk_size=4, lease_seconds=0.6, workers=2, partitions=3)
-    pool = _InterruptingPool(2, registry, batch_id)
+    pool, victims = _InterruptingPool(2, registry, batch_id), []
+
+    def kill() -> bool:
+        victims.extend(pool.processes())
+        os.kill(victims[0].pid, signal.SIGKILL)
+        return True
+
+    pool.act = kill
     try:
-        stop = threading.Event()
-        pool.act = lambda: stop.set() or True
-        assert run_batch(registry, policies, batch_id, worker="coord-1", settings=settings, stop=stop,
-                         pool=pool) is False
-        assert pool.acted
-        row = _batch_row(registry, batch_id)
-        assert (row.state, row.worker, row.lease_until) == ("RUNNING", None, 0), "a stopped run gives the batch back"
-        assert 0 < row.evaluated_count < ENTERPRISES
-
-        victims: list[Any] = []
-
-        def kill() -> bool:
-            victims.extend(pool.processes())
-            os.kill(victims[0].pid, signal.SIGKILL)
-            return True
-
-        pool.acted, pool.act = False, kill
         with pytest.raises(BrokenProcessPool):
-            run_batch(registry, policies, batch_id, worker="coord-2", settings=settings, pool=pool)
+            run_batch(registry, policies, batch_id, worker="coord", settings=settings, pool=pool)
         for process in victims:   # the pool ends its other processes too; wait until they are gone
             _wait_until_gone(process.pid)
-        assert get_batch(registry, batch_id).evaluated_count < ENTERPRISES, "killed mid-batch"
+        assert 0 < get_batch(registry, batch_id).evaluated_count < ENTERPRISES, "killed mid-batch"
     finally:
         pool.close()
 
-    # The same coordinator resumes at once, in this thread, after each partition's cursor.
+    # The same coordinator resumes at once (its partitions' leases are its own), in this thread.
+    in_thread = RunSettings(chunk_size=CHUNK, lease_seconds=30, partitions=3)
+    assert run_batch(registry, policies, batch_id, worker="coord", settings=in_thread)
+    everyone = _registered(registry)
+    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
+                  lines=_expected_lines(registry, policies, SJR, 2025))
+
+
+def test_worker_processes_stopped_give_the_batch_back_and_another_coordinator_finishes_it(
+        registry: Engine, policies: PolicySet) -> None:
+    """The stop cancels only the tasks not yet started: those running go on until their next
+    commit fails, so `release` races their chunk commits. On PostgreSQL it then deadlocks now
+    and then (see the test below, which makes the interleaving certain)."""
+    batch_id = _start(registry, policies, SJR, 2025, "req-stop-pool")
+    settings = RunSettings(chunk_size=4, lease_seconds=0.6, workers=2, partitions=3)
+    pool, stop = _InterruptingPool(2, registry, batch_id), threading.Event()
+    pool.act = lambda: stop.set() or True
+    try:
+        assert run_batch(registry, policies, batch_id, worker="coord-1", settings=settings, stop=stop,
+                         pool=pool) is False
+    finally:
+        pool.close()
+    assert pool.acted
+    row = _batch_row(registry, batch_id)
+    assert (row.state, row.worker, row.lease_until) == ("RUNNING", None, 0), "a stopped run gives the batch back"
+    assert 0 < row.evaluated_count < ENTERPRISES
+
     in_thread = RunSettings(chunk_size=CHUNK, lease_seconds=30, partitions=3)
     assert run_batch(registry, policies, batch_id, worker="coord-2", settings=in_thread)
     everyone = _registered(registry)
     _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
                   lines=_expected_lines(registry, policies, SJR, 2025))
+
+
+class _PausingConnection:
+    """A chunk's connection that pauses once, after its first statement (`_advance` has then
+    updated - and on PostgreSQL row-locked - the partition, and not yet the batch)."""
+
+    def __init__(self, conn: Any, pause: Callable[[], None]) -> None:
+        self._conn, self._pause = conn, pause
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._conn.execute(*args, **kwargs)
+        pause, self._pause = self._pause, None
+        if pause is not None:
+            pause()
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def _until_a_partition_update_waits(engine: Engine) -> None:
+    """Until some session waits for a row lock of payout_partition (PostgreSQL), or a moment."""
+    if engine.dialect.name != "postgresql":
+        time.sleep(0.3)
+        return
+    deadline = time.monotonic() + 10
+    with engine.connect() as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(text(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                "and query ilike '%payout_partition%'")).scalar_one()
+            conn.rollback()
+            if waiting:
+                time.sleep(0.1)
+                return
+            time.sleep(0.02)
+
+
+def test_giving_a_batch_back_while_one_of_its_chunks_commits_does_not_deadlock(
+        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`release` (a stopped coordinator giving the batch back) updates the batch row, then the
+    partitions; a chunk's commit (`_advance`) updates its partition, then the batch row. Run
+    them interleaved - the chunk holding its partition when `release` starts - and either may
+    win, but neither may fail for any other reason than losing the lease."""
+    batch_id = _start(registry, policies, SJR, 2025, "req-release-race")
+    settings = RunSettings(chunk_size=CHUNK, partitions=1)
+    assert claim(registry, batch_id, "coord", 30)
+    ensure_partitions(registry, batch_id, 1)
+    policy = policies.get(SJR)
+    evaluator = ChunkEvaluator.for_batch(_batch_row(registry, batch_id), policy, [], [])
+    task = _task(registry, batch_id, 0, "coord", (policy.source,), settings)
+    holding, outcomes = threading.Event(), {}
+    real_transaction = partitions.ledger_transaction
+
+    @contextlib.contextmanager
+    def pausing_transaction(engine: Engine) -> Any:
+        with real_transaction(engine) as conn:
+            def pause() -> None:
+                holding.set()
+                _until_a_partition_update_waits(registry)
+            yield _PausingConnection(conn, pause)
+
+    monkeypatch.setattr(partitions, "ledger_transaction", pausing_transaction)
+    chunks = iter([False, True])   # one chunk, then stop
+
+    def commit_one_chunk() -> None:
+        try:
+            outcomes["chunk"] = run_partition_with(registry, evaluator, task, stop=lambda: next(chunks))
+        except Exception as exc:
+            outcomes["chunk"] = exc
+
+    def give_back() -> None:
+        try:
+            release(registry, batch_id, "coord")
+            outcomes["release"] = "released"
+        except Exception as exc:
+            outcomes["release"] = exc
+
+    chunk = threading.Thread(target=commit_one_chunk)
+    chunk.start()
+    assert holding.wait(60)
+    giver = threading.Thread(target=give_back)
+    giver.start()
+    chunk.join(60)
+    giver.join(60)
+    monkeypatch.undo()
+
+    assert outcomes["release"] == "released", outcomes
+    assert outcomes["chunk"] == CHUNK or isinstance(outcomes["chunk"], LeaseLostError), outcomes
+    row = _batch_row(registry, batch_id)
+    assert (row.worker, row.lease_until) == (None, 0)
