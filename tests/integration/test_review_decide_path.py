@@ -84,16 +84,26 @@ def _only(records: Sequence[dict[str, Any]], usccs: set[str]) -> list[dict[str, 
 
 
 @pytest.fixture(scope="module")
-def eligible_2025(tmp_path_factory: pytest.TempPathFactory, records: list[dict[str, Any]],
-                  policies: PolicySet) -> list[str]:
-    """The enterprises eligible for stable-jobs-refund 2025 (chosen before any test database)."""
+def references(tmp_path_factory: pytest.TempPathFactory, records: list[dict[str, Any]],
+               policies: PolicySet) -> dict[tuple[str, int], dict[str, Evaluation]]:
+    """(policy, period) -> the reference evaluation of every enterprise of the whole synthetic
+    registry, for every period 2022-2025 each policy covers: computed once, on a registry of its
+    own (so also before any test database is made)."""
     engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('reference') / 'registry.db'}")
     try:
         create_schema(engine)
         load_records(records, engine)
-        return sorted(_awards(engine, policies.get(SJR), 2025))
+        registered = list(DocumentSource(engine).all_rows())
+        return {(p.id, period): _reference(engine, p, period, registered)
+                for period in PERIOD_YEARS for p in policies if p.covers(period)}
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def eligible_2025(references: dict[tuple[str, int], dict[str, Evaluation]]) -> list[str]:
+    """The enterprises eligible for stable-jobs-refund 2025."""
+    return sorted(u for u, e in references[(SJR, 2025)].items() if e.outcome == ELIGIBLE)
 
 
 @pytest.fixture
@@ -217,8 +227,8 @@ def _reference_summary(evaluations: dict[str, Evaluation],
 
 
 def test_evaluate_period_totals_equal_the_reference_evaluator_for_every_policy_and_period(
-        registry: Engine, policies: PolicySet) -> None:
-    compared, registered = 0, list(DocumentSource(registry).all_rows())
+        registry: Engine, policies: PolicySet, references: dict[tuple[str, int], dict[str, Evaluation]]) -> None:
+    compared = 0
     for period in PERIOD_YEARS:
         summary = evaluate_period(policies, registry, period=period, today=TODAY, chunk_size=150)
         covering = sorted(p.id for p in policies if p.covers(period))
@@ -226,17 +236,17 @@ def test_evaluate_period_totals_equal_the_reference_evaluator_for_every_policy_a
         assert summary.enterprises == ENTERPRISES and summary.evaluations == ENTERPRISES * len(covering)
         assert summary.error_samples == []
         for s in summary.policies:
-            want = _reference_summary(_reference(registry, policies.get(s.policy_id), period, registered))
+            want = _reference_summary(references[(s.policy_id, period)])
             assert (s.counts, s.eligible_fen, s.held_fen, s.errors) == (*want, 0), (s.policy_id, period)
             compared += 1
     assert compared >= 20  # every policy in (almost) every period: 2022-2025
 
 
 def test_an_engine_disagreement_in_evaluate_period_is_an_error_left_out_of_the_totals(
-        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+        registry: Engine, policies: PolicySet, references: dict[tuple[str, int], dict[str, Evaluation]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     period = 2025
-    registered = list(DocumentSource(registry).all_rows())
-    reference = {p.id: _reference(registry, p, period, registered) for p in policies if p.covers(period)}
+    reference = {p.id: references[(p.id, period)] for p in policies if p.covers(period)}
     victim = sorted(u for u, e in reference[SJR].items() if e.outcome == ELIGIBLE)[3]
     _show_the_engine_nothing_of(monkeypatch, victim, lambda member: True)
 
@@ -521,7 +531,7 @@ def test_a_rivals_disagreement_is_counted_never_paid_and_a_later_batch_pays(
     assert len(alone) >= 2, "the seed's registry holds giants without a champion title"
     victim = alone[0]
     _show_the_engine_nothing_of(monkeypatch, victim, lambda member: member.policy_id == CHAMPION)
-    settings = RunSettings(chunk_size=7, partitions=3)
+    settings = RunSettings(chunk_size=20, partitions=3)
 
     first = _start(registry, policies, GIANT, period, "req-rival-1")
     assert run_batch(registry, policies, first, worker="coord", settings=settings)
@@ -650,10 +660,11 @@ def test_a_rival_reading_another_fact_year_is_decided_on_that_years_facts(
 
 
 def test_evaluate_period_reports_a_policy_named_twice_once_or_twice_but_never_with_zero_counts(
-        registry: Engine, policies: PolicySet, capsys: pytest.CaptureFixture[str]) -> None:
+        registry: Engine, references: dict[tuple[str, int], dict[str, Evaluation]],
+        capsys: pytest.CaptureFixture[str]) -> None:
     from service.cli import main
 
-    want = _reference_summary(_reference(registry, policies.get(SJR), 2025))
+    want = _reference_summary(references[(SJR, 2025)])
     code = main(["evaluate-period", "--db", _url(registry), "--rules", str(POLICIES_DIR), "--period", "2025",
                  "--policy", SJR, "--policy", SJR, "--as-of", TODAY.isoformat(), "--json"])
     report = orjson.loads(capsys.readouterr().out)
