@@ -59,7 +59,7 @@ def evaluate_period(policies: PolicySet, engine: Engine, *, period: int, today: 
     """Decide every registered enterprise under every (or the given) policy for `period`, a chunk
     at a time (`service.evaluation.decide`: the engine decides, the compiled trace cross-checks).
     Errors are counted and sampled, never hidden: the summary reports them."""
-    chosen = [policies.get(pid) for pid in policy_ids] if policy_ids else \
+    chosen = [policies.get(pid) for pid in dict.fromkeys(policy_ids)] if policy_ids else \
         [p for p in policies if p.covers(period)]
     for policy in chosen:
         policy.compiled(period)  # a period the policy does not cover is refused here, by name
