@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from rules.loader import PolicySet
+from rules.loader import LoadedPolicy, PolicySet
 from service.audit.ledger import ledger_transaction
 from service.audit.records import Actor, remember_policy
 from service.errors import (
@@ -99,6 +100,14 @@ def batch_id_for(request_id: str) -> str:
     return "pb_" + hashlib.sha256(request_id.encode()).hexdigest()[:24]
 
 
+def conflict_rivals(policies: PolicySet, policy: LoadedPolicy, period: int) -> list[LoadedPolicy]:
+    """The policies of the conflict group whose awards a batch of `policy` stacks against
+    (就高不重复), as loaded now: a batch pins their texts when it starts."""
+    group = policy.model.conflict_group
+    return [p for p in policies if group and p.id != policy.id and p.model.conflict_group == group
+            and p.covers(period)]
+
+
 def running_key(policies: PolicySet, policy_id: str, period: int) -> str:
     """One batch at a time per period for a policy and every policy it excludes (so that both
     cannot pay the same enterprise)."""
@@ -123,14 +132,17 @@ def start_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period: 
     try:
         # The batch and the exact rule text it runs under commit together: a resume after a
         # restart finds the text even if the rules were reloaded in between.
+        rivals = conflict_rivals(policies, policy, period)
         with ledger_transaction(engine) as conn:
-            remember_policy(conn, policy)
+            for loaded in (policy, *rivals):
+                remember_policy(conn, loaded)
             conn.execute(insert(payout_batch).values(
                 batch_id=batch_id, request_id=request_id, policy_id=policy.id,
                 policy_version=policy.version, rule_sha256=policy.sha256, period=period,
                 state=BatchState.RUNNING, running_key=key, created_by=actor.principal,
                 created_role=actor.role, created_at=_now(), evaluated_on=today.isoformat(),
-                enterprise_count=enterprise_count))
+                enterprise_count=enterprise_count,
+                rival_rules=orjson.dumps([[p.id, p.sha256] for p in rivals]).decode()))
             seal_event(conn, MoneyEvent.START, batch_id, actor)
     except IntegrityError:
         existing = _by_request(engine, request_id)

@@ -24,7 +24,7 @@ from datetime import date
 from typing import Any
 
 import orjson
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import exists, func, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry.models import Enterprise
@@ -128,6 +128,9 @@ def run_partition(task: PartitionTask) -> PartitionResult:
                     for source in task.sources]
         with engine.connect() as conn:
             row = conn.execute(select(payout_batch).where(payout_batch.c.batch_id == task.batch_id)).one()
+        if policies[0].sha256 != row.rule_sha256:   # a task never decides under another text than its batch's
+            raise LeaseLostError(f"{task.batch_id}: the task's rule text {policies[0].sha256[:12]} is not the "
+                                 f"batch's {row.rule_sha256[:12]}")
         evaluator = ChunkEvaluator.for_batch(row, policies[0], policies[1:], task.excluded)
         return PartitionResult(task.partition_no, run_partition_with(engine, evaluator, task), os.getpid())
     finally:
@@ -176,7 +179,10 @@ def _claim(engine: Engine, task: PartitionTask, lease_seconds: float) -> bool:
         changed = conn.execute(payout_partition.update().where(
             payout_partition.c.batch_id == task.batch_id, payout_partition.c.partition_no == task.partition_no,
             or_(holder.is_(None), holder == task.lease_holder, payout_partition.c.lease_until < now,
-                ~holder.startswith(f"{task.coordinator}/", autoescape=True))).values(
+                ~holder.startswith(f"{task.coordinator}/", autoescape=True)),
+            # only for the batch's current coordinator: a late task of an earlier one takes nothing
+            exists().where(payout_batch.c.batch_id == task.batch_id, payout_batch.c.state == BatchState.RUNNING,
+                           payout_batch.c.worker == task.coordinator)).values(
             worker=task.lease_holder, lease_until=now + int(lease_seconds * 1000)))
     return changed.rowcount == 1
 

@@ -99,16 +99,18 @@ class DaskPool:
 def _wait(pending: set[Any], heartbeat: Callable[[], None], stopped: Callable[[], bool], interval: float,
           step: Callable[[set[Any]], tuple[Any, Any]]) -> list[PartitionResult] | None:
     results: list[PartitionResult] = []
-    while pending:
-        done, pending = step(pending)
-        pending = set(pending)
-        for finished in done:
-            results.append(finished.result())  # a failed partition fails the run (retried later)
-        if stopped():
-            for task in pending:
-                task.cancel()
-            return None
-        heartbeat()
+    try:
+        while pending:
+            done, pending = step(pending)
+            pending = set(pending)
+            for finished in done:
+                results.append(finished.result())  # a failed partition fails the run (retried later)
+            if stopped():
+                return None
+            heartbeat()
+    finally:
+        for task in pending:   # never started late, after this run gave up
+            task.cancel()
     return sorted(results, key=lambda r: r.partition_no)
 
 

@@ -102,11 +102,13 @@ def claim(engine: Engine, batch_id: str, worker: str, lease_seconds: float) -> b
 def release(engine: Engine, batch_id: str, worker: str) -> None:
     """Give a batch back (on shutdown), so the next server resumes it without waiting."""
     with engine.begin() as conn:
+        # Partitions first, then the batch: the order a committing chunk takes them in
+        # (`partitions._advance`), or the two deadlock on PostgreSQL.
+        conn.execute(payout_partition.update().where(
+            payout_partition.c.batch_id == batch_id,
+            payout_partition.c.worker.startswith(f"{worker}/", autoescape=True)).values(worker=None, lease_until=0))
         conn.execute(payout_batch.update().where(
             payout_batch.c.batch_id == batch_id, payout_batch.c.worker == worker).values(worker=None, lease_until=0))
-        conn.execute(payout_partition.update().where(
-            payout_partition.c.batch_id == batch_id, payout_partition.c.worker.like(f"{worker}/p%"))
-            .values(worker=None, lease_until=0))
 
 
 def claimable(engine: Engine) -> list[str]:
@@ -136,9 +138,8 @@ class _Run:
         with engine.connect() as conn:
             row = conn.execute(select(payout_batch).where(payout_batch.c.batch_id == batch_id)).one()
             policy = _policy_version(conn, policies, row.policy_id, row.rule_sha256)
-        group = policy.model.conflict_group
-        rivals = [p for p in policies if group and p.id != policy.id and p.model.conflict_group == group
-                  and p.covers(row.period)]
+            rivals = [_policy_version(conn, policies, rival_id, sha256)
+                      for rival_id, sha256 in orjson.loads(row.rival_rules)]
         # The exclusions of the text the batch runs under, and those the current rules add.
         excluded = frozenset(policy.excludes) | (
             policies.excluded(policy.id) if policy.id in {p.id for p in policies} else frozenset())

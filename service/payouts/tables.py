@@ -62,13 +62,16 @@ payout_batch = Table(
     Column("total_fen", BigInteger, nullable=False, server_default="0"),
     Column("merkle_root", String(64), nullable=False, server_default=""),
     Column("cancelled_by", String(100), nullable=True),
-    Column("cancel_reason", String(MAX_REASON_LENGTH), nullable=True))
+    Column("cancel_reason", String(MAX_REASON_LENGTH), nullable=True),
+    # The conflict group's other policies as the batch started ([[policy_id, rule_sha256], ...]):
+    # every run of the batch stacks against these texts, whatever the rules were reloaded to.
+    Column("rival_rules", Text, nullable=False, server_default="[]"))
 
 # The columns of a batch that the ledger seals with every money event (`seals.batch_snapshot`);
 # the progress columns of a running batch change with every chunk and decide no money.
 SEALED_BATCH_COLUMNS = ("batch_id", "request_id", "policy_id", "policy_version", "rule_sha256", "period", "state",
                         "created_by", "created_role", "approved_by", "created_at", "evaluated_on", "line_count",
-                        "total_fen", "merkle_root", "cancelled_by", "cancel_reason")
+                        "total_fen", "merkle_root", "cancelled_by", "cancel_reason", "rival_rules")
 
 # What a running batch found, enterprise by enterprise; committed with the evaluation records
 # of the same chunk, so a restart resumes after the last committed enterprise.
