@@ -203,13 +203,12 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
         _raise_if(violations)
         current = self.policies.current
         policies = in_force(current, request.period)
-        # read once for every policy of the page (NOT_FOUND before the page token is judged)
-        chunk = self.lookups.read(request.uscc, {p.fact_year(request.period) for p in policies})
+        # read and decided once for every policy in force (NOT_FOUND before the page token is judged)
+        decided = self.lookups.decide(current, uscc=request.uscc, policy_ids=[p.id for p in policies],
+                                      period=request.period, today=self.clock.today())
         query = f"benefits:{request.uscc}:{request.period}"
         offset, limit = page_bounds(request.page_size, request.page_token, query)
-        page = policies[offset:offset + limit]
-        answers = self.lookups.decide(current, chunk, page, period=request.period, today=self.clock.today(),
-                                      actor=_actor())   # every new record committed in one group
+        answers = self.lookups.answer(decided, policies[offset:offset + limit], _actor())   # recorded together
         benefits = [benefit_service_pb2.MatchedBenefit(
             policy_id=a.policy.id, title=a.policy.model.title, period=request.period,
             outcome=convert.OUTCOMES[a.evaluation.outcome], amount_fen=a.evaluation.amount_fen,

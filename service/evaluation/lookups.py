@@ -1,15 +1,22 @@
 """Lookups: one enterprise decided on request by the batches' own decide path, explained by the
 reference evaluator, and recorded compactly through the group-commit recorder.
 
-A lookup (ExplainEligibility, ListMatchedBenefits, `benefits evaluate`) reads the enterprise's
-rows once, as a chunk of one (`service.evaluation.chunks`), and
-- decides it with `decide_chunk` under the plan of every policy in force for the period (cached
-  per process, so its packed rulesets stay registered and warm): the decision a batch would make;
+A lookup (ExplainEligibility, ListMatchedBenefits, `benefits evaluate`)
+- reads the enterprise's rows once, as a row of a chunk (`service.evaluation.chunks`: one query
+  per kind), and decides it with `decide_chunk` under the plan of every policy in force for the
+  period (cached per process, so its packed rulesets stay registered and warm): the decision a
+  batch would make;
 - evaluates it with the reference evaluator (`rules.evaluator.evaluate`) on the same document,
   for the full trace the explanation shows. Outcome, amount and clause mask must be the
   decision's: a disagreement is an error (INTERNAL), logged, never answered;
 - records the decision (`prepare_decision`) and waits until the recorder has committed it, so
   the evaluation id it answers with is durable.
+
+Concurrent lookups share the read and the decision: a caller that finds nobody reading becomes
+the reader for every lookup queued at that moment (one chunk, one query per kind, one
+`decide_chunk`), the others wait for it; alone, a lookup is a chunk of one. No lookup waits for
+company. A chunk that fails is read again one enterprise at a time, so an error belongs to the
+lookup that caused it.
 
 Reuse: when a record of the same decision already exists - the same rule text on the same facts
 snapshot on the same evaluation date (`find_recorded`) - the lookup answers with that record's
@@ -19,18 +26,21 @@ id instead of recording again, once the reference evaluator has decided as the r
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection, Engine
 
 from rules.errors import EngineDisagreementError
 from rules.evaluator import Evaluation, evaluate
 from rules.loader import LoadedPolicy, PolicySet
 from service.audit.decision import DECISION_FIELDS, Decision
-from service.audit.records import Actor, PreparedRecord, find_recorded, prepare_decision
+from service.audit.records import Actor, PreparedRecord, evaluation_record, find_recorded, prepare_decision
 from service.errors import EnterpriseNotFoundError, RecordMismatchError
 from service.evaluation.chunks import Chunk, read_chunk
 from service.evaluation.decide import PolicyDecisions, decide_chunk, plan_for
@@ -39,10 +49,14 @@ from service.facts_documents import _on_record
 
 log = logging.getLogger("benefits.lookups")
 
-_ROW = 0   # a lookup's chunk holds one enterprise
 # What a decision is, beyond the engine that made it (a record of another engine version that
 # decided the same is the same decision, as replay judges it).
 _COMPARED = tuple(name for name in DECISION_FIELDS if name != "engine")
+# Which (facts, rule text) pairs have any record on a day: one probe of the reuse index for a
+# whole chunk, so that `find_recorded` (which vouches for a record) runs only where one exists.
+_RECORDED_PAIRS = (select(evaluation_record.c.facts_sha256, evaluation_record.c.rule_sha256)
+                   .where(evaluation_record.c.facts_sha256.in_(bindparam("facts", expanding=True)),
+                          evaluation_record.c.evaluated_on == bindparam("evaluated_on")))
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,40 @@ class Lookup:
     reused: bool
 
 
+@dataclass(frozen=True)
+class Decided:
+    """One enterprise as read and decided: its row of a chunk, the decide path's decisions of the
+    policies that had no record yet, and the records of those that had (by policy id)."""
+    policies: PolicySet
+    period: int
+    today: date
+    chunk: Chunk
+    row: int
+    decisions: Mapping[str, PolicyDecisions]
+    recorded: Mapping[str, Mapping[str, Any]]
+
+
+@dataclass
+class _Request:
+    uscc: str
+    policy_ids: tuple[str, ...]
+    result: Decided | None = None
+    error: BaseException | None = None
+    settled: bool = False
+
+    def settle(self, result: Decided | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error, self.settled = result, error, True
+
+
+@dataclass
+class _Group:
+    """Queued lookups that can share one chunk: the same policy set, period and day."""
+    policies: PolicySet
+    period: int
+    today: date
+    requests: list[_Request] = field(default_factory=list)
+
+
 def in_force(policies: PolicySet, period: int) -> list[LoadedPolicy]:
     """The policies covering `period`, in the set's order (ListMatchedBenefits pages them)."""
     return [p for p in policies if p.covers(period)]
@@ -65,84 +113,156 @@ class Lookups:
 
     def __init__(self, engine: Engine, recorder: Recorder, *, reuse: bool = True) -> None:
         self.engine, self.recorder, self.reuse = engine, recorder, reuse
+        self.chunks_read = 0   # chunks read and decided (a measure of how much lookups shared)
+        self._queue: list[tuple[_Request, PolicySet, int, date]] = []
+        self._reading = False
+        self._cond = threading.Condition(threading.Lock())
 
-    def read(self, uscc: str, fact_years: Iterable[int]) -> Chunk:
-        """The enterprise's rows, read once, with its columns for `fact_years`; raises
-        EnterpriseNotFoundError when nothing at all is on record for it."""
-        with self.engine.connect() as conn:
-            chunk = read_chunk(conn, [uscc], sorted(set(fact_years)))
-        if not _on_record(chunk.rows[_ROW]):
-            raise EnterpriseNotFoundError(uscc)
-        return chunk
-
+    # ------------------------------------------------------------------------------ answers
     def explain(self, policies: PolicySet, *, uscc: str, policy_id: str, period: int, today: date,
                 actor: Actor) -> Lookup:
-        """One enterprise under one policy: an unknown policy, or one not in force for the period,
-        is refused before the database is read."""
+        """One enterprise under one policy."""
         policy = policies.get(policy_id)
-        policy.compiled(period)   # PeriodNotCoveredError names the period
-        chunk = self.read(uscc, [policy.fact_year(period)])
-        return self.decide(policies, chunk, [policy], period=period, today=today, actor=actor)[0]
+        return self.answer(self.decide(policies, uscc=uscc, policy_ids=[policy.id], period=period,
+                                       today=today), [policy], actor)[0]
 
-    def decide(self, policies: PolicySet, chunk: Chunk, chosen: Sequence[LoadedPolicy], *, period: int,
-               today: date, actor: Actor) -> list[Lookup]:
-        """Decide, explain and record the chunk's enterprise under each of `chosen` (policies of
-        `policies` in force for `period`; the chunk read with their fact years). Every new record
-        of the call is committed together before this returns."""
-        uscc = chunk.usccs[_ROW]
-        recorded = self._recorded(chunk, chosen, period, today) if self.reuse else {}
-        fresh = [p.id for p in chosen if p.id not in recorded]
-        decisions = decide_chunk(plan_for(in_force(policies, period), period), chunk.columns, today=today,
-                                 only=fresh) if fresh else {}
+    def decide(self, policies: PolicySet, *, uscc: str, policy_ids: Sequence[str], period: int,
+               today: date) -> Decided:
+        """Read and decide one enterprise under `policy_ids` (or find their records). An unknown
+        policy, or one not in force for the period, is refused before the database is read;
+        EnterpriseNotFoundError when nothing at all is on record for the USCC."""
+        for policy_id in policy_ids:
+            policies.get(policy_id).compiled(period)   # PeriodNotCoveredError names the period
+        request = _Request(uscc, tuple(dict.fromkeys(policy_ids)))
+        with self._cond:
+            self._queue.append((request, policies, period, today))
+            while not request.settled:
+                if self._reading:
+                    self._cond.wait()
+                    continue
+                self._reading = True   # this caller reads for everyone queued
+                taken, self._queue = self._queue, []
+                self._cond.release()
+                try:
+                    self._read_all(taken)
+                finally:
+                    self._cond.acquire()
+                    self._reading = False
+                    self._cond.notify_all()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def answer(self, decided: Decided, chosen: Sequence[LoadedPolicy], actor: Actor) -> list[Lookup]:
+        """Explain each of `chosen` (decided in `decided`) with the reference evaluator, check it
+        against the decision or the reused record, and record the new decisions: all of them
+        committed together before this returns."""
+        chunk, row, period, today = decided.chunk, decided.row, decided.period, decided.today
+        uscc = chunk.usccs[row]
         answers: list[Lookup] = []
         pending: list[tuple[LoadedPolicy, PreparedRecord]] = []
         for policy in chosen:
             fact_year = policy.fact_year(period)
-            evaluation = evaluate(policy.compiled(period), chunk.document(_ROW, fact_year), today=today)
-            record = recorded.get(policy.id)
+            evaluation = evaluate(policy.compiled(period), chunk.document(row, fact_year), today=today)
+            record = decided.recorded.get(policy.id)
             if record is not None:
                 _check_record(record, Decision.of(evaluation))
                 answers.append(Lookup(policy, evaluation, str(record["evaluation_id"]), True))
                 continue
-            decision = _decision(decisions[policy.id], period, today)
-            _check_agreement(policy, uscc, decisions[policy.id], decision, Decision.of(evaluation))
-            facts_json, facts_sha256 = chunk.snapshot(_ROW, fact_year)
+            decisions = decided.decisions[policy.id]
+            decision = _decision(decisions, row, period, today)
+            _check_agreement(policy, uscc, decisions, row, decision, Decision.of(evaluation))
+            facts_json, facts_sha256 = chunk.snapshot(row, fact_year)
             prepared = prepare_decision(decision, facts_json, facts_sha256, actor)
             pending.append((policy, prepared))
             answers.append(Lookup(policy, evaluation, prepared.evaluation_id, False))
         self.recorder.record(pending)   # returns once committed: the ids answered are durable
         return answers
 
-    def _recorded(self, chunk: Chunk, chosen: Sequence[LoadedPolicy], period: int,
-                  today: date) -> dict[str, Mapping[str, Any]]:
-        """The records already made of these decisions, by policy id (`find_recorded`)."""
-        found: dict[str, Mapping[str, Any]] = {}
-        with self.engine.connect() as conn:
-            for policy in chosen:
-                _, facts_sha256 = chunk.snapshot(_ROW, policy.fact_year(period))
-                record = find_recorded(conn, rule_sha256=policy.sha256, facts_sha256=facts_sha256,
-                                       evaluated_on=today.isoformat(), uscc=chunk.usccs[_ROW],
-                                       policy_id=policy.id, period=period)
-                if record is not None:
-                    found[policy.id] = record
+    # ------------------------------------------------------------------------------ shared reads
+    def _read_all(self, taken: Sequence[tuple[_Request, PolicySet, int, date]]) -> None:
+        """Settle every taken request (never raises while one is unsettled)."""
+        groups: dict[tuple[int, int, date], _Group] = {}
+        for request, policies, period, today in taken:
+            groups.setdefault((id(policies), period, today), _Group(policies, period, today)).requests.append(request)
+        try:
+            for group in groups.values():
+                try:
+                    self._read(group, group.requests)
+                except Exception as exc:
+                    if len(group.requests) == 1:
+                        group.requests[0].settle(error=exc)
+                        continue
+                    for request in group.requests:   # alone, each meets only its own error
+                        try:
+                            self._read(group, [request])
+                        except Exception as own:
+                            request.settle(error=own)
+        finally:
+            for request, *_ in taken:
+                if not request.settled:
+                    request.settle(error=RuntimeError("the lookup was interrupted"))
+
+    def _read(self, group: _Group, requests: Sequence[_Request]) -> None:
+        policies, period, today = group.policies, group.period, group.today
+        usccs = list(dict.fromkeys(r.uscc for r in requests))
+        rows = {uscc: row for row, uscc in enumerate(usccs)}
+        wanted = {pid: policies.get(pid) for r in requests for pid in r.policy_ids}
+        with self.engine.connect() as conn:   # one round trip for every enterprise of the chunk
+            chunk = read_chunk(conn, usccs, {p.fact_year(period) for p in wanted.values()})
+            present = [r for r in requests if _on_record(chunk.rows[rows[r.uscc]])]
+            recorded = self._recorded(conn, chunk, rows, present, wanted, period, today) if self.reuse else {}
+        on_record = {r.uscc for r in present}
+        fresh = sorted({pid for r in present for pid in r.policy_ids if pid not in recorded.get(r.uscc, {})})
+        decisions = decide_chunk(plan_for(in_force(policies, period), period), chunk.columns, today=today,
+                                 only=fresh) if fresh else {}
+        self.chunks_read += 1
+        for request in requests:
+            if request.uscc not in on_record:
+                request.settle(error=EnterpriseNotFoundError(request.uscc))
+                continue
+            request.settle(Decided(policies, period, today, chunk, rows[request.uscc], decisions,
+                                   recorded.get(request.uscc, {})))
+
+    def _recorded(self, conn: Connection, chunk: Chunk, rows: Mapping[str, int], requests: Sequence[_Request],
+                  wanted: Mapping[str, LoadedPolicy], period: int,
+                  today: date) -> dict[str, dict[str, Mapping[str, Any]]]:
+        """The records already made of the requested decisions: USCC -> policy id -> record."""
+        keys = {(r.uscc, pid): chunk.snapshot(rows[r.uscc], wanted[pid].fact_year(period))[1]
+                for r in requests for pid in r.policy_ids}
+        if not keys:
+            return {}
+        evaluated_on = today.isoformat()
+        pairs = {(facts, rule) for facts, rule in conn.execute(
+            _RECORDED_PAIRS, {"facts": sorted(set(keys.values())), "evaluated_on": evaluated_on})}
+        found: dict[str, dict[str, Mapping[str, Any]]] = defaultdict(dict)
+        for (uscc, pid), facts_sha256 in keys.items():
+            policy = wanted[pid]
+            if (facts_sha256, policy.sha256) not in pairs:
+                continue
+            record = find_recorded(conn, rule_sha256=policy.sha256, facts_sha256=facts_sha256,
+                                   evaluated_on=evaluated_on, uscc=uscc, policy_id=pid, period=period)
+            if record is not None:
+                found[uscc][pid] = record
         return found
 
 
-def _decision(decisions: PolicyDecisions, period: int, today: date) -> Decision:
-    """The decide path's decision of the chunk's enterprise, as its record stores it."""
+def _decision(decisions: PolicyDecisions, row: int, period: int, today: date) -> Decision:
+    """The decide path's decision of one row, as its record stores it."""
     policy = decisions.policy
     return Decision(policy.id, policy.version, policy.sha256, period, policy.fact_year(period),
-                    decisions.columns.usccs[_ROW], today.isoformat(), decisions.outcome(_ROW),
-                    decisions.amount_fen(_ROW), decisions.mask(_ROW))
+                    decisions.columns.usccs[row], today.isoformat(), decisions.outcome(row),
+                    decisions.amount_fen(row), decisions.mask(row))
 
 
-def _check_agreement(policy: LoadedPolicy, uscc: str, decisions: PolicyDecisions, decided: Decision,
+def _check_agreement(policy: LoadedPolicy, uscc: str, decisions: PolicyDecisions, row: int, decided: Decision,
                      explained: Decision) -> None:
     """The decide path (vectorised trace and packed rulesets, cross-checked) and the reference
     evaluator must reach the same decision; else neither is answered."""
     problems = []
-    if _ROW in decisions.errors:
-        problems.append(f"decide path: {decisions.errors[_ROW]}")
+    if row in decisions.errors:
+        problems.append(f"decide path: {decisions.errors[row]}")
     problems += [f"{name}: decide path {getattr(decided, name)!r}, reference evaluator {getattr(explained, name)!r}"
                  for name in _COMPARED if getattr(decided, name) != getattr(explained, name)]
     if problems:
