@@ -58,6 +58,7 @@ class Recorder:
         self.records_written = 0
         self._queue: list[_Ticket] = []
         self._queued = 0           # records in `_queue`
+        self._writing = 0          # records of the group being written
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -87,6 +88,18 @@ class Recorder:
                  tb: TracebackType | None) -> None:
         self.stop()
 
+    @property
+    def queued(self) -> int:
+        """Records waiting for the next group."""
+        with self._cond:
+            return self._queued
+
+    @property
+    def outstanding(self) -> int:
+        """Records handed over and not yet committed or failed: queued, or being written."""
+        with self._cond:
+            return self._queued + self._writing
+
     # ------------------------------------------------------------------------------ callers
     def record(self, records: Sequence[tuple[LoadedPolicy, PreparedRecord]]) -> None:
         """Queue one call's records and wait until they are committed, all of them in the same
@@ -115,9 +128,11 @@ class Recorder:
                         self._cond.wait()
                     if not self._queue:   # stopping, and everything written
                         return
-                    group, self._queue, self._queued = self._queue, [], 0
+                    group, self._queue, self._writing, self._queued = self._queue, [], self._queued, 0
                     self._cond.notify_all()   # room for callers waiting on a full queue
                 self._commit(group)
+                with self._cond:
+                    self._writing = 0
                 group = []
         finally:
             # Only an error beyond Exception gets here with a group in hand (or with callers
