@@ -118,6 +118,12 @@ class Lookups:
         self._reading = False
         self._cond = threading.Condition(threading.Lock())
 
+    @property
+    def queued(self) -> int:
+        """Lookups waiting for a reader (the next shared chunk)."""
+        with self._cond:
+            return len(self._queue)
+
     # ------------------------------------------------------------------------------ answers
     def explain(self, policies: PolicySet, *, uscc: str, policy_id: str, period: int, today: date,
                 actor: Actor) -> Lookup:
