@@ -89,9 +89,11 @@ class _Request:
     result: Decided | None = None
     error: BaseException | None = None
     settled: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)   # settled, or its turn to read
 
     def settle(self, result: Decided | None = None, error: BaseException | None = None) -> None:
         self.result, self.error, self.settled = result, error, True
+        self.wake.set()
 
 
 @dataclass
@@ -115,13 +117,13 @@ class Lookups:
         self.engine, self.recorder, self.reuse = engine, recorder, reuse
         self.chunks_read = 0   # chunks read and decided (a measure of how much lookups shared)
         self._queue: list[tuple[_Request, PolicySet, int, date]] = []
-        self._reading = False
-        self._cond = threading.Condition(threading.Lock())
+        self._reading = False   # a caller is reading; the others queue
+        self._lock = threading.Lock()
 
     @property
     def queued(self) -> int:
         """Lookups waiting for a reader (the next shared chunk)."""
-        with self._cond:
+        with self._lock:
             return len(self._queue)
 
     # ------------------------------------------------------------------------------ answers
@@ -140,21 +142,22 @@ class Lookups:
         for policy_id in policy_ids:
             policies.get(policy_id).compiled(period)   # PeriodNotCoveredError names the period
         request = _Request(uscc, tuple(dict.fromkeys(policy_ids)))
-        with self._cond:
+        with self._lock:
             self._queue.append((request, policies, period, today))
-            while not request.settled:
-                if self._reading:
-                    self._cond.wait()
-                    continue
-                self._reading = True   # this caller reads for everyone queued
+            reader, self._reading = not self._reading, True
+        if not reader:
+            request.wake.wait()   # settled by the reader, or handed the reading
+        while not request.settled:   # this caller reads for everyone queued
+            with self._lock:
                 taken, self._queue = self._queue, []
-                self._cond.release()
-                try:
-                    self._read_all(taken)
-                finally:
-                    self._cond.acquire()
-                    self._reading = False
-                    self._cond.notify_all()
+            try:
+                self._read_all(taken)
+            finally:
+                with self._lock:
+                    if self._queue:   # one waiter wakes to read next: never all of them
+                        self._queue[0][0].wake.set()
+                    else:
+                        self._reading = False
         if request.error is not None:
             raise request.error
         assert request.result is not None
