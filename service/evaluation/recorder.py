@@ -59,7 +59,9 @@ class Recorder:
         self._queue: list[_Ticket] = []
         self._queued = 0           # records in `_queue`
         self._writing = 0          # records of the group being written
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)   # the writer waits on it for work
+        self._room = threading.Condition(lock)   # callers wait on it for room in the queue
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -77,7 +79,8 @@ class Recorder:
         """Write every record already queued, then end the writer thread (idempotent)."""
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
+            self._cond.notify()
+            self._room.notify_all()
         if self._thread is not None:
             self._thread.join()
 
@@ -110,12 +113,12 @@ class Recorder:
         with self._cond:
             # A call larger than the whole queue still goes in, alone, rather than wait forever.
             while not self._stopping and self._queued and self._queued + len(records) > self.capacity:
-                self._cond.wait()
+                self._room.wait()
             if self._stopping or self._thread is None:
                 raise RecorderStoppedError("the recorder is not running")
             self._queue.append(ticket)
             self._queued += len(records)
-            self._cond.notify_all()
+            self._cond.notify()   # the writer
         ticket.done.result()   # the writer always settles it: committed, or the group's error
 
     # ------------------------------------------------------------------------------ the writer
@@ -129,7 +132,7 @@ class Recorder:
                     if not self._queue:   # stopping, and everything written
                         return
                     group, self._queue, self._writing, self._queued = self._queue, [], self._queued, 0
-                    self._cond.notify_all()   # room for callers waiting on a full queue
+                    self._room.notify_all()   # callers waiting for room in the queue
                 self._commit(group)
                 with self._cond:
                     self._writing = 0
