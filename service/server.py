@@ -153,12 +153,14 @@ class RunningServer:
     workers: BatchWorkers
     checkpoint: Checkpointer
     recorder: Recorder
+    lookups: Lookups
 
     def stop(self, grace: float | None = None) -> None:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
         self.recorder.stop()  # the lookups' last records committed before the last checkpoint
+        log.info("lookups: %d read and decided in %d chunks", self.lookups.lookups_read, self.lookups.chunks_read)
         self.workers.stop(grace)  # running batches stop after their chunk and are given back
         self.checkpoint.stop()  # the last word on what the ledger held when the server stopped
         self.engine.dispose()
@@ -191,8 +193,9 @@ def create_server(config: ServeConfig) -> RunningServer:
     policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), server)
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine, config.clock), server)
     recorder = Recorder(engine)  # lookups' records, group-committed; started with the server
+    lookups = Lookups(engine, recorder)
     benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
-        BenefitServicer(policies, Lookups(engine, recorder), config.clock), server)
+        BenefitServicer(policies, lookups, config.clock), server)
     checkpoint = Checkpointer(engine, key, config.checkpoint_file)
     workers = BatchWorkers(engine, lambda: policies.current,
                            RunSettings(config.batch_chunk_size, config.batch_lease_seconds,
@@ -222,7 +225,8 @@ def create_server(config: ServeConfig) -> RunningServer:
     workers.start()  # resumes any batch a stopped or crashed server left RUNNING
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, policies, engine, workers, checkpoint, recorder)
+    return RunningServer(server, port, health_servicer, policies, engine, workers, checkpoint, recorder,
+                         lookups)
 
 
 def _ledger_key(config: ServeConfig) -> Any:

@@ -115,7 +115,8 @@ class Lookups:
 
     def __init__(self, engine: Engine, recorder: Recorder, *, reuse: bool = True) -> None:
         self.engine, self.recorder, self.reuse = engine, recorder, reuse
-        self.chunks_read = 0   # chunks read and decided (a measure of how much lookups shared)
+        self.chunks_read = 0    # chunks read and decided ...
+        self.lookups_read = 0   # ... for this many lookups: how much they shared
         self._queue: list[tuple[_Request, PolicySet, int, date]] = []
         self._reading = False   # a caller is reading; the others queue
         self._lock = threading.Lock()
@@ -227,6 +228,7 @@ class Lookups:
         decisions = decide_chunk(plan_for(in_force(policies, period), period), chunk.columns, today=today,
                                  only=fresh) if fresh else {}
         self.chunks_read += 1
+        self.lookups_read += len(requests)
         for request in requests:
             if request.uscc not in on_record:
                 request.settle(error=EnterpriseNotFoundError(request.uscc))

@@ -83,6 +83,8 @@ class Recorder:
             self._room.notify_all()
         if self._thread is not None:
             self._thread.join()
+            log.info("recorder stopped: %d records in %d transactions, %d failed", self.records_written,
+                     self.transactions, self.failed_groups)
 
     def __enter__(self) -> Recorder:
         return self.start()
