@@ -203,12 +203,18 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
         _raise_if(violations)
         current = self.policies.current
         policies = in_force(current, request.period)
-        # read and decided once for every policy in force (NOT_FOUND before the page token is judged)
-        decided = self.lookups.decide(current, uscc=request.uscc, policy_ids=[p.id for p in policies],
-                                      period=request.period, today=self.clock.today())
         query = f"benefits:{request.uscc}:{request.period}"
-        offset, limit = page_bounds(request.page_size, request.page_token, query)
-        answers = self.lookups.answer(decided, policies[offset:offset + limit], _actor())   # recorded together
+        today, actor = self.clock.today(), _actor()
+        try:
+            offset, limit = page_bounds(request.page_size, request.page_token, query)
+        except InvalidArgumentError:   # an enterprise of which nothing is on record: NOT_FOUND first
+            self.lookups.look_up(current, uscc=request.uscc, policy_ids=[], period=request.period, today=today,
+                                 actor=actor)
+            raise
+        # read once and decided for every policy of the page, their new records committed together
+        answers = self.lookups.look_up(current, uscc=request.uscc,
+                                       policy_ids=[p.id for p in policies[offset:offset + limit]],
+                                       period=request.period, today=today, actor=actor)
         benefits = [benefit_service_pb2.MatchedBenefit(
             policy_id=a.policy.id, title=a.policy.model.title, period=request.period,
             outcome=convert.OUTCOMES[a.evaluation.outcome], amount_fen=a.evaluation.amount_fen,

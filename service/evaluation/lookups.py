@@ -9,14 +9,15 @@ A lookup (ExplainEligibility, ListMatchedBenefits, `benefits evaluate`)
 - evaluates it with the reference evaluator (`rules.evaluator.evaluate`) on the same document,
   for the full trace the explanation shows. Outcome, amount and clause mask must be the
   decision's: a disagreement is an error (INTERNAL), logged, never answered;
-- records the decision (`prepare_decision`) and waits until the recorder has committed it, so
-  the evaluation id it answers with is durable.
+- records the decision (`prepare_decision`) and answers only once the recorder has committed
+  it, so the evaluation id it answers with is durable.
 
-Concurrent lookups share the read and the decision: a caller that finds nobody reading becomes
-the reader for every lookup queued at that moment (one chunk, one query per kind, one
-`decide_chunk`), the others wait for it; alone, a lookup is a chunk of one. No lookup waits for
-company. A chunk that fails is read again one enterprise at a time, so an error belongs to the
-lookup that caused it.
+Concurrent lookups share all of it: a caller that finds nobody reading becomes the reader for
+every lookup queued at that moment - one chunk (one query per kind), one `decide_chunk`, each
+lookup explained and its records handed to the recorder together - then hands the reading to the
+next caller queued and waits, like the others, for the commit. Alone, a lookup is a chunk of
+one; no lookup waits for company. A chunk that cannot be read or decided is done again one
+enterprise at a time, so an error belongs to the lookup that caused it.
 
 Reuse: when a record of the same decision already exists - the same rule text on the same facts
 snapshot on the same evaluation date (`find_recorded`) - the lookup answers with that record's
@@ -29,6 +30,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -69,30 +71,21 @@ class Lookup:
     reused: bool
 
 
-@dataclass(frozen=True)
-class Decided:
-    """One enterprise as read and decided: its row of a chunk, the decide path's decisions of the
-    policies that had no record yet, and the records of those that had (by policy id)."""
-    policies: PolicySet
-    period: int
-    today: date
-    chunk: Chunk
-    row: int
-    decisions: Mapping[str, PolicyDecisions]
-    recorded: Mapping[str, Mapping[str, Any]]
-
-
 @dataclass
 class _Request:
+    """One caller's lookup while it is queued, read and answered."""
     uscc: str
-    policy_ids: tuple[str, ...]
-    result: Decided | None = None
+    policies: tuple[LoadedPolicy, ...]
+    actor: Actor
+    answers: list[Lookup] = field(default_factory=list)
+    committed: Future[None] | None = None   # the recorder's, for the records of `answers`
     error: BaseException | None = None
     settled: bool = False
     wake: threading.Event = field(default_factory=threading.Event)   # settled, or its turn to read
 
-    def settle(self, result: Decided | None = None, error: BaseException | None = None) -> None:
-        self.result, self.error, self.settled = result, error, True
+    def settle(self, answers: list[Lookup] | None = None, committed: Future[None] | None = None,
+               error: BaseException | None = None) -> None:
+        self.answers, self.committed, self.error, self.settled = answers or [], committed, error, True
         self.wake.set()
 
 
@@ -127,22 +120,22 @@ class Lookups:
         with self._lock:
             return len(self._queue)
 
-    # ------------------------------------------------------------------------------ answers
     def explain(self, policies: PolicySet, *, uscc: str, policy_id: str, period: int, today: date,
                 actor: Actor) -> Lookup:
         """One enterprise under one policy."""
-        policy = policies.get(policy_id)
-        return self.answer(self.decide(policies, uscc=uscc, policy_ids=[policy.id], period=period,
-                                       today=today), [policy], actor)[0]
+        return self.look_up(policies, uscc=uscc, policy_ids=[policy_id], period=period, today=today,
+                            actor=actor)[0]
 
-    def decide(self, policies: PolicySet, *, uscc: str, policy_ids: Sequence[str], period: int,
-               today: date) -> Decided:
-        """Read and decide one enterprise under `policy_ids` (or find their records). An unknown
-        policy, or one not in force for the period, is refused before the database is read;
+    def look_up(self, policies: PolicySet, *, uscc: str, policy_ids: Sequence[str], period: int, today: date,
+                actor: Actor) -> list[Lookup]:
+        """One enterprise under each of `policy_ids` (none: whether it is on record), in that
+        order, every new record of the call committed before this returns. An unknown policy, or
+        one not in force for the period, is refused before the database is read;
         EnterpriseNotFoundError when nothing at all is on record for the USCC."""
-        for policy_id in policy_ids:
-            policies.get(policy_id).compiled(period)   # PeriodNotCoveredError names the period
-        request = _Request(uscc, tuple(dict.fromkeys(policy_ids)))
+        chosen = tuple(policies.get(policy_id) for policy_id in policy_ids)
+        for policy in chosen:
+            policy.compiled(period)   # PeriodNotCoveredError names the period
+        request = _Request(uscc, chosen, actor)
         with self._lock:
             self._queue.append((request, policies, period, today))
             reader, self._reading = not self._reading, True
@@ -161,36 +154,11 @@ class Lookups:
                         self._reading = False
         if request.error is not None:
             raise request.error
-        assert request.result is not None
-        return request.result
+        if request.committed is not None:
+            request.committed.result()   # the ids answered are durable (or the database's error)
+        return request.answers
 
-    def answer(self, decided: Decided, chosen: Sequence[LoadedPolicy], actor: Actor) -> list[Lookup]:
-        """Explain each of `chosen` (decided in `decided`) with the reference evaluator, check it
-        against the decision or the reused record, and record the new decisions: all of them
-        committed together before this returns."""
-        chunk, row, period, today = decided.chunk, decided.row, decided.period, decided.today
-        uscc = chunk.usccs[row]
-        answers: list[Lookup] = []
-        pending: list[tuple[LoadedPolicy, PreparedRecord]] = []
-        for policy in chosen:
-            fact_year = policy.fact_year(period)
-            evaluation = evaluate(policy.compiled(period), chunk.document(row, fact_year), today=today)
-            record = decided.recorded.get(policy.id)
-            if record is not None:
-                _check_record(record, Decision.of(evaluation))
-                answers.append(Lookup(policy, evaluation, str(record["evaluation_id"]), True))
-                continue
-            decisions = decided.decisions[policy.id]
-            decision = _decision(decisions, row, period, today)
-            _check_agreement(policy, uscc, decisions, row, decision, Decision.of(evaluation))
-            facts_json, facts_sha256 = chunk.snapshot(row, fact_year)
-            prepared = prepare_decision(decision, facts_json, facts_sha256, actor)
-            pending.append((policy, prepared))
-            answers.append(Lookup(policy, evaluation, prepared.evaluation_id, False))
-        self.recorder.record(pending)   # returns once committed: the ids answered are durable
-        return answers
-
-    # ------------------------------------------------------------------------------ shared reads
+    # ------------------------------------------------------------------------------ the reader
     def _read_all(self, taken: Sequence[tuple[_Request, PolicySet, int, date]]) -> None:
         """Settle every taken request (never raises while one is unsettled)."""
         groups: dict[tuple[int, int, date], _Group] = {}
@@ -205,6 +173,8 @@ class Lookups:
                         group.requests[0].settle(error=exc)
                         continue
                     for request in group.requests:   # alone, each meets only its own error
+                        if request.settled:
+                            continue
                         try:
                             self._read(group, [request])
                         except Exception as own:
@@ -215,48 +185,84 @@ class Lookups:
                     request.settle(error=RuntimeError("the lookup was interrupted"))
 
     def _read(self, group: _Group, requests: Sequence[_Request]) -> None:
+        """Read and decide the requests' enterprises as one chunk, answer each, and hand all their
+        new records to the recorder at once."""
         policies, period, today = group.policies, group.period, group.today
         usccs = list(dict.fromkeys(r.uscc for r in requests))
         rows = {uscc: row for row, uscc in enumerate(usccs)}
-        wanted = {pid: policies.get(pid) for r in requests for pid in r.policy_ids}
         with self.engine.connect() as conn:   # one round trip for every enterprise of the chunk
-            chunk = read_chunk(conn, usccs, {p.fact_year(period) for p in wanted.values()})
+            chunk = read_chunk(conn, usccs, {p.fact_year(period) for r in requests for p in r.policies})
             present = [r for r in requests if _on_record(chunk.rows[rows[r.uscc]])]
-            recorded = self._recorded(conn, chunk, rows, present, wanted, period, today) if self.reuse else {}
+            recorded = self._recorded(conn, chunk, rows, present, period, today) if self.reuse else {}
         on_record = {r.uscc for r in present}
-        fresh = sorted({pid for r in present for pid in r.policy_ids if pid not in recorded.get(r.uscc, {})})
+        fresh = sorted({p.id for r in present for p in r.policies if p.id not in recorded.get(r.uscc, {})})
         decisions = decide_chunk(plan_for(in_force(policies, period), period), chunk.columns, today=today,
                                  only=fresh) if fresh else {}
         self.chunks_read += 1
         self.lookups_read += len(requests)
+        answered: list[tuple[_Request, list[Lookup]]] = []
+        pending: list[tuple[LoadedPolicy, PreparedRecord]] = []
         for request in requests:
             if request.uscc not in on_record:
                 request.settle(error=EnterpriseNotFoundError(request.uscc))
                 continue
-            request.settle(Decided(policies, period, today, chunk, rows[request.uscc], decisions,
-                                   recorded.get(request.uscc, {})))
+            try:   # an explanation that fails its checks fails that lookup alone
+                answers, records = _answer(chunk, rows[request.uscc], request, decisions,
+                                           recorded.get(request.uscc, {}), period, today)
+            except Exception as exc:
+                request.settle(error=exc)
+                continue
+            answered.append((request, answers))
+            pending += records
+        committed = self.recorder.submit(pending)   # one ticket: the chunk's records commit together
+        for request, answers in answered:
+            request.settle(answers, committed)
 
     def _recorded(self, conn: Connection, chunk: Chunk, rows: Mapping[str, int], requests: Sequence[_Request],
-                  wanted: Mapping[str, LoadedPolicy], period: int,
-                  today: date) -> dict[str, dict[str, Mapping[str, Any]]]:
+                  period: int, today: date) -> dict[str, dict[str, Mapping[str, Any]]]:
         """The records already made of the requested decisions: USCC -> policy id -> record."""
-        keys = {(r.uscc, pid): chunk.snapshot(rows[r.uscc], wanted[pid].fact_year(period))[1]
-                for r in requests for pid in r.policy_ids}
+        wanted = {p.id: p for r in requests for p in r.policies}
+        keys = {(r.uscc, p.id): chunk.snapshot(rows[r.uscc], p.fact_year(period))[1]
+                for r in requests for p in r.policies}
         if not keys:
             return {}
         evaluated_on = today.isoformat()
         pairs = {(facts, rule) for facts, rule in conn.execute(
             _RECORDED_PAIRS, {"facts": sorted(set(keys.values())), "evaluated_on": evaluated_on})}
         found: dict[str, dict[str, Mapping[str, Any]]] = defaultdict(dict)
-        for (uscc, pid), facts_sha256 in keys.items():
-            policy = wanted[pid]
-            if (facts_sha256, policy.sha256) not in pairs:
+        for (uscc, policy_id), facts_sha256 in keys.items():
+            rule_sha256 = wanted[policy_id].sha256
+            if (facts_sha256, rule_sha256) not in pairs:
                 continue
-            record = find_recorded(conn, rule_sha256=policy.sha256, facts_sha256=facts_sha256,
-                                   evaluated_on=evaluated_on, uscc=uscc, policy_id=pid, period=period)
+            record = find_recorded(conn, rule_sha256=rule_sha256, facts_sha256=facts_sha256,
+                                   evaluated_on=evaluated_on, uscc=uscc, policy_id=policy_id, period=period)
             if record is not None:
-                found[uscc][pid] = record
+                found[uscc][policy_id] = record
         return found
+
+
+def _answer(chunk: Chunk, row: int, request: _Request, decisions: Mapping[str, PolicyDecisions],
+            recorded: Mapping[str, Mapping[str, Any]], period: int,
+            today: date) -> tuple[list[Lookup], list[tuple[LoadedPolicy, PreparedRecord]]]:
+    """Explain one row under each of the request's policies with the reference evaluator, check
+    it against the decision or the reused record; the answers and the records to make."""
+    answers: list[Lookup] = []
+    pending: list[tuple[LoadedPolicy, PreparedRecord]] = []
+    for policy in request.policies:
+        fact_year = policy.fact_year(period)
+        evaluation = evaluate(policy.compiled(period), chunk.document(row, fact_year), today=today)
+        record = recorded.get(policy.id)
+        if record is not None:
+            _check_record(record, Decision.of(evaluation))
+            answers.append(Lookup(policy, evaluation, str(record["evaluation_id"]), True))
+            continue
+        decision = _decision(decisions[policy.id], row, period, today)
+        _check_agreement(policy, request.uscc, decisions[policy.id], row, decision, Decision.of(evaluation))
+        facts_json, facts_sha256 = chunk.snapshot(row, fact_year)
+        prepared = prepare_decision(decision, facts_json, facts_sha256, request.actor)
+        pending.append((policy, prepared))
+        answers.append(Lookup(policy, evaluation, prepared.evaluation_id, False))
+    return answers, pending
 
 
 def _decision(decisions: PolicyDecisions, row: int, period: int, today: date) -> Decision:

@@ -109,9 +109,16 @@ class Recorder:
     def record(self, records: Sequence[tuple[LoadedPolicy, PreparedRecord]]) -> None:
         """Queue one call's records and wait until they are committed, all of them in the same
         transaction; raises the database's error when that transaction failed."""
-        if not records:
-            return
+        self.submit(records).result()
+
+    def submit(self, records: Sequence[tuple[LoadedPolicy, PreparedRecord]]) -> Future[None]:
+        """Queue records to be committed together (waiting while the queue is full); the future
+        is settled once they are committed, or with the database's error. Whoever answers with
+        their ids must wait for it."""
         ticket = _Ticket(tuple(records))
+        if not records:
+            ticket.done.set_result(None)
+            return ticket.done
         with self._cond:
             # A call larger than the whole queue still goes in, alone, rather than wait forever.
             while not self._stopping and self._queued and self._queued + len(records) > self.capacity:
@@ -121,7 +128,7 @@ class Recorder:
             self._queue.append(ticket)
             self._queued += len(records)
             self._cond.notify()   # the writer
-        ticket.done.result()   # the writer always settles it: committed, or the group's error
+        return ticket.done   # the writer always settles it: committed, or the group's error
 
     # ------------------------------------------------------------------------------ the writer
     def _run(self) -> None:

@@ -42,6 +42,7 @@ from rules.errors import EngineDisagreementError, EngineError
 from rules.evaluator import evaluate
 from rules.loader import PolicySet, load_policy_dir
 from service.audit.decision import Decision
+from service.audit.facts_json import snapshot_of
 from service.audit.ledger import ledger_transaction
 from service.audit.records import Actor, evaluation_record, load_record, prepare_decision, write_records
 from service.audit.verification import verify_audit_log
@@ -166,8 +167,7 @@ def test_a_faithfully_sealed_record_that_decides_otherwise_is_refused(registry: 
     policy = policies.get(SJR)
     with registry.connect() as conn:
         genuine = Decision.from_record(load_record(conn, first.evaluation_id) or {})
-    snapshot = lookups.decide(policies, uscc=A, policy_ids=[SJR], period=2025, today=TODAY)
-    facts_json, facts_sha256 = snapshot.chunk.snapshot(snapshot.row, policy.fact_year(2025))
+    facts_json, facts_sha256 = snapshot_of(DocumentSource(registry).document(A, policy.fact_year(2025)))
     wrong = prepare_decision(dataclasses.replace(genuine, amount_fen=genuine.amount_fen + 100), facts_json,
                              facts_sha256, ACTOR)
     with ledger_transaction(registry) as conn:   # sealed like any record: only the decision is wrong
@@ -224,7 +224,8 @@ def _concurrently(lookups: Lookups, cases: list[tuple[str, str]], policies: Poli
     lookups_module.read_chunk = held_read   # type: ignore[assignment]
     try:
         with ThreadPoolExecutor(max_workers=len(cases) + 1) as pool:
-            first = pool.submit(run, (E_SMALL, "high-tech-reward"))
+            # Another day: none of the cases can be answered from the first lookup's record.
+            first = pool.submit(lambda: _explain(lookups, policies, E_SMALL, "high-tech-reward", date(2026, 4, 1)))
             assert reading.wait(WAIT_SECONDS)
             futures = [pool.submit(run, case) for case in cases]
             _wait_until(lambda: lookups.queued == len(cases), "every lookup is queued behind the first reader")
