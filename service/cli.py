@@ -251,22 +251,21 @@ def _rules_test(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import getpass
 
-    from service.audit.records import Actor, create_audit_schema, record_evaluation
-    from service.evaluation.period import evaluate_with_inputs
+    from service.audit.records import Actor, create_audit_schema
+    from service.evaluation.lookups import Lookups
+    from service.evaluation.recorder import Recorder
     from service.explain import as_json, as_text
-    from service.facts_documents import DocumentSource
 
     policies = _policies(args.rules)
     with _database(args.db) as engine:
-        result, document, policy = evaluate_with_inputs(
-            policies, DocumentSource(engine), uscc=args.uscc, policy_id=args.policy,
-            period=args.period, today=args.as_of or date.today())
         create_audit_schema(engine)  # every evaluation is recorded, this one too
-        evaluation_id = record_evaluation(engine, result, document, policy,
-                                          Actor(f"cli:{getpass.getuser()}", "local"))
-    title = policy.model.title
+        with Recorder(engine) as recorder:   # the lookup path of the API: same decision, same record
+            answer = Lookups(engine, recorder).explain(
+                policies, uscc=args.uscc, policy_id=args.policy, period=args.period,
+                today=args.as_of or date.today(), actor=Actor(f"cli:{getpass.getuser()}", "local"))
+    result, title = answer.evaluation, answer.policy.model.title
     if args.json:
-        print(json.dumps({**as_json(result, title), "evaluation_id": evaluation_id},
+        print(json.dumps({**as_json(result, title), "evaluation_id": answer.evaluation_id},
                          ensure_ascii=False, indent=2))
     else:
         print(as_text(result, title))

@@ -44,6 +44,8 @@ from service.audit.records import remember_policy
 from service.catalogue import CATALOGUE
 from service.config import ServeConfig
 from service.errors import LedgerKeyError, ServerStartError
+from service.evaluation.lookups import Lookups
+from service.evaluation.recorder import Recorder
 from service.payouts.export import load_payers
 from service.payouts.pools import dask_pool
 from service.payouts.runner import BatchWorkers, RunSettings
@@ -150,11 +152,15 @@ class RunningServer:
     engine: Any
     workers: BatchWorkers
     checkpoint: Checkpointer
+    recorder: Recorder
+    lookups: Lookups
 
     def stop(self, grace: float | None = None) -> None:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        self.recorder.stop()  # the lookups' last records committed before the last checkpoint
+        log.info("lookups: %d read and decided in %d chunks", self.lookups.lookups_read, self.lookups.chunks_read)
         self.workers.stop(grace)  # running batches stop after their chunk and are given back
         self.checkpoint.stop()  # the last word on what the ledger held when the server stopped
         self.engine.dispose()
@@ -186,8 +192,10 @@ def create_server(config: ServeConfig) -> RunningServer:
                          maximum_concurrent_rpcs=config.max_workers * 8)
     policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), server)
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine, config.clock), server)
+    recorder = Recorder(engine)  # lookups' records, group-committed; started with the server
+    lookups = Lookups(engine, recorder)
     benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
-        BenefitServicer(policies, engine, config.clock), server)
+        BenefitServicer(policies, lookups, config.clock), server)
     checkpoint = Checkpointer(engine, key, config.checkpoint_file)
     workers = BatchWorkers(engine, lambda: policies.current,
                            RunSettings(config.batch_chunk_size, config.batch_lease_seconds,
@@ -212,11 +220,13 @@ def create_server(config: ServeConfig) -> RunningServer:
         log.warning("listening on %s WITHOUT TLS (--insecure): bearer tokens and enterprise data cross "
                     "the network in clear text", config.listen)
     checkpoint.start()  # before the first call: a verification finds the ledger covered
+    recorder.start()
     server.start()
     workers.start()  # resumes any batch a stopped or crashed server left RUNNING
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, policies, engine, workers, checkpoint)
+    return RunningServer(server, port, health_servicer, policies, engine, workers, checkpoint, recorder,
+                         lookups)
 
 
 def _ledger_key(config: ServeConfig) -> Any:

@@ -29,20 +29,15 @@ from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.clock import Clock
 from enterprise_registry.importer import RecordChecker, store_records
 from enterprise_registry.models import MODEL_BY_KIND
-from rules.evaluator import evaluate
-from rules.facts import FactsDocument
 from rules.loader import PolicyStore
 from service.api import convert
 from service.api.auth import Principal, authorize_uscc, current_principal
 from service.api.paging import next_token, page_bounds
-from service.audit.ledger import ledger_transaction, read_snapshot
+from service.audit.ledger import read_snapshot
 from service.audit.records import (
     Actor,
     list_records,
     load_record,
-    prepare_record,
-    record_evaluation,
-    write_records,
 )
 from service.audit.rendering import render_faithful, replay
 from service.audit.verification import verify_audit_log
@@ -53,9 +48,8 @@ from service.errors import (
     EvaluationNotFoundError,
     InvalidArgumentError,
 )
-from service.evaluation.period import evaluate_with_inputs
+from service.evaluation.lookups import Lookups, in_force
 from service.explain import OUTCOME_ZH, as_text
-from service.facts_documents import DocumentSource, build_document
 from service.payouts import batches, status_report
 from service.payouts.payees import changed_payees, line_payee, registry_payees
 from service.payouts.runner import BatchWorkers
@@ -194,54 +188,37 @@ def _store(engine: Engine, records: list[Any], stored: int, stale: int) -> tuple
 
 
 class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
-    """Every evaluation it makes is recorded in the audit trail with the caller as actor."""
+    """Every evaluation it makes is recorded in the audit trail with the caller as actor, or
+    answered from the record of the same decision made earlier (`service.evaluation.lookups`)."""
 
-    def __init__(self, policies: PolicyStore, engine: Engine, clock: Clock) -> None:
+    def __init__(self, policies: PolicyStore, lookups: Lookups, clock: Clock) -> None:
         self.policies = policies
-        self.engine = engine
+        self.lookups = lookups
         self.clock = clock   # the evaluation date: the Asia/Shanghai date
-        self.source = DocumentSource(engine)
-
-    def _evaluate(self, uscc: str, policy_id: str, period: int) -> tuple[Any, str]:
-        result, document, policy = evaluate_with_inputs(
-            self.policies.current, self.source, uscc=uscc, policy_id=policy_id, period=period,
-            today=self.clock.today())
-        caller = _caller()
-        evaluation_id = record_evaluation(self.engine, result, document, policy,
-                                          Actor(caller.name, caller.role))
-        return result, evaluation_id
 
     def ListMatchedBenefits(self, request: Any, context: grpc.ServicerContext) -> Any:
         violations: list[tuple[str, str]] = []
         _check_uscc(request.uscc, violations)
         _check_period(request.period, violations)
         _raise_if(violations)
-        rows = self.source.rows(request.uscc)   # read once for every policy of the page
-        if rows is None:
-            raise EnterpriseNotFoundError(request.uscc)
+        current = self.policies.current
+        policies = in_force(current, request.period)
         query = f"benefits:{request.uscc}:{request.period}"
-        offset, limit = page_bounds(request.page_size, request.page_token, query)
-        policies = [p for p in self.policies.current if p.covers(request.period)]
-        page = policies[offset:offset + limit]
-        caller = _caller()
-        documents: dict[int, FactsDocument] = {}
-        evaluated = []
-        for policy in page:
-            fact_year = policy.fact_year(request.period)
-            if fact_year not in documents:
-                documents[fact_year] = build_document(rows, fact_year)
-            document = documents[fact_year]
-            result = evaluate(policy.compiled(request.period), document, today=self.clock.today())
-            evaluated.append((policy, result, prepare_record(result, document, Actor(caller.name, caller.role))))
-        with ledger_transaction(self.engine) as conn:   # every evaluation recorded, in one transaction
-            for policy, _, record in evaluated:
-                write_records(conn, policy, [record])
-        benefits = []
-        for policy, result, _ in evaluated:
-            benefits.append(benefit_service_pb2.MatchedBenefit(
-                policy_id=policy.id, title=policy.model.title, period=request.period,
-                outcome=convert.OUTCOMES[result.outcome], amount_fen=result.amount_fen,
-                summary=_summary(result)))
+        today, actor = self.clock.today(), _actor()
+        try:
+            offset, limit = page_bounds(request.page_size, request.page_token, query)
+        except InvalidArgumentError:   # an enterprise of which nothing is on record: NOT_FOUND first
+            self.lookups.look_up(current, uscc=request.uscc, policy_ids=[], period=request.period, today=today,
+                                 actor=actor)
+            raise
+        # read once and decided for every policy of the page, their new records committed together
+        answers = self.lookups.look_up(current, uscc=request.uscc,
+                                       policy_ids=[p.id for p in policies[offset:offset + limit]],
+                                       period=request.period, today=today, actor=actor)
+        benefits = [benefit_service_pb2.MatchedBenefit(
+            policy_id=a.policy.id, title=a.policy.model.title, period=request.period,
+            outcome=convert.OUTCOMES[a.evaluation.outcome], amount_fen=a.evaluation.amount_fen,
+            summary=_summary(a.evaluation)) for a in answers]
         return benefit_service_pb2.ListMatchedBenefitsResponse(
             benefits=benefits, next_page_token=next_token(offset, limit, len(policies), query))
 
@@ -252,11 +229,11 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
             violations.append(("policy_id", "required"))
         _check_period(request.period, violations)
         _raise_if(violations)
-        result, evaluation_id = self._evaluate(request.uscc, request.policy_id, request.period)
-        title = self.policies.current.get(request.policy_id).model.title
+        answer = self.lookups.explain(self.policies.current, uscc=request.uscc, policy_id=request.policy_id,
+                                      period=request.period, today=self.clock.today(), actor=_actor())
         return benefit_service_pb2.ExplainEligibilityResponse(
-            evaluation=convert.evaluation(result, evaluation_id=evaluation_id),
-            explanation=as_text(result, title))
+            evaluation=convert.evaluation(answer.evaluation, evaluation_id=answer.evaluation_id),
+            explanation=as_text(answer.evaluation, answer.policy.model.title))
 
 
 def _summary(result: Any) -> str:

@@ -181,7 +181,12 @@ def test_evaluations_are_recorded_and_audit_verify_locates_an_edit(db_url: str, 
     assert main(["registry", "load", str(feed), "--db", db_url]) == 0
     capsys.readouterr()
     first = _evaluate(capsys, db_url, A, "stable-jobs-refund")["evaluation_id"]
-    _evaluate(capsys, db_url, A, "stable-jobs-refund")
+    # The same decision (rule text, facts, evaluation date) again: answered from its record.
+    assert _evaluate(capsys, db_url, A, "stable-jobs-refund")["evaluation_id"] == first
+    assert main(["evaluate", "--db", db_url, "--uscc", A, "--policy", "stable-jobs-refund", "--period", "2025",
+                 "--as-of", "2026-04-01", "--json"]) == 0
+    # Another evaluation date is another decision: recorded anew.
+    assert json.loads(capsys.readouterr().out)["evaluation_id"] != first
     assert main(["audit", "verify", "--db", db_url]) == 0
     assert capsys.readouterr().out.startswith("VALID: 2 entries checked")
     engine = make_engine(db_url)
