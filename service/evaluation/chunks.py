@@ -26,6 +26,10 @@ class Chunk:
     def document(self, row: int, fact_year: int) -> FactsDocument:
         return self.rows.document(self.usccs[row], fact_year)
 
+    def on_record(self, row: int) -> bool:
+        """Whether anything at all is on record for the enterprise of `row`."""
+        return any(kind.rows_of(row) for kind in self.rows.kinds.values())
+
     def snapshot(self, row: int, fact_year: int) -> tuple[str, str]:
         """The facts snapshot of one enterprise and fact year (JSON and its SHA-256), made once
         and shared by every policy reading that year."""

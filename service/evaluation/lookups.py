@@ -47,7 +47,6 @@ from service.errors import EnterpriseNotFoundError, RecordMismatchError
 from service.evaluation.chunks import Chunk, read_chunk
 from service.evaluation.decide import PolicyDecisions, decide_chunk, plan_for
 from service.evaluation.recorder import Recorder
-from service.facts_documents import _on_record
 
 log = logging.getLogger("benefits.lookups")
 
@@ -192,7 +191,7 @@ class Lookups:
         rows = {uscc: row for row, uscc in enumerate(usccs)}
         with self.engine.connect() as conn:   # one round trip for every enterprise of the chunk
             chunk = read_chunk(conn, usccs, {p.fact_year(period) for r in requests for p in r.policies})
-            present = [r for r in requests if _on_record(chunk.rows[rows[r.uscc]])]
+            present = [r for r in requests if chunk.on_record(rows[r.uscc])]
             recorded = self._recorded(conn, chunk, rows, present, period, today) if self.reuse else {}
         on_record = {r.uscc for r in present}
         fresh = sorted({p.id for r in present for p in r.policies if p.id not in recorded.get(r.uscc, {})})

@@ -80,8 +80,9 @@ def test_verify_with_the_public_key_checks_the_checkpoints(tmp_path: Path, capsy
     assert main([*verify, "--ledger-key", str(key_file)]) == 0  # the private key serves as well
     capsys.readouterr()
 
+    # another evaluation date: a new record (the same one would be answered from its record)
     assert main(["evaluate", "--db", db, "--uscc", A, "--policy", "stable-jobs-refund", "--period", "2025",
-                 "--as-of", "2026-03-31", "--json"]) == 0
+                 "--as-of", "2026-04-01", "--json"]) == 0
     capsys.readouterr()
     assert main([*verify, *public]) == 0
     assert "1 entries after the newest checkpoint are not yet covered" in capsys.readouterr().out
