@@ -125,11 +125,11 @@ def fresh_audit_trail(url: str) -> None:
 
 def _engine_alone(url: str, skip: int, count: int) -> tuple[int, float]:
     """In a worker: hold the engine facts of `count` enterprises in memory, then assert them all."""
-    from service.evaluation.chunks import read_chunk
     from sqlalchemy import select
 
     from enterprise_registry.db import make_engine
     from enterprise_registry.models import Enterprise
+    from service.evaluation.chunks import read_chunk
     from service.evaluation.decide import decide_chunk, engine_facts, plan_for
 
     plan = plan_for(_policies_in_force(), PERIOD)

@@ -52,8 +52,11 @@ class Decision:
     def __post_init__(self) -> None:
         if not is_mask(self.mask):
             raise ValueError(f"mask {self.mask!r} is not of the form [TFU]*/[TFU]*")
-        if type(self.amount_fen) is not int:   # integer fen, never a float
-            raise TypeError(f"amount_fen must be an int, got {type(self.amount_fen).__name__}")
+        # Integers only (fen, years): the record's JSON is written without the canonical walk
+        # that refuses floats (`canonical_json_of_typed`), so the types are held here.
+        for name in ("amount_fen", "period", "fact_year"):
+            if type(getattr(self, name)) is not int:
+                raise TypeError(f"{name} must be an int, got {type(getattr(self, name)).__name__}")
 
     @classmethod
     def of(cls, evaluation: Evaluation) -> Decision:
