@@ -128,19 +128,22 @@ def prepare_record(evaluation: Evaluation, document: FactsDocument, actor: Actor
     return prepare_decision(Decision.of(evaluation), facts_json, facts_sha, actor, batch_id, payout_note)
 
 
-def write_records(connection: Connection, policy: LoadedPolicy,
-                  prepared: Sequence[PreparedRecord]) -> LedgerEntry | None:
+def write_records(connection: Connection, policy: LoadedPolicy, prepared: Sequence[PreparedRecord], *,
+                  stored: set[str] | None = None) -> LedgerEntry | None:
     """Store prepared records of one policy as one chunk, inside the caller's
     `ledger_transaction` (so they commit, or vanish, with whatever else it writes): their new
     facts snapshots, the records, and ONE ledger entry sealing them; that entry (None when
-    there was nothing to write)."""
+    there was nothing to write). `stored`: the hashes of snapshots the transaction already
+    wrote (skipped, and this call's added), when several chunks share them."""
     if not prepared:
         return None
     foreign = [p.evaluation_id for p in prepared if p.decision.rule_sha256 != policy.sha256]
     if foreign:
         raise ValueError(f"records {foreign[:3]} were not made under {policy.id} {policy.sha256[:12]}")
     remember_policy(connection, policy)
-    store_snapshots(connection, {p.facts_sha256: p.facts_json for p in prepared})
+    known = stored if stored is not None else set()
+    store_snapshots(connection, {p.facts_sha256: p.facts_json for p in prepared if p.facts_sha256 not in known})
+    known.update(p.facts_sha256 for p in prepared)
     seal = chunk_seal(policy.id, policy.sha256, [p.record_sha256 for p in prepared])
     entry = append_many(connection, [(RECORDS_KIND, seal)])[0]
     insert_rows(connection, evaluation_record, RECORD_COLUMNS, [

@@ -8,6 +8,13 @@ coordinator that started the task. So a chunk committed twice, by a duplicate ta
 worker whose coordinator lost the batch, is impossible; a crash loses at most the chunks in
 flight, and a restart resumes every partition after its cursor.
 
+Batches run together. Several batches of one period and evaluation date whose partitions are
+laid out alike (`ensure_partitions` makes them so when they start together) run as one task per
+partition: each chunk is read once, its enterprises decided once under every policy of the
+batches (one fact per enterprise per packed ruleset), one facts snapshot per enterprise and fact
+year is shared by them, and the chunk commits for every batch in one transaction - each batch's
+records, candidates and cursor. The six batches of a period cost one pass over the registry.
+
 `run_partition(task)` is the one function every kind of worker runs: it takes only plain data
 (the database URL and the rule texts), so it can be pickled to another process or machine.
 """
@@ -18,7 +25,7 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -59,14 +66,20 @@ class LeaseLostError(Exception):
 
 
 @dataclass(frozen=True)
-class PartitionTask:
-    """What a worker needs to run one partition of a batch, as plain data."""
-    db_url: str
+class BatchTask:
+    """One batch of a partition task, as plain data."""
     batch_id: str
-    partition_no: int
-    coordinator: str               # the worker holding the batch; chunks commit only while it does
     sources: tuple[str, ...]       # rule texts: the batch's policy, then its conflict group's rivals
     excluded: tuple[str, ...]      # policies whose standing grant bars the batch's policy
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """What a worker needs to run one partition of batches that run together, as plain data."""
+    db_url: str
+    batches: tuple[BatchTask, ...]
+    partition_no: int
+    coordinator: str               # the worker holding the batches; chunks commit only while it does
     settings: RunSettings
 
     @property
@@ -76,13 +89,15 @@ class PartitionTask:
         return f"{self.coordinator}/p{self.partition_no}"
 
 
-def ensure_partitions(engine: Engine, batch_id: str, count: int) -> list[Any]:
-    """The batch's partitions, made on its first run: `count` ranges of about equal numbers of
-    registered enterprises (fewer when the registry is smaller)."""
+def ensure_partitions(engine: Engine, batch_ids: Sequence[str], count: int) -> dict[str, list[Any]]:
+    """Each batch's partitions. Those of a batch's first run are made here: `count` ranges of
+    about equal numbers of registered enterprises (fewer when the registry is smaller), the same
+    ranges for every batch started in this call, so that they can run together."""
     with engine.begin() as conn:
-        rows = _partitions(conn, batch_id)
-        if rows:
-            return rows
+        found = {batch_id: _partitions(conn, batch_id) for batch_id in batch_ids}
+        new = [batch_id for batch_id, rows in found.items() if not rows]
+        if not new:
+            return found
         total = int(conn.execute(select(func.count()).select_from(Enterprise)).scalar_one())
         count = max(1, min(count, total))
         bounds: list[str | None] = []
@@ -90,12 +105,19 @@ def ensure_partitions(engine: Engine, batch_id: str, count: int) -> list[Any]:
             bounds.append(conn.execute(select(Enterprise.uscc).order_by(Enterprise.uscc)
                                        .offset(k * total // count - 1).limit(1)).scalar_one())
         bounds.append(None)
-        after = ""
-        for number, last in enumerate(bounds):
-            conn.execute(insert(payout_partition).values(batch_id=batch_id, partition_no=number,
-                                                         after_uscc=after, last_uscc=last, cursor=after))
-            after = last or ""
-        return _partitions(conn, batch_id)
+        for batch_id in new:
+            after = ""
+            for number, last in enumerate(bounds):
+                conn.execute(insert(payout_partition).values(batch_id=batch_id, partition_no=number,
+                                                             after_uscc=after, last_uscc=last, cursor=after))
+                after = last or ""
+            found[batch_id] = _partitions(conn, batch_id)
+        return found
+
+
+def layout(partitions: Sequence[Any]) -> tuple[tuple[Any, ...], ...]:
+    """What batches must share to run together: their partitions' ranges, cursors and ends."""
+    return tuple((p.partition_no, p.after_uscc, p.last_uscc, p.cursor, p.done) for p in partitions)
 
 
 def _partitions(conn: Connection, batch_id: str) -> list[Any]:
@@ -124,43 +146,59 @@ def run_partition(task: PartitionTask) -> PartitionResult:
 
     engine = make_engine(task.db_url)
     try:
-        policies = [load_policy_text(source.encode(), CATALOGUE, origin=f"batch {task.batch_id}")
-                    for source in task.sources]
-        with engine.connect() as conn:
-            row = conn.execute(select(payout_batch).where(payout_batch.c.batch_id == task.batch_id)).one()
-        if policies[0].sha256 != row.rule_sha256:   # a task never decides under another text than its batch's
-            raise LeaseLostError(f"{task.batch_id}: the task's rule text {policies[0].sha256[:12]} is not the "
-                                 f"batch's {row.rule_sha256[:12]}")
-        evaluator = ChunkEvaluator.for_batch(row, policies[0], policies[1:], task.excluded)
-        return PartitionResult(task.partition_no, run_partition_with(engine, evaluator, task), os.getpid())
+        evaluators = [_evaluator(engine, batch) for batch in task.batches]
+        return PartitionResult(task.partition_no, run_partition_with(engine, evaluators, task), os.getpid())
     finally:
         engine.dispose()
 
 
-def run_partition_with(engine: Engine, evaluator: ChunkEvaluator, task: PartitionTask,
+def _evaluator(engine: Engine, batch: BatchTask) -> ChunkEvaluator:
+    policies = [load_policy_text(source.encode(), CATALOGUE, origin=f"batch {batch.batch_id}")
+                for source in batch.sources]
+    with engine.connect() as conn:
+        row = conn.execute(select(payout_batch).where(payout_batch.c.batch_id == batch.batch_id)).one()
+    if policies[0].sha256 != row.rule_sha256:   # a task never decides under another text than its batch's
+        raise LeaseLostError(f"{batch.batch_id}: the task's rule text {policies[0].sha256[:12]} is not the "
+                             f"batch's {row.rule_sha256[:12]}")
+    return ChunkEvaluator.for_batch(row, policies[0], policies[1:], batch.excluded)
+
+
+def run_partition_with(engine: Engine, evaluators: Sequence[ChunkEvaluator], task: PartitionTask,
                        stop: Callable[[], bool] = lambda: False) -> int:
-    """Run one partition with a given database engine and evaluator (in this thread); stops
-    between chunks when `stop()` says so. The enterprises it evaluated."""
+    """Run one partition of the task's batches (with `evaluators` in the same order) with a given
+    database engine, in this thread; stops between chunks when `stop()` says so. The enterprises
+    it evaluated."""
+    if [e.batch_id for e in evaluators] != [b.batch_id for b in task.batches]:
+        raise ValueError("one evaluator per batch of the task, in its order")
     settings = task.settings
-    if not _claim(engine, task, settings.lease_seconds):
-        raise LeaseLostError(f"{task.batch_id} partition {task.partition_no} is held by another worker")
+    for batch in task.batches:
+        if not _claim(engine, task, batch.batch_id, settings.lease_seconds):
+            raise LeaseLostError(f"{batch.batch_id} partition {task.partition_no} is held by another worker")
     evaluated = 0
     while not stop():
         with engine.connect() as conn:
-            part = conn.execute(select(payout_partition).where(
-                payout_partition.c.batch_id == task.batch_id,
-                payout_partition.c.partition_no == task.partition_no)).one()
+            parts = [conn.execute(select(payout_partition).where(
+                payout_partition.c.batch_id == batch.batch_id,
+                payout_partition.c.partition_no == task.partition_no)).one() for batch in task.batches]
+            if len({(p.after_uscc, p.last_uscc, p.cursor, p.done) for p in parts}) != 1:
+                # they commit together, so only a partition changed by hand gets here
+                raise LeaseLostError(f"partition {task.partition_no} of {', '.join(b.batch_id for b in task.batches)} "
+                                     "is not at the same place in every batch")
+            part = parts[0]
             if part.done:
                 return evaluated
             usccs = next_chunk(conn, part, settings.chunk_size)
         if not usccs:
             with ledger_transaction(engine) as conn:
-                _advance(conn, task, part.cursor, part.cursor, done=True)
+                for batch in task.batches:
+                    _advance(conn, task, batch.batch_id, part.cursor, part.cursor, done=True)
             return evaluated
-        outcome = evaluator.evaluate(engine, usccs)
+        outcomes = evaluate_together(engine, evaluators, usccs)
         with ledger_transaction(engine) as conn:
-            _advance(conn, task, part.cursor, usccs[-1], done=False, outcome=outcome)
-            outcome.write(conn, evaluator)
+            stored: set[str] = set()   # facts snapshots the batches share, stored once
+            for evaluator, outcome in zip(evaluators, outcomes):
+                _advance(conn, task, evaluator.batch_id, part.cursor, usccs[-1], done=False, outcome=outcome)
+                outcome.write(conn, evaluator, stored)
         evaluated += len(usccs)
     return evaluated
 
@@ -170,34 +208,34 @@ def next_chunk(conn: Connection, part: Any, limit: int) -> list[str]:
     return next_usccs(conn, part.cursor, limit, last=part.last_uscc)
 
 
-def _claim(engine: Engine, task: PartitionTask, lease_seconds: float) -> bool:
+def _claim(engine: Engine, task: PartitionTask, batch_id: str, lease_seconds: float) -> bool:
     """Take the partition: free, ours, its lease ran out, or left by an earlier coordinator of
     the batch (whose tasks can no longer commit: the batch is not theirs)."""
     now = now_ms()
     holder = payout_partition.c.worker
     with engine.begin() as conn:
         changed = conn.execute(payout_partition.update().where(
-            payout_partition.c.batch_id == task.batch_id, payout_partition.c.partition_no == task.partition_no,
+            payout_partition.c.batch_id == batch_id, payout_partition.c.partition_no == task.partition_no,
             or_(holder.is_(None), holder == task.lease_holder, payout_partition.c.lease_until < now,
                 ~holder.startswith(f"{task.coordinator}/", autoescape=True)),
             # only for the batch's current coordinator: a late task of an earlier one takes nothing
-            exists().where(payout_batch.c.batch_id == task.batch_id, payout_batch.c.state == BatchState.RUNNING,
+            exists().where(payout_batch.c.batch_id == batch_id, payout_batch.c.state == BatchState.RUNNING,
                            payout_batch.c.worker == task.coordinator)).values(
             worker=task.lease_holder, lease_until=now + int(lease_seconds * 1000)))
     return changed.rowcount == 1
 
 
-def _advance(conn: Connection, task: PartitionTask, expected_cursor: str, cursor: str, *, done: bool,
+def _advance(conn: Connection, task: PartitionTask, batch_id: str, expected_cursor: str, cursor: str, *, done: bool,
              outcome: ChunkOutcome | None = None) -> None:
     # First statements of every chunk's transaction: prove the partition and the batch are still
     # ours, and that no duplicate committed this chunk (the cursor is where it was).
     lease = now_ms() + int(task.settings.lease_seconds * 1000)
     changed = conn.execute(payout_partition.update().where(
-        payout_partition.c.batch_id == task.batch_id, payout_partition.c.partition_no == task.partition_no,
+        payout_partition.c.batch_id == batch_id, payout_partition.c.partition_no == task.partition_no,
         payout_partition.c.worker == task.lease_holder, payout_partition.c.cursor == expected_cursor,
         payout_partition.c.done == 0).values(cursor=cursor, lease_until=lease, done=int(done)))
     if changed.rowcount != 1:
-        raise LeaseLostError(f"{task.batch_id} partition {task.partition_no}: lease lost or chunk already committed")
+        raise LeaseLostError(f"{batch_id} partition {task.partition_no}: lease lost or chunk already committed")
     counts: dict[str, Any] = {}
     if outcome is not None:
         counts = {"evaluated_count": payout_batch.c.evaluated_count + outcome.evaluated,
@@ -205,10 +243,10 @@ def _advance(conn: Connection, task: PartitionTask, expected_cursor: str, cursor
                   "eligible_fen": payout_batch.c.eligible_fen + outcome.eligible_fen,
                   "error_count": payout_batch.c.error_count + outcome.errors}
     batch = conn.execute(payout_batch.update().where(
-        payout_batch.c.batch_id == task.batch_id, payout_batch.c.state == BatchState.RUNNING,
+        payout_batch.c.batch_id == batch_id, payout_batch.c.state == BatchState.RUNNING,
         payout_batch.c.worker == task.coordinator).values(lease_until=lease, **counts))
     if batch.rowcount != 1:
-        raise LeaseLostError(f"{task.batch_id}: the batch is no longer held by {task.coordinator}")
+        raise LeaseLostError(f"{batch_id}: the batch is no longer held by {task.coordinator}")
 
 
 @dataclass
@@ -230,9 +268,10 @@ class ChunkOutcome:
     def errors(self) -> int:
         return len(self.candidates) - self.eligible
 
-    def write(self, conn: Connection, evaluator: ChunkEvaluator) -> None:
+    def write(self, conn: Connection, evaluator: ChunkEvaluator, stored: set[str]) -> None:
+        """Inside the chunk's transaction; `stored`: the facts snapshots it already wrote."""
         for policy_id, prepared in self.records.items():
-            write_records(conn, evaluator.policy_by_id(policy_id), prepared)
+            write_records(conn, evaluator.policy_by_id(policy_id), prepared, stored=stored)
         if self.candidates:
             conn.execute(insert(payout_candidate), self.candidates)
 
@@ -255,22 +294,20 @@ class ChunkEvaluator:
     def policy_by_id(self, policy_id: str) -> LoadedPolicy:
         return next(p for p in (self.policy, *self.rivals) if p.id == policy_id)
 
-    def evaluate(self, engine: Engine, usccs: Sequence[str]) -> ChunkOutcome:
-        """Decide the chunk under the batch's policy and, where it is eligible, its rivals; the
-        records of every decision made, and a candidate per enterprise to pay (or in error)."""
-        plan = plan_for([self.policy, *self.rivals], self.period)
-        with engine.connect() as conn:
-            granted = self._granted(conn, set(usccs))
-            barred = excluded_grants(conn, self.excluded, self.period, set(usccs))
-            chunk = read_chunk(conn, usccs, plan.fact_years)
-        decisions = decide_chunk(plan, chunk.columns, today=self.today)
+    def outcome(self, chunk: Chunk, decisions: Mapping[str, PolicyDecisions], granted: set[str],
+                barred: Mapping[str, str]) -> ChunkOutcome:
+        """The batch's part of a decided chunk: the records of its policy and, where that is
+        eligible, its rivals; a candidate per enterprise to pay (or in error). `granted`: who
+        already holds a grant of the policy; `barred`: who holds one of a policy it excludes."""
         own = decisions[self.policy.id]
         records: dict[str, list[PreparedRecord]] = defaultdict(list)
         candidates: list[dict[str, Any]] = []
-        for row, uscc in enumerate(usccs):
+        mine = [self.policy.id, *(rival.id for rival in self.rivals)]
+        for row, uscc in enumerate(chunk.usccs):
             if uscc in granted:
                 continue  # never twice: an earlier batch granted it
-            failed = next((f"{d.policy.id}: {d.errors[row]}" for d in decisions.values() if row in d.errors), None)
+            failed = next((f"{policy_id}: {decisions[policy_id].errors[row]}" for policy_id in mine
+                           if row in decisions[policy_id].errors), None)
             if row in own.errors or (failed and own.outcome(row) == ELIGIBLE):
                 # counted, logged, not paid; a later batch may pay it
                 log.error("batch %s: %s could not be evaluated: %s", self.batch_id, uscc, failed)
@@ -292,7 +329,7 @@ class ChunkEvaluator:
                                "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),
                                "evaluation_id": record.evaluation_id, "record_sha256": record.record_sha256,
                                "error": None})
-        return ChunkOutcome(dict(records), candidates, len(usccs))
+        return ChunkOutcome(dict(records), candidates, len(chunk.usccs))
 
     def _record(self, decisions: PolicyDecisions, chunk: Chunk, row: int, records: dict[str, list[PreparedRecord]],
                 note: str | None) -> PreparedRecord:
@@ -306,13 +343,44 @@ class ChunkEvaluator:
         records[policy.id].append(record)
         return record
 
-    def _granted(self, conn: Connection, usccs: set[str]) -> set[str]:
+    def granted(self, conn: Connection, usccs: set[str]) -> set[str]:
+        """Those of `usccs` holding a standing grant of the batch's policy in its period."""
         found: set[str] = set()
         for part in in_lists(sorted(usccs)):
             found.update(conn.execute(select(grant.c.uscc).where(
                 grant.c.policy_id == self.policy.id, grant.c.period == self.period, grant.c.released == "",
                 grant.c.uscc.in_(part))).scalars())
         return found
+
+
+def evaluate_together(engine: Engine, evaluators: Sequence[ChunkEvaluator], usccs: Sequence[str]) -> list[ChunkOutcome]:
+    """Decide a chunk for batches of one period and evaluation date at once: read once, every
+    enterprise decided once under all their policies, each facts snapshot made once; each
+    batch's outcome, in the order of `evaluators`."""
+    first = evaluators[0]
+    if any((e.period, e.today) != (first.period, first.today) for e in evaluators):
+        raise ValueError("batches run together share their period and evaluation date")
+    plan = plan_for(policies_of(evaluators), first.period)
+    wanted = set(usccs)
+    with engine.connect() as conn:
+        chunk = read_chunk(conn, usccs, plan.fact_years)
+        standing = [(e.granted(conn, wanted), excluded_grants(conn, e.excluded, e.period, wanted))
+                    for e in evaluators]
+    decisions = decide_chunk(plan, chunk.columns, today=first.today)
+    return [e.outcome(chunk, decisions, granted, barred) for e, (granted, barred) in zip(evaluators, standing)]
+
+
+def policies_of(evaluators: Sequence[ChunkEvaluator]) -> list[LoadedPolicy]:
+    """Every policy the batches decide under (theirs and their rivals), once each, by id. Two
+    texts of one policy cannot be decided in one pass: such batches do not run together."""
+    by_id: dict[str, LoadedPolicy] = {}
+    for evaluator in evaluators:
+        for policy in (evaluator.policy, *evaluator.rivals):
+            known = by_id.setdefault(policy.id, policy)
+            if known.sha256 != policy.sha256:
+                raise ValueError(f"{policy.id}: two rule texts ({known.sha256[:12]}, {policy.sha256[:12]}) "
+                                 "in batches run together")
+    return [by_id[policy_id] for policy_id in sorted(by_id)]
 
 
 def excluded_grants(conn: Connection, excluded: Sequence[str], period: int, usccs: set[str]) -> dict[str, str]:

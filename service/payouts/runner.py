@@ -4,7 +4,9 @@ grant and seal in one transaction.
 The worker that holds the batch (by a lease, renewed while it runs) is its coordinator: it splits
 the registry into partitions (`service.payouts.partitions`: each commits chunk by chunk with its
 own cursor and lease, exactly once) and runs them in this thread, in worker processes or on a Dask
-cluster (`service.payouts.pools`). Grants are written only at the end, in the transaction that
+cluster (`service.payouts.pools`). Batches started together - the policies of a period - run
+together: one pass over the registry decides them all (`run_batches`), and each then ends on its
+own, in the order they were created. Grants are written only at the end, in the transaction that
 turns the batch DRAFT: a batch is never visible as complete until it is. When a server dies,
 another (or the restarted one) takes the batch over once the lease has run out, and every
 partition resumes after its last committed chunk.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any
 
@@ -33,6 +35,7 @@ from service.payouts.allocation import prorate, stack
 from service.payouts.batches import Batch, get_batch, start_batch
 from service.payouts.partitions import (
     DEFAULT_SETTINGS,
+    BatchTask,
     ChunkEvaluator,
     LeaseLostError,
     PartitionTask,
@@ -40,8 +43,10 @@ from service.payouts.partitions import (
     all_done,
     ensure_partitions,
     excluded_grants,
+    layout,
     new_worker_id,
     now_ms,
+    policies_of,
     run_partition_with,
 )
 from service.payouts.payees import registry_payees
@@ -50,8 +55,8 @@ from service.payouts.seals import MoneyEvent, seal_event, unsealed
 from service.payouts.states import BatchState, LineState
 from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate, payout_partition
 
-__all__ = ["BatchWorkers", "LeaseLostError", "RunSettings", "claim", "claimable", "create_batch",
-           "new_worker_id", "release", "run_batch"]
+__all__ = ["BatchWorkers", "LeaseLostError", "RunSettings", "claim", "claimable", "create_batch", "create_batches",
+           "new_worker_id", "release", "run_batch", "run_batches", "together"]
 
 log = logging.getLogger("benefits.payouts")
 
@@ -62,29 +67,115 @@ def run_batch(engine: Engine, policies: PolicySet, batch_id: str, *, worker: str
     """Run a RUNNING batch to DRAFT, resuming each partition after its cursor: in this thread, or
     with `settings.workers` > 1 (or a `pool`) in worker processes. False when the batch is not
     RUNNING, another worker holds it, or `stop` was set (the batch is then given back)."""
-    if not claim(engine, batch_id, worker, settings.lease_seconds):
-        return False
+    return batch_id in run_batches(engine, policies, [batch_id], worker=worker, settings=settings, stop=stop,
+                                   pool=pool)
+
+
+def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *, worker: str,
+                settings: RunSettings = DEFAULT_SETTINGS, stop: threading.Event | None = None,
+                pool: PartitionPool | None = None) -> list[str]:
+    """Run RUNNING batches to DRAFT, together where they can be (`together`); the ids of those
+    that reached DRAFT. A batch another worker holds is left alone; when `stop` is set, every
+    batch not yet DRAFT is given back."""
+    claimed = [batch_id for batch_id in batch_ids if claim(engine, batch_id, worker, settings.lease_seconds)]
+    if not claimed:
+        return []
+    runs = [_Run.load(engine, policies, batch_id, worker, settings) for batch_id in claimed]
+    finished: list[str] = []
+    for group in together(engine, runs, settings):
+        try:
+            if not _run_partitions(group, stop, pool):
+                break
+        except LeaseLostError as lost:
+            log.warning("lease lost (%s): the batches continue with their new worker or on the next scan", lost)
+            _release(engine, group, worker)
+            continue
+        for run in group:  # in the order they were created: a conflict group's later batch sees the earlier's grants
+            try:
+                run.finish()
+                finished.append(run.batch_id)
+            except LeaseLostError:
+                log.warning("batch %s: lease lost to another worker; it continues the batch", run.batch_id)
+    _release(engine, [run for run in runs if run.batch_id not in finished], worker)
+    return finished
+
+
+def together(engine: Engine, runs: Sequence[_Run], settings: RunSettings) -> list[list[_Run]]:
+    """The batches in groups that run together, each in the order of creation: the same period
+    and evaluation date, partitions laid out alike (so made when they start together) and one
+    rule text per policy among them and their rivals."""
+    count = settings.partitions or settings.workers
+    partitions = ensure_partitions(engine, [run.batch_id for run in runs], count)
+    groups: list[list[_Run]] = []
+    keys: list[tuple[Any, ...]] = []
+    for run in sorted(runs, key=lambda r: (r.row.created_at, r.batch_id)):
+        run.partitions = partitions[run.batch_id]
+        key = (run.period, run.evaluator.today, layout(run.partitions))
+        home = next((g for g, k in zip(groups, keys) if k == key and _one_text_each([*g, run])), None)
+        if home is None:
+            groups.append([run])
+            keys.append(key)
+        else:
+            home.append(run)
+    return groups
+
+
+def _one_text_each(runs: Sequence[_Run]) -> bool:
     try:
-        run = _Run.load(engine, policies, batch_id, worker, settings)
-        if not run.run_partitions(stop, pool):
-            release(engine, batch_id, worker)
-            return False
-        run.finish()
-        return True
-    except LeaseLostError:
-        log.warning("batch %s: lease lost to another worker; it continues the batch", batch_id)
+        policies_of([run.evaluator for run in runs])
+    except ValueError:
         return False
+    return True
+
+
+def _run_partitions(group: Sequence[_Run], stop: threading.Event | None, pool: PartitionPool | None) -> bool:
+    """Every partition of the group's batches to its end; False when stopped first."""
+    first = group[0]
+    settings, engine = first.settings, first.engine
+    url = engine.url.render_as_string(hide_password=False)
+    batches = tuple(run.batch_task() for run in group)
+    tasks = [PartitionTask(url, batches, p.partition_no, first.worker, settings) for p in first.partitions
+             if not p.done]
+    stopped = stop.is_set if stop is not None else (lambda: False)
+    names = ", ".join(run.batch_id for run in group)
+    if pool is None and settings.workers <= 1:
+        for task in tasks:
+            run_partition_with(engine, [run.evaluator for run in group], task, stop=stopped)
+            if stopped():
+                return False
+        return True
+    if pool is None:
+        pool = shared_process_pool(settings.workers)
+
+    def heartbeat() -> None:
+        for run in group:
+            run.renew_lease()
+
+    results = pool.run(tasks, heartbeat=heartbeat, stopped=stopped, interval=max(settings.lease_seconds / 3, 0.2))
+    for result in results or ():
+        log.info("batches %s partition %d: %d enterprises evaluated in process %d", names,
+                 result.partition_no, result.evaluated, result.pid)
+    return results is not None
 
 
 def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period: int, request_id: str,
                  actor: Actor, today: date, settings: RunSettings = DEFAULT_SETTINGS) -> Batch:
     """Start a batch and run it to DRAFT in the calling thread (the CLI and tests; the server runs
     batches in `BatchWorkers`). A repeated request returns its batch as it stands."""
-    batch = start_batch(engine, policies, policy_id=policy_id, period=period, request_id=request_id,
-                        actor=actor, today=today)
-    if batch.state == BatchState.RUNNING:
-        run_batch(engine, policies, batch.batch_id, worker=new_worker_id(), settings=settings)
-    return get_batch(engine, batch.batch_id)
+    return create_batches(engine, policies, [(policy_id, request_id)], period=period, actor=actor, today=today,
+                          settings=settings)[0]
+
+
+def create_batches(engine: Engine, policies: PolicySet, requests: Sequence[tuple[str, str]], *, period: int,
+                   actor: Actor, today: date, settings: RunSettings = DEFAULT_SETTINGS) -> list[Batch]:
+    """Start a batch per (policy id, request id) and run them to DRAFT together in the calling
+    thread: one pass over the registry for all. Repeated requests return their batches as they stand."""
+    batches = [start_batch(engine, policies, policy_id=policy_id, period=period, request_id=request_id,
+                           actor=actor, today=today) for policy_id, request_id in requests]
+    running = [batch.batch_id for batch in batches if batch.state == BatchState.RUNNING]
+    if running:
+        run_batches(engine, policies, running, worker=new_worker_id(), settings=settings)
+    return [get_batch(engine, batch.batch_id) for batch in batches]
 
 
 def claim(engine: Engine, batch_id: str, worker: str, lease_seconds: float) -> bool:
@@ -111,6 +202,11 @@ def release(engine: Engine, batch_id: str, worker: str) -> None:
             payout_batch.c.batch_id == batch_id, payout_batch.c.worker == worker).values(worker=None, lease_until=0))
 
 
+def _release(engine: Engine, runs: Sequence[_Run], worker: str) -> None:
+    for run in runs:
+        release(engine, run.batch_id, worker)
+
+
 def claimable(engine: Engine) -> list[str]:
     """RUNNING batches that nobody holds: new ones, and those of a worker that died."""
     with engine.connect() as conn:
@@ -121,7 +217,7 @@ def claimable(engine: Engine) -> list[str]:
 
 
 class _Run:
-    """One coordinator's run of one batch: its partitions, then the end (DRAFT)."""
+    """One coordinator's run of one batch: what its partitions need, and its end (DRAFT)."""
 
     def __init__(self, engine: Engine, row: Any, evaluator: ChunkEvaluator, worker: str,
                  settings: RunSettings) -> None:
@@ -131,6 +227,7 @@ class _Run:
         self.batch_id: str = row.batch_id
         self.period: int = row.period
         self.actor = evaluator.actor
+        self.partitions: list[Any] = []   # set by `together`
 
     @classmethod
     def load(cls, engine: Engine, policies: PolicySet, batch_id: str, worker: str,
@@ -145,32 +242,9 @@ class _Run:
             policies.excluded(policy.id) if policy.id in {p.id for p in policies} else frozenset())
         return cls(engine, row, ChunkEvaluator.for_batch(row, policy, rivals, sorted(excluded)), worker, settings)
 
-    # -- partitions -------------------------------------------------------------------------------
-
-    def run_partitions(self, stop: threading.Event | None, pool: PartitionPool | None) -> bool:
-        """Every partition to its end; False when stopped first."""
-        partitions = ensure_partitions(self.engine, self.batch_id, self.settings.partitions or self.settings.workers)
-        tasks = [self._task(p.partition_no) for p in partitions if not p.done]
-        stopped = stop.is_set if stop is not None else (lambda: False)
-        if pool is None and self.settings.workers <= 1:
-            for task in tasks:
-                run_partition_with(self.engine, self.evaluator, task, stop=stopped)
-                if stopped():
-                    return False
-            return True
-        if pool is None:
-            pool = shared_process_pool(self.settings.workers)
-        results = pool.run(tasks, heartbeat=self.renew_lease, stopped=stopped,
-                           interval=max(self.settings.lease_seconds / 3, 0.2))
-        for result in results or ():
-            log.info("batch %s partition %d: %d enterprises evaluated in process %d", self.batch_id,
-                     result.partition_no, result.evaluated, result.pid)
-        return results is not None
-
-    def _task(self, partition_no: int) -> PartitionTask:
-        return PartitionTask(self.engine.url.render_as_string(hide_password=False), self.batch_id, partition_no,
-                             self.worker, tuple(p.source for p in (self.policy, *self.rivals)),
-                             tuple(self.excluded), self.settings)
+    def batch_task(self) -> BatchTask:
+        """The batch as a partition task carries it to a worker."""
+        return BatchTask(self.batch_id, tuple(p.source for p in (self.policy, *self.rivals)), tuple(self.excluded))
 
     def renew_lease(self) -> None:
         with self.engine.begin() as conn:
@@ -364,24 +438,30 @@ class BatchWorkers:
             self._wake.clear()
 
     def _scan(self) -> None:
-        for batch_id in claimable(self.engine):
-            with self._lock:
-                if batch_id in self._active or len(self._active) >= self.max_parallel:
-                    continue
-                thread = threading.Thread(target=self._run, args=(batch_id,), name=f"batch-{batch_id}",
-                                          daemon=True)
+        # Every batch found waiting runs in one thread, so a period's batches created together
+        # run together (`run_batches`).
+        with self._lock:
+            if len(set(self._active.values())) >= self.max_parallel:
+                return
+        waiting = [batch_id for batch_id in claimable(self.engine) if batch_id not in self._active]
+        if not waiting:
+            return
+        thread = threading.Thread(target=self._run, args=(waiting,), name=f"batch-{waiting[0]}", daemon=True)
+        with self._lock:
+            for batch_id in waiting:
                 self._active[batch_id] = thread
-            thread.start()
+        thread.start()
 
-    def _run(self, batch_id: str) -> None:
+    def _run(self, batch_ids: Sequence[str]) -> None:
         try:
-            if run_batch(self.engine, self.policies(), batch_id, worker=self.worker, settings=self.settings,
-                         stop=self._stop, pool=self.pool):
+            for batch_id in run_batches(self.engine, self.policies(), batch_ids, worker=self.worker,
+                                        settings=self.settings, stop=self._stop, pool=self.pool):
                 log.warning("batch %s is DRAFT", batch_id)
         except Exception as exc:  # the lease runs out and a later scan (here or elsewhere) retries
-            log.error("batch %s failed; it will be retried: %s", batch_id, error_text(exc),
+            log.error("batch %s failed; it will be retried: %s", ", ".join(batch_ids), error_text(exc),
                       exc_info=redacted(exc))
         finally:
             with self._lock:
-                self._active.pop(batch_id, None)
+                for batch_id in batch_ids:
+                    self._active.pop(batch_id, None)
             self._wake.set()

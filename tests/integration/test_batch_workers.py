@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from api_fixtures import load_registry
@@ -22,9 +23,19 @@ from enterprise_registry.db import make_engine
 from enterprise_registry.synthetic import generate
 from service.audit.records import Actor, evaluation_record, verify_records
 from service.cli import DEFAULT_RULES, _policies
+from service.payouts import partitions
 from service.payouts.batches import create_payout_schema, get_batch, lines_of, start_batch
 from service.payouts.pools import DaskPool, PartitionPool, ProcessPool
-from service.payouts.runner import RunSettings, create_batch, new_worker_id, run_batch
+from service.payouts.runner import (
+    RunSettings,
+    _Run,
+    create_batch,
+    create_batches,
+    new_worker_id,
+    run_batch,
+    run_batches,
+    together,
+)
 from service.payouts.tables import payout_partition
 from service.payouts.verification import verify_payouts
 
@@ -123,3 +134,87 @@ def test_partitions_in_worker_processes_decide_and_pay_what_one_process_does(
     assert all(partitions[i][1] == partitions[i + 1][0] for i in range(2))
     pids = {int(pid) for pid in re.findall(r"evaluated in process (\d+)", caplog.text)}
     assert pids and os.getpid() not in pids, "the partitions ran in other processes"
+
+
+# -- batches run together -------------------------------------------------------------------------
+
+def _in_force() -> list[str]:
+    return [p.id for p in _policies(DEFAULT_RULES) if p.covers(PERIOD)]
+
+
+def _one_by_one(engine: Engine, settings: RunSettings) -> dict[str, tuple[object, ...]]:
+    policies = _policies(DEFAULT_RULES)
+    return {policy_id: _outcome(engine, create_batch(
+        engine, policies, policy_id=policy_id, period=PERIOD, request_id=f"req-{policy_id}", actor=OPERATOR,
+        today=TODAY, settings=settings).batch_id) for policy_id in _in_force()}
+
+
+def _together(engine: Engine, settings: RunSettings) -> dict[str, tuple[object, ...]]:
+    made = create_batches(engine, _policies(DEFAULT_RULES), [(p, f"req-{p}") for p in _in_force()], period=PERIOD,
+                          actor=OPERATOR, today=TODAY, settings=settings)
+    return {batch.policy_id: _outcome(engine, batch.batch_id) for batch in made}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_periods_batches_run_together_read_each_chunk_once_and_decide_what_they_do_one_by_one(
+        databases: Callable[[], Engine], workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    alone = databases()
+    expected = _one_by_one(alone, RunSettings(chunk_size=25))
+    assert len(expected) == 6 and all(o[0] == "DRAFT" and o[1] == ENTERPRISES for o in expected.values())
+    assert sum(1 for o in expected.values() if o[5]) >= 3, "several batches pay someone"
+
+    reads: list[int] = []
+    real_read = partitions.read_chunk
+
+    def counted(conn: Any, usccs: Any, fact_years: Any) -> Any:
+        reads.append(len(usccs))
+        return real_read(conn, usccs, fact_years)
+
+    monkeypatch.setattr(partitions, "read_chunk", counted)
+    joint = databases()
+    pool = ProcessPool(2) if workers > 1 else None
+    try:
+        settings = RunSettings(chunk_size=25, workers=workers, partitions=workers)
+        made = create_batches(joint, _policies(DEFAULT_RULES), [(p, f"req-{p}") for p in _in_force()],
+                              period=PERIOD, actor=OPERATOR, today=TODAY, settings=settings) if pool is None else \
+            _together_in(joint, settings, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+    assert {batch.policy_id: _outcome(joint, batch.batch_id) for batch in made} == expected
+    if workers == 1:   # (worker processes read in their own process)
+        assert sum(reads) == ENTERPRISES and len(reads) == ENTERPRISES // 25 + (ENTERPRISES % 25 > 0), \
+            "one read per chunk for all six batches"
+
+
+def _together_in(engine: Engine, settings: RunSettings, pool: PartitionPool) -> list[Any]:
+    policies = _policies(DEFAULT_RULES)
+    started = [start_batch(engine, policies, policy_id=p, period=PERIOD, request_id=f"req-{p}", actor=OPERATOR,
+                           today=TODAY) for p in _in_force()]
+    ids = [batch.batch_id for batch in started]
+    assert sorted(run_batches(engine, policies, ids, worker=new_worker_id(), settings=settings, pool=pool)) == \
+        sorted(ids)
+    return [get_batch(engine, batch_id) for batch_id in ids]
+
+
+def test_batches_of_different_evaluation_dates_run_apart_and_each_as_it_would_alone(
+        databases: Callable[[], Engine]) -> None:
+    policies = _policies(DEFAULT_RULES)
+    first, second = _in_force()[:2]
+    engine = databases()
+    earlier = start_batch(engine, policies, policy_id=first, period=PERIOD, request_id="a", actor=OPERATOR,
+                          today=TODAY)
+    later = start_batch(engine, policies, policy_id=second, period=PERIOD, request_id="b", actor=OPERATOR,
+                        today=date(2026, 3, 3))
+    worker = new_worker_id()
+    settings = RunSettings(chunk_size=25)
+    runs = [_Run.load(engine, policies, b.batch_id, worker, settings) for b in (earlier, later)]
+    assert [[r.batch_id for r in group] for group in together(engine, runs, settings)] == \
+        [[earlier.batch_id], [later.batch_id]]
+    assert sorted(run_batches(engine, policies, [earlier.batch_id, later.batch_id], worker=worker,
+                              settings=settings)) == sorted([earlier.batch_id, later.batch_id])
+    reference = databases()
+    for batch, day in ((earlier, TODAY), (later, date(2026, 3, 3))):
+        alone = create_batch(reference, policies, policy_id=batch.policy_id, period=PERIOD,
+                             request_id=f"c-{day}", actor=OPERATOR, today=day, settings=settings)
+        assert _outcome(engine, batch.batch_id) == _outcome(reference, alone.batch_id)

@@ -41,6 +41,7 @@ from service.facts_documents import DocumentSource, EnterpriseRows, build_docume
 from service.payouts import partitions
 from service.payouts.batches import create_payout_schema, get_batch, lines_of, start_batch
 from service.payouts.partitions import (
+    BatchTask,
     ChunkEvaluator,
     LeaseLostError,
     PartitionResult,
@@ -169,7 +170,7 @@ def _partition_rows(engine: Engine, batch_id: str) -> list[Any]:
 
 def _task(engine: Engine, batch_id: str, number: int, coordinator: str, sources: tuple[str, ...],
           settings: RunSettings) -> PartitionTask:
-    return PartitionTask(_url(engine), batch_id, number, coordinator, sources, (), settings)
+    return PartitionTask(_url(engine), (BatchTask(batch_id, sources, ()),), number, coordinator, settings)
 
 
 def _sleep_past_lease(engine: Engine, batch_id: str) -> None:
@@ -323,7 +324,7 @@ def test_a_duplicate_task_run_concurrently_records_every_enterprise_once(
     batch_id = _start(registry, policies, SJR, 2025, "req-duplicate")
     settings = RunSettings(chunk_size=CHUNK, partitions=2)
     assert claim(registry, batch_id, "coord", 30)
-    ensure_partitions(registry, batch_id, 2)
+    ensure_partitions(registry, [batch_id], 2)[batch_id]
     policy = policies.get(SJR)
     evaluator = ChunkEvaluator.for_batch(_batch_row(registry, batch_id), policy, [], [])
     task = _task(registry, batch_id, 0, "coord", (policy.source,), settings)
@@ -345,7 +346,7 @@ def test_a_duplicate_task_run_concurrently_records_every_enterprise_once(
 
     def copy(name: str) -> None:
         try:
-            outcomes[name] = run_partition_with(registry, evaluator, task)
+            outcomes[name] = run_partition_with(registry, [evaluator], task)
         except Exception as exc:  # the loser's LeaseLostError, checked below
             outcomes[name] = exc
 
@@ -403,7 +404,7 @@ def test_a_stale_coordinators_late_task_leaves_the_batch_holders_partition_alone
     batch_id = _start(registry, policies, SJR, 2025, "req-stale")
     settings = RunSettings(chunk_size=CHUNK, partitions=2, lease_seconds=30)
     assert claim(registry, batch_id, "coord-A", 0.2)
-    ensure_partitions(registry, batch_id, 2)
+    ensure_partitions(registry, [batch_id], 2)[batch_id]
     _sleep_past_lease(registry, batch_id)
 
     policy = policies.get(SJR)
@@ -415,7 +416,7 @@ def test_a_stale_coordinators_late_task_leaves_the_batch_holders_partition_alone
         if part.partition_no == 1 and part.cursor and "stale" not in seen:   # B is inside partition 1
             seen["stale"] = None
             try:
-                run_partition_with(registry, evaluator, stale)
+                run_partition_with(registry, [evaluator], stale)
             except LeaseLostError as exc:
                 seen["stale"] = exc
         return original(conn, part, limit)
@@ -443,7 +444,7 @@ def test_a_task_carrying_another_rule_text_than_the_batchs_writes_and_pays_nothi
     assert edited != policy.source
     settings = RunSettings(chunk_size=CHUNK, partitions=1)
     assert claim(registry, batch_id, "coord", 30)
-    ensure_partitions(registry, batch_id, 1)
+    ensure_partitions(registry, [batch_id], 1)[batch_id]
 
     # Refusing in any way is fine; what the task left behind is checked below.
     with contextlib.suppress(Exception):
@@ -507,7 +508,7 @@ def test_a_registry_changed_between_partitioning_and_the_run_is_evaluated_as_it_
     load_records([r for r in records if r["uscc"] != added], empty)
     batch_id = _start(empty, policies, SJR, 2025, "req-reshaped")
     assert claim(empty, batch_id, "coord", 30)
-    bounds = [r.last_uscc for r in ensure_partitions(empty, batch_id, 3)][:-1]
+    bounds = [r.last_uscc for r in ensure_partitions(empty, [batch_id], 3)[batch_id]][:-1]
     removed = {bounds[0], eligible_2025[-1]}
     with empty.begin() as conn:
         conn.execute(Enterprise.__table__.delete().where(Enterprise.__table__.c.uscc.in_(sorted(removed))))
@@ -835,7 +836,7 @@ def test_giving_a_batch_back_while_one_of_its_chunks_commits_does_not_deadlock(
     batch_id = _start(registry, policies, SJR, 2025, "req-release-race")
     settings = RunSettings(chunk_size=CHUNK, partitions=1)
     assert claim(registry, batch_id, "coord", 30)
-    ensure_partitions(registry, batch_id, 1)
+    ensure_partitions(registry, [batch_id], 1)[batch_id]
     policy = policies.get(SJR)
     evaluator = ChunkEvaluator.for_batch(_batch_row(registry, batch_id), policy, [], [])
     task = _task(registry, batch_id, 0, "coord", (policy.source,), settings)
@@ -855,7 +856,7 @@ def test_giving_a_batch_back_while_one_of_its_chunks_commits_does_not_deadlock(
 
     def commit_one_chunk() -> None:
         try:
-            outcomes["chunk"] = run_partition_with(registry, evaluator, task, stop=lambda: next(chunks))
+            outcomes["chunk"] = run_partition_with(registry, [evaluator], task, stop=lambda: next(chunks))
         except Exception as exc:
             outcomes["chunk"] = exc
 

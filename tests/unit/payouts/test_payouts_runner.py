@@ -354,12 +354,12 @@ def test_a_crash_inside_a_chunk_leaves_nothing_of_it_and_the_next_worker_finishe
     first_chunk_end = USCCS[CHUNK - 1]
     real_write, writes_in_second_chunk = partitions.write_records, Counter[str]()
 
-    def write_then_crash(conn: Any, policy: LoadedPolicy, prepared: list[Any]) -> None:
+    def write_then_crash(conn: Any, policy: LoadedPolicy, prepared: list[Any], **options: Any) -> None:
         if any(p.decision.uscc > first_chunk_end for p in prepared):
             writes_in_second_chunk["calls"] += 1
             if writes_in_second_chunk["calls"] == 2:   # after one policy's records of the chunk
                 raise SimulatedCrash("the server died mid-chunk")
-        real_write(conn, policy, prepared)
+        real_write(conn, policy, prepared, **options)
 
     monkeypatch.setattr(partitions, "write_records", write_then_crash)
     short = RunSettings(chunk_size=CHUNK, lease_seconds=0.5)

@@ -36,10 +36,10 @@ def test_a_failed_batch_is_logged_without_the_row(db_engine: Engine, monkeypatch
     def fail(*_args: object, **_kwargs: object) -> bool:
         raise failure
 
-    monkeypatch.setattr(runner, "run_batch", fail)
+    monkeypatch.setattr(runner, "run_batches", fail)
     workers = runner.BatchWorkers(db_engine, lambda: PolicySet([], "none"))
     with caplog.at_level(logging.ERROR, logger="benefits.payouts"):
-        workers._run("pb_test")
+        workers._run(["pb_test"])
     assert f"batch pb_test failed; it will be retried: {error_text(failure)}" in caplog.text
     assert "Traceback" in caplog.text and ACCOUNT not in caplog.text
 
