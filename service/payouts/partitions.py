@@ -294,12 +294,15 @@ class ChunkEvaluator:
     def policy_by_id(self, policy_id: str) -> LoadedPolicy:
         return next(p for p in (self.policy, *self.rivals) if p.id == policy_id)
 
-    def outcome(self, chunk: Chunk, decisions: Mapping[str, PolicyDecisions], granted: set[str],
-                barred: Mapping[str, str]) -> ChunkOutcome:
+    def outcome(self, chunk: Chunk, decisions: Mapping[str, PolicyDecisions],
+                standing: Mapping[str, Mapping[str, str]]) -> ChunkOutcome:
         """The batch's part of a decided chunk: the records of its policy and, where that is
-        eligible, its rivals; a candidate per enterprise to pay (or in error). `granted`: who
-        already holds a grant of the policy; `barred`: who holds one of a policy it excludes."""
+        eligible, its rivals; a candidate per enterprise to pay (or in error). `standing`: the
+        chunk's standing grants of the period (`standing_grants`)."""
         own = decisions[self.policy.id]
+        granted = {uscc for uscc, grants in standing.items() if self.policy.id in grants}
+        barred = {uscc: f"grant {grants[policy_id]} of {policy_id}" for uscc, grants in standing.items()
+                  for policy_id in reversed(self.excluded) if policy_id in grants}   # the first excluded one named
         records: dict[str, list[PreparedRecord]] = defaultdict(list)
         candidates: list[dict[str, Any]] = []
         mine = [self.policy.id, *(rival.id for rival in self.rivals)]
@@ -343,14 +346,6 @@ class ChunkEvaluator:
         records[policy.id].append(record)
         return record
 
-    def granted(self, conn: Connection, usccs: set[str]) -> set[str]:
-        """Those of `usccs` holding a standing grant of the batch's policy in its period."""
-        found: set[str] = set()
-        for part in in_lists(sorted(usccs)):
-            found.update(conn.execute(select(grant.c.uscc).where(
-                grant.c.policy_id == self.policy.id, grant.c.period == self.period, grant.c.released == "",
-                grant.c.uscc.in_(part))).scalars())
-        return found
 
 
 def evaluate_together(engine: Engine, evaluators: Sequence[ChunkEvaluator], usccs: Sequence[str]) -> list[ChunkOutcome]:
@@ -361,13 +356,26 @@ def evaluate_together(engine: Engine, evaluators: Sequence[ChunkEvaluator], uscc
     if any((e.period, e.today) != (first.period, first.today) for e in evaluators):
         raise ValueError("batches run together share their period and evaluation date")
     plan = plan_for(policies_of(evaluators), first.period)
-    wanted = set(usccs)
     with engine.connect() as conn:
         chunk = read_chunk(conn, usccs, plan.fact_years)
-        standing = [(e.granted(conn, wanted), excluded_grants(conn, e.excluded, e.period, wanted))
-                    for e in evaluators]
+        standing = standing_grants(conn, first.period, usccs)
     decisions = decide_chunk(plan, chunk.columns, today=first.today)
-    return [e.outcome(chunk, decisions, granted, barred) for e, (granted, barred) in zip(evaluators, standing)]
+    return [e.outcome(chunk, decisions, standing) for e in evaluators]
+
+
+def standing_grants(conn: Connection, period: int, usccs: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The standing grants of the period held by `usccs`: USCC -> {policy id: grant id}. One
+    query over the USCC range the chunk spans (a batch's chunk is a range; thousands of values in
+    an IN list cost more to bind than the query to run), filtered to the chunk here."""
+    if not usccs:
+        return {}
+    wanted = set(usccs)
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.grant_id).where(
+            grant.c.period == period, grant.c.released == "", grant.c.uscc.between(min(wanted), max(wanted)))):
+        if row.uscc in wanted:
+            out[row.uscc][row.policy_id] = row.grant_id
+    return dict(out)
 
 
 def policies_of(evaluators: Sequence[ChunkEvaluator]) -> list[LoadedPolicy]:
