@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from service.audit.canonical import canonical_json, sha256_hex
+from service.audit.canonical import canonical_json, canonical_json_of_typed, sha256_hex
 
 
 def test_keys_are_sorted_at_every_level_and_there_is_no_whitespace() -> None:
@@ -86,3 +86,18 @@ def test_sha256_hex_is_lower_case_hex_of_the_bytes() -> None:
 def test_the_fast_check_refuses_what_the_named_check_refuses(value: Any) -> None:
     with pytest.raises(TypeError, match=r"\$\.deep\[1\]\.x"):
         canonical_json({"deep": [0, {"x": value}]})
+
+
+def test_encoded_records_take_about_their_own_size_in_memory() -> None:
+    """orjson returns over-allocated buffers (1 KB to 8 KB for a few hundred bytes); a DRAFT
+    batch holds one leaf per line, so each must cost about its length, not the buffer's."""
+    import tracemalloc
+
+    value = {f"column_{i}": f"value {i}" for i in range(20)}
+    tracemalloc.start()
+    try:
+        held = [canonical_json(value) for _ in range(1000)] + [canonical_json_of_typed(value) for _ in range(1000)]
+        used = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert used < 2 * sum(len(b) + 64 for b in held), used
