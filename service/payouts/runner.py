@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from typing import Any
 
@@ -28,7 +28,7 @@ from enterprise_registry.db import error_text, redacted
 from rules.evaluator import ELIGIBLE
 from rules.loader import LoadedPolicy, PolicySet, load_policy_text
 from service.audit.ledger import ledger_transaction
-from service.audit.merkle import root
+from service.audit.merkle import RootBuilder
 from service.audit.records import Actor, evaluation_record, policy_version
 from service.catalogue import CATALOGUE
 from service.payouts.allocation import prorate, stack
@@ -48,10 +48,11 @@ from service.payouts.partitions import (
     now_ms,
     policies_of,
     run_partition_with,
+    standing_grants,
 )
-from service.payouts.payees import registry_payees
+from service.payouts.payees import Payee, registry_payees
 from service.payouts.pools import PartitionPool, close_shared_pools, shared_process_pool
-from service.payouts.seals import MoneyEvent, seal_event, unsealed
+from service.payouts.seals import MoneyEvent, seal_batch_lines, unsealed
 from service.payouts.states import BatchState, LineState
 from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate, payout_partition
 
@@ -59,6 +60,8 @@ __all__ = ["BatchWorkers", "LeaseLostError", "RunSettings", "claim", "claimable"
            "new_worker_id", "release", "run_batch", "run_batches", "together"]
 
 log = logging.getLogger("benefits.payouts")
+
+_CANDIDATES_PER_PAGE = 5000   # what a batch's end holds of its candidates at a time
 
 
 def run_batch(engine: Engine, policies: PolicySet, batch_id: str, *, worker: str,
@@ -272,56 +275,84 @@ class _Run:
 
     def finish(self) -> None:
         """Stack, pro-rate, grant, take each payee from the registry, seal and turn DRAFT - one
-        transaction."""
-        group = self.policy.model.conflict_group
+        transaction, reading the candidates a page at a time: what it holds for the whole batch
+        is a few numbers and the payee per line to pay (pro-rating needs every amount at once)."""
         with ledger_transaction(self.engine) as conn:
             self._renew(conn)
             if not all_done(conn, self.batch_id):
                 raise LeaseLostError(f"{self.batch_id}: a partition is still running")
-            candidates = self._founded_candidates(conn)
-            granted = set(conn.execute(select(grant.c.uscc).where(
-                grant.c.policy_id == self.policy.id, grant.c.period == self.period,
-                grant.c.released == "")).scalars())
-            # Checked again here, under the ledger lock: a batch of an excluded policy may have
-            # reached DRAFT since the chunk was evaluated.
-            barred = excluded_grants(conn, self.excluded, self.period, {c.uscc for c in candidates})
-            paid_in_group: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
-            if group:
-                for g in conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.amount_fen, grant.c.grant_id)
-                                      .where(grant.c.conflict_group == group, grant.c.period == self.period,
-                                             grant.c.released == "")):
-                    paid_in_group[g.uscc][g.policy_id] = (g.amount_fen, g.grant_id)
-            barred.update(self._unsealed_history(conn, {c.uscc for c in candidates}))
-            payees = registry_payees(conn, (c.uscc for c in candidates))
             payable: dict[str, int] = {}
-            tops_up: dict[str, str | None] = {}
-            for c in candidates:
-                if c.uscc in granted or c.uscc in barred:
-                    continue
-                if payees[c.uscc] is None:  # the account went away since evaluation: a later batch pays
-                    log.warning("batch %s: %s has no bank account on record any more; not paid", self.batch_id,
-                                c.uscc)
-                    continue
-                paid = paid_in_group.get(c.uscc, {})
-                awards = {**orjson.loads(c.group_awards), self.policy.id: c.full_fen}
-                award = stack(awards, {p: fen for p, (fen, _) in paid.items() if p != self.policy.id})[self.policy.id]
-                if award.payable_fen > 0:
-                    payable[c.uscc] = award.payable_fen
-                    tops_up[c.uscc] = paid[award.tops_up][1] if award.tops_up else None
-            by_uscc = {c.uscc: c for c in candidates}
+            tops_up: dict[str, str] = {}
+            payees: dict[str, Payee] = {}
+            for page in self._founded_candidates(conn):
+                self._stack_page(conn, page, payable, tops_up, payees)
             # A share of 0 fen (the budget is spent) grants nothing: the enterprise stays for a batch
             # with budget left, instead of holding a grant that never pays.
-            shares = [share for share in prorate(payable, self._budget_left(conn)) if share.paid_fen > 0]
-            lines = [self._line(i, s.uscc, s.paid_fen, by_uscc[s.uscc], tops_up[s.uscc], payees[s.uscc], group)
-                     for i, s in enumerate(shares, start=1)]
-            for start in range(0, len(lines), 1000):
-                conn.execute(insert(grant), lines[start:start + 1000])
-            decisions = root([bytes.fromhex(str(line["record_sha256"])) for line in lines]).hex()
+            paid = {s.uscc: s.paid_fen for s in prorate(payable, self._budget_left(conn)) if s.paid_fen > 0}
+            del payable
+            decisions, count, total = RootBuilder(), 0, 0
+            for page in self._founded_candidates(conn):   # the same pages again, now paid
+                lines = []
+                for candidate in page:
+                    if candidate.uscc in paid:
+                        count += 1
+                        lines.append(self._line(count, candidate, paid[candidate.uscc], tops_up.get(candidate.uscc),
+                                                payees[candidate.uscc]))
+                if lines:
+                    conn.execute(insert(grant), lines)
+                for line in lines:
+                    decisions.add(bytes.fromhex(str(line["record_sha256"])))
+                    total += int(line["amount_fen"])
+            if count != len(paid):
+                raise RuntimeError(f"batch {self.batch_id}: its candidates changed while it reached DRAFT")
+            merkle_root = decisions.root().hex()
             self._renew(conn, state=BatchState.DRAFT, running_key=None, worker=None, lease_until=0,
-                        line_count=len(lines), total_fen=sum(line["amount_fen"] for line in lines),
-                        merkle_root=decisions)
-            seal_event(conn, MoneyEvent.DRAFT, self.batch_id, self.actor, lines=lines,
-                       decisions={"leaf_count": len(lines), "merkle_root": decisions})
+                        line_count=count, total_fen=total, merkle_root=merkle_root)
+            seal_batch_lines(conn, MoneyEvent.DRAFT, self.batch_id, self.actor,
+                             decisions={"leaf_count": count, "merkle_root": merkle_root})
+
+    def _stack_page(self, conn: Connection, page: Sequence[Any], payable: dict[str, int], tops_up: dict[str, str],
+                    payees: dict[str, Payee]) -> None:
+        """What each candidate of the page is owed now: nothing when it holds a grant of the
+        policy, is barred or has no account any more; else its award stacked against the standing
+        grants of its conflict group (就高不重复)."""
+        if not page:
+            return
+        usccs = {c.uscc for c in page}
+        standing = standing_grants(conn, self.period, sorted(usccs))
+        # Checked again here, under the ledger lock: a batch of an excluded policy may have
+        # reached DRAFT since the chunk was evaluated.
+        barred = excluded_grants(conn, self.excluded, self.period, usccs)
+        barred.update(self._unsealed_history(conn, usccs))
+        accounts = registry_payees(conn, usccs)
+        group = self.policy.model.conflict_group
+        group_grants = self._group_grants(conn, usccs, group) if group else {}
+        for c in page:
+            if self.policy.id in standing.get(c.uscc, {}) or c.uscc in barred:
+                continue
+            account = accounts[c.uscc]
+            if account is None:  # the account went away since evaluation: a later batch pays
+                log.warning("batch %s: %s has no bank account on record any more; not paid", self.batch_id, c.uscc)
+                continue
+            in_group = group_grants.get(c.uscc, {})
+            awards = {**orjson.loads(c.group_awards), self.policy.id: c.full_fen}
+            award = stack(awards, {p: fen for p, (fen, _) in in_group.items() if p != self.policy.id})[self.policy.id]
+            if award.payable_fen > 0:
+                payable[c.uscc] = award.payable_fen
+                payees[c.uscc] = account
+                if award.tops_up:
+                    tops_up[c.uscc] = in_group[award.tops_up][1]
+
+    def _group_grants(self, conn: Connection, usccs: set[str], group: str) -> dict[str, dict[str, tuple[int, str]]]:
+        """The standing grants of the conflict group in the period held by `usccs`:
+        USCC -> policy -> (fen, grant id); one query over the USCC range of the page."""
+        out: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
+        for g in conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.amount_fen, grant.c.grant_id).where(
+                grant.c.conflict_group == group, grant.c.period == self.period, grant.c.released == "",
+                grant.c.uscc.between(min(usccs), max(usccs)))):
+            if g.uscc in usccs:
+                out[g.uscc][g.policy_id] = (int(g.amount_fen), str(g.grant_id))
+        return out
 
     def _unsealed_history(self, conn: Connection, usccs: set[str]) -> dict[str, str]:
         """Enterprises with an earlier grant that decides this one (of the policy, its conflict
@@ -347,35 +378,40 @@ class _Run:
                 out[str(line["uscc"])] = f"grant {line['grant_id']} differs from its seal"
         return out
 
-    def _founded_candidates(self, conn: Connection) -> list[Any]:
+    def _founded_candidates(self, conn: Connection) -> Iterator[list[Any]]:
         """The batch's evaluated candidates that agree with the evaluation record each cites (the
-        records are sealed, the candidates are only a work table): one that does not was altered
-        and is not paid."""
+        records are sealed, the candidates are only a work table), in USCC order, a page at a
+        time: one that does not agree was altered and is not paid."""
         decision = evaluation_record
-        rows = conn.execute(select(payout_candidate, decision.c.uscc.label("decision_uscc"),
-                                   decision.c.policy_id.label("decision_policy"),
-                                   decision.c.outcome.label("decision_outcome"),
-                                   decision.c.amount_fen.label("decision_fen"),
-                                   decision.c.record_sha256.label("decision_sha256"))
-                            .select_from(payout_candidate.outerjoin(
-                                decision, decision.c.evaluation_id == payout_candidate.c.evaluation_id))
-                            .where(payout_candidate.c.batch_id == self.batch_id, payout_candidate.c.error.is_(None))
-                            .order_by(payout_candidate.c.uscc)).all()
-        founded = []
-        for row in rows:
-            if (row.decision_uscc, row.decision_policy, row.decision_outcome, row.decision_fen,
-                    row.decision_sha256) == (row.uscc, self.policy.id, ELIGIBLE, row.full_fen, row.record_sha256):
-                founded.append(row)
-            else:
-                log.error("batch %s: the candidate %s does not match its evaluation record %s; not paid",
-                          self.batch_id, row.uscc, row.evaluation_id)
-        return founded
+        last = ""
+        while True:
+            rows = conn.execute(select(payout_candidate, decision.c.uscc.label("decision_uscc"),
+                                       decision.c.policy_id.label("decision_policy"),
+                                       decision.c.outcome.label("decision_outcome"),
+                                       decision.c.amount_fen.label("decision_fen"),
+                                       decision.c.record_sha256.label("decision_sha256"))
+                                .select_from(payout_candidate.outerjoin(
+                                    decision, decision.c.evaluation_id == payout_candidate.c.evaluation_id))
+                                .where(payout_candidate.c.batch_id == self.batch_id,
+                                       payout_candidate.c.error.is_(None), payout_candidate.c.uscc > last)
+                                .order_by(payout_candidate.c.uscc).limit(_CANDIDATES_PER_PAGE)).all()
+            if not rows:
+                return
+            last = rows[-1].uscc
+            founded = []
+            for row in rows:
+                if (row.decision_uscc, row.decision_policy, row.decision_outcome, row.decision_fen,
+                        row.decision_sha256) == (row.uscc, self.policy.id, ELIGIBLE, row.full_fen, row.record_sha256):
+                    founded.append(row)
+                else:
+                    log.error("batch %s: the candidate %s does not match its evaluation record %s; not paid",
+                              self.batch_id, row.uscc, row.evaluation_id)
+            yield founded
 
-    def _line(self, number: int, uscc: str, amount_fen: int, candidate: Any, tops_up: str | None,
-              payee: Any, group: str | None) -> dict[str, Any]:
+    def _line(self, number: int, candidate: Any, amount_fen: int, tops_up: str | None, payee: Payee) -> dict[str, Any]:
         """A new line with every column given (its leaf is sealed as written)."""
-        return {"grant_id": f"{self.batch_id}-{number:06d}", "uscc": uscc, "policy_id": self.policy.id,
-                "period": self.period, "conflict_group": group, "batch_id": self.batch_id,
+        return {"grant_id": f"{self.batch_id}-{number:06d}", "uscc": candidate.uscc, "policy_id": self.policy.id,
+                "period": self.period, "conflict_group": self.policy.model.conflict_group, "batch_id": self.batch_id,
                 "full_fen": int(candidate.full_fen), "amount_fen": amount_fen, "tops_up": tops_up,
                 "evaluation_id": candidate.evaluation_id, "record_sha256": candidate.record_sha256,
                 "payee_name": payee.name, "payee_account_no": payee.account_no, "payee_bank": payee.bank,

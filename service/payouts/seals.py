@@ -11,7 +11,7 @@ cost.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -31,6 +31,7 @@ LINE_COLUMNS = tuple(str(column.name) for column in grant.columns)   # plain str
 # Never written into a verification report: they identify the payee's bank account.
 PRIVATE_LINE_COLUMNS = frozenset({"payee_account_no", "payee_name"})
 _ROWS_PER_INSERT = 1000
+_LINES_PER_PAGE = 5000
 
 
 class MoneyEvent(StrEnum):
@@ -111,20 +112,52 @@ def seal_event(connection: Connection, event: MoneyEvent, batch_id: str, actor: 
     else the event says (a reason, the exported files' hashes); canonical-JSON values only.
     """
     ordered = sorted(lines, key=lambda line: str(line["grant_id"]))
-    leaves = [line_leaf(line) for line in ordered]
+    return _seal(connection, event, batch_id, actor, lambda: iter([ordered] if ordered else []), details)
+
+
+def seal_batch_lines(connection: Connection, event: MoneyEvent, batch_id: str, actor: Actor,
+                     **details: Any) -> LedgerEntry:
+    """`seal_event` for every line of the batch as stored, read a page at a time (twice: for
+    the root, then for the seal rows), so that the DRAFT of a batch of any size holds one page
+    of lines in memory, not all of them."""
+    return _seal(connection, event, batch_id, actor, lambda: _line_pages(connection, batch_id), details)
+
+
+def _seal(connection: Connection, event: MoneyEvent, batch_id: str, actor: Actor,
+          pages: Callable[[], Iterator[Sequence[Mapping[str, Any]]]], details: Mapping[str, Any]) -> LedgerEntry:
+    # `pages()` gives the same lines in the same (line id) order each time it is called.
+    builder = RootBuilder()
+    for page in pages():
+        for line in page:
+            builder.add(line_leaf(line))
     payload: dict[str, Any] = {"event": event.value, "batch_id": batch_id,
                                "actor": {"principal": actor.principal, "role": actor.role},
                                "batch": batch_snapshot(connection, batch_id), **details}
-    if leaves:
-        builder = RootBuilder()
-        for leaf in leaves:
-            builder.add(leaf)
-        payload["lines"] = {"count": len(leaves), "root": builder.root().hex()}
+    if builder.count:
+        payload["lines"] = {"count": builder.count, "root": builder.root().hex()}
     entry = append(connection, MONEY_EVENT_KIND, payload)
     signatures.sign(connection, entry)   # by the ledger key: an entry appended without it is refused
-    rows = [{"ledger_seq": entry.seq, "leaf_index": index, "batch_id": batch_id,
-             "line_id": str(line["grant_id"]), "leaf": leaf.decode()}
-            for index, (line, leaf) in enumerate(zip(ordered, leaves, strict=True))]
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        connection.execute(insert(payout_line_seal), rows[start:start + _ROWS_PER_INSERT])
+    index = 0
+    for page in pages():
+        rows = [{"ledger_seq": entry.seq, "leaf_index": index + offset, "batch_id": batch_id,
+                 "line_id": str(line["grant_id"]), "leaf": line_leaf(line).decode()}
+                for offset, line in enumerate(page)]
+        index += len(rows)
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            connection.execute(insert(payout_line_seal), rows[start:start + _ROWS_PER_INSERT])
+    if index != builder.count:
+        raise RuntimeError(f"batch {batch_id}: its lines changed while they were sealed")
     return entry
+
+
+def _line_pages(connection: Connection, batch_id: str) -> Iterator[list[dict[str, Any]]]:
+    """The batch's lines as stored, in line id order, `_LINES_PER_PAGE` at a time."""
+    last = ""
+    while True:
+        page = [dict(r._mapping) for r in connection.execute(
+            select(grant).where(grant.c.batch_id == batch_id, grant.c.grant_id > last)
+            .order_by(grant.c.grant_id).limit(_LINES_PER_PAGE))]
+        if not page:
+            return
+        yield page
+        last = str(page[-1]["grant_id"])

@@ -218,3 +218,25 @@ def test_batches_of_different_evaluation_dates_run_apart_and_each_as_it_would_al
         alone = create_batch(reference, policies, policy_id=batch.policy_id, period=PERIOD,
                              request_id=f"c-{day}", actor=OPERATOR, today=day, settings=settings)
         assert _outcome(engine, batch.batch_id) == _outcome(reference, alone.batch_id)
+
+
+def test_a_batch_ends_the_same_whatever_the_pages_its_end_reads_its_candidates_and_lines_in(
+        databases: Callable[[], Engine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """DRAFT reads candidates and seals lines a page at a time; pages of 7 and 3 (many, with
+    a remainder) give the lines, totals and seals of one page, and the root of its lines' records."""
+    from service.payouts import runner, seals
+
+    whole = databases()
+    expected_id = _run(whole, RunSettings(chunk_size=25))
+    expected = _outcome(whole, expected_id)
+    monkeypatch.setattr(runner, "_CANDIDATES_PER_PAGE", 7)
+    monkeypatch.setattr(seals, "_LINES_PER_PAGE", 3)
+    paged = databases()
+    batch_id = _run(paged, RunSettings(chunk_size=25))
+    assert _outcome(paged, batch_id) == expected
+    assert expected[5] > 7 * 3, "several pages of lines"
+    from service.audit.merkle import root
+
+    with paged.connect() as conn:
+        lines = sorted(lines_of(conn, batch_id), key=lambda line: str(line["grant_id"]))
+    assert get_batch(paged, batch_id).merkle_root == root([bytes.fromhex(line["record_sha256"]) for line in lines]).hex()

@@ -824,9 +824,9 @@ def test_a_line_drafted_from_a_tampered_candidate_is_caught(db_engine: Engine, p
     from service.payouts import runner
     from service.payouts.tables import payout_candidate
 
-    def unchecked(run: Any, conn: Any) -> list[Any]:
-        return list(conn.execute(select(payout_candidate).where(payout_candidate.c.batch_id == run.batch_id)
-                                 .order_by(payout_candidate.c.uscc)))
+    def unchecked(run: Any, conn: Any) -> Iterator[list[Any]]:   # one page, unchecked
+        yield list(conn.execute(select(payout_candidate).where(payout_candidate.c.batch_id == run.batch_id)
+                                .order_by(payout_candidate.c.uscc)))
 
     monkeypatch.setattr(runner._Run, "_founded_candidates", unchecked)
     candidate = _draft_with_a_tampered_candidate(db_engine, policies, attack)
