@@ -83,7 +83,7 @@ def remember_policy(connection: Connection, policy: LoadedPolicy) -> None:
     if known is None:
         connection.execute(insert(policy_version).values(
             rule_sha256=policy.sha256, policy_id=policy.id, version=policy.version,
-            source=policy.source, first_seen=_now()))
+            source=policy.source, first_seen=now_stamp()))
 
 
 def record_evaluation(engine: Engine, evaluation: Evaluation, document: FactsDocument,
@@ -102,7 +102,8 @@ def record_with_hash(engine: Engine, evaluation: Evaluation, document: FactsDocu
 
 
 def prepare_decision(decision: Decision, facts_json: str, facts_sha256: str, actor: Actor,
-                     batch_id: str | None = None, payout_note: str | None = None) -> PreparedRecord:
+                     batch_id: str | None = None, payout_note: str | None = None, *,
+                     recorded_at: str | None = None) -> PreparedRecord:
     """Encode one decision's record outside any transaction. `facts_json` and `facts_sha256`
     are the enterprise's facts snapshot (`snapshot_of`), computed once and shared by the policies
     evaluated on it; `payout_note` says why a batch does not pay an eligible enterprise."""
@@ -113,7 +114,7 @@ def prepare_decision(decision: Decision, facts_json: str, facts_sha256: str, act
         "uscc": decision.uscc, "evaluated_on": decision.evaluated_on, "outcome": decision.outcome,
         "amount_fen": decision.amount_fen, "mask": decision.mask, "engine": decision.engine,
         "facts_sha256": facts_sha256, "actor": {"principal": actor.principal, "role": actor.role},
-        "recorded_at": _now(), "batch_id": batch_id, "service_version": SERVICE_VERSION}
+        "recorded_at": recorded_at or now_stamp(), "batch_id": batch_id, "service_version": SERVICE_VERSION}
     if payout_note:
         record["payout_note"] = payout_note
     record_json = canonical_json_of_typed(record)
@@ -196,5 +197,6 @@ def list_records(connection: Connection, *, uscc: str = "", policy_id: str = "",
     return [orjson.loads(r.record) for r in rows], int(connection.execute(count).scalar_one())
 
 
-def _now() -> str:
+def now_stamp() -> str:
+    """Now, as records store it (UTC, microseconds); one stamp may serve a whole chunk."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

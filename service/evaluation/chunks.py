@@ -12,6 +12,7 @@ from enterprise_registry.models import Enterprise
 from rules.columns import FactColumns
 from rules.facts import FactsDocument
 from service.audit.facts_json import snapshot_of
+from service.audit.records import now_stamp
 from service.evaluation.columns import ChunkRows
 from service.evaluation.columns import read_chunk as read_rows
 
@@ -22,6 +23,7 @@ class Chunk:
     columns: dict[int, FactColumns]
     rows: ChunkRows
     _snapshots: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
+    recorded_at: str = field(default_factory=now_stamp)   # when its records say they were made
 
     def document(self, row: int, fact_year: int) -> FactsDocument:
         return self.rows.document(self.usccs[row], fact_year)

@@ -347,7 +347,8 @@ class ChunkEvaluator:
         decision = Decision(policy.id, policy.version, policy.sha256, self.period, fact_year, chunk.usccs[row],
                             self.today.isoformat(), decisions.outcome(row), decisions.amount_fen(row),
                             decisions.mask(row))
-        record = prepare_decision(decision, facts_json, facts_sha256, self.actor, self.batch_id, note)
+        record = prepare_decision(decision, facts_json, facts_sha256, self.actor, self.batch_id, note,
+                                  recorded_at=chunk.recorded_at)
         records[policy.id].append(record)
         return record
 
