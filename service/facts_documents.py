@@ -62,25 +62,25 @@ def build_document(rows: EnterpriseRows, fact_year: int) -> FactsDocument:
     return FactsDocument(rows.uscc, fact_year, facts, collections_of(rows, Record), missing)
 
 
-class _FactFields:
+class _KindFacts:
     """The fact fields of a kind, the names its facts take (`<group>.<field>`), and a getter of
     all of a row's values at once (one C call)."""
 
     def __init__(self, spec: KindSpec) -> None:
-        self.kind = spec.kind
+        self.kind, self.group = spec.kind, spec.group
         self.fields = spec.fact_fields
         self.names = tuple(f"{spec.group}.{name}" for name in spec.fact_fields)
-        # attrgetter of one name gives the value, not a 1-tuple: every kind here has several
-        assert len(self.fields) > 1, spec.kind
-        self.values = attrgetter(*spec.fact_fields)
+        getter = attrgetter(*spec.fact_fields)
+        # attrgetter of several names gives a tuple, of one the value itself
+        self.values: Callable[[Any], tuple[Any, ...]] = getter if len(self.fields) > 1 else lambda row: (getter(row),)
 
 
-_ENTERPRISE = _FactFields(KINDS["enterprise"])
-_TAX = _FactFields(KINDS["tax_year"])
-_SI = _FactFields(KINDS["social_insurance_year"])
-_HIRE = _FactFields(KINDS["hire"])
-_QUALIFICATION = _FactFields(KINDS["qualification"])
-_CREDIT = _FactFields(KINDS["credit_listing"])
+_ENTERPRISE = _KindFacts(KINDS["enterprise"])
+_TAX = _KindFacts(KINDS["tax_year"])
+_SI = _KindFacts(KINDS["social_insurance_year"])
+_HIRE = _KindFacts(KINDS["hire"])
+_QUALIFICATION = _KindFacts(KINDS["qualification"])
+_CREDIT = _KindFacts(KINDS["credit_listing"])
 
 
 def registry_facts(ent: Any, fact: FactOf[F]) -> tuple[dict[str, F], dict[str, str]]:
@@ -99,8 +99,8 @@ def add_yearly_facts(ent: Any, tax: Any, si: Any, year: int, fact: FactOf[F], fa
                      missing: dict[str, str]) -> None:
     """Add the facts of fact year `year` to `facts`, and what is missing of them to `missing`:
     from the registry row and that year's tax and social-insurance rows (None: there is none)."""
-    tax = _yearly(tax, "tax", year, _TAX, fact, facts, missing)
-    si = _yearly(si, "si", year, _SI, fact, facts, missing)
+    tax = _yearly(tax, year, _TAX, fact, facts, missing)
+    si = _yearly(si, year, _SI, fact, facts, missing)
     _size_class(ent, tax, si, fact, facts, missing)
 
 
@@ -114,16 +114,16 @@ def collections_of(rows: EnterpriseRows, record: RecordOf[R]) -> dict[str, list[
                                 for c in rows.credit_listings]}
 
 
-def _yearly(row: Any, prefix: str, year: int, kind: _FactFields, fact: FactOf[F], facts: dict[str, F],
+def _yearly(row: Any, year: int, kind: _KindFacts, fact: FactOf[F], facts: dict[str, F],
             missing: dict[str, str]) -> Any:
     """The row's facts (None when there is no row or it is stale: the whole group is missing)."""
     if row is None:
-        missing[prefix] = f"no {kind.kind} record for {year}"
+        missing[kind.group] = f"no {kind.kind} record for {year}"
         return None
     source, as_of = row.source, row.as_of
     if not derived.yearly_record_is_final(year, as_of):
-        missing[prefix] = (f"stale: the {kind.kind} record for {year} is as of {as_of}, "
-                           "before the year ended")
+        missing[kind.group] = (f"stale: the {kind.kind} record for {year} is as of {as_of}, "
+                               "before the year ended")
         return None
     for name, field, value in zip(kind.names, kind.fields, kind.values(row)):
         if value is None:
@@ -157,7 +157,7 @@ def _size_class(ent: Any, tax: Any, si: Any, fact: FactOf[F], facts: dict[str, F
     facts["derived.size_class_basis"] = fact(result.basis, DERIVED, as_of)
 
 
-def _record(kind: _FactFields, key: str, row: Any, record: RecordOf[R]) -> R:
+def _record(kind: _KindFacts, key: str, row: Any, record: RecordOf[R]) -> R:
     return record(f"{kind.kind}:{key}", dict(zip(kind.fields, kind.values(row))), row.source, row.as_of)
 
 
