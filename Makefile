@@ -25,7 +25,7 @@ REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-columns bench-ledger bench-money bench-records bench-trace proto run serve serve-background stop seed check-rules test test-slow test-unit test-integration test-policies bench lint clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check-rules test test-slow test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -135,6 +135,9 @@ bench-batches: install  ## a payout batch to DRAFT, enterprises/s, vs evaluation
 
 bench-columns: install  ## facts of a chunk read into columns vs documents per enterprise, enterprises/s; profile
 	$(BIN)/python benchmarks/bench_columns.py
+
+bench-snapshots: install  ## facts snapshots/s of a chunk's enterprises, fact years 2025 and 2024+2025: snapshot_of(document) vs ChunkRows.snapshot, bytes compared
+	$(BIN)/python benchmarks/bench_snapshots.py
 
 bench-money: install  ## sealing the money path: DRAFT, approve, results and verification vs unsealed writes
 	$(BIN)/python benchmarks/bench_money_events.py --lines 100000

@@ -1,15 +1,24 @@
 """Builds facts documents (what the rules read) from the registry's tables, one enterprise at a
-time or streamed in chunks for a whole period."""
+time or streamed in chunks for a whole period.
+
+What a document holds is described here once - which facts and records a row gives, the derived
+facts, the texts saying why something is missing - in three parts: the registry facts and the
+collections, which no fact year changes, and the yearly facts. Each part is built through a
+`FactOf` and a `RecordOf`: `build_document` makes `Fact` and `Record` objects, the chunk's audit
+snapshot (`service.evaluation.columns.ChunkRows.snapshot`) makes the snapshot's plain JSON data
+straight away, and builds the year-independent parts once for every fact year."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry import derived
-from enterprise_registry.kinds import KINDS
+from enterprise_registry.kinds import KINDS, KindSpec
 from enterprise_registry.models import (
     CreditListing,
     Enterprise,
@@ -22,13 +31,13 @@ from enterprise_registry.models import (
 from rules.facts import Fact, FactsDocument, Record
 
 DERIVED = "derived"
-# What policies read of each kind: its fact fields (`enterprise_registry.kinds`).
-_ENTERPRISE_FIELDS = KINDS["enterprise"].fact_fields
-_TAX_FIELDS = KINDS["tax_year"].fact_fields
-_SI_FIELDS = KINDS["social_insurance_year"].fact_fields
-_HIRE_FIELDS = KINDS["hire"].fact_fields
-_QUALIFICATION_FIELDS = KINDS["qualification"].fact_fields
-_CREDIT_FIELDS = KINDS["credit_listing"].fact_fields
+
+F = TypeVar("F")
+R = TypeVar("R")
+# One fact from its value, the department holding it and the date it is true for (`Fact`).
+FactOf = Callable[[Any, str, date | None], F]
+# One record from its ref, its fields, its department and as-of date (`Record`).
+RecordOf = Callable[[str, dict[str, Any], str, date | None], R]
 
 
 class EnterpriseRows:
@@ -47,51 +56,84 @@ class EnterpriseRows:
 
 def build_document(rows: EnterpriseRows, fact_year: int) -> FactsDocument:
     """The facts document of one enterprise for one fact year, derived facts included."""
-    facts: dict[str, Fact] = {}
-    missing: dict[str, str] = {}
-    ent = rows.enterprise
+    facts, missing = registry_facts(rows.enterprise, Fact)
+    add_yearly_facts(rows.enterprise, rows.tax.get(fact_year), rows.si.get(fact_year), fact_year,
+                     Fact, facts, missing)
+    return FactsDocument(rows.uscc, fact_year, facts, collections_of(rows, Record), missing)
+
+
+class _KindFacts:
+    """The fact fields of a kind, the names its facts take (`<group>.<field>`), and a getter of
+    all of a row's values at once (one C call)."""
+
+    def __init__(self, spec: KindSpec) -> None:
+        self.kind, self.group = spec.kind, spec.group
+        self.fields = spec.fact_fields
+        self.names = tuple(f"{spec.group}.{name}" for name in spec.fact_fields)
+        getter = attrgetter(*spec.fact_fields)
+        # attrgetter of several names gives a tuple, of one the value itself
+        self.values: Callable[[Any], tuple[Any, ...]] = getter if len(self.fields) > 1 else lambda row: (getter(row),)
+
+
+_ENTERPRISE = _KindFacts(KINDS["enterprise"])
+_TAX = _KindFacts(KINDS["tax_year"])
+_SI = _KindFacts(KINDS["social_insurance_year"])
+_HIRE = _KindFacts(KINDS["hire"])
+_QUALIFICATION = _KindFacts(KINDS["qualification"])
+_CREDIT = _KindFacts(KINDS["credit_listing"])
+
+
+def registry_facts(ent: Any, fact: FactOf[F]) -> tuple[dict[str, F], dict[str, str]]:
+    """The facts of the registry row `ent` (None: there is none) and what is missing of them:
+    the same for every fact year."""
     if ent is None:
-        missing["enterprise"] = "no registry (market_regulation) record"
-    else:
-        for name in _ENTERPRISE_FIELDS:
-            facts[f"enterprise.{name}"] = Fact(getattr(ent, name), ent.source, ent.as_of)
-        facts["enterprise.industry_section"] = Fact(derived.industry_section(ent.industry_code),
-                                                    DERIVED, ent.as_of)
-        facts["enterprise.has_bank_account"] = Fact(derived.has_bank_account(ent.bank_account_no),
-                                                    ent.source, ent.as_of)
-    tax = _yearly(rows.tax.get(fact_year), "tax", "tax_year", fact_year, _TAX_FIELDS, facts, missing)
-    si = _yearly(rows.si.get(fact_year), "si", "social_insurance_year", fact_year, _SI_FIELDS,
-                 facts, missing)
-    _size_class(ent, tax, si, facts, missing)
-    hires = [_hire_record(h, rows.counting_hires) for h in rows.hires]
-    qualifications = [_record("qualification", q.certificate_no, q, _QUALIFICATION_FIELDS)
-                      for q in rows.qualifications]
-    listings = [_record("credit_listing", f"{c.list}@{c.listed_on}", c, _CREDIT_FIELDS)
-                for c in rows.credit_listings]
-    return FactsDocument(rows.uscc, fact_year, facts,
-                         {"hires": hires, "qualifications": qualifications,
-                          "credit_listings": listings}, missing)
+        return {}, {"enterprise": "no registry (market_regulation) record"}
+    source, as_of = ent.source, ent.as_of
+    facts = {name: fact(value, source, as_of) for name, value in zip(_ENTERPRISE.names, _ENTERPRISE.values(ent))}
+    facts["enterprise.industry_section"] = fact(derived.industry_section(ent.industry_code), DERIVED, as_of)
+    facts["enterprise.has_bank_account"] = fact(derived.has_bank_account(ent.bank_account_no), source, as_of)
+    return facts, {}
 
 
-def _yearly(row: Any, prefix: str, kind: str, year: int, fields: Sequence[str],
-            facts: dict[str, Fact], missing: dict[str, str]) -> Any:
+def add_yearly_facts(ent: Any, tax: Any, si: Any, year: int, fact: FactOf[F], facts: dict[str, F],
+                     missing: dict[str, str]) -> None:
+    """Add the facts of fact year `year` to `facts`, and what is missing of them to `missing`:
+    from the registry row and that year's tax and social-insurance rows (None: there is none)."""
+    tax = _yearly(tax, year, _TAX, fact, facts, missing)
+    si = _yearly(si, year, _SI, fact, facts, missing)
+    _size_class(ent, tax, si, fact, facts, missing)
+
+
+def collections_of(rows: EnterpriseRows, record: RecordOf[R]) -> dict[str, list[R]]:
+    """The enterprise's hires, qualifications and credit listings, each in the order of its rows:
+    the same for every fact year."""
+    counting = rows.counting_hires
+    return {"hires": [_hire_record(h, counting, record) for h in rows.hires],
+            "qualifications": [_record(_QUALIFICATION, q.certificate_no, q, record) for q in rows.qualifications],
+            "credit_listings": [_record(_CREDIT, f"{c.list}@{c.listed_on}", c, record)
+                                for c in rows.credit_listings]}
+
+
+def _yearly(row: Any, year: int, kind: _KindFacts, fact: FactOf[F], facts: dict[str, F],
+            missing: dict[str, str]) -> Any:
+    """The row's facts (None when there is no row or it is stale: the whole group is missing)."""
     if row is None:
-        missing[prefix] = f"no {kind} record for {year}"
+        missing[kind.group] = f"no {kind.kind} record for {year}"
         return None
-    if not derived.yearly_record_is_final(year, row.as_of):
-        missing[prefix] = (f"stale: the {kind} record for {year} is as of {row.as_of}, "
-                           "before the year ended")
+    source, as_of = row.source, row.as_of
+    if not derived.yearly_record_is_final(year, as_of):
+        missing[kind.group] = (f"stale: the {kind.kind} record for {year} is as of {as_of}, "
+                               "before the year ended")
         return None
-    for name in fields:
-        value = getattr(row, name)
+    for name, field, value in zip(kind.names, kind.fields, kind.values(row)):
         if value is None:
-            missing[f"{prefix}.{name}"] = f"{kind} {year} has no {name}"
+            missing[name] = f"{kind.kind} {year} has no {field}"
         else:
-            facts[f"{prefix}.{name}"] = Fact(value, row.source, row.as_of)
+            facts[name] = fact(value, source, as_of)
     return row
 
 
-def _size_class(ent: Any, tax: Any, si: Any, facts: dict[str, Fact],
+def _size_class(ent: Any, tax: Any, si: Any, fact: FactOf[F], facts: dict[str, F],
                 missing: dict[str, str]) -> None:
     recorded = si.size_class if si is not None else None
     if ent is None:
@@ -111,21 +153,18 @@ def _size_class(ent: Any, tax: Any, si: Any, facts: dict[str, Fact],
     source_row = si if result.basis == derived.SIZE_CLASS_RECORDED else tax
     as_of = source_row.as_of if source_row is not None else None
     source = source_row.source if result.basis == derived.SIZE_CLASS_RECORDED else DERIVED
-    facts["derived.size_class"] = Fact(result.size_class, source, as_of)
-    facts["derived.size_class_basis"] = Fact(result.basis, DERIVED, as_of)
+    facts["derived.size_class"] = fact(result.size_class, source, as_of)
+    facts["derived.size_class_basis"] = fact(result.basis, DERIVED, as_of)
 
 
-def _record(kind: str, key: str, row: Any, fields: Sequence[str],
-            extra: dict[str, Any] | None = None) -> Record:
-    values = {name: getattr(row, name) for name in fields}
-    values.update(extra or {})
-    return Record(f"{kind}:{key}", values, row.source, row.as_of)
+def _record(kind: _KindFacts, key: str, row: Any, record: RecordOf[R]) -> R:
+    return record(f"{kind.kind}:{key}", dict(zip(kind.fields, kind.values(row))), row.source, row.as_of)
 
 
-def _hire_record(row: Any, counting: set[derived.HireKey]) -> Record:
-    key = derived.HireKey(row.uscc, row.person_ref, row.year, row.hired_on)
-    return _record("hire", f"{row.person_ref}@{row.hired_on}", row, _HIRE_FIELDS,
-                   {"counts_for_enterprise": key in counting})
+def _hire_record(row: Any, counting: set[derived.HireKey], record: RecordOf[R]) -> R:
+    fields = dict(zip(_HIRE.fields, _HIRE.values(row)))
+    fields["counts_for_enterprise"] = derived.HireKey(row.uscc, row.person_ref, row.year, row.hired_on) in counting
+    return record(f"hire:{row.person_ref}@{row.hired_on}", fields, row.source, row.as_of)
 
 
 class DocumentSource:

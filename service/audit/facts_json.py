@@ -10,18 +10,41 @@ from service.audit.canonical import canonical_json_of_typed, sha256_hex
 
 
 def document_to_json(document: FactsDocument) -> dict[str, Any]:
-    return {"uscc": document.uscc, "fact_year": document.fact_year,
-            "facts": {name: {"value": _plain(f.value), "source": f.source, "as_of": _plain(f.as_of)}
-                      for name, f in sorted(document.facts.items())},
-            "collections": {name: [{"ref": r.ref, "fields": {k: _plain(v) for k, v in r.fields.items()},
-                                    "source": r.source, "as_of": _plain(r.as_of)} for r in records]
-                            for name, records in sorted(document.collections.items())},
-            "missing": dict(sorted(document.missing.items()))}
+    return document_json(
+        document.uscc, document.fact_year,
+        {name: fact_json(_plain(f.value), f.source, _plain(f.as_of)) for name, f in sorted(document.facts.items())},
+        {name: [record_json(r.ref, {k: _plain(v) for k, v in r.fields.items()}, r.source, _plain(r.as_of))
+                for r in records] for name, records in sorted(document.collections.items())},
+        dict(sorted(document.missing.items())))
 
 
 def snapshot_of(document: FactsDocument) -> tuple[str, str]:
     """The facts snapshot of a document: its canonical JSON text and that text's SHA-256."""
-    text = canonical_json_of_typed(document_to_json(document))
+    return snapshot_of_json(document_to_json(document))
+
+
+# The snapshot's JSON data, described once; `document_to_json` and the chunks' fast snapshots
+# (`service.evaluation.columns.ChunkRows.snapshot`, which builds it from rows) both make it so.
+# Values may stay dates there: orjson writes a date as ISO 8601, the very text `_plain` gives
+# (tests/unit/audit/test_facts_json.py holds the two together for every date the registry holds).
+
+def fact_json(value: Any, source: str, as_of: date | None) -> dict[str, Any]:
+    return {"value": value, "source": source, "as_of": as_of}
+
+
+def record_json(ref: str, fields: dict[str, Any], source: str, as_of: date | None) -> dict[str, Any]:
+    return {"ref": ref, "fields": fields, "source": source, "as_of": as_of}
+
+
+def document_json(uscc: str, fact_year: int, facts: dict[str, Any], collections: dict[str, Any],
+                  missing: dict[str, str]) -> dict[str, Any]:
+    return {"uscc": uscc, "fact_year": fact_year, "facts": facts, "collections": collections, "missing": missing}
+
+
+def snapshot_of_json(data: dict[str, Any]) -> tuple[str, str]:
+    """The facts snapshot of a document's JSON data (`document_json`): canonical JSON text
+    (sorted keys, dates as ISO 8601) and that text's SHA-256."""
+    text = canonical_json_of_typed(data)
     return text.decode(), sha256_hex(text)
 
 

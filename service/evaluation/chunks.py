@@ -11,7 +11,6 @@ from sqlalchemy.engine import Connection
 from enterprise_registry.models import Enterprise
 from rules.columns import FactColumns
 from rules.facts import FactsDocument
-from service.audit.facts_json import snapshot_of
 from service.audit.records import now_stamp
 from service.evaluation.columns import ChunkRows
 from service.evaluation.columns import read_chunk as read_rows
@@ -34,10 +33,11 @@ class Chunk:
 
     def snapshot(self, row: int, fact_year: int) -> tuple[str, str]:
         """The facts snapshot of one enterprise and fact year (JSON and its SHA-256), made once
-        and shared by every policy reading that year."""
+        and shared by every policy reading that year: built from the chunk's rows, the bytes of
+        `snapshot_of(self.document(row, fact_year))`."""
         key = (row, fact_year)
         if key not in self._snapshots:
-            self._snapshots[key] = snapshot_of(self.document(row, fact_year))
+            self._snapshots[key] = self.rows.snapshot(row, fact_year)
         return self._snapshots[key]
 
 

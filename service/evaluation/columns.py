@@ -7,8 +7,9 @@ value for value; the test holds the two together. What the rules read of each ki
 columns, so each rule stays written once there).
 
 The chunk's raw rows are kept (`ChunkRows`), so that one enterprise's `FactsDocument` - with the
-department and as-of date of every fact, which an explanation and the audit snapshot need - is
-built from the same read by `build_document` itself, never by querying again.
+department and as-of date of every fact, which an explanation needs - is built from the same read
+by `build_document` itself, never by querying again; and its audit snapshot (the document's
+canonical JSON) straight from the rows by the same description (`service.facts_documents`).
 
 Records of a collection are in the order of their kind's key within each enterprise (the
 documents' own order depends on the database: see `ChunkRows`).
@@ -16,8 +17,10 @@ documents' own order depends on the database: see `ChunkRows`).
 from __future__ import annotations
 
 import json
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
-from functools import cached_property
+from dataclasses import dataclass
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -31,8 +34,9 @@ from enterprise_registry.kinds import KINDS, KindSpec
 from enterprise_registry.models import table_for
 from rules.columns import Column, FactColumns, RecordColumns, dtype_of, encode
 from rules.facts import FactsDocument, FactValue, ScalarKind
+from service.audit.facts_json import document_json, fact_json, record_json, snapshot_of_json
 from service.catalogue import CATALOGUE
-from service.facts_documents import EnterpriseRows, build_document
+from service.facts_documents import EnterpriseRows, add_yearly_facts, build_document, collections_of, registry_facts
 from service.payouts.tables import in_lists
 
 Index = npt.NDArray[np.int64]
@@ -102,7 +106,8 @@ class KindRows:
         self.spec = spec
         self.owner = owner
         self.raw = raw
-        self._rows = rows  # the rows as read (attribute access): documents are built from them
+        self._rows = rows  # the rows as read: documents and snapshots are built from them
+        self._named = _row_type(spec.kind, tuple(raw))._make
         # _starts[i]:_starts[i + 1] are the rows of enterprise i
         self._starts: list[int] = np.searchsorted(owner, np.arange(chunk_size + 1)).tolist()
         self._encoded: dict[str, Column] = {}
@@ -117,8 +122,22 @@ class KindRows:
         return self._encoded[name]
 
     def rows_of(self, index: int) -> list[Any]:
-        """The rows of enterprise `index`, with one attribute per column read."""
-        return self._rows[self._starts[index]:self._starts[index + 1]]
+        """The rows of enterprise `index`, with one attribute per column read: named tuples, made
+        when asked for (making all of a chunk's when it is read cost more than it saved: the
+        garbage collector walks a chunk's 20,000-odd new tuples; measured read + snapshots)."""
+        return list(map(self._named, self._rows[self._starts[index]:self._starts[index + 1]]))
+
+
+@dataclass(frozen=True)
+class _SnapshotPart:
+    """What the facts snapshots of the enterprise at `index` share whatever their fact year: its
+    rows, and its registry facts, what is missing of them and its collections as snapshot JSON
+    data (only read: every fact year's snapshot holds them)."""
+    index: int
+    rows: EnterpriseRows
+    facts: dict[str, Any]
+    missing: dict[str, str]
+    collections: dict[str, list[Any]]
 
 
 class ChunkRows:
@@ -134,14 +153,29 @@ class ChunkRows:
         self.kinds = kinds
         self.counting = counting
         self._index = {uscc: index for index, uscc in enumerate(usccs)}
+        self._snapshot_part: _SnapshotPart | None = None
 
     def __len__(self) -> int:
         return len(self.usccs)
 
     def document(self, uscc: str, fact_year: int) -> FactsDocument:
         """One enterprise's facts document for `fact_year`, from the rows already read."""
-        index = self._index[uscc]
-        rows = EnterpriseRows(uscc)
+        return build_document(self._enterprise_rows(self._index[uscc]), fact_year)
+
+    def snapshot(self, index: int, fact_year: int) -> tuple[str, str]:
+        """The facts snapshot (canonical JSON, SHA-256) of the enterprise at `index` for `fact_year`:
+        the bytes of `snapshot_of(self.document(uscc, fact_year))`, built as JSON data straight from
+        the rows (no `Fact` objects) by the same description (`service.facts_documents`). The part
+        no fact year changes is built once for the fact years asked of an enterprise in turn."""
+        part = self._year_independent(index)
+        rows = part.rows
+        facts, missing = dict(part.facts), dict(part.missing)
+        add_yearly_facts(rows.enterprise, rows.tax.get(fact_year), rows.si.get(fact_year), fact_year,
+                         fact_json, facts, missing)
+        return snapshot_of_json(document_json(rows.uscc, fact_year, facts, part.collections, missing))
+
+    def _enterprise_rows(self, index: int) -> EnterpriseRows:
+        rows = EnterpriseRows(self.usccs[index])
         registry = self.kinds[_REGISTRY.kind].rows_of(index)
         rows.enterprise = registry[0] if registry else None
         rows.tax = {row.year: row for row in self.kinds[_TAX.kind].rows_of(index)}
@@ -150,7 +184,18 @@ class ChunkRows:
         rows.qualifications = self.kinds["qualification"].rows_of(index)
         rows.credit_listings = self.kinds["credit_listing"].rows_of(index)
         rows.counting_hires = self.counting
-        return build_document(rows, fact_year)
+        return rows
+
+    def _year_independent(self, index: int) -> _SnapshotPart:
+        # Kept for the last enterprise asked only: batches and lookups ask for an enterprise's fact
+        # years in turn, and keeping every enterprise's part made snapshots 10% slower, not faster
+        # (the garbage collector walks the dicts kept; benchmarks/bench_snapshots.py).
+        part = self._snapshot_part
+        if part is None or part.index != index:
+            rows = self._enterprise_rows(index)
+            facts, missing = registry_facts(rows.enterprise, fact_json)
+            part = self._snapshot_part = _SnapshotPart(index, rows, facts, missing, collections_of(rows, record_json))
+        return part
 
     def columns(self, fact_year: int) -> FactColumns:
         """The chunk's facts for one fact year, in the order of its USCCs. The columns of several
@@ -278,6 +323,13 @@ def _read_kind(conn: Connection, spec: KindSpec, position: dict[str, int]) -> Ki
     fetched = [fetched[i] for i in order.tolist()]
     transposed = list(zip(*fetched)) if fetched else [() for _ in names]
     return KindRows(spec, fetched, owner[order], dict(zip(names, transposed)), len(position))
+
+
+@cache
+def _row_type(kind: str, names: tuple[str, ...]) -> type[tuple[Any, ...]]:
+    """The rows of a kind kept as named tuples: documents and snapshots read a row's fields by
+    name, which costs a tenth of a SQLAlchemy `Row`'s attribute lookup."""
+    return namedtuple(f"{kind}_row", names)  # type: ignore[misc]  # names known at run time only
 
 
 def _counting_hires(conn: Connection, hires: KindRows) -> set[derived.HireKey]:
