@@ -209,17 +209,21 @@ def test_a_recorded_decision_is_found_again_for_reuse(audit_engine: Engine, poli
         assert found is not None and found["evaluation_id"] == first.evaluation_id
 
 
-def test_the_reuse_lookup_has_its_index(audit_engine: Engine) -> None:
+def test_the_reuse_lookup_and_an_enterprises_records_have_their_index(audit_engine: Engine) -> None:
     from sqlalchemy import inspect
 
     indexes = {i["name"]: i["column_names"] for i in inspect(audit_engine).get_indexes("evaluation_record")}
-    assert indexes["ix_evaluation_record_reuse"] == ["facts_sha256", "rule_sha256", "evaluated_on", "period"]
+    assert indexes["ix_evaluation_record_enterprise"] == ["uscc", "policy_id", "period"]
     if audit_engine.dialect.name == "sqlite":   # (PostgreSQL plans an empty table as it likes)
         with audit_engine.connect() as conn:
             plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT record FROM evaluation_record WHERE facts_sha256 = 'a' AND "
                 "rule_sha256 = 'b' AND evaluated_on = 'c' AND period = 1 AND uscc = 'd' AND policy_id = 'e'"))
-        assert "ix_evaluation_record_reuse" in plan, plan
+        assert "ix_evaluation_record_enterprise" in plan, plan
+        with audit_engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT record FROM evaluation_record WHERE uscc = 'd' ORDER BY ledger_seq DESC"))
+        assert "ix_evaluation_record_enterprise" in plan, plan
 
 
 def test_stored_records_list_by_filter_newest_first(audit_engine: Engine, policy: LoadedPolicy) -> None:
