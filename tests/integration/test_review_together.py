@@ -8,7 +8,13 @@ reference evaluator (`rules.evaluator.evaluate` over `service.facts_documents` d
 awards stacked by hand (就高不重复: the group pays its highest award once), and budgets with
 shares computed by hand. Pages and chunks are made tiny so that every boundary is crossed.
 
-Tests marked "FAILS" show a bug of the reviewed change; they are left failing on purpose.
+Tests marked "FAILS" show a bug of the reviewed change; they are left failing on purpose:
+- test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_deadlock and
+  test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock (PostgreSQL):
+  snapshots stored before the chain-head lock (`before_lock`) deadlock with a lock holder or a
+  second chunk storing the same snapshots (they pass at 6d25d2c, before that change);
+- test_a_batch_that_fails_does_not_hold_up_the_other_batches_waiting_with_it: BatchWorkers runs
+  every waiting batch in one thread, so one failing batch holds up all the others.
 """
 from __future__ import annotations
 
@@ -34,8 +40,7 @@ from enterprise_registry.models import Enterprise
 from enterprise_registry.synthetic import generate
 from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
-from service.audit.ledger import ledger_transaction
-from service.audit.records import Actor, evaluation_record, prepare_record, verify_records, write_records
+from service.audit.records import Actor, evaluation_record, prepare_record, verify_records
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
 from service.facts_documents import DocumentSource, build_document
@@ -124,12 +129,11 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 @pytest.fixture
-def postgres_only(databases: Callable[[], Engine]) -> Callable[[], Engine]:
+def postgres_only(request: pytest.FixtureRequest, databases: Callable[[], Engine]) -> Callable[[], Engine]:
     """`databases`, PostgreSQL only (what is tested does not exist on SQLite: one writer)."""
-    probe = databases()
-    if probe.dialect.name != "postgresql":
+    if request.node.callspec.params["databases"] != "postgresql":
         pytest.skip("PostgreSQL only: SQLite takes its write lock before anything is written")
-    return lambda: probe
+    return databases
 
 
 # -- the independent references ----------------------------------------------------------------------------
@@ -348,20 +352,38 @@ def _in_thread(outcomes: dict[str, object], name: str, work: Callable[[], object
 # -- 2. facts snapshots stored before the ledger lock (PostgreSQL) ---------------------------------------
 
 
+def _until_a_row_lock_is_awaited(engine: Engine) -> bool:
+    """Until some session waits for another transaction (a row it inserted), at most 10 s."""
+    deadline = time.monotonic() + 10
+    with engine.connect() as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(text("select count(*) from pg_locks where locktype = 'transactionid' "
+                                        "and not granted")).scalar_one()
+            conn.rollback()
+            if waiting:
+                return True
+            time.sleep(0.02)
+    return False
+
+
 def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_deadlock(
         postgres_only: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
-    """FAILS (PostgreSQL): a deadlock, reported as psycopg DeadlockDetected, where both should commit.
+    """FAILS (PostgreSQL): a deadlock (psycopg DeadlockDetected) where both should commit.
 
     A chunk stores its facts snapshots before it takes the chain-head lock
-    (`partitions.run_partition_with`: `ledger_transaction(before_lock=store_snapshots)`), and
-    keeps those rows locked, uncommitted, while it waits for the lock. A lookup's group commit
-    (`evaluation.recorder.Recorder._commit` -> `write_records` -> `store_snapshots`) holds the
-    lock and inserts the same snapshot - the lookup of an enterprise of that chunk stores the
-    very document the batch does - so it waits for the chunk's row, while the chunk waits for
-    its lock: a cycle PostgreSQL breaks by aborting one of them. `ledger_transaction`'s promise
-    ("what ... no holder of the lock waits for") does not hold: a holder of the lock can insert
-    the same content-addressed row. Before this change the chunk stored its snapshots under the
-    lock, and the two simply ran one after the other."""
+    (`partitions.run_partition_with`: `ledger_transaction(before_lock=store_snapshots)`) and
+    keeps those rows locked, uncommitted, until it has the lock and commits. The lookups'
+    group commit (`evaluation.recorder.Recorder._commit`) takes the lock first and then stores
+    ITS snapshots (`write_records` -> `store_snapshots`): a lookup of an enterprise of that
+    chunk stores the very document the chunk does (same SHA-256), so the recorder waits for
+    the chunk's row while the chunk waits for the recorder's lock - a cycle PostgreSQL breaks
+    by aborting one of them (the lookups of the group fail, or the chunk and its batches).
+    `ledger_transaction`'s promise for `before_lock` ("that no holder of the lock waits for")
+    does not hold. Before this change the chunk stored its snapshots under the lock, and the
+    two ran one after the other. Here the lookup is handed to a real Recorder right after the
+    chunk stored its snapshots, and the chunk goes on once the recorder waits."""
+    from service.evaluation.recorder import Recorder
+
     engine = postgres_only()
     policy = policies.get(SJR)
     batch_id = _start(engine, policies, SJR)
@@ -373,33 +395,30 @@ def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_dead
     document = build_document(rows, policy.fact_year(PERIOD))
     looked_up = prepare_record(evaluate(policy.compiled(PERIOD), document, today=TODAY), document,
                                Actor("api-viewer", "viewer"))
+    real_store, seen = getattr(partitions, "store_snapshots", None), {}
+    submitted: list[Any] = []
 
-    stored, locked = threading.Event(), threading.Event()
-    real_store, seen = partitions.store_snapshots, {}
+    with Recorder(engine) as recorder:
+        def store_then_look_up(conn: Any, snapshots: Any) -> None:
+            assert real_store is not None
+            real_store(conn, snapshots)
+            seen.update(snapshots)
+            if not submitted:   # the lookup's group commit, while this chunk waits to take the lock
+                submitted.append(recorder.submit([(policy, looked_up)]))
+                _until_a_row_lock_is_awaited(engine)
 
-    def store_then_wait(conn: Any, snapshots: Any) -> None:
-        real_store(conn, snapshots)
-        seen.update(snapshots)
-        stored.set()
-        locked.wait(30)          # the lookup's group commit takes the lock meanwhile
-
-    monkeypatch.setattr(partitions, "store_snapshots", store_then_wait)
-
-    def record_lookup() -> str:
-        assert stored.wait(30)
-        with ledger_transaction(engine) as conn:
-            locked.set()
-            assert _until_the_ledger_lock_is_awaited(engine), "the chunk waits for the lock"
-            write_records(conn, policy, [looked_up])
-        return "recorded"
-
-    outcomes: dict[str, object] = {}
-    threads = [_in_thread(outcomes, "chunk", lambda: run_partition_with(engine, evaluators, task,
-                                                                        stop=_chunks_then_stop(1))),
-               _in_thread(outcomes, "lookup", record_lookup)]
-    for thread in threads:
-        thread.join(90)
-    assert looked_up.facts_sha256 in seen, "the lookup stores the snapshot the chunk stores"
+        monkeypatch.setattr(partitions, "store_snapshots", store_then_look_up, raising=False)
+        outcomes: dict[str, object] = {}
+        _in_thread(outcomes, "chunk", lambda: run_partition_with(engine, evaluators, task,
+                                                                 stop=_chunks_then_stop(1))).join(90)
+        if not submitted:   # nothing stored before the lock: the lookup comes after the chunk
+            submitted.append(recorder.submit([(policy, looked_up)]))
+        try:
+            submitted[0].result(60)
+            outcomes["lookup"] = "recorded"
+        except Exception as exc:
+            outcomes["lookup"] = exc
+    assert not seen or looked_up.facts_sha256 in seen, "the lookup stores the snapshot the chunk stores"
     assert outcomes == {"chunk": CHUNK, "lookup": "recorded"}, outcomes
 
 
@@ -408,32 +427,41 @@ def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
     """FAILS (PostgreSQL): one of two chunks of unrelated batches aborts with DeadlockDetected.
 
     Two coordinators run two groups of the period over the same enterprises (two servers, or
-    a group created while the other runs): group 1 stacks stable-jobs-refund (fact year 2024)
+    a group created while the other runs): group 1 holds stable-jobs-refund (fact year 2024)
     before above-size-entry-reward (2025), group 2 little-giant (2025) before high-tech (2024).
-    Each chunk stores its snapshots in its own order before the lock, and holds them: 1 holds
-    the 2024 snapshots and wants the 2025 ones, 2 the other way round. The interleaving is
-    forced here by storing each half of the snapshots in its own statement with a barrier in
-    between (what one INSERT ... SELECT does row by row when the two run at the same moment).
-    Under the lock, as before this change, the two could not overlap."""
+    Each chunk stores its snapshots before the lock in the order of its batches and holds them:
+    1 holds the 2024 snapshots and wants the 2025 ones, 2 the other way round. To make the two
+    INSERTs overlap every time, both start at once and a trigger (test-only) makes each row
+    of facts_snapshot take 20 ms. Under the lock, as before this change, they could not overlap."""
     engine = postgres_only()
+    with engine.begin() as conn:
+        conn.execute(text("create function slow_snapshot() returns trigger language plpgsql as "
+                          "$$ begin perform pg_sleep(0.02); return new; end $$"))
+        conn.execute(text("create trigger slow_snapshot before insert on facts_snapshot "
+                          "for each row execute function slow_snapshot()"))
     settings = RunSettings(chunk_size=CHUNK, partitions=1)
     first = [_start(engine, policies, p) for p in (SJR, "above-size-entry-reward")]
     second = [_start(engine, policies, p) for p in (GIANT, "high-tech-reward")]
     evaluators_1, task_1 = _joint_task(engine, policies, first, "coord-1", settings)
     evaluators_2, task_2 = _joint_task(engine, policies, second, "coord-2", settings)
+    meet, real_read = threading.Barrier(2, timeout=30), partitions.read_chunk
+    years: dict[str, list[int]] = {}
 
-    meet, real_store = threading.Barrier(2, timeout=30), partitions.store_snapshots
-    orders: dict[str, list[int]] = {}
+    def read_then_meet(conn: Any, usccs: Sequence[str], fact_years: Sequence[int]) -> Any:
+        chunk = real_read(conn, usccs, fact_years)
+        meet.wait()   # both chunks decided at about the same time, then stored
+        return chunk
 
-    def store_in_halves(conn: Any, snapshots: Any) -> None:
-        items = list(snapshots.items())
-        halves = [dict(items[:len(items) // 2]), dict(items[len(items) // 2:])]
-        orders[threading.current_thread().name] = [orjson.loads(next(iter(h.values())))["fact_year"] for h in halves]
-        real_store(conn, halves[0])
-        meet.wait()
-        real_store(conn, halves[1])
+    monkeypatch.setattr(partitions, "read_chunk", read_then_meet)
+    real_prepare = partitions.prepare_decision
 
-    monkeypatch.setattr(partitions, "store_snapshots", store_in_halves)
+    def noting_years(decision: Any, *args: Any, **kwargs: Any) -> Any:
+        years.setdefault(threading.current_thread().name, [])
+        if decision.fact_year not in years[threading.current_thread().name]:
+            years[threading.current_thread().name].append(decision.fact_year)
+        return real_prepare(decision, *args, **kwargs)
+
+    monkeypatch.setattr(partitions, "prepare_decision", noting_years)
     outcomes: dict[str, object] = {}
     threads = [_in_thread(outcomes, "group-1", lambda: run_partition_with(engine, evaluators_1, task_1,
                                                                           stop=_chunks_then_stop(1))),
@@ -441,8 +469,7 @@ def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
                                                                           stop=_chunks_then_stop(1)))]
     for thread in threads:
         thread.join(90)
-    assert orders == {"group-1": [PERIOD - 1, PERIOD], "group-2": [PERIOD, PERIOD - 1]}, orders
-    assert outcomes == {"group-1": CHUNK, "group-2": CHUNK}, outcomes
+    assert outcomes == {"group-1": CHUNK, "group-2": CHUNK}, (outcomes, years)
 
 
 @pytest.mark.parametrize("copies", [2])
