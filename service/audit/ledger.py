@@ -13,7 +13,7 @@ Usage::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,34 +149,23 @@ def entry_hash(seq: int, kind: str, payload_sha256: str, prev_hash: str, recorde
 
 
 @contextmanager
-def ledger_transaction(engine: Engine, *, before_lock: Callable[[Connection], None] | None = None
-                       ) -> Iterator[Connection]:
+def ledger_transaction(engine: Engine) -> Iterator[Connection]:
     """A connection in a transaction that already holds the chain-head lock; commits on exit.
 
     SQLite: the transaction starts with `BEGIN IMMEDIATE` (the write lock is taken before any
     read, so the head cannot go stale). PostgreSQL: `pg_advisory_xact_lock` on a constant key,
     released at commit or rollback; use the default READ COMMITTED isolation so the head read
-    after the lock sees the previous writer's commit. Rolls back if the block raises.
-
-    `before_lock` writes, in the same transaction, what needs no chain head and that no holder of
-    the lock waits for (new content-addressed rows inserted ON CONFLICT DO NOTHING): on
-    PostgreSQL before the lock is taken, so that concurrent writers overlap in it.
+    after the lock sees the previous writer's commit. Rolls back if the block raises. Write
+    nothing before the lock in such a transaction: a row it holds uncommitted while waiting for
+    the lock may be one the lock's holder waits for.
     """
     with engine.connect() as conn:
-        try:
-            if _dialect(conn) == "sqlite":
-                # pysqlite (legacy transaction control) passes an explicit BEGIN through and then
-                # leaves the transaction to commit()/rollback(), which SQLAlchemy calls as usual.
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-                if before_lock is not None:
-                    before_lock(conn)
-            else:
-                if before_lock is not None:
-                    before_lock(conn)
-                _lock_chain_head(conn)
-        except BaseException:
-            conn.rollback()
-            raise
+        if _dialect(conn) == "sqlite":
+            # pysqlite (legacy transaction control) passes an explicit BEGIN through and then
+            # leaves the transaction to commit()/rollback(), which SQLAlchemy calls as usual.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            _lock_chain_head(conn)
         try:
             yield conn
         except BaseException:

@@ -28,7 +28,6 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from functools import partial
 from typing import Any
 
 import orjson
@@ -38,7 +37,6 @@ from sqlalchemy.engine import Connection, Engine
 from enterprise_registry.models import Enterprise
 from rules.evaluator import ELIGIBLE
 from rules.loader import LoadedPolicy, load_policy_text
-from service.audit.bulk import store_snapshots
 from service.audit.decision import Decision
 from service.audit.ledger import ledger_transaction
 from service.audit.records import Actor, PreparedRecord, prepare_decision, write_records
@@ -196,11 +194,11 @@ def run_partition_with(engine: Engine, evaluators: Sequence[ChunkEvaluator], tas
                     _advance(conn, task, batch.batch_id, part.cursor, part.cursor, done=True)
             return evaluated
         outcomes = evaluate_together(engine, evaluators, usccs)
-        snapshots = {p.facts_sha256: p.facts_json for o in outcomes for records in o.records.values() for p in records}
-        # The chunk's facts snapshots (shared by its batches) are stored before the ledger lock
-        # is taken: the largest write of a chunk, overlapping between workers.
-        with ledger_transaction(engine, before_lock=partial(store_snapshots, snapshots=snapshots)) as conn:
-            stored = set(snapshots)
+        # Everything under the ledger lock, snapshots included: stored before the lock, a chunk's
+        # uncommitted snapshot rows made a lookup (holding the lock, storing the same snapshot)
+        # and the chunk wait for each other (tests/integration/test_review_together.py).
+        with ledger_transaction(engine) as conn:
+            stored: set[str] = set()   # facts snapshots the batches share, stored once
             for evaluator, outcome in zip(evaluators, outcomes):
                 _advance(conn, task, evaluator.batch_id, part.cursor, usccs[-1], done=False, outcome=outcome)
                 outcome.write(conn, evaluator, stored)

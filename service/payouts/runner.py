@@ -56,7 +56,8 @@ from service.payouts.seals import MoneyEvent, seal_batch_lines, unsealed
 from service.payouts.states import BatchState, LineState
 from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate, payout_partition
 
-__all__ = ["BatchWorkers", "LeaseLostError", "RunSettings", "claim", "claimable", "create_batch", "create_batches",
+__all__ = ["BatchWorkers", "LeaseLostError", "RunSettings", "claim", "claimable", "claimable_groups", "create_batch",
+           "create_batches",
            "new_worker_id", "release", "run_batch", "run_batches", "together"]
 
 log = logging.getLogger("benefits.payouts")
@@ -79,27 +80,42 @@ def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *
                 pool: PartitionPool | None = None) -> list[str]:
     """Run RUNNING batches to DRAFT, together where they can be (`together`); the ids of those
     that reached DRAFT. A batch another worker holds is left alone; when `stop` is set, every
-    batch not yet DRAFT is given back."""
+    batch not yet DRAFT is given back. A group that fails does not hold up the others: they run,
+    and then the first failure is raised (its batches are not given back: they are retried when
+    their lease runs out, not at once and again)."""
     claimed = [batch_id for batch_id in batch_ids if claim(engine, batch_id, worker, settings.lease_seconds)]
-    if not claimed:
-        return []
-    runs = [_Run.load(engine, policies, batch_id, worker, settings) for batch_id in claimed]
+    runs: list[_Run] = []
+    failures: list[tuple[list[str], Exception]] = []
+    for batch_id in claimed:
+        try:
+            runs.append(_Run.load(engine, policies, batch_id, worker, settings))
+        except Exception as exc:   # its rule text no longer loads, say
+            failures.append(([batch_id], exc))
     finished: list[str] = []
-    for group in together(engine, runs, settings):
+    failed: set[str] = set()
+    for group in together(engine, runs, settings) if runs else []:
+        if stop is not None and stop.is_set():
+            break
         try:
             if not _run_partitions(group, stop, pool):
                 break
+            for run in group:  # in the order of creation: a conflict group's later batch sees the earlier's grants
+                try:
+                    run.finish()
+                    finished.append(run.batch_id)
+                except LeaseLostError:
+                    log.warning("batch %s: lease lost to another worker; it continues the batch", run.batch_id)
         except LeaseLostError as lost:
             log.warning("lease lost (%s): the batches continue with their new worker or on the next scan", lost)
-            _release(engine, group, worker)
-            continue
-        for run in group:  # in the order they were created: a conflict group's later batch sees the earlier's grants
-            try:
-                run.finish()
-                finished.append(run.batch_id)
-            except LeaseLostError:
-                log.warning("batch %s: lease lost to another worker; it continues the batch", run.batch_id)
-    _release(engine, [run for run in runs if run.batch_id not in finished], worker)
+        except Exception as exc:
+            failures.append(([run.batch_id for run in group], exc))
+            failed.update(run.batch_id for run in group if run.batch_id not in finished)
+    _release(engine, [run for run in runs if run.batch_id not in finished and run.batch_id not in failed], worker)
+    for batch_ids_failed, exc in failures[1:]:
+        log.error("batch %s failed; it will be retried: %s", ", ".join(batch_ids_failed), error_text(exc),
+                  exc_info=redacted(exc))
+    if failures:
+        raise failures[0][1]
     return finished
 
 
@@ -212,11 +228,21 @@ def _release(engine: Engine, runs: Sequence[_Run], worker: str) -> None:
 
 def claimable(engine: Engine) -> list[str]:
     """RUNNING batches that nobody holds: new ones, and those of a worker that died."""
+    return [batch_id for group in claimable_groups(engine) for batch_id in group]
+
+
+def claimable_groups(engine: Engine) -> list[list[str]]:
+    """RUNNING batches that nobody holds (new ones, and those of a worker that died), by period
+    and evaluation date: the batches that may run together; oldest first."""
     with engine.connect() as conn:
-        return list(conn.execute(select(payout_batch.c.batch_id).where(
+        rows = conn.execute(select(payout_batch.c.batch_id, payout_batch.c.period, payout_batch.c.evaluated_on).where(
             payout_batch.c.state == BatchState.RUNNING,
             or_(payout_batch.c.worker.is_(None), payout_batch.c.lease_until < now_ms()))
-            .order_by(payout_batch.c.created_at)).scalars())
+            .order_by(payout_batch.c.created_at)).all()
+    groups: dict[tuple[int, str], list[str]] = {}
+    for row in rows:
+        groups.setdefault((row.period, row.evaluated_on), []).append(row.batch_id)
+    return list(groups.values())
 
 
 class _Run:
@@ -474,19 +500,18 @@ class BatchWorkers:
             self._wake.clear()
 
     def _scan(self) -> None:
-        # Every batch found waiting runs in one thread, so a period's batches created together
-        # run together (`run_batches`).
-        with self._lock:
-            if len(set(self._active.values())) >= self.max_parallel:
-                return
-        waiting = [batch_id for batch_id in claimable(self.engine) if batch_id not in self._active]
-        if not waiting:
-            return
-        thread = threading.Thread(target=self._run, args=(waiting,), name=f"batch-{waiting[0]}", daemon=True)
-        with self._lock:
-            for batch_id in waiting:
-                self._active[batch_id] = thread
-        thread.start()
+        # The batches found waiting, one thread per period and evaluation date (those may run
+        # together: `run_batches`), up to `max_parallel` threads.
+        for batch_ids in claimable_groups(self.engine):
+            with self._lock:
+                waiting = [batch_id for batch_id in batch_ids if batch_id not in self._active]
+                if not waiting or len(set(self._active.values())) >= self.max_parallel:
+                    continue
+                thread = threading.Thread(target=self._run, args=(waiting,), name=f"batch-{waiting[0]}",
+                                          daemon=True)
+                for batch_id in waiting:
+                    self._active[batch_id] = thread
+            thread.start()
 
     def _run(self, batch_ids: Sequence[str]) -> None:
         try:

@@ -844,8 +844,8 @@ def test_giving_a_batch_back_while_one_of_its_chunks_commits_does_not_deadlock(
     real_transaction = partitions.ledger_transaction
 
     @contextlib.contextmanager
-    def pausing_transaction(engine: Engine, **options: Any) -> Any:
-        with real_transaction(engine, **options) as conn:
+    def pausing_transaction(engine: Engine) -> Any:
+        with real_transaction(engine) as conn:
             def pause() -> None:
                 holding.set()
                 _until_a_partition_update_waits(registry)

@@ -8,7 +8,9 @@ reference evaluator (`rules.evaluator.evaluate` over `service.facts_documents` d
 awards stacked by hand (就高不重复: the group pays its highest award once), and budgets with
 shares computed by hand. Pages and chunks are made tiny so that every boundary is crossed.
 
-Tests marked "FAILS" show a bug of the reviewed change; they are left failing on purpose:
+Tests marked "FAILED" showed a bug of the reviewed change, since fixed (snapshots are stored
+under the lock again; one failing group no longer holds up the others, and BatchWorkers runs
+each period and date in a thread of its own):
 - test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_deadlock and
   test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock (PostgreSQL):
   snapshots stored before the chain-head lock (`before_lock`) deadlock with a lock holder or a
@@ -368,7 +370,7 @@ def _until_a_row_lock_is_awaited(engine: Engine) -> bool:
 
 def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_deadlock(
         postgres_only: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
-    """FAILS (PostgreSQL): a deadlock (psycopg DeadlockDetected) where both should commit.
+    """FAILED before the fix (PostgreSQL): a deadlock (psycopg DeadlockDetected) where both should commit.
 
     A chunk stores its facts snapshots before it takes the chain-head lock
     (`partitions.run_partition_with`: `ledger_transaction(before_lock=store_snapshots)`) and
@@ -424,7 +426,7 @@ def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_dead
 
 def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
         postgres_only: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
-    """FAILS (PostgreSQL): one of two chunks of unrelated batches aborts with DeadlockDetected.
+    """FAILED before the fix (PostgreSQL): one of two chunks of unrelated batches aborts with DeadlockDetected.
 
     Two coordinators run two groups of the period over the same enterprises (two servers, or
     a group created while the other runs): group 1 holds stable-jobs-refund (fact year 2024)
@@ -541,7 +543,7 @@ def test_batch_workers_run_waiting_batches_of_different_periods_each_as_it_would
 
 def test_a_batch_that_fails_does_not_hold_up_the_other_batches_waiting_with_it(
         databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
-    """FAILS: the healthy batch of 2025 never reaches DRAFT while a batch of 2024 fails.
+    """FAILED before the fix: the healthy batch of 2025 never reaches DRAFT while a batch of 2024 fails.
 
     `BatchWorkers._scan` now runs every batch it finds waiting in ONE thread (`run_batches`),
     and `run_batches` runs the groups one after the other without catching anything but

@@ -162,52 +162,6 @@ def test_append_in_a_plain_transaction_takes_the_lock_itself(ledger: Engine) -> 
 # ------------------------------------------------------------------------------------------- concurrency
 
 
-def test_what_a_transaction_writes_before_the_lock_does_not_wait_for_the_lock_holder(db_url: str) -> None:
-    """PostgreSQL: `before_lock` runs while another transaction holds the chain head, and its
-    writes commit with the transaction (or roll back with it). SQLite has one writer: it runs
-    after BEGIN IMMEDIATE."""
-    engine = make_engine(db_url, pool_size=4, max_overflow=0)
-    postgres = engine.dialect.name == "postgresql"
-    try:
-        create_ledger_schema(engine)
-        with engine.begin() as conn:
-            conn.execute(text("create table side (k text primary key)"))
-        ran_while_held: list[bool] = []
-        holder_in, holder_out = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with ledger_transaction(engine) as conn:
-                append(conn, "evaluation", {"holder": True})
-                holder_in.set()
-                holder_out.wait(30)
-
-        def side_write(conn: Connection) -> None:
-            conn.execute(text("insert into side values ('early')"))
-            ran_while_held.append(not holder_out.is_set())
-            holder_out.set()   # only now may the holder commit
-
-        if postgres:
-            holder = threading.Thread(target=hold)
-            holder.start()
-            assert holder_in.wait(30)
-        with ledger_transaction(engine, before_lock=side_write) as conn:
-            append(conn, "evaluation", {"second": True})
-        if postgres:
-            holder.join(30)
-            assert ran_while_held == [True], "before_lock waited for the lock holder"
-
-        def doomed_write(conn: Connection) -> None:
-            conn.execute(text("insert into side values ('rolled back')"))
-
-        with pytest.raises(RuntimeError), ledger_transaction(engine, before_lock=doomed_write):
-            raise RuntimeError("the block fails")
-        with engine.connect() as conn:
-            assert conn.execute(text("select k from side")).scalars().all() == ["early"]
-        assert check(engine).valid
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize("via", ["ledger_transaction", "plain_transaction"])
 def test_32_concurrent_writers_never_fork_or_break_the_chain(db_url: str, via: str) -> None:
     engine = make_engine(db_url, pool_size=32, max_overflow=0)

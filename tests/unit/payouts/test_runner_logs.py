@@ -48,10 +48,10 @@ def test_a_failed_scan_is_logged_without_the_row(db_engine: Engine, monkeypatch:
                                                  caplog: pytest.LogCaptureFixture) -> None:
     failure = _database_error(db_engine)
 
-    def fail(_engine: Engine) -> list[str]:
+    def fail(_engine: Engine) -> list[list[str]]:
         raise failure
 
-    monkeypatch.setattr(runner, "claimable", fail)
+    monkeypatch.setattr(runner, "claimable_groups", fail)
     workers = runner.BatchWorkers(db_engine, lambda: PolicySet([], "none"))
     with caplog.at_level(logging.ERROR, logger="benefits.payouts"):
         workers.start()
