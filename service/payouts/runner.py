@@ -94,8 +94,6 @@ def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *
     finished: list[str] = []
     failed: set[str] = set()
     for group in together(engine, runs, settings) if runs else []:
-        if stop is not None and stop.is_set():
-            break
         try:
             if not _run_partitions(group, stop, pool):
                 break
