@@ -55,8 +55,11 @@ log = logging.getLogger("benefits.lookups")
 _COMPARED = tuple(name for name in DECISION_FIELDS if name != "engine")
 # Which (facts, rule text) pairs have any record on a day: one probe of the reuse index for a
 # whole chunk, so that `find_recorded` (which vouches for a record) runs only where one exists.
+# By the enterprises first: that is the records' index (`ix_evaluation_record_enterprise`); by
+# the facts alone the query read every record (1 lookup/s at 1,000,000 enterprises).
 _RECORDED_PAIRS = (select(evaluation_record.c.facts_sha256, evaluation_record.c.rule_sha256)
-                   .where(evaluation_record.c.facts_sha256.in_(bindparam("facts", expanding=True)),
+                   .where(evaluation_record.c.uscc.in_(bindparam("usccs", expanding=True)),
+                          evaluation_record.c.facts_sha256.in_(bindparam("facts", expanding=True)),
                           evaluation_record.c.evaluated_on == bindparam("evaluated_on")))
 
 
@@ -227,7 +230,8 @@ class Lookups:
             return {}
         evaluated_on = today.isoformat()
         pairs = {(facts, rule) for facts, rule in conn.execute(
-            _RECORDED_PAIRS, {"facts": sorted(set(keys.values())), "evaluated_on": evaluated_on})}
+            _RECORDED_PAIRS, {"usccs": sorted({uscc for uscc, _ in keys}), "facts": sorted(set(keys.values())),
+                              "evaluated_on": evaluated_on})}
         found: dict[str, dict[str, Mapping[str, Any]]] = defaultdict(dict)
         for (uscc, policy_id), facts_sha256 in keys.items():
             rule_sha256 = wanted[policy_id].sha256
