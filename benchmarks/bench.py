@@ -214,16 +214,32 @@ def check_work(url: str, n: int, batches: list[tuple[str, str, float]]) -> dict[
             recorded = {policy_id: int(conn.execute(select(func.count(func.distinct(evaluation_record.c.uscc))).where(
                 evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == policy_id)).scalar_one())
                 for policy_id, batch_id, _ in batches}
-            ids = list(conn.execute(select(evaluation_record.c.evaluation_id)).scalars())
+            sample = _sample_of_records(conn, REPLAY_SAMPLE)
         with read_snapshot(engine) as conn:
             verdict = verify_audit_log(conn)
-        sample = random.Random(SEED).sample(ids, min(REPLAY_SAMPLE, len(ids)))
         replayed = [replay(engine, evaluation_id, CATALOGUE) for evaluation_id in sample]
     finally:
         engine.dispose()
     return {"records_per_policy": recorded, "records_ok": all(v == n for v in recorded.values()),
             "audit_valid": verdict.valid, "audit_detail": verdict.detail,
             "replayed": len(replayed), "replay_identical": all(r is not None and r.identical for r in replayed)}
+
+
+def _sample_of_records(conn: Any, size: int) -> list[str]:
+    """Random records by their place in the ledger (a chunk's entry, a leaf of it), without
+    holding every id of millions in memory."""
+    from sqlalchemy import func, select
+
+    from service.audit.records import evaluation_record
+
+    chunks = conn.execute(select(evaluation_record.c.ledger_seq, func.count())
+                          .group_by(evaluation_record.c.ledger_seq)).all()
+    rng = random.Random(SEED)
+    places = {(seq, rng.randrange(count)) for seq, count in rng.choices(chunks, weights=[c for _, c in chunks],
+                                                                            k=size)} if chunks else set()
+    return [conn.execute(select(evaluation_record.c.evaluation_id).where(
+        evaluation_record.c.ledger_seq == seq, evaluation_record.c.leaf_index == index)).scalar_one()
+        for seq, index in sorted(places)]
 
 
 # ---------------------------------------------------------------------------------------------
