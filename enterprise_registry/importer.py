@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.dml import ReturningInsert
 
 from enterprise_registry import uscc as uscc_codes
+from enterprise_registry.db import refresh_statistics
 from enterprise_registry.errors import ImportRejectedError, RecordError, RecordValidationError
 from enterprise_registry.models import key_columns, table_for, to_row
 from enterprise_registry.records import KEY_FIELDS, Record, parse_record, record_key
@@ -211,6 +212,7 @@ def _load(items: Iterable[tuple[int, object]], engine: Engine, origin: str,
             # Raised inside the transaction block: everything written so far is rolled back.
             raise ImportRejectedError(checker.errors, checker.error_count)
         writer.flush()
+    refresh_statistics(engine)   # a bulk load is what leaves the planner's estimates stale
     return LoadReport(
         records=sum(by_kind.values()),
         by_kind=by_kind,

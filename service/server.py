@@ -27,7 +27,7 @@ from benefits.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from enterprise_registry.db import create_schema, make_engine
+from enterprise_registry.db import create_schema, make_engine, refresh_statistics
 from rules.loader import PolicyStore
 from service.api.auth import AuthTable
 from service.api.servicers import (
@@ -179,6 +179,7 @@ def create_server(config: ServeConfig) -> RunningServer:
     engine = make_engine(config.db_url)
     create_schema(engine)
     create_payout_schema(engine)  # the audit trail's tables included
+    refresh_statistics(engine)  # a registry loaded or restored outside the service
     signatures.sign_with(engine, key)  # every money event this server writes is signed with the ledger key
     with ledger_transaction(engine) as conn:  # every loaded policy version, by hash
         for policy in policies.current:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 
 from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.clock import Clock
+from enterprise_registry.db import refresh_statistics
 from enterprise_registry.importer import RecordChecker, store_records
 from enterprise_registry.models import MODEL_BY_KIND
 from rules.loader import PolicyStore
@@ -145,6 +146,7 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
                 stored, stale = _store(self.engine, pending, stored, stale)
                 pending = []
         stored, stale = _store(self.engine, pending, stored, stale)
+        refresh_statistics(self.engine)
         return registry_service_pb2.ImportFactsResponse(
             received_count=received, stored_count=stored, stale_count=stale,
             rejects=[registry_service_pb2.RecordReject(record_index=e.line, field=e.field or "",

@@ -24,7 +24,7 @@ import orjson
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 
-from enterprise_registry.db import error_text, redacted
+from enterprise_registry.db import error_text, redacted, refresh_statistics
 from rules.evaluator import ELIGIBLE
 from rules.loader import LoadedPolicy, PolicySet, load_policy_text
 from service.audit.ledger import ledger_transaction
@@ -95,8 +95,10 @@ def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *
     failed: set[str] = set()
     for group in together(engine, runs, settings) if runs else []:
         try:
+            refresh_statistics(engine)   # the records and grants of the groups before
             if not _run_partitions(group, stop, pool):
                 break
+            refresh_statistics(engine)   # the end reads this group's records back
             for run in group:  # in the order of creation: a conflict group's later batch sees the earlier's grants
                 try:
                     run.finish()
