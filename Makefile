@@ -25,7 +25,7 @@ REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check-rules test test-slow test-unit test-integration test-policies bench lint clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check-rules test test-slow test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -141,6 +141,11 @@ bench-snapshots: install  ## facts snapshots/s of a chunk's enterprises, fact ye
 
 bench-money: install  ## sealing the money path: DRAFT, approve, results and verification vs unsealed writes
 	$(BIN)/python benchmarks/bench_money_events.py --lines 100000
+
+bench-profile: install  ## make bench under py-spy (all processes, busy samples) into var/bench-profile.txt; split it with benchmarks/profile_tree.py
+	$(BIN)/py-spy record --subprocesses --rate 40 --format raw --output var/bench-profile.txt -- \
+	  $(BIN)/python benchmarks/bench.py --n $(N) --db $(if $(findstring postgres,$(DB)),postgresql,sqlite) --workers $(WORKERS)
+	$(BIN)/python benchmarks/profile_tree.py var/bench-profile.txt run_partition_with --depth 2
 
 bench-api: install  ## ExplainEligibility calls/s and p50/p99 at 1, 8, 32 clients vs a trivial RPC
 	$(BIN)/python benchmarks/bench_api.py --count $(BENCH_COUNT)
