@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -56,9 +57,8 @@ from service.payouts.seals import MoneyEvent, seal_batch_lines, unsealed
 from service.payouts.states import BatchState, LineState
 from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate, payout_partition
 
-__all__ = ["BatchWorkers", "LeaseLostError", "RunSettings", "claim", "claimable", "claimable_groups", "create_batch",
-           "create_batches",
-           "new_worker_id", "release", "run_batch", "run_batches", "together"]
+__all__ = ["BatchWorkers", "LeaseLostError", "RunGroup", "RunSettings", "claim", "claimable", "claimable_groups",
+           "create_batch", "create_batches", "new_worker_id", "release", "run_batch", "run_batches", "together"]
 
 log = logging.getLogger("benefits.payouts")
 
@@ -99,7 +99,7 @@ def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *
             if not _run_partitions(group, stop, pool):
                 break
             refresh_statistics(engine)   # the end reads this group's records back
-            for run in group:  # in the order of creation: a conflict group's later batch sees the earlier's grants
+            for run in group.runs:  # in the order of creation: a conflict group's later batch sees the earlier's grants
                 try:
                     run.finish()
                     finished.append(run.batch_id)
@@ -108,8 +108,8 @@ def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *
         except LeaseLostError as lost:
             log.warning("lease lost (%s): the batches continue with their new worker or on the next scan", lost)
         except Exception as exc:
-            failures.append(([run.batch_id for run in group], exc))
-            failed.update(run.batch_id for run in group if run.batch_id not in finished)
+            failures.append(([run.batch_id for run in group.runs], exc))
+            failed.update(run.batch_id for run in group.runs if run.batch_id not in finished)
     _release(engine, [run for run in runs if run.batch_id not in finished and run.batch_id not in failed], worker)
     for batch_ids_failed, exc in failures[1:]:
         log.error("batch %s failed; it will be retried: %s", ", ".join(batch_ids_failed), error_text(exc),
@@ -119,23 +119,30 @@ def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *
     return finished
 
 
-def together(engine: Engine, runs: Sequence[_Run], settings: RunSettings) -> list[list[_Run]]:
-    """The batches in groups that run together, each in the order of creation: the same period
-    and evaluation date, partitions laid out alike (so made when they start together) and one
-    rule text per policy among them and their rivals."""
+@dataclass
+class RunGroup:
+    """Batches that run together, in the order of creation, and the partitions they share (one
+    layout: each batch has its own rows, with the same ranges, cursors and ends)."""
+    runs: list[_Run]
+    partitions: list[Any]
+
+
+def together(engine: Engine, runs: Sequence[_Run], settings: RunSettings) -> list[RunGroup]:
+    """The batches in groups that run together: the same period and evaluation date, partitions
+    laid out alike (so made when they start together) and one rule text per policy among them and
+    their rivals."""
     count = settings.partitions or settings.workers
     partitions = ensure_partitions(engine, [run.batch_id for run in runs], count)
-    groups: list[list[_Run]] = []
+    groups: list[RunGroup] = []
     keys: list[tuple[Any, ...]] = []
     for run in sorted(runs, key=lambda r: (r.row.created_at, r.batch_id)):
-        run.partitions = partitions[run.batch_id]
-        key = (run.period, run.evaluator.today, layout(run.partitions))
-        home = next((g for g, k in zip(groups, keys) if k == key and _one_text_each([*g, run])), None)
+        key = (run.period, run.evaluator.today, layout(partitions[run.batch_id]))
+        home = next((g for g, k in zip(groups, keys) if k == key and _one_text_each([*g.runs, run])), None)
         if home is None:
-            groups.append([run])
+            groups.append(RunGroup([run], partitions[run.batch_id]))
             keys.append(key)
         else:
-            home.append(run)
+            home.runs.append(run)
     return groups
 
 
@@ -147,19 +154,19 @@ def _one_text_each(runs: Sequence[_Run]) -> bool:
     return True
 
 
-def _run_partitions(group: Sequence[_Run], stop: threading.Event | None, pool: PartitionPool | None) -> bool:
+def _run_partitions(group: RunGroup, stop: threading.Event | None, pool: PartitionPool | None) -> bool:
     """Every partition of the group's batches to its end; False when stopped first."""
-    first = group[0]
+    first = group.runs[0]
     settings, engine = first.settings, first.engine
     url = engine.url.render_as_string(hide_password=False)
-    batches = tuple(run.batch_task() for run in group)
-    tasks = [PartitionTask(url, batches, p.partition_no, first.worker, settings) for p in first.partitions
+    batches = tuple(run.batch_task() for run in group.runs)
+    tasks = [PartitionTask(url, batches, p.partition_no, first.worker, settings) for p in group.partitions
              if not p.done]
     stopped = stop.is_set if stop is not None else (lambda: False)
-    names = ", ".join(run.batch_id for run in group)
+    names = ", ".join(run.batch_id for run in group.runs)
     if pool is None and settings.workers <= 1:
         for task in tasks:
-            run_partition_with(engine, [run.evaluator for run in group], task, stop=stopped)
+            run_partition_with(engine, [run.evaluator for run in group.runs], task, stop=stopped)
             if stopped():
                 return False
         return True
@@ -167,7 +174,7 @@ def _run_partitions(group: Sequence[_Run], stop: threading.Event | None, pool: P
         pool = shared_process_pool(settings.workers)
 
     def heartbeat() -> None:
-        for run in group:
+        for run in group.runs:
             run.renew_lease()
 
     results = pool.run(tasks, heartbeat=heartbeat, stopped=stopped, interval=max(settings.lease_seconds / 3, 0.2))
@@ -256,7 +263,6 @@ class _Run:
         self.batch_id: str = row.batch_id
         self.period: int = row.period
         self.actor = evaluator.actor
-        self.partitions: list[Any] = []   # set by `together`
 
     @classmethod
     def load(cls, engine: Engine, policies: PolicySet, batch_id: str, worker: str,

@@ -209,7 +209,7 @@ def test_batches_of_different_evaluation_dates_run_apart_and_each_as_it_would_al
     worker = new_worker_id()
     settings = RunSettings(chunk_size=25)
     runs = [_Run.load(engine, policies, b.batch_id, worker, settings) for b in (earlier, later)]
-    assert [[r.batch_id for r in group] for group in together(engine, runs, settings)] == \
+    assert [[r.batch_id for r in group.runs] for group in together(engine, runs, settings)] == \
         [[earlier.batch_id], [later.batch_id]]
     assert sorted(run_batches(engine, policies, [earlier.batch_id, later.batch_id], worker=worker,
                               settings=settings)) == sorted([earlier.batch_id, later.batch_id])

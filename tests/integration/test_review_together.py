@@ -722,7 +722,7 @@ def test_batches_whose_pinned_rival_text_differs_run_apart_in_one_call_and_each_
     giant, sjr = _start(engine, policies, GIANT), _start(engine, policies, SJR)
     champion = _start(engine, reloaded, CHAMPION)
     runs = [runner._Run.load(engine, reloaded, b, "coord", settings) for b in (giant, champion, sjr)]
-    assert [[r.batch_id for r in g] for g in runner.together(engine, runs, settings)] == [[giant, sjr], [champion]]
+    assert [[r.batch_id for r in g.runs] for g in runner.together(engine, runs, settings)] == [[giant, sjr], [champion]]
     assert sorted(run_batches(engine, reloaded, [giant, champion, sjr], worker="coord", settings=settings)) == \
         sorted([giant, champion, sjr])
     got = {get_batch(engine, b).policy_id: _outcome(engine, b) for b in (giant, champion, sjr)}
