@@ -29,6 +29,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_engine() -> Iterator[Engine]:
+    """An engine on a private PostgreSQL schema holding the registry's tables (PostgreSQL-only tests)."""
+    with private_schema() as url:
+        engine = make_engine(url)
+        create_schema(engine)
+        yield engine
+        engine.dispose()
+
+
+@pytest.fixture
 def db_engine(db_url: str) -> Iterator[Engine]:
     """An engine with the schema created, on each database in turn."""
     engine = make_engine(db_url)

@@ -8,14 +8,12 @@ an explicit ANALYZE sets, so they hold whether or not autovacuum runs on the ser
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from testing_databases import private_schema
 
 from enterprise_registry.db import create_schema, make_engine, refresh_statistics
 from enterprise_registry.importer import load_records
@@ -29,13 +27,9 @@ ENTERPRISES, SEED = 300, 11
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    with private_schema() as url:
-        engine = make_engine(url)
-        create_schema(engine)
-        create_payout_schema(engine)
-        yield engine
-        engine.dispose()
+def engine(pg_engine: Engine) -> Engine:
+    create_payout_schema(pg_engine)
+    return pg_engine
 
 
 def _analysed(engine: Engine) -> dict[str, Any]:

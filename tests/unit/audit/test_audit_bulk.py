@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from records_testkit import policy, prepared, write_chunk
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from testing_databases import private_schema
 
-from enterprise_registry.db import create_schema, make_engine
 from rules.loader import LoadedPolicy
 from service.audit import bulk
 from service.audit.ledger import ledger_transaction
@@ -23,13 +20,9 @@ __all__ = ["policy"]   # fixture
 
 
 @pytest.fixture
-def pg_engine() -> Iterator[Engine]:
-    with private_schema() as url:
-        engine = make_engine(url)
-        create_schema(engine)
-        create_audit_schema(engine)
-        yield engine
-        engine.dispose()
+def pg_engine(pg_engine: Engine) -> Engine:
+    create_audit_schema(pg_engine)
+    return pg_engine
 
 
 @pytest.fixture
