@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,15 @@ from benefits.v1 import (
 )
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy.engine import Engine
+from testing_databases import private_schema
 
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
 from enterprise_registry.records import DEPARTMENTS
 from enterprise_registry.uscc import make
 from service.config import ServeConfig
+from service.payouts.batches import create_payout_schema
 from service.server import RunningServer, create_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -305,6 +308,34 @@ def load_registry(db_url: str, records: list[dict[str, object]]) -> None:
         load_records(records, engine)
     finally:
         engine.dispose()
+
+
+@contextmanager
+def database_factory(kind: str, folder: Path, records: list[dict[str, object]]) -> Iterator[Callable[[], Engine]]:
+    """A factory of fresh databases of `kind` ("sqlite" files in `folder`, or private "postgresql"
+    schemas), each holding `records` and the payout tables; all disposed of afterwards."""
+    engines: list[Engine] = []
+    schemas: list[AbstractContextManager[str]] = []
+
+    def new() -> Engine:
+        if kind == "sqlite":
+            url = f"sqlite:///{folder / f'db{len(engines)}.db'}"
+        else:
+            schemas.append(private_schema())
+            url = schemas[-1].__enter__()
+        load_registry(url, records)
+        engine = make_engine(url)
+        create_payout_schema(engine)
+        engines.append(engine)
+        return engine
+
+    try:
+        yield new
+    finally:
+        for engine in engines:
+            engine.dispose()
+        for schema in schemas:
+            schema.__exit__(None, None, None)
 
 
 @contextmanager

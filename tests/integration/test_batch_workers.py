@@ -8,23 +8,21 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fixtures import load_registry
+from api_fixtures import database_factory
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from testing_databases import private_schema
 
-from enterprise_registry.db import make_engine
 from enterprise_registry.synthetic import generate
 from service.audit.records import Actor, evaluation_record, verify_records
 from service.cli import DEFAULT_RULES, _policies
 from service.payouts import partitions
-from service.payouts.batches import create_payout_schema, get_batch, lines_of, start_batch
+from service.payouts.batches import get_batch, lines_of, start_batch
 from service.payouts.pools import DaskPool, PartitionPool, ProcessPool
 from service.payouts.runner import (
     RunSettings,
@@ -48,27 +46,8 @@ OPERATOR = Actor("operator-1", "finance_operator")
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Engine]]:
     """A factory of databases, each holding the same synthetic registry."""
-    records = list(generate(ENTERPRISES, seed=SEED))
-    engines: list[Engine] = []
-    schemas: list[AbstractContextManager[str]] = []
-
-    def new() -> Engine:
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path / f'db{len(engines)}.db'}"
-        else:
-            schemas.append(private_schema())
-            url = schemas[-1].__enter__()
-        load_registry(url, records)
-        engine = make_engine(url)
-        create_payout_schema(engine)
-        engines.append(engine)
-        return engine
-
-    yield new
-    for engine in engines:
-        engine.dispose()
-    for schema in schemas:
-        schema.__exit__(None, None, None)
+    with database_factory(request.param, tmp_path, list(generate(ENTERPRISES, seed=SEED))) as new:
+        yield new
 
 
 def _run(engine: Engine, settings: RunSettings, pool: PartitionPool | None = None) -> str:

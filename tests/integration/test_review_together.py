@@ -24,19 +24,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from api_fixtures import load_registry
+from api_fixtures import database_factory
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
-from testing_databases import private_schema
 
-from enterprise_registry.db import make_engine
 from enterprise_registry.importer import load_records
 from enterprise_registry.models import Enterprise
 from enterprise_registry.synthetic import generate
@@ -107,27 +104,9 @@ def policies() -> PolicySet:
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def databases(request: pytest.FixtureRequest, tmp_path: Path,
               records: list[dict[str, Any]]) -> Iterator[Callable[[], Engine]]:
-    """A factory of databases, each holding the same registry (as in test_batch_workers)."""
-    engines: list[Engine] = []
-    schemas: list[AbstractContextManager[str]] = []
-
-    def new() -> Engine:
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path / f'db{len(engines)}.db'}"
-        else:
-            schemas.append(private_schema())
-            url = schemas[-1].__enter__()
-        load_registry(url, records)
-        engine = make_engine(url)
-        create_payout_schema(engine)
-        engines.append(engine)
-        return engine
-
-    yield new
-    for engine in engines:
-        engine.dispose()
-    for schema in schemas:
-        schema.__exit__(None, None, None)
+    """A factory of databases, each holding the same registry."""
+    with database_factory(request.param, tmp_path, records) as new:
+        yield new
 
 
 @pytest.fixture
