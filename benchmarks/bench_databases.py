@@ -2,9 +2,10 @@
 when one is reachable (it says so when not)."""
 from __future__ import annotations
 
+import argparse
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -39,3 +40,22 @@ def bench_databases(pg_url: str = DEFAULT_PG) -> Iterator[tuple[str, Engine]]:
         with admin.begin() as conn:
             conn.execute(text(f'drop schema "{schema}" cascade'))
         admin.dispose()
+
+
+# run(engine, label, count, chunk, fact years, rounds): one database's turn of a chunk benchmark
+ChunkBench = Callable[[Engine, str, int, int, list[int], int], None]
+
+
+def run_chunk_bench(run: ChunkBench) -> None:
+    """The command line the chunk benchmarks share (enterprises, chunk size, fact years, rounds,
+    PostgreSQL URL): `run` on each database in turn."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--chunk", type=int, default=2_000)
+    parser.add_argument("--years", default="2024,2025")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pg", default=DEFAULT_PG)
+    args = parser.parse_args()
+    years = [int(year) for year in args.years.split(",")]
+    for label, engine in bench_databases(args.pg):
+        run(engine, label, args.count, args.chunk, years, args.rounds)

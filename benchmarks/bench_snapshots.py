@@ -11,11 +11,10 @@ Usage: python benchmarks/bench_snapshots.py [--count 20000] [--chunk 2000] [--ye
 """
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Sequence
 
-from bench_databases import DEFAULT_PG, bench_databases
+from bench_databases import run_chunk_bench
 from sqlalchemy.engine import Engine
 
 from enterprise_registry.db import create_schema
@@ -77,18 +76,5 @@ def run(engine: Engine, label: str, count: int, chunk: int, years: Sequence[int]
               f"({mine / n * 1e6:5.1f} us)   {ref / mine:.1f}x, bytes identical")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--count", type=int, default=20_000)
-    parser.add_argument("--chunk", type=int, default=2_000)
-    parser.add_argument("--years", default="2024,2025")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pg", default=DEFAULT_PG)
-    args = parser.parse_args()
-    years = [int(year) for year in args.years.split(",")]
-    for label, engine in bench_databases(args.pg):
-        run(engine, label, args.count, args.chunk, years, args.rounds)
-
-
 if __name__ == "__main__":
-    main()
+    run_chunk_bench(run)
