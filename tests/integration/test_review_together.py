@@ -304,13 +304,14 @@ def _chunks_then_stop(count: int) -> Callable[[], bool]:
     return lambda: next(answers)
 
 
-def _until_the_ledger_lock_is_awaited(engine: Engine) -> bool:
-    """Until some session waits for an advisory lock (the chain head), at most 10 s."""
+def _until_a_lock_is_awaited(engine: Engine, locktype: str) -> bool:
+    """Until some session waits for a lock of `locktype` (pg_locks: 'advisory' is the chain head,
+    'transactionid' a row another transaction inserted), at most 10 s."""
     deadline = time.monotonic() + 10
     with engine.connect() as conn:
         while time.monotonic() < deadline:
-            waiting = conn.execute(text("select count(*) from pg_locks where locktype = 'advisory' "
-                                        "and not granted")).scalar_one()
+            waiting = conn.execute(text("select count(*) from pg_locks where locktype = :locktype and not granted"),
+                                   {"locktype": locktype}).scalar_one()
             conn.rollback()
             if waiting:
                 return True
@@ -331,20 +332,6 @@ def _in_thread(outcomes: dict[str, object], name: str, work: Callable[[], object
 
 
 # -- 2. facts snapshots stored before the ledger lock (PostgreSQL) ---------------------------------------
-
-
-def _until_a_row_lock_is_awaited(engine: Engine) -> bool:
-    """Until some session waits for another transaction (a row it inserted), at most 10 s."""
-    deadline = time.monotonic() + 10
-    with engine.connect() as conn:
-        while time.monotonic() < deadline:
-            waiting = conn.execute(text("select count(*) from pg_locks where locktype = 'transactionid' "
-                                        "and not granted")).scalar_one()
-            conn.rollback()
-            if waiting:
-                return True
-            time.sleep(0.02)
-    return False
 
 
 def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_deadlock(
@@ -386,7 +373,7 @@ def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_dead
             seen.update(snapshots)
             if not submitted:   # the lookup's group commit, while this chunk waits to take the lock
                 submitted.append(recorder.submit([(policy, looked_up)]))
-                _until_a_row_lock_is_awaited(engine)
+                _until_a_lock_is_awaited(engine, "transactionid")
 
         monkeypatch.setattr(partitions, "store_snapshots", store_then_look_up, raising=False)
         outcomes: dict[str, object] = {}
