@@ -1,4 +1,4 @@
-"""Shared fixtures: a database engine on SQLite and, for real, on PostgreSQL."""
+"""Shared fixtures: a database engine on SQLite and, for real, on PostgreSQL; the reference policies."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,6 +9,8 @@ from sqlalchemy.engine import Engine
 from testing_databases import PG_URL, postgres_reachable, private_schema
 
 from enterprise_registry.db import create_schema, make_engine
+from rules.loader import PolicySet, load_policy_dir
+from service.catalogue import CATALOGUE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +28,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     with private_schema() as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def policies() -> PolicySet:
+    """The reference policies of rules/policies, loaded once per module."""
+    return load_policy_dir(REPO_ROOT / "rules" / "policies", CATALOGUE)
 
 
 @pytest.fixture

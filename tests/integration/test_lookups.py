@@ -18,7 +18,6 @@ import pytest
 from api_fixtures import (
     E_SMALL,
     LOADED,
-    RULES_DIR,
     SJR,
     UNKNOWN,
     A,
@@ -40,13 +39,12 @@ from enterprise_registry.db import make_engine
 from enterprise_registry.importer import load_records
 from rules.errors import EngineDisagreementError, EngineError
 from rules.evaluator import evaluate
-from rules.loader import PolicySet, load_policy_dir
+from rules.loader import PolicySet
 from service.audit.decision import Decision
 from service.audit.facts_json import snapshot_of
 from service.audit.ledger import ledger_transaction
 from service.audit.records import Actor, evaluation_record, load_record, prepare_decision, write_records
 from service.audit.verification import verify_audit_log
-from service.catalogue import CATALOGUE
 from service.errors import EnterpriseNotFoundError, RecordMismatchError
 from service.evaluation import lookups as lookups_module
 from service.evaluation.lookups import Lookups, in_force
@@ -58,10 +56,6 @@ TODAY = date(2026, 3, 31)
 ACTOR = Actor("test-lookups", "admin")
 WAIT_SECONDS = 20.0
 
-
-@pytest.fixture(scope="module")
-def policies() -> PolicySet:
-    return load_policy_dir(RULES_DIR, CATALOGUE)
 
 
 @pytest.fixture

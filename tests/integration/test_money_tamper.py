@@ -23,7 +23,6 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -46,12 +45,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
-from rules.loader import PolicySet, load_policy_dir
+from rules.loader import PolicySet
 from service import cli
 from service.audit.ledger import Fault, create_append_only_triggers
 from service.audit.records import evaluation_record
 from service.audit.verification import AuditVerdict, verify_audit_log
-from service.catalogue import CATALOGUE
 from service.payouts.batches import BankResult, approve, cancel, confirm_returns, record_results, withdraw
 from service.payouts.export import export
 from service.payouts.runner import RunSettings, create_batch
@@ -65,7 +63,6 @@ from service.payouts.tables import (
     payout_line_seal,
 )
 
-RULES = Path(__file__).resolve().parents[2] / "rules"
 TODAY = date(2026, 1, 10)
 SETTINGS = RunSettings(chunk_size=3)
 FORGED_ACCOUNT = "6222999988887777666"
@@ -102,10 +99,6 @@ class World:
     lines: dict[str, str]                                     # line state -> line id
     line_of: dict[str, str] = field(default_factory=dict)     # "main:<uscc>" -> line id
 
-
-@pytest.fixture(scope="module")
-def policies() -> PolicySet:
-    return load_policy_dir(RULES / "policies", CATALOGUE)
 
 
 @pytest.fixture(scope="module")

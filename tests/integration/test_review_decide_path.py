@@ -71,10 +71,6 @@ def records() -> list[dict[str, Any]]:
     return list(generate(ENTERPRISES, SEED))
 
 
-@pytest.fixture(scope="module")
-def policies() -> PolicySet:
-    return load_policy_dir(POLICIES_DIR, CATALOGUE)
-
 
 def _usccs_of(records: Sequence[dict[str, Any]]) -> list[str]:
     return sorted({str(r["uscc"]) for r in records if r["kind"] == "enterprise"})

@@ -17,23 +17,17 @@ from money_fixtures import APPROVER, GIANT, OPERATOR, PAYER, enterprise, title, 
 from sqlalchemy.engine import Engine
 
 from enterprise_registry.importer import load_records
-from rules.loader import PolicySet, load_policy_dir
-from service.catalogue import CATALOGUE
+from rules.loader import PolicySet
 from service.errors import ServiceError
 from service.payouts.batches import approve, create_payout_schema, lines_of
 from service.payouts.export import export
 from service.payouts.runner import create_batch
 
-RULES = Path(__file__).resolve().parents[2] / "rules"
 TODAY = date(2026, 1, 10)
 ODD, PLAIN = uscc(1, "MA4Q"), uscc(2, "MA4Q")
 FORTY = "6222" + "071828182845904523536028747135266249"    # 40 characters
 SEVENTY = FORTY + "497757247093699959574966967627"          # 70 characters
 
-
-@pytest.fixture(scope="module")
-def policies() -> PolicySet:
-    return load_policy_dir(RULES / "policies", CATALOGUE)
 
 
 def _registry(engine: Engine, account: str) -> None:

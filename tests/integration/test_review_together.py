@@ -96,10 +96,6 @@ def records() -> list[dict[str, Any]]:
     return base + titles
 
 
-@pytest.fixture(scope="module")
-def policies() -> PolicySet:
-    return load_policy_dir(POLICIES_DIR, CATALOGUE)
-
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def databases(request: pytest.FixtureRequest, tmp_path: Path,

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
@@ -16,24 +15,18 @@ from sqlalchemy.engine import Connection, Engine
 from enterprise_registry.db import is_database_error, make_engine
 from enterprise_registry.uscc import make
 from rules.evaluator import evaluate
-from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
+from rules.loader import LoadedPolicy, PolicySet
 from service.audit.ledger import ledger_entry, ledger_transaction
 from service.audit.records import Actor, PreparedRecord, evaluation_record, prepare_record
 from service.audit.verification import verify_audit_log
-from service.catalogue import CATALOGUE
 from service.evaluation.recorder import Recorder, RecorderStoppedError
 from service.facts_documents import EnterpriseRows, build_document
 from service.payouts.tables import create_payout_schema
 
-RULES = Path(__file__).resolve().parents[3] / "rules"
 TODAY = date(2026, 3, 31)
 ACTOR = Actor("test-recorder", "admin")
 WAIT_SECONDS = 20.0
 
-
-@pytest.fixture(scope="module")
-def policies() -> PolicySet:
-    return load_policy_dir(RULES, CATALOGUE)
 
 
 @pytest.fixture

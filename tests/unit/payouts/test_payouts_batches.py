@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select
@@ -11,16 +10,14 @@ from sqlalchemy.exc import IntegrityError
 
 from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make
-from rules.loader import PolicySet, load_policy_dir
+from rules.loader import PolicySet
 from service.audit.ledger import verify
 from service.audit.merkle import root
 from service.audit.records import Actor
-from service.catalogue import CATALOGUE
 from service.errors import DuplicateBatchError
 from service.payouts.batches import create_payout_schema, grant, lines_of
 from service.payouts.runner import create_batch
 
-RULES = Path(__file__).resolve().parents[3] / "rules"
 OPERATOR = Actor("finance-op", "finance_operator")
 TODAY = date(2026, 3, 31)
 BOTH, GIANT, CHAMPION = make("91420600MA4P00001"), make("91420600MA4P00002"), make("91420600MA4P00003")
@@ -39,10 +36,6 @@ def _title(uscc: str, kind: str, number: str) -> dict[str, object]:
             "type": kind, "level": "national", "first_time": True, "granted_on": "2025-07-01",
             "certificate_no": number}
 
-
-@pytest.fixture(scope="module")
-def policies() -> PolicySet:
-    return load_policy_dir(RULES, CATALOGUE)
 
 
 @pytest.fixture

@@ -106,10 +106,6 @@ def _of_profile(profile: str) -> list[str]:
     return [u for i, u in enumerate(USCCS) if PROFILES[i % len(PROFILES)] == profile]
 
 
-@pytest.fixture(scope="module")
-def policies() -> PolicySet:
-    return load_policy_dir(POLICIES_DIR, CATALOGUE)
-
 
 @pytest.fixture
 def registry(db_engine: Engine) -> Engine:

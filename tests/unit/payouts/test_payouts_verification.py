@@ -3,7 +3,6 @@ report never holds an account number."""
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -11,15 +10,13 @@ from sqlalchemy.engine import Engine
 
 from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make
-from rules.loader import PolicySet, load_policy_dir
+from rules.loader import PolicySet
 from service.audit.records import Actor
-from service.catalogue import CATALOGUE
 from service.payouts.batches import lines_of
 from service.payouts.runner import create_batch
 from service.payouts.tables import create_payout_schema
 from service.payouts.verification import verify_payouts
 
-RULES = Path(__file__).resolve().parents[3] / "rules"
 ACCOUNT = "1804000109200012345"
 GIANT, OTHER = make("91420600MA4P00002"), make("91420600MA4P00004")
 
@@ -34,10 +31,6 @@ def _records(uscc: str, number: str) -> list[dict[str, object]]:
              "type": "little_giant", "level": "national", "first_time": True, "granted_on": "2025-07-01",
              "certificate_no": number}]
 
-
-@pytest.fixture(scope="module")
-def policies() -> PolicySet:
-    return load_policy_dir(RULES, CATALOGUE)
 
 
 @pytest.fixture
