@@ -1,13 +1,15 @@
 """`benefits audit restore` end to end (SQLite and PostgreSQL): real evaluations recorded, a
 checkpoint, a backup, more evaluations and a checkpoint, the backup restored; `benefits audit
 verify` fails until the key holder runs the restore, then passes and reports the abandoned
-checkpoint."""
+checkpoint; so does the VerifyAuditLog RPC of a server started on the restored database."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from api_fixtures import A, enterprise_record, load_registry, si_record
+from api_fixtures import A, Stubs, as_role, enterprise_record, load_registry, serving, si_record
+from benefits.v1 import audit_service_pb2
 from database_backups import backed_up, create_every_table
 
 from enterprise_registry.db import make_engine
@@ -32,7 +34,18 @@ def _checkpoint(db_url: str, key_file: Path, checkpoint_file: Path) -> checkpoin
     return checkpoint
 
 
-def test_restore_from_the_command_line(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@dataclass
+class Restored:
+    """Two evaluations checkpointed (`kept`), a backup, a third evaluation checkpointed (`lost`),
+    the backup restored."""
+    key_file: Path
+    checkpoint_file: Path
+    kept: checkpoints.Checkpoint
+    lost: checkpoints.Checkpoint
+
+
+@pytest.fixture
+def restored(db_url: str, tmp_path: Path) -> Restored:
     load_registry(db_url, [enterprise_record(A), si_record(A)])
     engine = make_engine(db_url)
     create_every_table(engine)
@@ -47,6 +60,17 @@ def test_restore_from_the_command_line(db_url: str, tmp_path: Path, capsys: pyte
         lost = _checkpoint(db_url, key_file, checkpoint_file)
         assert lost.entry_count > kept.entry_count
         restore_backup()
+    return Restored(key_file, checkpoint_file, kept, lost)
+
+
+def _restore_command(db_url: str, restored: Restored) -> list[str]:
+    return ["audit", "restore", "--db", db_url, "--ledger-key", str(restored.key_file),
+            "--checkpoints", str(restored.checkpoint_file), "--reason", "restored the nightly backup",
+            "--by", "ops-alice"]
+
+
+def test_restore_from_the_command_line(db_url: str, restored: Restored, capsys: pytest.CaptureFixture[str]) -> None:
+    key_file, checkpoint_file, kept, lost = restored.key_file, restored.checkpoint_file, restored.kept, restored.lost
     capsys.readouterr()
     verify = ["audit", "verify", "--db", db_url, "--checkpoints", str(checkpoint_file),
               "--public-key", str(checkpoints.public_key_path(key_file))]
@@ -56,8 +80,7 @@ def test_restore_from_the_command_line(db_url: str, tmp_path: Path, capsys: pyte
     assert out.startswith("INVALID (checkpoint")
     assert f"holds {kept.entry_count} entries" in out and "cut off" in out
 
-    restore = ["audit", "restore", "--db", db_url, "--ledger-key", str(key_file),
-               "--checkpoints", str(checkpoint_file), "--reason", "restored the nightly backup", "--by", "ops-alice"]
+    restore = _restore_command(db_url, restored)
     assert main(restore) == 0
     out = capsys.readouterr().out
     assert f"restored to entry {kept.entry_count} (head {kept.head_hash}), sealed as entry " \
@@ -76,6 +99,22 @@ def test_restore_from_the_command_line(db_url: str, tmp_path: Path, capsys: pyte
     _evaluate(db_url, "2026-04-02")   # the service goes on: new entries after the restore verify
     _checkpoint(db_url, key_file, checkpoint_file)
     assert main(verify) == 0
+
+
+def test_the_server_verifies_the_restored_ledger_over_grpc(db_url: str, restored: Restored, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_restore_command(db_url, restored)) == 0
+    with serving(db_url, [], tmp_path, ledger_key=restored.key_file,
+                 checkpoint_file=restored.checkpoint_file) as running:   # its first checkpoint: the restored ledger
+        stubs = Stubs.connect(running.port)
+        try:
+            verdict = stubs.audit.VerifyAuditLog(audit_service_pb2.VerifyAuditLogRequest(),
+                                                 metadata=as_role("auditor"), timeout=60)
+        finally:
+            stubs.channel.close()
+    assert verdict.valid, verdict.detail
+    assert f"entry {restored.kept.entry_count + 1} matches the checkpoint signed at" in verdict.detail
+    assert "1 checkpoint(s) abandoned by the signed restore" in verdict.detail and "by ops-alice" in verdict.detail
 
 
 def test_restore_needs_the_private_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
