@@ -25,7 +25,7 @@ REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check-rules test test-slow test-unit test-integration test-policies bench lint clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check-rules test test-slow test-unit test-integration test-policies bench lint layers clean
 
 install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
 
@@ -153,6 +153,9 @@ bench-api: install  ## ExplainEligibility calls/s and p50/p99 at 1, 8, 32 client
 lint: install  ## buf lint over proto/ and ruff over the Python code
 	$(BIN)/buf lint
 	$(BIN)/ruff check rules service enterprise_registry tests benchmarks
+
+layers:  ## who imports whom, per layer, and the import cycles (docs/architecture.md, Layers)
+	$(PYTHON) tools/import_layers.py
 
 clean:
 	rm -rf var gen $(VENV) *.egg-info .pytest_cache

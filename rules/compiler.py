@@ -24,7 +24,7 @@ from rules.errors import EngineLimitError
 from rules.facts import DEFAULT_MAX_ABS
 from rules.interpreter import ParamValue, Tiers
 
-# Limits measured on durable-rules 2.0.28 (NOTES.md): 64 sibling rules matching one fact fail
+# Limits measured on durable-rules 2.0.28 (docs/durable-rules-limits.md): 64 sibling rules matching one fact fail
 # with error 303, 253 properties per fact with 302, more than 512 rules loop forever.
 MAX_RULES = 60
 MAX_PROPERTIES = 200

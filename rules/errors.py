@@ -61,7 +61,7 @@ class ExpressionTypeError(PolicyFileError):
 
 
 class EngineLimitError(PolicyFileError):
-    """Raised when a construct would crash or silently mislead durable-rules (see NOTES.md)."""
+    """Raised when a construct would crash or silently mislead durable-rules (docs/durable-rules-limits.md)."""
 
 
 class VectorisedLimitError(EngineLimitError):

@@ -149,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     prove.add_argument("line_id", help="the line's id (its end-to-end id in the bank file), or an evaluation id "
                                        "(ev_...)")
     prove.set_defaults(run=_audit_prove)
+    _add_audit_restore(audit)
 
     lookup = sub.add_parser("lookup", help="an enterprise's benefits and explanations (gRPC client)")
     lookup.add_argument("--uscc", required=True)
@@ -349,6 +350,45 @@ def _audit_keygen(args: argparse.Namespace) -> int:
           "`benefits audit verify --public-key`)")
     print(f"key id {checkpoints.key_id(key.public_key())}")
     return 0
+
+
+# `benefits audit restore`: one self-contained block (the logic is service/audit/restore.py).
+def _add_audit_restore(audit: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    restore = audit.add_parser(
+        "restore", help="after restoring a database backup: sign and seal the restore, abandoning the "
+                        "checkpoints newer than the backup (docs/operations.md, Backup and restore)")
+    restore.add_argument("--db", default=DEFAULT_DB_URL, help="the restored database")
+    restore.add_argument("--ledger-key", type=Path, required=True,
+                         help="the ledger's private key (PEM): only its holder can restore")
+    restore.add_argument("--checkpoints", type=Path, required=True,
+                         help="the signed checkpoints (JSON lines); the restore statement is appended")
+    restore.add_argument("--reason", required=True, help="why the database was restored (signed, kept)")
+    restore.add_argument("--by", default=None, help="who restores (default: the login name)")
+    restore.set_defaults(run=_audit_restore)
+
+
+def _audit_restore(args: argparse.Namespace) -> int:
+    import getpass
+
+    from service.audit import checkpoints
+    from service.audit.ledger import read_snapshot
+    from service.audit.restore import restore_ledger
+    from service.audit.verification import verify_audit_log
+    from service.payouts.tables import create_payout_schema
+
+    key = checkpoints.load_private_key(args.ledger_key)
+    with _database(args.db) as engine:
+        create_payout_schema(engine)  # the audit trail's tables included
+        statement = restore_ledger(engine, key, args.checkpoints, reason=args.reason,
+                                   restored_by=args.by or getpass.getuser())
+        with read_snapshot(engine) as conn:
+            verdict = verify_audit_log(conn, checkpoint_file=args.checkpoints, public_key=key.public_key())
+    print(f"restored to entry {statement.restored_entry_count} (head {statement.restored_head_hash}), sealed as "
+          f"entry {statement.restore_entry_seq}; {len(statement.abandoned_checkpoints)} checkpoint(s) abandoned:")
+    for abandoned in statement.abandoned_checkpoints:
+        print(f"  {abandoned.entry_count} entries, signed at {abandoned.signed_at}")
+    print(f"{'VALID' if verdict.valid else 'INVALID'}: {verdict.detail}")
+    return 0 if verdict.valid else 1
 
 
 def _audit_prove(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ ServiceError
 │   └── ConflictingResultError   a bank result contradicting the one a line has
 ├── AuthFileError                the auth file is unreadable or malformed
 ├── LedgerKeyError               the checkpoint signing key is missing, unreadable, malformed or exists
+├── LedgerRestoreError           a restore cannot be signed: no reason, a damaged ledger, nothing to restore
 ├── TlsConfigError               TLS settings incomplete, or their files unreadable, malformed or not matching
 └── ServerStartError             the server cannot start as configured (address in use, plaintext off loopback)
 """
@@ -93,6 +94,11 @@ class ConflictingResultError(BatchStateError):
 class LedgerKeyError(ServiceError):
     """Raised when the ledger's signing key (or its public half) is missing, unreadable or malformed,
     or when a new key would overwrite an existing file."""
+
+
+class LedgerRestoreError(ServiceError):
+    """Raised when `benefits audit restore` cannot sign a restore: says which rule the restored
+    ledger or the checkpoints file breaks (docs/operations.md, "Backup and restore")."""
 
 
 class TlsConfigError(ServiceError):

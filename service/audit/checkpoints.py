@@ -7,6 +7,10 @@ if the chain no longer holds that entry with that hash at that position.
 
 The key is made once, on purpose, by `benefits audit keygen` (`generate_key`); the server only
 loads it (`load_private_key`) and auditors need only its public half (`load_public_key`).
+
+A database restored from a backup holds an older ledger than the newest checkpoint; the key's
+holder then appends a signed restore statement to the same file (`restore_statement.py`,
+`restore.py`), which verification checks here like a checkpoint (docs/operations.md).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -25,6 +30,7 @@ from sqlalchemy.engine import Connection
 
 from service.audit.canonical import canonical_json, sha256_hex
 from service.audit.ledger import GENESIS_HASH, get_entry, head, ledger_entry
+from service.audit.restore_statement import RESTORE_KIND, CheckpointRef, RestoreStatement, is_restore_line
 from service.errors import LedgerKeyError
 
 CHECKPOINT_FAULT = "checkpoint"
@@ -50,7 +56,11 @@ class Checkpoint:
     @classmethod
     def from_json(cls, text: str) -> Checkpoint:
         """Parse one line; ValueError saying what is wrong with it."""
-        data = json.loads(text)
+        return cls.from_data(json.loads(text))
+
+    @classmethod
+    def from_data(cls, data: Any) -> Checkpoint:
+        """A decoded line; ValueError saying what is wrong with it."""
         names = [f.name for f in fields(cls)]
         if not isinstance(data, dict) or sorted(data) != sorted(names):
             raise ValueError(f"expected an object with exactly {', '.join(names)}")
@@ -70,6 +80,7 @@ class CheckpointCheck:
     covered_entries: int = 0     # entries the newest checkpoint vouches for (when valid)
     uncovered_entries: int = 0   # entries appended after it, not signed yet (when valid)
     first_bad_entry: int = 0     # the ledger entry a failure is about; 0 when it is about the file
+    abandoned_checkpoints: int = 0   # checkpoints set aside by signed restores (when valid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,10 +165,15 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 # Signing and writing.
 def sign(key: Ed25519PrivateKey, entry_count: int, head_hash: str,
          signed_at: datetime | None = None) -> Checkpoint:
-    moment = (signed_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = utc_stamp(signed_at)
     unsigned = Checkpoint(entry_count, head_hash, moment, key_id(key.public_key()), "")
     signature = base64.b64encode(key.sign(unsigned.signed_bytes())).decode()
     return Checkpoint(entry_count, head_hash, moment, unsigned.key_id, signature)
+
+
+def utc_stamp(moment: datetime | None = None) -> str:
+    """`moment` (default now) as the fixed-width UTC text checkpoints and restores are signed with."""
+    return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def checkpoint_now(connection: Connection, key: Ed25519PrivateKey) -> Checkpoint:
@@ -166,8 +182,8 @@ def checkpoint_now(connection: Connection, key: Ed25519PrivateKey) -> Checkpoint
     return sign(key, newest.seq if newest else 0, newest.entry_hash if newest else GENESIS_HASH)
 
 
-def write(checkpoint: Checkpoint, path: Path) -> None:
-    """Add a checkpoint to a JSON-lines file (one checkpoint a line, newest last), on disk
+def write(checkpoint: Checkpoint | RestoreStatement, path: Path) -> None:
+    """Add a checkpoint (or a restore statement) to a JSON-lines file (one a line, newest last), on disk
     before returning: a checkpoint lost in a crash is a gap an attacker could use. The file is
     rewritten beside itself and renamed over, so a write cut short (a full disk) leaves the old
     file whole instead of a torn line that would fail every later verification."""
@@ -195,6 +211,14 @@ def write(checkpoint: Checkpoint, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Verification: every rule in one place.
+@dataclass(frozen=True)
+class _Point:
+    """What a checkpoint or a restore vouches for: the ledger's first `entry_count` entries."""
+    entry_count: int
+    head_hash: str
+    name: str          # "the checkpoint signed at ...", "the restore signed at ..."
+
+
 def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
                        public_key: Ed25519PublicKey | None, *,
                        lines_read: list[tuple[int, str]] | None = None) -> CheckpointCheck:
@@ -203,13 +227,18 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
     - Neither a file nor a key given: not checked, and the detail says so.
     - An empty ledger verifies without checkpoints; with them, they are checked like any other.
     - A ledger with entries but no checkpoint (file missing or empty) fails.
-    - Every line must be a checkpoint whose signature verifies with `public_key`; the first that
-      is not fails, named by its line number.
+    - Every line must be a checkpoint or a restore statement whose signature verifies with
+      `public_key`; the first that is not fails, named by its line number.
+    - A restore statement (a database restored from a backup, signed by the key's holder) names
+      exactly the checkpoints since the previous restore that cover more than the restored
+      ledger: those are abandoned, reported and not checked. The ledger must hold the restore
+      point (entry count and head hash) and, right after it, the statement sealed as an entry.
     - Entry counts never go down from one checkpoint to a later one (the ledger only grows); a
       later checkpoint covering fewer entries means the file was cut back or the ledger reset.
-    - The newest checkpoint must still hold: the ledger has at least its entry count, and the
-      entry at that position has the signed hash (else entries were cut off or the chain
-      rebuilt). Entries after it are valid but named as not yet covered.
+      After a restore, checkpoints must extend the restored ledger (its seal included).
+    - Every checkpoint kept, and the newest point, must still hold: the ledger has at least its
+      entry count, and the entry at that position has the signed hash (else entries were cut
+      off or the chain rebuilt). Entries after it are valid but named as not yet covered.
     """
     if checkpoint_file is None and public_key is None:
         return CheckpointCheck(True, "checkpoints not checked (no public key and no checkpoints file given)")
@@ -233,24 +262,42 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
                  f"{checkpoint_file} holds no checkpoint")
         return CheckpointCheck(False, f"the ledger holds {entries} entries but {where}: "
                                       "its checkpoints were removed or never written")
-    widest: tuple[int, Checkpoint] | None = None   # (line number, checkpoint) covering the most
-    newest: Checkpoint | None = None
-    checked: dict[int, str] = {}                    # entry count -> head hash found in the ledger
+    parsed: list[tuple[int, Checkpoint | RestoreStatement]] = []
     for number, text in lines:
         try:
-            checkpoint = Checkpoint.from_json(text)
+            item = parse_line(text)
         except ValueError as exc:
             return CheckpointCheck(False, f"{checkpoint_file} line {number}: not a checkpoint ({exc})")
-        problem = _signature_problem(checkpoint, public_key)
+        problem = signature_problem(item, public_key)
         if problem:
             return CheckpointCheck(False, f"{checkpoint_file} line {number}: {problem}")
-        if widest is not None and checkpoint.entry_count < widest[1].entry_count:
+        parsed.append((number, item))
+    abandoned = _abandoned_lines(parsed)
+    if isinstance(abandoned, str):
+        return CheckpointCheck(False, f"{checkpoint_file} {abandoned}")
+    widest: tuple[int, int] | None = None   # (line number, entry count) covering the most since the last restore
+    newest: _Point | None = None
+    restores: list[RestoreStatement] = []
+    checked: dict[int, str] = {}             # entry count -> head hash found in the ledger
+    for number, item in parsed:
+        if number in abandoned:
+            continue
+        if isinstance(item, RestoreStatement):
+            seal = _restore_problem(connection, item, entries)
+            if isinstance(seal, tuple):
+                return CheckpointCheck(False, f"{checkpoint_file} line {number}: {seal[0]}", first_bad_entry=seal[1])
+            widest, newest = (number, item.restore_entry_seq), _Point(item.restore_entry_seq, seal, _name(item))
+            restores.append(item)
+            continue
+        checkpoint = item
+        if widest is not None and checkpoint.entry_count < widest[1]:
+            after = " (after a restore, checkpoints must extend the restored ledger)" if restores else ""
             return CheckpointCheck(False, f"{checkpoint_file} line {number}: the checkpoint of "
                                           f"{checkpoint.signed_at} covers {checkpoint.entry_count} entries, "
-                                          f"fewer than the {widest[1].entry_count} of line {widest[0]}: "
-                                          "the file was cut back or the ledger reset")
-        if widest is None or checkpoint.entry_count > widest[1].entry_count:
-            widest = (number, checkpoint)
+                                          f"fewer than the {widest[1]} of line {widest[0]}: "
+                                          f"the file was cut back or the ledger reset{after}")
+        if widest is None or checkpoint.entry_count > widest[1]:
+            widest = (number, checkpoint.entry_count)
         # Every checkpoint still holds, not only the newest: a history rewritten before an older
         # checkpoint and then vouched for by a newer one is caught by the older.
         if 0 < checkpoint.entry_count <= entries and checked.get(checkpoint.entry_count) != checkpoint.head_hash:
@@ -260,9 +307,16 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
                                               f"does not have the hash signed at {checkpoint.signed_at}: the chain "
                                               "was rebuilt", first_bad_entry=checkpoint.entry_count)
             checked[checkpoint.entry_count] = checkpoint.head_hash
-        newest = checkpoint
-    assert newest is not None  # lines is not empty and every line parsed
-    return _against_ledger(connection, newest, entries)
+        newest = _Point(checkpoint.entry_count, checkpoint.head_hash, _name(checkpoint))
+    assert newest is not None  # the last line is never abandoned: only lines before a restore are
+    check = _against_ledger(connection, newest, entries)
+    if not check.valid or not restores:
+        return check
+    said = "; ".join(f"{len(r.abandoned_checkpoints)} checkpoint(s) abandoned by the signed restore of "
+                     f"{r.restored_at} by {r.restored_by} to entry {r.restored_entry_count} ({r.reason})"
+                     for r in restores)
+    return CheckpointCheck(True, f"{check.detail}; {said}", covered_entries=check.covered_entries,
+                           uncovered_entries=check.uncovered_entries, abandoned_checkpoints=len(abandoned))
 
 
 def read_lines(path: Path | None) -> list[tuple[int, str]]:
@@ -273,29 +327,88 @@ def read_lines(path: Path | None) -> list[tuple[int, str]]:
     return [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
-def _signature_problem(checkpoint: Checkpoint, public_key: Ed25519PublicKey) -> str | None:
-    if checkpoint.key_id != key_id(public_key):
-        return "checkpoint signed by another key"
+def parse_line(text: str) -> Checkpoint | RestoreStatement:
+    """One line of the checkpoints file; ValueError saying what is wrong with it."""
+    data = json.loads(text)
+    return RestoreStatement.from_data(data) if is_restore_line(data) else Checkpoint.from_data(data)
+
+
+def signature_problem(item: Checkpoint | RestoreStatement, public_key: Ed25519PublicKey) -> str | None:
+    what = "restore statement" if isinstance(item, RestoreStatement) else "checkpoint"
+    if item.key_id != key_id(public_key):
+        return f"{what} signed by another key"
     try:
-        public_key.verify(base64.b64decode(checkpoint.signature, validate=True), checkpoint.signed_bytes())
+        public_key.verify(base64.b64decode(item.signature, validate=True), item.signed_bytes())
     except (InvalidSignature, ValueError):
-        return "checkpoint signature does not verify"
+        return f"{what} signature does not verify"
     return None
 
 
-def _against_ledger(connection: Connection, newest: Checkpoint, entries: int) -> CheckpointCheck:
+def split_at_restore(segment: list[tuple[int, Checkpoint]], restored_entry_count: int
+                     ) -> tuple[list[tuple[int, Checkpoint]], list[tuple[int, Checkpoint]]]:
+    """The checkpoints since the previous restore that a ledger restored to `restored_entry_count`
+    entries still holds (kept), and those covering more (abandoned), each in file order."""
+    kept = [(n, c) for n, c in segment if c.entry_count <= restored_entry_count]
+    dropped = [(n, c) for n, c in segment if c.entry_count > restored_entry_count]
+    return kept, dropped
+
+
+def reference(checkpoint: Checkpoint) -> CheckpointRef:
+    return CheckpointRef(checkpoint.entry_count, checkpoint.head_hash, checkpoint.signed_at)
+
+
+def _abandoned_lines(parsed: list[tuple[int, Checkpoint | RestoreStatement]]) -> set[int] | str:
+    """The line numbers of the checkpoints the restore statements abandon, or what is wrong."""
+    abandoned: set[int] = set()
+    segment: list[tuple[int, Checkpoint]] = []
+    for number, item in parsed:
+        if isinstance(item, Checkpoint):
+            segment.append((number, item))
+            continue
+        kept, dropped = split_at_restore(segment, item.restored_entry_count)
+        if item.abandoned_checkpoints != tuple(reference(c) for _, c in dropped):
+            lines = ", ".join(str(n) for n, _ in dropped) or "none"
+            return (f"line {number}: {_name(item)} does not name the checkpoints it abandons: those before it "
+                    f"covering more than its {item.restored_entry_count} entries are on lines {lines}")
+        if item.matches_checkpoint != (reference(kept[-1][1]) if kept else None):
+            return f"line {number}: {_name(item)} does not name the newest checkpoint before it that it keeps"
+        abandoned.update(n for n, _ in dropped)
+        segment = []
+    return abandoned
+
+
+def _restore_problem(connection: Connection, statement: RestoreStatement, entries: int) -> str | tuple[str, int]:
+    """The hash of the restore's sealed entry, or (what is wrong, the ledger entry concerned)."""
+    count, seal_seq = statement.restored_entry_count, statement.restore_entry_seq
+    held = GENESIS_HASH if count == 0 else getattr(get_entry(connection, count), "entry_hash", None)
+    if held != statement.restored_head_hash:
+        return (f"{_name(statement)} claims a restored ledger of {count} entries ending in "
+                f"{statement.restored_head_hash}, which the ledger does not hold", max(count, 1))
+    seal = get_entry(connection, seal_seq) if seal_seq <= entries else None
+    if seal is None:
+        return f"{_name(statement)} was sealed as entry {seal_seq}, which the ledger does not hold", seal_seq
+    if seal.kind != RESTORE_KIND or seal.data() != statement.data():
+        return f"entry {seal_seq} is not the seal of {_name(statement)}", seal_seq
+    return seal.entry_hash
+
+
+def _name(item: Checkpoint | RestoreStatement) -> str:
+    if isinstance(item, RestoreStatement):
+        return f"the restore signed at {item.restored_at}"
+    return f"the checkpoint signed at {item.signed_at}"
+
+
+def _against_ledger(connection: Connection, newest: _Point, entries: int) -> CheckpointCheck:
     covered = newest.entry_count
     if entries < covered:
-        return CheckpointCheck(False, f"the ledger holds {entries} entries but the checkpoint signed at "
-                                      f"{newest.signed_at} covers {covered}: entries were cut off",
-                               first_bad_entry=covered)
+        return CheckpointCheck(False, f"the ledger holds {entries} entries but {newest.name} covers {covered}: "
+                                      "entries were cut off", first_bad_entry=covered)
     if covered:
         entry = get_entry(connection, covered)
         if entry is None or entry.entry_hash != newest.head_hash:
-            return CheckpointCheck(False, f"entry {covered} does not have the hash signed at "
-                                          f"{newest.signed_at}: the chain was rebuilt", first_bad_entry=covered)
-    detail = (f"entry {covered} matches the checkpoint of {newest.signed_at}" if covered else
-              f"the checkpoint of {newest.signed_at} covers the empty ledger")
+            return CheckpointCheck(False, f"entry {covered} does not have the hash of {newest.name}: "
+                                          "the chain was rebuilt", first_bad_entry=covered)
+    detail = f"entry {covered} matches {newest.name}" if covered else f"{newest.name} covers the empty ledger"
     uncovered = entries - covered
     if uncovered:
         detail += f"; {uncovered} entries after the newest checkpoint are not yet covered"

@@ -301,8 +301,8 @@ def test_get_policy_returns_the_loaded_version(stubs: Stubs) -> None:
                                                    (SJR, 2021), (SJR, 2026)])
 def test_a_policy_not_in_force_for_the_period_names_period(stubs: Stubs, policy_id: str,
                                                            period: int) -> None:
-    # The proto comment says FAILED_PRECONDITION; the error table (and DESIGN) answer
-    # INVALID_ARGUMENT with a `period` field violation. See the report to the lead.
+    # A policy not in force for the period is INVALID_ARGUMENT with a `period` field violation
+    # (the error table, service/api/status.py, and ExplainEligibility's comment in the proto).
     violations = _violations_of(lambda: _explain(stubs, A, policy_id=policy_id, period=period))
     assert set(violations) == {"period"}
 

@@ -158,7 +158,7 @@ def test_record_keys() -> None:
 
 
 def test_a_nullable_field_left_out_reads_as_null() -> None:
-    """Feeds may omit what may be null (DESIGN: `removed_on` or null, `size_class` or null)."""
+    """Feeds may omit what may be null (enterprise_registry/kinds.py: `removed_on` or null, `size_class` or null)."""
     from datetime import date
 
     from enterprise_registry.uscc import make

@@ -6,8 +6,8 @@ import pytest
 from enterprise_registry import uscc
 from enterprise_registry.errors import InvalidUsccError
 
-# Published codes of real institutions (domain/identifiers.md): used only to test validation,
-# never to attach facts to.
+# Published codes of real institutions (valid under both checks of enterprise_registry/uscc.py):
+# used only to test validation, never to attach facts to.
 PUBLISHED = [
     "914403001922038216",
     "9144030071526726XG",

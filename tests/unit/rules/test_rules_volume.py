@@ -1,7 +1,7 @@
 """Volume: 100,000 evaluations in one process through one compiled policy.
 
 durable-rules keeps every asserted fact until it is retracted: without retraction a ruleset reports
-false duplicates after some tens of thousands of facts (NOTES.md: near 45,000), and a host holds at
+false duplicates after some tens of thousands of facts (docs/durable-rules-limits.md), and a host holds at
 most 1,024 state ids. The driver holds one live fact at a time, so the count here is unlimited.
 """
 from __future__ import annotations
