@@ -24,8 +24,11 @@ BATCH_POLICY ?= stable-jobs-refund
 REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
+# make format-check: the files already in ruff's format; the rest of the code base is not yet
+# (ruff format --check . would change 183 of 191 files): widen this to `.` once it is reformatted
+FORMATTED := proto_build.py tests/integration/test_packaging.py
 
-.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check-rules test test-slow test-unit test-integration test-policies bench lint clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check check-rules format-check typecheck test test-slow test-unit test-integration test-policies bench lint clean
 
 install: $(VENV)/.installed $(GENERATED)  ## virtual environment with the project (editable) and its dev tools
 
@@ -142,7 +145,15 @@ bench-api: install  ## ExplainEligibility calls/s and p50/p99 at 1, 8, 32 client
 
 lint: install  ## buf lint over proto/ and ruff over the Python code
 	$(BIN)/buf lint
-	$(BIN)/ruff check rules service enterprise_registry tests benchmarks
+	$(BIN)/ruff check .
+
+format-check: install  ## the files ruff format would leave unchanged (FORMATTED); lists any it would change
+	$(BIN)/ruff format --check $(FORMATTED)
+
+typecheck: install  ## mypy with the settings of pyproject.toml ([tool.mypy])
+	$(BIN)/mypy
+
+check: lint format-check typecheck  ## every static check: lint, format, types
 
 clean:
 	rm -rf var gen build dist $(VENV) *.egg-info .pytest_cache

@@ -9,6 +9,7 @@ The generated code is never committed, so it is made wherever the package is bui
   there the code goes to gen/ (ignored by git) and gen/benefits is mapped as the package;
 - `make proto` regenerates gen/ after a .proto file changed: `python proto_build.py gen`.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -19,8 +20,8 @@ from setuptools.command.build_py import build_py
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 PROTO_ROOT = PROJECT_ROOT / "proto"
-PACKAGE = "benefits"                  # the top of `package benefits.v1;`
-DEV_OUTPUT = PROJECT_ROOT / "gen"     # where an editable install finds the generated package
+PACKAGE = "benefits"  # the top of `package benefits.v1;`
+DEV_OUTPUT = PROJECT_ROOT / "gen"  # where an editable install finds the generated package
 
 
 def proto_files(proto_root: Path = PROTO_ROOT) -> list[Path]:
@@ -38,13 +39,21 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
     from grpc_tools import protoc  # a build requirement only: the server never runs protoc
 
     package_dir = out_dir / PACKAGE
-    shutil.rmtree(package_dir, ignore_errors=True)   # no stale module of a deleted .proto file
+    shutil.rmtree(package_dir, ignore_errors=True)  # no stale module of a deleted .proto file
     out_dir.mkdir(parents=True, exist_ok=True)
-    well_known = Path(protoc.__file__).parent / "_proto"   # google/protobuf/timestamp.proto and the like
+    well_known = Path(protoc.__file__).parent / "_proto"  # google/protobuf/timestamp.proto and the like
     protos = proto_files(proto_root)
-    status = protoc.main(["grpc_tools.protoc", f"-I{proto_root}", f"-I{well_known}",
-                          f"--python_out={out_dir}", f"--pyi_out={out_dir}",
-                          f"--grpc_python_out={out_dir}", *map(str, protos)])
+    status = protoc.main(
+        [
+            "grpc_tools.protoc",
+            f"-I{proto_root}",
+            f"-I{well_known}",
+            f"--python_out={out_dir}",
+            f"--pyi_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            *map(str, protos),
+        ]
+    )
     if status != 0:
         raise RuntimeError(f"protoc failed (exit status {status}) on {len(protos)} files below {proto_root}")
     # regular packages, not namespace ones: benefits.v1 is imported like any other
@@ -55,8 +64,7 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
 
 def generated_packages(out_dir: Path) -> list[str]:
     """The dotted names of the packages below out_dir/benefits."""
-    return sorted(".".join(init.parent.relative_to(out_dir).parts)
-                  for init in (out_dir / PACKAGE).rglob("__init__.py"))
+    return sorted(".".join(init.parent.relative_to(out_dir).parts) for init in (out_dir / PACKAGE).rglob("__init__.py"))
 
 
 class BuildPyWithProtos(build_py):
@@ -81,8 +89,10 @@ class BuildPyWithProtos(build_py):
         dist = self.distribution
         generated = generated_packages(out_dir)
         dist.packages = [*(p for p in dist.packages or [] if p not in generated), *generated]
-        dist.package_dir = {**(dist.package_dir or {}),
-                            PACKAGE: (out_dir / PACKAGE).relative_to(PROJECT_ROOT).as_posix()}
+        dist.package_dir = {
+            **(dist.package_dir or {}),
+            PACKAGE: (out_dir / PACKAGE).relative_to(PROJECT_ROOT).as_posix(),
+        }
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         return [*super().get_outputs(include_bytecode), *map(str, self.generated)]

@@ -2,6 +2,7 @@
 anything else untracked cannot leak in), the wheel installed into a fresh virtual environment,
 and that installation's `benefits serve`, run from an unrelated directory, answering over a real
 socket with the policies it carries."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,15 @@ STEP_SECONDS = 300
 
 
 def _run(command: list[str | Path], cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run([str(part) for part in command], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=STEP_SECONDS, check=False)
+    done = subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STEP_SECONDS,
+        check=False,
+    )
     assert done.returncode == 0, f"{command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -43,7 +51,7 @@ def _tracked_copy(dest: Path) -> Path:
     fresh clone holds."""
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True)
     for name in listed.stdout.decode().split("\0"):
-        if name and (REPO_ROOT / name).is_file():   # a tracked file deleted in the work tree is gone
+        if name and (REPO_ROOT / name).is_file():  # a tracked file deleted in the work tree is gone
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / name, dest / name)
     return dest
@@ -65,33 +73,38 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     # environment's setuptools and grpcio-tools instead of downloading them again; build still
     # checks that they satisfy [build-system].requires.
     _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", work / "dist", source], source, env)
-    assert not (source / "gen").exists() and not (source / "benefits").exists(), \
+    assert not (source / "gen").exists() and not (source / "benefits").exists(), (
         "the build wrote generated code into the source tree"
+    )
     wheels = list((work / "dist").glob("benefits-*.whl"))
     assert len(wheels) == 1, wheels
 
     venv = work / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], work, env)
     python = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index",
-          wheels[0]], work, env)
+    _run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheels[0]],
+        work,
+        env,
+    )
     # The runtime dependencies come from the dev environment instead of the network (seconds, not
     # minutes): a .pth file appends its site-packages to the fresh environment's sys.path. Only its
     # folders are added - its own .pth files, among them the editable install of this checkout,
     # are not run - so the project itself can only come from the wheel (asserted below). Written
     # after the install, so that pip does not take the checkout's editable install for this one.
     # --system-site-packages would not do: the dev environment is itself a venv, not the system.
-    purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                        work, env).strip())
+    purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], work, env).strip())
     dev_site = dict.fromkeys(site.getsitepackages())
     (purelib / "dev-environment.pth").write_text("".join(f"{folder}\n" for folder in dev_site), encoding="utf-8")
     yield venv / "bin"
 
 
 def test_the_wheel_holds_the_generated_code_and_the_package_data(installed: Path) -> None:
-    probe = ("import benefits.v1, rules, service, pathlib; "
-             "print(pathlib.Path(benefits.v1.__file__).parent); print(pathlib.Path(rules.__file__).parent); "
-             "print(pathlib.Path(service.__file__).parent)")
+    probe = (
+        "import benefits.v1, rules, service, pathlib; "
+        "print(pathlib.Path(benefits.v1.__file__).parent); print(pathlib.Path(rules.__file__).parent); "
+        "print(pathlib.Path(service.__file__).parent)"
+    )
     outside = installed.parent.parent
     lines = _run([installed / "python", "-I", "-c", probe], outside, _isolated_env()).split()
     generated, rules_dir, service_dir = (Path(line) for line in lines)
@@ -103,8 +116,7 @@ def test_the_wheel_holds_the_generated_code_and_the_package_data(installed: Path
     assert (rules_dir / "grammar.lark").read_bytes() == (RULES_DIR / "grammar.lark").read_bytes()
 
 
-def test_the_installed_server_serves_from_another_directory(installed: Path,
-                                                            tmp_path: Path) -> None:
+def test_the_installed_server_serves_from_another_directory(installed: Path, tmp_path: Path) -> None:
     env = _isolated_env()
     db_url = f"sqlite:///{tmp_path / 'benefits.db'}"
     benefits = installed / "benefits"
@@ -117,8 +129,12 @@ def test_the_installed_server_serves_from_another_directory(installed: Path,
 
     # no --rules: the server must find the policies it was installed with
     command = [str(benefits), "serve", "--db", db_url, "--auth-file", "auth.yaml", "--listen", "127.0.0.1:0"]
-    with open(tmp_path / "server.log", "w", encoding="utf-8") as log, subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log, text=True, encoding="utf-8") as proc:
+    with (
+        open(tmp_path / "server.log", "w", encoding="utf-8") as log,
+        subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log, text=True, encoding="utf-8"
+        ) as proc,
+    ):
         server = ServerProcess(proc)
         try:
             port = int(server.wait_for(LISTENING, STARTUP_SECONDS).group(1))
@@ -126,9 +142,15 @@ def test_the_installed_server_serves_from_another_directory(installed: Path,
                 health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
                 assert health.status == health_pb2.HealthCheckResponse.SERVING
 
-                policies = policy_service_pb2_grpc.PolicyServiceStub(channel).ListPolicies(
-                    policy_service_pb2.ListPoliciesRequest(), metadata=bearer(principals["admin"]["token"]),
-                    timeout=TIMEOUT).policies
+                policies = (
+                    policy_service_pb2_grpc.PolicyServiceStub(channel)
+                    .ListPolicies(
+                        policy_service_pb2.ListPoliciesRequest(),
+                        metadata=bearer(principals["admin"]["token"]),
+                        timeout=TIMEOUT,
+                    )
+                    .policies
+                )
                 assert sorted(p.policy_id for p in policies) == sorted(POLICY_IDS)
                 for policy in policies:
                     policy_file = RULES_DIR / "policies" / f"{policy.policy_id}.yaml"
@@ -136,14 +158,17 @@ def test_the_installed_server_serves_from_another_directory(installed: Path,
 
                 explained = benefit_service_pb2_grpc.BenefitServiceStub(channel).ExplainEligibility(
                     benefit_service_pb2.ExplainEligibilityRequest(uscc=enterprise["uscc"], policy_id=SJR, period=2025),
-                    metadata=bearer(enterprise["token"]), timeout=TIMEOUT)
+                    metadata=bearer(enterprise["token"]),
+                    timeout=TIMEOUT,
+                )
                 assert explained.evaluation.uscc == enterprise["uscc"]
                 assert explained.evaluation.outcome != evaluation_pb2.OUTCOME_UNSPECIFIED
                 assert explained.explanation
 
                 with pytest.raises(grpc.RpcError) as refused:
                     policy_service_pb2_grpc.PolicyServiceStub(channel).ListPolicies(
-                        policy_service_pb2.ListPoliciesRequest(), timeout=TIMEOUT)
+                        policy_service_pb2.ListPoliciesRequest(), timeout=TIMEOUT
+                    )
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         finally:
             proc.terminate()
