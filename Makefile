@@ -24,28 +24,26 @@ BATCH_POLICY ?= stable-jobs-refund
 REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
+# make format-check: the files already in ruff's format; the rest of the code base is not yet
+# (ruff format --check . would change 183 of 191 files): widen this to `.` once it is reformatted
+FORMATTED := proto_build.py tests/integration/test_packaging.py
 
-.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check-rules test test-slow test-unit test-integration test-policies bench lint layers clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check check-rules format-check typecheck test test-slow test-unit test-integration test-policies bench lint layers clean
 
-install: $(VENV)/.installed  ## virtual environment with the project and its dev tools
+install: $(VENV)/.installed $(GENERATED)  ## virtual environment with the project (editable) and its dev tools
 
-$(VENV)/.installed: pyproject.toml $(PROTOS)
+$(VENV)/.installed: pyproject.toml proto_build.py
 	@# durable-rules needs Python 3.11 or 3.12 (it does not import on 3.13)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@# the build hook (proto_build.py) writes gen/benefits/v1 and maps it into the editable install
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(MAKE) proto
-	@# again, so that the editable install also maps the generated package
-	$(BIN)/pip install --quiet --no-deps -e '.[dev]'
 	touch $@
 
-proto: $(GENERATED)  ## generate Python code from proto/ into gen/ (never edited by hand)
+proto: $(GENERATED)  ## regenerate gen/benefits/v1 from proto/ (never edited by hand; see proto_build.py)
 
-$(GENERATED): $(PROTOS)
-	rm -rf gen && mkdir -p gen
-	$(BIN)/python -m grpc_tools.protoc -I proto -I "$$($(BIN)/python -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')" \
-	  --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
-	touch gen/benefits/__init__.py gen/benefits/v1/__init__.py
+$(GENERATED): $(PROTOS) proto_build.py | $(VENV)/.installed
+	$(BIN)/python proto_build.py gen
 
 $(REGISTRY): | $(VENV)/.installed
 	@# deterministic synthetic Xiangyang registry
@@ -152,10 +150,18 @@ bench-api: install  ## ExplainEligibility calls/s and p50/p99 at 1, 8, 32 client
 
 lint: install  ## buf lint over proto/ and ruff over the Python code
 	$(BIN)/buf lint
-	$(BIN)/ruff check rules service enterprise_registry tests benchmarks
+	$(BIN)/ruff check .
+
+format-check: install  ## the files ruff format would leave unchanged (FORMATTED); lists any it would change
+	$(BIN)/ruff format --check $(FORMATTED)
+
+typecheck: install  ## mypy with the settings of pyproject.toml ([tool.mypy])
+	$(BIN)/mypy
+
+check: lint format-check typecheck  ## every static check: lint, format, types
 
 layers:  ## who imports whom, per layer, and the import cycles (docs/architecture.md, Layers)
 	$(PYTHON) tools/import_layers.py
 
 clean:
-	rm -rf var gen $(VENV) *.egg-info .pytest_cache
+	rm -rf var gen build dist $(VENV) *.egg-info .pytest_cache
