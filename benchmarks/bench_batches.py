@@ -21,7 +21,7 @@ from enterprise_registry.importer import load_records
 from enterprise_registry.synthetic import generate
 from rules.evaluator import evaluate
 from service.audit.records import Actor
-from service.cli import DEFAULT_RULES, _policies
+from service.cli.defaults import load_policies
 from service.facts_documents import DocumentSource, build_document
 from service.payouts.runner import RunSettings, create_batch
 from service.payouts.tables import create_payout_schema
@@ -34,7 +34,7 @@ def run(engine: Engine, label: str, count: int, policy_id: str, chunk: int) -> N
     create_schema(engine)
     create_payout_schema(engine)
     load_records(list(generate(count, seed=7)), engine)
-    policies = _policies(DEFAULT_RULES)
+    policies = load_policies()
     policy = policies.get(policy_id)
     compiled = policy.compiled(PERIOD)
 

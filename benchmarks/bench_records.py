@@ -44,7 +44,7 @@ from service.audit.records import (
     verify_records,
     write_records,
 )
-from service.cli import DEFAULT_RULES, _policies
+from service.cli.defaults import load_policies
 from service.facts_documents import DocumentSource, build_document
 
 PERIOD = 2025
@@ -134,7 +134,7 @@ def old_verify(conn: Connection) -> int:
 
 
 def evaluations(count: int) -> tuple[LoadedPolicy, list[tuple[Evaluation, FactsDocument]]]:
-    policies = _policies(DEFAULT_RULES)
+    policies = load_policies()
     policy = policies.get("stable-jobs-refund")
     compiled = policy.compiled(PERIOD)
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,7 +22,7 @@ from enterprise_registry.importer import load_jsonl
 from enterprise_registry.synthetic import write_jsonl
 from rules.evaluator import evaluate
 from rules.interpreter import Interpreter
-from service.cli import DEFAULT_RULES, _policies
+from service.cli.defaults import load_policies
 from service.facts_documents import DocumentSource, build_document
 
 
@@ -50,7 +50,7 @@ def main() -> None:
         print(f"  baseline (read + JSON parse)   : {parsed / parse_seconds:>10,.0f} records/s "
               f"({parse_seconds:.1f} s)")
 
-        policies = [p for p in _policies(DEFAULT_RULES) if p.covers(args.period)]
+        policies = [p for p in load_policies() if p.covers(args.period)]
         compiled = {p.id: p.compiled(args.period) for p in policies}
         source = DocumentSource(engine)
         rows = list(source.all_rows())

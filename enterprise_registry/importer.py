@@ -157,15 +157,6 @@ class RecordWriter:
         self.stale += len(rows) - written
 
 
-def validate_records(
-    records: Iterable[tuple[int, object]], origin: str, *, today: date | None = None
-) -> tuple[list[Record], list[RecordError]]:
-    """Validate (line, record) pairs: the good records, and every problem with its line."""
-    checker = RecordChecker(origin, max_errors=None, today=today)
-    good = [record for line, obj in records if (record := checker.check(line, obj)) is not None]
-    return good, checker.errors
-
-
 def store_records(connection: Connection, records: Iterable[Record]) -> tuple[int, int]:
     """Upsert validated records inside the caller's transaction: (stored, stale) counts."""
     writer = RecordWriter(connection)

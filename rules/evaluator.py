@@ -9,15 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import date
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rules.compiler import Clause, encode
 from rules.engine import ENGINE_VERSION
 from rules.errors import EngineDisagreementError, EngineError
 from rules.facts import FactsDocument
 from rules.interpreter import UNKNOWN, Interpreter, Reads, truth
-from rules.loader import CompiledPolicy
 from rules.money import to_fen
+
+if TYPE_CHECKING:   # the loader compiles the vectorised trace, which builds on this module
+    from rules.loader import CompiledPolicy
 
 ELIGIBLE, INELIGIBLE, UNDETERMINED, HELD = "ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rules import ast
 from rules.compiler import Clause, EngineLayout, compile_ruleset
@@ -34,10 +34,8 @@ from rules.interpreter import ParamValue, Tiers, as_number
 from rules.parser import parse_expression, parse_literal
 from rules.schema import Condition, Parameter, Policy, validate_policy, validate_test_cases
 from rules.typecheck import Scope, check, literal_type
+from rules.vectorised import VectorisedPolicy, compile_vectorised
 from rules.yaml_source import Located, load
-
-if TYPE_CHECKING:
-    from rules.vectorised import VectorisedPolicy
 
 TEST_SUFFIX = ".test.yaml"
 
@@ -130,8 +128,6 @@ class LoadedPolicy:
         compiled = CompiledPolicy(self, period, params, definition, layout)
         # --- vectorised trace hook: every period is also compiled vectorised, so what it cannot
         # compute exactly is refused here, at load (VectorisedLimitError names file and line).
-        # Imported here: rules.vectorised imports rules.evaluator, which imports this module.
-        from rules.vectorised import compile_vectorised
         compiled.vectorised = compile_vectorised(compiled)
         # --- end of the vectorised trace hook
         return compiled

@@ -56,14 +56,6 @@ class PackedRuleset:
             self._ruleset = ruleset(self.name, self.definition)
         return self._ruleset
 
-    @property
-    def rule_count(self) -> int:
-        return len(self.definition)
-
-    @property
-    def property_count(self) -> int:
-        return sum(len(m.properties) for m in self.members) + len(SHARED)
-
 
 def pack(policies: Sequence[CompiledPolicy]) -> list[PackedRuleset]:
     """The policies packed first-fit, in the given order, into rulesets within the limits."""

@@ -185,10 +185,6 @@ class DocumentSource:
             rows = load_rows(conn, [uscc])[uscc]
         return rows if _on_record(rows) else None
 
-    def exists(self, uscc: str) -> bool:
-        """Whether anything at all is on record for the USCC."""
-        return self.rows(uscc) is not None
-
     def all_rows(self, chunk_size: int = 2000) -> Iterator[EnterpriseRows]:
         """Every registered enterprise's rows, ordered by USCC, loaded a chunk at a time."""
         last = ""

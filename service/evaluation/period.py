@@ -1,4 +1,4 @@
-"""Evaluations over the registry: one enterprise, or every enterprise for a period."""
+"""Evaluations over the registry: every enterprise under every policy for a period."""
 from __future__ import annotations
 
 import time
@@ -8,24 +8,10 @@ from datetime import date
 
 from sqlalchemy.engine import Engine
 
-from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, Evaluation, evaluate
-from rules.facts import FactsDocument
-from rules.loader import LoadedPolicy, PolicySet
-from service.errors import EnterpriseNotFoundError
+from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED
+from rules.loader import PolicySet
 from service.evaluation.chunks import next_usccs, read_chunk
 from service.evaluation.decide import PolicyDecisions, decide_chunk, plan_for
-from service.facts_documents import DocumentSource
-
-
-def evaluate_with_inputs(policies: PolicySet, source: DocumentSource, *, uscc: str, policy_id: str,
-                         period: int, today: date) -> tuple[Evaluation, FactsDocument, LoadedPolicy]:
-    """The evaluation together with what it was made from, for the audit record."""
-    policy = policies.get(policy_id)
-    compiled = policy.compiled(period)
-    document = source.document(uscc, policy.fact_year(period))
-    if document is None:
-        raise EnterpriseNotFoundError(uscc)
-    return evaluate(compiled, document, today=today), document, policy
 
 
 @dataclass

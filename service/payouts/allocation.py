@@ -6,7 +6,7 @@ remainders (ties by USCC), so the lines sum to the budget exactly (largest-remai
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -69,7 +69,3 @@ def stack(awards: Mapping[str, int], standing: Mapping[str, int]) -> dict[str, S
         payable = min(shortfall, awards[policy])
         out[policy] = StackedAward(policy, payable, None, earlier if payable and earlier else None)
     return out
-
-
-def control_sum(shares: Sequence[Share]) -> int:
-    return sum(s.paid_fen for s in shares)

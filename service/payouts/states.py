@@ -28,9 +28,6 @@ class LineState(StrEnum):
     CANCELLED = "CANCELLED"
 
 
-# A line in one of these states is no longer owed by its batch: its grant is released, so a later
-# batch may grant the enterprise again (once).
-RELEASED_LINE_STATES = frozenset({LineState.RETURNED, LineState.WITHDRAWN, LineState.CANCELLED})
 # Lines still to be paid or answered: a batch with any of these is not SETTLED.
 OPEN_LINE_STATES = frozenset({LineState.PENDING, LineState.RETURN_PENDING})
 # Lines that count in the batch's line count and total (and that its bank file carries).

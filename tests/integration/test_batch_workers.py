@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from enterprise_registry.synthetic import generate
 from service.audit.records import Actor, evaluation_record, verify_records
-from service.cli import DEFAULT_RULES, _policies
+from service.cli.defaults import load_policies
 from service.payouts import partitions
 from service.payouts.batches import get_batch, lines_of, start_batch
 from service.payouts.pools import DaskPool, PartitionPool, ProcessPool
@@ -51,7 +51,7 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
 
 
 def _run(engine: Engine, settings: RunSettings, pool: PartitionPool | None = None) -> str:
-    policies = _policies(DEFAULT_RULES)
+    policies = load_policies()
     if pool is None:
         return create_batch(engine, policies, policy_id=POLICY, period=PERIOD, request_id="req-workers",
                             actor=OPERATOR, today=TODAY, settings=settings).batch_id
@@ -118,18 +118,18 @@ def test_partitions_in_worker_processes_decide_and_pay_what_one_process_does(
 # -- batches run together -------------------------------------------------------------------------
 
 def _in_force() -> list[str]:
-    return [p.id for p in _policies(DEFAULT_RULES) if p.covers(PERIOD)]
+    return [p.id for p in load_policies() if p.covers(PERIOD)]
 
 
 def _one_by_one(engine: Engine, settings: RunSettings) -> dict[str, tuple[object, ...]]:
-    policies = _policies(DEFAULT_RULES)
+    policies = load_policies()
     return {policy_id: _outcome(engine, create_batch(
         engine, policies, policy_id=policy_id, period=PERIOD, request_id=f"req-{policy_id}", actor=OPERATOR,
         today=TODAY, settings=settings).batch_id) for policy_id in _in_force()}
 
 
 def _together(engine: Engine, settings: RunSettings) -> dict[str, tuple[object, ...]]:
-    made = create_batches(engine, _policies(DEFAULT_RULES), [(p, f"req-{p}") for p in _in_force()], period=PERIOD,
+    made = create_batches(engine, load_policies(), [(p, f"req-{p}") for p in _in_force()], period=PERIOD,
                           actor=OPERATOR, today=TODAY, settings=settings)
     return {batch.policy_id: _outcome(engine, batch.batch_id) for batch in made}
 
@@ -154,7 +154,7 @@ def test_a_periods_batches_run_together_read_each_chunk_once_and_decide_what_the
     pool = ProcessPool(2) if workers > 1 else None
     try:
         settings = RunSettings(chunk_size=25, workers=workers, partitions=workers)
-        made = create_batches(joint, _policies(DEFAULT_RULES), [(p, f"req-{p}") for p in _in_force()],
+        made = create_batches(joint, load_policies(), [(p, f"req-{p}") for p in _in_force()],
                               period=PERIOD, actor=OPERATOR, today=TODAY, settings=settings) if pool is None else \
             _together_in(joint, settings, pool)
     finally:
@@ -167,7 +167,7 @@ def test_a_periods_batches_run_together_read_each_chunk_once_and_decide_what_the
 
 
 def _together_in(engine: Engine, settings: RunSettings, pool: PartitionPool) -> list[Any]:
-    policies = _policies(DEFAULT_RULES)
+    policies = load_policies()
     started = [start_batch(engine, policies, policy_id=p, period=PERIOD, request_id=f"req-{p}", actor=OPERATOR,
                            today=TODAY) for p in _in_force()]
     ids = [batch.batch_id for batch in started]
@@ -178,7 +178,7 @@ def _together_in(engine: Engine, settings: RunSettings, pool: PartitionPool) -> 
 
 def test_batches_of_different_evaluation_dates_run_apart_and_each_as_it_would_alone(
         databases: Callable[[], Engine]) -> None:
-    policies = _policies(DEFAULT_RULES)
+    policies = load_policies()
     first, second = _in_force()[:2]
     engine = databases()
     earlier = start_batch(engine, policies, policy_id=first, period=PERIOD, request_id="a", actor=OPERATOR,

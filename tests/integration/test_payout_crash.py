@@ -23,7 +23,7 @@ from enterprise_registry.synthetic import generate
 from rules.evaluator import ELIGIBLE, evaluate
 from service.audit.ledger import ledger_entry, verify
 from service.audit.records import evaluation_record, verify_records
-from service.cli import DEFAULT_RULES, _policies
+from service.cli.defaults import load_policies
 from service.facts_documents import DocumentSource, build_document
 from service.payouts.seals import MONEY_EVENT_KIND, MoneyEvent
 from service.payouts.tables import grant, payout_batch, payout_candidate
@@ -79,7 +79,7 @@ def _state_in_database(url: str, batch_id: str) -> tuple[str, int, int]:
 
 def _expected_lines(url: str, today: date) -> dict[str, int]:
     """Every eligible enterprise and its amount, evaluated here, independently of the server."""
-    policy = _policies(DEFAULT_RULES).get(POLICY)
+    policy = load_policies().get(POLICY)
     compiled = policy.compiled(PERIOD)
     engine = make_engine(url)
     try:

@@ -19,7 +19,7 @@ from enterprise_registry.db import create_schema, make_engine, refresh_statistic
 from enterprise_registry.importer import load_records
 from enterprise_registry.synthetic import generate
 from service.audit.records import Actor
-from service.cli import DEFAULT_RULES, _policies
+from service.cli.defaults import load_policies
 from service.payouts.batches import create_payout_schema
 from service.payouts.runner import create_batch
 
@@ -68,7 +68,7 @@ def test_a_load_analyses_the_tables_it_filled_and_one_enterprise_is_planned_as_a
 def test_a_batch_analyses_the_records_it_wrote_before_its_end_reads_them(engine: Engine) -> None:
     load_records(list(generate(ENTERPRISES, seed=SEED)), engine)
     assert _analysed(engine)["evaluation_record"] is None
-    create_batch(engine, _policies(DEFAULT_RULES), policy_id="stable-jobs-refund", period=2025,
+    create_batch(engine, load_policies(), policy_id="stable-jobs-refund", period=2025,
                  request_id="req-statistics", actor=Actor("operator-1", "finance_operator"),
                  today=date(2026, 3, 2))
     assert _analysed(engine)["evaluation_record"] is not None

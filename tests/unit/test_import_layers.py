@@ -1,8 +1,12 @@
 """The import layering of docs/architecture.md ("Layers"), read from the code by
-tools/import_layers.py: what may import what."""
+tools/import_layers.py: what may import what, and no module imports, directly or through others,
+a module that imports it back."""
 from __future__ import annotations
 
-from tools.import_layers import external_imports, layer, module_imports
+from collections.abc import Mapping
+from pathlib import Path
+
+from tools.import_layers import cycles, external_imports, import_graph, layer, module_files, module_imports
 
 TRANSPORT = {"grpc", "grpc_status", "grpc_health", "grpc_reflection", "google", "benefits"}
 SQL = {"sqlalchemy", "sqlmodel", "sqlite3", "psycopg"}
@@ -47,4 +51,47 @@ def test_the_decide_audit_and_money_layers_know_nothing_of_grpc() -> None:
 
 def test_nothing_below_the_api_imports_it() -> None:
     importers = {layer(m) for m, t in module_imports().items() if any(layer(x) == "service.api" for x in t)}
-    assert importers - {"service.api"} == {"service.server"}
+    # the demo's auth file names the API's roles (service/api/auth.py)
+    assert importers - {"service.api"} == {"service.server", "service.demo_auth"}
+
+
+def test_no_import_cycle_among_the_project_packages() -> None:
+    found = cycles(module_imports())
+    assert found == [], "import cycles:\n" + "\n".join(" -> ".join(path) for path in found)
+
+
+def test_the_graph_sees_the_project_imports() -> None:
+    graph = module_imports()
+    assert "service.cli" in graph and "rules.loader" in graph
+    assert "rules.loader" in graph["service.cli.defaults"]           # `from rules.loader import ...`
+    assert "service.payouts.batches" in graph["service.payouts.export"]   # `from service.payouts import batches`
+
+
+def _write(root: Path, files: Mapping[str, str]) -> dict[str, Path]:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return module_files(root, ["pkg"])
+
+
+def test_a_cycle_through_an_import_inside_a_function_is_found(tmp_path: Path) -> None:
+    modules = _write(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/a.py": "from pkg.b import thing\n",
+        "pkg/b.py": "from . import c\nthing = 1\n",
+        "pkg/c.py": "def later():\n    import pkg.a\n",
+        "pkg/d.py": "import pkg.a\n",
+    })
+    assert cycles(import_graph(modules)) == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"]]
+
+
+def test_type_checking_imports_make_no_cycle_but_its_else_branch_does(tmp_path: Path) -> None:
+    modules = _write(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/a.py": "import pkg.b\n",
+        "pkg/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import X\n",
+        "pkg/c.py": "import typing\nif typing.TYPE_CHECKING:\n    pass\nelse:\n    from pkg.d import Y\n",
+        "pkg/d.py": "from pkg import c\n",
+    })
+    assert cycles(import_graph(modules)) == [["pkg.c", "pkg.d", "pkg.c"]]

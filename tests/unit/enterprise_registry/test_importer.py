@@ -20,7 +20,6 @@ from enterprise_registry.importer import (
     load_jsonl,
     load_records,
     store_records,
-    validate_records,
 )
 from enterprise_registry.models import table_for
 from enterprise_registry.records import KINDS
@@ -361,14 +360,15 @@ def test_stale_and_stored_mix_across_batches(
 # -- building blocks ----------------------------------------------------------------------------
 
 
-def test_validate_records_then_store_records(db_engine: Engine) -> None:
+def test_checked_records_then_store_records(db_engine: Engine) -> None:
+    """The building blocks ImportFacts streams through: check each record, store the good ones."""
     good = good_records()
-    records, errors = validate_records(
-        [(1, good["tax_year"]), (2, {**good["tax_year"], "year": "2024"}), (3, good["hire"])],
-        origin="stream",
-    )
+    checker = RecordChecker("stream", max_errors=None)
+    checked = [checker.check(line, obj) for line, obj in
+               [(1, good["tax_year"]), (2, {**good["tax_year"], "year": "2024"}), (3, good["hire"])]]
+    records = [record for record in checked if record is not None]
     assert [record.kind for record in records] == ["tax_year", "hire"]
-    assert errors == [RecordError("stream", 2, "year", 'must be an integer, got "2024"')]
+    assert checker.errors == [RecordError("stream", 2, "year", 'must be an integer, got "2024"')]
     with db_engine.begin() as connection:
         assert store_records(connection, records) == (2, 0)
     with db_engine.begin() as connection:

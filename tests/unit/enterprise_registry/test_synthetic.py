@@ -32,9 +32,8 @@ from enterprise_registry.synthetic import (
     write_jsonl,
 )
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED
-from rules.loader import PolicySet, load_policy_dir
-from service.catalogue import CATALOGUE
-from service.cli import DEFAULT_RULES
+from rules.loader import PolicySet
+from service.cli.defaults import load_policies
 from service.evaluation.period import evaluate_period
 
 Records = list[dict[str, Any]]
@@ -54,7 +53,7 @@ def registry() -> Records:
 
 @pytest.fixture(scope="module")
 def pack() -> PolicySet:
-    return load_policy_dir(DEFAULT_RULES, CATALOGUE)
+    return load_policies()
 
 
 def pack_coverage(policies: PolicySet) -> Coverage:

@@ -101,7 +101,7 @@ def test_the_server_does_not_start_with_an_unknown_source(tmp_path: Path) -> Non
 def test_the_demo_auth_file_loads_and_its_feed_writes_for_every_department(tmp_path: Path) -> None:
     from enterprise_registry.db import create_schema, make_engine
     from enterprise_registry.importer import load_records
-    from service.demo import write_demo_auth
+    from service.demo_auth import write_demo_auth
 
     engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
     try:
