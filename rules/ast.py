@@ -96,7 +96,6 @@ class Call:
 Expr = Literal | Name | Unary | Binary | Logical | Membership | Presence | Conditional | Count | Call
 
 COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">="})
-ARITHMETIC = frozenset({"+", "-", "*", "/"})
 
 
 def children(node: Expr) -> tuple[Expr, ...]:

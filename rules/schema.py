@@ -19,7 +19,6 @@ from rules.errors import PolicySchemaError
 from rules.yaml_source import Located
 
 _ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-OUTCOMES = ("ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD")
 
 
 def _policy_id(value: str) -> str:
