@@ -265,3 +265,43 @@ def test_a_definition_is_evaluated_once_per_evaluation(tmp_path: Path) -> None:
     interp.evaluate(compiled.policy.conditions[1].expr, Reads())
     assert interp.term(young) is first   # the cached value and reads, not a second count
 
+
+# --- the reference pack -------------------------------------------------------------------------
+def test_the_reference_pack_uses_definitions_where_it_wrote_an_expression_twice() -> None:
+    policies = shipped_policies()
+    assert set(policies.get("job-expansion-subsidy").definitions) == {"qualifying_hires"}
+    assert set(policies.get("stable-jobs-refund").definitions) == {"layoff_rate", "refunded_at_sme_rate"}
+    for policy in policies:
+        for name in policy.definitions:
+            uses = [n for expr in [*(c.expr for c in [*policy.conditions, *policy.payable]), policy.amount]
+                    for n in ast.walk(expr) if isinstance(n, ast.Ref) and n.name == name]
+            assert len(uses) >= 2, (policy.id, name)
+
+
+@pytest.mark.parametrize("policy_id", ["job-expansion-subsidy", "stable-jobs-refund"])
+def test_the_new_version_decides_every_case_as_the_stored_text_it_replaces(policy_id: str) -> None:
+    new = shipped_policies().get(policy_id)
+    stored = STORED / f"{policy_id}@2025.1.yaml"
+    old = load_policy_text(stored.read_bytes(), CATALOGUE, origin=str(stored))   # as replay loads it
+    assert (old.version, new.version) == ("2025.1", "2025.2")
+    assert old.definitions == {} and old.sha256 != new.sha256
+    old.test_file = new.test_file = str(POLICIES_DIR / f"{policy_id}.test.yaml")
+    cases = load_cases(new)
+    assert cases
+    for case in cases:
+        a, b = run_case(old, case), run_case(new, case)
+        assert a.passed and b.passed, (case.name, a.problems, b.problems)
+        assert a.evaluation is not None and b.evaluation is not None
+        assert (a.evaluation.outcome, a.evaluation.amount_fen, mask_of(a.evaluation.conditions, a.evaluation.payable),
+                a.evaluation.missing, a.evaluation.held) == \
+               (b.evaluation.outcome, b.evaluation.amount_fen, mask_of(b.evaluation.conditions, b.evaluation.payable),
+                b.evaluation.missing, b.evaluation.held), case.name
+
+
+def test_stable_jobs_shows_its_layoff_rate() -> None:
+    compiled = shipped_policies().get("stable-jobs-refund").compiled(2025)
+    result = evaluate(compiled, stable_document({"si.ui_benefit_claimants": 11, "si.insured_avg_monthly": 200}),
+                      today=TODAY)
+    layoff = next(c for c in result.conditions if c.id == "layoff-rate")
+    assert [(t.name, t.value) for t in layoff.terms] == [("layoff_rate", "0.055")]
+    assert layoff.result == "true"
