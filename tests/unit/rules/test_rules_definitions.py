@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rules_testkit import (
     POLICIES_DIR,
@@ -20,6 +21,7 @@ from rules_testkit import (
 )
 
 from rules import ast
+from rules.columns import from_documents
 from rules.errors import ExpressionSyntaxError, ExpressionTypeError, PolicyFileError, PolicySchemaError
 from rules.evaluator import evaluate
 from rules.interpreter import Interpreter, Reads
@@ -305,3 +307,19 @@ def test_stable_jobs_shows_its_layoff_rate() -> None:
     layoff = next(c for c in result.conditions if c.id == "layoff-rate")
     assert [(t.name, t.value) for t in layoff.terms] == [("layoff_rate", "0.055")]
     assert layoff.result == "true"
+
+
+def test_the_vectorised_trace_computes_a_definition_once_per_chunk(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = compile_text(tmp_path, policy_yaml(["young >= 1", "young <= 5 or young == 9"], amount="young * 1元",
+                                                  definitions={"young": "count(h in hires where h.age <= 24)"}))
+    assert compiled.vectorised is not None
+    docs = [document({}, collections={"hires": hires(*ages)}) for ages in AGES]
+    calls = []
+    bincount = np.bincount
+    monkeypatch.setattr(np, "bincount", lambda *a, **k: calls.append(1) or bincount(*a, **k))
+    trace = compiled.vectorised.run(from_documents(docs, CATALOGUE), today=TODAY)
+    # one count with a filter: records per owner, matched, unsure - for the whole chunk, once,
+    # though four clauses/formulas and the engine fact's term use it
+    assert len(calls) == 3
+    assert list(trace.amount_fen) == [evaluate(compiled, doc, today=TODAY).amount_fen for doc in docs]
