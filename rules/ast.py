@@ -1,7 +1,7 @@
 """Syntax tree of the policy expression language (immutable nodes with their source position)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
 
@@ -93,10 +93,18 @@ class Call:
     pos: Pos = field(compare=False)
 
 
-Expr = Literal | Name | Unary | Binary | Logical | Membership | Presence | Conditional | Count | Call
+@dataclass(frozen=True)
+class Ref:
+    """A use of a named definition of the policy file (`definitions:`), resolved to the
+    definition's expression (`rules.definitions`); `pos` is where the name is used."""
+    name: str
+    expr: Expr
+    pos: Pos = field(compare=False)
+
+
+Expr = Literal | Name | Unary | Binary | Logical | Membership | Presence | Conditional | Count | Call | Ref
 
 COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">="})
-ARITHMETIC = frozenset({"+", "-", "*", "/"})
 
 
 def children(node: Expr) -> tuple[Expr, ...]:
@@ -117,7 +125,41 @@ def children(node: Expr) -> tuple[Expr, ...]:
         return (node.where,) if node.where is not None else ()
     if isinstance(node, Call):
         return node.args
+    if isinstance(node, Ref):
+        return (node.expr,)
     return ()
+
+
+def with_children(node: Expr, new: tuple[Expr, ...]) -> Expr:
+    """`node` with its direct sub-expressions (as `children` lists them) replaced by `new`."""
+    if isinstance(node, Unary):
+        return replace(node, operand=new[0])
+    if isinstance(node, Binary):
+        return replace(node, left=new[0], right=new[1])
+    if isinstance(node, Logical):
+        return replace(node, operands=new)
+    if isinstance(node, Membership):
+        return replace(node, subject=new[0], options=new[1:])
+    if isinstance(node, Presence):
+        return replace(node, subject=new[0])
+    if isinstance(node, Conditional):
+        return replace(node, condition=new[0], then=new[1], otherwise=new[2])
+    if isinstance(node, Count):
+        return replace(node, where=new[0]) if new else node
+    if isinstance(node, Call):
+        return replace(node, args=new)
+    if isinstance(node, Ref):
+        return replace(node, expr=new[0])
+    return node
+
+
+def inline(node: Expr) -> Expr:
+    """The expression with every use of a definition replaced by the definition's expression:
+    the tree as if the policy had written each definition out where it is used."""
+    if isinstance(node, Ref):
+        return inline(node.expr)
+    kids = children(node)
+    return with_children(node, tuple(inline(child) for child in kids)) if kids else node
 
 
 def walk(node: Expr) -> list[Expr]:

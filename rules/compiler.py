@@ -6,6 +6,7 @@ from a second fact that records which condition rules fired. Conditions are put 
 normal form, and every field read inside arithmetic must be present, so that durable-rules'
 "a missing field makes a comparison false" coincides exactly with "the clause is not known to
 be true".
+Named definitions (`rules.definitions`) are inlined first.
 Sub-expressions the engine cannot compute (counts over records, year(), min/max, tiers) become
 precomputed terms; everything else - comparisons, arithmetic, and/or/not, membership, presence -
 is evaluated by the engine. The compiler refuses what would crash or mislead durable-rules.
@@ -81,7 +82,9 @@ def compile_ruleset(conditions: list[Clause], payable: list[Clause],
     emitter = _Emitter(layout, params, fact_bounds, file, term_type)
     rules: dict[str, Any] = {}
     for clause in [*conditions, *payable]:
-        rules[clause.rule] = _rule(emitter.boolean(clause.expr, negate=False))
+        # Named definitions are lowered by inlining: the engine sees each written out where it
+        # is used (a term it cannot compute becomes one property, however often it is used).
+        rules[clause.rule] = _rule(emitter.boolean(ast.inline(clause.expr), negate=False))
     rules["seen"] = _rule(TRUE_JSON)
     # The decision chains on the clause rules: a second fact records which of them fired, and
     # `all` requires every condition's. (One rule holding every condition would be multiplied

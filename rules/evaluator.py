@@ -19,7 +19,7 @@ from rules.interpreter import UNKNOWN, Interpreter, Reads, truth
 from rules.money import to_fen
 
 if TYPE_CHECKING:   # the loader compiles the vectorised trace, which builds on this module
-    from rules.loader import CompiledPolicy
+    from rules.loader import CompiledPolicy, LoadedPolicy
 
 ELIGIBLE, INELIGIBLE, UNDETERMINED, HELD = "ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD"
 
@@ -43,6 +43,15 @@ class CollectionRead:
 
 
 @dataclass(frozen=True)
+class TermRead:
+    """A named term (a definition of the policy file) a clause or the amount used."""
+    name: str
+    text: str
+    value: Any                 # JSON-ready: int, str, bool, ISO date, a fraction as exact text
+                               # ("0.055", else "1/3"); None when it cannot be known
+
+
+@dataclass(frozen=True)
 class ClauseResult:
     id: str
     text: str
@@ -51,6 +60,7 @@ class ClauseResult:
     reads: list[FactRead]
     collections: list[CollectionRead] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    terms: list[TermRead] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ class AmountTrace:
     cap_fen: int | None
     reads: list[FactRead]
     notes: list[str]
+    terms: list[TermRead] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -98,10 +109,8 @@ def evaluate(compiled: CompiledPolicy, document: FactsDocument, *, today: date) 
     policy = compiled.policy
     interpreter = Interpreter(document, compiled.params, period=compiled.period, today=today)
 
-    condition_results = [_trace(clause, interpreter, document, policy.catalogue)
-                         for clause in policy.conditions]
-    payable_results = [_trace(clause, interpreter, document, policy.catalogue)
-                       for clause in policy.payable]
+    condition_results = [_trace(clause, interpreter, document, policy) for clause in policy.conditions]
+    payable_results = [_trace(clause, interpreter, document, policy) for clause in policy.payable]
 
     fired = compiled.ruleset.fire(_engine_fact(compiled, interpreter),
                                   decide_on=[c.rule for c in policy.conditions])
@@ -135,15 +144,16 @@ def evaluate(compiled: CompiledPolicy, document: FactsDocument, *, today: date) 
 
 
 def _trace(clause: Clause, interpreter: Interpreter, document: FactsDocument,
-           catalogue: Any) -> ClauseResult:
+           policy: LoadedPolicy) -> ClauseResult:
     reads = Reads()
     value = interpreter.evaluate(clause.expr, reads)
+    catalogue = policy.catalogue
     return ClauseResult(
         id=clause.id, text=clause.text, citation=clause.citation, result=truth(value),
         reads=_fact_reads(reads, document, catalogue),
         collections=[CollectionRead(name, catalogue.collection_labels.get(name, name), n, matched)
                      for name, (n, matched) in reads.collections.items()],
-        notes=reads.notes)
+        notes=reads.notes, terms=_term_reads(reads, policy))
 
 
 def _fact_reads(reads: Reads, document: FactsDocument, catalogue: Any) -> list[FactRead]:
@@ -157,6 +167,20 @@ def _fact_reads(reads: Reads, document: FactsDocument, catalogue: Any) -> list[F
             value = fact.value.isoformat() if isinstance(fact.value, date) else fact.value
             out.append(FactRead(name, label, value, fact.source,
                                 fact.as_of.isoformat() if fact.as_of else None))
+    return out
+
+
+def _term_reads(reads: Reads, policy: LoadedPolicy) -> list[TermRead]:
+    out = []
+    for name, value in reads.terms.items():
+        shown: Any = value
+        if value is UNKNOWN:
+            shown = None
+        elif isinstance(value, Fraction):
+            shown = _show(value)
+        elif isinstance(value, date):
+            shown = value.isoformat()
+        out.append(TermRead(name, policy.definitions[name].text, shown))
     return out
 
 
@@ -229,12 +253,13 @@ def _amount(compiled: CompiledPolicy, interpreter: Interpreter,
     reads = Reads()
     value = interpreter.evaluate(policy.amount, reads)
     fact_reads = _fact_reads(reads, document, policy.catalogue)
+    terms = _term_reads(reads, policy)
     rule = policy.model.amount
     notes = list(reads.notes)
     if value is UNKNOWN:
         missing = [r.name for r in fact_reads if r.missing is not None] + notes or ["amount"]
         return 0, AmountTrace(rule.formula.strip(), rule.text, None, rule.rounding, policy.cap_fen,
-                              fact_reads, notes), missing
+                              fact_reads, notes, terms), missing
     exact = Fraction(value)  # type: ignore[arg-type]
     if exact < 0:
         notes.append(f"formula gives {_show(exact)} fen, below zero: nothing is payable")
@@ -244,7 +269,7 @@ def _amount(compiled: CompiledPolicy, interpreter: Interpreter,
         notes.append(f"capped at {policy.cap_fen} fen")
         fen = policy.cap_fen
     return fen, AmountTrace(rule.formula.strip(), rule.text, _show(exact), rule.rounding,
-                            policy.cap_fen, fact_reads, notes), []
+                            policy.cap_fen, fact_reads, notes, terms), []
 
 
 def _show(value: Fraction) -> str:

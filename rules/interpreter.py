@@ -50,14 +50,25 @@ ParamValue = int | Fraction | str | bool | date | Tiers
 
 @dataclass
 class Reads:
-    """What one clause or formula read: fact names in order, collections with counts, notes."""
+    """What one clause or formula read: fact names in order, collections with counts, notes,
+    and the named terms (definitions) it used with their values, in order of first use."""
     facts: list[str] = field(default_factory=list)
     collections: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # n records, matched refs
     notes: list[str] = field(default_factory=list)
+    terms: dict[str, Value] = field(default_factory=dict)
 
     def add_fact(self, name: str) -> None:
         if name not in self.facts:
             self.facts.append(name)
+
+    def add(self, other: Reads) -> None:
+        """What a definition read, as read by the clause using it."""
+        for name in other.facts:
+            self.add_fact(name)
+        self.collections.update(other.collections)
+        self.notes.extend(note for note in other.notes if note not in self.notes)
+        for name, value in other.terms.items():
+            self.terms.setdefault(name, value)
 
 
 class Interpreter:
@@ -69,9 +80,18 @@ class Interpreter:
         self.params = params
         self.context: dict[str, Value] = {"period": period, "fact_year": document.fact_year,
                                           "today": today}
+        self._terms: dict[str, tuple[Value, Reads]] = {}   # definitions evaluated so far
 
     def evaluate(self, node: ast.Expr, reads: Reads | None = None) -> Value:
         return _Run(self, reads if reads is not None else Reads(), {}).value_of(node)
+
+    def term(self, node: ast.Ref) -> tuple[Value, Reads]:
+        """A definition's value and what it read, computed once per interpreter (a definition
+        reads no record variable, so its value is the same wherever it is used)."""
+        if node.name not in self._terms:
+            reads = Reads()
+            self._terms[node.name] = (self.evaluate(node.expr, reads), reads)
+        return self._terms[node.name]
 
 
 def truth(value: Value) -> str:
@@ -110,6 +130,12 @@ class _Run:
         self.reads.add_fact(node.dotted)
         fact = self.interp.document.facts.get(node.dotted)
         return UNKNOWN if fact is None else fact.value
+
+    def _ref(self, node: ast.Ref) -> Value:
+        value, reads = self.interp.term(node)
+        self.reads.add(reads)
+        self.reads.terms.setdefault(node.name, value)
+        return value
 
     def _unary(self, node: ast.Unary) -> Value:
         value = self.value_of(node.operand)

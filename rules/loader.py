@@ -1,4 +1,5 @@
-"""Loads policy files: validate, parse and type-check every expression, compile per period.
+"""Loads policy files: validate, parse and type-check every expression (the named definitions
+first, rules.definitions), compile per period.
 
 A directory loads completely or not at all, so a running service keeps the rules it had when a
 changed file is refused (see `PolicyStore`). Exclusions (`excludes:`) are checked per file (no
@@ -18,6 +19,7 @@ from typing import Any
 
 from rules import ast
 from rules.compiler import Clause, EngineLayout, compile_ruleset
+from rules.definitions import Definition, load_definitions, resolve, scope_with
 from rules.engine import DurableRuleset, ruleset
 from rules.errors import (
     EngineError,
@@ -72,6 +74,7 @@ class LoadedPolicy:
     conditions: list[Clause]
     payable: list[Clause]
     amount: ast.Expr
+    definitions: dict[str, Definition]   # named terms, in file order (their uses are ast.Ref)
     cap_fen: int | None
     budget_fen: int | None
     param_types: dict[str, str]
@@ -176,24 +179,32 @@ def _load_bytes(raw: bytes, file: str, catalogue: Catalogue, *, expected_id: str
     exclude_lines = _exclusions(doc, policy)
     param_types = {name: _param_type(file, doc, name, p) for name, p in policy.parameters.items()}
     param_values = {name: _param_literals(file, doc, name, p) for name, p in policy.parameters.items()}
-    scope = Scope(catalogue, param_types, file, param_values=param_values)
+    params_scope = Scope(catalogue, param_types, file, param_values=param_values)
+    definitions = load_definitions(
+        {name: (d.text, doc.line_of(("definitions", name)) or 1)
+         for name, d in policy.definitions.items()},
+        params_scope, lambda name: _parse(doc, ("definitions", name, "expr"), policy.definitions[name].expr))
+    scope = scope_with(params_scope, definitions)
+
+    def parse(path: tuple[str | int, ...], text: str) -> ast.Expr:
+        return resolve(_parse(doc, path, text), definitions, file)
 
     def clauses(key: str, items: list[Condition], prefix: str) -> list[Clause]:
         out = []
         for i, item in enumerate(items):
-            expr = _parse(doc, (key, i, "expr"), item.expr)
+            expr = parse((key, i, "expr"), item.expr)
             _expect(doc, (key, i, "expr"), expr, scope, {"bool"}, "a condition must be true/false")
             out.append(Clause(item.id, item.text, item.citation, expr, f"{prefix}{i}"))
         return out
 
     conditions = clauses("conditions", policy.conditions, "c")
     payable = clauses("payable", policy.payable, "p")
-    amount = _parse(doc, ("amount", "formula"), policy.amount.formula)
+    amount = parse(("amount", "formula"), policy.amount.formula)
     _expect(doc, ("amount", "formula"), amount, scope, {"int", "decimal"},
             "the amount formula must give a number of fen")
     loaded = LoadedPolicy(
         model=policy, file=file, source=source, sha256=hashlib.sha256(raw).hexdigest(),
-        conditions=conditions, payable=payable, amount=amount,
+        conditions=conditions, payable=payable, amount=amount, definitions=definitions,
         cap_fen=_money(doc, ("amount", "cap"), policy.amount.cap),
         budget_fen=_money(doc, ("budget",), policy.budget),
         param_types=param_types, param_values=param_values,

@@ -19,7 +19,6 @@ from rules.errors import PolicySchemaError
 from rules.yaml_source import Located
 
 _ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-OUTCOMES = ("ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD")
 
 
 def _policy_id(value: str) -> str:
@@ -115,6 +114,13 @@ class Condition(_Strict):
         return value
 
 
+class Definition(_Strict):
+    """A named term (`definitions:`): an expression written once and used by name in the
+    conditions, the payable clauses, the amount and other definitions (rules.definitions)."""
+    text: str = Field(min_length=1)                 # what it is, in words, for explanations
+    expr: str = Field(min_length=1)
+
+
 class Amount(_Strict):
     formula: str = Field(min_length=1)
     text: str = Field(min_length=1)                 # the rule in words, for explanations
@@ -142,6 +148,7 @@ class Policy(_Strict):
     excludes: list[PolicyId] = Field(default_factory=list)
     budget: str | int | None = None              # money available per period (for payout batches)
     parameters: dict[str, Parameter] = Field(default_factory=dict)
+    definitions: dict[str, Definition] = Field(default_factory=dict)  # name -> named term
     conditions: list[Condition] = Field(min_length=1)
     payable: list[Condition] = Field(default_factory=list)
     amount: Amount

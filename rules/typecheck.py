@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
 
@@ -23,10 +23,13 @@ class Scope:
     file: str
     locals: Mapping[str, str] = field(default_factory=dict)  # count variable -> collection
     param_values: Mapping[str, tuple[object, ...]] = field(default_factory=dict)
+    definitions: Mapping[str, str] = field(default_factory=dict)  # definition name -> its type
 
     def bind(self, variable: str, collection: str) -> Scope:
-        return Scope(self.catalogue, self.params, self.file, {**self.locals, variable: collection},
-                     self.param_values)
+        return replace(self, locals={**self.locals, variable: collection})
+
+    def with_definitions(self, definitions: Mapping[str, str]) -> Scope:
+        return replace(self, definitions=definitions)
 
 
 def literal_type(value: object) -> str:
@@ -50,6 +53,8 @@ def check(node: ast.Expr, scope: Scope) -> str:
 
 def enum_values(node: ast.Expr, scope: Scope) -> tuple[str, ...] | None:
     """The allowed values of an enumerated fact or record field, if `node` names one."""
+    while isinstance(node, ast.Ref):   # a definition that is just a fact's name
+        node = node.expr
     if not isinstance(node, ast.Name):
         return None
     parts = node.parts
@@ -94,9 +99,16 @@ class _Checker:
             if parts[0] in scope.catalogue.collections:
                 raise self.fail(node, f"{parts[0]!r} is a collection: use count({parts[0][0]} in "
                                       f"{parts[0]} where ...)")
+            if len(parts) == 1:
+                known = {**dict.fromkeys(scope.definitions), **scope.catalogue.facts}
+                raise self.fail(node, f"unknown name {node.dotted!r}: not a definition of this file, "
+                                      "a fact, period, fact_year or today" + _suggest(node.dotted, known))
             raise self.fail(node, f"unknown fact {node.dotted!r}" +
                             _suggest(node.dotted, scope.catalogue.facts))
         return fact.kind
+
+    def _ref(self, node: ast.Ref) -> str:
+        return self.scope.definitions[node.name]   # checked once, where it is defined
 
     def _unary(self, node: ast.Unary) -> str:
         operand = self.type_of(node.operand)

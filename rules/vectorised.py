@@ -409,6 +409,20 @@ class _Compiler:
             return _Val(kind, column.values, column.known)
         return _Step(kind, bound, read, collection)
 
+    def _ref(self, node: ast.Ref, scope: Scope) -> _Step:
+        # A definition reads no record variable: one step over the chunk's rows, computed once
+        # per chunk and shared by every use (inside a count, spread to each owner's records).
+        term = self.step(node.expr, _ROW)
+        collection = scope[1]
+        if collection is None:
+            return term
+
+        def spread(run: _Run) -> _Val:
+            value, owner = term(run), run.records(collection).owner
+            den = value.den[owner] if value.den is not None else None
+            return _Val(value.kind, value.v[owner], value.known[owner], den)
+        return _Step(term.kind, term.bound, spread, collection, term.den_bound)
+
     # --- operators -----------------------------------------------------------------------
     def _unary(self, node: ast.Unary, scope: Scope) -> _Step:
         operand = self.step(node.operand, scope)
@@ -729,6 +743,8 @@ def _structure(node: ast.Expr) -> object:
     if isinstance(node, ast.Count):
         where = _structure(node.where) if node.where is not None else None
         return ("Count", node.variable, node.collection, where)
+    if isinstance(node, ast.Ref):   # the value of its expression, whatever the name
+        return _structure(node.expr)
     extra = tuple(getattr(node, f) for f in ("op", "negated", "present", "function") if hasattr(node, f))
     return (type(node).__name__, extra, tuple(_structure(child) for child in ast.children(node)))
 

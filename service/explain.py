@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rules.evaluator import ClauseResult, Evaluation
+from rules.evaluator import ClauseResult, Evaluation, TermRead
 from rules.money import format_yuan
 
 OUTCOME_ZH = {"ELIGIBLE": "符合条件（免申即享）", "INELIGIBLE": "不符合条件",
@@ -48,6 +48,7 @@ def as_text(evaluation: Evaluation, title: str) -> str:
         if e.amount.exact is not None:
             lines.append(f"　精确值 {e.amount.exact} 分，按分{'四舍五入' if e.amount.rounding == 'half_up' else '舍去'}"
                          f" → {e.amount_fen} 分")
+        lines.extend(f"　{_term(t)}" for t in e.amount.terms)
         lines.extend(f"　{n}" for n in e.amount.notes)
     lines.append(f"规则文件 SHA-256：{e.rule_sha256}")
     return "\n".join(lines)
@@ -55,6 +56,7 @@ def as_text(evaluation: Evaluation, title: str) -> str:
 
 def _clause(clause: ClauseResult) -> str:
     out = [f"  [{RESULT_ZH[clause.result]}] {clause.id}：{clause.text}（依据：{clause.citation}）"]
+    out.extend(f"      {_term(t)}" for t in clause.terms)
     for read in clause.reads:
         if read.missing is not None:
             out.append(f"      {read.label}（{read.name}）：缺失 — {read.missing}")
@@ -66,6 +68,11 @@ def _clause(clause: ClauseResult) -> str:
                    + (f"：{', '.join(coll.matched[:10])}" if coll.matched else ""))
     out.extend(f"      注：{note}" for note in clause.notes)
     return "\n".join(out)
+
+
+def _term(term: TermRead) -> str:
+    value = "无法确定（所需数据缺失）" if term.value is None else _value(term.value)
+    return f"{term.text}（{term.name}）= {value}"
 
 
 def _value(value: object) -> str:

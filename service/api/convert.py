@@ -8,7 +8,7 @@ from typing import Any
 from benefits.v1 import evaluation_pb2, payout_service_pb2, policy_service_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from rules.evaluator import AmountTrace, ClauseResult, Evaluation, FactRead
+from rules.evaluator import AmountTrace, ClauseResult, Evaluation, FactRead, TermRead
 from rules.loader import LoadedPolicy
 from service.payouts.batches import Batch
 from service.payouts.payees import line_payee
@@ -53,7 +53,13 @@ def _clause(c: ClauseResult) -> evaluation_pb2.ConditionTrace:
                                                    record_count=k.records,
                                                    matched_refs=k.matched)
                      for k in c.collections],
-        notes=c.notes)
+        notes=c.notes, terms=[_term(t) for t in c.terms])
+
+
+def _term(t: TermRead) -> evaluation_pb2.NamedTerm:
+    return evaluation_pb2.NamedTerm(
+        name=t.name, text=t.text,
+        value_json="" if t.value is None else json.dumps(t.value, ensure_ascii=False))
 
 
 def _read(r: FactRead) -> evaluation_pb2.FactRead:
@@ -66,7 +72,8 @@ def _read(r: FactRead) -> evaluation_pb2.FactRead:
 def _amount(a: AmountTrace) -> evaluation_pb2.AmountComputation:
     return evaluation_pb2.AmountComputation(
         text=a.text, formula=a.formula, exact_fen=a.exact or "", rounding=a.rounding,
-        cap_fen=a.cap_fen or 0, reads=[_read(r) for r in a.reads], notes=a.notes)
+        cap_fen=a.cap_fen or 0, reads=[_read(r) for r in a.reads], notes=a.notes,
+        terms=[_term(t) for t in a.terms])
 
 
 def policy(p: LoadedPolicy, excluded: frozenset[str] = frozenset()) -> policy_service_pb2.Policy:
@@ -87,7 +94,9 @@ def policy(p: LoadedPolicy, excluded: frozenset[str] = frozenset()) -> policy_se
             id=c.id, text=c.text, citation=c.citation, expression=c.expr.strip(), payable=payable)
             for payable, clauses in ((False, model.conditions), (True, model.payable))
             for c in clauses],
-        amount_text=model.amount.text, budget_fen=p.budget_fen or 0, excludes=sorted(excluded))
+        amount_text=model.amount.text, budget_fen=p.budget_fen or 0, excludes=sorted(excluded),
+        definitions=[policy_service_pb2.PolicyDefinition(name=name, text=d.text, expression=d.expr.strip())
+                     for name, d in model.definitions.items()])
 
 
 def payout_batch(batch: Batch) -> payout_service_pb2.PayoutBatch:

@@ -94,7 +94,7 @@ def test_explain_an_eligible_large_enterprise(stubs: Stubs) -> None:
     reply = _explain(stubs, A)
     ev = reply.evaluation
     assert ev.uscc == A and ev.policy_id == SJR and ev.period == 2025 and ev.fact_year == 2024
-    assert ev.policy_version == "2025.1"
+    assert ev.policy_version == "2025.2"
     policy_file = RULES_DIR / "policies" / f"{SJR}.yaml"
     assert ev.rule_sha256 == hashlib.sha256(policy_file.read_bytes()).hexdigest()
     assert ev.outcome == evaluation_pb2.OUTCOME_ELIGIBLE
@@ -118,6 +118,11 @@ def test_explain_an_eligible_large_enterprise(stubs: Stubs) -> None:
     assert reads["si.ui_benefit_claimants"].source == "human_resources"
     assert reads["si.ui_benefit_claimants"].as_of == "2025-01-31"
     assert CJK.search(reads["si.ui_benefit_claimants"].label)
+    # the named term the clause uses, with its value: claimants / average insured, exactly
+    ((term_name, term_value),) = [(t.name, json.loads(t.value_json)) for t in layoff.terms]
+    insured = json.loads(reads["si.insured_avg_monthly"].value_json)
+    assert term_name == "layoff_rate" and Decimal(term_value) == Decimal(30) / Decimal(insured)
+    assert CJK.search(layoff.terms[0].text)
     status = next(c for c in ev.conditions if c.id == "registered-active").reads[0]
     assert (status.name, json.loads(status.value_json), status.source, status.as_of) == (
         "enterprise.status", "active", "market_regulation", "2025-12-31")
@@ -289,11 +294,13 @@ def test_an_unknown_policy_is_not_found(stubs: Stubs) -> None:
 def test_get_policy_returns_the_loaded_version(stubs: Stubs) -> None:
     policy = stubs.policy.GetPolicy(policy_service_pb2.GetPolicyRequest(policy_id=SJR),
                                     metadata=ADMIN)
-    assert (policy.policy_id, policy.version, policy.periods) == (SJR, "2025.1",
+    assert (policy.policy_id, policy.version, policy.periods) == (SJR, "2025.2",
                                                                   [2022, 2023, 2024, 2025])
     assert [c.id for c in policy.conditions] == [*SJR_CONDITIONS, *SJR_PAYABLE]
+    assert [(d.name, "ratio(" in d.expression) for d in policy.definitions] == [
+        ("layoff_rate", True), ("refunded_at_sme_rate", False)]
     same = stubs.policy.GetPolicy(
-        policy_service_pb2.GetPolicyRequest(policy_id=SJR, version="2025.1"), metadata=ADMIN)
+        policy_service_pb2.GetPolicyRequest(policy_id=SJR, version="2025.2"), metadata=ADMIN)
     assert same == policy
 
 

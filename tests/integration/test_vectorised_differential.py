@@ -73,6 +73,8 @@ def check(tmp_path: Path, count: int, seed: int) -> None:
     rows = registry_rows(tmp_path, count, seed)
     assert len(rows) == count
     policies = load_policy_dir(RULES_DIR, CATALOGUE, require_tests=False)
+    # named definitions are among what is compared: the pack uses them in clauses and amounts
+    assert {p.id for p in policies if p.definitions} >= {"job-expansion-subsidy", "stable-jobs-refund"}
     found = []
     for difference in differences(policies, rows):
         found.append(difference)

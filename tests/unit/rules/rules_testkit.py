@@ -48,8 +48,10 @@ def record(ref: str, source: str = "credit", as_of: date | None = AS_OF,
 
 def policy_yaml(conditions: Sequence[str], *, amount: str = "1000元", parameters: str = "",
                 payable: Sequence[str] = (), cap: str | None = None, policy_id: str = "demo",
-                first_period: int = 2025, last_period: int | None = 2025) -> str:
-    """A minimal valid policy; every expression is written as a `|` block scalar."""
+                first_period: int = 2025, last_period: int | None = 2025,
+                definitions: Mapping[str, str] | None = None) -> str:
+    """A minimal valid policy; every expression is written as a `|` block scalar
+    (`definitions`: name -> expression, each with the text 名称<name>)."""
 
     def clauses(exprs: Sequence[str], prefix: str) -> str:
         out = []
@@ -63,6 +65,10 @@ def policy_yaml(conditions: Sequence[str], *, amount: str = "1000元", parameter
     params = f"parameters:\n{textwrap.indent(parameters.strip(chr(10)), '  ')}\n" if parameters else ""
     pay = f"payable:\n{clauses(payable, 'p')}" if payable else ""
     cap_line = f"  cap: {cap}\n" if cap else ""
+    named = "".join(f"  {name}:\n    text: 名称{name}\n    expr: |\n"
+                    f"{textwrap.indent(expr.strip(chr(10)), ' ' * 6)}\n"
+                    for name, expr in (definitions or {}).items())
+    defs = f"definitions:\n{named}" if named else ""
     return (f"id: {policy_id}\n"
             'version: "1"\n'
             "title: 演示政策\n"
@@ -77,6 +83,7 @@ def policy_yaml(conditions: Sequence[str], *, amount: str = "1000元", parameter
             f"{last}"
             "fact_year: previous\n"
             f"{params}"
+            f"{defs}"
             "conditions:\n"
             f"{clauses(conditions, 'c')}"
             f"{pay}"

@@ -64,7 +64,7 @@ def test_eligible_large_enterprise_gets_30_percent_rounded_half_up() -> None:
     assert (result.failed, result.missing, result.held) == ([], [], [])
     assert all(c.result == "true" for c in [*result.conditions, *result.payable])
     assert (result.policy_id, result.policy_version, result.period, result.fact_year) == (
-        "stable-jobs-refund", "2025.1", 2025, 2024)
+        "stable-jobs-refund", "2025.2", 2025, 2024)
     assert result.rule_sha256 == stable_jobs().sha256
     assert result.evaluated_on == "2025-06-01"
     assert result.engine == "durable-rules 2.0.28"

@@ -85,7 +85,7 @@ def test_unknown_fact_without_a_close_name_has_no_suggestion() -> None:
 
 
 def test_bare_group_name_is_not_a_fact() -> None:
-    assert "unknown fact 'si'" in refused("si > 1").reason
+    assert "unknown name 'si'" in refused("si > 1").reason
 
 
 def test_unknown_parameter() -> None:

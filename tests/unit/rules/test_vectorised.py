@@ -288,6 +288,12 @@ HAND_WRITTEN = {
     "nested-count": dict(conditions=["count(h in hires where count(q in qualifications where q.first_time) "
                                      "> h.age - 30) >= 1", "count(c in credit_listings) == 0"],
                          amount="count(h in hires where h.year == period and count(h in hires) > 2) * 1元"),
+    "definitions": dict(conditions=["young >= 1 or staff > 30", "count(h in hires where h.age >= min_age) >= 1",
+                                    "share <= 20%", "(if arrears then staff else young) < 3"],
+                        payable=["not arrears"], amount="young * 1500元 + staff * rate",
+                        definitions={"young": "count(h in hires where h.age <= 24 and h.age >= min_age)",
+                                     "min_age": "16", "staff": "si.insured_start", "arrears": "si.ui_arrears",
+                                     "share": "ratio(young, staff)", "rate": "if arrears then 5% else 12.5%"}),
     "logic": dict(conditions=["not (si.ui_arrears and enterprise.labor_dispatch) or si.layoffs > 1",
                               "true", "enterprise.has_bank_account or false"],
                   amount="if si.ui_arrears or si.layoffs > 3 then 1元 else 2元"),
