@@ -506,8 +506,9 @@ def test_filed_but_seal_lost_then_rerun_seals_the_filed_statement(restored: Rest
 
 @pytest.mark.xfail(strict=True, reason="BUG: the re-run trusts a `ledger_restore` entry at the head without "
                    "checking its signature or its restore point: an insider who appends a forged one makes the "
-                   "key holder's restore write it to the checkpoints file and report success; every later "
-                   "verification and restore then refuses that line")
+                   "key holder's restore write it to the checkpoints file and return it as its statement (the "
+                   "CLI prints it as sealed, then INVALID); every later verification and restore refuses that "
+                   "line until it is removed by hand")
 def test_a_forged_seal_at_the_head_is_not_filed(restored: Restored) -> None:
     forged = sign_statement(Ed25519PrivateKey.generate(), restored_entry_count=6,
                             restored_head_hash=restored.kept.head_hash,
