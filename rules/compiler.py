@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 from rules import ast
 from rules.errors import EngineLimitError
 from rules.facts import DEFAULT_MAX_ABS
-from rules.interpreter import ParamValue, Tiers
+from rules.interpreter import ParamValue, Tiers, Value
 
 # Limits measured on durable-rules 2.0.28 (docs/durable-rules-limits.md): 64 sibling rules matching one fact fail
 # with error 303, 253 properties per fact with 302, more than 512 rules loop forever.
@@ -168,7 +168,8 @@ class _Emitter:
         left_const, right_const = self._constant(left), self._constant(right)
         if left_const is not None and right_const is not None:
             from rules.interpreter import _compare as python_compare
-            return TRUE_JSON if python_compare(op, left_const, right_const) else FALSE_JSON
+            # folded literals and params: values of the language
+            return TRUE_JSON if python_compare(op, cast(Value, left_const), cast(Value, right_const)) else FALSE_JSON
         if self._is_property(left):
             return self._guarded({_OPS[op]: {self._property(left): self.operand(right)}}, right)
         if self._is_property(right):

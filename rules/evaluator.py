@@ -117,7 +117,7 @@ def evaluate(compiled: CompiledPolicy, document: FactsDocument, *, today: date) 
     _cross_check(compiled, document, condition_results, payable_results, fired)
 
     missing = _missing(condition_results)
-    amount_fen, amount_trace, amount_missing = 0, None, []
+    amount_fen, amount_trace, amount_missing = 0, None, list[str]()
     if any(c.result == "false" for c in condition_results):
         outcome = INELIGIBLE
     elif any(c.result == "unknown" for c in condition_results):

@@ -155,17 +155,19 @@ class _Run:
         if isinstance(left, date):
             if isinstance(right, date):
                 return (left - right).days
-            return left + timedelta(days=right) if op == "+" else left - timedelta(days=right)  # type: ignore[arg-type]
+            assert isinstance(right, int)   # the type checker admits date +/- int days only
+            return left + timedelta(days=right) if op == "+" else left - timedelta(days=right)
+        assert isinstance(left, int | Fraction) and isinstance(right, int | Fraction)   # numbers, as type-checked
         if op == "+":
-            return _norm(left + right)  # type: ignore[operator]
+            return _norm(left + right)
         if op == "-":
-            return _norm(left - right)  # type: ignore[operator]
+            return _norm(left - right)
         if op == "*":
-            return _norm(left * right)  # type: ignore[operator]
+            return _norm(left * right)
         if right == 0:
             self.reads.notes.append("division by zero")
             return UNKNOWN
-        return _norm(Fraction(left) / Fraction(right))  # type: ignore[arg-type]
+        return _norm(Fraction(left) / Fraction(right))
 
     def _logical(self, node: ast.Logical) -> Value:
         values = [self.value_of(operand) for operand in node.operands]  # all: the trace shows every read

@@ -6,6 +6,7 @@ from datetime import date
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
@@ -67,7 +68,8 @@ def _describe(exc: UnexpectedInput, text: str) -> str:
     if isinstance(exc, UnexpectedEOF):
         return "expression ends too early"
     if isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        position = exc.pos_in_stream
+        char = text[position] if position is not None and position < len(text) else "?"
         return f"unexpected character {char!r}"
     token = getattr(exc, "token", None)
     if token is not None and getattr(token, "type", "") == "$END":
@@ -145,7 +147,7 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
 
     def call(self, meta: object, children: list[object]) -> ast.Call:
         function, *args = children
-        return ast.Call(str(function), tuple(a for a in args if a is not None), self._p(meta))
+        return ast.Call(str(function), tuple(cast(ast.Expr, a) for a in args if a is not None), self._p(meta))
 
     def count(self, meta: object, children: list[object]) -> ast.Count:
         variable, collection, where = children
@@ -171,7 +173,7 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         subject, options = children
         return ast.Membership(subject, tuple(options), True, self._p(meta))  # type: ignore[arg-type]
 
-    def list(self, meta: object, children: list[object]) -> list[object]:
+    def options(self, meta: object, children: list[object]) -> list[object]:   # `[a, b, ...]` after `in`
         return [c for c in children if c is not None]
 
     def is_missing(self, meta: object, children: list[ast.Expr]) -> ast.Presence:

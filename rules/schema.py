@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -183,7 +183,10 @@ def validate_test_cases(doc: Located) -> list[PolicyTestCase]:
     return [_validate(PolicyTestCase, case, doc, (i,)) for i, case in enumerate(doc.data)]
 
 
-def _validate(model: type[Any], data: Any, doc: Located, prefix: tuple[str | int, ...] = ()) -> Any:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _validate(model: type[_Model], data: Any, doc: Located, prefix: tuple[str | int, ...] = ()) -> _Model:
     if not isinstance(data, dict):
         raise PolicySchemaError(doc.file, doc.line_of(prefix), "expected a mapping of keys")
     try:

@@ -148,8 +148,8 @@ class _Checker:
         if node.op not in ("==", "!=") and left in ("str", "bool"):
             raise self.fail(node, f"'{node.op}' does not order {left} values (the engine compares "
                                   "strings byte by byte): use == or in [...]")
-        for side, other in ((node.left, node.right), (node.right, node.left)):
-            self._check_enum(side, other)
+        for subject, candidate in ((node.left, node.right), (node.right, node.left)):
+            self._check_enum(subject, candidate)
         return "bool"
 
     def _check_enum(self, subject: ast.Expr, candidate: ast.Expr) -> None:

@@ -527,7 +527,7 @@ class _Compiler:
                    ">": np.greater, ">=": np.greater_equal}[op]
         if left.kind in _NUMERIC and right.kind in _NUMERIC:
             if left.kind == right.kind == "int":
-                return lambda a, b: compare(a.v, b.v)  # type: ignore[no-any-return]
+                return lambda a, b: compare(a.v, b.v)
             self.fits(node, left.bound * right.den_bound, right.bound * left.den_bound)
 
             def cross(a: _Val, b: _Val) -> Bools:
@@ -540,7 +540,7 @@ class _Compiler:
             if op not in ("==", "!="):
                 raise self.refuse(node, "strings are compared only with == and !=")
             return lambda a, b: np.asarray(compare(a.v, b.v), dtype=np.bool_)
-        return lambda a, b: compare(a.v, b.v)  # type: ignore[no-any-return]
+        return lambda a, b: compare(a.v, b.v)
 
     def _logical(self, node: ast.Logical, scope: Scope) -> _Step:
         operands = [self.step(operand, scope) for operand in node.operands]

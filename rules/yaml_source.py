@@ -68,7 +68,7 @@ def _construct(node: Node, path: Path, positions: dict[Path, tuple[int, int, str
     if isinstance(node, MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = SafeConstructor().construct_object(key_node)  # type: ignore[no-untyped-call]
+            key = SafeConstructor().construct_object(key_node)
             if isinstance(key, (dict, list)):
                 raise PolicySchemaError(file, key_node.start_mark.line + 1, "a key must be a plain value")
             if key in out:
@@ -81,4 +81,4 @@ def _construct(node: Node, path: Path, positions: dict[Path, tuple[int, int, str
         return [_construct(item, (*path, i), positions, values, file)
                 for i, item in enumerate(node.value)]
     assert isinstance(node, ScalarNode)
-    return SafeConstructor().construct_object(node)  # type: ignore[no-untyped-call]
+    return SafeConstructor().construct_object(node)
