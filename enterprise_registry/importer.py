@@ -31,8 +31,9 @@ from sqlalchemy.sql.dml import ReturningInsert
 from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.db import refresh_statistics
 from enterprise_registry.errors import ImportRejectedError, RecordError, RecordValidationError
+from enterprise_registry.kinds import KEY_FIELDS
 from enterprise_registry.models import key_columns, table_for, to_row
-from enterprise_registry.records import KEY_FIELDS, Record, parse_record, record_key
+from enterprise_registry.records import Record, parse_record, record_key
 
 if TYPE_CHECKING:
     import psycopg

@@ -72,7 +72,7 @@ class BatchClient:
         return self.stub.ImportPaymentStatusReport(pb.ImportPaymentStatusReportRequest(batch_id=batch_id, data=data),
                                                    metadata=self.metadata, timeout=120)
 
-    def export(self, batch_id: str, export_format: int) -> bytes:
+    def export(self, batch_id: str, export_format: pb.ExportFormat) -> bytes:
         chunks = self.stub.ExportPayoutBatch(pb.ExportPayoutBatchRequest(batch_id=batch_id, format=export_format),
                                              metadata=self.metadata, timeout=300)
         return b"".join(chunk.data for chunk in chunks)

@@ -42,7 +42,7 @@ def lookup(target: str | Endpoint, token: str, *, uscc: str, policy_id: str | No
 
 
 def print_error(exc: grpc.RpcError) -> None:
-    print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+    print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     if status is None:
         return

@@ -8,9 +8,10 @@ from typing import Any
 import yaml
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
+from enterprise_registry.kinds import DEPARTMENTS
 from enterprise_registry.models import Enterprise
-from enterprise_registry.records import DEPARTMENTS
 from service.api.auth import ROLES
 
 
@@ -18,8 +19,8 @@ def write_demo_auth(engine: Engine, out: Path) -> list[dict[str, Any]]:
     """An auth file with one demo principal per role; the enterprise is a registered company,
     the feed writes for every department."""
     with engine.connect() as conn:
-        uscc = conn.execute(select(Enterprise.uscc).where(Enterprise.org_type == "enterprise")
-                            .where(Enterprise.status == "active")
+        uscc = conn.execute(select(col(Enterprise.uscc)).where(col(Enterprise.org_type) == "enterprise")
+                            .where(col(Enterprise.status) == "active")
                             .order_by(Enterprise.uscc).limit(1)).scalar_one()
     principals: list[dict[str, Any]] = []
     for role in ROLES:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import col
 
 from enterprise_registry import derived
 from enterprise_registry.kinds import KINDS, KindSpec
@@ -195,7 +196,7 @@ class DocumentSource:
     def rows_after(self, last: str, limit: int) -> list[EnterpriseRows]:
         """The rows of the next `limit` registered enterprises after USCC `last`, in USCC order."""
         with self.engine.connect() as conn:
-            usccs = list(conn.execute(select(Enterprise.uscc).where(Enterprise.uscc > last)
+            usccs = list(conn.execute(select(col(Enterprise.uscc)).where(col(Enterprise.uscc) > last)
                                       .order_by(Enterprise.uscc).limit(limit)).scalars())
             loaded = load_rows(conn, usccs) if usccs else {}
         return [loaded[uscc] for uscc in usccs]
@@ -254,8 +255,8 @@ def _counting_hires(conn: Connection, hires: list[Any]) -> set[derived.HireKey]:
     everyone: list[derived.HireKey] = []
     for start in range(0, len(persons), 5000):
         part = persons[start:start + 5000]
-        for row in conn.execute(select(Hire.__table__.c.uscc, Hire.__table__.c.person_ref,
-                                       Hire.__table__.c.year, Hire.__table__.c.hired_on)
-                                .where(Hire.__table__.c.person_ref.in_(part))):
+        hire = table_for("hire")
+        for row in conn.execute(select(hire.c.uscc, hire.c.person_ref, hire.c.year, hire.c.hired_on)
+                                .where(hire.c.person_ref.in_(part))):
             everyone.append(derived.HireKey(row.uscc, row.person_ref, row.year, row.hired_on))
     return derived.counting_hires(everyone)

@@ -81,8 +81,9 @@ def run_policy_tests(policies: PolicySet) -> Iterator[CaseResult]:
 def _with_defaults(record: dict[str, Any], enterprise: str, as_of: date) -> dict[str, Any]:
     out = {key: (value.isoformat() if isinstance(value, date) else value)
            for key, value in record.items()}
-    if isinstance(out.get("bank_account"), dict):
-        out["bank_account"] = dict(out["bank_account"])
+    account = out.get("bank_account")
+    if isinstance(account, dict):
+        out["bank_account"] = dict(account)
     out.setdefault("uscc", enterprise)
     kind = out.get("kind")
     if isinstance(kind, str) and kind in _SOURCE_BY_KIND:

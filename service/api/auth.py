@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from enterprise_registry import uscc as uscc_codes
-from enterprise_registry.records import DEPARTMENTS
+from enterprise_registry.kinds import DEPARTMENTS
 from service.errors import AuthFileError, PermissionDeniedError, UnauthenticatedError
 
 ROLES = ("registry_feed", "finance_operator", "finance_approver", "auditor", "enterprise", "admin")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from benefits.v1 import evaluation_pb2, payout_service_pb2, policy_service_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,8 +15,11 @@ from service.payouts.payees import line_payee
 from service.payouts.states import BatchState, LineState
 
 # Our enums to the proto's, by name from the generated descriptors (BATCH_STATE_<name>, ...).
-BATCH_STATES = {state: payout_service_pb2.BatchState.Value(f"BATCH_STATE_{state.value}") for state in BatchState}
-LINE_STATES = {state: payout_service_pb2.LineState.Value(f"LINE_STATE_{state.value}") for state in LineState}
+# (protoc's stubs type Value() as int; the message fields take the enum type)
+BATCH_STATES = {state: cast(payout_service_pb2.BatchState,
+                            payout_service_pb2.BatchState.Value(f"BATCH_STATE_{state.value}")) for state in BatchState}
+LINE_STATES = {state: cast(payout_service_pb2.LineState,
+                           payout_service_pb2.LineState.Value(f"LINE_STATE_{state.value}")) for state in LineState}
 # The results a bank reports through RecordPayoutResults.
 BANK_RESULT_STATES = {LINE_STATES[state]: state for state in (LineState.PAID, LineState.RETURNED)}
 

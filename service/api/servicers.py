@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +256,7 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     is sealed in the ledger with the caller as actor."""
 
     def __init__(self, policies: PolicyStore, engine: Engine, workers: BatchWorkers, clock: Clock, *,
-                 payers: dict[str, Any] | None = None, on_export: Callable[[], None] = lambda: None,
+                 payers: dict[str, Any] | None = None, on_export: Callable[[], object] = lambda: None,
                  watch_interval: float = WATCH_INTERVAL_SECONDS) -> None:
         self.policies, self.engine, self.workers, self.payers = policies, engine, workers, payers or {}
         self.clock, self.on_export, self.watch_interval = clock, on_export, watch_interval
@@ -299,6 +299,7 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         query = f"lines:{batch.batch_id}:{request.payee_changed}"
         offset, limit = page_bounds(request.page_size, request.page_token, query, default=100, maximum=1000)
         with self.engine.connect() as conn:
+            lines: Sequence[Mapping[str, Any]]
             if request.payee_changed:   # every pending line is compared with the registry, then paged
                 pending = [line for line in batches.lines_of(conn, batch.batch_id)
                            if line["state"] == LineState.PENDING]

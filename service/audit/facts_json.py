@@ -28,11 +28,11 @@ def snapshot_of(document: FactsDocument) -> tuple[str, str]:
 # Values may stay dates there: orjson writes a date as ISO 8601, the very text `_plain` gives
 # (tests/unit/audit/test_facts_json.py holds the two together for every date the registry holds).
 
-def fact_json(value: Any, source: str, as_of: date | None) -> dict[str, Any]:
+def fact_json(value: Any, source: str, as_of: date | str | None) -> dict[str, Any]:   # a date or its ISO text
     return {"value": value, "source": source, "as_of": as_of}
 
 
-def record_json(ref: str, fields: dict[str, Any], source: str, as_of: date | None) -> dict[str, Any]:
+def record_json(ref: str, fields: dict[str, Any], source: str, as_of: date | str | None) -> dict[str, Any]:
     return {"ref": ref, "fields": fields, "source": source, "as_of": as_of}
 
 
@@ -62,7 +62,7 @@ def document_from_json(data: Mapping[str, Any], catalogue: Catalogue) -> FactsDo
     return FactsDocument(data["uscc"], data["fact_year"], facts, collections, dict(data["missing"]))
 
 
-def _plain(value: object) -> object:
+def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
 

@@ -20,7 +20,7 @@ Memory stays bounded by one chunk whatever the number of records.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,7 +88,7 @@ class _Run:
         self.named: set[str] = set()            # records already reported (one problem each)
         self.replays_left = _REPLAY_BUDGET
 
-    def problems(self) -> Iterator[AuditProblem]:
+    def problems(self) -> Generator[AuditProblem, None, None]:
         yield from self._chunks()
         yield from self._orphans()
         yield from self._texts("facts snapshot", facts_snapshot, "facts_sha256", "document")

@@ -63,6 +63,7 @@ def render(connection: Connection, record: Mapping[str, Any], catalogue: Catalog
                (("rule text", rule_sha, source), ("facts snapshot", facts_sha, facts)) if text is None]
     if missing:
         raise RecordMismatchError(evaluation_id, missing)
+    assert source is not None and facts is not None
     differences = [f"{what}: the stored text no longer has SHA-256 {digest[:12]} (edited)"
                    for what, digest, text in (("rule text", rule_sha, source), ("facts snapshot", facts_sha, facts))
                    if sha256_hex(text.encode()) != digest]

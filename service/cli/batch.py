@@ -203,7 +203,7 @@ def read_results(path: Path) -> list[Any]:
             if state not in ("PAID", "RETURNED") or not row.get("line_id"):
                 raise ValueError(f"{path}:{number}: needs a line_id and a state PAID or RETURNED")
             results.append(pb.PayoutResult(line_id=row["line_id"].strip(),
-                                           state=pb.LineState.Value(f"LINE_STATE_{state}"),
+                                           state=f"LINE_STATE_{state}",   # the enum by its name
                                            return_reason=(row.get("return_reason") or "").strip()))
     return results
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
+from sqlmodel import col
 
 from enterprise_registry.models import Enterprise
 from rules.columns import FactColumns
@@ -43,9 +44,9 @@ class Chunk:
 
 def next_usccs(conn: Connection, after: str, limit: int, *, last: str | None = None) -> list[str]:
     """The next `limit` registered enterprises after USCC `after` (up to `last`), in USCC order."""
-    query = select(Enterprise.uscc).where(Enterprise.uscc > after)
+    query = select(col(Enterprise.uscc)).where(col(Enterprise.uscc) > after)
     if last is not None:
-        query = query.where(Enterprise.uscc <= last)
+        query = query.where(col(Enterprise.uscc) <= last)
     return list(conn.execute(query.order_by(Enterprise.uscc).limit(limit)).scalars())
 
 

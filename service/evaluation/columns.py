@@ -21,7 +21,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -326,10 +326,10 @@ def _read_kind(conn: Connection, spec: KindSpec, position: dict[str, int]) -> Ki
 
 
 @cache
-def _row_type(kind: str, names: tuple[str, ...]) -> type[tuple[Any, ...]]:
+def _row_type(kind: str, names: tuple[str, ...]) -> type[Any]:
     """The rows of a kind kept as named tuples: documents and snapshots read a row's fields by
     name, which costs a tenth of a SQLAlchemy `Row`'s attribute lookup."""
-    return namedtuple(f"{kind}_row", names)  # type: ignore[misc]  # names known at run time only
+    return namedtuple(f"{kind}_row", names)   # names known at run time only
 
 
 def _counting_hires(conn: Connection, hires: KindRows) -> set[derived.HireKey]:
@@ -397,7 +397,8 @@ def _encoded(kind: ScalarKind, raw: Sequence[FactValue | None]) -> Column:
     if None in raw:
         return Column.of(kind, raw)
     dtype = dtype_of(kind)
-    values = np.fromiter(map(encode, raw), dtype=dtype, count=len(raw)) if kind == "date" else \
+    on_record = cast("Sequence[FactValue]", raw)   # no None among them (above)
+    values = np.fromiter(map(encode, on_record), dtype=dtype, count=len(raw)) if kind == "date" else \
         np.array(raw, dtype=dtype).reshape(len(raw))
     return Column(values, np.ones(len(raw), dtype=np.bool_))
 

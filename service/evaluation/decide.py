@@ -117,7 +117,9 @@ def decide_chunk(plan: PeriodPlan, columns: Mapping[int, FactColumns], *, today:
         if wanted is not None and policy.id not in wanted:
             continue
         chunk = columns[policy.fact_year(plan.period)]
-        trace = policy.compiled(plan.period).vectorised.run(chunk, today=today)
+        vectorised = policy.compiled(plan.period).vectorised
+        assert vectorised is not None   # the loader compiles every period vectorised or refuses the policy
+        trace = vectorised.run(chunk, today=today)
         decisions[policy.id] = PolicyDecisions(policy, chunk, trace, _engine_errors(trace))
     for packed in plan.packs:
         members = [m for m in packed.members if m.policy_id in decisions]

@@ -173,7 +173,7 @@ def to_pain001(lines: list[PaymentLine], batch: batches.Batch, payer: Payer, mes
     total = yuan(sum(line.amount_fen for line in lines))
 
     def el(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
-        node = etree.SubElement(parent, f"{{{PAIN_NS}}}{tag}", **attrs)
+        node = etree.SubElement(parent, f"{{{PAIN_NS}}}{tag}", attrib=attrs)
         if text is not None:
             node.text = text
         return node

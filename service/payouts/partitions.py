@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 from sqlalchemy import exists, func, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import col
 
 from enterprise_registry.models import Enterprise
 from rules.evaluator import ELIGIBLE
@@ -102,7 +103,7 @@ def ensure_partitions(engine: Engine, batch_ids: Sequence[str], count: int) -> d
         count = max(1, min(count, total))
         bounds: list[str | None] = []
         for k in range(1, count):
-            bounds.append(conn.execute(select(Enterprise.uscc).order_by(Enterprise.uscc)
+            bounds.append(conn.execute(select(col(Enterprise.uscc)).order_by(Enterprise.uscc)
                                        .offset(k * total // count - 1).limit(1)).scalar_one())
         bounds.append(None)
         for batch_id in new:

@@ -111,9 +111,9 @@ def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *
             failures.append(([run.batch_id for run in group.runs], exc))
             failed.update(run.batch_id for run in group.runs if run.batch_id not in finished)
     _release(engine, [run for run in runs if run.batch_id not in finished and run.batch_id not in failed], worker)
-    for batch_ids_failed, exc in failures[1:]:
-        log.error("batch %s failed; it will be retried: %s", ", ".join(batch_ids_failed), error_text(exc),
-                  exc_info=redacted(exc))
+    for batch_ids_failed, error in failures[1:]:
+        log.error("batch %s failed; it will be retried: %s", ", ".join(batch_ids_failed), error_text(error),
+                  exc_info=redacted(error))
     if failures:
         raise failures[0][1]
     return finished

@@ -111,7 +111,7 @@ def parse(data: bytes) -> StatusReport:
         raise _bad(f"not well-formed XML: {exc}") from None
     if root.tag != _tag("Document"):
         raise _bad(f"line {root.sourceline}: the document element must be Document in {PAIN002_NS}, "
-                   f"got {root.tag}")
+                   f"got {root.tag!s}")
     _only_pain002_elements(root)
     report = _one(root, "CstmrPmtStsRpt")
     message_id = _text(_one(_one(report, "GrpHdr"), "MsgId"))

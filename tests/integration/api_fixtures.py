@@ -30,7 +30,7 @@ from testing_databases import private_schema
 
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
-from enterprise_registry.records import DEPARTMENTS
+from enterprise_registry.kinds import DEPARTMENTS
 from enterprise_registry.uscc import make
 from service.config import ServeConfig
 from service.payouts.batches import create_payout_schema

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from enterprise_registry.records import DEPARTMENTS
+from enterprise_registry.kinds import DEPARTMENTS
 from service.api.auth import METHOD_ROLES, AuthTable
 from service.config import ServeConfig
 from service.errors import AuthFileError
