@@ -338,7 +338,12 @@ def signature_problem(item: Checkpoint | RestoreStatement, public_key: Ed25519Pu
     if item.key_id != key_id(public_key):
         return f"{what} signed by another key"
     try:
-        public_key.verify(base64.b64decode(item.signature, validate=True), item.signed_bytes())
+        signature = base64.b64decode(item.signature, validate=True)
+        # Strict: base64 leaves the last character's low bits unused, so a lenient decode would let
+        # the text of a genuine signature be edited and still verify - the signed line not unique.
+        if base64.b64encode(signature).decode() != item.signature:
+            raise ValueError("not the canonical base64 of its bytes")
+        public_key.verify(signature, item.signed_bytes())
     except (InvalidSignature, ValueError):
         return f"{what} signature does not verify"
     return None
