@@ -340,10 +340,10 @@ def test_a_backup_older_than_every_checkpoint_abandons_them_all_and_says_so(rest
 
 
 def test_limit_a_restore_vouches_for_edits_after_the_newest_kept_checkpoint(restored: Restored) -> None:
-    """LIMIT (docs/operations.md, "Backup and restore", Limits): an insider who rewrites the entries after the newest kept
-    checkpoint (here none is kept: the backup is older than every checkpoint) and asks for a restore
-    gets the rewritten history signed; nothing can tell it from the backup. The key holder must
-    restore only a backup taken from its own storage."""
+    """LIMIT (docs/operations.md, "Backup and restore", Limits): an insider who rewrites the entries
+    after the newest kept checkpoint (here none is kept: the backup is older than every checkpoint)
+    and asks for a restore gets the rewritten history signed; nothing can tell it from the backup.
+    The key holder must restore only a backup taken from its own storage."""
     _cut_to(restored.engine, 3)
     _append(restored.engine, ["forged3"])   # entry 4 never existed in the checkpointed ledger
     statement = _restore(restored)
