@@ -6,8 +6,9 @@ A backup's ledger is a prefix of the checkpointed one: every checkpoint covering
 the backup holds must still match it (else this is not a backup of that ledger but another
 history, and nothing is signed). The newer checkpoints are abandoned by name in the signed
 statement (`service/audit/restore_statement.py`); `checkpoints.verify_checkpoints` checks the
-statement, its seal and every checkpoint after it. The procedure and its limits are in
-docs/operations.md, "Backup and restore".
+statement, its seal and every checkpoint after it - and the procedure runs that verification
+on the sealed ledger before it commits, so it never signs a restore that would not verify. The
+procedure and its limits are in docs/operations.md, "Backup and restore".
 """
 from __future__ import annotations
 
