@@ -232,7 +232,8 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
     - A restore statement (a database restored from a backup, signed by the key's holder) names
       exactly the checkpoints since the previous restore that cover more than the restored
       ledger: those are abandoned, reported and not checked. The ledger must hold the restore
-      point (entry count and head hash) and, right after it, the statement sealed as an entry.
+      point (entry count and head hash) and, right after it, the statement sealed as an entry;
+      a `ledger_restore` entry that no statement in the file names fails.
     - Entry counts never go down from one checkpoint to a later one (the ledger only grows); a
       later checkpoint covering fewer entries means the file was cut back or the ledger reset.
       After a restore, checkpoints must extend the restored ledger (its seal included).
@@ -309,6 +310,12 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
             checked[checkpoint.entry_count] = checkpoint.head_hash
         newest = _Point(checkpoint.entry_count, checkpoint.head_hash, _name(checkpoint))
     assert newest is not None  # the last line is never abandoned: only lines before a restore are
+    named = {restore.restore_entry_seq for restore in restores}
+    unnamed = [seq for seq in restore_seals(connection) if seq not in named]
+    if unnamed:
+        return CheckpointCheck(False, f"entry {unnamed[0]} is a {RESTORE_KIND} seal that no restore statement in "
+                                      f"{checkpoint_file} names: forged, or a restore whose statement was never "
+                                      "filed (`benefits audit restore` files it)", first_bad_entry=unnamed[0])
     check = _against_ledger(connection, newest, entries)
     if not check.valid or not restores:
         return check
@@ -338,10 +345,21 @@ def signature_problem(item: Checkpoint | RestoreStatement, public_key: Ed25519Pu
     if item.key_id != key_id(public_key):
         return f"{what} signed by another key"
     try:
-        public_key.verify(base64.b64decode(item.signature, validate=True), item.signed_bytes())
+        signature = base64.b64decode(item.signature, validate=True)
+        # Strict: base64 leaves the last character's low bits unused, so a lenient decode would let
+        # the text of a genuine signature be edited and still verify - the signed line not unique.
+        if base64.b64encode(signature).decode() != item.signature:
+            raise ValueError("not the canonical base64 of its bytes")
+        public_key.verify(signature, item.signed_bytes())
     except (InvalidSignature, ValueError):
         return f"{what} signature does not verify"
     return None
+
+
+def restore_seals(connection: Connection) -> list[int]:
+    """The positions of the ledger's `RESTORE_KIND` entries, oldest first."""
+    return list(connection.execute(select(ledger_entry.c.seq).where(ledger_entry.c.kind == RESTORE_KIND)
+                                   .order_by(ledger_entry.c.seq)).scalars())
 
 
 def split_at_restore(segment: list[tuple[int, Checkpoint]], restored_entry_count: int

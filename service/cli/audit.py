@@ -111,6 +111,7 @@ def _prove(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     import getpass
 
+    from enterprise_registry.db import make_engine
     from service.audit import checkpoints
     from service.audit.ledger import read_snapshot
     from service.audit.restore import restore_ledger
@@ -118,15 +119,32 @@ def _restore(args: argparse.Namespace) -> int:
     from service.payouts.tables import create_payout_schema
 
     key = checkpoints.load_private_key(args.ledger_key)
-    with open_database(args.db) as engine:
-        create_payout_schema(engine)  # the audit trail's tables included
+    _require_existing_sqlite_file(args.db)
+    engine = make_engine(args.db)   # not open_database: a mistyped --db must not become an empty database
+    try:
         statement = restore_ledger(engine, key, args.checkpoints, reason=args.reason,
                                    restored_by=args.by or getpass.getuser())
+        create_payout_schema(engine)  # tables a backup of an older version lacks, for the verification
         with read_snapshot(engine) as conn:
             verdict = verify_audit_log(conn, checkpoint_file=args.checkpoints, public_key=key.public_key())
+    finally:
+        engine.dispose()
     print(f"restored to entry {statement.restored_entry_count} (head {statement.restored_head_hash}), sealed as "
           f"entry {statement.restore_entry_seq}; {len(statement.abandoned_checkpoints)} checkpoint(s) abandoned:")
     for abandoned in statement.abandoned_checkpoints:
         print(f"  {abandoned.entry_count} entries, signed at {abandoned.signed_at}")
     print(f"{'VALID' if verdict.valid else 'INVALID'}: {verdict.detail}")
     return 0 if verdict.valid else 1
+
+
+def _require_existing_sqlite_file(url: str) -> None:
+    """SQLite creates a missing database file on connecting; a restore must name an existing one."""
+    from sqlalchemy.engine import make_url
+
+    from service.errors import LedgerRestoreError
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).exists():
+        raise LedgerRestoreError(f"the database {parsed.database} does not exist: --db must name the restored "
+                                 "database")

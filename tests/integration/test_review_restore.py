@@ -262,9 +262,6 @@ def test_a_seal_moved_one_entry_later_fails(restored: Restored) -> None:
     assert not valid and "entry 7 is not the seal" in detail
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (low): the signature is base64 decoded leniently, so its text can "
-                   "be edited (the unused low bits of the last character) in the file and the seal alike and "
-                   "the restore still verifies: the signed line is not unique")
 def test_the_signature_text_cannot_be_edited(restored: Restored) -> None:
     _restore(restored)
     lines = _lines(restored)
@@ -343,10 +340,10 @@ def test_a_backup_older_than_every_checkpoint_abandons_them_all_and_says_so(rest
 
 
 def test_limit_a_restore_vouches_for_edits_after_the_newest_kept_checkpoint(restored: Restored) -> None:
-    """LIMIT (not in docs/operations.md): an insider who rewrites the entries after the newest kept
-    checkpoint (here none is kept: the backup is older than every checkpoint) and asks for a restore
-    gets the rewritten history signed; nothing can tell it from the backup. The key holder must
-    restore only a backup taken from its own storage."""
+    """LIMIT (docs/operations.md, "Backup and restore", Limits): an insider who rewrites the entries
+    after the newest kept checkpoint (here none is kept: the backup is older than every checkpoint)
+    and asks for a restore gets the rewritten history signed; nothing can tell it from the backup.
+    The key holder must restore only a backup taken from its own storage."""
     _cut_to(restored.engine, 3)
     _append(restored.engine, ["forged3"])   # entry 4 never existed in the checkpointed ledger
     statement = _restore(restored)
@@ -411,10 +408,6 @@ def test_a_backup_older_than_an_earlier_restore_is_refused(restored: Restored) -
     assert restored.file.read_text() == before and _entries(restored.engine) == 6
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after a restore, `restore_ledger` checks only the count of an older "
-                   "backup against the earlier restore, never that it holds that restore's point and seal: a "
-                   "backup of the abandoned history longer than the seal is signed and sealed, and the ledger "
-                   "then fails verification for good ('entry 7 is not the seal')")
 def test_a_backup_of_the_abandoned_history_is_refused(restored: Restored) -> None:
     _restore(restored)
     _append(restored.engine, ["after0", "after1", "after2", "after3"])
@@ -427,9 +420,6 @@ def test_a_backup_of_the_abandoned_history_is_refused(restored: Restored) -> Non
     assert _entries(restored.engine) == 9
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (same cause): a second restore checks only the checkpoints since the "
-                   "earlier restore; a backup rewritten before it (chain rebuilt, every checkpoint after the "
-                   "earlier restore abandoned) is signed and sealed, and then fails verification on line 1")
 def test_a_second_restore_checks_what_the_first_kept(restored: Restored) -> None:
     _restore(restored)
     _append(restored.engine, ["after0", "after1"])
@@ -479,9 +469,6 @@ def test_sealed_but_not_filed_then_rerun_gives_one_statement(restored: Restored,
     assert len(_lines(restored)) == 3 and _entries(restored.engine) == 7
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the re-run finds the unfiled seal only when it is the head; one "
-                   "entry written after it and the re-run signs and seals a second statement (restored to "
-                   "entry 8, abandoning the same checkpoint): two seals in the ledger, one in the file")
 def test_sealed_not_filed_then_an_entry_then_rerun_gives_one_statement(restored: Restored,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     _seal_but_fail_the_file(restored, monkeypatch)
@@ -491,11 +478,6 @@ def test_sealed_not_filed_then_an_entry_then_rerun_gives_one_statement(restored:
     assert _kinds(restored.engine).count(RESTORE_KIND) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: filed but the seal lost (the database restored again from the same "
-                   "backup, or its commit lost): the ledger holds exactly the filed statement's restore point, "
-                   "yet the re-run refuses ('a backup older than an earlier restore ... restore a backup made "
-                   "after it', which does not exist) instead of sealing the filed statement; verification "
-                   "fails for good unless the key holder edits the file by hand")
 def test_filed_but_seal_lost_then_rerun_seals_the_filed_statement(restored: Restored) -> None:
     statement = _restore(restored)
     _cut_to(restored.engine, 6)
@@ -504,11 +486,6 @@ def test_filed_but_seal_lost_then_rerun_seals_the_filed_statement(restored: Rest
     assert _verdict(restored)[0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the re-run trusts a `ledger_restore` entry at the head without "
-                   "checking its signature or its restore point: an insider who appends a forged one makes the "
-                   "key holder's restore write it to the checkpoints file and return it as its statement (the "
-                   "CLI prints it as sealed, then INVALID); every later verification and restore refuses that "
-                   "line until it is removed by hand")
 def test_a_forged_seal_at_the_head_is_not_filed(restored: Restored) -> None:
     forged = sign_statement(Ed25519PrivateKey.generate(), restored_entry_count=6,
                             restored_head_hash=restored.kept.head_hash,
@@ -524,8 +501,6 @@ def test_a_forged_seal_at_the_head_is_not_filed(restored: Restored) -> None:
     assert restored.file.read_text() == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a malformed `ledger_restore` entry at the head makes the restore "
-                   "fail with a bare ValueError from RestoreStatement.from_data instead of a LedgerRestoreError")
 def test_a_malformed_seal_at_the_head_is_a_clear_error(restored: Restored) -> None:
     with restored.engine.begin() as conn:
         append(conn, RESTORE_KIND, {"kind": RESTORE_KIND, "note": "not a statement"})
@@ -533,10 +508,6 @@ def test_a_malformed_seal_at_the_head_is_a_clear_error(restored: Restored) -> No
         _restore(restored)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: verification checks only the `ledger_restore` entries the file names: "
-                   "one appended by an insider (its signature by no key of ours) verifies as an ordinary "
-                   "uncovered entry, and the next checkpoint covers it; a sealed but unfiled restore (a crash) "
-                   "is not reported either")
 def test_a_restore_entry_the_file_does_not_name_fails_verification(restored: Restored) -> None:
     _restore(restored)
     forged = sign_statement(Ed25519PrivateKey.generate(), restored_entry_count=7,
@@ -586,9 +557,6 @@ def test_bad_input_to_the_command_is_a_clear_error_and_writes_nothing(
     assert not (tmp_path / "nope.jsonl").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `benefits audit restore --db` naming a database that does not exist "
-                   "(a typo) creates it empty, then signs and files a restore to entry 0 abandoning every "
-                   "checkpoint; the real database then fails verification ('entry 1 is not the seal')")
 def test_a_missing_database_is_an_error_not_a_restore_to_nothing(restored: Restored, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     before = restored.file.read_text()

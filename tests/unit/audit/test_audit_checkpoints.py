@@ -2,6 +2,7 @@
 One test per rule of `verify_checkpoints`, and the key's life: made once, private, never replaced."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -293,6 +294,21 @@ def test_a_forged_or_foreign_checkpoint_is_refused_by_its_line(ledger: Engine, k
     _checkpoint(ledger, Ed25519PrivateKey.generate(), file)
     result = _verify(ledger, file, key)
     assert not result.valid and result.detail == f"{file} line 2: checkpoint signed by another key"
+
+
+def test_the_signature_text_of_a_checkpoint_cannot_be_edited(ledger: Engine, key: Ed25519PrivateKey,
+                                                             file: Path) -> None:
+    """The last base64 character of a 64-byte signature carries 4 unused bits: flipping one leaves
+    the decoded bytes as they were, but the line is no longer the one signed."""
+    genuine = _checkpoint(ledger, key, file)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = genuine.signature[85]
+    edited = genuine.signature[:85] + alphabet[alphabet.index(last) ^ 1] + genuine.signature[86:]
+    assert edited != genuine.signature and base64.b64decode(edited) == base64.b64decode(genuine.signature)
+    file.write_text(checkpoints.Checkpoint(genuine.entry_count, genuine.head_hash, genuine.signed_at,
+                                           genuine.key_id, edited).to_json() + "\n")
+    result = _verify(ledger, file, key)
+    assert not result.valid and result.detail == f"{file} line 1: checkpoint signature does not verify"
 
 
 def test_a_bad_signature_anywhere_fails_not_only_the_newest(ledger: Engine, key: Ed25519PrivateKey,

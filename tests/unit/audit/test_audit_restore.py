@@ -251,6 +251,41 @@ def test_another_history_is_not_a_backup(restored: Restored) -> None:
     _unchanged(restored, 6, before)
 
 
+def test_a_database_without_ledger_entries_is_refused(restored: Restored, tmp_path: Path) -> None:
+    before = restored.file.read_text()
+    empty = make_engine(f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    try:
+        with pytest.raises(LedgerRestoreError, match="the database holds no ledger: check --db"):
+            restore_ledger(empty, restored.key, restored.file, reason=REASON, restored_by="ops-alice")
+        create_every_table(empty)
+        with pytest.raises(LedgerRestoreError, match="the database holds no ledger entries"):
+            restore_ledger(empty, restored.key, restored.file, reason=REASON, restored_by="ops-alice")
+        assert _entries(empty) == 0
+    finally:
+        empty.dispose()
+    _unchanged(restored, 6, before)
+
+
+def test_a_restore_that_would_not_verify_is_refused_and_nothing_sealed(restored: Restored) -> None:
+    """A backup made before an earlier restore, of the history it abandoned: the count check passes
+    but the earlier restore's seal is missing, which the final verification catches."""
+    restore_ledger(restored.engine, restored.key, restored.file, reason=REASON, restored_by="ops-alice")
+    _append(restored.engine, 4, "after")
+    _checkpoint(restored.engine, restored.key, restored.file)
+    with restored.engine.begin() as conn:   # the abandoned history, as a backup made before the restore holds it
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("DROP TRIGGER ledger_entry_append_only ON ledger_entry"))
+        else:
+            conn.execute(text("DROP TRIGGER ledger_entry_no_delete"))
+        conn.execute(text("DELETE FROM ledger_entry WHERE seq > 6"))
+    _append(restored.engine, 3, "other")
+    before = restored.file.read_text()
+    with pytest.raises(LedgerRestoreError, match=r"after this restore the ledger would not verify .*line 3: entry 7 "
+                                                 r"is not the seal"):
+        restore_ledger(restored.engine, restored.key, restored.file, reason=REASON, restored_by="ops-bob")
+    _unchanged(restored, 9, before)
+
+
 def test_a_checkpoints_file_with_a_forged_line_is_refused(restored: Restored) -> None:
     lines = restored.file.read_text().splitlines()
     second = json.loads(lines[1])
@@ -272,7 +307,9 @@ def test_a_restore_sealed_but_not_written_is_written_on_the_next_run(restored: R
         with pytest.raises(OSError, match="No space left"):
             restore_ledger(restored.engine, restored.key, restored.file, reason=REASON, restored_by="ops-alice")
     assert _entries(restored.engine) == 7   # sealed
-    assert not _verify(restored).valid      # but the file does not say so yet
+    check = _verify(restored)               # but the file does not say so yet
+    assert not check.valid and check.first_bad_entry == 7
+    assert "entry 7 is a ledger_restore seal that no restore statement" in check.detail, check.detail
     again = restore_ledger(restored.engine, restored.key, restored.file, reason="another reason", restored_by="bob")
     assert again.reason == REASON           # the sealed statement, not a second one
     assert _entries(restored.engine) == 7
