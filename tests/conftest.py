@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from testing_databases import PG_URL, postgres_reachable, private_schema
+from testkit.databases import PG_URL, postgres_reachable, private_schema
 
 from enterprise_registry.db import create_schema, make_engine
 

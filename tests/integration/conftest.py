@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from api_fixtures import Stubs, channel_stubs, registry_records, serving
-from testing_databases import private_schema
+from testkit.api_fixtures import Stubs, channel_stubs, registry_records, serving
+from testkit.databases import private_schema
 
 from service.server import RunningServer
 

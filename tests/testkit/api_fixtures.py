@@ -32,9 +32,8 @@ from enterprise_registry.records import DEPARTMENTS
 from enterprise_registry.uscc import make
 from service.config import ServeConfig
 from service.server import RunningServer, create_server
+from testkit.paths import RULES_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RULES_DIR = REPO_ROOT / "rules"
 CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 TIMEOUT = 20.0
 

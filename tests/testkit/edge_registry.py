@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
-from testing_databases import private_schema
 
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
 from enterprise_registry.models import table_for
 from enterprise_registry.synthetic import generate
 from service.facts_documents import DocumentSource, EnterpriseRows
+from testkit.databases import private_schema
 
 REGISTRY_SIZE, REGISTRY_SEED = 3000, 23
 FACT_YEARS = range(2021, 2026)

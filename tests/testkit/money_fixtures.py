@@ -200,14 +200,15 @@ class Money:
     """PayoutService calls with the roles of api_fixtures' auth file."""
 
     def __init__(self, stubs: Any) -> None:
-        from api_fixtures import as_role
+        from testkit.api_fixtures import as_role
 
         self.stubs = stubs
         self.operator, self.approver = as_role("finance_operator"), as_role("finance_approver")
 
     def create(self, policy_id: str, period: int, request_id: str) -> Any:
-        from api_fixtures import finished_batch
         from benefits.v1 import payout_service_pb2 as pb
+
+        from testkit.api_fixtures import finished_batch
 
         started = self.stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
             policy_id=policy_id, period=period, request_id=request_id), metadata=self.operator, timeout=20)
@@ -281,8 +282,9 @@ class Money:
             batch_id=batch_id, data=data), metadata=metadata or self.operator, timeout=20)
 
     def verify(self) -> Any:
-        from api_fixtures import as_role
         from benefits.v1 import audit_service_pb2
+
+        from testkit.api_fixtures import as_role
 
         return self.stubs.audit.VerifyAuditLog(audit_service_pb2.VerifyAuditLogRequest(),
                                                metadata=as_role("auditor"), timeout=60)
@@ -291,7 +293,7 @@ class Money:
 @contextmanager
 def money_server(db_url: str, records: list[dict[str, object]], folder: Path) -> Iterator[Any]:
     """A real server over `records` with a paying account for treasury-funded policies."""
-    from api_fixtures import serving
+    from testkit.api_fixtures import serving
 
     with serving(db_url, records, folder, payers_file=write_payers(folder), batch_chunk_size=3) as running:
         yield running

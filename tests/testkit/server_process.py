@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from api_fixtures import REPO_ROOT, RULES_DIR
+from testkit.paths import REPO_ROOT, RULES_DIR
 
 STARTUP_SECONDS = 60.0
 LISTENING = re.compile(r"listening on \S+:(\d+)$")  # 127.0.0.1, 0.0.0.0, [::]

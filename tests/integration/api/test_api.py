@@ -14,7 +14,13 @@ from typing import Any
 
 import grpc
 import pytest
-from api_fixtures import (
+from benefits.v1 import (
+    benefit_service_pb2,
+    evaluation_pb2,
+    policy_service_pb2,
+    registry_service_pb2,
+)
+from testkit.api_fixtures import (
     A_AMOUNT_FEN,
     BANK,
     C_NO_SI,
@@ -22,7 +28,6 @@ from api_fixtures import (
     E_SMALL,
     LOADED,
     POLICY_IDS,
-    RULES_DIR,
     SEVENTEEN,
     SJR,
     SJR_CONDITIONS,
@@ -37,12 +42,7 @@ from api_fixtures import (
     rpc_error,
     si_record,
 )
-from benefits.v1 import (
-    benefit_service_pb2,
-    evaluation_pb2,
-    policy_service_pb2,
-    registry_service_pb2,
-)
+from testkit.paths import RULES_DIR
 
 from enterprise_registry.uscc import make
 from service.server import RunningServer

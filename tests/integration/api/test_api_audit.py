@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from api_fixtures import (
+from benefits.v1 import audit_service_pb2, benefit_service_pb2, evaluation_pb2
+from sqlalchemy import text
+from testkit.api_fixtures import (
     SJR,
     A,
     B,
@@ -16,8 +18,6 @@ from api_fixtures import (
     registry_records,
     serving,
 )
-from benefits.v1 import audit_service_pb2, benefit_service_pb2, evaluation_pb2
-from sqlalchemy import text
 
 from service.audit import checkpoints
 from service.server import RunningServer
@@ -135,7 +135,7 @@ def test_a_cut_tail_contradicts_the_signed_checkpoint(api_server: RunningServer,
 
 
 def test_every_recorded_evaluation_of_the_registry_replays_identically(stubs: Stubs) -> None:
-    from api_fixtures import LOADED
+    from testkit.api_fixtures import LOADED
 
     for uscc in LOADED:  # every policy in force, for every enterprise of the test registry
         stubs.benefit.ListMatchedBenefits(benefit_service_pb2.ListMatchedBenefitsRequest(

@@ -7,7 +7,17 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from api_fixtures import (
+from benefits.v1 import (
+    audit_service_pb2,
+    benefit_service_pb2,
+    payout_service_pb2,
+    policy_service_pb2,
+    registry_service_pb2,
+)
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from testkit.api_fixtures import (
     ALLOWED_CODES,
     HASHED_AUDITOR_TOKEN,
     METHOD_CALLS,
@@ -27,16 +37,6 @@ from api_fixtures import (
     field_violations,
     rpc_error,
 )
-from benefits.v1 import (
-    audit_service_pb2,
-    benefit_service_pb2,
-    payout_service_pb2,
-    policy_service_pb2,
-    registry_service_pb2,
-)
-from google.protobuf import descriptor_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.api.auth import METHOD_ROLES
 from service.server import SERVICE_NAMES

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
-from api_fixtures import (
+from benefits.v1 import registry_service_pb2
+from testkit.api_fixtures import (
     TAX_FEED_TOKEN,
     Stubs,
     as_role,
@@ -20,7 +21,6 @@ from api_fixtures import (
     serving,
     si_record,
 )
-from benefits.v1 import registry_service_pb2
 
 from enterprise_registry.clock import Clock
 from enterprise_registry.uscc import make

@@ -11,9 +11,9 @@ from typing import Any
 
 import grpc
 import pytest
-from api_fixtures import Stubs, as_role, channel_stubs
 from benefits.v1 import payout_service_pb2 as pb
-from money_fixtures import GIANT, Money, creditor_accounts, money_server, titled, uscc
+from testkit.api_fixtures import Stubs, as_role, channel_stubs
+from testkit.money_fixtures import GIANT, Money, creditor_accounts, money_server, titled, uscc
 
 from service.server import RunningServer
 
@@ -33,7 +33,7 @@ def _records() -> list[dict[str, object]]:
 @pytest.fixture(scope="module")
 def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     # The pain.001 XSD parsed before the races: its first parse raced is a finding of its own
-    # (test_review_xsd_race.py), which would otherwise make these tests fail now and then.
+    # (payouts/test_export_schema_race.py), which would otherwise make these tests fail now and then.
     from service.payouts.export import _schema
 
     _schema()
@@ -110,7 +110,7 @@ def test_contradicting_results_raced_one_wins(stubs: Stubs, api_server: RunningS
     confirmation of its return, at once: whatever the order, the line ends in a state that order
     allows (PAID only if the return was refused; RETURNED only if the confirmation succeeded),
     no call is INTERNAL, and the seals verify."""
-    from money_fixtures import pain002
+    from testkit.money_fixtures import pain002
 
     money = Money(stubs)
     batch = _a_batch_with_a_pending_exported_line(money)
@@ -161,7 +161,7 @@ def test_one_request_id_raced_makes_one_batch(stubs: Stubs, api_server: RunningS
     assert _codes(results) == [grpc.StatusCode.OK] * 6, [r.details() for r in results if isinstance(r, grpc.RpcError)]
     assert len({r.batch_id for r in results}) == 1
     money = Money(stubs)
-    from api_fixtures import finished_batch
+    from testkit.api_fixtures import finished_batch
 
     finished_batch(stubs, results[0].batch_id)
     err = _race(api_server.port, [lambda m: m.stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from api_fixtures import TAX_FEED_TOKEN, TOKENS, Stubs, as_role, bearer, load_registry, write_auth_file
 from benefits.v1 import payout_service_pb2 as pb
 from benefits.v1 import registry_service_pb2
-from money_fixtures import GIANT, Money, enterprise, pain002, title, uscc, write_payers
-from server_process import server_process
 from sqlalchemy import update
+from testkit.api_fixtures import TAX_FEED_TOKEN, TOKENS, Stubs, as_role, bearer, load_registry, write_auth_file
+from testkit.money_fixtures import GIANT, Money, enterprise, pain002, title, uscc, write_payers
+from testkit.server_process import server_process
 
 from enterprise_registry.db import make_engine
 from service import cli

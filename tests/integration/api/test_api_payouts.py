@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from api_fixtures import Stubs, as_role, finished_batch, serving
 from benefits.v1 import payout_service_pb2 as pb
+from testkit.api_fixtures import Stubs, as_role, finished_batch, serving
 
 from enterprise_registry.uscc import make
 from service.audit.records import Actor

@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 
 import grpc
-from api_fixtures import (
+from benefits.v1 import registry_service_pb2
+from sqlalchemy import text
+from testkit.api_fixtures import (
     BANK,
     TAX_FEED_TOKEN,
     TOKENS,
@@ -20,9 +22,7 @@ from api_fixtures import (
     rpc_error,
     write_auth_file,
 )
-from benefits.v1 import registry_service_pb2
-from server_process import server_process
-from sqlalchemy import text
+from testkit.server_process import server_process
 
 from enterprise_registry.db import make_engine
 from enterprise_registry.uscc import make

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 import yaml
-from api_fixtures import load_registry
-from tls_material import TlsFiles, make_tls_files
+from testkit.api_fixtures import load_registry
+from testkit.paths import REPO_ROOT
+from testkit.tls_material import TlsFiles, make_tls_files
 
 from enterprise_registry.uscc import make
 from service.config import ServeConfig
 from service.server import RunningServer, create_server
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = REPO_ROOT / "tests" / "node"
 CLIENT = NODE_DIR / "client.js"
 REQUIRE_NODE = os.environ.get("BENEFITS_REQUIRE_NODE") == "1"

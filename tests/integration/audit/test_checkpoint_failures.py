@@ -9,10 +9,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from api_fixtures import REPO_ROOT, TOKENS, Stubs, as_role, finished_batch, registry_records, serving
 from benefits.v1 import audit_service_pb2
 from benefits.v1 import payout_service_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from testkit.api_fixtures import TOKENS, Stubs, as_role, finished_batch, registry_records, serving
+from testkit.paths import REPO_ROOT
 
 from enterprise_registry.db import make_engine
 from service.audit import checkpoints

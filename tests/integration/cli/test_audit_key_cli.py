@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from api_fixtures import REPO_ROOT, RULES_DIR, A, enterprise_record, load_registry, si_record
+from testkit.api_fixtures import A, enterprise_record, load_registry, si_record
+from testkit.paths import REPO_ROOT, RULES_DIR
 
 from service.audit import checkpoints
 from service.cli import main

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_fixtures import E_SMALL, REPO_ROOT, TOKENS, A, registry_records, serving
 from lxml import etree
+from testkit.api_fixtures import E_SMALL, TOKENS, A, registry_records, serving
+from testkit.paths import REPO_ROOT
 
 from service.cli import main
 from service.server import RunningServer

@@ -9,9 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from api_fixtures import enterprise_record as _enterprise
-from api_fixtures import si_record
 from sqlalchemy import text
+from testkit.api_fixtures import enterprise_record as _enterprise
+from testkit.api_fixtures import si_record
+from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.clock import Clock
 from enterprise_registry.db import make_engine
@@ -151,7 +152,7 @@ def test_evaluate_refuses_unknown_policy_and_period(tmp_path: Path,
 def test_rules_check_names_file_and_line_of_a_broken_policy(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     pack = tmp_path / "rules"
-    shutil.copytree(Path(__file__).resolve().parents[2] / "rules" / "policies", pack)
+    shutil.copytree(POLICIES_DIR, pack)
     policy = pack / "high-tech-reward.yaml"
     text = policy.read_text(encoding="utf-8")
     policy.write_text(text.replace('expr: tax.credit_rating != "D"',

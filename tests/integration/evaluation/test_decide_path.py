@@ -24,6 +24,7 @@ import orjson
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
+from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
@@ -54,7 +55,6 @@ from service.payouts.pools import ProcessPool
 from service.payouts.runner import RunSettings, claim, release, run_batch
 from service.payouts.tables import payout_batch, payout_candidate, payout_partition
 
-POLICIES_DIR = Path(__file__).resolve().parents[2] / "rules" / "policies"
 ENTERPRISES, SEED = 400, 117          # seed 117: in 2024 giants alone, champions, and one holding both
 TODAY = date(2026, 3, 31)
 OPERATOR = Actor("operator-rev", "finance_operator")

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edge_registry import (
+from sqlalchemy.engine import Engine
+from testkit.edge_registry import (
     BARE,
     CHUNK,
     EDGE_ROWS,
@@ -30,7 +31,6 @@ from edge_registry import (
     reference_rows,
     registry,
 )
-from sqlalchemy.engine import Engine
 
 from enterprise_registry.kinds import KINDS
 from rules.columns import Column, FactColumns, RecordColumns, from_documents
@@ -42,7 +42,7 @@ from service.evaluation.columns import ColumnSource, read_chunk, read_columns
 from service.facts_documents import DocumentSource, EnterpriseRows, build_document
 from service.payouts.tables import IN_LIST_SIZE
 
-__all__ = ["reference_rows", "registry"]  # fixtures (tests/integration/edge_registry.py)
+__all__ = ["reference_rows", "registry"]  # fixtures (tests/testkit/edge_registry.py)
 
 
 def _expected(reference_rows: dict[str, EnterpriseRows], usccs: Sequence[str], year: int) -> FactColumns:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edge_registry import (
+from sqlalchemy.engine import Engine
+from testkit.edge_registry import (
     BARE,
     CHUNK,
     EDGE_ROWS,
@@ -25,14 +26,13 @@ from edge_registry import (
     reference_rows,
     registry,
 )
-from sqlalchemy.engine import Engine
 
 from service.audit.facts_json import snapshot_of
 from service.evaluation.chunks import read_chunk
 from service.evaluation.columns import ChunkRows, ColumnSource
 from service.facts_documents import EnterpriseRows, build_document
 
-__all__ = ["reference_rows", "registry"]  # fixtures (tests/integration/edge_registry.py)
+__all__ = ["reference_rows", "registry"]  # fixtures (tests/testkit/edge_registry.py)
 
 # Each enterprise's years in an order that revisits one: a fact year's snapshot must not change
 # what the next one (or the same one again) shares with it.

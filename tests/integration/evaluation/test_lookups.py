@@ -15,10 +15,12 @@ from typing import Any
 
 import grpc
 import pytest
-from api_fixtures import (
+from benefits.v1 import audit_service_pb2, benefit_service_pb2, evaluation_pb2
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Connection, Engine
+from testkit.api_fixtures import (
     E_SMALL,
     LOADED,
-    RULES_DIR,
     SJR,
     UNKNOWN,
     A,
@@ -32,9 +34,7 @@ from api_fixtures import (
     serving,
     si_record,
 )
-from benefits.v1 import audit_service_pb2, benefit_service_pb2, evaluation_pb2
-from sqlalchemy import func, select, text
-from sqlalchemy.engine import Connection, Engine
+from testkit.paths import RULES_DIR
 
 from enterprise_registry.db import make_engine
 from enterprise_registry.importer import load_records

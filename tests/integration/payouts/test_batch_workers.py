@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fixtures import load_registry
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from testing_databases import private_schema
+from testkit.api_fixtures import load_registry
+from testkit.databases import private_schema
 
 from enterprise_registry.db import make_engine
 from enterprise_registry.synthetic import generate

@@ -31,10 +31,11 @@ from typing import Any
 
 import orjson
 import pytest
-from api_fixtures import load_registry
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
-from testing_databases import private_schema
+from testkit.api_fixtures import load_registry
+from testkit.databases import private_schema
+from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.db import make_engine
 from enterprise_registry.importer import load_records
@@ -70,7 +71,6 @@ from service.payouts.runner import (
 from service.payouts.tables import grant, payout_batch, payout_candidate, payout_partition
 from service.payouts.verification import verify_payouts
 
-POLICIES_DIR = Path(__file__).resolve().parents[2] / "rules" / "policies"
 ENTERPRISES, SEED, PERIOD = 160, 7, 2025
 TODAY = date(2026, 3, 31)
 OPERATOR = Actor("operator-together", "finance_operator")
@@ -878,7 +878,7 @@ BUDGET_POLICY = "lg-budget"
 
 def _budget_policies(tmp_path: Path) -> PolicySet:
     """A copy of the little-giant reward outside any conflict group, with a budget of 100万元
-    (as in test_review_budget)."""
+    (as in test_money_budget_spent)."""
     source = (POLICIES_DIR / f"{GIANT}.yaml").read_text(encoding="utf-8")
     source = source.replace(f"id: {GIANT}\n", f"id: {BUDGET_POLICY}\n")
     source = "\n".join(line for line in source.splitlines() if not line.startswith("conflict_group:")) + "\n"
@@ -909,8 +909,8 @@ def _budget_batch(engine: Engine, policies: PolicySet, request_id: str) -> str:
 def test_a_budget_pro_rated_over_candidates_read_page_by_page_gives_the_shares_computed_by_hand(
         db_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         earlier: int, later: int, page: int, shares: list[int]) -> None:
-    from money_fixtures import titled
-    from money_fixtures import uscc as money_uscc
+    from testkit.money_fixtures import titled
+    from testkit.money_fixtures import uscc as money_uscc
 
     budget = _budget_policies(tmp_path)
     create_payout_schema(db_engine)

@@ -7,7 +7,7 @@ the pain.001 XSD concurrently. With the installed lxml 6 / libxml2 2.14 that par
 thread-safe: it fails with `XMLSchemaParseError: Document is not valid XML Schema`, and from
 then on every parse in the process fails with `Internal error: xmlSchemaPValAttrNodeValue, the
 given type is not a built-in type` - nothing is cached, so every later export of every batch
-ends INTERNAL until the server is restarted. (Seen first through gRPC in test_review_races.py
+ends INTERNAL until the server is restarted. (Seen first through gRPC in api/test_api_payout_races.py
 before its schema was primed: 3 runs in 40, 9-10 of 12 tests failing in each, the log saying
 `internal error ...: lxml.etree.XMLSchemaParseError: ...`.)
 
@@ -21,7 +21,7 @@ import json
 import subprocess
 import sys
 
-from api_fixtures import REPO_ROOT
+from testkit.paths import REPO_ROOT
 
 CHILD = r'''
 import json, threading

@@ -9,10 +9,10 @@ from typing import Any
 
 import grpc
 import pytest
-from api_fixtures import Stubs, as_role, field_violations
 from benefits.v1 import payout_service_pb2 as pb
 from lxml import etree
-from money_fixtures import (
+from testkit.api_fixtures import Stubs, as_role, field_violations
+from testkit.money_fixtures import (
     GIANT,
     PAIN001_NS,
     Money,

@@ -12,8 +12,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from money_fixtures import APPROVER, OPERATOR, PAYER, SECOND_APPROVER, titled, uscc
 from sqlalchemy.engine import Engine
+from testkit.money_fixtures import APPROVER, OPERATOR, PAYER, SECOND_APPROVER, titled, uscc
+from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.importer import load_records
 from rules.loader import PolicySet, load_policy_dir
@@ -31,7 +32,7 @@ from service.payouts.export import export
 from service.payouts.runner import create_batch
 from service.payouts.states import LineState
 
-REFERENCE = Path(__file__).resolve().parents[2] / "rules" / "policies" / "little-giant-reward.yaml"
+REFERENCE = POLICIES_DIR / "little-giant-reward.yaml"
 POLICY = "lg-budget"
 TODAY = date(2026, 1, 10)
 FIRST, LATE = [uscc(n, "MA4Y") for n in (1, 2)], uscc(3, "MA4Y")

@@ -13,8 +13,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from money_fixtures import APPROVER, OPERATOR, money_snapshot, title, titled, uscc
 from sqlalchemy.engine import Engine
+from testkit.money_fixtures import APPROVER, OPERATOR, money_snapshot, title, titled, uscc
+from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.importer import load_records
 from rules.loader import PolicySet, load_policy_dir
@@ -24,7 +25,7 @@ from service.errors import BatchRunningError
 from service.payouts.batches import cancel, create_payout_schema, get_batch, lines_of, start_batch
 from service.payouts.runner import RunSettings, create_batch, new_worker_id, run_batch
 
-REFERENCE = Path(__file__).resolve().parents[2] / "rules" / "policies" / "little-giant-reward.yaml"
+REFERENCE = POLICIES_DIR / "little-giant-reward.yaml"
 ALPHA, BETA = "lg-alpha", "lg-beta"
 TODAY = date(2026, 1, 10)
 SETTINGS = RunSettings(chunk_size=2)

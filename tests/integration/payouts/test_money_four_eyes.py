@@ -14,9 +14,9 @@ from datetime import date
 
 import grpc
 import pytest
-from api_fixtures import RULES_DIR, Stubs, as_role
 from benefits.v1 import payout_service_pb2 as pb
-from money_fixtures import (
+from testkit.api_fixtures import Stubs, as_role
+from testkit.money_fixtures import (
     GIANT,
     GIANT_FEN,
     OPERATOR,
@@ -29,6 +29,7 @@ from money_fixtures import (
     titled,
     uscc,
 )
+from testkit.paths import RULES_DIR
 
 from rules.loader import load_policy_dir
 from service.audit.records import Actor

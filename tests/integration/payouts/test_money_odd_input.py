@@ -2,7 +2,7 @@
 
 A caller's mistake must get a precise status - never UNKNOWN or INTERNAL - and change nothing
 (no line, batch, bank file, seal, evaluation record or ledger entry). Fuzzed here beyond
-tests/integration/test_money_bad_input.py: NUL bytes in ids, reasons longer than a column holds,
+tests/integration/payouts/test_money_bad_input.py: NUL bytes in ids, reasons longer than a column holds,
 huge and duplicated id lists, a reason of (almost) 4 MiB, status reports with DOCTYPE, entities,
 external entities, deep nesting, millions of bytes, foreign namespaces and misplaced elements.
 """
@@ -15,11 +15,11 @@ from typing import Any
 
 import grpc
 import pytest
-from api_fixtures import Stubs, as_role, field_violations
 from benefits.v1 import audit_service_pb2
 from benefits.v1 import payout_service_pb2 as pb
 from lxml import etree
-from money_fixtures import (
+from testkit.api_fixtures import Stubs, as_role, field_violations
+from testkit.money_fixtures import (
     GIANT,
     PAIN001_NS,
     PAIN002_NS,

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from api_fixtures import Stubs, field_violations, rpc_error
 from benefits.v1 import payout_service_pb2 as pb
 from lxml import etree
-from money_fixtures import (
+from testkit.api_fixtures import Stubs, field_violations, rpc_error
+from testkit.money_fixtures import (
     GIANT,
     PAIN001_NS,
     Money,

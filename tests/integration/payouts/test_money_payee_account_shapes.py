@@ -13,8 +13,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from money_fixtures import APPROVER, GIANT, OPERATOR, PAYER, enterprise, title, titled, uscc
 from sqlalchemy.engine import Engine
+from testkit.money_fixtures import APPROVER, GIANT, OPERATOR, PAYER, enterprise, title, titled, uscc
+from testkit.paths import RULES_DIR
 
 from enterprise_registry.importer import load_records
 from rules.loader import PolicySet, load_policy_dir
@@ -24,7 +25,6 @@ from service.payouts.batches import approve, create_payout_schema, lines_of
 from service.payouts.export import export
 from service.payouts.runner import create_batch
 
-RULES = Path(__file__).resolve().parents[2] / "rules"
 TODAY = date(2026, 1, 10)
 ODD, PLAIN = uscc(1, "MA4Q"), uscc(2, "MA4Q")
 FORTY = "6222" + "071828182845904523536028747135266249"    # 40 characters
@@ -33,7 +33,7 @@ SEVENTY = FORTY + "497757247093699959574966967627"          # 70 characters
 
 @pytest.fixture(scope="module")
 def policies() -> PolicySet:
-    return load_policy_dir(RULES / "policies", CATALOGUE)
+    return load_policy_dir(RULES_DIR / "policies", CATALOGUE)
 
 
 def _registry(engine: Engine, account: str) -> None:
@@ -92,9 +92,9 @@ def test_through_the_server_one_long_account_holds_the_policy_and_period(api_db_
     be retried" and retries once the lease runs out, for ever - and holds its running key, so a
     new request for the policy and period is FAILED_PRECONDITION: nobody is paid."""
     import grpc
-    from api_fixtures import Stubs, as_role
     from benefits.v1 import payout_service_pb2 as pb
-    from money_fixtures import money_server
+    from testkit.api_fixtures import Stubs, as_role
+    from testkit.money_fixtures import money_server
 
     records = [enterprise(ODD, SEVENTY), title(ODD, 2025), *titled(PLAIN, 2, 2025)]
     with money_server(api_db_url, records, tmp_path) as running:

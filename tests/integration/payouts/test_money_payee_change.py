@@ -18,10 +18,11 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from api_fixtures import Stubs, as_role
 from benefits.v1 import audit_service_pb2
 from benefits.v1 import payout_service_pb2 as pb
-from money_fixtures import (
+from sqlalchemy import select, update
+from testkit.api_fixtures import Stubs, as_role
+from testkit.money_fixtures import (
     GIANT,
     GIANT_FEN,
     Money,
@@ -35,7 +36,6 @@ from money_fixtures import (
     titled,
     uscc,
 )
-from sqlalchemy import select, update
 
 from enterprise_registry.importer import load_records
 from service.payouts.tables import grant, payout_export

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pytest
-from money_fixtures import APPROVER, GIANT, OPERATOR, PAYER, creditor_accounts, titled, uscc
 from sqlalchemy.engine import Engine
+from testkit.money_fixtures import APPROVER, GIANT, OPERATOR, PAYER, creditor_accounts, titled, uscc
+from testkit.paths import RULES_DIR
 
 from enterprise_registry.importer import load_records
 from rules.loader import PolicySet, load_policy_dir
@@ -24,14 +24,13 @@ from service.payouts import export as export_module
 from service.payouts.batches import approve, create_payout_schema, get_batch, lines_of, withdraw
 from service.payouts.runner import create_batch
 
-RULES = Path(__file__).resolve().parents[2] / "rules"
 TODAY = date(2026, 1, 10)
 W = [uscc(n, "MA4L") for n in (1, 2, 3)]
 
 
 @pytest.fixture(scope="module")
 def policies() -> PolicySet:
-    return load_policy_dir(RULES / "policies", CATALOGUE)
+    return load_policy_dir(RULES_DIR / "policies", CATALOGUE)
 
 
 @pytest.fixture

@@ -23,12 +23,13 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from money_fixtures import (
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from testkit.money_fixtures import (
     APPROVER,
     GIANT,
     OPERATOR,
@@ -41,8 +42,7 @@ from money_fixtures import (
     titled,
     uscc,
 )
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.engine import Connection, Engine
+from testkit.paths import RULES_DIR
 
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
@@ -65,7 +65,6 @@ from service.payouts.tables import (
     payout_line_seal,
 )
 
-RULES = Path(__file__).resolve().parents[2] / "rules"
 TODAY = date(2026, 1, 10)
 SETTINGS = RunSettings(chunk_size=3)
 FORGED_ACCOUNT = "6222999988887777666"
@@ -105,7 +104,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def policies() -> PolicySet:
-    return load_policy_dir(RULES / "policies", CATALOGUE)
+    return load_policy_dir(RULES_DIR / "policies", CATALOGUE)
 
 
 @pytest.fixture(scope="module")

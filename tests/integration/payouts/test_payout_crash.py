@@ -12,11 +12,11 @@ from pathlib import Path
 import grpc
 import orjson
 import pytest
-from api_fixtures import Stubs, as_role, load_registry, write_auth_file
 from benefits.v1 import payout_service_pb2 as pb
-from server_process import server_process
 from sqlalchemy import func, select
-from testing_databases import private_schema
+from testkit.api_fixtures import Stubs, as_role, load_registry, write_auth_file
+from testkit.databases import private_schema
+from testkit.server_process import server_process
 
 from enterprise_registry.db import make_engine
 from enterprise_registry.synthetic import generate

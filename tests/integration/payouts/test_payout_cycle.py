@@ -35,14 +35,15 @@ from pathlib import Path
 import grpc
 import pytest
 import sepaxml
-from api_fixtures import RULES_DIR, TIMEOUT, Stubs, as_role, channel_stubs, finished_batch, rpc_error, serving
 from benefits.v1 import audit_service_pb2, evaluation_pb2, registry_service_pb2
 from benefits.v1 import payout_service_pb2 as pb
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from testing_databases import private_schema
+from testkit.api_fixtures import TIMEOUT, Stubs, as_role, channel_stubs, finished_batch, rpc_error, serving
+from testkit.databases import private_schema
+from testkit.paths import RULES_DIR
 
 from enterprise_registry.synthetic import generate
 from rules.evaluator import ELIGIBLE, evaluate

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from testing_databases import private_schema
+from testkit.databases import private_schema
 
 from enterprise_registry.db import create_schema, make_engine, refresh_statistics
 from enterprise_registry.importer import load_records

@@ -11,6 +11,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
@@ -22,7 +23,6 @@ from rules.vectorised import FALSE, TRUE, UNKNOWN
 from service.catalogue import CATALOGUE
 from service.facts_documents import DocumentSource, EnterpriseRows, build_document
 
-RULES_DIR = Path(__file__).resolve().parents[2] / "rules" / "policies"
 TODAY = date(2025, 6, 1)
 CHUNK = 2000
 CODES = {"false": FALSE, "true": TRUE, "unknown": UNKNOWN}
@@ -72,7 +72,7 @@ def differences(policies: PolicySet, rows: list[EnterpriseRows]) -> Iterator[str
 def check(tmp_path: Path, count: int, seed: int) -> None:
     rows = registry_rows(tmp_path, count, seed)
     assert len(rows) == count
-    policies = load_policy_dir(RULES_DIR, CATALOGUE, require_tests=False)
+    policies = load_policy_dir(POLICIES_DIR, CATALOGUE, require_tests=False)
     found = []
     for difference in differences(policies, rows):
         found.append(difference)

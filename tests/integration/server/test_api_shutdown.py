@@ -12,7 +12,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from api_fixtures import (
+from benefits.v1 import policy_service_pb2, registry_service_pb2
+from sqlalchemy import select
+from testkit.api_fixtures import (
     Stubs,
     as_role,
     enterprise_record,
@@ -21,9 +23,7 @@ from api_fixtures import (
     rpc_error,
     write_auth_file,
 )
-from benefits.v1 import policy_service_pb2, registry_service_pb2
-from server_process import ServerProcess, server_process
-from sqlalchemy import select
+from testkit.server_process import ServerProcess, server_process
 
 from enterprise_registry.db import make_engine
 from enterprise_registry.models import MODEL_BY_KIND

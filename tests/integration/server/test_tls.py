@@ -12,21 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from api_fixtures import (
-    REPO_ROOT,
-    RULES_DIR,
-    TOKENS,
-    A,
-    as_role,
-    load_registry,
-    registry_records,
-    serving,
-    write_auth_file,
-)
 from benefits.v1 import policy_service_pb2, policy_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_process import server_process
-from tls_material import TlsFiles, make_tls_files
+from testkit.api_fixtures import TOKENS, A, as_role, load_registry, registry_records, serving, write_auth_file
+from testkit.paths import REPO_ROOT, RULES_DIR
+from testkit.server_process import server_process
+from testkit.tls_material import TlsFiles, make_tls_files
 
 from service.cli import main
 from service.config import ServeConfig

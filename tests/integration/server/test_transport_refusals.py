@@ -14,11 +14,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from api_fixtures import RULES_DIR, as_role, bearer, registry_records, serving, write_auth_file
 from benefits.v1 import payout_service_pb2, payout_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from tls_material import TlsFiles, make_tls_files
+from testkit.api_fixtures import as_role, bearer, registry_records, serving, write_auth_file
+from testkit.paths import RULES_DIR
+from testkit.tls_material import TlsFiles, make_tls_files
 
 from service.config import ServeConfig
 from service.errors import ServerStartError

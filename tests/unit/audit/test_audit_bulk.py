@@ -11,7 +11,7 @@ import pytest
 from records_testkit import policy, prepared, write_chunk
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from testing_databases import private_schema
+from testkit.databases import private_schema
 
 from enterprise_registry.db import create_schema, make_engine
 from rules.loader import LoadedPolicy
