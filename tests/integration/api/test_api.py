@@ -497,13 +497,17 @@ _ROUNDS = 4
 
 
 # ---------------------------------------------------------------------------------------------
-# Last in the module: every lookup above was recorded, in one unbroken chain.
-def test_every_lookup_was_recorded_in_one_valid_chain(api_server: RunningServer) -> None:
+# Every lookup is recorded, in one unbroken chain (whatever else the module's tests looked up).
+def test_every_lookup_was_recorded_in_one_valid_chain(api_server: RunningServer, stubs: Stubs) -> None:
     from sqlalchemy import select
 
     from service.audit.ledger import verify
     from service.audit.records import evaluation_record, verify_records
 
+    for uscc in LOADED:
+        _explain(stubs, uscc)
+    _explain(stubs, A, "job-expansion-subsidy")
+    _explain(stubs, E_SMALL, "high-tech-reward")
     with api_server.engine.connect() as conn:
         result = verify(conn)
         assert result.valid, result.detail

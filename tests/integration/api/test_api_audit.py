@@ -4,6 +4,8 @@ by the signed checkpoint written outside the database."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,6 +17,7 @@ from testkit.api_fixtures import (
     B,
     Stubs,
     as_role,
+    channel_stubs,
     registry_records,
     serving,
 )
@@ -25,13 +28,32 @@ from service.server import RunningServer
 AUDITOR = as_role("auditor")
 
 
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("audit")
+@contextmanager
+def audited_server(db_url: str, folder: Path) -> Iterator[RunningServer]:
+    """A server with a ledger key that writes signed checkpoints into `folder`."""
     checkpoints.generate_key(folder / "ledger-key.pem")
-    with serving(api_db_url, registry_records(), folder, ledger_key=folder / "ledger-key.pem",
+    with serving(db_url, registry_records(), folder, ledger_key=folder / "ledger-key.pem",
                  checkpoint_file=folder / "checkpoints.jsonl") as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Shared by the tests that put back whatever they tamper with."""
+    with audited_server(api_db_url, tmp_path_factory.mktemp("audit")) as running:
+        yield running
+
+
+@pytest.fixture
+def own_server(db_url: str, tmp_path: Path) -> Iterator[RunningServer]:
+    """A server of one test's own, for a tampering that cannot be put back (a cut ledger)."""
+    with audited_server(db_url, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def own_stubs(own_server: RunningServer) -> Iterator[Stubs]:
+    yield from channel_stubs(own_server.port)
 
 
 def _explain(stubs: Stubs, uscc: str, role: str = "enterprise") -> evaluation_pb2.Evaluation:
@@ -117,10 +139,10 @@ def test_a_record_that_no_longer_replays_to_itself_is_refused_not_shown(api_serv
     assert _verify(stubs).valid
 
 
-def test_a_cut_tail_contradicts_the_signed_checkpoint(api_server: RunningServer, stubs: Stubs) -> None:
-    _explain(stubs, A)
-    api_server.checkpoint()
-    with api_server.engine.begin() as conn:
+def test_a_cut_tail_contradicts_the_signed_checkpoint(own_server: RunningServer, own_stubs: Stubs) -> None:
+    _explain(own_stubs, A)
+    own_server.checkpoint()
+    with own_server.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("DROP TRIGGER ledger_entry_append_only ON ledger_entry"))
         else:
@@ -128,7 +150,7 @@ def test_a_cut_tail_contradicts_the_signed_checkpoint(api_server: RunningServer,
         newest = conn.execute(text("SELECT max(seq) FROM ledger_entry")).scalar_one()
         conn.execute(text("DELETE FROM evaluation_record WHERE ledger_seq = :s"), {"s": newest})
         conn.execute(text("DELETE FROM ledger_entry WHERE seq = :s"), {"s": newest})
-    verdict = _verify(stubs)
+    verdict = _verify(own_stubs)
     assert not verdict.valid
     assert verdict.fault == audit_service_pb2.LEDGER_FAULT_CHECKPOINT
     assert "cut off" in verdict.detail and verdict.first_bad_entry == newest

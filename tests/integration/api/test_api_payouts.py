@@ -1,13 +1,17 @@
-"""PayoutService over a real socket: create (idempotent, concurrent), read, approve, cancel."""
+"""PayoutService over a real socket: create (idempotent, concurrent), read, approve, cancel.
+
+Each test has a server and a database of its own (the five giants can be paid once only) and
+brings its batch to the state it needs itself."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
 from benefits.v1 import payout_service_pb2 as pb
-from testkit.api_fixtures import Stubs, as_role, finished_batch, serving
+from testkit.api_fixtures import Stubs, as_role, channel_stubs, finished_batch, serving
 
 from enterprise_registry.uscc import make
 from service.audit.records import Actor
@@ -31,14 +35,18 @@ def _records() -> list[dict[str, object]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("payouts")
-    payers = folder / "payers.yaml"
+@pytest.fixture
+def api_server(db_url: str, tmp_path: Path) -> Iterator[RunningServer]:
+    payers = tmp_path / "payers.yaml"
     payers.write_text("treasury: {name: 襄阳市财政局国库支付中心, account_no: '4200000000000000001', "
                       "bank_name: 中国人民银行襄阳市分行}\n", encoding="utf-8")
-    with serving(api_db_url, _records(), folder, payers_file=payers) as running:
+    with serving(db_url, _records(), tmp_path, payers_file=payers) as running:
         yield running
+
+
+@pytest.fixture
+def stubs(api_server: RunningServer) -> Iterator[Stubs]:
+    yield from channel_stubs(api_server.port)
 
 
 def _create(stubs: Stubs, request_id: str, policy_id: str = "little-giant-reward") -> pb.PayoutBatch:
@@ -50,6 +58,15 @@ def _create(stubs: Stubs, request_id: str, policy_id: str = "little-giant-reward
 def _start(stubs: Stubs, request_id: str, policy_id: str = "little-giant-reward") -> pb.PayoutBatch:
     return stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
         policy_id=policy_id, period=2025, request_id=request_id), metadata=OPERATOR)
+
+
+def _approved(stubs: Stubs, request_id: str) -> pb.PayoutBatch:
+    """A batch of the five giants, created and approved."""
+    batch = _create(stubs, request_id)
+    approved = stubs.payout.ApprovePayoutBatch(pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id),
+                                               metadata=APPROVER)
+    assert (approved.state, approved.line_count) == (pb.BATCH_STATE_APPROVED, len(GIANTS))
+    return approved
 
 
 def _code(call: object) -> grpc.StatusCode:
@@ -78,6 +95,7 @@ def test_the_same_request_id_with_other_arguments_already_exists(stubs: Stubs) -
 
 
 def test_a_second_request_pays_nobody_twice(stubs: Stubs) -> None:
+    assert _create(stubs, "req-first-000001").line_count == len(GIANTS)
     again = _create(stubs, "req-second-00001")
     assert (again.line_count, again.total_fen) == (0, 0)
 
@@ -118,7 +136,7 @@ def test_an_approved_batch_exports_valid_files_once(stubs: Stubs) -> None:
 
     from service.payouts.export import PAIN_NS, _schema
 
-    batch = _create(stubs, "req-concurrent-0001")  # approved by the lifecycle test above
+    batch = _approved(stubs, "req-export-00001")
     assert stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=batch.batch_id),
                                        metadata=OPERATOR).state == pb.BATCH_STATE_APPROVED
     xml = _export(stubs, batch.batch_id, pb.EXPORT_FORMAT_PAIN_001)
@@ -139,13 +157,15 @@ def test_an_approved_batch_exports_valid_files_once(stubs: Stubs) -> None:
 def test_a_draft_batch_is_not_exported(stubs: Stubs, api_server: RunningServer) -> None:
     from service.payouts.batches import cancel
 
-    draft = _create(stubs, "req-second-00001")
+    draft = _create(stubs, "req-draft-000001")
+    assert draft.state == pb.BATCH_STATE_DRAFT
     assert _code(lambda: _export(stubs, draft.batch_id, pb.EXPORT_FORMAT_CSV)) == grpc.StatusCode.FAILED_PRECONDITION
     cancel(api_server.engine, draft.batch_id, Actor("test-finance_operator", "finance_operator"), "test")
 
 
 def test_bank_results_settle_the_batch_and_a_returned_line_is_paid_again_once(stubs: Stubs) -> None:
-    batch = _create(stubs, "req-concurrent-0001")  # exported by the test above
+    batch = _approved(stubs, "req-results-0001")
+    _export(stubs, batch.batch_id, pb.EXPORT_FORMAT_CSV)
     lines = stubs.payout.ListPayoutLines(pb.ListPayoutLinesRequest(batch_id=batch.batch_id), metadata=OPERATOR).lines
     returned, paid = lines[0], lines[1:]
     results = [pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID) for line in paid]

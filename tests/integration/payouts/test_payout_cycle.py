@@ -8,8 +8,10 @@ Then, for the two national titles (one conflict group): a higher title named lat
 lower award up by the difference, once - and when the bank returns the lower line after such a
 top-up, the enterprise must still end up with the highest award.
 
-At the end: no (enterprise, policy, period) holds two standing grants, no enterprise more than
-its group's highest award, and the audit ledger verifies. A second, deliberately slow server
+After each of these tests: no (enterprise, policy, period) holds two standing grants, no enterprise
+more than its group's highest award, and the audit ledger verifies. No test needs another to have
+run first: the top-up tests run on a server of their own, whose two title cycles their fixture
+runs. A second, deliberately slow server
 (one enterprise per chunk) shows that a request for a policy and period whose batch is still
 running is refused, naming the running batch, and that of a burst of requests exactly one starts.
 
@@ -27,7 +29,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -93,15 +95,21 @@ GrantKey = tuple[str, str, int]  # (uscc, policy id, period)
 
 # ---------------------------------------------------------------------------------------------
 # Servers.
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("payout-cycle")
+@contextmanager
+def paying_server(db_url: str, folder: Path) -> Iterator[RunningServer]:
+    """A server over the synthetic registry with paying accounts, a ledger key and checkpoints."""
     payers = folder / "payers.yaml"
     payers.write_text(PAYERS_YAML, encoding="utf-8")
     checkpoints.generate_key(folder / LEDGER_KEY_FILE)
-    with serving(api_db_url, list(generate(REGISTRY_SIZE, REGISTRY_SEED)), folder, payers_file=payers,
+    with serving(db_url, list(generate(REGISTRY_SIZE, REGISTRY_SEED)), folder, payers_file=payers,
                  batch_chunk_size=CHUNK_SIZE, ledger_key=folder / LEDGER_KEY_FILE,
                  checkpoint_file=folder / "checkpoints.jsonl") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with paying_server(api_db_url, tmp_path_factory.mktemp("payout-cycle")) as running:
         yield running
 
 
@@ -109,7 +117,7 @@ def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def another_database(api_db_url: str, folder: Path) -> Iterator[str]:
     """A fresh database of the same kind as `api_db_url`."""
     if api_db_url.startswith("sqlite"):
-        yield f"sqlite:///{folder / 'slow.db'}"
+        yield f"sqlite:///{folder / 'another.db'}"
     else:
         with private_schema() as url:
             yield url
@@ -192,22 +200,38 @@ def expected_payments(eligibility: Eligibility, standing: dict[GrantKey, Grant],
     return payments
 
 
-@pytest.fixture(scope="module")
-def eligibility(api_server: RunningServer) -> Eligibility:
-    return Eligibility(api_server.engine)
+@dataclass
+class Books:
+    """A paying server and what its batches did, as the tests saw it through the API."""
+    server: RunningServer
+    stubs: Stubs
+    eligibility: Eligibility
+    # Standing grants, from the lines the batches listed: each cycle adds its lines and removes
+    # the returned one.
+    standing: dict[GrantKey, Grant] = field(default_factory=dict)
+    # Lines the bank returned (one per cycle, and more).
+    returned: set[tuple[GrantKey, Grant]] = field(default_factory=set)
 
 
 @pytest.fixture(scope="module")
-def standing(api_server: RunningServer) -> dict[GrantKey, Grant]:
-    """Standing grants of the module's server (one per database), from the lines its batches
-    listed: each cycle adds its lines and removes the returned one."""
-    return {}
+def books(api_server: RunningServer, stubs: Stubs) -> Books:
+    """The books of the module's server (one per database), shared by the cycles of the policies:
+    each cycle pays what the others left unpaid, whatever order they run in."""
+    return Books(api_server, stubs, Eligibility(api_server.engine))
 
 
 @pytest.fixture(scope="module")
-def returned(api_server: RunningServer) -> set[tuple[GrantKey, Grant]]:
-    """Lines the bank returned on the module's server (one per cycle, and more)."""
-    return set()
+def titles_books(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Books]:
+    """A server of its own on which both national titles have been through their cycle, for the
+    tests of a higher title named later: each finds there what it needs, in either order."""
+    folder = tmp_path_factory.mktemp("titles-cycled")
+    with another_database(api_db_url, folder) as url, paying_server(url, folder) as server, \
+            contextmanager(channel_stubs)(server.port) as stubs:
+        titles = Books(server, stubs, Eligibility(server.engine))
+        for policy_id, period in CYCLES:
+            if period == TITLES_PERIOD and policy_id in (LOWER_TITLE, HIGHER_TITLE):
+                run_cycle(titles, policy_id, period)
+        yield titles
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,18 +435,26 @@ def settle(stubs: Stubs, batch: pb.PayoutBatch, lines: list[pb.PayoutLine]) -> p
 
 # ---------------------------------------------------------------------------------------------
 # The cycle, for each reference policy.
-def test_the_reference_policies_are_all_cycled(eligibility: Eligibility) -> None:
-    assert sorted(p for p, _ in CYCLES) == sorted(p.id for p in eligibility.policies)
+def test_the_reference_policies_are_all_cycled(books: Books) -> None:
+    policies = books.eligibility.policies
+    assert sorted(p for p, _ in CYCLES) == sorted(p.id for p in policies)
     for policy_id, period in CYCLES:
-        policy = eligibility.policies.get(policy_id)
+        policy = policies.get(policy_id)
         assert policy.covers(period) and policy.model.apply_free
         assert policy.budget_fen is None, "amounts below are compared unprorated"
 
 
 @pytest.mark.parametrize(("policy_id", "period"), CYCLES, ids=[f"{p}-{y}" for p, y in CYCLES])
-def test_a_batch_runs_from_empty_to_settled_and_pays_nobody_twice(
-        policy_id: str, period: int, stubs: Stubs, api_server: RunningServer, eligibility: Eligibility,
-        standing: dict[GrantKey, Grant], returned: set[tuple[GrantKey, Grant]]) -> None:
+def test_a_batch_runs_from_empty_to_settled_and_pays_nobody_twice(policy_id: str, period: int,
+                                                                  books: Books) -> None:
+    run_cycle(books, policy_id, period)
+    check_books(books)
+
+
+def run_cycle(books: Books, policy_id: str, period: int) -> None:
+    """One policy's cycle on a server, checked step by step; the books follow what it paid."""
+    stubs, api_server, eligibility = books.stubs, books.server, books.eligibility
+    standing, returned = books.standing, books.returned
     # 1. The first batch pays everyone eligible (less what the conflict group already paid).
     candidates = expected_candidates(eligibility, standing, policy_id, period)
     expected = expected_payments(eligibility, standing, policy_id, period)
@@ -484,14 +516,12 @@ def lower_title_holders(standing: dict[GrantKey, Grant], returned: set[tuple[Gra
                   and (u, HIGHER_TITLE, TITLES_PERIOD) not in standing and (u in bounced) == once_returned)
 
 
-def test_a_higher_title_named_later_tops_up_the_earlier_award_once(
-        stubs: Stubs, eligibility: Eligibility, standing: dict[GrantKey, Grant],
-        returned: set[tuple[GrantKey, Grant]]) -> None:
+def test_a_higher_title_named_later_tops_up_the_earlier_award_once(titles_books: Books) -> None:
     """An enterprise paid (and settled) the little-giant reward is then named single champion for
     the same year: the new batch pays only the difference, pointing at the earlier line."""
-    holders = lower_title_holders(standing, returned, once_returned=False)
-    if not holders:
-        pytest.skip("needs the little-giant-reward 2024 cycle first")
+    stubs, eligibility, standing = titles_books.stubs, titles_books.eligibility, titles_books.standing
+    holders = lower_title_holders(standing, titles_books.returned, once_returned=False)
+    assert holders, "the little-giant cycle left no enterprise holding that award alone"
     uscc = holders[0]
     earlier = standing[uscc, LOWER_TITLE, TITLES_PERIOD]
     name_single_champion(stubs, uscc, "DXGJ-TOPUP-0001")
@@ -506,17 +536,17 @@ def test_a_higher_title_named_later_tops_up_the_earlier_award_once(
     assert group_holding(standing, uscc) == highest
     again, _ = run_to_draft(stubs, HIGHER_TITLE, TITLES_PERIOD, "after-top-up")  # and never again
     assert (again.line_count, again.total_fen) == (0, 0)
+    check_books(titles_books)
 
 
-def test_a_lower_award_returned_after_a_top_up_is_made_good(
-        stubs: Stubs, eligibility: Eligibility, standing: dict[GrantKey, Grant],
-        returned: set[tuple[GrantKey, Grant]]) -> None:
+def test_a_lower_award_returned_after_a_top_up_is_made_good(titles_books: Books) -> None:
     """The little-giant line of an enterprise is exported, a single-champion batch tops it up by the
     difference, and then the bank returns the little-giant line. The enterprise is owed the highest
     award once: later batches of the two titles must bring what it holds back up to it."""
+    stubs, eligibility, standing = titles_books.stubs, titles_books.eligibility, titles_books.standing
+    returned = titles_books.returned
     holders = lower_title_holders(standing, returned, once_returned=True)
-    if not holders:
-        pytest.skip("needs the little-giant-reward 2024 cycle first")
+    assert holders, "the little-giant cycle's returned enterprise was not paid again by its repay batch"
     uscc = holders[0]
     pending = standing[uscc, LOWER_TITLE, TITLES_PERIOD]  # its line in the cycle's repay batch, DRAFT
     approve(stubs, get(stubs, pending.batch_id))
@@ -539,6 +569,7 @@ def test_a_lower_award_returned_after_a_top_up_is_made_good(
         f"{uscc} holds {group_holding(standing, uscc)} fen of its highest award {highest} fen: the "
         f"returned {LOWER_TITLE} line {pending.line_id} is never paid again, and the {HIGHER_TITLE} line "
         f"{top_up_line.line_id} only tops it up")
+    check_books(titles_books)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,11 +638,12 @@ def batches_of(engine: Engine, policy_id: str, period: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Across all policies, at the end.
-def test_no_enterprise_holds_two_standing_grants_of_a_policy_and_period(
-        api_server: RunningServer, eligibility: Eligibility, standing: dict[GrantKey, Grant],
-        returned: set[tuple[GrantKey, Grant]]) -> None:
-    with api_server.engine.connect() as conn:
+# The books balance, after every test that pays.
+def check_books(books: Books) -> None:
+    """No enterprise holds two standing grants of a policy and period, the database holds exactly
+    the grants the batches listed, nobody more than the group's highest award, the ledger verifies."""
+    eligibility, standing, returned = books.eligibility, books.standing, books.returned
+    with books.server.engine.connect() as conn:
         doubled = conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.period, func.count())
                                .where(grant.c.released == "")
                                .group_by(grant.c.uscc, grant.c.policy_id, grant.c.period)
@@ -630,9 +662,6 @@ def test_no_enterprise_holds_two_standing_grants_of_a_policy_and_period(
         for uscc in {u for (u, p, y) in standing if p == policy_id and y == period}:
             held = sum(g.amount_fen for (u, p, y), g in standing.items() if u == uscc and y == period and p in group)
             assert held <= max(eligibility.awards(p, period).get(uscc, 0) for p in group)
-
-
-def test_the_audit_log_verifies_at_the_end(stubs: Stubs) -> None:
-    verdict = verify_audit_log(stubs)
+    verdict = verify_audit_log(books.stubs)
     assert verdict.valid and verdict.fault == audit_service_pb2.LEDGER_FAULT_NONE, verdict.detail
     assert verdict.entries_checked > 0
