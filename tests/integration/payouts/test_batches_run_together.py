@@ -130,12 +130,10 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path,
         schema.__exit__(None, None, None)
 
 
-@pytest.fixture
-def postgres_only(request: pytest.FixtureRequest, databases: Callable[[], Engine]) -> Callable[[], Engine]:
-    """`databases`, PostgreSQL only (what is tested does not exist on SQLite: one writer)."""
-    if request.node.callspec.params["databases"] != "postgresql":
-        pytest.skip("PostgreSQL only: SQLite takes its write lock before anything is written")
-    return databases
+# `databases` on PostgreSQL only: what is tested does not exist on SQLite (one writer, whose lock is
+# taken before anything is written), so no SQLite case is collected (rather than one skipped).
+postgres_only = pytest.mark.parametrize(
+    "databases", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 
 
 # -- the independent references ----------------------------------------------------------------------------
@@ -368,8 +366,9 @@ def _until_a_row_lock_is_awaited(engine: Engine) -> bool:
     return False
 
 
+@postgres_only
 def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_deadlock(
-        postgres_only: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
     """FAILED before the fix (PostgreSQL): a deadlock (psycopg DeadlockDetected) where both should commit.
 
     A chunk stores its facts snapshots before it takes the chain-head lock
@@ -386,7 +385,7 @@ def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_dead
     chunk stored its snapshots, and the chunk goes on once the recorder waits."""
     from service.evaluation.recorder import Recorder
 
-    engine = postgres_only()
+    engine = databases()
     policy = policies.get(SJR)
     batch_id = _start(engine, policies, SJR)
     settings = RunSettings(chunk_size=CHUNK, partitions=1)
@@ -424,8 +423,9 @@ def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_dead
     assert outcomes == {"chunk": CHUNK, "lookup": "recorded"}, outcomes
 
 
+@postgres_only
 def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
-        postgres_only: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
     """FAILED before the fix (PostgreSQL): one of two chunks of unrelated batches aborts with DeadlockDetected.
 
     Two coordinators run two groups of the period over the same enterprises (two servers, or
@@ -435,7 +435,7 @@ def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
     1 holds the 2024 snapshots and wants the 2025 ones, 2 the other way round. To make the two
     INSERTs overlap every time, both start at once and a trigger (test-only) makes each row
     of facts_snapshot take 20 ms. Under the lock, as before this change, they could not overlap."""
-    engine = postgres_only()
+    engine = databases()
     with engine.begin() as conn:
         conn.execute(text("create function slow_snapshot() returns trigger language plpgsql as "
                           "$$ begin perform pg_sleep(0.02); return new; end $$"))
