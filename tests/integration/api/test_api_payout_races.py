@@ -13,13 +13,17 @@ import grpc
 import pytest
 from benefits.v1 import payout_service_pb2 as pb
 from testkit.api_fixtures import Stubs, as_role, channel_stubs
-from testkit.money_fixtures import GIANT, Money, creditor_accounts, money_server, titled, uscc
+from testkit.money_fixtures import CHAMPION, GIANT, Money, creditor_accounts, money_server, titled, uscc
 
 from service.server import RunningServer
 
 PERIODS = (2022, 2023, 2024, 2025)
 CODES = {period: [uscc(n + 10 * (period - 2022), "MA4N") for n in (1, 2, 3)] for period in PERIODS}
 BAD = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+# The results race's own enterprises: single champions of a year, paid by a batch of their own
+# (the little giants above are the export races', and another title's batch never pays them).
+RESULTS_PERIOD = 2023
+RESULTS_CODES = [uscc(n, "MA4P") for n in (41, 42)]
 
 
 def _records() -> list[dict[str, object]]:
@@ -27,6 +31,8 @@ def _records() -> list[dict[str, object]]:
     for period, codes in CODES.items():
         for code in codes:
             out += titled(code, int(code[12:16]), period)
+    for code in RESULTS_CODES:
+        out += titled(code, int(code[12:16]), RESULTS_PERIOD, kind="single_champion")
     return out
 
 
@@ -136,28 +142,22 @@ def test_contradicting_results_raced_one_wins(stubs: Stubs, api_server: RunningS
 
 
 def _a_batch_with_a_pending_exported_line(money: Money) -> Any:
-    """An EXPORTED batch of the races above with a line still PENDING, or their repay batch
-    (DRAFT) approved and exported."""
-    from service.payouts.batches import batch_id_for
-
-    for request in ("0001", "0002"):
-        for period in PERIODS:
-            batch = money.get(batch_id_for(f"review-race-{period}-{request}"))
-            if batch.state == pb.BATCH_STATE_DRAFT and batch.line_count:
-                money.approve(batch.batch_id)
-                money.export(batch.batch_id)
-                batch = money.get(batch.batch_id)
-            if batch.state == pb.BATCH_STATE_EXPORTED and any(
-                    line.state == pb.LINE_STATE_PENDING for line in money.lines(batch.batch_id)):
-                return batch
-    raise AssertionError("no batch with a pending exported line")
+    """The single champions' batch, approved and exported: every line PENDING."""
+    batch = money.create(CHAMPION, RESULTS_PERIOD, "review-race-results-0001")
+    assert batch.line_count == len(RESULTS_CODES)
+    money.approve(batch.batch_id)
+    money.export(batch.batch_id)
+    exported = money.get(batch.batch_id)
+    assert exported.state == pb.BATCH_STATE_EXPORTED
+    return exported
 
 
 def test_one_request_id_raced_makes_one_batch(stubs: Stubs, api_server: RunningServer) -> None:
     """PASSES. Six CreatePayoutBatch calls with one new request_id at once: one batch, the same id
-    for every caller; with another period the same id is ALREADY_EXISTS."""
+    for every caller; with another period the same id is ALREADY_EXISTS. (The single-champion
+    reward of 2022: nobody here holds that title, so the batch takes no one from the other races.)"""
     results = _race(api_server.port, [lambda m: m.stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
-        policy_id=GIANT, period=2022, request_id="review-race-same-0001"), metadata=m.operator, timeout=20)] * 6)
+        policy_id=CHAMPION, period=2022, request_id="review-race-same-0001"), metadata=m.operator, timeout=20)] * 6)
     assert _codes(results) == [grpc.StatusCode.OK] * 6, [r.details() for r in results if isinstance(r, grpc.RpcError)]
     assert len({r.batch_id for r in results}) == 1
     money = Money(stubs)
@@ -165,6 +165,6 @@ def test_one_request_id_raced_makes_one_batch(stubs: Stubs, api_server: RunningS
 
     finished_batch(stubs, results[0].batch_id)
     err = _race(api_server.port, [lambda m: m.stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
-        policy_id=GIANT, period=2023, request_id="review-race-same-0001"), metadata=m.operator, timeout=20)])[0]
+        policy_id=CHAMPION, period=2023, request_id="review-race-same-0001"), metadata=m.operator, timeout=20)])[0]
     assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.ALREADY_EXISTS
     assert money.verify().valid
