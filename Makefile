@@ -28,7 +28,7 @@ GENERATED := gen/benefits/v1/__init__.py
 # (ruff format --check . would change 183 of 191 files): widen this to `.` once it is reformatted
 FORMATTED := proto_build.py tests/integration/test_packaging.py
 
-.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check check-rules format-check typecheck test test-slow test-unit test-integration test-policies bench lint layers clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check check-rules format-check typecheck test test-slow test-unit test-integration test-random test-policies bench lint layers clean
 
 install: $(VENV)/.installed $(GENERATED)  ## virtual environment with the project (editable) and its dev tools
 
@@ -104,11 +104,21 @@ tests/node/node_modules/.installed: tests/node/package.json tests/node/package-l
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test-unit: install
-	$(BIN)/python -m pytest -q tests/unit
+# `make test` is `make test-unit` plus `make test-integration`: the marker `integration` (every test
+# below tests/integration, set by its conftest) splits the suite in two; slow tests: make test-slow.
+test-unit: install  ## unit tests and policy cases: the suite but the integration and slow tests
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
 
-test-integration: install
-	$(BIN)/python -m pytest -q tests/integration
+test-integration: install node-deps  ## the integration tests: real sockets, servers, worker processes, databases
+	$(BIN)/python -m pytest -q -m "integration and not slow"
+
+# A random seed unless given, drawn once per make run (so that the seed printed is the one used).
+ifndef ORDER_SEED
+ORDER_SEED := $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')
+endif
+test-random: install node-deps  ## the suite but the slow tests, modules and the tests in each shuffled (ORDER_SEED=, TESTS=)
+	@echo "random order seed $(ORDER_SEED): make test-random ORDER_SEED=$(ORDER_SEED) repeats this order"
+	$(BIN)/python -m pytest -q -m "not slow" -p randomly --randomly-seed=$(ORDER_SEED) $(TESTS)
 
 test-policies: install  ## the test cases beside each policy
 	$(BIN)/benefits rules test rules

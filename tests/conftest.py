@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from testing_databases import PG_URL, postgres_reachable, private_schema
+from testkit.databases import PG_URL, postgres_reachable, private_schema
+from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.db import create_schema, make_engine
 from rules.loader import PolicySet, load_policy_dir
 from service.catalogue import CATALOGUE
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -33,7 +32,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def policies() -> PolicySet:
     """The reference policies of rules/policies, loaded once per module."""
-    return load_policy_dir(REPO_ROOT / "rules" / "policies", CATALOGUE)
+    return load_policy_dir(POLICIES_DIR, CATALOGUE)
 
 
 @pytest.fixture

@@ -197,7 +197,7 @@ def run_partition_with(engine: Engine, evaluators: Sequence[ChunkEvaluator], tas
         outcomes = evaluate_together(engine, evaluators, usccs)
         # Everything under the ledger lock, snapshots included: stored before the lock, a chunk's
         # uncommitted snapshot rows made a lookup (holding the lock, storing the same snapshot)
-        # and the chunk wait for each other (tests/integration/test_review_together.py).
+        # and the chunk wait for each other (tests/integration/payouts/test_batches_run_together.py).
         with ledger_transaction(engine) as conn:
             stored: set[str] = set()   # facts snapshots the batches share, stored once
             for evaluator, outcome in zip(evaluators, outcomes):

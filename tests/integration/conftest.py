@@ -1,14 +1,28 @@
-"""Fixtures of the gRPC API tests: one real server per test module and database (SQLite and
-PostgreSQL), with a small registry and an auth file holding one principal per role."""
+"""Every test below this folder is marked `integration` (real sockets, servers, worker processes,
+databases), so that `-m integration` / `-m "not integration"` split the suite without a marker
+written in each file. And the fixtures of the gRPC API tests: one real server per test module
+and database (SQLite and PostgreSQL), with a small registry and an auth file holding one
+principal per role."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from api_fixtures import Stubs, channel_stubs, registry_records, serving
-from testing_databases import private_schema
+from testkit.api_fixtures import Stubs, channel_stubs, registry_records, serving
+from testkit.databases import private_schema
 
 from service.server import RunningServer
+
+INTEGRATION_TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A conftest's hooks see every collected item, not only those below its folder: filter by path.
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION_TESTS):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="module",

@@ -241,13 +241,13 @@ def test_stored_records_list_by_filter_newest_first(audit_engine: Engine, policy
         assert record is not None and render_faithful(conn, record, CATALOGUE).amount_fen == 37_037_015
 
 
+# On SQLite only, whose plan says it plainly (PostgreSQL plans an empty table as it likes).
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_lookup_asks_for_its_recorded_decisions_through_the_enterprise_index(audit_engine: Engine) -> None:
     """The reuse query of lookups names the enterprises, so it reads their few records through
     the index; by the facts hash alone it read every record (1 call/s at 1,000,000 enterprises)."""
     from service.evaluation.lookups import _RECORDED_PAIRS
 
-    if audit_engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's plan says it plainly; PostgreSQL plans an empty table as it likes")
     statement = _RECORDED_PAIRS.params(usccs=["91420600MA4K00001K"], facts=["a" * 64], evaluated_on="2026-03-02")
     compiled = statement.compile(audit_engine, compile_kwargs={"literal_binds": True})
     with audit_engine.connect() as conn:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from database_backups import backed_up, create_every_table
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
+from testkit.database_backups import backed_up, create_every_table
 
 from enterprise_registry.db import make_engine
 from service.audit import checkpoints
