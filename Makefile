@@ -26,7 +26,7 @@ PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 # make format-check: the files already in ruff's format; the rest of the code base is not yet
 # (ruff format --check . would change 183 of 191 files): widen this to `.` once it is reformatted
-FORMATTED := proto_build.py tests/integration/test_packaging.py
+FORMATTED := proto_build.py tests/integration/server/test_packaging.py
 
 .PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check check-rules format-check typecheck test test-slow test-unit test-integration test-random test-policies bench lint layers clean
 
