@@ -262,9 +262,13 @@ class _Emitter:
                 raise self.refuse(node, "a parameter is a constant, not a fact")
             return self.layout.property_for(node.dotted, self.fact_bounds.get(node.dotted, DEFAULT_MAX_ABS))
         if isinstance(node, (ast.Count, ast.Call, ast.Conditional)):
-            if self.term_type(node) == "decimal":
+            kind = self.term_type(node)
+            if kind == "decimal":
                 raise self.refuse(node, "this value can be a fraction, which the engine cannot "
                                         "hold: compare rates with ratio(a, b) <= 5.5%")
+            if kind == "ratio":   # e.g. `if c then ratio(a, b) else ratio(d, e)`: a fraction as well
+                raise self.refuse(node, "a ratio is compared only where it is written, as ratio(a, b) "
+                                        "<= 5.5%: put the comparison inside the branches")
             return self.layout.term_for(node, DEFAULT_MAX_ABS)
         raise self.refuse(node, "expected a fact here")
 

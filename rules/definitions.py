@@ -21,7 +21,14 @@ from rules.errors import ExpressionTypeError, PolicySchemaError
 from rules.facts import Catalogue
 from rules.typecheck import CONTEXT, FUNCTIONS, Scope, check
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Bounds of an expression once its definitions are resolved, measured as if each were written out
+# where it is used: the evaluators recurse once per level (Python's stack allows ~1,000 frames,
+# the interpreter takes ~3 per level), and the engine compiler inlines every use, so a chain
+# of definitions each using the previous one twice would double the written-out size per link.
+# The reference pack's deepest expression is 9 levels, its largest 37 terms (job-expansion-subsidy).
+MAX_DEPTH = 100
+MAX_SIZE = 2_000
+_NAME = re.compile(r"[a-z][a-z0-9_]*")   # whole name: fullmatch, so no trailing newline slips by
 # Words of the grammar (rules/grammar.lark): the lexer never reads them as a name.
 KEYWORDS = frozenset({"if", "then", "else", "or", "and", "not", "in", "is", "missing", "present",
                       "true", "false", "date", "count", "where"})
@@ -34,6 +41,8 @@ class Definition:
     expr: ast.Expr     # the definitions it uses are resolved (ast.Ref)
     kind: str          # its type, as rules.typecheck gives it
     line: int          # where its name is written
+    depth: int = 1     # of `expr` written out (every definition it uses inlined)
+    size: int = 1      # nodes of `expr` written out
 
 
 def reserved_names(catalogue: Catalogue) -> dict[str, str]:
@@ -59,7 +68,7 @@ def load_definitions(raw: Mapping[str, tuple[str, int]], scope: Scope,
     reserved = reserved_names(scope.catalogue)
     for name, (_, line) in raw.items():
         field = f"definitions.{name}"
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise PolicySchemaError(scope.file, line, "a definition name is lower-case letters, digits "
                                                       "and '_', starting with a letter", field=field)
         if name in reserved:
@@ -78,12 +87,25 @@ def load_definitions(raw: Mapping[str, tuple[str, int]], scope: Scope,
             raise ExpressionTypeError(scope.file, expr.pos.line, "a tier table is used only as "
                                       "tier(amount, params.<table>), never named", column=expr.pos.column)
         text, line = raw[name]
-        definitions[name] = Definition(name, text, expr, kind, line)
+        depth, size = _written_out(expr, definitions)
+        definitions[name] = Definition(name, text, expr, kind, line, depth, size)
     return {name: definitions[name] for name in raw}   # file order, for showing them
 
 
 def resolve(node: ast.Expr, definitions: Mapping[str, Definition], file: str) -> ast.Expr:
-    """The expression with each use of a definition (a plain name) made an `ast.Ref`."""
+    """The expression with each use of a definition (a plain name) made an `ast.Ref`. Raises
+    ExpressionTypeError when, written out, it would be deeper or larger than the bounds."""
+    resolved = _resolved(node, definitions, file)
+    depth, size = _written_out(resolved, definitions)
+    if depth > MAX_DEPTH or size > MAX_SIZE:
+        raise ExpressionTypeError(file, node.pos.line, f"this expression, with the definitions it uses "
+                                  f"written out, is {depth} levels deep and {size} terms large; the bounds "
+                                  f"are {MAX_DEPTH} and {MAX_SIZE}: split the policy or simplify its terms",
+                                  column=node.pos.column)
+    return resolved
+
+
+def _resolved(node: ast.Expr, definitions: Mapping[str, Definition], file: str) -> ast.Expr:
     if isinstance(node, ast.Name) and len(node.parts) == 1 and node.parts[0] in definitions:
         return ast.Ref(node.parts[0], definitions[node.parts[0]].expr, node.pos)
     if isinstance(node, ast.Count) and node.variable in definitions:
@@ -91,7 +113,20 @@ def resolve(node: ast.Expr, definitions: Mapping[str, Definition], file: str) ->
     kids = ast.children(node)
     if not kids:
         return node
-    return ast.with_children(node, tuple(resolve(child, definitions, file) for child in kids))
+    return ast.with_children(node, tuple(_resolved(child, definitions, file) for child in kids))
+
+
+def _written_out(node: ast.Expr, definitions: Mapping[str, Definition]) -> tuple[int, int]:
+    """(depth, size) of the expression as if each definition it uses were written out where it is
+    used; a definition's own figures are taken as measured, never walked again."""
+    if isinstance(node, ast.Ref):
+        used = definitions[node.name]
+        return used.depth + 1, used.size
+    depth, size = 0, 1
+    for child in ast.children(node):
+        child_depth, child_size = _written_out(child, definitions)
+        depth, size = max(depth, child_depth), size + child_size
+    return depth + 1, size
 
 
 def scope_with(scope: Scope, definitions: Mapping[str, Definition]) -> Scope:
@@ -131,6 +166,10 @@ def _dependency_order(uses: Mapping[str, list[tuple[str, ast.Pos]]], file: str) 
                 raise ExpressionTypeError(file, pos.line, f"definition {used!r} depends on itself: "
                                                           f"{cycle}", column=pos.column)
             if used not in done:
+                if len(path) >= MAX_DEPTH:   # each link is a level: refused before recursing deeper
+                    raise ExpressionTypeError(file, pos.line, f"definitions use one another more than "
+                                              f"{MAX_DEPTH} deep: {' -> '.join(path[:3])} -> ... -> {used}",
+                                              column=pos.column)
                 visit(used)
         path.pop()
         done.add(name)

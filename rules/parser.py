@@ -15,7 +15,7 @@ from rules import ast
 from rules.errors import ExpressionSyntaxError
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
-_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 FEN_PER_YUAN = 100
 FEN_PER_WAN_YUAN = 1_000_000
 
@@ -134,7 +134,7 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
     def date_lit(self, meta: object, children: list[Token]) -> ast.Literal:
         token = children[0]
         try:
-            if not _ISO_DATE.match(str(token)[1:-1]):
+            if not _ISO_DATE.fullmatch(str(token)[1:-1]):
                 raise ValueError("not YYYY-MM-DD")
             value = date.fromisoformat(str(token)[1:-1])
         except ValueError:

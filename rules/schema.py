@@ -18,11 +18,11 @@ from pydantic import (
 from rules.errors import PolicySchemaError
 from rules.yaml_source import Located
 
-_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_ID = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 
 
 def _policy_id(value: str) -> str:
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise ValueError("ids are lower-case words joined by '-'")
     return value
 
@@ -109,7 +109,7 @@ class Condition(_Strict):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not _ID.match(value):
+        if not _ID.fullmatch(value):
             raise ValueError("ids are lower-case words joined by '-'")
         return value
 

@@ -53,8 +53,7 @@ def check(node: ast.Expr, scope: Scope) -> str:
 
 def enum_values(node: ast.Expr, scope: Scope) -> tuple[str, ...] | None:
     """The allowed values of an enumerated fact or record field, if `node` names one."""
-    while isinstance(node, ast.Ref):   # a definition that is just a fact's name
-        node = node.expr
+    node = _unwrapped(node)
     if not isinstance(node, ast.Name):
         return None
     parts = node.parts
@@ -63,6 +62,13 @@ def enum_values(node: ast.Expr, scope: Scope) -> tuple[str, ...] | None:
         return field_type.values if field_type else None
     fact = scope.catalogue.facts.get(node.dotted)
     return fact.values if fact else None
+
+
+def _unwrapped(node: ast.Expr) -> ast.Expr:
+    """What a definition stands for, through definitions that only name another term."""
+    while isinstance(node, ast.Ref):
+        node = node.expr
+    return node
 
 
 class _Checker:
@@ -156,6 +162,9 @@ class _Checker:
         allowed = enum_values(subject, self.scope)
         if not allowed:
             return
+        named = _unwrapped(subject)
+        assert isinstance(named, ast.Name)   # enum_values found its values through a name
+        candidate = _unwrapped(candidate)     # a definition that is just a value or a parameter
         values: tuple[object, ...] = ()
         if isinstance(candidate, ast.Literal):
             values = (candidate.value,)
@@ -165,7 +174,7 @@ class _Checker:
         for value in values:
             if value not in allowed:
                 raise self.fail(candidate, f"{value!r} is not a value of "
-                                           f"{subject.dotted}: one of {', '.join(allowed)}")  # type: ignore[union-attr]
+                                           f"{named.dotted}: one of {', '.join(allowed)}")
 
     def _logical(self, node: ast.Logical) -> str:
         for operand in node.operands:

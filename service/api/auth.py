@@ -17,8 +17,8 @@ from service.errors import AuthFileError, PermissionDeniedError, Unauthenticated
 
 ROLES = ("registry_feed", "finance_operator", "finance_approver", "auditor", "enterprise", "admin")
 _AUTH_HEADER_KEY = "authorization"
-_BEARER = re.compile(r"^Bearer ([\x21-\x7e]{16,512})$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_BEARER = re.compile(r"Bearer ([\x21-\x7e]{16,512})")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 _ALL = frozenset(ROLES)
 _READERS = frozenset({"enterprise", "auditor", "admin", "finance_operator", "finance_approver"})
@@ -113,7 +113,7 @@ class AuthTable:
         values = [v for k, v in (metadata or ()) if k == _AUTH_HEADER_KEY]  # type: ignore[attr-defined]
         if not values:
             raise UnauthenticatedError("missing `authorization: Bearer <token>` metadata")
-        match = _BEARER.match(values[0] if isinstance(values[0], str) else "")
+        match = _BEARER.fullmatch(values[0] if isinstance(values[0], str) else "")
         if len(values) > 1 or match is None:
             raise UnauthenticatedError("malformed authorization metadata")
         digest = hashlib.sha256(match.group(1).encode()).hexdigest()
@@ -165,10 +165,10 @@ def _entry(entry: object, where: str) -> tuple[Principal, str]:
     if (token is None) == (digest is None):
         raise AuthFileError(f"{where}: give exactly one of `token` or `token_sha256`")
     if token is not None:
-        if not isinstance(token, str) or not _BEARER.match(f"Bearer {token}"):
+        if not isinstance(token, str) or not _BEARER.fullmatch(f"Bearer {token}"):
             raise AuthFileError(f"{where}: `token` must be 16-512 printable ASCII characters")
         digest = token_digest(token)
-    elif not isinstance(digest, str) or not _SHA256.match(digest):
+    elif not isinstance(digest, str) or not _SHA256.fullmatch(digest):
         raise AuthFileError(f"{where}: `token_sha256` must be 64 lower-case hex digits")
     return Principal(name, role, code, sources), digest
 
