@@ -48,8 +48,9 @@ def server(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, int
 
 
 def _list_policies(stubs: Stubs) -> policy_service_pb2.ListPoliciesResponse:
-    return stubs.policy.ListPolicies(policy_service_pb2.ListPoliciesRequest(),
-                                     metadata=as_role("admin"), timeout=10)
+    reply: policy_service_pb2.ListPoliciesResponse = stubs.policy.ListPolicies(
+        policy_service_pb2.ListPoliciesRequest(), metadata=as_role("admin"), timeout=10)
+    return reply
 
 
 def _stored_names(url: str) -> set[str]:
