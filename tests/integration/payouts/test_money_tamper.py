@@ -20,6 +20,7 @@ Part of the matrix runs through the real CLI (`benefits audit verify --db URL` v
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -756,11 +757,13 @@ def test_the_world_still_verifies_after_the_matrix(world: World) -> None:
 # --------------------------------------------------------------------------------------------- before DRAFT
 
 
-class _StopAfter:
+class _StopAfter(threading.Event):
     """A stop event that is set from its (n+1)-th look on: the run stops between its last chunk
-    and the end, so an attacker gets the gap before the lines are written."""
+    and the end, so an attacker gets the gap before the lines are written (a run only asks
+    `is_set`)."""
 
     def __init__(self, looks: int) -> None:
+        super().__init__()
         self.looks, self.seen = looks, 0
 
     def is_set(self) -> bool:
@@ -788,7 +791,7 @@ def _draft_with_a_tampered_candidate(db_engine: Engine, policies: PolicySet, att
                         actor=OPERATOR, today=TODAY)
     stop = _StopAfter(1)
     assert not run_batch(db_engine, policies, batch.batch_id, worker=new_worker_id(),
-                         settings=RunSettings(chunk_size=10), stop=stop)  # type: ignore[arg-type]
+                         settings=RunSettings(chunk_size=10), stop=stop)
     with db_engine.begin() as conn:
         candidate = conn.execute(select(payout_candidate).where(payout_candidate.c.batch_id == batch.batch_id,
                                                                 payout_candidate.c.uscc == MAIN[0])).one()
