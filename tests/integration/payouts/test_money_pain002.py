@@ -113,7 +113,7 @@ def test_a_status_report_round_trip(money: Money, api_server: RunningServer) -> 
     # A different result for a line that has one: FAILED_PRECONDITION, and all or nothing.
     for data in (pain002(message_id, [(pending.line_id, "ACSC", None), (rejected.line_id, "ACSC", None)]),
                  pain002(message_id, [(pending.line_id, "ACSC", None), (rejected.line_id, "RJCT", "AM04")])):
-        code, details = rpc_code(lambda data=data: money.status_report(batch_id, data))
+        code, details = rpc_code(partial(money.status_report, batch_id, data))
         assert code == grpc.StatusCode.FAILED_PRECONDITION, details
         assert money_snapshot(engine) == before
     assert {line.line_id: line.state for line in money.lines(batch_id)}[pending.line_id] == pb.LINE_STATE_PENDING
