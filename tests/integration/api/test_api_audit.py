@@ -3,7 +3,7 @@ evaluations that lookups recorded; tampering in SQL is caught, and a rebuilt cha
 by the signed checkpoint written outside the database."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,13 +57,15 @@ def own_stubs(own_server: RunningServer) -> Iterator[Stubs]:
 
 
 def _explain(stubs: Stubs, uscc: str, role: str = "enterprise") -> evaluation_pb2.Evaluation:
-    reply = stubs.benefit.ExplainEligibility(benefit_service_pb2.ExplainEligibilityRequest(
-        uscc=uscc, policy_id=SJR, period=2025), metadata=as_role(role))
+    reply: benefit_service_pb2.ExplainEligibilityResponse = stubs.benefit.ExplainEligibility(
+        benefit_service_pb2.ExplainEligibilityRequest(uscc=uscc, policy_id=SJR, period=2025), metadata=as_role(role))
     return reply.evaluation
 
 
 def _verify(stubs: Stubs) -> audit_service_pb2.VerifyAuditLogResponse:
-    return stubs.audit.VerifyAuditLog(audit_service_pb2.VerifyAuditLogRequest(), metadata=AUDITOR)
+    verdict: audit_service_pb2.VerifyAuditLogResponse = stubs.audit.VerifyAuditLog(
+        audit_service_pb2.VerifyAuditLogRequest(), metadata=AUDITOR)
+    return verdict
 
 
 def test_an_auditor_fetches_lists_verifies_and_replays(stubs: Stubs) -> None:
@@ -118,6 +120,7 @@ def test_a_record_that_no_longer_replays_to_itself_is_refused_not_shown(api_serv
     with api_server.engine.begin() as conn:
         conn.execute(text("UPDATE evaluation_record SET record = replace(record, :a, :b) WHERE evaluation_id = :e"),
                      edit)
+    call: Callable[[], object]
     try:
         for call in (lambda: stubs.audit.GetEvaluation(audit_service_pb2.GetEvaluationRequest(
                          evaluation_id=victim.evaluation_id), metadata=AUDITOR),
@@ -126,8 +129,9 @@ def test_a_record_that_no_longer_replays_to_itself_is_refused_not_shown(api_serv
             with pytest.raises(grpc.RpcError) as info:
                 call()
             assert info.value.code() == grpc.StatusCode.DATA_LOSS
-            assert victim.evaluation_id in info.value.details()
-            assert f"amount_fen: stored 1, replayed {victim.amount_fen}" in info.value.details()
+            details = info.value.details() or ""
+            assert victim.evaluation_id in details
+            assert f"amount_fen: stored 1, replayed {victim.amount_fen}" in details
         replayed = stubs.audit.ReplayEvaluation(audit_service_pb2.ReplayEvaluationRequest(
             evaluation_id=victim.evaluation_id), metadata=AUDITOR)
         assert not replayed.identical and replayed.replayed.amount_fen == victim.amount_fen

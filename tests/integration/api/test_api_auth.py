@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from functools import partial
+from typing import Protocol, cast
 
 import grpc
 import pytest
@@ -54,7 +56,7 @@ BAD_CREDENTIALS: dict[str, list[tuple[str, str]]] = {
 
 
 def _contract_methods() -> set[str]:
-    found = set()
+    found: set[str] = set()
     for module in (policy_service_pb2, registry_service_pb2, benefit_service_pb2,
                    payout_service_pb2, audit_service_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
@@ -136,7 +138,7 @@ def test_an_enterprise_reads_only_its_own_uscc_and_learns_nothing_else(stubs: St
                                                                        method: str) -> None:
     answers = {}
     for case, uscc in FOREIGN_USCCS.items():
-        err = rpc_error(lambda u=uscc: _uscc_call(stubs, method, u, as_role("enterprise")))
+        err = rpc_error(partial(_uscc_call, stubs, method, uscc, as_role("enterprise")))
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED, case
         assert err.trailing_metadata() is not None
         answers[case] = (err.details(), field_violations_or_none(err))
@@ -198,25 +200,45 @@ def test_list_matched_benefits_is_not_found_for_an_unknown_uscc_in_any_period(
 
 # ---------------------------------------------------------------------------------------------
 # Health (open to orchestrators) and reflection (needs a token).
+class _Health(Protocol):
+    """HealthStub as it is at run time: its typeshed stub declares no methods."""
+    Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+
+
+class _Reflection(Protocol):
+    """ServerReflectionStub as it is at run time: its typeshed stub leaves the method untyped."""
+    ServerReflectionInfo: grpc.StreamStreamMultiCallable[reflection_pb2.ServerReflectionRequest,
+                                                         reflection_pb2.ServerReflectionResponse]
+
+
+def _health(channel: grpc.Channel) -> _Health:
+    return cast(_Health, health_pb2_grpc.HealthStub(channel))
+
+
+def _reflection(channel: grpc.Channel) -> _Reflection:
+    return cast(_Reflection, reflection_pb2_grpc.ServerReflectionStub(channel))
+
+
 @pytest.mark.parametrize("service", ["", "benefits.v1.BenefitService", *SERVICE_NAMES])
 def test_health_is_serving_without_a_token(stubs: Stubs, service: str) -> None:
-    health = health_pb2_grpc.HealthStub(stubs.channel)
+    health = _health(stubs.channel)
     reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_health_of_an_unknown_service_is_not_found(stubs: Stubs) -> None:
-    health = health_pb2_grpc.HealthStub(stubs.channel)
+    health = _health(stubs.channel)
     err = rpc_error(lambda: health.Check(
         health_pb2.HealthCheckRequest(service="benefits.v1.NoSuchService"), timeout=10))
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _list_services(stubs: Stubs, metadata: list[tuple[str, str]]) -> list[str]:
-    reflection = reflection_pb2_grpc.ServerReflectionStub(stubs.channel)
+    reflection = _reflection(stubs.channel)
     requests: Iterator[reflection_pb2.ServerReflectionRequest] = iter(
         [reflection_pb2.ServerReflectionRequest(list_services="")])
-    replies = list(reflection.ServerReflectionInfo(requests, metadata=metadata, timeout=10))
+    # grpc's stubs type metadata as a tuple; the call takes any sequence of pairs.
+    replies = list(reflection.ServerReflectionInfo(requests, metadata=tuple(metadata), timeout=10))
     assert len(replies) == 1
     return [s.name for s in replies[0].list_services_response.service]
 
@@ -230,11 +252,11 @@ def test_reflection_lists_the_services_with_any_token(stubs: Stubs, role: str) -
 
 
 def test_reflection_describes_a_service_from_the_contract(stubs: Stubs) -> None:
-    reflection = reflection_pb2_grpc.ServerReflectionStub(stubs.channel)
+    reflection = _reflection(stubs.channel)
     replies = list(reflection.ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(
             file_containing_symbol="benefits.v1.BenefitService")]),
-        metadata=as_role("auditor"), timeout=10))
+        metadata=tuple(as_role("auditor")), timeout=10))
     assert replies[0].WhichOneof("message_response") == "file_descriptor_response"
     files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
              for raw in replies[0].file_descriptor_response.file_descriptor_proto]

@@ -79,10 +79,12 @@ def tax_record(uscc: str, **overrides: object) -> dict[str, object]:
     return record
 
 
-def _import(stubs: Stubs, records: list[dict[str, object]], metadata: list[tuple[str, str]]) -> object:
-    return stubs.registry.ImportFacts(
+def _import(stubs: Stubs, records: list[dict[str, object]],
+            metadata: list[tuple[str, str]]) -> registry_service_pb2.ImportFactsResponse:
+    reply: registry_service_pb2.ImportFactsResponse = stubs.registry.ImportFacts(
         iter([registry_service_pb2.ImportFactsRequest(record_json=json.dumps(r, ensure_ascii=False))
               for r in records]), metadata=metadata, timeout=30)
+    return reply
 
 
 def _kinds(stubs: Stubs, uscc: str) -> list[str]:

@@ -13,7 +13,10 @@ in an error's details or debug string, or in a verification report.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Protocol, cast
 
 import grpc
 import pytest
@@ -50,12 +53,25 @@ def _records() -> list[dict[str, object]]:
     return out
 
 
-def _failure(call: object) -> str:
+class _DebuggableError(Protocol):
+    def code(self) -> grpc.StatusCode: ...
+    def details(self) -> str | None: ...
+    def debug_error_string(self) -> str: ...
+
+
+def _failure(call: Callable[[], object]) -> str:
     try:
-        call()  # type: ignore[operator]
+        call()
     except grpc.RpcError as err:
-        return f"{err.code()} {err.details()} {err.debug_error_string()}"
+        # grpc raises _InactiveRpcError, which has debug_error_string(); grpc.RpcError's stub lacks it.
+        seen = cast(_DebuggableError, err)
+        return f"{seen.code()} {seen.details()} {seen.debug_error_string()}"
     return "OK"
+
+
+def _export_csv(stubs: Stubs, batch_id: str, metadata: list[tuple[str, str]]) -> list[pb.ExportPayoutBatchResponse]:
+    return list(stubs.payout.ExportPayoutBatch(
+        pb.ExportPayoutBatchRequest(batch_id=batch_id, format=pb.EXPORT_FORMAT_CSV), metadata=metadata, timeout=20))
 
 
 def test_no_account_tax_figure_or_token_leaks_along_the_payout_path(db_url: str, tmp_path: Path,
@@ -88,15 +104,13 @@ def test_no_account_tax_figure_or_token_leaks_along_the_payout_path(db_url: str,
                          pain002("MSG000000000000000000000000", [(lines[E[1]], "ACSC", None)]),
                          pain002(msg, [(lines[E[1]], "XXXX", None)]), b"<Document><unclosed>",
                          pain002(msg, [(lines[E[0]], "ACSC", None)])):          # a withdrawn line
-                said.append(_failure(lambda d=data: money.status_report(batch.batch_id, d)))
+                said.append(_failure(partial(money.status_report, batch.batch_id, data)))
             said.append(_failure(lambda: money.results(batch.batch_id, [(lines[E[1]] + "\x00", "PAID", "")])))
             long_reason = "AC04" + "x" * 296
             said.append(_failure(lambda: money.results(batch.batch_id, [(lines[E[2]], "RETURNED", long_reason)])))
             said.append(_failure(lambda: money.results(batch.batch_id, [(lines[E[0]], "PAID", "")])))
             for metadata in (bearer(SECRET_TOKEN), [("authorization", SECRET_TOKEN)], bearer(TAX_FEED_TOKEN)):
-                said.append(_failure(lambda m=metadata: list(stubs.payout.ExportPayoutBatch(
-                    pb.ExportPayoutBatchRequest(batch_id=batch.batch_id, format=pb.EXPORT_FORMAT_CSV), metadata=m,
-                    timeout=20))))
+                said.append(_failure(partial(_export_csv, stubs, batch.batch_id, metadata)))
             # The attacker: a line's payee and the stored bank file rewritten.
             engine = make_engine(db_url)
             try:

@@ -4,7 +4,7 @@ Each test has a server and a database of its own (the five giants can be paid on
 brings its batch to the state it needs itself."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,28 +52,30 @@ def stubs(api_server: RunningServer) -> Iterator[Stubs]:
 def _create(stubs: Stubs, request_id: str, policy_id: str = "little-giant-reward") -> pb.PayoutBatch:
     """Create a batch and watch it until it leaves RUNNING; the batch as it ends."""
     started = _start(stubs, request_id, policy_id)
-    return finished_batch(stubs, started.batch_id)
+    batch: pb.PayoutBatch = finished_batch(stubs, started.batch_id)
+    return batch
 
 
 def _start(stubs: Stubs, request_id: str, policy_id: str = "little-giant-reward") -> pb.PayoutBatch:
-    return stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
+    started: pb.PayoutBatch = stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
         policy_id=policy_id, period=2025, request_id=request_id), metadata=OPERATOR)
+    return started
 
 
 def _approved(stubs: Stubs, request_id: str) -> pb.PayoutBatch:
     """A batch of the five giants, created and approved."""
     batch = _create(stubs, request_id)
-    approved = stubs.payout.ApprovePayoutBatch(pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id),
-                                               metadata=APPROVER)
+    approved: pb.PayoutBatch = stubs.payout.ApprovePayoutBatch(pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id),
+                                                               metadata=APPROVER)
     assert (approved.state, approved.line_count) == (pb.BATCH_STATE_APPROVED, len(GIANTS))
     return approved
 
 
-def _code(call: object) -> grpc.StatusCode:
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
     try:
-        call()  # type: ignore[operator]
+        call()
     except grpc.RpcError as err:
-        return err.code()  # type: ignore[no-any-return]
+        return err.code()
     return grpc.StatusCode.OK
 
 
@@ -126,7 +128,7 @@ def test_bad_create_requests_name_the_field(stubs: Stubs) -> None:
                                                      metadata=OPERATOR)) == grpc.StatusCode.NOT_FOUND
 
 
-def _export(stubs: Stubs, batch_id: str, fmt: int) -> bytes:
+def _export(stubs: Stubs, batch_id: str, fmt: pb.ExportFormat) -> bytes:
     return b"".join(chunk.data for chunk in stubs.payout.ExportPayoutBatch(
         pb.ExportPayoutBatchRequest(batch_id=batch_id, format=fmt), metadata=OPERATOR))
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
+from typing import Protocol, cast
 
 import grpc
 from benefits.v1 import registry_service_pb2
@@ -41,10 +43,24 @@ def tax_record(uscc: str) -> dict[str, object]:
             "credit_rating": "A"}
 
 
-def _import(stubs: Stubs, records: list[dict[str, object]], metadata: list[tuple[str, str]]) -> object:
-    return stubs.registry.ImportFacts(
+class _DebuggableError(Protocol):
+    def details(self) -> str | None: ...
+    def debug_error_string(self) -> str: ...
+
+
+def _reply(err: grpc.RpcError) -> str:
+    """What a client sees of an error: its details and its debug string."""
+    # grpc raises _InactiveRpcError, which has debug_error_string(); grpc.RpcError's stub lacks it.
+    seen = cast(_DebuggableError, err)
+    return f"{seen.details()} {seen.debug_error_string()}"
+
+
+def _import(stubs: Stubs, records: list[dict[str, object]],
+            metadata: list[tuple[str, str]]) -> registry_service_pb2.ImportFactsResponse:
+    response: registry_service_pb2.ImportFactsResponse = stubs.registry.ImportFacts(
         iter([registry_service_pb2.ImportFactsRequest(record_json=json.dumps(r, ensure_ascii=False))
               for r in records]), metadata=metadata, timeout=30)
+    return response
 
 
 def _internal_reference(err: grpc.RpcError) -> str:
@@ -78,15 +94,16 @@ def test_no_account_tax_figure_or_token_in_the_log_or_the_errors(db_url: str, tm
             references = []
             for records, token in (([enterprise_record(SECOND, bank_account=account)], TOKENS["registry_feed"]),
                                    ([tax_record(SECOND)], TAX_FEED_TOKEN)):
-                err = rpc_error(lambda r=records, t=token: _import(stubs, r, bearer(t)))
+                err = rpc_error(partial(_import, stubs, records, bearer(token)))
                 references.append(_internal_reference(err))
-                replies.append(f"{err.details()} {err.debug_error_string()}")
+                replies.append(_reply(err))
             for metadata in (bearer(SECRET_TOKEN), [("authorization", f"bearer {SECRET_TOKEN}")],
                              [("authorization", SECRET_TOKEN)]):
-                err = rpc_error(lambda m=metadata: stubs.registry.GetEnterprise(
-                    registry_service_pb2.GetEnterpriseRequest(uscc=FIRST), metadata=m, timeout=20))
+                err = rpc_error(partial(stubs.registry.GetEnterprise,
+                                        registry_service_pb2.GetEnterpriseRequest(uscc=FIRST), metadata=metadata,
+                                        timeout=20))
                 assert err.code() == grpc.StatusCode.UNAUTHENTICATED
-                replies.append(f"{err.details()} {err.debug_error_string()}")
+                replies.append(_reply(err))
             # Nothing of the refused enterprise was stored.
             err = rpc_error(lambda: stubs.registry.GetEnterprise(
                 registry_service_pb2.GetEnterpriseRequest(uscc=SECOND), metadata=as_role("auditor"), timeout=20))

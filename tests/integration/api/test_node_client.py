@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import pytest
 import yaml
@@ -87,7 +87,14 @@ def node() -> str:
     return _node_or_skip()
 
 
-def _serve(folder: Path, **tls: Path) -> Iterator[RunningServer]:
+class _TlsFiles(TypedDict, total=False):
+    """The TLS fields of ServeConfig a test may set."""
+    tls_cert: Path
+    tls_key: Path
+    client_ca: Path
+
+
+def _serve(folder: Path, **tls: Unpack[_TlsFiles]) -> Iterator[RunningServer]:
     """A server on a loopback port over `_records()`, with the TLS settings in `tls`."""
     db_url = f"sqlite:///{folder / 'registry.db'}"
     load_registry(db_url, _records())
@@ -97,7 +104,7 @@ def _serve(folder: Path, **tls: Path) -> Iterator[RunningServer]:
         {"principal": "node-admin", "role": "admin", "token": ADMIN_TOKEN},
     ]}), encoding="utf-8")
     running = create_server(ServeConfig(db_url=db_url, rules_dir=REPO_ROOT / "rules",
-                                        auth_file=auth_file, listen="127.0.0.1:0", **tls))  # type: ignore[arg-type]
+                                        auth_file=auth_file, listen="127.0.0.1:0", **tls))
     try:
         yield running
     finally:

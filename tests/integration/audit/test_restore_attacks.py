@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -51,7 +52,8 @@ def _append(engine: Engine, labels: list[str]) -> None:
     """Entries whose hashes depend only on their labels and positions (their time is fixed)."""
     with engine.begin() as conn:
         for label in labels:
-            seq = (head(conn).seq if head(conn) else 0) + 1
+            last = head(conn)
+            seq = (last.seq if last else 0) + 1
             append(conn, "evaluation", {"evaluation_id": label}, recorded_at=START + timedelta(seconds=seq))
 
 
@@ -134,7 +136,7 @@ def _cut_to(engine: Engine, count: int) -> None:
         conn.execute(delete(ledger_entry).where(ledger_entry.c.seq > count))
 
 
-def _rebuild_from(engine: Engine, seq: int, items: list[tuple[str, dict]]) -> None:
+def _rebuild_from(engine: Engine, seq: int, items: list[tuple[str, dict[str, Any]]]) -> None:
     """Entries from `seq` on deleted and `items` appended in their place, the chain rebuilt."""
     _cut_to(engine, seq - 1)
     with engine.begin() as conn:
@@ -142,7 +144,7 @@ def _rebuild_from(engine: Engine, seq: int, items: list[tuple[str, dict]]) -> No
             append(conn, kind, payload)
 
 
-def _payloads_from(engine: Engine, seq: int) -> list[tuple[str, dict]]:
+def _payloads_from(engine: Engine, seq: int) -> list[tuple[str, dict[str, Any]]]:
     with engine.connect() as conn:
         rows = conn.execute(select(ledger_entry.c.seq).where(ledger_entry.c.seq >= seq)
                             .order_by(ledger_entry.c.seq)).scalars().all()
@@ -217,7 +219,7 @@ def test_a_statement_copied_to_another_ledger_of_the_same_key_fails(restored: Re
 
 
 # ----------------------------------------------------------------------------- edited statements
-def _edit(data: dict, field: str) -> None:
+def _edit(data: dict[str, Any], field: str) -> None:
     if field == "restored_entry_count":
         data[field] = 5
     elif field in ("matches_checkpoint",):
@@ -352,18 +354,24 @@ def test_limit_a_restore_vouches_for_edits_after_the_newest_kept_checkpoint(rest
 
 
 # ------------------------------------------------------------------------- abandoned, two restores
+def _entry_hash(conn: Connection, seq: int) -> str:
+    entry = get_entry(conn, seq)
+    assert entry is not None, f"no ledger entry {seq}"
+    return entry.entry_hash
+
+
 def test_checkpoints_after_the_restore_must_extend_it(restored: Restored) -> None:
     _restore(restored)
     _append(restored.engine, ["after0"])
     with restored.engine.connect() as conn:
-        stale = checkpoints.sign(restored.key, 6, get_entry(conn, 6).entry_hash)   # a genuine signature, too short
+        stale = checkpoints.sign(restored.key, 6, _entry_hash(conn, 6))   # a genuine signature, too short
     checkpoints.write(stale, restored.file)
     valid, detail = _verdict(restored)
     assert not valid and "must extend the restored ledger" in detail
     lines = _lines(restored)
     _write_lines(restored, lines[:-1])
     with restored.engine.connect() as conn:
-        seal_only = checkpoints.sign(restored.key, 7, get_entry(conn, 7).entry_hash)
+        seal_only = checkpoints.sign(restored.key, 7, _entry_hash(conn, 7))
     checkpoints.write(seal_only, restored.file)
     valid, detail = _verdict(restored)
     assert valid and "1 checkpoint(s) abandoned" in detail, detail

@@ -90,8 +90,8 @@ def test_verify_with_the_public_key_checks_the_checkpoints(tmp_path: Path, capsy
 
     forged = json.loads(checkpoint_file.read_text(encoding="utf-8"))
     forged["entry_count"] = 2
-    with checkpoint_file.open("a", encoding="utf-8") as out:
-        out.write(json.dumps(forged) + "\n")
+    with checkpoint_file.open("a", encoding="utf-8") as appended:
+        appended.write(json.dumps(forged) + "\n")
     assert main([*verify, *public]) == 1
     out = capsys.readouterr().out
     assert out.startswith("INVALID (checkpoint): ")

@@ -30,10 +30,10 @@ def test_the_whole_cycle_from_the_command_line(api_server: RunningServer, tmp_pa
                                                capsys: pytest.CaptureFixture[str], api_db_url: str) -> None:
     assert _batch(api_server, "finance_operator", "create", "--policy", "stable-jobs-refund", "--period", "2025",
                   "--request-id", "cli-request-0001") == 0
-    out = capsys.readouterr()
-    assert "DRAFT, 2 lines" in out.out and "merkle root" in out.out
-    assert "enterprises" in out.err          # the progress bar
-    batch_id = out.out.split()[1]
+    created = capsys.readouterr()
+    assert "DRAFT, 2 lines" in created.out and "merkle root" in created.out
+    assert "enterprises" in created.err          # the progress bar
+    batch_id = created.out.split()[1]
 
     assert _batch(api_server, "finance_operator", "approve", batch_id) == 1   # four eyes
     assert "PERMISSION_DENIED" in capsys.readouterr().err

@@ -24,15 +24,17 @@ import orjson
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
-from enterprise_registry.models import Enterprise
+from enterprise_registry.models import Enterprise, table_for
 from enterprise_registry.synthetic import PERIOD_YEARS, generate
 from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, Evaluation, evaluate
+from rules.facts import FactsDocument
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
-from service.audit.ledger import ledger_entry
+from service.audit.ledger import ledger_entry, ledger_transaction
 from service.audit.records import RECORDS_KIND, Actor, evaluation_record, render, snapshot_of
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
@@ -126,6 +128,12 @@ def _reference(engine: Engine, policy: LoadedPolicy, period: int,
     compiled, year = policy.compiled(period), policy.fact_year(period)
     every = registered if registered is not None else DocumentSource(engine).all_rows()
     return {rows.uscc: evaluate(compiled, build_document(rows, year), today=TODAY) for rows in every}
+
+
+def _document(source: DocumentSource, uscc: str, fact_year: int) -> FactsDocument:
+    document = source.document(uscc, fact_year)
+    assert document is not None, f"nothing on record for {uscc}"
+    return document
 
 
 def _awards(engine: Engine, policy: LoadedPolicy, period: int) -> dict[str, int]:
@@ -365,14 +373,15 @@ def test_a_duplicate_task_run_concurrently_records_every_enterprise_once(
 
 def _registered(engine: Engine) -> list[str]:
     with engine.connect() as conn:
-        return list(conn.execute(select(Enterprise.uscc).order_by(Enterprise.uscc)).scalars())
+        return list(conn.execute(select(col(Enterprise.uscc)).order_by(col(Enterprise.uscc))).scalars())
 
 
 def test_coordinators_starting_one_batch_at_once_run_it_exactly_once(
         registry: Engine, policies: PolicySet) -> None:
     batch_id = _start(registry, policies, SJR, 2025, "req-race")
     settings = RunSettings(chunk_size=CHUNK, partitions=3)
-    meet, results = threading.Barrier(3, timeout=30), {}
+    meet = threading.Barrier(3, timeout=30)
+    results: dict[str, bool | Exception] = {}
 
     def coordinator(name: str) -> None:
         meet.wait()
@@ -406,7 +415,8 @@ def test_a_stale_coordinators_late_task_leaves_the_batch_holders_partition_alone
     policy = policies.get(SJR)
     evaluator = ChunkEvaluator.for_batch(_batch_row(registry, batch_id), policy, [], [])
     stale = _task(registry, batch_id, 1, "coord-A", (policy.source,), settings)
-    original, seen = partitions.next_chunk, {}
+    original = partitions.next_chunk
+    seen: dict[str, LeaseLostError | None] = {}
 
     def next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
         if part.partition_no == 1 and part.cursor and "stale" not in seen:   # B is inside partition 1
@@ -507,7 +517,8 @@ def test_a_registry_changed_between_partitioning_and_the_run_is_evaluated_as_it_
     bounds = [r.last_uscc for r in ensure_partitions(empty, [batch_id], 3)[batch_id]][:-1]
     removed = {bounds[0], eligible_2025[-1]}
     with empty.begin() as conn:
-        conn.execute(Enterprise.__table__.delete().where(Enterprise.__table__.c.uscc.in_(sorted(removed))))
+        enterprises = table_for("enterprise")
+        conn.execute(enterprises.delete().where(enterprises.c.uscc.in_(sorted(removed))))
     load_records(_only(records, {added}), empty)
 
     assert run_batch(empty, policies, batch_id, worker="coord", settings=RunSettings(chunk_size=CHUNK, partitions=3))
@@ -631,7 +642,7 @@ def test_a_rival_reading_another_fact_year_is_decided_on_that_years_facts(
     expected = _expected_lines(registry, rules, GIANT, period)
     champions = _reference(registry, rules.get(CHAMPION), period)
     source = DocumentSource(registry)
-    on_the_period = {u: evaluate(rules.get(CHAMPION).compiled(period), source.document(u, period), today=TODAY)
+    on_the_period = {u: evaluate(rules.get(CHAMPION).compiled(period), _document(source, u, period), today=TODAY)
                      for u in giants}
     assert any(champions[u].outcome != on_the_period[u].outcome for u in giants), \
         "the fact year decides some giant's rival award (else this test could not tell the years apart)"
@@ -653,7 +664,7 @@ def test_a_rival_reading_another_fact_year_is_decided_on_that_years_facts(
         assert record["fact_year"] == period - 1
         assert (record["outcome"], record["amount_fen"]) == \
             (champions[record["uscc"]].outcome, champions[record["uscc"]].amount_fen)
-        assert record["facts_sha256"] == snapshot_of(source.document(record["uscc"], period - 1))[1]
+        assert record["facts_sha256"] == snapshot_of(_document(source, record["uscc"], period - 1))[1]
 
 
 def test_evaluate_period_reports_a_policy_named_twice_once_or_twice_but_never_with_zero_counts(
@@ -684,7 +695,7 @@ def test_batch_snapshots_are_the_documents_a_lookup_stores(
         stored = dict(conn.execute(select(evaluation_record.c.uscc, evaluation_record.c.facts_sha256)
                                    .where(evaluation_record.c.batch_id == batch_id)).all())
     assert len(stored) == ENTERPRISES
-    differing = [u for u, sha in stored.items() if snapshot_of(source.document(u, year))[1] != sha]
+    differing = [u for u, sha in stored.items() if snapshot_of(_document(source, u, year))[1] != sha]
     assert not differing, differing[:5]
 
 
@@ -769,7 +780,12 @@ def test_worker_processes_stopped_give_the_batch_back_and_another_coordinator_fi
     batch_id = _start(registry, policies, SJR, 2025, "req-stop-pool")
     settings = RunSettings(chunk_size=4, lease_seconds=0.6, workers=2, partitions=3)
     pool, stop = _InterruptingPool(2, registry, batch_id), threading.Event()
-    pool.act = lambda: stop.set() or True
+
+    def stop_the_run() -> bool:
+        stop.set()
+        return True
+
+    pool.act = stop_the_run
     try:
         assert run_batch(registry, policies, batch_id, worker="coord-1", settings=settings, stop=stop,
                          pool=pool) is False
@@ -792,7 +808,8 @@ class _PausingConnection:
     updated - and on PostgreSQL row-locked - the partition, and not yet the batch)."""
 
     def __init__(self, conn: Any, pause: Callable[[], None]) -> None:
-        self._conn, self._pause = conn, pause
+        self._conn = conn
+        self._pause: Callable[[], None] | None = pause
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         result = self._conn.execute(*args, **kwargs)
@@ -836,8 +853,9 @@ def test_giving_a_batch_back_while_one_of_its_chunks_commits_does_not_deadlock(
     policy = policies.get(SJR)
     evaluator = ChunkEvaluator.for_batch(_batch_row(registry, batch_id), policy, [], [])
     task = _task(registry, batch_id, 0, "coord", (policy.source,), settings)
-    holding, outcomes = threading.Event(), {}
-    real_transaction = partitions.ledger_transaction
+    holding = threading.Event()
+    outcomes: dict[str, int | str | Exception] = {}   # chunks run, "released", or what was raised
+    real_transaction = ledger_transaction   # what partitions calls: it imports it from the ledger (no re-export)
 
     @contextlib.contextmanager
     def pausing_transaction(engine: Engine) -> Any:

@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import grpc
 import pytest
@@ -39,6 +41,7 @@ from enterprise_registry.db import make_engine
 from enterprise_registry.importer import load_records
 from rules.errors import EngineDisagreementError, EngineError
 from rules.evaluator import evaluate
+from rules.facts import FactsDocument
 from rules.loader import PolicySet
 from service.audit.decision import Decision
 from service.audit.facts_json import snapshot_of
@@ -46,6 +49,7 @@ from service.audit.ledger import ledger_transaction
 from service.audit.records import Actor, evaluation_record, load_record, prepare_decision, write_records
 from service.audit.verification import verify_audit_log
 from service.errors import EnterpriseNotFoundError, RecordMismatchError
+from service.evaluation import chunks, decide
 from service.evaluation import lookups as lookups_module
 from service.evaluation.lookups import Lookups, in_force
 from service.evaluation.recorder import Recorder
@@ -82,6 +86,12 @@ def _explain(lookups: Lookups, policies: PolicySet, uscc: str, policy_id: str = 
     return lookups.explain(policies, uscc=uscc, policy_id=policy_id, period=2025, today=today, actor=ACTOR)
 
 
+def _document(source: DocumentSource, uscc: str, fact_year: int) -> FactsDocument:
+    document = source.document(uscc, fact_year)
+    assert document is not None, f"nothing on record for {uscc}"
+    return document
+
+
 def _records(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(evaluation_record)).scalar_one())
@@ -109,7 +119,7 @@ def test_every_lookup_decides_as_the_reference_evaluator_and_records_that_decisi
     for uscc in LOADED:
         for policy in in_force(policies, 2025):
             answer = _explain(lookups, policies, uscc, policy.id)
-            expected = evaluate(policy.compiled(2025), source.document(uscc, policy.fact_year(2025)), today=TODAY)
+            expected = evaluate(policy.compiled(2025), _document(source, uscc, policy.fact_year(2025)), today=TODAY)
             assert answer.evaluation == expected and not answer.reused
             with registry.connect() as conn:
                 record = load_record(conn, answer.evaluation_id)
@@ -161,7 +171,7 @@ def test_a_faithfully_sealed_record_that_decides_otherwise_is_refused(registry: 
     policy = policies.get(SJR)
     with registry.connect() as conn:
         genuine = Decision.from_record(load_record(conn, first.evaluation_id) or {})
-    facts_json, facts_sha256 = snapshot_of(DocumentSource(registry).document(A, policy.fact_year(2025)))
+    facts_json, facts_sha256 = snapshot_of(_document(DocumentSource(registry), A, policy.fact_year(2025)))
     wrong = prepare_decision(dataclasses.replace(genuine, amount_fen=genuine.amount_fen + 100), facts_json,
                              facts_sha256, ACTOR)
     with ledger_transaction(registry) as conn:   # sealed like any record: only the decision is wrong
@@ -173,7 +183,7 @@ def test_a_faithfully_sealed_record_that_decides_otherwise_is_refused(registry: 
 
 def test_a_disagreement_of_decide_path_and_reference_evaluator_is_an_error(
         registry: Engine, lookups: Lookups, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
-    genuine = lookups_module.evaluate
+    genuine = evaluate   # what lookups calls: it imports it from rules.evaluator (no re-export)
 
     def off_by_one_fen(*args: Any, **kwargs: Any) -> Any:
         evaluation = genuine(*args, **kwargs)
@@ -202,7 +212,7 @@ def _concurrently(lookups: Lookups, cases: list[tuple[str, str]], policies: Poli
     """Run the cases at once while a first lookup (of another enterprise) holds the reader, so
     that all of them queue and share the next chunk; each case's answer or error."""
     gate, reading = threading.Event(), threading.Event()
-    genuine = lookups_module.read_chunk
+    genuine = chunks.read_chunk   # what lookups calls: it imports it from chunks (no re-export)
 
     def held_read(*args: Any, **kwargs: Any) -> Any:
         reading.set()
@@ -215,19 +225,16 @@ def _concurrently(lookups: Lookups, cases: list[tuple[str, str]], policies: Poli
         except Exception as exc:
             return exc
 
-    lookups_module.read_chunk = held_read   # type: ignore[assignment]
-    try:
-        with ThreadPoolExecutor(max_workers=len(cases) + 1) as pool:
-            # Another day: none of the cases can be answered from the first lookup's record.
-            first = pool.submit(lambda: _explain(lookups, policies, E_SMALL, "high-tech-reward", date(2026, 4, 1)))
-            assert reading.wait(WAIT_SECONDS)
-            futures = [pool.submit(run, case) for case in cases]
-            _wait_until(lambda: lookups.queued == len(cases), "every lookup is queued behind the first reader")
-            gate.set()
-            assert not isinstance(first.result(WAIT_SECONDS), Exception)
-            return [f.result(WAIT_SECONDS) for f in futures]
-    finally:
-        lookups_module.read_chunk = genuine
+    with (mock.patch.object(lookups_module, "read_chunk", held_read),
+          ThreadPoolExecutor(max_workers=len(cases) + 1) as pool):
+        # Another day: none of the cases can be answered from the first lookup's record.
+        first = pool.submit(lambda: _explain(lookups, policies, E_SMALL, "high-tech-reward", date(2026, 4, 1)))
+        assert reading.wait(WAIT_SECONDS)
+        futures = [pool.submit(run, case) for case in cases]
+        _wait_until(lambda: lookups.queued == len(cases), "every lookup is queued behind the first reader")
+        gate.set()
+        assert not isinstance(first.result(WAIT_SECONDS), Exception)
+        return [f.result(WAIT_SECONDS) for f in futures]
 
 
 def test_concurrent_lookups_share_chunks_and_answer_each_its_own(registry: Engine, lookups: Lookups,
@@ -241,7 +248,7 @@ def test_concurrent_lookups_share_chunks_and_answer_each_its_own(registry: Engin
             assert isinstance(answer, EnterpriseNotFoundError)
             continue
         policy = policies.get(policy_id)
-        expected = evaluate(policy.compiled(2025), source.document(uscc, policy.fact_year(2025)), today=TODAY)
+        expected = evaluate(policy.compiled(2025), _document(source, uscc, policy.fact_year(2025)), today=TODAY)
         assert not isinstance(answer, Exception), (uscc, policy_id, answer)
         assert (answer.evaluation.uscc, answer.evaluation) == (uscc, expected)
     assert _records(registry) == len(cases)   # and the first lookup's
@@ -250,7 +257,7 @@ def test_concurrent_lookups_share_chunks_and_answer_each_its_own(registry: Engin
 
 def test_a_chunk_that_fails_is_decided_again_one_enterprise_at_a_time(
         registry: Engine, lookups: Lookups, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
-    genuine = lookups_module.decide_chunk
+    genuine = decide.decide_chunk   # what lookups calls: it imports it from decide (no re-export)
 
     def refuses_b(plan: Any, columns: Any, **kwargs: Any) -> Any:
         if B in next(iter(columns.values())).usccs:
@@ -310,7 +317,7 @@ def test_concurrent_explanations_are_group_committed_and_every_id_verifies(serve
                                                                            policies: PolicySet) -> None:
     cases = _all_combinations(policies)
     before = served.recorder.transactions
-    replies = _while_the_ledger_is_held(served, [lambda c=case: _api_explain(stubs, *c) for case in cases])
+    replies = _while_the_ledger_is_held(served, [partial(_api_explain, stubs, *case) for case in cases])
     assert all(not isinstance(r, grpc.RpcError) for r in replies), replies
     transactions = served.recorder.transactions - before
     assert 1 <= transactions <= len(cases) // 2, transactions
@@ -343,7 +350,7 @@ def test_a_failing_group_fails_its_calls_cleanly_and_later_calls_succeed(served:
     cases = _all_combinations(policies)[:10]
     with served.engine.begin() as conn:
         _refuse_records(conn)
-    failed = _while_the_ledger_is_held(served, [lambda c=case: _api_explain(stubs, *c) for case in cases])
+    failed = _while_the_ledger_is_held(served, [partial(_api_explain, stubs, *case) for case in cases])
     assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.INTERNAL for r in failed), failed
     assert all("internal error (reference" in r.details() for r in failed)   # no database text leaks
     assert served.recorder.failed_groups >= 1

@@ -21,6 +21,7 @@ from testkit.api_fixtures import database_factory
 from enterprise_registry.synthetic import generate
 from service.audit.records import Actor, evaluation_record, verify_records
 from service.cli.defaults import load_policies
+from service.evaluation import chunks
 from service.payouts import partitions
 from service.payouts.batches import get_batch, lines_of, start_batch
 from service.payouts.pools import DaskPool, PartitionPool, ProcessPool
@@ -34,6 +35,7 @@ from service.payouts.runner import (
     run_batches,
     together,
 )
+from service.payouts.states import BatchState
 from service.payouts.tables import payout_partition
 from service.payouts.verification import verify_payouts
 
@@ -61,12 +63,17 @@ def _run(engine: Engine, settings: RunSettings, pool: PartitionPool | None = Non
     return batch.batch_id
 
 
-def _outcome(engine: Engine, batch_id: str) -> tuple[object, ...]:
+# state, evaluated, eligible, eligible fen, errors, lines, total fen; fen by USCC; decisions
+# (uscc, policy, outcome, fen) counted
+Outcome = tuple[BatchState, int, int, int, int, int, int, dict[str, int], Counter[tuple[str, str, str, int]]]
+
+
+def _outcome(engine: Engine, batch_id: str) -> Outcome:
     """What the batch decided and paid, independent of how it was run."""
     batch = get_batch(engine, batch_id)
     with engine.connect() as conn:
-        lines = {line["uscc"]: line["amount_fen"] for line in lines_of(conn, batch_id)}
-        decisions = Counter(conn.execute(select(
+        lines: dict[str, int] = {line["uscc"]: line["amount_fen"] for line in lines_of(conn, batch_id)}
+        decisions: Counter[tuple[str, str, str, int]] = Counter(conn.execute(select(
             evaluation_record.c.uscc, evaluation_record.c.policy_id, evaluation_record.c.outcome,
             evaluation_record.c.amount_fen).where(evaluation_record.c.batch_id == batch_id)).all())
         assert verify_records(conn) == []
@@ -121,14 +128,14 @@ def _in_force() -> list[str]:
     return [p.id for p in load_policies() if p.covers(PERIOD)]
 
 
-def _one_by_one(engine: Engine, settings: RunSettings) -> dict[str, tuple[object, ...]]:
+def _one_by_one(engine: Engine, settings: RunSettings) -> dict[str, Outcome]:
     policies = load_policies()
     return {policy_id: _outcome(engine, create_batch(
         engine, policies, policy_id=policy_id, period=PERIOD, request_id=f"req-{policy_id}", actor=OPERATOR,
         today=TODAY, settings=settings).batch_id) for policy_id in _in_force()}
 
 
-def _together(engine: Engine, settings: RunSettings) -> dict[str, tuple[object, ...]]:
+def _together(engine: Engine, settings: RunSettings) -> dict[str, Outcome]:
     made = create_batches(engine, load_policies(), [(p, f"req-{p}") for p in _in_force()], period=PERIOD,
                           actor=OPERATOR, today=TODAY, settings=settings)
     return {batch.policy_id: _outcome(engine, batch.batch_id) for batch in made}
@@ -143,7 +150,7 @@ def test_a_periods_batches_run_together_read_each_chunk_once_and_decide_what_the
     assert sum(1 for o in expected.values() if o[5]) >= 3, "several batches pay someone"
 
     reads: list[int] = []
-    real_read = partitions.read_chunk
+    real_read = chunks.read_chunk   # what partitions calls: it imports it from chunks (no re-export)
 
     def counted(conn: Any, usccs: Any, fact_years: Any) -> Any:
         reads.append(len(usccs))

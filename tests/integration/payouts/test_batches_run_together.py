@@ -32,6 +32,7 @@ import orjson
 import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 from testkit.api_fixtures import database_factory
 from testkit.paths import POLICIES_DIR
 
@@ -40,9 +41,10 @@ from enterprise_registry.models import Enterprise
 from enterprise_registry.synthetic import generate
 from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
-from service.audit.records import Actor, evaluation_record, prepare_record, verify_records
+from service.audit.records import Actor, evaluation_record, prepare_decision, prepare_record, verify_records
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
+from service.evaluation import chunks
 from service.facts_documents import DocumentSource, build_document
 from service.payouts import partitions, runner, seals
 from service.payouts.batches import create_payout_schema, get_batch, lines_of, start_batch
@@ -65,6 +67,7 @@ from service.payouts.runner import (
     run_batch,
     run_batches,
 )
+from service.payouts.states import BatchState
 from service.payouts.tables import grant, payout_batch, payout_candidate, payout_partition
 from service.payouts.verification import verify_payouts
 
@@ -148,15 +151,23 @@ def _first_round(engine: Engine, policies: PolicySet, period: int = PERIOD) -> d
     return out
 
 
-def _outcome(engine: Engine, batch_id: str) -> tuple[object, ...]:
+# a record counted: enterprise, policy, rule text's sha256, outcome, amount, payout note
+Decided = tuple[str, str, str, str, int, str | None]
+# state, evaluated, eligible, eligible fen, errors, lines, total fen; (amount, full amount, tops up)
+# by USCC; the records counted
+Outcome = tuple[BatchState, int, int, int, int, int, int, dict[str, tuple[int, int, bool]], Counter[Decided]]
+
+
+def _outcome(engine: Engine, batch_id: str) -> Outcome:
     """What the batch decided and paid, independent of how it was run: its counts, its lines
     (amount, full amount, whether it tops up), and every record it holds (enterprise, policy,
     rule text, outcome, amount, payout note) counted. The audit trail verifies."""
     batch = get_batch(engine, batch_id)
     with engine.connect() as conn:
-        lines = {line["uscc"]: (line["amount_fen"], line["full_fen"], line["tops_up"] is not None)
-                 for line in lines_of(conn, batch_id)}
-        decided: Counter[tuple[object, ...]] = Counter()
+        lines: dict[str, tuple[int, int, bool]] = {
+            line["uscc"]: (line["amount_fen"], line["full_fen"], line["tops_up"] is not None)
+            for line in lines_of(conn, batch_id)}
+        decided: Counter[Decided] = Counter()
         for stored in conn.execute(select(evaluation_record.c.record)
                                    .where(evaluation_record.c.batch_id == batch_id)).scalars():
             r = orjson.loads(stored)
@@ -176,7 +187,7 @@ def _paid(engine: Engine, batch_id: str) -> dict[str, int]:
 
 
 def _one_by_one(engine: Engine, policies: PolicySet, policy_ids: Sequence[str], settings: RunSettings,
-                period: int = PERIOD, prefix: str = "req") -> dict[str, tuple[object, ...]]:
+                period: int = PERIOD, prefix: str = "req") -> dict[str, Outcome]:
     return {policy_id: _outcome(engine, create_batch(
         engine, policies, policy_id=policy_id, period=period, request_id=f"{prefix}-{policy_id}-{period}",
         actor=OPERATOR, today=TODAY, settings=settings).batch_id) for policy_id in policy_ids}
@@ -206,7 +217,7 @@ def _records_per_enterprise(engine: Engine, batch_id: str) -> Counter[tuple[str,
 
 def _registered(engine: Engine) -> list[str]:
     with engine.connect() as conn:
-        return list(conn.execute(select(Enterprise.uscc).order_by(Enterprise.uscc)).scalars())
+        return list(conn.execute(select(col(Enterprise.uscc)).order_by(col(Enterprise.uscc))).scalars())
 
 
 @pytest.fixture
@@ -248,7 +259,7 @@ def test_a_second_round_run_together_tops_up_and_skips_the_granted_as_one_by_one
     the difference, topping up the giant's grant, the new giants their award, nobody twice."""
     settings = RunSettings(chunk_size=CHUNK, partitions=2)
     wanted = _in_force(policies)
-    outcomes: list[dict[str, tuple[object, ...]]] = []
+    outcomes: list[dict[str, Outcome]] = []
     engines = []
     for mode in ("one-by-one", "together"):
         engine = databases()
@@ -408,7 +419,8 @@ def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
     second = [_start(engine, policies, p) for p in (GIANT, "high-tech-reward")]
     evaluators_1, task_1 = _joint_task(engine, policies, first, "coord-1", settings)
     evaluators_2, task_2 = _joint_task(engine, policies, second, "coord-2", settings)
-    meet, real_read = threading.Barrier(2, timeout=30), partitions.read_chunk
+    # what partitions calls: it imports them from chunks and records (no re-export)
+    meet, real_read = threading.Barrier(2, timeout=30), chunks.read_chunk
     years: dict[str, list[int]] = {}
 
     def read_then_meet(conn: Any, usccs: Sequence[str], fact_years: Sequence[int]) -> Any:
@@ -417,7 +429,7 @@ def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
         return chunk
 
     monkeypatch.setattr(partitions, "read_chunk", read_then_meet)
-    real_prepare = partitions.prepare_decision
+    real_prepare = prepare_decision
 
     def noting_years(decision: Any, *args: Any, **kwargs: Any) -> Any:
         years.setdefault(threading.current_thread().name, [])
@@ -518,7 +530,7 @@ def test_a_batch_that_fails_does_not_hold_up_the_other_batches_waiting_with_it(
     engine = databases()
     broken = _start(engine, policies, SJR, PERIOD - 1)
     healthy = _start(engine, policies, SJR, PERIOD)
-    real_read = partitions.read_chunk
+    real_read = chunks.read_chunk   # what partitions calls: it imports it from chunks (no re-export)
 
     def failing_for_the_broken(conn: Any, usccs: Sequence[str], fact_years: Sequence[int]) -> Any:
         if PERIOD - 2 in fact_years:   # the 2024 batch reads 2023 (stable-jobs-refund: the previous year)

@@ -75,6 +75,7 @@ def scene(stubs: Stubs) -> Scene:
     approved = money.create(GIANT, 2023, "bad-input-2023-0001").batch_id
     money.approve(approved)
     message_id = etree.fromstring(xml).findtext(".//p:GrpHdr/p:MsgId", namespaces=PAIN001_NS)
+    assert message_id is not None
     return Scene(exported, draft, approved, message_id, lines[0], lines[1], lines[2], lines[3], lines[4],
                  money.lines(draft)[0].line_id)
 

@@ -22,6 +22,7 @@ from service.catalogue import CATALOGUE
 from service.errors import ServiceError
 from service.payouts.batches import (
     BankResult,
+    Batch,
     approve,
     confirm_returns,
     create_payout_schema,
@@ -51,7 +52,7 @@ def policies(tmp_path: Path) -> PolicySet:
     return loaded
 
 
-def _run(engine: Engine, policies: PolicySet, request_id: str):  # type: ignore[no-untyped-def]
+def _run(engine: Engine, policies: PolicySet, request_id: str) -> Batch:
     return create_batch(engine, policies, policy_id=POLICY, period=2025, request_id=request_id, actor=OPERATOR,
                         today=TODAY)
 

@@ -22,7 +22,7 @@ from rules.loader import PolicySet, load_policy_dir
 from service.audit.records import list_records
 from service.catalogue import CATALOGUE
 from service.errors import BatchRunningError
-from service.payouts.batches import cancel, create_payout_schema, get_batch, lines_of, start_batch
+from service.payouts.batches import Batch, cancel, create_payout_schema, get_batch, lines_of, start_batch
 from service.payouts.runner import RunSettings, create_batch, new_worker_id, run_batch
 
 REFERENCE = POLICIES_DIR / "little-giant-reward.yaml"
@@ -61,7 +61,7 @@ def registry(db_engine: Engine) -> Engine:
     return db_engine
 
 
-def _run(engine: Engine, policies: PolicySet, policy_id: str, request_id: str, period: int = 2025):  # type: ignore[no-untyped-def]
+def _run(engine: Engine, policies: PolicySet, policy_id: str, request_id: str, period: int = 2025) -> Batch:
     return create_batch(engine, policies, policy_id=policy_id, period=period, request_id=request_id,
                         actor=OPERATOR, today=TODAY, settings=SETTINGS)
 

@@ -130,7 +130,9 @@ def _foreign_namespace(s: Scene) -> bytes:
     tx = root.find(f".//{{{PAIN002_NS}}}TxInfAndSts")
     assert tx is not None
     for element in tx.iter():
-        element.tag = element.tag.replace(PAIN002_NS, "urn:iso:std:iso:20022:tech:xsd:pain.002.001.03")
+        tag = element.tag
+        assert isinstance(tag, str)  # as parsed (lxml's stubs allow what a program may set)
+        element.tag = tag.replace(PAIN002_NS, "urn:iso:std:iso:20022:tech:xsd:pain.002.001.03")
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
@@ -155,8 +157,10 @@ def _group_rejected(s: Scene) -> bytes:
                                                                        b"<GrpSts>RJCT</GrpSts>")
     root = etree.fromstring(xml)
     info = root.find(f".//{{{PAIN002_NS}}}OrgnlPmtInfAndSts")
-    assert info is not None and info.getparent() is not None
-    info.getparent().remove(info)
+    assert info is not None
+    parent = info.getparent()
+    assert parent is not None
+    parent.remove(info)
     group = root.find(f".//{{{PAIN002_NS}}}OrgnlGrpInfAndSts")
     assert group is not None
     reason = etree.SubElement(etree.SubElement(etree.SubElement(group, f"{{{PAIN002_NS}}}StsRsnInf"),

@@ -12,6 +12,7 @@ the other results of that report are not recorded either. RJCT for a PAID line i
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 import grpc
 import pytest
@@ -98,7 +99,7 @@ def test_a_status_report_round_trip(money: Money, api_server: RunningServer) -> 
         "another message": (pain002("MSG" + "0" * 24, [(pending.line_id, "ACSC", None)]), ["OrgnlMsgId"]),
     }
     for name, (data, places) in refusals.items():
-        err = rpc_error(lambda data=data: money.status_report(batch_id, data))
+        err = rpc_error(partial(money.status_report, batch_id, data))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err.details())
         violation = field_violations(err).get("data", "")
         assert all(place in violation for place in places), (name, violation)
@@ -112,7 +113,7 @@ def test_a_status_report_round_trip(money: Money, api_server: RunningServer) -> 
     # A different result for a line that has one: FAILED_PRECONDITION, and all or nothing.
     for data in (pain002(message_id, [(pending.line_id, "ACSC", None), (rejected.line_id, "ACSC", None)]),
                  pain002(message_id, [(pending.line_id, "ACSC", None), (rejected.line_id, "RJCT", "AM04")])):
-        code, details = rpc_code(lambda data=data: money.status_report(batch_id, data))
+        code, details = rpc_code(partial(money.status_report, batch_id, data))
         assert code == grpc.StatusCode.FAILED_PRECONDITION, details
         assert money_snapshot(engine) == before
     assert {line.line_id: line.state for line in money.lines(batch_id)}[pending.line_id] == pb.LINE_STATE_PENDING

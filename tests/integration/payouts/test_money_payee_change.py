@@ -95,6 +95,7 @@ def test_a_changed_payee_blocks_export_until_withdrawn_and_is_paid_later_to_its_
     change_account(engine, REMOVED, None)
     change_account(engine, SAME, account_of(4))
     name = enterprise(FULL_WIDTH, account_of(5))["name"]
+    assert isinstance(name, str)
     change_account(engine, FULL_WIDTH, " ".join(_full_width(account_of(5))[i:i + 4] for i in range(0, 19, 4)),
                    account_name=_full_width(name))
     money.approve(batch.batch_id)

@@ -20,6 +20,7 @@ Part of the matrix runs through the real CLI (`benefits audit verify --db URL` v
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -639,15 +640,18 @@ def test_a_forged_evaluation_record_is_named(world: World) -> None:
 # --------------------------------------------------------------------------------------------- the CLI
 
 
+Undo = Callable[[Connection], object]   # puts back what an attack changed (a statement: its result is unused)
+
+
 @dataclass(frozen=True)
 class CommittedAttack:
     name: str
     table: str
-    do: Callable[[Connection, World], tuple[str, Callable[[Connection], None]]]   # -> (row named, undo)
+    do: Callable[[Connection, World], tuple[str, Undo]]   # -> (row named, undo)
 
 
-def _edit_line(column: str, value: Any) -> Callable[[Connection, World], tuple[str, Callable[[Connection], None]]]:
-    def do(conn: Connection, world: World) -> tuple[str, Callable[[Connection], None]]:
+def _edit_line(column: str, value: Any) -> Callable[[Connection, World], tuple[str, Undo]]:
+    def do(conn: Connection, world: World) -> tuple[str, Undo]:
         line_id = world.lines["PAID"]
         before = _row(conn, grant, grant.c.grant_id, line_id)[column]
         conn.execute(update(grant).where(grant.c.grant_id == line_id).values({column: value}))
@@ -656,13 +660,13 @@ def _edit_line(column: str, value: Any) -> Callable[[Connection, World], tuple[s
     return do
 
 
-def _delete_line(conn: Connection, world: World) -> tuple[str, Callable[[Connection], None]]:
+def _delete_line(conn: Connection, world: World) -> tuple[str, Undo]:
     line = _row(conn, grant, grant.c.grant_id, world.lines["RETURNED"])
     conn.execute(delete(grant).where(grant.c.grant_id == line["grant_id"]))
     return line["grant_id"], lambda c: c.execute(insert(grant).values(line))
 
 
-def _edit_batch_total(conn: Connection, world: World) -> tuple[str, Callable[[Connection], None]]:
+def _edit_batch_total(conn: Connection, world: World) -> tuple[str, Undo]:
     batch_id = world.batches["EXPORTED"]
     total = _row(conn, payout_batch, payout_batch.c.batch_id, batch_id)["total_fen"]
     conn.execute(update(payout_batch).where(payout_batch.c.batch_id == batch_id).values(total_fen=total * 2))
@@ -670,7 +674,7 @@ def _edit_batch_total(conn: Connection, world: World) -> tuple[str, Callable[[Co
                                          .values(total_fen=total))
 
 
-def _reroute_bank_file(conn: Connection, world: World) -> tuple[str, Callable[[Connection], None]]:
+def _reroute_bank_file(conn: Connection, world: World) -> tuple[str, Undo]:
     batch_id = world.batches["SETTLED"]
     xml = bytes(_row(conn, payout_export, payout_export.c.batch_id, batch_id)["pain001"])
     assert account_of(8).encode() in xml
@@ -680,21 +684,21 @@ def _reroute_bank_file(conn: Connection, world: World) -> tuple[str, Callable[[C
                                          .values(pain001=xml))
 
 
-def _delete_seal(conn: Connection, world: World) -> tuple[str, Callable[[Connection], None]]:
+def _delete_seal(conn: Connection, world: World) -> tuple[str, Undo]:
     seal = _newest_seal(conn, world.lines["CANCELLED"])
     conn.execute(delete(payout_line_seal).where(payout_line_seal.c.ledger_seq == seal["ledger_seq"],
                                                 payout_line_seal.c.leaf_index == seal["leaf_index"]))
     return f"entry {seal['ledger_seq']}", lambda c: c.execute(insert(payout_line_seal).values(seal))
 
 
-def _delete_record(conn: Connection, world: World) -> tuple[str, Callable[[Connection], None]]:
+def _delete_record(conn: Connection, world: World) -> tuple[str, Undo]:
     record = _record_of_paid_line(conn, world)
     conn.execute(delete(evaluation_record).where(evaluation_record.c.evaluation_id == record["evaluation_id"]))
     # Named by its chunk: the ledger holds the chunk's root, not each record's id.
     return f"entry {record['ledger_seq']}", lambda c: c.execute(insert(evaluation_record).values(record))
 
 
-def _edit_record_outcome(conn: Connection, world: World) -> tuple[str, Callable[[Connection], None]]:
+def _edit_record_outcome(conn: Connection, world: World) -> tuple[str, Undo]:
     record = _record_of_paid_line(conn, world)
     key = evaluation_record.c.evaluation_id == record["evaluation_id"]
     conn.execute(update(evaluation_record).where(key).values(outcome="INELIGIBLE"))
@@ -753,11 +757,13 @@ def test_the_world_still_verifies_after_the_matrix(world: World) -> None:
 # --------------------------------------------------------------------------------------------- before DRAFT
 
 
-class _StopAfter:
+class _StopAfter(threading.Event):
     """A stop event that is set from its (n+1)-th look on: the run stops between its last chunk
-    and the end, so an attacker gets the gap before the lines are written."""
+    and the end, so an attacker gets the gap before the lines are written (a run only asks
+    `is_set`)."""
 
     def __init__(self, looks: int) -> None:
+        super().__init__()
         self.looks, self.seen = looks, 0
 
     def is_set(self) -> bool:
@@ -785,7 +791,7 @@ def _draft_with_a_tampered_candidate(db_engine: Engine, policies: PolicySet, att
                         actor=OPERATOR, today=TODAY)
     stop = _StopAfter(1)
     assert not run_batch(db_engine, policies, batch.batch_id, worker=new_worker_id(),
-                         settings=RunSettings(chunk_size=10), stop=stop)  # type: ignore[arg-type]
+                         settings=RunSettings(chunk_size=10), stop=stop)
     with db_engine.begin() as conn:
         candidate = conn.execute(select(payout_candidate).where(payout_candidate.c.batch_id == batch.batch_id,
                                                                 payout_candidate.c.uscc == MAIN[0])).one()

@@ -51,12 +51,14 @@ def crash_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 def _create(stubs: Stubs) -> pb.PayoutBatch:
-    return stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
+    started: pb.PayoutBatch = stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
         policy_id=POLICY, period=PERIOD, request_id=REQUEST_ID), metadata=OPERATOR, timeout=30)
+    return started
 
 
 def _watch_until(stubs: Stubs, batch_id: str, evaluated_at_least: int) -> pb.PayoutBatchProgress:
     """Follow the batch until it has evaluated that many enterprises (or left RUNNING)."""
+    progress: pb.PayoutBatchProgress
     for progress in stubs.payout.WatchPayoutBatch(pb.WatchPayoutBatchRequest(batch_id=batch_id),
                                                   metadata=OPERATOR, timeout=120):
         if progress.evaluated_count >= evaluated_at_least or progress.batch.state != pb.BATCH_STATE_RUNNING:

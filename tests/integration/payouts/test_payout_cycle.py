@@ -40,6 +40,7 @@ import sepaxml
 from benefits.v1 import audit_service_pb2, evaluation_pb2, registry_service_pb2
 from benefits.v1 import payout_service_pb2 as pb
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lxml import etree
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -241,13 +242,15 @@ def new_request_id(purpose: str) -> str:
 
 
 def create(stubs: Stubs, policy_id: str, period: int, request_id: str) -> pb.PayoutBatch:
-    return stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
+    started: pb.PayoutBatch = stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
         policy_id=policy_id, period=period, request_id=request_id), metadata=OPERATOR, timeout=TIMEOUT)
+    return started
 
 
 def get(stubs: Stubs, batch_id: str) -> pb.PayoutBatch:
-    return stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=batch_id), metadata=OPERATOR,
-                                       timeout=TIMEOUT)
+    batch: pb.PayoutBatch = stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=batch_id),
+                                                        metadata=OPERATOR, timeout=TIMEOUT)
+    return batch
 
 
 def watch(stubs: Stubs, batch_id: str) -> list[pb.PayoutBatchProgress]:
@@ -270,14 +273,15 @@ def all_lines(stubs: Stubs, batch_id: str) -> list[pb.PayoutLine]:
         assert len(page.lines) == PAGE_SIZE, "only the last page may be short"
 
 
-def export(stubs: Stubs, batch_id: str, fmt: int) -> bytes:
+def export(stubs: Stubs, batch_id: str, fmt: pb.ExportFormat) -> bytes:
     return b"".join(chunk.data for chunk in stubs.payout.ExportPayoutBatch(
         pb.ExportPayoutBatchRequest(batch_id=batch_id, format=fmt), metadata=OPERATOR, timeout=TIMEOUT))
 
 
 def record_results(stubs: Stubs, batch_id: str, results: list[pb.PayoutResult]) -> pb.PayoutBatch:
-    return stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(batch_id=batch_id, results=results),
-                                            metadata=OPERATOR, timeout=TIMEOUT)
+    batch: pb.PayoutBatch = stubs.payout.RecordPayoutResults(
+        pb.RecordPayoutResultsRequest(batch_id=batch_id, results=results), metadata=OPERATOR, timeout=TIMEOUT)
+    return batch
 
 
 def return_line(stubs: Stubs, batch_id: str, line_id: str) -> pb.PayoutBatch:
@@ -287,13 +291,15 @@ def return_line(stubs: Stubs, batch_id: str, line_id: str) -> pb.PayoutBatch:
                                                                 return_reason=RETURN_REASON)])
     assert recorded.state == pb.BATCH_STATE_EXPORTED
     assert {line.line_id: line.state for line in all_lines(stubs, batch_id)}[line_id] == pb.LINE_STATE_RETURN_PENDING
-    return stubs.payout.ConfirmPayoutReturns(pb.ConfirmPayoutReturnsRequest(batch_id=batch_id, line_ids=[line_id]),
-                                             metadata=APPROVER, timeout=TIMEOUT)
+    confirmed: pb.PayoutBatch = stubs.payout.ConfirmPayoutReturns(
+        pb.ConfirmPayoutReturnsRequest(batch_id=batch_id, line_ids=[line_id]), metadata=APPROVER, timeout=TIMEOUT)
+    return confirmed
 
 
 def verify_audit_log(stubs: Stubs) -> audit_service_pb2.VerifyAuditLogResponse:
-    return stubs.audit.VerifyAuditLog(audit_service_pb2.VerifyAuditLogRequest(), metadata=AUDITOR,
-                                      timeout=VERIFY_TIMEOUT)
+    verdict: audit_service_pb2.VerifyAuditLogResponse = stubs.audit.VerifyAuditLog(
+        audit_service_pb2.VerifyAuditLogRequest(), metadata=AUDITOR, timeout=VERIFY_TIMEOUT)
+    return verdict
 
 
 def yuan(fen: int) -> Decimal:
@@ -392,9 +398,10 @@ def check_checkpoint(line: str, key_file: Path, engine: Engine) -> None:
     """A checkpoint line: signed by the server's ledger key over the ledger's newest entry."""
     checkpoint = json.loads(line)
     key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    assert isinstance(key, Ed25519PrivateKey), type(key)  # the ledger signs with Ed25519
     unsigned = {k: checkpoint[k] for k in ("entry_count", "head_hash", "signed_at", "key_id")}
     signed = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    key.public_key().verify(base64.b64decode(checkpoint["signature"]), signed)  # type: ignore[call-arg]
+    key.public_key().verify(base64.b64decode(checkpoint["signature"]), signed)
     with engine.connect() as conn:
         newest = conn.execute(select(ledger_entry.c.seq, ledger_entry.c.entry_hash)
                               .order_by(ledger_entry.c.seq.desc()).limit(1)).one()

@@ -26,7 +26,7 @@ from testkit.api_fixtures import (
 from testkit.server_process import ServerProcess, server_process
 
 from enterprise_registry.db import make_engine
-from enterprise_registry.models import MODEL_BY_KIND
+from enterprise_registry.models import table_for
 from enterprise_registry.uscc import make
 from service.config import ServeConfig
 
@@ -48,14 +48,15 @@ def server(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, int
 
 
 def _list_policies(stubs: Stubs) -> policy_service_pb2.ListPoliciesResponse:
-    return stubs.policy.ListPolicies(policy_service_pb2.ListPoliciesRequest(),
-                                     metadata=as_role("admin"), timeout=10)
+    reply: policy_service_pb2.ListPoliciesResponse = stubs.policy.ListPolicies(
+        policy_service_pb2.ListPoliciesRequest(), metadata=as_role("admin"), timeout=10)
+    return reply
 
 
 def _stored_names(url: str) -> set[str]:
     engine = make_engine(url)
     try:
-        table = MODEL_BY_KIND["enterprise"].__table__  # type: ignore[attr-defined]
+        table = table_for("enterprise")
         with engine.connect() as conn:
             return {row.name for row in conn.execute(select(table.c.name))}
     finally:

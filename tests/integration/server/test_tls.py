@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol, TypedDict, Unpack, cast
 
 import grpc
 import pytest
@@ -55,10 +56,16 @@ def mtls_server(pki: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iter
                        client_ca=pki.ca)
 
 
-def _health(target: str | Endpoint) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+class _Health(Protocol):
+    """HealthStub as it is at run time: its typeshed stub declares no methods."""
+    Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+
+
+def _health(target: str | Endpoint) -> int:
+    """The serving status (a HealthCheckResponse.ServingStatus value)."""
     with open_channel(target) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                         timeout=CALL_SECONDS).status
+        return cast(_Health, health_pb2_grpc.HealthStub(channel)).Check(health_pb2.HealthCheckRequest(),
+                                                                        timeout=CALL_SECONDS).status
 
 
 def _policy_ids(target: str | Endpoint) -> list[str]:
@@ -71,7 +78,7 @@ def _policy_ids(target: str | Endpoint) -> list[str]:
 def _refused(target: str | Endpoint) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         _health(target)
-    return info.value.code()  # type: ignore[no-any-return]
+    return info.value.code()
 
 
 def _address(running: RunningServer) -> str:
@@ -162,9 +169,17 @@ def test_client_tls_mistakes_are_named_before_any_call(pki: TlsFiles, capsys: py
 
 # ---------------------------------------------------------------------------------------------
 # A server that cannot start says why.
-def _config(folder: Path, **fields: object) -> ServeConfig:
+class _Transport(TypedDict, total=False):
+    """The transport fields of ServeConfig a test may set."""
+    tls_cert: Path
+    tls_key: Path
+    client_ca: Path
+    insecure: bool
+
+
+def _config(folder: Path, **fields: Unpack[_Transport]) -> ServeConfig:
     return ServeConfig(db_url=f"sqlite:///{folder / 'never.db'}", rules_dir=RULES_DIR,
-                       auth_file=folder / "auth.yaml", listen="127.0.0.1:0", **fields)  # type: ignore[arg-type]
+                       auth_file=folder / "auth.yaml", listen="127.0.0.1:0", **fields)
 
 
 @pytest.mark.parametrize(("fields", "says"), [
@@ -183,7 +198,8 @@ def test_tls_settings_that_cannot_work_are_refused_before_the_database(
         pki: TlsFiles, tmp_path: Path, fields: dict[str, str], says: str) -> None:
     files = {"ca": pki.ca, "server_cert": pki.server_cert, "server_key": pki.server_key,
              "client_key": pki.client_key, "missing": tmp_path / "missing.pem"}
-    config = _config(tmp_path, **{name: files[value] for name, value in fields.items()})
+    # the parameters name TLS fields only (the file paths of `files`)
+    config = _config(tmp_path, **cast(_Transport, {name: files[value] for name, value in fields.items()}))
     with pytest.raises(TlsConfigError) as info:
         create_server(config)
     assert says.format(**files) in str(info.value)

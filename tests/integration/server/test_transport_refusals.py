@@ -8,9 +8,10 @@ refused in every spelling gRPC would bind to the network.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol, cast
 
 import grpc
 import pytest
@@ -42,25 +43,39 @@ def mtls_server(pki: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield running
 
 
-def _code(call: object) -> grpc.StatusCode:
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
     try:
-        call()  # type: ignore[operator]
+        call()
     except grpc.RpcError as err:
-        return err.code()  # type: ignore[no-any-return]
+        return err.code()
     return grpc.StatusCode.OK
+
+
+class _Health(Protocol):
+    """HealthStub as it is at run time: its typeshed stub declares no methods."""
+    Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+    Watch: grpc.UnaryStreamMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+
+
+class _Reflection(Protocol):
+    """ServerReflectionStub as it is at run time: its typeshed stub leaves the method untyped."""
+    ServerReflectionInfo: grpc.StreamStreamMultiCallable[reflection_pb2.ServerReflectionRequest,
+                                                         reflection_pb2.ServerReflectionResponse]
 
 
 def _calls(endpoint: Endpoint, metadata: list[tuple[str, str]] | None) -> dict[str, grpc.StatusCode]:
     with open_channel(endpoint) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        health = cast(_Health, health_pb2_grpc.HealthStub(channel))
+        reflection = cast(_Reflection, reflection_pb2_grpc.ServerReflectionStub(channel))
+        # grpc's stubs type metadata as a tuple; the calls take any sequence of pairs.
+        pairs = None if metadata is None else tuple(metadata)
         payout = payout_service_pb2_grpc.PayoutServiceStub(channel)
         return {
             "health": _code(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=SECONDS)),
             "health-watch": _code(lambda: next(iter(health.Watch(health_pb2.HealthCheckRequest(),
                                                                  timeout=SECONDS)))),
             "reflection": _code(lambda: list(reflection.ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=metadata,
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=pairs,
                 timeout=SECONDS))),
             "payout": _code(lambda: payout.GetPayoutBatch(payout_service_pb2.GetPayoutBatchRequest(
                 batch_id="pb_none"), metadata=metadata, timeout=SECONDS)),
