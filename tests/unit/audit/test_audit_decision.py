@@ -50,7 +50,7 @@ def test_a_decision_round_trips_through_its_record_fields() -> None:
 
 def test_an_ineligible_evaluation_marks_its_failed_condition(policy: LoadedPolicy) -> None:
     facts = document()
-    failed = facts.facts.copy()
+    failed = dict(facts.facts)
     del failed["si.ui_months_paid"]                      # unknown
     failed["si.ui_arrears"] = failed["si.ui_arrears"].__class__(True, "human_resources", None)   # false
     result = evaluate(policy.compiled(2025), facts.__class__(facts.uscc, facts.fact_year, failed, facts.collections,
