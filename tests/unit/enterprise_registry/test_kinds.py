@@ -7,9 +7,9 @@ from sqlalchemy import BigInteger
 from test_records import good_records
 
 from enterprise_registry.errors import RecordValidationError
-from enterprise_registry.kinds import KINDS, KindSpec
+from enterprise_registry.kinds import KINDS, SOURCES_BY_KIND, KindSpec
 from enterprise_registry.models import key_columns, table_for
-from enterprise_registry.records import RECORD_MODELS, SOURCES_BY_KIND, parse_record
+from enterprise_registry.records import RECORD_MODELS, parse_record
 from service.catalogue import CATALOGUE
 
 COMMON = {"kind", "uscc", "source", "as_of"}

@@ -31,7 +31,7 @@ from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
 from service.audit.ledger import verify
 from service.audit.merkle import root
-from service.audit.records import Actor, evaluation_record, verify_records
+from service.audit.records import Actor, evaluation_record, verify_records, write_records
 from service.catalogue import CATALOGUE
 from service.errors import BatchRunningError, BatchStateError
 from service.evaluation import decide
@@ -348,7 +348,7 @@ def test_a_crash_inside_a_chunk_leaves_nothing_of_it_and_the_next_worker_finishe
     expected = _expected_grants(registry, policies, GIANT)
     batch = _start(registry, policies, GIANT, "req-crash")
     first_chunk_end = USCCS[CHUNK - 1]
-    real_write, writes_in_second_chunk = partitions.write_records, Counter[str]()
+    real_write, writes_in_second_chunk = write_records, Counter[str]()   # what partitions calls
 
     def write_then_crash(conn: Any, policy: LoadedPolicy, prepared: list[Any], **options: Any) -> None:
         if any(p.decision.uscc > first_chunk_end for p in prepared):
