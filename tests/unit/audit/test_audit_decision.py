@@ -32,7 +32,7 @@ def _decision(**changes: object) -> Decision:
     fields = {"policy_id": "p", "policy_version": "1", "rule_sha256": "0" * 64, "period": 2025, "fact_year": 2024,
               "uscc": "91420600MA4K00001M", "evaluated_on": "2026-03-31", "outcome": "ELIGIBLE",
               "amount_fen": 100, "mask": "TT/T", **changes}
-    return Decision(**fields)  # type: ignore[arg-type]
+    return Decision(**fields)  # type: ignore[arg-type]  # wrong types on purpose: __post_init__ refuses them
 
 
 def test_a_decision_refuses_a_malformed_mask_and_a_float_amount() -> None:
