@@ -165,7 +165,7 @@ lint: install  ## buf lint over proto/ and ruff over the Python code
 format-check: install  ## the files ruff format would leave unchanged (FORMATTED); lists any it would change
 	$(BIN)/ruff format --check $(FORMATTED)
 
-typecheck: install  ## mypy with the settings of pyproject.toml ([tool.mypy])
+typecheck: install  ## mypy --strict over the code, its tests and benchmarks (settings: pyproject.toml, [tool.mypy])
 	$(BIN)/mypy
 
 check: lint format-check typecheck  ## every static check: lint, format, types

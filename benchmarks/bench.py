@@ -104,9 +104,10 @@ def registry(n: int, db: str) -> tuple[str, Phase]:
 def fresh_audit_trail(url: str) -> None:
     """Drop every table but the registry's: each run pays its batches from an empty ledger."""
     from sqlalchemy import MetaData
+    from sqlmodel import SQLModel
 
+    import enterprise_registry.models  # noqa: F401  (registers the registry's tables in SQLModel.metadata)
     from enterprise_registry.db import make_engine
-    from enterprise_registry.models import SQLModel
     from service.payouts.tables import create_payout_schema
 
     engine = make_engine(url)
@@ -127,6 +128,7 @@ def fresh_audit_trail(url: str) -> None:
 def _engine_alone(url: str, skip: int, count: int) -> tuple[int, float]:
     """In a worker: hold the engine facts of `count` enterprises in memory, then assert them all."""
     from sqlalchemy import select
+    from sqlmodel import col
 
     from enterprise_registry.db import make_engine
     from enterprise_registry.models import Enterprise
@@ -136,7 +138,7 @@ def _engine_alone(url: str, skip: int, count: int) -> tuple[int, float]:
     plan = plan_for(_policies_in_force(), PERIOD)
     engine = make_engine(url)
     with engine.connect() as conn:
-        usccs = list(conn.execute(select(Enterprise.uscc).order_by(Enterprise.uscc)
+        usccs = list(conn.execute(select(col(Enterprise.uscc)).order_by(Enterprise.uscc)
                                   .offset(skip).limit(count)).scalars())
         facts: list[tuple[Any, list[dict[str, Any]]]] = []
         for start in range(0, len(usccs), 2000):

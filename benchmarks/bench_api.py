@@ -34,7 +34,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+if TYPE_CHECKING:  # grpc is imported where it is used, as before
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    class _Health(Protocol):
+        """HealthStub as it is at run time: its stub (types-grpcio-health-checking) declares no methods."""
+        Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "var" / "bench"
@@ -145,7 +153,7 @@ def wait_serving(target: str, timeout: float = 30.0) -> None:
 
     channel = grpc.insecure_channel(target)
     try:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub = cast("_Health", health_pb2_grpc.HealthStub(channel))
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -190,7 +198,7 @@ def _client(job: Job, index: int, barrier: Any, result: ClientResult) -> None:
     channel = grpc.insecure_channel(job.target, options=CLIENT_OPTIONS)
     try:
         if job.kind == "health":
-            check = health_pb2_grpc.HealthStub(channel).Check
+            check = cast("_Health", health_pb2_grpc.HealthStub(channel)).Check
             request = health_pb2.HealthCheckRequest()
 
             def call() -> None:

@@ -94,6 +94,7 @@ def profile(engine: Engine, chunk: int, years: Sequence[int]) -> None:
     columns(engine, chunk, years)
     profiler.disable()
     stats = pstats.Stats(profiler)
+    # typeshed leaves out Stats' raw tables (stats, total_tt, fcn_list); get_stats_profile() has no callers
     table = stats.stats  # type: ignore[attr-defined]
     total = stats.total_tt  # type: ignore[attr-defined]
     spent = dict.fromkeys([name for name, _ in BUCKETS] + ["other"], 0.0)

@@ -23,6 +23,7 @@ from benefits.v1 import (
     registry_service_pb2,
     registry_service_pb2_grpc,
 )
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy.engine import Engine
@@ -165,24 +166,25 @@ class Stubs:
 
 
 # Every method of the five services: (full method name, how to call it with given metadata).
-Call = Callable[[Stubs, list[tuple[str, str]]], Any]
+# What a call returns is never looked at: only whether it raises.
+Call = Callable[[Stubs, list[tuple[str, str]]], object]
 
 
-def _unary(service: str, method: str, request: Any) -> Call:
-    def call(stubs: Stubs, metadata: list[tuple[str, str]]) -> Any:
+def _unary(service: str, method: str, request: Message) -> Call:
+    def call(stubs: Stubs, metadata: list[tuple[str, str]]) -> object:
         return getattr(getattr(stubs, service), method)(request, metadata=metadata,
                                                         timeout=TIMEOUT)
     return call
 
 
-def _server_stream(service: str, method: str, request: Any) -> Call:
-    def call(stubs: Stubs, metadata: list[tuple[str, str]]) -> Any:
+def _server_stream(service: str, method: str, request: Message) -> Call:
+    def call(stubs: Stubs, metadata: list[tuple[str, str]]) -> object:
         return list(getattr(getattr(stubs, service), method)(request, metadata=metadata,
                                                              timeout=TIMEOUT))
     return call
 
 
-def _import_call(stubs: Stubs, metadata: list[tuple[str, str]]) -> Any:
+def _import_call(stubs: Stubs, metadata: list[tuple[str, str]]) -> object:
     # Only a record that is rejected: the table test never changes the registry.
     return stubs.registry.ImportFacts(
         iter([registry_service_pb2.ImportFactsRequest(record_json="{}")]),
@@ -265,11 +267,11 @@ def call_code(call: Call, stubs: Stubs, metadata: list[tuple[str, str]]) -> grpc
     try:
         call(stubs, metadata)
     except grpc.RpcError as err:
-        return err.code()  # type: ignore[no-any-return]
+        return err.code()
     return grpc.StatusCode.OK
 
 
-def rpc_error(fn: Callable[[], Any]) -> grpc.RpcError:
+def rpc_error(fn: Callable[[], object]) -> grpc.RpcError:
     """Run a call that must fail and return its error."""
     try:
         fn()
@@ -280,7 +282,9 @@ def rpc_error(fn: Callable[[], Any]) -> grpc.RpcError:
 
 def field_violations(err: grpc.RpcError) -> dict[str, str]:
     """The google.rpc.BadRequest field violations of an error, field -> description."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    # what a stub raises is an RpcError and a Call at once; from_call reads the Call's trailers
+    assert isinstance(err, grpc.Call), f"{type(err).__name__} is no grpc.Call"
+    status = rpc_status.from_call(err)
     assert status is not None, f"no google.rpc.Status details on {err.code()}: {err.details()}"
     found: dict[str, str] = {}
     for detail in status.details:
@@ -352,9 +356,9 @@ def serving(db_url: str, records: list[dict[str, object]], folder: Path,
         running.stop(grace=None)
 
 
-def finished_batch(stubs: Stubs, batch_id: str) -> Any:
+def finished_batch(stubs: Stubs, batch_id: str) -> payout_service_pb2.PayoutBatch:
     """Watch a payout batch until it leaves RUNNING; the batch as the last progress shows it."""
-    last = None
+    last: payout_service_pb2.PayoutBatchProgress | None = None
     for progress in stubs.payout.WatchPayoutBatch(payout_service_pb2.WatchPayoutBatchRequest(batch_id=batch_id),
                                                   metadata=as_role("finance_operator"), timeout=120):
         last = progress

@@ -5,13 +5,13 @@ rolled back afterwards), a pain.002.001.10 writer, and a snapshot of the money t
 that a refused call changed nothing."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
-from sqlalchemy import select, text
+from sqlalchemy import Column, Table, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry.importer import load_records
@@ -20,6 +20,16 @@ from service.audit.ledger import APPEND_ONLY_TRIGGER_NAMES, ledger_entry
 from service.audit.records import Actor, evaluation_record
 from service.payouts.export import Payer
 from service.payouts.tables import grant, payout_batch, payout_export, payout_line_seal
+
+if TYPE_CHECKING:  # imported where called, as before: only the annotations need them here
+    import grpc
+    from benefits.v1 import audit_service_pb2, payout_service_pb2
+
+    from service.server import RunningServer
+    from testkit.api_fixtures import Stubs
+
+# gRPC call metadata: (key, value) pairs
+Metadata = Sequence[tuple[str, str]]
 
 OPERATOR = Actor("test-finance_operator", "finance_operator")
 APPROVER = Actor("test-finance_approver", "finance_approver")
@@ -68,9 +78,10 @@ def titled(code: str, n: int, year: int, kind: str = "little_giant") -> list[dic
 
 
 def change_account(engine: Engine, code: str, account_no: str | None, *, as_of: str = "2026-01-15",
-                   **kw: Any) -> None:
+                   account_name: str | None = None, bank_name: str = BANK_NAME) -> None:
     """The registry's account of an enterprise, re-imported with a newer as_of."""
-    load_records([enterprise(code, account_no, as_of=as_of, **kw)], engine)
+    load_records([enterprise(code, account_no, as_of=as_of, account_name=account_name,
+                             bank_name=bank_name)], engine)
 
 
 # ----------------------------------------------------------------------------------------- attacker
@@ -104,11 +115,11 @@ def attacker(engine: Engine) -> Iterator[Connection]:
 # ----------------------------------------------------------------------------------------- snapshots
 
 
-def money_snapshot(engine: Engine) -> dict[str, Any]:
+def money_snapshot(engine: Engine) -> dict[str, object]:
     """Every row of the money tables, the evaluation records and the ledger's length: equal
     before and after a refused call means it changed nothing."""
     with engine.connect() as conn:
-        def rows(table: Any, key: Any) -> list[tuple[Any, ...]]:
+        def rows(table: Table, key: list[Column[Any]]) -> list[tuple[object, ...]]:
             return [tuple(r) for r in conn.execute(select(table).order_by(*key))]
         return {"grant_award": rows(grant, [grant.c.grant_id]),
                 "payout_batch": rows(payout_batch, [payout_batch.c.batch_id]),
@@ -171,8 +182,13 @@ def pain002(original_message_id: str, transactions: Sequence[tuple[str, str, str
 def creditor_accounts(pain001: bytes) -> dict[str, str]:
     """End-to-end id -> creditor account number of every transfer in a pain.001."""
     document = etree.fromstring(pain001)
-    return {tx.findtext("p:PmtId/p:EndToEndId", namespaces=PAIN001_NS):
-            tx.findtext("p:CdtrAcct/p:Id/p:Othr/p:Id", namespaces=PAIN001_NS)
+
+    def text_of(tx: etree._Element, path: str) -> str:
+        found = tx.findtext(path, namespaces=PAIN001_NS)
+        assert found is not None, f"a pain.001 transfer without {path}"
+        return found
+
+    return {text_of(tx, "p:PmtId/p:EndToEndId"): text_of(tx, "p:CdtrAcct/p:Id/p:Othr/p:Id")
             for tx in document.iterfind(".//p:CdtTrfTxInf", PAIN001_NS)}
 
 
@@ -185,7 +201,7 @@ def write_payers(folder: Path) -> Path:
 # ----------------------------------------------------------------------------------------- gRPC
 
 
-def rpc_code(call: Any) -> Any:
+def rpc_code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     """(status code, details) a call ends with; (OK, '') when it returns."""
     import grpc
 
@@ -199,34 +215,36 @@ def rpc_code(call: Any) -> Any:
 class Money:
     """PayoutService calls with the roles of api_fixtures' auth file."""
 
-    def __init__(self, stubs: Any) -> None:
+    def __init__(self, stubs: Stubs) -> None:
         from testkit.api_fixtures import as_role
 
         self.stubs = stubs
         self.operator, self.approver = as_role("finance_operator"), as_role("finance_approver")
 
-    def create(self, policy_id: str, period: int, request_id: str) -> Any:
+    # The generated stubs are untyped: each reply is annotated with the message its RPC returns.
+    def create(self, policy_id: str, period: int, request_id: str) -> payout_service_pb2.PayoutBatch:
         from benefits.v1 import payout_service_pb2 as pb
 
         from testkit.api_fixtures import finished_batch
 
-        started = self.stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
+        started: pb.PayoutBatch = self.stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
             policy_id=policy_id, period=period, request_id=request_id), metadata=self.operator, timeout=20)
         return finished_batch(self.stubs, started.batch_id)
 
-    def get(self, batch_id: str) -> Any:
+    def get(self, batch_id: str) -> payout_service_pb2.PayoutBatch:
         from benefits.v1 import payout_service_pb2 as pb
 
-        return self.stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=batch_id),
-                                                metadata=self.operator, timeout=20)
+        batch: pb.PayoutBatch = self.stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=batch_id),
+                                                                 metadata=self.operator, timeout=20)
+        return batch
 
-    def lines(self, batch_id: str, *, payee_changed: bool = False) -> list[Any]:
+    def lines(self, batch_id: str, *, payee_changed: bool = False) -> list[payout_service_pb2.PayoutLine]:
         from benefits.v1 import payout_service_pb2 as pb
 
-        out: list[Any] = []
+        out: list[pb.PayoutLine] = []
         token = ""
         while True:
-            page = self.stubs.payout.ListPayoutLines(pb.ListPayoutLinesRequest(
+            page: pb.ListPayoutLinesResponse = self.stubs.payout.ListPayoutLines(pb.ListPayoutLinesRequest(
                 batch_id=batch_id, page_size=2, page_token=token, payee_changed=payee_changed),
                 metadata=self.approver, timeout=20)
             out += list(page.lines)
@@ -234,13 +252,14 @@ class Money:
             if not token:
                 return out
 
-    def approve(self, batch_id: str) -> Any:
+    def approve(self, batch_id: str) -> payout_service_pb2.PayoutBatch:
         from benefits.v1 import payout_service_pb2 as pb
 
-        return self.stubs.payout.ApprovePayoutBatch(pb.ApprovePayoutBatchRequest(batch_id=batch_id),
-                                                    metadata=self.approver, timeout=20)
+        batch: pb.PayoutBatch = self.stubs.payout.ApprovePayoutBatch(
+            pb.ApprovePayoutBatchRequest(batch_id=batch_id), metadata=self.approver, timeout=20)
+        return batch
 
-    def export(self, batch_id: str, fmt: str = "pain001", metadata: Any = None) -> bytes:
+    def export(self, batch_id: str, fmt: str = "pain001", metadata: Metadata | None = None) -> bytes:
         from benefits.v1 import payout_service_pb2 as pb
 
         kind = pb.EXPORT_FORMAT_PAIN_001 if fmt == "pain001" else pb.EXPORT_FORMAT_CSV
@@ -248,50 +267,62 @@ class Money:
             pb.ExportPayoutBatchRequest(batch_id=batch_id, format=kind), metadata=metadata or self.operator,
             timeout=20))
 
-    def results(self, batch_id: str, results: list[tuple[str, str, str]], metadata: Any = None) -> Any:
+    def results(self, batch_id: str, results: list[tuple[str, str, str]],
+                metadata: Metadata | None = None) -> payout_service_pb2.PayoutBatch:
         """results: (line id, "PAID" | "RETURNED", reason)."""
         from benefits.v1 import payout_service_pb2 as pb
 
         states = {"PAID": pb.LINE_STATE_PAID, "RETURNED": pb.LINE_STATE_RETURNED}
-        return self.stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(batch_id=batch_id, results=[
-            pb.PayoutResult(line_id=line_id, state=states[state], return_reason=reason)
-            for line_id, state, reason in results]), metadata=metadata or self.operator, timeout=20)
+        batch: pb.PayoutBatch = self.stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(
+            batch_id=batch_id, results=[pb.PayoutResult(line_id=line_id, state=states[state], return_reason=reason)
+                                        for line_id, state, reason in results]),
+            metadata=metadata or self.operator, timeout=20)
+        return batch
 
-    def confirm(self, batch_id: str, line_ids: list[str], metadata: Any = None) -> Any:
+    def confirm(self, batch_id: str, line_ids: list[str],
+                metadata: Metadata | None = None) -> payout_service_pb2.PayoutBatch:
         from benefits.v1 import payout_service_pb2 as pb
 
-        return self.stubs.payout.ConfirmPayoutReturns(pb.ConfirmPayoutReturnsRequest(
+        batch: pb.PayoutBatch = self.stubs.payout.ConfirmPayoutReturns(pb.ConfirmPayoutReturnsRequest(
             batch_id=batch_id, line_ids=line_ids), metadata=metadata or self.approver, timeout=20)
+        return batch
 
-    def withdraw(self, batch_id: str, line_ids: list[str], reason: str, metadata: Any = None) -> Any:
+    def withdraw(self, batch_id: str, line_ids: list[str], reason: str,
+                 metadata: Metadata | None = None) -> payout_service_pb2.PayoutBatch:
         from benefits.v1 import payout_service_pb2 as pb
 
-        return self.stubs.payout.WithdrawPayoutLines(pb.WithdrawPayoutLinesRequest(
+        batch: pb.PayoutBatch = self.stubs.payout.WithdrawPayoutLines(pb.WithdrawPayoutLinesRequest(
             batch_id=batch_id, line_ids=line_ids, reason=reason), metadata=metadata or self.approver, timeout=20)
+        return batch
 
-    def cancel(self, batch_id: str, reason: str, metadata: Any = None) -> Any:
+    def cancel(self, batch_id: str, reason: str, metadata: Metadata | None = None) -> payout_service_pb2.PayoutBatch:
         from benefits.v1 import payout_service_pb2 as pb
 
-        return self.stubs.payout.CancelPayoutBatch(pb.CancelPayoutBatchRequest(
+        batch: pb.PayoutBatch = self.stubs.payout.CancelPayoutBatch(pb.CancelPayoutBatchRequest(
             batch_id=batch_id, reason=reason), metadata=metadata or self.operator, timeout=20)
+        return batch
 
-    def status_report(self, batch_id: str, data: bytes, metadata: Any = None) -> Any:
+    def status_report(self, batch_id: str, data: bytes,
+                      metadata: Metadata | None = None) -> payout_service_pb2.ImportPaymentStatusReportResponse:
         from benefits.v1 import payout_service_pb2 as pb
 
-        return self.stubs.payout.ImportPaymentStatusReport(pb.ImportPaymentStatusReportRequest(
-            batch_id=batch_id, data=data), metadata=metadata or self.operator, timeout=20)
+        report: pb.ImportPaymentStatusReportResponse = self.stubs.payout.ImportPaymentStatusReport(
+            pb.ImportPaymentStatusReportRequest(batch_id=batch_id, data=data),
+            metadata=metadata or self.operator, timeout=20)
+        return report
 
-    def verify(self) -> Any:
+    def verify(self) -> audit_service_pb2.VerifyAuditLogResponse:
         from benefits.v1 import audit_service_pb2
 
         from testkit.api_fixtures import as_role
 
-        return self.stubs.audit.VerifyAuditLog(audit_service_pb2.VerifyAuditLogRequest(),
-                                               metadata=as_role("auditor"), timeout=60)
+        verified: audit_service_pb2.VerifyAuditLogResponse = self.stubs.audit.VerifyAuditLog(
+            audit_service_pb2.VerifyAuditLogRequest(), metadata=as_role("auditor"), timeout=60)
+        return verified
 
 
 @contextmanager
-def money_server(db_url: str, records: list[dict[str, object]], folder: Path) -> Iterator[Any]:
+def money_server(db_url: str, records: list[dict[str, object]], folder: Path) -> Iterator[RunningServer]:
     """A real server over `records` with a paying account for treasury-funded policies."""
     from testkit.api_fixtures import serving
 

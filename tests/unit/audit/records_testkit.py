@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from rules.evaluator import evaluate
-from rules.facts import Fact, FactsDocument, Record
+from rules.facts import Fact, FactsDocument, FactValue, Record
 from rules.loader import LoadedPolicy, load_policy_file
 from service.audit.ledger import ledger_transaction
 from service.audit.records import Actor, PreparedRecord, create_audit_schema, prepare_record, write_records
@@ -23,8 +23,8 @@ USCC = "91420600MA4K00001M"
 
 
 def document(premium_fen: int = 123_456_715, uscc: str = USCC) -> FactsDocument:
-    def fact(value: object) -> Fact:
-        return Fact(value, "human_resources", AS_OF)  # type: ignore[arg-type]
+    def fact(value: FactValue) -> Fact:
+        return Fact(value, "human_resources", AS_OF)
     facts = {"enterprise.status": fact("active"), "enterprise.org_type": fact("enterprise"),
              "enterprise.labor_dispatch": fact(False), "enterprise.has_bank_account": fact(True),
              "enterprise.established_on": fact(date(2010, 5, 6)),

@@ -32,7 +32,7 @@ def _decision(**changes: object) -> Decision:
     fields = {"policy_id": "p", "policy_version": "1", "rule_sha256": "0" * 64, "period": 2025, "fact_year": 2024,
               "uscc": "91420600MA4K00001M", "evaluated_on": "2026-03-31", "outcome": "ELIGIBLE",
               "amount_fen": 100, "mask": "TT/T", **changes}
-    return Decision(**fields)  # type: ignore[arg-type]
+    return Decision(**fields)  # type: ignore[arg-type]  # wrong types on purpose: __post_init__ refuses them
 
 
 def test_a_decision_refuses_a_malformed_mask_and_a_float_amount() -> None:
@@ -50,7 +50,7 @@ def test_a_decision_round_trips_through_its_record_fields() -> None:
 
 def test_an_ineligible_evaluation_marks_its_failed_condition(policy: LoadedPolicy) -> None:
     facts = document()
-    failed = facts.facts.copy()
+    failed = dict(facts.facts)
     del failed["si.ui_months_paid"]                      # unknown
     failed["si.ui_arrears"] = failed["si.ui_arrears"].__class__(True, "human_resources", None)   # false
     result = evaluate(policy.compiled(2025), facts.__class__(facts.uscc, facts.fact_year, failed, facts.collections,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -171,7 +172,7 @@ def test_32_concurrent_writers_never_fork_or_break_the_chain(db_url: str, via: s
         start = threading.Barrier(threads)
         errors: list[BaseException] = []
 
-        def transaction() -> Any:
+        def transaction() -> AbstractContextManager[Connection]:
             return ledger_transaction(engine) if via == "ledger_transaction" else engine.begin()
 
         def writer(worker: int) -> None:

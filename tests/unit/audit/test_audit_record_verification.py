@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import orjson
 import pytest
 from records_testkit import audit_engine, policy, prepared, write_chunk
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from rules.loader import LoadedPolicy
@@ -21,12 +21,14 @@ from service.audit.records import PreparedRecord, evaluation_record, verify_reco
 __all__ = ["audit_engine", "policy"]   # fixtures
 
 CHUNK = 5
+# (ledger seq of the chunk's entry, its records)
+Chunks = list[tuple[int, list[PreparedRecord]]]
 
 
 @pytest.fixture
-def chunks(audit_engine: Engine, policy: LoadedPolicy) -> list[tuple[int, list[PreparedRecord]]]:
+def chunks(audit_engine: Engine, policy: LoadedPolicy) -> Chunks:
     """Three chunks of five records, every record of its own enterprise's facts."""
-    out = []
+    out: Chunks = []
     for c in range(3):
         records = [prepared(policy, 1_000_000 * (c + 1) + i, uscc=f"91420600MA4K{c}{i:04d}X") for i in range(CHUNK)]
         out.append((write_chunk(audit_engine, policy, records), records))
@@ -53,11 +55,11 @@ def _named(problems: list[AuditProblem]) -> set[tuple[str, Fault]]:
     return {(p.row, p.fault) for p in problems}
 
 
-def _key(record: PreparedRecord) -> object:
+def _key(record: PreparedRecord) -> ColumnElement[bool]:
     return evaluation_record.c.evaluation_id == record.evaluation_id
 
 
-def test_an_edited_record_text_is_named(audit_engine: Engine, chunks: list) -> None:
+def test_an_edited_record_text_is_named(audit_engine: Engine, chunks: Chunks) -> None:
     seq, records = chunks[1]
     victim = records[2]
     with tampered(audit_engine) as conn:
@@ -72,7 +74,7 @@ def test_an_edited_record_text_is_named(audit_engine: Engine, chunks: list) -> N
     ("uscc", "91420600MA4K99999X"), ("policy_id", "single-champion-reward"), ("period", 2024),
     ("outcome", "INELIGIBLE"), ("amount_fen", 1), ("batch_id", "pb_forged"), ("rule_sha256", "0" * 64),
     ("facts_sha256", "0" * 64), ("evaluated_on", "2026-01-01"), ("record_sha256", "0" * 64)])
-def test_an_edited_filter_column_is_named(audit_engine: Engine, chunks: list, column: str, value: object) -> None:
+def test_an_edited_filter_column_is_named(audit_engine: Engine, chunks: Chunks, column: str, value: object) -> None:
     seq, records = chunks[0]
     with tampered(audit_engine) as conn:
         conn.execute(update(evaluation_record).where(_key(records[4])).values({column: value}))
@@ -82,7 +84,7 @@ def test_an_edited_filter_column_is_named(audit_engine: Engine, chunks: list, co
 
 
 @pytest.mark.parametrize("position", [0, 2, CHUNK - 1])
-def test_a_deleted_record_names_its_chunk_and_place(audit_engine: Engine, chunks: list, position: int) -> None:
+def test_a_deleted_record_names_its_chunk_and_place(audit_engine: Engine, chunks: Chunks, position: int) -> None:
     seq, records = chunks[1]
     with tampered(audit_engine) as conn:
         conn.execute(delete(evaluation_record).where(_key(records[position])))
@@ -96,7 +98,7 @@ def test_a_deleted_record_names_its_chunk_and_place(audit_engine: Engine, chunks
         assert f"before {records[position + 1].evaluation_id}" in detail
 
 
-def test_a_whole_deleted_chunk_is_named(audit_engine: Engine, chunks: list) -> None:
+def test_a_whole_deleted_chunk_is_named(audit_engine: Engine, chunks: Chunks) -> None:
     seq, _ = chunks[2]
     with tampered(audit_engine) as conn:
         conn.execute(delete(evaluation_record).where(evaluation_record.c.ledger_seq == seq))
@@ -109,7 +111,7 @@ def _copy_of(conn: Connection, record: PreparedRecord, **changes: object) -> dic
     return {**row, "evaluation_id": "ev_" + "f" * 32, **changes}
 
 
-def test_a_record_inserted_into_a_chunk_is_named(audit_engine: Engine, chunks: list) -> None:
+def test_a_record_inserted_into_a_chunk_is_named(audit_engine: Engine, chunks: Chunks) -> None:
     seq, records = chunks[0]
     with tampered(audit_engine) as conn:
         forged = _copy_of(conn, records[0], leaf_index=CHUNK)
@@ -119,7 +121,7 @@ def test_a_record_inserted_into_a_chunk_is_named(audit_engine: Engine, chunks: l
     assert f"it claims leaf {CHUNK} of ledger entry {seq}" in problems[0].detail
 
 
-def test_a_record_claiming_no_entry_is_named(audit_engine: Engine, chunks: list) -> None:
+def test_a_record_claiming_no_entry_is_named(audit_engine: Engine, chunks: Chunks) -> None:
     _, records = chunks[0]
     with tampered(audit_engine) as conn:
         forged = _copy_of(conn, records[0], ledger_seq=999, leaf_index=0)
@@ -129,7 +131,7 @@ def test_a_record_claiming_no_entry_is_named(audit_engine: Engine, chunks: list)
     assert "claims ledger entry 999, which seals no evaluation records" in problems[0].detail
 
 
-def test_a_record_moved_to_another_chunk_is_caught_in_both(audit_engine: Engine, chunks: list) -> None:
+def test_a_record_moved_to_another_chunk_is_caught_in_both(audit_engine: Engine, chunks: Chunks) -> None:
     (first, records), (second, _) = chunks[0], chunks[1]
     with tampered(audit_engine) as conn:
         conn.execute(update(evaluation_record).where(_key(records[1])).values(ledger_seq=second, leaf_index=CHUNK))
@@ -137,7 +139,7 @@ def test_a_record_moved_to_another_chunk_is_caught_in_both(audit_engine: Engine,
     assert _named(problems) == {(f"entry {first}", Fault.DELETED), (records[1].evaluation_id, Fault.INSERTED)}
 
 
-def test_swapped_records_name_their_chunk(audit_engine: Engine, chunks: list) -> None:
+def test_swapped_records_name_their_chunk(audit_engine: Engine, chunks: Chunks) -> None:
     seq, records = chunks[1]
     with tampered(audit_engine) as conn:
         for record, index in ((records[0], 100), (records[3], 0), (records[0], 3)):
@@ -148,7 +150,7 @@ def test_swapped_records_name_their_chunk(audit_engine: Engine, chunks: list) ->
 
 
 def test_a_record_rewritten_with_its_hash_recomputed_is_named_by_its_replay(audit_engine: Engine,
-                                                                           chunks: list) -> None:
+                                                                           chunks: Chunks) -> None:
     seq, records = chunks[2]
     victim = records[3]
     body = orjson.loads(victim.record_json)
@@ -164,7 +166,7 @@ def test_a_record_rewritten_with_its_hash_recomputed_is_named_by_its_replay(audi
 
 
 def test_a_record_rewritten_where_its_replay_cannot_tell_names_its_chunk(audit_engine: Engine,
-                                                                        chunks: list) -> None:
+                                                                        chunks: Chunks) -> None:
     seq, records = chunks[0]
     body = {**orjson.loads(records[1].record_json), "actor": {"principal": "someone-else", "role": "auditor"}}
     text = canonical_json(body).decode()
@@ -176,7 +178,7 @@ def test_a_record_rewritten_where_its_replay_cannot_tell_names_its_chunk(audit_e
 
 
 @pytest.mark.parametrize(("table", "column"), [("facts_snapshot", "document"), ("policy_version", "source")])
-def test_an_edited_text_names_every_record_resting_on_it(audit_engine: Engine, chunks: list, table: str,
+def test_an_edited_text_names_every_record_resting_on_it(audit_engine: Engine, chunks: Chunks, table: str,
                                                          column: str) -> None:
     _, records = chunks[1]
     what = "facts snapshot" if table == "facts_snapshot" else "rule text"
@@ -193,7 +195,7 @@ def test_an_edited_text_names_every_record_resting_on_it(audit_engine: Engine, c
     assert all(p.detail.startswith(f"its {what} ") and "missing or edited" in p.detail for p in problems)
 
 
-def test_a_deleted_snapshot_names_its_record(audit_engine: Engine, chunks: list) -> None:
+def test_a_deleted_snapshot_names_its_record(audit_engine: Engine, chunks: Chunks) -> None:
     _, records = chunks[2]
     with tampered(audit_engine) as conn:
         conn.exec_driver_sql(f"DELETE FROM facts_snapshot WHERE facts_sha256 = '{records[0].facts_sha256}'")
@@ -201,7 +203,7 @@ def test_a_deleted_snapshot_names_its_record(audit_engine: Engine, chunks: list)
     assert _named(problems) == {(records[0].evaluation_id, Fault.EDITED)}
 
 
-def test_verification_stops_at_its_limit(audit_engine: Engine, chunks: list) -> None:
+def test_verification_stops_at_its_limit(audit_engine: Engine, chunks: Chunks) -> None:
     with tampered(audit_engine) as conn:
         conn.exec_driver_sql("UPDATE evaluation_record SET outcome = 'HELD'")
         assert len(verify_records(conn)) == 3 * CHUNK
@@ -209,7 +211,7 @@ def test_verification_stops_at_its_limit(audit_engine: Engine, chunks: list) -> 
         assert verify_records(conn, limit=0) == []
 
 
-def test_every_record_has_an_inclusion_proof_under_its_entry(audit_engine: Engine, chunks: list) -> None:
+def test_every_record_has_an_inclusion_proof_under_its_entry(audit_engine: Engine, chunks: Chunks) -> None:
     from service.audit.merkle import verify_inclusion
 
     with audit_engine.connect() as conn:
@@ -224,16 +226,17 @@ def test_every_record_has_an_inclusion_proof_under_its_entry(audit_engine: Engin
         assert prove_record(conn, "ev_unknown") is None
 
 
-def test_an_altered_record_has_no_proof(audit_engine: Engine, chunks: list) -> None:
+def test_an_altered_record_has_no_proof(audit_engine: Engine, chunks: Chunks) -> None:
     _, records = chunks[0]
     body = {**orjson.loads(records[2].record_json), "amount_fen": 5}
     text = canonical_json(body).decode()
     with tampered(audit_engine) as conn:
         conn.execute(update(evaluation_record).where(_key(records[2])).values(record=text))
-        assert "no longer has its record_sha256" in prove_record(conn, records[2].evaluation_id).problem
+        proof = prove_record(conn, records[2].evaluation_id)
+        assert proof is not None and "no longer has its record_sha256" in proof.problem
         conn.execute(update(evaluation_record).where(_key(records[2])).values(record_sha256=sha256_hex(text.encode())))
         proof = prove_record(conn, records[2].evaluation_id)
-        assert not proof.verified and "does not lead to the root" in proof.problem
+        assert proof is not None and not proof.verified and "does not lead to the root" in proof.problem
         conn.execute(delete(evaluation_record).where(_key(records[0])))
         proof = prove_record(conn, records[1].evaluation_id)
-        assert not proof.verified and "sealed 5 records, 4 are stored" in proof.problem
+        assert proof is not None and not proof.verified and "sealed 5 records, 4 are stored" in proof.problem

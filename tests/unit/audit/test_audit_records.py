@@ -3,6 +3,7 @@ ledger entry, rendered on demand, found again for reuse."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import orjson
 import pytest
@@ -134,7 +135,8 @@ def test_records_of_another_rule_text_are_refused(audit_engine: Engine, policy: 
 def test_a_recorded_evaluation_replays_identically(audit_engine: Engine, policy: LoadedPolicy) -> None:
     evaluation_id = _record(audit_engine, policy)
     result = replay(audit_engine, evaluation_id, CATALOGUE)
-    assert result is not None and result.identical, result.differences
+    assert result is not None
+    assert result.identical, result.differences
     assert result.replayed.amount_fen == 37_037_015
     assert result.replayed == evaluate(policy.compiled(2025), document(), today=TODAY)
     assert replay(audit_engine, "ev_unknown", CATALOGUE) is None
@@ -187,20 +189,33 @@ def test_rendering_refuses_a_record_whose_snapshot_is_gone(audit_engine: Engine,
         render(conn, record, CATALOGUE)
 
 
+class _RecordKey(TypedDict):
+    """What find_recorded looks a decision up by."""
+    rule_sha256: str
+    facts_sha256: str
+    evaluated_on: str
+    uscc: str
+    policy_id: str
+    period: int
+
+
 def test_a_recorded_decision_is_found_again_for_reuse(audit_engine: Engine, policy: LoadedPolicy) -> None:
     first, other = prepared(policy), prepared(policy, 1_000_000)
     again = prepared(policy)                     # the same facts on the same day: the same decision
     write_chunk(audit_engine, policy, [first, other])
     write_chunk(audit_engine, policy, [again])
-    key = {"rule_sha256": policy.sha256, "facts_sha256": first.facts_sha256, "evaluated_on": TODAY.isoformat(),
-           "uscc": USCC, "policy_id": policy.id, "period": 2025}
+    key: _RecordKey = {"rule_sha256": policy.sha256, "facts_sha256": first.facts_sha256,
+                       "evaluated_on": TODAY.isoformat(), "uscc": USCC, "policy_id": policy.id, "period": 2025}
     with audit_engine.connect() as conn:
         found = find_recorded(conn, **key)
         assert found is not None and found["evaluation_id"] == again.evaluation_id   # the newest
         assert Decision.from_record(found) == again.decision
-        for column, wrong in (("period", 2024), ("evaluated_on", "2026-04-01"), ("uscc", "91420600MA4K00002K"),
-                              ("rule_sha256", "0" * 64), ("policy_id", "other")):
-            assert find_recorded(conn, **{**key, column: wrong}) is None, column
+        wrong_keys: list[tuple[str, _RecordKey]] = [
+            ("period", {**key, "period": 2024}), ("evaluated_on", {**key, "evaluated_on": "2026-04-01"}),
+            ("uscc", {**key, "uscc": "91420600MA4K00002K"}), ("rule_sha256", {**key, "rule_sha256": "0" * 64}),
+            ("policy_id", {**key, "policy_id": "other"})]
+        for column, wrong in wrong_keys:
+            assert find_recorded(conn, **wrong) is None, column
     with audit_engine.begin() as conn:   # an altered record is never answered from
         conn.execute(text("UPDATE evaluation_record SET record = replace(record, 'auditor', 'forger') "
                           "WHERE evaluation_id = :e"), {"e": again.evaluation_id})

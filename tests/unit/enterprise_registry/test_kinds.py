@@ -7,9 +7,9 @@ from sqlalchemy import BigInteger
 from test_records import good_records
 
 from enterprise_registry.errors import RecordValidationError
-from enterprise_registry.kinds import KINDS, KindSpec
+from enterprise_registry.kinds import KINDS, SOURCES_BY_KIND, FieldSpec, KindSpec
 from enterprise_registry.models import key_columns, table_for
-from enterprise_registry.records import RECORD_MODELS, SOURCES_BY_KIND, parse_record
+from enterprise_registry.records import RECORD_MODELS, parse_record
 from service.catalogue import CATALOGUE
 
 COMMON = {"kind", "uscc", "source", "as_of"}
@@ -62,13 +62,14 @@ INT_FIELDS = [(spec, field) for spec in SPECS for field in spec.fields if field.
 
 
 @pytest.mark.parametrize(("spec", "field"), INT_FIELDS, ids=[f"{s.kind}.{f.name}" for s, f in INT_FIELDS])
-def test_the_registry_never_accepts_more_than_the_bound_the_compiler_relies_on(spec: KindSpec, field: object) -> None:
+def test_the_registry_never_accepts_more_than_the_bound_the_compiler_relies_on(spec: KindSpec,
+                                                                               field: FieldSpec) -> None:
     """The rules compiler proves from `max_abs` that policy arithmetic stays within int64."""
-    assert field is not None and hasattr(field, "max_abs")
-    record = {**good_records()[spec.kind], field.name: field.max_abs + 1}  # type: ignore[attr-defined]
+    assert field.max_abs is not None, field.name
+    record = {**good_records()[spec.kind], field.name: field.max_abs + 1}
     with pytest.raises(RecordValidationError) as refused:
         parse_record(record)
-    assert refused.value.field == field.name  # type: ignore[attr-defined]
+    assert refused.value.field == field.name
 
 
 def test_every_kind_names_its_departments_once() -> None:

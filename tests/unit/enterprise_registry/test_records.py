@@ -17,6 +17,7 @@ from enterprise_registry.records import (
     CreditListingRecord,
     EnterpriseRecord,
     HireRecord,
+    TaxYearRecord,
     parse_record,
     record_key,
 )
@@ -134,8 +135,9 @@ def test_non_objects_are_refused(value: object) -> None:
 
 def test_parsed_records_are_immutable() -> None:
     record = parse_record(good_records()["tax_year"])
+    assert isinstance(record, TaxYearRecord)
     with pytest.raises(ValidationError, match="frozen"):
-        record.revenue_fen = 0  # type: ignore[union-attr]
+        record.revenue_fen = 0
 
 
 def test_parse_record_passes_a_parsed_record_through() -> None:
@@ -166,13 +168,13 @@ def test_a_nullable_field_left_out_reads_as_null() -> None:
     code = make("91420600MA4T00019")
     listing = parse_record({"kind": "credit_listing", "uscc": code, "source": "credit",
                             "as_of": "2025-06-30", "list": "zombie", "listed_on": "2025-01-02"})
-    assert listing.removed_on is None  # type: ignore[union-attr]
+    assert isinstance(listing, CreditListingRecord) and listing.removed_on is None
     hire = parse_record({"kind": "hire", "uscc": code, "source": "human_resources",
                          "as_of": "2025-06-30", "year": 2025, "hired_on": "2025-03-01",
                          "person_ref": "P0001", "category": "graduate", "graduation_year": 2025,
                          "labor_contract": True, "insured_months": 3,
                          "absorption_subsidy_claimed": False})
-    assert hire.age is None and hire.hired_on == date(2025, 3, 1)  # type: ignore[union-attr]
+    assert isinstance(hire, HireRecord) and hire.age is None and hire.hired_on == date(2025, 3, 1)
     with pytest.raises(RecordValidationError) as info:
         parse_record({**hire.model_dump(mode="json"), "category": "unemployed_youth",
                       "graduation_year": None, "age": None})

@@ -471,7 +471,7 @@ def test_one_reason_per_listed_indicator(sector: str) -> None:
 def test_classification_is_immutable() -> None:
     result = run("other", {"X": 10})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        result.size_class = "large"  # type: ignore[misc]
+        result.size_class = "large"  # type: ignore[misc]  # a frozen field written on purpose
 
 
 def test_reasons_stay_exact_for_amounts_a_float_would_round() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry.db import is_database_error, make_engine
@@ -65,9 +65,9 @@ def _stored(engine: Engine, evaluation_id: str) -> bool:
                             .where(evaluation_record.c.evaluation_id == evaluation_id)).first() is not None
 
 
-def _count(engine: Engine, table: object) -> int:
+def _count(engine: Engine, table: Table) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())  # type: ignore[arg-type]
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
 def _calls(recorder: Recorder, batches: list[list[tuple[LoadedPolicy, PreparedRecord]]],

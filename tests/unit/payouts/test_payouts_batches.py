@@ -1,6 +1,7 @@
 """Creating batches on SQLite and PostgreSQL: exactly once, idempotent, stacked, sealed."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 
 import pytest
@@ -15,7 +16,7 @@ from service.audit.ledger import verify
 from service.audit.merkle import root
 from service.audit.records import Actor
 from service.errors import DuplicateBatchError
-from service.payouts.batches import create_payout_schema, grant, lines_of
+from service.payouts.batches import Batch, create_payout_schema, grant, lines_of
 from service.payouts.runner import create_batch
 
 OPERATOR = Actor("finance-op", "finance_operator")
@@ -47,7 +48,7 @@ def registry(db_engine: Engine) -> Engine:
     return db_engine
 
 
-def _create(engine: Engine, policies: PolicySet, policy_id: str, request_id: str):  # type: ignore[no-untyped-def]
+def _create(engine: Engine, policies: PolicySet, policy_id: str, request_id: str) -> Batch:
     return create_batch(engine, policies, policy_id=policy_id, period=2025, request_id=request_id,
                         actor=OPERATOR, today=TODAY)
 
@@ -87,7 +88,7 @@ def test_the_batch_is_sealed_with_the_merkle_root_of_its_decisions(registry: Eng
     batch = _create(registry, policies, "single-champion-reward", "req-9")
     with registry.connect() as conn:
         hashes = [line["record_sha256"] for line in lines_of(conn, batch.batch_id)]
-        assert batch.merkle_root == root([bytes.fromhex(h) for h in hashes]).hex()  # type: ignore[arg-type]
+        assert batch.merkle_root == root([bytes.fromhex(h) for h in hashes]).hex()
         assert verify(conn).valid
 
 
@@ -151,12 +152,11 @@ def test_every_transition_outside_the_lifecycle_is_refused(registry: Engine, pol
     with registry.begin() as conn:  # put the batch in the state under test
         conn.execute(payout_batch.update().where(payout_batch.c.batch_id == batch.batch_id).values(state=state))
         line_id = str(lines_of(conn, batch.batch_id)[0]["grant_id"])
-    calls = {"approve": lambda: approve(registry, batch.batch_id, APPROVER),
-             "cancel": lambda: cancel(registry, batch.batch_id, APPROVER, "test"),
-             "export": lambda: export(registry, batch.batch_id, Payer("国库", "4200000000000000001", "人民银行"),
-                                      OPERATOR),
-             "results": lambda: record_results(registry, batch.batch_id, [BankResult(line_id, LineState.PAID)],
-                                               OPERATOR)}
+    calls: dict[str, Callable[[], object]] = {
+        "approve": lambda: approve(registry, batch.batch_id, APPROVER),
+        "cancel": lambda: cancel(registry, batch.batch_id, APPROVER, "test"),
+        "export": lambda: export(registry, batch.batch_id, Payer("国库", "4200000000000000001", "人民银行"), OPERATOR),
+        "results": lambda: record_results(registry, batch.batch_id, [BankResult(line_id, LineState.PAID)], OPERATOR)}
     if (action, state) in LEGAL:
         calls[action]()
     else:

@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date
 from fractions import Fraction
 from pathlib import Path
@@ -23,18 +23,20 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, Row
 
 from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make, organisation_check_character
 from rules.evaluator import ELIGIBLE, evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
+from rules.packing import PackedMember
 from service.audit.ledger import verify
 from service.audit.merkle import root
-from service.audit.records import Actor, evaluation_record, verify_records
+from service.audit.records import Actor, PreparedRecord, evaluation_record, verify_records, write_records
 from service.catalogue import CATALOGUE
 from service.errors import BatchRunningError, BatchStateError
 from service.evaluation import decide
+from service.evaluation.decide import PolicyDecisions
 from service.facts_documents import DocumentSource
 from service.payouts import partitions
 from service.payouts.batches import Batch, create_payout_schema, get_batch, lines_of, start_batch
@@ -158,7 +160,7 @@ def _stop_after_chunks(monkeypatch: pytest.MonkeyPatch, chunks: int) -> threadin
     stop, reads = threading.Event(), Counter[str]()
     original = partitions.next_chunk
 
-    def next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
+    def next_chunk(conn: Connection, part: Any, limit: int) -> list[str]:
         found = original(conn, part, limit)
         if found:
             reads["chunks"] += 1
@@ -175,7 +177,7 @@ def _fail_evaluations_of(monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
     holds true: the cross-check makes every evaluation of `victim` an error."""
     original = decide.engine_facts
 
-    def emptied(members: Any, decisions: Any) -> list[dict[str, Any]]:
+    def emptied(members: Sequence[PackedMember], decisions: Mapping[str, PolicyDecisions]) -> list[dict[str, Any]]:
         facts = original(members, decisions)
         usccs = next(iter(decisions.values())).columns.usccs
         for row, uscc in enumerate(usccs):
@@ -202,7 +204,7 @@ def _wait_for_state(engine: Engine, batch_id: str, state: str, timeout: float = 
 # -- reading what a run left ----------------------------------------------------------------------
 
 
-def _row(engine: Engine, batch_id: str) -> Any:
+def _row(engine: Engine, batch_id: str) -> Row[Any]:
     with engine.connect() as conn:
         return conn.execute(select(payout_batch).where(payout_batch.c.batch_id == batch_id)).one()
 
@@ -348,14 +350,15 @@ def test_a_crash_inside_a_chunk_leaves_nothing_of_it_and_the_next_worker_finishe
     expected = _expected_grants(registry, policies, GIANT)
     batch = _start(registry, policies, GIANT, "req-crash")
     first_chunk_end = USCCS[CHUNK - 1]
-    real_write, writes_in_second_chunk = partitions.write_records, Counter[str]()
+    real_write, writes_in_second_chunk = write_records, Counter[str]()   # what partitions calls
 
-    def write_then_crash(conn: Any, policy: LoadedPolicy, prepared: list[Any], **options: Any) -> None:
+    def write_then_crash(conn: Connection, policy: LoadedPolicy, prepared: Sequence[PreparedRecord], *,
+                         stored: set[str] | None = None) -> None:
         if any(p.decision.uscc > first_chunk_end for p in prepared):
             writes_in_second_chunk["calls"] += 1
             if writes_in_second_chunk["calls"] == 2:   # after one policy's records of the chunk
                 raise SimulatedCrash("the server died mid-chunk")
-        real_write(conn, policy, prepared, **options)
+        real_write(conn, policy, prepared, stored=stored)
 
     monkeypatch.setattr(partitions, "write_records", write_then_crash)
     short = RunSettings(chunk_size=CHUNK, lease_seconds=0.5)
@@ -411,7 +414,7 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing_more(
     short = RunSettings(chunk_size=CHUNK, lease_seconds=0.3)
     original, taken_over = partitions.next_chunk, threading.Event()
 
-    def stall_while_another_takes_over(conn: Any, part: Any, limit: int) -> list[str]:
+    def stall_while_another_takes_over(conn: Connection, part: Any, limit: int) -> list[str]:
         if part.cursor and not taken_over.is_set():   # w1 committed its first chunk, then hangs
             _sleep_past_lease(registry, batch.batch_id)
             assert claim(registry, batch.batch_id, "w2", 30)
@@ -703,7 +706,7 @@ def test_stopped_workers_give_the_batch_back_and_new_ones_resume_it(
     expected = _expected_grants(registry, policies, GIANT)
     original = partitions.next_chunk
 
-    def slow_next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
+    def slow_next_chunk(conn: Connection, part: Any, limit: int) -> list[str]:
         time.sleep(0.2)
         return original(conn, part, limit)
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from functools import cache
 from pathlib import Path
+from typing import Required, TypedDict
 
 from rules.facts import Fact, FactsDocument, FactValue, Record
 from rules.loader import CompiledPolicy, LoadedPolicy, PolicySet, load_policy_dir, load_policy_file
@@ -41,17 +42,33 @@ def document(values: Mapping[str, FactValue | None], *,
     return FactsDocument(uscc, fact_year, facts, dict(collections or {}), dict(missing or {}))
 
 
-def record(ref: str, source: str = "credit", as_of: date | None = AS_OF,
+def record(ref: str, source: str = "credit", as_of: date | None = AS_OF, /,
            **fields: FactValue | None) -> Record:
+    # positional-only: a record field may be named like them (a mapping of fields unpacked here)
     return Record(ref, fields, source, as_of)
+
+
+class PolicyArgs(TypedDict, total=False):
+    """The arguments of policy_yaml, for a policy kept as data: policy_yaml(**args)."""
+    conditions: Required[Sequence[str]]
+    amount: str
+    parameters: str
+    payable: Sequence[str]
+    cap: str | None
+    policy_id: str
+    first_period: int
+    last_period: int | None
+    definitions: Mapping[str, str] | None
+    rounding: str | None
 
 
 def policy_yaml(conditions: Sequence[str], *, amount: str = "1000元", parameters: str = "",
                 payable: Sequence[str] = (), cap: str | None = None, policy_id: str = "demo",
                 first_period: int = 2025, last_period: int | None = 2025,
-                definitions: Mapping[str, str] | None = None) -> str:
+                definitions: Mapping[str, str] | None = None, rounding: str | None = None) -> str:
     """A minimal valid policy; every expression is written as a `|` block scalar
-    (`definitions`: name -> expression, each with the text 名称<name>)."""
+    (`definitions`: name -> expression, each with the text 名称<name>; `rounding` of the amount:
+    the policy format's default when None)."""
 
     def clauses(exprs: Sequence[str], prefix: str) -> str:
         out = []
@@ -69,6 +86,7 @@ def policy_yaml(conditions: Sequence[str], *, amount: str = "1000元", parameter
                     f"{textwrap.indent(expr.strip(chr(10)), ' ' * 6)}\n"
                     for name, expr in (definitions or {}).items())
     defs = f"definitions:\n{named}" if named else ""
+    rounding_line = f"  rounding: {rounding}\n" if rounding is not None else ""
     return (f"id: {policy_id}\n"
             'version: "1"\n'
             "title: 演示政策\n"
@@ -89,6 +107,7 @@ def policy_yaml(conditions: Sequence[str], *, amount: str = "1000元", parameter
             f"{pay}"
             "amount:\n"
             "  text: 金额\n"
+            f"{rounding_line}"
             "  formula: |\n"
             f"{textwrap.indent(amount.strip(chr(10)), '    ')}\n"
             f"{cap_line}")

@@ -4,12 +4,14 @@ pack's new versions deciding as the stored texts they replace."""
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 from rules_testkit import (
     POLICIES_DIR,
     TODAY,
+    PolicyArgs,
     compile_text,
     document,
     load_text,
@@ -24,6 +26,7 @@ from rules import ast
 from rules.columns import from_documents
 from rules.errors import ExpressionSyntaxError, ExpressionTypeError, PolicyFileError, PolicySchemaError
 from rules.evaluator import evaluate
+from rules.facts import FactValue, Record
 from rules.interpreter import Interpreter, Reads
 from rules.loader import load_policy_text
 from service.audit.decision import mask_of
@@ -172,14 +175,14 @@ def test_inline_writes_every_definition_out() -> None:
 
 
 # --- the same decisions as written out ----------------------------------------------------------
-NAMED = dict(conditions=["young >= 1 and staff > 0", "share <= 20% or staff <= 10",
+NAMED: PolicyArgs = dict(conditions=["young >= 1 and staff > 0", "share <= 20% or staff <= 10",
                          "count(h in hires where h.age >= min_age) >= 1"],
              payable=["not arrears"],
              amount="young * 1500元 + (if arrears then 0 else staff * 10%)",
              definitions={"young": "count(h in hires where h.age <= 24 and h.age >= min_age)",
                           "min_age": "16", "staff": "si.insured_start", "arrears": "si.ui_arrears",
                           "share": "ratio(young, staff)"})
-WRITTEN_OUT = dict(
+WRITTEN_OUT: PolicyArgs = dict(
     conditions=["count(h in hires where h.age <= 24 and h.age >= 16) >= 1 and si.insured_start > 0",
                 "ratio(count(h in hires where h.age <= 24 and h.age >= 16), si.insured_start) <= 20% "
                 "or si.insured_start <= 10",
@@ -189,11 +192,11 @@ WRITTEN_OUT = dict(
            "+ (if si.ui_arrears then 0 else si.insured_start * 10%)")
 
 
-def hires(*ages: int | None) -> list[object]:
+def hires(*ages: int | None) -> list[Record]:
     return [record(f"hire:{i}", "human_resources", age=age) for i, age in enumerate(ages)]
 
 
-CASES = [
+CASES: list[dict[str, FactValue | None]] = [
     {"si.insured_start": 8, "si.ui_arrears": False},
     {"si.insured_start": 40, "si.ui_arrears": False},
     {"si.insured_start": 40, "si.ui_arrears": True},
@@ -206,15 +209,15 @@ AGES = [(), (20,), (20, 22, 30), (15, 20), (None, 20), (20,) * 9]
 def test_a_policy_with_definitions_decides_and_compiles_as_the_one_written_out(tmp_path: Path) -> None:
     (tmp_path / "named").mkdir()
     (tmp_path / "written").mkdir()
-    named = compile_text(tmp_path / "named", policy_yaml(**NAMED))  # type: ignore[arg-type]
-    written = compile_text(tmp_path / "written", policy_yaml(**WRITTEN_OUT))  # type: ignore[arg-type]
+    named = compile_text(tmp_path / "named", policy_yaml(**NAMED))
+    written = compile_text(tmp_path / "written", policy_yaml(**WRITTEN_OUT))
     # The engine sees the same ruleset: definitions are inlined before lowering.
     assert named.definition == written.definition
     assert named.layout.fields == written.layout.fields
     outcomes = set()
     for values in CASES:
         for ages in AGES:
-            doc = document(values, collections={"hires": hires(*ages)})  # type: ignore[arg-type]
+            doc = document(values, collections={"hires": hires(*ages)})
             a, b = evaluate(named, doc, today=TODAY), evaluate(written, doc, today=TODAY)
             outcomes.add(a.outcome)
             assert (a.outcome, a.amount_fen, mask_of(a.conditions, a.payable), a.missing, a.held) == \
@@ -226,7 +229,7 @@ def test_a_policy_with_definitions_decides_and_compiles_as_the_one_written_out(t
 
 # --- the trace ----------------------------------------------------------------------------------
 def test_the_trace_shows_each_named_term_a_clause_used_with_its_value(tmp_path: Path) -> None:
-    compiled = compile_text(tmp_path, policy_yaml(**NAMED))  # type: ignore[arg-type]
+    compiled = compile_text(tmp_path, policy_yaml(**NAMED))
     doc = document({"si.insured_start": 40, "si.ui_arrears": False},
                    collections={"hires": hires(20, 22, 30)})
     result = evaluate(compiled, doc, today=TODAY)
@@ -249,7 +252,7 @@ def test_the_trace_shows_each_named_term_a_clause_used_with_its_value(tmp_path: 
 
 
 def test_a_term_that_cannot_be_known_shows_no_value(tmp_path: Path) -> None:
-    compiled = compile_text(tmp_path, policy_yaml(**NAMED))  # type: ignore[arg-type]
+    compiled = compile_text(tmp_path, policy_yaml(**NAMED))
     doc = document({"si.insured_start": 5, "si.ui_arrears": None}, collections={"hires": hires(None, 20)})
     result = evaluate(compiled, doc, today=TODAY)
     by_name = {t.name: t.value for c in result.conditions for t in c.terms}
@@ -259,7 +262,7 @@ def test_a_term_that_cannot_be_known_shows_no_value(tmp_path: Path) -> None:
 
 
 def test_a_definition_is_evaluated_once_per_evaluation(tmp_path: Path) -> None:
-    compiled = compile_text(tmp_path, policy_yaml(**NAMED))  # type: ignore[arg-type]
+    compiled = compile_text(tmp_path, policy_yaml(**NAMED))
     interp = Interpreter(document({"si.insured_start": 40}, collections={"hires": hires(20)}),
                          compiled.params, period=2025, today=TODAY)
     young = next(n for n in ast.walk(compiled.policy.conditions[0].expr) if isinstance(n, ast.Ref))
@@ -315,11 +318,10 @@ def test_the_vectorised_trace_computes_a_definition_once_per_chunk(tmp_path: Pat
                                                   definitions={"young": "count(h in hires where h.age <= 24)"}))
     assert compiled.vectorised is not None
     docs = [document({}, collections={"hires": hires(*ages)}) for ages in AGES]
-    calls = []
-    bincount = np.bincount
-    monkeypatch.setattr(np, "bincount", lambda *a, **k: calls.append(1) or bincount(*a, **k))
+    bincount = mock.Mock(wraps=np.bincount)   # counts the calls, computes as np.bincount
+    monkeypatch.setattr(np, "bincount", bincount)
     trace = compiled.vectorised.run(from_documents(docs, CATALOGUE), today=TODAY)
     # one count with a filter: records per owner, matched, unsure - for the whole chunk, once,
     # though four clauses/formulas and the engine fact's term use it
-    assert len(calls) == 3
+    assert bincount.call_count == 3
     assert list(trace.amount_fen) == [evaluate(compiled, doc, today=TODAY).amount_fen for doc in docs]

@@ -5,6 +5,7 @@ import json
 import random
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import date, timedelta
 from pathlib import Path
@@ -31,24 +32,25 @@ from rules.evaluator import (
     HELD,
     INELIGIBLE,
     UNDETERMINED,
+    ClauseResult,
     CollectionRead,
     Evaluation,
     FactRead,
     evaluate,
 )
-from rules.facts import Fact, FactsDocument, FactValue
+from rules.facts import Fact, FactsDocument, FactValue, Record
 
 SI_CONDITION_READS = ["si.ui_months_paid", "si.ui_arrears", "si.ui_benefit_claimants",
                       "si.insured_avg_monthly", "si.insured_start"]
 
 
-def stable(overrides: dict[str, FactValue | None] | None = None, period: int = 2025,
-           **kwargs: Any) -> Evaluation:
-    return evaluate(stable_jobs().compiled(period), stable_document(overrides, **kwargs),
-                    today=TODAY)
+def stable(overrides: dict[str, FactValue | None] | None = None, period: int = 2025, *,
+           credit_listings: Sequence[Record] = (), missing: Mapping[str, str] | None = None) -> Evaluation:
+    document = stable_document(overrides, credit_listings=credit_listings, missing=missing)
+    return evaluate(stable_jobs().compiled(period), document, today=TODAY)
 
 
-def clause(result: Evaluation, clause_id: str) -> Any:
+def clause(result: Evaluation, clause_id: str) -> ClauseResult:
     return next(c for c in [*result.conditions, *result.payable] if c.id == clause_id)
 
 
@@ -453,7 +455,7 @@ def patch_fire(monkeypatch: pytest.MonkeyPatch, drop: AbstractSet[str] = frozens
     original = DurableRuleset.fire
 
     def fire(self: DurableRuleset, properties: dict[str, Any],
-             decide_on: Any = ()) -> frozenset[str]:
+             decide_on: Sequence[str] = ()) -> frozenset[str]:
         return frozenset((original(self, properties, decide_on) - drop) | add)
 
     monkeypatch.setattr(DurableRuleset, "fire", fire)
@@ -507,7 +509,7 @@ def test_engine_failure_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> N
     compiled = stable_jobs().compiled(2025)
 
     def broken(self: DurableRuleset, properties: dict[str, Any],
-               decide_on: Any = ()) -> frozenset[str]:
+               decide_on: Sequence[str] = ()) -> frozenset[str]:
         raise EngineError("simulated")
 
     monkeypatch.setattr(DurableRuleset, "fire", broken)
@@ -545,7 +547,7 @@ def random_condition(rng: random.Random, depth: int) -> str:
     return "(" + joiner.join(random_condition(rng, depth - 1) for _ in range(2)) + ")"
 
 
-def random_document(rng: random.Random) -> Any:
+def random_document(rng: random.Random) -> FactsDocument:
     values: dict[str, FactValue | None] = {
         "si.layoffs": rng.choice([0, 1, 2, 3, 4, 5, 6, 10, 50, 100]),
         "si.insured_start": rng.choice([0, 1, 3, 5, 10, 30, 31, 100]),

@@ -157,7 +157,7 @@ def test_both_sides_naming_each_other_is_the_same_exclusion(tmp_path: Path) -> N
     root = directory(tmp_path, {"alpha": with_keys("alpha", ["beta"]),
                                 "beta": with_keys("beta", ["alpha"])})
     policies = load_dir(root)
-    assert (policies.excluded("alpha"), policies.excluded("beta")) == ({"beta"}, {"alpha"})
+    assert (policies.excluded("alpha"), policies.excluded("beta")) == (frozenset({"beta"}), frozenset({"alpha"}))
 
 
 def test_excluded_is_the_symmetric_closure(tmp_path: Path) -> None:

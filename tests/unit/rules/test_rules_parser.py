@@ -157,7 +157,7 @@ def test_percent_literal_is_an_exact_decimal(text: str, value: Decimal) -> None:
 
 def test_percent_is_exact_not_binary_float() -> None:
     node = parse_expression("5.5%")
-    assert isinstance(node, ast.Literal)
+    assert isinstance(node, ast.Literal) and isinstance(node.value, Decimal)
     assert Fraction(node.value) == Fraction(11, 200)  # a float 0.055 would not be
     node = parse_expression("0.1")
     assert isinstance(node, ast.Literal) and node.value == Decimal("0.1")

@@ -175,6 +175,7 @@ def test_a_reference_policy_carries_its_description_periods_and_conditions() -> 
     message = convert.policy(loaded, frozenset({"job-expansion-subsidy", "high-tech-reward"}))
     assert (message.policy_id, message.version, message.title, message.rule_sha256) == \
         ("stable-jobs-refund", "2025.2", "失业保险稳岗返还", loaded.sha256)
+    assert loaded.model.description is not None
     assert message.description == loaded.model.description.strip() and not message.description.endswith("\n")
     assert (message.apply_free, message.application_reason) == (True, "")
     assert (list(message.periods), message.open_ended) == ([2022, 2023, 2024, 2025], False)

@@ -13,7 +13,7 @@ from service.errors import AuthFileError
 from service.server import create_server
 
 RULES_DIR = Path(__file__).resolve().parents[3] / "rules"
-ADMIN = {"principal": "ops", "role": "admin", "token": "admin-token-0123456789"}
+ADMIN: dict[str, object] = {"principal": "ops", "role": "admin", "token": "admin-token-0123456789"}
 
 
 def feed(**fields: object) -> dict[str, object]:
