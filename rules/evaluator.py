@@ -11,7 +11,7 @@ from datetime import date
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from rules.compiler import Clause, encode
+from rules.compiler import INT64_MAX, Clause, encode
 from rules.engine import ENGINE_VERSION
 from rules.errors import EngineDisagreementError, EngineError
 from rules.facts import FactsDocument
@@ -268,6 +268,8 @@ def _amount(compiled: CompiledPolicy, interpreter: Interpreter,
     if policy.cap_fen is not None and fen > policy.cap_fen:
         notes.append(f"capped at {policy.cap_fen} fen")
         fen = policy.cap_fen
+    if fen > INT64_MAX:   # only from facts beyond the catalogue's bounds; no column could hold it
+        raise OverflowError(f"amount {fen} fen is beyond int64")
     return fen, AmountTrace(rule.formula.strip(), rule.text, _show(exact), rule.rounding,
                             policy.cap_fen, fact_reads, notes, terms), []
 

@@ -255,9 +255,7 @@ class VectorisedPolicy:
                         column.values[row], column.known[row] = properties[prop], True
             fen[row], amount_known[row] = 0, False
             if not (conditions[row] == FALSE).any():   # evaluate computes the amount only then
-                amount, _, missing = _amount(compiled, interp, document)
-                if abs(amount) > INT64_MAX:
-                    raise OverflowError(f"amount {amount} fen is beyond int64")
+                amount, _, missing = _amount(compiled, interp, document)   # raises beyond int64
                 fen[row], amount_known[row] = amount, not missing
         except (OverflowError, ValueError) as exc:
             failed[row], messages[row] = True, f"{columns.usccs[row]}: {exc}"

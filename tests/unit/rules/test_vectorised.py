@@ -27,6 +27,7 @@ from rules_testkit import (
     position_of,
     record,
     shipped_policies,
+    stable_document,
     write_policy,
 )
 
@@ -205,20 +206,29 @@ def test_values_beyond_the_catalogue_bounds_are_decided_by_the_interpreter(polic
     assert compiled.vectorised is not None
     referred = 0
 
-    # The ignore below stays: mypy does not carry the narrowing above into the closure, and the
-    # closure's text must not change - derandomize seeds Hypothesis from it (other text, other
-    # documents drawn: a seed drawn from an edited text finds rows the trace fails but evaluate
-    # does not, amounts beyond int64 from values beyond the catalogue's bounds).
+    vectorised = compiled.vectorised
+
     @SETTINGS
     @given(documents(compiled, beyond=True))
     def check(docs: list[FactsDocument]) -> None:
         nonlocal referred
-        trace = compiled.vectorised.run(from_documents(docs, CATALOGUE), today=TODAY)  # type: ignore[union-attr]
+        trace = vectorised.run(from_documents(docs, CATALOGUE), today=TODAY)
         referred += len(trace.reference_rows)
         assert_agrees(compiled, docs, engine_may_wrap=True)
 
     check()
     assert referred > 0
+
+
+def test_an_amount_beyond_int64_fails_its_row_in_the_trace_and_in_evaluate_alike() -> None:
+    # only facts beyond the catalogue's bounds reach it: (INT64_MAX - INT64_MIN) * 60 %
+    compiled = shipped_policies().get("stable-jobs-refund").compiled(2025)
+    doc = stable_document({"si.ui_premium_paid_fen": INT64_MAX, "si.ui_back_payment_fen": 0,
+                           "si.ui_late_fee_fen": -INT64_MAX - 1, "enterprise.org_type": "law_firm"})
+    trace = assert_agrees(compiled, [doc], engine_may_wrap=True)
+    assert trace.failed[0] and "beyond int64" in trace.messages[0]
+    with pytest.raises(OverflowError, match="beyond int64"):
+        evaluate(compiled, doc, today=TODAY)
 
 
 def test_a_count_beyond_its_bound_is_decided_by_the_interpreter_where_the_engine_wraps() -> None:
