@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from functools import partial
-from typing import Protocol, cast
 
 import grpc
 import pytest
@@ -17,8 +16,8 @@ from benefits.v1 import (
     registry_service_pb2,
 )
 from google.protobuf import descriptor_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from testkit.api_fixtures import (
     ALLOWED_CODES,
     HASHED_AUDITOR_TOKEN,
@@ -39,6 +38,7 @@ from testkit.api_fixtures import (
     field_violations,
     rpc_error,
 )
+from testkit.grpc_stubs import health_stub, reflection_stub
 
 from service.api.auth import METHOD_ROLES
 from service.server import SERVICE_NAMES
@@ -200,41 +200,22 @@ def test_list_matched_benefits_is_not_found_for_an_unknown_uscc_in_any_period(
 
 # ---------------------------------------------------------------------------------------------
 # Health (open to orchestrators) and reflection (needs a token).
-class _Health(Protocol):
-    """HealthStub as it is at run time: its typeshed stub declares no methods."""
-    Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
-
-
-class _Reflection(Protocol):
-    """ServerReflectionStub as it is at run time: its typeshed stub leaves the method untyped."""
-    ServerReflectionInfo: grpc.StreamStreamMultiCallable[reflection_pb2.ServerReflectionRequest,
-                                                         reflection_pb2.ServerReflectionResponse]
-
-
-def _health(channel: grpc.Channel) -> _Health:
-    return cast(_Health, health_pb2_grpc.HealthStub(channel))
-
-
-def _reflection(channel: grpc.Channel) -> _Reflection:
-    return cast(_Reflection, reflection_pb2_grpc.ServerReflectionStub(channel))
-
-
 @pytest.mark.parametrize("service", ["", "benefits.v1.BenefitService", *SERVICE_NAMES])
 def test_health_is_serving_without_a_token(stubs: Stubs, service: str) -> None:
-    health = _health(stubs.channel)
+    health = health_stub(stubs.channel)
     reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_health_of_an_unknown_service_is_not_found(stubs: Stubs) -> None:
-    health = _health(stubs.channel)
+    health = health_stub(stubs.channel)
     err = rpc_error(lambda: health.Check(
         health_pb2.HealthCheckRequest(service="benefits.v1.NoSuchService"), timeout=10))
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _list_services(stubs: Stubs, metadata: list[tuple[str, str]]) -> list[str]:
-    reflection = _reflection(stubs.channel)
+    reflection = reflection_stub(stubs.channel)
     requests: Iterator[reflection_pb2.ServerReflectionRequest] = iter(
         [reflection_pb2.ServerReflectionRequest(list_services="")])
     # grpc's stubs type metadata as a tuple; the call takes any sequence of pairs.
@@ -252,7 +233,7 @@ def test_reflection_lists_the_services_with_any_token(stubs: Stubs, role: str) -
 
 
 def test_reflection_describes_a_service_from_the_contract(stubs: Stubs) -> None:
-    reflection = _reflection(stubs.channel)
+    reflection = reflection_stub(stubs.channel)
     replies = list(reflection.ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(
             file_containing_symbol="benefits.v1.BenefitService")]),

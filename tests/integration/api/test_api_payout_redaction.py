@@ -16,7 +16,6 @@ import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Protocol, cast
 
 import grpc
 import pytest
@@ -24,6 +23,7 @@ from benefits.v1 import payout_service_pb2 as pb
 from benefits.v1 import registry_service_pb2
 from sqlalchemy import update
 from testkit.api_fixtures import TAX_FEED_TOKEN, TOKENS, Stubs, as_role, bearer, load_registry, write_auth_file
+from testkit.grpc_stubs import debuggable
 from testkit.money_fixtures import GIANT, Money, enterprise, pain002, title, uscc, write_payers
 from testkit.server_process import server_process
 
@@ -53,18 +53,11 @@ def _records() -> list[dict[str, object]]:
     return out
 
 
-class _DebuggableError(Protocol):
-    def code(self) -> grpc.StatusCode: ...
-    def details(self) -> str | None: ...
-    def debug_error_string(self) -> str: ...
-
-
 def _failure(call: Callable[[], object]) -> str:
     try:
         call()
     except grpc.RpcError as err:
-        # grpc raises _InactiveRpcError, which has debug_error_string(); grpc.RpcError's stub lacks it.
-        seen = cast(_DebuggableError, err)
+        seen = debuggable(err)
         return f"{seen.code()} {seen.details()} {seen.debug_error_string()}"
     return "OK"
 

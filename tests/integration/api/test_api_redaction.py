@@ -7,7 +7,6 @@ import json
 import re
 from functools import partial
 from pathlib import Path
-from typing import Protocol, cast
 
 import grpc
 from benefits.v1 import registry_service_pb2
@@ -24,6 +23,7 @@ from testkit.api_fixtures import (
     rpc_error,
     write_auth_file,
 )
+from testkit.grpc_stubs import debuggable
 from testkit.server_process import server_process
 
 from enterprise_registry.db import make_engine
@@ -43,15 +43,9 @@ def tax_record(uscc: str) -> dict[str, object]:
             "credit_rating": "A"}
 
 
-class _DebuggableError(Protocol):
-    def details(self) -> str | None: ...
-    def debug_error_string(self) -> str: ...
-
-
 def _reply(err: grpc.RpcError) -> str:
     """What a client sees of an error: its details and its debug string."""
-    # grpc raises _InactiveRpcError, which has debug_error_string(); grpc.RpcError's stub lacks it.
-    seen = cast(_DebuggableError, err)
+    seen = debuggable(err)
     return f"{seen.details()} {seen.debug_error_string()}"
 
 

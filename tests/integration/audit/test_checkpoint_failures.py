@@ -7,14 +7,13 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Protocol, cast
 
-import grpc
 import pytest
 from benefits.v1 import audit_service_pb2
 from benefits.v1 import payout_service_pb2 as pb
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from testkit.api_fixtures import TOKENS, Stubs, as_role, finished_batch, registry_records, serving
+from testkit.grpc_stubs import health_stub
 from testkit.paths import REPO_ROOT
 
 from enterprise_registry.db import make_engine
@@ -24,11 +23,6 @@ from service.server import Checkpointer
 
 SJR = "stable-jobs-refund"
 RETRY_WITHIN = 10.0  # seconds a test waits for the retry that succeeds
-
-
-class _Health(Protocol):
-    """HealthStub as it is at run time: its typeshed stub declares no methods."""
-    Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
 
 
 def _key_text(path: Path) -> str:
@@ -66,7 +60,7 @@ def test_a_failing_checkpoint_never_fails_an_export_nor_stops_the_server(
         try:
             data = _export_a_batch(stubs)
             assert data.startswith(b"end_to_end_id,")  # the export answered, whole
-            health = cast(_Health, health_pb2_grpc.HealthStub(stubs.channel)).Check(health_pb2.HealthCheckRequest(),
+            health = health_stub(stubs.channel).Check(health_pb2.HealthCheckRequest(),
                                                                                     timeout=10)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             assert running.checkpoint.failures >= 2  # at start and after the export, at least

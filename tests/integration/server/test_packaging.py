@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, cast
 
 import grpc
 import pytest
@@ -25,19 +24,14 @@ from benefits.v1 import (
     policy_service_pb2,
     policy_service_pb2_grpc,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from testkit.api_fixtures import CLIENT_OPTIONS, POLICY_IDS, SJR, TIMEOUT, bearer
+from testkit.grpc_stubs import health_stub
 from testkit.paths import REPO_ROOT, RULES_DIR
 from testkit.server_process import LISTENING, STARTUP_SECONDS, ServerProcess
 
 PROTOS = sorted(p.stem for p in (REPO_ROOT / "proto" / "benefits" / "v1").glob("*.proto"))
 STEP_SECONDS = 300
-
-
-class _Health(Protocol):
-    """HealthStub as it is at run time: its typeshed stub declares no methods."""
-
-    Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
 
 
 def _run(command: list[str | Path], cwd: Path, env: dict[str, str]) -> str:
@@ -147,7 +141,7 @@ def test_the_installed_server_serves_from_another_directory(installed: Path, tmp
         try:
             port = int(server.wait_for(LISTENING, STARTUP_SECONDS).group(1))
             with grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS) as channel:
-                health = cast(_Health, health_pb2_grpc.HealthStub(channel)).Check(
+                health = health_stub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=TIMEOUT
                 )
                 assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -9,13 +9,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol, TypedDict, Unpack, cast
+from typing import TypedDict, Unpack, cast
 
 import grpc
 import pytest
 from benefits.v1 import policy_service_pb2, policy_service_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from testkit.api_fixtures import TOKENS, A, as_role, load_registry, registry_records, serving, write_auth_file
+from testkit.grpc_stubs import health_stub
 from testkit.paths import REPO_ROOT, RULES_DIR
 from testkit.server_process import server_process
 from testkit.tls_material import TlsFiles, make_tls_files
@@ -56,15 +57,10 @@ def mtls_server(pki: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iter
                        client_ca=pki.ca)
 
 
-class _Health(Protocol):
-    """HealthStub as it is at run time: its typeshed stub declares no methods."""
-    Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
-
-
 def _health(target: str | Endpoint) -> int:
     """The serving status (a HealthCheckResponse.ServingStatus value)."""
     with open_channel(target) as channel:
-        return cast(_Health, health_pb2_grpc.HealthStub(channel)).Check(health_pb2.HealthCheckRequest(),
+        return health_stub(channel).Check(health_pb2.HealthCheckRequest(),
                                                                         timeout=CALL_SECONDS).status
 
 

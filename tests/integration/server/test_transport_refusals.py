@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol, cast
 
 import grpc
 import pytest
 from benefits.v1 import payout_service_pb2, payout_service_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from testkit.api_fixtures import as_role, bearer, registry_records, serving, write_auth_file
+from testkit.grpc_stubs import health_stub, reflection_stub
 from testkit.paths import RULES_DIR
 from testkit.tls_material import TlsFiles, make_tls_files
 
@@ -51,22 +51,10 @@ def _code(call: Callable[[], object]) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-class _Health(Protocol):
-    """HealthStub as it is at run time: its typeshed stub declares no methods."""
-    Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
-    Watch: grpc.UnaryStreamMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
-
-
-class _Reflection(Protocol):
-    """ServerReflectionStub as it is at run time: its typeshed stub leaves the method untyped."""
-    ServerReflectionInfo: grpc.StreamStreamMultiCallable[reflection_pb2.ServerReflectionRequest,
-                                                         reflection_pb2.ServerReflectionResponse]
-
-
 def _calls(endpoint: Endpoint, metadata: list[tuple[str, str]] | None) -> dict[str, grpc.StatusCode]:
     with open_channel(endpoint) as channel:
-        health = cast(_Health, health_pb2_grpc.HealthStub(channel))
-        reflection = cast(_Reflection, reflection_pb2_grpc.ServerReflectionStub(channel))
+        health = health_stub(channel)
+        reflection = reflection_stub(channel)
         # grpc's stubs type metadata as a tuple; the calls take any sequence of pairs.
         pairs = None if metadata is None else tuple(metadata)
         payout = payout_service_pb2_grpc.PayoutServiceStub(channel)
