@@ -141,9 +141,7 @@ def test_the_installed_server_serves_from_another_directory(installed: Path, tmp
         try:
             port = int(server.wait_for(LISTENING, STARTUP_SECONDS).group(1))
             with grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS) as channel:
-                health = health_stub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=TIMEOUT
-                )
+                health = health_stub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
                 assert health.status == health_pb2.HealthCheckResponse.SERVING
 
                 policies = (
