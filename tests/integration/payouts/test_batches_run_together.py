@@ -38,8 +38,9 @@ from testkit.paths import POLICIES_DIR
 from enterprise_registry.importer import load_records
 from enterprise_registry.models import Enterprise
 from enterprise_registry.synthetic import generate
-from rules.evaluator import ELIGIBLE, evaluate
+from rules.evaluator import evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
+from rules.values import Outcome
 from service.audit.records import Actor, evaluation_record, prepare_record, verify_records
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
@@ -124,7 +125,7 @@ def _awards(engine: Engine, policy: LoadedPolicy, period: int = PERIOD) -> dict[
     out = {}
     for rows in DocumentSource(engine).all_rows():
         evaluation = evaluate(compiled, build_document(rows, year), today=TODAY)
-        if evaluation.outcome == ELIGIBLE:
+        if evaluation.outcome == Outcome.ELIGIBLE:
             out[rows.uscc] = evaluation.amount_fen
     return out
 
