@@ -17,11 +17,10 @@ from rules.errors import EngineDisagreementError, EngineError
 from rules.facts import FactsDocument
 from rules.interpreter import UNKNOWN, Interpreter, Reads, truth
 from rules.money import to_fen
+from rules.values import Outcome, Truth
 
 if TYPE_CHECKING:   # the loader compiles the vectorised trace, which builds on this module
     from rules.loader import CompiledPolicy, LoadedPolicy
-
-ELIGIBLE, INELIGIBLE, UNDETERMINED, HELD = "ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD"
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class ClauseResult:
     id: str
     text: str
     citation: str
-    result: str                 # "true", "false", "unknown"
+    result: Truth
     reads: list[FactRead]
     collections: list[CollectionRead] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -84,7 +83,7 @@ class Evaluation:
     fact_year: int
     uscc: str
     evaluated_on: str
-    outcome: str
+    outcome: Outcome
     amount_fen: int
     conditions: list[ClauseResult]
     payable: list[ClauseResult]
@@ -101,7 +100,7 @@ class Evaluation:
 
     @property
     def failed(self) -> list[ClauseResult]:
-        return [c for c in self.conditions if c.result == "false"]
+        return [c for c in self.conditions if c.result == Truth.FALSE]
 
 
 def evaluate(compiled: CompiledPolicy, document: FactsDocument, *, today: date) -> Evaluation:
@@ -118,27 +117,27 @@ def evaluate(compiled: CompiledPolicy, document: FactsDocument, *, today: date) 
 
     missing = _missing(condition_results)
     amount_fen, amount_trace, amount_missing = 0, None, list[str]()
-    if any(c.result == "false" for c in condition_results):
-        outcome = INELIGIBLE
-    elif any(c.result == "unknown" for c in condition_results):
-        outcome = UNDETERMINED
+    if any(c.result == Truth.FALSE for c in condition_results):
+        outcome = Outcome.INELIGIBLE
+    elif any(c.result == Truth.UNKNOWN for c in condition_results):
+        outcome = Outcome.UNDETERMINED
         # Name also what the amount will need, so that one correction of the data suffices.
         missing += [name for name in _amount(compiled, interpreter, document)[2] if name not in missing]
     else:
         amount_fen, amount_trace, amount_missing = _amount(compiled, interpreter, document)
-        held = [c.id for c in payable_results if c.result != "true"]
+        held = [c.id for c in payable_results if c.result != Truth.TRUE]
         if held:
-            outcome, missing = HELD, amount_missing
+            outcome, missing = Outcome.HELD, amount_missing
         elif amount_missing:
-            outcome, missing = UNDETERMINED, amount_missing
+            outcome, missing = Outcome.UNDETERMINED, amount_missing
         else:
-            outcome = ELIGIBLE
-    held_ids = [c.id for c in payable_results if c.result != "true"] if outcome == HELD else []
+            outcome = Outcome.ELIGIBLE
+    held_ids = [c.id for c in payable_results if c.result != Truth.TRUE] if outcome == Outcome.HELD else []
     return Evaluation(
         policy_id=policy.id, policy_version=policy.version, rule_sha256=policy.sha256,
         period=compiled.period, fact_year=document.fact_year, uscc=document.uscc,
         evaluated_on=today.isoformat(), outcome=outcome,
-        amount_fen=amount_fen if outcome in (ELIGIBLE, HELD) else 0,
+        amount_fen=amount_fen if outcome in (Outcome.ELIGIBLE, Outcome.HELD) else 0,
         conditions=condition_results, payable=payable_results, missing=missing, held=held_ids,
         amount=amount_trace, conflict_group=policy.model.conflict_group)
 
@@ -220,10 +219,10 @@ def _cross_check(compiled: CompiledPolicy, document: FactsDocument, conditions: 
     problems = []
     clauses = [*policy.conditions, *policy.payable]
     for clause, result in zip(clauses, [*conditions, *payable]):
-        if (clause.rule in fired) != (result.result == "true"):
+        if (clause.rule in fired) != (result.result == Truth.TRUE):
             problems.append(f"clause {clause.id}: engine {'held' if clause.rule in fired else 'failed'}"
                             f", trace {result.result}")
-    all_true = all(c.result == "true" for c in conditions)
+    all_true = all(c.result == Truth.TRUE for c in conditions)
     if ("all" in fired) != all_true:
         problems.append(f"decision: engine {'eligible' if 'all' in fired else 'not eligible'}, "
                         f"trace {'eligible' if all_true else 'not eligible'}")
@@ -238,7 +237,7 @@ def _missing(results: list[ClauseResult]) -> list[str]:
     else the clause itself (never an empty list for an unknown clause)."""
     names: list[str] = []
     for result in results:
-        if result.result != "unknown":
+        if result.result != Truth.UNKNOWN:
             continue
         found = [r.name for r in result.reads if r.missing is not None] + result.notes
         for name in found or [f"{result.id}: not decidable from the facts on record"]:

@@ -13,6 +13,7 @@ from fractions import Fraction
 
 from rules import ast
 from rules.facts import FactsDocument, Record
+from rules.values import Truth
 
 
 class _Unknown:
@@ -94,11 +95,11 @@ class Interpreter:
         return self._terms[node.name]
 
 
-def truth(value: Value) -> str:
-    """'true', 'false' or 'unknown' for a condition's value."""
+def truth(value: Value) -> Truth:
+    """A condition's value as a clause's truth."""
     if value is UNKNOWN:
-        return "unknown"
-    return "true" if value is True else "false"
+        return Truth.UNKNOWN
+    return Truth.TRUE if value is True else Truth.FALSE
 
 
 def as_number(value: int | Decimal | Fraction) -> int | Fraction:

@@ -10,12 +10,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from rules.errors import PolicySchemaError
+from rules.values import Outcome, Truth
 from rules.yaml_source import Located
 
 _ID = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
@@ -155,9 +157,10 @@ class Policy(_Strict):
 
 
 class Expectation(_Strict):
-    outcome: Literal["ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD"]
+    # the words as a YAML file gives them (strict mode would take only members)
+    outcome: Annotated[Outcome, Strict(False)]
     amount_fen: int | None = None
-    conditions: dict[str, Literal["true", "false", "unknown"]] | None = None
+    conditions: dict[str, Annotated[Truth, Strict(False)]] | None = None
     missing: list[str] | None = None
     held: list[str] | None = None
 

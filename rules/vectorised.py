@@ -30,9 +30,10 @@ from rules import ast
 from rules.columns import Column, FactColumns, RecordColumns, dtype_of, row_document
 from rules.compiler import INT64_MAX, MAX_STRING
 from rules.errors import EngineError, VectorisedLimitError
-from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, _amount, _checked, _engine_fact
+from rules.evaluator import _amount, _checked, _engine_fact
 from rules.facts import DEFAULT_MAX_ABS
 from rules.interpreter import Interpreter, Tiers, truth
+from rules.values import OUTCOME_CODES, OUTCOME_OF_CODE, TRUTH_CODES, Outcome, Truth
 
 if TYPE_CHECKING:
     from rules.loader import CompiledPolicy
@@ -41,12 +42,11 @@ Bools = npt.NDArray[np.bool_]
 Ints = npt.NDArray[np.int64]
 Codes = npt.NDArray[np.int8]
 
-# Truth codes of a clause's three-valued result.
-FALSE, TRUE, UNKNOWN = np.int8(0), np.int8(1), np.int8(2)
-_TRUTH_CODE = {"false": FALSE, "true": TRUE, "unknown": UNKNOWN}
-# Outcome codes index OUTCOMES.
-OUTCOMES: tuple[str, ...] = (ELIGIBLE, INELIGIBLE, UNDETERMINED, HELD)
-ELIGIBLE_CODE, INELIGIBLE_CODE, UNDETERMINED_CODE, HELD_CODE = (np.int8(i) for i in range(4))
+# The codes of a clause's three-valued result and of an outcome (`rules.values`).
+FALSE, TRUE, UNKNOWN = TRUTH_CODES[Truth.FALSE], TRUTH_CODES[Truth.TRUE], TRUTH_CODES[Truth.UNKNOWN]
+ELIGIBLE_CODE, INELIGIBLE_CODE, UNDETERMINED_CODE, HELD_CODE = (
+    OUTCOME_CODES[Outcome.ELIGIBLE], OUTCOME_CODES[Outcome.INELIGIBLE], OUTCOME_CODES[Outcome.UNDETERMINED],
+    OUTCOME_CODES[Outcome.HELD])
 
 # The records one enterprise may have in one collection, as the compile-time bound of a count
 # (the catalogue bounds no collection; a row with more is decided by the interpreter).
@@ -93,8 +93,8 @@ class ChunkTrace:
     def __len__(self) -> int:
         return len(self.outcome)
 
-    def outcome_name(self, row: int) -> str:
-        return OUTCOMES[int(self.outcome[row])]
+    def outcome_name(self, row: int) -> Outcome:
+        return OUTCOME_OF_CODE[int(self.outcome[row])]
 
 
 class _Run:
@@ -242,9 +242,9 @@ class VectorisedPolicy:
             document = row_document(columns, row, policy.catalogue)
             interp = Interpreter(document, compiled.params, period=compiled.period, today=today)
             for i, clause in enumerate(policy.conditions):
-                conditions[row, i] = _TRUTH_CODE[truth(interp.evaluate(clause.expr))]
+                conditions[row, i] = TRUTH_CODES[truth(interp.evaluate(clause.expr))]
             for i, clause in enumerate(policy.payable):
-                payable[row, i] = _TRUTH_CODE[truth(interp.evaluate(clause.expr))]
+                payable[row, i] = TRUTH_CODES[truth(interp.evaluate(clause.expr))]
             try:
                 properties = _engine_fact(compiled, interp)
             except EngineError as exc:
@@ -781,5 +781,5 @@ def _decide(conditions: Codes, payable: Codes, fen: Ints, amount_known: Bools) -
     return outcome, np.where(paid & amount_known, fen, 0).astype(np.int64)
 
 
-__all__ = ["FALSE", "OUTCOMES", "TRUE", "UNKNOWN", "ChunkTrace", "VectorisedPolicy",
+__all__ = ["FALSE", "TRUE", "UNKNOWN", "ChunkTrace", "VectorisedPolicy",
            "compile_vectorised"]

@@ -8,10 +8,10 @@ from benefits.v1 import benefit_service_pb2, benefit_service_pb2_grpc
 from grpc_status import rpc_status
 
 from rules.money import format_yuan
+from rules.values import Outcome
+from service.api.enums import OUTCOMES
 from service.explain import OUTCOME_ZH
 from service.tls import Endpoint, open_channel
-
-_OUTCOME_NAMES = {1: "ELIGIBLE", 2: "INELIGIBLE", 3: "UNDETERMINED", 4: "HELD"}
 
 
 def lookup(target: str | Endpoint, token: str, *, uscc: str, policy_id: str | None, period: int) -> int:
@@ -32,10 +32,10 @@ def lookup(target: str | Endpoint, token: str, *, uscc: str, policy_id: str | No
             return 1
     print(f"企业 {uscc} 在 {period} 年度的免申即享匹配结果：")
     for benefit in listing.benefits:
-        outcome = _OUTCOME_NAMES.get(benefit.outcome, "UNDETERMINED")
+        outcome = OUTCOMES.from_proto.get(benefit.outcome, Outcome.UNDETERMINED)
         amount = f"  {format_yuan(benefit.amount_fen)}" if benefit.amount_fen else ""
         print(f"- {benefit.title}（{benefit.policy_id}）：{OUTCOME_ZH[outcome]}{amount}")
-        if benefit.summary and outcome != "ELIGIBLE":
+        if benefit.summary and outcome != Outcome.ELIGIBLE:
             print(f"    {benefit.summary}")
     print(f"详细说明：benefits lookup --uscc {uscc} --policy <policy_id> --period {period}")
     return 0

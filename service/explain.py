@@ -5,11 +5,12 @@ from typing import Any
 
 from rules.evaluator import ClauseResult, Evaluation, TermRead
 from rules.money import format_yuan
+from rules.values import Outcome, Truth
 
-OUTCOME_ZH = {"ELIGIBLE": "符合条件（免申即享）", "INELIGIBLE": "不符合条件",
-              "UNDETERMINED": "暂无法判定（数据缺失或过期）", "HELD": "符合条件但暂缓拨付"}
-RESULT_ZH = {"true": "✔ 满足", "false": "✘ 不满足", "unknown": "？ 无法判定"}
-_JSON_RESULT = {"true": True, "false": False, "unknown": None}
+OUTCOME_ZH = {Outcome.ELIGIBLE: "符合条件（免申即享）", Outcome.INELIGIBLE: "不符合条件",
+              Outcome.UNDETERMINED: "暂无法判定（数据缺失或过期）", Outcome.HELD: "符合条件但暂缓拨付"}
+RESULT_ZH = {Truth.TRUE: "✔ 满足", Truth.FALSE: "✘ 不满足", Truth.UNKNOWN: "？ 无法判定"}
+_JSON_RESULT = {Truth.TRUE: True, Truth.FALSE: False, Truth.UNKNOWN: None}
 
 
 def as_json(evaluation: Evaluation, title: str | None = None) -> dict[str, Any]:
@@ -30,12 +31,12 @@ def as_text(evaluation: Evaluation, title: str) -> str:
     lines = [f"{title}（{e.policy_id} 版本 {e.policy_version}）",
              f"企业：{e.uscc}　政策期间：{e.period} 年　数据年度：{e.fact_year} 年　评估日期：{e.evaluated_on}",
              f"结果：{OUTCOME_ZH[e.outcome]}"]
-    if e.outcome in ("ELIGIBLE", "HELD"):
+    if e.outcome in (Outcome.ELIGIBLE, Outcome.HELD):
         lines.append(f"金额：{format_yuan(e.amount_fen)}（{e.amount_fen} 分）")
     lines.append("")
     lines.append("条件：")
     lines.extend(_clause(c) for c in e.conditions)
-    if e.payable and e.outcome in ("ELIGIBLE", "HELD"):
+    if e.payable and e.outcome in (Outcome.ELIGIBLE, Outcome.HELD):
         lines.append("拨付条件：")
         lines.extend(_clause(c) for c in e.payable)
     if e.missing:

@@ -22,6 +22,7 @@ from enterprise_registry.kinds import KINDS
 from rules.evaluator import Evaluation, evaluate
 from rules.loader import LoadedPolicy, PolicySet
 from rules.schema import PolicyTestCase, validate_test_cases
+from rules.values import Truth
 from rules.yaml_source import load
 from service.facts_documents import DocumentSource
 
@@ -114,7 +115,7 @@ def _compare(case: PolicyTestCase, result: Evaluation) -> list[str]:
 
 
 def _why(result: Evaluation) -> str:
-    failed = [c.id for c in result.conditions if c.result != "true"]
+    failed = [c.id for c in result.conditions if c.result != Truth.TRUE]
     extra = f"; not true: {failed}" if failed else ""
     if result.missing:
         extra += f"; missing: {result.missing}"

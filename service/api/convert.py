@@ -3,33 +3,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from benefits.v1 import evaluation_pb2, payout_service_pb2, policy_service_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from rules.evaluator import AmountTrace, ClauseResult, Evaluation, FactRead, TermRead
 from rules.loader import LoadedPolicy
+from service.api.enums import BATCH_STATES, LINE_STATES, OUTCOMES, TRUTHS
 from service.payouts.batches import Batch
 from service.payouts.payees import line_payee
-from service.payouts.states import BatchState, LineState
+from service.payouts.states import LineState
 
-# Our enums to the proto's, by name from the generated descriptors (BATCH_STATE_<name>, ...).
-# (protoc's stubs type Value() as int; the message fields take the enum type)
-BATCH_STATES = {state: cast(payout_service_pb2.BatchState,
-                            payout_service_pb2.BatchState.Value(f"BATCH_STATE_{state.value}")) for state in BatchState}
-LINE_STATES = {state: cast(payout_service_pb2.LineState,
-                           payout_service_pb2.LineState.Value(f"LINE_STATE_{state.value}")) for state in LineState}
 # The results a bank reports through RecordPayoutResults.
-BANK_RESULT_STATES = {LINE_STATES[state]: state for state in (LineState.PAID, LineState.RETURNED)}
-
-OUTCOMES = {"ELIGIBLE": evaluation_pb2.OUTCOME_ELIGIBLE,
-            "INELIGIBLE": evaluation_pb2.OUTCOME_INELIGIBLE,
-            "UNDETERMINED": evaluation_pb2.OUTCOME_UNDETERMINED,
-            "HELD": evaluation_pb2.OUTCOME_HELD}
-RESULTS = {"true": evaluation_pb2.CONDITION_RESULT_TRUE,
-           "false": evaluation_pb2.CONDITION_RESULT_FALSE,
-           "unknown": evaluation_pb2.CONDITION_RESULT_UNKNOWN}
+BANK_RESULT_STATES = {LINE_STATES.to_proto[state]: state for state in (LineState.PAID, LineState.RETURNED)}
 
 
 def evaluation(e: Evaluation, *, evaluation_id: str = "") -> evaluation_pb2.Evaluation:
@@ -38,7 +25,7 @@ def evaluation(e: Evaluation, *, evaluation_id: str = "") -> evaluation_pb2.Eval
     message = evaluation_pb2.Evaluation(
         evaluation_id=evaluation_id, uscc=e.uscc, policy_id=e.policy_id,
         policy_version=e.policy_version, rule_sha256=e.rule_sha256, period=e.period,
-        fact_year=e.fact_year, outcome=OUTCOMES[e.outcome], amount_fen=e.amount_fen,
+        fact_year=e.fact_year, outcome=OUTCOMES.to_proto[e.outcome], amount_fen=e.amount_fen,
         conditions=[_clause(c) for c in e.conditions],
         payable_conditions=[_clause(c) for c in e.payable],
         missing_facts=e.missing, held_conditions=e.held, evaluation_date=e.evaluated_on,
@@ -50,7 +37,7 @@ def evaluation(e: Evaluation, *, evaluation_id: str = "") -> evaluation_pb2.Eval
 
 def _clause(c: ClauseResult) -> evaluation_pb2.ConditionTrace:
     return evaluation_pb2.ConditionTrace(
-        id=c.id, text=c.text, citation=c.citation, result=RESULTS[c.result],
+        id=c.id, text=c.text, citation=c.citation, result=TRUTHS.to_proto[c.result],
         reads=[_read(r) for r in c.reads],
         collections=[evaluation_pb2.CollectionRead(name=k.name, label=k.label,
                                                    record_count=k.records,
@@ -107,7 +94,7 @@ def payout_batch(batch: Batch) -> payout_service_pb2.PayoutBatch:
     created.FromJsonString(batch.created_at)
     return payout_service_pb2.PayoutBatch(
         batch_id=batch.batch_id, policy_id=batch.policy_id, policy_version=batch.policy_version,
-        period=batch.period, state=BATCH_STATES[batch.state], line_count=batch.line_count,
+        period=batch.period, state=BATCH_STATES.to_proto[batch.state], line_count=batch.line_count,
         total_fen=batch.total_fen, request_id=batch.request_id, created_by=batch.created_by,
         approved_by=batch.approved_by or "", create_time=created, merkle_root=batch.merkle_root,
         cancelled_by=batch.cancelled_by or "", cancel_reason=batch.cancel_reason or "")
@@ -118,7 +105,7 @@ def payout_line(line: Mapping[str, Any], *, payee_changed: bool) -> payout_servi
     return payout_service_pb2.PayoutLine(
         line_id=str(line["grant_id"]), uscc=str(line["uscc"]), amount_fen=int(line["amount_fen"]),
         full_amount_fen=int(line["full_fen"]), evaluation_id=str(line["evaluation_id"]),
-        supersedes_line_id=str(line["tops_up"] or ""), state=LINE_STATES[LineState(line["state"])],
+        supersedes_line_id=str(line["tops_up"] or ""), state=LINE_STATES.to_proto[LineState(line["state"])],
         return_reason=str(line["return_reason"] or ""),
         payee=payout_service_pb2.Payee(account_name=payee.name, account_number_masked=payee.masked_account,
                                        bank_name=payee.bank),

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import orjson
@@ -15,6 +15,7 @@ from benefits.v1 import (
     audit_service_pb2_grpc,
     benefit_service_pb2,
     benefit_service_pb2_grpc,
+    evaluation_pb2,
     payout_service_pb2,
     payout_service_pb2_grpc,
     policy_service_pb2,
@@ -22,16 +23,21 @@ from benefits.v1 import (
     registry_service_pb2,
     registry_service_pb2_grpc,
 )
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.clock import Clock
 from enterprise_registry.db import refresh_statistics
+from enterprise_registry.errors import RecordError
 from enterprise_registry.importer import RecordChecker, store_records
 from enterprise_registry.models import MODEL_BY_KIND
+from enterprise_registry.records import Record
+from rules.evaluator import Evaluation
 from rules.loader import PolicyStore
-from service.api import convert
+from rules.values import Truth
+from service.api import convert, enums
 from service.api.auth import Principal, authorize_uscc, current_principal
 from service.api.paging import next_token, page_bounds
 from service.audit.ledger import read_snapshot
@@ -55,6 +61,9 @@ from service.payouts import batches, status_report
 from service.payouts.payees import changed_payees, line_payee, registry_payees
 from service.payouts.runner import BatchWorkers
 from service.payouts.states import BatchState, LineState
+
+if TYPE_CHECKING:   # imported where a batch is exported (the bank-file writers load with it)
+    from service.payouts.export import Payer
 
 MIN_PERIOD, MAX_PERIOD = 2000, 2100
 MAX_IMPORT_RECORDS = 1_000_000
@@ -95,7 +104,8 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
     def __init__(self, policies: PolicyStore) -> None:
         self.policies = policies
 
-    def ListPolicies(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ListPolicies(self, request: policy_service_pb2.ListPoliciesRequest,
+                     context: grpc.ServicerContext) -> policy_service_pb2.ListPoliciesResponse:
         current = self.policies.current
         everything = list(current)
         offset, limit = page_bounds(request.page_size, request.page_token, "policies")
@@ -104,7 +114,8 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
             policies=[convert.policy(p, current.excluded(p.id)) for p in page],
             next_page_token=next_token(offset, limit, len(everything), "policies"))
 
-    def GetPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetPolicy(self, request: policy_service_pb2.GetPolicyRequest,
+                  context: grpc.ServicerContext) -> policy_service_pb2.Policy:
         if not request.policy_id:
             raise InvalidArgumentError([("policy_id", "required")])
         current = self.policies.current
@@ -123,7 +134,8 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         self.engine = engine
         self.clock = clock
 
-    def ImportFacts(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    def ImportFacts(self, request_iterator: Iterator[registry_service_pb2.ImportFactsRequest],
+                    context: grpc.ServicerContext) -> registry_service_pb2.ImportFactsResponse:
         # Today is read once: a stream that runs past midnight is judged by the day it began.
         checker = RecordChecker("ImportFacts", max_errors=None, sources=_caller().sources,
                                 today=self.clock.today())
@@ -153,7 +165,8 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
                                                        reason=e.reason)
                      for e in sorted(checker.errors, key=lambda e: e.line)])
 
-    def GetEnterprise(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetEnterprise(self, request: registry_service_pb2.GetEnterpriseRequest,
+                      context: grpc.ServicerContext) -> registry_service_pb2.Enterprise:
         violations: list[tuple[str, str]] = []
         _check_uscc(request.uscc, violations)
         _raise_if(violations)
@@ -176,12 +189,11 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         return registry_service_pb2.Enterprise(uscc=request.uscc, name=name, records=records)
 
 
-def _reject(index: int, field: str | None, reason: str) -> Any:
-    from enterprise_registry.errors import RecordError
+def _reject(index: int, field: str | None, reason: str) -> RecordError:
     return RecordError("ImportFacts", index, field, reason)
 
 
-def _store(engine: Engine, records: list[Any], stored: int, stale: int) -> tuple[int, int]:
+def _store(engine: Engine, records: list[Record], stored: int, stale: int) -> tuple[int, int]:
     if not records:
         return stored, stale
     with engine.begin() as conn:
@@ -198,7 +210,8 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
         self.lookups = lookups
         self.clock = clock   # the evaluation date: the Asia/Shanghai date
 
-    def ListMatchedBenefits(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ListMatchedBenefits(self, request: benefit_service_pb2.ListMatchedBenefitsRequest,
+                            context: grpc.ServicerContext) -> benefit_service_pb2.ListMatchedBenefitsResponse:
         violations: list[tuple[str, str]] = []
         _check_uscc(request.uscc, violations)
         _check_period(request.period, violations)
@@ -219,12 +232,13 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
                                        period=request.period, today=today, actor=actor)
         benefits = [benefit_service_pb2.MatchedBenefit(
             policy_id=a.policy.id, title=a.policy.model.title, period=request.period,
-            outcome=convert.OUTCOMES[a.evaluation.outcome], amount_fen=a.evaluation.amount_fen,
+            outcome=enums.OUTCOMES.to_proto[a.evaluation.outcome], amount_fen=a.evaluation.amount_fen,
             summary=_summary(a.evaluation)) for a in answers]
         return benefit_service_pb2.ListMatchedBenefitsResponse(
             benefits=benefits, next_page_token=next_token(offset, limit, len(policies), query))
 
-    def ExplainEligibility(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ExplainEligibility(self, request: benefit_service_pb2.ExplainEligibilityRequest,
+                           context: grpc.ServicerContext) -> benefit_service_pb2.ExplainEligibilityResponse:
         violations: list[tuple[str, str]] = []
         _check_uscc(request.uscc, violations)
         if not request.policy_id:
@@ -238,9 +252,9 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
             explanation=as_text(answer.evaluation, answer.policy.model.title))
 
 
-def _summary(result: Any) -> str:
+def _summary(result: Evaluation) -> str:
     text = OUTCOME_ZH[result.outcome]
-    failed = [c.text for c in result.conditions if c.result == "false"]
+    failed = [c.text for c in result.conditions if c.result == Truth.FALSE]
     if failed:
         text += "：" + "；".join(failed)
     elif result.missing:
@@ -256,12 +270,13 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     is sealed in the ledger with the caller as actor."""
 
     def __init__(self, policies: PolicyStore, engine: Engine, workers: BatchWorkers, clock: Clock, *,
-                 payers: dict[str, Any] | None = None, on_export: Callable[[], object] = lambda: None,
+                 payers: dict[str, Payer] | None = None, on_export: Callable[[], object] = lambda: None,
                  watch_interval: float = WATCH_INTERVAL_SECONDS) -> None:
         self.policies, self.engine, self.workers, self.payers = policies, engine, workers, payers or {}
         self.clock, self.on_export, self.watch_interval = clock, on_export, watch_interval
 
-    def CreatePayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def CreatePayoutBatch(self, request: payout_service_pb2.CreatePayoutBatchRequest,
+                          context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
         violations: list[tuple[str, str]] = []
         if not request.policy_id:
             violations.append(("policy_id", "required"))
@@ -276,10 +291,12 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             self.workers.wake()  # a repeated request after a restart finishes the same batch
         return convert.payout_batch(batch)
 
-    def GetPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetPayoutBatch(self, request: payout_service_pb2.GetPayoutBatchRequest,
+                       context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
         return convert.payout_batch(batches.get_batch(self.engine, _batch_id(request)))
 
-    def WatchPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def WatchPayoutBatch(self, request: payout_service_pb2.WatchPayoutBatchRequest,
+                         context: grpc.ServicerContext) -> Iterator[payout_service_pb2.PayoutBatchProgress]:
         batch_id = _batch_id(request)
         last = None
         while context.is_active():
@@ -294,7 +311,8 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
                 return
             time.sleep(self.watch_interval)
 
-    def ListPayoutLines(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ListPayoutLines(self, request: payout_service_pb2.ListPayoutLinesRequest,
+                        context: grpc.ServicerContext) -> payout_service_pb2.ListPayoutLinesResponse:
         batch = batches.get_batch(self.engine, _batch_id(request))
         query = f"lines:{batch.batch_id}:{request.payee_changed}"
         offset, limit = page_bounds(request.page_size, request.page_token, query, default=100, maximum=1000)
@@ -315,21 +333,26 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
                    for line in lines],
             next_page_token=next_token(offset, limit, total, query))
 
-    def ApprovePayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ApprovePayoutBatch(self, request: payout_service_pb2.ApprovePayoutBatchRequest,
+                           context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
         return convert.payout_batch(batches.approve(self.engine, _batch_id(request), _actor()))
 
-    def CancelPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def CancelPayoutBatch(self, request: payout_service_pb2.CancelPayoutBatchRequest,
+                          context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
         return convert.payout_batch(batches.cancel(self.engine, _batch_id(request), _actor(), request.reason))
 
-    def WithdrawPayoutLines(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def WithdrawPayoutLines(self, request: payout_service_pb2.WithdrawPayoutLinesRequest,
+                            context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
         return convert.payout_batch(batches.withdraw(self.engine, _batch_id(request), list(request.line_ids),
                                                      request.reason, _actor()))
 
-    def ConfirmPayoutReturns(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ConfirmPayoutReturns(self, request: payout_service_pb2.ConfirmPayoutReturnsRequest,
+                             context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
         return convert.payout_batch(batches.confirm_returns(self.engine, _batch_id(request), list(request.line_ids),
                                                             _actor()))
 
-    def RecordPayoutResults(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def RecordPayoutResults(self, request: payout_service_pb2.RecordPayoutResultsRequest,
+                            context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
         results = []
         for index, result in enumerate(request.results):
             state = convert.BANK_RESULT_STATES.get(result.state)
@@ -338,7 +361,9 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             results.append(batches.BankResult(result.line_id, state, result.return_reason, f"results[{index}]"))
         return convert.payout_batch(batches.record_results(self.engine, _batch_id(request), results, _actor()))
 
-    def ImportPaymentStatusReport(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ImportPaymentStatusReport(
+            self, request: payout_service_pb2.ImportPaymentStatusReportRequest,
+            context: grpc.ServicerContext) -> payout_service_pb2.ImportPaymentStatusReportResponse:
         batch_id = _batch_id(request)
         if not request.data:
             raise InvalidArgumentError([("data", "required: the pain.002.001.10 document")])
@@ -349,7 +374,8 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
             batch=convert.payout_batch(batch), message_id=report.message_id, paid_count=len(results) - rejected,
             rejected_count=rejected, unchanged_count=len(report.transactions) - len(results))
 
-    def ExportPayoutBatch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def ExportPayoutBatch(self, request: payout_service_pb2.ExportPayoutBatchRequest,
+                          context: grpc.ServicerContext) -> Iterator[payout_service_pb2.ExportPayoutBatchResponse]:
         from service.payouts.export import export
 
         batch = batches.get_batch(self.engine, _batch_id(request))
@@ -371,7 +397,17 @@ def _actor() -> Actor:
     return Actor(caller.name, caller.role)
 
 
-def _batch_id(request: Any) -> str:
+class _BatchRequest(Protocol):
+    @property
+    def batch_id(self) -> str: ...
+
+
+class _EvaluationRequest(Protocol):
+    @property
+    def evaluation_id(self) -> str: ...
+
+
+def _batch_id(request: _BatchRequest) -> str:
     if not request.batch_id:
         raise InvalidArgumentError([("batch_id", "required")])
     return batches.check_id(str(request.batch_id), "batch_id")
@@ -381,11 +417,12 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     """Stored evaluations, verification of the ledger (and checkpoints), replay."""
 
     def __init__(self, engine: Engine, *, checkpoint_file: Path | None = None,
-                 public_key: Any = None) -> None:
+                 public_key: Ed25519PublicKey | None = None) -> None:
         self.engine = engine
         self.checkpoint_file, self.public_key = checkpoint_file, public_key
 
-    def GetEvaluation(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def GetEvaluation(self, request: audit_service_pb2.GetEvaluationRequest,
+                      context: grpc.ServicerContext) -> evaluation_pb2.Evaluation:
         _evaluation_id(request)
         with self.engine.connect() as conn:
             record = load_record(conn, request.evaluation_id)
@@ -393,7 +430,8 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
                 raise EvaluationNotFoundError(request.evaluation_id)
             return _stored_evaluation(conn, record)
 
-    def ListEvaluations(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ListEvaluations(self, request: audit_service_pb2.ListEvaluationsRequest,
+                        context: grpc.ServicerContext) -> audit_service_pb2.ListEvaluationsResponse:
         violations: list[tuple[str, str]] = []
         if request.period and not MIN_PERIOD <= request.period <= MAX_PERIOD:
             _check_period(request.period, violations)
@@ -404,7 +442,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             if value and (len(value) > 100 or not value.isprintable()):
                 violations.append((field, "at most 100 printable characters"))
         _raise_if(violations)
-        outcome = _OUTCOME_NAMES.get(request.outcome, "")
+        outcome: str = enums.OUTCOMES.from_proto.get(request.outcome, "")
         query = f"evaluations:{request.uscc}:{request.policy_id}:{request.period}:{request.batch_id}:{outcome}"
         offset, limit = page_bounds(request.page_size, request.page_token, query, default=100, maximum=1000)
         with self.engine.connect() as conn:
@@ -415,18 +453,20 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         return audit_service_pb2.ListEvaluationsResponse(
             evaluations=evaluations, next_page_token=next_token(offset, limit, total, query))
 
-    def VerifyAuditLog(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def VerifyAuditLog(self, request: audit_service_pb2.VerifyAuditLogRequest,
+                       context: grpc.ServicerContext) -> audit_service_pb2.VerifyAuditLogResponse:
         with read_snapshot(self.engine) as conn:   # one snapshot, while batches write
             verdict = verify_audit_log(conn, checkpoint_file=self.checkpoint_file,
                                        public_key=self.public_key)
         return audit_service_pb2.VerifyAuditLogResponse(
             entries_checked=verdict.entries_checked, head_hash=verdict.head_hash, valid=verdict.valid,
-            first_bad_entry=verdict.first_bad_entry, fault=_FAULTS[verdict.fault], detail=verdict.detail,
-            problems=[audit_service_pb2.AuditProblem(table=p.table, row=p.row, fault=_FAULTS[str(p.fault)],
+            first_bad_entry=verdict.first_bad_entry, fault=enums.FAULTS.to_proto[verdict.fault], detail=verdict.detail,
+            problems=[audit_service_pb2.AuditProblem(table=p.table, row=p.row, fault=enums.FAULTS.to_proto[p.fault],
                                                      ledger_entry=p.ledger_seq, detail=p.detail)
                       for p in verdict.problems])
 
-    def ReplayEvaluation(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ReplayEvaluation(self, request: audit_service_pb2.ReplayEvaluationRequest,
+                         context: grpc.ServicerContext) -> audit_service_pb2.ReplayEvaluationResponse:
         _evaluation_id(request)
         result = replay(self.engine, request.evaluation_id, CATALOGUE)
         if result is None:
@@ -436,21 +476,13 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             differences=result.differences)
 
 
-def _evaluation_id(request: Any) -> str:
+def _evaluation_id(request: _EvaluationRequest) -> str:
     if not request.evaluation_id:
         raise InvalidArgumentError([("evaluation_id", "required")])
     return batches.check_id(str(request.evaluation_id), "evaluation_id")
 
 
-_OUTCOME_NAMES = {1: "ELIGIBLE", 2: "INELIGIBLE", 3: "UNDETERMINED", 4: "HELD"}
-_FAULTS = {"none": audit_service_pb2.LEDGER_FAULT_NONE, "edited": audit_service_pb2.LEDGER_FAULT_EDITED,
-           "deleted": audit_service_pb2.LEDGER_FAULT_DELETED,
-           "inserted": audit_service_pb2.LEDGER_FAULT_INSERTED,
-           "reordered": audit_service_pb2.LEDGER_FAULT_REORDERED,
-           "checkpoint": audit_service_pb2.LEDGER_FAULT_CHECKPOINT}
-
-
-def _stored_evaluation(conn: Any, record: dict[str, Any]) -> Any:
+def _stored_evaluation(conn: Connection, record: dict[str, Any]) -> evaluation_pb2.Evaluation:
     """A compact record shown in full: rendered by replay, refused (DATA_LOSS) when the replay
     does not decide what the record says."""
     return convert.evaluation(render_faithful(conn, record, CATALOGUE), evaluation_id=record["evaluation_id"])

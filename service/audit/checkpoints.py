@@ -33,7 +33,6 @@ from service.audit.ledger import GENESIS_HASH, get_entry, head, ledger_entry
 from service.audit.restore_statement import RESTORE_KIND, CheckpointRef, RestoreStatement, is_restore_line
 from service.errors import LedgerKeyError
 
-CHECKPOINT_FAULT = "checkpoint"
 PUBLIC_KEY_SUFFIX = ".pub"
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from rules.engine import ENGINE_VERSION
 from rules.evaluator import ClauseResult, Evaluation
+from rules.values import Outcome, Truth
 
-MASK_CODES = {"true": "T", "false": "F", "unknown": "U"}
+MASK_CODES = {Truth.TRUE: "T", Truth.FALSE: "F", Truth.UNKNOWN: "U"}
 MASK_SEPARATOR = "/"
 _MASK = re.compile(f"[{''.join(MASK_CODES.values())}]*{MASK_SEPARATOR}[{''.join(MASK_CODES.values())}]*")
 
@@ -44,7 +45,7 @@ class Decision:
     fact_year: int
     uscc: str
     evaluated_on: str
-    outcome: str
+    outcome: Outcome
     amount_fen: int
     mask: str
     engine: str = ENGINE_VERSION
@@ -66,8 +67,16 @@ class Decision:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Decision:
-        """The decision a stored record holds (its fields are named as the dataclass's)."""
-        return cls(**{name: record[name] for name in DECISION_FIELDS})
+        """The decision a stored record holds (its fields are named as the dataclass's); ValueError
+        for an outcome that is none."""
+        fields = {name: record[name] for name in DECISION_FIELDS}
+        fields["outcome"] = Outcome(fields["outcome"])
+        return cls(**fields)
+
+    def shown(self, name: str) -> str:
+        """A field's value as a message quotes it: the outcome as its stored word, not its enum repr."""
+        value = getattr(self, name)
+        return repr(str(value) if isinstance(value, Outcome) else value)
 
 
 DECISION_FIELDS = tuple(Decision.__dataclass_fields__)

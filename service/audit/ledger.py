@@ -288,13 +288,15 @@ def _dialect(connection: Connection) -> str:
 
 
 class Fault(StrEnum):
-    """What `verify` found at the first bad entry."""
+    """What `verify` found at the first bad entry; CHECKPOINT is found by the signed checkpoints
+    (`service.audit.checkpoints`), never by `verify`."""
 
     NONE = "none"
     EDITED = "edited"          # payload or fields no longer match a hash
     DELETED = "deleted"        # an entry is missing: a gap in seq, or later entries renumbered over it
     INSERTED = "inserted"      # a self-consistent entry that does not chain onto its predecessor
     REORDERED = "reordered"    # genuine entries stored under each other's seq
+    CHECKPOINT = "checkpoint"  # the newest signed checkpoint does not vouch for the chain
 
 
 @dataclass(frozen=True, slots=True)

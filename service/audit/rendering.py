@@ -75,7 +75,7 @@ def render(connection: Connection, record: Mapping[str, Any], catalogue: Catalog
         raise RecordMismatchError(evaluation_id, [*differences, f"it cannot be replayed: {exc}"]) from exc
     replayed = Decision.of(again)
     # The engine's version is not compared: a newer engine replaying an old decision is no fault.
-    differences += [f"{name}: stored {getattr(stored, name)!r}, replayed {getattr(replayed, name)!r}"
+    differences += [f"{name}: stored {stored.shown(name)}, replayed {replayed.shown(name)}"
                     for name in DECISION_FIELDS
                     if name != "engine" and getattr(stored, name) != getattr(replayed, name)]
     return Rendering(evaluation_id, again, differences)

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.engine import Connection
 
 from service.audit import checkpoints
-from service.audit.ledger import verify
+from service.audit.ledger import Fault, verify
 from service.audit.problems import AuditProblem
 from service.audit.record_tables import evaluation_record
 from service.audit.record_verification import verify_records
@@ -25,7 +25,7 @@ class AuditVerdict:
     head_hash: str
     valid: bool
     first_bad_entry: int
-    fault: str          # none, edited, deleted, inserted, reordered, checkpoint
+    fault: Fault
     detail: str
     problems: list[AuditProblem] = field(default_factory=list)   # each altered row, named
 
@@ -39,20 +39,20 @@ def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = N
     chain = verify(connection)
     if not chain.valid:
         return AuditVerdict(chain.entries_checked, chain.head_hash, False, chain.first_bad_seq or 0,
-                            str(chain.fault), chain.detail)
+                            chain.fault, chain.detail)
     problems = verify_records(connection, limit=MAX_PROBLEMS)
     altered = frozenset(p.row for p in problems if p.table == evaluation_record.name)
     problems += verify_payouts(connection, limit=MAX_PROBLEMS - len(problems), suspect_evaluations=altered,
                                public_key=public_key)
     if problems:
         first = problems[0]
-        return AuditVerdict(chain.entries_checked, chain.head_hash, False, first.ledger_seq, str(first.fault),
+        return AuditVerdict(chain.entries_checked, chain.head_hash, False, first.ledger_seq, first.fault,
                             f"{len(problems)} row(s) differ from the ledger, first {first.table} {first.row}", problems)
     detail = (f"{chain.entries_checked} entries chain correctly; every stored record and every batch, line and "
               "bank file matches the ledger")
     check = checkpoints.verify_checkpoints(connection, checkpoint_file, public_key, lines_read=lines_read)
     if not check.valid:
         return AuditVerdict(chain.entries_checked, chain.head_hash, False, check.first_bad_entry,
-                            checkpoints.CHECKPOINT_FAULT, check.detail)
+                            Fault.CHECKPOINT, check.detail)
     detail += f"; {check.detail}"
-    return AuditVerdict(chain.entries_checked, chain.head_hash, True, 0, "none", detail)
+    return AuditVerdict(chain.entries_checked, chain.head_hash, True, 0, Fault.NONE, detail)

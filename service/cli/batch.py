@@ -15,10 +15,12 @@ from typing import Any
 import grpc
 from benefits.v1 import payout_service_pb2 as pb
 
-from service.batch_client import FORMATS, STATE_NAMES, BatchClient, connected, describe, watch_with_progress
+from service.api.enums import BATCH_STATES, LINE_STATES
+from service.batch_client import FORMATS, BatchClient, connected, describe, watch_with_progress
 from service.client import print_error
 from service.errors import InvalidArgumentError
 from service.payouts.export import batch_id_for_message
+from service.payouts.states import LineState
 from service.tls import Endpoint, add_connection_arguments
 
 
@@ -91,7 +93,7 @@ def run(command: str, target: str | Endpoint, token: str, args: Any) -> int:
 def _create(client: BatchClient, args: Any) -> int:
     request_id = args.request_id or str(uuid.uuid4())
     batch = client.create(args.policy, args.period, request_id)
-    print(f"batch {batch.batch_id} ({STATE_NAMES[batch.state]}), request id {request_id} "
+    print(f"batch {batch.batch_id} ({BATCH_STATES.from_proto.get(batch.state, '?')}), request id {request_id} "
           "(repeat the command with --request-id to resume or re-read it)")
     if args.no_wait:
         return 0
@@ -118,7 +120,7 @@ def _lines(client: BatchClient, args: Any) -> int:
                      "withdraw_reason"])
     for line in client.lines(args.batch_id, payee_changed=args.payee_changed):
         writer.writerow([line.line_id, line.uscc, line.amount_fen, line.full_amount_fen, line.evaluation_id,
-                         line.supersedes_line_id, pb.LineState.Name(line.state).removeprefix("LINE_STATE_"),
+                         line.supersedes_line_id, LINE_STATES.from_proto.get(line.state, "?"),
                          line.return_reason, line.payee.account_name, line.payee.account_number_masked,
                          line.payee.bank_name, "yes" if line.payee_changed else "", line.withdraw_reason])
     return 0
@@ -187,23 +189,23 @@ def _results(client: BatchClient, args: Any) -> int:
     return 0
 
 
-def all_paid(client: BatchClient, batch_id: str) -> list[Any]:
+def all_paid(client: BatchClient, batch_id: str) -> list[pb.PayoutResult]:
     """A PAID result for every pending line (demonstrations: the bank's answer, simulated)."""
     return [pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID)
             for line in client.lines(batch_id) if line.state == pb.LINE_STATE_PENDING]
 
 
-def read_results(path: Path) -> list[Any]:
+def read_results(path: Path) -> list[pb.PayoutResult]:
     """The bank's results file: CSV with a header `line_id,state,return_reason`, state PAID or
     RETURNED (the server checks each; a malformed row is named by its line)."""
     results = []
     with path.open(encoding="utf-8", newline="") as handle:
         for number, row in enumerate(csv.DictReader(handle), start=2):
             state = (row.get("state") or "").strip().upper()
-            if state not in ("PAID", "RETURNED") or not row.get("line_id"):
+            if state not in (LineState.PAID, LineState.RETURNED) or not row.get("line_id"):
                 raise ValueError(f"{path}:{number}: needs a line_id and a state PAID or RETURNED")
             results.append(pb.PayoutResult(line_id=row["line_id"].strip(),
-                                           state=f"LINE_STATE_{state}",   # the enum by its name
+                                           state=LINE_STATES.to_proto[LineState(state)],
                                            return_reason=(row.get("return_reason") or "").strip()))
     return results
 

@@ -175,6 +175,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_period(args: argparse.Namespace) -> int:
     from rules.money import format_yuan
+    from rules.values import Outcome
     from service.evaluation.period import evaluate_period
 
     policies = load_policies(args.rules)
@@ -195,8 +196,8 @@ def _evaluate_period(args: argparse.Namespace) -> int:
     print(header)
     for p in summary.policies:
         c = p.counts
-        print(f"{p.policy_id:26} {c['ELIGIBLE']:>9} {c['INELIGIBLE']:>10} {c['UNDETERMINED']:>12} "
-              f"{c['HELD']:>6} {p.errors:>6} {format_yuan(p.eligible_fen):>20} "
+        print(f"{p.policy_id:26} {c[Outcome.ELIGIBLE]:>9} {c[Outcome.INELIGIBLE]:>10} {c[Outcome.UNDETERMINED]:>12} "
+              f"{c[Outcome.HELD]:>6} {p.errors:>6} {format_yuan(p.eligible_fen):>20} "
               f"{format_yuan(p.held_fen):>16}")
     for sample in summary.error_samples:
         print(f"error: {sample}", file=sys.stderr)

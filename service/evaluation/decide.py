@@ -20,16 +20,13 @@ from typing import Any
 import numpy as np
 
 from rules.columns import FactColumns
-from rules.evaluator import ELIGIBLE, HELD
 from rules.loader import CompiledPolicy, LoadedPolicy
 from rules.packing import PackedMember, PackedRuleset, pack
-from rules.vectorised import FALSE, OUTCOMES, TRUE, UNKNOWN, ChunkTrace
+from rules.values import OUTCOME_CODES, OUTCOME_OF_CODE, TRUTH_CODES, Outcome
+from rules.vectorised import TRUE, ChunkTrace
 from service.audit.decision import MASK_CODES, MASK_SEPARATOR
 
 log = logging.getLogger("benefits.evaluation")
-
-_ELIGIBLE_CODE = OUTCOMES.index(ELIGIBLE)
-_HELD_CODE = OUTCOMES.index(HELD)
 
 
 @dataclass(frozen=True)
@@ -69,8 +66,8 @@ class PolicyDecisions:
     trace: ChunkTrace
     errors: dict[int, str] = field(default_factory=dict)
 
-    def outcome(self, row: int) -> str:
-        return OUTCOMES[int(self.trace.outcome[row])]
+    def outcome(self, row: int) -> Outcome:
+        return self.trace.outcome_name(row)
 
     def amount_fen(self, row: int) -> int:
         return int(self.trace.amount_fen[row])
@@ -88,22 +85,23 @@ class PolicyDecisions:
             [_TRUTH_BYTES[trace.conditions], separator, _TRUTH_BYTES[trace.payable]], axis=1))
         return [text.decode("ascii") for text in chars.view(f"S{chars.shape[1]}")[:, 0].tolist()]
 
-    def tally(self) -> tuple[dict[str, int], int, int, int]:
+    def tally(self) -> tuple[dict[Outcome, int], int, int, int]:
         """Outcome counts, eligible fen and held fen over the rows without error, and the errors."""
         ok = np.ones(len(self.columns), dtype=np.bool_)
         if self.errors:
             ok[list(self.errors)] = False
         outcomes = self.trace.outcome[ok]
         amounts = self.trace.amount_fen[ok]
-        counts = np.bincount(outcomes, minlength=len(OUTCOMES))
-        return ({name: int(counts[i]) for i, name in enumerate(OUTCOMES)},
-                int(amounts[outcomes == _ELIGIBLE_CODE].sum()), int(amounts[outcomes == _HELD_CODE].sum()),
+        counts = np.bincount(outcomes, minlength=len(OUTCOME_OF_CODE))
+        return ({outcome: int(counts[i]) for i, outcome in enumerate(OUTCOME_OF_CODE)},
+                int(amounts[outcomes == OUTCOME_CODES[Outcome.ELIGIBLE]].sum()),
+                int(amounts[outcomes == OUTCOME_CODES[Outcome.HELD]].sum()),
                 len(self.errors))
 
 
 # The record's character (one ASCII byte) for each truth code of the vectorised trace.
-_TRUTH_BYTES = np.zeros(3, dtype=np.uint8)
-for _code, _truth in ((FALSE, "false"), (TRUE, "true"), (UNKNOWN, "unknown")):
+_TRUTH_BYTES = np.zeros(len(TRUTH_CODES), dtype=np.uint8)
+for _truth, _code in TRUTH_CODES.items():
     _TRUTH_BYTES[_code] = ord(MASK_CODES[_truth])
 
 

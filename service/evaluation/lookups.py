@@ -283,7 +283,7 @@ def _check_agreement(policy: LoadedPolicy, uscc: str, decisions: PolicyDecisions
     problems = []
     if row in decisions.errors:
         problems.append(f"decide path: {decisions.errors[row]}")
-    problems += [f"{name}: decide path {getattr(decided, name)!r}, reference evaluator {getattr(explained, name)!r}"
+    problems += [f"{name}: decide path {decided.shown(name)}, reference evaluator {explained.shown(name)}"
                  for name in _COMPARED if getattr(decided, name) != getattr(explained, name)]
     if problems:
         log.error("lookup %s %s: %s", policy.id, uscc, "; ".join(problems))
@@ -297,7 +297,7 @@ def _check_record(record: Mapping[str, Any], explained: Decision) -> None:
         stored = Decision.from_record(record)
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordMismatchError(evaluation_id, [f"the record is malformed: {exc}"]) from exc
-    differences = [f"{name}: stored {getattr(stored, name)!r}, evaluated {getattr(explained, name)!r}"
+    differences = [f"{name}: stored {stored.shown(name)}, evaluated {explained.shown(name)}"
                    for name in _COMPARED if getattr(stored, name) != getattr(explained, name)]
     if differences:
         log.error("recorded evaluation %s does not decide as its inputs do: %s", evaluation_id,

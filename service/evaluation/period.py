@@ -8,8 +8,8 @@ from datetime import date
 
 from sqlalchemy.engine import Engine
 
-from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED
 from rules.loader import PolicySet
+from rules.values import Outcome
 from service.evaluation.chunks import next_usccs, read_chunk
 from service.evaluation.decide import PolicyDecisions, decide_chunk, plan_for
 
@@ -18,8 +18,7 @@ from service.evaluation.decide import PolicyDecisions, decide_chunk, plan_for
 class PolicySummary:
     policy_id: str
     title: str
-    counts: dict[str, int] = field(default_factory=lambda: {
-        ELIGIBLE: 0, INELIGIBLE: 0, UNDETERMINED: 0, HELD: 0})
+    counts: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
     eligible_fen: int = 0
     held_fen: int = 0
     errors: int = 0

@@ -36,8 +36,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 from enterprise_registry.models import Enterprise
-from rules.evaluator import ELIGIBLE
 from rules.loader import LoadedPolicy, load_policy_text
+from rules.values import Outcome
 from service.audit.decision import Decision
 from service.audit.ledger import ledger_transaction
 from service.audit.records import Actor, PreparedRecord, prepare_decision, write_records
@@ -315,7 +315,7 @@ class ChunkEvaluator:
                 continue  # never twice: an earlier batch granted it
             failed = next((f"{policy_id}: {decisions[policy_id].errors[row]}" for policy_id in mine
                            if row in decisions[policy_id].errors), None)
-            if row in own.errors or (failed and own.outcome(row) == ELIGIBLE):
+            if row in own.errors or (failed and own.outcome(row) == Outcome.ELIGIBLE):
                 # counted, logged, not paid; a later batch may pay it
                 log.error("batch %s: %s could not be evaluated: %s", self.batch_id, uscc, failed)
                 candidates.append({"batch_id": self.batch_id, "uscc": uscc, "full_fen": 0, "group_awards": "{}",
@@ -324,13 +324,13 @@ class ChunkEvaluator:
             barred_by = barred.get(uscc)
             note = f"not paid: holds {barred_by}, which {self.policy.id} excludes" if barred_by else None
             record = self._record(own, chunk, row, records, note)
-            if own.outcome(row) != ELIGIBLE or barred_by:
+            if own.outcome(row) != Outcome.ELIGIBLE or barred_by:
                 continue
             awards = {}
             for rival in self.rivals:  # 就高不重复: what the group's other policies would award
                 theirs = decisions[rival.id]
                 self._record(theirs, chunk, row, records, None)
-                if theirs.outcome(row) == ELIGIBLE:
+                if theirs.outcome(row) == Outcome.ELIGIBLE:
                     awards[rival.id] = theirs.amount_fen(row)
             candidates.append({"batch_id": self.batch_id, "uscc": uscc, "full_fen": own.amount_fen(row),
                                "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),

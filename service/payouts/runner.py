@@ -26,8 +26,8 @@ from sqlalchemy import func, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry.db import error_text, redacted, refresh_statistics
-from rules.evaluator import ELIGIBLE
 from rules.loader import LoadedPolicy, PolicySet, load_policy_text
+from rules.values import Outcome
 from service.audit.ledger import ledger_transaction
 from service.audit.merkle import RootBuilder
 from service.audit.records import Actor, evaluation_record, policy_version
@@ -433,7 +433,8 @@ class _Run:
             founded = []
             for row in rows:
                 if (row.decision_uscc, row.decision_policy, row.decision_outcome, row.decision_fen,
-                        row.decision_sha256) == (row.uscc, self.policy.id, ELIGIBLE, row.full_fen, row.record_sha256):
+                        row.decision_sha256) == (row.uscc, self.policy.id, Outcome.ELIGIBLE, row.full_fen,
+                                                 row.record_sha256):
                     founded.append(row)
                 else:
                     log.error("batch %s: the candidate %s does not match its evaluation record %s; not paid",

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
-from rules.evaluator import ELIGIBLE
+from rules.values import Outcome
 from service.audit import signatures
 from service.audit.ledger import Fault, ledger_entry
 from service.audit.merkle import RootBuilder
@@ -176,7 +176,7 @@ def _unfounded(line: dict[str, Any], decision: dict[str, Any]) -> str:
     wrong = [f"{column} {line[column]!r} but the evaluation's {decision[column]!r}"
              for column in ("uscc", "policy_id", "period", "record_sha256", "batch_id")
              if line[column] != decision[column]]
-    if decision["outcome"] != ELIGIBLE:
+    if decision["outcome"] != Outcome.ELIGIBLE:
         wrong.append(f"the evaluation is {decision['outcome']}")
     if line["full_fen"] != decision["amount_fen"]:
         wrong.append(f"full_fen {line['full_fen']} but the evaluation awards {decision['amount_fen']}")

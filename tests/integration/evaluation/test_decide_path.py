@@ -31,9 +31,10 @@ from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.importer import load_records
 from enterprise_registry.models import Enterprise, table_for
 from enterprise_registry.synthetic import PERIOD_YEARS, generate
-from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, Evaluation, evaluate
+from rules.evaluator import Evaluation, evaluate
 from rules.facts import FactsDocument
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
+from rules.values import Outcome
 from service.audit.ledger import ledger_entry, ledger_transaction
 from service.audit.records import RECORDS_KIND, Actor, evaluation_record, render, snapshot_of
 from service.audit.verification import verify_audit_log
@@ -62,7 +63,7 @@ TODAY = date(2026, 3, 31)
 OPERATOR = Actor("operator-rev", "finance_operator")
 SJR, GIANT, CHAMPION = "stable-jobs-refund", "little-giant-reward", "single-champion-reward"
 CHUNK = 25
-OUTCOME_NAMES = (ELIGIBLE, INELIGIBLE, UNDETERMINED, HELD)
+OUTCOME_NAMES = (Outcome.ELIGIBLE, Outcome.INELIGIBLE, Outcome.UNDETERMINED, Outcome.HELD)
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def references(tmp_path_factory: pytest.TempPathFactory, records: list[dict[str,
 @pytest.fixture(scope="module")
 def eligible_2025(references: dict[tuple[str, int], dict[str, Evaluation]]) -> list[str]:
     """The enterprises eligible for stable-jobs-refund 2025."""
-    return sorted(u for u, e in references[(SJR, 2025)].items() if e.outcome == ELIGIBLE)
+    return sorted(u for u, e in references[(SJR, 2025)].items() if e.outcome == Outcome.ELIGIBLE)
 
 
 @pytest.fixture
@@ -137,7 +138,7 @@ def _document(source: DocumentSource, uscc: str, fact_year: int) -> FactsDocumen
 
 
 def _awards(engine: Engine, policy: LoadedPolicy, period: int) -> dict[str, int]:
-    return {u: e.amount_fen for u, e in _reference(engine, policy, period).items() if e.outcome == ELIGIBLE}
+    return {u: e.amount_fen for u, e in _reference(engine, policy, period).items() if e.outcome == Outcome.ELIGIBLE}
 
 
 def _expected_lines(engine: Engine, policies: PolicySet, policy_id: str, period: int) -> dict[str, int]:
@@ -219,15 +220,15 @@ def _assert_batch(engine: Engine, batch_id: str, *, evaluated: Sequence[str], re
 
 
 def _reference_summary(evaluations: dict[str, Evaluation],
-                       leave_out: frozenset[str] = frozenset()) -> tuple[dict[str, int], int, int]:
+                       leave_out: frozenset[str] = frozenset()) -> tuple[dict[Outcome, int], int, int]:
     counts = dict.fromkeys(OUTCOME_NAMES, 0)
     eligible_fen = held_fen = 0
     for uscc, e in evaluations.items():
         if uscc in leave_out:
             continue
         counts[e.outcome] += 1
-        eligible_fen += e.amount_fen if e.outcome == ELIGIBLE else 0
-        held_fen += e.amount_fen if e.outcome == HELD else 0
+        eligible_fen += e.amount_fen if e.outcome == Outcome.ELIGIBLE else 0
+        held_fen += e.amount_fen if e.outcome == Outcome.HELD else 0
     return counts, eligible_fen, held_fen
 
 
@@ -252,7 +253,7 @@ def test_an_engine_disagreement_in_evaluate_period_is_an_error_left_out_of_the_t
         monkeypatch: pytest.MonkeyPatch) -> None:
     period = 2025
     reference = {p.id: references[(p.id, period)] for p in policies if p.covers(period)}
-    victim = sorted(u for u, e in reference[SJR].items() if e.outcome == ELIGIBLE)[3]
+    victim = sorted(u for u, e in reference[SJR].items() if e.outcome == Outcome.ELIGIBLE)[3]
     _show_the_engine_nothing_of(monkeypatch, victim, lambda member: True)
 
     summary = evaluate_period(policies, registry, period=period, today=TODAY)

@@ -39,8 +39,9 @@ from testkit.paths import POLICIES_DIR
 from enterprise_registry.importer import load_records
 from enterprise_registry.models import Enterprise
 from enterprise_registry.synthetic import generate
-from rules.evaluator import ELIGIBLE, evaluate
+from rules.evaluator import evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
+from rules.values import Outcome
 from service.audit.records import Actor, evaluation_record, prepare_decision, prepare_record, verify_records
 from service.audit.verification import verify_audit_log
 from service.catalogue import CATALOGUE
@@ -127,7 +128,7 @@ def _awards(engine: Engine, policy: LoadedPolicy, period: int = PERIOD) -> dict[
     out = {}
     for rows in DocumentSource(engine).all_rows():
         evaluation = evaluate(compiled, build_document(rows, year), today=TODAY)
-        if evaluation.outcome == ELIGIBLE:
+        if evaluation.outcome == Outcome.ELIGIBLE:
             out[rows.uscc] = evaluation.amount_fen
     return out
 
@@ -155,10 +156,10 @@ def _first_round(engine: Engine, policies: PolicySet, period: int = PERIOD) -> d
 Decided = tuple[str, str, str, str, int, str | None]
 # state, evaluated, eligible, eligible fen, errors, lines, total fen; (amount, full amount, tops up)
 # by USCC; the records counted
-Outcome = tuple[BatchState, int, int, int, int, int, int, dict[str, tuple[int, int, bool]], Counter[Decided]]
+BatchRun = tuple[BatchState, int, int, int, int, int, int, dict[str, tuple[int, int, bool]], Counter[Decided]]
 
 
-def _outcome(engine: Engine, batch_id: str) -> Outcome:
+def _outcome(engine: Engine, batch_id: str) -> BatchRun:
     """What the batch decided and paid, independent of how it was run: its counts, its lines
     (amount, full amount, whether it tops up), and every record it holds (enterprise, policy,
     rule text, outcome, amount, payout note) counted. The audit trail verifies."""
@@ -187,7 +188,7 @@ def _paid(engine: Engine, batch_id: str) -> dict[str, int]:
 
 
 def _one_by_one(engine: Engine, policies: PolicySet, policy_ids: Sequence[str], settings: RunSettings,
-                period: int = PERIOD, prefix: str = "req") -> dict[str, Outcome]:
+                period: int = PERIOD, prefix: str = "req") -> dict[str, BatchRun]:
     return {policy_id: _outcome(engine, create_batch(
         engine, policies, policy_id=policy_id, period=period, request_id=f"{prefix}-{policy_id}-{period}",
         actor=OPERATOR, today=TODAY, settings=settings).batch_id) for policy_id in policy_ids}
@@ -259,7 +260,7 @@ def test_a_second_round_run_together_tops_up_and_skips_the_granted_as_one_by_one
     the difference, topping up the giant's grant, the new giants their award, nobody twice."""
     settings = RunSettings(chunk_size=CHUNK, partitions=2)
     wanted = _in_force(policies)
-    outcomes: list[dict[str, Outcome]] = []
+    outcomes: list[dict[str, BatchRun]] = []
     engines = []
     for mode in ("one-by-one", "together"):
         engine = databases()

@@ -20,7 +20,8 @@ from testkit.server_process import server_process
 
 from enterprise_registry.db import make_engine
 from enterprise_registry.synthetic import generate
-from rules.evaluator import ELIGIBLE, evaluate
+from rules.evaluator import evaluate
+from rules.values import Outcome
 from service.audit.ledger import ledger_entry, verify
 from service.audit.records import evaluation_record, verify_records
 from service.cli.defaults import load_policies
@@ -88,7 +89,7 @@ def _expected_lines(url: str, today: date) -> dict[str, int]:
         expected = {}
         for rows in DocumentSource(engine).all_rows():
             result = evaluate(compiled, build_document(rows, policy.fact_year(PERIOD)), today=today)
-            if result.outcome == ELIGIBLE:
+            if result.outcome == Outcome.ELIGIBLE:
                 expected[rows.uscc] = result.amount_fen
         return expected
     finally:

@@ -49,8 +49,9 @@ from testkit.databases import private_schema
 from testkit.paths import RULES_DIR
 
 from enterprise_registry.synthetic import generate
-from rules.evaluator import ELIGIBLE, evaluate
+from rules.evaluator import evaluate
 from rules.loader import LoadedPolicy, PolicySet, PolicyStore
+from rules.values import Outcome
 from service.audit import checkpoints
 from service.audit.ledger import ledger_entry
 from service.catalogue import CATALOGUE
@@ -163,7 +164,7 @@ class Eligibility:
             results = {rows.uscc: evaluate(compiled, build_document(rows, policy.fact_year(period)),
                                            today=self.today) for rows in self.rows}
             self._awards[policy_id, period] = {uscc: r.amount_fen for uscc, r in results.items()
-                                               if r.outcome == ELIGIBLE}
+                                               if r.outcome == Outcome.ELIGIBLE}
         return self._awards[policy_id, period]
 
     def group_of(self, policy_id: str, period: int) -> list[LoadedPolicy]:

@@ -31,8 +31,8 @@ from enterprise_registry.synthetic import (
     generate,
     write_jsonl,
 )
-from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED
 from rules.loader import PolicySet
+from rules.values import Outcome
 from service.cli.defaults import load_policies
 from service.evaluation.period import evaluate_period
 
@@ -441,7 +441,7 @@ def test_every_policy_and_period_has_each_kind_of_outcome(
     run_registry: Engine, pack: PolicySet
 ) -> None:
     coverage = pack_coverage(pack)
-    outcomes: dict[tuple[str, int], dict[str, int]] = {}
+    outcomes: dict[tuple[str, int], dict[Outcome, int]] = {}
     for period in PERIOD_YEARS:
         summary = evaluate_period(pack, run_registry, period=period, today=REGISTRY_AS_OF)
         assert summary.error_samples == []
@@ -449,8 +449,8 @@ def test_every_policy_and_period_has_each_kind_of_outcome(
             outcomes[(policy.policy_id, period)] = policy.counts
     assert set(outcomes) == coverage
     lacking = {key: counts for key, counts in outcomes.items()
-               if not (counts[ELIGIBLE] and counts[INELIGIBLE]
-                       and counts[UNDETERMINED] + counts[HELD])}
+               if not (counts[Outcome.ELIGIBLE] and counts[Outcome.INELIGIBLE]
+                       and counts[Outcome.UNDETERMINED] + counts[Outcome.HELD])}
     assert lacking == {}
 
 

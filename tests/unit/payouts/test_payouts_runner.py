@@ -27,9 +27,10 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make, organisation_check_character
-from rules.evaluator import ELIGIBLE, evaluate
+from rules.evaluator import evaluate
 from rules.loader import LoadedPolicy, PolicySet, load_policy_dir
 from rules.packing import PackedMember
+from rules.values import Outcome
 from service.audit.ledger import verify
 from service.audit.merkle import root
 from service.audit.records import Actor, PreparedRecord, evaluation_record, verify_records, write_records
@@ -248,7 +249,7 @@ def _award(policy: LoadedPolicy, source: DocumentSource, uscc: str) -> int | Non
     document = source.document(uscc, policy.fact_year(PERIOD))
     assert document is not None
     result = evaluate(policy.compiled(PERIOD), document, today=TODAY)
-    return result.amount_fen if result.outcome == ELIGIBLE else None
+    return result.amount_fen if result.outcome == Outcome.ELIGIBLE else None
 
 
 def _expected_grants(engine: Engine, policies: PolicySet, policy_id: str,
@@ -308,7 +309,7 @@ def _assert_complete(engine: Engine, batch_id: str, expected: dict[str, int]) ->
             record = conn.execute(select(evaluation_record).where(
                 evaluation_record.c.evaluation_id == line["evaluation_id"])).one()
             assert (record.uscc, record.policy_id, record.batch_id, record.outcome) == \
-                (uscc, batch.policy_id, batch_id, ELIGIBLE)
+                (uscc, batch.policy_id, batch_id, Outcome.ELIGIBLE)
             assert record.record_sha256 == line["record_sha256"]
     ordered = [lines[u]["record_sha256"] for u in sorted(lines)]
     assert batch.merkle_root == root([bytes.fromhex(h) for h in ordered]).hex()

@@ -20,7 +20,8 @@ from rules_testkit import (
 
 from rules.compiler import INT64_MAX, MAX_RULES
 from rules.errors import EngineDisagreementError, EngineError, EngineLimitError, PolicyFileError
-from rules.evaluator import ELIGIBLE, INELIGIBLE, evaluate
+from rules.evaluator import evaluate
+from rules.values import Outcome
 
 RATE = "rate:\n  description: 比例\n  value: 5.5%\n"
 
@@ -66,7 +67,7 @@ def test_division_in_the_amount_formula_is_allowed(tmp_path: Path) -> None:
                                                   amount="si.ui_premium_paid_fen / si.insured_start"))
     result = evaluate(compiled, document({"si.layoffs": 0, "si.ui_premium_paid_fen": 10,
                                           "si.insured_start": 4}), today=TODAY)
-    assert (result.outcome, result.amount_fen) == (ELIGIBLE, 3)  # 2.5 fen, half up
+    assert (result.outcome, result.amount_fen) == (Outcome.ELIGIBLE, 3)  # 2.5 fen, half up
 
 
 @pytest.mark.parametrize("policy_id", [p.name.removesuffix(".yaml") for p in
@@ -93,9 +94,9 @@ def test_whole_decimals_and_ratios_are_fine(tmp_path: Path) -> None:
         ["si.layoffs >= 2.0", "ratio(si.layoffs, si.insured_start) <= params.rate"],
         parameters=RATE))
     facts = {"si.layoffs": 11, "si.insured_start": 200}
-    assert evaluate(compiled, document(facts), today=TODAY).outcome == ELIGIBLE
+    assert evaluate(compiled, document(facts), today=TODAY).outcome == Outcome.ELIGIBLE
     facts["si.layoffs"] = 12
-    assert evaluate(compiled, document(facts), today=TODAY).outcome == INELIGIBLE
+    assert evaluate(compiled, document(facts), today=TODAY).outcome == Outcome.INELIGIBLE
 
 
 @pytest.mark.parametrize("expr", ["min(si.layoffs, 1.5) > 1",
@@ -120,9 +121,9 @@ def test_rate_compared_through_a_term_never_gives_a_silent_answer(tmp_path: Path
 def test_fifty_seven_clauses_are_accepted_and_evaluate(tmp_path: Path) -> None:
     assert MAX_RULES - 3 == 57  # the clause rules plus `seen`, `all` and `decided`
     compiled = compile_text(tmp_path, policy_yaml([f"si.layoffs >= {i}" for i in range(57)]))
-    assert evaluate(compiled, document({"si.layoffs": 56}), today=TODAY).outcome == ELIGIBLE
+    assert evaluate(compiled, document({"si.layoffs": 56}), today=TODAY).outcome == Outcome.ELIGIBLE
     result = evaluate(compiled, document({"si.layoffs": 30}), today=TODAY)
-    assert result.outcome == INELIGIBLE
+    assert result.outcome == Outcome.INELIGIBLE
     assert len(result.failed) == 26
 
 
@@ -216,7 +217,7 @@ def test_tier_table_as_a_value_is_refused(tmp_path: Path) -> None:
 def test_constant_arithmetic_in_a_condition(tmp_path: Path, expr: str,
                                             facts: dict[str, Any]) -> None:
     compiled = compile_text(tmp_path, policy_yaml([expr]))
-    assert evaluate(compiled, document(facts), today=TODAY).outcome == ELIGIBLE
+    assert evaluate(compiled, document(facts), today=TODAY).outcome == Outcome.ELIGIBLE
 
 
 def test_expression_limit_is_refused_at_load_or_works(tmp_path: Path) -> None:
@@ -226,11 +227,11 @@ def test_expression_limit_is_refused_at_load_or_works(tmp_path: Path) -> None:
     except EngineLimitError:
         return
     result = evaluate(compiled, document({"si.layoffs": 0, "si.insured_start": 1}), today=TODAY)
-    assert result.outcome == INELIGIBLE
+    assert result.outcome == Outcome.INELIGIBLE
 
 
 def test_thirteen_or_clauses_still_work(tmp_path: Path) -> None:
     conditions = [f"si.layoffs == {i} or si.insured_start == {i}" for i in range(13)]
     compiled = compile_text(tmp_path, policy_yaml(conditions))
     assert evaluate(compiled, document({"si.layoffs": 0, "si.insured_start": 1}),
-                    today=TODAY).outcome == INELIGIBLE
+                    today=TODAY).outcome == Outcome.INELIGIBLE

@@ -28,10 +28,6 @@ from rules_testkit import (
 from rules.engine import DurableRuleset
 from rules.errors import EngineDisagreementError, EngineError
 from rules.evaluator import (
-    ELIGIBLE,
-    HELD,
-    INELIGIBLE,
-    UNDETERMINED,
     ClauseResult,
     CollectionRead,
     Evaluation,
@@ -39,6 +35,7 @@ from rules.evaluator import (
     evaluate,
 )
 from rules.facts import Fact, FactsDocument, FactValue, Record
+from rules.values import Outcome
 
 SI_CONDITION_READS = ["si.ui_months_paid", "si.ui_arrears", "si.ui_benefit_claimants",
                       "si.insured_avg_monthly", "si.insured_start"]
@@ -58,7 +55,7 @@ def clause(result: Evaluation, clause_id: str) -> ClauseResult:
 
 def test_eligible_large_enterprise_gets_30_percent_rounded_half_up() -> None:
     result = stable()
-    assert result.outcome == ELIGIBLE
+    assert result.outcome == Outcome.ELIGIBLE
     assert result.amount_fen == 37_037_015            # 1,234,567.15 元 x 30% = 370,370.145 元
     assert result.amount is not None
     assert result.amount.exact == "37037014.5"
@@ -86,7 +83,7 @@ def test_eligible_large_enterprise_gets_30_percent_rounded_half_up() -> None:
 ])
 def test_amounts(overrides: dict[str, FactValue | None], period: int, fen: int, exact: str) -> None:
     result = stable(overrides, period)
-    assert result.outcome == ELIGIBLE
+    assert result.outcome == Outcome.ELIGIBLE
     assert result.amount_fen == fen
     assert result.amount is not None and result.amount.exact == exact
 
@@ -112,24 +109,24 @@ def test_amount_trace_reads_the_premium_facts_with_sources() -> None:
 # --- layoff-rate boundaries ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("claimants", "average", "start", "outcome"), [
-    (55, 1000, 1000, ELIGIBLE),     # exactly 5.5%
-    (56, 1000, 1000, INELIGIBLE),
-    (11, 200, 200, ELIGIBLE),       # exactly 5.5% again
-    (12, 200, 200, INELIGIBLE),
-    (0, 1000, 1000, ELIGIBLE),
-    (6, 30, 30, ELIGIBLE),          # exactly 20%, small employer (30 insured at the start)
-    (7, 30, 30, INELIGIBLE),        # above 20%
-    (6, 30, 31, INELIGIBLE),        # 20% but 31 insured at the start: the 5.5% limit applies
-    (56, 1000, 30, ELIGIBLE),       # 5.6% is fine for a small employer
-    (200, 1000, 30, ELIGIBLE),      # exactly 20%
-    (201, 1000, 30, INELIGIBLE),
+    (55, 1000, 1000, Outcome.ELIGIBLE),     # exactly 5.5%
+    (56, 1000, 1000, Outcome.INELIGIBLE),
+    (11, 200, 200, Outcome.ELIGIBLE),       # exactly 5.5% again
+    (12, 200, 200, Outcome.INELIGIBLE),
+    (0, 1000, 1000, Outcome.ELIGIBLE),
+    (6, 30, 30, Outcome.ELIGIBLE),          # exactly 20%, small employer (30 insured at the start)
+    (7, 30, 30, Outcome.INELIGIBLE),        # above 20%
+    (6, 30, 31, Outcome.INELIGIBLE),        # 20% but 31 insured at the start: the 5.5% limit applies
+    (56, 1000, 30, Outcome.ELIGIBLE),       # 5.6% is fine for a small employer
+    (200, 1000, 30, Outcome.ELIGIBLE),      # exactly 20%
+    (201, 1000, 30, Outcome.INELIGIBLE),
 ])
 def test_layoff_rate_boundaries(claimants: int, average: int, start: int, outcome: str) -> None:
     result = stable({"si.ui_benefit_claimants": claimants, "si.insured_avg_monthly": average,
                      "si.insured_start": start})
     assert result.outcome == outcome
-    assert clause(result, "layoff-rate").result == ("true" if outcome == ELIGIBLE else "false")
-    if outcome == INELIGIBLE:
+    assert clause(result, "layoff-rate").result == ("true" if outcome == Outcome.ELIGIBLE else "false")
+    if outcome == Outcome.INELIGIBLE:
         assert [c.id for c in result.failed] == ["layoff-rate"]
         assert result.amount_fen == 0
 
@@ -137,7 +134,7 @@ def test_layoff_rate_boundaries(claimants: int, average: int, start: int, outcom
 @pytest.mark.parametrize("claimants", [0, 3])
 def test_zero_divisor_in_the_data_is_undetermined(claimants: int) -> None:
     result = stable({"si.insured_avg_monthly": 0, "si.ui_benefit_claimants": claimants})
-    assert result.outcome == UNDETERMINED
+    assert result.outcome == Outcome.UNDETERMINED
     assert result.amount_fen == 0
     layoff = clause(result, "layoff-rate")
     assert layoff.result == "unknown"
@@ -161,14 +158,14 @@ def test_zero_divisor_does_not_kill_the_process() -> None:
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [UNDETERMINED] * 3
+    assert done.stdout.split() == [Outcome.UNDETERMINED] * 3
 
 
 # --- missing facts, HELD, credit listings -----------------------------------------------------
 
 def test_missing_fact_is_listed_by_name() -> None:
     result = stable({"si.ui_months_paid": None})
-    assert result.outcome == UNDETERMINED
+    assert result.outcome == Outcome.UNDETERMINED
     assert result.missing == ["si.ui_months_paid"]
     assert result.amount_fen == 0
     read = next(r for r in clause(result, "premiums-paid-in-full").reads
@@ -182,7 +179,7 @@ def test_missing_group_is_listed_with_its_reason() -> None:
                                               (*SI_CONDITION_READS, "si.ui_premium_paid_fen")}
     reason = "no 2024 social-insurance record"
     result = stable(overrides, missing={"si": reason})
-    assert result.outcome == UNDETERMINED
+    assert result.outcome == Outcome.UNDETERMINED
     # the conditions' missing facts first, then what the amount will need as well
     assert result.missing == [*SI_CONDITION_READS, "si.ui_premium_paid_fen"]
     reads = [r for c in result.conditions for r in c.reads if r.name.startswith("si.")]
@@ -192,14 +189,14 @@ def test_missing_group_is_listed_with_its_reason() -> None:
 def test_a_false_condition_wins_over_unknown_ones() -> None:
     overrides: dict[str, FactValue | None] = {name: None for name in SI_CONDITION_READS}
     result = stable({**overrides, "enterprise.status": "revoked"})
-    assert result.outcome == INELIGIBLE
+    assert result.outcome == Outcome.INELIGIBLE
     assert [c.id for c in result.failed] == ["registered-active"]
     assert clause(result, "premiums-paid-in-full").result == "unknown"
 
 
 def test_missing_amount_fact_is_undetermined() -> None:
     result = stable({"si.ui_premium_paid_fen": None})
-    assert result.outcome == UNDETERMINED
+    assert result.outcome == Outcome.UNDETERMINED
     assert result.missing == ["si.ui_premium_paid_fen"]
 
 
@@ -210,32 +207,32 @@ def test_missing_amount_fact_is_undetermined() -> None:
 def test_held_without_a_bank_account_keeps_the_amount(overrides: dict[str, FactValue | None],
                                                       held: list[str]) -> None:
     result = stable(overrides)
-    assert result.outcome == HELD
+    assert result.outcome == Outcome.HELD
     assert result.held == held
     assert result.amount_fen == 37_037_015
 
 
 def test_held_without_a_size_class() -> None:
     result = stable({"derived.size_class": None})
-    assert result.outcome == HELD
+    assert result.outcome == Outcome.HELD
     assert result.held == ["size-class-known"]
     assert clause(result, "size-class-known").result == "false"
 
 
 @pytest.mark.parametrize(("listing", "outcome"), [
-    ({"list": "zombie", "listed_on": date(2023, 1, 1), "removed_on": None}, INELIGIBLE),
-    ({"list": "zombie", "listed_on": date(2023, 1, 1), "removed_on": date(2025, 1, 1)}, ELIGIBLE),
-    ({"list": "zombie", "listed_on": date(2023, 1, 1), "removed_on": date(2025, 12, 31)}, INELIGIBLE),
-    ({"list": "serious_dishonesty", "listed_on": date(2024, 5, 1), "removed_on": None}, INELIGIBLE),
-    ({"list": "abnormal_operation", "listed_on": date(2024, 5, 1), "removed_on": None}, ELIGIBLE),
-    ({"list": "zombie", "listed_on": date(2025, 6, 2), "removed_on": None}, ELIGIBLE),  # not yet
-    ({"list": "zombie", "listed_on": date(2025, 6, 1), "removed_on": None}, INELIGIBLE),
+    ({"list": "zombie", "listed_on": date(2023, 1, 1), "removed_on": None}, Outcome.INELIGIBLE),
+    ({"list": "zombie", "listed_on": date(2023, 1, 1), "removed_on": date(2025, 1, 1)}, Outcome.ELIGIBLE),
+    ({"list": "zombie", "listed_on": date(2023, 1, 1), "removed_on": date(2025, 12, 31)}, Outcome.INELIGIBLE),
+    ({"list": "serious_dishonesty", "listed_on": date(2024, 5, 1), "removed_on": None}, Outcome.INELIGIBLE),
+    ({"list": "abnormal_operation", "listed_on": date(2024, 5, 1), "removed_on": None}, Outcome.ELIGIBLE),
+    ({"list": "zombie", "listed_on": date(2025, 6, 2), "removed_on": None}, Outcome.ELIGIBLE),  # not yet
+    ({"list": "zombie", "listed_on": date(2025, 6, 1), "removed_on": None}, Outcome.INELIGIBLE),
 ])
 def test_credit_listings(listing: dict[str, FactValue | None], outcome: str) -> None:
     result = stable(credit_listings=[record("credit:1", **listing)])
     assert result.outcome == outcome
     trace = clause(result, "not-credit-listed")
-    matched = ["credit:1"] if outcome == INELIGIBLE else []
+    matched = ["credit:1"] if outcome == Outcome.INELIGIBLE else []
     assert trace.collections == [CollectionRead("credit_listings", "信用名单", 1, matched)]
 
 
@@ -248,7 +245,7 @@ def test_credit_listing_with_an_unknown_field_is_not_eligible(
     listing = record("credit:1", **fields)
     result = stable(credit_listings=[listing])
     assert clause(result, "not-credit-listed").result == "unknown"
-    assert result.outcome == UNDETERMINED
+    assert result.outcome == Outcome.UNDETERMINED
     assert result.missing
 
 
@@ -258,7 +255,7 @@ def test_unknown_record_field_makes_the_clause_unknown() -> None:
     trace = clause(result, "not-credit-listed")
     assert trace.result == "unknown"
     assert trace.collections == [CollectionRead("credit_listings", "信用名单", 1, [])]
-    assert result.outcome != INELIGIBLE
+    assert result.outcome != Outcome.INELIGIBLE
 
 
 # --- the trace ------------------------------------------------------------------------------
@@ -285,7 +282,7 @@ def test_trace_is_json_ready(tmp_path: Path) -> None:
     assert result.conditions[0].reads[0].value == "2020-01-02"
     assert result.conditions[0].reads[0].as_of == AS_OF.isoformat()
     payload = json.loads(json.dumps(result.to_dict(), ensure_ascii=False))
-    assert payload["outcome"] == ELIGIBLE
+    assert payload["outcome"] == Outcome.ELIGIBLE
     assert json.dumps(stable().to_dict(), ensure_ascii=False)
 
 
@@ -299,22 +296,22 @@ def test_fact_without_as_of_is_traced_as_such(tmp_path: Path) -> None:
 # --- three-valued logic ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(("expr", "a", "b", "result", "outcome"), [
-    ("si.ui_arrears or enterprise.labor_dispatch", None, True, "true", ELIGIBLE),
-    ("si.ui_arrears or enterprise.labor_dispatch", None, False, "unknown", UNDETERMINED),
-    ("si.ui_arrears or enterprise.labor_dispatch", True, None, "true", ELIGIBLE),
-    ("si.ui_arrears or enterprise.labor_dispatch", False, None, "unknown", UNDETERMINED),
-    ("si.ui_arrears or enterprise.labor_dispatch", None, None, "unknown", UNDETERMINED),
-    ("si.ui_arrears or enterprise.labor_dispatch", False, False, "false", INELIGIBLE),
-    ("si.ui_arrears and enterprise.labor_dispatch", None, False, "false", INELIGIBLE),
-    ("si.ui_arrears and enterprise.labor_dispatch", None, True, "unknown", UNDETERMINED),
-    ("si.ui_arrears and enterprise.labor_dispatch", True, True, "true", ELIGIBLE),
-    ("not (si.ui_arrears and enterprise.labor_dispatch)", None, False, "true", ELIGIBLE),
-    ("not (si.ui_arrears or enterprise.labor_dispatch)", None, True, "false", INELIGIBLE),
-    ("not (si.ui_arrears or enterprise.labor_dispatch)", None, False, "unknown", UNDETERMINED),
-    ("not si.ui_arrears or enterprise.labor_dispatch", None, False, "unknown", UNDETERMINED),
-    ("si.ui_arrears is missing or enterprise.labor_dispatch", None, False, "true", ELIGIBLE),
-    ("si.ui_arrears is present and enterprise.labor_dispatch", None, True, "false", INELIGIBLE),
-    ("si.ui_arrears != enterprise.labor_dispatch", None, True, "unknown", UNDETERMINED),
+    ("si.ui_arrears or enterprise.labor_dispatch", None, True, "true", Outcome.ELIGIBLE),
+    ("si.ui_arrears or enterprise.labor_dispatch", None, False, "unknown", Outcome.UNDETERMINED),
+    ("si.ui_arrears or enterprise.labor_dispatch", True, None, "true", Outcome.ELIGIBLE),
+    ("si.ui_arrears or enterprise.labor_dispatch", False, None, "unknown", Outcome.UNDETERMINED),
+    ("si.ui_arrears or enterprise.labor_dispatch", None, None, "unknown", Outcome.UNDETERMINED),
+    ("si.ui_arrears or enterprise.labor_dispatch", False, False, "false", Outcome.INELIGIBLE),
+    ("si.ui_arrears and enterprise.labor_dispatch", None, False, "false", Outcome.INELIGIBLE),
+    ("si.ui_arrears and enterprise.labor_dispatch", None, True, "unknown", Outcome.UNDETERMINED),
+    ("si.ui_arrears and enterprise.labor_dispatch", True, True, "true", Outcome.ELIGIBLE),
+    ("not (si.ui_arrears and enterprise.labor_dispatch)", None, False, "true", Outcome.ELIGIBLE),
+    ("not (si.ui_arrears or enterprise.labor_dispatch)", None, True, "false", Outcome.INELIGIBLE),
+    ("not (si.ui_arrears or enterprise.labor_dispatch)", None, False, "unknown", Outcome.UNDETERMINED),
+    ("not si.ui_arrears or enterprise.labor_dispatch", None, False, "unknown", Outcome.UNDETERMINED),
+    ("si.ui_arrears is missing or enterprise.labor_dispatch", None, False, "true", Outcome.ELIGIBLE),
+    ("si.ui_arrears is present and enterprise.labor_dispatch", None, True, "false", Outcome.INELIGIBLE),
+    ("si.ui_arrears != enterprise.labor_dispatch", None, True, "unknown", Outcome.UNDETERMINED),
 ])
 def test_three_valued_logic(tmp_path: Path, expr: str, a: bool | None, b: bool | None,
                             result: str, outcome: str) -> None:
@@ -325,7 +322,7 @@ def test_three_valued_logic(tmp_path: Path, expr: str, a: bool | None, b: bool |
     assert evaluation.outcome == outcome
     assert [r.name for r in evaluation.conditions[0].reads] == ["si.ui_arrears",
                                                                "enterprise.labor_dispatch"]
-    if outcome == UNDETERMINED:
+    if outcome == Outcome.UNDETERMINED:
         assert evaluation.missing == [n for n, v in (("si.ui_arrears", a),
                                                      ("enterprise.labor_dispatch", b)) if v is None]
 
@@ -358,7 +355,7 @@ def test_division_by_zero_in_the_amount_is_undetermined(tmp_path: Path) -> None:
                                                   amount="si.ui_premium_paid_fen / si.insured_start"))
     result = evaluate(compiled, document({"si.layoffs": 0, "si.ui_premium_paid_fen": 5,
                                           "si.insured_start": 0}), today=TODAY)
-    assert result.outcome == UNDETERMINED
+    assert result.outcome == Outcome.UNDETERMINED
     assert result.missing == ["division by zero"]
 
 
@@ -379,7 +376,7 @@ def test_dates_and_context_values(tmp_path: Path) -> None:
         "enterprise.established_on + 30 <= today",
     ]))
     assert evaluate(compiled, document({"enterprise.established_on": date(2024, 6, 1)}),
-                    today=TODAY).outcome == ELIGIBLE
+                    today=TODAY).outcome == Outcome.ELIGIBLE
     later = evaluate(compiled, document({"enterprise.established_on": date(2024, 6, 2)}),
                      today=TODAY)
     assert [c.result for c in later.conditions] == ["false", "true", "true", "true"]
@@ -387,8 +384,8 @@ def test_dates_and_context_values(tmp_path: Path) -> None:
 
 def test_chinese_strings_compare_exactly_in_the_engine(tmp_path: Path) -> None:
     compiled = compile_text(tmp_path, policy_yaml(['enterprise.name == "襄阳测试有限公司"']))
-    for name, outcome in (("襄阳测试有限公司", ELIGIBLE), ("襄阳测试有限公司2", INELIGIBLE),
-                          ("襄阳测试有限", INELIGIBLE), ("襄阳测试有限公句", INELIGIBLE)):
+    for name, outcome in (("襄阳测试有限公司", Outcome.ELIGIBLE), ("襄阳测试有限公司2", Outcome.INELIGIBLE),
+                          ("襄阳测试有限", Outcome.INELIGIBLE), ("襄阳测试有限公句", Outcome.INELIGIBLE)):
         assert evaluate(compiled, document({"enterprise.name": name}), today=TODAY).outcome == outcome
 
 
@@ -406,7 +403,7 @@ def test_counts_over_records(tmp_path: Path) -> None:
              for i, (age, category) in enumerate([(22, "graduate"), (34, "graduate"),
                                                   (35, "graduate"), (23, "other")])]
     result = evaluate(compiled, document({}, collections={"hires": hires}), today=TODAY)
-    assert result.outcome == ELIGIBLE
+    assert result.outcome == Outcome.ELIGIBLE
     assert result.amount_fen == 3 * 100_000
     assert result.conditions[0].collections == [
         CollectionRead("hires", "招用人员", 4, ["hire:0", "hire:1"])]
@@ -420,7 +417,7 @@ def test_stable_jobs_without_claimants_and_insured_start_is_undetermined() -> No
         stable({"si.ui_benefit_claimants": claimants})  # the engine's state before
         result = stable({"si.insured_start": None, "si.ui_benefit_claimants": None})
         outcomes.append((result.outcome, result.missing))
-    assert outcomes == [(UNDETERMINED, ["si.ui_benefit_claimants", "si.insured_start"])] * 4
+    assert outcomes == [(Outcome.UNDETERMINED, ["si.ui_benefit_claimants", "si.insured_start"])] * 4
 
 
 @pytest.mark.parametrize(("expr", "name", "present"), [
@@ -437,14 +434,14 @@ def test_missing_fact_inside_arithmetic_is_undetermined(tmp_path: Path, expr: st
         for value in present:
             evaluate(compiled, document({name: value}), today=TODAY)
         outcomes.append(evaluate(compiled, document({}), today=TODAY).outcome)
-    assert outcomes == [UNDETERMINED] * 5
+    assert outcomes == [Outcome.UNDETERMINED] * 5
 
 
 def test_negated_conditional_with_unknown_condition(tmp_path: Path) -> None:
     compiled = compile_text(tmp_path, policy_yaml(
         ["not (if enterprise.labor_dispatch then si.layoffs > 2 else si.layoffs > 5)"]))
     result = evaluate(compiled, document({"si.layoffs": 1}), today=TODAY)
-    assert result.outcome in (ELIGIBLE, UNDETERMINED)
+    assert result.outcome in (Outcome.ELIGIBLE, Outcome.UNDETERMINED)
 
 
 # --- the cross-check: a disagreeing engine is an error, never an answer -----------------------------
@@ -502,7 +499,7 @@ def test_patched_instance_fire_is_caught_too(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(EngineDisagreementError, match="not-labor-dispatch"):
         evaluate(compiled, stable_document(), today=TODAY)
     monkeypatch.undo()
-    assert evaluate(compiled, stable_document(), today=TODAY).outcome == ELIGIBLE
+    assert evaluate(compiled, stable_document(), today=TODAY).outcome == Outcome.ELIGIBLE
 
 
 def test_engine_failure_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -580,7 +577,7 @@ def test_engine_agrees_with_the_trace_on_random_conditions(tmp_path: Path) -> No
         for _ in range(40):
             result = evaluate(compiled, random_document(rng), today=TODAY)  # raises on disagreement
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
-    assert set(outcomes) == {ELIGIBLE, INELIGIBLE, UNDETERMINED}
+    assert set(outcomes) == {Outcome.ELIGIBLE, Outcome.INELIGIBLE, Outcome.UNDETERMINED}
 
 
 @pytest.mark.parametrize("overrides", [{}, {"si.layoffs": 500}, {"si.ui_premium_paid_fen": None},

@@ -17,8 +17,9 @@ from rules_testkit import (
 )
 
 from rules.errors import PolicyNotFoundError, PolicySchemaError
-from rules.evaluator import ELIGIBLE, evaluate
+from rules.evaluator import evaluate
 from rules.loader import PolicySet, PolicyStore, load_policy_dir, load_policy_file, load_policy_text
+from rules.values import Outcome
 from service.catalogue import CATALOGUE
 
 ANCHOR = "fact_year: previous\n"
@@ -230,7 +231,7 @@ def test_reload_with_a_broken_exclusion_keeps_the_running_set(tmp_path: Path, ta
     assert reason in info.value.reason
     assert store.current is before
     running = store.current.get("stable-jobs-refund")
-    assert evaluate(running.compiled(2025), stable_document(), today=TODAY).outcome == ELIGIBLE
+    assert evaluate(running.compiled(2025), stable_document(), today=TODAY).outcome == Outcome.ELIGIBLE
 
     path.write_text(original.replace("\nfact_year:", "\nexcludes: [high-tech-reward]\nfact_year:", 1),
                     encoding="utf-8")

@@ -31,8 +31,9 @@ from rules.errors import (
     PolicySchemaError,
     PolicySyntaxError,
 )
-from rules.evaluator import ELIGIBLE, evaluate
+from rules.evaluator import evaluate
 from rules.loader import PolicyStore, load_policy_dir, load_policy_file, policy_files
+from rules.values import Outcome
 from service.catalogue import CATALOGUE
 
 BASE = policy_yaml(["si.layoffs > 1"])
@@ -340,7 +341,7 @@ def test_tier_table_picks_by_inclusive_upper_bound(tmp_path: Path) -> None:
     for revenue in (0, 100_000_000, 100_000_001, 500_000_000, 500_000_001):
         result = evaluate(compiled, document({"si.layoffs": 0, "tax.revenue_fen": revenue}),
                           today=TODAY)
-        assert result.outcome == ELIGIBLE
+        assert result.outcome == Outcome.ELIGIBLE
         amounts[revenue] = result.amount_fen
     assert amounts == {0: 10_000_000, 100_000_000: 10_000_000, 100_000_001: 20_000_000,
                        500_000_000: 20_000_000, 500_000_001: 30_000_000}
@@ -430,7 +431,7 @@ def test_every_shipped_policy_loads_and_evaluates_for_every_listed_period() -> N
     for policy in policies:
         for period in policy.check_periods():
             result = evaluate(policy.compiled(period), document({}), today=TODAY)
-            assert result.outcome != ELIGIBLE, (policy.id, period)
+            assert result.outcome != Outcome.ELIGIBLE, (policy.id, period)
             assert result.policy_id == policy.id
 
 
@@ -490,7 +491,7 @@ def test_reload_with_a_broken_file_keeps_the_running_set(tmp_path: Path, old: st
     assert info.value.line is not None
     assert store.current is before
     running = store.current.get("stable-jobs-refund")
-    assert evaluate(running.compiled(2025), stable_document(), today=TODAY).outcome == ELIGIBLE
+    assert evaluate(running.compiled(2025), stable_document(), today=TODAY).outcome == Outcome.ELIGIBLE
 
     target.write_text(original.replace("version: \"2025.1\"", "version: \"2025.2\""),
                       encoding="utf-8")

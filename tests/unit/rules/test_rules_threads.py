@@ -9,8 +9,9 @@ from typing import Any
 
 from rules_testkit import TODAY, load_text, policy_yaml, record, stable_document, stable_jobs
 
-from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, evaluate
+from rules.evaluator import evaluate
 from rules.facts import FactsDocument
+from rules.values import Outcome
 
 THREADS = 8
 PER_THREAD = 500
@@ -44,7 +45,7 @@ def test_threads_share_one_compiled_policy_without_mixing_results() -> None:
     compiled = stable_jobs().compiled(2025)
     docs = documents()
     expected = [evaluate(compiled, doc, today=TODAY).to_dict() for doc in docs]
-    assert {e["outcome"] for e in expected} == {ELIGIBLE, INELIGIBLE, UNDETERMINED, HELD}
+    assert {e["outcome"] for e in expected} == set(Outcome)
     assert len({(e["outcome"], e["amount_fen"]) for e in expected}) >= 6
 
     start = threading.Barrier(THREADS)

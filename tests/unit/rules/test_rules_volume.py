@@ -11,7 +11,8 @@ from pathlib import Path
 
 from rules_testkit import TODAY, compile_text, document, policy_yaml
 
-from rules.evaluator import ELIGIBLE, HELD, INELIGIBLE, UNDETERMINED, evaluate
+from rules.evaluator import evaluate
+from rules.values import Outcome
 
 EVALUATIONS = 100_000
 MAX_LAYOFFS = 50_000
@@ -21,11 +22,11 @@ def expected(i: int) -> tuple[str, int]:
     """The outcome and amount for document i, worked out without the rules package."""
     premium = i * 7 + 15
     if i % 10 == 7 or i > MAX_LAYOFFS:
-        return INELIGIBLE, 0
+        return Outcome.INELIGIBLE, 0
     if i % 10 == 3:
-        return UNDETERMINED, 0
+        return Outcome.UNDETERMINED, 0
     amount = (2 * 3 * premium + 10) // 20  # premium x 30%, half up, in integers
-    return (HELD if i % 10 == 5 else ELIGIBLE), amount
+    return (Outcome.HELD if i % 10 == 5 else Outcome.ELIGIBLE), amount
 
 
 def test_one_hundred_thousand_evaluations_through_one_compiled_policy(tmp_path: Path) -> None:
@@ -54,5 +55,5 @@ def test_one_hundred_thousand_evaluations_through_one_compiled_policy(tmp_path: 
         want_amounts[outcome] += amount
     assert outcomes == want_outcomes
     assert amounts == want_amounts
-    assert outcomes[INELIGIBLE] == 5_000 + 49_999  # revoked up to 50,000, then all above it
+    assert outcomes[Outcome.INELIGIBLE] == 5_000 + 49_999  # revoked up to 50,000, then all above it
     assert sum(outcomes.values()) == EVALUATIONS

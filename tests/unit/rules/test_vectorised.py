@@ -39,7 +39,8 @@ from rules.evaluator import _engine_fact, evaluate
 from rules.facts import FactsDocument, FactType, FactValue, Record
 from rules.interpreter import Interpreter, ParamValue, Tiers, truth
 from rules.loader import CompiledPolicy, load_policy_file
-from rules.vectorised import FALSE, OUTCOMES, TRUE, UNKNOWN, ChunkTrace
+from rules.values import OUTCOME_OF_CODE
+from rules.vectorised import FALSE, TRUE, UNKNOWN, ChunkTrace
 from service.catalogue import CATALOGUE
 
 CODES = {"false": FALSE, "true": TRUE, "unknown": UNKNOWN}
@@ -445,7 +446,7 @@ def test_an_empty_chunk() -> None:
 
 
 def test_outcome_codes_index_the_evaluator_outcomes() -> None:
-    assert OUTCOMES == ("ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD")
+    assert OUTCOME_OF_CODE == ("ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD")
     assert (int(FALSE), int(TRUE), int(UNKNOWN)) == (0, 1, 2)
     trace = assert_agrees(shipped_policies().get("stable-jobs-refund").compiled(2025),
                           [document({}, fact_year=2024)])
