@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
-from sqlalchemy import Column, Table, select, text
+from sqlalchemy import Column, Table, select
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make, organisation_check_character
-from service.audit.ledger import APPEND_ONLY_TRIGGER_NAMES, ledger_entry
+from service.audit.ledger import ledger_entry
 from service.audit.records import Actor, evaluation_record
 from service.payouts.export import Payer
 from service.payouts.tables import grant, payout_batch, payout_export, payout_line_seal
+from testkit.audit_checks import drop_append_only_triggers
 
 if TYPE_CHECKING:  # imported where called, as before: only the annotations need them here
     import grpc
@@ -85,17 +86,6 @@ def change_account(engine: Engine, code: str, account_no: str | None, *, as_of: 
 
 
 # ----------------------------------------------------------------------------------------- attacker
-
-
-def drop_append_only_triggers(conn: Connection, table: str) -> None:
-    """What an attacker with write access does first (see tests/unit/audit/test_audit_ledger.py)."""
-    dialect = conn.dialect.name
-    for name in APPEND_ONLY_TRIGGER_NAMES[dialect]:
-        trigger = name.format(table=table)
-        if dialect == "postgresql":
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {trigger} ON {table}"))
-        else:
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {trigger}"))
 
 
 @contextmanager

@@ -36,6 +36,7 @@ from testkit.api_fixtures import (
     serving,
     si_record,
 )
+from testkit.audit_checks import assert_audit_valid
 
 from enterprise_registry.db import make_engine
 from enterprise_registry.importer import load_records
@@ -104,12 +105,6 @@ def _wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.005)
 
 
-def _verified(engine: Engine) -> None:
-    with engine.connect() as conn:
-        verdict = verify_audit_log(conn)
-    assert verdict.valid, verdict.detail
-
-
 # ---------------------------------------------------------------------------------------------
 # One lookup.
 def test_every_lookup_decides_as_the_reference_evaluator_and_records_that_decision(
@@ -128,7 +123,7 @@ def test_every_lookup_decides_as_the_reference_evaluator_and_records_that_decisi
             outcomes.add(expected.outcome)
     assert outcomes == {"ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD"}
     assert _records(registry) == len(LOADED) * len(in_force(policies, 2025))
-    _verified(registry)
+    assert_audit_valid(registry)
 
 
 def test_the_same_decision_is_answered_from_its_record(registry: Engine, lookups: Lookups,
@@ -152,7 +147,7 @@ def test_changed_facts_are_a_new_decision_with_a_new_record(registry: Engine, lo
     assert (first.evaluation.amount_fen, changed.evaluation.amount_fen) == (37037015, 30000000)
     assert _explain(lookups, policies, A).evaluation_id == changed.evaluation_id
     assert _records(registry) == 2
-    _verified(registry)
+    assert_audit_valid(registry)
 
 
 def test_an_altered_record_is_never_answered_from(registry: Engine, lookups: Lookups, policies: PolicySet) -> None:
@@ -252,7 +247,7 @@ def test_concurrent_lookups_share_chunks_and_answer_each_its_own(registry: Engin
         assert not isinstance(answer, Exception), (uscc, policy_id, answer)
         assert (answer.evaluation.uscc, answer.evaluation) == (uscc, expected)
     assert _records(registry) == len(cases)   # and the first lookup's
-    _verified(registry)
+    assert_audit_valid(registry)
 
 
 def test_a_chunk_that_fails_is_decided_again_one_enterprise_at_a_time(

@@ -30,6 +30,7 @@ import orjson
 import pytest
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
+from testkit.audit_checks import drop_append_only_triggers
 from testkit.money_fixtures import (
     APPROVER,
     GIANT,
@@ -38,7 +39,6 @@ from testkit.money_fixtures import (
     account_of,
     attacker,
     change_account,
-    drop_append_only_triggers,
     enterprise,
     titled,
     uscc,

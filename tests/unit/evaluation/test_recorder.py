@@ -11,6 +11,7 @@ from datetime import date
 import pytest
 from sqlalchemy import Table, func, select, text
 from sqlalchemy.engine import Connection, Engine
+from testkit.audit_checks import assert_audit_valid
 
 from enterprise_registry.db import is_database_error, make_engine
 from enterprise_registry.uscc import make
@@ -18,7 +19,6 @@ from rules.evaluator import evaluate
 from rules.loader import LoadedPolicy, PolicySet
 from service.audit.ledger import ledger_entry, ledger_transaction
 from service.audit.records import Actor, PreparedRecord, evaluation_record, prepare_record
-from service.audit.verification import verify_audit_log
 from service.evaluation.recorder import Recorder, RecorderStoppedError
 from service.facts_documents import EnterpriseRows, build_document
 from service.payouts.tables import create_payout_schema
@@ -91,12 +91,6 @@ def _calls(recorder: Recorder, batches: list[list[tuple[LoadedPolicy, PreparedRe
     return threads, outcomes
 
 
-def _verified(engine: Engine) -> None:
-    with engine.connect() as conn:
-        verdict = verify_audit_log(conn)
-    assert verdict.valid, verdict.detail
-
-
 def test_concurrent_calls_share_few_transactions_and_answer_only_when_durable(
         audit_engine: Engine, recorder: Recorder, policies: PolicySet) -> None:
     in_force = _in_force(policies)
@@ -122,7 +116,7 @@ def test_concurrent_calls_share_few_transactions_and_answer_only_when_durable(
     assert 1 <= recorder.transactions <= 3 and recorder.records_written == total
     assert _count(audit_engine, evaluation_record) == total
     assert _count(audit_engine, ledger_entry) <= recorder.transactions * len(in_force)   # one entry per policy
-    _verified(audit_engine)
+    assert_audit_valid(audit_engine)
 
 
 def _refuse_records(conn: Connection) -> None:
@@ -164,7 +158,7 @@ def test_a_failing_transaction_fails_exactly_its_calls_and_later_calls_succeed(
     recorder.record([(in_force[1], after)])   # the writer went on
     assert _stored(audit_engine, before.evaluation_id) and _stored(audit_engine, after.evaluation_id)
     assert _count(audit_engine, evaluation_record) == 2
-    _verified(audit_engine)   # nothing of the failed groups is left half written
+    assert_audit_valid(audit_engine)   # nothing of the failed groups is left half written
 
 
 def test_an_unreachable_database_fails_every_call_and_the_writer_keeps_answering(policies: PolicySet) -> None:
