@@ -262,13 +262,18 @@ ALLOWED_CODES = {"/benefits.v1.AuditService/GetEvaluation": "NOT_FOUND",
                  "/benefits.v1.AuditService/ReplayEvaluation": "NOT_FOUND"}
 
 
-def call_code(call: Call, stubs: Stubs, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+def status_code(call: Callable[[], object]) -> grpc.StatusCode:
     """The status code a call ends with (OK when it returns)."""
     try:
-        call(stubs, metadata)
+        call()
     except grpc.RpcError as err:
         return err.code()
     return grpc.StatusCode.OK
+
+
+def call_code(call: Call, stubs: Stubs, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+    """The status code a call ends with (OK when it returns)."""
+    return status_code(lambda: call(stubs, metadata))
 
 
 def rpc_error(fn: Callable[[], object]) -> grpc.RpcError:
