@@ -15,13 +15,14 @@ from datetime import date
 import grpc
 import pytest
 from benefits.v1 import payout_service_pb2 as pb
-from testkit.api_fixtures import Stubs, as_role
+from testkit.api_fixtures import as_role
 from testkit.money_fixtures import (
     GIANT,
     GIANT_FEN,
     OPERATOR,
     PAYER,
     Money,
+    money,
     money_server,
     money_snapshot,
     rpc_code,
@@ -40,6 +41,8 @@ from service.payouts.export import export
 from service.payouts.runner import create_batch
 from service.payouts.states import LineState
 from service.server import RunningServer
+
+__all__ = ["money"]  # fixture (tests/testkit/money_fixtures.py)
 
 RETURNS = [uscc(n, "MA4F") for n in (1, 2, 3)]        # little-giant 2025: a return before PAID
 LATE = [uscc(n, "MA4F") for n in (4, 5)]              # little-giant 2024: a return after PAID
@@ -62,11 +65,6 @@ def _records() -> list[dict[str, object]]:
 def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with money_server(api_db_url, _records(), tmp_path_factory.mktemp("four-eyes")) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def money(stubs: Stubs) -> Money:
-    return Money(stubs)
 
 
 def _exported(money: Money, period: int, request_id: str) -> tuple[pb.PayoutBatch, list[pb.PayoutLine]]:

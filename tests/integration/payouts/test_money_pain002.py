@@ -18,11 +18,12 @@ import grpc
 import pytest
 from benefits.v1 import payout_service_pb2 as pb
 from lxml import etree
-from testkit.api_fixtures import Stubs, field_violations, rpc_error
+from testkit.api_fixtures import field_violations, rpc_error
 from testkit.money_fixtures import (
     GIANT,
     PAIN001_NS,
     Money,
+    money,
     money_server,
     money_snapshot,
     pain002,
@@ -32,6 +33,8 @@ from testkit.money_fixtures import (
 )
 
 from service.server import RunningServer
+
+__all__ = ["money"]  # fixture (tests/testkit/money_fixtures.py)
 
 Q = [uscc(n, "MA4H") for n in range(1, 5)]       # little-giant 2025
 OTHER = uscc(5, "MA4H")                          # little-giant 2024: another exported batch
@@ -48,11 +51,6 @@ def _records() -> list[dict[str, object]]:
 def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with money_server(api_db_url, _records(), tmp_path_factory.mktemp("pain002")) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def money(stubs: Stubs) -> Money:
-    return Money(stubs)
 
 
 def _exported(money: Money, period: int, request_id: str) -> tuple[str, str, list[pb.PayoutLine]]:

@@ -21,7 +21,7 @@ import pytest
 from benefits.v1 import audit_service_pb2
 from benefits.v1 import payout_service_pb2 as pb
 from sqlalchemy import select, update
-from testkit.api_fixtures import Stubs, as_role
+from testkit.api_fixtures import as_role
 from testkit.money_fixtures import (
     GIANT,
     GIANT_FEN,
@@ -30,6 +30,7 @@ from testkit.money_fixtures import (
     change_account,
     creditor_accounts,
     enterprise,
+    money,
     money_server,
     money_snapshot,
     rpc_code,
@@ -40,6 +41,8 @@ from testkit.money_fixtures import (
 from enterprise_registry.importer import load_records
 from service.payouts.tables import grant, payout_export
 from service.server import RunningServer
+
+__all__ = ["money"]  # fixture (tests/testkit/money_fixtures.py)
 
 P = [uscc(n, "MA4G") for n in range(1, 7)]       # little-giant 2025, accounts account_of(1..6)
 NEW_NUMBER, OTHER_BANK, REMOVED, SAME, FULL_WIDTH, UNTOUCHED = P
@@ -63,11 +66,6 @@ def _records() -> list[dict[str, object]]:
 def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with money_server(api_db_url, _records(), tmp_path_factory.mktemp("payees")) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def money(stubs: Stubs) -> Money:
-    return Money(stubs)
 
 
 def _masked(number: str) -> str:
