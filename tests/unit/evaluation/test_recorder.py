@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from datetime import date
 
 import pytest
-from sqlalchemy import Table, func, select, text
-from sqlalchemy.engine import Connection, Engine
-from testkit.audit_checks import assert_audit_valid
+from sqlalchemy import Table, func, select
+from sqlalchemy.engine import Engine
+from testkit.audit_checks import accept_records, assert_audit_valid, refuse_records
 
 from enterprise_registry.db import is_database_error, make_engine
 from enterprise_registry.uscc import make
@@ -119,29 +119,13 @@ def test_concurrent_calls_share_few_transactions_and_answer_only_when_durable(
     assert_audit_valid(audit_engine)
 
 
-def _refuse_records(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                          "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"))
-        conn.execute(text("CREATE TRIGGER test_refuse BEFORE INSERT ON evaluation_record "
-                          "FOR EACH ROW EXECUTE FUNCTION test_refuse()"))
-    else:
-        conn.execute(text("CREATE TRIGGER test_refuse BEFORE INSERT ON evaluation_record "
-                          "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
-
-
-def _accept_records(conn: Connection) -> None:
-    conn.execute(text("DROP TRIGGER test_refuse ON evaluation_record" if conn.dialect.name == "postgresql"
-                      else "DROP TRIGGER test_refuse"))
-
-
 def test_a_failing_transaction_fails_exactly_its_calls_and_later_calls_succeed(
         audit_engine: Engine, recorder: Recorder, policies: PolicySet) -> None:
     in_force = _in_force(policies)
     before = _prepared(in_force[0], 1)
     recorder.record([(in_force[0], before)])
     with audit_engine.begin() as conn:
-        _refuse_records(conn)
+        refuse_records(conn)
     doomed = [[(in_force[i % len(in_force)], _prepared(in_force[i % len(in_force)], 10 + i))] for i in range(12)]
     with ledger_transaction(audit_engine):   # all of them in the groups that meet the refusal
         threads, outcomes = _calls(recorder, doomed)
@@ -153,7 +137,7 @@ def test_a_failing_transaction_fails_exactly_its_calls_and_later_calls_succeed(
     assert recorder.failed_groups >= 1
     assert not any(_stored(audit_engine, p.evaluation_id) for b in doomed for _, p in b)
     with audit_engine.begin() as conn:
-        _accept_records(conn)
+        accept_records(conn)
     after = _prepared(in_force[1], 2)
     recorder.record([(in_force[1], after)])   # the writer went on
     assert _stored(audit_engine, before.evaluation_id) and _stored(audit_engine, after.evaluation_id)
