@@ -34,6 +34,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 from testkit.api_fixtures import database_factory
+from testkit.databases import BACKENDS
 from testkit.money_fixtures import BUDGET_POLICY, budget_policies
 from testkit.paths import POLICIES_DIR
 
@@ -101,7 +102,7 @@ def records() -> list[dict[str, Any]]:
 
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def databases(request: pytest.FixtureRequest, tmp_path: Path,
               records: list[dict[str, Any]]) -> Iterator[Callable[[], Engine]]:
     """A factory of databases, each holding the same registry."""
