@@ -336,6 +336,16 @@ class Money:
 
 
 @pytest.fixture(scope="module")
+def api_server(api_db_url: str, money_records: list[dict[str, object]],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real server over the test module's registry: the module defines the fixture
+    `money_records`, imports this one and names it in its `__all__` (so that it stands in for the
+    API tests' server of tests/integration/conftest.py)."""
+    with money_server(api_db_url, money_records, tmp_path_factory.mktemp("money")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
 def money(stubs: Stubs) -> Money:
     """The money calls over the module's server (each test file's `api_server`, over its registry);
     a fixture: a test file imports it and names it in its `__all__`."""

@@ -9,7 +9,6 @@ may not confirm it even when it acts as a finance_approver.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 
 import grpc
@@ -22,8 +21,8 @@ from testkit.money_fixtures import (
     OPERATOR,
     PAYER,
     Money,
+    api_server,
     money,
-    money_server,
     money_snapshot,
     rpc_code,
     standing_grants,
@@ -42,7 +41,7 @@ from service.payouts.runner import create_batch
 from service.payouts.states import LineState
 from service.server import RunningServer
 
-__all__ = ["money"]  # fixture (tests/testkit/money_fixtures.py)
+__all__ = ["api_server", "money"]  # fixtures (tests/testkit/money_fixtures.py)
 
 RETURNS = [uscc(n, "MA4F") for n in (1, 2, 3)]        # little-giant 2025: a return before PAID
 LATE = [uscc(n, "MA4F") for n in (4, 5)]              # little-giant 2024: a return after PAID
@@ -50,7 +49,8 @@ SAME = [uscc(n, "MA4F") for n in (6, 7)]              # little-giant 2023: in-pr
 RETURN_REASON = "AC04 账户已销户"
 
 
-def _records() -> list[dict[str, object]]:
+@pytest.fixture(scope="module")
+def money_records() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for n, code in enumerate(RETURNS, start=1):
         out += titled(code, n, 2025)
@@ -59,12 +59,6 @@ def _records() -> list[dict[str, object]]:
     for n, code in enumerate(SAME, start=6):
         out += titled(code, n, 2023)
     return out
-
-
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with money_server(api_db_url, _records(), tmp_path_factory.mktemp("four-eyes")) as running:
-        yield running
 
 
 def _exported(money: Money, period: int, request_id: str) -> tuple[pb.PayoutBatch, list[pb.PayoutLine]]:

@@ -8,7 +8,7 @@ external entities, deep nesting, millions of bytes, foreign namespaces and mispl
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from testkit.money_fixtures import (
     PAIN001_NS,
     PAIN002_NS,
     Money,
+    api_server,
     lines_by_uscc,
-    money_server,
     money_snapshot,
     pain002,
     titled,
@@ -33,6 +33,8 @@ from testkit.money_fixtures import (
 )
 
 from service.server import RunningServer
+
+__all__ = ["api_server"]  # fixture (tests/testkit/money_fixtures.py)
 
 X = [uscc(n, "MA4W") for n in range(1, 7)]     # little-giant 2025: exported
 Y = [uscc(n, "MA4W") for n in (7, 8)]          # 2024: DRAFT
@@ -43,18 +45,13 @@ INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 XXE_SECRET = "xxe-secret-file-content-4f1c9a"
 
 
-def _records() -> list[dict[str, object]]:
+@pytest.fixture(scope="module")
+def money_records() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for code in [*X, *Y, *Z]:
         year = 2025 if code in X else 2024 if code in Y else 2023
         out += titled(code, int(code[12:16]), year)
     return out
-
-
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with money_server(api_db_url, _records(), tmp_path_factory.mktemp("review-bad-input")) as running:
-        yield running
 
 
 @dataclass

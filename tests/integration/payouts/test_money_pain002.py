@@ -11,7 +11,6 @@ the other results of that report are not recorded either. RJCT for a PAID line i
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
 
 import grpc
@@ -23,8 +22,8 @@ from testkit.money_fixtures import (
     GIANT,
     PAIN001_NS,
     Money,
+    api_server,
     money,
-    money_server,
     money_snapshot,
     pain002,
     rpc_code,
@@ -34,23 +33,18 @@ from testkit.money_fixtures import (
 
 from service.server import RunningServer
 
-__all__ = ["money"]  # fixture (tests/testkit/money_fixtures.py)
+__all__ = ["api_server", "money"]  # fixtures (tests/testkit/money_fixtures.py)
 
 Q = [uscc(n, "MA4H") for n in range(1, 5)]       # little-giant 2025
 OTHER = uscc(5, "MA4H")                          # little-giant 2024: another exported batch
 
 
-def _records() -> list[dict[str, object]]:
+@pytest.fixture(scope="module")
+def money_records() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for n, code in enumerate(Q, start=1):
         out += titled(code, n, 2025)
     return out + titled(OTHER, 5, 2024)
-
-
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with money_server(api_db_url, _records(), tmp_path_factory.mktemp("pain002")) as running:
-        yield running
 
 
 def _exported(money: Money, period: int, request_id: str) -> tuple[str, str, list[pb.PayoutLine]]:
