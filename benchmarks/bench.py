@@ -59,11 +59,10 @@ class Phase:
 # The registry: built once per (N, seed, database), reused after.
 
 def registry(n: int, db: str) -> tuple[str, Phase]:
+    from bench_registry import load_feed, write_feed
     from sqlalchemy import text
 
-    from enterprise_registry.db import create_schema, make_engine
-    from enterprise_registry.importer import load_jsonl
-    from enterprise_registry.synthetic import write_jsonl
+    from enterprise_registry.db import make_engine
 
     CACHE.mkdir(parents=True, exist_ok=True)
     stem = CACHE / f"registry-{n}-{SEED}"
@@ -74,9 +73,7 @@ def registry(n: int, db: str) -> tuple[str, Phase]:
         schema = f"bench_{n}_{SEED}"
         url, marker = f"{PG_URL}?options=-csearch_path%3D{schema}", stem.with_suffix(f".{schema}.json")
     if not feed.exists():
-        partial = feed.with_suffix(".jsonl.part")
-        write_jsonl(partial, n, SEED)
-        partial.replace(feed)
+        write_feed(feed, n, SEED)
     if marker.exists():
         saved = json.loads(marker.read_text())
         print(f"registry: reusing {url} ({saved['records']:,} records; delete {marker} to rebuild)", flush=True)
@@ -90,12 +87,7 @@ def registry(n: int, db: str) -> tuple[str, Phase]:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         admin.dispose()
-    engine = make_engine(url)
-    try:
-        create_schema(engine)
-        report = load_jsonl(feed, engine)
-    finally:
-        engine.dispose()
+    report = load_feed(url, feed)
     marker.write_text(json.dumps({"records": report.records, "seconds": report.seconds}))
     print(f"registry: loaded {report.records:,} records in {report.seconds:.1f} s", flush=True)
     return url, Phase("load", report.records, report.seconds)

@@ -57,11 +57,10 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The registry, cached under var/bench/.
 def prepare_registry(count: int, seed: int) -> tuple[str, list[str]]:
     """The SQLite URL of a loaded synthetic registry, and the USCCs of its enterprises."""
+    from bench_registry import load_feed, write_feed
     from sqlalchemy import text
 
-    from enterprise_registry.db import create_schema, make_engine
-    from enterprise_registry.importer import load_jsonl
-    from enterprise_registry.synthetic import write_jsonl
+    from enterprise_registry.db import make_engine
 
     CACHE.mkdir(parents=True, exist_ok=True)
     stem = CACHE / f"registry-{count}-{seed}"
@@ -69,20 +68,13 @@ def prepare_registry(count: int, seed: int) -> tuple[str, list[str]]:
     url = f"sqlite:///{db}"
     if not feed.exists():
         started = time.perf_counter()
-        partial = feed.with_suffix(".jsonl.part")
-        records = write_jsonl(partial, count, seed)
-        partial.replace(feed)
+        records = write_feed(feed, count, seed)
         print(f"registry: wrote {records:,} records for {count:,} units to {feed} "
               f"in {time.perf_counter() - started:.1f} s", flush=True)
     if not marker.exists():
         for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             path.unlink(missing_ok=True)
-        engine = make_engine(url)
-        try:
-            create_schema(engine)
-            report = load_jsonl(feed, engine)
-        finally:
-            engine.dispose()
+        report = load_feed(url, feed)
         marker.touch()
         print(f"registry: loaded {report.records:,} records into {db} in {report.seconds:.1f} s",
               flush=True)

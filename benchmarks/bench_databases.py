@@ -59,3 +59,18 @@ def run_chunk_bench(run: ChunkBench) -> None:
     years = [int(year) for year in args.years.split(",")]
     for label, engine in bench_databases(args.pg):
         run(engine, label, args.count, args.chunk, years, args.rounds)
+
+
+# run(engine, label, size): one database's turn of a benchmark of one size
+SizedBench = Callable[[Engine, str, int], None]
+
+
+def run_sized_bench(run: SizedBench, option: str, default: int) -> None:
+    """The command line of a benchmark with one size (`--<option> N`, PostgreSQL URL): `run` on
+    each database in turn."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument(f"--{option}", dest="size", metavar=option.upper(), type=int, default=default)
+    parser.add_argument("--pg", default=DEFAULT_PG)
+    args = parser.parse_args()
+    for label, engine in bench_databases(args.pg):
+        run(engine, label, args.size)

@@ -6,10 +6,9 @@ Usage: python benchmarks/bench_ledger.py [--entries 20000] [--pg postgresql://po
 """
 from __future__ import annotations
 
-import argparse
 import time
 
-from bench_databases import DEFAULT_PG, bench_databases
+from bench_databases import run_sized_bench
 from sqlalchemy import Column, MetaData, String, Table, Text, insert
 from sqlalchemy.engine import Engine
 
@@ -56,12 +55,7 @@ def run(engine: Engine, label: str, n: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--entries", type=int, default=20_000)
-    parser.add_argument("--pg", default=DEFAULT_PG)
-    args = parser.parse_args()
-    for label, engine in bench_databases(args.pg):
-        run(engine, label, args.entries)
+    run_sized_bench(run, "entries", 20_000)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ Usage: python benchmarks/bench_money_events.py [--lines 100000]
 """
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench_databases import DEFAULT_PG, bench_databases
+from bench_databases import run_sized_bench
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 
@@ -107,12 +106,7 @@ def run(engine: Engine, label: str, count: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--lines", type=int, default=100_000)
-    parser.add_argument("--pg", default=DEFAULT_PG)
-    args = parser.parse_args()
-    for label, engine in bench_databases(args.pg):
-        run(engine, label, args.lines)
+    run_sized_bench(run, "lines", 100_000)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from testkit.databases import PG_URL, postgres_reachable, private_schema
+from testkit.databases import BACKENDS, PG_URL, fresh_database, postgres_reachable, private_schema
 from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.db import create_schema, make_engine
@@ -19,13 +19,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"postgresql: {PG_URL} ({state})"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database URL: a SQLite file, or a private schema on the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'registry.db'}"
-        return
-    with private_schema() as url:
+    with fresh_database(request.param, tmp_path) as url:
         yield url
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from testkit.api_fixtures import Stubs, channel_stubs, registry_records, serving
-from testkit.databases import private_schema
+from testkit.databases import BACKENDS, fresh_database
 
 from service.server import RunningServer
 
@@ -25,17 +25,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="module",
-                params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=BACKENDS)
 def api_db_url(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Like `db_url` of tests/conftest.py, but one database per module: a fresh SQLite file, or a
     private schema on the PostgreSQL server (skipped when none is reachable, unless
     BENEFITS_REQUIRE_PG=1 makes that a failure)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('api-db') / 'registry.db'}"
-        return
-    with private_schema() as url:
+    with fresh_database(request.param, tmp_path_factory.mktemp("api-db")) as url:
         yield url
 
 

@@ -3,6 +3,7 @@ a real server on a loopback port, stubs and call helpers."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -262,13 +263,27 @@ ALLOWED_CODES = {"/benefits.v1.AuditService/GetEvaluation": "NOT_FOUND",
                  "/benefits.v1.AuditService/ReplayEvaluation": "NOT_FOUND"}
 
 
-def call_code(call: Call, stubs: Stubs, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+def status_code(call: Callable[[], object]) -> grpc.StatusCode:
     """The status code a call ends with (OK when it returns)."""
     try:
-        call(stubs, metadata)
+        call()
     except grpc.RpcError as err:
         return err.code()
     return grpc.StatusCode.OK
+
+
+def call_code(call: Call, stubs: Stubs, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+    """The status code a call ends with (OK when it returns)."""
+    return status_code(lambda: call(stubs, metadata))
+
+
+def import_facts(stubs: Stubs, records: list[dict[str, object]],
+                 metadata: list[tuple[str, str]]) -> registry_service_pb2.ImportFactsResponse:
+    """RegistryService.ImportFacts streaming `records`, one JSON record a message."""
+    reply: registry_service_pb2.ImportFactsResponse = stubs.registry.ImportFacts(
+        iter([registry_service_pb2.ImportFactsRequest(record_json=json.dumps(r, ensure_ascii=False))
+              for r in records]), metadata=metadata, timeout=30)
+    return reply
 
 
 def rpc_error(fn: Callable[[], object]) -> grpc.RpcError:

@@ -8,12 +8,15 @@ import shutil
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry.db import create_schema, make_engine
+from service.audit import checkpoints
 from service.payouts.tables import create_payout_schema
 
 Restore = Callable[[], None]
@@ -23,6 +26,52 @@ def create_every_table(engine: Engine) -> None:
     """The registry's, the audit trail's and the money tables, with their append-only triggers."""
     create_schema(engine)
     create_payout_schema(engine)
+
+
+def write_checkpoint(engine: Engine, key: Ed25519PrivateKey, file: Path) -> checkpoints.Checkpoint:
+    """A checkpoint of the ledger now, signed with `key` and appended to `file`."""
+    with engine.connect() as conn:
+        checkpoint = checkpoints.checkpoint_now(conn, key)
+    checkpoints.write(checkpoint, file)
+    return checkpoint
+
+
+@dataclass
+class RestoredLedger:
+    """A ledger checkpointed (`kept`, line 1 of `file`), backed up, grown and checkpointed again
+    (`lost`, line 2), then restored from the real backup: it holds the kept entries again."""
+    url: str
+    engine: Engine
+    key: Ed25519PrivateKey
+    file: Path
+    kept: checkpoints.Checkpoint
+    lost: checkpoints.Checkpoint
+
+
+@contextmanager
+def restored_ledger(db_url: str, folder: Path, before: Callable[[Engine], None],
+                    lost: Callable[[Engine], None]) -> Iterator[RestoredLedger]:
+    """Every table created at `db_url`, a ledger key made in `folder`; `before` appends the entries
+    the backup keeps, `lost` those after it; then the backup restored (see `RestoredLedger`). The
+    engine it yields is disposed afterwards."""
+    engine = make_engine(db_url)
+    create_every_table(engine)
+    key = checkpoints.generate_key(folder / "ledger-key.pem")
+    file = folder / "checkpoints.jsonl"
+    before(engine)
+    kept = write_checkpoint(engine, key, file)
+    engine.dispose()
+    with backed_up(db_url) as restore_backup:
+        engine = make_engine(db_url)
+        lost(engine)
+        abandoned = write_checkpoint(engine, key, file)
+        engine.dispose()
+        restore_backup()
+    engine = make_engine(db_url)
+    try:
+        yield RestoredLedger(db_url, engine, key, file, kept, abandoned)
+    finally:
+        engine.dispose()
 
 
 @contextmanager

@@ -5,6 +5,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -59,3 +60,19 @@ def private_schema() -> Iterator[str]:
             conn.execute(text(f'drop schema "{schema}" cascade'))
     finally:
         admin.dispose()
+
+
+# The params of a fixture that runs its tests on each database: SQLite, and PostgreSQL (marked, so
+# that `-m "not postgres"` leaves it out; skipped where no server is reachable).
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def fresh_database(backend: str, folder: Path, name: str = "registry.db") -> Iterator[str]:
+    """The URL of a fresh, empty database: the SQLite file `folder`/`name`, or (backend
+    "postgresql") a private schema on the PostgreSQL server, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / name}"
+        return
+    with private_schema() as url:
+        yield url

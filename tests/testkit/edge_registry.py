@@ -18,7 +18,7 @@ from enterprise_registry.importer import load_records
 from enterprise_registry.models import table_for
 from enterprise_registry.synthetic import generate
 from service.facts_documents import DocumentSource, EnterpriseRows
-from testkit.databases import private_schema
+from testkit.databases import BACKENDS, fresh_database
 
 REGISTRY_SIZE, REGISTRY_SEED = 3000, 23
 FACT_YEARS = range(2021, 2026)
@@ -91,13 +91,10 @@ EDGE_ROWS: dict[str, list[dict[str, Any]]] = {
 }
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=BACKENDS)
 def registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """The synthetic registry and the edge rows, on each database (one per module)."""
-    if request.param == "sqlite":
-        yield from _filled(f"sqlite:///{tmp_path_factory.mktemp('columns') / 'registry.db'}")
-        return
-    with private_schema() as url:
+    with fresh_database(request.param, tmp_path_factory.mktemp("columns")) as url:
         yield from _filled(url)
 
 

@@ -10,16 +10,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from lxml import etree
-from sqlalchemy import Column, Table, select, text
+from sqlalchemy import Column, Table, select
 from sqlalchemy.engine import Connection, Engine
 
 from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make, organisation_check_character
-from service.audit.ledger import APPEND_ONLY_TRIGGER_NAMES, ledger_entry
+from rules.loader import PolicySet, load_policy_dir
+from service.audit.ledger import ledger_entry
 from service.audit.records import Actor, evaluation_record
+from service.catalogue import CATALOGUE
 from service.payouts.export import Payer
 from service.payouts.tables import grant, payout_batch, payout_export, payout_line_seal
+from testkit.audit_checks import drop_append_only_triggers
+from testkit.paths import POLICIES_DIR
 
 if TYPE_CHECKING:  # imported where called, as before: only the annotations need them here
     import grpc
@@ -84,18 +89,27 @@ def change_account(engine: Engine, code: str, account_no: str | None, *, as_of: 
                              bank_name=bank_name)], engine)
 
 
+# ----------------------------------------------------------------------------------------- a budget
+
+BUDGET_POLICY = "lg-budget"
+
+
+def budget_policies(folder: Path) -> PolicySet:
+    """A copy of the little-giant reward (`BUDGET_POLICY`, outside any conflict group) with a budget
+    of 100万元 - two awards of 50万元 - written into `folder` (which must not exist yet) and loaded
+    as the only policy there."""
+    source = (POLICIES_DIR / f"{GIANT}.yaml").read_text(encoding="utf-8")
+    source = source.replace(f"id: {GIANT}\n", f"id: {BUDGET_POLICY}\n")
+    source = "\n".join(line for line in source.splitlines() if not line.startswith("conflict_group:")) + "\n"
+    source = source.replace("fact_year: period\n", "fact_year: period\nbudget: 100万元\n")
+    folder.mkdir()
+    (folder / f"{BUDGET_POLICY}.yaml").write_text(source, encoding="utf-8")
+    loaded = load_policy_dir(folder, CATALOGUE, require_tests=False)
+    assert loaded.get(BUDGET_POLICY).budget_fen == 100_000_000
+    return loaded
+
+
 # ----------------------------------------------------------------------------------------- attacker
-
-
-def drop_append_only_triggers(conn: Connection, table: str) -> None:
-    """What an attacker with write access does first (see tests/unit/audit/test_audit_ledger.py)."""
-    dialect = conn.dialect.name
-    for name in APPEND_ONLY_TRIGGER_NAMES[dialect]:
-        trigger = name.format(table=table)
-        if dialect == "postgresql":
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {trigger} ON {table}"))
-        else:
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {trigger}"))
 
 
 @contextmanager
@@ -319,6 +333,23 @@ class Money:
         verified: audit_service_pb2.VerifyAuditLogResponse = self.stubs.audit.VerifyAuditLog(
             audit_service_pb2.VerifyAuditLogRequest(), metadata=as_role("auditor"), timeout=60)
         return verified
+
+
+@pytest.fixture(scope="module")
+def api_server(api_db_url: str, money_records: list[dict[str, object]],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real server over the test module's registry: the module defines the fixture
+    `money_records`, imports this one and names it in its `__all__` (so that it stands in for the
+    API tests' server of tests/integration/conftest.py)."""
+    with money_server(api_db_url, money_records, tmp_path_factory.mktemp("money")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def money(stubs: Stubs) -> Money:
+    """The money calls over the module's server (each test file's `api_server`, over its registry);
+    a fixture: a test file imports it and names it in its `__all__`."""
+    return Money(stubs)
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 departments, and nothing as of a day after today in Shanghai (by a clock the test sets)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -16,6 +15,7 @@ from testkit.api_fixtures import (
     bearer,
     channel_stubs,
     enterprise_record,
+    import_facts,
     registry_records,
     rpc_error,
     serving,
@@ -79,14 +79,6 @@ def tax_record(uscc: str, **overrides: object) -> dict[str, object]:
     return record
 
 
-def _import(stubs: Stubs, records: list[dict[str, object]],
-            metadata: list[tuple[str, str]]) -> registry_service_pb2.ImportFactsResponse:
-    reply: registry_service_pb2.ImportFactsResponse = stubs.registry.ImportFacts(
-        iter([registry_service_pb2.ImportFactsRequest(record_json=json.dumps(r, ensure_ascii=False))
-              for r in records]), metadata=metadata, timeout=30)
-    return reply
-
-
 def _kinds(stubs: Stubs, uscc: str) -> list[str]:
     reply = stubs.registry.GetEnterprise(registry_service_pb2.GetEnterpriseRequest(uscc=uscc),
                                          metadata=as_role("auditor"), timeout=20)
@@ -101,7 +93,7 @@ def test_a_tax_feed_writes_tax_facts_and_nothing_else(feed_stubs: Stubs) -> None
         si_record(Y),                    # 4 human_resources: not the tax feed's
         tax_record(Y),                   # 5 good
     ]
-    reply = _import(feed_stubs, stream, bearer(TAX_FEED_TOKEN))
+    reply = import_facts(feed_stubs, stream, bearer(TAX_FEED_TOKEN))
     assert (reply.received_count, reply.stored_count, reply.stale_count) == (5, 3, 0)
     assert [(r.record_index, r.field) for r in reply.rejects] == [(2, "source"), (4, "source")]
     assert reply.rejects[0].reason == ("department market_regulation is not a source of this feed "
@@ -116,15 +108,15 @@ def test_a_tax_feed_writes_tax_facts_and_nothing_else(feed_stubs: Stubs) -> None
 
 
 def test_a_feed_of_every_department_writes_them_all(feed_stubs: Stubs) -> None:
-    reply = _import(feed_stubs, [enterprise_record(EVERY), si_record(EVERY), tax_record(EVERY)],
-                    as_role("registry_feed"))
+    reply = import_facts(feed_stubs, [enterprise_record(EVERY), si_record(EVERY), tax_record(EVERY)],
+                         as_role("registry_feed"))
     assert (reply.stored_count, list(reply.rejects)) == (3, [])
     assert _kinds(feed_stubs, EVERY) == ["enterprise", "social_insurance_year", "tax_year"]
 
 
 def test_facts_as_of_a_day_after_today_in_shanghai_are_rejected(feed_stubs: Stubs) -> None:
     # 17:00 UTC on 2 December: 3 December in Shanghai, so a record as of the 3rd is no future fact.
-    reply = _import(feed_stubs, [
+    reply = import_facts(feed_stubs, [
         enterprise_record(TODAY_IN_SHANGHAI, as_of="2026-12-03"),   # 1 today in Shanghai
         enterprise_record(FUTURE, as_of="2026-12-04"),              # 2 tomorrow
         si_record(TODAY_IN_SHANGHAI, as_of="2027-01-31"),           # 3 next year
@@ -141,9 +133,9 @@ def test_facts_as_of_a_day_after_today_in_shanghai_are_rejected(feed_stubs: Stub
 def test_one_second_before_midnight_in_shanghai_the_next_day_is_still_to_come(
         feed_stubs: Stubs, clock: SettableClock) -> None:
     clock.instant = LAST_SECOND_OF_DEC_2
-    reply = _import(feed_stubs, [enterprise_record(MIDNIGHT, as_of="2026-12-03"),
-                                 enterprise_record(MIDNIGHT, as_of="2026-12-02", name="襄阳边界有限公司")],
-                    as_role("registry_feed"))
+    reply = import_facts(feed_stubs, [enterprise_record(MIDNIGHT, as_of="2026-12-03"),
+                                      enterprise_record(MIDNIGHT, as_of="2026-12-02", name="襄阳边界有限公司")],
+                         as_role("registry_feed"))
     assert [(r.record_index, r.field) for r in reply.rejects] == [(1, "as_of")]
     assert "after today (2026-12-02, Asia/Shanghai)" in reply.rejects[0].reason
     # The refused line 1 does not make line 2 (same key) a duplicate.
@@ -156,13 +148,13 @@ def test_one_second_before_midnight_in_shanghai_the_next_day_is_still_to_come(
 
 def test_a_feed_out_of_its_departments_and_in_the_future_is_told_about_its_source(
         feed_stubs: Stubs) -> None:
-    reply = _import(feed_stubs, [si_record(FUTURE, as_of="2027-01-31")], bearer(TAX_FEED_TOKEN))
+    reply = import_facts(feed_stubs, [si_record(FUTURE, as_of="2027-01-31")], bearer(TAX_FEED_TOKEN))
     assert [(r.record_index, r.field) for r in reply.rejects] == [(1, "source")]
     assert reply.stored_count == 0
     assert rpc_error(lambda: _kinds(feed_stubs, FUTURE)).code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_admin_imports_nothing(feed_stubs: Stubs) -> None:
-    err = rpc_error(lambda: _import(feed_stubs, [tax_record(Y)], as_role("admin")))
+    err = rpc_error(lambda: import_facts(feed_stubs, [tax_record(Y)], as_role("admin")))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert err.details() == "role admin may not call ImportFacts"

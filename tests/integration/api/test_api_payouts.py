@@ -4,14 +4,14 @@ Each test has a server and a database of its own (the five giants can be paid on
 brings its batch to the state it needs itself."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 from benefits.v1 import payout_service_pb2 as pb
-from testkit.api_fixtures import Stubs, as_role, channel_stubs, finished_batch, serving
+from testkit.api_fixtures import Stubs, as_role, channel_stubs, finished_batch, serving, status_code
 
 from enterprise_registry.uscc import make
 from service.audit.records import Actor
@@ -71,14 +71,6 @@ def _approved(stubs: Stubs, request_id: str) -> pb.PayoutBatch:
     return approved
 
 
-def _code(call: Callable[[], object]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
-
-
 def test_eight_concurrent_creates_with_one_request_id_give_one_batch(stubs: Stubs) -> None:
     with ThreadPoolExecutor(8) as pool:
         made = list(pool.map(lambda _: _start(stubs, "req-concurrent-0001"), range(8)))
@@ -92,7 +84,7 @@ def test_eight_concurrent_creates_with_one_request_id_give_one_batch(stubs: Stub
 
 def test_the_same_request_id_with_other_arguments_already_exists(stubs: Stubs) -> None:
     _create(stubs, "req-concurrent-0001")
-    assert _code(lambda: _create(stubs, "req-concurrent-0001", "single-champion-reward")) == \
+    assert status_code(lambda: _create(stubs, "req-concurrent-0001", "single-champion-reward")) == \
         grpc.StatusCode.ALREADY_EXISTS
 
 
@@ -107,24 +99,24 @@ def test_lifecycle_and_illegal_transitions(stubs: Stubs) -> None:
     approved = stubs.payout.ApprovePayoutBatch(pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id),
                                                metadata=APPROVER)
     assert approved.state == pb.BATCH_STATE_APPROVED and approved.approved_by
-    assert _code(lambda: stubs.payout.ApprovePayoutBatch(
+    assert status_code(lambda: stubs.payout.ApprovePayoutBatch(
         pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id), metadata=APPROVER)) == \
         grpc.StatusCode.FAILED_PRECONDITION
-    assert _code(lambda: stubs.payout.CancelPayoutBatch(  # an approved batch: only by an approver
+    assert status_code(lambda: stubs.payout.CancelPayoutBatch(  # an approved batch: only by an approver
         pb.CancelPayoutBatchRequest(batch_id=batch.batch_id, reason="预算调整"), metadata=OPERATOR)) == \
         grpc.StatusCode.PERMISSION_DENIED
-    assert _code(lambda: stubs.payout.CancelPayoutBatch(  # and never without a reason
+    assert status_code(lambda: stubs.payout.CancelPayoutBatch(  # and never without a reason
         pb.CancelPayoutBatchRequest(batch_id=batch.batch_id), metadata=APPROVER)) == \
         grpc.StatusCode.INVALID_ARGUMENT
-    assert _code(lambda: stubs.payout.ApprovePayoutBatch(
+    assert status_code(lambda: stubs.payout.ApprovePayoutBatch(
         pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id), metadata=OPERATOR)) == \
         grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_bad_create_requests_name_the_field(stubs: Stubs) -> None:
-    assert _code(lambda: stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(), metadata=OPERATOR)) == \
+    assert status_code(lambda: stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(), metadata=OPERATOR)) == \
         grpc.StatusCode.INVALID_ARGUMENT
-    assert _code(lambda: stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id="pb_none"),
+    assert status_code(lambda: stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id="pb_none"),
                                                      metadata=OPERATOR)) == grpc.StatusCode.NOT_FOUND
 
 
@@ -161,7 +153,8 @@ def test_a_draft_batch_is_not_exported(stubs: Stubs, api_server: RunningServer) 
 
     draft = _create(stubs, "req-draft-000001")
     assert draft.state == pb.BATCH_STATE_DRAFT
-    assert _code(lambda: _export(stubs, draft.batch_id, pb.EXPORT_FORMAT_CSV)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_code(lambda: _export(stubs, draft.batch_id, pb.EXPORT_FORMAT_CSV)) == \
+        grpc.StatusCode.FAILED_PRECONDITION
     cancel(api_server.engine, draft.batch_id, Actor("test-finance_operator", "finance_operator"), "test")
 
 
@@ -184,7 +177,7 @@ def test_bank_results_settle_the_batch_and_a_returned_line_is_paid_again_once(st
     settled = stubs.payout.ConfirmPayoutReturns(pb.ConfirmPayoutReturnsRequest(
         batch_id=batch.batch_id, line_ids=[returned.line_id]), metadata=APPROVER)
     assert settled.state == pb.BATCH_STATE_SETTLED
-    assert _code(lambda: stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(  # a different result
+    assert status_code(lambda: stubs.payout.RecordPayoutResults(pb.RecordPayoutResultsRequest(  # a different result
         batch_id=batch.batch_id, results=[pb.PayoutResult(line_id=returned.line_id, state=pb.LINE_STATE_PAID)]),
         metadata=OPERATOR)) == grpc.StatusCode.FAILED_PRECONDITION
     repay = _create(stubs, "req-repay-000001")

@@ -3,7 +3,6 @@ and PostgreSQL: a bank account, a tax figure and tokens appear neither in its lo
 errors it returns, even when the database refuses a write and the error reaches the log."""
 from __future__ import annotations
 
-import json
 import re
 from functools import partial
 from pathlib import Path
@@ -19,6 +18,7 @@ from testkit.api_fixtures import (
     as_role,
     bearer,
     enterprise_record,
+    import_facts,
     load_registry,
     rpc_error,
     write_auth_file,
@@ -49,14 +49,6 @@ def _reply(err: grpc.RpcError) -> str:
     return f"{seen.details()} {seen.debug_error_string()}"
 
 
-def _import(stubs: Stubs, records: list[dict[str, object]],
-            metadata: list[tuple[str, str]]) -> registry_service_pb2.ImportFactsResponse:
-    response: registry_service_pb2.ImportFactsResponse = stubs.registry.ImportFacts(
-        iter([registry_service_pb2.ImportFactsRequest(record_json=json.dumps(r, ensure_ascii=False))
-              for r in records]), metadata=metadata, timeout=30)
-    return response
-
-
 def _internal_reference(err: grpc.RpcError) -> str:
     assert err.code() == grpc.StatusCode.INTERNAL, (err.code(), err.details())
     match = REFERENCE.match(err.details() or "")
@@ -82,13 +74,13 @@ def test_no_account_tax_figure_or_token_in_the_log_or_the_errors(db_url: str, tm
     with server_process(db_url, write_auth_file(tmp_path / "auth.yaml"), log_file) as (_, port):
         stubs = Stubs.connect(port)
         try:
-            first = _import(stubs, [enterprise_record(FIRST, bank_account=account), tax_record(FIRST)],
-                            as_role("registry_feed"))
+            first = import_facts(stubs, [enterprise_record(FIRST, bank_account=account), tax_record(FIRST)],
+                                 as_role("registry_feed"))
             assert (first.stored_count, list(first.rejects)) == (2, [])
             references = []
             for records, token in (([enterprise_record(SECOND, bank_account=account)], TOKENS["registry_feed"]),
                                    ([tax_record(SECOND)], TAX_FEED_TOKEN)):
-                err = rpc_error(partial(_import, stubs, records, bearer(token)))
+                err = rpc_error(partial(import_facts, stubs, records, bearer(token)))
                 references.append(_internal_reference(err))
                 replies.append(_reply(err))
             for metadata in (bearer(SECRET_TOKEN), [("authorization", f"bearer {SECRET_TOKEN}")],

@@ -10,7 +10,6 @@ import base64
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.engine import Connection, Engine
-from testkit.database_backups import backed_up, create_every_table
+from testkit.database_backups import RestoredLedger as Restored
+from testkit.database_backups import create_every_table, restored_ledger, write_checkpoint
 
 from enterprise_registry.db import make_engine
 from service.audit import checkpoints
@@ -35,19 +35,6 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 # ------------------------------------------------------------------------------------------- setup
-@dataclass
-class Restored:
-    """A ledger of 6 entries checkpointed (`kept`, line 1), backed up, grown to 9 and checkpointed
-    (`lost`, line 2), then restored from the real backup: it holds the 6 entries again. Entries
-    carry fixed times, so the lost history can be written again entry for entry (`_regrow_lost`)."""
-    url: str
-    engine: Engine
-    key: Ed25519PrivateKey
-    file: Path
-    kept: checkpoints.Checkpoint
-    lost: checkpoints.Checkpoint
-
-
 def _append(engine: Engine, labels: list[str]) -> None:
     """Entries whose hashes depend only on their labels and positions (their time is fixed)."""
     with engine.begin() as conn:
@@ -57,37 +44,18 @@ def _append(engine: Engine, labels: list[str]) -> None:
             append(conn, "evaluation", {"evaluation_id": label}, recorded_at=START + timedelta(seconds=seq))
 
 
-def _checkpoint(engine: Engine, key: Ed25519PrivateKey, file: Path) -> checkpoints.Checkpoint:
-    with engine.connect() as conn:
-        checkpoint = checkpoints.checkpoint_now(conn, key)
-    checkpoints.write(checkpoint, file)
-    return checkpoint
-
-
 BEFORE = [f"before{i}" for i in range(6)]
 LOST = [f"lost{i}" for i in range(3)]
 
 
 @pytest.fixture
 def restored(db_url: str, tmp_path: Path) -> Iterator[Restored]:
-    engine = make_engine(db_url)
-    create_every_table(engine)
-    key = checkpoints.generate_key(tmp_path / "ledger-key.pem")
-    file = tmp_path / "checkpoints.jsonl"
-    _append(engine, BEFORE)
-    kept = _checkpoint(engine, key, file)
-    engine.dispose()
-    with backed_up(db_url) as restore_backup:
-        engine = make_engine(db_url)
-        _append(engine, LOST)
-        lost = _checkpoint(engine, key, file)
-        engine.dispose()
-        restore_backup()
-    engine = make_engine(db_url)
-    try:
-        yield Restored(db_url, engine, key, file, kept, lost)
-    finally:
-        engine.dispose()
+    """A ledger of 6 entries checkpointed (`kept`, line 1), backed up, grown to 9 and checkpointed
+    (`lost`, line 2), then restored from the real backup: it holds the 6 entries again. Entries
+    carry fixed times, so the lost history can be written again entry for entry (`_regrow_lost`)."""
+    with restored_ledger(db_url, tmp_path, before=lambda engine: _append(engine, BEFORE),
+                         lost=lambda engine: _append(engine, LOST)) as ledger:
+        yield ledger
 
 
 def _restore(restored: Restored, reason: str = REASON, by: str = "ops-alice") -> RestoreStatement:
@@ -171,7 +139,7 @@ def test_the_fixture_is_what_it_claims(restored: Restored) -> None:
 def test_a_replayed_statement_fails(restored: Restored) -> None:
     statement = _restore(restored)
     _append(restored.engine, ["after0", "after1", "after2", "after3"])
-    _checkpoint(restored.engine, restored.key, restored.file)
+    write_checkpoint(restored.engine, restored.key, restored.file)
     assert _verdict(restored)[0]
     lines = _lines(restored)
     _write_lines(restored, [*lines, lines[2]])            # the statement again, as the newest line
@@ -186,7 +154,7 @@ def test_a_replayed_statement_fails(restored: Restored) -> None:
 def test_a_statement_moved_in_the_file_fails(restored: Restored) -> None:
     _restore(restored)
     _append(restored.engine, ["after0", "after1", "after2", "after3"])
-    _checkpoint(restored.engine, restored.key, restored.file)
+    write_checkpoint(restored.engine, restored.key, restored.file)
     first, second, statement, later = _lines(restored)
     for order in ([first, statement, second, later], [statement, first, second, later],
                   [first, second, later, statement]):
@@ -298,7 +266,7 @@ def test_an_entry_edited_before_the_restore_point_fails(restored: Restored) -> N
 def test_entries_after_the_seal_edited_or_cut_fail(restored: Restored) -> None:
     _restore(restored)
     _append(restored.engine, ["after0", "after1", "after2", "after3"])
-    later = _checkpoint(restored.engine, restored.key, restored.file)
+    later = write_checkpoint(restored.engine, restored.key, restored.file)
     assert later.entry_count == 11
     _append(restored.engine, ["after4"])
     assert _verdict(restored)[0]
@@ -341,7 +309,7 @@ def test_a_backup_older_than_every_checkpoint_abandons_them_all_and_says_so(rest
     assert _verdict(restored)[0]
 
 
-def test_limit_a_restore_vouches_for_edits_after_the_newest_kept_checkpoint(restored: Restored) -> None:
+def test_limit_a_restore_vouches_for_edits_after_the_newest_keptwrite_checkpoint(restored: Restored) -> None:
     """LIMIT (docs/operations.md, "Backup and restore", Limits): an insider who rewrites the entries
     after the newest kept checkpoint (here none is kept: the backup is older than every checkpoint)
     and asks for a restore gets the rewritten history signed; nothing can tell it from the backup.
@@ -388,9 +356,9 @@ def test_an_abandoned_history_cannot_come_back_after_the_restore(restored: Resto
 def test_two_restores_in_a_row_verify(restored: Restored) -> None:
     first = _restore(restored)
     _append(restored.engine, ["after0", "after1"])
-    _checkpoint(restored.engine, restored.key, restored.file)        # 9 entries, on the new history
+    write_checkpoint(restored.engine, restored.key, restored.file)        # 9 entries, on the new history
     _append(restored.engine, ["after2", "after3"])
-    _checkpoint(restored.engine, restored.key, restored.file)        # 11
+    write_checkpoint(restored.engine, restored.key, restored.file)        # 11
     _cut_to(restored.engine, 9)                                      # a backup made at the 9
     second = _restore(restored, reason="second failure", by="ops-bob")
     assert (second.restored_entry_count, [r.entry_count for r in second.abandoned_checkpoints]) == (9, [11])
@@ -408,7 +376,7 @@ def test_two_restores_in_a_row_verify(restored: Restored) -> None:
 def test_a_backup_older_than_an_earlier_restore_is_refused(restored: Restored) -> None:
     _restore(restored)
     _append(restored.engine, ["after0", "after1", "after2", "after3"])
-    _checkpoint(restored.engine, restored.key, restored.file)
+    write_checkpoint(restored.engine, restored.key, restored.file)
     _cut_to(restored.engine, 6)
     before = restored.file.read_text()
     with pytest.raises(LedgerRestoreError, match="fewer than the restore signed at"):
@@ -419,7 +387,7 @@ def test_a_backup_older_than_an_earlier_restore_is_refused(restored: Restored) -
 def test_a_backup_of_the_abandoned_history_is_refused(restored: Restored) -> None:
     _restore(restored)
     _append(restored.engine, ["after0", "after1", "after2", "after3"])
-    _checkpoint(restored.engine, restored.key, restored.file)   # 11 entries after the restore
+    write_checkpoint(restored.engine, restored.key, restored.file)   # 11 entries after the restore
     _regrow_lost(restored.engine)        # the operator picks a backup made before the restore: 9 entries
     before = restored.file.read_text()
     with contextlib.suppress(LedgerRestoreError):   # refusing is the right answer
@@ -431,7 +399,7 @@ def test_a_backup_of_the_abandoned_history_is_refused(restored: Restored) -> Non
 def test_a_second_restore_checks_what_the_first_kept(restored: Restored) -> None:
     _restore(restored)
     _append(restored.engine, ["after0", "after1"])
-    _checkpoint(restored.engine, restored.key, restored.file)        # 9 entries after the restore
+    write_checkpoint(restored.engine, restored.key, restored.file)        # 9 entries after the restore
     rest = _payloads_from(restored.engine, 4)[:4]                    # a backup of 7 (the seal too), entry 3 rewritten
     _rebuild_from(restored.engine, 3, [("evaluation", {"evaluation_id": "forged"}), *rest])
     before = restored.file.read_text()

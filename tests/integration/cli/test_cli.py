@@ -52,6 +52,16 @@ def _evaluate(capsys: pytest.CaptureFixture[str], db_url: str, uscc: str, policy
     return evaluation
 
 
+def _first_evaluation(capsys: pytest.CaptureFixture[str], db_url: str, tmp_path: Path) -> str:
+    """A loaded (enterprise and social-insurance record) by `registry load`, then evaluated under
+    stable-jobs-refund: the id of that evaluation's record."""
+    feed = _write(tmp_path / "feed.jsonl", [_enterprise(A), _si(A)])
+    assert main(["registry", "load", str(feed), "--db", db_url]) == 0
+    capsys.readouterr()
+    evaluation_id: str = _evaluate(capsys, db_url, A, "stable-jobs-refund")["evaluation_id"]
+    return evaluation_id
+
+
 def test_load_then_evaluate_json(db_url: str, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     feed = _write(tmp_path / "feed.jsonl", [_enterprise(A), _si(A), _enterprise(B),
@@ -180,10 +190,7 @@ def test_evaluations_are_recorded_and_audit_verify_locates_an_edit(db_url: str, 
 
     from enterprise_registry.db import make_engine
 
-    feed = _write(tmp_path / "feed.jsonl", [_enterprise(A), _si(A)])
-    assert main(["registry", "load", str(feed), "--db", db_url]) == 0
-    capsys.readouterr()
-    first = _evaluate(capsys, db_url, A, "stable-jobs-refund")["evaluation_id"]
+    first = _first_evaluation(capsys, db_url, tmp_path)
     # The same decision (rule text, facts, evaluation date) again: answered from its record.
     assert _evaluate(capsys, db_url, A, "stable-jobs-refund")["evaluation_id"] == first
     assert main(["evaluate", "--db", db_url, "--uscc", A, "--policy", "stable-jobs-refund", "--period", "2025",
@@ -207,10 +214,7 @@ def test_evaluations_are_recorded_and_audit_verify_locates_an_edit(db_url: str, 
 
 def test_audit_prove_gives_an_evaluation_records_inclusion_proof(db_url: str, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    feed = _write(tmp_path / "feed.jsonl", [_enterprise(A), _si(A)])
-    assert main(["registry", "load", str(feed), "--db", db_url]) == 0
-    capsys.readouterr()
-    evaluation_id = _evaluate(capsys, db_url, A, "stable-jobs-refund")["evaluation_id"]
+    evaluation_id = _first_evaluation(capsys, db_url, tmp_path)
     assert main(["audit", "prove", "--db", db_url, evaluation_id]) == 0
     out = capsys.readouterr().out
     assert f"record {evaluation_id}: leaf 0 of 1" in out and out.rstrip().endswith(

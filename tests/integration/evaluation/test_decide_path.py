@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -178,6 +178,24 @@ def _task(engine: Engine, batch_id: str, number: int, coordinator: str, sources:
     return PartitionTask(_url(engine), (BatchTask(batch_id, sources, ()),), number, coordinator, settings)
 
 
+class _Claimed(NamedTuple):
+    batch_id: str
+    settings: RunSettings
+    evaluator: ChunkEvaluator
+    task: PartitionTask        # partition 0, run as "coord"
+
+
+def _claimed(registry: Engine, policies: PolicySet, request_id: str, partition_count: int) -> _Claimed:
+    """A stable-jobs-refund 2025 batch claimed by "coord" (30 s lease) and cut into partitions."""
+    batch_id = _start(registry, policies, SJR, 2025, request_id)
+    settings = RunSettings(chunk_size=CHUNK, partitions=partition_count)
+    assert claim(registry, batch_id, "coord", 30)
+    ensure_partitions(registry, [batch_id], partition_count)[batch_id]
+    policy = policies.get(SJR)
+    evaluator = ChunkEvaluator.for_batch(_batch_row(registry, batch_id), policy, [], [])
+    return _Claimed(batch_id, settings, evaluator, _task(registry, batch_id, 0, "coord", (policy.source,), settings))
+
+
 def _sleep_past_lease(engine: Engine, batch_id: str) -> None:
     time.sleep(max(_batch_row(engine, batch_id).lease_until / 1000 - time.time(), 0) + 0.05)
 
@@ -326,13 +344,7 @@ def test_partitions_tile_any_registry_and_the_batch_pays_what_the_reference_pays
 
 def test_a_duplicate_task_run_concurrently_records_every_enterprise_once(
         registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
-    batch_id = _start(registry, policies, SJR, 2025, "req-duplicate")
-    settings = RunSettings(chunk_size=CHUNK, partitions=2)
-    assert claim(registry, batch_id, "coord", 30)
-    ensure_partitions(registry, [batch_id], 2)[batch_id]
-    policy = policies.get(SJR)
-    evaluator = ChunkEvaluator.for_batch(_batch_row(registry, batch_id), policy, [], [])
-    task = _task(registry, batch_id, 0, "coord", (policy.source,), settings)
+    batch_id, settings, evaluator, task = _claimed(registry, policies, "req-duplicate", 2)
 
     # Both copies read the partition at the same cursor before either commits its first chunk.
     meet, original = threading.Barrier(2, timeout=30), partitions.next_chunk
@@ -847,13 +859,7 @@ def test_giving_a_batch_back_while_one_of_its_chunks_commits_does_not_deadlock(
     partitions; a chunk's commit (`_advance`) updates its partition, then the batch row. Run
     them interleaved - the chunk holding its partition when `release` starts - and either may
     win, but neither may fail for any other reason than losing the lease."""
-    batch_id = _start(registry, policies, SJR, 2025, "req-release-race")
-    settings = RunSettings(chunk_size=CHUNK, partitions=1)
-    assert claim(registry, batch_id, "coord", 30)
-    ensure_partitions(registry, [batch_id], 1)[batch_id]
-    policy = policies.get(SJR)
-    evaluator = ChunkEvaluator.for_batch(_batch_row(registry, batch_id), policy, [], [])
-    task = _task(registry, batch_id, 0, "coord", (policy.source,), settings)
+    batch_id, _, evaluator, task = _claimed(registry, policies, "req-release-race", 1)
     holding = threading.Event()
     outcomes: dict[str, int | str | Exception] = {}   # chunks run, "released", or what was raised
     real_transaction = ledger_transaction   # what partitions calls: it imports it from the ledger (no re-export)

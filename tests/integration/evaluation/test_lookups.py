@@ -19,7 +19,7 @@ import grpc
 import pytest
 from benefits.v1 import audit_service_pb2, benefit_service_pb2, evaluation_pb2
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from testkit.api_fixtures import (
     E_SMALL,
     LOADED,
@@ -36,6 +36,7 @@ from testkit.api_fixtures import (
     serving,
     si_record,
 )
+from testkit.audit_checks import accept_records, assert_audit_valid, refuse_records
 
 from enterprise_registry.db import make_engine
 from enterprise_registry.importer import load_records
@@ -104,12 +105,6 @@ def _wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.005)
 
 
-def _verified(engine: Engine) -> None:
-    with engine.connect() as conn:
-        verdict = verify_audit_log(conn)
-    assert verdict.valid, verdict.detail
-
-
 # ---------------------------------------------------------------------------------------------
 # One lookup.
 def test_every_lookup_decides_as_the_reference_evaluator_and_records_that_decision(
@@ -128,7 +123,7 @@ def test_every_lookup_decides_as_the_reference_evaluator_and_records_that_decisi
             outcomes.add(expected.outcome)
     assert outcomes == {"ELIGIBLE", "INELIGIBLE", "UNDETERMINED", "HELD"}
     assert _records(registry) == len(LOADED) * len(in_force(policies, 2025))
-    _verified(registry)
+    assert_audit_valid(registry)
 
 
 def test_the_same_decision_is_answered_from_its_record(registry: Engine, lookups: Lookups,
@@ -152,7 +147,7 @@ def test_changed_facts_are_a_new_decision_with_a_new_record(registry: Engine, lo
     assert (first.evaluation.amount_fen, changed.evaluation.amount_fen) == (37037015, 30000000)
     assert _explain(lookups, policies, A).evaluation_id == changed.evaluation_id
     assert _records(registry) == 2
-    _verified(registry)
+    assert_audit_valid(registry)
 
 
 def test_an_altered_record_is_never_answered_from(registry: Engine, lookups: Lookups, policies: PolicySet) -> None:
@@ -252,7 +247,7 @@ def test_concurrent_lookups_share_chunks_and_answer_each_its_own(registry: Engin
         assert not isinstance(answer, Exception), (uscc, policy_id, answer)
         assert (answer.evaluation.uscc, answer.evaluation) == (uscc, expected)
     assert _records(registry) == len(cases)   # and the first lookup's
-    _verified(registry)
+    assert_audit_valid(registry)
 
 
 def test_a_chunk_that_fails_is_decided_again_one_enterprise_at_a_time(
@@ -334,29 +329,17 @@ def test_concurrent_explanations_are_group_committed_and_every_id_verifies(serve
     assert again.evaluation.evaluation_id == replies[0].evaluation.evaluation_id
 
 
-def _refuse_records(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                          "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"))
-        conn.execute(text("CREATE TRIGGER test_refuse BEFORE INSERT ON evaluation_record "
-                          "FOR EACH ROW EXECUTE FUNCTION test_refuse()"))
-    else:
-        conn.execute(text("CREATE TRIGGER test_refuse BEFORE INSERT ON evaluation_record "
-                          "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
-
-
 def test_a_failing_group_fails_its_calls_cleanly_and_later_calls_succeed(served: Any, stubs: Stubs,
                                                                         policies: PolicySet) -> None:
     cases = _all_combinations(policies)[:10]
     with served.engine.begin() as conn:
-        _refuse_records(conn)
+        refuse_records(conn)
     failed = _while_the_ledger_is_held(served, [partial(_api_explain, stubs, *case) for case in cases])
     assert all(isinstance(r, grpc.RpcError) and r.code() == grpc.StatusCode.INTERNAL for r in failed), failed
     assert all("internal error (reference" in r.details() for r in failed)   # no database text leaks
     assert served.recorder.failed_groups >= 1
     with served.engine.begin() as conn:
-        conn.execute(text("DROP TRIGGER test_refuse ON evaluation_record" if conn.dialect.name == "postgresql"
-                          else "DROP TRIGGER test_refuse"))
+        accept_records(conn)
     replies = [_api_explain(stubs, *case) for case in cases]   # the recorder went on
     assert [r.evaluation.uscc for r in replies] == [uscc for uscc, _ in cases]
     with served.engine.connect() as conn:

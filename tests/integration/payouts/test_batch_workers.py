@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from testkit.api_fixtures import database_factory
+from testkit.databases import BACKENDS
 
 from enterprise_registry.synthetic import generate
 from service.audit.records import Actor, evaluation_record, verify_records
@@ -45,7 +46,7 @@ TODAY = date(2026, 3, 2)
 OPERATOR = Actor("operator-1", "finance_operator")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Engine]]:
     """A factory of databases, each holding the same synthetic registry."""
     with database_factory(request.param, tmp_path, list(generate(ENTERPRISES, seed=SEED))) as new:

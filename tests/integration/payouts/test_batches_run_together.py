@@ -34,6 +34,8 @@ from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 from testkit.api_fixtures import database_factory
+from testkit.databases import BACKENDS
+from testkit.money_fixtures import BUDGET_POLICY, budget_policies
 from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.importer import load_records
@@ -101,7 +103,7 @@ def records() -> list[dict[str, Any]]:
 
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def databases(request: pytest.FixtureRequest, tmp_path: Path,
               records: list[dict[str, Any]]) -> Iterator[Callable[[], Engine]]:
     """A factory of databases, each holding the same registry."""
@@ -848,24 +850,6 @@ def test_a_candidate_altered_on_any_page_is_not_paid_and_the_others_are_paid_as_
     assert get_batch(engine, batch_id).merkle_root == root([bytes.fromhex(x["record_sha256"]) for x in lines]).hex()
 
 
-BUDGET_POLICY = "lg-budget"
-
-
-def _budget_policies(tmp_path: Path) -> PolicySet:
-    """A copy of the little-giant reward outside any conflict group, with a budget of 100万元
-    (as in test_money_budget_spent)."""
-    source = (POLICIES_DIR / f"{GIANT}.yaml").read_text(encoding="utf-8")
-    source = source.replace(f"id: {GIANT}\n", f"id: {BUDGET_POLICY}\n")
-    source = "\n".join(line for line in source.splitlines() if not line.startswith("conflict_group:")) + "\n"
-    source = source.replace("fact_year: period\n", "fact_year: period\nbudget: 100万元\n")
-    folder = tmp_path / "budget-rules"
-    folder.mkdir()
-    (folder / f"{BUDGET_POLICY}.yaml").write_text(source, encoding="utf-8")
-    loaded = load_policy_dir(folder, CATALOGUE, require_tests=False)
-    assert loaded.get(BUDGET_POLICY).budget_fen == 100_000_000
-    return loaded
-
-
 def _budget_batch(engine: Engine, policies: PolicySet, request_id: str) -> str:
     return create_batch(engine, policies, policy_id=BUDGET_POLICY, period=PERIOD, request_id=request_id,
                         actor=OPERATOR, today=TODAY, settings=RunSettings(chunk_size=2)).batch_id
@@ -887,7 +871,7 @@ def test_a_budget_pro_rated_over_candidates_read_page_by_page_gives_the_shares_c
     from testkit.money_fixtures import titled
     from testkit.money_fixtures import uscc as money_uscc
 
-    budget = _budget_policies(tmp_path)
+    budget = budget_policies(tmp_path / "budget-rules")
     create_payout_schema(db_engine)
     monkeypatch.setattr(runner, "_CANDIDATES_PER_PAGE", page)
     monkeypatch.setattr(seals, "_LINES_PER_PAGE", page)

@@ -3,7 +3,7 @@ precise status (and, for INVALID_ARGUMENT, the field it names) and changes nothi
 no line, batch, bank file, seal, evaluation record or ledger entry."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ from testkit.money_fixtures import (
     GIANT,
     PAIN001_NS,
     Money,
-    money_server,
+    api_server,
     money_snapshot,
     pain002,
     titled,
@@ -25,25 +25,22 @@ from testkit.money_fixtures import (
 
 from service.server import RunningServer
 
+__all__ = ["api_server"]  # fixture (tests/testkit/money_fixtures.py)
+
 X = [uscc(n, "MA4J") for n in (1, 2, 3, 4, 8)]   # little-giant 2025: exported, answered but one
 Y = [uscc(n, "MA4J") for n in (5, 6)]         # 2024: DRAFT
 Z = [uscc(7, "MA4J")]                         # 2023: APPROVED
 OPERATOR, APPROVER = as_role("finance_operator"), as_role("finance_approver")
 
 
-def _records() -> list[dict[str, object]]:
+@pytest.fixture(scope="module")
+def money_records() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for code in X:
         out += titled(code, int(code[12:16]), 2025)
     for n, code in enumerate(Y, start=5):
         out += titled(code, n, 2024)
     return out + titled(Z[0], 7, 2023)
-
-
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with money_server(api_db_url, _records(), tmp_path_factory.mktemp("bad-input")) as running:
-        yield running
 
 
 @dataclass

@@ -13,12 +13,19 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from testkit.money_fixtures import APPROVER, OPERATOR, PAYER, SECOND_APPROVER, titled, uscc
-from testkit.paths import POLICIES_DIR
+from testkit.money_fixtures import (
+    APPROVER,
+    BUDGET_POLICY,
+    OPERATOR,
+    PAYER,
+    SECOND_APPROVER,
+    budget_policies,
+    titled,
+    uscc,
+)
 
 from enterprise_registry.importer import load_records
-from rules.loader import PolicySet, load_policy_dir
-from service.catalogue import CATALOGUE
+from rules.loader import PolicySet
 from service.errors import ServiceError
 from service.payouts.batches import (
     BankResult,
@@ -33,27 +40,17 @@ from service.payouts.export import export
 from service.payouts.runner import create_batch
 from service.payouts.states import LineState
 
-REFERENCE = POLICIES_DIR / "little-giant-reward.yaml"
-POLICY = "lg-budget"
 TODAY = date(2026, 1, 10)
 FIRST, LATE = [uscc(n, "MA4Y") for n in (1, 2)], uscc(3, "MA4Y")
 
 
 @pytest.fixture
 def policies(tmp_path: Path) -> PolicySet:
-    text = REFERENCE.read_text(encoding="utf-8").replace("id: little-giant-reward\n", f"id: {POLICY}\n")
-    text = "\n".join(line for line in text.splitlines() if not line.startswith("conflict_group:")) + "\n"
-    text = text.replace("fact_year: period\n", "fact_year: period\nbudget: 100万元\n")
-    folder = tmp_path / "rules"
-    folder.mkdir()
-    (folder / f"{POLICY}.yaml").write_text(text, encoding="utf-8")
-    loaded = load_policy_dir(folder, CATALOGUE, require_tests=False)
-    assert loaded.get(POLICY).budget_fen == 100_000_000
-    return loaded
+    return budget_policies(tmp_path / "rules")
 
 
 def _run(engine: Engine, policies: PolicySet, request_id: str) -> Batch:
-    return create_batch(engine, policies, policy_id=POLICY, period=2025, request_id=request_id, actor=OPERATOR,
+    return create_batch(engine, policies, policy_id=BUDGET_POLICY, period=2025, request_id=request_id, actor=OPERATOR,
                         today=TODAY)
 
 

@@ -9,20 +9,20 @@ may not confirm it even when it acts as a finance_approver.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 
 import grpc
 import pytest
 from benefits.v1 import payout_service_pb2 as pb
-from testkit.api_fixtures import Stubs, as_role
+from testkit.api_fixtures import as_role
 from testkit.money_fixtures import (
     GIANT,
     GIANT_FEN,
     OPERATOR,
     PAYER,
     Money,
-    money_server,
+    api_server,
+    money,
     money_snapshot,
     rpc_code,
     standing_grants,
@@ -41,13 +41,16 @@ from service.payouts.runner import create_batch
 from service.payouts.states import LineState
 from service.server import RunningServer
 
+__all__ = ["api_server", "money"]  # fixtures (tests/testkit/money_fixtures.py)
+
 RETURNS = [uscc(n, "MA4F") for n in (1, 2, 3)]        # little-giant 2025: a return before PAID
 LATE = [uscc(n, "MA4F") for n in (4, 5)]              # little-giant 2024: a return after PAID
 SAME = [uscc(n, "MA4F") for n in (6, 7)]              # little-giant 2023: in-process, one principal
 RETURN_REASON = "AC04 账户已销户"
 
 
-def _records() -> list[dict[str, object]]:
+@pytest.fixture(scope="module")
+def money_records() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for n, code in enumerate(RETURNS, start=1):
         out += titled(code, n, 2025)
@@ -56,17 +59,6 @@ def _records() -> list[dict[str, object]]:
     for n, code in enumerate(SAME, start=6):
         out += titled(code, n, 2023)
     return out
-
-
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with money_server(api_db_url, _records(), tmp_path_factory.mktemp("four-eyes")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def money(stubs: Stubs) -> Money:
-    return Money(stubs)
 
 
 def _exported(money: Money, period: int, request_id: str) -> tuple[pb.PayoutBatch, list[pb.PayoutLine]]:

@@ -8,7 +8,7 @@ external entities, deep nesting, millions of bytes, foreign namespaces and mispl
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from testkit.money_fixtures import (
     PAIN001_NS,
     PAIN002_NS,
     Money,
+    api_server,
     lines_by_uscc,
-    money_server,
     money_snapshot,
     pain002,
     titled,
@@ -33,6 +33,8 @@ from testkit.money_fixtures import (
 )
 
 from service.server import RunningServer
+
+__all__ = ["api_server"]  # fixture (tests/testkit/money_fixtures.py)
 
 X = [uscc(n, "MA4W") for n in range(1, 7)]     # little-giant 2025: exported
 Y = [uscc(n, "MA4W") for n in (7, 8)]          # 2024: DRAFT
@@ -43,18 +45,13 @@ INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 XXE_SECRET = "xxe-secret-file-content-4f1c9a"
 
 
-def _records() -> list[dict[str, object]]:
+@pytest.fixture(scope="module")
+def money_records() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for code in [*X, *Y, *Z]:
         year = 2025 if code in X else 2024 if code in Y else 2023
         out += titled(code, int(code[12:16]), year)
     return out
-
-
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with money_server(api_db_url, _records(), tmp_path_factory.mktemp("review-bad-input")) as running:
-        yield running
 
 
 @dataclass
@@ -123,50 +120,57 @@ _LAUGHS = ('<!DOCTYPE Document [<!ENTITY a "aaaaaaaaaa">' +
            "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(9)) + "]>")
 
 
+def _rejection(s: Scene) -> etree._Element:
+    """A parsed report of one transaction, a rejection, for the attacks below to bend."""
+    return etree.fromstring(pain002(s.message_id, [(s.lines[2], "RJCT", "AC04")]))
+
+
+def _one(root: etree._Element, tag: str, *, anywhere: bool = True) -> etree._Element:
+    """The first pain.002 element `tag` below `root` (anywhere, or a child); it must be there."""
+    found = root.find(f"{'.//' if anywhere else ''}{{{PAIN002_NS}}}{tag}")
+    assert found is not None, tag
+    return found
+
+
+def _detached(element: etree._Element) -> etree._Element:
+    parent = element.getparent()
+    assert parent is not None
+    parent.remove(element)
+    return element
+
+
+def _xml(root: etree._Element) -> bytes:
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
 def _foreign_namespace(s: Scene) -> bytes:
     """The one transaction (a rejection) in another namespace than the report's."""
-    xml = pain002(s.message_id, [(s.lines[2], "RJCT", "AC04")])
-    root = etree.fromstring(xml)
-    tx = root.find(f".//{{{PAIN002_NS}}}TxInfAndSts")
-    assert tx is not None
-    for element in tx.iter():
+    root = _rejection(s)
+    for element in _one(root, "TxInfAndSts").iter():
         tag = element.tag
         assert isinstance(tag, str)  # as parsed (lxml's stubs allow what a program may set)
         element.tag = tag.replace(PAIN002_NS, "urn:iso:std:iso:20022:tech:xsd:pain.002.001.03")
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    return _xml(root)
 
 
 def _misplaced(s: Scene) -> bytes:
     """The one transaction (a rejection) directly under CstmrPmtStsRpt, not in OrgnlPmtInfAndSts."""
-    xml = pain002(s.message_id, [(s.lines[2], "RJCT", "AC04")])
-    root = etree.fromstring(xml)
-    tx = root.find(f".//{{{PAIN002_NS}}}TxInfAndSts")
-    assert tx is not None
-    info = tx.getparent()
-    assert info is not None
-    info.remove(tx)
-    report = root.find(f"{{{PAIN002_NS}}}CstmrPmtStsRpt")
-    assert report is not None
-    report.append(tx)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    root = _rejection(s)
+    tx = _detached(_one(root, "TxInfAndSts"))
+    _one(root, "CstmrPmtStsRpt", anywhere=False).append(tx)
+    return _xml(root)
 
 
 def _group_rejected(s: Scene) -> bytes:
     """The bank rejects the whole file: GrpSts RJCT with its reason, no transaction details."""
-    xml = pain002(s.message_id, [(s.lines[2], "RJCT", "AC04")]).replace(b"<GrpSts>PART</GrpSts>",
-                                                                       b"<GrpSts>RJCT</GrpSts>")
-    root = etree.fromstring(xml)
-    info = root.find(f".//{{{PAIN002_NS}}}OrgnlPmtInfAndSts")
-    assert info is not None
-    parent = info.getparent()
-    assert parent is not None
-    parent.remove(info)
-    group = root.find(f".//{{{PAIN002_NS}}}OrgnlGrpInfAndSts")
-    assert group is not None
+    root = _rejection(s)
+    _one(root, "GrpSts").text = "RJCT"   # was PART, as pain002 writes it
+    _detached(_one(root, "OrgnlPmtInfAndSts"))
+    group = _one(root, "OrgnlGrpInfAndSts")
     reason = etree.SubElement(etree.SubElement(etree.SubElement(group, f"{{{PAIN002_NS}}}StsRsnInf"),
                                                f"{{{PAIN002_NS}}}Rsn"), f"{{{PAIN002_NS}}}Cd")
     reason.text = "FF01"
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    return _xml(root)
 
 
 def _huge(s: Scene) -> bytes:

@@ -11,19 +11,19 @@ the other results of that report are not recorded either. RJCT for a PAID line i
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
 
 import grpc
 import pytest
 from benefits.v1 import payout_service_pb2 as pb
 from lxml import etree
-from testkit.api_fixtures import Stubs, field_violations, rpc_error
+from testkit.api_fixtures import field_violations, rpc_error
 from testkit.money_fixtures import (
     GIANT,
     PAIN001_NS,
     Money,
-    money_server,
+    api_server,
+    money,
     money_snapshot,
     pain002,
     rpc_code,
@@ -33,26 +33,18 @@ from testkit.money_fixtures import (
 
 from service.server import RunningServer
 
+__all__ = ["api_server", "money"]  # fixtures (tests/testkit/money_fixtures.py)
+
 Q = [uscc(n, "MA4H") for n in range(1, 5)]       # little-giant 2025
 OTHER = uscc(5, "MA4H")                          # little-giant 2024: another exported batch
 
 
-def _records() -> list[dict[str, object]]:
+@pytest.fixture(scope="module")
+def money_records() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for n, code in enumerate(Q, start=1):
         out += titled(code, n, 2025)
     return out + titled(OTHER, 5, 2024)
-
-
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with money_server(api_db_url, _records(), tmp_path_factory.mktemp("pain002")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def money(stubs: Stubs) -> Money:
-    return Money(stubs)
 
 
 def _exported(money: Money, period: int, request_id: str) -> tuple[str, str, list[pb.PayoutLine]]:

@@ -14,23 +14,23 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 
 import grpc
 import pytest
 from benefits.v1 import audit_service_pb2
 from benefits.v1 import payout_service_pb2 as pb
 from sqlalchemy import select, update
-from testkit.api_fixtures import Stubs, as_role
+from testkit.api_fixtures import as_role
 from testkit.money_fixtures import (
     GIANT,
     GIANT_FEN,
     Money,
     account_of,
+    api_server,
     change_account,
     creditor_accounts,
     enterprise,
-    money_server,
+    money,
     money_snapshot,
     rpc_code,
     titled,
@@ -40,6 +40,8 @@ from testkit.money_fixtures import (
 from enterprise_registry.importer import load_records
 from service.payouts.tables import grant, payout_export
 from service.server import RunningServer
+
+__all__ = ["api_server", "money"]  # fixtures (tests/testkit/money_fixtures.py)
 
 P = [uscc(n, "MA4G") for n in range(1, 7)]       # little-giant 2025, accounts account_of(1..6)
 NEW_NUMBER, OTHER_BANK, REMOVED, SAME, FULL_WIDTH, UNTOUCHED = P
@@ -52,22 +54,12 @@ def _full_width(text: str) -> str:
     return "".join(chr(ord(c) + 0xFEE0) if c.isascii() and c.isalnum() else c for c in text)
 
 
-def _records() -> list[dict[str, object]]:
+@pytest.fixture(scope="module")
+def money_records() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for n, code in enumerate(P, start=1):
         out += titled(code, n, 2025)
     return out
-
-
-@pytest.fixture(scope="module")
-def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with money_server(api_db_url, _records(), tmp_path_factory.mktemp("payees")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def money(stubs: Stubs) -> Money:
-    return Money(stubs)
 
 
 def _masked(number: str) -> str:

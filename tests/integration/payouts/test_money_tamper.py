@@ -28,8 +28,9 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Column, Table, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
+from testkit.audit_checks import drop_append_only_triggers
 from testkit.money_fixtures import (
     APPROVER,
     GIANT,
@@ -38,7 +39,6 @@ from testkit.money_fixtures import (
     account_of,
     attacker,
     change_account,
-    drop_append_only_triggers,
     enterprise,
     titled,
     uscc,
@@ -197,6 +197,37 @@ def _other(value: str) -> str:
     return value[:-1] + ("0" if value[-1] != "0" else "1")
 
 
+def _edited(world: World, table: Table, key_column: Column[Any], key: str, column: str,
+            forge: Callable[[Connection, dict[str, Any]], Any]) -> tuple[Any, AuditVerdict]:
+    """(forged value, verdict) after `column` of the row keyed `key` is set to what `forge` makes
+    of that row (on the attacker's connection)."""
+    with attacker(world.engine) as conn:
+        forged = forge(conn, _row(conn, table, key_column, key))
+        conn.execute(update(table).where(key_column == key).values({column: forged}))
+        return forged, _verdict(conn)
+
+
+def _deleted(world: World, table: Table, key_column: Column[Any], key: str) -> AuditVerdict:
+    with attacker(world.engine) as conn:
+        conn.execute(delete(table).where(key_column == key))
+        return _verdict(conn)
+
+
+def _inserted(world: World, table: Table, key_column: Column[Any], copied: str,
+              changes: dict[str, Any]) -> tuple[dict[str, Any], AuditVerdict]:
+    """(forged row, verdict) after a copy of the row keyed `copied`, with `changes`, is inserted."""
+    with attacker(world.engine) as conn:
+        forged = {**_row(conn, table, key_column, copied), **changes}
+        conn.execute(insert(table).values(forged))
+        return forged, _verdict(conn)
+
+
+def _assert_rekeyed_caught(verdict: AuditVerdict, table: str, old: str, new: str) -> None:
+    """A row's key edited: the old row reads as deleted, the new one as inserted."""
+    assert_caught(verdict, {(table, old), (table, new)})
+    assert {p.fault for p in verdict.problems} == {Fault.DELETED, Fault.INSERTED}
+
+
 # --------------------------------------------------------------------------------------------- baseline
 
 
@@ -247,8 +278,8 @@ def _forged_line_value(world: World, column: str, line: dict[str, Any]) -> Any:
 @pytest.mark.parametrize("column", LINE_COLUMNS)
 def test_an_edited_line_column_is_named(world: World, column: str, state: str) -> None:
     line_id = world.lines[state]
-    with attacker(world.engine) as conn:
-        line = _row(conn, grant, grant.c.grant_id, line_id)
+
+    def forge(conn: Connection, line: dict[str, Any]) -> Any:
         forged = _forged_line_value(world, column, line)
         if column == "released" and forged == "":
             # Un-releasing a released line collides with the enterprise's new standing grant
@@ -258,11 +289,11 @@ def test_an_edited_line_column_is_named(world: World, column: str, state: str) -
                 grant.c.period == line["period"], grant.c.released == "")).scalar_one()
             if others:
                 forged = _other(line["grant_id"])
-        conn.execute(update(grant).where(grant.c.grant_id == line_id).values({column: forged}))
-        verdict = _verdict(conn)
+        return forged
+
+    forged, verdict = _edited(world, grant, grant.c.grant_id, line_id, column, forge)
     if column == "grant_id":
-        assert_caught(verdict, {("grant_award", line_id), ("grant_award", forged)})
-        assert {p.fault for p in verdict.problems} == {Fault.DELETED, Fault.INSERTED}
+        _assert_rekeyed_caught(verdict, "grant_award", line_id, forged)
     else:
         assert_caught(verdict, {("grant_award", line_id)}, fault=Fault.EDITED)
         if column not in ("payee_account_no", "payee_name"):
@@ -272,19 +303,14 @@ def test_an_edited_line_column_is_named(world: World, column: str, state: str) -
 @pytest.mark.parametrize("state", [s.value for s in LineState])
 def test_a_deleted_line_is_named(world: World, state: str) -> None:
     line_id = world.lines[state]
-    with attacker(world.engine) as conn:
-        conn.execute(delete(grant).where(grant.c.grant_id == line_id))
-        verdict = _verdict(conn)
+    verdict = _deleted(world, grant, grant.c.grant_id, line_id)
     assert_caught(verdict, {("grant_award", line_id)}, fault=Fault.DELETED)
 
 
 def test_a_forged_line_is_named(world: World) -> None:
-    with attacker(world.engine) as conn:
-        line = _row(conn, grant, grant.c.grant_id, world.lines["PAID"])
-        forged = {**line, "grant_id": line["grant_id"][:-6] + "999999", "uscc": uscc(98),
-                  "payee_account_no": FORGED_ACCOUNT}
-        conn.execute(insert(grant).values(forged))
-        verdict = _verdict(conn)
+    paid = world.lines["PAID"]
+    forged, verdict = _inserted(world, grant, grant.c.grant_id, paid, {
+        "grant_id": paid[:-6] + "999999", "uscc": uscc(98), "payee_account_no": FORGED_ACCOUNT})
     assert_caught(verdict, {("grant_award", forged["grant_id"])}, fault=Fault.INSERTED)
 
 
@@ -309,14 +335,10 @@ def _forged_batch_value(column: str, value: Any) -> Any:
 @pytest.mark.parametrize("column", SEALED_BATCH_COLUMNS)
 def test_an_edited_sealed_batch_column_is_named(world: World, column: str, state: str) -> None:
     batch_id = world.batches[state]
-    with attacker(world.engine) as conn:
-        value = _row(conn, payout_batch, payout_batch.c.batch_id, batch_id)[column]
-        forged = _forged_batch_value(column, value)
-        conn.execute(update(payout_batch).where(payout_batch.c.batch_id == batch_id).values({column: forged}))
-        verdict = _verdict(conn)
+    forged, verdict = _edited(world, payout_batch, payout_batch.c.batch_id, batch_id, column,
+                              lambda _, batch: _forged_batch_value(column, batch[column]))
     if column == "batch_id":
-        assert_caught(verdict, {("payout_batch", batch_id), ("payout_batch", forged)})
-        assert {p.fault for p in verdict.problems} == {Fault.DELETED, Fault.INSERTED}
+        _assert_rekeyed_caught(verdict, "payout_batch", batch_id, forged)
     else:
         assert_caught(verdict, {("payout_batch", batch_id)}, fault=Fault.EDITED)
         assert column in verdict.problems[0].detail
@@ -325,18 +347,13 @@ def test_an_edited_sealed_batch_column_is_named(world: World, column: str, state
 @pytest.mark.parametrize("state", BATCH_STATES)
 def test_a_deleted_batch_is_named(world: World, state: str) -> None:
     batch_id = world.batches[state]
-    with attacker(world.engine) as conn:
-        conn.execute(delete(payout_batch).where(payout_batch.c.batch_id == batch_id))
-        verdict = _verdict(conn)
+    verdict = _deleted(world, payout_batch, payout_batch.c.batch_id, batch_id)
     assert_caught(verdict, {("payout_batch", batch_id)}, fault=Fault.DELETED)
 
 
 def test_a_forged_batch_is_named(world: World) -> None:
-    with attacker(world.engine) as conn:
-        batch = _row(conn, payout_batch, payout_batch.c.batch_id, world.batches["SETTLED"])
-        forged = {**batch, "batch_id": "pb_" + "f" * 24, "request_id": "forged-request"}
-        conn.execute(insert(payout_batch).values(forged))
-        verdict = _verdict(conn)
+    forged, verdict = _inserted(world, payout_batch, payout_batch.c.batch_id, world.batches["SETTLED"],
+                                {"batch_id": "pb_" + "f" * 24, "request_id": "forged-request"})
     assert_caught(verdict, {("payout_batch", forged["batch_id"])}, fault=Fault.INSERTED)
 
 
@@ -349,20 +366,19 @@ EXPORT_COLUMNS = [c.name for c in payout_export.columns]
 @pytest.mark.parametrize("column", EXPORT_COLUMNS)
 def test_an_edited_bank_file_is_named(world: World, column: str, state: str) -> None:
     batch_id = world.batches[state]
-    with attacker(world.engine) as conn:
-        stored = _row(conn, payout_export, payout_export.c.batch_id, batch_id)
+
+    def forge(conn: Connection, stored: dict[str, Any]) -> Any:
         if column in ("csv", "pain001"):   # the attack that matters: pay one transfer elsewhere
             paid = conn.execute(select(grant.c.payee_account_no).where(
                 grant.c.batch_id == batch_id, grant.c.state == LineState.PAID).limit(1)).scalar_one()
             content = bytes(stored[column])
             assert paid.encode() in content
-            forged: Any = content.replace(paid.encode(), FORGED_ACCOUNT.encode())
-        elif column == "batch_id":
-            forged = world.batches["APPROVED"]   # the file passed off as another batch's
-        else:
-            forged = _other(stored[column])
-        conn.execute(update(payout_export).where(payout_export.c.batch_id == batch_id).values({column: forged}))
-        verdict = _verdict(conn)
+            return content.replace(paid.encode(), FORGED_ACCOUNT.encode())
+        if column == "batch_id":
+            return world.batches["APPROVED"]   # the file passed off as another batch's
+        return _other(stored[column])
+
+    forged, verdict = _edited(world, payout_export, payout_export.c.batch_id, batch_id, column, forge)
     if column == "batch_id":
         assert_caught(verdict, {("payout_export", batch_id), ("payout_export", forged)})
     else:
@@ -372,19 +388,14 @@ def test_an_edited_bank_file_is_named(world: World, column: str, state: str) -> 
 @pytest.mark.parametrize("state", ["EXPORTED", "SETTLED"])
 def test_a_deleted_bank_file_is_named(world: World, state: str) -> None:
     batch_id = world.batches[state]
-    with attacker(world.engine) as conn:
-        conn.execute(delete(payout_export).where(payout_export.c.batch_id == batch_id))
-        verdict = _verdict(conn)
+    verdict = _deleted(world, payout_export, payout_export.c.batch_id, batch_id)
     assert_caught(verdict, {("payout_export", batch_id)}, fault=Fault.DELETED)
 
 
 def test_a_forged_bank_file_is_named(world: World) -> None:
     approved = world.batches["APPROVED"]
-    with attacker(world.engine) as conn:
-        stored = _row(conn, payout_export, payout_export.c.batch_id, world.batches["SETTLED"])
-        conn.execute(insert(payout_export).values({**stored, "batch_id": approved,
-                                                   "message_id": "MSGforged0000000000000001"}))
-        verdict = _verdict(conn)
+    _, verdict = _inserted(world, payout_export, payout_export.c.batch_id, world.batches["SETTLED"],
+                           {"batch_id": approved, "message_id": "MSGforged0000000000000001"})
     assert_caught(verdict, {("payout_export", approved)}, fault=Fault.INSERTED)
 
 

@@ -15,7 +15,7 @@ import pytest
 from benefits.v1 import payout_service_pb2 as pb
 from sqlalchemy import func, select
 from testkit.api_fixtures import Stubs, as_role, load_registry, write_auth_file
-from testkit.databases import private_schema
+from testkit.databases import BACKENDS, fresh_database
 from testkit.server_process import server_process
 
 from enterprise_registry.db import make_engine
@@ -39,14 +39,9 @@ OPERATOR = as_role("finance_operator")
 KILL_AT = (0.2, 0.6)       # fractions of the registry evaluated when the server is killed
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def crash_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'crash.db'}"
-        load_registry(url, list(generate(ENTERPRISES, seed=11)))
-        yield url
-        return
-    with private_schema() as url:
+    with fresh_database(request.param, tmp_path, "crash.db") as url:
         load_registry(url, list(generate(ENTERPRISES, seed=11)))
         yield url
 

@@ -8,7 +8,7 @@ refused in every spelling gRPC would bind to the network.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import pytest
 from benefits.v1 import payout_service_pb2, payout_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
-from testkit.api_fixtures import as_role, bearer, registry_records, serving, write_auth_file
+from testkit.api_fixtures import as_role, bearer, registry_records, serving, status_code, write_auth_file
 from testkit.grpc_stubs import health_stub, reflection_stub
 from testkit.paths import RULES_DIR
 from testkit.tls_material import TlsFiles, make_tls_files
@@ -43,14 +43,6 @@ def mtls_server(pki: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield running
 
 
-def _code(call: Callable[[], object]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
-
-
 def _calls(endpoint: Endpoint, metadata: list[tuple[str, str]] | None) -> dict[str, grpc.StatusCode]:
     with open_channel(endpoint) as channel:
         health = health_stub(channel)
@@ -59,15 +51,15 @@ def _calls(endpoint: Endpoint, metadata: list[tuple[str, str]] | None) -> dict[s
         pairs = None if metadata is None else tuple(metadata)
         payout = payout_service_pb2_grpc.PayoutServiceStub(channel)
         return {
-            "health": _code(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=SECONDS)),
-            "health-watch": _code(lambda: next(iter(health.Watch(health_pb2.HealthCheckRequest(),
+            "health": status_code(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=SECONDS)),
+            "health-watch": status_code(lambda: next(iter(health.Watch(health_pb2.HealthCheckRequest(),
                                                                  timeout=SECONDS)))),
-            "reflection": _code(lambda: list(reflection.ServerReflectionInfo(
+            "reflection": status_code(lambda: list(reflection.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=pairs,
                 timeout=SECONDS))),
-            "payout": _code(lambda: payout.GetPayoutBatch(payout_service_pb2.GetPayoutBatchRequest(
+            "payout": status_code(lambda: payout.GetPayoutBatch(payout_service_pb2.GetPayoutBatchRequest(
                 batch_id="pb_none"), metadata=metadata, timeout=SECONDS)),
-            "export": _code(lambda: list(payout.ExportPayoutBatch(payout_service_pb2.ExportPayoutBatchRequest(
+            "export": status_code(lambda: list(payout.ExportPayoutBatch(payout_service_pb2.ExportPayoutBatchRequest(
                 batch_id="pb_none", format=payout_service_pb2.EXPORT_FORMAT_CSV), metadata=metadata,
                 timeout=SECONDS))),
         }

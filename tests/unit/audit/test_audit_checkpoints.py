@@ -11,10 +11,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+from testkit.audit_checks import drop_append_only_triggers
 
 from service.audit import checkpoints
 from service.audit.canonical import canonical_json, sha256_hex
-from service.audit.ledger import GENESIS_HASH, append, create_ledger_schema, entry_hash, verify
+from service.audit.ledger import GENESIS_HASH, append, create_ledger_schema, entry_hash, ledger_entry, verify
 from service.errors import LedgerKeyError
 
 
@@ -60,15 +61,6 @@ def _append(engine: Engine, count: int) -> None:
     with engine.begin() as conn:
         for i in range(count):
             append(conn, "evaluation", {"evaluation_id": f"later{i}"})
-
-
-def _drop_triggers(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("DROP TRIGGER ledger_entry_append_only ON ledger_entry"))
-        conn.execute(text("DROP TRIGGER ledger_entry_no_truncate ON ledger_entry"))
-    else:
-        conn.execute(text("DROP TRIGGER ledger_entry_no_update"))
-        conn.execute(text("DROP TRIGGER ledger_entry_no_delete"))
 
 
 def _rebuild_from(conn: Connection, seq: int, payload: dict[str, object]) -> None:
@@ -177,7 +169,7 @@ def test_an_empty_ledger_verifies_with_or_without_checkpoints(empty_ledger: Engi
 def test_an_emptied_ledger_contradicts_its_checkpoints(ledger: Engine, key: Ed25519PrivateKey, file: Path) -> None:
     _checkpoint(ledger, key, file)
     with ledger.begin() as conn:
-        _drop_triggers(conn)
+        drop_append_only_triggers(conn, ledger_entry.name)
         conn.execute(text("DELETE FROM ledger_entry"))
     with ledger.connect() as conn:
         assert verify(conn).valid  # an empty chain is a valid chain
@@ -207,7 +199,7 @@ def test_a_rebuilt_chain_passes_the_chain_check_but_not_the_checkpoint(ledger: E
                                                                        file: Path) -> None:
     _checkpoint(ledger, key, file)
     with ledger.begin() as conn:
-        _drop_triggers(conn)
+        drop_append_only_triggers(conn, ledger_entry.name)
         _rebuild_from(conn, 4, {"evaluation_id": "e4", "amount_fen": 999_999})
     with ledger.connect() as conn:
         assert verify(conn).valid  # the chain alone cannot see it
@@ -220,7 +212,7 @@ def test_a_rebuilt_chain_passes_the_chain_check_but_not_the_checkpoint(ledger: E
 def test_a_cut_tail_is_caught(ledger: Engine, key: Ed25519PrivateKey, file: Path) -> None:
     _checkpoint(ledger, key, file)
     with ledger.begin() as conn:
-        _drop_triggers(conn)
+        drop_append_only_triggers(conn, ledger_entry.name)
         conn.execute(text("DELETE FROM ledger_entry WHERE seq > 7"))
     with ledger.connect() as conn:
         assert verify(conn).valid
@@ -247,7 +239,7 @@ def test_the_newest_checkpoint_is_the_one_checked(ledger: Engine, key: Ed25519Pr
     result = _verify(ledger, file, key)
     assert result.valid and (result.covered_entries, result.uncovered_entries) == (11, 0)
     with ledger.begin() as conn:  # cut the entry only the second checkpoint covers
-        _drop_triggers(conn)
+        drop_append_only_triggers(conn, ledger_entry.name)
         conn.execute(text("DELETE FROM ledger_entry WHERE seq = 11"))
     result = _verify(ledger, file, key)
     assert not result.valid and "holds 10 entries" in result.detail and "covers 11" in result.detail

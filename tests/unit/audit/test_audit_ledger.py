@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from testkit.audit_checks import drop_append_only_triggers
 
 from enterprise_registry.db import make_engine
 from service.audit.canonical import canonical_json, sha256_hex
@@ -242,15 +243,6 @@ def test_emptying_the_table_is_refused(ledger: Engine) -> None:
 # Each attacker has write access: they drop the triggers first, then change rows with plain SQL.
 
 
-def drop_triggers(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("DROP TRIGGER ledger_entry_append_only ON ledger_entry"))
-        conn.execute(text("DROP TRIGGER ledger_entry_no_truncate ON ledger_entry"))
-    else:
-        conn.execute(text("DROP TRIGGER ledger_entry_no_update"))
-        conn.execute(text("DROP TRIGGER ledger_entry_no_delete"))
-
-
 def set_field(conn: Connection, seq: int, **values: Any) -> None:
     assignments = ", ".join(f"{column} = :{column}" for column in values)
     conn.execute(text(f"UPDATE ledger_entry SET {assignments} WHERE seq = :seq"), {**values, "seq": seq})
@@ -382,7 +374,7 @@ def test_verify_names_the_first_bad_entry_and_the_fault(ledger: Engine, tamper: 
                                                         first_bad_seq: int, page_size: int) -> None:
     chain = fill(ledger, 10)
     with ledger.begin() as conn:
-        drop_triggers(conn)
+        drop_append_only_triggers(conn, ledger_entry.name)
         tamper(conn, chain)
     result = check(ledger, page_size=page_size)
     assert (result.valid, result.fault, result.first_bad_seq) == (False, fault, first_bad_seq), result.detail
@@ -418,7 +410,7 @@ def test_verify_reads_the_ledger_a_page_at_a_time(ledger: Engine) -> None:
 def test_rebuilding_every_hash_after_an_edit_passes_verify(ledger: Engine) -> None:
     chain = fill(ledger, 10)
     with ledger.begin() as conn:
-        drop_triggers(conn)
+        drop_append_only_triggers(conn, ledger_entry.name)
         prev = chain[2].entry_hash
         for old in chain[3:]:
             body = '{"n":4,"amount_fen":999999}' if old.seq == 4 else old.payload
@@ -436,7 +428,7 @@ def test_rebuilding_every_hash_after_an_edit_passes_verify(ledger: Engine) -> No
 def test_cutting_the_tail_passes_verify(ledger: Engine) -> None:
     chain = fill(ledger, 10)
     with ledger.begin() as conn:
-        drop_triggers(conn)
+        drop_append_only_triggers(conn, ledger_entry.name)
         conn.execute(text("DELETE FROM ledger_entry WHERE seq > 7"))
     result = check(ledger)
     # A shorter chain is still a valid chain. A signed checkpoint at seq 10 (or any head count kept

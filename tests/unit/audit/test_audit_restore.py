@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
-from testkit.database_backups import backed_up, create_every_table
+from testkit.database_backups import RestoredLedger as Restored
+from testkit.database_backups import create_every_table, restored_ledger, write_checkpoint
 
 from enterprise_registry.db import make_engine
 from service.audit import checkpoints
@@ -28,29 +28,10 @@ from service.errors import LedgerRestoreError
 REASON = "disk of db-1 failed; restored the 02:00 backup"
 
 
-@dataclass
-class Restored:
-    """A ledger of 6 entries checkpointed (line 1), backed up, grown to 9 and checkpointed
-    (line 2), then restored from the backup: it holds 6 entries again."""
-    url: str
-    engine: Engine
-    key: Ed25519PrivateKey
-    file: Path
-    first: checkpoints.Checkpoint    # 6 entries: the backup still holds it
-    second: checkpoints.Checkpoint   # 9 entries: newer than the backup
-
-
 def _append(engine: Engine, count: int, label: str) -> None:
     with engine.begin() as conn:
         for i in range(count):
             append(conn, "evaluation", {"evaluation_id": f"{label}{i}"})
-
-
-def _checkpoint(engine: Engine, key: Ed25519PrivateKey, file: Path) -> checkpoints.Checkpoint:
-    with engine.connect() as conn:
-        checkpoint = checkpoints.checkpoint_now(conn, key)
-    checkpoints.write(checkpoint, file)
-    return checkpoint
 
 
 def _verify(restored: Restored) -> checkpoints.CheckpointCheck:
@@ -65,25 +46,12 @@ def _entries(engine: Engine) -> int:
 
 @pytest.fixture
 def restored(db_url: str, tmp_path: Path) -> Iterator[Restored]:
-    engine = make_engine(db_url)
-    create_every_table(engine)
-    key = checkpoints.generate_key(tmp_path / "ledger-key.pem")
-    file = tmp_path / "checkpoints.jsonl"
-    _append(engine, 6, "before")
-    first = _checkpoint(engine, key, file)
-    engine.dispose()
-    with backed_up(db_url) as restore_backup:
-        engine = make_engine(db_url)
-        _append(engine, 3, "lost")
-        second = _checkpoint(engine, key, file)
-        assert second.entry_count == 9
-        engine.dispose()
-        restore_backup()
-    engine = make_engine(db_url)
-    try:
-        yield Restored(db_url, engine, key, file, first, second)
-    finally:
-        engine.dispose()
+    """A ledger of 6 entries checkpointed (`kept`, line 1), backed up, grown to 9 and checkpointed
+    (`lost`, line 2), then restored from the backup: it holds 6 entries again."""
+    with restored_ledger(db_url, tmp_path, before=lambda engine: _append(engine, 6, "before"),
+                         lost=lambda engine: _append(engine, 3, "lost")) as ledger:
+        assert ledger.lost.entry_count == 9
+        yield ledger
 
 
 def test_a_restored_backup_fails_verification_as_a_cut_tail(restored: Restored) -> None:
@@ -98,8 +66,8 @@ def test_a_restored_backup_fails_verification_as_a_cut_tail(restored: Restored) 
 def test_the_signed_restore_makes_the_restored_ledger_verify(restored: Restored) -> None:
     statement = restore_ledger(restored.engine, restored.key, restored.file, reason=REASON, restored_by="ops-alice")
     assert (statement.restored_entry_count, statement.restore_entry_seq) == (6, 7)
-    assert statement.matches_checkpoint == reference(restored.first)
-    assert statement.abandoned_checkpoints == (reference(restored.second),)
+    assert statement.matches_checkpoint == reference(restored.kept)
+    assert statement.abandoned_checkpoints == (reference(restored.lost),)
     assert (statement.restored_by, statement.reason) == ("ops-alice", REASON)
 
     check = _verify(restored)
@@ -125,13 +93,13 @@ def test_the_signed_restore_makes_the_restored_ledger_verify(restored: Restored)
 def test_checkpoints_after_the_restore_extend_the_restored_ledger(restored: Restored) -> None:
     restore_ledger(restored.engine, restored.key, restored.file, reason=REASON, restored_by="ops-alice")
     _append(restored.engine, 4, "after")
-    later = _checkpoint(restored.engine, restored.key, restored.file)
+    later = write_checkpoint(restored.engine, restored.key, restored.file)
     assert later.entry_count == 11   # 6 restored, the seal, 4 new: more than the abandoned 9, on another history
     check = _verify(restored)
     assert check.valid, check.detail
     assert (check.covered_entries, check.abandoned_checkpoints) == (11, 1)
 
-    checkpoints.write(restored.first, restored.file)   # a genuine older checkpoint appended as the newest
+    checkpoints.write(restored.kept, restored.file)   # a genuine older checkpoint appended as the newest
     check = _verify(restored)
     assert not check.valid
     assert f"{restored.file} line 5:" in check.detail
@@ -152,9 +120,9 @@ def test_a_tampered_restore_statement_fails(restored: Restored) -> None:
 
 def test_a_restore_signed_by_another_key_fails(restored: Restored) -> None:
     other = Ed25519PrivateKey.generate()
-    forged = sign_statement(other, restored_entry_count=6, restored_head_hash=restored.first.head_hash,
-                            matches_checkpoint=reference(restored.first),
-                            abandoned_checkpoints=(reference(restored.second),), restored_by="mallory", reason="x")
+    forged = sign_statement(other, restored_entry_count=6, restored_head_hash=restored.kept.head_hash,
+                            matches_checkpoint=reference(restored.kept),
+                            abandoned_checkpoints=(reference(restored.lost),), restored_by="mallory", reason="x")
     with restored.engine.begin() as conn:   # whoever writes the database can seal it, but cannot sign it
         append(conn, RESTORE_KIND, forged.data())
     checkpoints.write(forged, restored.file)
@@ -165,14 +133,14 @@ def test_a_restore_signed_by_another_key_fails(restored: Restored) -> None:
 
 @pytest.mark.parametrize("claim", ["more-entries-than-held", "another-head-hash", "no-seal"])
 def test_a_restore_claiming_what_the_ledger_does_not_hold_fails(restored: Restored, claim: str) -> None:
-    count, head_hash = 6, restored.first.head_hash
+    count, head_hash = 6, restored.kept.head_hash
     if claim == "more-entries-than-held":
         count = 8
     elif claim == "another-head-hash":
         head_hash = "ab" * 32
     statement = sign_statement(restored.key, restored_entry_count=count, restored_head_hash=head_hash,
-                               matches_checkpoint=reference(restored.first),
-                               abandoned_checkpoints=(reference(restored.second),),
+                               matches_checkpoint=reference(restored.kept),
+                               abandoned_checkpoints=(reference(restored.lost),),
                                restored_by="ops-alice", reason=REASON)
     if claim != "no-seal":
         with restored.engine.begin() as conn:
@@ -190,9 +158,9 @@ def test_a_restore_claiming_what_the_ledger_does_not_hold_fails(restored: Restor
 
 
 def test_a_seal_that_is_not_the_statement_fails(restored: Restored) -> None:
-    statement = sign_statement(restored.key, restored_entry_count=6, restored_head_hash=restored.first.head_hash,
-                               matches_checkpoint=reference(restored.first),
-                               abandoned_checkpoints=(reference(restored.second),),
+    statement = sign_statement(restored.key, restored_entry_count=6, restored_head_hash=restored.kept.head_hash,
+                               matches_checkpoint=reference(restored.kept),
+                               abandoned_checkpoints=(reference(restored.lost),),
                                restored_by="ops-alice", reason=REASON)
     _append(restored.engine, 1, "not-the-seal")   # entry 7 is something else
     checkpoints.write(statement, restored.file)
@@ -202,8 +170,8 @@ def test_a_seal_that_is_not_the_statement_fails(restored: Restored) -> None:
 
 
 def test_a_restore_must_name_every_checkpoint_it_abandons(restored: Restored) -> None:
-    statement = sign_statement(restored.key, restored_entry_count=6, restored_head_hash=restored.first.head_hash,
-                               matches_checkpoint=reference(restored.first), abandoned_checkpoints=(),
+    statement = sign_statement(restored.key, restored_entry_count=6, restored_head_hash=restored.kept.head_hash,
+                               matches_checkpoint=reference(restored.kept), abandoned_checkpoints=(),
                                restored_by="ops-alice", reason=REASON)
     with restored.engine.begin() as conn:
         append(conn, RESTORE_KIND, statement.data())
@@ -246,7 +214,7 @@ def test_another_history_is_not_a_backup(restored: Restored) -> None:
         append(conn, "evaluation", {"evaluation_id": "forged"})
     before = restored.file.read_text()
     with pytest.raises(LedgerRestoreError, match=f"line 1: entry 6 does not have the hash signed at "
-                                                 f"{restored.first.signed_at}: this database is not a backup"):
+                                                 f"{restored.kept.signed_at}: this database is not a backup"):
         restore_ledger(restored.engine, restored.key, restored.file, reason=REASON, restored_by="ops-alice")
     _unchanged(restored, 6, before)
 
@@ -271,7 +239,7 @@ def test_a_restore_that_would_not_verify_is_refused_and_nothing_sealed(restored:
     but the earlier restore's seal is missing, which the final verification catches."""
     restore_ledger(restored.engine, restored.key, restored.file, reason=REASON, restored_by="ops-alice")
     _append(restored.engine, 4, "after")
-    _checkpoint(restored.engine, restored.key, restored.file)
+    write_checkpoint(restored.engine, restored.key, restored.file)
     with restored.engine.begin() as conn:   # the abandoned history, as a backup made before the restore holds it
         if conn.dialect.name == "postgresql":
             conn.execute(text("DROP TRIGGER ledger_entry_append_only ON ledger_entry"))

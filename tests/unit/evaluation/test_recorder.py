@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from datetime import date
 
 import pytest
-from sqlalchemy import Table, func, select, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import Table, func, select
+from sqlalchemy.engine import Engine
+from testkit.audit_checks import accept_records, assert_audit_valid, refuse_records
 
 from enterprise_registry.db import is_database_error, make_engine
 from enterprise_registry.uscc import make
@@ -18,7 +19,6 @@ from rules.evaluator import evaluate
 from rules.loader import LoadedPolicy, PolicySet
 from service.audit.ledger import ledger_entry, ledger_transaction
 from service.audit.records import Actor, PreparedRecord, evaluation_record, prepare_record
-from service.audit.verification import verify_audit_log
 from service.evaluation.recorder import Recorder, RecorderStoppedError
 from service.facts_documents import EnterpriseRows, build_document
 from service.payouts.tables import create_payout_schema
@@ -91,12 +91,6 @@ def _calls(recorder: Recorder, batches: list[list[tuple[LoadedPolicy, PreparedRe
     return threads, outcomes
 
 
-def _verified(engine: Engine) -> None:
-    with engine.connect() as conn:
-        verdict = verify_audit_log(conn)
-    assert verdict.valid, verdict.detail
-
-
 def test_concurrent_calls_share_few_transactions_and_answer_only_when_durable(
         audit_engine: Engine, recorder: Recorder, policies: PolicySet) -> None:
     in_force = _in_force(policies)
@@ -122,23 +116,7 @@ def test_concurrent_calls_share_few_transactions_and_answer_only_when_durable(
     assert 1 <= recorder.transactions <= 3 and recorder.records_written == total
     assert _count(audit_engine, evaluation_record) == total
     assert _count(audit_engine, ledger_entry) <= recorder.transactions * len(in_force)   # one entry per policy
-    _verified(audit_engine)
-
-
-def _refuse_records(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                          "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"))
-        conn.execute(text("CREATE TRIGGER test_refuse BEFORE INSERT ON evaluation_record "
-                          "FOR EACH ROW EXECUTE FUNCTION test_refuse()"))
-    else:
-        conn.execute(text("CREATE TRIGGER test_refuse BEFORE INSERT ON evaluation_record "
-                          "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
-
-
-def _accept_records(conn: Connection) -> None:
-    conn.execute(text("DROP TRIGGER test_refuse ON evaluation_record" if conn.dialect.name == "postgresql"
-                      else "DROP TRIGGER test_refuse"))
+    assert_audit_valid(audit_engine)
 
 
 def test_a_failing_transaction_fails_exactly_its_calls_and_later_calls_succeed(
@@ -147,7 +125,7 @@ def test_a_failing_transaction_fails_exactly_its_calls_and_later_calls_succeed(
     before = _prepared(in_force[0], 1)
     recorder.record([(in_force[0], before)])
     with audit_engine.begin() as conn:
-        _refuse_records(conn)
+        refuse_records(conn)
     doomed = [[(in_force[i % len(in_force)], _prepared(in_force[i % len(in_force)], 10 + i))] for i in range(12)]
     with ledger_transaction(audit_engine):   # all of them in the groups that meet the refusal
         threads, outcomes = _calls(recorder, doomed)
@@ -159,12 +137,12 @@ def test_a_failing_transaction_fails_exactly_its_calls_and_later_calls_succeed(
     assert recorder.failed_groups >= 1
     assert not any(_stored(audit_engine, p.evaluation_id) for b in doomed for _, p in b)
     with audit_engine.begin() as conn:
-        _accept_records(conn)
+        accept_records(conn)
     after = _prepared(in_force[1], 2)
     recorder.record([(in_force[1], after)])   # the writer went on
     assert _stored(audit_engine, before.evaluation_id) and _stored(audit_engine, after.evaluation_id)
     assert _count(audit_engine, evaluation_record) == 2
-    _verified(audit_engine)   # nothing of the failed groups is left half written
+    assert_audit_valid(audit_engine)   # nothing of the failed groups is left half written
 
 
 def test_an_unreachable_database_fails_every_call_and_the_writer_keeps_answering(policies: PolicySet) -> None:
