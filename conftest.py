@@ -1,4 +1,5 @@
 """Collects the policy test cases (`rules/**/<id>.test.yaml`) as pytest items, one per case."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -38,8 +39,7 @@ class PolicyCaseItem(pytest.Item):
         if not result.passed:
             raise PolicyCaseFailure(result.problems)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
-                     style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, PolicyCaseFailure):
             return f"{self.policy.id}: {self.name}\n  " + "\n  ".join(excinfo.value.problems)
         return str(super().repr_failure(excinfo))

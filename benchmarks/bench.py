@@ -13,6 +13,7 @@ bench/results/latest.json.
 Usage: python benchmarks/bench.py [--n 1000000] [--db sqlite|postgresql] [--workers 2]
        (make bench N=... DB=... WORKERS=...). Nothing is asserted about speed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ PG_URL = os.environ.get("BENEFITS_BENCH_PG_URL", "postgresql+psycopg://postgres@
 PERIOD = 2025
 TODAY = date(2026, 3, 2)
 SEED = 7
-ENGINE_SAMPLE = 20_000      # enterprises per worker whose engine facts are held in memory
+ENGINE_SAMPLE = 20_000  # enterprises per worker whose engine facts are held in memory
 REPLAY_SAMPLE = 30
 
 
@@ -57,6 +58,7 @@ class Phase:
 
 # ---------------------------------------------------------------------------------------------
 # The registry: built once per (N, seed, database), reused after.
+
 
 def registry(n: int, db: str) -> tuple[str, Phase]:
     from bench_registry import load_feed, write_feed
@@ -117,6 +119,7 @@ def fresh_audit_trail(url: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # The engine alone, in worker processes.
 
+
 def _engine_alone(url: str, skip: int, count: int) -> tuple[int, float]:
     """In a worker: hold the engine facts of `count` enterprises in memory, then assert them all."""
     from sqlalchemy import select
@@ -130,11 +133,12 @@ def _engine_alone(url: str, skip: int, count: int) -> tuple[int, float]:
     plan = plan_for(_policies_in_force(), PERIOD)
     engine = make_engine(url)
     with engine.connect() as conn:
-        usccs = list(conn.execute(select(col(Enterprise.uscc)).order_by(Enterprise.uscc)
-                                  .offset(skip).limit(count)).scalars())
+        usccs = list(
+            conn.execute(select(col(Enterprise.uscc)).order_by(Enterprise.uscc).offset(skip).limit(count)).scalars()
+        )
         facts: list[tuple[Any, list[dict[str, Any]]]] = []
         for start in range(0, len(usccs), 2000):
-            columns = read_chunk(conn, usccs[start:start + 2000], plan.fact_years).columns
+            columns = read_chunk(conn, usccs[start : start + 2000], plan.fact_years).columns
             decisions = decide_chunk(plan, columns, today=TODAY)
             for packed in plan.packs:
                 facts.append((packed, engine_facts(packed.members, decisions)))
@@ -149,8 +153,9 @@ def _engine_alone(url: str, skip: int, count: int) -> tuple[int, float]:
 def engine_phase(url: str, n: int, workers: int) -> Phase:
     per_worker = min(ENGINE_SAMPLE, n // workers)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        results = list(pool.map(_engine_alone, [url] * workers, [i * per_worker for i in range(workers)],
-                                [per_worker] * workers))
+        results = list(
+            pool.map(_engine_alone, [url] * workers, [i * per_worker for i in range(workers)], [per_worker] * workers)
+        )
     # The workers assert side by side: pairs over the slowest worker's time.
     return Phase("engine", sum(p for p, _ in results), max(s for _, s in results))
 
@@ -164,6 +169,7 @@ def _policies_in_force() -> list[Any]:
 
 # ---------------------------------------------------------------------------------------------
 # The period run: one payout batch per policy, to DRAFT.
+
 
 def period_phase(url: str, n: int, workers: int, chunk: int) -> tuple[Phase, list[tuple[str, str, float]]]:
     """The six batches started together and run together (one pass over the registry), as a
@@ -180,9 +186,15 @@ def period_phase(url: str, n: int, workers: int, chunk: int) -> tuple[Phase, lis
     in_force = [p.id for p in policies if p.covers(PERIOD)]
     started = time.perf_counter()
     try:
-        made = create_batches(engine, policies, [(policy_id, f"bench-{policy_id}") for policy_id in in_force],
-                              period=PERIOD, actor=Actor("bench", "finance_operator"), today=TODAY,
-                              settings=settings)
+        made = create_batches(
+            engine,
+            policies,
+            [(policy_id, f"bench-{policy_id}") for policy_id in in_force],
+            period=PERIOD,
+            actor=Actor("bench", "finance_operator"),
+            today=TODAY,
+            settings=settings,
+        )
     finally:
         engine.dispose()
     seconds = time.perf_counter() - started
@@ -205,18 +217,30 @@ def check_work(url: str, n: int, batches: list[tuple[str, str, float]]) -> dict[
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            recorded = {policy_id: int(conn.execute(select(func.count(func.distinct(evaluation_record.c.uscc))).where(
-                evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == policy_id)).scalar_one())
-                for policy_id, batch_id, _ in batches}
+            recorded = {
+                policy_id: int(
+                    conn.execute(
+                        select(func.count(func.distinct(evaluation_record.c.uscc))).where(
+                            evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == policy_id
+                        )
+                    ).scalar_one()
+                )
+                for policy_id, batch_id, _ in batches
+            }
             sample = _sample_of_records(conn, REPLAY_SAMPLE)
         with read_snapshot(engine) as conn:
             verdict = verify_audit_log(conn)
         replayed = [replay(engine, evaluation_id, CATALOGUE) for evaluation_id in sample]
     finally:
         engine.dispose()
-    return {"records_per_policy": recorded, "records_ok": all(v == n for v in recorded.values()),
-            "audit_valid": verdict.valid, "audit_detail": verdict.detail,
-            "replayed": len(replayed), "replay_identical": all(r is not None and r.identical for r in replayed)}
+    return {
+        "records_per_policy": recorded,
+        "records_ok": all(v == n for v in recorded.values()),
+        "audit_valid": verdict.valid,
+        "audit_detail": verdict.detail,
+        "replayed": len(replayed),
+        "replay_identical": all(r is not None and r.identical for r in replayed),
+    }
 
 
 def _sample_of_records(conn: Any, size: int) -> list[str]:
@@ -226,18 +250,28 @@ def _sample_of_records(conn: Any, size: int) -> list[str]:
 
     from service.audit.records import evaluation_record
 
-    chunks = conn.execute(select(evaluation_record.c.ledger_seq, func.count())
-                          .group_by(evaluation_record.c.ledger_seq)).all()
+    chunks = conn.execute(
+        select(evaluation_record.c.ledger_seq, func.count()).group_by(evaluation_record.c.ledger_seq)
+    ).all()
     rng = random.Random(SEED)
-    places = {(seq, rng.randrange(count)) for seq, count in rng.choices(chunks, weights=[c for _, c in chunks],
-                                                                            k=size)} if chunks else set()
-    return [conn.execute(select(evaluation_record.c.evaluation_id).where(
-        evaluation_record.c.ledger_seq == seq, evaluation_record.c.leaf_index == index)).scalar_one()
-        for seq, index in sorted(places)]
+    places = (
+        {(seq, rng.randrange(count)) for seq, count in rng.choices(chunks, weights=[c for _, c in chunks], k=size)}
+        if chunks
+        else set()
+    )
+    return [
+        conn.execute(
+            select(evaluation_record.c.evaluation_id).where(
+                evaluation_record.c.ledger_seq == seq, evaluation_record.c.leaf_index == index
+            )
+        ).scalar_one()
+        for seq, index in sorted(places)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # Lookups: ExplainEligibility against Health/Check.
+
 
 def lookup_phase(url: str, seconds: float) -> dict[int, tuple[float, float]]:
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -252,8 +286,9 @@ def lookup_phase(url: str, seconds: float) -> dict[int, tuple[float, float]]:
     engine.dispose()
     token = secrets.token_urlsafe(24)
     auth_file = CACHE / "bench-auth.yaml"
-    auth_file.write_text(f"principals:\n  - principal: bench-admin\n    role: admin\n    token: {token}\n",
-                         encoding="utf-8")
+    auth_file.write_text(
+        f"principals:\n  - principal: bench-admin\n    role: admin\n    token: {token}\n", encoding="utf-8"
+    )
     os.chmod(auth_file, 0o600)
     policy_ids = sorted(p.id for p in _policies_in_force())
     server = ServerProcess(url, auth_file, 16)
@@ -266,8 +301,10 @@ def lookup_phase(url: str, seconds: float) -> dict[int, tuple[float, float]]:
                 job = Job(kind, server.target, token, usccs, policy_ids, PERIOD, 1.0, seconds)
                 rates.append(run_phase(job, clients, 1, server).rate)
             out[clients] = (rates[0], rates[1])
-            print(f"  {clients:>2} clients: Health/Check {rates[0]:,.0f}/s, ExplainEligibility {rates[1]:,.0f}/s",
-                  flush=True)
+            print(
+                f"  {clients:>2} clients: Health/Check {rates[0]:,.0f}/s, ExplainEligibility {rates[1]:,.0f}/s",
+                flush=True,
+            )
     finally:
         server.stop()
     return out
@@ -276,7 +313,7 @@ def lookup_phase(url: str, seconds: float) -> dict[int, tuple[float, float]]:
 def peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024   # Linux: kilobytes
+    return max(own, children) / 1024  # Linux: kilobytes
 
 
 class MemorySampler:
@@ -315,7 +352,7 @@ def _descendants(root: int) -> list[int]:
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
-                continue   # ended meanwhile
+                continue  # ended meanwhile
             children.setdefault(int(fields[1]), []).append(int(entry.name))
     found, pending = [], [root]
     while pending:
@@ -359,7 +396,11 @@ def main() -> None:
         checks = check_work(url, args.n, batches)
         lookups = {} if args.skip_lookups else lookup_phase(url, args.lookup_seconds)
     result = {
-        "n": args.n, "policies": len(batches), "workers": args.workers, "db": args.db, "chunk": args.chunk,
+        "n": args.n,
+        "policies": len(batches),
+        "workers": args.workers,
+        "db": args.db,
+        "chunk": args.chunk,
         "load_records_per_s": load.rate,
         "engine_evals_per_s": engine.rate,
         "batch_evals_per_s": period.rate,
@@ -389,12 +430,16 @@ def main() -> None:
     print(f"{'ratio period / engine':<28}{result['ratio']:>12.2f}")
     for clients, (health, explain) in lookups.items():
         print(f"{f'explain / health @{clients}':<28}{explain:>12,.0f}{health:>10,.0f}")
-    print(f"peak RSS, all processes summed: {result['peak_rss_mb']:,.0f} MB (period run "
-          f"{result['period_peak_rss_mb']:,.0f} MB in {result['period_peak_processes']} processes); "
-          f"wall {result['wall_s']:,.0f} s")
-    print(f"checks: records = N x policies {checks['records_ok']}, audit verify "
-          f"{'VALID' if checks['audit_valid'] else 'INVALID'}, {checks['replayed']} replays identical "
-          f"{checks['replay_identical']}")
+    print(
+        f"peak RSS, all processes summed: {result['peak_rss_mb']:,.0f} MB (period run "
+        f"{result['period_peak_rss_mb']:,.0f} MB in {result['period_peak_processes']} processes); "
+        f"wall {result['wall_s']:,.0f} s"
+    )
+    print(
+        f"checks: records = N x policies {checks['records_ok']}, audit verify "
+        f"{'VALID' if checks['audit_valid'] else 'INVALID'}, {checks['replayed']} replays identical "
+        f"{checks['replay_identical']}"
+    )
     print(f"written: {RESULTS / 'latest.json'}")
 
 

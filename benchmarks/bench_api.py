@@ -18,6 +18,7 @@ Usage: python benchmarks/bench_api.py [--count 100000] [--seconds 10] [--clients
                                       [--client-procs 1] [--workers 16] [--seed 7] [--period 2025]
 Prints figures only; nothing is asserted about speed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ if TYPE_CHECKING:  # grpc is imported where it is used, as before
 
     class _Health(Protocol):
         """HealthStub as it is at run time: its stub (types-grpcio-health-checking) declares no methods."""
+
         Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "var" / "bench"
@@ -69,15 +72,17 @@ def prepare_registry(count: int, seed: int) -> tuple[str, list[str]]:
     if not feed.exists():
         started = time.perf_counter()
         records = write_feed(feed, count, seed)
-        print(f"registry: wrote {records:,} records for {count:,} units to {feed} "
-              f"in {time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"registry: wrote {records:,} records for {count:,} units to {feed} "
+            f"in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
     if not marker.exists():
         for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             path.unlink(missing_ok=True)
         report = load_feed(url, feed)
         marker.touch()
-        print(f"registry: loaded {report.records:,} records into {db} in {report.seconds:.1f} s",
-              flush=True)
+        print(f"registry: loaded {report.records:,} records into {db} in {report.seconds:.1f} s", flush=True)
     else:
         print(f"registry: reusing {db} (delete {marker.name} to rebuild)", flush=True)
     engine = make_engine(url)
@@ -103,9 +108,26 @@ class ServerProcess:
         self.log_path = CACHE / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--db", db_url, "--rules", str(RULES_DIR),
-             "--auth-file", str(auth_file), "--listen", "127.0.0.1:0", "--workers", str(workers)],
-            cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--db",
+                db_url,
+                "--rules",
+                str(RULES_DIR),
+                "--auth-file",
+                str(auth_file),
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                str(workers),
+            ],
+            cwd=REPO_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self.target = self._wait_listening()
 
     def _wait_listening(self, timeout: float = 60.0) -> str:
@@ -149,8 +171,10 @@ def wait_serving(target: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 if time.monotonic() > deadline:
@@ -164,7 +188,7 @@ def wait_serving(target: str, timeout: float = 30.0) -> None:
 # The load: one client = one thread with its own channel.
 @dataclass
 class Job:
-    kind: str           # "health" or "explain"
+    kind: str  # "health" or "explain"
     target: str
     token: str
     usccs: list[str]
@@ -202,8 +226,11 @@ def _client(job: Job, index: int, barrier: Any, result: ClientResult) -> None:
             Request = benefit_service_pb2.ExplainEligibilityRequest
 
             def call() -> None:
-                response = explain(Request(uscc=rng.choice(usccs), policy_id=rng.choice(policies),
-                                           period=period), metadata=metadata, timeout=CALL_TIMEOUT)
+                response = explain(
+                    Request(uscc=rng.choice(usccs), policy_id=rng.choice(policies), period=period),
+                    metadata=metadata,
+                    timeout=CALL_TIMEOUT,
+                )
                 result.outcomes[response.evaluation.outcome] += 1
 
         try:
@@ -235,8 +262,10 @@ def _client(job: Job, index: int, barrier: Any, result: ClientResult) -> None:
 def _run_threads(job: Job, first_index: int, count: int, barrier: Any) -> ClientResult:
     """Run `count` clients as threads of this process; their results merged."""
     results = [ClientResult() for _ in range(count)]
-    threads = [threading.Thread(target=_client, args=(job, first_index + i, barrier, results[i]),
-                                daemon=True) for i in range(count)]
+    threads = [
+        threading.Thread(target=_client, args=(job, first_index + i, barrier, results[i]), daemon=True)
+        for i in range(count)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -283,7 +312,7 @@ class Phase:
     p50_ms: float
     p99_ms: float
     server_cpu: float | None  # share of one core
-    client_cpu: float         # share of one core, all client processes
+    client_cpu: float  # share of one core, all client processes
     errors: Counter[str]
     outcomes: Counter[int]
 
@@ -298,8 +327,7 @@ def run_phase(job: Job, clients: int, procs: int, server: ServerProcess) -> Phas
         # The clients and this thread, which samples the CPU of this process (= the clients).
         barrier: Any = threading.Barrier(clients + 1)
         holder: dict[str, ClientResult] = {}
-        runner = threading.Thread(target=lambda: holder.update(r=_run_threads(job, 0, clients, barrier)),
-                                  daemon=True)
+        runner = threading.Thread(target=lambda: holder.update(r=_run_threads(job, 0, clients, barrier)), daemon=True)
         runner.start()
     else:
         ctx = multiprocessing.get_context("spawn")
@@ -310,8 +338,7 @@ def run_phase(job: Job, clients: int, procs: int, server: ServerProcess) -> Phas
         children = []
         first = 0
         for share in shares:
-            child = ctx.Process(target=_process_main, args=(job, first, share, barrier, queue),
-                                daemon=True)
+            child = ctx.Process(target=_process_main, args=(job, first, share, barrier, queue), daemon=True)
             child.start()
             children.append(child)
             first += share
@@ -343,9 +370,18 @@ def run_phase(job: Job, clients: int, procs: int, server: ServerProcess) -> Phas
     server_cpu = None
     if server_before is not None and server_after is not None:
         server_cpu = (server_after - server_before) / window
-    return Phase(job.kind, clients, len(latencies), window,
-                 _percentile(latencies, 0.50) * 1000, _percentile(latencies, 0.99) * 1000,
-                 server_cpu, sum(client_cpu) / window, merged.errors, merged.outcomes)
+    return Phase(
+        job.kind,
+        clients,
+        len(latencies),
+        window,
+        _percentile(latencies, 0.50) * 1000,
+        _percentile(latencies, 0.99) * 1000,
+        server_cpu,
+        sum(client_cpu) / window,
+        merged.errors,
+        merged.outcomes,
+    )
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -363,8 +399,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per phase")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per phase")
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
-    parser.add_argument("--client-procs", type=int, default=1,
-                        help="client processes the clients are spread over (1: threads only)")
+    parser.add_argument(
+        "--client-procs", type=int, default=1, help="client processes the clients are spread over (1: threads only)"
+    )
     parser.add_argument("--workers", type=int, default=16, help="server thread pool size")
     args = parser.parse_args()
     levels = [int(n) for n in args.clients.split(",") if n.strip()]
@@ -373,46 +410,59 @@ def main() -> None:
     policies = policies_in_force(args.period)
     token = secrets.token_urlsafe(24)
     auth_file = CACHE / "bench-auth.yaml"
-    auth_file.write_text(f"principals:\n  - principal: bench-admin\n    role: admin\n"
-                         f"    token: {token}\n", encoding="utf-8")
+    auth_file.write_text(
+        f"principals:\n  - principal: bench-admin\n    role: admin\n    token: {token}\n", encoding="utf-8"
+    )
     os.chmod(auth_file, 0o600)
-    print(f"{len(usccs):,} enterprises on record; policies in force for {args.period}: "
-          f"{', '.join(policies)}", flush=True)
+    print(
+        f"{len(usccs):,} enterprises on record; policies in force for {args.period}: {', '.join(policies)}", flush=True
+    )
 
     server = ServerProcess(db_url, auth_file, args.workers)
     phases: list[tuple[Phase, Phase]] = []
     try:
         wait_serving(server.target)
-        print(f"server pid {server.process.pid} on {server.target} ({args.workers} worker threads); "
-              f"{os.cpu_count()} CPUs; clients: threads in {args.client_procs} process(es); "
-              f"{args.warmup:g} s warm-up + {args.seconds:g} s measured per phase", flush=True)
+        print(
+            f"server pid {server.process.pid} on {server.target} ({args.workers} worker threads); "
+            f"{os.cpu_count()} CPUs; clients: threads in {args.client_procs} process(es); "
+            f"{args.warmup:g} s warm-up + {args.seconds:g} s measured per phase",
+            flush=True,
+        )
         for clients in levels:
             pair = []
             for kind in ("health", "explain"):
-                job = Job(kind, server.target, token, usccs, policies, args.period,
-                          args.warmup, args.seconds)
+                job = Job(kind, server.target, token, usccs, policies, args.period, args.warmup, args.seconds)
                 phase = run_phase(job, clients, args.client_procs, server)
                 pair.append(phase)
-                print(f"  {kind:8} {clients:>3} clients: {phase.rate:9,.0f} calls/s  "
-                      f"p50 {phase.p50_ms:7.2f} ms  p99 {phase.p99_ms:7.2f} ms  "
-                      f"server CPU {_pct(phase.server_cpu)}  client CPU {_pct(phase.client_cpu)}"
-                      + (f"  errors {dict(phase.errors)}" if phase.errors else ""), flush=True)
+                print(
+                    f"  {kind:8} {clients:>3} clients: {phase.rate:9,.0f} calls/s  "
+                    f"p50 {phase.p50_ms:7.2f} ms  p99 {phase.p99_ms:7.2f} ms  "
+                    f"server CPU {_pct(phase.server_cpu)}  client CPU {_pct(phase.client_cpu)}"
+                    + (f"  errors {dict(phase.errors)}" if phase.errors else ""),
+                    flush=True,
+                )
             phases.append((pair[0], pair[1]))
     finally:
         server.stop()
 
     print()
-    print(f"gRPC API, {len(usccs):,} enterprises (SQLite), server in a subprocess with "
-          f"{args.workers} threads, {os.cpu_count()} CPUs, {args.seconds:g} s per phase")
+    print(
+        f"gRPC API, {len(usccs):,} enterprises (SQLite), server in a subprocess with "
+        f"{args.workers} threads, {os.cpu_count()} CPUs, {args.seconds:g} s per phase"
+    )
     print(f"{'':8}|{'baseline: Health/Check':^34}|{'ExplainEligibility':^34}|{'ratio base/explain':^20}")
-    print(f"{'clients':>8}|{'calls/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'srv CPU':>8}"
-          f"|{'calls/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'srv CPU':>8}|{'calls/s':>10}{'p50':>10}")
+    print(
+        f"{'clients':>8}|{'calls/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'srv CPU':>8}"
+        f"|{'calls/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'srv CPU':>8}|{'calls/s':>10}{'p50':>10}"
+    )
     for base, explain in phases:
-        print(f"{base.clients:>8}|{base.rate:>10,.0f}{base.p50_ms:>8.2f}{base.p99_ms:>8.2f}"
-              f"{_pct(base.server_cpu):>8}|{explain.rate:>10,.0f}{explain.p50_ms:>8.2f}"
-              f"{explain.p99_ms:>8.2f}{_pct(explain.server_cpu):>8}|"
-              f"{base.rate / explain.rate if explain.rate else float('nan'):>9.1f}x"
-              f"{explain.p50_ms / base.p50_ms if base.p50_ms else float('nan'):>9.1f}x")
+        print(
+            f"{base.clients:>8}|{base.rate:>10,.0f}{base.p50_ms:>8.2f}{base.p99_ms:>8.2f}"
+            f"{_pct(base.server_cpu):>8}|{explain.rate:>10,.0f}{explain.p50_ms:>8.2f}"
+            f"{explain.p99_ms:>8.2f}{_pct(explain.server_cpu):>8}|"
+            f"{base.rate / explain.rate if explain.rate else float('nan'):>9.1f}x"
+            f"{explain.p50_ms / base.p50_ms if base.p50_ms else float('nan'):>9.1f}x"
+        )
     outcomes: Counter[int] = Counter()
     errors: Counter[str] = Counter()
     for base, explain in phases:
@@ -420,6 +470,7 @@ def main() -> None:
         errors.update(base.errors)
         errors.update(explain.errors)
     from benefits.v1 import evaluation_pb2
+
     names = {evaluation_pb2.Outcome.Name(k): v for k, v in sorted(outcomes.items())}
     print(f"ExplainEligibility outcomes (all phases, warm-up included): {names}")
     print(f"errors: {dict(errors) if errors else 'none'}")

@@ -6,6 +6,7 @@ SQLite, and PostgreSQL when reachable.
 
 Usage: python benchmarks/bench_batches.py [--count 20000] [--policy stable-jobs-refund] [--chunk 200]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,15 +45,27 @@ def run(engine: Engine, label: str, count: int, policy_id: str, chunk: int) -> N
     baseline = time.perf_counter() - started
 
     started = time.perf_counter()
-    batch = create_batch(engine, policies, policy_id=policy_id, period=PERIOD, request_id=f"bench-{uuid.uuid4()}",
-                         actor=Actor("bench", "finance_operator"), today=TODAY, settings=RunSettings(chunk_size=chunk))
+    batch = create_batch(
+        engine,
+        policies,
+        policy_id=policy_id,
+        period=PERIOD,
+        request_id=f"bench-{uuid.uuid4()}",
+        actor=Actor("bench", "finance_operator"),
+        today=TODAY,
+        settings=RunSettings(chunk_size=chunk),
+    )
     seconds = time.perf_counter() - started
     assert batch.state == "DRAFT" and batch.evaluated_count == count
-    print(f"{label}: {policy_id} {PERIOD}, {count} enterprises, chunks of {chunk}: "
-          f"{batch.line_count} lines, {batch.total_fen} fen")
+    print(
+        f"{label}: {policy_id} {PERIOD}, {count} enterprises, chunks of {chunk}: "
+        f"{batch.line_count} lines, {batch.total_fen} fen"
+    )
     print(f"  batch to DRAFT (recorded, resumable) : {count / seconds:>8,.0f} enterprises/s ({seconds:.1f} s)")
-    print(f"  baseline: evaluate only, no writes   : {count / baseline:>8,.0f} enterprises/s "
-          f"(the batch costs {seconds / baseline:.1f}x)")
+    print(
+        f"  baseline: evaluate only, no writes   : {count / baseline:>8,.0f} enterprises/s "
+        f"(the batch costs {seconds / baseline:.1f}x)"
+    )
 
 
 def main() -> None:

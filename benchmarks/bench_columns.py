@@ -7,6 +7,7 @@ its time grouped by where it goes. SQLite, and PostgreSQL when reachable.
 
 Usage: python benchmarks/bench_columns.py [--count 20000] [--chunk 2000] [--years 2024,2025] [--rounds 3]
 """
+
 from __future__ import annotations
 
 import cProfile
@@ -104,8 +105,10 @@ def profile(engine: Engine, chunk: int, years: Sequence[int]) -> None:
         shares = callers.items() if anonymous else [(function, (0, 0, own, 0))]
         for caller, (_, _, seconds, _) in shares:
             spent[_bucket(caller)] += seconds
-    print(f"  cProfile of the columns pass ({total:.2f} s under the profiler), own time by where it goes "
-          "(built-ins charged to their callers):")
+    print(
+        f"  cProfile of the columns pass ({total:.2f} s under the profiler), own time by where it goes "
+        "(built-ins charged to their callers):"
+    )
     for name, seconds in sorted(spent.items(), key=lambda item: -item[1]):
         print(f"    {seconds / total:>5.1%}  {name}")
     print("  the ten functions with the most own time:")
@@ -129,15 +132,20 @@ def run(engine: Engine, label: str, count: int, chunk: int, years: Sequence[int]
     assert n_docs == n_cols == count
     shown = ",".join(map(str, years))
     print(f"{label}: {count} enterprises, chunks of {chunk}, fact years {shown}, best of {rounds}")
-    print(f"  documents: rows_after + build_document : {count / docs_seconds:>8,.0f} enterprises/s "
-          f"({docs_seconds:.2f} s)")
-    print(f"  columns:   read_columns                : {count / cols_seconds:>8,.0f} enterprises/s "
-          f"({cols_seconds:.2f} s, {docs_seconds / cols_seconds:.1f}x)")
+    print(
+        f"  documents: rows_after + build_document : {count / docs_seconds:>8,.0f} enterprises/s ({docs_seconds:.2f} s)"
+    )
+    print(
+        f"  columns:   read_columns                : {count / cols_seconds:>8,.0f} enterprises/s "
+        f"({cols_seconds:.2f} s, {docs_seconds / cols_seconds:.1f}x)"
+    )
     _, read, rebuilt, reference = snapshots(engine, chunk, years[-1])
-    print(f"  audit snapshot ({years[-1]}) from the columns' read: document rebuilt from the chunk's rows + "
-          f"canonical JSON {rebuilt / count * 1e6:.0f} us/enterprise "
-          f"(read_chunk alone {read / count * 1e6:.0f} us; the same JSON from build_document's "
-          f"document {reference / count * 1e6:.0f} us)")
+    print(
+        f"  audit snapshot ({years[-1]}) from the columns' read: document rebuilt from the chunk's rows + "
+        f"canonical JSON {rebuilt / count * 1e6:.0f} us/enterprise "
+        f"(read_chunk alone {read / count * 1e6:.0f} us; the same JSON from build_document's "
+        f"document {reference / count * 1e6:.0f} us)"
+    )
     profile(engine, chunk, years)
 
 

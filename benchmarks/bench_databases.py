@@ -1,5 +1,6 @@
 """The databases a benchmark runs on: a fresh SQLite file, then a private schema on PostgreSQL
 when one is reachable (it says so when not)."""
+
 from __future__ import annotations
 
 import argparse

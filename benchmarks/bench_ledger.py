@@ -4,6 +4,7 @@ entries per second. SQLite, and PostgreSQL when reachable.
 
 Usage: python benchmarks/bench_ledger.py [--entries 20000] [--pg postgresql://postgres@127.0.0.1/test]
 """
+
 from __future__ import annotations
 
 import time
@@ -17,15 +18,29 @@ from service.audit.ledger import append_many, create_ledger_schema, ledger_trans
 
 
 def payloads(n: int) -> list[dict[str, object]]:
-    return [{"evaluation_id": f"ev-{i:08d}", "uscc": "91420600MA4K00001M", "policy_id": "stable-jobs-refund",
-             "period": 2025, "outcome": "ELIGIBLE", "amount_fen": 37037015 + i,
-             "conditions": [{"id": f"c{j}", "result": "true"} for j in range(6)]} for i in range(n)]
+    return [
+        {
+            "evaluation_id": f"ev-{i:08d}",
+            "uscc": "91420600MA4K00001M",
+            "policy_id": "stable-jobs-refund",
+            "period": 2025,
+            "outcome": "ELIGIBLE",
+            "amount_fen": 37037015 + i,
+            "conditions": [{"id": f"c{j}", "result": "true"} for j in range(6)],
+        }
+        for i in range(n)
+    ]
 
 
 def run(engine: Engine, label: str, n: int) -> None:
     items = payloads(n)
-    plain = Table("plain_entry", MetaData(), Column("id", String(64), primary_key=True),
-                  Column("payload", Text), Column("payload_sha256", String(64)))
+    plain = Table(
+        "plain_entry",
+        MetaData(),
+        Column("id", String(64), primary_key=True),
+        Column("payload", Text),
+        Column("payload_sha256", String(64)),
+    )
     plain.metadata.create_all(engine)
     started = time.perf_counter()
     with engine.begin() as conn:
@@ -49,8 +64,10 @@ def run(engine: Engine, label: str, n: int) -> None:
     assert result.valid, result.detail
     print(f"{label}: {n} entries in one transaction")
     print(f"  ledger appends (chained)    : {n / ledger_seconds:>10,.0f} entries/s")
-    print(f"  baseline: plain inserts     : {n / plain_seconds:>10,.0f} rows/s "
-          f"(ledger costs {ledger_seconds / plain_seconds:.2f}x)")
+    print(
+        f"  baseline: plain inserts     : {n / plain_seconds:>10,.0f} rows/s "
+        f"(ledger costs {ledger_seconds / plain_seconds:.2f}x)"
+    )
     print(f"  verification                : {result.entries_checked / verify_seconds:>10,.0f} entries/s")
 
 

@@ -10,6 +10,7 @@ a batch has one per enterprise).
 
 Usage: python benchmarks/bench_records.py [--records 100000] [--chunk 2000] [--pg URL]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,20 +51,30 @@ from service.facts_documents import DocumentSource, build_document
 PERIOD = 2025
 TODAY = date(2026, 3, 31)
 ACTOR = Actor("bench", "finance_operator")
-DISTINCT = 2000   # enterprises actually evaluated; reused under fresh USCCs
+DISTINCT = 2000  # enterprises actually evaluated; reused under fresh USCCs
 
 # ------------------------------------------------------------------------------- the old scheme
 old_metadata = MetaData()
-old_facts = Table("old_facts_snapshot", old_metadata, Column("facts_sha256", String(64), primary_key=True),
-                  Column("document", Text, nullable=False))
+old_facts = Table(
+    "old_facts_snapshot",
+    old_metadata,
+    Column("facts_sha256", String(64), primary_key=True),
+    Column("document", Text, nullable=False),
+)
 old_records = Table(
-    "old_evaluation_record", old_metadata, Column("evaluation_id", String(40), primary_key=True),
+    "old_evaluation_record",
+    old_metadata,
+    Column("evaluation_id", String(40), primary_key=True),
     Column("uscc", String(18), nullable=False, index=True),
     Column("policy_id", String(100), nullable=False, index=True),
-    Column("period", Integer, nullable=False), Column("outcome", String(20), nullable=False),
-    Column("amount_fen", BigInteger, nullable=False), Column("batch_id", String(40), nullable=True, index=True),
-    Column("record", Text, nullable=False), Column("record_sha256", String(64), nullable=False),
-    Column("ledger_seq", BigInteger, nullable=False, unique=True))
+    Column("period", Integer, nullable=False),
+    Column("outcome", String(20), nullable=False),
+    Column("amount_fen", BigInteger, nullable=False),
+    Column("batch_id", String(40), nullable=True, index=True),
+    Column("record", Text, nullable=False),
+    Column("record_sha256", String(64), nullable=False),
+    Column("ledger_seq", BigInteger, nullable=False, unique=True),
+)
 
 
 def _now() -> str:
@@ -75,12 +86,24 @@ def old_prepare(evaluation: Evaluation, document: FactsDocument) -> dict[str, An
     facts_json = canonical_json(document_to_json(document)).decode()
     facts_sha = sha256_hex(facts_json.encode())
     evaluation_id = "ev_" + uuid.uuid4().hex
-    record = {"evaluation_id": evaluation_id, "evaluation": evaluation.to_dict(), "facts_sha256": facts_sha,
-              "service_version": "benefits 0.1.0", "actor": {"principal": ACTOR.principal, "role": ACTOR.role},
-              "batch_id": "pb_bench", "recorded_at": _now()}
+    record = {
+        "evaluation_id": evaluation_id,
+        "evaluation": evaluation.to_dict(),
+        "facts_sha256": facts_sha,
+        "service_version": "benefits 0.1.0",
+        "actor": {"principal": ACTOR.principal, "role": ACTOR.role},
+        "batch_id": "pb_bench",
+        "recorded_at": _now(),
+    }
     record_json = canonical_json(record).decode()
-    return {"evaluation": evaluation, "evaluation_id": evaluation_id, "record_json": record_json,
-            "record_sha256": sha256_hex(record_json.encode()), "facts_json": facts_json, "facts_sha256": facts_sha}
+    return {
+        "evaluation": evaluation,
+        "evaluation_id": evaluation_id,
+        "record_json": record_json,
+        "record_sha256": sha256_hex(record_json.encode()),
+        "facts_json": facts_json,
+        "facts_sha256": facts_sha,
+    }
 
 
 def old_write(conn: Connection, policy: LoadedPolicy, prepared: list[dict[str, Any]]) -> None:
@@ -90,37 +113,69 @@ def old_write(conn: Connection, policy: LoadedPolicy, prepared: list[dict[str, A
     digests = sorted(wanted)
     known: set[str] = set()
     for start in range(0, len(digests), 500):
-        known.update(conn.execute(select(old_facts.c.facts_sha256).where(
-            old_facts.c.facts_sha256.in_(digests[start:start + 500]))).scalars())
+        known.update(
+            conn.execute(
+                select(old_facts.c.facts_sha256).where(old_facts.c.facts_sha256.in_(digests[start : start + 500]))
+            ).scalars()
+        )
     new = [{"facts_sha256": d, "document": wanted[d]} for d in digests if d not in known]
     if new:
         conn.execute(insert(old_facts), new)
-    entries = append_many(conn, [("evaluation", {"evaluation_id": p["evaluation_id"],
-                                                 "record_sha256": p["record_sha256"],
-                                                 "facts_sha256": p["facts_sha256"],
-                                                 "rule_sha256": p["evaluation"].rule_sha256}) for p in prepared])
-    conn.execute(insert(old_records), [
-        {"evaluation_id": p["evaluation_id"], "uscc": p["evaluation"].uscc, "policy_id": p["evaluation"].policy_id,
-         "period": p["evaluation"].period, "outcome": p["evaluation"].outcome,
-         "amount_fen": p["evaluation"].amount_fen, "batch_id": "pb_bench", "record": p["record_json"],
-         "record_sha256": p["record_sha256"], "ledger_seq": entry.seq} for p, entry in zip(prepared, entries)])
+    entries = append_many(
+        conn,
+        [
+            (
+                "evaluation",
+                {
+                    "evaluation_id": p["evaluation_id"],
+                    "record_sha256": p["record_sha256"],
+                    "facts_sha256": p["facts_sha256"],
+                    "rule_sha256": p["evaluation"].rule_sha256,
+                },
+            )
+            for p in prepared
+        ],
+    )
+    conn.execute(
+        insert(old_records),
+        [
+            {
+                "evaluation_id": p["evaluation_id"],
+                "uscc": p["evaluation"].uscc,
+                "policy_id": p["evaluation"].policy_id,
+                "period": p["evaluation"].period,
+                "outcome": p["evaluation"].outcome,
+                "amount_fen": p["evaluation"].amount_fen,
+                "batch_id": "pb_bench",
+                "record": p["record_json"],
+                "record_sha256": p["record_sha256"],
+                "ledger_seq": entry.seq,
+            }
+            for p, entry in zip(prepared, entries)
+        ],
+    )
 
 
 def old_verify(conn: Connection) -> int:
     """The old `verify_records`: each entry joined with its record, each text fetched once."""
     texts_ok: dict[str, bool] = {}
     checked = 0
-    query = (select(ledger_entry.c.seq, ledger_entry.c.payload, old_records)
-             .select_from(ledger_entry.outerjoin(old_records, old_records.c.ledger_seq == ledger_entry.c.seq))
-             .where(ledger_entry.c.kind == "evaluation").order_by(ledger_entry.c.seq))
+    query = (
+        select(ledger_entry.c.seq, ledger_entry.c.payload, old_records)
+        .select_from(ledger_entry.outerjoin(old_records, old_records.c.ledger_seq == ledger_entry.c.seq))
+        .where(ledger_entry.c.kind == "evaluation")
+        .order_by(ledger_entry.c.seq)
+    )
     for row in conn.execution_options(stream_results=True, yield_per=2000).execute(query):
         sealed = orjson.loads(row.payload)
         assert sha256_hex(row.record.encode()) == sealed["record_sha256"]
         evaluation = orjson.loads(row.record)["evaluation"]
-        assert (row.uscc, row.outcome, row.amount_fen) == (evaluation["uscc"], evaluation["outcome"],
-                                                          evaluation["amount_fen"])
-        for table, column, key in ((old_facts, "document", "facts_sha256"),
-                                   (policy_version, "source", "rule_sha256")):
+        assert (row.uscc, row.outcome, row.amount_fen) == (
+            evaluation["uscc"],
+            evaluation["outcome"],
+            evaluation["amount_fen"],
+        )
+        for table, column, key in ((old_facts, "document", "facts_sha256"), (policy_version, "source", "rule_sha256")):
             digest = sealed[key]
             if digest not in texts_ok:
                 text = conn.execute(select(table.c[column]).where(table.c[key] == digest)).scalar()
@@ -163,19 +218,24 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def run(engine: Engine, label: str, policy: LoadedPolicy, pairs: list[tuple[Evaluation, FactsDocument]],
-        n: int, chunk: int) -> None:
+def run(
+    engine: Engine, label: str, policy: LoadedPolicy, pairs: list[tuple[Evaluation, FactsDocument]], n: int, chunk: int
+) -> None:
     create_audit_schema(engine)
     old_metadata.create_all(engine)
     results: dict[str, tuple[float, float, float, int]] = {}
 
-    def scheme(name: str, prepare: Callable[[Evaluation, FactsDocument], Any],
-               write: Callable[[Connection, LoadedPolicy, list[Any]], Any], size: Callable[[Any], int]) -> None:
+    def scheme(
+        name: str,
+        prepare: Callable[[Evaluation, FactsDocument], Any],
+        write: Callable[[Connection, LoadedPolicy, list[Any]], Any],
+        size: Callable[[Any], int],
+    ) -> None:
         prepare_s = write_s = 0.0
         stored = 0
         source = inputs(pairs, n)
         for start in range(0, n, chunk):
-            items = [next(source) for _ in range(min(chunk, n - start))]   # the inputs: not timed
+            items = [next(source) for _ in range(min(chunk, n - start))]  # the inputs: not timed
             seconds, batch = timed(lambda: [prepare(e, d) for e, d in items])  # noqa: B023 (called at once)
             prepare_s += seconds
             stored += sum(size(p) for p in batch)
@@ -183,12 +243,17 @@ def run(engine: Engine, label: str, policy: LoadedPolicy, pairs: list[tuple[Eval
             def commit(records: list[Any] = batch) -> None:
                 with ledger_transaction(engine) as conn:
                     write(conn, policy, records)
+
             write_s += timed(commit)[0]
         results[name] = (prepare_s, write_s, 0.0, stored)
 
     # The new scheme first: its verification then reads a ledger of its own chunks only.
-    scheme("compact", lambda e, d: prepare_record(e, d, ACTOR, batch_id="pb_bench"), write_records,
-           lambda p: len(p.record_json))
+    scheme(
+        "compact",
+        lambda e, d: prepare_record(e, d, ACTOR, batch_id="pb_bench"),
+        write_records,
+        lambda p: len(p.record_json),
+    )
     with engine.connect() as conn:
         seconds, problems = timed(lambda: verify_records(conn))
     assert problems == [], problems[:3]
@@ -201,17 +266,25 @@ def run(engine: Engine, label: str, policy: LoadedPolicy, pairs: list[tuple[Eval
     results["old"] = (*results["old"][:2], seconds, results["old"][3])
 
     with engine.connect() as conn:
-        entries = {kind: conn.execute(select(ledger_entry.c.seq).where(ledger_entry.c.kind == kind)).all()
-                   for kind in ("evaluations", "evaluation")}
-    print(f"{label}: {n:,} records in chunks of {chunk:,} ({len(entries['evaluations'])} compact entries, "
-          f"{len(entries['evaluation'])} old entries)")
+        entries = {
+            kind: conn.execute(select(ledger_entry.c.seq).where(ledger_entry.c.kind == kind)).all()
+            for kind in ("evaluations", "evaluation")
+        }
+    print(
+        f"{label}: {n:,} records in chunks of {chunk:,} ({len(entries['evaluations'])} compact entries, "
+        f"{len(entries['evaluation'])} old entries)"
+    )
     for name, (prepare_s, write_s, verify_s, stored) in results.items():
-        print(f"  {name:8} prepare {n / prepare_s:>9,.0f}/s  write {n / write_s:>9,.0f}/s  "
-              f"prepare+write {n / (prepare_s + write_s):>9,.0f}/s  verify {n / verify_s:>9,.0f}/s  "
-              f"record {stored / n:>6,.0f} B")
+        print(
+            f"  {name:8} prepare {n / prepare_s:>9,.0f}/s  write {n / write_s:>9,.0f}/s  "
+            f"prepare+write {n / (prepare_s + write_s):>9,.0f}/s  verify {n / verify_s:>9,.0f}/s  "
+            f"record {stored / n:>6,.0f} B"
+        )
     old, new = results["old"], results["compact"]
-    print(f"  compact vs old: write {old[1] / new[1]:.1f}x, prepare+write {(old[0] + old[1]) / (new[0] + new[1]):.1f}x"
-          f", verify {old[2] / new[2]:.1f}x, record {old[3] / new[3]:.0f}x smaller")
+    print(
+        f"  compact vs old: write {old[1] / new[1]:.1f}x, prepare+write {(old[0] + old[1]) / (new[0] + new[1]):.1f}x"
+        f", verify {old[2] / new[2]:.1f}x, record {old[3] / new[3]:.0f}x smaller"
+    )
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The synthetic registry of the benchmarks that cache it (bench.py, bench_api.py): its JSON Lines
 feed written through a .part file (an interrupted run leaves no half feed behind), and loaded
 into a database."""
+
 from __future__ import annotations
 
 from pathlib import Path

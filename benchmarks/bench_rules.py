@@ -7,6 +7,7 @@ the same run on the same data.
 
 Usage: python benchmarks/bench_rules.py [--count N] [--seed S] [--period P]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,8 @@ def main() -> None:
         parse_seconds = time.perf_counter() - started
         report = load_jsonl(feed, engine)
         print(f"registry: {args.count} enterprises, {records} records")
-        print(f"  load (validate + store, SQLite): {report.rate:>10,.0f} records/s "
-              f"({report.seconds:.1f} s)")
-        print(f"  baseline (read + JSON parse)   : {parsed / parse_seconds:>10,.0f} records/s "
-              f"({parse_seconds:.1f} s)")
+        print(f"  load (validate + store, SQLite): {report.rate:>10,.0f} records/s ({report.seconds:.1f} s)")
+        print(f"  baseline (read + JSON parse)   : {parsed / parse_seconds:>10,.0f} records/s ({parse_seconds:.1f} s)")
 
         policies = [p for p in load_policies() if p.covers(args.period)]
         compiled = {p.id: p.compiled(args.period) for p in policies}
@@ -57,16 +56,18 @@ def main() -> None:
         today = date(args.period + 1, 3, 31)
 
         started = time.perf_counter()
-        documents = [{p.fact_year(args.period): build_document(r, p.fact_year(args.period))
-                      for p in policies} for r in rows]
+        documents = [
+            {p.fact_year(args.period): build_document(r, p.fact_year(args.period)) for p in policies} for r in rows
+        ]
         doc_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
         trace_count = 0
         for docs in documents:
             for p in policies:
-                interp = Interpreter(docs[p.fact_year(args.period)], compiled[p.id].params,
-                                     period=args.period, today=today)
+                interp = Interpreter(
+                    docs[p.fact_year(args.period)], compiled[p.id].params, period=args.period, today=today
+                )
                 for clause in p.conditions:
                     interp.evaluate(clause.expr)
                 trace_count += 1

@@ -9,6 +9,7 @@ for), once for all of them. SQLite, and PostgreSQL when reachable.
 
 Usage: python benchmarks/bench_snapshots.py [--count 20000] [--chunk 2000] [--years 2024,2025] [--rounds 3]
 """
+
 from __future__ import annotations
 
 import time
@@ -34,8 +35,9 @@ def fast(rows: ChunkRows, years: Sequence[int]) -> Snapshots:
     return [rows.snapshot(index, year) for index in range(len(rows)) for year in years]
 
 
-def best(rounds: int, rows: ChunkRows, years: Sequence[int],
-         path: Callable[[ChunkRows, Sequence[int]], Snapshots]) -> tuple[float, Snapshots]:
+def best(
+    rounds: int, rows: ChunkRows, years: Sequence[int], path: Callable[[ChunkRows, Sequence[int]], Snapshots]
+) -> tuple[float, Snapshots]:
     """The fastest of `rounds` runs of `path`, each on a fresh copy of the chunk's rows."""
     seconds, made = float("inf"), []
     for _ in range(rounds):
@@ -65,15 +67,19 @@ def run(engine: Engine, label: str, count: int, chunk: int, years: Sequence[int]
                     expected = made
             assert made == expected, "the fast snapshots differ from the reference"
         cursor, enterprises = usccs[-1], enterprises + len(usccs)
-    print(f"{label}: {enterprises} enterprises, chunks of {chunk}, best of {rounds} per chunk; "
-          f"reading the chunks {read:.2f} s ({enterprises / read:,.0f} enterprises/s), not counted below")
+    print(
+        f"{label}: {enterprises} enterprises, chunks of {chunk}, best of {rounds} per chunk; "
+        f"reading the chunks {read:.2f} s ({enterprises / read:,.0f} enterprises/s), not counted below"
+    )
     for case in cases:
         n = enterprises * len(case)
         ref, mine = spent[tuple(case), "reference"], spent[tuple(case), "fast"]
         shown = ",".join(map(str, case))
-        print(f"  fact years {shown:<9}  reference snapshot_of(document): {n / ref:>8,.0f} snapshots/s "
-              f"({ref / n * 1e6:5.1f} us)   ChunkRows.snapshot: {n / mine:>8,.0f} snapshots/s "
-              f"({mine / n * 1e6:5.1f} us)   {ref / mine:.1f}x, bytes identical")
+        print(
+            f"  fact years {shown:<9}  reference snapshot_of(document): {n / ref:>8,.0f} snapshots/s "
+            f"({ref / n * 1e6:5.1f} us)   ChunkRows.snapshot: {n / mine:>8,.0f} snapshots/s "
+            f"({mine / n * 1e6:5.1f} us)   {ref / mine:.1f}x, bytes identical"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ in-memory facts documents of a synthetic registry.
 
 Usage: python benchmarks/bench_trace.py [--count N] [--seed S] [--period P] [--chunk C] [--profile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,7 @@ from service.facts_documents import DocumentSource, build_document
 RULES = Path(__file__).resolve().parents[1] / "rules" / "policies"
 
 
-def interpreter_pass(compiled: list[CompiledPolicy], documents: dict[int, list[FactsDocument]],
-                     today: date) -> int:
+def interpreter_pass(compiled: list[CompiledPolicy], documents: dict[int, list[FactsDocument]], today: date) -> int:
     pairs = 0
     for c in compiled:
         policy = c.policy
@@ -58,8 +58,10 @@ def vectorised_pass(compiled: list[CompiledPolicy], chunks: dict[int, list[FactC
 
 
 def column_chunks(documents: dict[int, list[FactsDocument]], size: int) -> dict[int, list[FactColumns]]:
-    return {year: [from_documents(docs[i:i + size], CATALOGUE) for i in range(0, len(docs), size)]
-            for year, docs in documents.items()}
+    return {
+        year: [from_documents(docs[i : i + size], CATALOGUE) for i in range(0, len(docs), size)]
+        for year, docs in documents.items()
+    }
 
 
 def main() -> None:
@@ -99,10 +101,14 @@ def main() -> None:
     with_columns_rate = pairs / (vectorised_seconds + columns_seconds)
 
     print(f"  interpreter trace (clauses + amount)        : {interpreter_rate:>12,.0f} pairs/s")
-    print(f"  vectorised trace, chunks of {args.chunk:<6,}         : {vectorised_rate:>12,.0f} pairs/s "
-          f"({vectorised_rate / interpreter_rate:.1f}x)")
-    print(f"  vectorised incl. columns from documents     : {with_columns_rate:>12,.0f} pairs/s "
-          f"({with_columns_rate / interpreter_rate:.1f}x; columns {columns_seconds:.2f} s)")
+    print(
+        f"  vectorised trace, chunks of {args.chunk:<6,}         : {vectorised_rate:>12,.0f} pairs/s "
+        f"({vectorised_rate / interpreter_rate:.1f}x)"
+    )
+    print(
+        f"  vectorised incl. columns from documents     : {with_columns_rate:>12,.0f} pairs/s "
+        f"({with_columns_rate / interpreter_rate:.1f}x; columns {columns_seconds:.2f} s)"
+    )
 
     if args.profile:
         profiler = cProfile.Profile()

@@ -9,6 +9,7 @@ Usage: python benchmarks/profile_tree.py PROFILE.txt FRAME [--depth 2] [--top 25
 Every sample whose stack holds FRAME is counted once, under the `--depth` frames it called.
 py-spy samples busy threads only (no `--idle`), so the shares are of CPU time, not of waiting.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ def split_below(lines: Iterable[str], frame: str, depth: int) -> tuple[int, Coun
         start = names.index(frame) + 1
         samples = int(count)
         total += samples
-        below[" > ".join(names[start:start + depth]) or "(itself)"] += samples
+        below[" > ".join(names[start : start + depth]) or "(itself)"] += samples
     return total, below
 
 

@@ -3,6 +3,7 @@
 A fact is true as of a day; no department can report a day that has not begun in China, so the
 date that matters is Shanghai's, whatever zone the server runs in.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

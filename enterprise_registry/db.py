@@ -1,5 +1,6 @@
 """Database engines for the registry: SQLite (embedded default) and PostgreSQL (production),
 and database errors told without the data they carry."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -29,8 +30,7 @@ def make_engine(url: str = DEFAULT_DB_URL, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
         _ensure_sqlite_folder(url)
-        engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True,
-                               **kwargs)
+        engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
@@ -158,8 +158,7 @@ def refresh_statistics(engine: Engine) -> list[str]:
     if engine.dialect.name != "postgresql":
         return []
     with engine.connect() as conn:
-        stale = list(conn.execute(_STALE_TABLES, {"growth": _GROWTH_FACTOR,
-                                                  "small": _SMALL_TABLE_PAGES}).scalars())
+        stale = list(conn.execute(_STALE_TABLES, {"growth": _GROWTH_FACTOR, "small": _SMALL_TABLE_PAGES}).scalars())
         if stale:
             conn.execute(text("analyze " + ", ".join(f'"{name}"' for name in stale)))
         conn.commit()

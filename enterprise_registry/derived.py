@@ -1,5 +1,6 @@
 """Derived facts, computed in this one place: size class, industry section, bank account on
 record, staleness of yearly records, and which hire counts for a person in a year."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -8,20 +9,26 @@ from datetime import date
 
 from enterprise_registry.sme_standard import SizeClassification, classify
 
-SIZE_CLASS_RECORDED = "social_insurance"   # the class recorded by the social-insurance office
-SIZE_CLASS_DERIVED = "sme_standard"        # derived by 工信部联企业〔2011〕300号
+SIZE_CLASS_RECORDED = "social_insurance"  # the class recorded by the social-insurance office
+SIZE_CLASS_DERIVED = "sme_standard"  # derived by 工信部联企业〔2011〕300号
 
 
 @dataclass(frozen=True)
 class SizeClassFact:
     size_class: str
-    basis: str                  # SIZE_CLASS_RECORDED or SIZE_CLASS_DERIVED
+    basis: str  # SIZE_CLASS_RECORDED or SIZE_CLASS_DERIVED
     reasons: tuple[str, ...]
 
 
-def size_class(recorded: str | None, industry_code: str | None, *, employees: int | None,
-               revenue_fen: int | None, main_business_revenue_fen: int | None,
-               total_assets_fen: int | None) -> SizeClassFact | None:
+def size_class(
+    recorded: str | None,
+    industry_code: str | None,
+    *,
+    employees: int | None,
+    revenue_fen: int | None,
+    main_business_revenue_fen: int | None,
+    total_assets_fen: int | None,
+) -> SizeClassFact | None:
     """The social-insurance office's class where recorded; else derived by the SME standard;
     None when neither is possible (the policy decides what that means, e.g. HELD)."""
     if recorded is not None:
@@ -29,8 +36,12 @@ def size_class(recorded: str | None, industry_code: str | None, *, employees: in
     if industry_code is None:
         return None
     derived: SizeClassification | None = classify(
-        industry_code, employees=employees, revenue_fen=revenue_fen,
-        main_business_revenue_fen=main_business_revenue_fen, total_assets_fen=total_assets_fen)
+        industry_code,
+        employees=employees,
+        revenue_fen=revenue_fen,
+        main_business_revenue_fen=main_business_revenue_fen,
+        total_assets_fen=total_assets_fen,
+    )
     if derived is None:
         return None
     return SizeClassFact(derived.size_class, SIZE_CLASS_DERIVED, derived.reasons)

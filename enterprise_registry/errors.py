@@ -8,6 +8,7 @@ RegistryError                  base of every error this package raises
 RecordError is not an exception but a value: one problem found at file:line, collected by the
 importer so that a rejected feed reports all its problems at once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,6 +70,4 @@ class ImportRejectedError(RegistryError):
         shown = "\n".join(f"  {error}" for error in errors[:_MESSAGE_ERRORS])
         more = self.total - min(len(errors), _MESSAGE_ERRORS)
         tail = f"\n  ... and {more} more" if more > 0 else ""
-        super().__init__(
-            f"import rejected, nothing stored: {self.total} error(s)\n{shown}{tail}"
-        )
+        super().__init__(f"import rejected, nothing stored: {self.total} error(s)\n{shown}{tail}")

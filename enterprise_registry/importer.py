@@ -10,6 +10,7 @@ Given `today` (the Asia/Shanghai date, `clock.Clock.today()`), a record true as 
 refused: no department knows facts of a day that has not come. Given `sources`, a record from a
 department not among them is refused: a feed speaks only for its own departments.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -74,8 +75,14 @@ class RecordChecker:
     later day are refused (None: not checked).
     """
 
-    def __init__(self, origin: str, max_errors: int | None = MAX_ERRORS, *,
-                 sources: Collection[str] | None = None, today: date | None = None) -> None:
+    def __init__(
+        self,
+        origin: str,
+        max_errors: int | None = MAX_ERRORS,
+        *,
+        sources: Collection[str] | None = None,
+        today: date | None = None,
+    ) -> None:
         self.origin = origin
         self.max_errors = max_errors
         self.sources = None if sources is None else tuple(sorted(sources))
@@ -100,13 +107,21 @@ class RecordChecker:
             return None
         # Before the key is remembered: a refused record must not make a later one a "duplicate".
         if self.sources is not None and record.source not in self.sources:
-            self._error(line, "source", f"department {record.source} is not a source of this feed "
-                                        f"(it may write only for {', '.join(self.sources)})")
+            self._error(
+                line,
+                "source",
+                f"department {record.source} is not a source of this feed "
+                f"(it may write only for {', '.join(self.sources)})",
+            )
             return None
         if self.today is not None and record.as_of > self.today:
-            self._error(line, "as_of", f"{record.as_of.isoformat()} is after today "
-                                       f"({self.today.isoformat()}, Asia/Shanghai): no department "
-                                       "knows facts of a day to come")
+            self._error(
+                line,
+                "as_of",
+                f"{record.as_of.isoformat()} is after today "
+                f"({self.today.isoformat()}, Asia/Shanghai): no department "
+                "knows facts of a day to come",
+            )
             return None
         key = record_key(record)
         first = self._first_line.setdefault(_digest(record.kind, key), line)
@@ -179,15 +194,17 @@ def load_jsonl(path: Path, engine: Engine, *, today: date | None = None) -> Load
 
 
 def load_records(
-    records: Iterable[object], engine: Engine, *, origin: str = "<records>",
+    records: Iterable[object],
+    engine: Engine,
+    *,
+    origin: str = "<records>",
     today: date | None = None,
 ) -> LoadReport:
     """Load records given as objects (line = 1-based position), all or nothing like a file."""
     return _load(enumerate(records, start=1), engine, origin, today)
 
 
-def _load(items: Iterable[tuple[int, object]], engine: Engine, origin: str,
-          today: date | None) -> LoadReport:
+def _load(items: Iterable[tuple[int, object]], engine: Engine, origin: str, today: date | None) -> LoadReport:
     started = time.perf_counter()
     checker = RecordChecker(origin, today=today)
     by_kind: dict[str, int] = {}
@@ -204,7 +221,7 @@ def _load(items: Iterable[tuple[int, object]], engine: Engine, origin: str,
             # Raised inside the transaction block: everything written so far is rolled back.
             raise ImportRejectedError(checker.errors, checker.error_count)
         writer.flush()
-    refresh_statistics(engine)   # a bulk load is what leaves the planner's estimates stale
+    refresh_statistics(engine)  # a bulk load is what leaves the planner's estimates stale
     return LoadReport(
         records=sum(by_kind.values()),
         by_kind=by_kind,

@@ -1,4 +1,5 @@
 """SQLModel tables of the registry's facts, one per record kind, and the record-to-row mapping."""
+
 from __future__ import annotations
 
 from datetime import date

@@ -1,4 +1,5 @@
 """Validation of one fact record (one JSON Lines object) into an immutable, typed model per kind."""
+
 from __future__ import annotations
 
 import re
@@ -135,9 +136,7 @@ def _check_text(text: str) -> str:
 
 def _check_person_ref(ref: str) -> str:
     if _ID_NUMBER.fullmatch(ref):
-        raise ValueError(
-            "looks like a resident ID number: persons are identified only by a pseudonymous id"
-        )
+        raise ValueError("looks like a resident ID number: persons are identified only by a pseudonymous id")
     return ref
 
 
@@ -149,9 +148,7 @@ Count = Annotated[int, Field(ge=0, lt=MAX_COUNT)]
 Months = Annotated[int, Field(ge=0, le=MAX_MONTHS)]
 Year = Annotated[int, Field(ge=MIN_YEAR, le=MAX_YEAR)]
 Age = Annotated[int, Field(ge=MIN_AGE, le=MAX_AGE)]
-PersonRef = Annotated[
-    str, Field(pattern=r"^[A-Za-z0-9_-]{4,64}$"), AfterValidator(_check_person_ref)
-]
+PersonRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{4,64}$"), AfterValidator(_check_person_ref)]
 
 # strict: no "12" for 12, no 12.0 for 12, no true for 1; forbid: an unknown key is an error.
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -186,10 +183,7 @@ class RecordBase(BaseModel):
             raise ValueError(f"unknown department {_shown(source)} (one of {known})")
         holders = SOURCES_BY_KIND[cls.KIND]
         if source not in holders:
-            raise ValueError(
-                f"department {source} does not hold {cls.KIND} records "
-                f"(expected {' or '.join(holders)})"
-            )
+            raise ValueError(f"department {source} does not hold {cls.KIND} records (expected {' or '.join(holders)})")
         return source
 
 
@@ -264,9 +258,7 @@ class HireRecord(RecordBase):
     @model_validator(mode="after")
     def _consistent(self) -> HireRecord:
         if self.year != self.hired_on.year:
-            raise _FieldProblem(
-                "year", f"must be the year of hired_on {self.hired_on.isoformat()}, got {self.year}"
-            )
+            raise _FieldProblem("year", f"must be the year of hired_on {self.hired_on.isoformat()}, got {self.year}")
         if self.category == "graduate" and self.graduation_year is None:
             raise _FieldProblem("graduation_year", "required for category graduate")
         if self.category == "unemployed_youth" and self.age is None:
@@ -343,9 +335,7 @@ def parse_record(obj: object) -> Record:
     kind = obj["kind"]
     model = RECORD_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise RecordValidationError(
-            "kind", f"unknown kind {_shown(kind)} (one of {', '.join(KINDS)})"
-        )
+        raise RecordValidationError("kind", f"unknown kind {_shown(kind)} (one of {', '.join(KINDS)})")
     try:
         return model.model_validate(obj)  # type: ignore[return-value]
     except ValidationError as exc:

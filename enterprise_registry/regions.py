@@ -1,4 +1,5 @@
 """Code tables: Xiangyang's GB/T 2260 administrative divisions."""
+
 from __future__ import annotations
 
 # 高新区, 东津新区 and 鱼梁洲 are functional zones, not GB/T 2260 divisions: they register under

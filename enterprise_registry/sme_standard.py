@@ -156,7 +156,7 @@ _LEVEL_NAMES: Final[dict[SizeClass, str]] = {
 _CLASSES: Final[tuple[SizeClass, ...]] = ("large", "medium", "small", "micro")
 
 
-@functools.lru_cache(maxsize=4096)   # a registry has a few hundred distinct codes; scanning the table is slow
+@functools.lru_cache(maxsize=4096)  # a registry has a few hundred distinct codes; scanning the table is slow
 def sector_of(industry_code: str) -> str | None:
     """The table row for a GB/T 4754-2017 code such as "C3484", or None when not covered.
 
@@ -171,9 +171,7 @@ def sector_of(industry_code: str) -> str | None:
         return None
     sector = _SECTOR_BY_PREFIX[max(matching, key=len)]
     finer = (
-        _SECTOR_BY_PREFIX[prefix]
-        for prefix in _SECTOR_BY_PREFIX
-        if len(prefix) > len(code) and prefix.startswith(code)
+        _SECTOR_BY_PREFIX[prefix] for prefix in _SECTOR_BY_PREFIX if len(prefix) > len(code) and prefix.startswith(code)
     )
     if any(other != sector for other in finer):
         return None
@@ -269,9 +267,7 @@ def _reason(row: _Row, value: int, rank: int, main_business: bool) -> str:
         unit, shown = "万元", _format_wan(value)
     bounds = (row.large, row.medium, row.small)
     if rank < 3:
-        return (
-            f"{label} {shown} {unit} ≥ {bounds[rank]} {unit}（{_LEVEL_NAMES[_CLASSES[rank]]}下限）"
-        )
+        return f"{label} {shown} {unit} ≥ {bounds[rank]} {unit}（{_LEVEL_NAMES[_CLASSES[rank]]}下限）"
     return f"{label} {shown} {unit} < {row.small} {unit}（小型下限）"
 
 

@@ -13,6 +13,7 @@ year, revenue one fen below a threshold, a refund ending in half a fen, a record
 before its year ended, little giant and single champion in one year, ...); successive
 occurrences of each edge case take the periods in turn.
 """
+
 from __future__ import annotations
 
 import math
@@ -155,11 +156,14 @@ _INDUSTRY = {entry[0]: entry for entry in _INDUSTRIES}
 
 # Units that are not enterprises: industry choices and the shape of their names.
 _OTHER_UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "individual_business": (("F5212", "F5221", "H6210", "H6220", "O8111", "O8040"),
-                            ("超市", "粮油店", "饭店", "小吃店", "汽车修理部", "理发店")),
-    "farmer_cooperative": (("A0111", "A0141", "A0313", "A0164"),
-                           ("水稻种植专业合作社", "蔬菜种植专业合作社", "生猪养殖专业合作社",
-                            "茶叶专业合作社")),
+    "individual_business": (
+        ("F5212", "F5221", "H6210", "H6220", "O8111", "O8040"),
+        ("超市", "粮油店", "饭店", "小吃店", "汽车修理部", "理发店"),
+    ),
+    "farmer_cooperative": (
+        ("A0111", "A0141", "A0313", "A0164"),
+        ("水稻种植专业合作社", "蔬菜种植专业合作社", "生猪养殖专业合作社", "茶叶专业合作社"),
+    ),
     "social_organization": (("S9522", "S9521"), ("机械行业协会", "企业商会", "科技学会")),
     "social_service_org": (("P8391", "P8310", "Q8411"), ("职业培训学校", "幼儿园", "医院")),
     "foundation": (("S9530",), ("慈善基金会", "教育基金会")),
@@ -169,16 +173,29 @@ _OTHER_UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "government": (("S9221",), ("街道办事处", "管理委员会")),
 }
 
-_PLACE = {"420624": "南漳县", "420625": "谷城县", "420626": "保康县", "420682": "老河口市",
-          "420683": "枣阳市", "420684": "宜城市"}  # the rest register as 襄阳市
+_PLACE = {
+    "420624": "南漳县",
+    "420625": "谷城县",
+    "420626": "保康县",
+    "420682": "老河口市",
+    "420683": "枣阳市",
+    "420684": "宜城市",
+}  # the rest register as 襄阳市
 
 _TRADE_CHARS = (
     "华鑫博恒盛泰达兴隆昌瑞祥宏远锦程嘉信诚安康宇航汉江岘鹿檀樊襄荆楚凯丰润德源聚创新"
     "科力精工鼎峰豪振飞腾云龙凤翔金玉银海天正弘毅"
 )
-_BANKS = ("中国工商银行股份有限公司", "中国农业银行股份有限公司", "中国银行股份有限公司",
-          "中国建设银行股份有限公司", "交通银行股份有限公司", "湖北银行股份有限公司",
-          "襄阳农村商业银行股份有限公司", "中国邮政储蓄银行股份有限公司")
+_BANKS = (
+    "中国工商银行股份有限公司",
+    "中国农业银行股份有限公司",
+    "中国银行股份有限公司",
+    "中国建设银行股份有限公司",
+    "交通银行股份有限公司",
+    "湖北银行股份有限公司",
+    "襄阳农村商业银行股份有限公司",
+    "中国邮政储蓄银行股份有限公司",
+)
 _BRANCHES = ("分行", "樊城支行", "襄城支行", "高新支行")
 
 # Thresholds of the SME standard (staff; revenue and assets in 万元) for edge cases to sit on.
@@ -194,19 +211,37 @@ _STALE_EXTRACT_DAYS = _EARLY_EXTRACT_DAYS[:2]
 # Edge cases in turn, one unit in EDGE_EVERY (new ones go last: small registries that tests
 # build keep the first ones).
 _EDGE_CASES = (
-    "size_boundary", "layoff_exactly_5_5", "small_employer_20pct", "small_employer_31",
-    "ui_months_11", "ui_arrears", "zero_insured", "labor_dispatch", "no_bank_account",
-    "missing_record", "si_class_missing", "high_tech_first_big", "high_tech_first_50m",
-    "high_tech_recert", "little_giant_and_champion", "above_size_emerging", "listed_current",
-    "listed_removed", "tax_credit_d", "youth_hires", "shared_hire", "stale_record",
-    "refund_half_fen", "hire_insured_months", "size_boundary",
+    "size_boundary",
+    "layoff_exactly_5_5",
+    "small_employer_20pct",
+    "small_employer_31",
+    "ui_months_11",
+    "ui_arrears",
+    "zero_insured",
+    "labor_dispatch",
+    "no_bank_account",
+    "missing_record",
+    "si_class_missing",
+    "high_tech_first_big",
+    "high_tech_first_50m",
+    "high_tech_recert",
+    "little_giant_and_champion",
+    "above_size_emerging",
+    "listed_current",
+    "listed_removed",
+    "tax_credit_d",
+    "youth_hires",
+    "shared_hire",
+    "stale_record",
+    "refund_half_fen",
+    "hire_insured_months",
+    "size_boundary",
 )
 # Consecutive units holding every edge case once for every period.
 EDGE_CYCLE = EDGE_EVERY * len(_EDGE_CASES) * len(PERIOD_YEARS)
 # Without a bank account every policy's conditions hold but nothing is payable (HELD): the edge
 # case carries the titles, the first entry, a first high-tech grant and hires of its period.
-_INDUSTRIAL_EDGES = ("above_size_emerging", "little_giant_and_champion", "size_boundary",
-                     "no_bank_account")
+_INDUSTRIAL_EDGES = ("above_size_emerging", "little_giant_and_champion", "size_boundary", "no_bank_account")
 _HIRING_EDGES = ("youth_hires", "shared_hire", "hire_insured_months", "no_bank_account")
 _GRADUATE_EDGES = ("hire_insured_months", "no_bank_account")  # hires that otherwise qualify
 
@@ -312,9 +347,7 @@ class _Generator:
             as_of = gaps.get(("si", year), _SI_AS_OF[year])
             if as_of is not None:
                 yield self._social_insurance_year(unit, year, as_of)
-        if org_type not in ("government", "public_institution") and (
-            rng.random() < 0.30 or edge in _HIRING_EDGES
-        ):
+        if org_type not in ("government", "public_institution") and (rng.random() < 0.30 or edge in _HIRING_EDGES):
             yield from self._hires(unit)
         yield from self._qualifications(unit)
         yield from self._credit_listings(unit)
@@ -415,8 +448,7 @@ class _Generator:
             draw, year = rng.random() * 0.05, unit.edge_year - 1
         elif unit.edge == "stale_record":  # both records of the year, extracted before it ended
             year = unit.edge_year - 1
-            return {(department, year): _early_extract(rng, year, _STALE_EXTRACT_DAYS)
-                    for department in ("tax", "si")}
+            return {(department, year): _early_extract(rng, year, _STALE_EXTRACT_DAYS) for department in ("tax", "si")}
         else:
             return {}
         if draw < 0.02:
@@ -438,9 +470,7 @@ class _Generator:
             status = "active"
         # Labour-dispatch agencies: about half the L7263 firms, and a few registered elsewhere.
         dispatch_odds = 0.5 if unit.industry == "L7263" else 0.006
-        dispatch = unit.edge == "labor_dispatch" or (
-            unit.org_type == "enterprise" and rng.random() < dispatch_odds
-        )
+        dispatch = unit.edge == "labor_dispatch" or (unit.org_type == "enterprise" and rng.random() < dispatch_odds)
         account: dict[str, str] | None = {
             "bank_name": f"{_pick(rng, _BANKS)}襄阳{_pick(rng, _BRANCHES)}",
             "account_no": f"{rng.getrandbits(64) % 10**19:019d}",  # 19 digits, one draw
@@ -529,8 +559,7 @@ class _Generator:
         premium += int(random_() * 100) if premium else 0
         back = _between(rng, 1, premium // 5) if premium > 5 and random_() < 0.05 else 0
         late = _between(rng, 1, max(1, premium // 50)) if premium and random_() < 0.03 else 0
-        size_class: str | None = _rough_size_class(unit.industry, unit.employees[year],
-                                                   unit.revenue[year])
+        size_class: str | None = _rough_size_class(unit.industry, unit.employees[year], unit.revenue[year])
         if random_() < 0.15 or edge == "si_class_missing":
             size_class = None
         if edge == "refund_half_fen":
@@ -617,22 +646,19 @@ class _Generator:
     def _shared_person(self, unit: _Unit, year: int, used: set[str]) -> _Person | None:
         """The same person hired in the same year by an earlier enterprise: both report them."""
         rng = self.rng
-        candidates = [p for p in self.recent_hires if p.year == year and p.uscc != unit.uscc
-                      and p.ref not in used]
+        candidates = [p for p in self.recent_hires if p.year == year and p.uscc != unit.uscc and p.ref not in used]
         if not candidates:
             return None
         earlier = _pick(rng, candidates)
         hired_on = earlier.hired_on
         if rng.random() < 0.6 or hired_on < unit.established:
             hired_on = _day_in_year(rng, year, unit.established)
-        return _Person(earlier.ref, year, hired_on, earlier.category, earlier.graduation_year,
-                       earlier.age, unit.uscc)
+        return _Person(earlier.ref, year, hired_on, earlier.category, earlier.graduation_year, earlier.age, unit.uscc)
 
     def _hire_record(self, unit: _Unit, person: _Person) -> dict[str, Any]:
         rng = self.rng
         as_of = _HIRE_AS_OF[person.year]
-        covered = min(12, (as_of.year - person.hired_on.year) * 12
-                      + as_of.month - person.hired_on.month)
+        covered = min(12, (as_of.year - person.hired_on.year) * 12 + as_of.month - person.hired_on.month)
         if unit.edge == "hire_insured_months":
             insured = min(covered, _pick(rng, _INSURED_MONTHS_EDGES))
         else:
@@ -688,8 +714,7 @@ class _Generator:
                 granted.append(("strategic_emerging", "provincial", True, year))
         if edge is None and rng.random() < 0.025:
             level = _pick(rng, ("provincial", "city"))
-            granted.append(("strategic_emerging", level, rng.random() < 0.7,
-                            _pick(rng, FACT_YEARS)))
+            granted.append(("strategic_emerging", level, rng.random() < 0.7, _pick(rng, FACT_YEARS)))
         for kind, level, first_time, granted_year in granted:
             self.certificates += 1
             granted_on = (date(granted_year, 1, 1) + timedelta(days=_below(rng, 365))).isoformat()
@@ -815,12 +840,17 @@ _ORG_TYPE_CHOICE = _Weighted({name: weight for name, (weight, _) in _ORG_TYPES.i
 _INDUSTRY_CHOICE = _Weighted({code: weight for code, weight, _, _ in _INDUSTRIES})
 _REGION_CHOICE = _Weighted(dict(zip(XIANGYANG, (30.0, 8, 14, 12, 5, 6, 3, 6, 10, 6))))
 _SUFFIX_CHOICE = _Weighted({"有限公司": 7.0, "有限责任公司": 2.0, "股份有限公司": 1.0})
-_STATUS_CHOICE = _Weighted(
-    {"active": 94.0, "suspended": 2.0, "liquidating": 1.5, "deregistered": 1.5, "revoked": 1.0}
-)
+_STATUS_CHOICE = _Weighted({"active": 94.0, "suspended": 2.0, "liquidating": 1.5, "deregistered": 1.5, "revoked": 1.0})
 _RATING_CHOICE = _Weighted({"A": 38.0, "B": 42.0, "M": 8.0, "C": 7.0, "D": 5.0})
-_LIST_CHOICE = _Weighted({"abnormal_operation": 40.0, "judgment_defaulter": 20.0,
-                          "wage_arrears": 15.0, "serious_dishonesty": 10.0, "zombie": 15.0})
+_LIST_CHOICE = _Weighted(
+    {
+        "abnormal_operation": 40.0,
+        "judgment_defaulter": 20.0,
+        "wage_arrears": 15.0,
+        "serious_dishonesty": 10.0,
+        "zombie": 15.0,
+    }
+)
 
 
 def _affine(rng: random.Random, modulus: int) -> Any:

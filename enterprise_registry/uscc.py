@@ -1,4 +1,5 @@
 """Unified social credit codes (统一社会信用代码, GB 32100-2015) and their GB 11714 organisation code."""
+
 from __future__ import annotations
 
 from enterprise_registry.errors import InvalidUsccError
@@ -40,9 +41,7 @@ def validate(code: object) -> None:
             raise InvalidUsccError(code, _bad_character(char, position))
     expected = check_character(code[:17])
     if code[17] != expected:
-        raise InvalidUsccError(
-            code, f"wrong check character: expected {expected}, got {code[17]}"
-        )
+        raise InvalidUsccError(code, f"wrong check character: expected {expected}, got {code[17]}")
 
 
 def is_valid(code: object) -> bool:

@@ -1,4 +1,5 @@
 """Syntax tree of the policy expression language (immutable nodes with their source position)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ class Pos:
 @dataclass(frozen=True)
 class Literal:
     """A constant: int (count or fen), Decimal (rate), str, bool or date."""
+
     value: int | Decimal | str | bool | date
     pos: Pos = field(compare=False)
 
@@ -23,6 +25,7 @@ class Literal:
 class Name:
     """A dotted name: a fact (`si.layoffs`), a parameter (`params.sme_rate`), a record field
     inside a count (`h.age`), or a context value (`period`, `fact_year`, `today`)."""
+
     parts: tuple[str, ...]
     pos: Pos = field(compare=False)
 
@@ -64,6 +67,7 @@ class Membership:
 @dataclass(frozen=True)
 class Presence:
     """`x is missing` (present=False) or `x is present` (present=True)."""
+
     subject: Expr
     present: bool
     pos: Pos = field(compare=False)
@@ -80,6 +84,7 @@ class Conditional:
 @dataclass(frozen=True)
 class Count:
     """`count(h in hires where <filter>)`: records of a collection for which the filter holds."""
+
     variable: str
     collection: str
     where: Expr | None
@@ -97,6 +102,7 @@ class Call:
 class Ref:
     """A use of a named definition of the policy file (`definitions:`), resolved to the
     definition's expression (`rules.definitions`); `pos` is where the name is used."""
+
     name: str
     expr: Expr
     pos: Pos = field(compare=False)

@@ -12,6 +12,7 @@ Encodings, the same for every column: int facts int64; bool facts bool; dates in
 is tested against, and what a single lookup uses; `row_document` is its inverse for one row (what
 the vectorised trace hands the interpreter for a row it cannot vouch for).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,7 @@ def dtype_of(kind: ScalarKind) -> np.dtype[np.generic]:
 @dataclass(frozen=True)
 class Column:
     """One value per row, with whether it is on record."""
+
     values: Array
     known: npt.NDArray[np.bool_]
 
@@ -69,6 +71,7 @@ class Column:
 class RecordColumns:
     """The records of one collection for a chunk: `owner[i]` is the row (enterprise) of record i,
     ascending; `refs` name the records for traces."""
+
     owner: npt.NDArray[np.int64]
     fields: Mapping[str, Column]
     refs: Sequence[str]
@@ -80,6 +83,7 @@ class RecordColumns:
 @dataclass(frozen=True)
 class FactColumns:
     """n enterprises' facts for one fact year."""
+
     usccs: Sequence[str]
     fact_year: int
     facts: Mapping[str, Column]
@@ -105,8 +109,7 @@ def from_documents(documents: Sequence[FactsDocument], catalogue: Catalogue) -> 
     if len(years) > 1:
         raise ValueError(f"documents of several fact years: {sorted(years)}")
     facts = {name: _scalar(documents, name, fact_type) for name, fact_type in catalogue.facts.items()}
-    collections = {name: _records(documents, name, fields)
-                   for name, fields in catalogue.collections.items()}
+    collections = {name: _records(documents, name, fields) for name, fields in catalogue.collections.items()}
     return FactColumns([d.uscc for d in documents], years.pop() if years else 0, facts, collections)
 
 
@@ -118,8 +121,7 @@ def _scalar(documents: Sequence[FactsDocument], name: str, fact_type: FactType) 
     return Column.of(fact_type.kind, raw)
 
 
-def _records(documents: Sequence[FactsDocument], name: str,
-             fields: Mapping[str, FactType]) -> RecordColumns:
+def _records(documents: Sequence[FactsDocument], name: str, fields: Mapping[str, FactType]) -> RecordColumns:
     owner: list[int] = []
     refs: list[str] = []
     raw: dict[str, list[FactValue | None]] = {field: [] for field in fields}
@@ -129,8 +131,9 @@ def _records(documents: Sequence[FactsDocument], name: str,
             refs.append(record.ref)
             for field in fields:
                 raw[field].append(record.fields.get(field))
-    return RecordColumns(np.asarray(owner, dtype=np.int64),
-                         {field: Column.of(fields[field].kind, raw[field]) for field in fields}, refs)
+    return RecordColumns(
+        np.asarray(owner, dtype=np.int64), {field: Column.of(fields[field].kind, raw[field]) for field in fields}, refs
+    )
 
 
 def row_document(columns: FactColumns, row: int, catalogue: Catalogue) -> FactsDocument:

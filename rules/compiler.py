@@ -11,6 +11,7 @@ Sub-expressions the engine cannot compute (counts over records, year(), min/max,
 precomputed terms; everything else - comparisons, arithmetic, and/or/not, membership, presence -
 is evaluated by the engine. The compiler refuses what would crash or mislead durable-rules.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from rules import ast
 from rules.errors import EngineLimitError
@@ -32,7 +33,7 @@ MAX_PROPERTIES = 200
 MAX_STRING = 1000
 INT64_MAX = 2**63 - 1
 
-DECISION = "_decision"          # marks the second fact of an evaluation (see compile_ruleset)
+DECISION = "_decision"  # marks the second fact of an evaluation (see compile_ruleset)
 TRUE_JSON: dict[str, Any] = {"$ex": {"_eval": 1}}
 FALSE_JSON: dict[str, Any] = {"$nex": {"_eval": 1}}
 _OPS = {"==": "$eq", "!=": "$neq", "<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
@@ -47,15 +48,16 @@ class Clause:
     text: str
     citation: str
     expr: ast.Expr
-    rule: str                    # the durable-rules rule that decides it
+    rule: str  # the durable-rules rule that decides it
 
 
 @dataclass
 class EngineLayout:
     """How a document maps onto the one fact asserted per evaluation."""
-    fields: dict[str, str] = field(default_factory=dict)      # fact or context name -> property
+
+    fields: dict[str, str] = field(default_factory=dict)  # fact or context name -> property
     terms: dict[ast.Expr, str] = field(default_factory=dict)  # precomputed node -> property
-    bounds: dict[str, int] = field(default_factory=dict)      # property -> largest magnitude
+    bounds: dict[str, int] = field(default_factory=dict)  # property -> largest magnitude
 
     def property_for(self, name: str, bound: int) -> str:
         if name not in self.fields:
@@ -70,14 +72,22 @@ class EngineLayout:
         return self.terms[node]
 
 
-def compile_ruleset(conditions: list[Clause], payable: list[Clause],
-                    params: Mapping[str, ParamValue], fact_bounds: Mapping[str, int],
-                    file: str, term_type: Callable[[ast.Expr], str]) -> tuple[dict[str, Any], EngineLayout]:
+def compile_ruleset(
+    conditions: list[Clause],
+    payable: list[Clause],
+    params: Mapping[str, ParamValue],
+    fact_bounds: Mapping[str, int],
+    file: str,
+    term_type: Callable[[ast.Expr], str],
+) -> tuple[dict[str, Any], EngineLayout]:
     """Build the durable-rules ruleset definition for resolved parameters. `term_type` gives
     the static type of a sub-expression (the engine holds no fractions)."""
     if len(conditions) + len(payable) + 3 > MAX_RULES:
-        raise EngineLimitError(file, None, f"{len(conditions) + len(payable)} clauses: the engine "
-                                           f"allows at most {MAX_RULES - 3} per policy")
+        raise EngineLimitError(
+            file,
+            None,
+            f"{len(conditions) + len(payable)} clauses: the engine allows at most {MAX_RULES - 3} per policy",
+        )
     layout = EngineLayout()
     emitter = _Emitter(layout, params, fact_bounds, file, term_type)
     rules: dict[str, Any] = {}
@@ -94,8 +104,9 @@ def compile_ruleset(conditions: list[Clause], payable: list[Clause],
     rules["all"] = {"all": [{"m": {"$and": [{"$ex": {DECISION: 1}}, *decision]}}]}
     rules["decided"] = {"all": [{"m": {"$ex": {DECISION: 1}}}]}
     if len(layout.fields) + len(layout.terms) + 3 > MAX_PROPERTIES:
-        raise EngineLimitError(file, None, "the policy reads too many facts for one engine fact "
-                                           f"(limit {MAX_PROPERTIES})")
+        raise EngineLimitError(
+            file, None, f"the policy reads too many facts for one engine fact (limit {MAX_PROPERTIES})"
+        )
     return rules, layout
 
 
@@ -112,9 +123,14 @@ def encode(value: object) -> object:
 
 
 class _Emitter:
-    def __init__(self, layout: EngineLayout, params: Mapping[str, ParamValue],
-                 fact_bounds: Mapping[str, int], file: str,
-                 term_type: Callable[[ast.Expr], str]) -> None:
+    def __init__(
+        self,
+        layout: EngineLayout,
+        params: Mapping[str, ParamValue],
+        fact_bounds: Mapping[str, int],
+        file: str,
+        term_type: Callable[[ast.Expr], str],
+    ) -> None:
         self.layout, self.params, self.fact_bounds, self.file = layout, params, fact_bounds, file
         self.term_type = term_type
 
@@ -152,15 +168,25 @@ class _Emitter:
             # (c and a) or (not c and b) or (a and b): the last, redundant in two-valued logic,
             # makes an unknown c harmless when both branches agree, as in the trace.
             c, a, b, pos = node.condition, node.then, node.otherwise, node.pos
-            rewritten = ast.Logical("or", (ast.Logical("and", (c, a), pos),
-                                           ast.Logical("and", (ast.Unary("not", c, pos), b), pos),
-                                           ast.Logical("and", (a, b), pos)), pos)
+            rewritten = ast.Logical(
+                "or",
+                (
+                    ast.Logical("and", (c, a), pos),
+                    ast.Logical("and", (ast.Unary("not", c, pos), b), pos),
+                    ast.Logical("and", (a, b), pos),
+                ),
+                pos,
+            )
             if negate:
-                rewritten = ast.Logical("or", (
-                    ast.Logical("and", (c, ast.Unary("not", a, pos)), pos),
-                    ast.Logical("and", (ast.Unary("not", c, pos), ast.Unary("not", b, pos)), pos),
-                    ast.Logical("and", (ast.Unary("not", a, pos), ast.Unary("not", b, pos)), pos)),
-                    pos)
+                rewritten = ast.Logical(
+                    "or",
+                    (
+                        ast.Logical("and", (c, ast.Unary("not", a, pos)), pos),
+                        ast.Logical("and", (ast.Unary("not", c, pos), ast.Unary("not", b, pos)), pos),
+                        ast.Logical("and", (ast.Unary("not", a, pos), ast.Unary("not", b, pos)), pos),
+                    ),
+                    pos,
+                )
             return self.boolean(rewritten, False)
         raise self.refuse(node, "this expression cannot decide a condition")
 
@@ -168,13 +194,13 @@ class _Emitter:
         left_const, right_const = self._constant(left), self._constant(right)
         if left_const is not None and right_const is not None:
             from rules.interpreter import _compare as python_compare
+
             # folded literals and params: values of the language
             return TRUE_JSON if python_compare(op, cast(Value, left_const), cast(Value, right_const)) else FALSE_JSON
         if self._is_property(left):
             return self._guarded({_OPS[op]: {self._property(left): self.operand(right)}}, right)
         if self._is_property(right):
-            return self._guarded({_OPS[_MIRRORED[op]]: {self._property(right): self.operand(left)}},
-                                 left)
+            return self._guarded({_OPS[_MIRRORED[op]]: {self._property(right): self.operand(left)}}, left)
         # Neither side is a plain field: compare 0 with (right - left), which keeps the order.
         difference = ast.Binary("-", right, left, left.pos)
         return self._guarded({_OPS[op]: {"_zero": self.operand(difference)}}, difference)
@@ -203,8 +229,9 @@ class _Emitter:
         pos = node.pos
         scaled_num = ast.Binary("*", numerator, ast.Literal(rate.denominator, pos), pos)
         scaled_den = ast.Binary("*", denominator, ast.Literal(rate.numerator, pos), pos)
-        return {"$and": [self._compare(">", denominator, ast.Literal(0, pos)),
-                         self._compare(op, scaled_num, scaled_den)]}
+        return {
+            "$and": [self._compare(">", denominator, ast.Literal(0, pos)), self._compare(op, scaled_num, scaled_den)]
+        }
 
     # --- value positions ---------------------------------------------------------------
     def operand(self, node: ast.Expr) -> Any:
@@ -212,8 +239,10 @@ class _Emitter:
         if constant is not None:
             if isinstance(constant, Fraction):
                 if constant.denominator != 1:
-                    raise self.refuse(node, "the engine has no exact fractions: compare rates "
-                                            "with ratio(a, b) <= 5.5%, or multiply out")
+                    raise self.refuse(
+                        node,
+                        "the engine has no exact fractions: compare rates with ratio(a, b) <= 5.5%, or multiply out",
+                    )
                 constant = int(constant)
             if isinstance(constant, str) and (len(constant) > MAX_STRING or "\x00" in constant):
                 raise self.refuse(node, "string constant too long for the engine")
@@ -226,16 +255,20 @@ class _Emitter:
             self._check_bound(node)
             return {_ARITH[node.op]: {"$l": self.operand(node.left), "$r": self.operand(node.right)}}
         if isinstance(node, ast.Binary) and node.op == "/":
-            raise self.refuse(node, "division is not allowed in conditions (an integer division by "
-                                    "zero kills the engine): write a * 100 <= b * 5, or ratio(a, b)")
+            raise self.refuse(
+                node,
+                "division is not allowed in conditions (an integer division by "
+                "zero kills the engine): write a * 100 <= b * 5, or ratio(a, b)",
+            )
         if isinstance(node, ast.Unary) and node.op == "-":
             return {"$sub": {"$l": 0, "$r": self.operand(node.operand)}}
         raise self.refuse(node, "this expression cannot be computed by the engine")
 
     def _check_bound(self, node: ast.Expr) -> None:
         if self.bound(node) > INT64_MAX:
-            raise self.refuse(node, "this arithmetic can exceed the engine's 64-bit integers "
-                                    "(it wraps around silently)")
+            raise self.refuse(
+                node, "this arithmetic can exceed the engine's 64-bit integers (it wraps around silently)"
+            )
 
     def bound(self, node: ast.Expr) -> int:
         """The largest magnitude an integer expression can take, from the facts' declared ranges."""
@@ -264,11 +297,17 @@ class _Emitter:
         if isinstance(node, (ast.Count, ast.Call, ast.Conditional)):
             kind = self.term_type(node)
             if kind == "decimal":
-                raise self.refuse(node, "this value can be a fraction, which the engine cannot "
-                                        "hold: compare rates with ratio(a, b) <= 5.5%")
-            if kind == "ratio":   # e.g. `if c then ratio(a, b) else ratio(d, e)`: a fraction as well
-                raise self.refuse(node, "a ratio is compared only where it is written, as ratio(a, b) "
-                                        "<= 5.5%: put the comparison inside the branches")
+                raise self.refuse(
+                    node,
+                    "this value can be a fraction, which the engine cannot "
+                    "hold: compare rates with ratio(a, b) <= 5.5%",
+                )
+            if kind == "ratio":  # e.g. `if c then ratio(a, b) else ratio(d, e)`: a fraction as well
+                raise self.refuse(
+                    node,
+                    "a ratio is compared only where it is written, as ratio(a, b) "
+                    "<= 5.5%: put the comparison inside the branches",
+                )
             return self.layout.term_for(node, DEFAULT_MAX_ABS)
         raise self.refuse(node, "expected a fact here")
 
@@ -278,16 +317,15 @@ class _Emitter:
         if isinstance(node, ast.Binary) and node.op in _ARITH:
             left, right = self._constant(node.left), self._constant(node.right)
             if _is_number(left) and _is_number(right):
-                value = {"+": lambda: left + right, "-": lambda: left - right,  # type: ignore[operator]
-                         "*": lambda: left * right}[node.op]()  # type: ignore[operator]
-                return int(value) if isinstance(value, Fraction) and value.denominator == 1 else value
+                folded = left + right if node.op == "+" else left - right if node.op == "-" else left * right
+                return int(folded) if isinstance(folded, Fraction) and folded.denominator == 1 else folded
             return None
         if isinstance(node, ast.Unary) and node.op == "-":
-            value = self._constant(node.operand)
-            return -value if _is_number(value) else None  # type: ignore[operator]
+            operand = self._constant(node.operand)
+            return -operand if _is_number(operand) else None
         if isinstance(node, ast.Literal):
-            value = node.value
-            return Fraction(value) if isinstance(value, Decimal) else value
+            literal = node.value
+            return Fraction(literal) if isinstance(literal, Decimal) else literal
         if isinstance(node, ast.Name) and node.parts[0] == "params":
             value = self.params[node.parts[1]]
             if isinstance(value, Tiers):
@@ -296,7 +334,7 @@ class _Emitter:
         return None
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | Fraction]:
     return isinstance(value, (int, Fraction)) and not isinstance(value, bool)
 
 

@@ -10,6 +10,7 @@ A definition may use other definitions, in any order, but never itself through o
 cycle); its name must not be one the expression language already gives a meaning to. Each is
 type-checked once, and every use has that type.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,21 +29,38 @@ from rules.typecheck import CONTEXT, FUNCTIONS, Scope, check
 # The reference pack's deepest expression is 9 levels, its largest 37 terms (job-expansion-subsidy).
 MAX_DEPTH = 100
 MAX_SIZE = 2_000
-_NAME = re.compile(r"[a-z][a-z0-9_]*")   # whole name: fullmatch, so no trailing newline slips by
+_NAME = re.compile(r"[a-z][a-z0-9_]*")  # whole name: fullmatch, so no trailing newline slips by
 # Words of the grammar (rules/grammar.lark): the lexer never reads them as a name.
-KEYWORDS = frozenset({"if", "then", "else", "or", "and", "not", "in", "is", "missing", "present",
-                      "true", "false", "date", "count", "where"})
+KEYWORDS = frozenset(
+    {
+        "if",
+        "then",
+        "else",
+        "or",
+        "and",
+        "not",
+        "in",
+        "is",
+        "missing",
+        "present",
+        "true",
+        "false",
+        "date",
+        "count",
+        "where",
+    }
+)
 
 
 @dataclass(frozen=True)
 class Definition:
     name: str
     text: str
-    expr: ast.Expr     # the definitions it uses are resolved (ast.Ref)
-    kind: str          # its type, as rules.typecheck gives it
-    line: int          # where its name is written
-    depth: int = 1     # of `expr` written out (every definition it uses inlined)
-    size: int = 1      # nodes of `expr` written out
+    expr: ast.Expr  # the definitions it uses are resolved (ast.Ref)
+    kind: str  # its type, as rules.typecheck gives it
+    line: int  # where its name is written
+    depth: int = 1  # of `expr` written out (every definition it uses inlined)
+    size: int = 1  # nodes of `expr` written out
 
 
 def reserved_names(catalogue: Catalogue) -> dict[str, str]:
@@ -58,8 +76,9 @@ def reserved_names(catalogue: Catalogue) -> dict[str, str]:
     return names
 
 
-def load_definitions(raw: Mapping[str, tuple[str, int]], scope: Scope,
-                     parse: Callable[[str], ast.Expr]) -> dict[str, Definition]:
+def load_definitions(
+    raw: Mapping[str, tuple[str, int]], scope: Scope, parse: Callable[[str], ast.Expr]
+) -> dict[str, Definition]:
     """The definitions of one file, each resolved and type-checked once, in an order where
     every definition comes after those it uses. `raw` maps each name to (text, line of the
     name); `parse(name)` parses that definition's expression with its file positions.
@@ -69,11 +88,16 @@ def load_definitions(raw: Mapping[str, tuple[str, int]], scope: Scope,
     for name, (_, line) in raw.items():
         field = f"definitions.{name}"
         if not _NAME.fullmatch(name):
-            raise PolicySchemaError(scope.file, line, "a definition name is lower-case letters, digits "
-                                                      "and '_', starting with a letter", field=field)
+            raise PolicySchemaError(
+                scope.file,
+                line,
+                "a definition name is lower-case letters, digits and '_', starting with a letter",
+                field=field,
+            )
         if name in reserved:
-            raise PolicySchemaError(scope.file, line, f"{name!r} is {reserved[name]}: choose another "
-                                                      "name for the definition", field=field)
+            raise PolicySchemaError(
+                scope.file, line, f"{name!r} is {reserved[name]}: choose another name for the definition", field=field
+            )
     parsed = {name: parse(name) for name in raw}
     names = frozenset(raw)
     uses = {name: _uses(expr, names, scope.file) for name, expr in parsed.items()}
@@ -84,12 +108,16 @@ def load_definitions(raw: Mapping[str, tuple[str, int]], scope: Scope,
         expr = resolve(parsed[name], definitions, scope.file)
         kind = check(expr, scope_with(scope, definitions))
         if kind.startswith("tiers["):
-            raise ExpressionTypeError(scope.file, expr.pos.line, "a tier table is used only as "
-                                      "tier(amount, params.<table>), never named", column=expr.pos.column)
+            raise ExpressionTypeError(
+                scope.file,
+                expr.pos.line,
+                "a tier table is used only as tier(amount, params.<table>), never named",
+                column=expr.pos.column,
+            )
         text, line = raw[name]
         depth, size = _written_out(expr, definitions)
         definitions[name] = Definition(name, text, expr, kind, line, depth, size)
-    return {name: definitions[name] for name in raw}   # file order, for showing them
+    return {name: definitions[name] for name in raw}  # file order, for showing them
 
 
 def resolve(node: ast.Expr, definitions: Mapping[str, Definition], file: str) -> ast.Expr:
@@ -98,10 +126,14 @@ def resolve(node: ast.Expr, definitions: Mapping[str, Definition], file: str) ->
     resolved = _resolved(node, definitions, file)
     depth, size = _written_out(resolved, definitions)
     if depth > MAX_DEPTH or size > MAX_SIZE:
-        raise ExpressionTypeError(file, node.pos.line, f"this expression, with the definitions it uses "
-                                  f"written out, is {depth} levels deep and {size} terms large; the bounds "
-                                  f"are {MAX_DEPTH} and {MAX_SIZE}: split the policy or simplify its terms",
-                                  column=node.pos.column)
+        raise ExpressionTypeError(
+            file,
+            node.pos.line,
+            f"this expression, with the definitions it uses "
+            f"written out, is {depth} levels deep and {size} terms large; the bounds "
+            f"are {MAX_DEPTH} and {MAX_SIZE}: split the policy or simplify its terms",
+            column=node.pos.column,
+        )
     return resolved
 
 
@@ -146,9 +178,12 @@ def _uses(node: ast.Expr, names: frozenset[str], file: str) -> list[tuple[str, a
 
 
 def _shadowed(node: ast.Count, file: str) -> ExpressionTypeError:
-    return ExpressionTypeError(file, node.pos.line, f"the count variable {node.variable!r} is also "
-                                                    "the name of a definition: choose another letter",
-                               column=node.pos.column)
+    return ExpressionTypeError(
+        file,
+        node.pos.line,
+        f"the count variable {node.variable!r} is also the name of a definition: choose another letter",
+        column=node.pos.column,
+    )
 
 
 def _dependency_order(uses: Mapping[str, list[tuple[str, ast.Pos]]], file: str) -> list[str]:
@@ -162,14 +197,19 @@ def _dependency_order(uses: Mapping[str, list[tuple[str, ast.Pos]]], file: str) 
         path.append(name)
         for used, pos in uses[name]:
             if used in path:
-                cycle = " -> ".join([*path[path.index(used):], used])
-                raise ExpressionTypeError(file, pos.line, f"definition {used!r} depends on itself: "
-                                                          f"{cycle}", column=pos.column)
+                cycle = " -> ".join([*path[path.index(used) :], used])
+                raise ExpressionTypeError(
+                    file, pos.line, f"definition {used!r} depends on itself: {cycle}", column=pos.column
+                )
             if used not in done:
-                if len(path) >= MAX_DEPTH:   # each link is a level: refused before recursing deeper
-                    raise ExpressionTypeError(file, pos.line, f"definitions use one another more than "
-                                              f"{MAX_DEPTH} deep: {' -> '.join(path[:3])} -> ... -> {used}",
-                                              column=pos.column)
+                if len(path) >= MAX_DEPTH:  # each link is a level: refused before recursing deeper
+                    raise ExpressionTypeError(
+                        file,
+                        pos.line,
+                        f"definitions use one another more than "
+                        f"{MAX_DEPTH} deep: {' -> '.join(path[:3])} -> ... -> {used}",
+                        column=pos.column,
+                    )
                 visit(used)
         path.pop()
         done.add(name)

@@ -6,6 +6,7 @@ and the fact is retracted before the lock is released, so a ruleset never holds 
 live fact and state id "0" is reused forever. The engine is process-global C state and gives
 wrong answers when threads share a ruleset: each ruleset has its own lock.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -99,7 +100,7 @@ def _rule_name(message: str) -> str:
     whole message, which repeats the fact, cost more than the assertion itself."""
     if not message.startswith('{"'):
         raise EngineError(f"unexpected action message {message[:40]!r}")
-    return message[2:message.index('"', 2)]
+    return message[2 : message.index('"', 2)]
 
 
 def ruleset(name: str, definition: dict[str, Any]) -> DurableRuleset:

@@ -15,6 +15,7 @@ RuleError
     ├── EngineError                  durable-rules failed (wrapped from its bare Exception)
     └── EngineDisagreementError      the engine's decision and the independent trace differ
 """
+
 from __future__ import annotations
 
 
@@ -25,8 +26,9 @@ class RuleError(Exception):
 class PolicyFileError(RuleError):
     """A policy (or policy-test) file is refused; nothing of it is loaded."""
 
-    def __init__(self, file: str, line: int | None, reason: str, *, column: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, file: str, line: int | None, reason: str, *, column: int | None = None, field: str | None = None
+    ) -> None:
         self.file = file
         self.line = line
         self.column = column
@@ -106,5 +108,4 @@ class EngineDisagreementError(EvaluationError):
         self.policy_id = policy_id
         self.uscc = uscc
         self.details = details
-        super().__init__(
-            f"engine and trace disagree for {uscc} under {policy_id}: " + "; ".join(details))
+        super().__init__(f"engine and trace disagree for {uscc} under {policy_id}: " + "; ".join(details))

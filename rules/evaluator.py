@@ -4,6 +4,7 @@ durable-rules decides which clauses hold; the interpreter evaluates the same cla
 independently and three-valued, to produce the trace. The two must agree on every clause and
 on the decision, or the evaluation fails with EngineDisagreementError.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -19,7 +20,7 @@ from rules.interpreter import UNKNOWN, Interpreter, Reads, truth
 from rules.money import to_fen
 from rules.values import Outcome, Truth
 
-if TYPE_CHECKING:   # the loader compiles the vectorised trace, which builds on this module
+if TYPE_CHECKING:  # the loader compiles the vectorised trace, which builds on this module
     from rules.loader import CompiledPolicy, LoadedPolicy
 
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:   # the loader compiles the vectorised trace, which builds on 
 class FactRead:
     name: str
     label: str
-    value: Any                 # JSON-ready: int, str, bool, ISO date, or None when missing
+    value: Any  # JSON-ready: int, str, bool, ISO date, or None when missing
     source: str | None
     as_of: str | None
     missing: str | None = None  # why the value is not on record
@@ -44,10 +45,11 @@ class CollectionRead:
 @dataclass(frozen=True)
 class TermRead:
     """A named term (a definition of the policy file) a clause or the amount used."""
+
     name: str
     text: str
-    value: Any                 # JSON-ready: int, str, bool, ISO date, a fraction as exact text
-                               # ("0.055", else "1/3"); None when it cannot be known
+    value: Any  # JSON-ready: int, str, bool, ISO date, a fraction as exact text
+    # ("0.055", else "1/3"); None when it cannot be known
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class ClauseResult:
 class AmountTrace:
     formula: str
     text: str
-    exact: str | None           # the exact value before rounding, in fen
+    exact: str | None  # the exact value before rounding, in fen
     rounding: str
     cap_fen: int | None
     reads: list[FactRead]
@@ -111,8 +113,7 @@ def evaluate(compiled: CompiledPolicy, document: FactsDocument, *, today: date) 
     condition_results = [_trace(clause, interpreter, document, policy) for clause in policy.conditions]
     payable_results = [_trace(clause, interpreter, document, policy) for clause in policy.payable]
 
-    fired = compiled.ruleset.fire(_engine_fact(compiled, interpreter),
-                                  decide_on=[c.rule for c in policy.conditions])
+    fired = compiled.ruleset.fire(_engine_fact(compiled, interpreter), decide_on=[c.rule for c in policy.conditions])
     _cross_check(compiled, document, condition_results, payable_results, fired)
 
     missing = _missing(condition_results)
@@ -134,25 +135,41 @@ def evaluate(compiled: CompiledPolicy, document: FactsDocument, *, today: date) 
             outcome = Outcome.ELIGIBLE
     held_ids = [c.id for c in payable_results if c.result != Truth.TRUE] if outcome == Outcome.HELD else []
     return Evaluation(
-        policy_id=policy.id, policy_version=policy.version, rule_sha256=policy.sha256,
-        period=compiled.period, fact_year=document.fact_year, uscc=document.uscc,
-        evaluated_on=today.isoformat(), outcome=outcome,
+        policy_id=policy.id,
+        policy_version=policy.version,
+        rule_sha256=policy.sha256,
+        period=compiled.period,
+        fact_year=document.fact_year,
+        uscc=document.uscc,
+        evaluated_on=today.isoformat(),
+        outcome=outcome,
         amount_fen=amount_fen if outcome in (Outcome.ELIGIBLE, Outcome.HELD) else 0,
-        conditions=condition_results, payable=payable_results, missing=missing, held=held_ids,
-        amount=amount_trace, conflict_group=policy.model.conflict_group)
+        conditions=condition_results,
+        payable=payable_results,
+        missing=missing,
+        held=held_ids,
+        amount=amount_trace,
+        conflict_group=policy.model.conflict_group,
+    )
 
 
-def _trace(clause: Clause, interpreter: Interpreter, document: FactsDocument,
-           policy: LoadedPolicy) -> ClauseResult:
+def _trace(clause: Clause, interpreter: Interpreter, document: FactsDocument, policy: LoadedPolicy) -> ClauseResult:
     reads = Reads()
     value = interpreter.evaluate(clause.expr, reads)
     catalogue = policy.catalogue
     return ClauseResult(
-        id=clause.id, text=clause.text, citation=clause.citation, result=truth(value),
+        id=clause.id,
+        text=clause.text,
+        citation=clause.citation,
+        result=truth(value),
         reads=_fact_reads(reads, document, catalogue),
-        collections=[CollectionRead(name, catalogue.collection_labels.get(name, name), n, matched)
-                     for name, (n, matched) in reads.collections.items()],
-        notes=reads.notes, terms=_term_reads(reads, policy))
+        collections=[
+            CollectionRead(name, catalogue.collection_labels.get(name, name), n, matched)
+            for name, (n, matched) in reads.collections.items()
+        ],
+        notes=reads.notes,
+        terms=_term_reads(reads, policy),
+    )
 
 
 def _fact_reads(reads: Reads, document: FactsDocument, catalogue: Any) -> list[FactRead]:
@@ -164,8 +181,7 @@ def _fact_reads(reads: Reads, document: FactsDocument, catalogue: Any) -> list[F
             out.append(FactRead(name, label, None, None, None, document.why_missing(name)))
         else:
             value = fact.value.isoformat() if isinstance(fact.value, date) else fact.value
-            out.append(FactRead(name, label, value, fact.source,
-                                fact.as_of.isoformat() if fact.as_of else None))
+            out.append(FactRead(name, label, value, fact.source, fact.as_of.isoformat() if fact.as_of else None))
     return out
 
 
@@ -213,19 +229,27 @@ def _checked(value: Any, name: str) -> Any:
     return value
 
 
-def _cross_check(compiled: CompiledPolicy, document: FactsDocument, conditions: list[ClauseResult],
-                 payable: list[ClauseResult], fired: frozenset[str]) -> None:
+def _cross_check(
+    compiled: CompiledPolicy,
+    document: FactsDocument,
+    conditions: list[ClauseResult],
+    payable: list[ClauseResult],
+    fired: frozenset[str],
+) -> None:
     policy = compiled.policy
     problems = []
     clauses = [*policy.conditions, *policy.payable]
     for clause, result in zip(clauses, [*conditions, *payable]):
         if (clause.rule in fired) != (result.result == Truth.TRUE):
-            problems.append(f"clause {clause.id}: engine {'held' if clause.rule in fired else 'failed'}"
-                            f", trace {result.result}")
+            problems.append(
+                f"clause {clause.id}: engine {'held' if clause.rule in fired else 'failed'}, trace {result.result}"
+            )
     all_true = all(c.result == Truth.TRUE for c in conditions)
     if ("all" in fired) != all_true:
-        problems.append(f"decision: engine {'eligible' if 'all' in fired else 'not eligible'}, "
-                        f"trace {'eligible' if all_true else 'not eligible'}")
+        problems.append(
+            f"decision: engine {'eligible' if 'all' in fired else 'not eligible'}, "
+            f"trace {'eligible' if all_true else 'not eligible'}"
+        )
     if "seen" not in fired or "decided" not in fired:
         problems.append("the engine did not see the evaluation (catch-all rule did not fire)")
     if problems:
@@ -246,8 +270,9 @@ def _missing(results: list[ClauseResult]) -> list[str]:
     return names
 
 
-def _amount(compiled: CompiledPolicy, interpreter: Interpreter,
-            document: FactsDocument) -> tuple[int, AmountTrace, list[str]]:
+def _amount(
+    compiled: CompiledPolicy, interpreter: Interpreter, document: FactsDocument
+) -> tuple[int, AmountTrace, list[str]]:
     policy = compiled.policy
     reads = Reads()
     value = interpreter.evaluate(policy.amount, reads)
@@ -257,8 +282,11 @@ def _amount(compiled: CompiledPolicy, interpreter: Interpreter,
     notes = list(reads.notes)
     if value is UNKNOWN:
         missing = [r.name for r in fact_reads if r.missing is not None] + notes or ["amount"]
-        return 0, AmountTrace(rule.formula.strip(), rule.text, None, rule.rounding, policy.cap_fen,
-                              fact_reads, notes, terms), missing
+        return (
+            0,
+            AmountTrace(rule.formula.strip(), rule.text, None, rule.rounding, policy.cap_fen, fact_reads, notes, terms),
+            missing,
+        )
     exact = Fraction(value)  # type: ignore[arg-type]
     if exact < 0:
         notes.append(f"formula gives {_show(exact)} fen, below zero: nothing is payable")
@@ -267,10 +295,15 @@ def _amount(compiled: CompiledPolicy, interpreter: Interpreter,
     if policy.cap_fen is not None and fen > policy.cap_fen:
         notes.append(f"capped at {policy.cap_fen} fen")
         fen = policy.cap_fen
-    if fen > INT64_MAX:   # only from facts beyond the catalogue's bounds; no column could hold it
+    if fen > INT64_MAX:  # only from facts beyond the catalogue's bounds; no column could hold it
         raise OverflowError(f"amount {fen} fen is beyond int64")
-    return fen, AmountTrace(rule.formula.strip(), rule.text, _show(exact), rule.rounding,
-                            policy.cap_fen, fact_reads, notes, terms), []
+    return (
+        fen,
+        AmountTrace(
+            rule.formula.strip(), rule.text, _show(exact), rule.rounding, policy.cap_fen, fact_reads, notes, terms
+        ),
+        [],
+    )
 
 
 def _show(value: Fraction) -> str:
@@ -283,6 +316,7 @@ def _show(value: Fraction) -> str:
             denominator //= prime
     if denominator == 1:
         from decimal import Decimal, localcontext
+
         with localcontext() as ctx:
             ctx.prec = 60
             return str(Decimal(value.numerator) / Decimal(value.denominator))
@@ -298,8 +332,9 @@ def _plain(value: Any) -> Any:
     if kind in _SCALARS:
         return value
     if kind not in _FIELD_NAMES:
-        _FIELD_NAMES[kind] = tuple(f.name for f in fields(value)) if is_dataclass(value) and \
-            not isinstance(value, type) else None
+        _FIELD_NAMES[kind] = (
+            tuple(f.name for f in fields(value)) if is_dataclass(value) and not isinstance(value, type) else None
+        )
     names = _FIELD_NAMES[kind]
     if names is not None:
         return {name: _plain(getattr(value, name)) for name in names}

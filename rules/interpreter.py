@@ -3,6 +3,7 @@
 This is the trace: it records every value a clause read, and it decides each clause without the
 engine, so that the engine's decision can be cross-checked. Numbers stay exact (int, Fraction).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ Value = int | Fraction | str | bool | date | _Unknown
 @dataclass(frozen=True)
 class Tiers:
     """A tier table: steps of (inclusive upper bound or None, value), in ascending order."""
+
     steps: tuple[tuple[int | None, int | Fraction], ...]
 
     def pick(self, amount: int) -> int | Fraction:
@@ -53,6 +55,7 @@ ParamValue = int | Fraction | str | bool | date | Tiers
 class Reads:
     """What one clause or formula read: fact names in order, collections with counts, notes,
     and the named terms (definitions) it used with their values, in order of first use."""
+
     facts: list[str] = field(default_factory=list)
     collections: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # n records, matched refs
     notes: list[str] = field(default_factory=list)
@@ -75,13 +78,11 @@ class Reads:
 class Interpreter:
     """Evaluates expressions for one document, one period and one evaluation date."""
 
-    def __init__(self, document: FactsDocument, params: Mapping[str, ParamValue], *,
-                 period: int, today: date) -> None:
+    def __init__(self, document: FactsDocument, params: Mapping[str, ParamValue], *, period: int, today: date) -> None:
         self.document = document
         self.params = params
-        self.context: dict[str, Value] = {"period": period, "fact_year": document.fact_year,
-                                          "today": today}
-        self._terms: dict[str, tuple[Value, Reads]] = {}   # definitions evaluated so far
+        self.context: dict[str, Value] = {"period": period, "fact_year": document.fact_year, "today": today}
+        self._terms: dict[str, tuple[Value, Reads]] = {}  # definitions evaluated so far
 
     def evaluate(self, node: ast.Expr, reads: Reads | None = None) -> Value:
         return _Run(self, reads if reads is not None else Reads(), {}).value_of(node)
@@ -156,9 +157,9 @@ class _Run:
         if isinstance(left, date):
             if isinstance(right, date):
                 return (left - right).days
-            assert isinstance(right, int)   # the type checker admits date +/- int days only
+            assert isinstance(right, int)  # the type checker admits date +/- int days only
             return left + timedelta(days=right) if op == "+" else left - timedelta(days=right)
-        assert isinstance(left, int | Fraction) and isinstance(right, int | Fraction)   # numbers, as type-checked
+        assert isinstance(left, int | Fraction) and isinstance(right, int | Fraction)  # numbers, as type-checked
         if op == "+":
             return _norm(left + right)
         if op == "-":

@@ -5,6 +5,7 @@ A directory loads completely or not at all, so a running service keeps the rules
 changed file is refused (see `PolicyStore`). Exclusions (`excludes:`) are checked per file (no
 repeats, not the policy itself) and, once the whole directory is loaded, against the other files.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -45,13 +46,14 @@ TEST_SUFFIX = ".test.yaml"
 @dataclass
 class CompiledPolicy:
     """A policy ready to evaluate for one period: resolved parameters and its engine ruleset."""
+
     policy: LoadedPolicy
     period: int
     params: Mapping[str, ParamValue]
     definition: dict[str, Any]
     layout: EngineLayout
     _ruleset: DurableRuleset | None = None
-    vectorised: VectorisedPolicy | None = None   # the vectorised trace (set by LoadedPolicy._compile)
+    vectorised: VectorisedPolicy | None = None  # the vectorised trace (set by LoadedPolicy._compile)
 
     @property
     def ruleset_name(self) -> str:
@@ -74,7 +76,7 @@ class LoadedPolicy:
     conditions: list[Clause]
     payable: list[Clause]
     amount: ast.Expr
-    definitions: dict[str, Definition]   # named terms, in file order (their uses are ast.Ref)
+    definitions: dict[str, Definition]  # named terms, in file order (their uses are ast.Ref)
     cap_fen: int | None
     budget_fen: int | None
     param_types: dict[str, str]
@@ -110,24 +112,30 @@ class LoadedPolicy:
     def compiled(self, period: int) -> CompiledPolicy:
         """The policy compiled for `period` (cached)."""
         if not self.covers(period):
-            raise PeriodNotCoveredError(self.id, period, self.model.effective.listed(),
-                                        self.model.effective.last_period is None
-                                        and self.model.effective.periods is None)
+            raise PeriodNotCoveredError(
+                self.id,
+                period,
+                self.model.effective.listed(),
+                self.model.effective.last_period is None and self.model.effective.periods is None,
+            )
         with self._lock:
             if period not in self._compiled:
                 self._compiled[period] = self._compile(period)
             return self._compiled[period]
 
     def params_for(self, period: int) -> dict[str, ParamValue]:
-        return {name: _resolve(self.file, self.param_lines.get(name), name, raw, period)
-                for name, raw in self.raw_params.items()}
+        return {
+            name: _resolve(self.file, self.param_lines.get(name), name, raw, period)
+            for name, raw in self.raw_params.items()
+        }
 
     def _compile(self, period: int) -> CompiledPolicy:
         params = self.params_for(period)
         bounds = {name: t.max_abs for name, t in self.catalogue.facts.items()}
         scope = Scope(self.catalogue, self.param_types, self.file, param_values=self.param_values)
-        definition, layout = compile_ruleset(self.conditions, self.payable, params, bounds,
-                                             self.file, lambda node: check(node, scope))
+        definition, layout = compile_ruleset(
+            self.conditions, self.payable, params, bounds, self.file, lambda node: check(node, scope)
+        )
         compiled = CompiledPolicy(self, period, params, definition, layout)
         # --- vectorised trace hook: every period is also compiled vectorised, so what it cannot
         # compute exactly is refused here, at load (VectorisedLimitError names file and line).
@@ -145,8 +153,9 @@ class LoadedPolicy:
             try:  # register now: durable-rules refuses some rulesets only when it builds them
                 compiled.ruleset  # noqa: B018
             except EngineError as exc:
-                raise EngineLimitError(self.file, None, f"the engine cannot hold this policy for "
-                                                        f"{year}: {exc.__cause__ or exc}") from exc
+                raise EngineLimitError(
+                    self.file, None, f"the engine cannot hold this policy for {year}: {exc.__cause__ or exc}"
+                ) from exc
             self._compiled.setdefault(year, compiled)
         return sorted(years)
 
@@ -173,17 +182,19 @@ def _load_bytes(raw: bytes, file: str, catalogue: Catalogue, *, expected_id: str
     doc = load(source, file)
     policy = validate_policy(doc)
     if expected_id is not None and policy.id != expected_id and not expected_id.startswith(policy.id + "."):
-        raise PolicySchemaError(file, doc.line_of(("id",)), f"id {policy.id!r} does not match "
-                                f"the file name (expected {expected_id!r})")
+        raise PolicySchemaError(
+            file, doc.line_of(("id",)), f"id {policy.id!r} does not match the file name (expected {expected_id!r})"
+        )
     _unique_clause_ids(doc, policy)
     exclude_lines = _exclusions(doc, policy)
     param_types = {name: _param_type(file, doc, name, p) for name, p in policy.parameters.items()}
     param_values = {name: _param_literals(file, doc, name, p) for name, p in policy.parameters.items()}
     params_scope = Scope(catalogue, param_types, file, param_values=param_values)
     definitions = load_definitions(
-        {name: (d.text, doc.line_of(("definitions", name)) or 1)
-         for name, d in policy.definitions.items()},
-        params_scope, lambda name: _parse(doc, ("definitions", name, "expr"), policy.definitions[name].expr))
+        {name: (d.text, doc.line_of(("definitions", name)) or 1) for name, d in policy.definitions.items()},
+        params_scope,
+        lambda name: _parse(doc, ("definitions", name, "expr"), policy.definitions[name].expr),
+    )
     scope = scope_with(params_scope, definitions)
 
     def parse(path: tuple[str | int, ...], text: str) -> ast.Expr:
@@ -200,17 +211,28 @@ def _load_bytes(raw: bytes, file: str, catalogue: Catalogue, *, expected_id: str
     conditions = clauses("conditions", policy.conditions, "c")
     payable = clauses("payable", policy.payable, "p")
     amount = parse(("amount", "formula"), policy.amount.formula)
-    _expect(doc, ("amount", "formula"), amount, scope, {"int", "decimal"},
-            "the amount formula must give a number of fen")
+    _expect(
+        doc, ("amount", "formula"), amount, scope, {"int", "decimal"}, "the amount formula must give a number of fen"
+    )
     loaded = LoadedPolicy(
-        model=policy, file=file, source=source, sha256=hashlib.sha256(raw).hexdigest(),
-        conditions=conditions, payable=payable, amount=amount, definitions=definitions,
+        model=policy,
+        file=file,
+        source=source,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        conditions=conditions,
+        payable=payable,
+        amount=amount,
+        definitions=definitions,
         cap_fen=_money(doc, ("amount", "cap"), policy.amount.cap),
         budget_fen=_money(doc, ("budget",), policy.budget),
-        param_types=param_types, param_values=param_values,
+        param_types=param_types,
+        param_values=param_values,
         param_lines={name: doc.line_of(("parameters", name)) or 1 for name in policy.parameters},
-        raw_params=dict(policy.parameters), catalogue=catalogue,
-        test_file=None, exclude_lines=exclude_lines)
+        raw_params=dict(policy.parameters),
+        catalogue=catalogue,
+        test_file=None,
+        exclude_lines=exclude_lines,
+    )
     loaded.check_periods()
     return loaded
 
@@ -219,8 +241,9 @@ def _find_tests(path: Path, required: bool) -> str | None:
     test_path = path.with_name(path.name.removesuffix(".yaml") + TEST_SUFFIX)
     if not test_path.exists():
         if required:
-            raise MissingPolicyTestsError(str(path), None, f"no test cases: expected {test_path.name} "
-                                                          "beside the policy")
+            raise MissingPolicyTestsError(
+                str(path), None, f"no test cases: expected {test_path.name} beside the policy"
+            )
         return None
     validate_test_cases(load(test_path.read_text(encoding="utf-8"), str(test_path)))
     return str(test_path)
@@ -231,12 +254,12 @@ def _parse(doc: Located, path: tuple[str | int, ...], text: str) -> ast.Expr:
     return parse_expression(text, file=doc.file, line=line, column=column, indent=indent)
 
 
-def _expect(doc: Located, path: tuple[str | int, ...], expr: ast.Expr, scope: Scope,
-            kinds: set[str], reason: str) -> None:
+def _expect(
+    doc: Located, path: tuple[str | int, ...], expr: ast.Expr, scope: Scope, kinds: set[str], reason: str
+) -> None:
     kind = check(expr, scope)
     if kind not in kinds:
-        raise ExpressionTypeError(doc.file, expr.pos.line, f"{reason}, got {kind}",
-                                  column=expr.pos.column)
+        raise ExpressionTypeError(doc.file, expr.pos.line, f"{reason}, got {kind}", column=expr.pos.column)
 
 
 def _money(doc: Located, path: tuple[str | int, ...], value: str | int | None) -> int | None:
@@ -262,8 +285,9 @@ def _unique_clause_ids(doc: Located, policy: Policy) -> None:
         for i, clause in enumerate(clauses):
             line = doc.line_of((key, i, "id")) or 1
             if clause.id in seen:
-                raise PolicySchemaError(doc.file, line, f"clause id {clause.id!r} is already used "
-                                                        f"on line {seen[clause.id]}", field="id")
+                raise PolicySchemaError(
+                    doc.file, line, f"clause id {clause.id!r} is already used on line {seen[clause.id]}", field="id"
+                )
             seen[clause.id] = line
 
 
@@ -274,11 +298,11 @@ def _exclusions(doc: Located, policy: Policy) -> dict[str, int]:
     for i, other in enumerate(policy.excludes):
         line = doc.line_of(("excludes", i)) or 1
         if other == policy.id:
-            raise PolicySchemaError(doc.file, line, "a policy cannot exclude itself",
-                                    field=f"excludes.{i}")
+            raise PolicySchemaError(doc.file, line, "a policy cannot exclude itself", field=f"excludes.{i}")
         if other in lines:
-            raise PolicySchemaError(doc.file, line, f"{other!r} is already excluded on line "
-                                                    f"{lines[other]}", field=f"excludes.{i}")
+            raise PolicySchemaError(
+                doc.file, line, f"{other!r} is already excluded on line {lines[other]}", field=f"excludes.{i}"
+            )
         lines[other] = line
     return lines
 
@@ -293,14 +317,19 @@ def _check_exclusions(policies: list[LoadedPolicy]) -> None:
             if target is None:
                 close = difflib.get_close_matches(other, sorted(by_id), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise PolicySchemaError(policy.file, line, f"excludes {other!r}, which is not a "
-                                                           f"loaded policy{hint}", field=f"excludes.{i}")
+                raise PolicySchemaError(
+                    policy.file, line, f"excludes {other!r}, which is not a loaded policy{hint}", field=f"excludes.{i}"
+                )
             group = policy.model.conflict_group
             if group is not None and target.model.conflict_group == group:
                 raise PolicySchemaError(
-                    policy.file, line, f"excludes {other!r}, which is in the same conflict group "
+                    policy.file,
+                    line,
+                    f"excludes {other!r}, which is in the same conflict group "
                     f"{group!r}: the group pays the higher award (就高不重复), an exclusion never "
-                    "both; keep one of the two", field=f"excludes.{i}")
+                    "both; keep one of the two",
+                    field=f"excludes.{i}",
+                )
 
 
 def _param_literals(file: str, doc: Located, name: str, param: Parameter) -> tuple[object, ...]:
@@ -314,21 +343,24 @@ def _param_type(file: str, doc: Located, name: str, param: Parameter) -> str:
     values = [param.value] if param.values is None else list(param.values.values())
     types = set()
     for i, value in enumerate(values):
-        path: tuple[str | int, ...] = ("parameters", name, "value") if param.values is None else \
-            ("parameters", name, "values", list(param.values)[i])
+        path: tuple[str | int, ...] = (
+            ("parameters", name, "value")
+            if param.values is None
+            else ("parameters", name, "values", list(param.values)[i])
+        )
         line = doc.line_of(path) or 1
         if isinstance(value, list):
             tiers = _tiers(file, line, value)
-            types.add("tiers[" + ("int" if all(isinstance(v, int) for _, v in tiers.steps)
-                                  else "decimal") + "]")
+            types.add("tiers[" + ("int" if all(isinstance(v, int) for _, v in tiers.steps) else "decimal") + "]")
         else:
             parsed = _literal_value(file, line, value)
             types.add(literal_type(parsed) if not isinstance(parsed, Fraction) else "decimal")
     if len(types) == 2 and types == {"int", "decimal"}:
         return "decimal"
     if len(types) != 1:
-        raise PolicySchemaError(file, doc.line_of(("parameters", name)),
-                                f"parameter {name!r} changes type between periods: {sorted(types)}")
+        raise PolicySchemaError(
+            file, doc.line_of(("parameters", name)), f"parameter {name!r} changes type between periods: {sorted(types)}"
+        )
     return types.pop()
 
 
@@ -355,8 +387,9 @@ def _resolve(file: str, line: int | None, name: str, raw: Parameter, period: int
     else:
         years = [year for year in sorted(raw.values) if year <= period]
         if not years:
-            raise PolicySchemaError(file, line, f"parameter {name!r} has no value for period "
-                                                f"{period} (values start in {min(raw.values)})")
+            raise PolicySchemaError(
+                file, line, f"parameter {name!r} has no value for period {period} (values start in {min(raw.values)})"
+            )
         value = raw.values[years[-1]]
     if isinstance(value, list):
         return _tiers(file, 1, value)
@@ -431,8 +464,7 @@ def load_policy_dir(root: Path, catalogue: Catalogue, *, require_tests: bool = T
     for path in files:
         policy = load_policy_file(path, catalogue, require_tests=require_tests)
         if policy.id in seen:
-            raise PolicySchemaError(str(path), 1, f"policy id {policy.id!r} is also defined in "
-                                                  f"{seen[policy.id]}")
+            raise PolicySchemaError(str(path), 1, f"policy id {policy.id!r} is also defined in {seen[policy.id]}")
         seen[policy.id] = str(path)
         policies.append(policy)
     if root.is_dir():  # a single file, like load_policy_file, cannot know the other ids

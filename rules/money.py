@@ -1,4 +1,5 @@
 """Exact money: amounts are integer fen; rates are Decimal; rounding happens once, per payee."""
+
 from __future__ import annotations
 
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal

@@ -8,6 +8,7 @@ fired means eligible. Members are added first-fit while the ruleset stays within
 limits (`MAX_RULES` rules matching one fact, `MAX_PROPERTIES` properties per fact); a policy
 that alone exceeds them was already refused at load by the compiler.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,7 @@ from rules.compiler import MAX_PROPERTIES, MAX_RULES, TRUE_JSON
 from rules.engine import DurableRuleset, ruleset
 from rules.loader import CompiledPolicy
 
-SEEN = "seen"               # the catch-all rule: every asserted fact is handled
+SEEN = "seen"  # the catch-all rule: every asserted fact is handled
 SHARED = ("_eval", "_zero")  # properties every fact carries, common to all members
 _COMBINATORS = ("$and", "$or")
 _PRESENCE = ("$ex", "$nex")
@@ -29,10 +30,11 @@ _PRESENCE = ("$ex", "$nex")
 @dataclass(frozen=True)
 class PackedMember:
     """One policy inside a packed ruleset: its rules and properties under their packed names."""
+
     compiled: CompiledPolicy
     condition_rules: tuple[str, ...]
     payable_rules: tuple[str, ...]
-    properties: Mapping[str, str]      # the policy's own property name -> packed name
+    properties: Mapping[str, str]  # the policy's own property name -> packed name
 
     @property
     def policy_id(self) -> str:
@@ -76,7 +78,7 @@ def _size(compiled: CompiledPolicy) -> tuple[int, int]:
 
 
 def _fits(members: Sequence[CompiledPolicy]) -> bool:
-    rules = sum(_size(m)[0] for m in members) + 1            # + the catch-all
+    rules = sum(_size(m)[0] for m in members) + 1  # + the catch-all
     properties = sum(_size(m)[1] for m in members) + len(SHARED)
     return rules <= MAX_RULES and properties <= MAX_PROPERTIES
 
@@ -98,11 +100,14 @@ def _build(policies: Sequence[CompiledPolicy]) -> PackedRuleset:
         for clause in [*compiled.policy.conditions, *compiled.policy.payable]:
             renamed[clause.rule] = f"{prefix}.{clause.rule}"
             definition[renamed[clause.rule]] = _rename_rule(compiled.definition[clause.rule], properties)
-        members.append(PackedMember(
-            compiled,
-            tuple(renamed[c.rule] for c in compiled.policy.conditions),
-            tuple(renamed[c.rule] for c in compiled.policy.payable),
-            properties))
+        members.append(
+            PackedMember(
+                compiled,
+                tuple(renamed[c.rule] for c in compiled.policy.conditions),
+                tuple(renamed[c.rule] for c in compiled.policy.payable),
+                properties,
+            )
+        )
     definition[SEEN] = {"all": [{"m": {"$and": [{"$ex": {"_eval": 1}}, TRUE_JSON]}}]}
     return PackedRuleset(members, definition)
 
@@ -118,8 +123,9 @@ def _rename_condition(condition: dict[str, Any], properties: Mapping[str, str]) 
         return {operator: [_rename_condition(part, properties) for part in operand]}
     if operator in _PRESENCE:
         return {operator: {_property(name, properties): value for name, value in operand.items()}}
-    return {operator: {_property(name, properties): _rename_value(value, properties)
-                       for name, value in operand.items()}}
+    return {
+        operator: {_property(name, properties): _rename_value(value, properties) for name, value in operand.items()}
+    }
 
 
 def _rename_value(value: Any, properties: Mapping[str, str]) -> Any:

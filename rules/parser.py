@@ -1,4 +1,5 @@
 """Parser of the policy expression language: text -> `rules.ast` tree, with line:column errors."""
+
 from __future__ import annotations
 
 import re
@@ -22,12 +23,12 @@ FEN_PER_WAN_YUAN = 1_000_000
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
-    return Lark(_GRAMMAR.read_text(encoding="utf-8"), parser="lalr", propagate_positions=True,
-                maybe_placeholders=True)
+    return Lark(_GRAMMAR.read_text(encoding="utf-8"), parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
-def parse_expression(text: str, *, file: str = "<expression>", line: int = 1,
-                     column: int = 1, indent: int = 0) -> ast.Expr:
+def parse_expression(
+    text: str, *, file: str = "<expression>", line: int = 1, column: int = 1, indent: int = 0
+) -> ast.Expr:
     """Parse one expression. `line`/`column` say where the text starts in its file, and
     `indent` how much indentation YAML removed from its continuation lines (block scalars),
     so that errors and node positions point into the policy file, not into the snippet."""
@@ -57,8 +58,7 @@ def parse_literal(text: str, *, file: str = "<parameter>", line: int = 1) -> ast
     return node
 
 
-def _shift(err_line: int, err_col: int, line: int, column: int,
-           indent: int = 0) -> tuple[int, int]:
+def _shift(err_line: int, err_col: int, line: int, column: int, indent: int = 0) -> tuple[int, int]:
     if err_line <= 1:
         return line, column + err_col - 1
     return line + err_line - 1, err_col + indent
@@ -173,7 +173,7 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         subject, options = children
         return ast.Membership(subject, tuple(options), True, self._p(meta))  # type: ignore[arg-type]
 
-    def options(self, meta: object, children: list[object]) -> list[object]:   # `[a, b, ...]` after `in`
+    def options(self, meta: object, children: list[object]) -> list[object]:  # `[a, b, ...]` after `in`
         return [c for c in children if c is not None]
 
     def is_missing(self, meta: object, children: list[ast.Expr]) -> ast.Presence:

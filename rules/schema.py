@@ -1,4 +1,5 @@
 """The policy file format (one policy version per YAML file) and its test-case format, strictly validated."""
+
 from __future__ import annotations
 
 import re
@@ -39,15 +40,17 @@ class _Strict(BaseModel):
 
 class LegalBasis(_Strict):
     """One published document the policy rests on."""
-    document: str = Field(min_length=1)          # 文号, e.g. 人社部发〔2025〕18号
+
+    document: str = Field(min_length=1)  # 文号, e.g. 人社部发〔2025〕18号
     title: str = Field(min_length=1)
     article: str | None = None
     url: str | None = None
-    periods: list[int] | None = None              # the periods this document governs, if not all
+    periods: list[int] | None = None  # the periods this document governs, if not all
 
 
 class Effective(_Strict):
     """The periods the policy is in force: a span, or the list of periods the text gives figures for."""
+
     first_period: int | None = Field(default=None, ge=2000, le=2100)
     last_period: int | None = Field(default=None, ge=2000, le=2100)
     periods: list[int] | None = Field(default=None, min_length=1)
@@ -58,8 +61,7 @@ class Effective(_Strict):
             raise ValueError("give either first_period (and last_period) or a list of periods")
         if self.periods is not None and self.last_period is not None:
             raise ValueError("last_period goes with first_period, not with periods")
-        if (self.last_period is not None and self.first_period is not None
-                and self.last_period < self.first_period):
+        if self.last_period is not None and self.first_period is not None and self.last_period < self.first_period:
             raise ValueError("last_period is before first_period")
         return self
 
@@ -79,6 +81,7 @@ class Effective(_Strict):
 
 class Tier(_Strict):
     """One step of a tier table: applies to values up to `up_to` (inclusive); null = no upper bound."""
+
     up_to: str | int | None
     value: str | int
 
@@ -88,6 +91,7 @@ ParameterValue = str | int | bool | list[Tier]
 
 class Parameter(_Strict):
     """A named figure of the policy. `values` are by period: each applies from its year on."""
+
     description: str = Field(min_length=1)
     value: ParameterValue | None = None
     values: dict[int, ParameterValue] | None = None
@@ -103,6 +107,7 @@ class Parameter(_Strict):
 
 class Condition(_Strict):
     """A named clause: its Chinese text, where the policy says it, and its expression."""
+
     id: str
     text: str = Field(min_length=1)
     citation: str = Field(min_length=1)
@@ -119,15 +124,16 @@ class Condition(_Strict):
 class Definition(_Strict):
     """A named term (`definitions:`): an expression written once and used by name in the
     conditions, the payable clauses, the amount and other definitions (rules.definitions)."""
-    text: str = Field(min_length=1)                 # what it is, in words, for explanations
+
+    text: str = Field(min_length=1)  # what it is, in words, for explanations
     expr: str = Field(min_length=1)
 
 
 class Amount(_Strict):
     formula: str = Field(min_length=1)
-    text: str = Field(min_length=1)                 # the rule in words, for explanations
+    text: str = Field(min_length=1)  # the rule in words, for explanations
     rounding: Literal["half_up", "down"] = "half_up"  # to the fen, once per payee
-    cap: str | int | None = None                    # per-enterprise maximum (money)
+    cap: str | int | None = None  # per-enterprise maximum (money)
 
 
 class Policy(_Strict):
@@ -137,18 +143,18 @@ class Policy(_Strict):
     authority: str = Field(min_length=1)
     description: str | None = None
     legal_basis: list[LegalBasis] = Field(min_length=1)
-    apply_free: Literal[True] | str              # true, or the reason an application is needed
+    apply_free: Literal[True] | str  # true, or the reason an application is needed
     funding: Literal["unemployment_insurance_fund", "treasury"]
     effective: Effective
-    fact_year: Literal["previous", "period"]     # which year's yearly records `tax`/`si` read
-    conflict_group: str | None = None            # 就高不重复: one award per group and period
+    fact_year: Literal["previous", "period"]  # which year's yearly records `tax`/`si` read
+    conflict_group: str | None = None  # 就高不重复: one award per group and period
     # `excludes: [other-policy-id, ...]`: programmes an enterprise may not hold in the same period
     # together with this one; symmetric (B need not name A), never the policy itself nor twice,
     # every id a policy of the same directory, never one of the same conflict group (checked by
     # rules.loader, which has the lines and the other files). Unlike a conflict group, which pays
     # the higher award, an exclusion pays nothing once the other programme is held.
     excludes: list[PolicyId] = Field(default_factory=list)
-    budget: str | int | None = None              # money available per period (for payout batches)
+    budget: str | int | None = None  # money available per period (for payout batches)
     parameters: dict[str, Parameter] = Field(default_factory=dict)
     definitions: dict[str, Definition] = Field(default_factory=dict)  # name -> named term
     conditions: list[Condition] = Field(min_length=1)
@@ -167,6 +173,7 @@ class Expectation(_Strict):
 
 class PolicyTestCase(_Strict):
     """One example: registry records (as fed), a period, an evaluation date, and what must come out."""
+
     name: str = Field(min_length=1)
     period: int
     as_of: date

@@ -1,4 +1,5 @@
 """Static checks of expressions: every name known, every operator applied to the right types."""
+
 from __future__ import annotations
 
 import difflib
@@ -19,7 +20,7 @@ FUNCTIONS = ("year", "ratio", "min", "max", "tier")
 @dataclass(frozen=True)
 class Scope:
     catalogue: Catalogue
-    params: Mapping[str, str]           # parameter name -> type ("int", "decimal", "tiers[int]", ...)
+    params: Mapping[str, str]  # parameter name -> type ("int", "decimal", "tiers[int]", ...)
     file: str
     locals: Mapping[str, str] = field(default_factory=dict)  # count variable -> collection
     param_values: Mapping[str, tuple[object, ...]] = field(default_factory=dict)
@@ -89,32 +90,35 @@ class _Checker:
         parts, scope = node.parts, self.scope
         if parts[0] == "params":
             if len(parts) != 2 or parts[1] not in scope.params:
-                raise self.fail(node, f"unknown parameter {node.dotted!r}" +
-                                _suggest(parts[-1], scope.params))
+                raise self.fail(node, f"unknown parameter {node.dotted!r}" + _suggest(parts[-1], scope.params))
             return scope.params[parts[1]]
         if parts[0] in scope.locals:
             fields = scope.catalogue.collections[scope.locals[parts[0]]]
             if len(parts) != 2 or parts[1] not in fields:
-                raise self.fail(node, f"{scope.locals[parts[0]]} records have no field "
-                                      f"{'.'.join(parts[1:])!r}" + _suggest(parts[-1], fields))
+                raise self.fail(
+                    node,
+                    f"{scope.locals[parts[0]]} records have no field "
+                    f"{'.'.join(parts[1:])!r}" + _suggest(parts[-1], fields),
+                )
             return fields[parts[1]].kind
         if len(parts) == 1 and parts[0] in CONTEXT:
             return CONTEXT[parts[0]]
         fact = scope.catalogue.facts.get(node.dotted)
         if fact is None:
             if parts[0] in scope.catalogue.collections:
-                raise self.fail(node, f"{parts[0]!r} is a collection: use count({parts[0][0]} in "
-                                      f"{parts[0]} where ...)")
+                raise self.fail(node, f"{parts[0]!r} is a collection: use count({parts[0][0]} in {parts[0]} where ...)")
             if len(parts) == 1:
                 known = {**dict.fromkeys(scope.definitions), **scope.catalogue.facts}
-                raise self.fail(node, f"unknown name {node.dotted!r}: not a definition of this file, "
-                                      "a fact, period, fact_year or today" + _suggest(node.dotted, known))
-            raise self.fail(node, f"unknown fact {node.dotted!r}" +
-                            _suggest(node.dotted, scope.catalogue.facts))
+                raise self.fail(
+                    node,
+                    f"unknown name {node.dotted!r}: not a definition of this file, "
+                    "a fact, period, fact_year or today" + _suggest(node.dotted, known),
+                )
+            raise self.fail(node, f"unknown fact {node.dotted!r}" + _suggest(node.dotted, scope.catalogue.facts))
         return fact.kind
 
     def _ref(self, node: ast.Ref) -> str:
-        return self.scope.definitions[node.name]   # checked once, where it is defined
+        return self.scope.definitions[node.name]  # checked once, where it is defined
 
     def _unary(self, node: ast.Unary) -> str:
         operand = self.type_of(node.operand)
@@ -145,15 +149,17 @@ class _Checker:
         if "ratio" in (left, right):
             other = right if left == "ratio" else left
             if other not in NUMERIC or node.op in ("==", "!="):
-                raise self.fail(node, "a ratio(...) can only be compared with <, <=, >, >= "
-                                      "against a rate such as 5.5%")
+                raise self.fail(node, "a ratio(...) can only be compared with <, <=, >, >= against a rate such as 5.5%")
             return "bool"
         comparable = left == right or {left, right} <= NUMERIC
         if not comparable:
             raise self.fail(node, f"cannot compare {left} with {right}")
         if node.op not in ("==", "!=") and left in ("str", "bool"):
-            raise self.fail(node, f"'{node.op}' does not order {left} values (the engine compares "
-                                  "strings byte by byte): use == or in [...]")
+            raise self.fail(
+                node,
+                f"'{node.op}' does not order {left} values (the engine compares "
+                "strings byte by byte): use == or in [...]",
+            )
         for subject, candidate in ((node.left, node.right), (node.right, node.left)):
             self._check_enum(subject, candidate)
         return "bool"
@@ -163,18 +169,16 @@ class _Checker:
         if not allowed:
             return
         named = _unwrapped(subject)
-        assert isinstance(named, ast.Name)   # enum_values found its values through a name
-        candidate = _unwrapped(candidate)     # a definition that is just a value or a parameter
+        assert isinstance(named, ast.Name)  # enum_values found its values through a name
+        candidate = _unwrapped(candidate)  # a definition that is just a value or a parameter
         values: tuple[object, ...] = ()
         if isinstance(candidate, ast.Literal):
             values = (candidate.value,)
-        elif isinstance(candidate, ast.Name) and candidate.parts[0] == "params" \
-                and len(candidate.parts) == 2:
+        elif isinstance(candidate, ast.Name) and candidate.parts[0] == "params" and len(candidate.parts) == 2:
             values = self.scope.param_values.get(candidate.parts[1], ())
         for value in values:
             if value not in allowed:
-                raise self.fail(candidate, f"{value!r} is not a value of "
-                                           f"{named.dotted}: one of {', '.join(allowed)}")
+                raise self.fail(candidate, f"{value!r} is not a value of {named.dotted}: one of {', '.join(allowed)}")
 
     def _logical(self, node: ast.Logical) -> str:
         for operand in node.operands:
@@ -212,8 +216,10 @@ class _Checker:
 
     def _count(self, node: ast.Count) -> str:
         if node.collection not in self.scope.catalogue.collections:
-            raise self.fail(node, f"unknown collection {node.collection!r}" +
-                            _suggest(node.collection, self.scope.catalogue.collections))
+            raise self.fail(
+                node,
+                f"unknown collection {node.collection!r}" + _suggest(node.collection, self.scope.catalogue.collections),
+            )
         if node.where is not None:
             inner = _Checker(self.scope.bind(node.variable, node.collection))
             if inner.type_of(node.where) != "bool":
@@ -230,12 +236,16 @@ class _Checker:
         if name in ("min", "max") and len(args) == 2 and set(args) <= NUMERIC:
             return "int" if args == ["int", "int"] else "decimal"
         if name == "tier" and len(args) == 2 and args[0] == "int" and args[1].startswith("tiers["):
-            return args[1][len("tiers["):-1]
+            return args[1][len("tiers[") : -1]
         if name not in FUNCTIONS:
             raise self.fail(node, f"unknown function {name!r} (known: {', '.join(FUNCTIONS)})")
-        usage = {"year": "year(date)", "ratio": "ratio(count, count)",
-                 "min": "min(number, number)", "max": "max(number, number)",
-                 "tier": "tier(amount, params.<tier table>)"}[name]
+        usage = {
+            "year": "year(date)",
+            "ratio": "ratio(count, count)",
+            "min": "min(number, number)",
+            "max": "max(number, number)",
+            "tier": "tier(amount, params.<tier table>)",
+        }[name]
         raise self.fail(node, f"{name}() is used as {usage}; got ({', '.join(args)})")
 
 

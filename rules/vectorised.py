@@ -14,6 +14,7 @@ its file and line), as is a construct this compiler does not support. A row whos
 what that proof assumed (a value beyond its fact's `max_abs`, a date outside the calendar, more
 than COUNT_BOUND records) is decided by the interpreter instead, row by row: exact, and rare.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -45,15 +46,18 @@ Codes = npt.NDArray[np.int8]
 # The codes of a clause's three-valued result and of an outcome (`rules.values`).
 FALSE, TRUE, UNKNOWN = TRUTH_CODES[Truth.FALSE], TRUTH_CODES[Truth.TRUE], TRUTH_CODES[Truth.UNKNOWN]
 ELIGIBLE_CODE, INELIGIBLE_CODE, UNDETERMINED_CODE, HELD_CODE = (
-    OUTCOME_CODES[Outcome.ELIGIBLE], OUTCOME_CODES[Outcome.INELIGIBLE], OUTCOME_CODES[Outcome.UNDETERMINED],
-    OUTCOME_CODES[Outcome.HELD])
+    OUTCOME_CODES[Outcome.ELIGIBLE],
+    OUTCOME_CODES[Outcome.INELIGIBLE],
+    OUTCOME_CODES[Outcome.UNDETERMINED],
+    OUTCOME_CODES[Outcome.HELD],
+)
 
 # The records one enterprise may have in one collection, as the compile-time bound of a count
 # (the catalogue bounds no collection; a row with more is decided by the interpreter).
 COUNT_BOUND = 10**9
 DATE_MIN, DATE_MAX = date.min.toordinal(), date.max.toordinal()
 YEAR_BOUND = date.max.year
-_EPOCH = date(1970, 1, 1).toordinal()   # numpy's datetime64 day 0
+_EPOCH = date(1970, 1, 1).toordinal()  # numpy's datetime64 day 0
 _ROW: tuple[str | None, str | None] = (None, None)  # scope of the chunk's rows: (variable, collection)
 _NUMERIC = frozenset({"int", "rat"})
 
@@ -61,6 +65,7 @@ _NUMERIC = frozenset({"int", "rat"})
 @dataclass(frozen=True)
 class _Val:
     """One node's result over a frame: kind int/rat/bool/str/date; for rat `v` is the numerator."""
+
     kind: str
     v: npt.NDArray[Any]
     known: Bools
@@ -80,6 +85,7 @@ class ChunkTrace:
     is then not known). `failed` marks rows the trace itself cannot evaluate (a date beyond the
     calendar, an amount beyond int64), with a message too; `reference_rows` are the rows the
     interpreter decided (inputs outside the bounds the compile-time proof assumed)."""
+
     conditions: Codes
     payable: Codes
     outcome: Codes
@@ -123,10 +129,12 @@ class _Run:
 
 class _Step:
     """A compiled node: its kind, compile-time bounds, and how to compute it (once per run)."""
+
     __slots__ = ("bound", "collection", "den_bound", "fn", "kind")
 
-    def __init__(self, kind: str, bound: int, fn: Callable[[_Run], _Val], collection: str | None,
-                 den_bound: int = 1) -> None:
+    def __init__(
+        self, kind: str, bound: int, fn: Callable[[_Run], _Val], collection: str | None, den_bound: int = 1
+    ) -> None:
         self.kind, self.bound, self.fn, self.collection, self.den_bound = kind, bound, fn, collection, den_bound
 
     def __call__(self, run: _Run) -> _Val:
@@ -139,9 +147,15 @@ class _Step:
 class VectorisedPolicy:
     """One policy compiled for one period; `run` decides a chunk of enterprises."""
 
-    def __init__(self, compiled: CompiledPolicy, conditions: list[_Step], payable: list[_Step],
-                 amount: _Step, fields: list[tuple[str, str, _Step | None]],
-                 terms: list[tuple[str, _Step]]) -> None:
+    def __init__(
+        self,
+        compiled: CompiledPolicy,
+        conditions: list[_Step],
+        payable: list[_Step],
+        amount: _Step,
+        fields: list[tuple[str, str, _Step | None]],
+        terms: list[tuple[str, _Step]],
+    ) -> None:
         self.compiled = compiled
         self._conditions, self._payable, self._amount = conditions, payable, amount
         self._fields, self._terms = fields, terms
@@ -161,11 +175,13 @@ class VectorisedPolicy:
         failed = np.zeros(n, dtype=np.bool_)
         reference_rows = np.flatnonzero(run.unsafe)
         for row in reference_rows:
-            self._reference(columns, int(row), today, conditions, payable, fen, amount_known,
-                            engine, engine_error, failed, messages)
+            self._reference(
+                columns, int(row), today, conditions, payable, fen, amount_known, engine, engine_error, failed, messages
+            )
         outcome, amount_fen = _decide(conditions, payable, fen, amount_known)
-        return ChunkTrace(conditions, payable, outcome, amount_fen, engine, engine_error, failed,
-                          messages, reference_rows)
+        return ChunkTrace(
+            conditions, payable, outcome, amount_fen, engine, engine_error, failed, messages, reference_rows
+        )
 
     def _fen(self, value: _Val) -> tuple[Ints, Bools]:
         """The amount as `_amount` finishes it: below zero gives 0, rounded once, then capped."""
@@ -198,13 +214,13 @@ class VectorisedPolicy:
             error[mask] = True
 
         for name, prop, step in self._fields:
-            if step is None:   # a fact, as its column holds it
+            if step is None:  # a fact, as its column holds it
                 column = run.columns.facts.get(name)
                 kind = self.compiled.policy.catalogue.facts[name].kind
                 values = column.values if column is not None else np.zeros(n, dtype=dtype_of(kind))
                 known = column.known.copy() if column is not None else np.zeros(n, dtype=np.bool_)
                 val = _Val(_kind_bound(kind, 0)[0], values, known)
-            else:              # a context value (period, fact_year, today): always on the fact
+            else:  # a context value (period, fact_year, today): always on the fact
                 val = step(run)
             engine[prop] = self._encoded(name, val, refuse)
         for prop, step in self._terms:
@@ -226,11 +242,22 @@ class VectorisedPolicy:
             refuse(name, fraction, lambda row: Fraction(int(val.v[row]), int(val.den[row])))  # type: ignore[index]
             known &= whole
             return Column(np.where(known, val.v // val.den, 0).astype(np.int64), known)
-        return Column(val.v.copy(), known)   # a copy: `_reference` writes into it
+        return Column(val.v.copy(), known)  # a copy: `_reference` writes into it
 
-    def _reference(self, columns: FactColumns, row: int, today: date, conditions: Codes, payable: Codes,
-                   fen: Ints, amount_known: Bools, engine: dict[str, Column], engine_error: Bools,
-                   failed: Bools, messages: dict[int, str]) -> None:
+    def _reference(
+        self,
+        columns: FactColumns,
+        row: int,
+        today: date,
+        conditions: Codes,
+        payable: Codes,
+        fen: Ints,
+        amount_known: Bools,
+        engine: dict[str, Column],
+        engine_error: Bools,
+        failed: Bools,
+        messages: dict[int, str],
+    ) -> None:
         """Decide one row with the interpreter, as `evaluate` would (without the engine)."""
         compiled = self.compiled
         policy = compiled.policy
@@ -254,8 +281,8 @@ class VectorisedPolicy:
                     if prop in properties:
                         column.values[row], column.known[row] = properties[prop], True
             fen[row], amount_known[row] = 0, False
-            if not (conditions[row] == FALSE).any():   # evaluate computes the amount only then
-                amount, _, missing = _amount(compiled, interp, document)   # raises beyond int64
+            if not (conditions[row] == FALSE).any():  # evaluate computes the amount only then
+                amount, _, missing = _amount(compiled, interp, document)  # raises beyond int64
                 fen[row], amount_known[row] = amount, not missing
         except (OverflowError, ValueError) as exc:
             failed[row], messages[row] = True, f"{columns.usccs[row]}: {exc}"
@@ -271,7 +298,7 @@ def compile_vectorised(compiled: CompiledPolicy) -> VectorisedPolicy:
     amount = compiler.step(policy.amount, _ROW)
     if amount.kind not in _NUMERIC:
         raise compiler.refuse(policy.amount, "the amount formula must give a number")
-    if amount.kind == "rat":   # rounding needs 2 x the remainder
+    if amount.kind == "rat":  # rounding needs 2 x the remainder
         compiler.fits(policy.amount, 2 * amount.den_bound)
     fields: list[tuple[str, str, _Step | None]] = []
     for name, prop in compiled.layout.fields.items():
@@ -302,8 +329,11 @@ class _Compiler:
     def fits(self, node: ast.Expr, *bounds: int) -> None:
         """Refuse a node one of whose intermediate magnitudes could pass int64."""
         if max(bounds) > INT64_MAX:
-            raise self.refuse(node, "the vectorised trace cannot compute this exactly: it can exceed "
-                                    "64-bit integers (bound from the facts' declared ranges)")
+            raise self.refuse(
+                node,
+                "the vectorised trace cannot compute this exactly: it can exceed "
+                "64-bit integers (bound from the facts' declared ranges)",
+            )
 
     def truth(self, node: ast.Expr) -> _Step:
         step = self.step(node, _ROW)
@@ -333,8 +363,8 @@ class _Compiler:
 
             def rational(run: _Run) -> _Val:
                 size = run.size(collection)
-                return _Val("rat", np.full(size, num, np.int64), np.ones(size, np.bool_),
-                            np.full(size, den, np.int64))
+                return _Val("rat", np.full(size, num, np.int64), np.ones(size, np.bool_), np.full(size, den, np.int64))
+
             return _Step("rat", abs(num), rational, collection, den)
         if isinstance(value, date):
             day = value.toordinal()
@@ -345,8 +375,7 @@ class _Compiler:
 
     def _literal(self, node: ast.Literal, scope: Scope) -> _Step:
         value = node.value
-        return self.constant(Fraction(value) if not isinstance(value, (bool, int, str, date)) else value,
-                             scope, node)
+        return self.constant(Fraction(value) if not isinstance(value, (bool, int, str, date)) else value, scope, node)
 
     def _name(self, node: ast.Name, scope: Scope) -> _Step:
         parts, (variable, collection) = node.parts, scope
@@ -364,13 +393,13 @@ class _Compiler:
         if name == "period":
             return self.constant(self.period, scope, node)
         if name == "today":
-            return _Step("date", DATE_MAX, lambda run: _full(run, collection, run.today, np.int64, "date"),
-                         collection)
+            return _Step("date", DATE_MAX, lambda run: _full(run, collection, run.today, np.int64, "date"), collection)
 
         def fact_year(run: _Run) -> _Val:
             if abs(run.columns.fact_year) > DEFAULT_MAX_ABS:
                 run.unsafe[:] = True
             return _full(run, collection, run.columns.fact_year, np.int64)
+
         return _Step("int", DEFAULT_MAX_ABS, fact_year, collection)
 
     def _fact(self, node: ast.Name, name: str, scope: Scope) -> _Step:
@@ -389,6 +418,7 @@ class _Compiler:
                 return _Val(kind, column.values, column.known)
             owner = run.records(collection).owner
             return _Val(kind, column.values[owner], column.known[owner])
+
         return _Step(kind, bound, read, collection)
 
     def _record_field(self, node: ast.Name, collection: str, field: str) -> _Step:
@@ -405,6 +435,7 @@ class _Compiler:
                 return _Val(kind, np.zeros(size, dtype=dtype_of(field_type.kind)), np.zeros(size, np.bool_))
             _check_input(run, collection, kind, bound, column.values, column.known)
             return _Val(kind, column.values, column.known)
+
         return _Step(kind, bound, read, collection)
 
     def _ref(self, node: ast.Ref, scope: Scope) -> _Step:
@@ -419,15 +450,18 @@ class _Compiler:
             value, owner = term(run), run.records(collection).owner
             den = value.den[owner] if value.den is not None else None
             return _Val(value.kind, value.v[owner], value.known[owner], den)
+
         return _Step(term.kind, term.bound, spread, collection, term.den_bound)
 
     # --- operators -----------------------------------------------------------------------
     def _unary(self, node: ast.Unary, scope: Scope) -> _Step:
         operand = self.step(node.operand, scope)
         if node.op == "not":
+
             def negation(run: _Run) -> _Val:
                 a = operand(run)
                 return _Val("bool", ~a.v, a.known)
+
             return _Step("bool", 1, negation, scope[1])
         if operand.kind not in _NUMERIC:
             raise self.refuse(node, "'-' needs a number")
@@ -435,6 +469,7 @@ class _Compiler:
         def minus(run: _Run) -> _Val:
             a = operand(run)
             return _Val(a.kind, -a.v, a.known, a.den)
+
         return _Step(operand.kind, operand.bound, minus, scope[1], operand.den_bound)
 
     def _binary(self, node: ast.Binary, scope: Scope) -> _Step:
@@ -446,6 +481,7 @@ class _Compiler:
             def compare(run: _Run) -> _Val:
                 a, b = left(run), right(run)
                 return _Val("bool", test(a, b), a.known & b.known)
+
             return _Step("bool", 1, compare, collection)
         if left.kind == "date":
             return self._date_arithmetic(node, left, right, collection)
@@ -461,6 +497,7 @@ class _Compiler:
             def integer(run: _Run) -> _Val:
                 a, b = left(run), right(run)
                 return _Val("int", op(a.v, b.v), a.known & b.known)
+
             return _Step("int", bound, integer, collection)
         dl, dr = left.den_bound, right.den_bound
         if node.op == "*":
@@ -471,6 +508,7 @@ class _Compiler:
                 a, b = left(run), right(run)
                 (an, ad), (bn, bd) = a.numerator_denominator(), b.numerator_denominator()
                 return _Val("rat", an * bn, a.known & b.known, _as_array(ad * bd, len(a.known)))
+
             return _Step("rat", bound, product, collection, den_bound)
         bound, den_bound = left.bound * dr + right.bound * dl, dl * dr
         self.fits(node, left.bound * dr, right.bound * dl, bound, den_bound)
@@ -479,8 +517,8 @@ class _Compiler:
         def rational_sum(run: _Run) -> _Val:
             a, b = left(run), right(run)
             (an, ad), (bn, bd) = a.numerator_denominator(), b.numerator_denominator()
-            return _Val("rat", an * bd + sign * (bn * ad), a.known & b.known,
-                        _as_array(ad * bd, len(a.known)))
+            return _Val("rat", an * bd + sign * (bn * ad), a.known & b.known, _as_array(ad * bd, len(a.known)))
+
         return _Step("rat", bound, rational_sum, collection, den_bound)
 
     def _division(self, node: ast.Binary, left: _Step, right: _Step, collection: str | None) -> _Step:
@@ -492,17 +530,20 @@ class _Compiler:
             a, b = left(run), right(run)
             (an, ad), (bn, bd) = a.numerator_denominator(), b.numerator_denominator()
             num, den = _as_array(an * bd, len(a.known)), _as_array(ad * bn, len(a.known))
-            zero = den == 0   # division by zero is UNKNOWN, as in the interpreter
+            zero = den == 0  # division by zero is UNKNOWN, as in the interpreter
             negative = den < 0
             num, den = np.where(negative, -num, num), np.where(negative, -den, den)
             return _Val("rat", num, a.known & b.known & ~zero, np.where(zero, 1, den))
+
         return _Step("rat", bound, divide, collection, den_bound)
 
     def _date_arithmetic(self, node: ast.Binary, left: _Step, right: _Step, collection: str | None) -> _Step:
         if right.kind == "date" and node.op == "-":
+
             def days_between(run: _Run) -> _Val:
                 a, b = left(run), right(run)
                 return _Val("int", a.v - b.v, a.known & b.known)
+
             return _Step("int", DATE_MAX, days_between, collection)
         if right.kind != "int" or node.op not in ("+", "-"):
             raise self.refuse(node, "date arithmetic is date - date, or date + or - a number of days")
@@ -516,13 +557,19 @@ class _Compiler:
             # Beyond the calendar the interpreter raises: let it, for those rows.
             run.mark(collection, known & ((day < DATE_MIN) | (day > DATE_MAX)))
             return _Val("date", day, known)
+
         return _Step("date", DATE_MAX + right.bound, shifted, collection)
 
-    def comparison(self, node: ast.Expr, op: str, left: _Step,
-                   right: _Step) -> Callable[[_Val, _Val], Bools]:
+    def comparison(self, node: ast.Expr, op: str, left: _Step, right: _Step) -> Callable[[_Val, _Val], Bools]:
         """How to compare two values of these steps (known or not: the caller masks)."""
-        compare = {"==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal,
-                   ">": np.greater, ">=": np.greater_equal}[op]
+        compare = {
+            "==": np.equal,
+            "!=": np.not_equal,
+            "<": np.less,
+            "<=": np.less_equal,
+            ">": np.greater,
+            ">=": np.greater_equal,
+        }[op]
         if left.kind in _NUMERIC and right.kind in _NUMERIC:
             if left.kind == right.kind == "int":
                 return lambda a, b: compare(a.v, b.v)
@@ -531,6 +578,7 @@ class _Compiler:
             def cross(a: _Val, b: _Val) -> Bools:
                 (an, ad), (bn, bd) = a.numerator_denominator(), b.numerator_denominator()
                 return compare(an * bd, bn * ad)  # type: ignore[no-any-return]
+
             return cross
         if left.kind != right.kind:
             raise self.refuse(node, f"cannot compare {left.kind} with {right.kind}")
@@ -545,13 +593,14 @@ class _Compiler:
         decisive = node.op == "or"
 
         def kleene(run: _Run) -> _Val:
-            values = [operand(run) for operand in operands]   # every one, as the trace reads them
+            values = [operand(run) for operand in operands]  # every one, as the trace reads them
             decided = np.zeros(len(values[0].known), dtype=np.bool_)
             all_known = np.ones(len(values[0].known), dtype=np.bool_)
             for value in values:
                 decided |= value.known & (value.v == decisive)
                 all_known &= value.known
             return _Val("bool", decided if decisive else ~decided, decided | all_known)
+
         return _Step("bool", 1, kleene, scope[1])
 
     def _membership(self, node: ast.Membership, scope: Scope) -> _Step:
@@ -568,6 +617,7 @@ class _Compiler:
                 found |= o.known & test(s, o)
                 unsure |= ~o.known
             return _Val("bool", found != node.negated, s.known & (found | ~unsure))
+
         return _Step("bool", 1, member, scope[1])
 
     def _presence(self, node: ast.Presence, scope: Scope) -> _Step:
@@ -576,6 +626,7 @@ class _Compiler:
         def presence(run: _Run) -> _Val:
             s = subject(run)
             return _Val("bool", s.known == node.present, np.ones(len(s.known), dtype=np.bool_))
+
         return _Step("bool", 1, presence, scope[1])
 
     def _conditional(self, node: ast.Conditional, scope: Scope) -> _Step:
@@ -596,13 +647,14 @@ class _Compiler:
             # An unknown condition is harmless where both branches agree (the trace's rule).
             agree = ~c.known & a.known & b.known & same(a, b)
             known = (take_then & a.known) | (take_else & b.known) | agree
-            pick_then = ~take_else    # the value of `then` also where both agree
+            pick_then = ~take_else  # the value of `then` also where both agree
             v = np.where(pick_then, a.v, b.v)
             den = None
             if kind == "rat":
                 (_, ad), (_, bd) = a.numerator_denominator(), b.numerator_denominator()
                 den = np.where(pick_then, ad, bd).astype(np.int64)
             return _Val(kind, v, known, den)
+
         return _Step(kind, bound, choose, scope[1], den_bound)
 
     def _count(self, node: ast.Count, scope: Scope) -> _Step:
@@ -610,13 +662,17 @@ class _Compiler:
         if outer_variable is not None:
             free = _free_locals(node, frozenset())
             if outer_variable in free:
-                raise self.refuse(node, "the vectorised trace does not support a count whose filter "
-                                        f"reads the enclosing record {outer_variable!r}")
-            inner = self.step(node, _ROW)   # the same for every record of an owner
+                raise self.refuse(
+                    node,
+                    "the vectorised trace does not support a count whose filter "
+                    f"reads the enclosing record {outer_variable!r}",
+                )
+            inner = self.step(node, _ROW)  # the same for every record of an owner
 
             def gathered(run: _Run) -> _Val:
                 value, owner = inner(run), run.records(outer_collection).owner  # type: ignore[arg-type]
                 return _Val("int", value.v[owner], value.known[owner])
+
             return _Step("int", COUNT_BOUND, gathered, outer_collection)
         if node.collection not in self.catalogue.collections:
             raise self.refuse(node, f"unknown collection {node.collection!r}")
@@ -636,6 +692,7 @@ class _Compiler:
             matched = np.bincount(owner[verdict.known & verdict.v], minlength=n)
             unsure = np.bincount(owner[~verdict.known], minlength=n) > 0
             return _Val("int", matched.astype(np.int64), ~unsure)
+
         return _Step("int", COUNT_BOUND, count, None)
 
     def _call(self, node: ast.Call, scope: Scope) -> _Step:
@@ -650,14 +707,16 @@ class _Compiler:
                 d = day(run)
                 days = (np.clip(d.v, DATE_MIN, DATE_MAX) - _EPOCH).astype("datetime64[D]")
                 return _Val("int", days.astype("datetime64[Y]").astype(np.int64) + 1970, d.known)
+
             return _Step("int", YEAR_BOUND, year, collection)
         if name == "ratio" and [a.kind for a in args] == ["int", "int"]:
             numerator, denominator = args
 
             def ratio(run: _Run) -> _Val:
                 a, b = numerator(run), denominator(run)
-                defined = b.v > 0   # undefined (UNKNOWN) unless the denominator is positive
+                defined = b.v > 0  # undefined (UNKNOWN) unless the denominator is positive
                 return _Val("rat", a.v, a.known & b.known & defined, np.where(defined, b.v, 1))
+
             return _Step("rat", numerator.bound, ratio, collection, max(1, denominator.bound))
         if name in ("min", "max") and len(args) == 2 and {a.kind for a in args} <= _NUMERIC:
             first, second = args
@@ -673,8 +732,10 @@ class _Compiler:
                     (_, ad), (_, bd) = a.numerator_denominator(), b.numerator_denominator()
                     den = np.where(pick, bd, ad).astype(np.int64)
                 return _Val(kind, np.where(pick, b.v, a.v), a.known & b.known, den)
-            return _Step(kind, max(first.bound, second.bound), extreme, collection,
-                         max(first.den_bound, second.den_bound))
+
+            return _Step(
+                kind, max(first.bound, second.bound), extreme, collection, max(first.den_bound, second.den_bound)
+            )
         raise self.refuse(node, f"the vectorised trace does not support {name}() here")
 
     def _tier(self, node: ast.Call, scope: Scope) -> _Step:
@@ -686,7 +747,7 @@ class _Compiler:
         values = [Fraction(value) for _, value in table.steps]
         integral = all(isinstance(value, int) for _, value in table.steps)
         den = lcm(*(value.denominator for value in values))
-        nums = [int(value * den) for value in values]   # every step over one denominator
+        nums = [int(value * den) for value in values]  # every step over one denominator
         bound = max(abs(num) for num in nums)
         self.fits(node, bound, den, *(abs(up) for up, _ in table.steps if up is not None))
         kind = "int" if integral else "rat"
@@ -695,8 +756,9 @@ class _Compiler:
             a = amount(run)
             picked = np.full(len(a.known), nums[-1], dtype=np.int64)
             for (up_to, _), num in zip(reversed(table.steps[:-1]), reversed(nums[:-1])):
-                picked = np.where(a.v <= up_to, num, picked)   # the first step that fits wins
+                picked = np.where(a.v <= up_to, num, picked)  # the first step that fits wins
             return _Val(kind, picked, a.known, np.full(len(a.known), den, np.int64) if kind == "rat" else None)
+
         return _Step(kind, bound, tier, scope[1], den)
 
 
@@ -709,8 +771,9 @@ def _kind_bound(kind: str, max_abs: int) -> tuple[str, int]:
     return kind, 1
 
 
-def _check_input(run: _Run, collection: str | None, kind: str, bound: int, values: npt.NDArray[Any],
-                 known: Bools) -> None:
+def _check_input(
+    run: _Run, collection: str | None, kind: str, bound: int, values: npt.NDArray[Any], known: Bools
+) -> None:
     """Rows with a value beyond what the compile-time bound assumed go to the interpreter."""
     if kind == "int":
         run.mark(collection, known & ((values > bound) | (values < -bound)))
@@ -741,7 +804,7 @@ def _structure(node: ast.Expr) -> object:
     if isinstance(node, ast.Count):
         where = _structure(node.where) if node.where is not None else None
         return ("Count", node.variable, node.collection, where)
-    if isinstance(node, ast.Ref):   # the value of its expression, whatever the name
+    if isinstance(node, ast.Ref):  # the value of its expression, whatever the name
         return _structure(node.expr)
     extra = tuple(getattr(node, f) for f in ("op", "negated", "present", "function") if hasattr(node, f))
     return (type(node).__name__, extra, tuple(_structure(child) for child in ast.children(node)))
@@ -774,12 +837,13 @@ def _decide(conditions: Codes, payable: Codes, fen: Ints, amount_known: Bools) -
     any_false = (conditions == FALSE).any(axis=1)
     any_unknown = (conditions == UNKNOWN).any(axis=1)
     held = (payable != TRUE).any(axis=1)
-    outcome = np.select([any_false, any_unknown, held, amount_known],
-                        [INELIGIBLE_CODE, UNDETERMINED_CODE, HELD_CODE, ELIGIBLE_CODE],
-                        UNDETERMINED_CODE).astype(np.int8)
+    outcome = np.select(
+        [any_false, any_unknown, held, amount_known],
+        [INELIGIBLE_CODE, UNDETERMINED_CODE, HELD_CODE, ELIGIBLE_CODE],
+        UNDETERMINED_CODE,
+    ).astype(np.int8)
     paid = (outcome == ELIGIBLE_CODE) | (outcome == HELD_CODE)
     return outcome, np.where(paid & amount_known, fen, 0).astype(np.int64)
 
 
-__all__ = ["FALSE", "TRUE", "UNKNOWN", "ChunkTrace", "VectorisedPolicy",
-           "compile_vectorised"]
+__all__ = ["FALSE", "TRUE", "UNKNOWN", "ChunkTrace", "VectorisedPolicy", "compile_vectorised"]

@@ -1,4 +1,5 @@
 """YAML loading that remembers where every value came from (line, column) and refuses duplicate keys."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ Path = tuple[str | int, ...]
 @dataclass(frozen=True)
 class Located:
     """A YAML document as plain Python data plus the position of each value by its key path."""
+
     data: Any
     positions: dict[Path, tuple[int, int, str]]  # path -> (line, column, scalar style)
     file: str
@@ -59,8 +61,13 @@ def load(text: str, file: str) -> Located:
     return Located(data, positions, file, tuple(text.splitlines()), values)
 
 
-def _construct(node: Node, path: Path, positions: dict[Path, tuple[int, int, str]],
-               values: dict[Path, tuple[int, int, str]], file: str) -> Any:
+def _construct(
+    node: Node,
+    path: Path,
+    positions: dict[Path, tuple[int, int, str]],
+    values: dict[Path, tuple[int, int, str]],
+    file: str,
+) -> Any:
     style = getattr(node, "style", None) or ""
     mark = (node.start_mark.line + 1, node.start_mark.column + 1, style)
     values[path] = mark
@@ -73,12 +80,10 @@ def _construct(node: Node, path: Path, positions: dict[Path, tuple[int, int, str
                 raise PolicySchemaError(file, key_node.start_mark.line + 1, "a key must be a plain value")
             if key in out:
                 raise PolicySchemaError(file, key_node.start_mark.line + 1, f"duplicate key {key!r}")
-            positions[(*path, key)] = (key_node.start_mark.line + 1,
-                                       key_node.start_mark.column + 1, "")
+            positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1, "")
             out[key] = _construct(value_node, (*path, key), positions, values, file)
         return out
     if isinstance(node, SequenceNode):
-        return [_construct(item, (*path, i), positions, values, file)
-                for i, item in enumerate(node.value)]
+        return [_construct(item, (*path, i), positions, values, file) for i, item in enumerate(node.value)]
     assert isinstance(node, ScalarNode)
     return SafeConstructor().construct_object(node)

@@ -4,6 +4,7 @@ The registry's facts come from the kinds' descriptions (`enterprise_registry.kin
 for each field's type, bound, allowed values and label); what is added here are the derived
 facts (`enterprise_registry.derived`), which no department sends.
 """
+
 from __future__ import annotations
 
 from typing import get_args
@@ -21,8 +22,11 @@ def _fact_type(field: FieldSpec) -> FactType:
 
 
 def _registry_facts(collection: bool) -> dict[str, dict[str, FactType]]:
-    return {spec.group: {f.name: _fact_type(f) for f in spec.fields if f.fact}
-            for spec in KINDS.values() if spec.collection == collection}
+    return {
+        spec.group: {f.name: _fact_type(f) for f in spec.fields if f.fact}
+        for spec in KINDS.values()
+        if spec.collection == collection
+    }
 
 
 DERIVED_FACTS: dict[str, FactType] = {
@@ -36,8 +40,11 @@ DERIVED_COLLECTION_FIELDS: dict[str, dict[str, FactType]] = {
 }
 
 FACTS: dict[str, FactType] = {
-    **{f"{group}.{name}": fact for group, fields in _registry_facts(collection=False).items()
-       for name, fact in fields.items()},
+    **{
+        f"{group}.{name}": fact
+        for group, fields in _registry_facts(collection=False).items()
+        for name, fact in fields.items()
+    },
     **DERIVED_FACTS,
 }
 COLLECTIONS: dict[str, dict[str, FactType]] = {

@@ -1,4 +1,5 @@
 """A small gRPC client for enterprises: `benefits lookup`."""
+
 from __future__ import annotations
 
 import sys
@@ -21,12 +22,16 @@ def lookup(target: str | Endpoint, token: str, *, uscc: str, policy_id: str | No
         stub = benefit_service_pb2_grpc.BenefitServiceStub(channel)
         try:
             if policy_id:
-                response = stub.ExplainEligibility(benefit_service_pb2.ExplainEligibilityRequest(
-                    uscc=uscc, policy_id=policy_id, period=period), metadata=metadata, timeout=30)
+                response = stub.ExplainEligibility(
+                    benefit_service_pb2.ExplainEligibilityRequest(uscc=uscc, policy_id=policy_id, period=period),
+                    metadata=metadata,
+                    timeout=30,
+                )
                 print(response.explanation)
                 return 0
-            listing = stub.ListMatchedBenefits(benefit_service_pb2.ListMatchedBenefitsRequest(
-                uscc=uscc, period=period), metadata=metadata, timeout=60)
+            listing = stub.ListMatchedBenefits(
+                benefit_service_pb2.ListMatchedBenefitsRequest(uscc=uscc, period=period), metadata=metadata, timeout=60
+            )
         except grpc.RpcError as exc:
             print_error(exc)
             return 1
@@ -47,6 +52,7 @@ def print_error(exc: grpc.RpcError) -> None:
     if status is None:
         return
     from google.rpc import error_details_pb2
+
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()

@@ -1,4 +1,5 @@
 """`make run` epilogue: explain one eligible and one not-eligible enterprise from the registry."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,11 @@ def main() -> None:
     for rows in islice(DocumentSource(engine).all_rows(), 20000):
         if rows.enterprise is None or rows.enterprise.org_type != "enterprise":
             continue  # show companies, the common case
-        result = evaluate(compiled, build_document(rows, policy.fact_year(args.period)),
-                          today=date.today())
+        result = evaluate(compiled, build_document(rows, policy.fact_year(args.period)), today=date.today())
         if result.outcome in shown or result.outcome not in (Outcome.ELIGIBLE, Outcome.INELIGIBLE):
             continue
         shown.add(result.outcome)
-        print(f"$ benefits evaluate --db {args.db} --uscc {rows.uscc} --policy {policy.id} "
-              f"--period {args.period}")
+        print(f"$ benefits evaluate --db {args.db} --uscc {rows.uscc} --policy {policy.id} --period {args.period}")
         print(as_text(result, policy.model.title))
         print()
         if len(shown) == 2:

@@ -1,5 +1,6 @@
 """A simulated bank for demonstrations: answers a pain.001 bank file with a pain.002.001.10
 status report, settling every transfer but the ones it is told to reject."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

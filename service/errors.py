@@ -18,6 +18,7 @@ ServiceError
 ├── TlsConfigError               TLS settings incomplete, or their files unreadable, malformed or not matching
 └── ServerStartError             the server cannot start as configured (address in use, plaintext off loopback)
 """
+
 from __future__ import annotations
 
 
@@ -67,8 +68,7 @@ class RecordMismatchError(ServiceError):
 
     def __init__(self, evaluation_id: str, differences: list[str]) -> None:
         self.evaluation_id, self.differences = evaluation_id, differences
-        super().__init__(f"stored evaluation {evaluation_id} does not replay to its record: "
-                         + "; ".join(differences))
+        super().__init__(f"stored evaluation {evaluation_id} does not replay to its record: " + "; ".join(differences))
 
 
 class DuplicateBatchError(ServiceError):

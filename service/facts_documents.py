@@ -7,6 +7,7 @@ collections, which no fact year changes, and the yearly facts. Each part is buil
 `FactOf` and a `RecordOf`: `build_document` makes `Fact` and `Record` objects, the chunk's audit
 snapshot (`service.evaluation.columns.ChunkRows.snapshot`) makes the snapshot's plain JSON data
 straight away, and builds the year-independent parts once for every fact year."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
@@ -58,8 +59,7 @@ class EnterpriseRows:
 def build_document(rows: EnterpriseRows, fact_year: int) -> FactsDocument:
     """The facts document of one enterprise for one fact year, derived facts included."""
     facts, missing = registry_facts(rows.enterprise, Fact)
-    add_yearly_facts(rows.enterprise, rows.tax.get(fact_year), rows.si.get(fact_year), fact_year,
-                     Fact, facts, missing)
+    add_yearly_facts(rows.enterprise, rows.tax.get(fact_year), rows.si.get(fact_year), fact_year, Fact, facts, missing)
     return FactsDocument(rows.uscc, fact_year, facts, collections_of(rows, Record), missing)
 
 
@@ -96,8 +96,9 @@ def registry_facts(ent: Any, fact: FactOf[F]) -> tuple[dict[str, F], dict[str, s
     return facts, {}
 
 
-def add_yearly_facts(ent: Any, tax: Any, si: Any, year: int, fact: FactOf[F], facts: dict[str, F],
-                     missing: dict[str, str]) -> None:
+def add_yearly_facts(
+    ent: Any, tax: Any, si: Any, year: int, fact: FactOf[F], facts: dict[str, F], missing: dict[str, str]
+) -> None:
     """Add the facts of fact year `year` to `facts`, and what is missing of them to `missing`:
     from the registry row and that year's tax and social-insurance rows (None: there is none)."""
     tax = _yearly(tax, year, _TAX, fact, facts, missing)
@@ -109,22 +110,23 @@ def collections_of(rows: EnterpriseRows, record: RecordOf[R]) -> dict[str, list[
     """The enterprise's hires, qualifications and credit listings, each in the order of its rows:
     the same for every fact year."""
     counting = rows.counting_hires
-    return {"hires": [_hire_record(h, counting, record) for h in rows.hires],
-            "qualifications": [_record(_QUALIFICATION, q.certificate_no, q, record) for q in rows.qualifications],
-            "credit_listings": [_record(_CREDIT, f"{c.list}@{c.listed_on}", c, record)
-                                for c in rows.credit_listings]}
+    return {
+        "hires": [_hire_record(h, counting, record) for h in rows.hires],
+        "qualifications": [_record(_QUALIFICATION, q.certificate_no, q, record) for q in rows.qualifications],
+        "credit_listings": [_record(_CREDIT, f"{c.list}@{c.listed_on}", c, record) for c in rows.credit_listings],
+    }
 
 
-def _yearly(row: Any, year: int, kind: _KindFacts, fact: FactOf[F], facts: dict[str, F],
-            missing: dict[str, str]) -> Any:
+def _yearly(
+    row: Any, year: int, kind: _KindFacts, fact: FactOf[F], facts: dict[str, F], missing: dict[str, str]
+) -> Any:
     """The row's facts (None when there is no row or it is stale: the whole group is missing)."""
     if row is None:
         missing[kind.group] = f"no {kind.kind} record for {year}"
         return None
     source, as_of = row.source, row.as_of
     if not derived.yearly_record_is_final(year, as_of):
-        missing[kind.group] = (f"stale: the {kind.kind} record for {year} is as of {as_of}, "
-                               "before the year ended")
+        missing[kind.group] = f"stale: the {kind.kind} record for {year} is as of {as_of}, before the year ended"
         return None
     for name, field, value in zip(kind.names, kind.fields, kind.values(row)):
         if value is None:
@@ -134,22 +136,25 @@ def _yearly(row: Any, year: int, kind: _KindFacts, fact: FactOf[F], facts: dict[
     return row
 
 
-def _size_class(ent: Any, tax: Any, si: Any, fact: FactOf[F], facts: dict[str, F],
-                missing: dict[str, str]) -> None:
+def _size_class(ent: Any, tax: Any, si: Any, fact: FactOf[F], facts: dict[str, F], missing: dict[str, str]) -> None:
     recorded = si.size_class if si is not None else None
     if ent is None:
         missing["derived.size_class"] = "no registry record to classify"
         return
     result = derived.size_class(
-        recorded, ent.industry_code,
+        recorded,
+        ent.industry_code,
         employees=tax.employees if tax is not None else None,
         revenue_fen=tax.revenue_fen if tax is not None else None,
         main_business_revenue_fen=tax.main_business_revenue_fen if tax is not None else None,
-        total_assets_fen=tax.total_assets_fen if tax is not None else None)
+        total_assets_fen=tax.total_assets_fen if tax is not None else None,
+    )
     if result is None:
-        missing["derived.size_class"] = ("no size class recorded by social insurance, and the SME "
-                                         "standard cannot be applied (industry not covered or "
-                                         "tax figures missing)")
+        missing["derived.size_class"] = (
+            "no size class recorded by social insurance, and the SME "
+            "standard cannot be applied (industry not covered or "
+            "tax figures missing)"
+        )
         return
     source_row = si if result.basis == derived.SIZE_CLASS_RECORDED else tax
     as_of = source_row.as_of if source_row is not None else None
@@ -196,8 +201,14 @@ class DocumentSource:
     def rows_after(self, last: str, limit: int) -> list[EnterpriseRows]:
         """The rows of the next `limit` registered enterprises after USCC `last`, in USCC order."""
         with self.engine.connect() as conn:
-            usccs = list(conn.execute(select(col(Enterprise.uscc)).where(col(Enterprise.uscc) > last)
-                                      .order_by(Enterprise.uscc).limit(limit)).scalars())
+            usccs = list(
+                conn.execute(
+                    select(col(Enterprise.uscc))
+                    .where(col(Enterprise.uscc) > last)
+                    .order_by(Enterprise.uscc)
+                    .limit(limit)
+                ).scalars()
+            )
             loaded = load_rows(conn, usccs) if usccs else {}
         return [loaded[uscc] for uscc in usccs]
 
@@ -209,13 +220,15 @@ class DocumentSource:
 
     def count(self) -> int:
         from sqlalchemy import func
+
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(Enterprise)).scalar_one())
 
 
 def _on_record(rows: EnterpriseRows) -> bool:
-    return rows.enterprise is not None or bool(rows.tax or rows.si or rows.hires or
-                                               rows.qualifications or rows.credit_listings)
+    return rows.enterprise is not None or bool(
+        rows.tax or rows.si or rows.hires or rows.qualifications or rows.credit_listings
+    )
 
 
 def load_rows(conn: Connection, usccs: list[str]) -> dict[str, EnterpriseRows]:
@@ -244,8 +257,7 @@ def _rows(conn: Connection, model: Any, usccs: list[str]) -> Sequence[Any]:
     # row order (PostgreSQL returns a heap's order, which an upsert changes).
     table = model.__table__
     key = next(spec.key for spec in KINDS.values() if table_for(spec.kind) is table)
-    return conn.execute(select(table).where(table.c.uscc.in_(usccs))
-                        .order_by(*(table.c[name] for name in key))).all()
+    return conn.execute(select(table).where(table.c.uscc.in_(usccs)).order_by(*(table.c[name] for name in key))).all()
 
 
 def _counting_hires(conn: Connection, hires: list[Any]) -> set[derived.HireKey]:
@@ -254,9 +266,10 @@ def _counting_hires(conn: Connection, hires: list[Any]) -> set[derived.HireKey]:
     persons = sorted({h.person_ref for h in hires})
     everyone: list[derived.HireKey] = []
     for start in range(0, len(persons), 5000):
-        part = persons[start:start + 5000]
+        part = persons[start : start + 5000]
         hire = table_for("hire")
-        for row in conn.execute(select(hire.c.uscc, hire.c.person_ref, hire.c.year, hire.c.hired_on)
-                                .where(hire.c.person_ref.in_(part))):
+        for row in conn.execute(
+            select(hire.c.uscc, hire.c.person_ref, hire.c.year, hire.c.hired_on).where(hire.c.person_ref.in_(part))
+        ):
             everyone.append(derived.HireKey(row.uscc, row.person_ref, row.year, row.hired_on))
     return derived.counting_hires(everyone)

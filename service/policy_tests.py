@@ -4,6 +4,7 @@ Each case's facts go through the same path as production data: validated by the 
 a private in-memory SQLite registry, turned into a facts document with derived facts, and
 evaluated by the engine with its cross-check.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -47,8 +48,7 @@ class CaseResult:
 def load_cases(policy: LoadedPolicy) -> list[PolicyTestCase]:
     if policy.test_file is None:
         return []
-    return validate_test_cases(load(Path(policy.test_file).read_text(encoding="utf-8"),
-                                    policy.test_file))
+    return validate_test_cases(load(Path(policy.test_file).read_text(encoding="utf-8"), policy.test_file))
 
 
 def run_case(policy: LoadedPolicy, case: PolicyTestCase) -> CaseResult:
@@ -80,8 +80,7 @@ def run_policy_tests(policies: PolicySet) -> Iterator[CaseResult]:
 
 
 def _with_defaults(record: dict[str, Any], enterprise: str, as_of: date) -> dict[str, Any]:
-    out = {key: (value.isoformat() if isinstance(value, date) else value)
-           for key, value in record.items()}
+    out = {key: (value.isoformat() if isinstance(value, date) else value) for key, value in record.items()}
     account = out.get("bank_account")
     if isinstance(account, dict):
         out["bank_account"] = dict(account)
@@ -97,8 +96,7 @@ def _compare(case: PolicyTestCase, result: Evaluation) -> list[str]:
     expect = case.expect
     problems = []
     if result.outcome != expect.outcome:
-        problems.append(f"outcome {result.outcome}, expected {expect.outcome}"
-                        + _why(result))
+        problems.append(f"outcome {result.outcome}, expected {expect.outcome}" + _why(result))
     if expect.amount_fen is not None and result.amount_fen != expect.amount_fen:
         problems.append(f"amount_fen {result.amount_fen}, expected {expect.amount_fen}")
     results = {c.id: c.result for c in [*result.conditions, *result.payable]}

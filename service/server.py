@@ -1,4 +1,5 @@
 """The gRPC server: servicers, authentication, health, reflection, graceful shutdown."""
+
 from __future__ import annotations
 
 import logging
@@ -55,10 +56,16 @@ from service.tls import check_transport, is_loopback, server_credentials
 log = logging.getLogger("benefits.server")
 CHECKPOINT_INTERVAL_SECONDS = 300
 CHECKPOINT_RETRY_SECONDS = (1.0, 5.0, 15.0, 60.0)  # after a failure: soon, then less often (a full disk stays full)
-SERVICE_NAMES = tuple(m.DESCRIPTOR.services_by_name[n].full_name for m, n in (
-    (policy_service_pb2, "PolicyService"), (registry_service_pb2, "RegistryService"),
-    (benefit_service_pb2, "BenefitService"), (payout_service_pb2, "PayoutService"),
-    (audit_service_pb2, "AuditService")))
+SERVICE_NAMES = tuple(
+    m.DESCRIPTOR.services_by_name[n].full_name
+    for m, n in (
+        (policy_service_pb2, "PolicyService"),
+        (registry_service_pb2, "RegistryService"),
+        (benefit_service_pb2, "BenefitService"),
+        (payout_service_pb2, "PayoutService"),
+        (audit_service_pb2, "AuditService"),
+    )
+)
 
 
 class Checkpointer:
@@ -68,9 +75,15 @@ class Checkpointer:
     after a short, growing pause; it never reaches the caller, so an export that succeeded is
     reported as such and the server keeps serving."""
 
-    def __init__(self, engine: Any, key: Any = None, file: Path | None = None, *,
-                 interval: float = CHECKPOINT_INTERVAL_SECONDS,
-                 retry_seconds: Sequence[float] = CHECKPOINT_RETRY_SECONDS) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        key: Any = None,
+        file: Path | None = None,
+        *,
+        interval: float = CHECKPOINT_INTERVAL_SECONDS,
+        retry_seconds: Sequence[float] = CHECKPOINT_RETRY_SECONDS,
+    ) -> None:
         self.engine, self.key, self.file = engine, key, file
         self.interval, self.retry_seconds = interval, tuple(retry_seconds)
         self.failures = 0  # consecutive failed attempts; 0 after a success
@@ -107,8 +120,10 @@ class Checkpointer:
             self._thread.join()
         with self._cond:
             if not self._attempt():
-                log.error("the ledger's head at shutdown is not checkpointed; the next server's first "
-                          "checkpoint will cover it")
+                log.error(
+                    "the ledger's head at shutdown is not checkpointed; the next server's first "
+                    "checkpoint will cover it"
+                )
 
     def _tick(self) -> None:
         with self._cond:
@@ -133,8 +148,14 @@ class Checkpointer:
             self._due = time.monotonic() + min(pause, self.interval)
             # The exception's first line only: no traceback, no SQL parameters, never the key.
             reason = (str(exc).splitlines() or [""])[0][:200]
-            log.error("checkpoint to %s failed (%s: %s), attempt %d; retrying in %.0f s",
-                      self.file, type(exc).__name__, reason, self.failures, min(pause, self.interval))
+            log.error(
+                "checkpoint to %s failed (%s: %s), attempt %d; retrying in %.0f s",
+                self.file,
+                type(exc).__name__,
+                reason,
+                self.failures,
+                min(pause, self.interval),
+            )
             return False
         if self.failures:
             log.warning("checkpoint to %s written again after %d failed attempts", self.file, self.failures)
@@ -184,50 +205,62 @@ def create_server(config: ServeConfig) -> RunningServer:
     with ledger_transaction(engine) as conn:  # every loaded policy version, by hash
         for policy in policies.current:
             remember_policy(conn, policy)
-    options = [("grpc.max_receive_message_length", config.max_message_bytes),
-               ("grpc.max_send_message_length", config.max_message_bytes),
-               ("grpc.so_reuseport", 0)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
-                                                    thread_name_prefix="rpc"),
-                         interceptors=[ApiInterceptor(auth)], options=options,
-                         maximum_concurrent_rpcs=config.max_workers * 8)
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+        interceptors=[ApiInterceptor(auth)],
+        options=options,
+        maximum_concurrent_rpcs=config.max_workers * 8,
+    )
     policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), server)
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine, config.clock), server)
     recorder = Recorder(engine)  # lookups' records, group-committed; started with the server
     lookups = Lookups(engine, recorder)
     benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
-        BenefitServicer(policies, lookups, config.clock), server)
+        BenefitServicer(policies, lookups, config.clock), server
+    )
     checkpoint = Checkpointer(engine, key, config.checkpoint_file)
-    workers = BatchWorkers(engine, lambda: policies.current,
-                           RunSettings(config.batch_chunk_size, config.batch_lease_seconds,
-                                       workers=config.batch_workers),
-                           pool=dask_pool(config.dask_scheduler) if config.dask_scheduler else None)
+    workers = BatchWorkers(
+        engine,
+        lambda: policies.current,
+        RunSettings(config.batch_chunk_size, config.batch_lease_seconds, workers=config.batch_workers),
+        pool=dask_pool(config.dask_scheduler) if config.dask_scheduler else None,
+    )
     payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(
-        PayoutServicer(policies, engine, workers, config.clock, payers=load_payers(config.payers_file),
-                       on_export=checkpoint), server)
+        PayoutServicer(
+            policies, engine, workers, config.clock, payers=load_payers(config.payers_file), on_export=checkpoint
+        ),
+        server,
+    )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(engine, checkpoint_file=config.checkpoint_file,
-                      public_key=key.public_key() if key else None), server)
+        AuditServicer(engine, checkpoint_file=config.checkpoint_file, public_key=key.public_key() if key else None),
+        server,
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = _listen(server, config.listen, credentials)
     except ServerStartError:
         engine.dispose()
         raise
     if credentials is None and config.insecure and not is_loopback(config.listen):
-        log.warning("listening on %s WITHOUT TLS (--insecure): bearer tokens and enterprise data cross "
-                    "the network in clear text", config.listen)
+        log.warning(
+            "listening on %s WITHOUT TLS (--insecure): bearer tokens and enterprise data cross "
+            "the network in clear text",
+            config.listen,
+        )
     checkpoint.start()  # before the first call: a verification finds the ledger covered
     recorder.start()
     server.start()
     workers.start()  # resumes any batch a stopped or crashed server left RUNNING
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, policies, engine, workers, checkpoint, recorder,
-                         lookups)
+    return RunningServer(server, port, health_servicer, policies, engine, workers, checkpoint, recorder, lookups)
 
 
 def _ledger_key(config: ServeConfig) -> Any:
@@ -235,8 +268,10 @@ def _ledger_key(config: ServeConfig) -> Any:
     if config.ledger_key is None:
         if config.checkpoint_file is not None:
             raise LedgerKeyError("--checkpoints needs --ledger-key (the key that signs them)")
-        log.warning("no --ledger-key: the ledger is not checkpointed, so a rebuilt chain or a cut tail "
-                    "cannot be detected (make a key once with `benefits audit keygen --out FILE`)")
+        log.warning(
+            "no --ledger-key: the ledger is not checkpointed, so a rebuilt chain or a cut tail "
+            "cannot be detected (make a key once with `benefits audit keygen --out FILE`)"
+        )
         return None
     if config.checkpoint_file is None:
         raise LedgerKeyError("--ledger-key needs --checkpoints (the file the signed checkpoints go to)")
@@ -245,8 +280,9 @@ def _ledger_key(config: ServeConfig) -> Any:
 
 def _listen(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
     try:
-        port = (server.add_secure_port(listen, credentials) if credentials is not None
-                else server.add_insecure_port(listen))
+        port = (
+            server.add_secure_port(listen, credentials) if credentials is not None else server.add_insecure_port(listen)
+        )
     except RuntimeError:  # gRPC's "Failed to bind to address"
         port = 0
     if port == 0:

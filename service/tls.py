@@ -5,6 +5,7 @@ Every file is read and checked here with `cryptography` before gRPC sees it, so 
 is not the certificate's, or a file that is not PEM, stops the server with a sentence naming the
 file instead of a handshake failure on the first call.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,7 @@ def _private_key(path: Path) -> tuple[bytes, Any]:
 
 
 def _public_der(public_key: Any) -> bytes:
-    return bytes(public_key.public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo))
+    return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def load_key_pair(cert_file: Path, key_file: Path, *, what: str = "TLS certificate") -> tuple[bytes, bytes]:
@@ -68,8 +68,9 @@ def load_key_pair(cert_file: Path, key_file: Path, *, what: str = "TLS certifica
     key_pem, key = _private_key(key_file)
     leaf = certificates[0]
     if _public_der(leaf.public_key()) != _public_der(key.public_key()):
-        raise TlsConfigError(f"TLS key {key_file} does not belong to the certificate {cert_file} "
-                             "(their public keys differ)")
+        raise TlsConfigError(
+            f"TLS key {key_file} does not belong to the certificate {cert_file} (their public keys differ)"
+        )
     if leaf.not_valid_after_utc < datetime.now(UTC):
         raise TlsConfigError(f"{what} {cert_file} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     return chain, key_pem
@@ -82,8 +83,9 @@ def load_ca(path: Path, what: str) -> bytes:
 
 # ---------------------------------------------------------------------------------------------
 # The server.
-def server_credentials(cert_file: Path | None, key_file: Path | None,
-                       client_ca_file: Path | None) -> grpc.ServerCredentials | None:
+def server_credentials(
+    cert_file: Path | None, key_file: Path | None, client_ca_file: Path | None
+) -> grpc.ServerCredentials | None:
     """TLS credentials for the server; with a client CA, mutual TLS (a client without a valid
     certificate signed by that CA is refused during the handshake). None without TLS settings."""
     if cert_file is None and key_file is None:
@@ -94,8 +96,9 @@ def server_credentials(cert_file: Path | None, key_file: Path | None,
         raise TlsConfigError("--tls-cert and --tls-key go together: give both")
     chain, key = load_key_pair(cert_file, key_file)
     client_ca = load_ca(client_ca_file, "client CA") if client_ca_file is not None else None
-    return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca,
-                                       require_client_auth=client_ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def is_loopback(listen: str) -> bool:
@@ -120,9 +123,11 @@ def check_transport(listen: str, *, tls: bool, insecure: bool) -> None:
     if tls and insecure:
         raise ServerStartError("--insecure contradicts --tls-cert: give one or the other")
     if not tls and not insecure and not is_loopback(listen):
-        raise ServerStartError(f"refusing to listen on {listen} without TLS: give --tls-cert and --tls-key "
-                               "(and --client-ca for mutual TLS), or --insecure to accept plaintext "
-                               "on the network")
+        raise ServerStartError(
+            f"refusing to listen on {listen} without TLS: give --tls-cert and --tls-key "
+            "(and --client-ca for mutual TLS), or --insecure to accept plaintext "
+            "on the network"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,6 +135,7 @@ def check_transport(listen: str, *, tls: bool, insecure: bool) -> None:
 @dataclass(frozen=True)
 class ClientTls:
     """What a client trusts and shows: the server's CA, and for mutual TLS its own certificate."""
+
     root_certificates: bytes
     certificate_chain: bytes | None = None
     private_key: bytes | None = field(default=None, repr=False)  # never printed or logged
@@ -139,17 +145,20 @@ class ClientTls:
 @dataclass(frozen=True)
 class Endpoint:
     """A server address and how to reach it (plaintext when `tls` is None)."""
+
     address: str
     tls: ClientTls | None = None
 
 
-def client_tls(ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None,
-               server_name: str | None = None) -> ClientTls | None:
+def client_tls(
+    ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None, server_name: str | None = None
+) -> ClientTls | None:
     """A client's TLS settings from files; None (plaintext) when no CA is given."""
     if ca_file is None:
         if cert_file is not None or key_file is not None or server_name is not None:
-            raise TlsConfigError("--cert, --key and --server-name need --ca (the CA that signed the "
-                                 "server's certificate)")
+            raise TlsConfigError(
+                "--cert, --key and --server-name need --ca (the CA that signed the server's certificate)"
+            )
         return None
     if (cert_file is None) != (key_file is None):
         raise TlsConfigError("--cert and --key go together: give both for mutual TLS, or neither")
@@ -166,12 +175,15 @@ def open_channel(target: str | Endpoint, options: Sequence[tuple[str, Any]] = ()
     if endpoint.tls is None:
         return grpc.insecure_channel(endpoint.address, options=list(options))
     tls = endpoint.tls
-    credentials = grpc.ssl_channel_credentials(root_certificates=tls.root_certificates,
-                                               private_key=tls.private_key,
-                                               certificate_chain=tls.certificate_chain)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.root_certificates, private_key=tls.private_key, certificate_chain=tls.certificate_chain
+    )
     if tls.server_name:
-        options = [*options, ("grpc.ssl_target_name_override", tls.server_name),
-                   ("grpc.default_authority", tls.server_name)]
+        options = [
+            *options,
+            ("grpc.ssl_target_name_override", tls.server_name),
+            ("grpc.default_authority", tls.server_name),
+        ]
     return grpc.secure_channel(endpoint.address, credentials, options=list(options))
 
 
@@ -179,13 +191,18 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """--target and the TLS options of every command that calls the server."""
     group = parser.add_argument_group("connection")
     group.add_argument("--target", default=DEFAULT_TARGET, help="the server's host:port")
-    group.add_argument("--ca", type=Path, default=None,
-                       help="CA certificate (PEM) that signed the server's certificate; turns TLS on")
-    group.add_argument("--cert", type=Path, default=None,
-                       help="this client's certificate (PEM) for mutual TLS, with --key")
+    group.add_argument(
+        "--ca", type=Path, default=None, help="CA certificate (PEM) that signed the server's certificate; turns TLS on"
+    )
+    group.add_argument(
+        "--cert", type=Path, default=None, help="this client's certificate (PEM) for mutual TLS, with --key"
+    )
     group.add_argument("--key", type=Path, default=None, help="the private key (PEM) of --cert")
-    group.add_argument("--server-name", default=None,
-                       help="the name the server's certificate must carry, when it is not the target's host")
+    group.add_argument(
+        "--server-name",
+        default=None,
+        help="the name the server's certificate must carry, when it is not the target's host",
+    )
 
 
 def endpoint_from_args(args: argparse.Namespace) -> Endpoint:

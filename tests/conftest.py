@@ -1,4 +1,5 @@
 """Shared fixtures: a database engine on SQLite and, for real, on PostgreSQL; the reference policies."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

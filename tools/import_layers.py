@@ -9,6 +9,7 @@ holds the rules that must not break. Imports are read with `ast` at any depth: a
 a function joins the same graph (it only moves a cycle from import time to call time). Imports
 under `if TYPE_CHECKING:` are left out: they never run, and annotations are all they serve.
 """
+
 from __future__ import annotations
 
 import ast
@@ -32,8 +33,9 @@ def module_files(root: Path, packages: Iterable[str]) -> dict[str, Path]:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _runtime_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
@@ -64,10 +66,10 @@ def imports_of(module: str, modules: Mapping[str, Path]) -> set[str]:
             found.update(m for alias in node.names if (m := _known(alias.name, modules)))
             continue
         base = node.module or ""
-        if node.level:   # relative: `from . import x`, `from ..y import z`
-            anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+        if node.level:  # relative: `from . import x`, `from ..y import z`
+            anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
             base = ".".join([*anchor, *([base] if base else [])])
-        for alias in node.names:   # `from a import b` imports module a.b when there is one
+        for alias in node.names:  # `from a import b` imports module a.b when there is one
             submodule = f"{base}.{alias.name}"
             target = submodule if submodule in modules else _known(base, modules)
             if target:
@@ -89,7 +91,7 @@ def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
     on_stack: set[str] = set()
     groups: list[set[str]] = []
 
-    def visit(start: str) -> None:   # Tarjan's algorithm, iterative (no recursion limit)
+    def visit(start: str) -> None:  # Tarjan's algorithm, iterative (no recursion limit)
         work = [(start, iter(sorted(graph.get(start, set()))))]
         index[start] = low[start] = len(index)
         stack.append(start)
@@ -157,8 +159,13 @@ def external_imports(root: Path = ROOT) -> dict[str, set[str]]:
     found: dict[str, set[str]] = defaultdict(set)
     for module, path in module_files(root, PACKAGES).items():
         for node in _runtime_imports(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if node.level == 0 else []
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if node.level == 0
+                else []
+            )
             found[module].update(top for name in names if (top := name.partition(".")[0]) not in PACKAGES)
     return dict(found)
 

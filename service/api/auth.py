@@ -1,4 +1,5 @@
 """Who is calling: bearer tokens from the auth file, roles, and which role may call what."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,7 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     # Only feeds: each names the departments it writes for, so every imported fact is attributable
     # to the department that holds it. An admin is no department and imports nothing.
     "/benefits.v1.RegistryService/ImportFacts": frozenset({"registry_feed"}),
-    "/benefits.v1.RegistryService/GetEnterprise": frozenset(
-        {"enterprise", "auditor", "admin", "registry_feed"}),
+    "/benefits.v1.RegistryService/GetEnterprise": frozenset({"enterprise", "auditor", "admin", "registry_feed"}),
     "/benefits.v1.BenefitService/ListMatchedBenefits": _READERS,
     "/benefits.v1.BenefitService/ExplainEligibility": _READERS,
     "/benefits.v1.PayoutService/CreatePayoutBatch": frozenset({"finance_operator"}),
@@ -64,8 +64,8 @@ OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Healt
 class Principal:
     name: str
     role: str
-    uscc: str | None = None   # enterprises only
-    sources: tuple[str, ...] = ()   # registry feeds only: the departments whose facts it writes
+    uscc: str | None = None  # enterprises only
+    sources: tuple[str, ...] = ()  # registry feeds only: the departments whose facts it writes
 
     @property
     def is_enterprise(self) -> bool:
@@ -91,19 +91,16 @@ class AuthTable:
 
     @classmethod
     def from_data(cls, data: object, origin: str = "<auth>") -> AuthTable:
-        if not isinstance(data, dict) or set(data) != {"principals"} or \
-                not isinstance(data["principals"], list):
+        if not isinstance(data, dict) or set(data) != {"principals"} or not isinstance(data["principals"], list):
             raise AuthFileError(f"{origin}: expected one key `principals` holding a list")
         table: dict[str, Principal] = {}
         names: set[str] = set()
         for index, entry in enumerate(data["principals"]):
             principal, digest = _entry(entry, f"{origin}: principals[{index}]")
             if principal.name in names:
-                raise AuthFileError(f"{origin}: principals[{index}]: principal "
-                                    f"{principal.name!r} appears twice")
+                raise AuthFileError(f"{origin}: principals[{index}]: principal {principal.name!r} appears twice")
             if digest in table:
-                raise AuthFileError(f"{origin}: principals[{index}]: token already used by "
-                                    f"{table[digest].name!r}")
+                raise AuthFileError(f"{origin}: principals[{index}]: token already used by {table[digest].name!r}")
             names.add(principal.name)
             table[digest] = principal
         return cls(table)
@@ -177,12 +174,12 @@ def _sources(value: object, where: str) -> tuple[str, ...]:
     """The departments of a feed entry: a non-empty list of known ones, each named once."""
     known = ", ".join(DEPARTMENTS)
     if not isinstance(value, list) or not value:
-        raise AuthFileError(f"{where}: a registry_feed needs `sources`, a non-empty list of the "
-                            f"departments it writes for (of {known})")
+        raise AuthFileError(
+            f"{where}: a registry_feed needs `sources`, a non-empty list of the departments it writes for (of {known})"
+        )
     for position, source in enumerate(value):
         if not isinstance(source, str) or source not in DEPARTMENTS:
-            raise AuthFileError(f"{where}: `sources` holds {source!r}, which is no source department "
-                                f"(one of {known})")
+            raise AuthFileError(f"{where}: `sources` holds {source!r}, which is no source department (one of {known})")
         if source in value[:position]:
             raise AuthFileError(f"{where}: `sources` names {source!r} twice")
     return tuple(value)

@@ -8,6 +8,7 @@ without a member, fails the import, so a new state cannot be forgotten on either
 Always convert through these tables: a message's constructor also takes a str for an enum field
 (the value's proto name), so passing a member itself (a str, "ELIGIBLE") type-checks but fails.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -43,8 +44,9 @@ def pair(ours: type[E], proto: type[P], prefix: str) -> EnumPair[E, P]:
     numbers = {name: value.number for name, value in descriptor.values_by_name.items()}
     unspecified = numbers.pop(f"{prefix}UNSPECIFIED", None)
     members = {f"{prefix}{name}": member for name, member in ours.__members__.items()}
-    problems = [f"no {descriptor.full_name} value for {member!r}" for name, member in members.items()
-                if name not in numbers]
+    problems = [
+        f"no {descriptor.full_name} value for {member!r}" for name, member in members.items() if name not in numbers
+    ]
     problems += [f"no {ours.__name__} member for {name}" for name in numbers if name not in members]
     if unspecified != 0:
         problems.append(f"{descriptor.full_name} has no {prefix}UNSPECIFIED = 0")

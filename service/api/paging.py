@@ -1,4 +1,5 @@
 """Opaque page tokens (AIP-158): an offset bound to the query it belongs to."""
+
 from __future__ import annotations
 
 import base64
@@ -11,8 +12,9 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 
 
-def page_bounds(page_size: int, page_token: str, query: str, *, default: int = DEFAULT_PAGE_SIZE,
-                maximum: int = MAX_PAGE_SIZE) -> tuple[int, int]:
+def page_bounds(
+    page_size: int, page_token: str, query: str, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE
+) -> tuple[int, int]:
     """(offset, limit) for a request; a token from another query or a forged one is refused.
     `default` and `maximum` are the page sizes the method's proto comment promises."""
     if page_size < 0:

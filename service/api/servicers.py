@@ -1,5 +1,6 @@
 """The benefits.v1 servicers. Each validates its request, checks the caller's right to the
 USCC, and calls the domain layers; errors are mapped to status codes in `status.py`."""
+
 from __future__ import annotations
 
 import json
@@ -62,7 +63,7 @@ from service.payouts.payees import changed_payees, line_payee, registry_payees
 from service.payouts.runner import BatchWorkers
 from service.payouts.states import BatchState, LineState
 
-if TYPE_CHECKING:   # imported where a batch is exported (the bank-file writers load with it)
+if TYPE_CHECKING:  # imported where a batch is exported (the bank-file writers load with it)
     from service.payouts.export import Payer
 
 MIN_PERIOD, MAX_PERIOD = 2000, 2100
@@ -104,24 +105,28 @@ class PolicyServicer(policy_service_pb2_grpc.PolicyServiceServicer):
     def __init__(self, policies: PolicyStore) -> None:
         self.policies = policies
 
-    def ListPolicies(self, request: policy_service_pb2.ListPoliciesRequest,
-                     context: grpc.ServicerContext) -> policy_service_pb2.ListPoliciesResponse:
+    def ListPolicies(
+        self, request: policy_service_pb2.ListPoliciesRequest, context: grpc.ServicerContext
+    ) -> policy_service_pb2.ListPoliciesResponse:
         current = self.policies.current
         everything = list(current)
         offset, limit = page_bounds(request.page_size, request.page_token, "policies")
-        page = everything[offset:offset + limit]
+        page = everything[offset : offset + limit]
         return policy_service_pb2.ListPoliciesResponse(
             policies=[convert.policy(p, current.excluded(p.id)) for p in page],
-            next_page_token=next_token(offset, limit, len(everything), "policies"))
+            next_page_token=next_token(offset, limit, len(everything), "policies"),
+        )
 
-    def GetPolicy(self, request: policy_service_pb2.GetPolicyRequest,
-                  context: grpc.ServicerContext) -> policy_service_pb2.Policy:
+    def GetPolicy(
+        self, request: policy_service_pb2.GetPolicyRequest, context: grpc.ServicerContext
+    ) -> policy_service_pb2.Policy:
         if not request.policy_id:
             raise InvalidArgumentError([("policy_id", "required")])
         current = self.policies.current
         policy = current.get(request.policy_id)
         if request.version and request.version != policy.version:
             from rules.errors import PolicyNotFoundError
+
             raise PolicyNotFoundError(f"{request.policy_id}@{request.version}")
         return convert.policy(policy, current.excluded(policy.id))
 
@@ -134,17 +139,16 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         self.engine = engine
         self.clock = clock
 
-    def ImportFacts(self, request_iterator: Iterator[registry_service_pb2.ImportFactsRequest],
-                    context: grpc.ServicerContext) -> registry_service_pb2.ImportFactsResponse:
+    def ImportFacts(
+        self, request_iterator: Iterator[registry_service_pb2.ImportFactsRequest], context: grpc.ServicerContext
+    ) -> registry_service_pb2.ImportFactsResponse:
         # Today is read once: a stream that runs past midnight is judged by the day it began.
-        checker = RecordChecker("ImportFacts", max_errors=None, sources=_caller().sources,
-                                today=self.clock.today())
+        checker = RecordChecker("ImportFacts", max_errors=None, sources=_caller().sources, today=self.clock.today())
         received = stored = stale = 0
         pending = []
         for index, message in enumerate(request_iterator, start=1):
             if index > MAX_IMPORT_RECORDS:
-                raise InvalidArgumentError([("record_json", f"more than {MAX_IMPORT_RECORDS} "
-                                                            "records in one stream")])
+                raise InvalidArgumentError([("record_json", f"more than {MAX_IMPORT_RECORDS} records in one stream")])
             received = index
             try:
                 obj: object = orjson.loads(message.record_json)
@@ -160,13 +164,18 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         stored, stale = _store(self.engine, pending, stored, stale)
         refresh_statistics(self.engine)
         return registry_service_pb2.ImportFactsResponse(
-            received_count=received, stored_count=stored, stale_count=stale,
-            rejects=[registry_service_pb2.RecordReject(record_index=e.line, field=e.field or "",
-                                                       reason=e.reason)
-                     for e in sorted(checker.errors, key=lambda e: e.line)])
+            received_count=received,
+            stored_count=stored,
+            stale_count=stale,
+            rejects=[
+                registry_service_pb2.RecordReject(record_index=e.line, field=e.field or "", reason=e.reason)
+                for e in sorted(checker.errors, key=lambda e: e.line)
+            ],
+        )
 
-    def GetEnterprise(self, request: registry_service_pb2.GetEnterpriseRequest,
-                      context: grpc.ServicerContext) -> registry_service_pb2.Enterprise:
+    def GetEnterprise(
+        self, request: registry_service_pb2.GetEnterpriseRequest, context: grpc.ServicerContext
+    ) -> registry_service_pb2.Enterprise:
         violations: list[tuple[str, str]] = []
         _check_uscc(request.uscc, violations)
         _raise_if(violations)
@@ -176,14 +185,17 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             for kind, model in MODEL_BY_KIND.items():
                 table = model.__table__  # type: ignore[attr-defined]
                 for row in conn.execute(select(table).where(table.c.uscc == request.uscc)):
-                    fields = {k: v for k, v in row._mapping.items()
-                              if k not in ("id", "uscc", "source", "as_of")}
+                    fields = {k: v for k, v in row._mapping.items() if k not in ("id", "uscc", "source", "as_of")}
                     if kind == "enterprise":
                         name = fields["name"]
-                    records.append(registry_service_pb2.FactRecord(
-                        kind=kind, source=row.source, as_of=row.as_of.isoformat(),
-                        fields_json=json.dumps(fields, ensure_ascii=False, default=str,
-                                               sort_keys=True)))
+                    records.append(
+                        registry_service_pb2.FactRecord(
+                            kind=kind,
+                            source=row.source,
+                            as_of=row.as_of.isoformat(),
+                            fields_json=json.dumps(fields, ensure_ascii=False, default=str, sort_keys=True),
+                        )
+                    )
         if not records:
             raise EnterpriseNotFoundError(request.uscc)
         return registry_service_pb2.Enterprise(uscc=request.uscc, name=name, records=records)
@@ -208,10 +220,11 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
     def __init__(self, policies: PolicyStore, lookups: Lookups, clock: Clock) -> None:
         self.policies = policies
         self.lookups = lookups
-        self.clock = clock   # the evaluation date: the Asia/Shanghai date
+        self.clock = clock  # the evaluation date: the Asia/Shanghai date
 
-    def ListMatchedBenefits(self, request: benefit_service_pb2.ListMatchedBenefitsRequest,
-                            context: grpc.ServicerContext) -> benefit_service_pb2.ListMatchedBenefitsResponse:
+    def ListMatchedBenefits(
+        self, request: benefit_service_pb2.ListMatchedBenefitsRequest, context: grpc.ServicerContext
+    ) -> benefit_service_pb2.ListMatchedBenefitsResponse:
         violations: list[tuple[str, str]] = []
         _check_uscc(request.uscc, violations)
         _check_period(request.period, violations)
@@ -222,34 +235,56 @@ class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
         today, actor = self.clock.today(), _actor()
         try:
             offset, limit = page_bounds(request.page_size, request.page_token, query)
-        except InvalidArgumentError:   # an enterprise of which nothing is on record: NOT_FOUND first
-            self.lookups.look_up(current, uscc=request.uscc, policy_ids=[], period=request.period, today=today,
-                                 actor=actor)
+        except InvalidArgumentError:  # an enterprise of which nothing is on record: NOT_FOUND first
+            self.lookups.look_up(
+                current, uscc=request.uscc, policy_ids=[], period=request.period, today=today, actor=actor
+            )
             raise
         # read once and decided for every policy of the page, their new records committed together
-        answers = self.lookups.look_up(current, uscc=request.uscc,
-                                       policy_ids=[p.id for p in policies[offset:offset + limit]],
-                                       period=request.period, today=today, actor=actor)
-        benefits = [benefit_service_pb2.MatchedBenefit(
-            policy_id=a.policy.id, title=a.policy.model.title, period=request.period,
-            outcome=enums.OUTCOMES.to_proto[a.evaluation.outcome], amount_fen=a.evaluation.amount_fen,
-            summary=_summary(a.evaluation)) for a in answers]
+        answers = self.lookups.look_up(
+            current,
+            uscc=request.uscc,
+            policy_ids=[p.id for p in policies[offset : offset + limit]],
+            period=request.period,
+            today=today,
+            actor=actor,
+        )
+        benefits = [
+            benefit_service_pb2.MatchedBenefit(
+                policy_id=a.policy.id,
+                title=a.policy.model.title,
+                period=request.period,
+                outcome=enums.OUTCOMES.to_proto[a.evaluation.outcome],
+                amount_fen=a.evaluation.amount_fen,
+                summary=_summary(a.evaluation),
+            )
+            for a in answers
+        ]
         return benefit_service_pb2.ListMatchedBenefitsResponse(
-            benefits=benefits, next_page_token=next_token(offset, limit, len(policies), query))
+            benefits=benefits, next_page_token=next_token(offset, limit, len(policies), query)
+        )
 
-    def ExplainEligibility(self, request: benefit_service_pb2.ExplainEligibilityRequest,
-                           context: grpc.ServicerContext) -> benefit_service_pb2.ExplainEligibilityResponse:
+    def ExplainEligibility(
+        self, request: benefit_service_pb2.ExplainEligibilityRequest, context: grpc.ServicerContext
+    ) -> benefit_service_pb2.ExplainEligibilityResponse:
         violations: list[tuple[str, str]] = []
         _check_uscc(request.uscc, violations)
         if not request.policy_id:
             violations.append(("policy_id", "required"))
         _check_period(request.period, violations)
         _raise_if(violations)
-        answer = self.lookups.explain(self.policies.current, uscc=request.uscc, policy_id=request.policy_id,
-                                      period=request.period, today=self.clock.today(), actor=_actor())
+        answer = self.lookups.explain(
+            self.policies.current,
+            uscc=request.uscc,
+            policy_id=request.policy_id,
+            period=request.period,
+            today=self.clock.today(),
+            actor=_actor(),
+        )
         return benefit_service_pb2.ExplainEligibilityResponse(
             evaluation=convert.evaluation(answer.evaluation, evaluation_id=answer.evaluation_id),
-            explanation=as_text(answer.evaluation, answer.policy.model.title))
+            explanation=as_text(answer.evaluation, answer.policy.model.title),
+        )
 
 
 def _summary(result: Evaluation) -> str:
@@ -269,14 +304,23 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     WatchPayoutBatch streams its progress until it leaves RUNNING. Every change of money state
     is sealed in the ledger with the caller as actor."""
 
-    def __init__(self, policies: PolicyStore, engine: Engine, workers: BatchWorkers, clock: Clock, *,
-                 payers: dict[str, Payer] | None = None, on_export: Callable[[], object] = lambda: None,
-                 watch_interval: float = WATCH_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self,
+        policies: PolicyStore,
+        engine: Engine,
+        workers: BatchWorkers,
+        clock: Clock,
+        *,
+        payers: dict[str, Payer] | None = None,
+        on_export: Callable[[], object] = lambda: None,
+        watch_interval: float = WATCH_INTERVAL_SECONDS,
+    ) -> None:
         self.policies, self.engine, self.workers, self.payers = policies, engine, workers, payers or {}
         self.clock, self.on_export, self.watch_interval = clock, on_export, watch_interval
 
-    def CreatePayoutBatch(self, request: payout_service_pb2.CreatePayoutBatchRequest,
-                          context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
+    def CreatePayoutBatch(
+        self, request: payout_service_pb2.CreatePayoutBatchRequest, context: grpc.ServicerContext
+    ) -> payout_service_pb2.PayoutBatch:
         violations: list[tuple[str, str]] = []
         if not request.policy_id:
             violations.append(("policy_id", "required"))
@@ -284,75 +328,102 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         if not 8 <= len(request.request_id) <= 100 or not request.request_id.isprintable():
             violations.append(("request_id", "required: a client-chosen id of 8-100 printable characters (a UUID)"))
         _raise_if(violations)
-        batch = batches.start_batch(self.engine, self.policies.current, policy_id=request.policy_id,
-                                    period=request.period, request_id=request.request_id,
-                                    actor=_actor(), today=self.clock.today())
+        batch = batches.start_batch(
+            self.engine,
+            self.policies.current,
+            policy_id=request.policy_id,
+            period=request.period,
+            request_id=request.request_id,
+            actor=_actor(),
+            today=self.clock.today(),
+        )
         if batch.state == BatchState.RUNNING:
             self.workers.wake()  # a repeated request after a restart finishes the same batch
         return convert.payout_batch(batch)
 
-    def GetPayoutBatch(self, request: payout_service_pb2.GetPayoutBatchRequest,
-                       context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
+    def GetPayoutBatch(
+        self, request: payout_service_pb2.GetPayoutBatchRequest, context: grpc.ServicerContext
+    ) -> payout_service_pb2.PayoutBatch:
         return convert.payout_batch(batches.get_batch(self.engine, _batch_id(request)))
 
-    def WatchPayoutBatch(self, request: payout_service_pb2.WatchPayoutBatchRequest,
-                         context: grpc.ServicerContext) -> Iterator[payout_service_pb2.PayoutBatchProgress]:
+    def WatchPayoutBatch(
+        self, request: payout_service_pb2.WatchPayoutBatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[payout_service_pb2.PayoutBatchProgress]:
         batch_id = _batch_id(request)
         last = None
         while context.is_active():
             batch = batches.get_batch(self.engine, batch_id)
             if batch != last:
                 yield payout_service_pb2.PayoutBatchProgress(
-                    batch=convert.payout_batch(batch), evaluated_count=batch.evaluated_count,
-                    eligible_count=batch.eligible_count, amount_fen=batch.eligible_fen,
-                    enterprise_count=batch.enterprise_count, error_count=batch.error_count)
+                    batch=convert.payout_batch(batch),
+                    evaluated_count=batch.evaluated_count,
+                    eligible_count=batch.eligible_count,
+                    amount_fen=batch.eligible_fen,
+                    enterprise_count=batch.enterprise_count,
+                    error_count=batch.error_count,
+                )
                 last = batch
             if batch.state != BatchState.RUNNING:
                 return
             time.sleep(self.watch_interval)
 
-    def ListPayoutLines(self, request: payout_service_pb2.ListPayoutLinesRequest,
-                        context: grpc.ServicerContext) -> payout_service_pb2.ListPayoutLinesResponse:
+    def ListPayoutLines(
+        self, request: payout_service_pb2.ListPayoutLinesRequest, context: grpc.ServicerContext
+    ) -> payout_service_pb2.ListPayoutLinesResponse:
         batch = batches.get_batch(self.engine, _batch_id(request))
         query = f"lines:{batch.batch_id}:{request.payee_changed}"
         offset, limit = page_bounds(request.page_size, request.page_token, query, default=100, maximum=1000)
         with self.engine.connect() as conn:
             lines: Sequence[Mapping[str, Any]]
-            if request.payee_changed:   # every pending line is compared with the registry, then paged
-                pending = [line for line in batches.lines_of(conn, batch.batch_id)
-                           if line["state"] == LineState.PENDING]
+            if request.payee_changed:  # every pending line is compared with the registry, then paged
+                pending = [
+                    line for line in batches.lines_of(conn, batch.batch_id) if line["state"] == LineState.PENDING
+                ]
                 matching = changed_payees(conn, pending)
-                total, lines = len(matching), matching[offset:offset + limit]
+                total, lines = len(matching), matching[offset : offset + limit]
             else:
                 total = batches.count_lines(conn, batch.batch_id)
                 lines = batches.lines_of(conn, batch.batch_id, offset=offset, limit=limit)
             now = registry_payees(conn, (str(line["uscc"]) for line in lines))
         return payout_service_pb2.ListPayoutLinesResponse(
-            lines=[convert.payout_line(line, payee_changed=line["state"] == LineState.PENDING
-                                       and not line_payee(line).same_as(now[str(line["uscc"])]))
-                   for line in lines],
-            next_page_token=next_token(offset, limit, total, query))
+            lines=[
+                convert.payout_line(
+                    line,
+                    payee_changed=line["state"] == LineState.PENDING
+                    and not line_payee(line).same_as(now[str(line["uscc"])]),
+                )
+                for line in lines
+            ],
+            next_page_token=next_token(offset, limit, total, query),
+        )
 
-    def ApprovePayoutBatch(self, request: payout_service_pb2.ApprovePayoutBatchRequest,
-                           context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
+    def ApprovePayoutBatch(
+        self, request: payout_service_pb2.ApprovePayoutBatchRequest, context: grpc.ServicerContext
+    ) -> payout_service_pb2.PayoutBatch:
         return convert.payout_batch(batches.approve(self.engine, _batch_id(request), _actor()))
 
-    def CancelPayoutBatch(self, request: payout_service_pb2.CancelPayoutBatchRequest,
-                          context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
+    def CancelPayoutBatch(
+        self, request: payout_service_pb2.CancelPayoutBatchRequest, context: grpc.ServicerContext
+    ) -> payout_service_pb2.PayoutBatch:
         return convert.payout_batch(batches.cancel(self.engine, _batch_id(request), _actor(), request.reason))
 
-    def WithdrawPayoutLines(self, request: payout_service_pb2.WithdrawPayoutLinesRequest,
-                            context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
-        return convert.payout_batch(batches.withdraw(self.engine, _batch_id(request), list(request.line_ids),
-                                                     request.reason, _actor()))
+    def WithdrawPayoutLines(
+        self, request: payout_service_pb2.WithdrawPayoutLinesRequest, context: grpc.ServicerContext
+    ) -> payout_service_pb2.PayoutBatch:
+        return convert.payout_batch(
+            batches.withdraw(self.engine, _batch_id(request), list(request.line_ids), request.reason, _actor())
+        )
 
-    def ConfirmPayoutReturns(self, request: payout_service_pb2.ConfirmPayoutReturnsRequest,
-                             context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
-        return convert.payout_batch(batches.confirm_returns(self.engine, _batch_id(request), list(request.line_ids),
-                                                            _actor()))
+    def ConfirmPayoutReturns(
+        self, request: payout_service_pb2.ConfirmPayoutReturnsRequest, context: grpc.ServicerContext
+    ) -> payout_service_pb2.PayoutBatch:
+        return convert.payout_batch(
+            batches.confirm_returns(self.engine, _batch_id(request), list(request.line_ids), _actor())
+        )
 
-    def RecordPayoutResults(self, request: payout_service_pb2.RecordPayoutResultsRequest,
-                            context: grpc.ServicerContext) -> payout_service_pb2.PayoutBatch:
+    def RecordPayoutResults(
+        self, request: payout_service_pb2.RecordPayoutResultsRequest, context: grpc.ServicerContext
+    ) -> payout_service_pb2.PayoutBatch:
         results = []
         for index, result in enumerate(request.results):
             state = convert.BANK_RESULT_STATES.get(result.state)
@@ -362,8 +433,8 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         return convert.payout_batch(batches.record_results(self.engine, _batch_id(request), results, _actor()))
 
     def ImportPaymentStatusReport(
-            self, request: payout_service_pb2.ImportPaymentStatusReportRequest,
-            context: grpc.ServicerContext) -> payout_service_pb2.ImportPaymentStatusReportResponse:
+        self, request: payout_service_pb2.ImportPaymentStatusReportRequest, context: grpc.ServicerContext
+    ) -> payout_service_pb2.ImportPaymentStatusReportResponse:
         batch_id = _batch_id(request)
         if not request.data:
             raise InvalidArgumentError([("data", "required: the pain.002.001.10 document")])
@@ -371,11 +442,16 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         results = report.results
         rejected = sum(1 for r in results if r.state == LineState.RETURNED)
         return payout_service_pb2.ImportPaymentStatusReportResponse(
-            batch=convert.payout_batch(batch), message_id=report.message_id, paid_count=len(results) - rejected,
-            rejected_count=rejected, unchanged_count=len(report.transactions) - len(results))
+            batch=convert.payout_batch(batch),
+            message_id=report.message_id,
+            paid_count=len(results) - rejected,
+            rejected_count=rejected,
+            unchanged_count=len(report.transactions) - len(results),
+        )
 
-    def ExportPayoutBatch(self, request: payout_service_pb2.ExportPayoutBatchRequest,
-                          context: grpc.ServicerContext) -> Iterator[payout_service_pb2.ExportPayoutBatchResponse]:
+    def ExportPayoutBatch(
+        self, request: payout_service_pb2.ExportPayoutBatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[payout_service_pb2.ExportPayoutBatchResponse]:
         from service.payouts.export import export
 
         batch = batches.get_batch(self.engine, _batch_id(request))
@@ -389,7 +465,7 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
         self.on_export()  # a signed checkpoint with every bank file: the ledger as it was paid out
         data = csv_bytes if request.format == payout_service_pb2.EXPORT_FORMAT_CSV else xml
         for start in range(0, len(data), 64 * 1024):
-            yield payout_service_pb2.ExportPayoutBatchResponse(data=data[start:start + 64 * 1024])
+            yield payout_service_pb2.ExportPayoutBatchResponse(data=data[start : start + 64 * 1024])
 
 
 def _actor() -> Actor:
@@ -416,13 +492,15 @@ def _batch_id(request: _BatchRequest) -> str:
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     """Stored evaluations, verification of the ledger (and checkpoints), replay."""
 
-    def __init__(self, engine: Engine, *, checkpoint_file: Path | None = None,
-                 public_key: Ed25519PublicKey | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, checkpoint_file: Path | None = None, public_key: Ed25519PublicKey | None = None
+    ) -> None:
         self.engine = engine
         self.checkpoint_file, self.public_key = checkpoint_file, public_key
 
-    def GetEvaluation(self, request: audit_service_pb2.GetEvaluationRequest,
-                      context: grpc.ServicerContext) -> evaluation_pb2.Evaluation:
+    def GetEvaluation(
+        self, request: audit_service_pb2.GetEvaluationRequest, context: grpc.ServicerContext
+    ) -> evaluation_pb2.Evaluation:
         _evaluation_id(request)
         with self.engine.connect() as conn:
             record = load_record(conn, request.evaluation_id)
@@ -430,14 +508,15 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
                 raise EvaluationNotFoundError(request.evaluation_id)
             return _stored_evaluation(conn, record)
 
-    def ListEvaluations(self, request: audit_service_pb2.ListEvaluationsRequest,
-                        context: grpc.ServicerContext) -> audit_service_pb2.ListEvaluationsResponse:
+    def ListEvaluations(
+        self, request: audit_service_pb2.ListEvaluationsRequest, context: grpc.ServicerContext
+    ) -> audit_service_pb2.ListEvaluationsResponse:
         violations: list[tuple[str, str]] = []
         if request.period and not MIN_PERIOD <= request.period <= MAX_PERIOD:
             _check_period(request.period, violations)
         if request.uscc and not uscc_codes.is_valid(request.uscc):
             violations.append(("uscc", "not a valid unified social credit code"))
-        for field in ("policy_id", "batch_id"):   # free text compared in SQL: no NUL, bounded
+        for field in ("policy_id", "batch_id"):  # free text compared in SQL: no NUL, bounded
             value = getattr(request, field)
             if value and (len(value) > 100 or not value.isprintable()):
                 violations.append((field, "at most 100 printable characters"))
@@ -446,34 +525,55 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         query = f"evaluations:{request.uscc}:{request.policy_id}:{request.period}:{request.batch_id}:{outcome}"
         offset, limit = page_bounds(request.page_size, request.page_token, query, default=100, maximum=1000)
         with self.engine.connect() as conn:
-            records, total = list_records(conn, uscc=request.uscc, policy_id=request.policy_id,
-                                          period=request.period, batch_id=request.batch_id,
-                                          outcome=outcome, offset=offset, limit=limit)
+            records, total = list_records(
+                conn,
+                uscc=request.uscc,
+                policy_id=request.policy_id,
+                period=request.period,
+                batch_id=request.batch_id,
+                outcome=outcome,
+                offset=offset,
+                limit=limit,
+            )
             evaluations = [_stored_evaluation(conn, r) for r in records]
         return audit_service_pb2.ListEvaluationsResponse(
-            evaluations=evaluations, next_page_token=next_token(offset, limit, total, query))
+            evaluations=evaluations, next_page_token=next_token(offset, limit, total, query)
+        )
 
-    def VerifyAuditLog(self, request: audit_service_pb2.VerifyAuditLogRequest,
-                       context: grpc.ServicerContext) -> audit_service_pb2.VerifyAuditLogResponse:
-        with read_snapshot(self.engine) as conn:   # one snapshot, while batches write
-            verdict = verify_audit_log(conn, checkpoint_file=self.checkpoint_file,
-                                       public_key=self.public_key)
+    def VerifyAuditLog(
+        self, request: audit_service_pb2.VerifyAuditLogRequest, context: grpc.ServicerContext
+    ) -> audit_service_pb2.VerifyAuditLogResponse:
+        with read_snapshot(self.engine) as conn:  # one snapshot, while batches write
+            verdict = verify_audit_log(conn, checkpoint_file=self.checkpoint_file, public_key=self.public_key)
         return audit_service_pb2.VerifyAuditLogResponse(
-            entries_checked=verdict.entries_checked, head_hash=verdict.head_hash, valid=verdict.valid,
-            first_bad_entry=verdict.first_bad_entry, fault=enums.FAULTS.to_proto[verdict.fault], detail=verdict.detail,
-            problems=[audit_service_pb2.AuditProblem(table=p.table, row=p.row, fault=enums.FAULTS.to_proto[p.fault],
-                                                     ledger_entry=p.ledger_seq, detail=p.detail)
-                      for p in verdict.problems])
+            entries_checked=verdict.entries_checked,
+            head_hash=verdict.head_hash,
+            valid=verdict.valid,
+            first_bad_entry=verdict.first_bad_entry,
+            fault=enums.FAULTS.to_proto[verdict.fault],
+            detail=verdict.detail,
+            problems=[
+                audit_service_pb2.AuditProblem(
+                    table=p.table,
+                    row=p.row,
+                    fault=enums.FAULTS.to_proto[p.fault],
+                    ledger_entry=p.ledger_seq,
+                    detail=p.detail,
+                )
+                for p in verdict.problems
+            ],
+        )
 
-    def ReplayEvaluation(self, request: audit_service_pb2.ReplayEvaluationRequest,
-                         context: grpc.ServicerContext) -> audit_service_pb2.ReplayEvaluationResponse:
+    def ReplayEvaluation(
+        self, request: audit_service_pb2.ReplayEvaluationRequest, context: grpc.ServicerContext
+    ) -> audit_service_pb2.ReplayEvaluationResponse:
         _evaluation_id(request)
         result = replay(self.engine, request.evaluation_id, CATALOGUE)
         if result is None:
             raise EvaluationNotFoundError(request.evaluation_id)
         return audit_service_pb2.ReplayEvaluationResponse(
-            identical=result.identical, replayed=convert.evaluation(result.replayed),
-            differences=result.differences)
+            identical=result.identical, replayed=convert.evaluation(result.replayed), differences=result.differences
+        )
 
 
 def _evaluation_id(request: _EvaluationRequest) -> str:

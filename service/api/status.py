@@ -1,5 +1,6 @@
 """One table from errors to gRPC status codes, and the interceptor that applies it with
 authentication. Domain code raises its own errors; only this module speaks gRPC status."""
+
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,7 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         reference = uuid.uuid4().hex[:12]
         # Redacted: a database error's own text would carry DETAIL, i.e. the row's values.
         log.error("internal error %s: %s", reference, error_text(exc), exc_info=redacted(exc))
-        return status_pb2.Status(code=code_pb2.INTERNAL,
-                                 message=f"internal error (reference {reference})")
+        return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (reference {reference})")
     status = status_pb2.Status(code=code.value[0], message=str(exc))
     violations: list[tuple[str, str]] = []
     if isinstance(exc, InvalidArgumentError):
@@ -86,9 +86,13 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         violations = [("period", str(exc))]
     if violations:
         detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-            for f, d in violations]))
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
+                ]
+            )
+        )
         status.details.append(detail)
     return status
 
@@ -129,20 +133,21 @@ class ApiInterceptor(grpc.ServerInterceptor):
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 with admitted(context):
                     return behavior(request, context)
+
             return run
 
         def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 with admitted(context):
                     yield from behavior(request, context)
+
             return run
 
         return _rewrap(handler, unary, streaming)
 
 
 def _rewrap(handler: Any, unary: Callable[..., Any], streaming: Callable[..., Any]) -> Any:
-    kwargs = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
+    kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
     if handler.unary_stream:

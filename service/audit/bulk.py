@@ -10,6 +10,7 @@ nothing); SQLite has a single writer and uses INSERT OR IGNORE. Measured on 2,00
 chunks of 3 KB: asking first which are stored (one query) cut new ones from ~21,000/s to
 ~13,000/s, so it is not asked; pipelined executemany ... ON CONFLICT gave ~16,500/s.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -27,8 +28,7 @@ def insert_rows(connection: Connection, table: Table, columns: Sequence[str], ro
         return
     names = ", ".join(columns)
     if connection.dialect.name == "postgresql":
-        with _driver(connection).cursor() as cursor, \
-                cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        with _driver(connection).cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
     else:
@@ -41,18 +41,22 @@ def store_snapshots(connection: Connection, snapshots: Mapping[str, str]) -> Non
     if not snapshots:
         return
     if connection.dialect.name != "postgresql":
-        connection.exec_driver_sql("INSERT OR IGNORE INTO facts_snapshot (facts_sha256, document) VALUES (?, ?)",
-                                   list(snapshots.items()))
+        connection.exec_driver_sql(
+            "INSERT OR IGNORE INTO facts_snapshot (facts_sha256, document) VALUES (?, ?)", list(snapshots.items())
+        )
         return
     with _driver(connection).cursor() as cursor:
         # Per session, emptied at each commit; created again after a rollback dropped it.
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_INCOMING} (facts_sha256 text, document text) "
-                       "ON COMMIT DELETE ROWS")
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_INCOMING} (facts_sha256 text, document text) ON COMMIT DELETE ROWS"
+        )
         with cursor.copy(f"COPY {_INCOMING} (facts_sha256, document) FROM STDIN") as copy:
             for row in snapshots.items():
                 copy.write_row(row)
-        cursor.execute(f"INSERT INTO facts_snapshot (facts_sha256, document) SELECT facts_sha256, document "
-                       f"FROM {_INCOMING} ON CONFLICT (facts_sha256) DO NOTHING")
+        cursor.execute(
+            f"INSERT INTO facts_snapshot (facts_sha256, document) SELECT facts_sha256, document "
+            f"FROM {_INCOMING} ON CONFLICT (facts_sha256) DO NOTHING"
+        )
         # A second chunk in this transaction starts empty (the commit empties it in place anyway).
         cursor.execute(f"DELETE FROM {_INCOMING}")
 

@@ -1,4 +1,5 @@
 """Canonical JSON (sorted keys, UTF-8, no whitespace, no floats) and SHA-256 for the audit ledger."""
+
 from __future__ import annotations
 
 import hashlib

@@ -12,6 +12,7 @@ A database restored from a backup holds an older ledger than the newest checkpoi
 holder then appends a signed restore statement to the same file (`restore_statement.py`,
 `restore.py`), which verification checks here like a checkpoint (docs/operations.md).
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,15 +40,22 @@ PUBLIC_KEY_SUFFIX = ".pub"
 @dataclass(frozen=True)
 class Checkpoint:
     """`entry_count` entries, the last with `head_hash`, as signed by key `key_id` at `signed_at`."""
+
     entry_count: int
     head_hash: str
     signed_at: str
-    key_id: str        # SHA-256 of the raw public key, hex
-    signature: str     # base64 Ed25519 signature over the canonical JSON of the other fields
+    key_id: str  # SHA-256 of the raw public key, hex
+    signature: str  # base64 Ed25519 signature over the canonical JSON of the other fields
 
     def signed_bytes(self) -> bytes:
-        return canonical_json({"entry_count": self.entry_count, "head_hash": self.head_hash,
-                               "signed_at": self.signed_at, "key_id": self.key_id})
+        return canonical_json(
+            {
+                "entry_count": self.entry_count,
+                "head_hash": self.head_hash,
+                "signed_at": self.signed_at,
+                "key_id": self.key_id,
+            }
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -74,12 +82,13 @@ class Checkpoint:
 @dataclass(frozen=True)
 class CheckpointCheck:
     """The verdict of `verify_checkpoints`."""
+
     valid: bool
     detail: str
-    covered_entries: int = 0     # entries the newest checkpoint vouches for (when valid)
-    uncovered_entries: int = 0   # entries appended after it, not signed yet (when valid)
-    first_bad_entry: int = 0     # the ledger entry a failure is about; 0 when it is about the file
-    abandoned_checkpoints: int = 0   # checkpoints set aside by signed restores (when valid)
+    covered_entries: int = 0  # entries the newest checkpoint vouches for (when valid)
+    uncovered_entries: int = 0  # entries appended after it, not signed yet (when valid)
+    first_bad_entry: int = 0  # the ledger entry a failure is about; 0 when it is about the file
+    abandoned_checkpoints: int = 0  # checkpoints set aside by signed restores (when valid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,14 +104,22 @@ def generate_key(path: Path) -> Ed25519PrivateKey:
     public_path = public_key_path(path)
     for existing in (path, public_path):
         if os.path.lexists(existing):
-            raise LedgerKeyError(f"{existing} already exists; refusing to overwrite a ledger key "
-                                 "(the checkpoints it signed could no longer be verified)")
+            raise LedgerKeyError(
+                f"{existing} already exists; refusing to overwrite a ledger key "
+                "(the checkpoints it signed could no longer be verified)"
+            )
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _create(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()), 0o600)
-    _create(public_path, key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
+    _create(
+        path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        0o600,
+    )
+    _create(
+        public_path,
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        0o644,
+    )
     return key
 
 
@@ -135,7 +152,8 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     missing, unreadable or not an unencrypted Ed25519 key."""
     try:
         key = serialization.load_pem_private_key(
-            _key_bytes(path, "ledger key", f"make it once with `benefits audit keygen --out {path}`"), password=None)
+            _key_bytes(path, "ledger key", f"make it once with `benefits audit keygen --out {path}`"), password=None
+        )
     except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
     if not isinstance(key, Ed25519PrivateKey):
@@ -146,8 +164,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """The public half (PEM, FILE.pub beside the key) that verifies checkpoints."""
     try:
-        key = serialization.load_pem_public_key(_key_bytes(
-            path, "public key", f"`benefits audit keygen --out FILE` writes it as FILE{PUBLIC_KEY_SUFFIX}"))
+        key = serialization.load_pem_public_key(
+            _key_bytes(path, "public key", f"`benefits audit keygen --out FILE` writes it as FILE{PUBLIC_KEY_SUFFIX}")
+        )
     except (ValueError, UnsupportedAlgorithm):
         key = None
     if not isinstance(key, Ed25519PublicKey):
@@ -162,8 +181,7 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Signing and writing.
-def sign(key: Ed25519PrivateKey, entry_count: int, head_hash: str,
-         signed_at: datetime | None = None) -> Checkpoint:
+def sign(key: Ed25519PrivateKey, entry_count: int, head_hash: str, signed_at: datetime | None = None) -> Checkpoint:
     moment = utc_stamp(signed_at)
     unsigned = Checkpoint(entry_count, head_hash, moment, key_id(key.public_key()), "")
     signature = base64.b64encode(key.sign(unsigned.signed_bytes())).decode()
@@ -188,7 +206,7 @@ def write(checkpoint: Checkpoint | RestoreStatement, path: Path) -> None:
     file whole instead of a torn line that would fail every later verification."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (checkpoint.to_json() + "\n").encode("utf-8")
-    if path.exists() and not path.is_file():   # a device or a pipe: written to as it is
+    if path.exists() and not path.is_file():  # a device or a pipe: written to as it is
         with path.open("ab") as out:
             out.write(line)
             out.flush()
@@ -213,14 +231,19 @@ def write(checkpoint: Checkpoint | RestoreStatement, path: Path) -> None:
 @dataclass(frozen=True)
 class _Point:
     """What a checkpoint or a restore vouches for: the ledger's first `entry_count` entries."""
+
     entry_count: int
     head_hash: str
-    name: str          # "the checkpoint signed at ...", "the restore signed at ..."
+    name: str  # "the checkpoint signed at ...", "the restore signed at ..."
 
 
-def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
-                       public_key: Ed25519PublicKey | None, *,
-                       lines_read: list[tuple[int, str]] | None = None) -> CheckpointCheck:
+def verify_checkpoints(
+    connection: Connection,
+    checkpoint_file: Path | None,
+    public_key: Ed25519PublicKey | None,
+    *,
+    lines_read: list[tuple[int, str]] | None = None,
+) -> CheckpointCheck:
     """Does the ledger agree with the signed checkpoints?
 
     - Neither a file nor a key given: not checked, and the detail says so.
@@ -243,25 +266,32 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
     if checkpoint_file is None and public_key is None:
         return CheckpointCheck(True, "checkpoints not checked (no public key and no checkpoints file given)")
     if public_key is None:
-        return CheckpointCheck(False, f"the checkpoints in {checkpoint_file} cannot be checked without "
-                                      "the ledger's public key")
+        return CheckpointCheck(
+            False, f"the checkpoints in {checkpoint_file} cannot be checked without the ledger's public key"
+        )
     # The file is read before the ledger is counted: a checkpoint written meanwhile covers only
     # entries committed before it, which the count then includes. A caller reading the ledger
     # in one snapshot reads the file before the snapshot's first query (`lines_read`).
     try:
         lines = lines_read if lines_read is not None else read_lines(checkpoint_file)
     except (OSError, UnicodeDecodeError) as exc:
-        return CheckpointCheck(False, f"cannot read the checkpoints {checkpoint_file}: "
-                                      f"{getattr(exc, 'strerror', None) or exc}")
+        return CheckpointCheck(
+            False, f"cannot read the checkpoints {checkpoint_file}: {getattr(exc, 'strerror', None) or exc}"
+        )
     entries = connection.execute(select(func.count()).select_from(ledger_entry)).scalar_one()
     if not lines:
         if entries == 0:
             return CheckpointCheck(True, "the ledger is empty: nothing to checkpoint yet")
-        where = ("no checkpoints file was given" if checkpoint_file is None else
-                 f"{checkpoint_file} does not exist" if not checkpoint_file.exists() else
-                 f"{checkpoint_file} holds no checkpoint")
-        return CheckpointCheck(False, f"the ledger holds {entries} entries but {where}: "
-                                      "its checkpoints were removed or never written")
+        where = (
+            "no checkpoints file was given"
+            if checkpoint_file is None
+            else f"{checkpoint_file} does not exist"
+            if not checkpoint_file.exists()
+            else f"{checkpoint_file} holds no checkpoint"
+        )
+        return CheckpointCheck(
+            False, f"the ledger holds {entries} entries but {where}: its checkpoints were removed or never written"
+        )
     parsed: list[tuple[int, Checkpoint | RestoreStatement]] = []
     for number, text in lines:
         try:
@@ -275,10 +305,10 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
     abandoned = _abandoned_lines(parsed)
     if isinstance(abandoned, str):
         return CheckpointCheck(False, f"{checkpoint_file} {abandoned}")
-    widest: tuple[int, int] | None = None   # (line number, entry count) covering the most since the last restore
+    widest: tuple[int, int] | None = None  # (line number, entry count) covering the most since the last restore
     newest: _Point | None = None
     restores: list[RestoreStatement] = []
-    checked: dict[int, str] = {}             # entry count -> head hash found in the ledger
+    checked: dict[int, str] = {}  # entry count -> head hash found in the ledger
     for number, item in parsed:
         if number in abandoned:
             continue
@@ -292,10 +322,13 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
         checkpoint = item
         if widest is not None and checkpoint.entry_count < widest[1]:
             after = " (after a restore, checkpoints must extend the restored ledger)" if restores else ""
-            return CheckpointCheck(False, f"{checkpoint_file} line {number}: the checkpoint of "
-                                          f"{checkpoint.signed_at} covers {checkpoint.entry_count} entries, "
-                                          f"fewer than the {widest[1]} of line {widest[0]}: "
-                                          f"the file was cut back or the ledger reset{after}")
+            return CheckpointCheck(
+                False,
+                f"{checkpoint_file} line {number}: the checkpoint of "
+                f"{checkpoint.signed_at} covers {checkpoint.entry_count} entries, "
+                f"fewer than the {widest[1]} of line {widest[0]}: "
+                f"the file was cut back or the ledger reset{after}",
+            )
         if widest is None or checkpoint.entry_count > widest[1]:
             widest = (number, checkpoint.entry_count)
         # Every checkpoint still holds, not only the newest: a history rewritten before an older
@@ -303,26 +336,41 @@ def verify_checkpoints(connection: Connection, checkpoint_file: Path | None,
         if 0 < checkpoint.entry_count <= entries and checked.get(checkpoint.entry_count) != checkpoint.head_hash:
             entry = get_entry(connection, checkpoint.entry_count)
             if entry is None or entry.entry_hash != checkpoint.head_hash:
-                return CheckpointCheck(False, f"{checkpoint_file} line {number}: entry {checkpoint.entry_count} "
-                                              f"does not have the hash signed at {checkpoint.signed_at}: the chain "
-                                              "was rebuilt", first_bad_entry=checkpoint.entry_count)
+                return CheckpointCheck(
+                    False,
+                    f"{checkpoint_file} line {number}: entry {checkpoint.entry_count} "
+                    f"does not have the hash signed at {checkpoint.signed_at}: the chain "
+                    "was rebuilt",
+                    first_bad_entry=checkpoint.entry_count,
+                )
             checked[checkpoint.entry_count] = checkpoint.head_hash
         newest = _Point(checkpoint.entry_count, checkpoint.head_hash, _name(checkpoint))
     assert newest is not None  # the last line is never abandoned: only lines before a restore are
     named = {restore.restore_entry_seq for restore in restores}
     unnamed = [seq for seq in restore_seals(connection) if seq not in named]
     if unnamed:
-        return CheckpointCheck(False, f"entry {unnamed[0]} is a {RESTORE_KIND} seal that no restore statement in "
-                                      f"{checkpoint_file} names: forged, or a restore whose statement was never "
-                                      "filed (`benefits audit restore` files it)", first_bad_entry=unnamed[0])
+        return CheckpointCheck(
+            False,
+            f"entry {unnamed[0]} is a {RESTORE_KIND} seal that no restore statement in "
+            f"{checkpoint_file} names: forged, or a restore whose statement was never "
+            "filed (`benefits audit restore` files it)",
+            first_bad_entry=unnamed[0],
+        )
     check = _against_ledger(connection, newest, entries)
     if not check.valid or not restores:
         return check
-    said = "; ".join(f"{len(r.abandoned_checkpoints)} checkpoint(s) abandoned by the signed restore of "
-                     f"{r.restored_at} by {r.restored_by} to entry {r.restored_entry_count} ({r.reason})"
-                     for r in restores)
-    return CheckpointCheck(True, f"{check.detail}; {said}", covered_entries=check.covered_entries,
-                           uncovered_entries=check.uncovered_entries, abandoned_checkpoints=len(abandoned))
+    said = "; ".join(
+        f"{len(r.abandoned_checkpoints)} checkpoint(s) abandoned by the signed restore of "
+        f"{r.restored_at} by {r.restored_by} to entry {r.restored_entry_count} ({r.reason})"
+        for r in restores
+    )
+    return CheckpointCheck(
+        True,
+        f"{check.detail}; {said}",
+        covered_entries=check.covered_entries,
+        uncovered_entries=check.uncovered_entries,
+        abandoned_checkpoints=len(abandoned),
+    )
 
 
 def read_lines(path: Path | None) -> list[tuple[int, str]]:
@@ -357,12 +405,16 @@ def signature_problem(item: Checkpoint | RestoreStatement, public_key: Ed25519Pu
 
 def restore_seals(connection: Connection) -> list[int]:
     """The positions of the ledger's `RESTORE_KIND` entries, oldest first."""
-    return list(connection.execute(select(ledger_entry.c.seq).where(ledger_entry.c.kind == RESTORE_KIND)
-                                   .order_by(ledger_entry.c.seq)).scalars())
+    return list(
+        connection.execute(
+            select(ledger_entry.c.seq).where(ledger_entry.c.kind == RESTORE_KIND).order_by(ledger_entry.c.seq)
+        ).scalars()
+    )
 
 
-def split_at_restore(segment: list[tuple[int, Checkpoint]], restored_entry_count: int
-                     ) -> tuple[list[tuple[int, Checkpoint]], list[tuple[int, Checkpoint]]]:
+def split_at_restore(
+    segment: list[tuple[int, Checkpoint]], restored_entry_count: int
+) -> tuple[list[tuple[int, Checkpoint]], list[tuple[int, Checkpoint]]]:
     """The checkpoints since the previous restore that a ledger restored to `restored_entry_count`
     entries still holds (kept), and those covering more (abandoned), each in file order."""
     kept = [(n, c) for n, c in segment if c.entry_count <= restored_entry_count]
@@ -385,8 +437,10 @@ def _abandoned_lines(parsed: list[tuple[int, Checkpoint | RestoreStatement]]) ->
         kept, dropped = split_at_restore(segment, item.restored_entry_count)
         if item.abandoned_checkpoints != tuple(reference(c) for _, c in dropped):
             lines = ", ".join(str(n) for n, _ in dropped) or "none"
-            return (f"line {number}: {_name(item)} does not name the checkpoints it abandons: those before it "
-                    f"covering more than its {item.restored_entry_count} entries are on lines {lines}")
+            return (
+                f"line {number}: {_name(item)} does not name the checkpoints it abandons: those before it "
+                f"covering more than its {item.restored_entry_count} entries are on lines {lines}"
+            )
         if item.matches_checkpoint != (reference(kept[-1][1]) if kept else None):
             return f"line {number}: {_name(item)} does not name the newest checkpoint before it that it keeps"
         abandoned.update(n for n, _ in dropped)
@@ -399,8 +453,11 @@ def _restore_problem(connection: Connection, statement: RestoreStatement, entrie
     count, seal_seq = statement.restored_entry_count, statement.restore_entry_seq
     held = GENESIS_HASH if count == 0 else getattr(get_entry(connection, count), "entry_hash", None)
     if held != statement.restored_head_hash:
-        return (f"{_name(statement)} claims a restored ledger of {count} entries ending in "
-                f"{statement.restored_head_hash}, which the ledger does not hold", max(count, 1))
+        return (
+            f"{_name(statement)} claims a restored ledger of {count} entries ending in "
+            f"{statement.restored_head_hash}, which the ledger does not hold",
+            max(count, 1),
+        )
     seal = get_entry(connection, seal_seq) if seal_seq <= entries else None
     if seal is None:
         return f"{_name(statement)} was sealed as entry {seal_seq}, which the ledger does not hold", seal_seq
@@ -418,13 +475,19 @@ def _name(item: Checkpoint | RestoreStatement) -> str:
 def _against_ledger(connection: Connection, newest: _Point, entries: int) -> CheckpointCheck:
     covered = newest.entry_count
     if entries < covered:
-        return CheckpointCheck(False, f"the ledger holds {entries} entries but {newest.name} covers {covered}: "
-                                      "entries were cut off", first_bad_entry=covered)
+        return CheckpointCheck(
+            False,
+            f"the ledger holds {entries} entries but {newest.name} covers {covered}: entries were cut off",
+            first_bad_entry=covered,
+        )
     if covered:
         entry = get_entry(connection, covered)
         if entry is None or entry.entry_hash != newest.head_hash:
-            return CheckpointCheck(False, f"entry {covered} does not have the hash of {newest.name}: "
-                                          "the chain was rebuilt", first_bad_entry=covered)
+            return CheckpointCheck(
+                False,
+                f"entry {covered} does not have the hash of {newest.name}: the chain was rebuilt",
+                first_bad_entry=covered,
+            )
     detail = f"entry {covered} matches {newest.name}" if covered else f"{newest.name} covers the empty ledger"
     uncovered = entries - covered
     if uncovered:

@@ -8,6 +8,7 @@ stored facts under the stored rule text (`service.audit.rendering`).
 
 Nothing here imports the service: the evaluator's fast path and the records module both use it.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,11 @@ _MASK = re.compile(f"[{''.join(MASK_CODES.values())}]*{MASK_SEPARATOR}[{''.join(
 
 def mask_of(conditions: list[ClauseResult], payable: list[ClauseResult]) -> str:
     """The mask of an evaluation's clause results (see the module docstring)."""
-    return ("".join(MASK_CODES[c.result] for c in conditions) + MASK_SEPARATOR
-            + "".join(MASK_CODES[c.result] for c in payable))
+    return (
+        "".join(MASK_CODES[c.result] for c in conditions)
+        + MASK_SEPARATOR
+        + "".join(MASK_CODES[c.result] for c in payable)
+    )
 
 
 def is_mask(text: object) -> bool:
@@ -61,9 +65,19 @@ class Decision:
 
     @classmethod
     def of(cls, evaluation: Evaluation) -> Decision:
-        return cls(evaluation.policy_id, evaluation.policy_version, evaluation.rule_sha256, evaluation.period,
-                   evaluation.fact_year, evaluation.uscc, evaluation.evaluated_on, evaluation.outcome,
-                   evaluation.amount_fen, mask_of(evaluation.conditions, evaluation.payable), evaluation.engine)
+        return cls(
+            evaluation.policy_id,
+            evaluation.policy_version,
+            evaluation.rule_sha256,
+            evaluation.period,
+            evaluation.fact_year,
+            evaluation.uscc,
+            evaluation.evaluated_on,
+            evaluation.outcome,
+            evaluation.amount_fen,
+            mask_of(evaluation.conditions, evaluation.payable),
+            evaluation.engine,
+        )
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Decision:

@@ -1,4 +1,5 @@
 """A facts document as plain JSON data and back: the stored facts snapshot of an evaluation."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -11,11 +12,18 @@ from service.audit.canonical import canonical_json_of_typed, sha256_hex
 
 def document_to_json(document: FactsDocument) -> dict[str, Any]:
     return document_json(
-        document.uscc, document.fact_year,
+        document.uscc,
+        document.fact_year,
         {name: fact_json(_plain(f.value), f.source, _plain(f.as_of)) for name, f in sorted(document.facts.items())},
-        {name: [record_json(r.ref, {k: _plain(v) for k, v in r.fields.items()}, r.source, _plain(r.as_of))
-                for r in records] for name, records in sorted(document.collections.items())},
-        dict(sorted(document.missing.items())))
+        {
+            name: [
+                record_json(r.ref, {k: _plain(v) for k, v in r.fields.items()}, r.source, _plain(r.as_of))
+                for r in records
+            ]
+            for name, records in sorted(document.collections.items())
+        },
+        dict(sorted(document.missing.items())),
+    )
 
 
 def snapshot_of(document: FactsDocument) -> tuple[str, str]:
@@ -28,7 +36,8 @@ def snapshot_of(document: FactsDocument) -> tuple[str, str]:
 # Values may stay dates there: orjson writes a date as ISO 8601, the very text `_plain` gives
 # (tests/unit/audit/test_facts_json.py holds the two together for every date the registry holds).
 
-def fact_json(value: Any, source: str, as_of: date | str | None) -> dict[str, Any]:   # a date or its ISO text
+
+def fact_json(value: Any, source: str, as_of: date | str | None) -> dict[str, Any]:  # a date or its ISO text
     return {"value": value, "source": source, "as_of": as_of}
 
 
@@ -36,8 +45,9 @@ def record_json(ref: str, fields: dict[str, Any], source: str, as_of: date | str
     return {"ref": ref, "fields": fields, "source": source, "as_of": as_of}
 
 
-def document_json(uscc: str, fact_year: int, facts: dict[str, Any], collections: dict[str, Any],
-                  missing: dict[str, str]) -> dict[str, Any]:
+def document_json(
+    uscc: str, fact_year: int, facts: dict[str, Any], collections: dict[str, Any], missing: dict[str, str]
+) -> dict[str, Any]:
     return {"uscc": uscc, "fact_year": fact_year, "facts": facts, "collections": collections, "missing": missing}
 
 
@@ -50,15 +60,26 @@ def snapshot_of_json(data: dict[str, Any]) -> tuple[str, str]:
 
 def document_from_json(data: Mapping[str, Any], catalogue: Catalogue) -> FactsDocument:
     """The inverse of `document_to_json`: dates restored by the catalogue's types."""
-    facts = {name: Fact(_typed(f["value"], catalogue.facts[name].kind if name in catalogue.facts else ""),
-                        f["source"], _date(f["as_of"]))
-             for name, f in data["facts"].items()}
+    facts = {
+        name: Fact(
+            _typed(f["value"], catalogue.facts[name].kind if name in catalogue.facts else ""),
+            f["source"],
+            _date(f["as_of"]),
+        )
+        for name, f in data["facts"].items()
+    }
     collections = {}
     for name, records in data["collections"].items():
         types = catalogue.collections.get(name, {})
-        collections[name] = [Record(r["ref"], {k: _typed(v, types[k].kind if k in types else "")
-                                               for k, v in r["fields"].items()},
-                                    r["source"], _date(r["as_of"])) for r in records]
+        collections[name] = [
+            Record(
+                r["ref"],
+                {k: _typed(v, types[k].kind if k in types else "") for k, v in r["fields"].items()},
+                r["source"],
+                _date(r["as_of"]),
+            )
+            for r in records
+        ]
     return FactsDocument(data["uscc"], data["fact_year"], facts, collections, dict(data["missing"]))
 
 

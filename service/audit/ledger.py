@@ -10,6 +10,7 @@ Usage::
     with ledger_transaction(engine) as conn:      # chain-head lock held until commit
         append(conn, "evaluation", {"evaluation_id": "...", "outcome": "eligible"})
 """
+
 from __future__ import annotations
 
 import re
@@ -90,8 +91,10 @@ _SQLITE_TRIGGER_SQL = (
     BEGIN SELECT RAISE(ABORT, '{table} is append-only: DELETE refused'); END
     """,
 )
-APPEND_ONLY_TRIGGER_NAMES = {"postgresql": ("{table}_append_only", "{table}_no_truncate"),
-                             "sqlite": ("{table}_no_update", "{table}_no_delete")}
+APPEND_ONLY_TRIGGER_NAMES = {
+    "postgresql": ("{table}_append_only", "{table}_no_truncate"),
+    "sqlite": ("{table}_no_update", "{table}_no_delete"),
+}
 
 
 def create_ledger_schema(engine: Engine) -> None:
@@ -139,13 +142,17 @@ class LedgerEntry:
 
 def entry_hash(seq: int, kind: str, payload_sha256: str, prev_hash: str, recorded_at: str) -> str:
     """The hash chaining an entry: SHA-256 of the canonical JSON of its fields and `prev_hash`."""
-    return sha256_hex(canonical_json({
-        "seq": seq,
-        "kind": kind,
-        "payload_sha256": payload_sha256,
-        "prev_hash": prev_hash,
-        "recorded_at": recorded_at,
-    }))
+    return sha256_hex(
+        canonical_json(
+            {
+                "seq": seq,
+                "kind": kind,
+                "payload_sha256": payload_sha256,
+                "prev_hash": prev_hash,
+                "recorded_at": recorded_at,
+            }
+        )
+    )
 
 
 @contextmanager
@@ -190,8 +197,9 @@ def read_snapshot(engine: Engine) -> Iterator[Connection]:
             conn.rollback()
 
 
-def append(connection: Connection, kind: str, payload: dict[str, Any],
-           *, recorded_at: datetime | None = None) -> LedgerEntry:
+def append(
+    connection: Connection, kind: str, payload: dict[str, Any], *, recorded_at: datetime | None = None
+) -> LedgerEntry:
     """Append one entry inside the caller's transaction (which commits it) and return it.
 
     Takes the chain-head lock first (a no-op if `ledger_transaction` already holds it), reads
@@ -201,8 +209,9 @@ def append(connection: Connection, kind: str, payload: dict[str, Any],
     return append_many(connection, [(kind, payload)], recorded_at=recorded_at)[0]
 
 
-def append_many(connection: Connection, items: Iterable[tuple[str, dict[str, Any]]],
-                *, recorded_at: datetime | None = None) -> list[LedgerEntry]:
+def append_many(
+    connection: Connection, items: Iterable[tuple[str, dict[str, Any]]], *, recorded_at: datetime | None = None
+) -> list[LedgerEntry]:
     """Append `(kind, payload)` items in order under one lock and one head read; see `append`.
 
     Every item is validated and encoded before anything is written.
@@ -213,7 +222,8 @@ def append_many(connection: Connection, items: Iterable[tuple[str, dict[str, Any
     _lock_chain_head(connection)
     top = connection.execute(
         select(ledger_entry.c.seq, ledger_entry.c.entry_hash, ledger_entry.c.recorded_at)
-        .order_by(ledger_entry.c.seq.desc()).limit(1)
+        .order_by(ledger_entry.c.seq.desc())
+        .limit(1)
     ).first()
     seq, prev_hash, floor = (top.seq, top.entry_hash, top.recorded_at) if top else (0, GENESIS_HASH, "")
     stamp = max(_utc_stamp(recorded_at), floor)
@@ -269,15 +279,20 @@ def _utc_stamp(moment: datetime | None) -> str:
 
 def _row(entry: LedgerEntry) -> dict[str, Any]:
     return {
-        "seq": entry.seq, "kind": entry.kind, "payload": entry.payload,
-        "payload_sha256": entry.payload_sha256, "prev_hash": entry.prev_hash,
-        "entry_hash": entry.entry_hash, "recorded_at": entry.recorded_at,
+        "seq": entry.seq,
+        "kind": entry.kind,
+        "payload": entry.payload,
+        "payload_sha256": entry.payload_sha256,
+        "prev_hash": entry.prev_hash,
+        "entry_hash": entry.entry_hash,
+        "recorded_at": entry.recorded_at,
     }
 
 
 def _entry(row: Any) -> LedgerEntry:
-    return LedgerEntry(row.seq, row.kind, row.payload, row.payload_sha256, row.prev_hash,
-                       row.entry_hash, row.recorded_at)
+    return LedgerEntry(
+        row.seq, row.kind, row.payload, row.payload_sha256, row.prev_hash, row.entry_hash, row.recorded_at
+    )
 
 
 def _dialect(connection: Connection) -> str:
@@ -292,10 +307,10 @@ class Fault(StrEnum):
     (`service.audit.checkpoints`), never by `verify`."""
 
     NONE = "none"
-    EDITED = "edited"          # payload or fields no longer match a hash
-    DELETED = "deleted"        # an entry is missing: a gap in seq, or later entries renumbered over it
-    INSERTED = "inserted"      # a self-consistent entry that does not chain onto its predecessor
-    REORDERED = "reordered"    # genuine entries stored under each other's seq
+    EDITED = "edited"  # payload or fields no longer match a hash
+    DELETED = "deleted"  # an entry is missing: a gap in seq, or later entries renumbered over it
+    INSERTED = "inserted"  # a self-consistent entry that does not chain onto its predecessor
+    REORDERED = "reordered"  # genuine entries stored under each other's seq
     CHECKPOINT = "checkpoint"  # the newest signed checkpoint does not vouch for the chain
 
 
@@ -344,8 +359,7 @@ def verify(connection: Connection, *, page_size: int = _VERIFY_PAGE) -> VerifyRe
         last_seq = rows[-1].seq
 
 
-def _check_row(conn: Connection, entry: LedgerEntry, expected: int,
-               prev: str) -> tuple[Fault, int, str] | None:
+def _check_row(conn: Connection, entry: LedgerEntry, expected: int, prev: str) -> tuple[Fault, int, str] | None:
     """None if `entry` continues the trusted chain at `expected`, else (fault, first bad seq, detail)."""
     seq = entry.seq
     if seq < expected:  # only possible below 1: seq is the primary key and rows come in order
@@ -369,14 +383,16 @@ def _explain_hash_mismatch(conn: Connection, entry: LedgerEntry, prev: str) -> t
         return Fault.EDITED, seq, f"entry {seq}: fields do not match entry_hash"
     if genuine < seq:
         # It was chained at an earlier position: the entries now in front of it were slipped in.
-        return Fault.INSERTED, genuine, (
-            f"entries {genuine}..{seq - 1} were inserted: entry stored at {seq} was chained as {genuine}")
+        return (
+            Fault.INSERTED,
+            genuine,
+            (f"entries {genuine}..{seq - 1} were inserted: entry stored at {seq} was chained as {genuine}"),
+        )
     # It belongs further on. If the entry that chained onto the trusted head still exists
     # somewhere, entries were swapped; if not, it is gone and the rest renumbered over it.
     if _successor_exists(conn, prev, excluding=entry.entry_hash):
         return Fault.REORDERED, seq, f"entry stored at {seq} was chained as {genuine} (seq order swapped)"
-    return Fault.DELETED, seq, (
-        f"entries {seq}..{genuine - 1} are missing: later entries were renumbered over them")
+    return Fault.DELETED, seq, (f"entries {seq}..{genuine - 1} are missing: later entries were renumbered over them")
 
 
 def _explain_broken_link(conn: Connection, entry: LedgerEntry, prev: str) -> tuple[Fault, int, str]:
@@ -413,9 +429,7 @@ def _seq_from_predecessors(conn: Connection, entry: LedgerEntry) -> int | None:
     for _ in range(_SEQ_SEARCH_WINDOW):
         if current.prev_hash == GENESIS_HASH:
             return steps
-        row = conn.execute(
-            select(ledger_entry).where(ledger_entry.c.entry_hash == current.prev_hash).limit(1)
-        ).first()
+        row = conn.execute(select(ledger_entry).where(ledger_entry.c.entry_hash == current.prev_hash).limit(1)).first()
         if row is None:
             return None
         current = _entry(row)
@@ -435,7 +449,8 @@ def _trusted_hash_before(conn: Connection, seq: int) -> str:
 def _successor_exists(conn: Connection, prev: str, *, excluding: str) -> bool:
     row = conn.execute(
         select(ledger_entry.c.seq)
-        .where(ledger_entry.c.prev_hash == prev, ledger_entry.c.entry_hash != excluding).limit(1)
+        .where(ledger_entry.c.prev_hash == prev, ledger_entry.c.entry_hash != excluding)
+        .limit(1)
     ).first()
     return row is not None
 

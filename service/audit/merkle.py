@@ -3,6 +3,7 @@
 Leaf hash = SHA-256(0x00 || data), node hash = SHA-256(0x01 || left || right), the empty tree
 hashes to SHA-256(""), and a tree of n leaves splits at the largest power of two below n.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,6 @@
 """Proof that an evaluation record is sealed in the ledger: an RFC 6962 inclusion proof of its
 hash under the Merkle root its chunk's ledger entry holds."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,13 +17,13 @@ from service.audit.record_tables import RECORDS_KIND, evaluation_record
 @dataclass(frozen=True)
 class RecordProof:
     evaluation_id: str
-    record_sha256: str          # the leaf (its 32 bytes are the leaf data), hex
+    record_sha256: str  # the leaf (its 32 bytes are the leaf data), hex
     leaf_index: int
     tree_size: int
-    path: list[str]             # sibling hashes, leaf to root (hex)
-    sealed_root: str            # from the ledger entry
-    entry: LedgerEntry | None   # the chunk's entry (kind `evaluations`)
-    verified: bool              # the record's text has its hash, and the path leads to the sealed root
+    path: list[str]  # sibling hashes, leaf to root (hex)
+    sealed_root: str  # from the ledger entry
+    entry: LedgerEntry | None  # the chunk's entry (kind `evaluations`)
+    verified: bool  # the record's text has its hash, and the path leads to the sealed root
     problem: str = ""
 
     @property
@@ -33,16 +34,26 @@ class RecordProof:
 def prove_record(connection: Connection, evaluation_id: str) -> RecordProof | None:
     """The inclusion proof of one stored record, checked against the ledger; None when no record
     has that id."""
-    row = connection.execute(select(evaluation_record.c.record, evaluation_record.c.record_sha256,
-                                    evaluation_record.c.ledger_seq, evaluation_record.c.leaf_index)
-                             .where(evaluation_record.c.evaluation_id == evaluation_id)).first()
+    row = connection.execute(
+        select(
+            evaluation_record.c.record,
+            evaluation_record.c.record_sha256,
+            evaluation_record.c.ledger_seq,
+            evaluation_record.c.leaf_index,
+        ).where(evaluation_record.c.evaluation_id == evaluation_id)
+    ).first()
     if row is None:
         return None
     seq, index, digest = int(row.ledger_seq), int(row.leaf_index), str(row.record_sha256)
     # The leaves of the chunk, in order (at most one chunk's records).
-    hashes = [str(h) for h in connection.execute(select(evaluation_record.c.record_sha256)
-                                                 .where(evaluation_record.c.ledger_seq == seq)
-                                                 .order_by(evaluation_record.c.leaf_index)).scalars()]
+    hashes = [
+        str(h)
+        for h in connection.execute(
+            select(evaluation_record.c.record_sha256)
+            .where(evaluation_record.c.ledger_seq == seq)
+            .order_by(evaluation_record.c.leaf_index)
+        ).scalars()
+    ]
     entry = get_entry(connection, seq)
     seal = entry.data() if entry is not None and entry.kind == RECORDS_KIND else None
     position = hashes.index(digest) if digest in hashes else -1
@@ -64,5 +75,6 @@ def prove_record(connection: Connection, evaluation_id: str) -> RecordProof | No
     verified = not problem and verify_inclusion(leaves[index], index, len(leaves), path, bytes.fromhex(sealed_root))
     if not problem and not verified:
         problem = f"the proof does not lead to the root ledger entry {seq} sealed"
-    return RecordProof(evaluation_id, digest, index, len(hashes), [p.hex() for p in path], sealed_root, entry,
-                       verified, problem)
+    return RecordProof(
+        evaluation_id, digest, index, len(hashes), [p.hex() for p in path], sealed_root, entry, verified, problem
+    )

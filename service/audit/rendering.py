@@ -6,6 +6,7 @@ and what the decision is of) must be the record's, and the snapshot and rule tex
 have the hashes the record names. Every difference is listed; callers that show the evaluation
 as the stored one refuse to when there is any (`RecordMismatchError`), never hiding it.
 """
+
 from __future__ import annotations
 
 import threading
@@ -29,14 +30,14 @@ from service.audit.facts_json import document_from_json
 from service.audit.record_tables import evaluation_record, facts_snapshot, policy_version
 from service.errors import RecordMismatchError
 
-_POLICY_CACHE_SIZE = 32   # rule texts kept loaded (each version of each policy is one)
+_POLICY_CACHE_SIZE = 32  # rule texts kept loaded (each version of each policy is one)
 
 
 @dataclass(frozen=True)
 class Rendering:
     evaluation_id: str
-    evaluation: Evaluation        # as replayed
-    differences: list[str]        # record vs replay, and texts vs their hashes; empty when faithful
+    evaluation: Evaluation  # as replayed
+    differences: list[str]  # record vs replay, and texts vs their hashes; empty when faithful
 
 
 @dataclass(frozen=True)
@@ -55,18 +56,25 @@ def render(connection: Connection, record: Mapping[str, Any], catalogue: Catalog
         facts_sha, rule_sha = str(record["facts_sha256"]), stored.rule_sha256
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordMismatchError(evaluation_id, [f"the record is malformed: {exc}"]) from exc
-    source = connection.execute(select(policy_version.c.source)
-                                .where(policy_version.c.rule_sha256 == rule_sha)).scalar()
-    facts = connection.execute(select(facts_snapshot.c.document)
-                               .where(facts_snapshot.c.facts_sha256 == facts_sha)).scalar()
-    missing = [f"its {what} {digest[:12]} is not stored" for what, digest, text in
-               (("rule text", rule_sha, source), ("facts snapshot", facts_sha, facts)) if text is None]
+    source = connection.execute(
+        select(policy_version.c.source).where(policy_version.c.rule_sha256 == rule_sha)
+    ).scalar()
+    facts = connection.execute(
+        select(facts_snapshot.c.document).where(facts_snapshot.c.facts_sha256 == facts_sha)
+    ).scalar()
+    missing = [
+        f"its {what} {digest[:12]} is not stored"
+        for what, digest, text in (("rule text", rule_sha, source), ("facts snapshot", facts_sha, facts))
+        if text is None
+    ]
     if missing:
         raise RecordMismatchError(evaluation_id, missing)
     assert source is not None and facts is not None
-    differences = [f"{what}: the stored text no longer has SHA-256 {digest[:12]} (edited)"
-                   for what, digest, text in (("rule text", rule_sha, source), ("facts snapshot", facts_sha, facts))
-                   if sha256_hex(text.encode()) != digest]
+    differences = [
+        f"{what}: the stored text no longer has SHA-256 {digest[:12]} (edited)"
+        for what, digest, text in (("rule text", rule_sha, source), ("facts snapshot", facts_sha, facts))
+        if sha256_hex(text.encode()) != digest
+    ]
     try:
         policy = _policy(source, catalogue)
         document = document_from_json(orjson.loads(facts), catalogue)
@@ -75,9 +83,11 @@ def render(connection: Connection, record: Mapping[str, Any], catalogue: Catalog
         raise RecordMismatchError(evaluation_id, [*differences, f"it cannot be replayed: {exc}"]) from exc
     replayed = Decision.of(again)
     # The engine's version is not compared: a newer engine replaying an old decision is no fault.
-    differences += [f"{name}: stored {stored.shown(name)}, replayed {replayed.shown(name)}"
-                    for name in DECISION_FIELDS
-                    if name != "engine" and getattr(stored, name) != getattr(replayed, name)]
+    differences += [
+        f"{name}: stored {stored.shown(name)}, replayed {replayed.shown(name)}"
+        for name in DECISION_FIELDS
+        if name != "engine" and getattr(stored, name) != getattr(replayed, name)
+    ]
     return Rendering(evaluation_id, again, differences)
 
 
@@ -94,8 +104,9 @@ def replay(engine: Engine, evaluation_id: str, catalogue: Catalogue) -> ReplayRe
     """Re-run a stored evaluation on its stored facts under its stored rule text; None when no
     record has that id."""
     with engine.connect() as conn:
-        row = conn.execute(select(evaluation_record.c.record)
-                           .where(evaluation_record.c.evaluation_id == evaluation_id)).first()
+        row = conn.execute(
+            select(evaluation_record.c.record).where(evaluation_record.c.evaluation_id == evaluation_id)
+        ).first()
         if row is None:
             return None
         rendering = render(conn, orjson.loads(row.record), catalogue)

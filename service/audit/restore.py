@@ -10,6 +10,7 @@ statement, its seal and every checkpoint after it - and the procedure runs that 
 on the sealed ledger before it commits, so it never signs a restore that would not verify. The
 procedure and its limits are in docs/operations.md, "Backup and restore".
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,18 +29,41 @@ from service.audit.restore_statement import RESTORE_KIND, CheckpointRef, Restore
 from service.errors import LedgerRestoreError
 
 
-def sign_statement(key: Ed25519PrivateKey, *, restored_entry_count: int, restored_head_hash: str,
-                   matches_checkpoint: CheckpointRef | None, abandoned_checkpoints: tuple[CheckpointRef, ...],
-                   restored_by: str, reason: str, restored_at: datetime | None = None) -> RestoreStatement:
+def sign_statement(
+    key: Ed25519PrivateKey,
+    *,
+    restored_entry_count: int,
+    restored_head_hash: str,
+    matches_checkpoint: CheckpointRef | None,
+    abandoned_checkpoints: tuple[CheckpointRef, ...],
+    restored_by: str,
+    reason: str,
+    restored_at: datetime | None = None,
+) -> RestoreStatement:
     """A restore statement signed with the ledger key (no check against any ledger: see `restore_ledger`)."""
-    unsigned = RestoreStatement(restored_entry_count, restored_head_hash, matches_checkpoint, abandoned_checkpoints,
-                                checkpoints.utc_stamp(restored_at), restored_by, reason,
-                                checkpoints.key_id(key.public_key()), "")
+    unsigned = RestoreStatement(
+        restored_entry_count,
+        restored_head_hash,
+        matches_checkpoint,
+        abandoned_checkpoints,
+        checkpoints.utc_stamp(restored_at),
+        restored_by,
+        reason,
+        checkpoints.key_id(key.public_key()),
+        "",
+    )
     return replace(unsigned, signature=base64.b64encode(key.sign(unsigned.signed_bytes())).decode())
 
 
-def restore_ledger(engine: Engine, key: Ed25519PrivateKey, checkpoint_file: Path, *, reason: str,
-                   restored_by: str, restored_at: datetime | None = None) -> RestoreStatement:
+def restore_ledger(
+    engine: Engine,
+    key: Ed25519PrivateKey,
+    checkpoint_file: Path,
+    *,
+    reason: str,
+    restored_by: str,
+    restored_at: datetime | None = None,
+) -> RestoreStatement:
     """Sign and seal the restore of the ledger `engine` now holds; LedgerRestoreError saying why not.
 
     Refused: no reason or no name; a database without ledger entries; a checkpoints file with a
@@ -64,16 +88,25 @@ def restore_ledger(engine: Engine, key: Ed25519PrivateKey, checkpoint_file: Path
     with ledger_transaction(engine) as conn:
         chain = verify(conn)
         if not chain.valid:
-            raise LedgerRestoreError(f"the ledger's chain is broken ({chain.detail}): a restore vouches for "
-                                     "a whole backup, never for a damaged ledger")
+            raise LedgerRestoreError(
+                f"the ledger's chain is broken ({chain.detail}): a restore vouches for "
+                "a whole backup, never for a damaged ledger"
+            )
         top = head(conn)
         if top is None:
-            raise LedgerRestoreError("the database holds no ledger entries: check --db names the restored "
-                                     "database (a restore to an empty ledger would abandon every checkpoint)")
+            raise LedgerRestoreError(
+                "the database holds no ledger entries: check --db names the restored "
+                "database (a restore to an empty ledger would abandon every checkpoint)"
+            )
         unfiled = _sealed_not_filed(conn, checkpoint_file, parsed)
         lost_seal = None if unfiled else _filed_not_sealed(top, parsed)
-        statement = unfiled or lost_seal or _new_statement(conn, key, checkpoint_file, parsed, top, reason=reason,
-                                                           restored_by=restored_by, restored_at=restored_at)
+        statement = (
+            unfiled
+            or lost_seal
+            or _new_statement(
+                conn, key, checkpoint_file, parsed, top, reason=reason, restored_by=restored_by, restored_at=restored_at
+            )
+        )
         if unfiled is None:
             append(conn, RESTORE_KIND, statement.data())
         to_file = lost_seal is None
@@ -87,36 +120,50 @@ def restore_ledger(engine: Engine, key: Ed25519PrivateKey, checkpoint_file: Path
     return statement
 
 
-def _sealed_not_filed(conn: Connection, path: Path,
-                      parsed: list[tuple[int, Checkpoint | RestoreStatement]]) -> RestoreStatement | None:
+def _sealed_not_filed(
+    conn: Connection, path: Path, parsed: list[tuple[int, Checkpoint | RestoreStatement]]
+) -> RestoreStatement | None:
     """The statement of a seal no line of the file names (its append failed), if there is one."""
     filed = {item.restore_entry_seq for _, item in parsed if isinstance(item, RestoreStatement)}
     unfiled = [seq for seq in checkpoints.restore_seals(conn) if seq not in filed]
     if not unfiled:
         return None
     entry = get_entry(conn, unfiled[0])
-    assert entry is not None   # restore_seals lists existing entries
+    assert entry is not None  # restore_seals lists existing entries
     try:
         return RestoreStatement.from_data(entry.data())
     except ValueError as exc:
-        raise LedgerRestoreError(f"ledger entry {entry.seq} is a {RESTORE_KIND} seal that {path} does not name, "
-                                 f"and not a restore statement ({exc}): the ledger was tampered with") from None
+        raise LedgerRestoreError(
+            f"ledger entry {entry.seq} is a {RESTORE_KIND} seal that {path} does not name, "
+            f"and not a restore statement ({exc}): the ledger was tampered with"
+        ) from None
 
 
-def _filed_not_sealed(top: LedgerEntry, parsed: list[tuple[int, Checkpoint | RestoreStatement]]
-                      ) -> RestoreStatement | None:
+def _filed_not_sealed(
+    top: LedgerEntry, parsed: list[tuple[int, Checkpoint | RestoreStatement]]
+) -> RestoreStatement | None:
     """The file's newest line, when it is a restore statement whose restore point the ledger's
     head is (its seal lost: the database restored again from the same backup)."""
     newest = parsed[-1][1]
-    if isinstance(newest, RestoreStatement) and \
-            (newest.restored_entry_count, newest.restored_head_hash) == (top.seq, top.entry_hash):
+    if isinstance(newest, RestoreStatement) and (newest.restored_entry_count, newest.restored_head_hash) == (
+        top.seq,
+        top.entry_hash,
+    ):
         return newest
     return None
 
 
-def _new_statement(conn: Connection, key: Ed25519PrivateKey, path: Path,
-                   parsed: list[tuple[int, Checkpoint | RestoreStatement]], top: LedgerEntry, *,
-                   reason: str, restored_by: str, restored_at: datetime | None) -> RestoreStatement:
+def _new_statement(
+    conn: Connection,
+    key: Ed25519PrivateKey,
+    path: Path,
+    parsed: list[tuple[int, Checkpoint | RestoreStatement]],
+    top: LedgerEntry,
+    *,
+    reason: str,
+    restored_by: str,
+    restored_at: datetime | None,
+) -> RestoreStatement:
     """A statement for the ledger ending in `top`, once it is shown to be a backup of the checkpointed one."""
     count, head_hash = top.seq, top.entry_hash
     segment, earlier = _since_last_restore(parsed)
@@ -124,22 +171,30 @@ def _new_statement(conn: Connection, key: Ed25519PrivateKey, path: Path,
         raise LedgerRestoreError(
             f"the ledger holds {count} entries, fewer than the restore signed at {earlier.restored_at} "
             f"sealed (entry {earlier.restore_entry_seq}): a backup older than an earlier restore cannot be "
-            "restored; restore a backup made after it")
+            "restored; restore a backup made after it"
+        )
     kept, abandoned = split_at_restore(segment, count)
     for number, checkpoint in kept:
         entry = get_entry(conn, checkpoint.entry_count) if checkpoint.entry_count else None
         if checkpoint.entry_count and (entry is None or entry.entry_hash != checkpoint.head_hash):
             raise LedgerRestoreError(
                 f"{path} line {number}: entry {checkpoint.entry_count} does not have the hash "
-                f"signed at {checkpoint.signed_at}: this database is not a backup of the checkpointed ledger")
+                f"signed at {checkpoint.signed_at}: this database is not a backup of the checkpointed ledger"
+            )
     if not abandoned:
-        raise LedgerRestoreError(f"the ledger ({count} entries) contradicts no checkpoint in {path}: "
-                                 "there is nothing to restore")
+        raise LedgerRestoreError(
+            f"the ledger ({count} entries) contradicts no checkpoint in {path}: there is nothing to restore"
+        )
     return sign_statement(
-        key, restored_entry_count=count, restored_head_hash=head_hash,
+        key,
+        restored_entry_count=count,
+        restored_head_hash=head_hash,
         matches_checkpoint=reference(kept[-1][1]) if kept else None,
         abandoned_checkpoints=tuple(reference(c) for _, c in abandoned),
-        restored_by=restored_by, reason=reason, restored_at=restored_at)
+        restored_by=restored_by,
+        reason=reason,
+        restored_at=restored_at,
+    )
 
 
 def _readable_lines(path: Path) -> list[tuple[int, str]]:
@@ -153,8 +208,9 @@ def _readable_lines(path: Path) -> list[tuple[int, str]]:
     return lines
 
 
-def _signed_lines(path: Path, lines: list[tuple[int, str]], public_key: Ed25519PublicKey
-                  ) -> list[tuple[int, Checkpoint | RestoreStatement]]:
+def _signed_lines(
+    path: Path, lines: list[tuple[int, str]], public_key: Ed25519PublicKey
+) -> list[tuple[int, Checkpoint | RestoreStatement]]:
     parsed: list[tuple[int, Checkpoint | RestoreStatement]] = []
     for number, text in lines:
         try:
@@ -168,8 +224,9 @@ def _signed_lines(path: Path, lines: list[tuple[int, str]], public_key: Ed25519P
     return parsed
 
 
-def _since_last_restore(parsed: list[tuple[int, Checkpoint | RestoreStatement]]
-                        ) -> tuple[list[tuple[int, Checkpoint]], RestoreStatement | None]:
+def _since_last_restore(
+    parsed: list[tuple[int, Checkpoint | RestoreStatement]],
+) -> tuple[list[tuple[int, Checkpoint]], RestoreStatement | None]:
     """The checkpoints after the last restore statement, and that statement (None: no restore yet)."""
     segment: list[tuple[int, Checkpoint]] = []
     last: RestoreStatement | None = None

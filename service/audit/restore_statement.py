@@ -9,6 +9,7 @@ sealed as the ledger entry right after the restore point (kind `RESTORE_KIND`), 
 ledger carries it in its chain. `benefits audit restore` (`service/audit/restore.py`) makes
 one; `checkpoints.verify_checkpoints` checks it. See docs/operations.md, "Backup and restore".
 """
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ RESTORE_KIND = "ledger_restore"
 @dataclass(frozen=True)
 class CheckpointRef:
     """A checkpoint named by a restore statement: its entry count, head hash and signing time."""
+
     entry_count: int
     head_hash: str
     signed_at: str
@@ -44,15 +46,16 @@ class CheckpointRef:
 class RestoreStatement:
     """The restored ledger held `restored_entry_count` entries, the last `restored_head_hash`;
     its statement is sealed as entry `restored_entry_count + 1` (`restore_entry_seq`)."""
+
     restored_entry_count: int
     restored_head_hash: str
-    matches_checkpoint: CheckpointRef | None    # the newest checkpoint the restored ledger holds
-    abandoned_checkpoints: tuple[CheckpointRef, ...]   # every newer one, in file order
+    matches_checkpoint: CheckpointRef | None  # the newest checkpoint the restored ledger holds
+    abandoned_checkpoints: tuple[CheckpointRef, ...]  # every newer one, in file order
     restored_at: str
     restored_by: str
     reason: str
-    key_id: str        # SHA-256 of the raw public key, hex
-    signature: str     # base64 Ed25519 signature over `signed_bytes()`
+    key_id: str  # SHA-256 of the raw public key, hex
+    signature: str  # base64 Ed25519 signature over `signed_bytes()`
 
     @property
     def restore_entry_seq(self) -> int:
@@ -96,9 +99,12 @@ class RestoreStatement:
             restored_entry_count=data["restored_entry_count"],
             restored_head_hash=data["restored_head_hash"],
             matches_checkpoint=None if matched is None else CheckpointRef.from_data(matched, "matches_checkpoint"),
-            abandoned_checkpoints=tuple(CheckpointRef.from_data(ref, f"abandoned_checkpoints[{i}]")
-                                        for i, ref in enumerate(data["abandoned_checkpoints"])),
-            **{name: data[name] for name in ["restored_at", "restored_by", "reason", "key_id", "signature"]})
+            abandoned_checkpoints=tuple(
+                CheckpointRef.from_data(ref, f"abandoned_checkpoints[{i}]")
+                for i, ref in enumerate(data["abandoned_checkpoints"])
+            ),
+            **{name: data[name] for name in ["restored_at", "restored_by", "reason", "key_id", "signature"]},
+        )
 
 
 def is_restore_line(data: Any) -> bool:

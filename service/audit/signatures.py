@@ -7,6 +7,7 @@ therefore signed, in their own transaction, with the Ed25519 key the database ne
 verification with the public key refuses a money event without a valid signature. The key is
 registered for an engine (the server's), so whatever writes through that engine signs.
 """
+
 from __future__ import annotations
 
 import base64
@@ -24,10 +25,12 @@ from service.audit.ledger import LedgerEntry, create_append_only_triggers
 metadata = MetaData()
 
 ledger_signature = Table(
-    "ledger_signature", metadata,
+    "ledger_signature",
+    metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("key_id", String(64), nullable=False),
-    Column("signature", String(100), nullable=False))
+    Column("signature", String(100), nullable=False),
+)
 
 _KEYS: weakref.WeakKeyDictionary[Engine, Ed25519PrivateKey] = weakref.WeakKeyDictionary()
 
@@ -53,16 +56,18 @@ def sign(connection: Connection, entry: LedgerEntry) -> None:
     if key is None:
         return
     signature = base64.b64encode(key.sign(signed_bytes(entry.seq, entry.entry_hash))).decode()
-    connection.execute(insert(ledger_signature).values(seq=entry.seq, key_id=key_id(key.public_key()),
-                                                       signature=signature))
+    connection.execute(
+        insert(ledger_signature).values(seq=entry.seq, key_id=key_id(key.public_key()), signature=signature)
+    )
 
 
 def signed_bytes(seq: int, entry_hash: str) -> bytes:
     return canonical_json({"seq": seq, "entry_hash": entry_hash})
 
 
-def valid(public_key: Ed25519PublicKey, seq: int, entry_hash: str, stored_key_id: str | None,
-          signature: str | None) -> bool:
+def valid(
+    public_key: Ed25519PublicKey, seq: int, entry_hash: str, stored_key_id: str | None, signature: str | None
+) -> bool:
     if signature is None or stored_key_id != key_id(public_key):
         return False
     try:

@@ -1,6 +1,7 @@
 """The auditor's whole check: the ledger chain, every stored evaluation record and every money
 table (batches, lines, bank files) against it, and the newest signed checkpoint (which catches a
 rebuilt chain or a cut tail)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from service.audit.record_tables import evaluation_record
 from service.audit.record_verification import verify_records
 from service.payouts.verification import verify_payouts
 
-MAX_PROBLEMS = 100   # rows reported; the first is the verdict's
+MAX_PROBLEMS = 100  # rows reported; the first is the verdict's
 
 
 @dataclass(frozen=True)
@@ -27,32 +28,45 @@ class AuditVerdict:
     first_bad_entry: int
     fault: Fault
     detail: str
-    problems: list[AuditProblem] = field(default_factory=list)   # each altered row, named
+    problems: list[AuditProblem] = field(default_factory=list)  # each altered row, named
 
 
-def verify_audit_log(connection: Connection, *, checkpoint_file: Path | None = None,
-                     public_key: Ed25519PublicKey | None = None) -> AuditVerdict:
-    try:   # before the first query: in a snapshot, a checkpoint written later would cover too much
+def verify_audit_log(
+    connection: Connection, *, checkpoint_file: Path | None = None, public_key: Ed25519PublicKey | None = None
+) -> AuditVerdict:
+    try:  # before the first query: in a snapshot, a checkpoint written later would cover too much
         lines_read: list[tuple[int, str]] | None = checkpoints.read_lines(checkpoint_file)
     except (OSError, UnicodeDecodeError):
-        lines_read = None   # verify_checkpoints reads it again and reports why it cannot
+        lines_read = None  # verify_checkpoints reads it again and reports why it cannot
     chain = verify(connection)
     if not chain.valid:
-        return AuditVerdict(chain.entries_checked, chain.head_hash, False, chain.first_bad_seq or 0,
-                            chain.fault, chain.detail)
+        return AuditVerdict(
+            chain.entries_checked, chain.head_hash, False, chain.first_bad_seq or 0, chain.fault, chain.detail
+        )
     problems = verify_records(connection, limit=MAX_PROBLEMS)
     altered = frozenset(p.row for p in problems if p.table == evaluation_record.name)
-    problems += verify_payouts(connection, limit=MAX_PROBLEMS - len(problems), suspect_evaluations=altered,
-                               public_key=public_key)
+    problems += verify_payouts(
+        connection, limit=MAX_PROBLEMS - len(problems), suspect_evaluations=altered, public_key=public_key
+    )
     if problems:
         first = problems[0]
-        return AuditVerdict(chain.entries_checked, chain.head_hash, False, first.ledger_seq, first.fault,
-                            f"{len(problems)} row(s) differ from the ledger, first {first.table} {first.row}", problems)
-    detail = (f"{chain.entries_checked} entries chain correctly; every stored record and every batch, line and "
-              "bank file matches the ledger")
+        return AuditVerdict(
+            chain.entries_checked,
+            chain.head_hash,
+            False,
+            first.ledger_seq,
+            first.fault,
+            f"{len(problems)} row(s) differ from the ledger, first {first.table} {first.row}",
+            problems,
+        )
+    detail = (
+        f"{chain.entries_checked} entries chain correctly; every stored record and every batch, line and "
+        "bank file matches the ledger"
+    )
     check = checkpoints.verify_checkpoints(connection, checkpoint_file, public_key, lines_read=lines_read)
     if not check.valid:
-        return AuditVerdict(chain.entries_checked, chain.head_hash, False, check.first_bad_entry,
-                            Fault.CHECKPOINT, check.detail)
+        return AuditVerdict(
+            chain.entries_checked, chain.head_hash, False, check.first_bad_entry, Fault.CHECKPOINT, check.detail
+        )
     detail += f"; {check.detail}"
     return AuditVerdict(chain.entries_checked, chain.head_hash, True, 0, Fault.NONE, detail)

@@ -1,6 +1,7 @@
 """The `benefits` command: one parser over the commands on a local database (`local`), the audit
 trail's (`audit`), the gRPC client's (`remote`) and the demonstrations' (`demos`). Bad input ends
 with `error: ...` and exit status 2, never a traceback."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _registry_errors() -> tuple[type[BaseException], ...]:
     from enterprise_registry.errors import RegistryError
+
     return (RegistryError,)
 
 

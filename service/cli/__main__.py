@@ -1,4 +1,5 @@
 """`python -m service.cli`: the `benefits` command."""
+
 from service.cli import main
 
 raise SystemExit(main())

@@ -2,6 +2,7 @@
 
 Every command prints what it did and exits non-zero with the server's status on failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ from service.payouts.states import LineState
 from service.tls import Endpoint, add_connection_arguments
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser],
-                 *, run: Callable[[argparse.Namespace], int]) -> None:
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, run: Callable[[argparse.Namespace], int]
+) -> None:
     """The `benefits batch ...` subcommands; `run` executes one (it resolves the token)."""
     batch = commands.add_parser("batch", help="payout batches over gRPC (finance bureau)").add_subparsers(title="batch")
 
@@ -38,27 +40,33 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser],
         parser.set_defaults(run=run, command=name)
         return parser
 
-    create = command("create", "create a batch for a policy and period and follow it to DRAFT",
-                     with_batch_id=False)
+    create = command("create", "create a batch for a policy and period and follow it to DRAFT", with_batch_id=False)
     create.add_argument("--policy", required=True)
     create.add_argument("--period", type=int, required=True)
-    create.add_argument("--request-id", default=None,
-                        help="idempotency key; repeat it to resume or re-read the same batch (default: a new UUID)")
+    create.add_argument(
+        "--request-id",
+        default=None,
+        help="idempotency key; repeat it to resume or re-read the same batch (default: a new UUID)",
+    )
     create.add_argument("--no-wait", action="store_true", help="return while the batch is RUNNING")
     create.add_argument("--quiet", action="store_true", help="no progress bar")
     watch = command("watch", "follow a running batch with a progress bar")
     watch.add_argument("--quiet", action="store_true", help="no progress bar")
     command("get", "show a batch")
     lines = command("lines", "print a batch's lines as CSV (payee accounts masked)")
-    lines.add_argument("--payee-changed", action="store_true",
-                       help="only pending lines whose payee is no longer the registry's account")
+    lines.add_argument(
+        "--payee-changed",
+        action="store_true",
+        help="only pending lines whose payee is no longer the registry's account",
+    )
     command("approve", "approve a DRAFT batch (not its creator)")
     cancel = command("cancel", "cancel a DRAFT batch, or (approver) an APPROVED one not exported")
     cancel.add_argument("--reason", required=True, help="why (sealed in the ledger)")
     withdraw = command("withdraw", "withdraw pending lines before export (approver); their grants are released")
     withdraw.add_argument("line_ids", nargs="*", help="line ids to withdraw")
-    withdraw.add_argument("--payee-changed", action="store_true",
-                          help="every line whose payee is no longer the registry's account")
+    withdraw.add_argument(
+        "--payee-changed", action="store_true", help="every line whose payee is no longer the registry's account"
+    )
     withdraw.add_argument("--reason", required=True, help="why (sealed in the ledger)")
     confirm = command("confirm-returns", "confirm returns recorded by another principal (approver)")
     confirm.add_argument("line_ids", nargs="*", help="line ids (default: every return awaiting confirmation)")
@@ -93,8 +101,10 @@ def run(command: str, target: str | Endpoint, token: str, args: Any) -> int:
 def _create(client: BatchClient, args: Any) -> int:
     request_id = args.request_id or str(uuid.uuid4())
     batch = client.create(args.policy, args.period, request_id)
-    print(f"batch {batch.batch_id} ({BATCH_STATES.from_proto.get(batch.state, '?')}), request id {request_id} "
-          "(repeat the command with --request-id to resume or re-read it)")
+    print(
+        f"batch {batch.batch_id} ({BATCH_STATES.from_proto.get(batch.state, '?')}), request id {request_id} "
+        "(repeat the command with --request-id to resume or re-read it)"
+    )
     if args.no_wait:
         return 0
     if batch.state == pb.BATCH_STATE_RUNNING:
@@ -115,14 +125,41 @@ def _get(client: BatchClient, args: Any) -> int:
 
 def _lines(client: BatchClient, args: Any) -> int:
     writer = csv.writer(sys.stdout)
-    writer.writerow(["line_id", "uscc", "amount_fen", "full_amount_fen", "evaluation_id", "supersedes_line_id",
-                     "state", "return_reason", "payee_name", "payee_account", "payee_bank", "payee_changed",
-                     "withdraw_reason"])
+    writer.writerow(
+        [
+            "line_id",
+            "uscc",
+            "amount_fen",
+            "full_amount_fen",
+            "evaluation_id",
+            "supersedes_line_id",
+            "state",
+            "return_reason",
+            "payee_name",
+            "payee_account",
+            "payee_bank",
+            "payee_changed",
+            "withdraw_reason",
+        ]
+    )
     for line in client.lines(args.batch_id, payee_changed=args.payee_changed):
-        writer.writerow([line.line_id, line.uscc, line.amount_fen, line.full_amount_fen, line.evaluation_id,
-                         line.supersedes_line_id, LINE_STATES.from_proto.get(line.state, "?"),
-                         line.return_reason, line.payee.account_name, line.payee.account_number_masked,
-                         line.payee.bank_name, "yes" if line.payee_changed else "", line.withdraw_reason])
+        writer.writerow(
+            [
+                line.line_id,
+                line.uscc,
+                line.amount_fen,
+                line.full_amount_fen,
+                line.evaluation_id,
+                line.supersedes_line_id,
+                LINE_STATES.from_proto.get(line.state, "?"),
+                line.return_reason,
+                line.payee.account_name,
+                line.payee.account_number_masked,
+                line.payee.bank_name,
+                "yes" if line.payee_changed else "",
+                line.withdraw_reason,
+            ]
+        )
     return 0
 
 
@@ -150,8 +187,9 @@ def _withdraw(client: BatchClient, args: Any) -> int:
 
 
 def _confirm_returns(client: BatchClient, args: Any) -> int:
-    line_ids = list(args.line_ids) or [line.line_id for line in client.lines(args.batch_id)
-                                       if line.state == pb.LINE_STATE_RETURN_PENDING]
+    line_ids = list(args.line_ids) or [
+        line.line_id for line in client.lines(args.batch_id) if line.state == pb.LINE_STATE_RETURN_PENDING
+    ]
     if not line_ids:
         print("no return awaits confirmation", file=sys.stderr)
         return 1
@@ -167,8 +205,10 @@ def _status_report(client: BatchClient, args: Any) -> int:
     data = Path(args.file).read_bytes()
     batch_id = args.batch or batch_id_for_message(parse(data).original_message_id)
     answer = client.status_report(batch_id, data)
-    print(f"status report {answer.message_id}: {answer.paid_count} paid, {answer.rejected_count} rejected "
-          f"(awaiting a second principal's confirmation), {answer.unchanged_count} unchanged")
+    print(
+        f"status report {answer.message_id}: {answer.paid_count} paid, {answer.rejected_count} rejected "
+        f"(awaiting a second principal's confirmation), {answer.unchanged_count} unchanged"
+    )
     print(describe(answer.batch))
     return 0
 
@@ -191,8 +231,11 @@ def _results(client: BatchClient, args: Any) -> int:
 
 def all_paid(client: BatchClient, batch_id: str) -> list[pb.PayoutResult]:
     """A PAID result for every pending line (demonstrations: the bank's answer, simulated)."""
-    return [pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID)
-            for line in client.lines(batch_id) if line.state == pb.LINE_STATE_PENDING]
+    return [
+        pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID)
+        for line in client.lines(batch_id)
+        if line.state == pb.LINE_STATE_PENDING
+    ]
 
 
 def read_results(path: Path) -> list[pb.PayoutResult]:
@@ -204,12 +247,26 @@ def read_results(path: Path) -> list[pb.PayoutResult]:
             state = (row.get("state") or "").strip().upper()
             if state not in (LineState.PAID, LineState.RETURNED) or not row.get("line_id"):
                 raise ValueError(f"{path}:{number}: needs a line_id and a state PAID or RETURNED")
-            results.append(pb.PayoutResult(line_id=row["line_id"].strip(),
-                                           state=LINE_STATES.to_proto[LineState(state)],
-                                           return_reason=(row.get("return_reason") or "").strip()))
+            results.append(
+                pb.PayoutResult(
+                    line_id=row["line_id"].strip(),
+                    state=LINE_STATES.to_proto[LineState(state)],
+                    return_reason=(row.get("return_reason") or "").strip(),
+                )
+            )
     return results
 
 
-_COMMANDS = {"create": _create, "watch": _watch, "get": _get, "lines": _lines, "approve": _approve,
-             "cancel": _cancel, "withdraw": _withdraw, "confirm-returns": _confirm_returns,
-             "status-report": _status_report, "export": _export, "results": _results}
+_COMMANDS = {
+    "create": _create,
+    "watch": _watch,
+    "get": _get,
+    "lines": _lines,
+    "approve": _approve,
+    "cancel": _cancel,
+    "withdraw": _withdraw,
+    "confirm-returns": _confirm_returns,
+    "status-report": _status_report,
+    "export": _export,
+    "results": _results,
+}

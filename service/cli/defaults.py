@@ -1,5 +1,6 @@
 """What the `benefits` commands take when not told otherwise, and the two steps the commands on a
 database share: the policies loaded, the database opened."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,8 +15,8 @@ from rules.loader import PolicySet, load_policy_dir
 from service.catalogue import CATALOGUE
 from service.tls import DEFAULT_TARGET
 
-DEFAULT_RULES = Path(rules_package.__file__).resolve().parent   # the policies shipped with the package
-DEFAULT_LISTEN = DEFAULT_TARGET   # the server listens where its clients call by default
+DEFAULT_RULES = Path(rules_package.__file__).resolve().parent  # the policies shipped with the package
+DEFAULT_LISTEN = DEFAULT_TARGET  # the server listens where its clients call by default
 
 __all__ = ["DEFAULT_DB_URL", "DEFAULT_LISTEN", "DEFAULT_RULES", "load_policies", "open_database"]
 

@@ -1,5 +1,6 @@
 """The demonstration commands (`make run`): `demo-auth` writes demo tokens and prints how to call
 the server with them."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,15 +27,21 @@ def _demo_auth(args: argparse.Namespace) -> int:
     admin = next(p for p in principals if p["role"] == "admin")
     print(f"wrote {args.out}: a demo token for every role")
     print("Call the server as the demo enterprise (it may read only its own USCC):")
-    print(f"  BENEFITS_TOKEN={enterprise['token']} .venv/bin/benefits lookup --target {args.listen} "
-          f"--uscc {enterprise['uscc']} --period {args.period}")
-    print(f"  BENEFITS_TOKEN={enterprise['token']} .venv/bin/benefits lookup --target {args.listen} "
-          f"--uscc {enterprise['uscc']} --policy stable-jobs-refund --period {args.period}")
+    print(
+        f"  BENEFITS_TOKEN={enterprise['token']} .venv/bin/benefits lookup --target {args.listen} "
+        f"--uscc {enterprise['uscc']} --period {args.period}"
+    )
+    print(
+        f"  BENEFITS_TOKEN={enterprise['token']} .venv/bin/benefits lookup --target {args.listen} "
+        f"--uscc {enterprise['uscc']} --policy stable-jobs-refund --period {args.period}"
+    )
     print("Any language, from proto/ alone (reflection and health are served too), e.g. with buf:")
-    print(f"  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge "
-          f"-H 'authorization: Bearer {admin['token']}' "
-          f"--reflect-header 'authorization: Bearer {admin['token']}' "
-          f"-d '{{\"uscc\":\"{enterprise['uscc']}\",\"policy_id\":\"stable-jobs-refund\","
-          f"\"period\":{args.period}}}' "
-          f"http://{args.listen}/benefits.v1.BenefitService/ExplainEligibility")
+    print(
+        f"  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge "
+        f"-H 'authorization: Bearer {admin['token']}' "
+        f"--reflect-header 'authorization: Bearer {admin['token']}' "
+        f'-d \'{{"uscc":"{enterprise["uscc"]}","policy_id":"stable-jobs-refund",'
+        f'"period":{args.period}}}\' '
+        f"http://{args.listen}/benefits.v1.BenefitService/ExplainEligibility"
+    )
     return 0

@@ -1,5 +1,6 @@
 """The commands on a local database and policy folder: `registry`, `rules`, `evaluate`,
 `evaluate-period` and `serve` (the gRPC server itself)."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,13 +38,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     evaluate.add_argument("--uscc", required=True)
     evaluate.add_argument("--policy", required=True)
     evaluate.add_argument("--period", type=int, required=True)
-    evaluate.add_argument("--as-of", type=date.fromisoformat, default=None,
-                          help="evaluation date (default: today)")
+    evaluate.add_argument("--as-of", type=date.fromisoformat, default=None, help="evaluation date (default: today)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(run=_evaluate)
 
-    period = commands.add_parser("evaluate-period",
-                                 help="evaluate every enterprise under every policy; print a summary")
+    period = commands.add_parser(
+        "evaluate-period", help="evaluate every enterprise under every policy; print a summary"
+    )
     period.add_argument("--db", default=DEFAULT_DB_URL)
     period.add_argument("--rules", type=Path, default=DEFAULT_RULES)
     period.add_argument("--period", type=int, required=True)
@@ -55,32 +56,55 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve = commands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--db", default=DEFAULT_DB_URL)
     serve.add_argument("--rules", type=Path, default=DEFAULT_RULES)
-    serve.add_argument("--listen", default=DEFAULT_LISTEN,
-                       help="host:port; beyond loopback only with TLS (or --insecure)")
-    serve.add_argument("--tls-cert", type=Path, default=None,
-                       help="certificate chain (PEM, leaf first) to serve TLS with; needs --tls-key")
+    serve.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help="host:port; beyond loopback only with TLS (or --insecure)"
+    )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="certificate chain (PEM, leaf first) to serve TLS with; needs --tls-key",
+    )
     serve.add_argument("--tls-key", type=Path, default=None, help="the private key (PEM) of --tls-cert")
-    serve.add_argument("--client-ca", type=Path, default=None,
-                       help="CA (PEM) whose client certificates are required: mutual TLS")
-    serve.add_argument("--insecure", action="store_true",
-                       help="allow plaintext on a non-loopback address (logged as a warning)")
+    serve.add_argument(
+        "--client-ca", type=Path, default=None, help="CA (PEM) whose client certificates are required: mutual TLS"
+    )
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow plaintext on a non-loopback address (logged as a warning)"
+    )
     serve.add_argument("--auth-file", type=Path, required=True)
     serve.add_argument("--workers", type=int, default=16)
-    serve.add_argument("--ledger-key", type=Path, default=None,
-                       help="Ed25519 key (PEM) signing ledger checkpoints, made by `benefits audit keygen`")
-    serve.add_argument("--checkpoints", type=Path, default=None,
-                       help="file the signed checkpoints are appended to")
-    serve.add_argument("--payers", type=Path, default=None,
-                       help="YAML of paying accounts by funding, needed to export bank files")
-    serve.add_argument("--batch-chunk", type=int, default=200,
-                       help="enterprises a running payout batch commits at a time")
-    serve.add_argument("--batch-workers", type=int, default=1,
-                       help="worker processes evaluating a payout batch's partitions (1: in the server)")
-    serve.add_argument("--dask-scheduler", metavar="ADDRESS",
-                       help="run payout batch partitions on this Dask cluster (e.g. tcp://10.0.0.5:8786); "
-                            "its workers need this package and one thread each")
-    serve.add_argument("--batch-lease-seconds", type=float, default=30.0,
-                       help="a payout batch whose worker is silent this long is taken over (after a crash)")
+    serve.add_argument(
+        "--ledger-key",
+        type=Path,
+        default=None,
+        help="Ed25519 key (PEM) signing ledger checkpoints, made by `benefits audit keygen`",
+    )
+    serve.add_argument("--checkpoints", type=Path, default=None, help="file the signed checkpoints are appended to")
+    serve.add_argument(
+        "--payers", type=Path, default=None, help="YAML of paying accounts by funding, needed to export bank files"
+    )
+    serve.add_argument(
+        "--batch-chunk", type=int, default=200, help="enterprises a running payout batch commits at a time"
+    )
+    serve.add_argument(
+        "--batch-workers",
+        type=int,
+        default=1,
+        help="worker processes evaluating a payout batch's partitions (1: in the server)",
+    )
+    serve.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="run payout batch partitions on this Dask cluster (e.g. tcp://10.0.0.5:8786); "
+        "its workers need this package and one thread each",
+    )
+    serve.add_argument(
+        "--batch-lease-seconds",
+        type=float,
+        default=30.0,
+        help="a payout batch whose worker is silent this long is taken over (after a crash)",
+    )
     serve.set_defaults(run=_serve)
 
 
@@ -95,12 +119,13 @@ def _registry_load(args: argparse.Namespace) -> int:
     except ImportRejectedError as exc:
         for error in exc.errors:
             print(str(error), file=sys.stderr)
-        print(f"refused: {len(exc.errors)} error(s) shown; nothing of {args.file} was stored",
-              file=sys.stderr)
+        print(f"refused: {len(exc.errors)} error(s) shown; nothing of {args.file} was stored", file=sys.stderr)
         return 1
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.by_kind.items()))
-    print(f"loaded {report.records} records ({kinds}) in {report.seconds:.1f} s: "
-          f"{report.rate:,.0f} records/s; stored {report.stored}, kept newer {report.stale}")
+    print(
+        f"loaded {report.records} records ({kinds}) in {report.seconds:.1f} s: "
+        f"{report.rate:,.0f} records/s; stored {report.stored}, kept newer {report.stale}"
+    )
     for warning in report.warnings[:20]:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
@@ -115,8 +140,7 @@ def _registry_synth(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = write_jsonl(args.out, args.count, args.seed)
     seconds = time.perf_counter() - started
-    print(f"wrote {written} records for {args.count} enterprises to {args.out} "
-          f"in {seconds:.1f} s (seed {args.seed})")
+    print(f"wrote {written} records for {args.count} enterprises to {args.out} in {seconds:.1f} s (seed {args.seed})")
     return 0
 
 
@@ -124,10 +148,12 @@ def _rules_check(args: argparse.Namespace) -> int:
     policies = load_policies(args.dir)
     for policy in policies:
         periods = policy.model.effective
-        span = ", ".join(str(p) for p in periods.listed()) + \
-            (" onwards" if periods.periods is None and periods.last_period is None else "")
-        print(f"ok  {policy.id:26} v{policy.version:8} {policy.model.title}  periods {span}  "
-              f"sha256 {policy.sha256[:12]}")
+        span = ", ".join(str(p) for p in periods.listed()) + (
+            " onwards" if periods.periods is None and periods.last_period is None else ""
+        )
+        print(
+            f"ok  {policy.id:26} v{policy.version:8} {policy.model.title}  periods {span}  sha256 {policy.sha256[:12]}"
+        )
     print(f"{len(policies)} policies valid")
     return 0
 
@@ -160,14 +186,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     policies = load_policies(args.rules)
     with open_database(args.db) as engine:
         create_audit_schema(engine)  # every evaluation is recorded, this one too
-        with Recorder(engine) as recorder:   # the lookup path of the API: same decision, same record
+        with Recorder(engine) as recorder:  # the lookup path of the API: same decision, same record
             answer = Lookups(engine, recorder).explain(
-                policies, uscc=args.uscc, policy_id=args.policy, period=args.period,
-                today=args.as_of or date.today(), actor=Actor(f"cli:{getpass.getuser()}", "local"))
+                policies,
+                uscc=args.uscc,
+                policy_id=args.policy,
+                period=args.period,
+                today=args.as_of or date.today(),
+                actor=Actor(f"cli:{getpass.getuser()}", "local"),
+            )
     result, title = answer.evaluation, answer.policy.model.title
     if args.json:
-        print(json.dumps({**as_json(result, title), "evaluation_id": answer.evaluation_id},
-                         ensure_ascii=False, indent=2))
+        print(
+            json.dumps({**as_json(result, title), "evaluation_id": answer.evaluation_id}, ensure_ascii=False, indent=2)
+        )
     else:
         print(as_text(result, title))
     return 0
@@ -180,25 +212,42 @@ def _evaluate_period(args: argparse.Namespace) -> int:
 
     policies = load_policies(args.rules)
     with open_database(args.db) as engine:
-        summary = evaluate_period(policies, engine, period=args.period,
-                                  policy_ids=args.policy, today=args.as_of or date.today())
+        summary = evaluate_period(
+            policies, engine, period=args.period, policy_ids=args.policy, today=args.as_of or date.today()
+        )
     if args.json:
-        print(json.dumps({"period": summary.period, "enterprises": summary.enterprises,
-                          "evaluations": summary.evaluations, "seconds": summary.seconds,
-                          "evaluations_per_second": summary.rate,
-                          "policies": [vars(p) for p in summary.policies],
-                          "errors": summary.error_samples}, ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                {
+                    "period": summary.period,
+                    "enterprises": summary.enterprises,
+                    "evaluations": summary.evaluations,
+                    "seconds": summary.seconds,
+                    "evaluations_per_second": summary.rate,
+                    "policies": [vars(p) for p in summary.policies],
+                    "errors": summary.error_samples,
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return 1 if summary.error_samples else 0
-    print(f"period {summary.period}: {summary.enterprises} enterprises, {summary.evaluations} "
-          f"evaluations in {summary.seconds:.1f} s ({summary.rate:,.0f} evaluations/s)")
-    header = f"{'policy':26} {'eligible':>9} {'ineligible':>10} {'undetermined':>12} {'held':>6} " \
-             f"{'errors':>6} {'eligible total':>20} {'held total':>16}"
+    print(
+        f"period {summary.period}: {summary.enterprises} enterprises, {summary.evaluations} "
+        f"evaluations in {summary.seconds:.1f} s ({summary.rate:,.0f} evaluations/s)"
+    )
+    header = (
+        f"{'policy':26} {'eligible':>9} {'ineligible':>10} {'undetermined':>12} {'held':>6} "
+        f"{'errors':>6} {'eligible total':>20} {'held total':>16}"
+    )
     print(header)
     for p in summary.policies:
         c = p.counts
-        print(f"{p.policy_id:26} {c[Outcome.ELIGIBLE]:>9} {c[Outcome.INELIGIBLE]:>10} {c[Outcome.UNDETERMINED]:>12} "
-              f"{c[Outcome.HELD]:>6} {p.errors:>6} {format_yuan(p.eligible_fen):>20} "
-              f"{format_yuan(p.held_fen):>16}")
+        print(
+            f"{p.policy_id:26} {c[Outcome.ELIGIBLE]:>9} {c[Outcome.INELIGIBLE]:>10} {c[Outcome.UNDETERMINED]:>12} "
+            f"{c[Outcome.HELD]:>6} {p.errors:>6} {format_yuan(p.eligible_fen):>20} "
+            f"{format_yuan(p.held_fen):>16}"
+        )
     for sample in summary.error_samples:
         print(f"error: {sample}", file=sys.stderr)
     return 1 if summary.error_samples else 0
@@ -211,11 +260,24 @@ def _serve(args: argparse.Namespace) -> int:
     from service.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    serve(ServeConfig(db_url=args.db, rules_dir=args.rules, auth_file=args.auth_file,
-                      listen=args.listen, max_workers=args.workers, ledger_key=args.ledger_key,
-                      checkpoint_file=args.checkpoints, payers_file=args.payers,
-                      batch_chunk_size=args.batch_chunk, batch_lease_seconds=args.batch_lease_seconds,
-                      batch_workers=args.batch_workers, dask_scheduler=args.dask_scheduler,
-                      tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
-                      insecure=args.insecure))
+    serve(
+        ServeConfig(
+            db_url=args.db,
+            rules_dir=args.rules,
+            auth_file=args.auth_file,
+            listen=args.listen,
+            max_workers=args.workers,
+            ledger_key=args.ledger_key,
+            checkpoint_file=args.checkpoints,
+            payers_file=args.payers,
+            batch_chunk_size=args.batch_chunk,
+            batch_lease_seconds=args.batch_lease_seconds,
+            batch_workers=args.batch_workers,
+            dask_scheduler=args.dask_scheduler,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            client_ca=args.client_ca,
+            insecure=args.insecure,
+        )
+    )
     return 0

@@ -1,5 +1,6 @@
 """The gRPC client commands: `lookup` (an enterprise's benefits) and `batch ...` (payout batches,
 `service.cli.batch`). Each needs a bearer token: --token or $BENEFITS_TOKEN."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     lookup.add_argument("--policy")
     lookup.add_argument("--period", type=int, default=date.today().year - 1)
     add_connection_arguments(lookup)
-    lookup.add_argument("--token", default=None,
-                        help="bearer token (default: the BENEFITS_TOKEN environment variable)")
+    lookup.add_argument("--token", default=None, help="bearer token (default: the BENEFITS_TOKEN environment variable)")
     lookup.set_defaults(run=_lookup)
 
 

@@ -1,5 +1,6 @@
 """A chunk of enterprises read once: their facts as columns (what the decision reads) and, on
 demand, each enterprise's facts document (what its record's snapshot stores)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -23,7 +24,7 @@ class Chunk:
     columns: dict[int, FactColumns]
     rows: ChunkRows
     _snapshots: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
-    recorded_at: str = field(default_factory=now_stamp)   # when its records say they were made
+    recorded_at: str = field(default_factory=now_stamp)  # when its records say they were made
 
     def document(self, row: int, fact_year: int) -> FactsDocument:
         return self.rows.document(self.usccs[row], fact_year)

@@ -14,6 +14,7 @@ canonical JSON) straight from the rows by the same description (`service.facts_d
 Records of a collection are in the order of their kind's key within each enterprise (the
 documents' own order depends on the database: see `ChunkRows`).
 """
+
 from __future__ import annotations
 
 import json
@@ -101,8 +102,9 @@ class KindRows:
     """The rows of one kind in a chunk, sorted by `owner` (the enterprise's index in the chunk),
     within an enterprise by the kind's key; `raw[name]` holds one column's values as read."""
 
-    def __init__(self, spec: KindSpec, rows: list[Any], owner: Index, raw: dict[str, Sequence[Any]],
-                 chunk_size: int) -> None:
+    def __init__(
+        self, spec: KindSpec, rows: list[Any], owner: Index, raw: dict[str, Sequence[Any]], chunk_size: int
+    ) -> None:
         self.spec = spec
         self.owner = owner
         self.raw = raw
@@ -125,7 +127,7 @@ class KindRows:
         """The rows of enterprise `index`, with one attribute per column read: named tuples, made
         when asked for (making all of a chunk's when it is read cost more than it saved: the
         garbage collector walks a chunk's 20,000-odd new tuples; measured read + snapshots)."""
-        return list(map(self._named, self._rows[self._starts[index]:self._starts[index + 1]]))
+        return list(map(self._named, self._rows[self._starts[index] : self._starts[index + 1]]))
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class _SnapshotPart:
     """What the facts snapshots of the enterprise at `index` share whatever their fact year: its
     rows, and its registry facts, what is missing of them and its collections as snapshot JSON
     data (only read: every fact year's snapshot holds them)."""
+
     index: int
     rows: EnterpriseRows
     facts: dict[str, Any]
@@ -170,8 +173,9 @@ class ChunkRows:
         part = self._year_independent(index)
         rows = part.rows
         facts, missing = dict(part.facts), dict(part.missing)
-        add_yearly_facts(rows.enterprise, rows.tax.get(fact_year), rows.si.get(fact_year), fact_year,
-                         fact_json, facts, missing)
+        add_yearly_facts(
+            rows.enterprise, rows.tax.get(fact_year), rows.si.get(fact_year), fact_year, fact_json, facts, missing
+        )
         return snapshot_of_json(document_json(rows.uscc, fact_year, facts, part.collections, missing))
 
     def _enterprise_rows(self, index: int) -> EnterpriseRows:
@@ -202,11 +206,18 @@ class ChunkRows:
         fact years share the year-independent arrays (registry facts, collections), which are
         therefore read-only."""
         yearly = {spec.group: self._final_rows(spec, fact_year) for spec in _YEARLY}
-        year_facts = {**{f"{spec.group}.{name}": self._scatter(spec, name, *yearly[spec.group])
-                         for spec in _YEARLY for name in spec.fact_fields},
-                      **self._size_class(*yearly[_TAX.group], *yearly[_SI.group])}
-        facts = {name: self._registry_facts[name] if name in self._registry_facts else year_facts[name]
-                 for name in CATALOGUE.facts}
+        year_facts = {
+            **{
+                f"{spec.group}.{name}": self._scatter(spec, name, *yearly[spec.group])
+                for spec in _YEARLY
+                for name in spec.fact_fields
+            },
+            **self._size_class(*yearly[_TAX.group], *yearly[_SI.group]),
+        }
+        facts = {
+            name: self._registry_facts[name] if name in self._registry_facts else year_facts[name]
+            for name in CATALOGUE.facts
+        }
         return FactColumns(list(self.usccs), fact_year, facts, self._collections)
 
     # Year-independent parts, built once for every fact year (the columns share them).
@@ -215,12 +226,16 @@ class ChunkRows:
     def _registry_facts(self) -> dict[str, Column]:
         rows = self.kinds[_REGISTRY.kind]
         every = np.arange(len(rows), dtype=np.int64)
-        facts = {f"{_REGISTRY.group}.{name}": self._scatter(_REGISTRY, name, every, rows.owner)
-                 for name in _REGISTRY.fact_fields}
+        facts = {
+            f"{_REGISTRY.group}.{name}": self._scatter(_REGISTRY, name, every, rows.owner)
+            for name in _REGISTRY.fact_fields
+        }
         facts["enterprise.industry_section"] = self._derived(
-            rows, "industry_code", "enterprise.industry_section", derived.industry_section)
+            rows, "industry_code", "enterprise.industry_section", derived.industry_section
+        )
         facts["enterprise.has_bank_account"] = self._derived(
-            rows, _BANK_ACCOUNT_NO, "enterprise.has_bank_account", derived.has_bank_account)
+            rows, _BANK_ACCOUNT_NO, "enterprise.has_bank_account", derived.has_bank_account
+        )
         for column in facts.values():
             _freeze(column)
         return facts
@@ -252,8 +267,13 @@ class ChunkRows:
             verdicts: dict[tuple[Any, Any], bool] = {}  # few distinct (year, as_of): judged once each
             pairs = zip(rows.raw["year"], rows.raw["as_of"])
             out[spec.kind] = np.fromiter(
-                (verdicts[p] if p in verdicts else verdicts.setdefault(p, derived.yearly_record_is_final(*p))
-                 for p in pairs), dtype=np.bool_, count=len(rows))
+                (
+                    verdicts[p] if p in verdicts else verdicts.setdefault(p, derived.yearly_record_is_final(*p))
+                    for p in pairs
+                ),
+                dtype=np.bool_,
+                count=len(rows),
+            )
         return out
 
     # Helpers.
@@ -282,8 +302,7 @@ class ChunkRows:
         picks = np.fromiter((where[value] for value in values), dtype=np.int64, count=len(values))
         return _placed(kind, len(self), rows.owner, derived_values.values[picks], derived_values.known[picks])
 
-    def _size_class(self, tax_rows: Index, tax_owners: Index, si_rows: Index,
-                    si_owners: Index) -> dict[str, Column]:
+    def _size_class(self, tax_rows: Index, tax_owners: Index, si_rows: Index, si_owners: Index) -> dict[str, Column]:
         """`derived.size_class` and its basis. The SME standard is applied row by row through
         `derived.size_class`: its table is a few dozen prefix rules, not worth a second,
         vectorised copy (measured in benchmarks/bench_columns.py)."""
@@ -299,17 +318,27 @@ class ChunkRows:
         bases: list[str | None] = [None] * n
         for owner in registry.owner.tolist():
             employees, revenue, main_revenue, assets = (column[owner] for column in figures)
-            result = derived.size_class(recorded[owner], industry[owner], employees=employees, revenue_fen=revenue,
-                                        main_business_revenue_fen=main_revenue, total_assets_fen=assets)
+            result = derived.size_class(
+                recorded[owner],
+                industry[owner],
+                employees=employees,
+                revenue_fen=revenue,
+                main_business_revenue_fen=main_revenue,
+                total_assets_fen=assets,
+            )
             if result is not None:
                 classes[owner], bases[owner] = result.size_class, result.basis
-        return {"derived.size_class": Column.of(CATALOGUE.facts["derived.size_class"].kind, classes),
-                "derived.size_class_basis": Column.of(CATALOGUE.facts["derived.size_class_basis"].kind, bases)}
+        return {
+            "derived.size_class": Column.of(CATALOGUE.facts["derived.size_class"].kind, classes),
+            "derived.size_class_basis": Column.of(CATALOGUE.facts["derived.size_class_basis"].kind, bases),
+        }
 
     def _hire_counts(self) -> list[bool]:
         hires = self.kinds[_HIRE.kind].raw
-        return [derived.HireKey(*key) in self.counting
-                for key in zip(hires["uscc"], hires["person_ref"], hires["year"], hires["hired_on"])]
+        return [
+            derived.HireKey(*key) in self.counting
+            for key in zip(hires["uscc"], hires["person_ref"], hires["year"], hires["hired_on"])
+        ]
 
 
 def _read_kind(conn: Connection, spec: KindSpec, position: dict[str, int]) -> KindRows:
@@ -329,7 +358,7 @@ def _read_kind(conn: Connection, spec: KindSpec, position: dict[str, int]) -> Ki
 def _row_type(kind: str, names: tuple[str, ...]) -> type[Any]:
     """The rows of a kind kept as named tuples: documents and snapshots read a row's fields by
     name, which costs a tenth of a SQLAlchemy `Row`'s attribute lookup."""
-    return namedtuple(f"{kind}_row", names)   # names known at run time only
+    return namedtuple(f"{kind}_row", names)  # names known at run time only
 
 
 def _counting_hires(conn: Connection, hires: KindRows) -> set[derived.HireKey]:
@@ -338,12 +367,12 @@ def _counting_hires(conn: Connection, hires: KindRows) -> set[derived.HireKey]:
     table = table_for(_HIRE.kind)
     statement = select(table.c.uscc, table.c.person_ref, table.c.year, table.c.hired_on)
     persons = sorted(set(hires.raw["person_ref"]))
-    return derived.counting_hires(derived.HireKey(*row)
-                                  for row in _select_in(conn, statement, table.c.person_ref, persons))
+    return derived.counting_hires(
+        derived.HireKey(*row) for row in _select_in(conn, statement, table.c.person_ref, persons)
+    )
 
 
-def _select_in(conn: Connection, statement: Select[Any], column: ColumnElement[str],
-               values: list[str]) -> list[Any]:
+def _select_in(conn: Connection, statement: Select[Any], column: ColumnElement[str], values: list[str]) -> list[Any]:
     """The rows of `statement` whose `column` is one of `values`, in one query where the database
     takes the values as one parameter (`_ONE_PARAMETER`), else an IN list of `in_lists` size at a time."""
     if not values:
@@ -397,14 +426,16 @@ def _encoded(kind: ScalarKind, raw: Sequence[FactValue | None]) -> Column:
     if None in raw:
         return Column.of(kind, raw)
     dtype = dtype_of(kind)
-    on_record = cast("Sequence[FactValue]", raw)   # no None among them (above)
-    values = np.fromiter(map(encode, on_record), dtype=dtype, count=len(raw)) if kind == "date" else \
-        np.array(raw, dtype=dtype).reshape(len(raw))
+    on_record = cast("Sequence[FactValue]", raw)  # no None among them (above)
+    values = (
+        np.fromiter(map(encode, on_record), dtype=dtype, count=len(raw))
+        if kind == "date"
+        else np.array(raw, dtype=dtype).reshape(len(raw))
+    )
     return Column(values, np.ones(len(raw), dtype=np.bool_))
 
 
-def _placed(kind: ScalarKind, n: int, owners: Index, values: npt.NDArray[Any],
-            known: npt.NDArray[np.bool_]) -> Column:
+def _placed(kind: ScalarKind, n: int, owners: Index, values: npt.NDArray[Any], known: npt.NDArray[np.bool_]) -> Column:
     """A column of n rows holding `values` at `owners`, not on record elsewhere."""
     out = np.full(n, _placeholder(kind), dtype=dtype_of(kind))
     out[owners] = values

@@ -8,6 +8,7 @@ the trace holds true. A disagreement, or a value the engine cannot hold, is an e
 enterprise and policy: counted, logged with the enterprise and clause, never paid - never
 resolved quietly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,6 +33,7 @@ log = logging.getLogger("benefits.evaluation")
 @dataclass(frozen=True)
 class PeriodPlan:
     """The policies of one period, compiled, vectorised and packed: built once, kept warm."""
+
     period: int
     policies: tuple[LoadedPolicy, ...]
     packs: tuple[PackedRuleset, ...]
@@ -61,6 +63,7 @@ def plan_for(policies: Sequence[LoadedPolicy], period: int) -> PeriodPlan:
 @dataclass
 class PolicyDecisions:
     """One policy's decisions for a chunk: the trace, and which rows are errors (and why)."""
+
     policy: LoadedPolicy
     columns: FactColumns
     trace: ChunkTrace
@@ -81,8 +84,9 @@ class PolicyDecisions:
         """Every row's mask, made for the whole chunk at once."""
         trace = self.trace
         separator = np.full((len(trace.outcome), 1), ord(MASK_SEPARATOR), dtype=np.uint8)
-        chars = np.ascontiguousarray(np.concatenate(
-            [_TRUTH_BYTES[trace.conditions], separator, _TRUTH_BYTES[trace.payable]], axis=1))
+        chars = np.ascontiguousarray(
+            np.concatenate([_TRUTH_BYTES[trace.conditions], separator, _TRUTH_BYTES[trace.payable]], axis=1)
+        )
         return [text.decode("ascii") for text in chars.view(f"S{chars.shape[1]}")[:, 0].tolist()]
 
     def tally(self) -> tuple[dict[Outcome, int], int, int, int]:
@@ -93,10 +97,12 @@ class PolicyDecisions:
         outcomes = self.trace.outcome[ok]
         amounts = self.trace.amount_fen[ok]
         counts = np.bincount(outcomes, minlength=len(OUTCOME_OF_CODE))
-        return ({outcome: int(counts[i]) for i, outcome in enumerate(OUTCOME_OF_CODE)},
-                int(amounts[outcomes == OUTCOME_CODES[Outcome.ELIGIBLE]].sum()),
-                int(amounts[outcomes == OUTCOME_CODES[Outcome.HELD]].sum()),
-                len(self.errors))
+        return (
+            {outcome: int(counts[i]) for i, outcome in enumerate(OUTCOME_OF_CODE)},
+            int(amounts[outcomes == OUTCOME_CODES[Outcome.ELIGIBLE]].sum()),
+            int(amounts[outcomes == OUTCOME_CODES[Outcome.HELD]].sum()),
+            len(self.errors),
+        )
 
 
 # The record's character (one ASCII byte) for each truth code of the vectorised trace.
@@ -105,8 +111,9 @@ for _truth, _code in TRUTH_CODES.items():
     _TRUTH_BYTES[_code] = ord(MASK_CODES[_truth])
 
 
-def decide_chunk(plan: PeriodPlan, columns: Mapping[int, FactColumns], *, today: date,
-                 only: Sequence[str] | None = None) -> dict[str, PolicyDecisions]:
+def decide_chunk(
+    plan: PeriodPlan, columns: Mapping[int, FactColumns], *, today: date, only: Sequence[str] | None = None
+) -> dict[str, PolicyDecisions]:
     """Decide every enterprise of the chunk under the plan's policies (or `only` those): columns
     by fact year, every fact year of the plan present and in the same row order."""
     wanted = set(only) if only is not None else None
@@ -116,7 +123,7 @@ def decide_chunk(plan: PeriodPlan, columns: Mapping[int, FactColumns], *, today:
             continue
         chunk = columns[policy.fact_year(plan.period)]
         vectorised = policy.compiled(plan.period).vectorised
-        assert vectorised is not None   # the loader compiles every period vectorised or refuses the policy
+        assert vectorised is not None  # the loader compiles every period vectorised or refuses the policy
         trace = vectorised.run(chunk, today=today)
         decisions[policy.id] = PolicyDecisions(policy, chunk, trace, _engine_errors(trace))
     for packed in plan.packs:
@@ -146,8 +153,9 @@ def engine_facts(members: Sequence[PackedMember], decisions: Mapping[str, Policy
     return [{name: values[row] for name, values, known in columns if known[row]} for row in range(n)]
 
 
-def _cross_check(packed: PackedRuleset, members: Sequence[PackedMember],
-                 decisions: Mapping[str, PolicyDecisions]) -> None:
+def _cross_check(
+    packed: PackedRuleset, members: Sequence[PackedMember], decisions: Mapping[str, PolicyDecisions]
+) -> None:
     fired = packed.ruleset.fire_each(engine_facts(members, decisions))
     for member in members:
         decision = decisions[member.policy_id]
@@ -158,9 +166,12 @@ def _cross_check(packed: PackedRuleset, members: Sequence[PackedMember],
         held = held.reshape(expected.shape)
         for row in np.flatnonzero((held != expected).any(axis=1)).tolist():
             clauses = [*member.compiled.policy.conditions, *member.compiled.policy.payable]
-            problems = [f"clause {clause.id}: engine {'held' if held[row, j] else 'failed'}, trace "
-                        f"{'true' if expected[row, j] else 'not true'}"
-                        for j, clause in enumerate(clauses) if held[row, j] != expected[row, j]]
+            problems = [
+                f"clause {clause.id}: engine {'held' if held[row, j] else 'failed'}, trace "
+                f"{'true' if expected[row, j] else 'not true'}"
+                for j, clause in enumerate(clauses)
+                if held[row, j] != expected[row, j]
+            ]
             message = f"engine and trace disagree: {'; '.join(problems)}"
             decision.errors.setdefault(row, message)
             log.error("%s %s: %s", member.policy_id, decision.columns.usccs[row], message)

@@ -24,6 +24,7 @@ snapshot on the same evaluation date (`find_recorded`) - the lookup answers with
 id instead of recording again, once the reference evaluator has decided as the record says
 (otherwise the record is not faithful: DATA_LOSS, as `render_faithful` refuses it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,16 +58,18 @@ _COMPARED = tuple(name for name in DECISION_FIELDS if name != "engine")
 # whole chunk, so that `find_recorded` (which vouches for a record) runs only where one exists.
 # By the enterprises first: that is the records' index (`ix_evaluation_record_enterprise`); by
 # the facts alone the query read every record (1 lookup/s at 1,000,000 enterprises).
-_RECORDED_PAIRS = (select(evaluation_record.c.facts_sha256, evaluation_record.c.rule_sha256)
-                   .where(evaluation_record.c.uscc.in_(bindparam("usccs", expanding=True)),
-                          evaluation_record.c.facts_sha256.in_(bindparam("facts", expanding=True)),
-                          evaluation_record.c.evaluated_on == bindparam("evaluated_on")))
+_RECORDED_PAIRS = select(evaluation_record.c.facts_sha256, evaluation_record.c.rule_sha256).where(
+    evaluation_record.c.uscc.in_(bindparam("usccs", expanding=True)),
+    evaluation_record.c.facts_sha256.in_(bindparam("facts", expanding=True)),
+    evaluation_record.c.evaluated_on == bindparam("evaluated_on"),
+)
 
 
 @dataclass(frozen=True)
 class Lookup:
     """One policy's answer for the enterprise: the reference evaluation (full trace), the id of
     the record that holds its decision, and whether that record was made before (reused)."""
+
     policy: LoadedPolicy
     evaluation: Evaluation
     evaluation_id: str
@@ -76,17 +79,22 @@ class Lookup:
 @dataclass
 class _Request:
     """One caller's lookup while it is queued, read and answered."""
+
     uscc: str
     policies: tuple[LoadedPolicy, ...]
     actor: Actor
     answers: list[Lookup] = field(default_factory=list)
-    committed: Future[None] | None = None   # the recorder's, for the records of `answers`
+    committed: Future[None] | None = None  # the recorder's, for the records of `answers`
     error: BaseException | None = None
     settled: bool = False
-    wake: threading.Event = field(default_factory=threading.Event)   # settled, or its turn to read
+    wake: threading.Event = field(default_factory=threading.Event)  # settled, or its turn to read
 
-    def settle(self, answers: list[Lookup] | None = None, committed: Future[None] | None = None,
-               error: BaseException | None = None) -> None:
+    def settle(
+        self,
+        answers: list[Lookup] | None = None,
+        committed: Future[None] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
         self.answers, self.committed, self.error, self.settled = answers or [], committed, error, True
         self.wake.set()
 
@@ -94,6 +102,7 @@ class _Request:
 @dataclass
 class _Group:
     """Queued lookups that can share one chunk: the same policy set, period and day."""
+
     policies: PolicySet
     period: int
     today: date
@@ -110,10 +119,10 @@ class Lookups:
 
     def __init__(self, engine: Engine, recorder: Recorder, *, reuse: bool = True) -> None:
         self.engine, self.recorder, self.reuse = engine, recorder, reuse
-        self.chunks_read = 0    # chunks read and decided ...
-        self.lookups_read = 0   # ... for this many lookups: how much they shared
+        self.chunks_read = 0  # chunks read and decided ...
+        self.lookups_read = 0  # ... for this many lookups: how much they shared
         self._queue: list[tuple[_Request, PolicySet, int, date]] = []
-        self._reading = False   # a caller is reading; the others queue
+        self._reading = False  # a caller is reading; the others queue
         self._lock = threading.Lock()
 
     @property
@@ -122,42 +131,43 @@ class Lookups:
         with self._lock:
             return len(self._queue)
 
-    def explain(self, policies: PolicySet, *, uscc: str, policy_id: str, period: int, today: date,
-                actor: Actor) -> Lookup:
+    def explain(
+        self, policies: PolicySet, *, uscc: str, policy_id: str, period: int, today: date, actor: Actor
+    ) -> Lookup:
         """One enterprise under one policy."""
-        return self.look_up(policies, uscc=uscc, policy_ids=[policy_id], period=period, today=today,
-                            actor=actor)[0]
+        return self.look_up(policies, uscc=uscc, policy_ids=[policy_id], period=period, today=today, actor=actor)[0]
 
-    def look_up(self, policies: PolicySet, *, uscc: str, policy_ids: Sequence[str], period: int, today: date,
-                actor: Actor) -> list[Lookup]:
+    def look_up(
+        self, policies: PolicySet, *, uscc: str, policy_ids: Sequence[str], period: int, today: date, actor: Actor
+    ) -> list[Lookup]:
         """One enterprise under each of `policy_ids` (none: whether it is on record), in that
         order, every new record of the call committed before this returns. An unknown policy, or
         one not in force for the period, is refused before the database is read;
         EnterpriseNotFoundError when nothing at all is on record for the USCC."""
         chosen = tuple(policies.get(policy_id) for policy_id in policy_ids)
         for policy in chosen:
-            policy.compiled(period)   # PeriodNotCoveredError names the period
+            policy.compiled(period)  # PeriodNotCoveredError names the period
         request = _Request(uscc, chosen, actor)
         with self._lock:
             self._queue.append((request, policies, period, today))
             reader, self._reading = not self._reading, True
         if not reader:
-            request.wake.wait()   # settled by the reader, or handed the reading
-        while not request.settled:   # this caller reads for everyone queued
+            request.wake.wait()  # settled by the reader, or handed the reading
+        while not request.settled:  # this caller reads for everyone queued
             with self._lock:
                 taken, self._queue = self._queue, []
             try:
                 self._read_all(taken)
             finally:
                 with self._lock:
-                    if self._queue:   # one waiter wakes to read next: never all of them
+                    if self._queue:  # one waiter wakes to read next: never all of them
                         self._queue[0][0].wake.set()
                     else:
                         self._reading = False
         if request.error is not None:
             raise request.error
         if request.committed is not None:
-            request.committed.result()   # the ids answered are durable (or the database's error)
+            request.committed.result()  # the ids answered are durable (or the database's error)
         return request.answers
 
     # ------------------------------------------------------------------------------ the reader
@@ -174,7 +184,7 @@ class Lookups:
                     if len(group.requests) == 1:
                         group.requests[0].settle(error=exc)
                         continue
-                    for request in group.requests:   # alone, each meets only its own error
+                    for request in group.requests:  # alone, each meets only its own error
                         if request.settled:
                             continue
                         try:
@@ -192,14 +202,17 @@ class Lookups:
         policies, period, today = group.policies, group.period, group.today
         usccs = list(dict.fromkeys(r.uscc for r in requests))
         rows = {uscc: row for row, uscc in enumerate(usccs)}
-        with self.engine.connect() as conn:   # one round trip for every enterprise of the chunk
+        with self.engine.connect() as conn:  # one round trip for every enterprise of the chunk
             chunk = read_chunk(conn, usccs, {p.fact_year(period) for r in requests for p in r.policies})
             present = [r for r in requests if chunk.on_record(rows[r.uscc])]
             recorded = self._recorded(conn, chunk, rows, present, period, today) if self.reuse else {}
         on_record = {r.uscc for r in present}
         fresh = sorted({p.id for r in present for p in r.policies if p.id not in recorded.get(r.uscc, {})})
-        decisions = decide_chunk(plan_for(in_force(policies, period), period), chunk.columns, today=today,
-                                 only=fresh) if fresh else {}
+        decisions = (
+            decide_chunk(plan_for(in_force(policies, period), period), chunk.columns, today=today, only=fresh)
+            if fresh
+            else {}
+        )
         self.chunks_read += 1
         self.lookups_read += len(requests)
         answered: list[tuple[_Request, list[Lookup]]] = []
@@ -208,45 +221,75 @@ class Lookups:
             if request.uscc not in on_record:
                 request.settle(error=EnterpriseNotFoundError(request.uscc))
                 continue
-            try:   # an explanation that fails its checks fails that lookup alone
-                answers, records = _answer(chunk, rows[request.uscc], request, decisions,
-                                           recorded.get(request.uscc, {}), period, today)
+            try:  # an explanation that fails its checks fails that lookup alone
+                answers, records = _answer(
+                    chunk, rows[request.uscc], request, decisions, recorded.get(request.uscc, {}), period, today
+                )
             except Exception as exc:
                 request.settle(error=exc)
                 continue
             answered.append((request, answers))
             pending += records
-        committed = self.recorder.submit(pending)   # one ticket: the chunk's records commit together
+        committed = self.recorder.submit(pending)  # one ticket: the chunk's records commit together
         for request, answers in answered:
             request.settle(answers, committed)
 
-    def _recorded(self, conn: Connection, chunk: Chunk, rows: Mapping[str, int], requests: Sequence[_Request],
-                  period: int, today: date) -> dict[str, dict[str, Mapping[str, Any]]]:
+    def _recorded(
+        self,
+        conn: Connection,
+        chunk: Chunk,
+        rows: Mapping[str, int],
+        requests: Sequence[_Request],
+        period: int,
+        today: date,
+    ) -> dict[str, dict[str, Mapping[str, Any]]]:
         """The records already made of the requested decisions: USCC -> policy id -> record."""
         wanted = {p.id: p for r in requests for p in r.policies}
-        keys = {(r.uscc, p.id): chunk.snapshot(rows[r.uscc], p.fact_year(period))[1]
-                for r in requests for p in r.policies}
+        keys = {
+            (r.uscc, p.id): chunk.snapshot(rows[r.uscc], p.fact_year(period))[1] for r in requests for p in r.policies
+        }
         if not keys:
             return {}
         evaluated_on = today.isoformat()
-        pairs = {(facts, rule) for facts, rule in conn.execute(
-            _RECORDED_PAIRS, {"usccs": sorted({uscc for uscc, _ in keys}), "facts": sorted(set(keys.values())),
-                              "evaluated_on": evaluated_on})}
+        pairs = {
+            (facts, rule)
+            for facts, rule in conn.execute(
+                _RECORDED_PAIRS,
+                {
+                    "usccs": sorted({uscc for uscc, _ in keys}),
+                    "facts": sorted(set(keys.values())),
+                    "evaluated_on": evaluated_on,
+                },
+            )
+        }
         found: dict[str, dict[str, Mapping[str, Any]]] = defaultdict(dict)
         for (uscc, policy_id), facts_sha256 in keys.items():
             rule_sha256 = wanted[policy_id].sha256
             if (facts_sha256, rule_sha256) not in pairs:
                 continue
-            record = find_recorded(conn, rule_sha256=rule_sha256, facts_sha256=facts_sha256,
-                                   evaluated_on=evaluated_on, uscc=uscc, policy_id=policy_id, period=period)
+            record = find_recorded(
+                conn,
+                rule_sha256=rule_sha256,
+                facts_sha256=facts_sha256,
+                evaluated_on=evaluated_on,
+                uscc=uscc,
+                policy_id=policy_id,
+                period=period,
+            )
             if record is not None:
                 found[uscc][policy_id] = record
         return found
 
 
-def _answer(chunk: Chunk, row: int, request: _Request, decisions: Mapping[str, PolicyDecisions],
-            recorded: Mapping[str, Mapping[str, Any]], period: int,
-            today: date) -> tuple[list[Lookup], list[tuple[LoadedPolicy, PreparedRecord]]]:
+def _answer(
+    chunk: Chunk,
+    row: int,
+    request: _Request,
+    decisions: Mapping[str, PolicyDecisions],
+    recorded: Mapping[str, Mapping[str, Any]],
+    period: int,
+    today: date,
+) -> tuple[list[Lookup], list[tuple[LoadedPolicy, PreparedRecord]]]:
     """Explain one row under each of the request's policies with the reference evaluator, check
     it against the decision or the reused record; the answers and the records to make."""
     answers: list[Lookup] = []
@@ -271,20 +314,33 @@ def _answer(chunk: Chunk, row: int, request: _Request, decisions: Mapping[str, P
 def _decision(decisions: PolicyDecisions, row: int, period: int, today: date) -> Decision:
     """The decide path's decision of one row, as its record stores it."""
     policy = decisions.policy
-    return Decision(policy.id, policy.version, policy.sha256, period, policy.fact_year(period),
-                    decisions.columns.usccs[row], today.isoformat(), decisions.outcome(row),
-                    decisions.amount_fen(row), decisions.mask(row))
+    return Decision(
+        policy.id,
+        policy.version,
+        policy.sha256,
+        period,
+        policy.fact_year(period),
+        decisions.columns.usccs[row],
+        today.isoformat(),
+        decisions.outcome(row),
+        decisions.amount_fen(row),
+        decisions.mask(row),
+    )
 
 
-def _check_agreement(policy: LoadedPolicy, uscc: str, decisions: PolicyDecisions, row: int, decided: Decision,
-                     explained: Decision) -> None:
+def _check_agreement(
+    policy: LoadedPolicy, uscc: str, decisions: PolicyDecisions, row: int, decided: Decision, explained: Decision
+) -> None:
     """The decide path (vectorised trace and packed rulesets, cross-checked) and the reference
     evaluator must reach the same decision; else neither is answered."""
     problems = []
     if row in decisions.errors:
         problems.append(f"decide path: {decisions.errors[row]}")
-    problems += [f"{name}: decide path {decided.shown(name)}, reference evaluator {explained.shown(name)}"
-                 for name in _COMPARED if getattr(decided, name) != getattr(explained, name)]
+    problems += [
+        f"{name}: decide path {decided.shown(name)}, reference evaluator {explained.shown(name)}"
+        for name in _COMPARED
+        if getattr(decided, name) != getattr(explained, name)
+    ]
     if problems:
         log.error("lookup %s %s: %s", policy.id, uscc, "; ".join(problems))
         raise EngineDisagreementError(policy.id, uscc, problems)
@@ -297,9 +353,11 @@ def _check_record(record: Mapping[str, Any], explained: Decision) -> None:
         stored = Decision.from_record(record)
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordMismatchError(evaluation_id, [f"the record is malformed: {exc}"]) from exc
-    differences = [f"{name}: stored {stored.shown(name)}, evaluated {explained.shown(name)}"
-                   for name in _COMPARED if getattr(stored, name) != getattr(explained, name)]
+    differences = [
+        f"{name}: stored {stored.shown(name)}, evaluated {explained.shown(name)}"
+        for name in _COMPARED
+        if getattr(stored, name) != getattr(explained, name)
+    ]
     if differences:
-        log.error("recorded evaluation %s does not decide as its inputs do: %s", evaluation_id,
-                  "; ".join(differences))
+        log.error("recorded evaluation %s does not decide as its inputs do: %s", evaluation_id, "; ".join(differences))
         raise RecordMismatchError(evaluation_id, differences)

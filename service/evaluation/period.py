@@ -1,4 +1,5 @@
 """Evaluations over the registry: every enterprise under every policy for a period."""
+
 from __future__ import annotations
 
 import time
@@ -38,14 +39,24 @@ class PeriodSummary:
         return self.evaluations / self.seconds if self.seconds else 0.0
 
 
-def evaluate_period(policies: PolicySet, engine: Engine, *, period: int, today: date,
-                    policy_ids: Iterable[str] | None = None, chunk_size: int = 2000,
-                    progress: Callable[[int], None] | None = None) -> PeriodSummary:
+def evaluate_period(
+    policies: PolicySet,
+    engine: Engine,
+    *,
+    period: int,
+    today: date,
+    policy_ids: Iterable[str] | None = None,
+    chunk_size: int = 2000,
+    progress: Callable[[int], None] | None = None,
+) -> PeriodSummary:
     """Decide every registered enterprise under every (or the given) policy for `period`, a chunk
     at a time (`service.evaluation.decide`: the engine decides, the compiled trace cross-checks).
     Errors are counted and sampled, never hidden: the summary reports them."""
-    chosen = [policies.get(pid) for pid in dict.fromkeys(policy_ids)] if policy_ids else \
-        [p for p in policies if p.covers(period)]
+    chosen = (
+        [policies.get(pid) for pid in dict.fromkeys(policy_ids)]
+        if policy_ids
+        else [p for p in policies if p.covers(period)]
+    )
     for policy in chosen:
         policy.compiled(period)  # a period the policy does not cover is refused here, by name
     plan = plan_for(chosen, period)
@@ -77,5 +88,5 @@ def _tally(target: PolicySummary, decisions: PolicyDecisions, summary: PeriodSum
     target.eligible_fen += eligible_fen
     target.held_fen += held_fen
     target.errors += errors
-    for row, message in list(decisions.errors.items())[:max(0, 20 - len(summary.error_samples))]:
+    for row, message in list(decisions.errors.items())[: max(0, 20 - len(summary.error_samples))]:
         summary.error_samples.append(f"{target.policy_id} {decisions.columns.usccs[row]}: {message}")

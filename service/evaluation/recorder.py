@@ -13,6 +13,7 @@ call of that group gets the database's own error - the API maps it as any other 
 goes on with the next group. The queue is bounded (in records): when it is full, callers wait for
 room. `stop` writes what is queued and ends the writer; nothing is left unanswered.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,7 @@ from service.audit.records import PreparedRecord, write_records
 
 log = logging.getLogger("benefits.recorder")
 
-DEFAULT_CAPACITY = 4096   # records queued at most; a call's records are never split between groups
+DEFAULT_CAPACITY = 4096  # records queued at most; a call's records are never split between groups
 
 
 class RecorderStoppedError(RuntimeError):
@@ -42,6 +43,7 @@ class RecorderStoppedError(RuntimeError):
 @dataclass
 class _Ticket:
     """One call's records, and how the call learns that they are committed (or why not)."""
+
     records: Sequence[tuple[LoadedPolicy, PreparedRecord]]
     done: Future[None] = field(default_factory=Future)
 
@@ -53,15 +55,15 @@ class Recorder:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.engine, self.capacity = engine, capacity
-        self.transactions = 0      # groups committed
-        self.failed_groups = 0     # groups whose transaction failed
+        self.transactions = 0  # groups committed
+        self.failed_groups = 0  # groups whose transaction failed
         self.records_written = 0
         self._queue: list[_Ticket] = []
-        self._queued = 0           # records in `_queue`
-        self._writing = 0          # records of the group being written
+        self._queued = 0  # records in `_queue`
+        self._writing = 0  # records of the group being written
         lock = threading.Lock()
-        self._cond = threading.Condition(lock)   # the writer waits on it for work
-        self._room = threading.Condition(lock)   # callers wait on it for room in the queue
+        self._cond = threading.Condition(lock)  # the writer waits on it for work
+        self._room = threading.Condition(lock)  # callers wait on it for room in the queue
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -83,14 +85,17 @@ class Recorder:
             self._room.notify_all()
         if self._thread is not None:
             self._thread.join()
-            log.info("recorder stopped: %d records in %d transactions, %d failed", self.records_written,
-                     self.transactions, self.failed_groups)
+            log.info(
+                "recorder stopped: %d records in %d transactions, %d failed",
+                self.records_written,
+                self.transactions,
+                self.failed_groups,
+            )
 
     def __enter__(self) -> Recorder:
         return self.start()
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
     @property
@@ -127,8 +132,8 @@ class Recorder:
                 raise RecorderStoppedError("the recorder is not running")
             self._queue.append(ticket)
             self._queued += len(records)
-            self._cond.notify()   # the writer
-        return ticket.done   # the writer always settles it: committed, or the group's error
+            self._cond.notify()  # the writer
+        return ticket.done  # the writer always settles it: committed, or the group's error
 
     # ------------------------------------------------------------------------------ the writer
     def _run(self) -> None:
@@ -138,10 +143,10 @@ class Recorder:
                 with self._cond:
                     while not self._queue and not self._stopping:
                         self._cond.wait()
-                    if not self._queue:   # stopping, and everything written
+                    if not self._queue:  # stopping, and everything written
                         return
                     group, self._queue, self._writing, self._queued = self._queue, [], self._queued, 0
-                    self._room.notify_all()   # callers waiting for room in the queue
+                    self._room.notify_all()  # callers waiting for room in the queue
                 self._commit(group)
                 with self._cond:
                     self._writing = 0
@@ -165,7 +170,7 @@ class Recorder:
         try:
             with ledger_transaction(self.engine) as conn:
                 for policy, records in by_rule.values():
-                    write_records(conn, policy, records)   # one ledger entry per policy
+                    write_records(conn, policy, records)  # one ledger entry per policy
         except Exception as exc:
             self.failed_groups += 1
             # The class and primary message only: a database error's detail carries row values.

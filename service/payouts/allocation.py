@@ -4,6 +4,7 @@ Pro-rating: when eligible amounts exceed the budget, each line gets budget x amo
 rounded down to the fen, and the fen left over go one each to the lines with the largest
 remainders (ties by USCC), so the lines sum to the budget exactly (largest-remainder method).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Share:
     uscc: str
-    full_fen: int       # what the enterprise qualified for
-    paid_fen: int       # after pro-rating
+    full_fen: int  # what the enterprise qualified for
+    paid_fen: int  # after pro-rating
 
 
 def prorate(amounts: Mapping[str, int], budget_fen: int | None) -> list[Share]:
@@ -39,9 +40,9 @@ def prorate(amounts: Mapping[str, int], budget_fen: int | None) -> list[Share]:
 @dataclass(frozen=True)
 class StackedAward:
     policy_id: str
-    payable_fen: int            # what this policy's line pays now
-    superseded_by: str | None   # a higher award of the same group, not granted yet, pays instead
-    tops_up: str | None         # the policy of the largest standing grant this line adds to
+    payable_fen: int  # what this policy's line pays now
+    superseded_by: str | None  # a higher award of the same group, not granted yet, pays instead
+    tops_up: str | None  # the policy of the largest standing grant this line adds to
 
 
 def stack(awards: Mapping[str, int], standing: Mapping[str, int]) -> dict[str, StackedAward]:
@@ -58,7 +59,7 @@ def stack(awards: Mapping[str, int], standing: Mapping[str, int]) -> dict[str, S
     if not awards:
         return {}
     shortfall = max(max(awards.values()) - sum(standing.values()), 0)
-    ranked = sorted(awards, key=lambda p: (-awards[p], p))   # highest first; ties by policy id
+    ranked = sorted(awards, key=lambda p: (-awards[p], p))  # highest first; ties by policy id
     earlier = max(sorted(standing), key=lambda p: standing[p]) if standing else None
     out: dict[str, StackedAward] = {}
     for rank, policy in enumerate(ranked):

@@ -7,6 +7,7 @@ that makes it (`seals`). The background run itself (evaluate, stack, pro-rate, g
 No single principal can cause a second payment: the creator may not approve; a return the bank
 reported releases its grant only when a finance_approver who did not record it confirms it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 APPROVER_ROLE = "finance_approver"
-_ID = re.compile(r"[\x21-\x7e]{1,40}")   # what any line or batch id looks like (printable ASCII)
+_ID = re.compile(r"[\x21-\x7e]{1,40}")  # what any line or batch id looks like (printable ASCII)
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,11 @@ class Batch:
 @dataclass(frozen=True)
 class BankResult:
     """One line's result as the bank gave it: PAID, or RETURNED with the bank's reason."""
+
     line_id: str
     state: LineState
     reason: str = ""
-    where: str = ""           # how the caller names it in errors (`results[3]`, `TxInfAndSts[2]`)
+    where: str = ""  # how the caller names it in errors (`results[3]`, `TxInfAndSts[2]`)
 
 
 def batch_id_for(request_id: str) -> str:
@@ -104,8 +106,7 @@ def conflict_rivals(policies: PolicySet, policy: LoadedPolicy, period: int) -> l
     """The policies of the conflict group whose awards a batch of `policy` stacks against
     (就高不重复), as loaded now: a batch pins their texts when it starts."""
     group = policy.model.conflict_group
-    return [p for p in policies if group and p.id != policy.id and p.model.conflict_group == group
-            and p.covers(period)]
+    return [p for p in policies if group and p.id != policy.id and p.model.conflict_group == group and p.covers(period)]
 
 
 def running_key(policies: PolicySet, policy_id: str, period: int) -> str:
@@ -114,8 +115,9 @@ def running_key(policies: PolicySet, policy_id: str, period: int) -> str:
     return f"{'+'.join(policies.exclusion_family(policy_id))}/{period}"
 
 
-def start_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period: int, request_id: str,
-                actor: Actor, today: date) -> Batch:
+def start_batch(
+    engine: Engine, policies: PolicySet, *, policy_id: str, period: int, request_id: str, actor: Actor, today: date
+) -> Batch:
     """Create the RUNNING batch of a policy and period, or return the batch of a repeated
     request_id. Refused while another batch of the same policy (or one it excludes) and period
     is running."""
@@ -136,27 +138,42 @@ def start_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period: 
         with ledger_transaction(engine) as conn:
             for loaded in (policy, *rivals):
                 remember_policy(conn, loaded)
-            conn.execute(insert(payout_batch).values(
-                batch_id=batch_id, request_id=request_id, policy_id=policy.id,
-                policy_version=policy.version, rule_sha256=policy.sha256, period=period,
-                state=BatchState.RUNNING, running_key=key, created_by=actor.principal,
-                created_role=actor.role, created_at=_now(), evaluated_on=today.isoformat(),
-                enterprise_count=enterprise_count,
-                rival_rules=orjson.dumps([[p.id, p.sha256] for p in rivals]).decode()))
+            conn.execute(
+                insert(payout_batch).values(
+                    batch_id=batch_id,
+                    request_id=request_id,
+                    policy_id=policy.id,
+                    policy_version=policy.version,
+                    rule_sha256=policy.sha256,
+                    period=period,
+                    state=BatchState.RUNNING,
+                    running_key=key,
+                    created_by=actor.principal,
+                    created_role=actor.role,
+                    created_at=_now(),
+                    evaluated_on=today.isoformat(),
+                    enterprise_count=enterprise_count,
+                    rival_rules=orjson.dumps([[p.id, p.sha256] for p in rivals]).decode(),
+                )
+            )
             seal_event(conn, MoneyEvent.START, batch_id, actor)
     except IntegrityError:
         existing = _by_request(engine, request_id)
         if existing is not None:  # the same request, made concurrently
             return _same_request(existing, request_id, policy_id, period)
         with engine.connect() as conn:
-            running = conn.execute(select(payout_batch.c.batch_id, payout_batch.c.policy_id).where(
-                payout_batch.c.running_key == key)).first()
+            running = conn.execute(
+                select(payout_batch.c.batch_id, payout_batch.c.policy_id).where(payout_batch.c.running_key == key)
+            ).first()
         if running is None:
-            raise BatchRunningError(f"a batch of {policy_id} {period} was running and has just finished: retry "
-                                    "to pick up whoever it did not grant") from None
-        raise BatchRunningError(f"batch {running.batch_id} of {running.policy_id} {period} is running: watch it, "
-                                "and start another when it is DRAFT (it picks up whoever this one did not grant)"
-                                ) from None
+            raise BatchRunningError(
+                f"a batch of {policy_id} {period} was running and has just finished: retry "
+                "to pick up whoever it did not grant"
+            ) from None
+        raise BatchRunningError(
+            f"batch {running.batch_id} of {running.policy_id} {period} is running: watch it, "
+            "and start another when it is DRAFT (it picks up whoever this one did not grant)"
+        ) from None
     return get_batch(engine, batch_id)
 
 
@@ -174,10 +191,27 @@ def _by_request(engine: Engine, request_id: str) -> Batch | None:
 
 def _batch(row: Any) -> Batch:
     r = row._mapping
-    return Batch(r["batch_id"], r["request_id"], r["policy_id"], r["period"], BatchState(r["state"]),
-                 r["line_count"], r["total_fen"], r["merkle_root"], r["created_by"], r["approved_by"],
-                 r["policy_version"], r["created_at"], r["enterprise_count"], r["evaluated_count"],
-                 r["eligible_count"], r["eligible_fen"], r["error_count"], r["cancelled_by"], r["cancel_reason"])
+    return Batch(
+        r["batch_id"],
+        r["request_id"],
+        r["policy_id"],
+        r["period"],
+        BatchState(r["state"]),
+        r["line_count"],
+        r["total_fen"],
+        r["merkle_root"],
+        r["created_by"],
+        r["approved_by"],
+        r["policy_version"],
+        r["created_at"],
+        r["enterprise_count"],
+        r["evaluated_count"],
+        r["eligible_count"],
+        r["eligible_fen"],
+        r["error_count"],
+        r["cancelled_by"],
+        r["cancel_reason"],
+    )
 
 
 def get_batch(engine: Engine, batch_id: str) -> Batch:
@@ -192,8 +226,9 @@ def batch_in(connection: Connection, batch_id: str) -> Batch:
     return _batch(row)
 
 
-def lines_of(connection: Connection, batch_id: str, *, offset: int = 0,
-             limit: int | None = None) -> list[dict[str, Any]]:
+def lines_of(
+    connection: Connection, batch_id: str, *, offset: int = 0, limit: int | None = None
+) -> list[dict[str, Any]]:
     """A batch's lines (grants) in line-id order, which is USCC order."""
     query = select(grant).where(grant.c.batch_id == batch_id).order_by(grant.c.grant_id).offset(offset)
     if limit is not None:
@@ -202,8 +237,9 @@ def lines_of(connection: Connection, batch_id: str, *, offset: int = 0,
 
 
 def count_lines(connection: Connection, batch_id: str) -> int:
-    return int(connection.execute(select(func.count()).select_from(grant)
-                                  .where(grant.c.batch_id == batch_id)).scalar_one())
+    return int(
+        connection.execute(select(func.count()).select_from(grant).where(grant.c.batch_id == batch_id)).scalar_one()
+    )
 
 
 # --------------------------------------------------------------------------------------------- lifecycle
@@ -229,13 +265,15 @@ def withdraw(engine: Engine, batch_id: str, line_ids: Sequence[str], reason: str
     with ledger_transaction(engine) as conn:
         batch = batch_in(conn, batch_id)
         if batch.state not in (BatchState.DRAFT, BatchState.APPROVED):
-            raise BatchStateError(f"batch {batch_id} is {batch.state}: lines are withdrawn from a DRAFT or "
-                                  "APPROVED batch, before export")
+            raise BatchStateError(
+                f"batch {batch_id} is {batch.state}: lines are withdrawn from a DRAFT or APPROVED batch, before export"
+            )
         lines = _lines_named(conn, batch_id, line_ids, "line_ids")
         for index, line_id in enumerate(line_ids):
             if lines[line_id]["state"] != LineState.PENDING:
-                raise InvalidArgumentError([(f"line_ids[{index}]", f"{line_id} is {lines[line_id]['state']}, "
-                                                                   "not a pending line")])
+                raise InvalidArgumentError(
+                    [(f"line_ids[{index}]", f"{line_id} is {lines[line_id]['state']}, not a pending line")]
+                )
         unique = sorted(set(line_ids))
         _set_lines(conn, unique, state=LineState.WITHDRAWN, withdraw_reason=reason, release=True)
         _recount(conn, batch_id)
@@ -253,10 +291,15 @@ def cancel(engine: Engine, batch_id: str, actor: Actor, reason: str) -> Batch:
         allowed = (BatchState.DRAFT, BatchState.APPROVED) if actor.role == APPROVER_ROLE else (BatchState.DRAFT,)
         if state == BatchState.APPROVED and state not in allowed:
             raise PermissionDeniedError("only a finance_approver may cancel an APPROVED batch")
-        _transition_in(conn, batch_id, allowed, BatchState.CANCELLED, cancelled_by=actor.principal,
-                       cancel_reason=reason)
-        pending = [str(r) for r in conn.execute(select(grant.c.grant_id).where(
-            grant.c.batch_id == batch_id, grant.c.state == LineState.PENDING)).scalars()]
+        _transition_in(
+            conn, batch_id, allowed, BatchState.CANCELLED, cancelled_by=actor.principal, cancel_reason=reason
+        )
+        pending = [
+            str(r)
+            for r in conn.execute(
+                select(grant.c.grant_id).where(grant.c.batch_id == batch_id, grant.c.state == LineState.PENDING)
+            ).scalars()
+        ]
         _set_lines(conn, pending, state=LineState.CANCELLED, release=True)
         seal_event(conn, MoneyEvent.CANCEL, batch_id, actor, lines=read_lines(conn, pending), reason=reason)
     return get_batch(engine, batch_id)
@@ -281,8 +324,13 @@ def record_results(engine: Engine, batch_id: str, results: Sequence[BankResult],
         state = batch_in(conn, batch_id).state
         if state not in (BatchState.EXPORTED, BatchState.SETTLED):
             raise BatchStateError(f"batch {batch_id} is {state}: results are recorded for an EXPORTED batch")
-        lines = _lines_named(conn, batch_id, [r.line_id for r in results],
-                             "results", where=[r.where or f"results[{i}]" for i, r in enumerate(results)])
+        lines = _lines_named(
+            conn,
+            batch_id,
+            [r.line_id for r in results],
+            "results",
+            where=[r.where or f"results[{i}]" for i, r in enumerate(results)],
+        )
         changes: dict[str, dict[str, Any]] = {}
         for index, result in enumerate(results):
             where = result.where or f"results[{index}]"
@@ -294,7 +342,7 @@ def record_results(engine: Engine, batch_id: str, results: Sequence[BankResult],
             changes[result.line_id] = change
         if changes:
             by_change: dict[tuple[tuple[str, Any], ...], list[str]] = {}
-            for line_id, change in changes.items():   # one UPDATE per distinct change, not per line
+            for line_id, change in changes.items():  # one UPDATE per distinct change, not per line
                 by_change.setdefault(tuple(sorted(change.items())), []).append(line_id)
             for columns, ids in by_change.items():
                 _set_lines(conn, ids, **dict(columns))
@@ -318,13 +366,15 @@ def _result_change(line: dict[str, Any], result: BankResult, where: str, actor: 
             return None
         if current == LineState.PENDING:
             return {"state": LineState.PAID, "result_by": actor.principal}
-        raise ConflictingResultError(f"{where}: line {result.line_id} was returned ({line['return_reason']}); "
-                                     "a different result is refused")
+        raise ConflictingResultError(
+            f"{where}: line {result.line_id} was returned ({line['return_reason']}); a different result is refused"
+        )
     if current in (LineState.RETURN_PENDING, LineState.RETURNED):
         if line["return_reason"] == reason:
             return None
-        raise ConflictingResultError(f"{where}: line {result.line_id} was already returned with another reason "
-                                     f"({line['return_reason']})")
+        raise ConflictingResultError(
+            f"{where}: line {result.line_id} was already returned with another reason ({line['return_reason']})"
+        )
     # PENDING, or PAID and returned by the bank days later: both wait for a second principal.
     return {"state": LineState.RETURN_PENDING, "return_reason": reason, "result_by": actor.principal}
 
@@ -346,11 +396,14 @@ def confirm_returns(engine: Engine, batch_id: str, line_ids: Sequence[str], acto
             if line["state"] == LineState.RETURNED:
                 continue
             if line["state"] != LineState.RETURN_PENDING:
-                raise InvalidArgumentError([(f"line_ids[{index}]", f"{line_id} is {line['state']}, not a return "
-                                                                   "awaiting confirmation")])
+                raise InvalidArgumentError(
+                    [(f"line_ids[{index}]", f"{line_id} is {line['state']}, not a return awaiting confirmation")]
+                )
             if line["result_by"] == actor.principal:
-                raise PermissionDeniedError(f"line_ids[{index}]: {actor.principal} recorded the return of "
-                                            f"{line_id} and may not confirm it (four eyes)")
+                raise PermissionDeniedError(
+                    f"line_ids[{index}]: {actor.principal} recorded the return of "
+                    f"{line_id} and may not confirm it (four eyes)"
+                )
             confirm.append(line_id)
         if confirm:
             _set_lines(conn, confirm, state=LineState.RETURNED, confirmed_by=actor.principal, release=True)
@@ -359,8 +412,9 @@ def confirm_returns(engine: Engine, batch_id: str, line_ids: Sequence[str], acto
     return get_batch(engine, batch_id)
 
 
-def _lines_named(conn: Connection, batch_id: str, line_ids: Sequence[str], field: str, *,
-                 where: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+def _lines_named(
+    conn: Connection, batch_id: str, line_ids: Sequence[str], field: str, *, where: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """The batch's lines by the ids a caller named; a name that is not a line of this batch is
     refused with its place."""
     for index, line_id in enumerate(line_ids):
@@ -383,16 +437,25 @@ def _set_lines(conn: Connection, line_ids: Sequence[str], *, release: bool = Fal
 
 
 def _recount(conn: Connection, batch_id: str) -> None:
-    count, total = conn.execute(select(func.count(), func.coalesce(func.sum(grant.c.amount_fen), 0)).where(
-        grant.c.batch_id == batch_id, grant.c.state.in_(sorted(COUNTED_LINE_STATES)))).one()
-    conn.execute(payout_batch.update().where(payout_batch.c.batch_id == batch_id).values(
-        line_count=int(count), total_fen=int(total)))
+    count, total = conn.execute(
+        select(func.count(), func.coalesce(func.sum(grant.c.amount_fen), 0)).where(
+            grant.c.batch_id == batch_id, grant.c.state.in_(sorted(COUNTED_LINE_STATES))
+        )
+    ).one()
+    conn.execute(
+        payout_batch.update()
+        .where(payout_batch.c.batch_id == batch_id)
+        .values(line_count=int(count), total_fen=int(total))
+    )
 
 
 def _settle_or_reopen(conn: Connection, batch_id: str) -> None:
     """SETTLED when no line is open; a late return reopens a SETTLED batch until it is confirmed."""
-    still_open = conn.execute(select(grant.c.grant_id).where(
-        grant.c.batch_id == batch_id, grant.c.state.in_(sorted(OPEN_LINE_STATES))).limit(1)).first()
+    still_open = conn.execute(
+        select(grant.c.grant_id)
+        .where(grant.c.batch_id == batch_id, grant.c.state.in_(sorted(OPEN_LINE_STATES)))
+        .limit(1)
+    ).first()
     state = batch_in(conn, batch_id).state
     if still_open is None and state == BatchState.EXPORTED:
         _transition_in(conn, batch_id, (BatchState.EXPORTED,), BatchState.SETTLED)
@@ -400,12 +463,15 @@ def _settle_or_reopen(conn: Connection, batch_id: str) -> None:
         _transition_in(conn, batch_id, (BatchState.SETTLED,), BatchState.EXPORTED)
 
 
-def _transition_in(conn: Connection, batch_id: str, expected: Sequence[BatchState], new: BatchState,
-                   **values: object) -> None:
+def _transition_in(
+    conn: Connection, batch_id: str, expected: Sequence[BatchState], new: BatchState, **values: object
+) -> None:
     # Compare-and-set on the state: concurrent transitions cannot both succeed.
-    changed = conn.execute(payout_batch.update().where(
-        payout_batch.c.batch_id == batch_id, payout_batch.c.state.in_([s.value for s in expected]))
-        .values(state=new, **values))
+    changed = conn.execute(
+        payout_batch.update()
+        .where(payout_batch.c.batch_id == batch_id, payout_batch.c.state.in_([s.value for s in expected]))
+        .values(state=new, **values)
+    )
     if changed.rowcount != 1:
         state = conn.execute(select(payout_batch.c.state).where(payout_batch.c.batch_id == batch_id)).scalar()
         if state is None:

@@ -6,6 +6,7 @@ refused until an approver withdraws those lines. The first export of a batch is 
 files' SHA-256 sealed in the ledger, and every later export returns the same bytes, so a message
 id or an end-to-end id is never issued twice (both are also unique in the database).
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,13 +32,14 @@ from service.payouts.states import BatchState, LineState
 from service.payouts.tables import payout_export
 
 PAIN_NS = "urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"
-FIRST_CHANGED_SHOWN = 10   # lines named when an export is refused for changed payees
-PAIN001_ACCOUNT_LENGTH = 34   # Othr/Id is a Max34Text
+FIRST_CHANGED_SHOWN = 10  # lines named when an export is refused for changed payees
+PAIN001_ACCOUNT_LENGTH = 34  # Othr/Id is a Max34Text
 
 
 @dataclass(frozen=True)
 class Payer:
     """The paying account (configuration): the UI fund's or the treasury's agent bank account."""
+
     name: str
     account_no: str
     bank_name: str
@@ -61,8 +63,7 @@ def load_payers(path: Path | None) -> dict[str, Payer]:
     import yaml
 
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return {funding: Payer(str(p["name"]), str(p["account_no"]), str(p["bank_name"]))
-            for funding, p in data.items()}
+    return {funding: Payer(str(p["name"]), str(p["account_no"]), str(p["bank_name"])) for funding, p in data.items()}
 
 
 def message_id_for(batch_id: str) -> str:
@@ -83,8 +84,10 @@ def stored_export(engine: Engine, batch_id: str) -> tuple[bytes, bytes] | None:
         sealed = sealed_export(conn, batch_id)
     files = (bytes(stored.csv), bytes(stored.pain001))
     if sealed != export_digest(stored.message_id, *files, stored.exported_at):
-        raise BatchStateError(f"the stored bank file of batch {batch_id} is not the one its export sealed: "
-                              "it is not handed out (run `benefits audit verify`)")
+        raise BatchStateError(
+            f"the stored bank file of batch {batch_id} is not the one its export sealed: "
+            "it is not handed out (run `benefits audit verify`)"
+        )
     return files
 
 
@@ -102,20 +105,26 @@ def export(engine: Engine, batch_id: str, payer: Payer, actor: Actor) -> tuple[b
         altered = unsealed(conn, pending)
         changed = changed_payees(conn, pending)
     if altered:
-        raise BatchStateError(f"{len(altered)} line(s) of batch {batch_id} differ from what the ledger sealed, "
-                              f"first: {', '.join(altered[:FIRST_CHANGED_SHOWN])}; nothing is exported (run "
-                              "`benefits audit verify`)")
+        raise BatchStateError(
+            f"{len(altered)} line(s) of batch {batch_id} differ from what the ledger sealed, "
+            f"first: {', '.join(altered[:FIRST_CHANGED_SHOWN])}; nothing is exported (run "
+            "`benefits audit verify`)"
+        )
     if changed:
         first = ", ".join(f"{line['grant_id']} ({line['uscc']})" for line in changed[:FIRST_CHANGED_SHOWN])
-        raise BatchStateError(f"{len(changed)} line(s) of batch {batch_id} would be paid to an account that is no "
-                              f"longer the registry's (changed or removed since DRAFT), first: {first}; a "
-                              "finance_approver withdraws them (WithdrawPayoutLines) and the rest is exported")
+        raise BatchStateError(
+            f"{len(changed)} line(s) of batch {batch_id} would be paid to an account that is no "
+            f"longer the registry's (changed or removed since DRAFT), first: {first}; a "
+            "finance_approver withdraws them (WithdrawPayoutLines) and the rest is exported"
+        )
     uncarried = [line for line in pending if len(line_payee(line).account_no) > PAIN001_ACCOUNT_LENGTH]
     if uncarried:
         first = ", ".join(f"{line['grant_id']} ({line['uscc']})" for line in uncarried[:FIRST_CHANGED_SHOWN])
-        raise BatchStateError(f"{len(uncarried)} line(s) of batch {batch_id} are paid to an account number of more "
-                              f"than {PAIN001_ACCOUNT_LENGTH} characters, which a bank file cannot carry, first: "
-                              f"{first}; a finance_approver withdraws them and the rest is exported")
+        raise BatchStateError(
+            f"{len(uncarried)} line(s) of batch {batch_id} are paid to an account number of more "
+            f"than {PAIN001_ACCOUNT_LENGTH} characters, which a bank file cannot carry, first: "
+            f"{first}; a finance_approver withdraws them and the rest is exported"
+        )
     if not pending:
         raise BatchStateError(f"batch {batch_id} has no line left to pay: cancel it")
     lines = payment_lines(pending, batch)
@@ -133,13 +142,23 @@ def export(engine: Engine, batch_id: str, payer: Payer, actor: Actor) -> tuple[b
             return bytes(made_meanwhile.csv), bytes(made_meanwhile.pain001)
         now = [line for line in batches.lines_of(conn, batch_id) if line["state"] == LineState.PENDING]
         if payment_lines(now, batch) != lines:
-            raise BatchStateError(f"the lines of batch {batch_id} changed while its bank file was built (a "
-                                  "withdrawal or a cancellation): export again")
-        conn.execute(insert(payout_export).values(batch_id=batch_id, message_id=message_id, csv=csv_bytes,
-                                                  pain001=xml, exported_at=created.isoformat()))
+            raise BatchStateError(
+                f"the lines of batch {batch_id} changed while its bank file was built (a "
+                "withdrawal or a cancellation): export again"
+            )
+        conn.execute(
+            insert(payout_export).values(
+                batch_id=batch_id, message_id=message_id, csv=csv_bytes, pain001=xml, exported_at=created.isoformat()
+            )
+        )
         batches.mark_exported(conn, batch_id)
-        seal_event(conn, MoneyEvent.EXPORT, batch_id, actor, export=export_digest(
-            message_id, csv_bytes, xml, created.isoformat()))
+        seal_event(
+            conn,
+            MoneyEvent.EXPORT,
+            batch_id,
+            actor,
+            export=export_digest(message_id, csv_bytes, xml, created.isoformat()),
+        )
     return csv_bytes, xml
 
 
@@ -148,8 +167,17 @@ def payment_lines(lines: list[dict[str, object]], batch: batches.Batch) -> list[
     out = []
     for line in lines:
         payee = line_payee(line)
-        out.append(PaymentLine(str(line["grant_id"]), str(line["uscc"]), payee.name, payee.account_no, payee.bank,
-                               int(str(line["amount_fen"])), f"{batch.policy_id} {batch.period} {batch.batch_id}"))
+        out.append(
+            PaymentLine(
+                str(line["grant_id"]),
+                str(line["uscc"]),
+                payee.name,
+                payee.account_no,
+                payee.bank,
+                int(str(line["amount_fen"])),
+                f"{batch.policy_id} {batch.period} {batch.batch_id}",
+            )
+        )
     return out
 
 
@@ -160,16 +188,39 @@ def yuan(fen: int) -> str:
 def to_csv(lines: list[PaymentLine], batch: batches.Batch) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["end_to_end_id", "uscc", "payee_name", "account_no", "bank_name", "amount_yuan",
-                     "policy_id", "batch_id", "purpose"])
+    writer.writerow(
+        [
+            "end_to_end_id",
+            "uscc",
+            "payee_name",
+            "account_no",
+            "bank_name",
+            "amount_yuan",
+            "policy_id",
+            "batch_id",
+            "purpose",
+        ]
+    )
     for line in lines:
-        writer.writerow([line.end_to_end_id, line.uscc, line.payee_name, line.account_no, line.bank_name,
-                         yuan(line.amount_fen), batch.policy_id, batch.batch_id, line.purpose])
+        writer.writerow(
+            [
+                line.end_to_end_id,
+                line.uscc,
+                line.payee_name,
+                line.account_no,
+                line.bank_name,
+                yuan(line.amount_fen),
+                batch.policy_id,
+                batch.batch_id,
+                line.purpose,
+            ]
+        )
     return out.getvalue().encode("utf-8")
 
 
-def to_pain001(lines: list[PaymentLine], batch: batches.Batch, payer: Payer, message_id: str,
-               created: datetime) -> bytes:
+def to_pain001(
+    lines: list[PaymentLine], batch: batches.Batch, payer: Payer, message_id: str, created: datetime
+) -> bytes:
     total = yuan(sum(line.amount_fen for line in lines))
 
     def el(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
@@ -212,7 +263,7 @@ def to_pain001(lines: list[PaymentLine], batch: batches.Batch, payer: Payer, mes
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
-_SCHEMA_LOCK = threading.Lock()   # lxml's schemas are not to be built or used by two threads at once
+_SCHEMA_LOCK = threading.Lock()  # lxml's schemas are not to be built or used by two threads at once
 
 
 @cache
@@ -235,8 +286,10 @@ def check(xml: bytes, lines: list[PaymentLine]) -> None:
     for path in ("p:CstmrCdtTrfInitn/p:GrpHdr", "p:CstmrCdtTrfInitn/p:PmtInf"):
         node = document.find(path, ns)
         assert node is not None
-        if node.findtext("p:NbOfTxs", namespaces=ns) != str(len(lines)) or \
-                node.findtext("p:CtrlSum", namespaces=ns) != total:
+        if (
+            node.findtext("p:NbOfTxs", namespaces=ns) != str(len(lines))
+            or node.findtext("p:CtrlSum", namespaces=ns) != total
+        ):
             raise BatchStateError("pain.001 count or control sum does not match the lines")
     ids = [e.text for e in document.iterfind(".//p:EndToEndId", ns)]
     amounts = sum((Decimal(e.text or "0") for e in document.iterfind(".//p:InstdAmt", ns)), Decimal(0))

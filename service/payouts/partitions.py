@@ -18,6 +18,7 @@ records, candidates and cursor. The six batches of a period cost one pass over t
 `run_partition(task)` is the one function every kind of worker runs: it takes only plain data
 (the database URL and the rule texts), so it can be pickled to another process or machine.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,10 +53,10 @@ log = logging.getLogger("benefits.payouts")
 
 @dataclass(frozen=True)
 class RunSettings:
-    chunk_size: int = 200          # enterprises per committed chunk
-    lease_seconds: float = 30.0    # how long a silent worker keeps its batch or partition
-    workers: int = 1               # worker processes evaluating partitions side by side (1: this thread)
-    partitions: int = 0            # partitions of a new batch (0: one per worker)
+    chunk_size: int = 200  # enterprises per committed chunk
+    lease_seconds: float = 30.0  # how long a silent worker keeps its batch or partition
+    workers: int = 1  # worker processes evaluating partitions side by side (1: this thread)
+    partitions: int = 0  # partitions of a new batch (0: one per worker)
 
 
 DEFAULT_SETTINGS = RunSettings()
@@ -69,18 +70,20 @@ class LeaseLostError(Exception):
 @dataclass(frozen=True)
 class BatchTask:
     """One batch of a partition task, as plain data."""
+
     batch_id: str
-    sources: tuple[str, ...]       # rule texts: the batch's policy, then its conflict group's rivals
-    excluded: tuple[str, ...]      # policies whose standing grant bars the batch's policy
+    sources: tuple[str, ...]  # rule texts: the batch's policy, then its conflict group's rivals
+    excluded: tuple[str, ...]  # policies whose standing grant bars the batch's policy
 
 
 @dataclass(frozen=True)
 class PartitionTask:
     """What a worker needs to run one partition of batches that run together, as plain data."""
+
     db_url: str
     batches: tuple[BatchTask, ...]
     partition_no: int
-    coordinator: str               # the worker holding the batches; chunks commit only while it does
+    coordinator: str  # the worker holding the batches; chunks commit only while it does
     settings: RunSettings
 
     @property
@@ -103,14 +106,20 @@ def ensure_partitions(engine: Engine, batch_ids: Sequence[str], count: int) -> d
         count = max(1, min(count, total))
         bounds: list[str | None] = []
         for k in range(1, count):
-            bounds.append(conn.execute(select(col(Enterprise.uscc)).order_by(Enterprise.uscc)
-                                       .offset(k * total // count - 1).limit(1)).scalar_one())
+            bounds.append(
+                conn.execute(
+                    select(col(Enterprise.uscc)).order_by(Enterprise.uscc).offset(k * total // count - 1).limit(1)
+                ).scalar_one()
+            )
         bounds.append(None)
         for batch_id in new:
             after = ""
             for number, last in enumerate(bounds):
-                conn.execute(insert(payout_partition).values(batch_id=batch_id, partition_no=number,
-                                                             after_uscc=after, last_uscc=last, cursor=after))
+                conn.execute(
+                    insert(payout_partition).values(
+                        batch_id=batch_id, partition_no=number, after_uscc=after, last_uscc=last, cursor=after
+                    )
+                )
                 after = last or ""
             found[batch_id] = _partitions(conn, batch_id)
         return found
@@ -122,22 +131,30 @@ def layout(partitions: Sequence[Any]) -> tuple[tuple[Any, ...], ...]:
 
 
 def _partitions(conn: Connection, batch_id: str) -> list[Any]:
-    return list(conn.execute(select(payout_partition).where(payout_partition.c.batch_id == batch_id)
-                             .order_by(payout_partition.c.partition_no)).all())
+    return list(
+        conn.execute(
+            select(payout_partition)
+            .where(payout_partition.c.batch_id == batch_id)
+            .order_by(payout_partition.c.partition_no)
+        ).all()
+    )
 
 
 def all_done(conn: Connection, batch_id: str) -> bool:
     """Whether every partition of the batch committed its last chunk."""
-    open_partitions = conn.execute(select(func.count()).select_from(payout_partition).where(
-        payout_partition.c.batch_id == batch_id, payout_partition.c.done == 0)).scalar_one()
+    open_partitions = conn.execute(
+        select(func.count())
+        .select_from(payout_partition)
+        .where(payout_partition.c.batch_id == batch_id, payout_partition.c.done == 0)
+    ).scalar_one()
     return int(open_partitions) == 0
 
 
 @dataclass(frozen=True)
 class PartitionResult:
     partition_no: int
-    evaluated: int       # enterprises this run evaluated (not those of an earlier, crashed run)
-    pid: int             # the process that ran it
+    evaluated: int  # enterprises this run evaluated (not those of an earlier, crashed run)
+    pid: int  # the process that ran it
 
 
 def run_partition(task: PartitionTask) -> PartitionResult:
@@ -154,18 +171,22 @@ def run_partition(task: PartitionTask) -> PartitionResult:
 
 
 def _evaluator(engine: Engine, batch: BatchTask) -> ChunkEvaluator:
-    policies = [load_policy_text(source.encode(), CATALOGUE, origin=f"batch {batch.batch_id}")
-                for source in batch.sources]
+    policies = [
+        load_policy_text(source.encode(), CATALOGUE, origin=f"batch {batch.batch_id}") for source in batch.sources
+    ]
     with engine.connect() as conn:
         row = conn.execute(select(payout_batch).where(payout_batch.c.batch_id == batch.batch_id)).one()
-    if policies[0].sha256 != row.rule_sha256:   # a task never decides under another text than its batch's
-        raise LeaseLostError(f"{batch.batch_id}: the task's rule text {policies[0].sha256[:12]} is not the "
-                             f"batch's {row.rule_sha256[:12]}")
+    if policies[0].sha256 != row.rule_sha256:  # a task never decides under another text than its batch's
+        raise LeaseLostError(
+            f"{batch.batch_id}: the task's rule text {policies[0].sha256[:12]} is not the "
+            f"batch's {row.rule_sha256[:12]}"
+        )
     return ChunkEvaluator.for_batch(row, policies[0], policies[1:], batch.excluded)
 
 
-def run_partition_with(engine: Engine, evaluators: Sequence[ChunkEvaluator], task: PartitionTask,
-                       stop: Callable[[], bool] = lambda: False) -> int:
+def run_partition_with(
+    engine: Engine, evaluators: Sequence[ChunkEvaluator], task: PartitionTask, stop: Callable[[], bool] = lambda: False
+) -> int:
     """Run one partition of the task's batches (with `evaluators` in the same order) with a given
     database engine, in this thread; stops between chunks when `stop()` says so. The enterprises
     it evaluated."""
@@ -178,13 +199,21 @@ def run_partition_with(engine: Engine, evaluators: Sequence[ChunkEvaluator], tas
     evaluated = 0
     while not stop():
         with engine.connect() as conn:
-            parts = [conn.execute(select(payout_partition).where(
-                payout_partition.c.batch_id == batch.batch_id,
-                payout_partition.c.partition_no == task.partition_no)).one() for batch in task.batches]
+            parts = [
+                conn.execute(
+                    select(payout_partition).where(
+                        payout_partition.c.batch_id == batch.batch_id,
+                        payout_partition.c.partition_no == task.partition_no,
+                    )
+                ).one()
+                for batch in task.batches
+            ]
             if len({(p.after_uscc, p.last_uscc, p.cursor, p.done) for p in parts}) != 1:
                 # they commit together, so only a partition changed by hand gets here
-                raise LeaseLostError(f"partition {task.partition_no} of {', '.join(b.batch_id for b in task.batches)} "
-                                     "is not at the same place in every batch")
+                raise LeaseLostError(
+                    f"partition {task.partition_no} of {', '.join(b.batch_id for b in task.batches)} "
+                    "is not at the same place in every batch"
+                )
             part = parts[0]
             if part.done:
                 return evaluated
@@ -199,7 +228,7 @@ def run_partition_with(engine: Engine, evaluators: Sequence[ChunkEvaluator], tas
         # uncommitted snapshot rows made a lookup (holding the lock, storing the same snapshot)
         # and the chunk wait for each other (tests/integration/payouts/test_batches_run_together.py).
         with ledger_transaction(engine) as conn:
-            stored: set[str] = set()   # facts snapshots the batches share, stored once
+            stored: set[str] = set()  # facts snapshots the batches share, stored once
             for evaluator, outcome in zip(evaluators, outcomes):
                 _advance(conn, task, evaluator.batch_id, part.cursor, usccs[-1], done=False, outcome=outcome)
                 outcome.write(conn, evaluator, stored)
@@ -218,37 +247,72 @@ def _claim(engine: Engine, task: PartitionTask, batch_id: str, lease_seconds: fl
     now = now_ms()
     holder = payout_partition.c.worker
     with engine.begin() as conn:
-        changed = conn.execute(payout_partition.update().where(
-            payout_partition.c.batch_id == batch_id, payout_partition.c.partition_no == task.partition_no,
-            or_(holder.is_(None), holder == task.lease_holder, payout_partition.c.lease_until < now,
-                ~holder.startswith(f"{task.coordinator}/", autoescape=True)),
-            # only for the batch's current coordinator: a late task of an earlier one takes nothing
-            exists().where(payout_batch.c.batch_id == batch_id, payout_batch.c.state == BatchState.RUNNING,
-                           payout_batch.c.worker == task.coordinator)).values(
-            worker=task.lease_holder, lease_until=now + int(lease_seconds * 1000)))
+        changed = conn.execute(
+            payout_partition.update()
+            .where(
+                payout_partition.c.batch_id == batch_id,
+                payout_partition.c.partition_no == task.partition_no,
+                or_(
+                    holder.is_(None),
+                    holder == task.lease_holder,
+                    payout_partition.c.lease_until < now,
+                    ~holder.startswith(f"{task.coordinator}/", autoescape=True),
+                ),
+                # only for the batch's current coordinator: a late task of an earlier one takes nothing
+                exists().where(
+                    payout_batch.c.batch_id == batch_id,
+                    payout_batch.c.state == BatchState.RUNNING,
+                    payout_batch.c.worker == task.coordinator,
+                ),
+            )
+            .values(worker=task.lease_holder, lease_until=now + int(lease_seconds * 1000))
+        )
     return changed.rowcount == 1
 
 
-def _advance(conn: Connection, task: PartitionTask, batch_id: str, expected_cursor: str, cursor: str, *, done: bool,
-             outcome: ChunkOutcome | None = None) -> None:
+def _advance(
+    conn: Connection,
+    task: PartitionTask,
+    batch_id: str,
+    expected_cursor: str,
+    cursor: str,
+    *,
+    done: bool,
+    outcome: ChunkOutcome | None = None,
+) -> None:
     # First statements of every chunk's transaction: prove the partition and the batch are still
     # ours, and that no duplicate committed this chunk (the cursor is where it was).
     lease = now_ms() + int(task.settings.lease_seconds * 1000)
-    changed = conn.execute(payout_partition.update().where(
-        payout_partition.c.batch_id == batch_id, payout_partition.c.partition_no == task.partition_no,
-        payout_partition.c.worker == task.lease_holder, payout_partition.c.cursor == expected_cursor,
-        payout_partition.c.done == 0).values(cursor=cursor, lease_until=lease, done=int(done)))
+    changed = conn.execute(
+        payout_partition.update()
+        .where(
+            payout_partition.c.batch_id == batch_id,
+            payout_partition.c.partition_no == task.partition_no,
+            payout_partition.c.worker == task.lease_holder,
+            payout_partition.c.cursor == expected_cursor,
+            payout_partition.c.done == 0,
+        )
+        .values(cursor=cursor, lease_until=lease, done=int(done))
+    )
     if changed.rowcount != 1:
         raise LeaseLostError(f"{batch_id} partition {task.partition_no}: lease lost or chunk already committed")
     counts: dict[str, Any] = {}
     if outcome is not None:
-        counts = {"evaluated_count": payout_batch.c.evaluated_count + outcome.evaluated,
-                  "eligible_count": payout_batch.c.eligible_count + outcome.eligible,
-                  "eligible_fen": payout_batch.c.eligible_fen + outcome.eligible_fen,
-                  "error_count": payout_batch.c.error_count + outcome.errors}
-    batch = conn.execute(payout_batch.update().where(
-        payout_batch.c.batch_id == batch_id, payout_batch.c.state == BatchState.RUNNING,
-        payout_batch.c.worker == task.coordinator).values(lease_until=lease, **counts))
+        counts = {
+            "evaluated_count": payout_batch.c.evaluated_count + outcome.evaluated,
+            "eligible_count": payout_batch.c.eligible_count + outcome.eligible,
+            "eligible_fen": payout_batch.c.eligible_fen + outcome.eligible_fen,
+            "error_count": payout_batch.c.error_count + outcome.errors,
+        }
+    batch = conn.execute(
+        payout_batch.update()
+        .where(
+            payout_batch.c.batch_id == batch_id,
+            payout_batch.c.state == BatchState.RUNNING,
+            payout_batch.c.worker == task.coordinator,
+        )
+        .values(lease_until=lease, **counts)
+    )
     if batch.rowcount != 1:
         raise LeaseLostError(f"{batch_id}: the batch is no longer held by {task.coordinator}")
 
@@ -256,6 +320,7 @@ def _advance(conn: Connection, task: PartitionTask, batch_id: str, expected_curs
 @dataclass
 class ChunkOutcome:
     """A chunk's evaluation, ready to be committed: records by policy, candidates and counts."""
+
     records: dict[str, list[PreparedRecord]]
     candidates: list[dict[str, Any]]
     evaluated: int
@@ -284,42 +349,78 @@ class ChunkEvaluator:
     """Evaluates a chunk of enterprises for one batch: its policy, and its conflict group's rivals
     for stacking (就高不重复); outside any transaction."""
 
-    def __init__(self, batch_id: str, period: int, today: date, actor: Actor, policy: LoadedPolicy,
-                 rivals: Sequence[LoadedPolicy], excluded: Sequence[str]) -> None:
+    def __init__(
+        self,
+        batch_id: str,
+        period: int,
+        today: date,
+        actor: Actor,
+        policy: LoadedPolicy,
+        rivals: Sequence[LoadedPolicy],
+        excluded: Sequence[str],
+    ) -> None:
         self.batch_id, self.period, self.today, self.actor = batch_id, period, today, actor
         self.policy, self.rivals, self.excluded = policy, list(rivals), sorted(excluded)
 
     @classmethod
-    def for_batch(cls, row: Any, policy: LoadedPolicy, rivals: Sequence[LoadedPolicy],
-                  excluded: Sequence[str]) -> ChunkEvaluator:
-        return cls(row.batch_id, row.period, date.fromisoformat(row.evaluated_on),
-                   Actor(row.created_by, row.created_role), policy, rivals, excluded)
+    def for_batch(
+        cls, row: Any, policy: LoadedPolicy, rivals: Sequence[LoadedPolicy], excluded: Sequence[str]
+    ) -> ChunkEvaluator:
+        return cls(
+            row.batch_id,
+            row.period,
+            date.fromisoformat(row.evaluated_on),
+            Actor(row.created_by, row.created_role),
+            policy,
+            rivals,
+            excluded,
+        )
 
     def policy_by_id(self, policy_id: str) -> LoadedPolicy:
         return next(p for p in (self.policy, *self.rivals) if p.id == policy_id)
 
-    def outcome(self, chunk: Chunk, decisions: Mapping[str, PolicyDecisions],
-                standing: Mapping[str, Mapping[str, str]]) -> ChunkOutcome:
+    def outcome(
+        self, chunk: Chunk, decisions: Mapping[str, PolicyDecisions], standing: Mapping[str, Mapping[str, str]]
+    ) -> ChunkOutcome:
         """The batch's part of a decided chunk: the records of its policy and, where that is
         eligible, its rivals; a candidate per enterprise to pay (or in error). `standing`: the
         chunk's standing grants of the period (`standing_grants`)."""
         own = decisions[self.policy.id]
         granted = {uscc for uscc, grants in standing.items() if self.policy.id in grants}
-        barred = {uscc: f"grant {grants[policy_id]} of {policy_id}" for uscc, grants in standing.items()
-                  for policy_id in reversed(self.excluded) if policy_id in grants}   # the first excluded one named
+        barred = {
+            uscc: f"grant {grants[policy_id]} of {policy_id}"
+            for uscc, grants in standing.items()
+            for policy_id in reversed(self.excluded)
+            if policy_id in grants
+        }  # the first excluded one named
         records: dict[str, list[PreparedRecord]] = defaultdict(list)
         candidates: list[dict[str, Any]] = []
         mine = [self.policy.id, *(rival.id for rival in self.rivals)]
         for row, uscc in enumerate(chunk.usccs):
             if uscc in granted:
                 continue  # never twice: an earlier batch granted it
-            failed = next((f"{policy_id}: {decisions[policy_id].errors[row]}" for policy_id in mine
-                           if row in decisions[policy_id].errors), None)
+            failed = next(
+                (
+                    f"{policy_id}: {decisions[policy_id].errors[row]}"
+                    for policy_id in mine
+                    if row in decisions[policy_id].errors
+                ),
+                None,
+            )
             if row in own.errors or (failed and own.outcome(row) == Outcome.ELIGIBLE):
                 # counted, logged, not paid; a later batch may pay it
                 log.error("batch %s: %s could not be evaluated: %s", self.batch_id, uscc, failed)
-                candidates.append({"batch_id": self.batch_id, "uscc": uscc, "full_fen": 0, "group_awards": "{}",
-                                   "evaluation_id": None, "record_sha256": None, "error": failed})
+                candidates.append(
+                    {
+                        "batch_id": self.batch_id,
+                        "uscc": uscc,
+                        "full_fen": 0,
+                        "group_awards": "{}",
+                        "evaluation_id": None,
+                        "record_sha256": None,
+                        "error": failed,
+                    }
+                )
                 continue
             barred_by = barred.get(uscc)
             note = f"not paid: holds {barred_by}, which {self.policy.id} excludes" if barred_by else None
@@ -332,25 +433,47 @@ class ChunkEvaluator:
                 self._record(theirs, chunk, row, records, None)
                 if theirs.outcome(row) == Outcome.ELIGIBLE:
                     awards[rival.id] = theirs.amount_fen(row)
-            candidates.append({"batch_id": self.batch_id, "uscc": uscc, "full_fen": own.amount_fen(row),
-                               "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),
-                               "evaluation_id": record.evaluation_id, "record_sha256": record.record_sha256,
-                               "error": None})
+            candidates.append(
+                {
+                    "batch_id": self.batch_id,
+                    "uscc": uscc,
+                    "full_fen": own.amount_fen(row),
+                    "group_awards": orjson.dumps(awards, option=orjson.OPT_SORT_KEYS).decode(),
+                    "evaluation_id": record.evaluation_id,
+                    "record_sha256": record.record_sha256,
+                    "error": None,
+                }
+            )
         return ChunkOutcome(dict(records), candidates, len(chunk.usccs))
 
-    def _record(self, decisions: PolicyDecisions, chunk: Chunk, row: int, records: dict[str, list[PreparedRecord]],
-                note: str | None) -> PreparedRecord:
+    def _record(
+        self,
+        decisions: PolicyDecisions,
+        chunk: Chunk,
+        row: int,
+        records: dict[str, list[PreparedRecord]],
+        note: str | None,
+    ) -> PreparedRecord:
         policy = decisions.policy
         fact_year = policy.fact_year(self.period)
         facts_json, facts_sha256 = chunk.snapshot(row, fact_year)
-        decision = Decision(policy.id, policy.version, policy.sha256, self.period, fact_year, chunk.usccs[row],
-                            self.today.isoformat(), decisions.outcome(row), decisions.amount_fen(row),
-                            decisions.mask(row))
-        record = prepare_decision(decision, facts_json, facts_sha256, self.actor, self.batch_id, note,
-                                  recorded_at=chunk.recorded_at)
+        decision = Decision(
+            policy.id,
+            policy.version,
+            policy.sha256,
+            self.period,
+            fact_year,
+            chunk.usccs[row],
+            self.today.isoformat(),
+            decisions.outcome(row),
+            decisions.amount_fen(row),
+            decisions.mask(row),
+        )
+        record = prepare_decision(
+            decision, facts_json, facts_sha256, self.actor, self.batch_id, note, recorded_at=chunk.recorded_at
+        )
         records[policy.id].append(record)
         return record
-
 
 
 def evaluate_together(engine: Engine, evaluators: Sequence[ChunkEvaluator], usccs: Sequence[str]) -> list[ChunkOutcome]:
@@ -376,8 +499,11 @@ def standing_grants(conn: Connection, period: int, usccs: Sequence[str]) -> dict
         return {}
     wanted = set(usccs)
     out: dict[str, dict[str, str]] = defaultdict(dict)
-    for row in conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.grant_id).where(
-            grant.c.period == period, grant.c.released == "", grant.c.uscc.between(min(wanted), max(wanted)))):
+    for row in conn.execute(
+        select(grant.c.uscc, grant.c.policy_id, grant.c.grant_id).where(
+            grant.c.period == period, grant.c.released == "", grant.c.uscc.between(min(wanted), max(wanted))
+        )
+    ):
         if row.uscc in wanted:
             out[row.uscc][row.policy_id] = row.grant_id
     return dict(out)
@@ -391,8 +517,9 @@ def policies_of(evaluators: Sequence[ChunkEvaluator]) -> list[LoadedPolicy]:
         for policy in (evaluator.policy, *evaluator.rivals):
             known = by_id.setdefault(policy.id, policy)
             if known.sha256 != policy.sha256:
-                raise ValueError(f"{policy.id}: two rule texts ({known.sha256[:12]}, {policy.sha256[:12]}) "
-                                 "in batches run together")
+                raise ValueError(
+                    f"{policy.id}: two rule texts ({known.sha256[:12]}, {policy.sha256[:12]}) in batches run together"
+                )
     return [by_id[policy_id] for policy_id in sorted(by_id)]
 
 
@@ -404,8 +531,11 @@ def excluded_grants(conn: Connection, excluded: Sequence[str], period: int, uscc
     out: dict[str, str] = {}
     for part in in_lists(sorted(usccs)):
         query = select(grant.c.uscc, grant.c.grant_id, grant.c.policy_id).where(
-            grant.c.policy_id.in_(sorted(excluded)), grant.c.period == period, grant.c.released == "",
-            grant.c.uscc.in_(part))
+            grant.c.policy_id.in_(sorted(excluded)),
+            grant.c.period == period,
+            grant.c.released == "",
+            grant.c.uscc.in_(part),
+        )
         out.update({r.uscc: f"grant {r.grant_id} of {r.policy_id}" for r in conn.execute(query).all()})
     return out
 

@@ -6,6 +6,7 @@ NFKC (full-width digits and letters become ASCII), surrounding and repeated whit
 and spaces and hyphens removed from the number. A newer `as_of` with the same account is no
 change; a different name, number or bank, or an account removed, is.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,8 +32,11 @@ class Payee:
     bank: str
 
     def normalised(self) -> Payee:
-        return Payee(_text(self.name), _NUMBER_SEPARATORS.sub("", unicodedata.normalize("NFKC", self.account_no)),
-                     _text(self.bank))
+        return Payee(
+            _text(self.name),
+            _NUMBER_SEPARATORS.sub("", unicodedata.normalize("NFKC", self.account_no)),
+            _text(self.bank),
+        )
 
     def same_as(self, other: Payee | None) -> bool:
         return other is not None and self.normalised() == other.normalised()
@@ -53,9 +57,11 @@ def registry_payees(connection: Connection, usccs: Iterable[str]) -> dict[str, P
     wanted = sorted(set(usccs))
     out: dict[str, Payee | None] = dict.fromkeys(wanted)
     for chunk in in_lists(wanted):
-        for row in connection.execute(select(
-                table.c.uscc, table.c.name, table.c.bank_account_name, table.c.bank_account_no, table.c.bank_name)
-                .where(table.c.uscc.in_(chunk))):
+        for row in connection.execute(
+            select(
+                table.c.uscc, table.c.name, table.c.bank_account_name, table.c.bank_account_no, table.c.bank_name
+            ).where(table.c.uscc.in_(chunk))
+        ):
             if row.bank_account_no:
                 out[row.uscc] = Payee(row.bank_account_name or row.name, row.bank_account_no, row.bank_name or "")
     return out

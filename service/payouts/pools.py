@@ -5,6 +5,7 @@ same plain-data tasks; neither is a scheduler of ours.
 Each worker process has its own durable-rules state (the engine is process-global C state), so a
 Dask worker must run one task at a time (`--nthreads 1`).
 """
+
 from __future__ import annotations
 
 import concurrent.futures as futures
@@ -22,8 +23,14 @@ PARENT_POLL_SECONDS = 0.5
 
 
 class PartitionPool(Protocol):
-    def run(self, tasks: Sequence[PartitionTask], *, heartbeat: Callable[[], None],
-            stopped: Callable[[], bool], interval: float) -> list[PartitionResult] | None:
+    def run(
+        self,
+        tasks: Sequence[PartitionTask],
+        *,
+        heartbeat: Callable[[], None],
+        stopped: Callable[[], bool],
+        interval: float,
+    ) -> list[PartitionResult] | None:
         """Run every task to its end, calling `heartbeat` every `interval` seconds meanwhile;
         None when `stopped()` became true first. A task's failure is raised."""
         ...
@@ -54,16 +61,30 @@ class ProcessPool:
         with self._lock:
             if self._executor is None:
                 self._executor = futures.ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
-                    initargs=(os.getpid(),))
+                    self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_die_with_parent,
+                    initargs=(os.getpid(),),
+                )
             return self._executor
 
-    def run(self, tasks: Sequence[PartitionTask], *, heartbeat: Callable[[], None],
-            stopped: Callable[[], bool], interval: float) -> list[PartitionResult] | None:
+    def run(
+        self,
+        tasks: Sequence[PartitionTask],
+        *,
+        heartbeat: Callable[[], None],
+        stopped: Callable[[], bool],
+        interval: float,
+    ) -> list[PartitionResult] | None:
         pending = {self._pool().submit(run_partition, task) for task in tasks}
         try:
-            return _wait(pending, heartbeat, stopped, interval,
-                         lambda ps: futures.wait(ps, timeout=interval, return_when=futures.FIRST_EXCEPTION))
+            return _wait(
+                pending,
+                heartbeat,
+                stopped,
+                interval,
+                lambda ps: futures.wait(ps, timeout=interval, return_when=futures.FIRST_EXCEPTION),
+            )
         except futures.process.BrokenProcessPool:
             self.close()  # a worker died: the next run starts fresh processes
             raise
@@ -81,8 +102,14 @@ class DaskPool:
     def __init__(self, client: Any) -> None:
         self.client = client
 
-    def run(self, tasks: Sequence[PartitionTask], *, heartbeat: Callable[[], None],
-            stopped: Callable[[], bool], interval: float) -> list[PartitionResult] | None:
+    def run(
+        self,
+        tasks: Sequence[PartitionTask],
+        *,
+        heartbeat: Callable[[], None],
+        stopped: Callable[[], bool],
+        interval: float,
+    ) -> list[PartitionResult] | None:
         from distributed import wait
 
         submitted = self.client.map(run_partition, list(tasks), pure=False)
@@ -96,8 +123,13 @@ class DaskPool:
         return _wait(set(submitted), heartbeat, stopped, interval, step)
 
 
-def _wait(pending: set[Any], heartbeat: Callable[[], None], stopped: Callable[[], bool], interval: float,
-          step: Callable[[set[Any]], tuple[Any, Any]]) -> list[PartitionResult] | None:
+def _wait(
+    pending: set[Any],
+    heartbeat: Callable[[], None],
+    stopped: Callable[[], bool],
+    interval: float,
+    step: Callable[[set[Any]], tuple[Any, Any]],
+) -> list[PartitionResult] | None:
     results: list[PartitionResult] = []
     try:
         while pending:
@@ -109,7 +141,7 @@ def _wait(pending: set[Any], heartbeat: Callable[[], None], stopped: Callable[[]
                 return None
             heartbeat()
     finally:
-        for task in pending:   # never started late, after this run gave up
+        for task in pending:  # never started late, after this run gave up
             task.cancel()
     return sorted(results, key=lambda r: r.partition_no)
 

@@ -6,6 +6,7 @@ The roots are read from the ledger (the DRAFT money event, the chunk's `evaluati
 hash-chained, signed by checkpoints), not from the batch row, so editing the tables cannot forge
 a proof.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,12 +31,12 @@ class LineProof:
     record_sha256: str
     leaf_index: int
     tree_size: int
-    proof: list[str]          # sibling hashes, leaf to root (hex)
-    sealed_root: str          # from the ledger's DRAFT event
-    ledger_seq: int           # that entry's sequence number
-    verified: bool            # the proof places the stored record's hash under the sealed root, and the record
-    problem: str = ""         # is in its recording chunk
-    record: RecordProof | None = None   # the record's proof under its chunk's ledger entry
+    proof: list[str]  # sibling hashes, leaf to root (hex)
+    sealed_root: str  # from the ledger's DRAFT event
+    ledger_seq: int  # that entry's sequence number
+    verified: bool  # the proof places the stored record's hash under the sealed root, and the record
+    problem: str = ""  # is in its recording chunk
+    record: RecordProof | None = None  # the record's proof under its chunk's ledger entry
 
 
 def prove_line(conn: Connection, line_id: str) -> LineProof:
@@ -44,14 +45,15 @@ def prove_line(conn: Connection, line_id: str) -> LineProof:
     if row is None:
         raise BatchNotFoundError(f"no payout line {line_id!r}")
     batch_id = row.batch_id
-    lines = lines_of(conn, batch_id)   # the order the seal used
+    lines = lines_of(conn, batch_id)  # the order the seal used
     index = next(i for i, line in enumerate(lines) if line["grant_id"] == line_id)
     line = lines[index]
     leaves = [bytes.fromhex(str(item["record_sha256"])) for item in lines]
     proof = inclusion_proof(leaves, index)
     seal_seq, seal = _seal(conn, batch_id)
-    stored = conn.execute(select(evaluation_record.c.record_sha256).where(
-        evaluation_record.c.evaluation_id == line["evaluation_id"])).scalar()
+    stored = conn.execute(
+        select(evaluation_record.c.record_sha256).where(evaluation_record.c.evaluation_id == line["evaluation_id"])
+    ).scalar()
     problem = ""
     if stored != line["record_sha256"]:
         problem = "the line's record hash differs from the stored evaluation record's"
@@ -67,8 +69,20 @@ def prove_line(conn: Connection, line_id: str) -> LineProof:
     if not problem and (record is None or not record.verified):
         problem = f"its evaluation record is not proven in the ledger: {record.problem if record else 'missing'}"
         verified = False
-    return LineProof(line_id, batch_id, str(line["evaluation_id"]), str(line["record_sha256"]), index, len(leaves),
-                     [p.hex() for p in proof], sealed_root, seal_seq, verified, problem, record)
+    return LineProof(
+        line_id,
+        batch_id,
+        str(line["evaluation_id"]),
+        str(line["record_sha256"]),
+        index,
+        len(leaves),
+        [p.hex() for p in proof],
+        sealed_root,
+        seal_seq,
+        verified,
+        problem,
+        record,
+    )
 
 
 def _seal(conn: Connection, batch_id: str) -> tuple[int, dict[str, object] | None]:

@@ -11,6 +11,7 @@ turns the batch DRAFT: a batch is never visible as complete until it is. When a 
 another (or the restarted one) takes the batch over once the lease has run out, and every
 partition resumes after its last committed chunk.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,27 +58,54 @@ from service.payouts.seals import MoneyEvent, seal_batch_lines, unsealed
 from service.payouts.states import BatchState, LineState
 from service.payouts.tables import grant, in_lists, payout_batch, payout_candidate, payout_partition
 
-__all__ = ["BatchWorkers", "LeaseLostError", "RunGroup", "RunSettings", "claim", "claimable", "claimable_groups",
-           "create_batch", "create_batches", "new_worker_id", "release", "run_batch", "run_batches", "together"]
+__all__ = [
+    "BatchWorkers",
+    "LeaseLostError",
+    "RunGroup",
+    "RunSettings",
+    "claim",
+    "claimable",
+    "claimable_groups",
+    "create_batch",
+    "create_batches",
+    "new_worker_id",
+    "release",
+    "run_batch",
+    "run_batches",
+    "together",
+]
 
 log = logging.getLogger("benefits.payouts")
 
-_CANDIDATES_PER_PAGE = 5000   # what a batch's end holds of its candidates at a time
+_CANDIDATES_PER_PAGE = 5000  # what a batch's end holds of its candidates at a time
 
 
-def run_batch(engine: Engine, policies: PolicySet, batch_id: str, *, worker: str,
-              settings: RunSettings = DEFAULT_SETTINGS, stop: threading.Event | None = None,
-              pool: PartitionPool | None = None) -> bool:
+def run_batch(
+    engine: Engine,
+    policies: PolicySet,
+    batch_id: str,
+    *,
+    worker: str,
+    settings: RunSettings = DEFAULT_SETTINGS,
+    stop: threading.Event | None = None,
+    pool: PartitionPool | None = None,
+) -> bool:
     """Run a RUNNING batch to DRAFT, resuming each partition after its cursor: in this thread, or
     with `settings.workers` > 1 (or a `pool`) in worker processes. False when the batch is not
     RUNNING, another worker holds it, or `stop` was set (the batch is then given back)."""
-    return batch_id in run_batches(engine, policies, [batch_id], worker=worker, settings=settings, stop=stop,
-                                   pool=pool)
+    return batch_id in run_batches(engine, policies, [batch_id], worker=worker, settings=settings, stop=stop, pool=pool)
 
 
-def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *, worker: str,
-                settings: RunSettings = DEFAULT_SETTINGS, stop: threading.Event | None = None,
-                pool: PartitionPool | None = None) -> list[str]:
+def run_batches(
+    engine: Engine,
+    policies: PolicySet,
+    batch_ids: Sequence[str],
+    *,
+    worker: str,
+    settings: RunSettings = DEFAULT_SETTINGS,
+    stop: threading.Event | None = None,
+    pool: PartitionPool | None = None,
+) -> list[str]:
     """Run RUNNING batches to DRAFT, together where they can be (`together`); the ids of those
     that reached DRAFT. A batch another worker holds is left alone; when `stop` is set, every
     batch not yet DRAFT is given back. A group that fails does not hold up the others: they run,
@@ -89,16 +117,16 @@ def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *
     for batch_id in claimed:
         try:
             runs.append(_Run.load(engine, policies, batch_id, worker, settings))
-        except Exception as exc:   # its rule text no longer loads, say
+        except Exception as exc:  # its rule text no longer loads, say
             failures.append(([batch_id], exc))
     finished: list[str] = []
     failed: set[str] = set()
     for group in together(engine, runs, settings) if runs else []:
         try:
-            refresh_statistics(engine)   # the records and grants of the groups before
+            refresh_statistics(engine)  # the records and grants of the groups before
             if not _run_partitions(group, stop, pool):
                 break
-            refresh_statistics(engine)   # the end reads this group's records back
+            refresh_statistics(engine)  # the end reads this group's records back
             for run in group.runs:  # in the order of creation: a conflict group's later batch sees the earlier's grants
                 try:
                     run.finish()
@@ -112,8 +140,12 @@ def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *
             failed.update(run.batch_id for run in group.runs if run.batch_id not in finished)
     _release(engine, [run for run in runs if run.batch_id not in finished and run.batch_id not in failed], worker)
     for batch_ids_failed, error in failures[1:]:
-        log.error("batch %s failed; it will be retried: %s", ", ".join(batch_ids_failed), error_text(error),
-                  exc_info=redacted(error))
+        log.error(
+            "batch %s failed; it will be retried: %s",
+            ", ".join(batch_ids_failed),
+            error_text(error),
+            exc_info=redacted(error),
+        )
     if failures:
         raise failures[0][1]
     return finished
@@ -123,6 +155,7 @@ def run_batches(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], *
 class RunGroup:
     """Batches that run together, in the order of creation, and the partitions they share (one
     layout: each batch has its own rows, with the same ranges, cursors and ends)."""
+
     runs: list[_Run]
     partitions: list[Any]
 
@@ -160,8 +193,9 @@ def _run_partitions(group: RunGroup, stop: threading.Event | None, pool: Partiti
     settings, engine = first.settings, first.engine
     url = engine.url.render_as_string(hide_password=False)
     batches = tuple(run.batch_task() for run in group.runs)
-    tasks = [PartitionTask(url, batches, p.partition_no, first.worker, settings) for p in group.partitions
-             if not p.done]
+    tasks = [
+        PartitionTask(url, batches, p.partition_no, first.worker, settings) for p in group.partitions if not p.done
+    ]
     stopped = stop.is_set if stop is not None else (lambda: False)
     names = ", ".join(run.batch_id for run in group.runs)
     if pool is None and settings.workers <= 1:
@@ -179,25 +213,52 @@ def _run_partitions(group: RunGroup, stop: threading.Event | None, pool: Partiti
 
     results = pool.run(tasks, heartbeat=heartbeat, stopped=stopped, interval=max(settings.lease_seconds / 3, 0.2))
     for result in results or ():
-        log.info("batches %s partition %d: %d enterprises evaluated in process %d", names,
-                 result.partition_no, result.evaluated, result.pid)
+        log.info(
+            "batches %s partition %d: %d enterprises evaluated in process %d",
+            names,
+            result.partition_no,
+            result.evaluated,
+            result.pid,
+        )
     return results is not None
 
 
-def create_batch(engine: Engine, policies: PolicySet, *, policy_id: str, period: int, request_id: str,
-                 actor: Actor, today: date, settings: RunSettings = DEFAULT_SETTINGS) -> Batch:
+def create_batch(
+    engine: Engine,
+    policies: PolicySet,
+    *,
+    policy_id: str,
+    period: int,
+    request_id: str,
+    actor: Actor,
+    today: date,
+    settings: RunSettings = DEFAULT_SETTINGS,
+) -> Batch:
     """Start a batch and run it to DRAFT in the calling thread (the CLI and tests; the server runs
     batches in `BatchWorkers`). A repeated request returns its batch as it stands."""
-    return create_batches(engine, policies, [(policy_id, request_id)], period=period, actor=actor, today=today,
-                          settings=settings)[0]
+    return create_batches(
+        engine, policies, [(policy_id, request_id)], period=period, actor=actor, today=today, settings=settings
+    )[0]
 
 
-def create_batches(engine: Engine, policies: PolicySet, requests: Sequence[tuple[str, str]], *, period: int,
-                   actor: Actor, today: date, settings: RunSettings = DEFAULT_SETTINGS) -> list[Batch]:
+def create_batches(
+    engine: Engine,
+    policies: PolicySet,
+    requests: Sequence[tuple[str, str]],
+    *,
+    period: int,
+    actor: Actor,
+    today: date,
+    settings: RunSettings = DEFAULT_SETTINGS,
+) -> list[Batch]:
     """Start a batch per (policy id, request id) and run them to DRAFT together in the calling
     thread: one pass over the registry for all. Repeated requests return their batches as they stand."""
-    batches = [start_batch(engine, policies, policy_id=policy_id, period=period, request_id=request_id,
-                           actor=actor, today=today) for policy_id, request_id in requests]
+    batches = [
+        start_batch(
+            engine, policies, policy_id=policy_id, period=period, request_id=request_id, actor=actor, today=today
+        )
+        for policy_id, request_id in requests
+    ]
     running = [batch.batch_id for batch in batches if batch.state == BatchState.RUNNING]
     if running:
         run_batches(engine, policies, running, worker=new_worker_id(), settings=settings)
@@ -208,11 +269,15 @@ def claim(engine: Engine, batch_id: str, worker: str, lease_seconds: float) -> b
     """Take a RUNNING batch whose lease is free or ran out (or is already ours)."""
     now = now_ms()
     with engine.begin() as conn:
-        changed = conn.execute(payout_batch.update().where(
-            payout_batch.c.batch_id == batch_id, payout_batch.c.state == BatchState.RUNNING,
-            or_(payout_batch.c.worker.is_(None), payout_batch.c.worker == worker,
-                payout_batch.c.lease_until < now)).values(
-            worker=worker, lease_until=now + int(lease_seconds * 1000)))
+        changed = conn.execute(
+            payout_batch.update()
+            .where(
+                payout_batch.c.batch_id == batch_id,
+                payout_batch.c.state == BatchState.RUNNING,
+                or_(payout_batch.c.worker.is_(None), payout_batch.c.worker == worker, payout_batch.c.lease_until < now),
+            )
+            .values(worker=worker, lease_until=now + int(lease_seconds * 1000))
+        )
     return changed.rowcount == 1
 
 
@@ -221,11 +286,19 @@ def release(engine: Engine, batch_id: str, worker: str) -> None:
     with engine.begin() as conn:
         # Partitions first, then the batch: the order a committing chunk takes them in
         # (`partitions._advance`), or the two deadlock on PostgreSQL.
-        conn.execute(payout_partition.update().where(
-            payout_partition.c.batch_id == batch_id,
-            payout_partition.c.worker.startswith(f"{worker}/", autoescape=True)).values(worker=None, lease_until=0))
-        conn.execute(payout_batch.update().where(
-            payout_batch.c.batch_id == batch_id, payout_batch.c.worker == worker).values(worker=None, lease_until=0))
+        conn.execute(
+            payout_partition.update()
+            .where(
+                payout_partition.c.batch_id == batch_id,
+                payout_partition.c.worker.startswith(f"{worker}/", autoescape=True),
+            )
+            .values(worker=None, lease_until=0)
+        )
+        conn.execute(
+            payout_batch.update()
+            .where(payout_batch.c.batch_id == batch_id, payout_batch.c.worker == worker)
+            .values(worker=None, lease_until=0)
+        )
 
 
 def _release(engine: Engine, runs: Sequence[_Run], worker: str) -> None:
@@ -242,10 +315,14 @@ def claimable_groups(engine: Engine) -> list[list[str]]:
     """RUNNING batches that nobody holds (new ones, and those of a worker that died), by period
     and evaluation date: the batches that may run together; oldest first."""
     with engine.connect() as conn:
-        rows = conn.execute(select(payout_batch.c.batch_id, payout_batch.c.period, payout_batch.c.evaluated_on).where(
-            payout_batch.c.state == BatchState.RUNNING,
-            or_(payout_batch.c.worker.is_(None), payout_batch.c.lease_until < now_ms()))
-            .order_by(payout_batch.c.created_at)).all()
+        rows = conn.execute(
+            select(payout_batch.c.batch_id, payout_batch.c.period, payout_batch.c.evaluated_on)
+            .where(
+                payout_batch.c.state == BatchState.RUNNING,
+                or_(payout_batch.c.worker.is_(None), payout_batch.c.lease_until < now_ms()),
+            )
+            .order_by(payout_batch.c.created_at)
+        ).all()
     groups: dict[tuple[int, str], list[str]] = {}
     for row in rows:
         groups.setdefault((row.period, row.evaluated_on), []).append(row.batch_id)
@@ -255,8 +332,7 @@ def claimable_groups(engine: Engine) -> list[list[str]]:
 class _Run:
     """One coordinator's run of one batch: what its partitions need, and its end (DRAFT)."""
 
-    def __init__(self, engine: Engine, row: Any, evaluator: ChunkEvaluator, worker: str,
-                 settings: RunSettings) -> None:
+    def __init__(self, engine: Engine, row: Any, evaluator: ChunkEvaluator, worker: str, settings: RunSettings) -> None:
         self.engine, self.row, self.evaluator = engine, row, evaluator
         self.policy, self.rivals, self.excluded = evaluator.policy, evaluator.rivals, evaluator.excluded
         self.worker, self.settings = worker, settings
@@ -265,16 +341,17 @@ class _Run:
         self.actor = evaluator.actor
 
     @classmethod
-    def load(cls, engine: Engine, policies: PolicySet, batch_id: str, worker: str,
-             settings: RunSettings) -> _Run:
+    def load(cls, engine: Engine, policies: PolicySet, batch_id: str, worker: str, settings: RunSettings) -> _Run:
         with engine.connect() as conn:
             row = conn.execute(select(payout_batch).where(payout_batch.c.batch_id == batch_id)).one()
             policy = _policy_version(conn, policies, row.policy_id, row.rule_sha256)
-            rivals = [_policy_version(conn, policies, rival_id, sha256)
-                      for rival_id, sha256 in orjson.loads(row.rival_rules)]
+            rivals = [
+                _policy_version(conn, policies, rival_id, sha256) for rival_id, sha256 in orjson.loads(row.rival_rules)
+            ]
         # The exclusions of the text the batch runs under, and those the current rules add.
         excluded = frozenset(policy.excludes) | (
-            policies.excluded(policy.id) if policy.id in {p.id for p in policies} else frozenset())
+            policies.excluded(policy.id) if policy.id in {p.id for p in policies} else frozenset()
+        )
         return cls(engine, row, ChunkEvaluator.for_batch(row, policy, rivals, sorted(excluded)), worker, settings)
 
     def batch_task(self) -> BatchTask:
@@ -289,17 +366,24 @@ class _Run:
         """The period's budget less what standing grants of earlier batches already spent."""
         if self.policy.budget_fen is None:
             return None
-        spent = conn.execute(select(func.coalesce(func.sum(grant.c.amount_fen), 0)).where(
-            grant.c.policy_id == self.policy.id, grant.c.period == self.period,
-            grant.c.released == "")).scalar_one()
+        spent = conn.execute(
+            select(func.coalesce(func.sum(grant.c.amount_fen), 0)).where(
+                grant.c.policy_id == self.policy.id, grant.c.period == self.period, grant.c.released == ""
+            )
+        ).scalar_one()
         return max(self.policy.budget_fen - int(spent), 0)
 
     def _renew(self, conn: Connection, **values: Any) -> None:
         # First statement of every write: proves the lease is still ours and extends it.
-        changed = conn.execute(payout_batch.update().where(
-            payout_batch.c.batch_id == self.batch_id, payout_batch.c.state == BatchState.RUNNING,
-            payout_batch.c.worker == self.worker).values(
-            **{"lease_until": now_ms() + int(self.settings.lease_seconds * 1000), **values}))
+        changed = conn.execute(
+            payout_batch.update()
+            .where(
+                payout_batch.c.batch_id == self.batch_id,
+                payout_batch.c.state == BatchState.RUNNING,
+                payout_batch.c.worker == self.worker,
+            )
+            .values(**{"lease_until": now_ms() + int(self.settings.lease_seconds * 1000), **values})
+        )
         if changed.rowcount != 1:
             raise LeaseLostError(self.batch_id)
 
@@ -323,13 +407,20 @@ class _Run:
             paid = {s.uscc: s.paid_fen for s in prorate(payable, self._budget_left(conn)) if s.paid_fen > 0}
             del payable
             decisions, count, total = RootBuilder(), 0, 0
-            for page in self._founded_candidates(conn):   # the same pages again, now paid
+            for page in self._founded_candidates(conn):  # the same pages again, now paid
                 lines = []
                 for candidate in page:
                     if candidate.uscc in paid:
                         count += 1
-                        lines.append(self._line(count, candidate, paid[candidate.uscc], tops_up.get(candidate.uscc),
-                                                payees[candidate.uscc]))
+                        lines.append(
+                            self._line(
+                                count,
+                                candidate,
+                                paid[candidate.uscc],
+                                tops_up.get(candidate.uscc),
+                                payees[candidate.uscc],
+                            )
+                        )
                 if lines:
                     conn.execute(insert(grant), lines)
                 for line in lines:
@@ -338,13 +429,32 @@ class _Run:
             if count != len(paid):
                 raise RuntimeError(f"batch {self.batch_id}: its candidates changed while it reached DRAFT")
             merkle_root = decisions.root().hex()
-            self._renew(conn, state=BatchState.DRAFT, running_key=None, worker=None, lease_until=0,
-                        line_count=count, total_fen=total, merkle_root=merkle_root)
-            seal_batch_lines(conn, MoneyEvent.DRAFT, self.batch_id, self.actor,
-                             decisions={"leaf_count": count, "merkle_root": merkle_root})
+            self._renew(
+                conn,
+                state=BatchState.DRAFT,
+                running_key=None,
+                worker=None,
+                lease_until=0,
+                line_count=count,
+                total_fen=total,
+                merkle_root=merkle_root,
+            )
+            seal_batch_lines(
+                conn,
+                MoneyEvent.DRAFT,
+                self.batch_id,
+                self.actor,
+                decisions={"leaf_count": count, "merkle_root": merkle_root},
+            )
 
-    def _stack_page(self, conn: Connection, page: Sequence[Any], payable: dict[str, int], tops_up: dict[str, str],
-                    payees: dict[str, Payee]) -> None:
+    def _stack_page(
+        self,
+        conn: Connection,
+        page: Sequence[Any],
+        payable: dict[str, int],
+        tops_up: dict[str, str],
+        payees: dict[str, Payee],
+    ) -> None:
         """What each candidate of the page is owed now: nothing when it holds a grant of the
         policy, is barred or has no account any more; else its award stacked against the standing
         grants of its conflict group (就高不重复)."""
@@ -379,9 +489,14 @@ class _Run:
         """The standing grants of the conflict group in the period held by `usccs`:
         USCC -> policy -> (fen, grant id); one query over the USCC range of the page."""
         out: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
-        for g in conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.amount_fen, grant.c.grant_id).where(
-                grant.c.conflict_group == group, grant.c.period == self.period, grant.c.released == "",
-                grant.c.uscc.between(min(usccs), max(usccs)))):
+        for g in conn.execute(
+            select(grant.c.uscc, grant.c.policy_id, grant.c.amount_fen, grant.c.grant_id).where(
+                grant.c.conflict_group == group,
+                grant.c.period == self.period,
+                grant.c.released == "",
+                grant.c.uscc.between(min(usccs), max(usccs)),
+            )
+        ):
             if g.uscc in usccs:
                 out[g.uscc][g.policy_id] = (int(g.amount_fen), str(g.grant_id))
         return out
@@ -399,14 +514,23 @@ class _Run:
             deciding.append(grant.c.policy_id.in_(self.excluded))
         history: list[dict[str, Any]] = []
         for chunk in in_lists(sorted(usccs)):
-            history += [dict(r._mapping) for r in conn.execute(select(grant).where(
-                grant.c.period == self.period, grant.c.uscc.in_(chunk), or_(*deciding)))]
+            history += [
+                dict(r._mapping)
+                for r in conn.execute(
+                    select(grant).where(grant.c.period == self.period, grant.c.uscc.in_(chunk), or_(*deciding))
+                )
+            ]
         altered = set(unsealed(conn, history))
         out = {}
         for line in history:
             if str(line["grant_id"]) in altered:
-                log.error("batch %s: grant %s of %s differs from what the ledger sealed; %s is not paid",
-                          self.batch_id, line["grant_id"], line["uscc"], line["uscc"])
+                log.error(
+                    "batch %s: grant %s of %s differs from what the ledger sealed; %s is not paid",
+                    self.batch_id,
+                    line["grant_id"],
+                    line["uscc"],
+                    line["uscc"],
+                )
                 out[str(line["uscc"])] = f"grant {line['grant_id']} differs from its seal"
         return out
 
@@ -417,39 +541,72 @@ class _Run:
         decision = evaluation_record
         last = ""
         while True:
-            rows = conn.execute(select(payout_candidate, decision.c.uscc.label("decision_uscc"),
-                                       decision.c.policy_id.label("decision_policy"),
-                                       decision.c.outcome.label("decision_outcome"),
-                                       decision.c.amount_fen.label("decision_fen"),
-                                       decision.c.record_sha256.label("decision_sha256"))
-                                .select_from(payout_candidate.outerjoin(
-                                    decision, decision.c.evaluation_id == payout_candidate.c.evaluation_id))
-                                .where(payout_candidate.c.batch_id == self.batch_id,
-                                       payout_candidate.c.error.is_(None), payout_candidate.c.uscc > last)
-                                .order_by(payout_candidate.c.uscc).limit(_CANDIDATES_PER_PAGE)).all()
+            rows = conn.execute(
+                select(
+                    payout_candidate,
+                    decision.c.uscc.label("decision_uscc"),
+                    decision.c.policy_id.label("decision_policy"),
+                    decision.c.outcome.label("decision_outcome"),
+                    decision.c.amount_fen.label("decision_fen"),
+                    decision.c.record_sha256.label("decision_sha256"),
+                )
+                .select_from(
+                    payout_candidate.outerjoin(decision, decision.c.evaluation_id == payout_candidate.c.evaluation_id)
+                )
+                .where(
+                    payout_candidate.c.batch_id == self.batch_id,
+                    payout_candidate.c.error.is_(None),
+                    payout_candidate.c.uscc > last,
+                )
+                .order_by(payout_candidate.c.uscc)
+                .limit(_CANDIDATES_PER_PAGE)
+            ).all()
             if not rows:
                 return
             last = rows[-1].uscc
             founded = []
             for row in rows:
-                if (row.decision_uscc, row.decision_policy, row.decision_outcome, row.decision_fen,
-                        row.decision_sha256) == (row.uscc, self.policy.id, Outcome.ELIGIBLE, row.full_fen,
-                                                 row.record_sha256):
+                if (
+                    row.decision_uscc,
+                    row.decision_policy,
+                    row.decision_outcome,
+                    row.decision_fen,
+                    row.decision_sha256,
+                ) == (row.uscc, self.policy.id, Outcome.ELIGIBLE, row.full_fen, row.record_sha256):
                     founded.append(row)
                 else:
-                    log.error("batch %s: the candidate %s does not match its evaluation record %s; not paid",
-                              self.batch_id, row.uscc, row.evaluation_id)
+                    log.error(
+                        "batch %s: the candidate %s does not match its evaluation record %s; not paid",
+                        self.batch_id,
+                        row.uscc,
+                        row.evaluation_id,
+                    )
             yield founded
 
     def _line(self, number: int, candidate: Any, amount_fen: int, tops_up: str | None, payee: Payee) -> dict[str, Any]:
         """A new line with every column given (its leaf is sealed as written)."""
-        return {"grant_id": f"{self.batch_id}-{number:06d}", "uscc": candidate.uscc, "policy_id": self.policy.id,
-                "period": self.period, "conflict_group": self.policy.model.conflict_group, "batch_id": self.batch_id,
-                "full_fen": int(candidate.full_fen), "amount_fen": amount_fen, "tops_up": tops_up,
-                "evaluation_id": candidate.evaluation_id, "record_sha256": candidate.record_sha256,
-                "payee_name": payee.name, "payee_account_no": payee.account_no, "payee_bank": payee.bank,
-                "state": LineState.PENDING.value, "return_reason": None, "result_by": None, "confirmed_by": None,
-                "withdraw_reason": None, "released": ""}
+        return {
+            "grant_id": f"{self.batch_id}-{number:06d}",
+            "uscc": candidate.uscc,
+            "policy_id": self.policy.id,
+            "period": self.period,
+            "conflict_group": self.policy.model.conflict_group,
+            "batch_id": self.batch_id,
+            "full_fen": int(candidate.full_fen),
+            "amount_fen": amount_fen,
+            "tops_up": tops_up,
+            "evaluation_id": candidate.evaluation_id,
+            "record_sha256": candidate.record_sha256,
+            "payee_name": payee.name,
+            "payee_account_no": payee.account_no,
+            "payee_bank": payee.bank,
+            "state": LineState.PENDING.value,
+            "return_reason": None,
+            "result_by": None,
+            "confirmed_by": None,
+            "withdraw_reason": None,
+            "released": "",
+        }
 
 
 def _policy_version(conn: Connection, policies: PolicySet, policy_id: str, rule_sha256: str) -> LoadedPolicy:
@@ -457,8 +614,9 @@ def _policy_version(conn: Connection, policies: PolicySet, policy_id: str, rule_
     loaded = next((p for p in policies if p.id == policy_id and p.sha256 == rule_sha256), None)
     if loaded is not None:
         return loaded
-    source = conn.execute(select(policy_version.c.source)
-                          .where(policy_version.c.rule_sha256 == rule_sha256)).scalar_one()
+    source = conn.execute(
+        select(policy_version.c.source).where(policy_version.c.rule_sha256 == rule_sha256)
+    ).scalar_one()
     return load_policy_text(source.encode(), CATALOGUE, origin=f"policy_version {rule_sha256[:12]}")
 
 
@@ -466,11 +624,18 @@ class BatchWorkers:
     """Runs RUNNING batches in background threads: new ones when woken, and any batch whose
     worker died (its lease ran out) on the next scan - which, at start, resumes a crashed run."""
 
-    def __init__(self, engine: Engine, policies: Callable[[], PolicySet], settings: RunSettings = DEFAULT_SETTINGS,
-                 *, max_parallel: int = 2, pool: PartitionPool | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        policies: Callable[[], PolicySet],
+        settings: RunSettings = DEFAULT_SETTINGS,
+        *,
+        max_parallel: int = 2,
+        pool: PartitionPool | None = None,
+    ) -> None:
         self.engine, self.policies, self.settings = engine, policies, settings
         self.max_parallel = max_parallel
-        self.pool = pool   # where partitions run (a Dask cluster); None: per settings.workers
+        self.pool = pool  # where partitions run (a Dask cluster); None: per settings.workers
         self.worker = new_worker_id()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -514,20 +679,27 @@ class BatchWorkers:
                 waiting = [batch_id for batch_id in batch_ids if batch_id not in self._active]
                 if not waiting or len(set(self._active.values())) >= self.max_parallel:
                     continue
-                thread = threading.Thread(target=self._run, args=(waiting,), name=f"batch-{waiting[0]}",
-                                          daemon=True)
+                thread = threading.Thread(target=self._run, args=(waiting,), name=f"batch-{waiting[0]}", daemon=True)
                 for batch_id in waiting:
                     self._active[batch_id] = thread
             thread.start()
 
     def _run(self, batch_ids: Sequence[str]) -> None:
         try:
-            for batch_id in run_batches(self.engine, self.policies(), batch_ids, worker=self.worker,
-                                        settings=self.settings, stop=self._stop, pool=self.pool):
+            for batch_id in run_batches(
+                self.engine,
+                self.policies(),
+                batch_ids,
+                worker=self.worker,
+                settings=self.settings,
+                stop=self._stop,
+                pool=self.pool,
+            ):
                 log.warning("batch %s is DRAFT", batch_id)
         except Exception as exc:  # the lease runs out and a later scan (here or elsewhere) retries
-            log.error("batch %s failed; it will be retried: %s", ", ".join(batch_ids), error_text(exc),
-                      exc_info=redacted(exc))
+            log.error(
+                "batch %s failed; it will be retried: %s", ", ".join(batch_ids), error_text(exc), exc_info=redacted(exc)
+            )
         finally:
             with self._lock:
                 for batch_id in batch_ids:

@@ -5,6 +5,7 @@ A batch: RUNNING -> DRAFT -> APPROVED -> EXPORTED -> SETTLED, or CANCELLED from 
 returned it (or a paid line came back later) until a second principal confirms, then RETURNED;
 WITHDRAWN by an approver before export (e.g. its payee changed); CANCELLED with its batch.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum

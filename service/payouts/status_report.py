@@ -6,6 +6,7 @@ the original message id (which must be the batch's pain.001 MsgId), and for ever
 an OrgnlEndToEndId (a line of the batch) and a TxSts from ISO's ExternalPaymentTransactionStatus1
 code list. Everything refused names its place in the file (element and line).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,9 +25,9 @@ from service.payouts.tables import MAX_RETURN_REASON_LENGTH, payout_export
 PAIN002_NS = "urn:iso:std:iso:20022:tech:xsd:pain.002.001.10"
 # What each transaction status means for a line; None: no change yet (accepted, pending, ...).
 TRANSACTION_STATUSES: dict[str, LineState | None] = {
-    "ACSC": LineState.PAID,       # accepted, settlement completed (debtor side)
-    "ACCC": LineState.PAID,       # accepted, settlement completed (creditor account credited)
-    "RJCT": LineState.RETURNED,   # rejected: waits for a second principal (RETURN_PENDING)
+    "ACSC": LineState.PAID,  # accepted, settlement completed (debtor side)
+    "ACCC": LineState.PAID,  # accepted, settlement completed (creditor account credited)
+    "RJCT": LineState.RETURNED,  # rejected: waits for a second principal (RETURN_PENDING)
     **dict.fromkeys(("ACCP", "ACSP", "PDNG", "ACTC", "ACWC", "ACWP", "RCVD", "PATC", "PRES")),
 }
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, remove_comments=True)
@@ -34,10 +35,10 @@ _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=Fal
 
 @dataclass(frozen=True)
 class Transaction:
-    where: str              # `TxInfAndSts[2] (line 31)`
-    end_to_end_id: str      # the line id
-    status: str             # TxSts
-    reason: str             # for RJCT: `<reason code> <additional information>`
+    where: str  # `TxInfAndSts[2] (line 31)`
+    end_to_end_id: str  # the line id
+    status: str  # TxSts
+    reason: str  # for RJCT: `<reason code> <additional information>`
 
     @property
     def result(self) -> BankResult | None:
@@ -47,11 +48,11 @@ class Transaction:
 
 @dataclass(frozen=True)
 class StatusReport:
-    message_id: str                   # the report's own MsgId
-    original_message_id: str          # the pain.001 it answers
+    message_id: str  # the report's own MsgId
+    original_message_id: str  # the pain.001 it answers
     group_status: str
     transactions: list[Transaction]
-    group_rejection: str = ""         # the reason, when the bank rejected the whole file (GrpSts RJCT)
+    group_rejection: str = ""  # the reason, when the bank rejected the whole file (GrpSts RJCT)
 
     @property
     def results(self) -> list[BankResult]:
@@ -64,29 +65,34 @@ def apply(engine: Engine, batch_id: str, data: bytes, actor: Actor) -> tuple[Bat
     the batch's bank file and each transfer's end-to-end id; an unknown id is refused with its
     place and nothing is recorded. Results are recorded as by `record_results` (a return waits
     for a second principal; a repeated report changes nothing)."""
-    get_batch(engine, batch_id)   # NOT_FOUND before anything is read of the file
+    get_batch(engine, batch_id)  # NOT_FOUND before anything is read of the file
     report = parse(data)
     with engine.connect() as conn:
-        exported = conn.execute(select(payout_export.c.message_id)
-                                .where(payout_export.c.batch_id == batch_id)).scalar()
+        exported = conn.execute(select(payout_export.c.message_id).where(payout_export.c.batch_id == batch_id)).scalar()
         if exported is None:
             raise BatchStateError(f"batch {batch_id} has no bank file: a status report answers an exported batch")
         if report.original_message_id != exported:
-            raise _bad(f"OrgnlMsgId {report.original_message_id!r} is not the message id of batch {batch_id}'s "
-                       f"bank file ({exported})")
-        lines = {str(line["grant_id"]): line for line in read_lines(conn, (t.end_to_end_id for t in
-                                                                           report.transactions))}
+            raise _bad(
+                f"OrgnlMsgId {report.original_message_id!r} is not the message id of batch {batch_id}'s "
+                f"bank file ({exported})"
+            )
+        lines = {
+            str(line["grant_id"]): line for line in read_lines(conn, (t.end_to_end_id for t in report.transactions))
+        }
     for transaction in report.transactions:
         line = lines.get(transaction.end_to_end_id)
         if line is None or line["batch_id"] != batch_id:
-            raise _bad(f"{transaction.where}: unknown end-to-end id {transaction.end_to_end_id!r} (not a line of "
-                       f"batch {batch_id})")
+            raise _bad(
+                f"{transaction.where}: unknown end-to-end id {transaction.end_to_end_id!r} (not a line of "
+                f"batch {batch_id})"
+            )
     results = report.results
-    if report.group_rejection:   # every transfer of the file comes back, each awaiting a second principal
+    if report.group_rejection:  # every transfer of the file comes back, each awaiting a second principal
         with engine.connect() as conn:
             sent = [line for line in lines_of(conn, batch_id) if line["state"] in (LineState.PENDING, LineState.PAID)]
-        results = [BankResult(str(line["grant_id"]), LineState.RETURNED, report.group_rejection, "GrpSts")
-                   for line in sent]
+        results = [
+            BankResult(str(line["grant_id"]), LineState.RETURNED, report.group_rejection, "GrpSts") for line in sent
+        ]
     batch = record_results(engine, batch_id, results, actor) if results else get_batch(engine, batch_id)
     return batch, report
 
@@ -96,11 +102,11 @@ def _only_pain002_elements(root: etree._Element) -> None:
     element of another namespace would be read as nothing."""
     for element in root.iter():
         if not isinstance(element.tag, str):
-            continue   # processing instructions
+            continue  # processing instructions
         if etree.QName(element).namespace != PAIN002_NS and not any(
-                etree.QName(a).localname == "SplmtryData" for a in element.iterancestors()):
-            raise _bad(f"line {element.sourceline}: element {etree.QName(element).localname} is not of "
-                       f"{PAIN002_NS}")
+            etree.QName(a).localname == "SplmtryData" for a in element.iterancestors()
+        ):
+            raise _bad(f"line {element.sourceline}: element {etree.QName(element).localname} is not of {PAIN002_NS}")
 
 
 def parse(data: bytes) -> StatusReport:
@@ -110,8 +116,7 @@ def parse(data: bytes) -> StatusReport:
     except etree.XMLSyntaxError as exc:
         raise _bad(f"not well-formed XML: {exc}") from None
     if root.tag != _tag("Document"):
-        raise _bad(f"line {root.sourceline}: the document element must be Document in {PAIN002_NS}, "
-                   f"got {root.tag!s}")
+        raise _bad(f"line {root.sourceline}: the document element must be Document in {PAIN002_NS}, got {root.tag!s}")
     _only_pain002_elements(root)
     report = _one(root, "CstmrPmtStsRpt")
     message_id = _text(_one(_one(report, "GrpHdr"), "MsgId"))
@@ -121,8 +126,10 @@ def parse(data: bytes) -> StatusReport:
     placed = report.findall(f"{_tag('OrgnlPmtInfAndSts')}/{_tag('TxInfAndSts')}")
     stray = [t for t in root.iter(_tag("TxInfAndSts")) if not any(t is p for p in placed)]
     if stray:
-        raise _bad(f"TxInfAndSts (line {stray[0].sourceline}) is not inside CstmrPmtStsRpt/OrgnlPmtInfAndSts: "
-                   "it would be ignored, so the report is refused")
+        raise _bad(
+            f"TxInfAndSts (line {stray[0].sourceline}) is not inside CstmrPmtStsRpt/OrgnlPmtInfAndSts: "
+            "it would be ignored, so the report is refused"
+        )
     transactions: list[Transaction] = []
     for index, transaction in enumerate(placed):
         where = f"TxInfAndSts[{index}] (line {transaction.sourceline})"
@@ -133,7 +140,7 @@ def parse(data: bytes) -> StatusReport:
         reason = _reason(transaction) if TRANSACTION_STATUSES[status] == LineState.RETURNED else ""
         transactions.append(Transaction(where, end_to_end, status, reason))
     group_status = _text(group) if group is not None else ""
-    if group_status == "RJCT" and not transactions:   # the bank refused the whole file: nothing was paid
+    if group_status == "RJCT" and not transactions:  # the bank refused the whole file: nothing was paid
         reason = _reason(original) if original.find(_tag("StsRsnInf")) is not None else "RJCT"
         return StatusReport(message_id, original_message_id, group_status, [], group_rejection=reason)
     return StatusReport(message_id, original_message_id, group_status, transactions)

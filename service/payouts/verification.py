@@ -10,6 +10,7 @@ bank files must be exactly what the money events sealed.
 The ledger itself is verified first by the chain walk, so its entries can be trusted here.
 Memory stays bounded by one event's seals, whatever the number of lines.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -42,15 +43,20 @@ _STREAM = {"stream_results": True, "yield_per": 2000}
 
 @dataclass
 class _Events:
-    batches: dict[str, tuple[int, dict[str, Any]]]     # batch -> newest (seq, snapshot)
-    exports: dict[str, tuple[int, dict[str, Any]]]     # batch -> (seq, export digest)
-    line_seals: dict[int, tuple[str, int, str]]         # seq -> (batch, count, root)
-    suspects: frozenset[str] = frozenset()              # evaluation records reported as altered
-    unsigned: list[AuditProblem] = field(default_factory=list)   # money events without a valid signature
+    batches: dict[str, tuple[int, dict[str, Any]]]  # batch -> newest (seq, snapshot)
+    exports: dict[str, tuple[int, dict[str, Any]]]  # batch -> (seq, export digest)
+    line_seals: dict[int, tuple[str, int, str]]  # seq -> (batch, count, root)
+    suspects: frozenset[str] = frozenset()  # evaluation records reported as altered
+    unsigned: list[AuditProblem] = field(default_factory=list)  # money events without a valid signature
 
 
-def verify_payouts(connection: Connection, *, limit: int = 100, suspect_evaluations: frozenset[str] = frozenset(),
-                   public_key: Ed25519PublicKey | None = None) -> list[AuditProblem]:
+def verify_payouts(
+    connection: Connection,
+    *,
+    limit: int = 100,
+    suspect_evaluations: frozenset[str] = frozenset(),
+    public_key: Ed25519PublicKey | None = None,
+) -> list[AuditProblem]:
     """Every difference between the money tables and the ledger, at most `limit` of them. Lines
     citing a `suspect_evaluations` record (already reported as altered) are not compared with it.
     With the ledger's public key, every money event must carry its signature."""
@@ -70,15 +76,29 @@ def verify_payouts(connection: Connection, *, limit: int = 100, suspect_evaluati
 def _read_events(connection: Connection, public_key: Ed25519PublicKey | None) -> _Events:
     events = _Events({}, {}, {})
     signature = signatures.ledger_signature
-    query = (select(ledger_entry.c.seq, ledger_entry.c.payload, ledger_entry.c.entry_hash, signature.c.key_id,
-                    signature.c.signature)
-             .select_from(ledger_entry.outerjoin(signature, signature.c.seq == ledger_entry.c.seq))
-             .where(ledger_entry.c.kind == MONEY_EVENT_KIND).order_by(ledger_entry.c.seq))
+    query = (
+        select(
+            ledger_entry.c.seq,
+            ledger_entry.c.payload,
+            ledger_entry.c.entry_hash,
+            signature.c.key_id,
+            signature.c.signature,
+        )
+        .select_from(ledger_entry.outerjoin(signature, signature.c.seq == ledger_entry.c.seq))
+        .where(ledger_entry.c.kind == MONEY_EVENT_KIND)
+        .order_by(ledger_entry.c.seq)
+    )
     for seq, text, digest, signer, signed in connection.execution_options(**_STREAM).execute(query):
         if public_key is not None and not signatures.valid(public_key, seq, digest, signer, signed):
-            events.unsigned.append(AuditProblem(
-                ledger_entry.name, f"entry {seq}", Fault.INSERTED, seq,
-                f"money event {seq} is not signed by the ledger key: it was not written by the server"))
+            events.unsigned.append(
+                AuditProblem(
+                    ledger_entry.name,
+                    f"entry {seq}",
+                    Fault.INSERTED,
+                    seq,
+                    f"money event {seq} is not signed by the ledger key: it was not written by the server",
+                )
+            )
         payload = orjson.loads(text)
         batch_id = payload["batch_id"]
         events.batches[batch_id] = (seq, payload["batch"])
@@ -94,9 +114,15 @@ def _check_seals(connection: Connection, events: _Events) -> Iterator[AuditProbl
     for seq, (batch_id, count, expected_root) in events.line_seals.items():
         builder = RootBuilder()
         rows = connection.execution_options(**_STREAM).execute(
-            select(payout_line_seal.c.leaf_index, payout_line_seal.c.line_id, payout_line_seal.c.batch_id,
-                   payout_line_seal.c.leaf).where(payout_line_seal.c.ledger_seq == seq)
-            .order_by(payout_line_seal.c.leaf_index))
+            select(
+                payout_line_seal.c.leaf_index,
+                payout_line_seal.c.line_id,
+                payout_line_seal.c.batch_id,
+                payout_line_seal.c.leaf,
+            )
+            .where(payout_line_seal.c.ledger_seq == seq)
+            .order_by(payout_line_seal.c.leaf_index)
+        )
         misplaced = None
         for index, line_id, seal_batch, leaf in rows:
             # The row's own columns must say what its (sealed) leaf says: the verification of
@@ -104,68 +130,115 @@ def _check_seals(connection: Connection, events: _Events) -> Iterator[AuditProbl
             sealed = orjson.loads(leaf)
             labelled = (line_id, seal_batch) == (sealed.get("grant_id"), sealed.get("batch_id"))
             if (index != builder.count or seal_batch != batch_id or not labelled) and misplaced is None:
-                misplaced = f"position {index} ({line_id}) " + ("is out of place" if labelled else
-                                                                 "is labelled as another line than its leaf")
+                misplaced = f"position {index} ({line_id}) " + (
+                    "is out of place" if labelled else "is labelled as another line than its leaf"
+                )
             builder.add(leaf.encode())
         where = f"entry {seq}"
         if builder.count != count:
             fault = Fault.DELETED if builder.count < count else Fault.INSERTED
-            yield AuditProblem(payout_line_seal.name, where, fault, seq,
-                               f"ledger entry {seq} sealed {count} line(s) of batch {batch_id}; "
-                               f"{builder.count} seal row(s) remain")
+            yield AuditProblem(
+                payout_line_seal.name,
+                where,
+                fault,
+                seq,
+                f"ledger entry {seq} sealed {count} line(s) of batch {batch_id}; {builder.count} seal row(s) remain",
+            )
         elif misplaced is not None or builder.root().hex() != expected_root:
-            yield AuditProblem(payout_line_seal.name, where, Fault.EDITED, seq,
-                               f"the seal rows of ledger entry {seq} (batch {batch_id}) no longer give its Merkle "
-                               f"root{': ' + misplaced if misplaced else ''}")
-    stray = connection.execute(select(payout_line_seal.c.ledger_seq, func.count()).group_by(
-        payout_line_seal.c.ledger_seq))
+            yield AuditProblem(
+                payout_line_seal.name,
+                where,
+                Fault.EDITED,
+                seq,
+                f"the seal rows of ledger entry {seq} (batch {batch_id}) no longer give its Merkle "
+                f"root{': ' + misplaced if misplaced else ''}",
+            )
+    stray = connection.execute(
+        select(payout_line_seal.c.ledger_seq, func.count()).group_by(payout_line_seal.c.ledger_seq)
+    )
     for seq, number in stray:
         if seq not in events.line_seals:
-            yield AuditProblem(payout_line_seal.name, f"entry {seq}", Fault.INSERTED, 0,
-                               f"{number} seal row(s) claim ledger entry {seq}, which sealed no lines")
+            yield AuditProblem(
+                payout_line_seal.name,
+                f"entry {seq}",
+                Fault.INSERTED,
+                0,
+                f"{number} seal row(s) claim ledger entry {seq}, which sealed no lines",
+            )
 
 
 def _check_lines(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
     """Every line equals its newest seal and rests on the evaluation it cites; every sealed line
     exists."""
-    newest = (select(payout_line_seal.c.line_id, func.max(payout_line_seal.c.ledger_seq).label("seq"))
-              .group_by(payout_line_seal.c.line_id).subquery())
+    newest = (
+        select(payout_line_seal.c.line_id, func.max(payout_line_seal.c.ledger_seq).label("seq"))
+        .group_by(payout_line_seal.c.line_id)
+        .subquery()
+    )
     seal = payout_line_seal.alias("newest_seal")
     decision = evaluation_record.alias("decision")
-    query = (select(grant, newest.c.seq, seal.c.leaf,
-                    *(decision.c[c].label(f"decision_{c}") for c in _DECISION_COLUMNS))
-             .select_from(grant.outerjoin(newest, newest.c.line_id == grant.c.grant_id)
-                          .outerjoin(seal, and_(seal.c.line_id == newest.c.line_id,
-                                                seal.c.ledger_seq == newest.c.seq))
-                          .outerjoin(decision, decision.c.evaluation_id == grant.c.evaluation_id)))
+    query = select(
+        grant, newest.c.seq, seal.c.leaf, *(decision.c[c].label(f"decision_{c}") for c in _DECISION_COLUMNS)
+    ).select_from(
+        grant.outerjoin(newest, newest.c.line_id == grant.c.grant_id)
+        .outerjoin(seal, and_(seal.c.line_id == newest.c.line_id, seal.c.ledger_seq == newest.c.seq))
+        .outerjoin(decision, decision.c.evaluation_id == grant.c.evaluation_id)
+    )
     for row in connection.execution_options(**_STREAM).execute(query):
-        line = {column: row._mapping[column] for column in LINE_COLUMNS}   # not the joined columns
+        line = {column: row._mapping[column] for column in LINE_COLUMNS}  # not the joined columns
         line_id = str(line["grant_id"])
         if row.seq is None:
-            yield AuditProblem(grant.name, line_id, Fault.INSERTED, 0,
-                               f"line of batch {line['batch_id']} was never sealed in the ledger")
+            yield AuditProblem(
+                grant.name,
+                line_id,
+                Fault.INSERTED,
+                0,
+                f"line of batch {line['batch_id']} was never sealed in the ledger",
+            )
             continue
         if line_leaf(line).decode() != row.leaf:
-            yield AuditProblem(grant.name, line_id, Fault.EDITED, int(row.seq),
-                               _differences(line, orjson.loads(row.leaf), int(row.seq)))
+            yield AuditProblem(
+                grant.name,
+                line_id,
+                Fault.EDITED,
+                int(row.seq),
+                _differences(line, orjson.loads(row.leaf), int(row.seq)),
+            )
             continue
         if line["evaluation_id"] in events.suspects:
             continue
         unfounded = _unfounded(line, {c: row._mapping[f"decision_{c}"] for c in _DECISION_COLUMNS})
         if unfounded:
-            yield AuditProblem(grant.name, line_id, Fault.EDITED, int(row.seq),
-                               f"the line does not rest on its evaluation {line['evaluation_id']}: {unfounded} "
-                               f"(sealed so by ledger entry {row.seq}: its batch was drafted from altered data)")
-    missing = (select(payout_line_seal.c.line_id, func.max(payout_line_seal.c.ledger_seq))
-               .where(~select(grant.c.grant_id).where(grant.c.grant_id == payout_line_seal.c.line_id).exists())
-               .group_by(payout_line_seal.c.line_id).order_by(payout_line_seal.c.line_id))
+            yield AuditProblem(
+                grant.name,
+                line_id,
+                Fault.EDITED,
+                int(row.seq),
+                f"the line does not rest on its evaluation {line['evaluation_id']}: {unfounded} "
+                f"(sealed so by ledger entry {row.seq}: its batch was drafted from altered data)",
+            )
+    missing = (
+        select(payout_line_seal.c.line_id, func.max(payout_line_seal.c.ledger_seq))
+        .where(~select(grant.c.grant_id).where(grant.c.grant_id == payout_line_seal.c.line_id).exists())
+        .group_by(payout_line_seal.c.line_id)
+        .order_by(payout_line_seal.c.line_id)
+    )
     for line_id, seq in connection.execute(missing):
-        yield AuditProblem(grant.name, str(line_id), Fault.DELETED, int(seq),
-                           f"line sealed by ledger entry {seq} is missing")
+        yield AuditProblem(
+            grant.name, str(line_id), Fault.DELETED, int(seq), f"line sealed by ledger entry {seq} is missing"
+        )
 
 
-_DECISION_COLUMNS = ("evaluation_id", "uscc", "policy_id", "period", "outcome", "amount_fen", "record_sha256",
-                     "batch_id")
+_DECISION_COLUMNS = (
+    "evaluation_id",
+    "uscc",
+    "policy_id",
+    "period",
+    "outcome",
+    "amount_fen",
+    "record_sha256",
+    "batch_id",
+)
 
 
 def _unfounded(line: dict[str, Any], decision: dict[str, Any]) -> str:
@@ -173,9 +246,11 @@ def _unfounded(line: dict[str, Any], decision: dict[str, Any]) -> str:
     evaluation's own columns are verified against the ledger by `verify_records`."""
     if decision["evaluation_id"] is None:
         return "that evaluation is not stored"
-    wrong = [f"{column} {line[column]!r} but the evaluation's {decision[column]!r}"
-             for column in ("uscc", "policy_id", "period", "record_sha256", "batch_id")
-             if line[column] != decision[column]]
+    wrong = [
+        f"{column} {line[column]!r} but the evaluation's {decision[column]!r}"
+        for column in ("uscc", "policy_id", "period", "record_sha256", "batch_id")
+        if line[column] != decision[column]
+    ]
     if decision["outcome"] != Outcome.ELIGIBLE:
         wrong.append(f"the evaluation is {decision['outcome']}")
     if line["full_fen"] != decision["amount_fen"]:
@@ -196,12 +271,14 @@ def _check_batches(connection: Connection, events: _Events) -> Iterator[AuditPro
         if sealed is None:
             yield AuditProblem(payout_batch.name, batch_id, Fault.INSERTED, 0, "batch was never sealed in the ledger")
         elif batch != sealed[1]:
-            yield AuditProblem(payout_batch.name, batch_id, Fault.EDITED, sealed[0],
-                               _differences(batch, sealed[1], sealed[0]))
+            yield AuditProblem(
+                payout_batch.name, batch_id, Fault.EDITED, sealed[0], _differences(batch, sealed[1], sealed[0])
+            )
     for batch_id, (seq, _) in sorted(events.batches.items()):
         if batch_id not in seen:
-            yield AuditProblem(payout_batch.name, batch_id, Fault.DELETED, seq,
-                               f"batch sealed by ledger entry {seq} is missing")
+            yield AuditProblem(
+                payout_batch.name, batch_id, Fault.DELETED, seq, f"batch sealed by ledger entry {seq} is missing"
+            )
 
 
 def _check_exports(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
@@ -211,18 +288,25 @@ def _check_exports(connection: Connection, events: _Events) -> Iterator[AuditPro
         seen.add(batch_id)
         sealed = events.exports.get(batch_id)
         if sealed is None:
-            yield AuditProblem(payout_export.name, batch_id, Fault.INSERTED, 0,
-                               "bank file was never sealed in the ledger")
+            yield AuditProblem(
+                payout_export.name, batch_id, Fault.INSERTED, 0, "bank file was never sealed in the ledger"
+            )
             continue
         stored = export_digest(row.message_id, bytes(row.csv), bytes(row.pain001), row.exported_at)
         if stored != sealed[1]:
             changed = ", ".join(k for k in sorted(stored) if stored[k] != sealed[1].get(k))
-            yield AuditProblem(payout_export.name, batch_id, Fault.EDITED, sealed[0],
-                               f"{changed} differ(s) from what ledger entry {sealed[0]} sealed")
+            yield AuditProblem(
+                payout_export.name,
+                batch_id,
+                Fault.EDITED,
+                sealed[0],
+                f"{changed} differ(s) from what ledger entry {sealed[0]} sealed",
+            )
     for batch_id, (seq, _) in sorted(events.exports.items()):
         if batch_id not in seen:
-            yield AuditProblem(payout_export.name, batch_id, Fault.DELETED, seq,
-                               f"bank file sealed by ledger entry {seq} is missing")
+            yield AuditProblem(
+                payout_export.name, batch_id, Fault.DELETED, seq, f"bank file sealed by ledger entry {seq} is missing"
+            )
 
 
 def _differences(live: dict[str, Any], sealed: dict[str, Any], seq: int) -> str:
@@ -234,4 +318,3 @@ def _differences(live: dict[str, Any], sealed: dict[str, Any], seq: int) -> str:
             private = column in PRIVATE_LINE_COLUMNS
             parts.append(f"{column} differs" if private else f"{column} is {now!r}, sealed {then!r}")
     return f"{'; '.join(parts) or 'differs'} (ledger entry {seq})"
-

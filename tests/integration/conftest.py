@@ -3,6 +3,7 @@ databases), so that `-m integration` / `-m "not integration"` split the suite wi
 written in each file. And the fixtures of the gRPC API tests: one real server per test module
 and database (SQLite and PostgreSQL), with a small registry and an auth file holding one
 principal per role."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -26,8 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def api_db_url(request: pytest.FixtureRequest,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def api_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Like `db_url` of tests/conftest.py, but one database per module: a fresh SQLite file, or a
     private schema on the PostgreSQL server (skipped when none is reachable, unless
     BENEFITS_REQUIRE_PG=1 makes that a failure)."""
@@ -36,8 +36,7 @@ def api_db_url(request: pytest.FixtureRequest,
 
 
 @pytest.fixture(scope="module")
-def api_server(api_db_url: str,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def api_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A started server on a loopback port over the small registry of api_fixtures."""
     with serving(api_db_url, registry_records(), tmp_path_factory.mktemp("api-auth")) as running:
         yield running

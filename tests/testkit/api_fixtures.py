@@ -1,5 +1,6 @@
 """Helpers of the gRPC API tests: a small registry, an auth file with one principal per role,
 a real server on a loopback port, stubs and call helpers."""
+
 from __future__ import annotations
 
 import hashlib
@@ -44,60 +45,109 @@ TIMEOUT = 20.0
 
 # ---------------------------------------------------------------------------------------------
 # The registry: synthetic USCCs (GB 32100 check characters computed, never I O S V Z).
-A = make("91420600MA4K10001")        # eligible for stable-jobs-refund 2025 (the enterprise caller)
-B = make("91420600MA4K10002")        # another existing enterprise: ineligible (layoff rate)
-C_NO_SI = make("91420600MA4K10003")   # no social-insurance record: UNDETERMINED
+A = make("91420600MA4K10001")  # eligible for stable-jobs-refund 2025 (the enterprise caller)
+B = make("91420600MA4K10002")  # another existing enterprise: ineligible (layoff rate)
+C_NO_SI = make("91420600MA4K10003")  # no social-insurance record: UNDETERMINED
 D_NO_BANK = make("91420600MA4K10004")  # no bank account: HELD
-E_SMALL = make("91420600MA4K10005")   # small, 60 %: eligible with another amount
-UNKNOWN = make("91420600MA4K10009")   # valid, never loaded
+E_SMALL = make("91420600MA4K10005")  # small, 60 %: eligible with another amount
+UNKNOWN = make("91420600MA4K10009")  # valid, never loaded
 WRONG_CHECK = UNKNOWN[:17] + ("0" if UNKNOWN[17] != "0" else "1")
 SEVENTEEN = UNKNOWN[:17]
 LOADED = (A, B, C_NO_SI, D_NO_BANK, E_SMALL)
 
-BANK = {"bank_name": "中国工商银行襄阳分行", "account_no": "1804000109200012345",
-        "account_name": "襄阳示例汽车零部件有限公司"}
+BANK = {
+    "bank_name": "中国工商银行襄阳分行",
+    "account_no": "1804000109200012345",
+    "account_name": "襄阳示例汽车零部件有限公司",
+}
 # 1,234,567.15 yuan x 30 % = 370,370.145 yuan -> 370,370.15 yuan, half up to the fen.
 A_PREMIUMS_FEN = 123456715
 A_AMOUNT_FEN = 37037015
 SJR = "stable-jobs-refund"
-SJR_CONDITIONS = ("registered-active", "not-credit-listed", "employer-type",
-                  "not-labor-dispatch", "premiums-paid-in-full", "layoff-rate")
+SJR_CONDITIONS = (
+    "registered-active",
+    "not-credit-listed",
+    "employer-type",
+    "not-labor-dispatch",
+    "premiums-paid-in-full",
+    "layoff-rate",
+)
 SJR_PAYABLE = ("bank-account", "size-class-known")
-POLICY_IDS = ("above-size-entry-reward", "high-tech-reward", "job-expansion-subsidy",
-              "little-giant-reward", "single-champion-reward", "stable-jobs-refund")
+POLICY_IDS = (
+    "above-size-entry-reward",
+    "high-tech-reward",
+    "job-expansion-subsidy",
+    "little-giant-reward",
+    "single-champion-reward",
+    "stable-jobs-refund",
+)
 
 
 def enterprise_record(uscc: str, **overrides: object) -> dict[str, object]:
     record: dict[str, object] = {
-        "kind": "enterprise", "uscc": uscc, "source": "market_regulation", "as_of": "2025-12-31",
-        "name": f"襄阳示例{uscc[-4:]}有限公司", "org_type": "enterprise", "region_code": "420606",
-        "industry_code": "C3670", "established_on": "2008-06-18", "status": "active",
-        "labor_dispatch": False, "bank_account": BANK}
+        "kind": "enterprise",
+        "uscc": uscc,
+        "source": "market_regulation",
+        "as_of": "2025-12-31",
+        "name": f"襄阳示例{uscc[-4:]}有限公司",
+        "org_type": "enterprise",
+        "region_code": "420606",
+        "industry_code": "C3670",
+        "established_on": "2008-06-18",
+        "status": "active",
+        "labor_dispatch": False,
+        "bank_account": BANK,
+    }
     record.update(overrides)
     return record
 
 
 def si_record(uscc: str, **overrides: object) -> dict[str, object]:
     record: dict[str, object] = {
-        "kind": "social_insurance_year", "uscc": uscc, "source": "human_resources",
-        "as_of": "2025-01-31", "year": 2024, "insured_start": 1180, "insured_end": 1200,
-        "insured_avg_monthly": 1000, "ui_months_paid": 36, "ui_premium_paid_fen": A_PREMIUMS_FEN,
-        "ui_back_payment_fen": 0, "ui_late_fee_fen": 0, "ui_arrears": False, "layoffs": 20,
-        "ui_benefit_claimants": 30, "size_class": "large"}
+        "kind": "social_insurance_year",
+        "uscc": uscc,
+        "source": "human_resources",
+        "as_of": "2025-01-31",
+        "year": 2024,
+        "insured_start": 1180,
+        "insured_end": 1200,
+        "insured_avg_monthly": 1000,
+        "ui_months_paid": 36,
+        "ui_premium_paid_fen": A_PREMIUMS_FEN,
+        "ui_back_payment_fen": 0,
+        "ui_late_fee_fen": 0,
+        "ui_arrears": False,
+        "layoffs": 20,
+        "ui_benefit_claimants": 30,
+        "size_class": "large",
+    }
     record.update(overrides)
     return record
 
 
 def registry_records() -> list[dict[str, object]]:
     return [
-        enterprise_record(A), si_record(A),
-        enterprise_record(B), si_record(B, ui_benefit_claimants=56),  # 5.6 % > 5.5 %
+        enterprise_record(A),
+        si_record(A),
+        enterprise_record(B),
+        si_record(B, ui_benefit_claimants=56),  # 5.6 % > 5.5 %
         enterprise_record(C_NO_SI),
-        enterprise_record(D_NO_BANK, bank_account=None), si_record(D_NO_BANK),
+        enterprise_record(D_NO_BANK, bank_account=None),
+        si_record(D_NO_BANK),
         enterprise_record(E_SMALL),
-        si_record(E_SMALL, insured_start=40, insured_end=42, insured_avg_monthly=41,
-                  ui_months_paid=12, ui_premium_paid_fen=1000000, ui_back_payment_fen=100000,
-                  ui_late_fee_fen=5000, layoffs=1, ui_benefit_claimants=1, size_class="small"),
+        si_record(
+            E_SMALL,
+            insured_start=40,
+            insured_end=42,
+            insured_avg_monthly=41,
+            ui_months_paid=12,
+            ui_premium_paid_fen=1000000,
+            ui_back_payment_fen=100000,
+            ui_late_fee_fen=5000,
+            layoffs=1,
+            ui_benefit_claimants=1,
+            size_class="small",
+        ),
     ]
 
 
@@ -113,7 +163,7 @@ TOKENS = {
 }
 ROLES = tuple(TOKENS)
 HASHED_AUDITOR_TOKEN = "hashed-auditor-token-0123456789"
-TAX_FEED_TOKEN = "tax-feed-token-0123456789"   # a registry_feed of the tax department only
+TAX_FEED_TOKEN = "tax-feed-token-0123456789"  # a registry_feed of the tax department only
 WRONG_TOKEN = "not-a-known-token-0123456789"
 
 
@@ -127,12 +177,17 @@ def write_auth_file(path: Path) -> Path:
         if role == "registry_feed":
             entry["sources"] = list(DEPARTMENTS)
         principals.append(entry)
-    principals.append({"principal": "test-auditor-hashed", "role": "auditor",
-                       "token_sha256": hashlib.sha256(HASHED_AUDITOR_TOKEN.encode()).hexdigest()})
-    principals.append({"principal": "test-tax-feed", "role": "registry_feed", "sources": ["tax"],
-                       "token": TAX_FEED_TOKEN})
-    path.write_text(yaml.safe_dump({"principals": principals}, allow_unicode=True),
-                    encoding="utf-8")
+    principals.append(
+        {
+            "principal": "test-auditor-hashed",
+            "role": "auditor",
+            "token_sha256": hashlib.sha256(HASHED_AUDITOR_TOKEN.encode()).hexdigest(),
+        }
+    )
+    principals.append(
+        {"principal": "test-tax-feed", "role": "registry_feed", "sources": ["tax"], "token": TAX_FEED_TOKEN}
+    )
+    path.write_text(yaml.safe_dump({"principals": principals}, allow_unicode=True), encoding="utf-8")
     return path
 
 
@@ -158,12 +213,14 @@ class Stubs:
     @classmethod
     def connect(cls, port: int) -> Stubs:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS)
-        return cls(channel,
-                   policy_service_pb2_grpc.PolicyServiceStub(channel),
-                   registry_service_pb2_grpc.RegistryServiceStub(channel),
-                   benefit_service_pb2_grpc.BenefitServiceStub(channel),
-                   payout_service_pb2_grpc.PayoutServiceStub(channel),
-                   audit_service_pb2_grpc.AuditServiceStub(channel))
+        return cls(
+            channel,
+            policy_service_pb2_grpc.PolicyServiceStub(channel),
+            registry_service_pb2_grpc.RegistryServiceStub(channel),
+            benefit_service_pb2_grpc.BenefitServiceStub(channel),
+            payout_service_pb2_grpc.PayoutServiceStub(channel),
+            audit_service_pb2_grpc.AuditServiceStub(channel),
+        )
 
 
 # Every method of the five services: (full method name, how to call it with given metadata).
@@ -173,94 +230,117 @@ Call = Callable[[Stubs, list[tuple[str, str]]], object]
 
 def _unary(service: str, method: str, request: Message) -> Call:
     def call(stubs: Stubs, metadata: list[tuple[str, str]]) -> object:
-        return getattr(getattr(stubs, service), method)(request, metadata=metadata,
-                                                        timeout=TIMEOUT)
+        return getattr(getattr(stubs, service), method)(request, metadata=metadata, timeout=TIMEOUT)
+
     return call
 
 
 def _server_stream(service: str, method: str, request: Message) -> Call:
     def call(stubs: Stubs, metadata: list[tuple[str, str]]) -> object:
-        return list(getattr(getattr(stubs, service), method)(request, metadata=metadata,
-                                                             timeout=TIMEOUT))
+        return list(getattr(getattr(stubs, service), method)(request, metadata=metadata, timeout=TIMEOUT))
+
     return call
 
 
 def _import_call(stubs: Stubs, metadata: list[tuple[str, str]]) -> object:
     # Only a record that is rejected: the table test never changes the registry.
     return stubs.registry.ImportFacts(
-        iter([registry_service_pb2.ImportFactsRequest(record_json="{}")]),
-        metadata=metadata, timeout=TIMEOUT)
+        iter([registry_service_pb2.ImportFactsRequest(record_json="{}")]), metadata=metadata, timeout=TIMEOUT
+    )
 
 
 METHOD_CALLS: dict[str, Call] = {
-    "/benefits.v1.PolicyService/ListPolicies":
-        _unary("policy", "ListPolicies", policy_service_pb2.ListPoliciesRequest()),
-    "/benefits.v1.PolicyService/GetPolicy":
-        _unary("policy", "GetPolicy", policy_service_pb2.GetPolicyRequest(policy_id=SJR)),
+    "/benefits.v1.PolicyService/ListPolicies": _unary(
+        "policy", "ListPolicies", policy_service_pb2.ListPoliciesRequest()
+    ),
+    "/benefits.v1.PolicyService/GetPolicy": _unary(
+        "policy", "GetPolicy", policy_service_pb2.GetPolicyRequest(policy_id=SJR)
+    ),
     "/benefits.v1.RegistryService/ImportFacts": _import_call,
-    "/benefits.v1.RegistryService/GetEnterprise":
-        _unary("registry", "GetEnterprise", registry_service_pb2.GetEnterpriseRequest(uscc=A)),
-    "/benefits.v1.BenefitService/ListMatchedBenefits":
-        _unary("benefit", "ListMatchedBenefits",
-               benefit_service_pb2.ListMatchedBenefitsRequest(uscc=A, period=2025)),
-    "/benefits.v1.BenefitService/ExplainEligibility":
-        _unary("benefit", "ExplainEligibility",
-               benefit_service_pb2.ExplainEligibilityRequest(uscc=A, policy_id=SJR, period=2025)),
-    "/benefits.v1.PayoutService/CreatePayoutBatch":
-        _unary("payout", "CreatePayoutBatch", payout_service_pb2.CreatePayoutBatchRequest(
-            policy_id=SJR, period=2025, request_id="0b8f3c9e-5d2a-4f7e-9a61-2c4d8e1f0a37")),
-    "/benefits.v1.PayoutService/GetPayoutBatch":
-        _unary("payout", "GetPayoutBatch", payout_service_pb2.GetPayoutBatchRequest(batch_id="b1")),
-    "/benefits.v1.PayoutService/WatchPayoutBatch":
-        _server_stream("payout", "WatchPayoutBatch",
-                       payout_service_pb2.WatchPayoutBatchRequest(batch_id="b1")),
-    "/benefits.v1.PayoutService/ListPayoutLines":
-        _unary("payout", "ListPayoutLines",
-               payout_service_pb2.ListPayoutLinesRequest(batch_id="b1")),
-    "/benefits.v1.PayoutService/ApprovePayoutBatch":
-        _unary("payout", "ApprovePayoutBatch",
-               payout_service_pb2.ApprovePayoutBatchRequest(batch_id="b1")),
-    "/benefits.v1.PayoutService/ExportPayoutBatch":
-        _server_stream("payout", "ExportPayoutBatch", payout_service_pb2.ExportPayoutBatchRequest(
-            batch_id="b1", format=payout_service_pb2.EXPORT_FORMAT_CSV)),
-    "/benefits.v1.PayoutService/RecordPayoutResults":
-        _unary("payout", "RecordPayoutResults",
-               payout_service_pb2.RecordPayoutResultsRequest(batch_id="b1")),
-    "/benefits.v1.PayoutService/CancelPayoutBatch":
-        _unary("payout", "CancelPayoutBatch",
-               payout_service_pb2.CancelPayoutBatchRequest(batch_id="b1", reason="test")),
-    "/benefits.v1.PayoutService/WithdrawPayoutLines":
-        _unary("payout", "WithdrawPayoutLines",
-               payout_service_pb2.WithdrawPayoutLinesRequest(batch_id="b1", line_ids=["b1-000001"], reason="test")),
-    "/benefits.v1.PayoutService/ConfirmPayoutReturns":
-        _unary("payout", "ConfirmPayoutReturns",
-               payout_service_pb2.ConfirmPayoutReturnsRequest(batch_id="b1", line_ids=["b1-000001"])),
-    "/benefits.v1.PayoutService/ImportPaymentStatusReport":
-        _unary("payout", "ImportPaymentStatusReport",
-               payout_service_pb2.ImportPaymentStatusReportRequest(batch_id="b1", data=b"<Document/>")),
-    "/benefits.v1.AuditService/GetEvaluation":
-        _unary("audit", "GetEvaluation", audit_service_pb2.GetEvaluationRequest(evaluation_id="e1")),
-    "/benefits.v1.AuditService/ListEvaluations":
-        _unary("audit", "ListEvaluations", audit_service_pb2.ListEvaluationsRequest()),
-    "/benefits.v1.AuditService/VerifyAuditLog":
-        _unary("audit", "VerifyAuditLog", audit_service_pb2.VerifyAuditLogRequest()),
-    "/benefits.v1.AuditService/ReplayEvaluation":
-        _unary("audit", "ReplayEvaluation",
-               audit_service_pb2.ReplayEvaluationRequest(evaluation_id="e1")),
+    "/benefits.v1.RegistryService/GetEnterprise": _unary(
+        "registry", "GetEnterprise", registry_service_pb2.GetEnterpriseRequest(uscc=A)
+    ),
+    "/benefits.v1.BenefitService/ListMatchedBenefits": _unary(
+        "benefit", "ListMatchedBenefits", benefit_service_pb2.ListMatchedBenefitsRequest(uscc=A, period=2025)
+    ),
+    "/benefits.v1.BenefitService/ExplainEligibility": _unary(
+        "benefit",
+        "ExplainEligibility",
+        benefit_service_pb2.ExplainEligibilityRequest(uscc=A, policy_id=SJR, period=2025),
+    ),
+    "/benefits.v1.PayoutService/CreatePayoutBatch": _unary(
+        "payout",
+        "CreatePayoutBatch",
+        payout_service_pb2.CreatePayoutBatchRequest(
+            policy_id=SJR, period=2025, request_id="0b8f3c9e-5d2a-4f7e-9a61-2c4d8e1f0a37"
+        ),
+    ),
+    "/benefits.v1.PayoutService/GetPayoutBatch": _unary(
+        "payout", "GetPayoutBatch", payout_service_pb2.GetPayoutBatchRequest(batch_id="b1")
+    ),
+    "/benefits.v1.PayoutService/WatchPayoutBatch": _server_stream(
+        "payout", "WatchPayoutBatch", payout_service_pb2.WatchPayoutBatchRequest(batch_id="b1")
+    ),
+    "/benefits.v1.PayoutService/ListPayoutLines": _unary(
+        "payout", "ListPayoutLines", payout_service_pb2.ListPayoutLinesRequest(batch_id="b1")
+    ),
+    "/benefits.v1.PayoutService/ApprovePayoutBatch": _unary(
+        "payout", "ApprovePayoutBatch", payout_service_pb2.ApprovePayoutBatchRequest(batch_id="b1")
+    ),
+    "/benefits.v1.PayoutService/ExportPayoutBatch": _server_stream(
+        "payout",
+        "ExportPayoutBatch",
+        payout_service_pb2.ExportPayoutBatchRequest(batch_id="b1", format=payout_service_pb2.EXPORT_FORMAT_CSV),
+    ),
+    "/benefits.v1.PayoutService/RecordPayoutResults": _unary(
+        "payout", "RecordPayoutResults", payout_service_pb2.RecordPayoutResultsRequest(batch_id="b1")
+    ),
+    "/benefits.v1.PayoutService/CancelPayoutBatch": _unary(
+        "payout", "CancelPayoutBatch", payout_service_pb2.CancelPayoutBatchRequest(batch_id="b1", reason="test")
+    ),
+    "/benefits.v1.PayoutService/WithdrawPayoutLines": _unary(
+        "payout",
+        "WithdrawPayoutLines",
+        payout_service_pb2.WithdrawPayoutLinesRequest(batch_id="b1", line_ids=["b1-000001"], reason="test"),
+    ),
+    "/benefits.v1.PayoutService/ConfirmPayoutReturns": _unary(
+        "payout",
+        "ConfirmPayoutReturns",
+        payout_service_pb2.ConfirmPayoutReturnsRequest(batch_id="b1", line_ids=["b1-000001"]),
+    ),
+    "/benefits.v1.PayoutService/ImportPaymentStatusReport": _unary(
+        "payout",
+        "ImportPaymentStatusReport",
+        payout_service_pb2.ImportPaymentStatusReportRequest(batch_id="b1", data=b"<Document/>"),
+    ),
+    "/benefits.v1.AuditService/GetEvaluation": _unary(
+        "audit", "GetEvaluation", audit_service_pb2.GetEvaluationRequest(evaluation_id="e1")
+    ),
+    "/benefits.v1.AuditService/ListEvaluations": _unary(
+        "audit", "ListEvaluations", audit_service_pb2.ListEvaluationsRequest()
+    ),
+    "/benefits.v1.AuditService/VerifyAuditLog": _unary(
+        "audit", "VerifyAuditLog", audit_service_pb2.VerifyAuditLogRequest()
+    ),
+    "/benefits.v1.AuditService/ReplayEvaluation": _unary(
+        "audit", "ReplayEvaluation", audit_service_pb2.ReplayEvaluationRequest(evaluation_id="e1")
+    ),
 }
 # What an allowed caller gets where the fixed request names nothing that exists.
-ALLOWED_CODES = {"/benefits.v1.AuditService/GetEvaluation": "NOT_FOUND",
-                 "/benefits.v1.PayoutService/GetPayoutBatch": "NOT_FOUND",
-                 "/benefits.v1.PayoutService/ListPayoutLines": "NOT_FOUND",
-                 "/benefits.v1.PayoutService/WatchPayoutBatch": "NOT_FOUND",
-                 "/benefits.v1.PayoutService/ApprovePayoutBatch": "NOT_FOUND",
-                 "/benefits.v1.PayoutService/CancelPayoutBatch": "NOT_FOUND",
-                 "/benefits.v1.PayoutService/ExportPayoutBatch": "NOT_FOUND",
-                 "/benefits.v1.PayoutService/RecordPayoutResults": "INVALID_ARGUMENT",
-                 "/benefits.v1.PayoutService/WithdrawPayoutLines": "NOT_FOUND",
-                 "/benefits.v1.PayoutService/ConfirmPayoutReturns": "NOT_FOUND",
-                 "/benefits.v1.PayoutService/ImportPaymentStatusReport": "NOT_FOUND",
-                 "/benefits.v1.AuditService/ReplayEvaluation": "NOT_FOUND"}
+ALLOWED_CODES = {
+    "/benefits.v1.AuditService/GetEvaluation": "NOT_FOUND",
+    "/benefits.v1.PayoutService/GetPayoutBatch": "NOT_FOUND",
+    "/benefits.v1.PayoutService/ListPayoutLines": "NOT_FOUND",
+    "/benefits.v1.PayoutService/WatchPayoutBatch": "NOT_FOUND",
+    "/benefits.v1.PayoutService/ApprovePayoutBatch": "NOT_FOUND",
+    "/benefits.v1.PayoutService/CancelPayoutBatch": "NOT_FOUND",
+    "/benefits.v1.PayoutService/ExportPayoutBatch": "NOT_FOUND",
+    "/benefits.v1.PayoutService/RecordPayoutResults": "INVALID_ARGUMENT",
+    "/benefits.v1.PayoutService/WithdrawPayoutLines": "NOT_FOUND",
+    "/benefits.v1.PayoutService/ConfirmPayoutReturns": "NOT_FOUND",
+    "/benefits.v1.PayoutService/ImportPaymentStatusReport": "NOT_FOUND",
+    "/benefits.v1.AuditService/ReplayEvaluation": "NOT_FOUND",
+}
 
 
 def status_code(call: Callable[[], object]) -> grpc.StatusCode:
@@ -277,12 +357,15 @@ def call_code(call: Call, stubs: Stubs, metadata: list[tuple[str, str]]) -> grpc
     return status_code(lambda: call(stubs, metadata))
 
 
-def import_facts(stubs: Stubs, records: list[dict[str, object]],
-                 metadata: list[tuple[str, str]]) -> registry_service_pb2.ImportFactsResponse:
+def import_facts(
+    stubs: Stubs, records: list[dict[str, object]], metadata: list[tuple[str, str]]
+) -> registry_service_pb2.ImportFactsResponse:
     """RegistryService.ImportFacts streaming `records`, one JSON record a message."""
     reply: registry_service_pb2.ImportFactsResponse = stubs.registry.ImportFacts(
-        iter([registry_service_pb2.ImportFactsRequest(record_json=json.dumps(r, ensure_ascii=False))
-              for r in records]), metadata=metadata, timeout=30)
+        iter([registry_service_pb2.ImportFactsRequest(record_json=json.dumps(r, ensure_ascii=False)) for r in records]),
+        metadata=metadata,
+        timeout=30,
+    )
     return reply
 
 
@@ -357,14 +440,19 @@ def database_factory(kind: str, folder: Path, records: list[dict[str, object]]) 
 
 
 @contextmanager
-def serving(db_url: str, records: list[dict[str, object]], folder: Path,
-            **config: Any) -> Iterator[RunningServer]:
+def serving(db_url: str, records: list[dict[str, object]], folder: Path, **config: Any) -> Iterator[RunningServer]:
     """Load `records` into the database at `db_url`, write the auth file into `folder`, start a
     server on a loopback port (extra ServeConfig fields in `config`), stop it afterwards."""
     load_registry(db_url, records)
-    running = create_server(ServeConfig(db_url=db_url, rules_dir=RULES_DIR,
-                                        auth_file=write_auth_file(folder / "auth.yaml"),
-                                        listen="127.0.0.1:0", **config))
+    running = create_server(
+        ServeConfig(
+            db_url=db_url,
+            rules_dir=RULES_DIR,
+            auth_file=write_auth_file(folder / "auth.yaml"),
+            listen="127.0.0.1:0",
+            **config,
+        )
+    )
     try:
         yield running
     finally:
@@ -374,8 +462,9 @@ def serving(db_url: str, records: list[dict[str, object]], folder: Path,
 def finished_batch(stubs: Stubs, batch_id: str) -> payout_service_pb2.PayoutBatch:
     """Watch a payout batch until it leaves RUNNING; the batch as the last progress shows it."""
     last: payout_service_pb2.PayoutBatchProgress | None = None
-    for progress in stubs.payout.WatchPayoutBatch(payout_service_pb2.WatchPayoutBatchRequest(batch_id=batch_id),
-                                                  metadata=as_role("finance_operator"), timeout=120):
+    for progress in stubs.payout.WatchPayoutBatch(
+        payout_service_pb2.WatchPayoutBatchRequest(batch_id=batch_id), metadata=as_role("finance_operator"), timeout=120
+    ):
         last = progress
     assert last is not None and last.batch.state != payout_service_pb2.BATCH_STATE_RUNNING
     return last.batch

@@ -1,6 +1,7 @@
 """Helpers of the tests around the audit ledger: the log verified VALID, an attacker's first step
 (the append-only triggers of a table dropped), and a database that refuses evaluation records
 (to see what a failed write leaves behind)."""
+
 from __future__ import annotations
 
 from sqlalchemy import text
@@ -32,16 +33,33 @@ def drop_append_only_triggers(conn: Connection, table: str) -> None:
 def refuse_records(conn: Connection) -> None:
     """From now on every INSERT into evaluation_record fails (until `accept_records`)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                          "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"))
-        conn.execute(text("CREATE TRIGGER test_refuse BEFORE INSERT ON evaluation_record "
-                          "FOR EACH ROW EXECUTE FUNCTION test_refuse()"))
+        conn.execute(
+            text(
+                "CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER test_refuse BEFORE INSERT ON evaluation_record "
+                "FOR EACH ROW EXECUTE FUNCTION test_refuse()"
+            )
+        )
     else:
-        conn.execute(text("CREATE TRIGGER test_refuse BEFORE INSERT ON evaluation_record "
-                          "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
+        conn.execute(
+            text(
+                "CREATE TRIGGER test_refuse BEFORE INSERT ON evaluation_record "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
 
 
 def accept_records(conn: Connection) -> None:
     """Undo `refuse_records`."""
-    conn.execute(text("DROP TRIGGER test_refuse ON evaluation_record" if conn.dialect.name == "postgresql"
-                      else "DROP TRIGGER test_refuse"))
+    conn.execute(
+        text(
+            "DROP TRIGGER test_refuse ON evaluation_record"
+            if conn.dialect.name == "postgresql"
+            else "DROP TRIGGER test_refuse"
+        )
+    )

@@ -2,6 +2,7 @@
 copied while no connection is open; on PostgreSQL every table copied into a backup schema, and
 the restore recreating the database's schema empty and copying the rows back (the shape of
 pg_dump and pg_restore into a fresh database)."""
+
 from __future__ import annotations
 
 import shutil
@@ -40,6 +41,7 @@ def write_checkpoint(engine: Engine, key: Ed25519PrivateKey, file: Path) -> chec
 class RestoredLedger:
     """A ledger checkpointed (`kept`, line 1 of `file`), backed up, grown and checkpointed again
     (`lost`, line 2), then restored from the real backup: it holds the kept entries again."""
+
     url: str
     engine: Engine
     key: Ed25519PrivateKey
@@ -49,8 +51,9 @@ class RestoredLedger:
 
 
 @contextmanager
-def restored_ledger(db_url: str, folder: Path, before: Callable[[Engine], None],
-                    lost: Callable[[Engine], None]) -> Iterator[RestoredLedger]:
+def restored_ledger(
+    db_url: str, folder: Path, before: Callable[[Engine], None], lost: Callable[[Engine], None]
+) -> Iterator[RestoredLedger]:
     """Every table created at `db_url`, a ledger key made in `folder`; `before` appends the entries
     the backup keeps, `lost` those after it; then the backup restored (see `RestoredLedger`). The
     engine it yields is disposed afterwards."""
@@ -109,7 +112,7 @@ def _postgres_backup(db_url: str) -> Iterator[Restore]:
         with engine.begin() as conn:
             tables = MetaData()
             tables.reflect(conn, schema=schema)
-            order = [table.name for table in tables.sorted_tables]   # parents before children
+            order = [table.name for table in tables.sorted_tables]  # parents before children
             conn.execute(text(f'create schema "{backup}"'))
             for name in order:
                 conn.execute(text(f'create table "{backup}"."{name}" as table "{schema}"."{name}"'))
@@ -143,13 +146,21 @@ def _postgres_backup(db_url: str) -> Iterator[Restore]:
 
 def _advance_sequences(conn: Connection, schema: str) -> None:
     """Serial and identity columns continue after the restored rows, as pg_restore leaves them."""
-    columns = conn.execute(text(
-        "select table_name, column_name from information_schema.columns where table_schema = :schema "
-        "and (column_default like 'nextval%' or is_identity = 'YES')"), {"schema": schema}).all()
+    columns = conn.execute(
+        text(
+            "select table_name, column_name from information_schema.columns where table_schema = :schema "
+            "and (column_default like 'nextval%' or is_identity = 'YES')"
+        ),
+        {"schema": schema},
+    ).all()
     for table, column in columns:
-        conn.execute(text(f"select setval(pg_get_serial_sequence(:table, :column), "
-                          f'coalesce(max("{column}"), 1), max("{column}") is not null) from "{schema}"."{table}"'),
-                     {"table": f'"{schema}"."{table}"', "column": column})
+        conn.execute(
+            text(
+                f"select setval(pg_get_serial_sequence(:table, :column), "
+                f'coalesce(max("{column}"), 1), max("{column}") is not null) from "{schema}"."{table}"'
+            ),
+            {"table": f'"{schema}"."{table}"', "column": column},
+        )
 
 
 def _search_path(db_url: str) -> str:

@@ -1,4 +1,5 @@
 """The test databases: SQLite files and private schemas on the PostgreSQL server."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """Typed views of the gRPC stubs whose published type stubs say less than they do at run time:
 types-grpcio-health-checking declares no methods on HealthStub, the reflection stub leaves its
 method untyped, and grpc.RpcError's stub has no debug_error_string."""
+
 from __future__ import annotations
 
 from typing import Protocol, cast
@@ -16,8 +17,9 @@ class Health(Protocol):
 
 
 class Reflection(Protocol):
-    ServerReflectionInfo: grpc.StreamStreamMultiCallable[reflection_pb2.ServerReflectionRequest,
-                                                         reflection_pb2.ServerReflectionResponse]
+    ServerReflectionInfo: grpc.StreamStreamMultiCallable[
+        reflection_pb2.ServerReflectionRequest, reflection_pb2.ServerReflectionResponse
+    ]
 
 
 class DebuggableError(Protocol):

@@ -1,4 +1,5 @@
 """Where the repository's files are, for tests that read policies or start `benefits` there."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """`benefits serve` as a child process, for tests that signal or kill the server."""
+
 from __future__ import annotations
 
 import queue
@@ -45,8 +46,7 @@ class ServerProcess:
             except queue.Empty:
                 continue
             if line is None:
-                raise AssertionError(f"server exited ({self.proc.poll()}) before "
-                                     f"{pattern.pattern!r}; saw {self.seen}")
+                raise AssertionError(f"server exited ({self.proc.poll()}) before {pattern.pattern!r}; saw {self.seen}")
             self.seen.append(line)
             match = pattern.search(line)
             if match:
@@ -60,10 +60,27 @@ class ServerProcess:
 def server_process(db_url: str, auth_file: Path, log_file: Path, *extra: str) -> Iterator[tuple[ServerProcess, int]]:
     """Start `benefits serve` on a free loopback port; yields the child and its port, and kills
     it afterwards if it is still running."""
-    command = [sys.executable, "-m", "service.cli", "serve", "--db", db_url, "--rules", str(RULES_DIR),
-               "--auth-file", str(auth_file), "--listen", "127.0.0.1:0", *extra]
-    with open(log_file, "a", encoding="utf-8") as log, subprocess.Popen(
-            command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True, encoding="utf-8") as proc:
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--db",
+        db_url,
+        "--rules",
+        str(RULES_DIR),
+        "--auth-file",
+        str(auth_file),
+        "--listen",
+        "127.0.0.1:0",
+        *extra,
+    ]
+    with (
+        open(log_file, "a", encoding="utf-8") as log,
+        subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True, encoding="utf-8"
+        ) as proc,
+    ):
         child = ServerProcess(proc)
         try:
             port = int(child.wait_for(LISTENING, STARTUP_SECONDS).group(1))

@@ -1,5 +1,6 @@
 """Who may call what over a real socket: every method with every role (from METHOD_ROLES),
 missing and malformed credentials, enterprise isolation, health and reflection."""
+
 from __future__ import annotations
 
 import hashlib
@@ -49,16 +50,20 @@ BAD_CREDENTIALS: dict[str, list[tuple[str, str]]] = {
     "wrong-token": bearer(WRONG_TOKEN),
     "bearer-missing": [("authorization", TOKENS["admin"])],
     "lower-case-bearer": [("authorization", f"bearer {TOKENS['admin']}")],
-    "two-headers": [("authorization", f"Bearer {TOKENS['admin']}"),
-                    ("authorization", f"Bearer {TOKENS['admin']}")],
+    "two-headers": [("authorization", f"Bearer {TOKENS['admin']}"), ("authorization", f"Bearer {TOKENS['admin']}")],
     "empty-bearer": [("authorization", "Bearer ")],
 }
 
 
 def _contract_methods() -> set[str]:
     found: set[str] = set()
-    for module in (policy_service_pb2, registry_service_pb2, benefit_service_pb2,
-                   payout_service_pb2, audit_service_pb2):
+    for module in (
+        policy_service_pb2,
+        registry_service_pb2,
+        benefit_service_pb2,
+        payout_service_pb2,
+        audit_service_pb2,
+    ):
         for service in module.DESCRIPTOR.services_by_name.values():
             found.update(f"/{service.full_name}/{m.name}" for m in service.methods)
     return found
@@ -85,57 +90,69 @@ def test_every_method_with_every_role(stubs: Stubs, method: str, role: str) -> N
 
 
 def test_a_role_refusal_names_the_role_and_method(stubs: Stubs) -> None:
-    err = rpc_error(lambda: METHOD_CALLS["/benefits.v1.RegistryService/ImportFacts"](
-        stubs, as_role("enterprise")))
+    err = rpc_error(lambda: METHOD_CALLS["/benefits.v1.RegistryService/ImportFacts"](stubs, as_role("enterprise")))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert err.details() == "role enterprise may not call ImportFacts"
 
 
 @pytest.mark.parametrize("credentials", sorted(BAD_CREDENTIALS))
 @pytest.mark.parametrize("method", OUR_METHODS)
-def test_missing_or_malformed_credentials_are_unauthenticated(stubs: Stubs, method: str,
-                                                              credentials: str) -> None:
+def test_missing_or_malformed_credentials_are_unauthenticated(stubs: Stubs, method: str, credentials: str) -> None:
     code = call_code(METHOD_CALLS[method], stubs, BAD_CREDENTIALS[credentials])
     assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_a_token_stored_only_as_its_sha256_is_accepted(stubs: Stubs) -> None:
     hashed = bearer(HASHED_AUDITOR_TOKEN)
-    reply = stubs.registry.GetEnterprise(registry_service_pb2.GetEnterpriseRequest(uscc=B),
-                                         metadata=hashed, timeout=10)
+    reply = stubs.registry.GetEnterprise(registry_service_pb2.GetEnterpriseRequest(uscc=B), metadata=hashed, timeout=10)
     assert reply.uscc == B
     # ... with the role of its entry (auditor): no feed imports.
-    assert call_code(METHOD_CALLS["/benefits.v1.RegistryService/ImportFacts"], stubs,
-                     hashed) == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        call_code(METHOD_CALLS["/benefits.v1.RegistryService/ImportFacts"], stubs, hashed)
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
     # The digest itself is not a token.
-    assert call_code(METHOD_CALLS["/benefits.v1.PolicyService/ListPolicies"], stubs,
-                     bearer(hashlib.sha256(HASHED_AUDITOR_TOKEN.encode()).hexdigest())
-                     ) == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        call_code(
+            METHOD_CALLS["/benefits.v1.PolicyService/ListPolicies"],
+            stubs,
+            bearer(hashlib.sha256(HASHED_AUDITOR_TOKEN.encode()).hexdigest()),
+        )
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Enterprise isolation: permission is checked before validity and existence (AIP-211).
-FOREIGN_USCCS = {"other-existing": B, "valid-unknown": UNKNOWN, "wrong-check": WRONG_CHECK,
-                 "seventeen-chars": SEVENTEEN, "empty": "", "own-lower-case": A.lower()}
+FOREIGN_USCCS = {
+    "other-existing": B,
+    "valid-unknown": UNKNOWN,
+    "wrong-check": WRONG_CHECK,
+    "seventeen-chars": SEVENTEEN,
+    "empty": "",
+    "own-lower-case": A.lower(),
+}
 USCC_METHODS = ("ListMatchedBenefits", "ExplainEligibility", "GetEnterprise")
 
 
 def _uscc_call(stubs: Stubs, method: str, uscc: str, metadata: list[tuple[str, str]]) -> object:
     if method == "ListMatchedBenefits":
         return stubs.benefit.ListMatchedBenefits(
-            benefit_service_pb2.ListMatchedBenefitsRequest(uscc=uscc, period=2025),
-            metadata=metadata, timeout=20)
+            benefit_service_pb2.ListMatchedBenefitsRequest(uscc=uscc, period=2025), metadata=metadata, timeout=20
+        )
     if method == "ExplainEligibility":
         return stubs.benefit.ExplainEligibility(
             benefit_service_pb2.ExplainEligibilityRequest(uscc=uscc, policy_id=SJR, period=2025),
-            metadata=metadata, timeout=20)
-    return stubs.registry.GetEnterprise(registry_service_pb2.GetEnterpriseRequest(uscc=uscc),
-                                        metadata=metadata, timeout=20)
+            metadata=metadata,
+            timeout=20,
+        )
+    return stubs.registry.GetEnterprise(
+        registry_service_pb2.GetEnterpriseRequest(uscc=uscc), metadata=metadata, timeout=20
+    )
 
 
 @pytest.mark.parametrize("method", USCC_METHODS)
-def test_an_enterprise_reads_only_its_own_uscc_and_learns_nothing_else(stubs: Stubs,
-                                                                       method: str) -> None:
+def test_an_enterprise_reads_only_its_own_uscc_and_learns_nothing_else(stubs: Stubs, method: str) -> None:
     answers = {}
     for case, uscc in FOREIGN_USCCS.items():
         err = rpc_error(partial(_uscc_call, stubs, method, uscc, as_role("enterprise")))
@@ -159,14 +176,14 @@ def field_violations_or_none(err: grpc.RpcError) -> dict[str, str] | None:
 def test_an_enterprise_gets_its_own_results(stubs: Stubs) -> None:
     own = as_role("enterprise")
     listed = stubs.benefit.ListMatchedBenefits(
-        benefit_service_pb2.ListMatchedBenefitsRequest(uscc=A, period=2025), metadata=own)
+        benefit_service_pb2.ListMatchedBenefitsRequest(uscc=A, period=2025), metadata=own
+    )
     assert [b.policy_id for b in listed.benefits if b.amount_fen] == [SJR]
     explained = stubs.benefit.ExplainEligibility(
-        benefit_service_pb2.ExplainEligibilityRequest(uscc=A, policy_id=SJR, period=2025),
-        metadata=own)
+        benefit_service_pb2.ExplainEligibilityRequest(uscc=A, policy_id=SJR, period=2025), metadata=own
+    )
     assert explained.evaluation.uscc == A
-    record = stubs.registry.GetEnterprise(registry_service_pb2.GetEnterpriseRequest(uscc=A),
-                                          metadata=own)
+    record = stubs.registry.GetEnterprise(registry_service_pb2.GetEnterpriseRequest(uscc=A), metadata=own)
     assert record.uscc == A and record.name
 
 
@@ -184,17 +201,20 @@ def test_auditor_and_admin_read_any_uscc(stubs: Stubs, method: str, role: str) -
 
 
 @pytest.mark.parametrize("period", [2021, 2025, 2100])
-def test_list_matched_benefits_is_not_found_for_an_unknown_uscc_in_any_period(
-        stubs: Stubs, period: int) -> None:
+def test_list_matched_benefits_is_not_found_for_an_unknown_uscc_in_any_period(stubs: Stubs, period: int) -> None:
     # 2021: no policy is in force, yet the USCC is still unknown (was OK with an empty list).
-    err = rpc_error(lambda: stubs.benefit.ListMatchedBenefits(
-        benefit_service_pb2.ListMatchedBenefitsRequest(uscc=UNKNOWN, period=period),
-        metadata=as_role("auditor"), timeout=20))
+    err = rpc_error(
+        lambda: stubs.benefit.ListMatchedBenefits(
+            benefit_service_pb2.ListMatchedBenefitsRequest(uscc=UNKNOWN, period=period),
+            metadata=as_role("auditor"),
+            timeout=20,
+        )
+    )
     assert err.code() == grpc.StatusCode.NOT_FOUND
     # A known enterprise with no policy in force gets an empty list.
     reply = stubs.benefit.ListMatchedBenefits(
-        benefit_service_pb2.ListMatchedBenefitsRequest(uscc=A, period=2021),
-        metadata=as_role("auditor"), timeout=20)
+        benefit_service_pb2.ListMatchedBenefitsRequest(uscc=A, period=2021), metadata=as_role("auditor"), timeout=20
+    )
     assert list(reply.benefits) == [] and reply.next_page_token == ""
 
 
@@ -209,15 +229,17 @@ def test_health_is_serving_without_a_token(stubs: Stubs, service: str) -> None:
 
 def test_health_of_an_unknown_service_is_not_found(stubs: Stubs) -> None:
     health = health_stub(stubs.channel)
-    err = rpc_error(lambda: health.Check(
-        health_pb2.HealthCheckRequest(service="benefits.v1.NoSuchService"), timeout=10))
+    err = rpc_error(
+        lambda: health.Check(health_pb2.HealthCheckRequest(service="benefits.v1.NoSuchService"), timeout=10)
+    )
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _list_services(stubs: Stubs, metadata: list[tuple[str, str]]) -> list[str]:
     reflection = reflection_stub(stubs.channel)
     requests: Iterator[reflection_pb2.ServerReflectionRequest] = iter(
-        [reflection_pb2.ServerReflectionRequest(list_services="")])
+        [reflection_pb2.ServerReflectionRequest(list_services="")]
+    )
     # grpc's stubs type metadata as a tuple; the call takes any sequence of pairs.
     replies = list(reflection.ServerReflectionInfo(requests, metadata=tuple(metadata), timeout=10))
     assert len(replies) == 1
@@ -234,20 +256,30 @@ def test_reflection_lists_the_services_with_any_token(stubs: Stubs, role: str) -
 
 def test_reflection_describes_a_service_from_the_contract(stubs: Stubs) -> None:
     reflection = reflection_stub(stubs.channel)
-    replies = list(reflection.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(
-            file_containing_symbol="benefits.v1.BenefitService")]),
-        metadata=tuple(as_role("auditor")), timeout=10))
+    replies = list(
+        reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="benefits.v1.BenefitService")]),
+            metadata=tuple(as_role("auditor")),
+            timeout=10,
+        )
+    )
     assert replies[0].WhichOneof("message_response") == "file_descriptor_response"
-    files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
-             for raw in replies[0].file_descriptor_response.file_descriptor_proto]
-    methods = {m.name for f in files if f.name == "benefits/v1/benefit_service.proto"
-               for s in f.service if s.name == "BenefitService" for m in s.method}
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in replies[0].file_descriptor_response.file_descriptor_proto
+    ]
+    methods = {
+        m.name
+        for f in files
+        if f.name == "benefits/v1/benefit_service.proto"
+        for s in f.service
+        if s.name == "BenefitService"
+        for m in s.method
+    }
     assert methods == {"ListMatchedBenefits", "ExplainEligibility"}
 
 
 @pytest.mark.parametrize("credentials", ["no-token", "wrong-token", "two-headers"])
-def test_reflection_without_a_valid_token_is_unauthenticated(stubs: Stubs,
-                                                             credentials: str) -> None:
+def test_reflection_without_a_valid_token_is_unauthenticated(stubs: Stubs, credentials: str) -> None:
     err = rpc_error(lambda: _list_services(stubs, BAD_CREDENTIALS[credentials]))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED

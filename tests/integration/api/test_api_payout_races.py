@@ -3,6 +3,7 @@ each), on SQLite and PostgreSQL. Whatever wins, the outcome must be one of the l
 may end UNKNOWN or INTERNAL, every successful export of a batch returns the same bytes, the bank
 file pays exactly the lines still owed, and the audit log verifies.
 """
+
 from __future__ import annotations
 
 import threading
@@ -75,8 +76,9 @@ def _codes(results: list[Any]) -> list[grpc.StatusCode]:
 
 
 @pytest.mark.parametrize("period", PERIODS)
-def test_exports_cancel_and_withdraw_raced_leave_one_legal_outcome(stubs: Stubs, api_server: RunningServer,
-                                                                    period: int) -> None:
+def test_exports_cancel_and_withdraw_raced_leave_one_legal_outcome(
+    stubs: Stubs, api_server: RunningServer, period: int
+) -> None:
     """PASSES. Three exports (operator), a cancel and a withdrawal of the first line (approver)
     of one APPROVED batch at the same moment."""
     money = Money(stubs)
@@ -84,20 +86,27 @@ def test_exports_cancel_and_withdraw_raced_leave_one_legal_outcome(stubs: Stubs,
     money.approve(batch.batch_id)
     lines = [line.line_id for line in money.lines(batch.batch_id)]
     approver = as_role("finance_approver")
-    results = _race(api_server.port, [
-        lambda m: m.export(batch.batch_id), lambda m: m.export(batch.batch_id), lambda m: m.export(batch.batch_id),
-        lambda m: m.cancel(batch.batch_id, "预算调整", metadata=approver),
-        lambda m: m.withdraw(batch.batch_id, [lines[0]], "账户变更", metadata=approver)])
+    results = _race(
+        api_server.port,
+        [
+            lambda m: m.export(batch.batch_id),
+            lambda m: m.export(batch.batch_id),
+            lambda m: m.export(batch.batch_id),
+            lambda m: m.cancel(batch.batch_id, "预算调整", metadata=approver),
+            lambda m: m.withdraw(batch.batch_id, [lines[0]], "账户变更", metadata=approver),
+        ],
+    )
     codes = _codes(results)
-    assert not BAD & set(codes), [(c, r.details() if isinstance(r, grpc.RpcError) else "") for c, r in
-                                  zip(codes, results)]
+    assert not BAD & set(codes), [
+        (c, r.details() if isinstance(r, grpc.RpcError) else "") for c, r in zip(codes, results)
+    ]
     after = money.get(batch.batch_id)
     states = {line.line_id: line.state for line in money.lines(batch.batch_id)}
     files = {r for r in results[:3] if isinstance(r, bytes)}
     if after.state == pb.BATCH_STATE_CANCELLED:
         assert not files and codes[3] == grpc.StatusCode.OK
         assert set(states.values()) <= {pb.LINE_STATE_CANCELLED, pb.LINE_STATE_WITHDRAWN}
-        assert money.create(GIANT, period, f"review-race-{period}-0002").line_count == 3   # all released
+        assert money.create(GIANT, period, f"review-race-{period}-0002").line_count == 3  # all released
     else:
         assert after.state == pb.BATCH_STATE_EXPORTED and codes[3] != grpc.StatusCode.OK
         assert len(files) == 1, "two exports of one batch returned different files"
@@ -122,11 +131,15 @@ def test_contradicting_results_raced_one_wins(stubs: Stubs, api_server: RunningS
     batch = _a_batch_with_a_pending_exported_line(money)
     line = next(line.line_id for line in money.lines(batch.batch_id) if line.state == pb.LINE_STATE_PENDING)
     message = "MSG" + batch.batch_id[3:]
-    results = _race(api_server.port, [
-        lambda m: m.results(batch.batch_id, [(line, "PAID", "")]),
-        lambda m: m.results(batch.batch_id, [(line, "RETURNED", "AC04 账户已销户")]),
-        lambda m: m.status_report(batch.batch_id, pain002(message, [(line, "ACSC", None)])),
-        lambda m: m.confirm(batch.batch_id, [line])])
+    results = _race(
+        api_server.port,
+        [
+            lambda m: m.results(batch.batch_id, [(line, "PAID", "")]),
+            lambda m: m.results(batch.batch_id, [(line, "RETURNED", "AC04 账户已销户")]),
+            lambda m: m.status_report(batch.batch_id, pain002(message, [(line, "ACSC", None)])),
+            lambda m: m.confirm(batch.batch_id, [line]),
+        ],
+    )
     codes = _codes(results)
     assert not BAD & set(codes), codes
     final = {x.line_id: x for x in money.lines(batch.batch_id)}[line]
@@ -156,15 +169,32 @@ def test_one_request_id_raced_makes_one_batch(stubs: Stubs, api_server: RunningS
     """PASSES. Six CreatePayoutBatch calls with one new request_id at once: one batch, the same id
     for every caller; with another period the same id is ALREADY_EXISTS. (The single-champion
     reward of 2022: nobody here holds that title, so the batch takes no one from the other races.)"""
-    results = _race(api_server.port, [lambda m: m.stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
-        policy_id=CHAMPION, period=2022, request_id="review-race-same-0001"), metadata=m.operator, timeout=20)] * 6)
+    results = _race(
+        api_server.port,
+        [
+            lambda m: m.stubs.payout.CreatePayoutBatch(
+                pb.CreatePayoutBatchRequest(policy_id=CHAMPION, period=2022, request_id="review-race-same-0001"),
+                metadata=m.operator,
+                timeout=20,
+            )
+        ]
+        * 6,
+    )
     assert _codes(results) == [grpc.StatusCode.OK] * 6, [r.details() for r in results if isinstance(r, grpc.RpcError)]
     assert len({r.batch_id for r in results}) == 1
     money = Money(stubs)
     from testkit.api_fixtures import finished_batch
 
     finished_batch(stubs, results[0].batch_id)
-    err = _race(api_server.port, [lambda m: m.stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
-        policy_id=CHAMPION, period=2023, request_id="review-race-same-0001"), metadata=m.operator, timeout=20)])[0]
+    err = _race(
+        api_server.port,
+        [
+            lambda m: m.stubs.payout.CreatePayoutBatch(
+                pb.CreatePayoutBatchRequest(policy_id=CHAMPION, period=2023, request_id="review-race-same-0001"),
+                metadata=m.operator,
+                timeout=20,
+            )
+        ],
+    )[0]
     assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.ALREADY_EXISTS
     assert money.verify().valid

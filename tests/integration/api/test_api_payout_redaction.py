@@ -10,6 +10,7 @@ rewrites a line's payee and the stored bank file; VerifyAuditLog and `benefits a
 report them. No account number (old, new, forged), tax figure or token may appear in the log,
 in an error's details or debug string, or in a verification report.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,10 +41,20 @@ SECRET_TOKEN = "unknown-secret-token-9b2d7e4c10"
 
 
 def _tax(code: str) -> dict[str, object]:
-    return {"kind": "tax_year", "uscc": code, "source": "tax", "as_of": "2025-05-31", "year": 2024,
-            "employees": 86, "revenue_fen": 4523678915, "main_business_revenue_fen": 4312000000,
-            "total_assets_fen": 3900000000, "tax_paid_fen": TAX_PAID_FEN, "rd_expense_fen": 98765432,
-            "credit_rating": "A"}
+    return {
+        "kind": "tax_year",
+        "uscc": code,
+        "source": "tax",
+        "as_of": "2025-05-31",
+        "year": 2024,
+        "employees": 86,
+        "revenue_fen": 4523678915,
+        "main_business_revenue_fen": 4312000000,
+        "total_assets_fen": 3900000000,
+        "tax_paid_fen": TAX_PAID_FEN,
+        "rd_expense_fen": 98765432,
+        "credit_rating": "A",
+    }
 
 
 def _records() -> list[dict[str, object]]:
@@ -63,26 +74,47 @@ def _failure(call: Callable[[], object]) -> str:
 
 
 def _export_csv(stubs: Stubs, batch_id: str, metadata: list[tuple[str, str]]) -> list[pb.ExportPayoutBatchResponse]:
-    return list(stubs.payout.ExportPayoutBatch(
-        pb.ExportPayoutBatchRequest(batch_id=batch_id, format=pb.EXPORT_FORMAT_CSV), metadata=metadata, timeout=20))
+    return list(
+        stubs.payout.ExportPayoutBatch(
+            pb.ExportPayoutBatchRequest(batch_id=batch_id, format=pb.EXPORT_FORMAT_CSV), metadata=metadata, timeout=20
+        )
+    )
 
 
-def test_no_account_tax_figure_or_token_leaks_along_the_payout_path(db_url: str, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_account_tax_figure_or_token_leaks_along_the_payout_path(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     load_registry(db_url, _records())
     log_file = tmp_path / "server.log"
     said: list[str] = []
-    with server_process(db_url, write_auth_file(tmp_path / "auth.yaml"), log_file,
-                        "--payers", str(write_payers(tmp_path)), "--batch-chunk", "2") as (_, port):
+    with server_process(
+        db_url,
+        write_auth_file(tmp_path / "auth.yaml"),
+        log_file,
+        "--payers",
+        str(write_payers(tmp_path)),
+        "--batch-chunk",
+        "2",
+    ) as (_, port):
         stubs = Stubs.connect(port)
         try:
             money = Money(stubs)
             batch = money.create(GIANT, 2025, "review-redact-0001")
             assert batch.line_count == 3
             lines = {line.uscc: line.line_id for line in money.lines(batch.batch_id)}
-            moved = stubs.registry.ImportFacts(iter([registry_service_pb2.ImportFactsRequest(
-                record_json=json.dumps(enterprise(E[0], NEW_ACCOUNT, as_of="2026-01-15"), ensure_ascii=False))]),
-                metadata=as_role("registry_feed"), timeout=30)
+            moved = stubs.registry.ImportFacts(
+                iter(
+                    [
+                        registry_service_pb2.ImportFactsRequest(
+                            record_json=json.dumps(
+                                enterprise(E[0], NEW_ACCOUNT, as_of="2026-01-15"), ensure_ascii=False
+                            )
+                        )
+                    ]
+                ),
+                metadata=as_role("registry_feed"),
+                timeout=30,
+            )
             assert moved.stored_count == 1
             money.approve(batch.batch_id)
             refused = _failure(lambda: money.export(batch.batch_id))
@@ -93,10 +125,13 @@ def test_no_account_tax_figure_or_token_leaks_along_the_payout_path(db_url: str,
             said.append(str(money.withdraw(batch.batch_id, [lines[E[0]]], "账户变更")))
             said.append(str(money.export(batch.batch_id, "csv")[:0]))
             msg = "MSG" + batch.batch_id[3:]
-            for data in (pain002(msg, [("pb_unknown-000001", "ACSC", None)]),
-                         pain002("MSG000000000000000000000000", [(lines[E[1]], "ACSC", None)]),
-                         pain002(msg, [(lines[E[1]], "XXXX", None)]), b"<Document><unclosed>",
-                         pain002(msg, [(lines[E[0]], "ACSC", None)])):          # a withdrawn line
+            for data in (
+                pain002(msg, [("pb_unknown-000001", "ACSC", None)]),
+                pain002("MSG000000000000000000000000", [(lines[E[1]], "ACSC", None)]),
+                pain002(msg, [(lines[E[1]], "XXXX", None)]),
+                b"<Document><unclosed>",
+                pain002(msg, [(lines[E[0]], "ACSC", None)]),
+            ):  # a withdrawn line
                 said.append(_failure(partial(money.status_report, batch.batch_id, data)))
             said.append(_failure(lambda: money.results(batch.batch_id, [(lines[E[1]] + "\x00", "PAID", "")])))
             long_reason = "AC04" + "x" * 296
@@ -108,10 +143,16 @@ def test_no_account_tax_figure_or_token_leaks_along_the_payout_path(db_url: str,
             engine = make_engine(db_url)
             try:
                 with engine.begin() as conn:
-                    conn.execute(update(grant).where(grant.c.grant_id == lines[E[1]]).values(
-                        payee_account_no=FORGED_ACCOUNT, payee_name="伪造收款人"))
-                    conn.execute(update(payout_export).where(payout_export.c.batch_id == batch.batch_id).values(
-                        csv=b"forged," + FORGED_ACCOUNT.encode()))
+                    conn.execute(
+                        update(grant)
+                        .where(grant.c.grant_id == lines[E[1]])
+                        .values(payee_account_no=FORGED_ACCOUNT, payee_name="伪造收款人")
+                    )
+                    conn.execute(
+                        update(payout_export)
+                        .where(payout_export.c.batch_id == batch.batch_id)
+                        .values(csv=b"forged," + FORGED_ACCOUNT.encode())
+                    )
             finally:
                 engine.dispose()
             verdict = money.verify()
@@ -122,9 +163,13 @@ def test_no_account_tax_figure_or_token_leaks_along_the_payout_path(db_url: str,
     assert cli.main(["audit", "verify", "--db", db_url]) != 0
     said.append(capsys.readouterr().out)
     log = log_file.read_text(encoding="utf-8")
-    secrets = {**{f"account {a}": a for a in [*ACCOUNTS, NEW_ACCOUNT, FORGED_ACCOUNT]},
-               "tax figure": str(TAX_PAID_FEN), "unknown token": SECRET_TOKEN, "tax feed token": TAX_FEED_TOKEN,
-               **{f"{role} token": token for role, token in TOKENS.items()}}
+    secrets = {
+        **{f"account {a}": a for a in [*ACCOUNTS, NEW_ACCOUNT, FORGED_ACCOUNT]},
+        "tax figure": str(TAX_PAID_FEN),
+        "unknown token": SECRET_TOKEN,
+        "tax feed token": TAX_FEED_TOKEN,
+        **{f"{role} token": token for role, token in TOKENS.items()},
+    }
     for what, secret in secrets.items():
         assert secret not in log, f"the server log holds the {what}"
         for text in said:

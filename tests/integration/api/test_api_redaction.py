@@ -1,6 +1,7 @@
 """A real `benefits serve` (a child process; its log is read from the file it writes), on SQLite
 and PostgreSQL: a bank account, a tax figure and tokens appear neither in its log nor in the
 errors it returns, even when the database refuses a write and the error reaches the log."""
+
 from __future__ import annotations
 
 import re
@@ -29,18 +30,28 @@ from testkit.server_process import server_process
 from enterprise_registry.db import make_engine
 from enterprise_registry.uscc import make
 
-ACCOUNT = "6222021803009876543"    # recognisable bank account number
-TAX_PAID_FEN = 918273645546        # recognisable tax figure
+ACCOUNT = "6222021803009876543"  # recognisable bank account number
+TAX_PAID_FEN = 918273645546  # recognisable tax figure
 SECRET_TOKEN = "unknown-secret-token-7f3a9c2e51"
 FIRST, SECOND = make("91420600MA4K70001"), make("91420600MA4K70002")
 REFERENCE = re.compile(r"^internal error \(reference ([0-9a-f]{12})\)$")
 
 
 def tax_record(uscc: str) -> dict[str, object]:
-    return {"kind": "tax_year", "uscc": uscc, "source": "tax", "as_of": "2025-05-31", "year": 2024,
-            "employees": 86, "revenue_fen": 4523678915, "main_business_revenue_fen": 4312000000,
-            "total_assets_fen": 3900000000, "tax_paid_fen": TAX_PAID_FEN, "rd_expense_fen": 98765432,
-            "credit_rating": "A"}
+    return {
+        "kind": "tax_year",
+        "uscc": uscc,
+        "source": "tax",
+        "as_of": "2025-05-31",
+        "year": 2024,
+        "employees": 86,
+        "revenue_fen": 4523678915,
+        "main_business_revenue_fen": 4312000000,
+        "total_assets_fen": 3900000000,
+        "tax_paid_fen": TAX_PAID_FEN,
+        "rd_expense_fen": 98765432,
+        "credit_rating": "A",
+    }
 
 
 def _reply(err: grpc.RpcError) -> str:
@@ -74,25 +85,39 @@ def test_no_account_tax_figure_or_token_in_the_log_or_the_errors(db_url: str, tm
     with server_process(db_url, write_auth_file(tmp_path / "auth.yaml"), log_file) as (_, port):
         stubs = Stubs.connect(port)
         try:
-            first = import_facts(stubs, [enterprise_record(FIRST, bank_account=account), tax_record(FIRST)],
-                                 as_role("registry_feed"))
+            first = import_facts(
+                stubs, [enterprise_record(FIRST, bank_account=account), tax_record(FIRST)], as_role("registry_feed")
+            )
             assert (first.stored_count, list(first.rejects)) == (2, [])
             references = []
-            for records, token in (([enterprise_record(SECOND, bank_account=account)], TOKENS["registry_feed"]),
-                                   ([tax_record(SECOND)], TAX_FEED_TOKEN)):
+            for records, token in (
+                ([enterprise_record(SECOND, bank_account=account)], TOKENS["registry_feed"]),
+                ([tax_record(SECOND)], TAX_FEED_TOKEN),
+            ):
                 err = rpc_error(partial(import_facts, stubs, records, bearer(token)))
                 references.append(_internal_reference(err))
                 replies.append(_reply(err))
-            for metadata in (bearer(SECRET_TOKEN), [("authorization", f"bearer {SECRET_TOKEN}")],
-                             [("authorization", SECRET_TOKEN)]):
-                err = rpc_error(partial(stubs.registry.GetEnterprise,
-                                        registry_service_pb2.GetEnterpriseRequest(uscc=FIRST), metadata=metadata,
-                                        timeout=20))
+            for metadata in (
+                bearer(SECRET_TOKEN),
+                [("authorization", f"bearer {SECRET_TOKEN}")],
+                [("authorization", SECRET_TOKEN)],
+            ):
+                err = rpc_error(
+                    partial(
+                        stubs.registry.GetEnterprise,
+                        registry_service_pb2.GetEnterpriseRequest(uscc=FIRST),
+                        metadata=metadata,
+                        timeout=20,
+                    )
+                )
                 assert err.code() == grpc.StatusCode.UNAUTHENTICATED
                 replies.append(_reply(err))
             # Nothing of the refused enterprise was stored.
-            err = rpc_error(lambda: stubs.registry.GetEnterprise(
-                registry_service_pb2.GetEnterpriseRequest(uscc=SECOND), metadata=as_role("auditor"), timeout=20))
+            err = rpc_error(
+                lambda: stubs.registry.GetEnterprise(
+                    registry_service_pb2.GetEnterpriseRequest(uscc=SECOND), metadata=as_role("auditor"), timeout=20
+                )
+            )
             assert err.code() == grpc.StatusCode.NOT_FOUND
         finally:
             stubs.channel.close()
@@ -103,11 +128,15 @@ def test_no_account_tax_figure_or_token_in_the_log_or_the_errors(db_url: str, tm
     constraint = "uq_redact_account" if db_url.startswith("postgresql") else "enterprise.bank_account_no"
     assert constraint in log and "Traceback (most recent call last)" in log
     # ... and nothing that identifies money, accounts or callers.
-    secrets = {"account": ACCOUNT, "tax figure": str(TAX_PAID_FEN), "unknown token": SECRET_TOKEN,
-               "tax feed token": TAX_FEED_TOKEN, **{f"{role} token": t for role, t in TOKENS.items()}}
+    secrets = {
+        "account": ACCOUNT,
+        "tax figure": str(TAX_PAID_FEN),
+        "unknown token": SECRET_TOKEN,
+        "tax feed token": TAX_FEED_TOKEN,
+        **{f"{role} token": t for role, t in TOKENS.items()},
+    }
     for what, secret in secrets.items():
         assert secret not in log, f"the server log holds the {what}"
         for reply in replies:
             assert secret not in reply, f"an error returned holds the {what}: {reply}"
     assert "DETAIL" not in log and "already exists" not in log
-

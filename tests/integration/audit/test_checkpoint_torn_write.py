@@ -9,6 +9,7 @@ the torn part and the good checkpoint become one line that is no checkpoint, and
 `verify_checkpoints` fails at that line for ever, with nothing tampered with
 (service/audit/checkpoints.py:222-225).
 """
+
 from __future__ import annotations
 
 import errno
@@ -51,7 +52,8 @@ class _DiskFillsUp:
 
 
 def test_a_checkpoint_cut_short_by_a_full_disk_does_not_fail_verification_for_ever(
-        db_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    db_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """FAILS. Expected: once the disk has room again and the retry succeeds, the untampered
     ledger verifies (the torn line ignored or ended, the next checkpoint readable)."""
     caplog.set_level(logging.INFO, logger="benefits")
@@ -70,8 +72,10 @@ def test_a_checkpoint_cut_short_by_a_full_disk_does_not_fail_verification_for_ev
     monkeypatch.setattr(Path, "open", lambda path, *a, **kw: fills_up(path, *a, **kw))
     assert checkpointer() is False and "No space left on device" in caplog.text
     monkeypatch.undo()
-    assert checkpointer() is True               # the disk has room again: the retry succeeds
+    assert checkpointer() is True  # the disk has room again: the retry succeeds
     with db_engine.connect() as conn:
         verdict = verify_audit_log(conn, checkpoint_file=file, public_key=public)
-    assert verdict.valid, (f"nothing was tampered with, yet: {verdict.detail} (the file: "
-                           f"{[line[:60] for line in file.read_text().splitlines()]})")
+    assert verdict.valid, (
+        f"nothing was tampered with, yet: {verdict.detail} (the file: "
+        f"{[line[:60] for line in file.read_text().splitlines()]})"
+    )

@@ -4,6 +4,7 @@ and the checkpoints file but has no key tries to replay, move, copy or edit a re
 or to hide tampering behind a legitimate restore; crashes between the seal and the file; two
 restores; bad input to `benefits audit restore`. A passing test is a property that held; an
 `xfail(strict=True)` test is a bug found (its reason says what)."""
+
 from __future__ import annotations
 
 import base64
@@ -53,8 +54,9 @@ def restored(db_url: str, tmp_path: Path) -> Iterator[Restored]:
     """A ledger of 6 entries checkpointed (`kept`, line 1), backed up, grown to 9 and checkpointed
     (`lost`, line 2), then restored from the real backup: it holds the 6 entries again. Entries
     carry fixed times, so the lost history can be written again entry for entry (`_regrow_lost`)."""
-    with restored_ledger(db_url, tmp_path, before=lambda engine: _append(engine, BEFORE),
-                         lost=lambda engine: _append(engine, LOST)) as ledger:
+    with restored_ledger(
+        db_url, tmp_path, before=lambda engine: _append(engine, BEFORE), lost=lambda engine: _append(engine, LOST)
+    ) as ledger:
         yield ledger
 
 
@@ -93,8 +95,9 @@ def _without_triggers(conn: Connection) -> None:
     dialect = conn.dialect.name
     for name in APPEND_ONLY_TRIGGER_NAMES[dialect]:
         trigger = name.format(table=ledger_entry.name)
-        conn.execute(text(f"DROP TRIGGER IF EXISTS {trigger}" + (f" ON {ledger_entry.name}"
-                                                                  if dialect == "postgresql" else "")))
+        conn.execute(
+            text(f"DROP TRIGGER IF EXISTS {trigger}" + (f" ON {ledger_entry.name}" if dialect == "postgresql" else ""))
+        )
 
 
 def _cut_to(engine: Engine, count: int) -> None:
@@ -114,8 +117,11 @@ def _rebuild_from(engine: Engine, seq: int, items: list[tuple[str, dict[str, Any
 
 def _payloads_from(engine: Engine, seq: int) -> list[tuple[str, dict[str, Any]]]:
     with engine.connect() as conn:
-        rows = conn.execute(select(ledger_entry.c.seq).where(ledger_entry.c.seq >= seq)
-                            .order_by(ledger_entry.c.seq)).scalars().all()
+        rows = (
+            conn.execute(select(ledger_entry.c.seq).where(ledger_entry.c.seq >= seq).order_by(ledger_entry.c.seq))
+            .scalars()
+            .all()
+        )
         return [(entry.kind, entry.data()) for entry in (get_entry(conn, n) for n in rows) if entry]
 
 
@@ -131,7 +137,7 @@ def test_the_fixture_is_what_it_claims(restored: Restored) -> None:
     assert _entries(restored.engine) == 6
     valid, detail = _verdict(restored)
     assert not valid and "cut off" in detail
-    _regrow_lost(restored.engine)   # the lost history, regrown, is the one the checkpoint signed
+    _regrow_lost(restored.engine)  # the lost history, regrown, is the one the checkpoint signed
     assert _verdict(restored)[0]
     _cut_to(restored.engine, 6)
 
@@ -142,10 +148,10 @@ def test_a_replayed_statement_fails(restored: Restored) -> None:
     write_checkpoint(restored.engine, restored.key, restored.file)
     assert _verdict(restored)[0]
     lines = _lines(restored)
-    _write_lines(restored, [*lines, lines[2]])            # the statement again, as the newest line
+    _write_lines(restored, [*lines, lines[2]])  # the statement again, as the newest line
     valid, detail = _verdict(restored)
     assert not valid and "line 5" in detail and "does not name the checkpoints it abandons" in detail
-    _write_lines(restored, [*lines[:3], lines[2], *lines[3:]])   # twice in a row
+    _write_lines(restored, [*lines[:3], lines[2], *lines[3:]])  # twice in a row
     valid, detail = _verdict(restored)
     assert not valid and "line 4" in detail
     assert statement.restore_entry_seq == 7
@@ -156,8 +162,11 @@ def test_a_statement_moved_in_the_file_fails(restored: Restored) -> None:
     _append(restored.engine, ["after0", "after1", "after2", "after3"])
     write_checkpoint(restored.engine, restored.key, restored.file)
     first, second, statement, later = _lines(restored)
-    for order in ([first, statement, second, later], [statement, first, second, later],
-                  [first, second, later, statement]):
+    for order in (
+        [first, statement, second, later],
+        [statement, first, second, later],
+        [first, second, later, statement],
+    ):
         _write_lines(restored, order)
         valid, detail = _verdict(restored)
         assert not valid, order
@@ -178,7 +187,7 @@ def test_a_statement_copied_to_another_ledger_of_the_same_key_fails(restored: Re
             check = checkpoints.verify_checkpoints(conn, restored.file, restored.key.public_key())
         assert not check.valid
         assert "line 1: entry 6 does not have the hash" in check.detail, check.detail
-        _write_lines(restored, _lines(restored)[1:])   # without the kept checkpoint, the statement is caught
+        _write_lines(restored, _lines(restored)[1:])  # without the kept checkpoint, the statement is caught
         with other.connect() as conn:
             check = checkpoints.verify_checkpoints(conn, restored.file, restored.key.public_key())
         assert not check.valid and "does not name the newest checkpoint" in check.detail, check.detail
@@ -200,8 +209,17 @@ def _edit(data: dict[str, Any], field: str) -> None:
         data[field] = data[field] + "x"
 
 
-EDITABLE = ["restored_entry_count", "restored_head_hash", "matches_checkpoint", "abandoned_checkpoints",
-            "restored_at", "restored_by", "reason", "key_id", "signature"]
+EDITABLE = [
+    "restored_entry_count",
+    "restored_head_hash",
+    "matches_checkpoint",
+    "abandoned_checkpoints",
+    "restored_at",
+    "restored_by",
+    "reason",
+    "key_id",
+    "signature",
+]
 
 
 @pytest.mark.parametrize("field", EDITABLE)
@@ -226,8 +244,9 @@ def test_a_seal_swapped_for_another_entry_fails(restored: Restored) -> None:
 
 def test_a_seal_moved_one_entry_later_fails(restored: Restored) -> None:
     statement = _restore(restored)
-    _rebuild_from(restored.engine, 7, [("evaluation", {"evaluation_id": "pushed-in"}), (RESTORE_KIND,
-                                                                                       statement.data())])
+    _rebuild_from(
+        restored.engine, 7, [("evaluation", {"evaluation_id": "pushed-in"}), (RESTORE_KIND, statement.data())]
+    )
     valid, detail = _verdict(restored)
     assert not valid and "entry 7 is not the seal" in detail
 
@@ -236,7 +255,7 @@ def test_the_signature_text_cannot_be_edited(restored: Restored) -> None:
     _restore(restored)
     lines = _lines(restored)
     data = json.loads(lines[2])
-    signature = data["signature"]            # 64 bytes: 86 characters and "==", the last 4 bits unused
+    signature = data["signature"]  # 64 bytes: 86 characters and "==", the last 4 bits unused
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
     last = signature[85]
     edited = signature[:85] + alphabet[alphabet.index(last) ^ 1] + signature[86:]
@@ -250,7 +269,7 @@ def test_the_signature_text_cannot_be_edited(restored: Restored) -> None:
 # ------------------------------------------------------------- hiding tampering behind a restore
 def test_an_entry_edited_before_the_restore_point_fails(restored: Restored) -> None:
     _restore(restored)
-    for seq in (3, 6):   # under the kept checkpoint, and at the restore point itself
+    for seq in (3, 6):  # under the kept checkpoint, and at the restore point itself
         rest = _payloads_from(restored.engine, seq + 1)
         _rebuild_from(restored.engine, seq, [("evaluation", {"evaluation_id": "forged"}), *rest])
         valid, detail = _verdict(restored)
@@ -277,13 +296,13 @@ def test_entries_after_the_seal_edited_or_cut_fail(restored: Restored) -> None:
     _cut_to(restored.engine, 10)
     valid, detail = _verdict(restored)
     assert not valid and "cut off" in detail
-    _cut_to(restored.engine, 6)       # back to the restore point: the seal is gone
+    _cut_to(restored.engine, 6)  # back to the restore point: the seal is gone
     valid, detail = _verdict(restored)
     assert not valid and "sealed as entry 7, which the ledger does not hold" in detail, detail
 
 
 def test_an_entry_between_the_kept_checkpoint_and_the_restore_point_edited_fails(restored: Restored) -> None:
-    _append(restored.engine, ["early0"])   # entry 7: restored, after the kept checkpoint of 6
+    _append(restored.engine, ["early0"])  # entry 7: restored, after the kept checkpoint of 6
     _restore(restored)
     seal = _payloads_from(restored.engine, 8)
     _rebuild_from(restored.engine, 7, [("evaluation", {"evaluation_id": "forged"}), *seal])
@@ -297,7 +316,7 @@ def test_lines_removed_around_a_restore_fail(restored: Restored) -> None:
     for remaining in ([first, statement], [second, statement], [first, second]):
         _write_lines(restored, remaining)
         assert not _verdict(restored)[0], remaining
-    _write_lines(restored, [statement])   # only the statement: it still names what it abandons
+    _write_lines(restored, [statement])  # only the statement: it still names what it abandons
     assert not _verdict(restored)[0]
 
 
@@ -315,7 +334,7 @@ def test_limit_a_restore_vouches_for_edits_after_the_newest_keptwrite_checkpoint
     and asks for a restore gets the rewritten history signed; nothing can tell it from the backup.
     The key holder must restore only a backup taken from its own storage."""
     _cut_to(restored.engine, 3)
-    _append(restored.engine, ["forged3"])   # entry 4 never existed in the checkpointed ledger
+    _append(restored.engine, ["forged3"])  # entry 4 never existed in the checkpointed ledger
     statement = _restore(restored)
     assert statement.restored_entry_count == 4
     assert _verdict(restored)[0]
@@ -332,7 +351,7 @@ def test_checkpoints_after_the_restore_must_extend_it(restored: Restored) -> Non
     _restore(restored)
     _append(restored.engine, ["after0"])
     with restored.engine.connect() as conn:
-        stale = checkpoints.sign(restored.key, 6, _entry_hash(conn, 6))   # a genuine signature, too short
+        stale = checkpoints.sign(restored.key, 6, _entry_hash(conn, 6))  # a genuine signature, too short
     checkpoints.write(stale, restored.file)
     valid, detail = _verdict(restored)
     assert not valid and "must extend the restored ledger" in detail
@@ -356,10 +375,10 @@ def test_an_abandoned_history_cannot_come_back_after_the_restore(restored: Resto
 def test_two_restores_in_a_row_verify(restored: Restored) -> None:
     first = _restore(restored)
     _append(restored.engine, ["after0", "after1"])
-    write_checkpoint(restored.engine, restored.key, restored.file)        # 9 entries, on the new history
+    write_checkpoint(restored.engine, restored.key, restored.file)  # 9 entries, on the new history
     _append(restored.engine, ["after2", "after3"])
-    write_checkpoint(restored.engine, restored.key, restored.file)        # 11
-    _cut_to(restored.engine, 9)                                      # a backup made at the 9
+    write_checkpoint(restored.engine, restored.key, restored.file)  # 11
+    _cut_to(restored.engine, 9)  # a backup made at the 9
     second = _restore(restored, reason="second failure", by="ops-bob")
     assert (second.restored_entry_count, [r.entry_count for r in second.abandoned_checkpoints]) == (9, [11])
     assert second.matches_checkpoint is not None and second.matches_checkpoint.entry_count == 9
@@ -367,7 +386,7 @@ def test_two_restores_in_a_row_verify(restored: Restored) -> None:
     assert valid, detail
     assert "by ops-alice" in detail and "by ops-bob" in detail
     assert first.restore_entry_seq == 7 and _kinds(restored.engine).count(RESTORE_KIND) == 2
-    rest = _payloads_from(restored.engine, 4)   # checkpoints kept before the first restore still hold
+    rest = _payloads_from(restored.engine, 4)  # checkpoints kept before the first restore still hold
     _rebuild_from(restored.engine, 3, [("evaluation", {"evaluation_id": "forged"}), *rest])
     valid, detail = _verdict(restored)
     assert not valid and "line 1: entry 6 does not have the hash" in detail, detail
@@ -387,10 +406,10 @@ def test_a_backup_older_than_an_earlier_restore_is_refused(restored: Restored) -
 def test_a_backup_of_the_abandoned_history_is_refused(restored: Restored) -> None:
     _restore(restored)
     _append(restored.engine, ["after0", "after1", "after2", "after3"])
-    write_checkpoint(restored.engine, restored.key, restored.file)   # 11 entries after the restore
-    _regrow_lost(restored.engine)        # the operator picks a backup made before the restore: 9 entries
+    write_checkpoint(restored.engine, restored.key, restored.file)  # 11 entries after the restore
+    _regrow_lost(restored.engine)  # the operator picks a backup made before the restore: 9 entries
     before = restored.file.read_text()
-    with contextlib.suppress(LedgerRestoreError):   # refusing is the right answer
+    with contextlib.suppress(LedgerRestoreError):  # refusing is the right answer
         _restore(restored, reason="wrong backup", by="ops-bob")
     assert restored.file.read_text() == before, "a statement was signed for a ledger that is not a backup"
     assert _entries(restored.engine) == 9
@@ -399,8 +418,8 @@ def test_a_backup_of_the_abandoned_history_is_refused(restored: Restored) -> Non
 def test_a_second_restore_checks_what_the_first_kept(restored: Restored) -> None:
     _restore(restored)
     _append(restored.engine, ["after0", "after1"])
-    write_checkpoint(restored.engine, restored.key, restored.file)        # 9 entries after the restore
-    rest = _payloads_from(restored.engine, 4)[:4]                    # a backup of 7 (the seal too), entry 3 rewritten
+    write_checkpoint(restored.engine, restored.key, restored.file)  # 9 entries after the restore
+    rest = _payloads_from(restored.engine, 4)[:4]  # a backup of 7 (the seal too), entry 3 rewritten
     _rebuild_from(restored.engine, 3, [("evaluation", {"evaluation_id": "forged"}), *rest])
     before = restored.file.read_text()
     with contextlib.suppress(LedgerRestoreError):
@@ -434,8 +453,9 @@ def _seal_but_fail_the_file(restored: Restored, monkeypatch: pytest.MonkeyPatch)
             _restore(restored)
 
 
-def test_sealed_but_not_filed_then_rerun_gives_one_statement(restored: Restored,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sealed_but_not_filed_then_rerun_gives_one_statement(
+    restored: Restored, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _seal_but_fail_the_file(restored, monkeypatch)
     again = _restore(restored, reason="other", by="bob")
     assert again.reason == REASON and _kinds(restored.engine).count(RESTORE_KIND) == 1
@@ -445,11 +465,12 @@ def test_sealed_but_not_filed_then_rerun_gives_one_statement(restored: Restored,
     assert len(_lines(restored)) == 3 and _entries(restored.engine) == 7
 
 
-def test_sealed_not_filed_then_an_entry_then_rerun_gives_one_statement(restored: Restored,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sealed_not_filed_then_an_entry_then_rerun_gives_one_statement(
+    restored: Restored, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _seal_but_fail_the_file(restored, monkeypatch)
     _append(restored.engine, ["written-by-a-server-started-too-early"])
-    with contextlib.suppress(LedgerRestoreError):   # filing the sealed statement or refusing: both fine
+    with contextlib.suppress(LedgerRestoreError):  # filing the sealed statement or refusing: both fine
         _restore(restored, reason="other", by="bob")
     assert _kinds(restored.engine).count(RESTORE_KIND) == 1
 
@@ -463,11 +484,15 @@ def test_filed_but_seal_lost_then_rerun_seals_the_filed_statement(restored: Rest
 
 
 def test_a_forged_seal_at_the_head_is_not_filed(restored: Restored) -> None:
-    forged = sign_statement(Ed25519PrivateKey.generate(), restored_entry_count=6,
-                            restored_head_hash=restored.kept.head_hash,
-                            matches_checkpoint=checkpoints.reference(restored.kept),
-                            abandoned_checkpoints=(checkpoints.reference(restored.lost),),
-                            restored_by="insider", reason="forged")
+    forged = sign_statement(
+        Ed25519PrivateKey.generate(),
+        restored_entry_count=6,
+        restored_head_hash=restored.kept.head_hash,
+        matches_checkpoint=checkpoints.reference(restored.kept),
+        abandoned_checkpoints=(checkpoints.reference(restored.lost),),
+        restored_by="insider",
+        reason="forged",
+    )
     data = forged.data() | {"key_id": checkpoints.key_id(restored.key.public_key())}
     with restored.engine.begin() as conn:
         append(conn, RESTORE_KIND, data)
@@ -486,9 +511,15 @@ def test_a_malformed_seal_at_the_head_is_a_clear_error(restored: Restored) -> No
 
 def test_a_restore_entry_the_file_does_not_name_fails_verification(restored: Restored) -> None:
     _restore(restored)
-    forged = sign_statement(Ed25519PrivateKey.generate(), restored_entry_count=7,
-                            restored_head_hash="0" * 64, matches_checkpoint=None, abandoned_checkpoints=(),
-                            restored_by="insider", reason="forged")
+    forged = sign_statement(
+        Ed25519PrivateKey.generate(),
+        restored_entry_count=7,
+        restored_head_hash="0" * 64,
+        matches_checkpoint=None,
+        abandoned_checkpoints=(),
+        restored_by="insider",
+        reason="forged",
+    )
     with restored.engine.begin() as conn:
         append(conn, RESTORE_KIND, forged.data())
     assert not _verdict(restored)[0]
@@ -496,15 +527,32 @@ def test_a_restore_entry_the_file_does_not_name_fails_verification(restored: Res
 
 # --------------------------------------------------------------------------------- the command line
 def _command(restored: Restored, **override: str) -> list[str]:
-    options = {"--db": restored.url, "--ledger-key": str(restored.file.parent / "ledger-key.pem"),
-               "--checkpoints": str(restored.file), "--reason": REASON, "--by": "ops-alice"} | override
+    options = {
+        "--db": restored.url,
+        "--ledger-key": str(restored.file.parent / "ledger-key.pem"),
+        "--checkpoints": str(restored.file),
+        "--reason": REASON,
+        "--by": "ops-alice",
+    } | override
     return ["audit", "restore", *[part for pair in options.items() for part in pair]]
 
 
-@pytest.mark.parametrize("case", ["blank reason", "blank name", "another key", "missing key", "missing file",
-                                  "file is a directory", "file not UTF-8", "line not JSON"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "blank reason",
+        "blank name",
+        "another key",
+        "missing key",
+        "missing file",
+        "file is a directory",
+        "file not UTF-8",
+        "line not JSON",
+    ],
+)
 def test_bad_input_to_the_command_is_a_clear_error_and_writes_nothing(
-        restored: Restored, case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    restored: Restored, case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     other_key = tmp_path / "other-key.pem"
     checkpoints.generate_key(other_key)
     directory = tmp_path / "a-directory"
@@ -533,8 +581,9 @@ def test_bad_input_to_the_command_is_a_clear_error_and_writes_nothing(
     assert not (tmp_path / "nope.jsonl").exists()
 
 
-def test_a_missing_database_is_an_error_not_a_restore_to_nothing(restored: Restored, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_database_is_an_error_not_a_restore_to_nothing(
+    restored: Restored, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = restored.file.read_text()
     typo = tmp_path / "restord.sqlite"
     status = main(_command(restored, **{"--db": f"sqlite:///{typo}"}))

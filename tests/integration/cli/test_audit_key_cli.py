@@ -1,6 +1,7 @@
 """The ledger key from the command line: `benefits audit keygen` makes it once (0600, never
 overwritten), `benefits serve` refuses a missing one instead of making it, and `benefits audit
 verify --public-key` checks the checkpoints with the public half alone."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ from service.audit import checkpoints
 from service.cli import main
 
 
-def test_keygen_makes_a_private_key_0600_and_the_public_key_beside(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_keygen_makes_a_private_key_0600_and_the_public_key_beside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "keys" / "ledger-key.pem"
     assert main(["audit", "keygen", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -43,13 +45,34 @@ def test_keygen_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_serve_refuses_a_missing_ledger_key_and_makes_none(tmp_path: Path) -> None:
     key = tmp_path / "ledger-key.pem"
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--db", f"sqlite:///{tmp_path / 'never.db'}",
-         "--rules", str(RULES_DIR), "--auth-file", str(tmp_path / "auth.yaml"), "--listen", "127.0.0.1:0",
-         "--ledger-key", str(key), "--checkpoints", str(tmp_path / "checkpoints.jsonl")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--db",
+            f"sqlite:///{tmp_path / 'never.db'}",
+            "--rules",
+            str(RULES_DIR),
+            "--auth-file",
+            str(tmp_path / "auth.yaml"),
+            "--listen",
+            "127.0.0.1:0",
+            "--ledger-key",
+            str(key),
+            "--checkpoints",
+            str(tmp_path / "checkpoints.jsonl"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2, done.stderr
-    assert f"error: ledger key {key} does not exist; make it once with `benefits audit keygen --out {key}`" \
-        in done.stderr
+    assert (
+        f"error: ledger key {key} does not exist; make it once with `benefits audit keygen --out {key}`" in done.stderr
+    )
     assert "Traceback" not in done.stderr
     assert not key.exists() and not (tmp_path / "never.db").exists()
 
@@ -59,8 +82,25 @@ def test_verify_with_the_public_key_checks_the_checkpoints(tmp_path: Path, capsy
     load_registry(db, [enterprise_record(A), si_record(A)])
     key_file, checkpoint_file = tmp_path / "ledger-key.pem", tmp_path / "checkpoints.jsonl"
     key = checkpoints.generate_key(key_file)
-    assert main(["evaluate", "--db", db, "--uscc", A, "--policy", "stable-jobs-refund", "--period", "2025",
-                 "--as-of", "2026-03-31", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--db",
+                db,
+                "--uscc",
+                A,
+                "--policy",
+                "stable-jobs-refund",
+                "--period",
+                "2025",
+                "--as-of",
+                "2026-03-31",
+                "--json",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     verify = ["audit", "verify", "--db", db, "--checkpoints", str(checkpoint_file)]
     public = ["--public-key", str(checkpoints.public_key_path(key_file))]
@@ -82,8 +122,25 @@ def test_verify_with_the_public_key_checks_the_checkpoints(tmp_path: Path, capsy
     capsys.readouterr()
 
     # another evaluation date: a new record (the same one would be answered from its record)
-    assert main(["evaluate", "--db", db, "--uscc", A, "--policy", "stable-jobs-refund", "--period", "2025",
-                 "--as-of", "2026-04-01", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--db",
+                db,
+                "--uscc",
+                A,
+                "--policy",
+                "stable-jobs-refund",
+                "--period",
+                "2025",
+                "--as-of",
+                "2026-04-01",
+                "--json",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main([*verify, *public]) == 0
     assert "1 entries after the newest checkpoint are not yet covered" in capsys.readouterr().out

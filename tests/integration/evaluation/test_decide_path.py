@@ -6,6 +6,7 @@ alone, and batches are checked enterprise by enterprise (evaluated exactly once,
 reference pays, every record replaying to itself, the audit log VALID). Interruptions are real:
 threads racing on one partition, a stale coordinator's task, a worker process killed by SIGKILL.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,7 +59,7 @@ from service.payouts.pools import ProcessPool
 from service.payouts.runner import RunSettings, claim, release, run_batch
 from service.payouts.tables import payout_batch, payout_candidate, payout_partition
 
-ENTERPRISES, SEED = 400, 117          # seed 117: in 2024 giants alone, champions, and one holding both
+ENTERPRISES, SEED = 400, 117  # seed 117: in 2024 giants alone, champions, and one holding both
 TODAY = date(2026, 3, 31)
 OPERATOR = Actor("operator-rev", "finance_operator")
 SJR, GIANT, CHAMPION = "stable-jobs-refund", "little-giant-reward", "single-champion-reward"
@@ -74,7 +75,6 @@ def records() -> list[dict[str, Any]]:
     return list(generate(ENTERPRISES, SEED))
 
 
-
 def _usccs_of(records: Sequence[dict[str, Any]]) -> list[str]:
     return sorted({str(r["uscc"]) for r in records if r["kind"] == "enterprise"})
 
@@ -84,8 +84,9 @@ def _only(records: Sequence[dict[str, Any]], usccs: set[str]) -> list[dict[str, 
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory: pytest.TempPathFactory, records: list[dict[str, Any]],
-               policies: PolicySet) -> dict[tuple[str, int], dict[str, Evaluation]]:
+def references(
+    tmp_path_factory: pytest.TempPathFactory, records: list[dict[str, Any]], policies: PolicySet
+) -> dict[tuple[str, int], dict[str, Evaluation]]:
     """(policy, period) -> the reference evaluation of every enterprise of the whole synthetic
     registry, for every period 2022-2025 each policy covers: computed once, on a registry of its
     own (so also before any test database is made)."""
@@ -94,8 +95,12 @@ def references(tmp_path_factory: pytest.TempPathFactory, records: list[dict[str,
         create_schema(engine)
         load_records(records, engine)
         registered = list(DocumentSource(engine).all_rows())
-        return {(p.id, period): _reference(engine, p, period, registered)
-                for period in PERIOD_YEARS for p in policies if p.covers(period)}
+        return {
+            (p.id, period): _reference(engine, p, period, registered)
+            for period in PERIOD_YEARS
+            for p in policies
+            if p.covers(period)
+        }
     finally:
         engine.dispose()
 
@@ -122,8 +127,9 @@ def registry(empty: Engine, records: list[dict[str, Any]]) -> Engine:
 # -- the independent reference --------------------------------------------------------------------
 
 
-def _reference(engine: Engine, policy: LoadedPolicy, period: int,
-               registered: Sequence[EnterpriseRows] | None = None) -> dict[str, Evaluation]:
+def _reference(
+    engine: Engine, policy: LoadedPolicy, period: int, registered: Sequence[EnterpriseRows] | None = None
+) -> dict[str, Evaluation]:
     """Every registered enterprise (its rows read now, or given) evaluated alone by the
     reference evaluator."""
     compiled, year = policy.compiled(period), policy.fact_year(period)
@@ -147,15 +153,18 @@ def _expected_lines(engine: Engine, policies: PolicySet, policy_id: str, period:
     policy = policies.get(policy_id)
     assert policy.budget_fen is None and not policies.excluded(policy_id)
     group = policy.model.conflict_group
-    rivals = [_awards(engine, p, period) for p in policies
-              if group and p.id != policy_id and p.model.conflict_group == group and p.covers(period)]
-    return {u: fen for u, fen in _awards(engine, policy, period).items()
-            if all(r.get(u, 0) < fen for r in rivals)}
+    rivals = [
+        _awards(engine, p, period)
+        for p in policies
+        if group and p.id != policy_id and p.model.conflict_group == group and p.covers(period)
+    ]
+    return {u: fen for u, fen in _awards(engine, policy, period).items() if all(r.get(u, 0) < fen for r in rivals)}
 
 
 def _start(engine: Engine, policies: PolicySet, policy_id: str, period: int, request_id: str) -> str:
-    return start_batch(engine, policies, policy_id=policy_id, period=period, request_id=request_id,
-                       actor=OPERATOR, today=TODAY).batch_id
+    return start_batch(
+        engine, policies, policy_id=policy_id, period=period, request_id=request_id, actor=OPERATOR, today=TODAY
+    ).batch_id
 
 
 def _url(engine: Engine) -> str:
@@ -169,12 +178,18 @@ def _batch_row(engine: Engine, batch_id: str) -> Any:
 
 def _partition_rows(engine: Engine, batch_id: str) -> list[Any]:
     with engine.connect() as conn:
-        return list(conn.execute(select(payout_partition).where(payout_partition.c.batch_id == batch_id)
-                                 .order_by(payout_partition.c.partition_no)))
+        return list(
+            conn.execute(
+                select(payout_partition)
+                .where(payout_partition.c.batch_id == batch_id)
+                .order_by(payout_partition.c.partition_no)
+            )
+        )
 
 
-def _task(engine: Engine, batch_id: str, number: int, coordinator: str, sources: tuple[str, ...],
-          settings: RunSettings) -> PartitionTask:
+def _task(
+    engine: Engine, batch_id: str, number: int, coordinator: str, sources: tuple[str, ...], settings: RunSettings
+) -> PartitionTask:
     return PartitionTask(_url(engine), (BatchTask(batch_id, sources, ()),), number, coordinator, settings)
 
 
@@ -182,7 +197,7 @@ class _Claimed(NamedTuple):
     batch_id: str
     settings: RunSettings
     evaluator: ChunkEvaluator
-    task: PartitionTask        # partition 0, run as "coord"
+    task: PartitionTask  # partition 0, run as "coord"
 
 
 def _claimed(registry: Engine, policies: PolicySet, request_id: str, partition_count: int) -> _Claimed:
@@ -202,12 +217,24 @@ def _sleep_past_lease(engine: Engine, batch_id: str) -> None:
 
 def _recorded(engine: Engine, batch_id: str, policy_id: str) -> Counter[str]:
     with engine.connect() as conn:
-        return Counter(conn.execute(select(evaluation_record.c.uscc).where(
-            evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == policy_id)).scalars())
+        return Counter(
+            conn.execute(
+                select(evaluation_record.c.uscc).where(
+                    evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == policy_id
+                )
+            ).scalars()
+        )
 
 
-def _assert_batch(engine: Engine, batch_id: str, *, evaluated: Sequence[str], recorded: Sequence[str],
-                  lines: dict[str, int], errors: int = 0) -> None:
+def _assert_batch(
+    engine: Engine,
+    batch_id: str,
+    *,
+    evaluated: Sequence[str],
+    recorded: Sequence[str],
+    lines: dict[str, int],
+    errors: int = 0,
+) -> None:
     """DRAFT; every enterprise of `evaluated` counted once, `recorded` each with exactly one
     record of the batch's policy; the lines are `lines`; every record of the batch replays to
     itself; the whole audit log is VALID."""
@@ -219,11 +246,16 @@ def _assert_batch(engine: Engine, batch_id: str, *, evaluated: Sequence[str], re
     assert not twice, f"evaluated twice into the batch: {twice[:5]}"
     assert sorted(per_enterprise) == sorted(recorded)
     with engine.connect() as conn:
-        candidates = list(conn.execute(select(payout_candidate.c.uscc)
-                                       .where(payout_candidate.c.batch_id == batch_id)).scalars())
+        candidates = list(
+            conn.execute(select(payout_candidate.c.uscc).where(payout_candidate.c.batch_id == batch_id)).scalars()
+        )
         paid = {line["uscc"]: line["amount_fen"] for line in lines_of(conn, batch_id)}
-        stored = [orjson.loads(r) for r in conn.execute(select(evaluation_record.c.record)
-                                                         .where(evaluation_record.c.batch_id == batch_id)).scalars()]
+        stored = [
+            orjson.loads(r)
+            for r in conn.execute(
+                select(evaluation_record.c.record).where(evaluation_record.c.batch_id == batch_id)
+            ).scalars()
+        ]
         # Replayed as AuditService.ReplayEvaluation does (`replay`), in one connection.
         differing = [(r["evaluation_id"], d) for r in stored if (d := render(conn, r, CATALOGUE).differences)]
         verdict = verify_audit_log(conn)
@@ -237,8 +269,9 @@ def _assert_batch(engine: Engine, batch_id: str, *, evaluated: Sequence[str], re
 # -- 1. evaluate-period against the reference evaluator ---------------------------------------------
 
 
-def _reference_summary(evaluations: dict[str, Evaluation],
-                       leave_out: frozenset[str] = frozenset()) -> tuple[dict[Outcome, int], int, int]:
+def _reference_summary(
+    evaluations: dict[str, Evaluation], leave_out: frozenset[str] = frozenset()
+) -> tuple[dict[Outcome, int], int, int]:
     counts = dict.fromkeys(OUTCOME_NAMES, 0)
     eligible_fen = held_fen = 0
     for uscc, e in evaluations.items():
@@ -251,7 +284,8 @@ def _reference_summary(evaluations: dict[str, Evaluation],
 
 
 def test_evaluate_period_totals_equal_the_reference_evaluator_for_every_policy_and_period(
-        registry: Engine, policies: PolicySet, references: dict[tuple[str, int], dict[str, Evaluation]]) -> None:
+    registry: Engine, policies: PolicySet, references: dict[tuple[str, int], dict[str, Evaluation]]
+) -> None:
     compared = 0
     for period in PERIOD_YEARS:
         summary = evaluate_period(policies, registry, period=period, today=TODAY, chunk_size=150)
@@ -267,8 +301,11 @@ def test_evaluate_period_totals_equal_the_reference_evaluator_for_every_policy_a
 
 
 def test_an_engine_disagreement_in_evaluate_period_is_an_error_left_out_of_the_totals(
-        registry: Engine, policies: PolicySet, references: dict[tuple[str, int], dict[str, Evaluation]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine,
+    policies: PolicySet,
+    references: dict[tuple[str, int], dict[str, Evaluation]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     period = 2025
     reference = {p.id: references[(p.id, period)] for p in policies if p.covers(period)}
     victim = sorted(u for u, e in reference[SJR].items() if e.outcome == Outcome.ELIGIBLE)[3]
@@ -286,8 +323,7 @@ def test_an_engine_disagreement_in_evaluate_period_is_an_error_left_out_of_the_t
     assert any(f"{SJR} {victim}: engine and trace disagree" in e for e in summary.error_samples)
 
 
-def _show_the_engine_nothing_of(monkeypatch: pytest.MonkeyPatch, victim: str,
-                                which: Callable[[Any], bool]) -> None:
+def _show_the_engine_nothing_of(monkeypatch: pytest.MonkeyPatch, victim: str, which: Callable[[Any], bool]) -> None:
     """The engine is asserted the victim's fact without the properties of the members `which`
     selects: their clause rules cannot fire, and the cross-check must catch it."""
     original = decide.engine_facts
@@ -309,7 +345,8 @@ def _show_the_engine_nothing_of(monkeypatch: pytest.MonkeyPatch, victim: str,
 
 @pytest.mark.parametrize(("size", "wanted"), [(0, 3), (1, 4), (3, 5), (10, 3)])
 def test_partitions_tile_any_registry_and_the_batch_pays_what_the_reference_pays(
-        empty: Engine, records: list[dict[str, Any]], policies: PolicySet, size: int, wanted: int) -> None:
+    empty: Engine, records: list[dict[str, Any]], policies: PolicySet, size: int, wanted: int
+) -> None:
     chosen = _usccs_of(records)[:size]
     if chosen:
         load_records(_only(records, set(chosen)), empty)
@@ -323,27 +360,34 @@ def test_partitions_tile_any_registry_and_the_batch_pays_what_the_reference_pays
     assert all(rows[i].last_uscc == rows[i + 1].after_uscc for i in range(len(rows) - 1))
     sizes = [sum(1 for u in chosen if r.after_uscc < u and (r.last_uscc is None or u <= r.last_uscc)) for r in rows]
     assert sum(sizes) == size and (size == 0 or max(sizes) - min(sizes) <= 1), sizes
-    _assert_batch(empty, batch_id, evaluated=chosen, recorded=chosen,
-                  lines=_expected_lines(empty, policies, SJR, 2025))
+    _assert_batch(empty, batch_id, evaluated=chosen, recorded=chosen, lines=_expected_lines(empty, policies, SJR, 2025))
     # Compact records: one ledger entry per committed chunk, sealing exactly that chunk's records.
     with empty.connect() as conn:
-        per_entry = Counter(conn.execute(select(evaluation_record.c.ledger_seq)
-                                         .where(evaluation_record.c.batch_id == batch_id)).scalars())
+        per_entry = Counter(
+            conn.execute(
+                select(evaluation_record.c.ledger_seq).where(evaluation_record.c.batch_id == batch_id)
+            ).scalars()
+        )
         entries = {e.seq: e for e in conn.execute(select(ledger_entry).where(ledger_entry.c.seq.in_(list(per_entry))))}
     chunks = [min(settings.chunk_size, n - start) for n in sizes for start in range(0, n, settings.chunk_size)]
     assert sorted(per_entry.values()) == sorted(chunks)
     started_under = _batch_row(empty, batch_id).rule_sha256
     for seq, count in per_entry.items():
         payload = orjson.loads(entries[seq].payload)
-        assert (entries[seq].kind, payload["count"], payload["policy_id"], payload["rule_sha256"]) == \
-            (RECORDS_KIND, count, SJR, started_under)
+        assert (entries[seq].kind, payload["count"], payload["policy_id"], payload["rule_sha256"]) == (
+            RECORDS_KIND,
+            count,
+            SJR,
+            started_under,
+        )
 
 
 # -- 3. duplicates and racing coordinators --------------------------------------------------------
 
 
 def test_a_duplicate_task_run_concurrently_records_every_enterprise_once(
-        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     batch_id, settings, evaluator, task = _claimed(registry, policies, "req-duplicate", 2)
 
     # Both copies read the partition at the same cursor before either commits its first chunk.
@@ -380,8 +424,9 @@ def test_a_duplicate_task_run_concurrently_records_every_enterprise_once(
     assert _partition_rows(registry, batch_id)[0].done == 1
     assert run_batch(registry, policies, batch_id, worker="coord", settings=settings)
     everyone = _registered(registry)
-    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
-                  lines=_expected_lines(registry, policies, SJR, 2025))
+    _assert_batch(
+        registry, batch_id, evaluated=everyone, recorded=everyone, lines=_expected_lines(registry, policies, SJR, 2025)
+    )
 
 
 def _registered(engine: Engine) -> list[str]:
@@ -389,8 +434,7 @@ def _registered(engine: Engine) -> list[str]:
         return list(conn.execute(select(col(Enterprise.uscc)).order_by(col(Enterprise.uscc))).scalars())
 
 
-def test_coordinators_starting_one_batch_at_once_run_it_exactly_once(
-        registry: Engine, policies: PolicySet) -> None:
+def test_coordinators_starting_one_batch_at_once_run_it_exactly_once(registry: Engine, policies: PolicySet) -> None:
     batch_id = _start(registry, policies, SJR, 2025, "req-race")
     settings = RunSettings(chunk_size=CHUNK, partitions=3)
     meet = threading.Barrier(3, timeout=30)
@@ -410,12 +454,14 @@ def test_coordinators_starting_one_batch_at_once_run_it_exactly_once(
         t.join(120)
     assert sorted(map(str, results.values())) == ["False", "False", "True"], results
     everyone = _registered(registry)
-    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
-                  lines=_expected_lines(registry, policies, SJR, 2025))
+    _assert_batch(
+        registry, batch_id, evaluated=everyone, recorded=everyone, lines=_expected_lines(registry, policies, SJR, 2025)
+    )
 
 
 def test_a_stale_coordinators_late_task_leaves_the_batch_holders_partition_alone(
-        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Coordinator A lost the batch (its lease ran out) and B holds it now; one of A's tasks that
     was still queued (behind others in a pool, or on a Dask cluster) starts late. It must not
     disturb B: B runs the batch to DRAFT without waiting for any lease."""
@@ -432,7 +478,7 @@ def test_a_stale_coordinators_late_task_leaves_the_batch_holders_partition_alone
     seen: dict[str, LeaseLostError | None] = {}
 
     def next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
-        if part.partition_no == 1 and part.cursor and "stale" not in seen:   # B is inside partition 1
+        if part.partition_no == 1 and part.cursor and "stale" not in seen:  # B is inside partition 1
             seen["stale"] = None
             try:
                 run_partition_with(registry, [evaluator], stale)
@@ -446,15 +492,19 @@ def test_a_stale_coordinators_late_task_leaves_the_batch_holders_partition_alone
 
     assert isinstance(seen.get("stale"), LeaseLostError), "the stale task must not commit anything"
     holder = _partition_rows(registry, batch_id)[1].worker
-    assert finished, (f"coord-B did not finish: the stale task took partition 1 (now held by {holder!r}); "
-                      "the batch stays RUNNING until coord-B's lease runs out")
+    assert finished, (
+        f"coord-B did not finish: the stale task took partition 1 (now held by {holder!r}); "
+        "the batch stays RUNNING until coord-B's lease runs out"
+    )
     everyone = _registered(registry)
-    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
-                  lines=_expected_lines(registry, policies, SJR, 2025))
+    _assert_batch(
+        registry, batch_id, evaluated=everyone, recorded=everyone, lines=_expected_lines(registry, policies, SJR, 2025)
+    )
 
 
 def test_a_task_carrying_another_rule_text_than_the_batchs_writes_and_pays_nothing(
-        registry: Engine, policies: PolicySet) -> None:
+    registry: Engine, policies: PolicySet
+) -> None:
     """The batch runs under the rule text it started with (its rule_sha256). A task whose text
     differs (a coordinator with reloaded rules, a tampered message) must not record or pay."""
     batch_id = _start(registry, policies, SJR, 2025, "req-foreign")
@@ -471,23 +521,33 @@ def test_a_task_carrying_another_rule_text_than_the_batchs_writes_and_pays_nothi
 
     started_under = _batch_row(registry, batch_id).rule_sha256
     with registry.connect() as conn:
-        foreign = Counter(conn.execute(select(evaluation_record.c.rule_sha256).where(
-            evaluation_record.c.batch_id == batch_id, evaluation_record.c.rule_sha256 != started_under)).scalars())
+        foreign = Counter(
+            conn.execute(
+                select(evaluation_record.c.rule_sha256).where(
+                    evaluation_record.c.batch_id == batch_id, evaluation_record.c.rule_sha256 != started_under
+                )
+            ).scalars()
+        )
     assert not foreign, f"records of batch {batch_id} made under another rule text: {dict(foreign)}"
     assert run_batch(registry, policies, batch_id, worker="coord", settings=settings)
     everyone = _registered(registry)
-    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
-                  lines=_expected_lines(registry, policies, SJR, 2025))
+    _assert_batch(
+        registry, batch_id, evaluated=everyone, recorded=everyone, lines=_expected_lines(registry, policies, SJR, 2025)
+    )
 
 
 # -- 4. the registry changing under a running batch -----------------------------------------------
 
 
 def test_enterprises_registered_during_a_run_are_evaluated_at_most_once_and_never_paid_twice(
-        empty: Engine, records: list[dict[str, Any]], policies: PolicySet, eligible_2025: list[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    empty: Engine,
+    records: list[dict[str, Any]],
+    policies: PolicySet,
+    eligible_2025: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     everyone = _usccs_of(records)
-    early, late = eligible_2025[1], eligible_2025[-2]   # both eligible; registered only mid-run
+    early, late = eligible_2025[1], eligible_2025[-2]  # both eligible; registered only mid-run
     load_records([r for r in records if r["uscc"] not in {early, late}], empty)
     batch_id = _start(empty, policies, SJR, 2025, "req-grow")
     stop, original = threading.Event(), partitions.next_chunk
@@ -495,7 +555,7 @@ def test_enterprises_registered_during_a_run_are_evaluated_at_most_once_and_neve
     def next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
         found = original(conn, part, limit)
         if found and found[-1] > early:
-            stop.set()   # this chunk (past where `early` belongs) still commits, then the run stops
+            stop.set()  # this chunk (past where `early` belongs) still commits, then the run stops
         return found
 
     monkeypatch.setattr(partitions, "next_chunk", next_chunk)
@@ -505,21 +565,27 @@ def test_enterprises_registered_during_a_run_are_evaluated_at_most_once_and_neve
     cursor = _partition_rows(empty, batch_id)[0].cursor
     assert early < cursor < late
 
-    load_records(_only(records, {early, late}), empty)   # registered while the batch runs
+    load_records(_only(records, {early, late}), empty)  # registered while the batch runs
     assert run_batch(empty, policies, batch_id, worker="coord-2", settings=settings)
-    evaluated = [u for u in everyone if u != early]       # behind the cursor: left to a later batch
+    evaluated = [u for u in everyone if u != early]  # behind the cursor: left to a later batch
     expected = _expected_lines(empty, policies, SJR, 2025)
     first_lines = {u: fen for u, fen in expected.items() if u != early}
     _assert_batch(empty, batch_id, evaluated=evaluated, recorded=evaluated, lines=first_lines)
 
     later = _start(empty, policies, SJR, 2025, "req-grow-later")
     assert run_batch(empty, policies, later, worker="coord-3", settings=settings)
-    _assert_batch(empty, later, evaluated=everyone, recorded=[u for u in everyone if u not in first_lines],
-                  lines={early: expected[early]})
+    _assert_batch(
+        empty,
+        later,
+        evaluated=everyone,
+        recorded=[u for u in everyone if u not in first_lines],
+        lines={early: expected[early]},
+    )
 
 
 def test_a_registry_changed_between_partitioning_and_the_run_is_evaluated_as_it_then_stands(
-        empty: Engine, records: list[dict[str, Any]], policies: PolicySet, eligible_2025: list[str]) -> None:
+    empty: Engine, records: list[dict[str, Any]], policies: PolicySet, eligible_2025: list[str]
+) -> None:
     """Partitions are USCC ranges, not lists: an enterprise registered after they were made is
     in the range it falls in, and one removed (by hand: the registry has no delete) leaves a hole
     - even when it was a range's bound."""
@@ -544,7 +610,8 @@ def test_a_registry_changed_between_partitioning_and_the_run_is_evaluated_as_it_
 
 
 def test_a_rivals_disagreement_is_counted_never_paid_and_a_later_batch_pays(
-        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     period = 2024
     expected = _expected_lines(registry, policies, GIANT, period)
     champions = _awards(registry, policies.get(CHAMPION), period)
@@ -557,11 +624,20 @@ def test_a_rivals_disagreement_is_counted_never_paid_and_a_later_batch_pays(
     first = _start(registry, policies, GIANT, period, "req-rival-1")
     assert run_batch(registry, policies, first, worker="coord", settings=settings)
     everyone = _registered(registry)
-    _assert_batch(registry, first, evaluated=everyone, recorded=[u for u in everyone if u != victim],
-                  lines={u: fen for u, fen in expected.items() if u != victim}, errors=1)
+    _assert_batch(
+        registry,
+        first,
+        evaluated=everyone,
+        recorded=[u for u in everyone if u != victim],
+        lines={u: fen for u, fen in expected.items() if u != victim},
+        errors=1,
+    )
     with registry.connect() as conn:
-        error = conn.execute(select(payout_candidate.c.error).where(
-            payout_candidate.c.batch_id == first, payout_candidate.c.uscc == victim)).scalar_one()
+        error = conn.execute(
+            select(payout_candidate.c.error).where(
+                payout_candidate.c.batch_id == first, payout_candidate.c.uscc == victim
+            )
+        ).scalar_one()
     assert error.startswith(f"{CHAMPION}: engine and trace disagree"), error
 
     monkeypatch.undo()
@@ -572,9 +648,17 @@ def test_a_rivals_disagreement_is_counted_never_paid_and_a_later_batch_pays(
 
 
 def _champion_title(uscc: str, period: int) -> dict[str, object]:
-    return {"kind": "qualification", "uscc": uscc, "source": "industry_it", "as_of": f"{period}-12-31",
-            "type": "single_champion", "level": "national", "first_time": True, "granted_on": f"{period}-07-01",
-            "certificate_no": f"SC-rev-{uscc[-6:]}"}
+    return {
+        "kind": "qualification",
+        "uscc": uscc,
+        "source": "industry_it",
+        "as_of": f"{period}-12-31",
+        "type": "single_champion",
+        "level": "national",
+        "first_time": True,
+        "granted_on": f"{period}-07-01",
+        "certificate_no": f"SC-rev-{uscc[-6:]}",
+    }
 
 
 def _reloaded_with(tmp_path: Path, policy_id: str, *edits: tuple[str, str]) -> PolicySet:
@@ -593,22 +677,24 @@ def _reloaded_with(tmp_path: Path, policy_id: str, *edits: tuple[str, str]) -> P
 
 
 def test_a_batch_resumed_after_the_rivals_were_reloaded_decides_as_one_run_would(
-        registry: Engine, policies: PolicySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine, policies: PolicySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """就高不重复 reads the conflict group's rivals. A batch stopped, then resumed after the rules
     were reloaded with a rival's award changed, must decide every enterprise under one version
     of that rival: the one it started with, or the new one - not some under each, depending on
     where the run happened to stop."""
     period = 2024
-    alone = sorted(set(_expected_lines(registry, policies, GIANT, period)) -
-                   set(_awards(registry, policies.get(CHAMPION), period)))
+    alone = sorted(
+        set(_expected_lines(registry, policies, GIANT, period)) - set(_awards(registry, policies.get(CHAMPION), period))
+    )
     first, last = alone[0], alone[-1]
     load_records([_champion_title(first, period), _champion_title(last, period)], registry)
     reloaded = _reloaded_with(tmp_path, CHAMPION, ("value: 100万元", "value: 40万元"))
     assert reloaded.get(GIANT).sha256 == policies.get(GIANT).sha256
     as_started = _expected_lines(registry, policies, GIANT, period)
     as_reloaded = _expected_lines(registry, reloaded, GIANT, period)
-    assert first not in as_started and last not in as_started   # the champion's 100万 is the higher award
-    assert first in as_reloaded and last in as_reloaded          # 40万 is not
+    assert first not in as_started and last not in as_started  # the champion's 100万 is the higher award
+    assert first in as_reloaded and last in as_reloaded  # 40万 is not
 
     batch_id = _start(registry, policies, GIANT, period, "req-reloaded-rival")
     stop, original = threading.Event(), partitions.next_chunk
@@ -616,7 +702,7 @@ def test_a_batch_resumed_after_the_rivals_were_reloaded_decides_as_one_run_would
     def next_chunk(conn: Any, part: Any, limit: int) -> list[str]:
         found = original(conn, part, limit)
         if found and found[0] <= first <= found[-1]:
-            stop.set()   # the chunk holding `first` commits, then the run stops
+            stop.set()  # the chunk holding `first` commits, then the run stops
         return found
 
     monkeypatch.setattr(partitions, "next_chunk", next_chunk)
@@ -630,7 +716,8 @@ def test_a_batch_resumed_after_the_rivals_were_reloaded_decides_as_one_run_would
         paid = {line["uscc"]: line["amount_fen"] for line in lines_of(conn, batch_id)}
     assert paid in (as_started, as_reloaded), (
         f"{first} was decided under the rival's text as started ({'paid' if first in paid else 'not paid'}), "
-        f"{last} under the reloaded one ({'paid' if last in paid else 'not paid'})")
+        f"{last} under the reloaded one ({'paid' if last in paid else 'not paid'})"
+    )
 
 
 SI_CONDITION = """  - id: premiums-paid
@@ -641,53 +728,85 @@ SI_CONDITION = """  - id: premiums-paid
 payable:"""
 
 
-def test_a_rival_reading_another_fact_year_is_decided_on_that_years_facts(
-        registry: Engine, tmp_path: Path) -> None:
+def test_a_rival_reading_another_fact_year_is_decided_on_that_years_facts(registry: Engine, tmp_path: Path) -> None:
     """The batch's policy reads the period's facts, its rival (reloaded so) the year before's:
     one packed ruleset, two fact years, run in worker processes. Each decision is the
     reference's on its own year, and each record's snapshot is the document of the year it names."""
     period = 2024
-    rules = _reloaded_with(tmp_path, CHAMPION, ("fact_year: period", "fact_year: previous"),
-                           ("\npayable:", "\n" + SI_CONDITION))
+    rules = _reloaded_with(
+        tmp_path, CHAMPION, ("fact_year: period", "fact_year: previous"), ("\npayable:", "\n" + SI_CONDITION)
+    )
     assert (rules.get(CHAMPION).fact_year(period), rules.get(GIANT).fact_year(period)) == (period - 1, period)
     giants = sorted(_awards(registry, rules.get(GIANT), period))
-    load_records([_champion_title(u, period) for u in giants], registry)   # every giant is a champion too
+    load_records([_champion_title(u, period) for u in giants], registry)  # every giant is a champion too
     expected = _expected_lines(registry, rules, GIANT, period)
     champions = _reference(registry, rules.get(CHAMPION), period)
     source = DocumentSource(registry)
-    on_the_period = {u: evaluate(rules.get(CHAMPION).compiled(period), _document(source, u, period), today=TODAY)
-                     for u in giants}
-    assert any(champions[u].outcome != on_the_period[u].outcome for u in giants), \
+    on_the_period = {
+        u: evaluate(rules.get(CHAMPION).compiled(period), _document(source, u, period), today=TODAY) for u in giants
+    }
+    assert any(champions[u].outcome != on_the_period[u].outcome for u in giants), (
         "the fact year decides some giant's rival award (else this test could not tell the years apart)"
+    )
 
     batch_id = _start(registry, rules, GIANT, period, "req-fact-years")
-    pool = ProcessPool(2)   # the workers get the rule texts with the task, never the reloaded folder
+    pool = ProcessPool(2)  # the workers get the rule texts with the task, never the reloaded folder
     try:
-        assert run_batch(registry, rules, batch_id, worker="coord", pool=pool,
-                         settings=RunSettings(chunk_size=CHUNK, partitions=3, workers=2))
+        assert run_batch(
+            registry,
+            rules,
+            batch_id,
+            worker="coord",
+            pool=pool,
+            settings=RunSettings(chunk_size=CHUNK, partitions=3, workers=2),
+        )
     finally:
         pool.close()
     everyone = _registered(registry)
     _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone, lines=expected)
     with registry.connect() as conn:
-        rival_records = [orjson.loads(r) for r in conn.execute(select(evaluation_record.c.record).where(
-            evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == CHAMPION)).scalars()]
+        rival_records = [
+            orjson.loads(r)
+            for r in conn.execute(
+                select(evaluation_record.c.record).where(
+                    evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == CHAMPION
+                )
+            ).scalars()
+        ]
     assert sorted(r["uscc"] for r in rival_records) == sorted(_awards(registry, rules.get(GIANT), period))
     for record in rival_records:
         assert record["fact_year"] == period - 1
-        assert (record["outcome"], record["amount_fen"]) == \
-            (champions[record["uscc"]].outcome, champions[record["uscc"]].amount_fen)
+        assert (record["outcome"], record["amount_fen"]) == (
+            champions[record["uscc"]].outcome,
+            champions[record["uscc"]].amount_fen,
+        )
         assert record["facts_sha256"] == snapshot_of(_document(source, record["uscc"], period - 1))[1]
 
 
 def test_evaluate_period_reports_a_policy_named_twice_once_or_twice_but_never_with_zero_counts(
-        registry: Engine, references: dict[tuple[str, int], dict[str, Evaluation]],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    registry: Engine, references: dict[tuple[str, int], dict[str, Evaluation]], capsys: pytest.CaptureFixture[str]
+) -> None:
     from service.cli import main
 
     want = _reference_summary(references[(SJR, 2025)])
-    code = main(["evaluate-period", "--db", _url(registry), "--rules", str(POLICIES_DIR), "--period", "2025",
-                 "--policy", SJR, "--policy", SJR, "--as-of", TODAY.isoformat(), "--json"])
+    code = main(
+        [
+            "evaluate-period",
+            "--db",
+            _url(registry),
+            "--rules",
+            str(POLICIES_DIR),
+            "--period",
+            "2025",
+            "--policy",
+            SJR,
+            "--policy",
+            SJR,
+            "--as-of",
+            TODAY.isoformat(),
+            "--json",
+        ]
+    )
     report = orjson.loads(capsys.readouterr().out)
     assert code == 0 and report["enterprises"] == ENTERPRISES
     rows = [(p["counts"], p["eligible_fen"], p["held_fen"], p["errors"]) for p in report["policies"]]
@@ -695,7 +814,8 @@ def test_evaluate_period_reports_a_policy_named_twice_once_or_twice_but_never_wi
 
 
 def test_batch_snapshots_are_the_documents_a_lookup_stores(
-        registry: Engine, records: list[dict[str, Any]], policies: PolicySet) -> None:
+    registry: Engine, records: list[dict[str, Any]], policies: PolicySet
+) -> None:
     """A record's facts snapshot does not depend on how the facts were read (chunk columns and
     rows, or one enterprise's document) nor on the database's row order: re-importing rows with
     a newer as_of moves them in PostgreSQL's heap."""
@@ -705,8 +825,13 @@ def test_batch_snapshots_are_the_documents_a_lookup_stores(
     assert run_batch(registry, policies, batch_id, worker="coord", settings=RunSettings(chunk_size=60, partitions=2))
     source, year = DocumentSource(registry), policies.get(SJR).fact_year(2025)
     with registry.connect() as conn:
-        stored = dict(conn.execute(select(evaluation_record.c.uscc, evaluation_record.c.facts_sha256)
-                                   .where(evaluation_record.c.batch_id == batch_id)).all())
+        stored = dict(
+            conn.execute(
+                select(evaluation_record.c.uscc, evaluation_record.c.facts_sha256).where(
+                    evaluation_record.c.batch_id == batch_id
+                )
+            ).all()
+        )
     assert len(stored) == ENTERPRISES
     differing = [u for u, sha in stored.items() if snapshot_of(_document(source, u, year))[1] != sha]
     assert not differing, differing[:5]
@@ -725,8 +850,14 @@ class _InterruptingPool(ProcessPool):
         self.act: Callable[[], bool] = lambda: True
         self.acted = False
 
-    def run(self, tasks: Sequence[PartitionTask], *, heartbeat: Callable[[], None],
-            stopped: Callable[[], bool], interval: float) -> list[PartitionResult] | None:
+    def run(
+        self,
+        tasks: Sequence[PartitionTask],
+        *,
+        heartbeat: Callable[[], None],
+        stopped: Callable[[], bool],
+        interval: float,
+    ) -> list[PartitionResult] | None:
         def beat() -> None:
             heartbeat()
             if not self.acted and 0 < get_batch(self.engine, self.batch_id).evaluated_count < ENTERPRISES:
@@ -756,7 +887,8 @@ def _wait_until_gone(pid: int, timeout: float = 30) -> None:
 
 
 def test_a_worker_process_killed_mid_batch_leaves_a_batch_its_coordinator_resumes_exactly_once(
-        registry: Engine, policies: PolicySet) -> None:
+    registry: Engine, policies: PolicySet
+) -> None:
     batch_id = _start(registry, policies, SJR, 2025, "req-kill")
     # Small chunks: the run lasts long enough for the heartbeat (every 0.2 s) to act mid-batch.
     settings = RunSettings(chunk_size=4, lease_seconds=0.6, workers=2, partitions=3)
@@ -771,7 +903,7 @@ def test_a_worker_process_killed_mid_batch_leaves_a_batch_its_coordinator_resume
     try:
         with pytest.raises(BrokenProcessPool):
             run_batch(registry, policies, batch_id, worker="coord", settings=settings, pool=pool)
-        for process in victims:   # the pool ends its other processes too; wait until they are gone
+        for process in victims:  # the pool ends its other processes too; wait until they are gone
             _wait_until_gone(process.pid)
         assert 0 < get_batch(registry, batch_id).evaluated_count < ENTERPRISES, "killed mid-batch"
     finally:
@@ -781,12 +913,14 @@ def test_a_worker_process_killed_mid_batch_leaves_a_batch_its_coordinator_resume
     in_thread = RunSettings(chunk_size=CHUNK, lease_seconds=30, partitions=3)
     assert run_batch(registry, policies, batch_id, worker="coord", settings=in_thread)
     everyone = _registered(registry)
-    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
-                  lines=_expected_lines(registry, policies, SJR, 2025))
+    _assert_batch(
+        registry, batch_id, evaluated=everyone, recorded=everyone, lines=_expected_lines(registry, policies, SJR, 2025)
+    )
 
 
 def test_worker_processes_stopped_give_the_batch_back_and_another_coordinator_finishes_it(
-        registry: Engine, policies: PolicySet) -> None:
+    registry: Engine, policies: PolicySet
+) -> None:
     """The stop cancels only the tasks not yet started: those running go on until their next
     commit fails, so `release` races their chunk commits. On PostgreSQL it then deadlocks now
     and then (see the test below, which makes the interleaving certain)."""
@@ -800,8 +934,9 @@ def test_worker_processes_stopped_give_the_batch_back_and_another_coordinator_fi
 
     pool.act = stop_the_run
     try:
-        assert run_batch(registry, policies, batch_id, worker="coord-1", settings=settings, stop=stop,
-                         pool=pool) is False
+        assert (
+            run_batch(registry, policies, batch_id, worker="coord-1", settings=settings, stop=stop, pool=pool) is False
+        )
     finally:
         pool.close()
     assert pool.acted
@@ -812,8 +947,9 @@ def test_worker_processes_stopped_give_the_batch_back_and_another_coordinator_fi
     in_thread = RunSettings(chunk_size=CHUNK, lease_seconds=30, partitions=3)
     assert run_batch(registry, policies, batch_id, worker="coord-2", settings=in_thread)
     everyone = _registered(registry)
-    _assert_batch(registry, batch_id, evaluated=everyone, recorded=everyone,
-                  lines=_expected_lines(registry, policies, SJR, 2025))
+    _assert_batch(
+        registry, batch_id, evaluated=everyone, recorded=everyone, lines=_expected_lines(registry, policies, SJR, 2025)
+    )
 
 
 class _PausingConnection:
@@ -843,9 +979,12 @@ def _until_a_partition_update_waits(engine: Engine) -> None:
     deadline = time.monotonic() + 10
     with engine.connect() as conn:
         while time.monotonic() < deadline:
-            waiting = conn.execute(text(
-                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                "and query ilike '%payout_partition%'")).scalar_one()
+            waiting = conn.execute(
+                text(
+                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                    "and query ilike '%payout_partition%'"
+                )
+            ).scalar_one()
             conn.rollback()
             if waiting:
                 time.sleep(0.1)
@@ -854,26 +993,29 @@ def _until_a_partition_update_waits(engine: Engine) -> None:
 
 
 def test_giving_a_batch_back_while_one_of_its_chunks_commits_does_not_deadlock(
-        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`release` (a stopped coordinator giving the batch back) updates the batch row, then the
     partitions; a chunk's commit (`_advance`) updates its partition, then the batch row. Run
     them interleaved - the chunk holding its partition when `release` starts - and either may
     win, but neither may fail for any other reason than losing the lease."""
     batch_id, _, evaluator, task = _claimed(registry, policies, "req-release-race", 1)
     holding = threading.Event()
-    outcomes: dict[str, int | str | Exception] = {}   # chunks run, "released", or what was raised
-    real_transaction = ledger_transaction   # what partitions calls: it imports it from the ledger (no re-export)
+    outcomes: dict[str, int | str | Exception] = {}  # chunks run, "released", or what was raised
+    real_transaction = ledger_transaction  # what partitions calls: it imports it from the ledger (no re-export)
 
     @contextlib.contextmanager
     def pausing_transaction(engine: Engine) -> Any:
         with real_transaction(engine) as conn:
+
             def pause() -> None:
                 holding.set()
                 _until_a_partition_update_waits(registry)
+
             yield _PausingConnection(conn, pause)
 
     monkeypatch.setattr(partitions, "ledger_transaction", pausing_transaction)
-    chunks = iter([False, True])   # one chunk, then stop
+    chunks = iter([False, True])  # one chunk, then stop
 
     def commit_one_chunk() -> None:
         try:

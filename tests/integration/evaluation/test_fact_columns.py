@@ -4,6 +4,7 @@ over a synthetic registry for every fact year 2021..2025, and over hand-made row
 (`edge_registry`: a stale yearly record, an enterprise with nothing but its registry row, one person
 hired by two enterprises, NULL fields, rows of one kind only; and a chunk of one, USCCs out of
 order, more USCCs than one IN list)."""
+
 from __future__ import annotations
 
 import random
@@ -75,8 +76,11 @@ def assert_same_columns(actual: FactColumns, expected: FactColumns) -> None:
         assert np.all(np.diff(got.owner) >= 0), name
         assert [got.refs[i] for i in mine] == [records.refs[i] for i in theirs], name
         for field, column in records.fields.items():
-            _assert_column(Column(got.fields[field].values[mine], got.fields[field].known[mine]),
-                           Column(column.values[theirs], column.known[theirs]), f"{name}.{field}")
+            _assert_column(
+                Column(got.fields[field].values[mine], got.fields[field].known[mine]),
+                Column(column.values[theirs], column.known[theirs]),
+                f"{name}.{field}",
+            )
 
 
 def _key_ordered(columns: FactColumns) -> None:
@@ -157,15 +161,19 @@ def test_edge_rows(registry: Engine, reference_rows: dict[str, EnterpriseRows]) 
     assert ages["hire:PX-NULLS@2024-07-01"] is None and ages["hire:PX-ORPHAN@2024-08-01"] == 23
     listings = y2024.collections["credit_listings"]
     removed = {ref: listings.fields["removed_on"].python(i) for i, ref in enumerate(listings.refs)}
-    assert removed == {"credit_listing:abnormal_operation@2022-03-01": None,
-                       "credit_listing:wage_arrears@2021-01-05": date(2021, 9, 1).toordinal(),
-                       "credit_listing:zombie@2023-02-28": None}  # LISTED_ONLY's, of no registered enterprise
+    assert removed == {
+        "credit_listing:abnormal_operation@2022-03-01": None,
+        "credit_listing:wage_arrears@2021-01-05": date(2021, 9, 1).toordinal(),
+        "credit_listing:zombie@2023-02-28": None,
+    }  # LISTED_ONLY's, of no registered enterprise
     # a tax record alone: its facts, none of the registry, so no size class
     assert known(y2024, "tax.employees", TAX_ONLY) and not known(y2024, "enterprise.uscc", TAX_ONLY)
     assert not known(y2024, "derived.size_class", TAX_ONLY) and not known(y2025, "tax.employees", TAX_ONLY)
     # one person, two employers: the earlier hire counts, a tie goes to the lower USCC, years apart both
-    counts = {(usccs[hires.owner[i]], ref): hires.fields["counts_for_enterprise"].python(i)
-              for i, ref in enumerate(hires.refs)}
+    counts = {
+        (usccs[hires.owner[i]], ref): hires.fields["counts_for_enterprise"].python(i)
+        for i, ref in enumerate(hires.refs)
+    }
     assert counts[(HIRER_A, "hire:PX-SHARED@2024-03-01")] is False
     assert counts[(HIRER_B, "hire:PX-SHARED@2024-02-01")] is True
     assert counts[(HIRER_A, "hire:PX-TIE@2024-05-06")] is True
@@ -178,7 +186,8 @@ def test_edge_rows(registry: Engine, reference_rows: dict[str, EnterpriseRows]) 
 
 
 def test_the_hire_judged_against_enterprises_outside_the_chunk(
-        registry: Engine, reference_rows: dict[str, EnterpriseRows]) -> None:
+    registry: Engine, reference_rows: dict[str, EnterpriseRows]
+) -> None:
     with registry.connect() as conn:
         got = read_columns(conn, [HIRER_A], [2024])[2024]
     assert_same_columns(got, _expected(reference_rows, [HIRER_A], 2024))
@@ -197,7 +206,8 @@ def test_a_chunk_of_one(registry: Engine, reference_rows: dict[str, EnterpriseRo
 
 
 def test_usccs_out_of_order_and_more_than_one_in_list(
-        registry: Engine, reference_rows: dict[str, EnterpriseRows], monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine, reference_rows: dict[str, EnterpriseRows], monkeypatch: pytest.MonkeyPatch
+) -> None:
     usccs = ColumnSource(registry).chunk_after("", 2 * IN_LIST_SIZE + 37) + list(EDGES) + [NOWHERE]
     random.Random(5).shuffle(usccs)
     assert usccs != sorted(usccs)

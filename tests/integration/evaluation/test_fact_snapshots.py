@@ -3,6 +3,7 @@ stores with every evaluation record) is, byte for byte, the snapshot of the chun
 (`snapshot_of(ChunkRows.document(...))`) and of the document `DocumentSource` reads: for every
 enterprise of a synthetic registry and every fact year 2021..2025, and for the edge rows of
 `edge_registry`, on SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,8 @@ def _assert_identical(rows: ChunkRows, index: int, reference: dict[str, Enterpri
 
 
 def test_every_enterprise_and_fact_year_of_the_synthetic_registry(
-        registry: Engine, reference_rows: dict[str, EnterpriseRows]) -> None:
+    registry: Engine, reference_rows: dict[str, EnterpriseRows]
+) -> None:
     source = ColumnSource(registry)
     cursor, seen = "", 0
     while usccs := source.chunk_after(cursor, CHUNK):
@@ -72,8 +74,11 @@ def test_the_edge_rows(registry: Engine, reference_rows: dict[str, EnterpriseRow
     # what the comparison above went through: each edge is in its snapshot
     stale = snapshot(STALE, 2024)
     assert stale["missing"]["tax"].startswith("stale: the tax_year record for 2024 is as of 2024-06-30")
-    assert stale["facts"]["derived.size_class"] == {"value": "medium", "source": "human_resources",
-                                                    "as_of": "2025-01-31"}
+    assert stale["facts"]["derived.size_class"] == {
+        "value": "medium",
+        "source": "human_resources",
+        "as_of": "2025-01-31",
+    }
     bare = snapshot(BARE, 2024)
     assert bare["facts"]["enterprise.has_bank_account"]["value"] is False
     assert bare["collections"] == {"credit_listings": [], "hires": [], "qualifications": []}
@@ -84,14 +89,18 @@ def test_the_edge_rows(registry: Engine, reference_rows: dict[str, EnterpriseRow
     hire = next(h for h in nulls["collections"]["hires"] if h["ref"] == "hire:PX-NULLS@2024-07-01")
     assert hire["fields"]["age"] is None and hire["fields"]["hired_on"] == "2024-07-01"
     counts = {h["ref"]: h["fields"]["counts_for_enterprise"] for h in snapshot(HIRER_A, 2025)["collections"]["hires"]}
-    assert counts == {"hire:PX-SHARED@2024-03-01": False, "hire:PX-TIE@2024-05-06": True,
-                      "hire:PX-YEARS@2023-09-01": True}
+    assert counts == {
+        "hire:PX-SHARED@2024-03-01": False,
+        "hire:PX-TIE@2024-05-06": True,
+        "hire:PX-YEARS@2023-09-01": True,
+    }
     for uscc in (ORPHAN, TAX_ONLY, LISTED_ONLY, NOWHERE):
         assert snapshot(uscc, 2024)["missing"]["enterprise"] == "no registry (market_regulation) record", uscc
     assert snapshot(TAX_ONLY, 2024)["facts"]["tax.employees"]["value"] == 50
     assert snapshot(TAX_ONLY, 2025)["facts"] == {}
-    assert [r["ref"] for r in snapshot(LISTED_ONLY, 2021)["collections"]["credit_listings"]] == \
-        ["credit_listing:zombie@2023-02-28"]
+    assert [r["ref"] for r in snapshot(LISTED_ONLY, 2021)["collections"]["credit_listings"]] == [
+        "credit_listing:zombie@2023-02-28"
+    ]
     assert snapshot(ORPHAN, 2024)["collections"]["hires"][0]["ref"] == "hire:PX-ORPHAN@2024-08-01"
     nowhere = snapshot(NOWHERE, 2024)
     assert nowhere["facts"] == {} and not any(nowhere["collections"].values())

@@ -18,6 +18,7 @@ each period and date in a thread of its own):
 - test_a_batch_that_fails_does_not_hold_up_the_other_batches_waiting_with_it: BatchWorkers runs
   every waiting batch in one thread, so one failing batch holds up all the others.
 """
+
 from __future__ import annotations
 
 import threading
@@ -86,9 +87,17 @@ CHUNK = 7
 
 
 def _title(uscc: str, kind: str, year: int = PERIOD) -> dict[str, object]:
-    return {"kind": "qualification", "uscc": uscc, "source": "industry_it", "as_of": f"{year}-12-31",
-            "type": kind, "level": "national", "first_time": True, "granted_on": f"{year}-07-01",
-            "certificate_no": f"{kind[:2].upper()}-tg-{uscc[-6:]}-{year}"}
+    return {
+        "kind": "qualification",
+        "uscc": uscc,
+        "source": "industry_it",
+        "as_of": f"{year}-12-31",
+        "type": kind,
+        "level": "national",
+        "first_time": True,
+        "granted_on": f"{year}-07-01",
+        "certificate_no": f"{kind[:2].upper()}-tg-{uscc[-6:]}-{year}",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +111,10 @@ def records() -> list[dict[str, Any]]:
     return base + titles
 
 
-
 @pytest.fixture(params=BACKENDS)
-def databases(request: pytest.FixtureRequest, tmp_path: Path,
-              records: list[dict[str, Any]]) -> Iterator[Callable[[], Engine]]:
+def databases(
+    request: pytest.FixtureRequest, tmp_path: Path, records: list[dict[str, Any]]
+) -> Iterator[Callable[[], Engine]]:
     """A factory of databases, each holding the same registry."""
     with database_factory(request.param, tmp_path, records) as new:
         yield new
@@ -114,7 +123,8 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path,
 # `databases` on PostgreSQL only: what is tested does not exist on SQLite (one writer, whose lock is
 # taken before anything is written), so no SQLite case is collected (rather than one skipped).
 postgres_only = pytest.mark.parametrize(
-    "databases", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+    "databases", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 # -- the independent references ----------------------------------------------------------------------------
@@ -147,8 +157,10 @@ def _first_round(engine: Engine, policies: PolicySet, period: int = PERIOD) -> d
         group = policy.model.conflict_group
         rivals = [p for p in awards if p != policy_id and group and policies.get(p).model.conflict_group == group]
         for uscc, fen in theirs.items():
-            best = max([(fen, policy_id)] + [(awards[r][uscc], r) for r in rivals if uscc in awards[r]],
-                       key=lambda pair: (pair[0], [-ord(c) for c in pair[1]]))
+            best = max(
+                [(fen, policy_id)] + [(awards[r][uscc], r) for r in rivals if uscc in awards[r]],
+                key=lambda pair: (pair[0], [-ord(c) for c in pair[1]]),
+            )
             if best[1] == policy_id:
                 out[policy_id][uscc] = fen
     return out
@@ -169,19 +181,31 @@ def _outcome(engine: Engine, batch_id: str) -> BatchRun:
     with engine.connect() as conn:
         lines: dict[str, tuple[int, int, bool]] = {
             line["uscc"]: (line["amount_fen"], line["full_fen"], line["tops_up"] is not None)
-            for line in lines_of(conn, batch_id)}
+            for line in lines_of(conn, batch_id)
+        }
         decided: Counter[Decided] = Counter()
-        for stored in conn.execute(select(evaluation_record.c.record)
-                                   .where(evaluation_record.c.batch_id == batch_id)).scalars():
+        for stored in conn.execute(
+            select(evaluation_record.c.record).where(evaluation_record.c.batch_id == batch_id)
+        ).scalars():
             r = orjson.loads(stored)
-            decided[(r["uscc"], r["policy_id"], r["rule_sha256"], r["outcome"], r["amount_fen"],
-                     r.get("payout_note"))] += 1
+            decided[
+                (r["uscc"], r["policy_id"], r["rule_sha256"], r["outcome"], r["amount_fen"], r.get("payout_note"))
+            ] += 1
         assert verify_records(conn) == []
         assert verify_payouts(conn) == []
         verdict = verify_audit_log(conn)
         assert verdict.valid, (verdict.fault, verdict.detail)
-    return (batch.state, batch.evaluated_count, batch.eligible_count, batch.eligible_fen, batch.error_count,
-            batch.line_count, batch.total_fen, lines, decided)
+    return (
+        batch.state,
+        batch.evaluated_count,
+        batch.eligible_count,
+        batch.eligible_fen,
+        batch.error_count,
+        batch.line_count,
+        batch.total_fen,
+        lines,
+        decided,
+    )
 
 
 def _paid(engine: Engine, batch_id: str) -> dict[str, int]:
@@ -189,22 +213,53 @@ def _paid(engine: Engine, batch_id: str) -> dict[str, int]:
         return {line["uscc"]: line["amount_fen"] for line in lines_of(conn, batch_id)}
 
 
-def _one_by_one(engine: Engine, policies: PolicySet, policy_ids: Sequence[str], settings: RunSettings,
-                period: int = PERIOD, prefix: str = "req") -> dict[str, BatchRun]:
-    return {policy_id: _outcome(engine, create_batch(
-        engine, policies, policy_id=policy_id, period=period, request_id=f"{prefix}-{policy_id}-{period}",
-        actor=OPERATOR, today=TODAY, settings=settings).batch_id) for policy_id in policy_ids}
+def _one_by_one(
+    engine: Engine,
+    policies: PolicySet,
+    policy_ids: Sequence[str],
+    settings: RunSettings,
+    period: int = PERIOD,
+    prefix: str = "req",
+) -> dict[str, BatchRun]:
+    return {
+        policy_id: _outcome(
+            engine,
+            create_batch(
+                engine,
+                policies,
+                policy_id=policy_id,
+                period=period,
+                request_id=f"{prefix}-{policy_id}-{period}",
+                actor=OPERATOR,
+                today=TODAY,
+                settings=settings,
+            ).batch_id,
+        )
+        for policy_id in policy_ids
+    }
 
 
 def _start(engine: Engine, policies: PolicySet, policy_id: str, period: int = PERIOD, prefix: str = "req") -> str:
-    return start_batch(engine, policies, policy_id=policy_id, period=period,
-                       request_id=f"{prefix}-{policy_id}-{period}", actor=OPERATOR, today=TODAY).batch_id
+    return start_batch(
+        engine,
+        policies,
+        policy_id=policy_id,
+        period=period,
+        request_id=f"{prefix}-{policy_id}-{period}",
+        actor=OPERATOR,
+        today=TODAY,
+    ).batch_id
 
 
 def _partition_rows(engine: Engine, batch_id: str) -> list[Any]:
     with engine.connect() as conn:
-        return list(conn.execute(select(payout_partition).where(payout_partition.c.batch_id == batch_id)
-                                 .order_by(payout_partition.c.partition_no)))
+        return list(
+            conn.execute(
+                select(payout_partition)
+                .where(payout_partition.c.batch_id == batch_id)
+                .order_by(payout_partition.c.partition_no)
+            )
+        )
 
 
 def _batch_row(engine: Engine, batch_id: str) -> Any:
@@ -214,8 +269,13 @@ def _batch_row(engine: Engine, batch_id: str) -> Any:
 
 def _records_per_enterprise(engine: Engine, batch_id: str) -> Counter[tuple[str, str]]:
     with engine.connect() as conn:
-        return Counter(conn.execute(select(evaluation_record.c.uscc, evaluation_record.c.policy_id)
-                                    .where(evaluation_record.c.batch_id == batch_id)).all())
+        return Counter(
+            conn.execute(
+                select(evaluation_record.c.uscc, evaluation_record.c.policy_id).where(
+                    evaluation_record.c.batch_id == batch_id
+                )
+            ).all()
+        )
 
 
 def _registered(engine: Engine) -> list[str]:
@@ -235,7 +295,8 @@ def tiny_pages(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("partition_count", [1, 3])
 def test_a_periods_six_batches_together_in_tiny_chunks_and_pages_equal_one_by_one_and_the_reference(
-        databases: Callable[[], Engine], policies: PolicySet, tiny_pages: None, partition_count: int) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, tiny_pages: None, partition_count: int
+) -> None:
     alone = databases()
     wanted = _in_force(policies)
     expected = _one_by_one(alone, policies, wanted, RunSettings(chunk_size=50))
@@ -246,8 +307,15 @@ def test_a_periods_six_batches_together_in_tiny_chunks_and_pages_equal_one_by_on
 
     joint = databases()
     settings = RunSettings(chunk_size=CHUNK, partitions=partition_count)
-    made = create_batches(joint, policies, [(p, f"req-{p}-{PERIOD}") for p in wanted], period=PERIOD,
-                          actor=OPERATOR, today=TODAY, settings=settings)
+    made = create_batches(
+        joint,
+        policies,
+        [(p, f"req-{p}-{PERIOD}") for p in wanted],
+        period=PERIOD,
+        actor=OPERATOR,
+        today=TODAY,
+        settings=settings,
+    )
     assert {batch.policy_id: _outcome(joint, batch.batch_id) for batch in made} == expected
     # 就高不重复 by hand: an enterprise holding both titles is paid the champion's award, once.
     by_policy = {batch.policy_id: _paid(joint, batch.batch_id) for batch in made}
@@ -256,7 +324,8 @@ def test_a_periods_six_batches_together_in_tiny_chunks_and_pages_equal_one_by_on
 
 
 def test_a_second_round_run_together_tops_up_and_skips_the_granted_as_one_by_one_does(
-        databases: Callable[[], Engine], policies: PolicySet, tiny_pages: None) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, tiny_pages: None
+) -> None:
     """After a first round, champion titles go to enterprises the first round paid as little
     giants, and new giants appear: the second round (the six batches again) pays the champions
     the difference, topping up the giant's grant, the new giants their award, nobody twice."""
@@ -272,13 +341,21 @@ def test_a_second_round_run_together_tops_up_and_skips_the_granted_as_one_by_one
         assert len(giants) >= 4, "giants paid in the first round"
         registered = _registered(engine)
         fresh = [u for u in registered if u not in first[GIANT][7] and u not in first[CHAMPION][7]][:6]
-        load_records([_title(u, "single_champion") for u in giants[::2]] +
-                     [_title(u, "little_giant") for u in fresh], engine)
+        load_records(
+            [_title(u, "single_champion") for u in giants[::2]] + [_title(u, "little_giant") for u in fresh], engine
+        )
         if mode == "one-by-one":
             outcomes.append(_one_by_one(engine, policies, wanted, settings, prefix="r2"))
         else:
-            made = create_batches(engine, policies, [(p, f"r2-{p}-{PERIOD}") for p in wanted], period=PERIOD,
-                                  actor=OPERATOR, today=TODAY, settings=settings)
+            made = create_batches(
+                engine,
+                policies,
+                [(p, f"r2-{p}-{PERIOD}") for p in wanted],
+                period=PERIOD,
+                actor=OPERATOR,
+                today=TODAY,
+                settings=settings,
+            )
             outcomes.append({batch.policy_id: _outcome(engine, batch.batch_id) for batch in made})
         # By hand: champions who were paid as giants get the difference, as a top-up.
         champions = outcomes[-1][CHAMPION][7]
@@ -293,16 +370,27 @@ def test_a_second_round_run_together_tops_up_and_skips_the_granted_as_one_by_one
 # -- helpers of the tests that drive partitions by hand ----------------------------------------------------
 
 
-def _joint_task(engine: Engine, policies: PolicySet, batch_ids: Sequence[str], coordinator: str,
-                settings: RunSettings, partition_no: int = 0) -> tuple[list[ChunkEvaluator], PartitionTask]:
+def _joint_task(
+    engine: Engine,
+    policies: PolicySet,
+    batch_ids: Sequence[str],
+    coordinator: str,
+    settings: RunSettings,
+    partition_no: int = 0,
+) -> tuple[list[ChunkEvaluator], PartitionTask]:
     """The batches claimed by `coordinator`, partitioned, and one partition's task for all of
     them, as `run_batches` makes it."""
     for batch_id in batch_ids:
         assert claim(engine, batch_id, coordinator, 60)
     ensure_partitions(engine, batch_ids, settings.partitions or 1)
     runs = [runner._Run.load(engine, policies, batch_id, coordinator, settings) for batch_id in batch_ids]
-    task = PartitionTask(engine.url.render_as_string(hide_password=False), tuple(r.batch_task() for r in runs),
-                         partition_no, coordinator, settings)
+    task = PartitionTask(
+        engine.url.render_as_string(hide_password=False),
+        tuple(r.batch_task() for r in runs),
+        partition_no,
+        coordinator,
+        settings,
+    )
     return [r.evaluator for r in runs], task
 
 
@@ -318,8 +406,9 @@ def _until_a_lock_is_awaited(engine: Engine, locktype: str) -> bool:
     deadline = time.monotonic() + 10
     with engine.connect() as conn:
         while time.monotonic() < deadline:
-            waiting = conn.execute(text("select count(*) from pg_locks where locktype = :locktype and not granted"),
-                                   {"locktype": locktype}).scalar_one()
+            waiting = conn.execute(
+                text("select count(*) from pg_locks where locktype = :locktype and not granted"), {"locktype": locktype}
+            ).scalar_one()
             conn.rollback()
             if waiting:
                 return True
@@ -331,7 +420,7 @@ def _in_thread(outcomes: dict[str, object], name: str, work: Callable[[], object
     def run() -> None:
         try:
             outcomes[name] = work()
-        except Exception as exc:   # checked by the test
+        except Exception as exc:  # checked by the test
             outcomes[name] = exc
 
     thread = threading.Thread(target=run, name=name, daemon=True)
@@ -344,7 +433,8 @@ def _in_thread(outcomes: dict[str, object], name: str, work: Callable[[], object
 
 @postgres_only
 def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_deadlock(
-        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FAILED before the fix (PostgreSQL): a deadlock (psycopg DeadlockDetected) where both should commit.
 
     A chunk stores its facts snapshots before it takes the chain-head lock
@@ -366,29 +456,32 @@ def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_dead
     batch_id = _start(engine, policies, SJR)
     settings = RunSettings(chunk_size=CHUNK, partitions=1)
     evaluators, task = _joint_task(engine, policies, [batch_id], "coord", settings)
-    victim = _registered(engine)[0]                      # in the first chunk
+    victim = _registered(engine)[0]  # in the first chunk
     rows = DocumentSource(engine).rows(victim)
     assert rows is not None
     document = build_document(rows, policy.fact_year(PERIOD))
-    looked_up = prepare_record(evaluate(policy.compiled(PERIOD), document, today=TODAY), document,
-                               Actor("api-viewer", "viewer"))
+    looked_up = prepare_record(
+        evaluate(policy.compiled(PERIOD), document, today=TODAY), document, Actor("api-viewer", "viewer")
+    )
     real_store, seen = getattr(partitions, "store_snapshots", None), {}
     submitted: list[Any] = []
 
     with Recorder(engine) as recorder:
+
         def store_then_look_up(conn: Any, snapshots: Any) -> None:
             assert real_store is not None
             real_store(conn, snapshots)
             seen.update(snapshots)
-            if not submitted:   # the lookup's group commit, while this chunk waits to take the lock
+            if not submitted:  # the lookup's group commit, while this chunk waits to take the lock
                 submitted.append(recorder.submit([(policy, looked_up)]))
                 _until_a_lock_is_awaited(engine, "transactionid")
 
         monkeypatch.setattr(partitions, "store_snapshots", store_then_look_up, raising=False)
         outcomes: dict[str, object] = {}
-        _in_thread(outcomes, "chunk", lambda: run_partition_with(engine, evaluators, task,
-                                                                 stop=_chunks_then_stop(1))).join(90)
-        if not submitted:   # nothing stored before the lock: the lookup comes after the chunk
+        _in_thread(
+            outcomes, "chunk", lambda: run_partition_with(engine, evaluators, task, stop=_chunks_then_stop(1))
+        ).join(90)
+        if not submitted:  # nothing stored before the lock: the lookup comes after the chunk
             submitted.append(recorder.submit([(policy, looked_up)]))
         try:
             submitted[0].result(60)
@@ -401,7 +494,8 @@ def test_a_lookup_recorded_while_a_chunk_waits_for_the_ledger_lock_does_not_dead
 
 @postgres_only
 def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
-        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FAILED before the fix (PostgreSQL): one of two chunks of unrelated batches aborts with DeadlockDetected.
 
     Two coordinators run two groups of the period over the same enterprises (two servers, or
@@ -413,10 +507,18 @@ def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
     of facts_snapshot take 20 ms. Under the lock, as before this change, they could not overlap."""
     engine = databases()
     with engine.begin() as conn:
-        conn.execute(text("create function slow_snapshot() returns trigger language plpgsql as "
-                          "$$ begin perform pg_sleep(0.02); return new; end $$"))
-        conn.execute(text("create trigger slow_snapshot before insert on facts_snapshot "
-                          "for each row execute function slow_snapshot()"))
+        conn.execute(
+            text(
+                "create function slow_snapshot() returns trigger language plpgsql as "
+                "$$ begin perform pg_sleep(0.02); return new; end $$"
+            )
+        )
+        conn.execute(
+            text(
+                "create trigger slow_snapshot before insert on facts_snapshot "
+                "for each row execute function slow_snapshot()"
+            )
+        )
     settings = RunSettings(chunk_size=CHUNK, partitions=1)
     first = [_start(engine, policies, p) for p in (SJR, "above-size-entry-reward")]
     second = [_start(engine, policies, p) for p in (GIANT, "high-tech-reward")]
@@ -428,7 +530,7 @@ def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
 
     def read_then_meet(conn: Any, usccs: Sequence[str], fact_years: Sequence[int]) -> Any:
         chunk = real_read(conn, usccs, fact_years)
-        meet.wait()   # both chunks decided at about the same time, then stored
+        meet.wait()  # both chunks decided at about the same time, then stored
         return chunk
 
     monkeypatch.setattr(partitions, "read_chunk", read_then_meet)
@@ -442,10 +544,14 @@ def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
 
     monkeypatch.setattr(partitions, "prepare_decision", noting_years)
     outcomes: dict[str, object] = {}
-    threads = [_in_thread(outcomes, "group-1", lambda: run_partition_with(engine, evaluators_1, task_1,
-                                                                          stop=_chunks_then_stop(1))),
-               _in_thread(outcomes, "group-2", lambda: run_partition_with(engine, evaluators_2, task_2,
-                                                                          stop=_chunks_then_stop(1)))]
+    threads = [
+        _in_thread(
+            outcomes, "group-1", lambda: run_partition_with(engine, evaluators_1, task_1, stop=_chunks_then_stop(1))
+        ),
+        _in_thread(
+            outcomes, "group-2", lambda: run_partition_with(engine, evaluators_2, task_2, stop=_chunks_then_stop(1))
+        ),
+    ]
     for thread in threads:
         thread.join(90)
     assert outcomes == {"group-1": CHUNK, "group-2": CHUNK}, (outcomes, years)
@@ -453,7 +559,8 @@ def test_two_groups_storing_the_same_snapshots_in_another_order_do_not_deadlock(
 
 @pytest.mark.parametrize("copies", [2])
 def test_a_duplicate_joint_task_loses_with_lease_lost_and_every_enterprise_is_recorded_once(
-        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch, copies: int) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch, copies: int
+) -> None:
     """Two copies of one joint task (a resubmitted task, its first copy still alive) read the
     same cursor, both store the chunk's snapshots (on PostgreSQL before the lock, the second
     waiting for the first's commit): the loser must fail with LeaseLostError, not a deadlock or
@@ -476,8 +583,9 @@ def test_a_duplicate_joint_task_loses_with_lease_lost_and_every_enterprise_is_re
 
     monkeypatch.setattr(partitions, "next_chunk", next_chunk)
     outcomes: dict[str, object] = {}
-    threads = [_in_thread(outcomes, f"copy-{k}", lambda: run_partition_with(engine, evaluators, task))
-               for k in range(copies)]
+    threads = [
+        _in_thread(outcomes, f"copy-{k}", lambda: run_partition_with(engine, evaluators, task)) for k in range(copies)
+    ]
     for thread in threads:
         thread.join(120)
     monkeypatch.undo()
@@ -501,7 +609,8 @@ def _until_draft(engine: Engine, batch_ids: Sequence[str], timeout: float) -> di
 
 
 def test_batch_workers_run_waiting_batches_of_different_periods_each_as_it_would_alone(
-        databases: Callable[[], Engine], policies: PolicySet) -> None:
+    databases: Callable[[], Engine], policies: PolicySet
+) -> None:
     engine = databases()
     waiting = [(SJR, PERIOD - 1), (GIANT, PERIOD), (SJR, PERIOD), (CHAMPION, PERIOD)]
     batch_ids = [_start(engine, policies, p, period) for p, period in waiting]
@@ -519,7 +628,8 @@ def test_batch_workers_run_waiting_batches_of_different_periods_each_as_it_would
 
 
 def test_a_batch_that_fails_does_not_hold_up_the_other_batches_waiting_with_it(
-        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FAILED before the fix: the healthy batch of 2025 never reaches DRAFT while a batch of 2024 fails.
 
     `BatchWorkers._scan` now runs every batch it finds waiting in ONE thread (`run_batches`),
@@ -533,16 +643,15 @@ def test_a_batch_that_fails_does_not_hold_up_the_other_batches_waiting_with_it(
     engine = databases()
     broken = _start(engine, policies, SJR, PERIOD - 1)
     healthy = _start(engine, policies, SJR, PERIOD)
-    real_read = chunks.read_chunk   # what partitions calls: it imports it from chunks (no re-export)
+    real_read = chunks.read_chunk  # what partitions calls: it imports it from chunks (no re-export)
 
     def failing_for_the_broken(conn: Any, usccs: Sequence[str], fact_years: Sequence[int]) -> Any:
-        if PERIOD - 2 in fact_years:   # the 2024 batch reads 2023 (stable-jobs-refund: the previous year)
+        if PERIOD - 2 in fact_years:  # the 2024 batch reads 2023 (stable-jobs-refund: the previous year)
             raise RuntimeError("injected: the engine refuses the 2024 batch's chunk")
         return real_read(conn, usccs, fact_years)
 
     monkeypatch.setattr(partitions, "read_chunk", failing_for_the_broken)
-    workers = BatchWorkers(engine, lambda: policies, RunSettings(chunk_size=CHUNK * 3, lease_seconds=1),
-                           max_parallel=2)
+    workers = BatchWorkers(engine, lambda: policies, RunSettings(chunk_size=CHUNK * 3, lease_seconds=1), max_parallel=2)
     workers.start()
     workers.wake()
     try:
@@ -558,7 +667,8 @@ def test_a_batch_that_fails_does_not_hold_up_the_other_batches_waiting_with_it(
 
 
 def test_an_exception_between_two_batches_writes_of_a_joint_chunk_commits_none_of_it(
-        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The third chunk fails after the giant batch's part of it was written and before the
     champion's: nothing of that chunk may stay (no batch advanced, no record), and the
     restarted coordinator ends every batch as one-by-one runs do."""
@@ -585,13 +695,14 @@ def test_an_exception_between_two_batches_writes_of_a_joint_chunk_commits_none_o
         (part,) = _partition_rows(engine, batch_id)
         assert (part.cursor, part.done) == (registered[2 * CHUNK - 1], 0), batch_id
         assert get_batch(engine, batch_id).evaluated_count == 2 * CHUNK
-        assert {u for u, _ in _records_per_enterprise(engine, batch_id)} <= set(registered[:2 * CHUNK])
+        assert {u for u, _ in _records_per_enterprise(engine, batch_id)} <= set(registered[: 2 * CHUNK])
     assert sorted(run_batches(engine, policies, batch_ids, worker="coord", settings=settings)) == sorted(batch_ids)
     assert {get_batch(engine, b).policy_id: _outcome(engine, b) for b in batch_ids} == expected
 
 
 def test_a_batch_taken_over_in_the_middle_of_a_joint_run_leaves_its_partners_where_they_were(
-        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Another server takes the champion batch (its lease ran out) while the third chunk is
     evaluated: that chunk commits for no batch, the partners are given back, and each batch,
     finished by whoever holds it, ends as one-by-one runs do - nobody evaluated twice."""
@@ -607,8 +718,11 @@ def test_a_batch_taken_over_in_the_middle_of_a_joint_run_leaves_its_partners_whe
         calls[0] += 1
         if calls[0] == 3:
             with engine.begin() as conn:
-                conn.execute(update(payout_batch).where(payout_batch.c.batch_id == taken).values(
-                    worker="other-server", lease_until=now_ms() + 60_000))
+                conn.execute(
+                    update(payout_batch)
+                    .where(payout_batch.c.batch_id == taken)
+                    .values(worker="other-server", lease_until=now_ms() + 60_000)
+                )
         return real_evaluate(engine_, evaluators, usccs)
 
     monkeypatch.setattr(partitions, "evaluate_together", evaluate_then_lose)
@@ -628,7 +742,8 @@ def test_a_batch_taken_over_in_the_middle_of_a_joint_run_leaves_its_partners_whe
 
 
 def test_a_stopped_joint_run_resumed_alone_and_beside_a_new_batch_evaluates_nobody_twice(
-        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three batches stop in the middle of their first partition. The giant batch is resumed
     alone, the champion batch beside a high-tech batch created only now, the stable-jobs batch
     last: each ends as one-by-one runs do, every enterprise decided once per batch."""
@@ -642,24 +757,26 @@ def test_a_stopped_joint_run_resumed_alone_and_beside_a_new_batch_evaluates_nobo
     def evaluate_then_stop(engine_: Engine, evaluators: Sequence[ChunkEvaluator], usccs: Sequence[str]) -> Any:
         calls[0] += 1
         if calls[0] == 4:
-            stop.set()   # this chunk commits, then the run stops
+            stop.set()  # this chunk commits, then the run stops
         return real_evaluate(engine_, evaluators, usccs)
 
     monkeypatch.setattr(partitions, "evaluate_together", evaluate_then_stop)
     assert run_batches(engine, policies, batch_ids, worker="coord-1", settings=settings, stop=stop) == []
     monkeypatch.undo()
     registered = _registered(engine)
-    layouts = {tuple((p.after_uscc, p.last_uscc, p.cursor, p.done) for p in _partition_rows(engine, b))
-               for b in batch_ids}
+    layouts = {
+        tuple((p.after_uscc, p.last_uscc, p.cursor, p.done) for p in _partition_rows(engine, b)) for b in batch_ids
+    }
     assert len(layouts) == 1, layouts
-    (first, second), = layouts
+    ((first, second),) = layouts
     assert first[2] == registered[4 * CHUNK - 1] and second[2] == second[0], "stopped inside partition 0"
     assert all(_batch_row(engine, b).worker is None for b in batch_ids), "given back"
 
     assert run_batch(engine, policies, batch_ids[0], worker="coord-2", settings=settings)
     new = _start(engine, policies, later)
-    assert sorted(run_batches(engine, policies, [batch_ids[1], new], worker="coord-3", settings=settings)) == \
-        sorted([batch_ids[1], new])
+    assert sorted(run_batches(engine, policies, [batch_ids[1], new], worker="coord-3", settings=settings)) == sorted(
+        [batch_ids[1], new]
+    )
     assert run_batch(engine, policies, batch_ids[2], worker="coord-4", settings=settings)
     got = {get_batch(engine, b).policy_id: _outcome(engine, b) for b in [*batch_ids, new]}
     assert got == expected
@@ -684,7 +801,8 @@ def _reloaded_with(tmp_path: Path, policy_id: str, old: str, new: str) -> Policy
 
 
 def test_batches_whose_pinned_rival_text_differs_run_apart_in_one_call_and_each_decides_as_alone(
-        databases: Callable[[], Engine], policies: PolicySet, tmp_path: Path) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, tmp_path: Path
+) -> None:
     """The giant batch started under the champion's award of 100万元; the rules were reloaded
     with 150万元 and the champion batch started under that. Both in one call: one pass cannot
     decide the champion under two texts, so they run apart (the stable-jobs batch joins the
@@ -692,16 +810,19 @@ def test_batches_whose_pinned_rival_text_differs_run_apart_in_one_call_and_each_
     reloaded = _reloaded_with(tmp_path, CHAMPION, "value: 100万元", "value: 150万元")
     settings = RunSettings(chunk_size=CHUNK, partitions=2)
     reference = databases()
-    expected = {GIANT: _one_by_one(reference, policies, [GIANT], settings)[GIANT],
-                CHAMPION: _one_by_one(reference, reloaded, [CHAMPION], settings)[CHAMPION],
-                SJR: _one_by_one(reference, policies, [SJR], settings)[SJR]}
+    expected = {
+        GIANT: _one_by_one(reference, policies, [GIANT], settings)[GIANT],
+        CHAMPION: _one_by_one(reference, reloaded, [CHAMPION], settings)[CHAMPION],
+        SJR: _one_by_one(reference, policies, [SJR], settings)[SJR],
+    }
     engine = databases()
     giant, sjr = _start(engine, policies, GIANT), _start(engine, policies, SJR)
     champion = _start(engine, reloaded, CHAMPION)
     runs = [runner._Run.load(engine, reloaded, b, "coord", settings) for b in (giant, champion, sjr)]
     assert [[r.batch_id for r in g.runs] for g in runner.together(engine, runs, settings)] == [[giant, sjr], [champion]]
-    assert sorted(run_batches(engine, reloaded, [giant, champion, sjr], worker="coord", settings=settings)) == \
-        sorted([giant, champion, sjr])
+    assert sorted(run_batches(engine, reloaded, [giant, champion, sjr], worker="coord", settings=settings)) == sorted(
+        [giant, champion, sjr]
+    )
     got = {get_batch(engine, b).policy_id: _outcome(engine, b) for b in (giant, champion, sjr)}
     assert got == expected
     # The giant batch's records of the champion are of the text it pinned, the champion's own of the new one.
@@ -730,7 +851,8 @@ def _hide_from_the_engine(monkeypatch: pytest.MonkeyPatch, victim: str, policy_i
 
 
 def test_an_engine_disagreement_on_a_rival_counts_the_same_errors_together_as_one_by_one(
-        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An enterprise holding both titles whose champion decision the engine contradicts: the
     champion batch counts it an error (its own), the giant batch too (its rival failed while it
     is eligible), no other batch - and neither title pays it; together as one by one."""
@@ -744,13 +866,21 @@ def test_an_engine_disagreement_on_a_rival_counts_the_same_errors_together_as_on
     assert {p: o[4] for p, o in expected.items()} == {p: int(p in (GIANT, CHAMPION)) for p in wanted}
     assert victim not in expected[GIANT][7] and victim not in expected[CHAMPION][7]
     joint = databases()
-    made = create_batches(joint, policies, [(p, f"req-{p}-{PERIOD}") for p in wanted], period=PERIOD,
-                          actor=OPERATOR, today=TODAY, settings=settings)
+    made = create_batches(
+        joint,
+        policies,
+        [(p, f"req-{p}-{PERIOD}") for p in wanted],
+        period=PERIOD,
+        actor=OPERATOR,
+        today=TODAY,
+        settings=settings,
+    )
     assert {batch.policy_id: _outcome(joint, batch.batch_id) for batch in made} == expected
 
 
 def test_a_batch_created_while_a_joint_run_goes_on_runs_beside_it_and_the_group_pays_each_title_once(
-        databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """BatchWorkers runs the giant and stable-jobs batches together; the champion batch is
     created after their first chunk and runs in a thread of its own meanwhile. However their
     ends interleave, the conflict group pays each enterprise the higher award once, and each
@@ -785,33 +915,50 @@ def test_a_batch_created_while_a_joint_run_goes_on_runs_beside_it_and_the_group_
     giants, champions = _paid(engine, first[0]), _paid(engine, later[0])
     awards = {p: _awards(engine, policies.get(p)) for p in (GIANT, CHAMPION)}
     for uscc in set(awards[GIANT]) | set(awards[CHAMPION]):
-        assert giants.get(uscc, 0) + champions.get(uscc, 0) == max(awards[GIANT].get(uscc, 0),
-                                                                    awards[CHAMPION].get(uscc, 0)), uscc
+        assert giants.get(uscc, 0) + champions.get(uscc, 0) == max(
+            awards[GIANT].get(uscc, 0), awards[CHAMPION].get(uscc, 0)
+        ), uscc
 
 
 # -- 6. the streamed end: standing grants, pages, budgets --------------------------------------------------
 
 
 def test_standing_grants_of_a_chunk_are_its_enterprises_grants_and_no_others_of_the_range(
-        databases: Callable[[], Engine], policies: PolicySet) -> None:
+    databases: Callable[[], Engine], policies: PolicySet
+) -> None:
     """`standing_grants` reads the USCC range a chunk spans: grants inside the range but of
     enterprises outside the chunk (not in it, or not registered at all) must not be returned,
     and every grant of the chunk's enterprises must."""
     engine = databases()
-    made = create_batches(engine, policies, [(p, f"req-{p}-{PERIOD}") for p in _in_force(policies)],
-                          period=PERIOD, actor=OPERATOR, today=TODAY, settings=RunSettings(chunk_size=50))
+    made = create_batches(
+        engine,
+        policies,
+        [(p, f"req-{p}-{PERIOD}") for p in _in_force(policies)],
+        period=PERIOD,
+        actor=OPERATOR,
+        today=TODAY,
+        settings=RunSettings(chunk_size=50),
+    )
     assert all(b.state == "DRAFT" for b in made)
     registered = _registered(engine)
     with engine.begin() as conn:
         line = dict(lines_of(conn, next(b.batch_id for b in made if b.line_count))[0])
-        stranger = registered[21][:-1] + ("0" if registered[21][-1] != "0" else "1")   # between two registered
+        stranger = registered[21][:-1] + ("0" if registered[21][-1] != "0" else "1")  # between two registered
         assert stranger not in registered and registered[10] < stranger < registered[30]
         conn.execute(grant.insert().values({**line, "grant_id": "stranger-000001", "uscc": stranger}))
-        every = conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.grant_id)
-                             .where(grant.c.period == PERIOD, grant.c.released == "")).all()
+        every = conn.execute(
+            select(grant.c.uscc, grant.c.policy_id, grant.c.grant_id).where(
+                grant.c.period == PERIOD, grant.c.released == ""
+            )
+        ).all()
         assert len({u for u, _, _ in every}) > 10
-        for chunk in (registered[10:30], registered[10:30:3], registered[5:6], [registered[0], registered[-1]],
-                      registered):
+        for chunk in (
+            registered[10:30],
+            registered[10:30:3],
+            registered[5:6],
+            [registered[0], registered[-1]],
+            registered,
+        ):
             want: dict[str, dict[str, str]] = {}
             for uscc, policy_id, grant_id in every:
                 if uscc in chunk:
@@ -822,7 +969,8 @@ def test_standing_grants_of_a_chunk_are_its_enterprises_grants_and_no_others_of_
 
 @pytest.mark.parametrize("victim_at", [2, 3, -1], ids=["last-of-page-1", "first-of-page-2", "last-page"])
 def test_a_candidate_altered_on_any_page_is_not_paid_and_the_others_are_paid_as_the_reference_pays(
-        databases: Callable[[], Engine], policies: PolicySet, tiny_pages: None, victim_at: int) -> None:
+    databases: Callable[[], Engine], policies: PolicySet, tiny_pages: None, victim_at: int
+) -> None:
     from service.audit.merkle import root
 
     engine = databases()
@@ -831,13 +979,19 @@ def test_a_candidate_altered_on_any_page_is_not_paid_and_the_others_are_paid_as_
     evaluators, task = _joint_task(engine, policies, [batch_id], "coord", settings)
     assert run_partition_with(engine, evaluators, task) == ENTERPRISES
     with engine.begin() as conn:
-        founded = list(conn.execute(select(payout_candidate.c.uscc).where(
-            payout_candidate.c.batch_id == batch_id, payout_candidate.c.error.is_(None))
-            .order_by(payout_candidate.c.uscc)).scalars())
+        founded = list(
+            conn.execute(
+                select(payout_candidate.c.uscc)
+                .where(payout_candidate.c.batch_id == batch_id, payout_candidate.c.error.is_(None))
+                .order_by(payout_candidate.c.uscc)
+            ).scalars()
+        )
         victim = founded[victim_at]
-        conn.execute(update(payout_candidate).where(payout_candidate.c.batch_id == batch_id,
-                                                    payout_candidate.c.uscc == victim)
-                     .values(full_fen=payout_candidate.c.full_fen + 100))
+        conn.execute(
+            update(payout_candidate)
+            .where(payout_candidate.c.batch_id == batch_id, payout_candidate.c.uscc == victim)
+            .values(full_fen=payout_candidate.c.full_fen + 100)
+        )
     assert run_batch(engine, policies, batch_id, worker="coord", settings=settings)
     expected = dict(_first_round(engine, policies)[SJR])
     assert victim in expected and len(expected) > 3 * 4, "the victim was owed money; several pages"
@@ -851,23 +1005,40 @@ def test_a_candidate_altered_on_any_page_is_not_paid_and_the_others_are_paid_as_
 
 
 def _budget_batch(engine: Engine, policies: PolicySet, request_id: str) -> str:
-    return create_batch(engine, policies, policy_id=BUDGET_POLICY, period=PERIOD, request_id=request_id,
-                        actor=OPERATOR, today=TODAY, settings=RunSettings(chunk_size=2)).batch_id
+    return create_batch(
+        engine,
+        policies,
+        policy_id=BUDGET_POLICY,
+        period=PERIOD,
+        request_id=request_id,
+        actor=OPERATOR,
+        today=TODAY,
+        settings=RunSettings(chunk_size=2),
+    ).batch_id
 
 
-@pytest.mark.parametrize(("earlier", "later", "page", "shares"), [
-    # 3 x 50万 in 100万: 33,333,333.33 each; the 1 fen left goes to the lowest USCC (equal remainders).
-    (0, 3, 1, [33_333_334, 33_333_333, 33_333_333]),
-    (0, 3, 2, [33_333_334, 33_333_333, 33_333_333]),
-    # 4 x 50万 in 100万: exactly 25万 each, the budget spent exactly at the end of page 2.
-    (0, 4, 2, [25_000_000] * 4),
-    # an earlier batch spent 50万: 3 x 50万 in the 50万 left, 2 fen left over to the two lowest USCCs.
-    (1, 3, 1, [16_666_667, 16_666_667, 16_666_666]),
-    (1, 3, 2, [16_666_667, 16_666_667, 16_666_666]),
-])
+@pytest.mark.parametrize(
+    ("earlier", "later", "page", "shares"),
+    [
+        # 3 x 50万 in 100万: 33,333,333.33 each; the 1 fen left goes to the lowest USCC (equal remainders).
+        (0, 3, 1, [33_333_334, 33_333_333, 33_333_333]),
+        (0, 3, 2, [33_333_334, 33_333_333, 33_333_333]),
+        # 4 x 50万 in 100万: exactly 25万 each, the budget spent exactly at the end of page 2.
+        (0, 4, 2, [25_000_000] * 4),
+        # an earlier batch spent 50万: 3 x 50万 in the 50万 left, 2 fen left over to the two lowest USCCs.
+        (1, 3, 1, [16_666_667, 16_666_667, 16_666_666]),
+        (1, 3, 2, [16_666_667, 16_666_667, 16_666_666]),
+    ],
+)
 def test_a_budget_pro_rated_over_candidates_read_page_by_page_gives_the_shares_computed_by_hand(
-        db_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        earlier: int, later: int, page: int, shares: list[int]) -> None:
+    db_engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    earlier: int,
+    later: int,
+    page: int,
+    shares: list[int],
+) -> None:
     from testkit.money_fixtures import titled
     from testkit.money_fixtures import uscc as money_uscc
 

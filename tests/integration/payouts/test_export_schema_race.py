@@ -15,6 +15,7 @@ The race is real threads, so it is probabilistic: each fresh interpreter below t
 a probability of about 20-30 % here; the test tries up to 20 interpreters and stops at the
 first failure (it fails now with a probability above 99 %).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ import sys
 
 from testkit.paths import REPO_ROOT
 
-CHILD = r'''
+CHILD = r"""
 import json, threading
 from datetime import UTC, datetime
 from lxml import etree
@@ -56,16 +57,18 @@ try:
 except Exception as exc:
     later = f"{type(exc).__name__}: {exc}"
 print(json.dumps({"concurrent": errors, "later": later}))
-'''
+"""
 
 
 def test_the_first_two_exports_at_once_do_not_break_every_later_export() -> None:
     """FAILS (probabilistically, see the module docstring)."""
     for attempt in range(1, 21):
-        done = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=60, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+        )
         assert done.returncode == 0, done.stderr
         outcome = json.loads(done.stdout.strip().splitlines()[-1])
         assert not outcome["concurrent"] and outcome["later"] == "ok", (
             f"fresh process {attempt}: two first exports at once failed with {outcome['concurrent']}; "
-            f"an export made afterwards in the same process: {outcome['later']}")
+            f"an export made afterwards in the same process: {outcome['later']}"
+        )

@@ -6,6 +6,7 @@ is named later. What the second batch must not do is grant it a line of 0 fen: a
 exported, the bank file carries a 0.00 CNY transfer, and because the grant stands ("exactly
 once") the enterprise is never paid - not even when a returned line gives budget back.
 """
+
 from __future__ import annotations
 
 from datetime import date
@@ -50,8 +51,9 @@ def policies(tmp_path: Path) -> PolicySet:
 
 
 def _run(engine: Engine, policies: PolicySet, request_id: str) -> Batch:
-    return create_batch(engine, policies, policy_id=BUDGET_POLICY, period=2025, request_id=request_id, actor=OPERATOR,
-                        today=TODAY)
+    return create_batch(
+        engine, policies, policy_id=BUDGET_POLICY, period=2025, request_id=request_id, actor=OPERATOR, today=TODAY
+    )
 
 
 def test_a_spent_budget_grants_no_zero_fen_line(db_engine: Engine, policies: PolicySet) -> None:
@@ -70,7 +72,7 @@ def test_a_spent_budget_grants_no_zero_fen_line(db_engine: Engine, policies: Pol
     with db_engine.connect() as conn:
         zero = [(line["uscc"], line["amount_fen"]) for line in lines_of(conn, second.batch_id)]
     exported = b""
-    if zero:   # see where it goes: approved and exported, and then the budget comes back
+    if zero:  # see where it goes: approved and exported, and then the budget comes back
         approve(db_engine, second.batch_id, APPROVER)
         try:
             exported = export(db_engine, second.batch_id, PAYER, OPERATOR)[1]
@@ -80,8 +82,12 @@ def test_a_spent_budget_grants_no_zero_fen_line(db_engine: Engine, policies: Pol
         export(db_engine, first.batch_id, PAYER, OPERATOR)
         with db_engine.connect() as conn:
             paid = [str(line["grant_id"]) for line in lines_of(conn, first.batch_id)]
-        record_results(db_engine, first.batch_id, [BankResult(paid[0], LineState.RETURNED, "AC04"),
-                                                   BankResult(paid[1], LineState.PAID)], OPERATOR)
+        record_results(
+            db_engine,
+            first.batch_id,
+            [BankResult(paid[0], LineState.RETURNED, "AC04"), BankResult(paid[1], LineState.PAID)],
+            OPERATOR,
+        )
         confirm_returns(db_engine, first.batch_id, [paid[0]], SECOND_APPROVER)
     third = _run(db_engine, policies, "review-budget-0003")
     with db_engine.connect() as conn:
@@ -90,4 +96,5 @@ def test_a_spent_budget_grants_no_zero_fen_line(db_engine: Engine, policies: Pol
     assert zero == [], (
         f"batch {second.batch_id} grants {zero} with the budget spent; "
         f"its bank file carries {zero_transfers} transfer(s) of 0.00 CNY; after a 50万元 line was "
-        f"returned the next batch pays {third_lines} - {LATE} is never paid")
+        f"returned the next batch pays {third_lines} - {LATE} is never paid"
+    )

@@ -7,6 +7,7 @@ its evaluation record says why (`payout_note`); once the grant is released (its 
 the other policy pays it; another period is not concerned. A batch of one cannot start while a
 batch of the other runs for the same period.
 """
+
 from __future__ import annotations
 
 from datetime import date
@@ -37,8 +38,9 @@ def _copy(text: str, policy_id: str, excludes: list[str]) -> str:
     out = text.replace("id: little-giant-reward\n", f"id: {policy_id}\n")
     out = "\n".join(line for line in out.splitlines() if not line.startswith("conflict_group:")) + "\n"
     if excludes:
-        out = out.replace("fact_year: period\n", "fact_year: period\nexcludes:\n"
-                          + "".join(f"  - {other}\n" for other in excludes))
+        out = out.replace(
+            "fact_year: period\n", "fact_year: period\nexcludes:\n" + "".join(f"  - {other}\n" for other in excludes)
+        )
     return out
 
 
@@ -62,8 +64,16 @@ def registry(db_engine: Engine) -> Engine:
 
 
 def _run(engine: Engine, policies: PolicySet, policy_id: str, request_id: str, period: int = 2025) -> Batch:
-    return create_batch(engine, policies, policy_id=policy_id, period=period, request_id=request_id,
-                        actor=OPERATOR, today=TODAY, settings=SETTINGS)
+    return create_batch(
+        engine,
+        policies,
+        policy_id=policy_id,
+        period=period,
+        request_id=request_id,
+        actor=OPERATOR,
+        today=TODAY,
+        settings=SETTINGS,
+    )
 
 
 def _paid(engine: Engine, batch_id: str) -> list[str]:
@@ -78,20 +88,19 @@ def _record(engine: Engine, code: str, policy_id: str, batch_id: str) -> dict[st
     return records[0]
 
 
-def test_an_enterprise_granted_under_one_policy_is_not_paid_by_the_other(registry: Engine,
-                                                                        policies: PolicySet) -> None:
+def test_an_enterprise_granted_under_one_policy_is_not_paid_by_the_other(registry: Engine, policies: PolicySet) -> None:
     alpha = _run(registry, policies, ALPHA, "excl-alpha-0001")
     assert sorted(_paid(registry, alpha.batch_id)) == sorted([E1, E2])
     with registry.connect() as conn:
         alpha_lines = {str(line["uscc"]): str(line["grant_id"]) for line in lines_of(conn, alpha.batch_id)}
-    load_records(titled(E3, 3, 2025), registry)           # a newcomer, granted by nobody yet
+    load_records(titled(E3, 3, 2025), registry)  # a newcomer, granted by nobody yet
 
     beta = _run(registry, policies, BETA, "excl-beta-0001")
     assert _paid(registry, beta.batch_id) == [E3]
     assert (beta.line_count, beta.eligible_count) == (1, 1)
     for code in (E1, E2):
         record = _record(registry, code, BETA, beta.batch_id)
-        assert record["outcome"] == "ELIGIBLE"       # eligible, but not paid: says why
+        assert record["outcome"] == "ELIGIBLE"  # eligible, but not paid: says why
         note = str(record.get("payout_note", ""))
         assert ALPHA in note and alpha_lines[code] in note, record.get("payout_note")
     assert "payout_note" not in _record(registry, E3, BETA, beta.batch_id)
@@ -113,24 +122,32 @@ def test_an_enterprise_granted_under_one_policy_is_not_paid_by_the_other(registr
     assert _run(registry, policies, ALPHA, "excl-alpha-0003").line_count == 0
 
 
-def test_a_batch_cannot_start_while_a_batch_of_a_policy_it_excludes_runs(registry: Engine,
-                                                                         policies: PolicySet) -> None:
-    running = start_batch(registry, policies, policy_id=ALPHA, period=2025, request_id="excl-run-alpha",
-                          actor=OPERATOR, today=TODAY)
+def test_a_batch_cannot_start_while_a_batch_of_a_policy_it_excludes_runs(registry: Engine, policies: PolicySet) -> None:
+    running = start_batch(
+        registry, policies, policy_id=ALPHA, period=2025, request_id="excl-run-alpha", actor=OPERATOR, today=TODAY
+    )
     assert running.state == "RUNNING"
     before = money_snapshot(registry)
     for policy_id in (BETA, ALPHA):
         with pytest.raises(BatchRunningError) as refused:
-            start_batch(registry, policies, policy_id=policy_id, period=2025, request_id=f"excl-run-{policy_id}-2",
-                        actor=OPERATOR, today=TODAY)
+            start_batch(
+                registry,
+                policies,
+                policy_id=policy_id,
+                period=2025,
+                request_id=f"excl-run-{policy_id}-2",
+                actor=OPERATOR,
+                today=TODAY,
+            )
         assert running.batch_id in str(refused.value)
         assert money_snapshot(registry) == before, "a refused start wrote something"
     # Another period of the other policy may run meanwhile.
-    other = start_batch(registry, policies, policy_id=BETA, period=2024, request_id="excl-run-beta-2024",
-                        actor=OPERATOR, today=TODAY)
+    other = start_batch(
+        registry, policies, policy_id=BETA, period=2024, request_id="excl-run-beta-2024", actor=OPERATOR, today=TODAY
+    )
     assert other.state == "RUNNING"
 
     assert run_batch(registry, policies, running.batch_id, worker=new_worker_id(), settings=SETTINGS)
     assert get_batch(registry, running.batch_id).state == "DRAFT"
-    beta = _run(registry, policies, BETA, "excl-run-beta-3")       # now it may, and pays nobody alpha holds
+    beta = _run(registry, policies, BETA, "excl-run-beta-3")  # now it may, and pays nobody alpha holds
     assert (beta.state, beta.line_count) == ("DRAFT", 0)

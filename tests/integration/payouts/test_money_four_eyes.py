@@ -7,6 +7,7 @@ a PAID line goes the same way (its SETTLED batch goes back to EXPORTED until con
 gRPC the operator's token is PERMISSION_DENIED; in-process, a principal that recorded a return
 may not confirm it even when it acts as a finance_approver.
 """
+
 from __future__ import annotations
 
 from datetime import date
@@ -43,9 +44,9 @@ from service.server import RunningServer
 
 __all__ = ["api_server", "money"]  # fixtures (tests/testkit/money_fixtures.py)
 
-RETURNS = [uscc(n, "MA4F") for n in (1, 2, 3)]        # little-giant 2025: a return before PAID
-LATE = [uscc(n, "MA4F") for n in (4, 5)]              # little-giant 2024: a return after PAID
-SAME = [uscc(n, "MA4F") for n in (6, 7)]              # little-giant 2023: in-process, one principal
+RETURNS = [uscc(n, "MA4F") for n in (1, 2, 3)]  # little-giant 2025: a return before PAID
+LATE = [uscc(n, "MA4F") for n in (4, 5)]  # little-giant 2024: a return after PAID
+SAME = [uscc(n, "MA4F") for n in (6, 7)]  # little-giant 2023: in-process, one principal
 RETURN_REASON = "AC04 账户已销户"
 
 
@@ -70,17 +71,23 @@ def _exported(money: Money, period: int, request_id: str) -> tuple[pb.PayoutBatc
 
 
 def test_a_return_pays_nobody_again_until_a_second_principal_confirms_it(
-        money: Money, api_server: RunningServer) -> None:
+    money: Money, api_server: RunningServer
+) -> None:
     batch, lines = _exported(money, 2025, "four-eyes-2025-0001")
     assert [line.uscc for line in lines] == sorted(RETURNS)
     returned, paid = lines[0], lines[1:]
-    after = money.results(batch.batch_id, [(returned.line_id, "RETURNED", RETURN_REASON)]
-                          + [(line.line_id, "PAID", "") for line in paid])
-    assert after.state == pb.BATCH_STATE_EXPORTED           # a return waits: the batch is not SETTLED
+    after = money.results(
+        batch.batch_id, [(returned.line_id, "RETURNED", RETURN_REASON)] + [(line.line_id, "PAID", "") for line in paid]
+    )
+    assert after.state == pb.BATCH_STATE_EXPORTED  # a return waits: the batch is not SETTLED
     state = {line.line_id: line for line in money.lines(batch.batch_id)}[returned.line_id]
-    assert (state.state, state.return_reason, state.result_recorded_by, state.return_confirmed_by) == \
-        (pb.LINE_STATE_RETURN_PENDING, RETURN_REASON, "test-finance_operator", "")
-    assert len(standing_grants(api_server.engine, returned.uscc, GIANT, 2025)) == 1   # not released
+    assert (state.state, state.return_reason, state.result_recorded_by, state.return_confirmed_by) == (
+        pb.LINE_STATE_RETURN_PENDING,
+        RETURN_REASON,
+        "test-finance_operator",
+        "",
+    )
+    assert len(standing_grants(api_server.engine, returned.uscc, GIANT, 2025)) == 1  # not released
 
     meanwhile = money.create(GIANT, 2025, "four-eyes-2025-0002")
     assert (meanwhile.line_count, meanwhile.total_fen) == (0, 0), "paid again before the return was confirmed"
@@ -95,7 +102,7 @@ def test_a_return_pays_nobody_again_until_a_second_principal_confirms_it(
     assert confirmed.state == pb.BATCH_STATE_SETTLED
     state = {line.line_id: line for line in money.lines(batch.batch_id)}[returned.line_id]
     assert (state.state, state.return_confirmed_by) == (pb.LINE_STATE_RETURNED, "test-finance_approver")
-    assert money.confirm(batch.batch_id, [returned.line_id]).state == pb.BATCH_STATE_SETTLED   # a retry: no-op
+    assert money.confirm(batch.batch_id, [returned.line_id]).state == pb.BATCH_STATE_SETTLED  # a retry: no-op
 
     repay = money.create(GIANT, 2025, "four-eyes-2025-0003")
     assert [(line.uscc, line.amount_fen) for line in money.lines(repay.batch_id)] == [(returned.uscc, GIANT_FEN)]
@@ -105,17 +112,17 @@ def test_a_return_pays_nobody_again_until_a_second_principal_confirms_it(
     assert money.verify().valid
 
 
-def test_a_late_return_of_a_paid_line_waits_for_a_second_principal_too(
-        money: Money, api_server: RunningServer) -> None:
+def test_a_late_return_of_a_paid_line_waits_for_a_second_principal_too(money: Money, api_server: RunningServer) -> None:
     batch, lines = _exported(money, 2024, "four-eyes-2024-0001")
     assert [line.uscc for line in lines] == sorted(LATE)
     settled = money.results(batch.batch_id, [(line.line_id, "PAID", "") for line in lines])
     assert settled.state == pb.BATCH_STATE_SETTLED
     late = lines[0]
     reopened = money.results(batch.batch_id, [(late.line_id, "RETURNED", RETURN_REASON)])
-    assert reopened.state == pb.BATCH_STATE_EXPORTED        # a SETTLED batch goes back to EXPORTED
-    assert {line.line_id: line.state for line in money.lines(batch.batch_id)}[late.line_id] == \
-        pb.LINE_STATE_RETURN_PENDING
+    assert reopened.state == pb.BATCH_STATE_EXPORTED  # a SETTLED batch goes back to EXPORTED
+    assert {line.line_id: line.state for line in money.lines(batch.batch_id)}[
+        late.line_id
+    ] == pb.LINE_STATE_RETURN_PENDING
     assert money.create(GIANT, 2024, "four-eyes-2024-0002").line_count == 0
 
     before = money_snapshot(api_server.engine)
@@ -135,8 +142,15 @@ def test_the_recorder_of_a_return_may_not_confirm_it_even_as_an_approver(api_ser
     finance_approver role; a second approver may."""
     engine = api_server.engine
     policies = load_policy_dir(RULES_DIR / "policies", CATALOGUE)
-    batch = create_batch(engine, policies, policy_id=GIANT, period=2023, request_id="four-eyes-2023-0001",
-                         actor=OPERATOR, today=date.today())
+    batch = create_batch(
+        engine,
+        policies,
+        policy_id=GIANT,
+        period=2023,
+        request_id="four-eyes-2023-0001",
+        actor=OPERATOR,
+        today=date.today(),
+    )
     approve(engine, batch.batch_id, Actor("approver-a", "finance_approver"))
     export(engine, batch.batch_id, PAYER, OPERATOR)
     with engine.connect() as conn:
@@ -146,14 +160,31 @@ def test_the_recorder_of_a_return_may_not_confirm_it_even_as_an_approver(api_ser
     before = money_snapshot(engine)
     with pytest.raises(PermissionDeniedError):
         confirm_returns(engine, batch.batch_id, [line_ids[0]], same)
-    with pytest.raises(PermissionDeniedError):   # nor under another role: the principal is the same
+    with pytest.raises(PermissionDeniedError):  # nor under another role: the principal is the same
         confirm_returns(engine, batch.batch_id, [line_ids[0]], Actor("mallory", "finance_operator"))
     assert money_snapshot(engine) == before
-    assert create_batch(engine, policies, policy_id=GIANT, period=2023, request_id="four-eyes-2023-0002",
-                        actor=OPERATOR, today=date.today()).line_count == 0
+    assert (
+        create_batch(
+            engine,
+            policies,
+            policy_id=GIANT,
+            period=2023,
+            request_id="four-eyes-2023-0002",
+            actor=OPERATOR,
+            today=date.today(),
+        ).line_count
+        == 0
+    )
     confirmed = confirm_returns(engine, batch.batch_id, [line_ids[0]], Actor("approver-b", "finance_approver"))
-    assert confirmed.state == "EXPORTED"    # the other line is still PENDING
+    assert confirmed.state == "EXPORTED"  # the other line is still PENDING
     assert get_batch(engine, batch.batch_id).state == "EXPORTED"
-    repay = create_batch(engine, policies, policy_id=GIANT, period=2023, request_id="four-eyes-2023-0003",
-                         actor=OPERATOR, today=date.today())
+    repay = create_batch(
+        engine,
+        policies,
+        policy_id=GIANT,
+        period=2023,
+        request_id="four-eyes-2023-0003",
+        actor=OPERATOR,
+        today=date.today(),
+    )
     assert repay.line_count == 1

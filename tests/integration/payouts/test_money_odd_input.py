@@ -6,6 +6,7 @@ tests/integration/payouts/test_money_bad_input.py: NUL bytes in ids, reasons lon
 huge and duplicated id lists, a reason of (almost) 4 MiB, status reports with DOCTYPE, entities,
 external entities, deep nesting, millions of bytes, foreign namespaces and misplaced elements.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -36,9 +37,9 @@ from service.server import RunningServer
 
 __all__ = ["api_server"]  # fixture (tests/testkit/money_fixtures.py)
 
-X = [uscc(n, "MA4W") for n in range(1, 7)]     # little-giant 2025: exported
-Y = [uscc(n, "MA4W") for n in (7, 8)]          # 2024: DRAFT
-Z = [uscc(9, "MA4W")]                          # 2023: APPROVED
+X = [uscc(n, "MA4W") for n in range(1, 7)]  # little-giant 2025: exported
+Y = [uscc(n, "MA4W") for n in (7, 8)]  # 2024: DRAFT
+Z = [uscc(9, "MA4W")]  # 2023: APPROVED
 OPERATOR, APPROVER, AUDITOR = as_role("finance_operator"), as_role("finance_approver"), as_role("auditor")
 PRECISE_NOT = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
@@ -60,7 +61,7 @@ class Scene:
     draft: str
     approved: str
     message_id: str
-    lines: list[str]       # of the exported batch: [0] RETURN_PENDING, [1] PAID, the rest PENDING
+    lines: list[str]  # of the exported batch: [0] RETURN_PENDING, [1] PAID, the rest PENDING
     draft_lines: list[str]
     xxe_file: Path
 
@@ -79,8 +80,9 @@ def scene(stubs: Stubs, tmp_path_factory: pytest.TempPathFactory) -> Scene:
     message_id = etree.fromstring(xml).findtext(".//p:GrpHdr/p:MsgId", namespaces=PAIN001_NS)
     secret = tmp_path_factory.mktemp("xxe") / "secret.txt"
     secret.write_text(XXE_SECRET, encoding="utf-8")
-    return Scene(exported, draft, approved, str(message_id), lines,
-                 [line.line_id for line in money.lines(draft)], secret)
+    return Scene(
+        exported, draft, approved, str(message_id), lines, [line.line_id for line in money.lines(draft)], secret
+    )
 
 
 def _code(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str, grpc.RpcError | None]:
@@ -95,7 +97,7 @@ def _code(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str, grpc.RpcError 
 class Odd:
     name: str
     call: Callable[[Stubs, Scene], Any]
-    codes: frozenset[grpc.StatusCode]          # the precise answers accepted
+    codes: frozenset[grpc.StatusCode]  # the precise answers accepted
     field: str | None = None
 
 
@@ -105,8 +107,9 @@ def _p(stubs: Stubs) -> Any:
 
 # The deadline only guards against a hang: 24,000 unknown transfers took over 30 s on a slow machine.
 def _report(make: Callable[[Scene], bytes], batch: Callable[[Scene], str] = lambda s: s.exported) -> Callable[..., Any]:
-    return lambda stubs, s: _p(stubs).ImportPaymentStatusReport(pb.ImportPaymentStatusReportRequest(
-        batch_id=batch(s), data=make(s)), metadata=OPERATOR, timeout=120)
+    return lambda stubs, s: _p(stubs).ImportPaymentStatusReport(
+        pb.ImportPaymentStatusReportRequest(batch_id=batch(s), data=make(s)), metadata=OPERATOR, timeout=120
+    )
 
 
 def _with_doctype(s: Scene, doctype: str, e2e: str) -> bytes:
@@ -116,8 +119,11 @@ def _with_doctype(s: Scene, doctype: str, e2e: str) -> bytes:
     return f"{head}\n{doctype}\n{rest}".encode()
 
 
-_LAUGHS = ('<!DOCTYPE Document [<!ENTITY a "aaaaaaaaaa">' +
-           "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(9)) + "]>")
+_LAUGHS = (
+    '<!DOCTYPE Document [<!ENTITY a "aaaaaaaaaa">'
+    + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(9))
+    + "]>"
+)
 
 
 def _rejection(s: Scene) -> etree._Element:
@@ -164,11 +170,13 @@ def _misplaced(s: Scene) -> bytes:
 def _group_rejected(s: Scene) -> bytes:
     """The bank rejects the whole file: GrpSts RJCT with its reason, no transaction details."""
     root = _rejection(s)
-    _one(root, "GrpSts").text = "RJCT"   # was PART, as pain002 writes it
+    _one(root, "GrpSts").text = "RJCT"  # was PART, as pain002 writes it
     _detached(_one(root, "OrgnlPmtInfAndSts"))
     group = _one(root, "OrgnlGrpInfAndSts")
-    reason = etree.SubElement(etree.SubElement(etree.SubElement(group, f"{{{PAIN002_NS}}}StsRsnInf"),
-                                               f"{{{PAIN002_NS}}}Rsn"), f"{{{PAIN002_NS}}}Cd")
+    reason = etree.SubElement(
+        etree.SubElement(etree.SubElement(group, f"{{{PAIN002_NS}}}StsRsnInf"), f"{{{PAIN002_NS}}}Rsn"),
+        f"{{{PAIN002_NS}}}Cd",
+    )
     reason.text = "FF01"
     return _xml(root)
 
@@ -179,83 +187,196 @@ def _huge(s: Scene) -> bytes:
 
 def _deep(s: Scene) -> bytes:
     depth = 20_000
-    return (b'<?xml version="1.0"?><Document xmlns="' + PAIN002_NS.encode() + b'">' + b"<a>" * depth
-            + b"</a>" * depth + b"</Document>")
+    return (
+        b'<?xml version="1.0"?><Document xmlns="'
+        + PAIN002_NS.encode()
+        + b'">'
+        + b"<a>" * depth
+        + b"</a>" * depth
+        + b"</Document>"
+    )
 
 
 NUL = "\x00"
 ANY_PRECISE_MISS = frozenset({INVALID, NOT_FOUND})
 ODD = [
     # NUL bytes where an id goes: a caller's mistake, never the database's
-    Odd("GetPayoutBatch batch_id with NUL", lambda st, s: _p(st).GetPayoutBatch(
-        pb.GetPayoutBatchRequest(batch_id="pb_" + NUL), metadata=OPERATOR, timeout=20), ANY_PRECISE_MISS),
-    Odd("ListPayoutLines batch_id with NUL", lambda st, s: _p(st).ListPayoutLines(
-        pb.ListPayoutLinesRequest(batch_id=s.exported + NUL), metadata=OPERATOR, timeout=20), ANY_PRECISE_MISS),
-    Odd("CancelPayoutBatch batch_id with NUL", lambda st, s: _p(st).CancelPayoutBatch(
-        pb.CancelPayoutBatchRequest(batch_id=s.draft + NUL, reason="预算调整"), metadata=OPERATOR, timeout=20),
-        ANY_PRECISE_MISS),
-    Odd("WithdrawPayoutLines line id with NUL", lambda st, s: _p(st).WithdrawPayoutLines(
-        pb.WithdrawPayoutLinesRequest(batch_id=s.approved, line_ids=[s.approved + "-00000" + NUL],
-                                      reason="账户变更"), metadata=APPROVER, timeout=20), frozenset({INVALID}),
-        "line_ids[0]"),
-    Odd("ConfirmPayoutReturns line id with NUL", lambda st, s: _p(st).ConfirmPayoutReturns(
-        pb.ConfirmPayoutReturnsRequest(batch_id=s.exported, line_ids=[s.lines[0] + NUL]), metadata=APPROVER,
-        timeout=20), frozenset({INVALID}), "line_ids[0]"),
-    Odd("RecordPayoutResults line id with NUL", lambda st, s: _p(st).RecordPayoutResults(
-        pb.RecordPayoutResultsRequest(batch_id=s.exported, results=[pb.PayoutResult(
-            line_id=s.lines[2] + NUL, state=pb.LINE_STATE_PAID)]), metadata=OPERATOR, timeout=20),
-        frozenset({INVALID}), "results[0].line_id"),
-    Odd("ImportPaymentStatusReport batch_id with NUL",
+    Odd(
+        "GetPayoutBatch batch_id with NUL",
+        lambda st, s: _p(st).GetPayoutBatch(
+            pb.GetPayoutBatchRequest(batch_id="pb_" + NUL), metadata=OPERATOR, timeout=20
+        ),
+        ANY_PRECISE_MISS,
+    ),
+    Odd(
+        "ListPayoutLines batch_id with NUL",
+        lambda st, s: _p(st).ListPayoutLines(
+            pb.ListPayoutLinesRequest(batch_id=s.exported + NUL), metadata=OPERATOR, timeout=20
+        ),
+        ANY_PRECISE_MISS,
+    ),
+    Odd(
+        "CancelPayoutBatch batch_id with NUL",
+        lambda st, s: _p(st).CancelPayoutBatch(
+            pb.CancelPayoutBatchRequest(batch_id=s.draft + NUL, reason="预算调整"), metadata=OPERATOR, timeout=20
+        ),
+        ANY_PRECISE_MISS,
+    ),
+    Odd(
+        "WithdrawPayoutLines line id with NUL",
+        lambda st, s: _p(st).WithdrawPayoutLines(
+            pb.WithdrawPayoutLinesRequest(
+                batch_id=s.approved, line_ids=[s.approved + "-00000" + NUL], reason="账户变更"
+            ),
+            metadata=APPROVER,
+            timeout=20,
+        ),
+        frozenset({INVALID}),
+        "line_ids[0]",
+    ),
+    Odd(
+        "ConfirmPayoutReturns line id with NUL",
+        lambda st, s: _p(st).ConfirmPayoutReturns(
+            pb.ConfirmPayoutReturnsRequest(batch_id=s.exported, line_ids=[s.lines[0] + NUL]),
+            metadata=APPROVER,
+            timeout=20,
+        ),
+        frozenset({INVALID}),
+        "line_ids[0]",
+    ),
+    Odd(
+        "RecordPayoutResults line id with NUL",
+        lambda st, s: _p(st).RecordPayoutResults(
+            pb.RecordPayoutResultsRequest(
+                batch_id=s.exported, results=[pb.PayoutResult(line_id=s.lines[2] + NUL, state=pb.LINE_STATE_PAID)]
+            ),
+            metadata=OPERATOR,
+            timeout=20,
+        ),
+        frozenset({INVALID}),
+        "results[0].line_id",
+    ),
+    Odd(
+        "ImportPaymentStatusReport batch_id with NUL",
         _report(lambda s: pain002(s.message_id, [(s.lines[2], "ACSC", None)]), lambda s: NUL + s.exported),
-        ANY_PRECISE_MISS),
-    Odd("ExportPayoutBatch batch_id with NUL", lambda st, s: list(_p(st).ExportPayoutBatch(
-        pb.ExportPayoutBatchRequest(batch_id=s.approved + NUL, format=pb.EXPORT_FORMAT_CSV), metadata=OPERATOR,
-        timeout=20)), ANY_PRECISE_MISS),
-    Odd("CreatePayoutBatch request_id with NUL", lambda st, s: _p(st).CreatePayoutBatch(
-        pb.CreatePayoutBatchRequest(policy_id=GIANT, period=2001, request_id="review-nul" + NUL + "0001"),
-        metadata=OPERATOR, timeout=20), frozenset({INVALID})),   # 2001: a period the policy does not cover
-    Odd("ListEvaluations batch_id with NUL", lambda st, s: st.audit.ListEvaluations(
-        audit_service_pb2.ListEvaluationsRequest(batch_id=s.exported + NUL), metadata=AUDITOR, timeout=20),
-        frozenset({INVALID, grpc.StatusCode.OK})),
-    Odd("GetEvaluation evaluation_id with NUL", lambda st, s: st.audit.GetEvaluation(
-        audit_service_pb2.GetEvaluationRequest(evaluation_id="ev_" + NUL), metadata=AUDITOR, timeout=20),
-        ANY_PRECISE_MISS),
+        ANY_PRECISE_MISS,
+    ),
+    Odd(
+        "ExportPayoutBatch batch_id with NUL",
+        lambda st, s: list(
+            _p(st).ExportPayoutBatch(
+                pb.ExportPayoutBatchRequest(batch_id=s.approved + NUL, format=pb.EXPORT_FORMAT_CSV),
+                metadata=OPERATOR,
+                timeout=20,
+            )
+        ),
+        ANY_PRECISE_MISS,
+    ),
+    Odd(
+        "CreatePayoutBatch request_id with NUL",
+        lambda st, s: _p(st).CreatePayoutBatch(
+            pb.CreatePayoutBatchRequest(policy_id=GIANT, period=2001, request_id="review-nul" + NUL + "0001"),
+            metadata=OPERATOR,
+            timeout=20,
+        ),
+        frozenset({INVALID}),
+    ),  # 2001: a period the policy does not cover
+    Odd(
+        "ListEvaluations batch_id with NUL",
+        lambda st, s: st.audit.ListEvaluations(
+            audit_service_pb2.ListEvaluationsRequest(batch_id=s.exported + NUL), metadata=AUDITOR, timeout=20
+        ),
+        frozenset({INVALID, grpc.StatusCode.OK}),
+    ),
+    Odd(
+        "GetEvaluation evaluation_id with NUL",
+        lambda st, s: st.audit.GetEvaluation(
+            audit_service_pb2.GetEvaluationRequest(evaluation_id="ev_" + NUL), metadata=AUDITOR, timeout=20
+        ),
+        ANY_PRECISE_MISS,
+    ),
     # sizes
-    Odd("WithdrawPayoutLines naming 100,000 unknown lines", lambda st, s: _p(st).WithdrawPayoutLines(
-        pb.WithdrawPayoutLinesRequest(batch_id=s.approved, line_ids=[f"{s.approved}-{i:06d}" for i in
-                                                                     range(2, 100_002)], reason="账户变更"),
-        metadata=APPROVER, timeout=60), frozenset({INVALID}), "line_ids[0]"),
-    Odd("ConfirmPayoutReturns with an empty line id", lambda st, s: _p(st).ConfirmPayoutReturns(
-        pb.ConfirmPayoutReturnsRequest(batch_id=s.exported, line_ids=[s.lines[0], ""]), metadata=APPROVER,
-        timeout=20), frozenset({INVALID}), "line_ids[1]"),
-    Odd("CancelPayoutBatch with a reason of 4 MiB", lambda st, s: _p(st).CancelPayoutBatch(
-        pb.CancelPayoutBatchRequest(batch_id=s.draft, reason="预" * (4 * 1024 * 1024 // 3 + 10)), metadata=OPERATOR,
-        timeout=30), frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, INVALID})),
-    Odd("CancelPayoutBatch with a reason of 3.9 MiB", lambda st, s: _p(st).CancelPayoutBatch(
-        pb.CancelPayoutBatchRequest(batch_id=s.draft, reason="x" * 3_900_000), metadata=OPERATOR, timeout=30),
-        frozenset({INVALID}), "reason"),
+    Odd(
+        "WithdrawPayoutLines naming 100,000 unknown lines",
+        lambda st, s: _p(st).WithdrawPayoutLines(
+            pb.WithdrawPayoutLinesRequest(
+                batch_id=s.approved, line_ids=[f"{s.approved}-{i:06d}" for i in range(2, 100_002)], reason="账户变更"
+            ),
+            metadata=APPROVER,
+            timeout=60,
+        ),
+        frozenset({INVALID}),
+        "line_ids[0]",
+    ),
+    Odd(
+        "ConfirmPayoutReturns with an empty line id",
+        lambda st, s: _p(st).ConfirmPayoutReturns(
+            pb.ConfirmPayoutReturnsRequest(batch_id=s.exported, line_ids=[s.lines[0], ""]),
+            metadata=APPROVER,
+            timeout=20,
+        ),
+        frozenset({INVALID}),
+        "line_ids[1]",
+    ),
+    Odd(
+        "CancelPayoutBatch with a reason of 4 MiB",
+        lambda st, s: _p(st).CancelPayoutBatch(
+            pb.CancelPayoutBatchRequest(batch_id=s.draft, reason="预" * (4 * 1024 * 1024 // 3 + 10)),
+            metadata=OPERATOR,
+            timeout=30,
+        ),
+        frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, INVALID}),
+    ),
+    Odd(
+        "CancelPayoutBatch with a reason of 3.9 MiB",
+        lambda st, s: _p(st).CancelPayoutBatch(
+            pb.CancelPayoutBatchRequest(batch_id=s.draft, reason="x" * 3_900_000), metadata=OPERATOR, timeout=30
+        ),
+        frozenset({INVALID}),
+        "reason",
+    ),
     # status reports
-    Odd("a status report with a billion-laughs DOCTYPE",
-        _report(lambda s: _with_doctype(s, _LAUGHS, "&j;")), frozenset({INVALID}), "data"),
-    Odd("a status report with an external entity",
-        _report(lambda s: _with_doctype(s, f'<!DOCTYPE Document [<!ENTITY x SYSTEM "file://{s.xxe_file}">]>',
-                                        "&x;")), frozenset({INVALID}), "data"),
+    Odd(
+        "a status report with a billion-laughs DOCTYPE",
+        _report(lambda s: _with_doctype(s, _LAUGHS, "&j;")),
+        frozenset({INVALID}),
+        "data",
+    ),
+    Odd(
+        "a status report with an external entity",
+        _report(lambda s: _with_doctype(s, f'<!DOCTYPE Document [<!ENTITY x SYSTEM "file://{s.xxe_file}">]>', "&x;")),
+        frozenset({INVALID}),
+        "data",
+    ),
     Odd("a status report of 24,000 unknown transfers (3.9 MB)", _report(_huge), frozenset({INVALID}), "data"),
     Odd("a status report nested 20,000 deep", _report(_deep), frozenset({INVALID}), "data"),
-    Odd("a status report that is not UTF-8", _report(lambda s: b"\xff\xfe<\x00D\x00" + bytes(range(256))),
-        frozenset({INVALID}), "data"),
-    Odd("a status report whose transaction is in another namespace", _report(_foreign_namespace),
-        frozenset({INVALID}), "data"),
-    Odd("a status report whose transaction is outside OrgnlPmtInfAndSts", _report(_misplaced),
-        frozenset({INVALID}), "data"),
+    Odd(
+        "a status report that is not UTF-8",
+        _report(lambda s: b"\xff\xfe<\x00D\x00" + bytes(range(256))),
+        frozenset({INVALID}),
+        "data",
+    ),
+    Odd(
+        "a status report whose transaction is in another namespace",
+        _report(_foreign_namespace),
+        frozenset({INVALID}),
+        "data",
+    ),
+    Odd(
+        "a status report whose transaction is outside OrgnlPmtInfAndSts",
+        _report(_misplaced),
+        frozenset({INVALID}),
+        "data",
+    ),
     # A whole-file rejection (GrpSts RJCT, no transaction) is applied, not refused: every line
     # becomes RETURN_PENDING (tests/unit/payouts/test_payouts_status_report.py).
 ]
 
 
 @pytest.mark.parametrize("case", ODD, ids=[c.name for c in ODD])
-def test_odd_input_gets_a_precise_status_and_changes_nothing(stubs: Stubs, scene: Scene, api_server: RunningServer,
-                                                             case: Odd) -> None:
+def test_odd_input_gets_a_precise_status_and_changes_nothing(
+    stubs: Stubs, scene: Scene, api_server: RunningServer, case: Odd
+) -> None:
     """Expected: one of the precise codes listed, never UNKNOWN/INTERNAL, and nothing changed.
 
     FAILS on PostgreSQL for the NUL cases that reach a query (the driver refuses NUL in text,
@@ -275,8 +396,9 @@ def test_odd_input_gets_a_precise_status_and_changes_nothing(stubs: Stubs, scene
         assert money_snapshot(api_server.engine) == before, f"{case.name}: a refused call changed something"
 
 
-def test_a_return_reason_longer_than_its_column_is_refused_precisely(stubs: Stubs, scene: Scene,
-                                                                      api_server: RunningServer) -> None:
+def test_a_return_reason_longer_than_its_column_is_refused_precisely(
+    stubs: Stubs, scene: Scene, api_server: RunningServer
+) -> None:
     """FAILS on PostgreSQL. `batches._reason` lets a return reason of up to MAX_REASON_LENGTH =
     500 characters through (service/payouts/batches.py:54 and 400, called at 294), but the
     column is `return_reason VARCHAR(200)` (service/payouts/tables.py:99): 201-500 characters make
@@ -284,7 +406,7 @@ def test_a_return_reason_longer_than_its_column_is_refused_precisely(stubs: Stub
     does not enforce VARCHAR lengths and stores all 300.) Expected: INVALID_ARGUMENT naming
     results[0].return_reason (or the reason stored whole)."""
     line = scene.lines[3]
-    reason = "AC04 " + "账户已销户" * 59   # 300 characters
+    reason = "AC04 " + "账户已销户" * 59  # 300 characters
     before = money_snapshot(api_server.engine)
     code, details, error = _code(lambda: Money(stubs).results(scene.exported, [(line, "RETURNED", reason)]))
     assert code not in PRECISE_NOT, f"a {len(reason)}-character return reason: {code} {details}"
@@ -304,12 +426,13 @@ def test_duplicated_ids_act_once(stubs: Stubs, scene: Scene, api_server: Running
     money = Money(stubs)
     draft_before = money.get(scene.draft)
     after = money.withdraw(scene.draft, [scene.draft_lines[0]] * 20_000, "账户变更")
-    assert (after.line_count, after.total_fen) == (draft_before.line_count - 1,
-                                                   draft_before.total_fen - money.lines(scene.draft)[0].amount_fen)
+    assert (after.line_count, after.total_fen) == (
+        draft_before.line_count - 1,
+        draft_before.total_fen - money.lines(scene.draft)[0].amount_fen,
+    )
     states = {line.line_id: line.state for line in money.lines(scene.draft)}
     assert states[scene.draft_lines[0]] == pb.LINE_STATE_WITHDRAWN
     confirmed = money.confirm(scene.exported, [scene.lines[0]] * 3)
-    assert {line.line_id: line.state for line in money.lines(scene.exported)}[scene.lines[0]] == \
-        pb.LINE_STATE_RETURNED
+    assert {line.line_id: line.state for line in money.lines(scene.exported)}[scene.lines[0]] == pb.LINE_STATE_RETURNED
     assert confirmed.state == pb.BATCH_STATE_EXPORTED
     assert money.verify().valid

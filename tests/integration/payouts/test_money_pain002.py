@@ -9,6 +9,7 @@ a returned line (ACSC, or RJCT with another reason) is FAILED_PRECONDITION, and 
 the other results of that report are not recorded either. RJCT for a PAID line is a late return
 (RETURN_PENDING until a second principal confirms it), as the README says.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -35,8 +36,8 @@ from service.server import RunningServer
 
 __all__ = ["api_server", "money"]  # fixtures (tests/testkit/money_fixtures.py)
 
-Q = [uscc(n, "MA4H") for n in range(1, 5)]       # little-giant 2025
-OTHER = uscc(5, "MA4H")                          # little-giant 2024: another exported batch
+Q = [uscc(n, "MA4H") for n in range(1, 5)]  # little-giant 2025
+OTHER = uscc(5, "MA4H")  # little-giant 2024: another exported batch
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +64,26 @@ def test_a_status_report_round_trip(money: Money, api_server: RunningServer) -> 
     rejected, paid_a, paid_b, pending = lines
     other_batch, _, (other_line,) = _exported(money, 2024, "pain002-2024-0001")
 
-    report = pain002(message_id, [(rejected.line_id, "RJCT", "AC04"), (paid_a.line_id, "ACSC", None),
-                                  (paid_b.line_id, "ACSC", None), (pending.line_id, "PDNG", None)])
+    report = pain002(
+        message_id,
+        [
+            (rejected.line_id, "RJCT", "AC04"),
+            (paid_a.line_id, "ACSC", None),
+            (paid_b.line_id, "ACSC", None),
+            (pending.line_id, "PDNG", None),
+        ],
+    )
     response = money.status_report(batch_id, report)
     assert (response.paid_count, response.rejected_count, response.unchanged_count) == (2, 1, 1)
     assert response.message_id == "BANKRPT0001"
     assert response.batch.state == pb.BATCH_STATE_EXPORTED
     state = {line.line_id: (line.state, line.return_reason) for line in money.lines(batch_id)}
-    assert state == {rejected.line_id: (pb.LINE_STATE_RETURN_PENDING, "AC04"),
-                     paid_a.line_id: (pb.LINE_STATE_PAID, ""), paid_b.line_id: (pb.LINE_STATE_PAID, ""),
-                     pending.line_id: (pb.LINE_STATE_PENDING, "")}
+    assert state == {
+        rejected.line_id: (pb.LINE_STATE_RETURN_PENDING, "AC04"),
+        paid_a.line_id: (pb.LINE_STATE_PAID, ""),
+        paid_b.line_id: (pb.LINE_STATE_PAID, ""),
+        pending.line_id: (pb.LINE_STATE_PENDING, ""),
+    }
 
     # The same report again: accepted, nothing changes (no ledger entry either).
     before = money_snapshot(engine)
@@ -82,12 +93,14 @@ def test_a_status_report_round_trip(money: Money, api_server: RunningServer) -> 
 
     # Refused reports name the place and change nothing.
     refusals = {
-        "unknown end-to-end id": (pain002(message_id, [(paid_a.line_id, "ACSC", None),
-                                                       (batch_id + "-999999", "ACSC", None)]),
-                                  ["TxInfAndSts[1]", batch_id + "-999999"]),
-        "a line of another batch": (pain002(message_id, [(pending.line_id, "ACSC", None),
-                                                         (other_line.line_id, "ACSC", None)]),
-                                    ["TxInfAndSts[1]", other_line.line_id]),
+        "unknown end-to-end id": (
+            pain002(message_id, [(paid_a.line_id, "ACSC", None), (batch_id + "-999999", "ACSC", None)]),
+            ["TxInfAndSts[1]", batch_id + "-999999"],
+        ),
+        "a line of another batch": (
+            pain002(message_id, [(pending.line_id, "ACSC", None), (other_line.line_id, "ACSC", None)]),
+            ["TxInfAndSts[1]", other_line.line_id],
+        ),
         "another message": (pain002("MSG" + "0" * 24, [(pending.line_id, "ACSC", None)]), ["OrgnlMsgId"]),
     }
     for name, (data, places) in refusals.items():
@@ -103,8 +116,10 @@ def test_a_status_report_round_trip(money: Money, api_server: RunningServer) -> 
     assert money_snapshot(engine) == before
 
     # A different result for a line that has one: FAILED_PRECONDITION, and all or nothing.
-    for data in (pain002(message_id, [(pending.line_id, "ACSC", None), (rejected.line_id, "ACSC", None)]),
-                 pain002(message_id, [(pending.line_id, "ACSC", None), (rejected.line_id, "RJCT", "AM04")])):
+    for data in (
+        pain002(message_id, [(pending.line_id, "ACSC", None), (rejected.line_id, "ACSC", None)]),
+        pain002(message_id, [(pending.line_id, "ACSC", None), (rejected.line_id, "RJCT", "AM04")]),
+    ):
         code, details = rpc_code(partial(money.status_report, batch_id, data))
         assert code == grpc.StatusCode.FAILED_PRECONDITION, details
         assert money_snapshot(engine) == before
@@ -117,8 +132,7 @@ def test_a_status_report_round_trip(money: Money, api_server: RunningServer) -> 
     # bank returns later goes the same way"): it waits for a second principal, not released.
     late = money.status_report(batch_id, pain002(message_id, [(paid_a.line_id, "RJCT", "AC04")]))
     assert (late.rejected_count, late.batch.state) == (1, pb.BATCH_STATE_EXPORTED)
-    assert {line.line_id: line.state for line in money.lines(batch_id)}[paid_a.line_id] == \
-        pb.LINE_STATE_RETURN_PENDING
+    assert {line.line_id: line.state for line in money.lines(batch_id)}[paid_a.line_id] == pb.LINE_STATE_RETURN_PENDING
     assert money.confirm(batch_id, [paid_a.line_id]).state == pb.BATCH_STATE_SETTLED
-    assert money.get(other_batch).state == pb.BATCH_STATE_EXPORTED     # never touched
+    assert money.get(other_batch).state == pb.BATCH_STATE_EXPORTED  # never touched
     assert money.verify().valid

@@ -6,6 +6,7 @@ The registry takes any `account_no` of 1-200 characters without control characte
 `grant_award.payee_account_no VARCHAR(64)` (service/payouts/tables.py:96) and pain.001 carries
 it in `CdtrAcct/Id/Othr/Id`, an ISO Max34Text.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,9 +26,8 @@ from service.payouts.runner import create_batch
 
 TODAY = date(2026, 1, 10)
 ODD, PLAIN = uscc(1, "MA4Q"), uscc(2, "MA4Q")
-FORTY = "6222" + "071828182845904523536028747135266249"    # 40 characters
-SEVENTY = FORTY + "497757247093699959574966967627"          # 70 characters
-
+FORTY = "6222" + "071828182845904523536028747135266249"  # 40 characters
+SEVENTY = FORTY + "497757247093699959574966967627"  # 70 characters
 
 
 def _registry(engine: Engine, account: str) -> None:
@@ -36,7 +36,8 @@ def _registry(engine: Engine, account: str) -> None:
 
 
 def test_an_account_number_pain001_cannot_carry_is_named_by_its_line_when_refused(
-        db_engine: Engine, policies: PolicySet) -> None:
+    db_engine: Engine, policies: PolicySet
+) -> None:
     """FAILS. A 40-character account reaches DRAFT and approval; the export then fails the XSD
     (Max34Text) with FAILED_PRECONDITION "pain.001 does not validate: <string>:54:0:...
     [facet 'maxLength'] The value has a length of '40'..." (service/payouts/export.py:207). The
@@ -47,8 +48,9 @@ def test_an_account_number_pain001_cannot_carry_is_named_by_its_line_when_refuse
     (or the account is refused at DRAFT)."""
     assert len(FORTY) == 40
     _registry(db_engine, FORTY)
-    batch = create_batch(db_engine, policies, policy_id=GIANT, period=2025, request_id="review-payee-0001",
-                         actor=OPERATOR, today=TODAY)
+    batch = create_batch(
+        db_engine, policies, policy_id=GIANT, period=2025, request_id="review-payee-0001", actor=OPERATOR, today=TODAY
+    )
     assert batch.state == "DRAFT" and batch.line_count == 2
     approve(db_engine, batch.batch_id, APPROVER)
     with db_engine.connect() as conn:
@@ -61,7 +63,8 @@ def test_an_account_number_pain001_cannot_carry_is_named_by_its_line_when_refuse
 
 
 def test_an_account_number_longer_than_the_line_column_does_not_wedge_the_batch(
-        db_engine: Engine, policies: PolicySet) -> None:
+    db_engine: Engine, policies: PolicySet
+) -> None:
     """FAILS on PostgreSQL. A 70-character account: the DRAFT transaction's INSERT into
     payee_account_no VARCHAR(64) is refused (StringDataRightTruncation), so the whole batch
     never reaches DRAFT (service/payouts/runner.py `finish`, the insert at 300). Through the
@@ -71,9 +74,16 @@ def test_an_account_number_longer_than_the_line_column_does_not_wedge_the_batch(
     assert len(SEVENTY) == 70
     _registry(db_engine, SEVENTY)
     try:
-        batch = create_batch(db_engine, policies, policy_id=GIANT, period=2025, request_id="review-payee-0002",
-                             actor=OPERATOR, today=TODAY)
-    except Exception as exc:   # what the background worker meets on every retry
+        batch = create_batch(
+            db_engine,
+            policies,
+            policy_id=GIANT,
+            period=2025,
+            request_id="review-payee-0002",
+            actor=OPERATOR,
+            today=TODAY,
+        )
+    except Exception as exc:  # what the background worker meets on every retry
         pytest.fail(f"the batch cannot reach DRAFT: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     assert batch.state == "DRAFT"
     with db_engine.connect() as conn:
@@ -94,24 +104,32 @@ def test_through_the_server_one_long_account_holds_the_policy_and_period(api_db_
     with money_server(api_db_url, records, tmp_path) as running:
         stubs = Stubs.connect(running.port)
         try:
-            started = stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
-                policy_id=GIANT, period=2025, request_id="review-payee-grpc-0001"),
-                metadata=as_role("finance_operator"), timeout=20)
+            started = stubs.payout.CreatePayoutBatch(
+                pb.CreatePayoutBatchRequest(policy_id=GIANT, period=2025, request_id="review-payee-grpc-0001"),
+                metadata=as_role("finance_operator"),
+                timeout=20,
+            )
             deadline = time.monotonic() + 4
             batch = started
             while time.monotonic() < deadline and batch.state == pb.BATCH_STATE_RUNNING:
                 time.sleep(0.2)
-                batch = stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=started.batch_id),
-                                                    metadata=as_role("finance_operator"), timeout=20)
+                batch = stubs.payout.GetPayoutBatch(
+                    pb.GetPayoutBatchRequest(batch_id=started.batch_id),
+                    metadata=as_role("finance_operator"),
+                    timeout=20,
+                )
             blocked = None
             if batch.state == pb.BATCH_STATE_RUNNING:
                 try:
-                    stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
-                        policy_id=GIANT, period=2025, request_id="review-payee-grpc-0002"),
-                        metadata=as_role("finance_operator"), timeout=20)
+                    stubs.payout.CreatePayoutBatch(
+                        pb.CreatePayoutBatchRequest(policy_id=GIANT, period=2025, request_id="review-payee-grpc-0002"),
+                        metadata=as_role("finance_operator"),
+                        timeout=20,
+                    )
                 except grpc.RpcError as err:
                     blocked = f"{err.code()}: {err.details()}"
         finally:
             stubs.channel.close()
     assert batch.state == pb.BATCH_STATE_DRAFT, (
-        f"batch {started.batch_id} is still {pb.BatchState.Name(batch.state)} after 4 s; a new request: {blocked}")
+        f"batch {started.batch_id} is still {pb.BatchState.Name(batch.state)} after 4 s; a new request: {blocked}"
+    )

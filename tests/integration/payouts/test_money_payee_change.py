@@ -10,6 +10,7 @@ and the bank files pay the payees sealed at DRAFT. A later batch pays the withdr
 that still have an account, to their new account, once. PayoutLine.payee is masked but for the
 last four digits and no response carries a full account number.
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,7 +44,7 @@ from service.server import RunningServer
 
 __all__ = ["api_server", "money"]  # fixtures (tests/testkit/money_fixtures.py)
 
-P = [uscc(n, "MA4G") for n in range(1, 7)]       # little-giant 2025, accounts account_of(1..6)
+P = [uscc(n, "MA4G") for n in range(1, 7)]  # little-giant 2025, accounts account_of(1..6)
 NEW_NUMBER, OTHER_BANK, REMOVED, SAME, FULL_WIDTH, UNTOUCHED = P
 NEW_ACCOUNT = account_of(1, version=5)
 CHANGED = sorted([NEW_NUMBER, OTHER_BANK, REMOVED])
@@ -73,7 +74,8 @@ def _no_full_number(response: object, numbers: list[str]) -> None:
 
 
 def test_a_changed_payee_blocks_export_until_withdrawn_and_is_paid_later_to_its_new_account(
-        money: Money, api_server: RunningServer) -> None:
+    money: Money, api_server: RunningServer
+) -> None:
     engine = api_server.engine
     batch = money.create(GIANT, 2025, "payee-change-0001")
     assert (batch.state, batch.line_count, batch.total_fen) == (pb.BATCH_STATE_DRAFT, 6, 6 * GIANT_FEN)
@@ -88,8 +90,12 @@ def test_a_changed_payee_blocks_export_until_withdrawn_and_is_paid_later_to_its_
     change_account(engine, SAME, account_of(4))
     name = enterprise(FULL_WIDTH, account_of(5))["name"]
     assert isinstance(name, str)
-    change_account(engine, FULL_WIDTH, " ".join(_full_width(account_of(5))[i:i + 4] for i in range(0, 19, 4)),
-                   account_name=_full_width(name))
+    change_account(
+        engine,
+        FULL_WIDTH,
+        " ".join(_full_width(account_of(5))[i : i + 4] for i in range(0, 19, 4)),
+        account_name=_full_width(name),
+    )
     money.approve(batch.batch_id)
 
     # Export refused: the count and the first changed line, nothing written.
@@ -122,11 +128,11 @@ def test_a_changed_payee_blocks_export_until_withdrawn_and_is_paid_later_to_its_
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert money_snapshot(engine) == before
     withdrawn = money.withdraw(batch.batch_id, [line.line_id for line in changed], "账户变更")
-    assert (withdrawn.state, withdrawn.line_count, withdrawn.total_fen) == \
-        (pb.BATCH_STATE_APPROVED, 3, 3 * GIANT_FEN)
+    assert (withdrawn.state, withdrawn.line_count, withdrawn.total_fen) == (pb.BATCH_STATE_APPROVED, 3, 3 * GIANT_FEN)
     states = {line.uscc: (line.state, line.withdraw_reason) for line in money.lines(batch.batch_id)}
-    assert states == {u: (pb.LINE_STATE_WITHDRAWN, "账户变更") if u in CHANGED else (pb.LINE_STATE_PENDING, "")
-                      for u in P}
+    assert states == {
+        u: (pb.LINE_STATE_WITHDRAWN, "账户变更") if u in CHANGED else (pb.LINE_STATE_PENDING, "") for u in P
+    }
     assert money.lines(batch.batch_id, payee_changed=True) == []
 
     # The export now succeeds without them and pays the payees sealed at DRAFT.
@@ -137,8 +143,9 @@ def test_a_changed_payee_blocks_export_until_withdrawn_and_is_paid_later_to_its_
     assert {row["end_to_end_id"]: row["account_no"] for row in table} == {lines[u].line_id: sealed[u] for u in paying}
     assert NEW_ACCOUNT.encode() not in xml
     with engine.connect() as conn:
-        stored = conn.execute(select(payout_export.c.pain001).where(payout_export.c.batch_id == batch.batch_id)
-                              ).scalar_one()
+        stored = conn.execute(
+            select(payout_export.c.pain001).where(payout_export.c.batch_id == batch.batch_id)
+        ).scalar_one()
     assert bytes(stored) == xml
     settled = money.results(batch.batch_id, [(lines[u].line_id, "PAID", "") for u in paying])
     assert settled.state == pb.BATCH_STATE_SETTLED
@@ -146,16 +153,22 @@ def test_a_changed_payee_blocks_export_until_withdrawn_and_is_paid_later_to_its_
     # A later batch pays the withdrawn enterprises that still have an account, to the new one, once.
     later = money.create(GIANT, 2025, "payee-change-0002")
     again = {line.uscc: line for line in money.lines(later.batch_id)}
-    assert sorted(again) == sorted([NEW_NUMBER, OTHER_BANK])       # REMOVED has no account: not payable
+    assert sorted(again) == sorted([NEW_NUMBER, OTHER_BANK])  # REMOVED has no account: not payable
     assert (later.line_count, later.total_fen) == (2, 2 * GIANT_FEN)
     assert again[NEW_NUMBER].payee.account_number_masked == _masked(NEW_ACCOUNT)
     assert again[OTHER_BANK].payee.bank_name == "中国农业银行襄阳分行"
     with engine.connect() as conn:
-        assert conn.execute(select(grant.c.payee_account_no).where(
-            grant.c.grant_id == again[NEW_NUMBER].line_id)).scalar_one() == NEW_ACCOUNT
+        assert (
+            conn.execute(
+                select(grant.c.payee_account_no).where(grant.c.grant_id == again[NEW_NUMBER].line_id)
+            ).scalar_one()
+            == NEW_ACCOUNT
+        )
     money.approve(later.batch_id)
-    assert creditor_accounts(money.export(later.batch_id)) == {again[NEW_NUMBER].line_id: NEW_ACCOUNT,
-                                                               again[OTHER_BANK].line_id: account_of(2)}
+    assert creditor_accounts(money.export(later.batch_id)) == {
+        again[NEW_NUMBER].line_id: NEW_ACCOUNT,
+        again[OTHER_BANK].line_id: account_of(2),
+    }
     assert money.create(GIANT, 2025, "payee-change-0003").line_count == 0
     assert money.verify().valid
 
@@ -171,7 +184,7 @@ def test_a_newer_as_of_with_the_same_account_is_no_change(money: Money, api_serv
     number = account_of(7)
     change_account(engine, code, number, as_of="2026-02-01")
     assert money.lines(batch.batch_id, payee_changed=True) == []
-    spaced = "-".join(_full_width(number)[i:i + 5] for i in range(0, len(number), 5))
+    spaced = "-".join(_full_width(number)[i : i + 5] for i in range(0, len(number), 5))
     change_account(engine, code, spaced, as_of="2026-02-02")
     assert money.lines(batch.batch_id, payee_changed=True) == []
     assert not money.lines(batch.batch_id)[0].payee_changed
@@ -180,12 +193,13 @@ def test_a_newer_as_of_with_the_same_account_is_no_change(money: Money, api_serv
 
 
 def test_verify_audit_log_names_a_rerouted_line_without_printing_account_numbers(
-        money: Money, api_server: RunningServer) -> None:
+    money: Money, api_server: RunningServer
+) -> None:
     """Through AuditService.VerifyAuditLog: an attacker points a PENDING line at another account;
     the verdict is INVALID, names grant_award and the line, and holds no account number."""
     engine = api_server.engine
     batch = money.create(GIANT, 2023, "payee-verify-0001")
-    assert batch.line_count == 0            # nobody holds a 2023 title yet
+    assert batch.line_count == 0  # nobody holds a 2023 title yet
     code = uscc(8, "MA4G")
     load_records(titled(code, 8, 2023), engine)
     batch = money.create(GIANT, 2023, "payee-verify-0002")
@@ -199,8 +213,9 @@ def test_verify_audit_log_names_a_rerouted_line_without_printing_account_numbers
         with engine.begin() as conn:
             conn.execute(update(grant).where(grant.c.grant_id == line.line_id).values(payee_account_no=account_of(8)))
     assert not verdict.valid and verdict.fault == audit_service_pb2.LEDGER_FAULT_EDITED
-    assert [(p.table, p.row, p.fault) for p in verdict.problems] == \
-        [("grant_award", line.line_id, audit_service_pb2.LEDGER_FAULT_EDITED)]
+    assert [(p.table, p.row, p.fault) for p in verdict.problems] == [
+        ("grant_award", line.line_id, audit_service_pb2.LEDGER_FAULT_EDITED)
+    ]
     text = str(verdict)
     for number in (forged, account_of(8), NEW_ACCOUNT, *(account_of(n) for n in range(1, 8))):
         assert number not in text, f"account number {number} in the VerifyAuditLog response"

@@ -6,6 +6,7 @@ runs after the lines were read and before the export's transaction).
   the withdrawn line's grant is released, so a later batch pays the enterprise again.
 - A second export of the same batch made meanwhile must return the stored file, not fail.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,13 +27,13 @@ TODAY = date(2026, 1, 10)
 W = [uscc(n, "MA4L") for n in (1, 2, 3)]
 
 
-
 @pytest.fixture
 def approved(db_engine: Engine, policies: PolicySet) -> tuple[str, list[str]]:
     create_payout_schema(db_engine)
     load_records([r for n, code in enumerate(W, start=1) for r in titled(code, n, 2025)], db_engine)
-    batch = create_batch(db_engine, policies, policy_id=GIANT, period=2025, request_id="race-0001",
-                         actor=OPERATOR, today=TODAY)
+    batch = create_batch(
+        db_engine, policies, policy_id=GIANT, period=2025, request_id="race-0001", actor=OPERATOR, today=TODAY
+    )
     approve(db_engine, batch.batch_id, APPROVER)
     with db_engine.connect() as conn:
         return batch.batch_id, [str(line["grant_id"]) for line in lines_of(conn, batch.batch_id)]
@@ -46,7 +47,7 @@ def _meanwhile(monkeypatch: pytest.MonkeyPatch, action: Callable[[], Any]) -> li
 
     def check(xml: bytes, lines: list[Any]) -> None:
         real_check(xml, lines)
-        if not started:          # once (the action may export too)
+        if not started:  # once (the action may export too)
             started.append(True)
             done.append(action())
 
@@ -55,13 +56,13 @@ def _meanwhile(monkeypatch: pytest.MonkeyPatch, action: Callable[[], Any]) -> li
 
 
 def test_a_line_withdrawn_while_the_bank_file_is_built_is_not_in_the_file(
-        db_engine: Engine, policies: PolicySet, approved: tuple[str, list[str]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    db_engine: Engine, policies: PolicySet, approved: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     batch_id, line_ids = approved
     done = _meanwhile(monkeypatch, lambda: withdraw(db_engine, batch_id, [line_ids[0]], "账户变更", APPROVER))
     try:
         _, xml = export_module.export(db_engine, batch_id, PAYER, OPERATOR)
-    except Exception as exc:     # refusing the export is a correct outcome too
+    except Exception as exc:  # refusing the export is a correct outcome too
         assert done and get_batch(db_engine, batch_id).state == "APPROVED", exc
         return
     assert done, "the withdrawal did not run"
@@ -69,15 +70,18 @@ def test_a_line_withdrawn_while_the_bank_file_is_built_is_not_in_the_file(
         states = {str(line["grant_id"]): line["state"] for line in lines_of(conn, batch_id)}
     assert states[line_ids[0]] == "WITHDRAWN"
     in_file = set(creditor_accounts(xml))
-    later = create_batch(db_engine, policies, policy_id=GIANT, period=2025, request_id="race-0002",
-                         actor=OPERATOR, today=TODAY)
+    later = create_batch(
+        db_engine, policies, policy_id=GIANT, period=2025, request_id="race-0002", actor=OPERATOR, today=TODAY
+    )
     assert line_ids[0] not in in_file, (
         f"the bank file pays withdrawn line {line_ids[0]} (grant released), and the next batch pays its "
-        f"enterprise again: {later.line_count} line(s)")
+        f"enterprise again: {later.line_count} line(s)"
+    )
 
 
 def test_a_second_export_made_meanwhile_returns_the_stored_file(
-        db_engine: Engine, approved: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    db_engine: Engine, approved: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     batch_id, _ = approved
     done = _meanwhile(monkeypatch, lambda: export_module.export(db_engine, batch_id, PAYER, OPERATOR))
     outcome: Any

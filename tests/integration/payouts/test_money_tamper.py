@@ -17,6 +17,7 @@ edited. Each attack runs in a transaction that is rolled back, so the cases are 
 Part of the matrix runs through the real CLI (`benefits audit verify --db URL` via
 `service.cli.main`), with the attack committed and undone afterwards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,11 +71,11 @@ FORGED_ACCOUNT = "6222999988887777666"
 NEW_ACCOUNT_OF_1 = account_of(1, version=7)
 
 # The registry: enterprise n has account account_of(n) and a little-giant title of one year.
-MAIN = [uscc(n) for n in range(1, 6)]       # 2025: the main batch
-CANCELLED_USCCS = [uscc(6), uscc(7)]       # 2024: a cancelled batch
-SETTLED_USCC = uscc(8)                     # 2023: a settled batch
-APPROVED_USCC = uscc(9)                    # 2022: an approved batch, not exported
-UNTITLED = uscc(10)                        # eligible for nothing: INELIGIBLE records
+MAIN = [uscc(n) for n in range(1, 6)]  # 2025: the main batch
+CANCELLED_USCCS = [uscc(6), uscc(7)]  # 2024: a cancelled batch
+SETTLED_USCC = uscc(8)  # 2023: a settled batch
+APPROVED_USCC = uscc(9)  # 2022: an approved batch, not exported
+UNTITLED = uscc(10)  # eligible for nothing: INELIGIBLE records
 
 
 def _registry() -> list[dict[str, object]]:
@@ -96,10 +97,9 @@ SECRETS = [account_of(n) for n in range(1, 11)] + [NEW_ACCOUNT_OF_1, FORGED_ACCO
 class World:
     url: str
     engine: Engine
-    batches: dict[str, str]                                   # batch state -> batch id
-    lines: dict[str, str]                                     # line state -> line id
-    line_of: dict[str, str] = field(default_factory=dict)     # "main:<uscc>" -> line id
-
+    batches: dict[str, str]  # batch state -> batch id
+    lines: dict[str, str]  # line state -> line id
+    line_of: dict[str, str] = field(default_factory=dict)  # "main:<uscc>" -> line id
 
 
 @pytest.fixture(scope="module")
@@ -110,30 +110,47 @@ def world(api_db_url: str, policies: PolicySet) -> Iterator[World]:
     load_records(_registry(), engine)
 
     def run(period: int, request_id: str) -> str:
-        batch = create_batch(engine, policies, policy_id=GIANT, period=period, request_id=request_id,
-                             actor=OPERATOR, today=TODAY, settings=SETTINGS)
+        batch = create_batch(
+            engine,
+            policies,
+            policy_id=GIANT,
+            period=period,
+            request_id=request_id,
+            actor=OPERATOR,
+            today=TODAY,
+            settings=SETTINGS,
+        )
         assert batch.state == BatchState.DRAFT
         return batch.batch_id
 
     def line_ids(batch_id: str) -> dict[str, str]:
         with engine.connect() as conn:
-            return {r.uscc: r.grant_id for r in conn.execute(select(grant.c.uscc, grant.c.grant_id)
-                                                             .where(grant.c.batch_id == batch_id))}
+            return {
+                r.uscc: r.grant_id
+                for r in conn.execute(select(grant.c.uscc, grant.c.grant_id).where(grant.c.batch_id == batch_id))
+            }
 
     main = run(2025, "tamper-main-0001")
     main_lines = line_ids(main)
     assert sorted(main_lines) == sorted(MAIN)
-    change_account(engine, MAIN[0], NEW_ACCOUNT_OF_1)        # E1's payee changed after DRAFT
+    change_account(engine, MAIN[0], NEW_ACCOUNT_OF_1)  # E1's payee changed after DRAFT
     approve(engine, main, APPROVER)
     withdraw(engine, main, [main_lines[MAIN[0]]], "账户变更", APPROVER)
     export(engine, main, PAYER, OPERATOR)
-    record_results(engine, main, [BankResult(main_lines[MAIN[1]], LineState.RETURNED, "AC04 账户已销户"),
-                                  BankResult(main_lines[MAIN[2]], LineState.RETURNED, "AC01 账号错误"),
-                                  BankResult(main_lines[MAIN[3]], LineState.PAID),
-                                  BankResult(main_lines[MAIN[4]], LineState.PAID)], OPERATOR)
-    confirm_returns(engine, main, [main_lines[MAIN[1]]], APPROVER)   # MAIN[2] stays RETURN_PENDING
+    record_results(
+        engine,
+        main,
+        [
+            BankResult(main_lines[MAIN[1]], LineState.RETURNED, "AC04 账户已销户"),
+            BankResult(main_lines[MAIN[2]], LineState.RETURNED, "AC01 账号错误"),
+            BankResult(main_lines[MAIN[3]], LineState.PAID),
+            BankResult(main_lines[MAIN[4]], LineState.PAID),
+        ],
+        OPERATOR,
+    )
+    confirm_returns(engine, main, [main_lines[MAIN[1]]], APPROVER)  # MAIN[2] stays RETURN_PENDING
 
-    repay = run(2025, "tamper-repay-0001")                  # E1 (new account) and E2 again: PENDING
+    repay = run(2025, "tamper-repay-0001")  # E1 (new account) and E2 again: PENDING
     repay_lines = line_ids(repay)
     assert sorted(repay_lines) == sorted(MAIN[:2])
 
@@ -148,14 +165,23 @@ def world(api_db_url: str, policies: PolicySet) -> Iterator[World]:
     approved = run(2022, "tamper-approve-0001")
     approve(engine, approved, APPROVER)
 
-    world = World(api_db_url, engine,
-                  batches={"DRAFT": repay, "APPROVED": approved, "EXPORTED": main, "SETTLED": settled,
-                           "CANCELLED": cancelled},
-                  lines={"PENDING": repay_lines[MAIN[0]], "WITHDRAWN": main_lines[MAIN[0]],
-                         "RETURNED": main_lines[MAIN[1]], "RETURN_PENDING": main_lines[MAIN[2]],
-                         "PAID": main_lines[MAIN[3]], "CANCELLED": line_ids(cancelled)[CANCELLED_USCCS[0]]},
-                  line_of={**{f"main:{u}": i for u, i in main_lines.items()},
-                           **{f"repay:{u}": i for u, i in repay_lines.items()}})
+    world = World(
+        api_db_url,
+        engine,
+        batches={"DRAFT": repay, "APPROVED": approved, "EXPORTED": main, "SETTLED": settled, "CANCELLED": cancelled},
+        lines={
+            "PENDING": repay_lines[MAIN[0]],
+            "WITHDRAWN": main_lines[MAIN[0]],
+            "RETURNED": main_lines[MAIN[1]],
+            "RETURN_PENDING": main_lines[MAIN[2]],
+            "PAID": main_lines[MAIN[3]],
+            "CANCELLED": line_ids(cancelled)[CANCELLED_USCCS[0]],
+        },
+        line_of={
+            **{f"main:{u}": i for u, i in main_lines.items()},
+            **{f"repay:{u}": i for u, i in repay_lines.items()},
+        },
+    )
     yield world
     engine.dispose()
 
@@ -165,19 +191,26 @@ def _verdict(conn: Connection) -> AuditVerdict:
 
 
 def _report_text(verdict: AuditVerdict) -> str:
-    return "\n".join([verdict.detail, *(f"{p.table} {p.row} {p.fault} {p.ledger_seq} {p.detail}"
-                                        for p in verdict.problems)])
+    return "\n".join(
+        [verdict.detail, *(f"{p.table} {p.row} {p.fault} {p.ledger_seq} {p.detail}" for p in verdict.problems)]
+    )
 
 
-def assert_caught(verdict: AuditVerdict, required: set[tuple[str, str]],
-                  allowed: set[tuple[str, str]] | None = None, *, fault: Fault | None = None) -> None:
+def assert_caught(
+    verdict: AuditVerdict,
+    required: set[tuple[str, str]],
+    allowed: set[tuple[str, str]] | None = None,
+    *,
+    fault: Fault | None = None,
+) -> None:
     """INVALID; every (table, row) in `required` named; nothing named outside `allowed`
     (default: exactly `required`); no account number anywhere in the report."""
     named = {(p.table, p.row) for p in verdict.problems}
     assert not verdict.valid, f"tampering was not detected: {verdict.detail}"
     assert required <= named, f"expected {sorted(required)} to be named; the report names {sorted(named)}"
-    assert named <= (allowed if allowed is not None else required), \
+    assert named <= (allowed if allowed is not None else required), (
         f"the report names rows that were not touched: {sorted(named - (allowed or required))}"
+    )
     if fault is not None:
         faults = {p.fault for p in verdict.problems if (p.table, p.row) in required}
         assert faults == {fault}, f"faults {faults}, expected {fault}"
@@ -197,8 +230,14 @@ def _other(value: str) -> str:
     return value[:-1] + ("0" if value[-1] != "0" else "1")
 
 
-def _edited(world: World, table: Table, key_column: Column[Any], key: str, column: str,
-            forge: Callable[[Connection, dict[str, Any]], Any]) -> tuple[Any, AuditVerdict]:
+def _edited(
+    world: World,
+    table: Table,
+    key_column: Column[Any],
+    key: str,
+    column: str,
+    forge: Callable[[Connection, dict[str, Any]], Any],
+) -> tuple[Any, AuditVerdict]:
     """(forged value, verdict) after `column` of the row keyed `key` is set to what `forge` makes
     of that row (on the attacker's connection)."""
     with attacker(world.engine) as conn:
@@ -213,8 +252,9 @@ def _deleted(world: World, table: Table, key_column: Column[Any], key: str) -> A
         return _verdict(conn)
 
 
-def _inserted(world: World, table: Table, key_column: Column[Any], copied: str,
-              changes: dict[str, Any]) -> tuple[dict[str, Any], AuditVerdict]:
+def _inserted(
+    world: World, table: Table, key_column: Column[Any], copied: str, changes: dict[str, Any]
+) -> tuple[dict[str, Any], AuditVerdict]:
     """(forged row, verdict) after a copy of the row keyed `copied`, with `changes`, is inserted."""
     with attacker(world.engine) as conn:
         forged = {**_row(conn, table, key_column, copied), **changes}
@@ -237,7 +277,7 @@ def test_the_world_verifies_and_every_line_state_occurs(world: World) -> None:
         states = set(conn.execute(select(grant.c.state).distinct()).scalars())
         batch_states = set(conn.execute(select(payout_batch.c.state).distinct()).scalars())
     assert verdict.valid, verdict.detail
-    assert set(LINE_COLUMNS) >= MONEY_LINE_COLUMNS       # the matrix below covers every money column
+    assert set(LINE_COLUMNS) >= MONEY_LINE_COLUMNS  # the matrix below covers every money column
     assert states == {s.value for s in LineState}
     assert batch_states == {"DRAFT", "APPROVED", "EXPORTED", "SETTLED", "CANCELLED"}
 
@@ -251,8 +291,20 @@ def test_the_cli_says_valid_first(world: World, capsys: pytest.CaptureFixture[st
 # --------------------------------------------------------------------------------------------- grant_award
 
 LINE_COLUMNS = [c.name for c in grant.columns]
-MONEY_LINE_COLUMNS = {"amount_fen", "full_fen", "payee_name", "payee_account_no", "payee_bank", "state",
-                      "return_reason", "result_by", "confirmed_by", "withdraw_reason", "released", "uscc"}
+MONEY_LINE_COLUMNS = {
+    "amount_fen",
+    "full_fen",
+    "payee_name",
+    "payee_account_no",
+    "payee_bank",
+    "state",
+    "return_reason",
+    "result_by",
+    "confirmed_by",
+    "withdraw_reason",
+    "released",
+    "uscc",
+}
 
 
 def _forged_line_value(world: World, column: str, line: dict[str, Any]) -> Any:
@@ -284,9 +336,16 @@ def test_an_edited_line_column_is_named(world: World, column: str, state: str) -
         if column == "released" and forged == "":
             # Un-releasing a released line collides with the enterprise's new standing grant
             # (the database's exactly-once constraint stops that attack by itself).
-            others = conn.execute(select(func.count()).select_from(grant).where(
-                grant.c.uscc == line["uscc"], grant.c.policy_id == line["policy_id"],
-                grant.c.period == line["period"], grant.c.released == "")).scalar_one()
+            others = conn.execute(
+                select(func.count())
+                .select_from(grant)
+                .where(
+                    grant.c.uscc == line["uscc"],
+                    grant.c.policy_id == line["policy_id"],
+                    grant.c.period == line["period"],
+                    grant.c.released == "",
+                )
+            ).scalar_one()
             if others:
                 forged = _other(line["grant_id"])
         return forged
@@ -309,8 +368,13 @@ def test_a_deleted_line_is_named(world: World, state: str) -> None:
 
 def test_a_forged_line_is_named(world: World) -> None:
     paid = world.lines["PAID"]
-    forged, verdict = _inserted(world, grant, grant.c.grant_id, paid, {
-        "grant_id": paid[:-6] + "999999", "uscc": uscc(98), "payee_account_no": FORGED_ACCOUNT})
+    forged, verdict = _inserted(
+        world,
+        grant,
+        grant.c.grant_id,
+        paid,
+        {"grant_id": paid[:-6] + "999999", "uscc": uscc(98), "payee_account_no": FORGED_ACCOUNT},
+    )
     assert_caught(verdict, {("grant_award", forged["grant_id"])}, fault=Fault.INSERTED)
 
 
@@ -335,8 +399,14 @@ def _forged_batch_value(column: str, value: Any) -> Any:
 @pytest.mark.parametrize("column", SEALED_BATCH_COLUMNS)
 def test_an_edited_sealed_batch_column_is_named(world: World, column: str, state: str) -> None:
     batch_id = world.batches[state]
-    forged, verdict = _edited(world, payout_batch, payout_batch.c.batch_id, batch_id, column,
-                              lambda _, batch: _forged_batch_value(column, batch[column]))
+    forged, verdict = _edited(
+        world,
+        payout_batch,
+        payout_batch.c.batch_id,
+        batch_id,
+        column,
+        lambda _, batch: _forged_batch_value(column, batch[column]),
+    )
     if column == "batch_id":
         _assert_rekeyed_caught(verdict, "payout_batch", batch_id, forged)
     else:
@@ -352,8 +422,13 @@ def test_a_deleted_batch_is_named(world: World, state: str) -> None:
 
 
 def test_a_forged_batch_is_named(world: World) -> None:
-    forged, verdict = _inserted(world, payout_batch, payout_batch.c.batch_id, world.batches["SETTLED"],
-                                {"batch_id": "pb_" + "f" * 24, "request_id": "forged-request"})
+    forged, verdict = _inserted(
+        world,
+        payout_batch,
+        payout_batch.c.batch_id,
+        world.batches["SETTLED"],
+        {"batch_id": "pb_" + "f" * 24, "request_id": "forged-request"},
+    )
     assert_caught(verdict, {("payout_batch", forged["batch_id"])}, fault=Fault.INSERTED)
 
 
@@ -368,14 +443,17 @@ def test_an_edited_bank_file_is_named(world: World, column: str, state: str) -> 
     batch_id = world.batches[state]
 
     def forge(conn: Connection, stored: dict[str, Any]) -> Any:
-        if column in ("csv", "pain001"):   # the attack that matters: pay one transfer elsewhere
-            paid = conn.execute(select(grant.c.payee_account_no).where(
-                grant.c.batch_id == batch_id, grant.c.state == LineState.PAID).limit(1)).scalar_one()
+        if column in ("csv", "pain001"):  # the attack that matters: pay one transfer elsewhere
+            paid = conn.execute(
+                select(grant.c.payee_account_no)
+                .where(grant.c.batch_id == batch_id, grant.c.state == LineState.PAID)
+                .limit(1)
+            ).scalar_one()
             content = bytes(stored[column])
             assert paid.encode() in content
             return content.replace(paid.encode(), FORGED_ACCOUNT.encode())
         if column == "batch_id":
-            return world.batches["APPROVED"]   # the file passed off as another batch's
+            return world.batches["APPROVED"]  # the file passed off as another batch's
         return _other(stored[column])
 
     forged, verdict = _edited(world, payout_export, payout_export.c.batch_id, batch_id, column, forge)
@@ -394,8 +472,13 @@ def test_a_deleted_bank_file_is_named(world: World, state: str) -> None:
 
 def test_a_forged_bank_file_is_named(world: World) -> None:
     approved = world.batches["APPROVED"]
-    _, verdict = _inserted(world, payout_export, payout_export.c.batch_id, world.batches["SETTLED"],
-                           {"batch_id": approved, "message_id": "MSGforged0000000000000001"})
+    _, verdict = _inserted(
+        world,
+        payout_export,
+        payout_export.c.batch_id,
+        world.batches["SETTLED"],
+        {"batch_id": approved, "message_id": "MSGforged0000000000000001"},
+    )
     assert_caught(verdict, {("payout_export", approved)}, fault=Fault.INSERTED)
 
 
@@ -403,19 +486,35 @@ def test_a_forged_bank_file_is_named(world: World) -> None:
 
 
 def _newest_seal(conn: Connection, line_id: str) -> dict[str, Any]:
-    return dict(conn.execute(select(payout_line_seal).where(payout_line_seal.c.line_id == line_id)
-                             .order_by(payout_line_seal.c.ledger_seq.desc()).limit(1)).one()._mapping)
+    return dict(
+        conn.execute(
+            select(payout_line_seal)
+            .where(payout_line_seal.c.line_id == line_id)
+            .order_by(payout_line_seal.c.ledger_seq.desc())
+            .limit(1)
+        )
+        .one()
+        ._mapping
+    )
 
 
 def _seals_of(conn: Connection, line_id: str) -> list[dict[str, Any]]:
-    return [dict(r._mapping) for r in conn.execute(select(payout_line_seal).where(
-        payout_line_seal.c.line_id == line_id).order_by(payout_line_seal.c.ledger_seq))]
+    return [
+        dict(r._mapping)
+        for r in conn.execute(
+            select(payout_line_seal)
+            .where(payout_line_seal.c.line_id == line_id)
+            .order_by(payout_line_seal.c.ledger_seq)
+        )
+    ]
 
 
 def _set_seal(conn: Connection, seal: dict[str, Any], **values: Any) -> None:
-    conn.execute(update(payout_line_seal).where(payout_line_seal.c.ledger_seq == seal["ledger_seq"],
-                                                payout_line_seal.c.leaf_index == seal["leaf_index"])
-                 .values(**values))
+    conn.execute(
+        update(payout_line_seal)
+        .where(payout_line_seal.c.ledger_seq == seal["ledger_seq"], payout_line_seal.c.leaf_index == seal["leaf_index"])
+        .values(**values)
+    )
 
 
 def _entry(seal: dict[str, Any]) -> tuple[str, str]:
@@ -440,8 +539,11 @@ def test_a_deleted_seal_row_is_named(world: World, state: str) -> None:
     line_id = world.lines[state]
     with attacker(world.engine) as conn:
         seal = _newest_seal(conn, line_id)
-        conn.execute(delete(payout_line_seal).where(payout_line_seal.c.ledger_seq == seal["ledger_seq"],
-                                                    payout_line_seal.c.leaf_index == seal["leaf_index"]))
+        conn.execute(
+            delete(payout_line_seal).where(
+                payout_line_seal.c.ledger_seq == seal["ledger_seq"], payout_line_seal.c.leaf_index == seal["leaf_index"]
+            )
+        )
         verdict = _verdict(conn)
     assert_caught(verdict, {_entry(seal)}, {_entry(seal), ("grant_award", line_id)})
     assert [p.fault for p in verdict.problems if (p.table, p.row) == _entry(seal)] == [Fault.DELETED]
@@ -461,8 +563,11 @@ def test_a_forged_seal_row_in_an_entry_is_named(world: World) -> None:
     line_id = world.lines["PAID"]
     with attacker(world.engine) as conn:
         seal = _newest_seal(conn, line_id)
-        count = conn.execute(select(func.count()).select_from(payout_line_seal).where(
-            payout_line_seal.c.ledger_seq == seal["ledger_seq"])).scalar_one()
+        count = conn.execute(
+            select(func.count())
+            .select_from(payout_line_seal)
+            .where(payout_line_seal.c.ledger_seq == seal["ledger_seq"])
+        ).scalar_one()
         conn.execute(insert(payout_line_seal).values({**seal, "leaf_index": count}))
         verdict = _verdict(conn)
     assert_caught(verdict, {_entry(seal)}, fault=Fault.INSERTED)
@@ -479,11 +584,21 @@ def test_a_forged_line_with_a_forged_seal_of_its_own_is_named(world: World) -> N
         stored = _row(conn, grant, grant.c.grant_id, forged["grant_id"])
         head = conn.execute(select(func.max(payout_line_seal.c.ledger_seq))).scalar_one()
         seq = head + 1000
-        conn.execute(insert(payout_line_seal).values(ledger_seq=seq, leaf_index=0, batch_id=line["batch_id"],
-                                                     line_id=forged["grant_id"], leaf=line_leaf(stored).decode()))
+        conn.execute(
+            insert(payout_line_seal).values(
+                ledger_seq=seq,
+                leaf_index=0,
+                batch_id=line["batch_id"],
+                line_id=forged["grant_id"],
+                leaf=line_leaf(stored).decode(),
+            )
+        )
         verdict = _verdict(conn)
-    assert_caught(verdict, {("payout_line_seal", f"entry {seq}")},
-                  {("payout_line_seal", f"entry {seq}"), ("grant_award", forged["grant_id"])})
+    assert_caught(
+        verdict,
+        {("payout_line_seal", f"entry {seq}")},
+        {("payout_line_seal", f"entry {seq}"), ("grant_award", forged["grant_id"])},
+    )
 
 
 def test_a_seal_row_moved_to_another_batch_is_named(world: World) -> None:
@@ -501,9 +616,15 @@ def test_seal_rows_swapped_within_their_entry_are_named(world: World) -> None:
     with attacker(world.engine) as conn:
         first = _seals_of(conn, line_id)[0]
         seq = first["ledger_seq"]
-        other = dict(conn.execute(select(payout_line_seal).where(
-            payout_line_seal.c.ledger_seq == seq, payout_line_seal.c.leaf_index != first["leaf_index"])
-            .limit(1)).one()._mapping)
+        other = dict(
+            conn.execute(
+                select(payout_line_seal)
+                .where(payout_line_seal.c.ledger_seq == seq, payout_line_seal.c.leaf_index != first["leaf_index"])
+                .limit(1)
+            )
+            .one()
+            ._mapping
+        )
         _set_seal(conn, first, leaf_index=-1)
         _set_seal(conn, other, leaf_index=first["leaf_index"])
         _set_seal(conn, {**first, "leaf_index": -1}, leaf_index=other["leaf_index"])
@@ -520,8 +641,11 @@ def test_a_line_edited_together_with_its_newest_seal_is_still_caught(world: Worl
     line_id = world.lines[state]
     with attacker(world.engine) as conn:
         line = _row(conn, grant, grant.c.grant_id, line_id)
-        conn.execute(update(grant).where(grant.c.grant_id == line_id).values(
-            amount_fen=line["amount_fen"] * 10, payee_account_no=FORGED_ACCOUNT))
+        conn.execute(
+            update(grant)
+            .where(grant.c.grant_id == line_id)
+            .values(amount_fen=line["amount_fen"] * 10, payee_account_no=FORGED_ACCOUNT)
+        )
         seal = _newest_seal(conn, line_id)
         _set_seal(conn, seal, leaf=line_leaf(_row(conn, grant, grant.c.grant_id, line_id)).decode())
         verdict = _verdict(conn)
@@ -533,15 +657,18 @@ def test_a_paid_line_rolled_back_by_relabelling_its_newest_seal_is_caught(world:
     by writing another line's id into that seal row's `line_id` - a line sealed later, so that
     line's own newest seal stays its newest. No leaf, position or batch of any seal row changes,
     so every entry's root still matches; but the seal row now claims a line its leaf is not."""
-    paid, later = world.lines["PAID"], world.lines["PENDING"]   # PENDING: the repay batch, sealed later
+    paid, later = world.lines["PAID"], world.lines["PENDING"]  # PENDING: the repay batch, sealed later
     with attacker(world.engine) as conn:
         seals = _seals_of(conn, paid)
-        assert len(seals) == 2, seals                 # DRAFT (PENDING) and RESULTS (PAID)
+        assert len(seals) == 2, seals  # DRAFT (PENDING) and RESULTS (PAID)
         draft_leaf = orjson.loads(seals[0]["leaf"])
         assert draft_leaf["state"] == "PENDING"
         assert _newest_seal(conn, later)["ledger_seq"] > seals[1]["ledger_seq"]
-        conn.execute(update(grant).where(grant.c.grant_id == paid).values(
-            state=draft_leaf["state"], result_by=draft_leaf["result_by"]))
+        conn.execute(
+            update(grant)
+            .where(grant.c.grant_id == paid)
+            .values(state=draft_leaf["state"], result_by=draft_leaf["result_by"])
+        )
         _set_seal(conn, seals[1], line_id=later)
         verdict = _verdict(conn)
     assert_caught(verdict, {_entry(seals[1])}, {_entry(seals[1]), ("grant_award", paid), ("grant_award", later)})
@@ -559,7 +686,8 @@ def test_a_deleted_line_whose_seals_were_relabelled_is_caught(world: World) -> N
     allowed = {("grant_award", paid), ("grant_award", later)} | {_entry(s) for s in seals}
     named = {(p.table, p.row) for p in verdict.problems}
     assert not verdict.valid and named & allowed, (
-        f"a PAID line ({paid}) was deleted and went unnoticed: {verdict.detail}")
+        f"a PAID line ({paid}) was deleted and went unnoticed: {verdict.detail}"
+    )
     assert_caught(verdict, set(), allowed)
 
 
@@ -576,8 +704,7 @@ def test_a_deleted_evaluation_record_is_named(world: World) -> None:
     place in it); the line citing it names the evaluation that is gone."""
     with attacker(world.engine) as conn:
         record = _record_of_paid_line(conn, world)
-        conn.execute(delete(evaluation_record).where(
-            evaluation_record.c.evaluation_id == record["evaluation_id"]))
+        conn.execute(delete(evaluation_record).where(evaluation_record.c.evaluation_id == record["evaluation_id"]))
         verdict = _verdict(conn)
     chunk = ("evaluation_record", f"entry {record['ledger_seq']}")
     assert_caught(verdict, {chunk}, {chunk, ("grant_award", world.lines["PAID"])}, fault=Fault.DELETED)
@@ -609,9 +736,11 @@ RECORD_EDITS: dict[str, Callable[[World, dict[str, Any]], Any]] = {
 def test_an_edited_evaluation_record_filter_column_is_named(world: World, column: str) -> None:
     with attacker(world.engine) as conn:
         record = _record_of_paid_line(conn, world)
-        conn.execute(update(evaluation_record).where(
-            evaluation_record.c.evaluation_id == record["evaluation_id"]).values(
-            {column: RECORD_EDITS[column](world, record)}))
+        conn.execute(
+            update(evaluation_record)
+            .where(evaluation_record.c.evaluation_id == record["evaluation_id"])
+            .values({column: RECORD_EDITS[column](world, record)})
+        )
         verdict = _verdict(conn)
     assert_caught(verdict, {("evaluation_record", record["evaluation_id"])}, fault=Fault.EDITED)
 
@@ -619,8 +748,11 @@ def test_an_edited_evaluation_record_filter_column_is_named(world: World, column
 def test_a_batch_id_removed_from_an_evaluation_record_is_named(world: World) -> None:
     with attacker(world.engine) as conn:
         record = _record_of_paid_line(conn, world)
-        conn.execute(update(evaluation_record).where(
-            evaluation_record.c.evaluation_id == record["evaluation_id"]).values(batch_id=None))
+        conn.execute(
+            update(evaluation_record)
+            .where(evaluation_record.c.evaluation_id == record["evaluation_id"])
+            .values(batch_id=None)
+        )
         verdict = _verdict(conn)
     assert_caught(verdict, {("evaluation_record", record["evaluation_id"])}, fault=Fault.EDITED)
 
@@ -631,9 +763,11 @@ def test_an_evaluation_record_rewritten_with_its_hash_recomputed_is_named(world:
         body = orjson.loads(record["record"])
         body["amount_fen"] *= 2
         text = orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
-        conn.execute(update(evaluation_record).where(
-            evaluation_record.c.evaluation_id == record["evaluation_id"]).values(
-            record=text, record_sha256=hashlib.sha256(text.encode()).hexdigest(), amount_fen=body["amount_fen"]))
+        conn.execute(
+            update(evaluation_record)
+            .where(evaluation_record.c.evaluation_id == record["evaluation_id"])
+            .values(record=text, record_sha256=hashlib.sha256(text.encode()).hexdigest(), amount_fen=body["amount_fen"])
+        )
         verdict = _verdict(conn)
     assert_caught(verdict, {("evaluation_record", record["evaluation_id"])}, fault=Fault.EDITED)
 
@@ -651,14 +785,14 @@ def test_a_forged_evaluation_record_is_named(world: World) -> None:
 # --------------------------------------------------------------------------------------------- the CLI
 
 
-Undo = Callable[[Connection], object]   # puts back what an attack changed (a statement: its result is unused)
+Undo = Callable[[Connection], object]  # puts back what an attack changed (a statement: its result is unused)
 
 
 @dataclass(frozen=True)
 class CommittedAttack:
     name: str
     table: str
-    do: Callable[[Connection, World], tuple[str, Undo]]   # -> (row named, undo)
+    do: Callable[[Connection, World], tuple[str, Undo]]  # -> (row named, undo)
 
 
 def _edit_line(column: str, value: Any) -> Callable[[Connection, World], tuple[str, Undo]]:
@@ -666,8 +800,8 @@ def _edit_line(column: str, value: Any) -> Callable[[Connection, World], tuple[s
         line_id = world.lines["PAID"]
         before = _row(conn, grant, grant.c.grant_id, line_id)[column]
         conn.execute(update(grant).where(grant.c.grant_id == line_id).values({column: value}))
-        return line_id, lambda c: c.execute(update(grant).where(grant.c.grant_id == line_id)
-                                            .values({column: before}))
+        return line_id, lambda c: c.execute(update(grant).where(grant.c.grant_id == line_id).values({column: before}))
+
     return do
 
 
@@ -681,24 +815,32 @@ def _edit_batch_total(conn: Connection, world: World) -> tuple[str, Undo]:
     batch_id = world.batches["EXPORTED"]
     total = _row(conn, payout_batch, payout_batch.c.batch_id, batch_id)["total_fen"]
     conn.execute(update(payout_batch).where(payout_batch.c.batch_id == batch_id).values(total_fen=total * 2))
-    return batch_id, lambda c: c.execute(update(payout_batch).where(payout_batch.c.batch_id == batch_id)
-                                         .values(total_fen=total))
+    return batch_id, lambda c: c.execute(
+        update(payout_batch).where(payout_batch.c.batch_id == batch_id).values(total_fen=total)
+    )
 
 
 def _reroute_bank_file(conn: Connection, world: World) -> tuple[str, Undo]:
     batch_id = world.batches["SETTLED"]
     xml = bytes(_row(conn, payout_export, payout_export.c.batch_id, batch_id)["pain001"])
     assert account_of(8).encode() in xml
-    conn.execute(update(payout_export).where(payout_export.c.batch_id == batch_id).values(
-        pain001=xml.replace(account_of(8).encode(), FORGED_ACCOUNT.encode())))
-    return batch_id, lambda c: c.execute(update(payout_export).where(payout_export.c.batch_id == batch_id)
-                                         .values(pain001=xml))
+    conn.execute(
+        update(payout_export)
+        .where(payout_export.c.batch_id == batch_id)
+        .values(pain001=xml.replace(account_of(8).encode(), FORGED_ACCOUNT.encode()))
+    )
+    return batch_id, lambda c: c.execute(
+        update(payout_export).where(payout_export.c.batch_id == batch_id).values(pain001=xml)
+    )
 
 
 def _delete_seal(conn: Connection, world: World) -> tuple[str, Undo]:
     seal = _newest_seal(conn, world.lines["CANCELLED"])
-    conn.execute(delete(payout_line_seal).where(payout_line_seal.c.ledger_seq == seal["ledger_seq"],
-                                                payout_line_seal.c.leaf_index == seal["leaf_index"]))
+    conn.execute(
+        delete(payout_line_seal).where(
+            payout_line_seal.c.ledger_seq == seal["ledger_seq"], payout_line_seal.c.leaf_index == seal["leaf_index"]
+        )
+    )
     return f"entry {seal['ledger_seq']}", lambda c: c.execute(insert(payout_line_seal).values(seal))
 
 
@@ -713,8 +855,9 @@ def _edit_record_outcome(conn: Connection, world: World) -> tuple[str, Undo]:
     record = _record_of_paid_line(conn, world)
     key = evaluation_record.c.evaluation_id == record["evaluation_id"]
     conn.execute(update(evaluation_record).where(key).values(outcome="INELIGIBLE"))
-    return record["evaluation_id"], lambda c: c.execute(update(evaluation_record).where(key)
-                                                        .values(outcome=record["outcome"]))
+    return record["evaluation_id"], lambda c: c.execute(
+        update(evaluation_record).where(key).values(outcome=record["outcome"])
+    )
 
 
 COMMITTED_ATTACKS = [
@@ -731,8 +874,9 @@ COMMITTED_ATTACKS = [
 
 
 @pytest.mark.parametrize("attack", COMMITTED_ATTACKS, ids=[a.name for a in COMMITTED_ATTACKS])
-def test_benefits_audit_verify_names_the_altered_row(world: World, attack: CommittedAttack,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_benefits_audit_verify_names_the_altered_row(
+    world: World, attack: CommittedAttack, capsys: pytest.CaptureFixture[str]
+) -> None:
     engine = world.engine
     with engine.begin() as conn:
         if conn.dialect.name == "sqlite":
@@ -744,7 +888,7 @@ def test_benefits_audit_verify_names_the_altered_row(world: World, attack: Commi
         code = cli.main(["audit", "verify", "--db", world.url])
         out = capsys.readouterr().out
     finally:
-        with engine.begin() as conn:   # undo the attack (the CLI re-created the triggers)
+        with engine.begin() as conn:  # undo the attack (the CLI re-created the triggers)
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             drop_append_only_triggers(conn, payout_line_seal.name)
@@ -752,8 +896,9 @@ def test_benefits_audit_verify_names_the_altered_row(world: World, attack: Commi
             create_append_only_triggers(conn, payout_line_seal.name)
     assert code == 1, out
     assert out.startswith("INVALID"), out
-    assert any(f"{attack.table} {row}:" in line for line in out.splitlines()), \
+    assert any(f"{attack.table} {row}:" in line for line in out.splitlines()), (
         f"{attack.table} {row} not named in:\n{out}"
+    )
     for secret in SECRETS:
         assert secret not in out, f"account number {secret} printed by benefits audit verify"
     # Undone, it verifies again: the cases stay independent.
@@ -796,19 +941,27 @@ def _draft_with_a_tampered_candidate(db_engine: Engine, policies: PolicySet, att
     from service.payouts.tables import payout_candidate
 
     create_payout_schema(db_engine)
-    load_records(titled(MAIN[0], 1, 2025) + titled(MAIN[1], 2, 2025) + [enterprise(UNTITLED, account_of(10))],
-                 db_engine)
-    batch = start_batch(db_engine, policies, policy_id=GIANT, period=2025, request_id="tamper-candidate-1",
-                        actor=OPERATOR, today=TODAY)
+    load_records(
+        titled(MAIN[0], 1, 2025) + titled(MAIN[1], 2, 2025) + [enterprise(UNTITLED, account_of(10))], db_engine
+    )
+    batch = start_batch(
+        db_engine, policies, policy_id=GIANT, period=2025, request_id="tamper-candidate-1", actor=OPERATOR, today=TODAY
+    )
     stop = _StopAfter(1)
-    assert not run_batch(db_engine, policies, batch.batch_id, worker=new_worker_id(),
-                         settings=RunSettings(chunk_size=10), stop=stop)
+    assert not run_batch(
+        db_engine, policies, batch.batch_id, worker=new_worker_id(), settings=RunSettings(chunk_size=10), stop=stop
+    )
     with db_engine.begin() as conn:
-        candidate = conn.execute(select(payout_candidate).where(payout_candidate.c.batch_id == batch.batch_id,
-                                                                payout_candidate.c.uscc == MAIN[0])).one()
-        conn.execute(update(payout_candidate).where(payout_candidate.c.batch_id == batch.batch_id,
-                                                    payout_candidate.c.uscc == MAIN[0])
-                     .values(CANDIDATE_ATTACKS[attack](candidate)))
+        candidate = conn.execute(
+            select(payout_candidate).where(
+                payout_candidate.c.batch_id == batch.batch_id, payout_candidate.c.uscc == MAIN[0]
+            )
+        ).one()
+        conn.execute(
+            update(payout_candidate)
+            .where(payout_candidate.c.batch_id == batch.batch_id, payout_candidate.c.uscc == MAIN[0])
+            .values(CANDIDATE_ATTACKS[attack](candidate))
+        )
     assert run_batch(db_engine, policies, batch.batch_id, worker=new_worker_id(), settings=RunSettings(chunk_size=10))
     return candidate
 
@@ -821,32 +974,41 @@ def test_a_tampered_candidate_is_not_drafted(db_engine: Engine, policies: Policy
     candidate = _draft_with_a_tampered_candidate(db_engine, policies, attack)
     with db_engine.connect() as conn:
         assert conn.execute(select(grant).where(grant.c.evaluation_id == candidate.evaluation_id)).first() is None
-        assert [line.uscc for line in conn.execute(select(grant))] == [MAIN[1]]   # the untouched one is paid
+        assert [line.uscc for line in conn.execute(select(grant))] == [MAIN[1]]  # the untouched one is paid
         assert _verdict(conn).valid
 
 
 @pytest.mark.parametrize("attack", sorted(CANDIDATE_ATTACKS))
-def test_a_line_drafted_from_a_tampered_candidate_is_caught(db_engine: Engine, policies: PolicySet,
-                                                            attack: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_line_drafted_from_a_tampered_candidate_is_caught(
+    db_engine: Engine, policies: PolicySet, attack: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Should a writer draft such a line anyway (here: the DRAFT check switched off), the sealed
     line contradicts the evaluation record it cites, whose hash the ledger holds: the amount,
     or the enterprise. Verification must not call that VALID."""
     from service.payouts import runner
     from service.payouts.tables import payout_candidate
 
-    def unchecked(run: Any, conn: Any) -> Iterator[list[Any]]:   # one page, unchecked
-        yield list(conn.execute(select(payout_candidate).where(payout_candidate.c.batch_id == run.batch_id)
-                                .order_by(payout_candidate.c.uscc)))
+    def unchecked(run: Any, conn: Any) -> Iterator[list[Any]]:  # one page, unchecked
+        yield list(
+            conn.execute(
+                select(payout_candidate)
+                .where(payout_candidate.c.batch_id == run.batch_id)
+                .order_by(payout_candidate.c.uscc)
+            )
+        )
 
     monkeypatch.setattr(runner._Run, "_founded_candidates", unchecked)
     candidate = _draft_with_a_tampered_candidate(db_engine, policies, attack)
     with db_engine.connect() as conn:
         line = conn.execute(select(grant).where(grant.c.evaluation_id == candidate.evaluation_id)).one()
-        record = conn.execute(select(evaluation_record).where(
-            evaluation_record.c.evaluation_id == candidate.evaluation_id)).one()
-        assert (line.uscc, line.full_fen) != (record.uscc, record.amount_fen)   # the attack took effect
+        record = conn.execute(
+            select(evaluation_record).where(evaluation_record.c.evaluation_id == candidate.evaluation_id)
+        ).one()
+        assert (line.uscc, line.full_fen) != (record.uscc, record.amount_fen)  # the attack took effect
         verdict = _verdict(conn)
-    assert not verdict.valid, (f"line {line.grant_id} pays {line.uscc} {line.full_fen} fen citing evaluation "
-                               f"{record.evaluation_id} of {record.uscc} for {record.amount_fen} fen, and "
-                               f"verification says: {verdict.detail}")
+    assert not verdict.valid, (
+        f"line {line.grant_id} pays {line.uscc} {line.full_fen} fen citing evaluation "
+        f"{record.evaluation_id} of {record.uscc} for {record.amount_fen} fen, and "
+        f"verification says: {verdict.detail}"
+    )
     assert ("grant_award", line.grant_id) in {(p.table, p.row) for p in verdict.problems}

@@ -2,6 +2,7 @@
 child process is killed while the batch runs (more than once), restarted on the same database,
 and the same request finishes the same batch - no enterprise missing, none doubled, no half
 batch ever visible as complete. On SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import signal
@@ -31,12 +32,12 @@ from service.payouts.tables import grant, payout_batch, payout_candidate
 from service.payouts.verification import verify_payouts
 
 ENTERPRISES = 400
-CHUNK = 10                 # small chunks: the batch runs for seconds and commits often
-LEASE_SECONDS = "1"        # a dead worker's batch is taken over after a second
+CHUNK = 10  # small chunks: the batch runs for seconds and commits often
+LEASE_SECONDS = "1"  # a dead worker's batch is taken over after a second
 POLICY, PERIOD = "stable-jobs-refund", 2025
 REQUEST_ID = "req-crash-test-0001"
 OPERATOR = as_role("finance_operator")
-KILL_AT = (0.2, 0.6)       # fractions of the registry evaluated when the server is killed
+KILL_AT = (0.2, 0.6)  # fractions of the registry evaluated when the server is killed
 
 
 @pytest.fixture(params=BACKENDS)
@@ -47,16 +48,20 @@ def crash_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 def _create(stubs: Stubs) -> pb.PayoutBatch:
-    started: pb.PayoutBatch = stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
-        policy_id=POLICY, period=PERIOD, request_id=REQUEST_ID), metadata=OPERATOR, timeout=30)
+    started: pb.PayoutBatch = stubs.payout.CreatePayoutBatch(
+        pb.CreatePayoutBatchRequest(policy_id=POLICY, period=PERIOD, request_id=REQUEST_ID),
+        metadata=OPERATOR,
+        timeout=30,
+    )
     return started
 
 
 def _watch_until(stubs: Stubs, batch_id: str, evaluated_at_least: int) -> pb.PayoutBatchProgress:
     """Follow the batch until it has evaluated that many enterprises (or left RUNNING)."""
     progress: pb.PayoutBatchProgress
-    for progress in stubs.payout.WatchPayoutBatch(pb.WatchPayoutBatchRequest(batch_id=batch_id),
-                                                  metadata=OPERATOR, timeout=120):
+    for progress in stubs.payout.WatchPayoutBatch(
+        pb.WatchPayoutBatchRequest(batch_id=batch_id), metadata=OPERATOR, timeout=120
+    ):
         if progress.evaluated_count >= evaluated_at_least or progress.batch.state != pb.BATCH_STATE_RUNNING:
             return progress
     raise AssertionError("the progress stream ended while the batch was RUNNING")
@@ -66,10 +71,12 @@ def _state_in_database(url: str, batch_id: str) -> tuple[str, int, int]:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            state, evaluated = conn.execute(select(payout_batch.c.state, payout_batch.c.evaluated_count)
-                                            .where(payout_batch.c.batch_id == batch_id)).one()
-            grants = conn.execute(select(func.count()).select_from(grant)
-                                  .where(grant.c.batch_id == batch_id)).scalar_one()
+            state, evaluated = conn.execute(
+                select(payout_batch.c.state, payout_batch.c.evaluated_count).where(payout_batch.c.batch_id == batch_id)
+            ).one()
+            grants = conn.execute(
+                select(func.count()).select_from(grant).where(grant.c.batch_id == batch_id)
+            ).scalar_one()
         return state, evaluated, grants
     finally:
         engine.dispose()
@@ -93,16 +100,16 @@ def _expected_lines(url: str, today: date) -> dict[str, int]:
 
 @pytest.mark.parametrize("workers", [1, 3], ids=["in-the-server", "three-worker-processes"])
 def test_sigkill_during_a_batch_and_restart_finish_the_same_batch_exactly_once(
-        crash_db_url: str, tmp_path: Path, workers: int) -> None:
+    crash_db_url: str, tmp_path: Path, workers: int
+) -> None:
     auth_file = write_auth_file(tmp_path / "auth.yaml")
     log_file = tmp_path / "server.log"
-    serve_args = ("--batch-chunk", str(CHUNK), "--batch-lease-seconds", LEASE_SECONDS,
-                  "--batch-workers", str(workers))
+    serve_args = ("--batch-chunk", str(CHUNK), "--batch-lease-seconds", LEASE_SECONDS, "--batch-workers", str(workers))
     batch_id = ""
     for kill_at in KILL_AT:
         with server_process(crash_db_url, auth_file, log_file, *serve_args) as (child, port):
             stubs = Stubs.connect(port)
-            batch = _create(stubs)   # the first time it starts the batch; later, the same request resumes it
+            batch = _create(stubs)  # the first time it starts the batch; later, the same request resumes it
             assert batch.batch_id == (batch_id or batch.batch_id)
             batch_id = batch.batch_id
             progress = _watch_until(stubs, batch_id, int(ENTERPRISES * kill_at))
@@ -121,32 +128,41 @@ def test_sigkill_during_a_batch_and_restart_finish_the_same_batch_exactly_once(
         stubs = Stubs.connect(port)
         assert _create(stubs).batch_id == batch_id
         final = _watch_until(stubs, batch_id, ENTERPRISES + 1)
-        lines = stubs.payout.ListPayoutLines(pb.ListPayoutLinesRequest(batch_id=batch_id, page_size=1000),
-                                             metadata=OPERATOR, timeout=30).lines
+        lines = stubs.payout.ListPayoutLines(
+            pb.ListPayoutLinesRequest(batch_id=batch_id, page_size=1000), metadata=OPERATOR, timeout=30
+        ).lines
         stubs.channel.close()
     assert final.batch.state == pb.BATCH_STATE_DRAFT
     assert final.evaluated_count == ENTERPRISES and final.error_count == 0
 
     expected = _expected_lines(crash_db_url, date.today())
-    assert len(expected) > ENTERPRISES // 4   # a batch worth the name
-    assert {line.uscc: line.amount_fen for line in lines} == expected          # none missing
-    assert len(lines) == len({line.uscc for line in lines}) == final.batch.line_count   # none doubled
+    assert len(expected) > ENTERPRISES // 4  # a batch worth the name
+    assert {line.uscc: line.amount_fen for line in lines} == expected  # none missing
+    assert len(lines) == len({line.uscc for line in lines}) == final.batch.line_count  # none doubled
     assert final.batch.total_fen == sum(expected.values())
     engine = make_engine(crash_db_url)
     try:
         with engine.connect() as conn:
             # Each enterprise evaluated into the batch exactly once, crashes notwithstanding.
-            recorded = conn.execute(select(evaluation_record.c.uscc).where(
-                evaluation_record.c.batch_id == batch_id)).scalars().all()
+            recorded = (
+                conn.execute(select(evaluation_record.c.uscc).where(evaluation_record.c.batch_id == batch_id))
+                .scalars()
+                .all()
+            )
             assert len(recorded) == len(set(recorded)) == ENTERPRISES
-            candidates = conn.execute(select(func.count()).select_from(payout_candidate).where(
-                payout_candidate.c.batch_id == batch_id)).scalar_one()
+            candidates = conn.execute(
+                select(func.count()).select_from(payout_candidate).where(payout_candidate.c.batch_id == batch_id)
+            ).scalar_one()
             assert candidates == len(expected)
             assert verify(conn).valid
             assert verify_records(conn) == []
-            assert verify_payouts(conn) == []   # the money events survived the kills: start, then DRAFT
-            events = [orjson.loads(p)["event"] for p in conn.execute(select(ledger_entry.c.payload).where(
-                ledger_entry.c.kind == MONEY_EVENT_KIND)).scalars()]
+            assert verify_payouts(conn) == []  # the money events survived the kills: start, then DRAFT
+            events = [
+                orjson.loads(p)["event"]
+                for p in conn.execute(
+                    select(ledger_entry.c.payload).where(ledger_entry.c.kind == MONEY_EVENT_KIND)
+                ).scalars()
+            ]
             assert events == [MoneyEvent.START, MoneyEvent.DRAFT]
     finally:
         engine.dispose()
@@ -169,8 +185,9 @@ def test_a_second_server_takes_over_a_batch_only_after_the_lease_runs_out(crash_
         before = stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=batch_id), metadata=OPERATOR)
         try:
             # The dead worker's lease (30 s) has not run out: nobody may touch the batch yet.
-            stream = stubs.payout.WatchPayoutBatch(pb.WatchPayoutBatchRequest(batch_id=batch_id),
-                                                   metadata=OPERATOR, timeout=2)
+            stream = stubs.payout.WatchPayoutBatch(
+                pb.WatchPayoutBatchRequest(batch_id=batch_id), metadata=OPERATOR, timeout=2
+            )
             with pytest.raises(grpc.RpcError) as waited:
                 for _ in stream:
                     pass
@@ -178,5 +195,5 @@ def test_a_second_server_takes_over_a_batch_only_after_the_lease_runs_out(crash_
         finally:
             stubs.channel.close()
     assert before.state == pb.BATCH_STATE_RUNNING
-    assert _state_in_database(crash_db_url, batch_id) == ("RUNNING", killed_at, 0)   # untouched
+    assert _state_in_database(crash_db_url, batch_id) == ("RUNNING", killed_at, 0)  # untouched
     assert 0 < killed_at < ENTERPRISES

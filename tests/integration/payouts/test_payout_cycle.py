@@ -19,6 +19,7 @@ Periods: 2025 for four policies; the two national-title rewards (one conflict gr
 2024, the year in which this registry holds enterprises eligible for both titles as well as
 for one only, so the group's stacking is really exercised.
 """
+
 from __future__ import annotations
 
 import base64
@@ -63,12 +64,18 @@ OPERATOR, APPROVER, AUDITOR = as_role("finance_operator"), as_role("finance_appr
 OPERATOR_PRINCIPAL, APPROVER_PRINCIPAL = "test-finance_operator", "test-finance_approver"
 
 REGISTRY_SIZE, REGISTRY_SEED = 400, 117  # seconds a cycle; every policy pays several, both titles one
-CHUNK_SIZE = 50                          # enterprises a running batch commits at a time
-PAGE_SIZE = 37                           # lines per ListPayoutLines page: not a divisor of anything
-CYCLES = [("stable-jobs-refund", 2025), ("job-expansion-subsidy", 2025), ("above-size-entry-reward", 2025),
-          ("high-tech-reward", 2025), ("little-giant-reward", 2024), ("single-champion-reward", 2024)]
-LEDGER_KEY_FILE = "ledger-key.pem"        # next to the checkpoint file
-VERIFY_TIMEOUT = 120.0                   # VerifyAuditLog re-reads every record of every batch
+CHUNK_SIZE = 50  # enterprises a running batch commits at a time
+PAGE_SIZE = 37  # lines per ListPayoutLines page: not a divisor of anything
+CYCLES = [
+    ("stable-jobs-refund", 2025),
+    ("job-expansion-subsidy", 2025),
+    ("above-size-entry-reward", 2025),
+    ("high-tech-reward", 2025),
+    ("little-giant-reward", 2024),
+    ("single-champion-reward", 2024),
+]
+LEDGER_KEY_FILE = "ledger-key.pem"  # next to the checkpoint file
+VERIFY_TIMEOUT = 120.0  # VerifyAuditLog re-reads every record of every batch
 RETURN_REASON = "AC04 账户已销户"
 PAIN_NS = {"p": "urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"}
 PAYERS_YAML = """\
@@ -78,15 +85,22 @@ treasury:
   {name: 襄阳市财政局国库支付中心, account_no: '4200000000000000001', bank_name: 中国人民银行襄阳市分行}
 """
 
-SLOW_REGISTRY_SIZE, SLOW_REGISTRY_SEED = 100, 5   # one enterprise a chunk: a batch runs for a second or more
-SLOW_CANDIDATES = [("stable-jobs-refund", 2025), ("job-expansion-subsidy", 2025), ("stable-jobs-refund", 2024),
-                   ("high-tech-reward", 2025), ("high-tech-reward", 2024), ("above-size-entry-reward", 2025),
-                   ("above-size-entry-reward", 2024)]
+SLOW_REGISTRY_SIZE, SLOW_REGISTRY_SEED = 100, 5  # one enterprise a chunk: a batch runs for a second or more
+SLOW_CANDIDATES = [
+    ("stable-jobs-refund", 2025),
+    ("job-expansion-subsidy", 2025),
+    ("stable-jobs-refund", 2024),
+    ("high-tech-reward", 2025),
+    ("high-tech-reward", 2024),
+    ("above-size-entry-reward", 2025),
+    ("above-size-entry-reward", 2024),
+]
 
 
 @dataclass(frozen=True)
 class Grant:
     """A payment line, as ListPayoutLines showed it."""
+
     line_id: str
     amount_fen: int
     batch_id: str
@@ -103,9 +117,15 @@ def paying_server(db_url: str, folder: Path) -> Iterator[RunningServer]:
     payers = folder / "payers.yaml"
     payers.write_text(PAYERS_YAML, encoding="utf-8")
     checkpoints.generate_key(folder / LEDGER_KEY_FILE)
-    with serving(db_url, list(generate(REGISTRY_SIZE, REGISTRY_SEED)), folder, payers_file=payers,
-                 batch_chunk_size=CHUNK_SIZE, ledger_key=folder / LEDGER_KEY_FILE,
-                 checkpoint_file=folder / "checkpoints.jsonl") as running:
+    with serving(
+        db_url,
+        list(generate(REGISTRY_SIZE, REGISTRY_SEED)),
+        folder,
+        payers_file=payers,
+        batch_chunk_size=CHUNK_SIZE,
+        ledger_key=folder / LEDGER_KEY_FILE,
+        checkpoint_file=folder / "checkpoints.jsonl",
+    ) as running:
         yield running
 
 
@@ -129,9 +149,10 @@ def another_database(api_db_url: str, folder: Path) -> Iterator[str]:
 def slow_server(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A server whose batches commit one enterprise at a time, so they stay RUNNING for a while."""
     folder = tmp_path_factory.mktemp("slow-batches")
-    with another_database(api_db_url, folder) as url, \
-            serving(url, list(generate(SLOW_REGISTRY_SIZE, SLOW_REGISTRY_SEED)), folder,
-                    batch_chunk_size=1) as running:
+    with (
+        another_database(api_db_url, folder) as url,
+        serving(url, list(generate(SLOW_REGISTRY_SIZE, SLOW_REGISTRY_SEED)), folder, batch_chunk_size=1) as running,
+    ):
         yield running
 
 
@@ -161,10 +182,13 @@ class Eligibility:
         if (policy_id, period) not in self._awards:
             policy = self.policies.get(policy_id)
             compiled = policy.compiled(period)
-            results = {rows.uscc: evaluate(compiled, build_document(rows, policy.fact_year(period)),
-                                           today=self.today) for rows in self.rows}
-            self._awards[policy_id, period] = {uscc: r.amount_fen for uscc, r in results.items()
-                                               if r.outcome == Outcome.ELIGIBLE}
+            results = {
+                rows.uscc: evaluate(compiled, build_document(rows, policy.fact_year(period)), today=self.today)
+                for rows in self.rows
+            }
+            self._awards[policy_id, period] = {
+                uscc: r.amount_fen for uscc, r in results.items() if r.outcome == Outcome.ELIGIBLE
+            }
         return self._awards[policy_id, period]
 
     def group_of(self, policy_id: str, period: int) -> list[LoadedPolicy]:
@@ -175,16 +199,21 @@ class Eligibility:
         return [p for p in self.policies if p.model.conflict_group == group and p.covers(period)]
 
 
-def expected_candidates(eligibility: Eligibility, standing: dict[GrantKey, Grant], policy_id: str,
-                        period: int) -> dict[str, int]:
+def expected_candidates(
+    eligibility: Eligibility, standing: dict[GrantKey, Grant], policy_id: str, period: int
+) -> dict[str, int]:
     """Eligible enterprises a new batch evaluates as candidates (those without a standing grant of
     this policy and period), with their full amounts."""
-    return {uscc: fen for uscc, fen in eligibility.awards(policy_id, period).items()
-            if (uscc, policy_id, period) not in standing}
+    return {
+        uscc: fen
+        for uscc, fen in eligibility.awards(policy_id, period).items()
+        if (uscc, policy_id, period) not in standing
+    }
 
 
-def expected_payments(eligibility: Eligibility, standing: dict[GrantKey, Grant], policy_id: str,
-                      period: int) -> dict[str, int]:
+def expected_payments(
+    eligibility: Eligibility, standing: dict[GrantKey, Grant], policy_id: str, period: int
+) -> dict[str, int]:
     """USCC -> fen a new batch of the policy should pay. 就高不重复: within a conflict group only
     the highest award is paid (equal awards: the policy id first in order), less whatever a
     standing grant of the group already paid the enterprise for the period."""
@@ -195,8 +224,9 @@ def expected_payments(eligibility: Eligibility, standing: dict[GrantKey, Grant],
         highest = max(awards.values())
         if policy_id != min(p for p, fen in awards.items() if fen == highest):
             continue  # a higher award of the group pays instead
-        paid_before = max((g.amount_fen for (u, p, y), g in standing.items()
-                           if u == uscc and y == period and p in group), default=0)
+        paid_before = max(
+            (g.amount_fen for (u, p, y), g in standing.items() if u == uscc and y == period and p in group), default=0
+        )
         if own - paid_before > 0:
             payments[uscc] = own - paid_before
     return payments
@@ -205,6 +235,7 @@ def expected_payments(eligibility: Eligibility, standing: dict[GrantKey, Grant],
 @dataclass
 class Books:
     """A paying server and what its batches did, as the tests saw it through the API."""
+
     server: RunningServer
     stubs: Stubs
     eligibility: Eligibility
@@ -227,8 +258,11 @@ def titles_books(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     """A server of its own on which both national titles have been through their cycle, for the
     tests of a higher title named later: each finds there what it needs, in either order."""
     folder = tmp_path_factory.mktemp("titles-cycled")
-    with another_database(api_db_url, folder) as url, paying_server(url, folder) as server, \
-            contextmanager(channel_stubs)(server.port) as stubs:
+    with (
+        another_database(api_db_url, folder) as url,
+        paying_server(url, folder) as server,
+        contextmanager(channel_stubs)(server.port) as stubs,
+    ):
         titles = Books(server, stubs, Eligibility(server.engine))
         for policy_id, period in CYCLES:
             if period == TITLES_PERIOD and policy_id in (LOWER_TITLE, HIGHER_TITLE):
@@ -243,20 +277,25 @@ def new_request_id(purpose: str) -> str:
 
 
 def create(stubs: Stubs, policy_id: str, period: int, request_id: str) -> pb.PayoutBatch:
-    started: pb.PayoutBatch = stubs.payout.CreatePayoutBatch(pb.CreatePayoutBatchRequest(
-        policy_id=policy_id, period=period, request_id=request_id), metadata=OPERATOR, timeout=TIMEOUT)
+    started: pb.PayoutBatch = stubs.payout.CreatePayoutBatch(
+        pb.CreatePayoutBatchRequest(policy_id=policy_id, period=period, request_id=request_id),
+        metadata=OPERATOR,
+        timeout=TIMEOUT,
+    )
     return started
 
 
 def get(stubs: Stubs, batch_id: str) -> pb.PayoutBatch:
-    batch: pb.PayoutBatch = stubs.payout.GetPayoutBatch(pb.GetPayoutBatchRequest(batch_id=batch_id),
-                                                        metadata=OPERATOR, timeout=TIMEOUT)
+    batch: pb.PayoutBatch = stubs.payout.GetPayoutBatch(
+        pb.GetPayoutBatchRequest(batch_id=batch_id), metadata=OPERATOR, timeout=TIMEOUT
+    )
     return batch
 
 
 def watch(stubs: Stubs, batch_id: str) -> list[pb.PayoutBatchProgress]:
-    return list(stubs.payout.WatchPayoutBatch(pb.WatchPayoutBatchRequest(batch_id=batch_id),
-                                              metadata=OPERATOR, timeout=120))
+    return list(
+        stubs.payout.WatchPayoutBatch(pb.WatchPayoutBatchRequest(batch_id=batch_id), metadata=OPERATOR, timeout=120)
+    )
 
 
 def all_lines(stubs: Stubs, batch_id: str) -> list[pb.PayoutLine]:
@@ -264,8 +303,11 @@ def all_lines(stubs: Stubs, batch_id: str) -> list[pb.PayoutLine]:
     lines: list[pb.PayoutLine] = []
     token = ""
     while True:
-        page = stubs.payout.ListPayoutLines(pb.ListPayoutLinesRequest(
-            batch_id=batch_id, page_size=PAGE_SIZE, page_token=token), metadata=APPROVER, timeout=TIMEOUT)
+        page = stubs.payout.ListPayoutLines(
+            pb.ListPayoutLinesRequest(batch_id=batch_id, page_size=PAGE_SIZE, page_token=token),
+            metadata=APPROVER,
+            timeout=TIMEOUT,
+        )
         assert len(page.lines) <= PAGE_SIZE
         lines.extend(page.lines)
         token = page.next_page_token
@@ -275,31 +317,39 @@ def all_lines(stubs: Stubs, batch_id: str) -> list[pb.PayoutLine]:
 
 
 def export(stubs: Stubs, batch_id: str, fmt: pb.ExportFormat) -> bytes:
-    return b"".join(chunk.data for chunk in stubs.payout.ExportPayoutBatch(
-        pb.ExportPayoutBatchRequest(batch_id=batch_id, format=fmt), metadata=OPERATOR, timeout=TIMEOUT))
+    return b"".join(
+        chunk.data
+        for chunk in stubs.payout.ExportPayoutBatch(
+            pb.ExportPayoutBatchRequest(batch_id=batch_id, format=fmt), metadata=OPERATOR, timeout=TIMEOUT
+        )
+    )
 
 
 def record_results(stubs: Stubs, batch_id: str, results: list[pb.PayoutResult]) -> pb.PayoutBatch:
     batch: pb.PayoutBatch = stubs.payout.RecordPayoutResults(
-        pb.RecordPayoutResultsRequest(batch_id=batch_id, results=results), metadata=OPERATOR, timeout=TIMEOUT)
+        pb.RecordPayoutResultsRequest(batch_id=batch_id, results=results), metadata=OPERATOR, timeout=TIMEOUT
+    )
     return batch
 
 
 def return_line(stubs: Stubs, batch_id: str, line_id: str) -> pb.PayoutBatch:
     """The bank returns a line (the payee's account was closed): recorded by the operator, it
     waits (RETURN_PENDING, batch not settled) until the approver confirms it."""
-    recorded = record_results(stubs, batch_id, [pb.PayoutResult(line_id=line_id, state=pb.LINE_STATE_RETURNED,
-                                                                return_reason=RETURN_REASON)])
+    recorded = record_results(
+        stubs, batch_id, [pb.PayoutResult(line_id=line_id, state=pb.LINE_STATE_RETURNED, return_reason=RETURN_REASON)]
+    )
     assert recorded.state == pb.BATCH_STATE_EXPORTED
     assert {line.line_id: line.state for line in all_lines(stubs, batch_id)}[line_id] == pb.LINE_STATE_RETURN_PENDING
     confirmed: pb.PayoutBatch = stubs.payout.ConfirmPayoutReturns(
-        pb.ConfirmPayoutReturnsRequest(batch_id=batch_id, line_ids=[line_id]), metadata=APPROVER, timeout=TIMEOUT)
+        pb.ConfirmPayoutReturnsRequest(batch_id=batch_id, line_ids=[line_id]), metadata=APPROVER, timeout=TIMEOUT
+    )
     return confirmed
 
 
 def verify_audit_log(stubs: Stubs) -> audit_service_pb2.VerifyAuditLogResponse:
     verdict: audit_service_pb2.VerifyAuditLogResponse = stubs.audit.VerifyAuditLog(
-        audit_service_pb2.VerifyAuditLogRequest(), metadata=AUDITOR, timeout=VERIFY_TIMEOUT)
+        audit_service_pb2.VerifyAuditLogRequest(), metadata=AUDITOR, timeout=VERIFY_TIMEOUT
+    )
     return verdict
 
 
@@ -313,14 +363,19 @@ def checkpoint_lines(path: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Checks of one step each.
-def run_to_draft(stubs: Stubs, policy_id: str, period: int, purpose: str) -> tuple[pb.PayoutBatch,
-                                                                                  pb.PayoutBatchProgress]:
+def run_to_draft(
+    stubs: Stubs, policy_id: str, period: int, purpose: str
+) -> tuple[pb.PayoutBatch, pb.PayoutBatchProgress]:
     """Create a batch, watch it to the end; the batch as it ends and its last progress."""
     request_id = new_request_id(purpose)
     created = create(stubs, policy_id, period, request_id)
     assert created.state in (pb.BATCH_STATE_RUNNING, pb.BATCH_STATE_DRAFT)
-    assert (created.policy_id, created.period, created.request_id, created.created_by) == \
-        (policy_id, period, request_id, OPERATOR_PRINCIPAL)
+    assert (created.policy_id, created.period, created.request_id, created.created_by) == (
+        policy_id,
+        period,
+        request_id,
+        OPERATOR_PRINCIPAL,
+    )
     assert create(stubs, policy_id, period, request_id).batch_id == created.batch_id  # a retry, the same batch
     progress = watch(stubs, created.batch_id)
     assert progress, "WatchPayoutBatch streamed nothing"
@@ -341,8 +396,9 @@ def run_to_draft(stubs: Stubs, policy_id: str, period: int, purpose: str) -> tup
     return batch, last
 
 
-def check_lines(stubs: Stubs, batch: pb.PayoutBatch, expected: dict[str, int],
-                eligibility: Eligibility) -> list[pb.PayoutLine]:
+def check_lines(
+    stubs: Stubs, batch: pb.PayoutBatch, expected: dict[str, int], eligibility: Eligibility
+) -> list[pb.PayoutLine]:
     """The batch's lines: totals, order, uniqueness, amounts, and the evaluation each rests on."""
     lines = all_lines(stubs, batch.batch_id)
     assert (len(lines), sum(line.amount_fen for line in lines)) == (batch.line_count, batch.total_fen)
@@ -354,20 +410,30 @@ def check_lines(stubs: Stubs, batch: pb.PayoutBatch, expected: dict[str, int],
     for line in lines:
         assert line.state == pb.LINE_STATE_PENDING and not line.return_reason
         assert line.full_amount_fen == own_awards[line.uscc]
-        stored = stubs.audit.GetEvaluation(audit_service_pb2.GetEvaluationRequest(
-            evaluation_id=line.evaluation_id), metadata=AUDITOR, timeout=TIMEOUT)
-        assert (stored.evaluation_id, stored.uscc, stored.policy_id, stored.period, stored.outcome) == \
-            (line.evaluation_id, line.uscc, batch.policy_id, batch.period, evaluation_pb2.OUTCOME_ELIGIBLE)
+        stored = stubs.audit.GetEvaluation(
+            audit_service_pb2.GetEvaluationRequest(evaluation_id=line.evaluation_id), metadata=AUDITOR, timeout=TIMEOUT
+        )
+        assert (stored.evaluation_id, stored.uscc, stored.policy_id, stored.period, stored.outcome) == (
+            line.evaluation_id,
+            line.uscc,
+            batch.policy_id,
+            batch.period,
+            evaluation_pb2.OUTCOME_ELIGIBLE,
+        )
         assert stored.amount_fen == line.full_amount_fen
     return lines
 
 
 def approve(stubs: Stubs, batch: pb.PayoutBatch) -> None:
-    denied = rpc_error(lambda: stubs.payout.ApprovePayoutBatch(
-        pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id), metadata=OPERATOR, timeout=TIMEOUT))
+    denied = rpc_error(
+        lambda: stubs.payout.ApprovePayoutBatch(
+            pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id), metadata=OPERATOR, timeout=TIMEOUT
+        )
+    )
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, "the creator may not approve"
-    approved = stubs.payout.ApprovePayoutBatch(pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id),
-                                               metadata=APPROVER, timeout=TIMEOUT)
+    approved = stubs.payout.ApprovePayoutBatch(
+        pb.ApprovePayoutBatchRequest(batch_id=batch.batch_id), metadata=APPROVER, timeout=TIMEOUT
+    )
     assert (approved.state, approved.approved_by) == (pb.BATCH_STATE_APPROVED, APPROVER_PRINCIPAL)
 
 
@@ -380,9 +446,13 @@ def check_pain001(xml: bytes, batch: pb.PayoutBatch, lines: list[pb.PayoutLine])
         assert node is not None
         assert node.findtext("p:NbOfTxs", namespaces=PAIN_NS) == str(batch.line_count)
         assert node.findtext("p:CtrlSum", namespaces=PAIN_NS) == f"{yuan(batch.total_fen):.2f}"
-    transfers = [(t.findtext("p:PmtId/p:EndToEndId", namespaces=PAIN_NS),
-                  Decimal(t.findtext("p:Amt/p:InstdAmt", namespaces=PAIN_NS) or "NaN"))
-                 for t in document.iterfind(".//p:CdtTrfTxInf", PAIN_NS)]
+    transfers = [
+        (
+            t.findtext("p:PmtId/p:EndToEndId", namespaces=PAIN_NS),
+            Decimal(t.findtext("p:Amt/p:InstdAmt", namespaces=PAIN_NS) or "NaN"),
+        )
+        for t in document.iterfind(".//p:CdtTrfTxInf", PAIN_NS)
+    ]
     ids = [end_to_end_id for end_to_end_id, _ in transfers]
     assert len(ids) == len(set(ids)) == batch.line_count, "end-to-end ids are unique, one a line"
     assert sorted(transfers) == sorted((line.line_id, yuan(line.amount_fen)) for line in lines)
@@ -390,9 +460,9 @@ def check_pain001(xml: bytes, batch: pb.PayoutBatch, lines: list[pb.PayoutLine])
 
 def check_csv(data: bytes, batch: pb.PayoutBatch, lines: list[pb.PayoutLine]) -> None:
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
-    assert [(r["end_to_end_id"], r["uscc"], Decimal(r["amount_yuan"]), r["policy_id"], r["batch_id"])
-            for r in rows] == \
-        [(line.line_id, line.uscc, yuan(line.amount_fen), batch.policy_id, batch.batch_id) for line in lines]
+    assert [
+        (r["end_to_end_id"], r["uscc"], Decimal(r["amount_yuan"]), r["policy_id"], r["batch_id"]) for r in rows
+    ] == [(line.line_id, line.uscc, yuan(line.amount_fen), batch.policy_id, batch.batch_id) for line in lines]
 
 
 def check_checkpoint(line: str, key_file: Path, engine: Engine) -> None:
@@ -404,19 +474,19 @@ def check_checkpoint(line: str, key_file: Path, engine: Engine) -> None:
     signed = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     key.public_key().verify(base64.b64decode(checkpoint["signature"]), signed)
     with engine.connect() as conn:
-        newest = conn.execute(select(ledger_entry.c.seq, ledger_entry.c.entry_hash)
-                              .order_by(ledger_entry.c.seq.desc()).limit(1)).one()
+        newest = conn.execute(
+            select(ledger_entry.c.seq, ledger_entry.c.entry_hash).order_by(ledger_entry.c.seq.desc()).limit(1)
+        ).one()
     assert (checkpoint["entry_count"], checkpoint["head_hash"]) == tuple(newest)
 
 
-def export_and_check(stubs: Stubs, server: RunningServer, batch: pb.PayoutBatch,
-                     lines: list[pb.PayoutLine]) -> None:
+def export_and_check(stubs: Stubs, server: RunningServer, batch: pb.PayoutBatch, lines: list[pb.PayoutLine]) -> None:
     checkpoint_file = server.checkpoint.file
     assert checkpoint_file is not None
     before = checkpoint_lines(checkpoint_file)
     xml = export(stubs, batch.batch_id, pb.EXPORT_FORMAT_PAIN_001)
     after = checkpoint_lines(checkpoint_file)
-    assert after[:len(before)] == before and len(after) == len(before) + 1, "one checkpoint for the export"
+    assert after[: len(before)] == before and len(after) == len(before) + 1, "one checkpoint for the export"
     check_checkpoint(after[-1], checkpoint_file.parent / LEDGER_KEY_FILE, server.engine)
     check_pain001(xml, batch, lines)
     assert get(stubs, batch.batch_id).state == pb.BATCH_STATE_EXPORTED
@@ -431,13 +501,15 @@ def settle(stubs: Stubs, batch: pb.PayoutBatch, lines: list[pb.PayoutLine]) -> p
     bounced = lines[len(lines) // 2]
     paid = [line for line in lines if line.line_id != bounced.line_id]
     if paid:
-        partial = record_results(stubs, batch.batch_id, [
-            pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID) for line in paid])
+        partial = record_results(
+            stubs, batch.batch_id, [pb.PayoutResult(line_id=line.line_id, state=pb.LINE_STATE_PAID) for line in paid]
+        )
         assert partial.state == pb.BATCH_STATE_EXPORTED, "a line still has no result"
     assert return_line(stubs, batch.batch_id, bounced.line_id).state == pb.BATCH_STATE_SETTLED
     states = {line.line_id: (line.state, line.return_reason) for line in all_lines(stubs, batch.batch_id)}
-    assert states == {line.line_id: (pb.LINE_STATE_PAID, "") for line in paid} | \
-        {bounced.line_id: (pb.LINE_STATE_RETURNED, RETURN_REASON)}
+    assert states == {line.line_id: (pb.LINE_STATE_PAID, "") for line in paid} | {
+        bounced.line_id: (pb.LINE_STATE_RETURNED, RETURN_REASON)
+    }
     return bounced
 
 
@@ -453,8 +525,7 @@ def test_the_reference_policies_are_all_cycled(books: Books) -> None:
 
 
 @pytest.mark.parametrize(("policy_id", "period"), CYCLES, ids=[f"{p}-{y}" for p, y in CYCLES])
-def test_a_batch_runs_from_empty_to_settled_and_pays_nobody_twice(policy_id: str, period: int,
-                                                                  books: Books) -> None:
+def test_a_batch_runs_from_empty_to_settled_and_pays_nobody_twice(policy_id: str, period: int, books: Books) -> None:
     run_cycle(books, policy_id, period)
     check_books(books)
 
@@ -470,8 +541,9 @@ def run_cycle(books: Books, policy_id: str, period: int) -> None:
     batch, progress = run_to_draft(stubs, policy_id, period, "first")
     assert (progress.eligible_count, progress.amount_fen) == (len(candidates), sum(candidates.values()))
     lines = check_lines(stubs, batch, expected, eligibility)
-    standing.update({(line.uscc, policy_id, period): Grant(line.line_id, line.amount_fen, batch.batch_id)
-                     for line in lines})
+    standing.update(
+        {(line.uscc, policy_id, period): Grant(line.line_id, line.amount_fen, batch.batch_id) for line in lines}
+    )
 
     # 2. Four eyes, bank files, bank results: one line comes back.
     approve(stubs, batch)
@@ -501,27 +573,46 @@ TITLES_PERIOD, LOWER_TITLE, HIGHER_TITLE = 2024, "little-giant-reward", "single-
 
 def name_single_champion(stubs: Stubs, uscc: str, certificate_no: str) -> None:
     """The industry bureau reports a national single-champion title of TITLES_PERIOD."""
-    record = {"kind": "qualification", "uscc": uscc, "source": "industry_it", "as_of": "2024-12-31",
-              "type": "single_champion", "level": "national", "first_time": True, "granted_on": "2024-12-20",
-              "certificate_no": certificate_no}
-    imported = stubs.registry.ImportFacts(iter([registry_service_pb2.ImportFactsRequest(
-        record_json=json.dumps(record, ensure_ascii=False))]), metadata=as_role("registry_feed"),
-        timeout=TIMEOUT)
+    record = {
+        "kind": "qualification",
+        "uscc": uscc,
+        "source": "industry_it",
+        "as_of": "2024-12-31",
+        "type": "single_champion",
+        "level": "national",
+        "first_time": True,
+        "granted_on": "2024-12-20",
+        "certificate_no": certificate_no,
+    }
+    imported = stubs.registry.ImportFacts(
+        iter([registry_service_pb2.ImportFactsRequest(record_json=json.dumps(record, ensure_ascii=False))]),
+        metadata=as_role("registry_feed"),
+        timeout=TIMEOUT,
+    )
     assert (imported.stored_count, list(imported.rejects)) == (1, [])
 
 
 def group_holding(standing: dict[GrantKey, Grant], uscc: str) -> int:
     """What an enterprise's standing grants of the two titles add up to, in fen."""
-    return sum(g.amount_fen for (u, p, y), g in standing.items()
-               if u == uscc and y == TITLES_PERIOD and p in (LOWER_TITLE, HIGHER_TITLE))
+    return sum(
+        g.amount_fen
+        for (u, p, y), g in standing.items()
+        if u == uscc and y == TITLES_PERIOD and p in (LOWER_TITLE, HIGHER_TITLE)
+    )
 
 
-def lower_title_holders(standing: dict[GrantKey, Grant], returned: set[tuple[GrantKey, Grant]], *,
-                        once_returned: bool) -> list[str]:
+def lower_title_holders(
+    standing: dict[GrantKey, Grant], returned: set[tuple[GrantKey, Grant]], *, once_returned: bool
+) -> list[str]:
     """Enterprises holding the lower title's award only, whose line the bank returned before or not."""
     bounced = {u for (u, p, y), _ in returned if (p, y) == (LOWER_TITLE, TITLES_PERIOD)}
-    return sorted(u for (u, p, y) in standing if (p, y) == (LOWER_TITLE, TITLES_PERIOD)
-                  and (u, HIGHER_TITLE, TITLES_PERIOD) not in standing and (u in bounced) == once_returned)
+    return sorted(
+        u
+        for (u, p, y) in standing
+        if (p, y) == (LOWER_TITLE, TITLES_PERIOD)
+        and (u, HIGHER_TITLE, TITLES_PERIOD) not in standing
+        and (u in bounced) == once_returned
+    )
 
 
 def test_a_higher_title_named_later_tops_up_the_earlier_award_once(titles_books: Books) -> None:
@@ -571,19 +662,25 @@ def test_a_lower_award_returned_after_a_top_up_is_made_good(titles_books: Books)
     returned.add(((uscc, LOWER_TITLE, TITLES_PERIOD), standing.pop((uscc, LOWER_TITLE, TITLES_PERIOD))))
     for policy_id in (LOWER_TITLE, HIGHER_TITLE):
         batch, _ = run_to_draft(stubs, policy_id, TITLES_PERIOD, "after-return")
-        standing.update({(line.uscc, policy_id, TITLES_PERIOD): Grant(line.line_id, line.amount_fen, batch.batch_id)
-                         for line in all_lines(stubs, batch.batch_id)})
+        standing.update(
+            {
+                (line.uscc, policy_id, TITLES_PERIOD): Grant(line.line_id, line.amount_fen, batch.batch_id)
+                for line in all_lines(stubs, batch.batch_id)
+            }
+        )
     assert group_holding(standing, uscc) == highest, (
         f"{uscc} holds {group_holding(standing, uscc)} fen of its highest award {highest} fen: the "
         f"returned {LOWER_TITLE} line {pending.line_id} is never paid again, and the {HIGHER_TITLE} line "
-        f"{top_up_line.line_id} only tops it up")
+        f"{top_up_line.line_id} only tops it up"
+    )
     check_books(titles_books)
 
 
 # ---------------------------------------------------------------------------------------------
 # One batch at a time per policy and period (on the slow server).
-def test_a_second_request_while_a_batch_runs_is_refused_and_names_it(slow_stubs: Stubs,
-                                                                      slow_server: RunningServer) -> None:
+def test_a_second_request_while_a_batch_runs_is_refused_and_names_it(
+    slow_stubs: Stubs, slow_server: RunningServer
+) -> None:
     for policy_id, period in SLOW_CANDIDATES:
         first = create(slow_stubs, policy_id, period, new_request_id("running"))
         if get(slow_stubs, first.batch_id).state != pb.BATCH_STATE_RUNNING:
@@ -594,13 +691,15 @@ def test_a_second_request_while_a_batch_runs_is_refused_and_names_it(slow_stubs:
         except grpc.RpcError as err:
             refusal = err
         else:
-            assert get(slow_stubs, first.batch_id).state != pb.BATCH_STATE_RUNNING, \
+            assert get(slow_stubs, first.batch_id).state != pb.BATCH_STATE_RUNNING, (
                 "two batches of one policy and period were running at once"
+            )
             continue  # the first finished between the two calls: inconclusive, try another
         assert refusal.code() == grpc.StatusCode.FAILED_PRECONDITION, refusal.details()
         assert first.batch_id in (refusal.details() or "")
-        assert batches_of(slow_server.engine, policy_id, period) == [first.request_id], \
+        assert batches_of(slow_server.engine, policy_id, period) == [first.request_id], (
             "the refused request created no batch"
+        )
         # Once the first is DRAFT, the same second request starts a batch: it finds nobody new.
         assert finished_batch(slow_stubs, first.batch_id).state == pb.BATCH_STATE_DRAFT
         later = finished_batch(slow_stubs, create(slow_stubs, policy_id, period, second_request).batch_id)
@@ -609,8 +708,7 @@ def test_a_second_request_while_a_batch_runs_is_refused_and_names_it(slow_stubs:
     pytest.fail("every batch finished before a second request could be made")
 
 
-def test_concurrent_requests_with_different_ids_start_one_batch(slow_stubs: Stubs,
-                                                                slow_server: RunningServer) -> None:
+def test_concurrent_requests_with_different_ids_start_one_batch(slow_stubs: Stubs, slow_server: RunningServer) -> None:
     def attempt(policy_id: str, period: int) -> pb.PayoutBatch | grpc.RpcError:
         try:
             return create(slow_stubs, policy_id, period, new_request_id("burst"))
@@ -641,8 +739,13 @@ def test_concurrent_requests_with_different_ids_start_one_batch(slow_stubs: Stub
 def batches_of(engine: Engine, policy_id: str, period: int) -> list[str]:
     """Request ids of every batch of a policy and period, from the server's database."""
     with engine.connect() as conn:
-        return list(conn.execute(select(payout_batch.c.request_id).where(
-            payout_batch.c.policy_id == policy_id, payout_batch.c.period == period)).scalars())
+        return list(
+            conn.execute(
+                select(payout_batch.c.request_id).where(
+                    payout_batch.c.policy_id == policy_id, payout_batch.c.period == period
+                )
+            ).scalars()
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,17 +755,21 @@ def check_books(books: Books) -> None:
     the grants the batches listed, nobody more than the group's highest award, the ledger verifies."""
     eligibility, standing, returned = books.eligibility, books.standing, books.returned
     with books.server.engine.connect() as conn:
-        doubled = conn.execute(select(grant.c.uscc, grant.c.policy_id, grant.c.period, func.count())
-                               .where(grant.c.released == "")
-                               .group_by(grant.c.uscc, grant.c.policy_id, grant.c.period)
-                               .having(func.count() > 1)).all()
+        doubled = conn.execute(
+            select(grant.c.uscc, grant.c.policy_id, grant.c.period, func.count())
+            .where(grant.c.released == "")
+            .group_by(grant.c.uscc, grant.c.policy_id, grant.c.period)
+            .having(func.count() > 1)
+        ).all()
         rows = conn.execute(select(grant)).all()
     assert doubled == []
-    in_db = {(r.uscc, r.policy_id, r.period): Grant(r.grant_id, r.amount_fen, r.batch_id)
-             for r in rows if not r.released}
+    in_db = {
+        (r.uscc, r.policy_id, r.period): Grant(r.grant_id, r.amount_fen, r.batch_id) for r in rows if not r.released
+    }
     assert in_db == standing, "the database holds other grants than the batches listed"
-    assert {((r.uscc, r.policy_id, r.period), Grant(r.grant_id, r.amount_fen, r.batch_id))
-            for r in rows if r.released} == returned
+    assert {
+        ((r.uscc, r.policy_id, r.period), Grant(r.grant_id, r.amount_fen, r.batch_id)) for r in rows if r.released
+    } == returned
     assert all(r.state == "RETURNED" and r.released == r.grant_id for r in rows if r.released)
     # 就高不重复: within a conflict group an enterprise never holds more than the group's highest award.
     for policy_id, period in CYCLES:

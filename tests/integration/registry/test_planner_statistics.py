@@ -5,6 +5,7 @@ estimates and a lookup at 1,000,000 enterprises ran 9x slower; `refresh_statisti
 what a load or a batch changed. These tests read `pg_stat_user_tables.last_analyze`, which only
 an explicit ANALYZE sets, so they hold whether or not autovacuum runs on the server.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,11 @@ def engine(pg_engine: Engine) -> Engine:
 def _analysed(engine: Engine) -> dict[str, Any]:
     """Each table of the schema: the time of its last explicit ANALYZE (None: never)."""
     with engine.connect() as conn:
-        return dict(conn.execute(text(
-            "select relname, last_analyze from pg_stat_user_tables where schemaname = current_schema()")).all())
+        return dict(
+            conn.execute(
+                text("select relname, last_analyze from pg_stat_user_tables where schemaname = current_schema()")
+            ).all()
+        )
 
 
 def _planned_rows(engine: Engine, sql: str, **params: object) -> int:
@@ -47,8 +51,7 @@ def _planned_rows(engine: Engine, sql: str, **params: object) -> int:
 
 
 @pytest.mark.postgres
-def test_a_load_analyses_the_tables_it_filled_and_one_enterprise_is_planned_as_a_few_rows(
-        engine: Engine) -> None:
+def test_a_load_analyses_the_tables_it_filled_and_one_enterprise_is_planned_as_a_few_rows(engine: Engine) -> None:
     assert all(when is None for when in _analysed(engine).values())
     records = list(generate(ENTERPRISES, seed=SEED))
     load_records(records, engine)
@@ -68,9 +71,15 @@ def test_a_load_analyses_the_tables_it_filled_and_one_enterprise_is_planned_as_a
 def test_a_batch_analyses_the_records_it_wrote_before_its_end_reads_them(engine: Engine) -> None:
     load_records(list(generate(ENTERPRISES, seed=SEED)), engine)
     assert _analysed(engine)["evaluation_record"] is None
-    create_batch(engine, load_policies(), policy_id="stable-jobs-refund", period=2025,
-                 request_id="req-statistics", actor=Actor("operator-1", "finance_operator"),
-                 today=date(2026, 3, 2))
+    create_batch(
+        engine,
+        load_policies(),
+        policy_id="stable-jobs-refund",
+        period=2025,
+        request_id="req-statistics",
+        actor=Actor("operator-1", "finance_operator"),
+        today=date(2026, 3, 2),
+    )
     assert _analysed(engine)["evaluation_record"] is not None
 
 
@@ -81,7 +90,7 @@ def test_small_writes_after_a_load_leave_the_statistics_alone(engine: Engine) ->
     first = set(list(dict.fromkeys(str(r["uscc"]) for r in records))[:ENTERPRISES])
     load_records([r for r in records if r["uscc"] in first], engine)
     analysed = _analysed(engine)
-    load_records([r for r in records if r["uscc"] not in first], engine)   # 5 enterprises more
+    load_records([r for r in records if r["uscc"] not in first], engine)  # 5 enterprises more
     assert refresh_statistics(engine) == []
     assert _analysed(engine) == analysed
 

@@ -4,6 +4,7 @@ clause, outcome and amount equal to `rules.evaluator.evaluate` on the same facts
 
 The short form (3,000 enterprises) runs with the suite; the long form (100,000) is marked slow.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -54,16 +55,24 @@ def differences(policies: PolicySet, rows: list[EnterpriseRows]) -> Iterator[str
             documents = [build_document(r, policy.fact_year(period)) for r in rows]
             outcomes: set[str] = set()
             for start in range(0, len(documents), CHUNK):
-                chunk = documents[start:start + CHUNK]
+                chunk = documents[start : start + CHUNK]
                 trace = compiled.vectorised.run(from_documents(chunk, CATALOGUE), today=TODAY)
                 assert not trace.engine_error.any() and not trace.failed.any()
                 for row, doc in enumerate(chunk):
                     result = evaluate(compiled, doc, today=TODAY)
                     outcomes.add(result.outcome)
-                    want = ([CODES[c.result] for c in result.conditions], [CODES[c.result] for c in result.payable],
-                            result.outcome, result.amount_fen)
-                    got = (list(trace.conditions[row]), list(trace.payable[row]), trace.outcome_name(row),
-                           int(trace.amount_fen[row]))
+                    want = (
+                        [CODES[c.result] for c in result.conditions],
+                        [CODES[c.result] for c in result.payable],
+                        result.outcome,
+                        result.amount_fen,
+                    )
+                    got = (
+                        list(trace.conditions[row]),
+                        list(trace.payable[row]),
+                        trace.outcome_name(row),
+                        int(trace.amount_fen[row]),
+                    )
                     if got != want:
                         yield f"{policy.id} {period} {doc.uscc}: vectorised {got}, evaluate {want}"
             assert outcomes, (policy.id, period)

@@ -1,5 +1,6 @@
 """`benefits serve` as a process: SIGTERM lets in-flight calls finish, refuses new ones, and
 exits 0 within the grace period (SQLite)."""
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,8 @@ def server(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[ServerProcess, int
 
 def _list_policies(stubs: Stubs) -> policy_service_pb2.ListPoliciesResponse:
     reply: policy_service_pb2.ListPoliciesResponse = stubs.policy.ListPolicies(
-        policy_service_pb2.ListPoliciesRequest(), metadata=as_role("admin"), timeout=10)
+        policy_service_pb2.ListPoliciesRequest(), metadata=as_role("admin"), timeout=10
+    )
     return reply
 
 
@@ -64,7 +66,8 @@ def _stored_names(url: str) -> set[str]:
 
 
 def test_sigterm_finishes_the_call_in_flight_refuses_new_ones_and_exits_0(
-        server: tuple[ServerProcess, int], sqlite_url: str) -> None:
+    server: tuple[ServerProcess, int], sqlite_url: str
+) -> None:
     child, port = server
     stubs = Stubs.connect(port)
     gate = threading.Event()
@@ -73,15 +76,14 @@ def test_sigterm_finishes_the_call_in_flight_refuses_new_ones_and_exits_0(
     def feed() -> Iterator[registry_service_pb2.ImportFactsRequest]:
         # A client stream held open across SIGTERM: the call in flight during shutdown.
         yield registry_service_pb2.ImportFactsRequest(
-            record_json=json.dumps(enterprise_record(first, name="停机前有限公司"),
-                                   ensure_ascii=False))
+            record_json=json.dumps(enterprise_record(first, name="停机前有限公司"), ensure_ascii=False)
+        )
         gate.wait(timeout=30)
         yield registry_service_pb2.ImportFactsRequest(
-            record_json=json.dumps(enterprise_record(second, name="停机中有限公司"),
-                                   ensure_ascii=False))
+            record_json=json.dumps(enterprise_record(second, name="停机中有限公司"), ensure_ascii=False)
+        )
 
-    in_flight = stubs.registry.ImportFacts.future(feed(), metadata=as_role("registry_feed"),
-                                                  timeout=60)
+    in_flight = stubs.registry.ImportFacts.future(feed(), metadata=as_role("registry_feed"), timeout=60)
     try:
         # A call made just before SIGTERM completes; on the same connection it also makes
         # sure the server has the streaming call by now.

@@ -6,6 +6,7 @@ everything but health (reflection and PayoutService answer UNAUTHENTICATED witho
 PERMISSION_DENIED for a role that may not). Plaintext on an address that is not loopback is
 refused in every spelling gRPC would bind to the network.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -38,8 +39,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 @pytest.fixture(scope="module")
 def mtls_server(pki: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     folder = tmp_path_factory.mktemp("review-mtls")
-    with serving(f"sqlite:///{folder / 'registry.db'}", registry_records(), folder, tls_cert=pki.server_cert,
-                 tls_key=pki.server_key, client_ca=pki.ca) as running:
+    with serving(
+        f"sqlite:///{folder / 'registry.db'}",
+        registry_records(),
+        folder,
+        tls_cert=pki.server_cert,
+        tls_key=pki.server_key,
+        client_ca=pki.ca,
+    ) as running:
         yield running
 
 
@@ -52,21 +59,40 @@ def _calls(endpoint: Endpoint, metadata: list[tuple[str, str]] | None) -> dict[s
         payout = payout_service_pb2_grpc.PayoutServiceStub(channel)
         return {
             "health": status_code(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=SECONDS)),
-            "health-watch": status_code(lambda: next(iter(health.Watch(health_pb2.HealthCheckRequest(),
-                                                                 timeout=SECONDS)))),
-            "reflection": status_code(lambda: list(reflection.ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=pairs,
-                timeout=SECONDS))),
-            "payout": status_code(lambda: payout.GetPayoutBatch(payout_service_pb2.GetPayoutBatchRequest(
-                batch_id="pb_none"), metadata=metadata, timeout=SECONDS)),
-            "export": status_code(lambda: list(payout.ExportPayoutBatch(payout_service_pb2.ExportPayoutBatchRequest(
-                batch_id="pb_none", format=payout_service_pb2.EXPORT_FORMAT_CSV), metadata=metadata,
-                timeout=SECONDS))),
+            "health-watch": status_code(
+                lambda: next(iter(health.Watch(health_pb2.HealthCheckRequest(), timeout=SECONDS)))
+            ),
+            "reflection": status_code(
+                lambda: list(
+                    reflection.ServerReflectionInfo(
+                        iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                        metadata=pairs,
+                        timeout=SECONDS,
+                    )
+                )
+            ),
+            "payout": status_code(
+                lambda: payout.GetPayoutBatch(
+                    payout_service_pb2.GetPayoutBatchRequest(batch_id="pb_none"), metadata=metadata, timeout=SECONDS
+                )
+            ),
+            "export": status_code(
+                lambda: list(
+                    payout.ExportPayoutBatch(
+                        payout_service_pb2.ExportPayoutBatchRequest(
+                            batch_id="pb_none", format=payout_service_pb2.EXPORT_FORMAT_CSV
+                        ),
+                        metadata=metadata,
+                        timeout=SECONDS,
+                    )
+                )
+            ),
         }
 
 
-def test_without_a_client_certificate_nothing_is_reachable_on_mutual_tls(mtls_server: RunningServer,
-                                                                        pki: TlsFiles) -> None:
+def test_without_a_client_certificate_nothing_is_reachable_on_mutual_tls(
+    mtls_server: RunningServer, pki: TlsFiles
+) -> None:
     """PASSES. No certificate, or a plaintext channel: every call, health and reflection
     included, fails in the handshake (UNAVAILABLE) - even with a valid token."""
     address = f"127.0.0.1:{mtls_server.port}"
@@ -80,29 +106,49 @@ def test_a_client_certificate_is_no_token(mtls_server: RunningServer, pki: TlsFi
     """PASSES. With a valid client certificate, health answers; reflection and every payout call
     still need a token (UNAUTHENTICATED without, or with an unknown one), and the role decides."""
     endpoint = Endpoint(f"127.0.0.1:{mtls_server.port}", client_tls(pki.ca, pki.client_cert, pki.client_key))
-    assert _calls(endpoint, None) == {"health": grpc.StatusCode.OK, "health-watch": grpc.StatusCode.OK,
-                                      "reflection": grpc.StatusCode.UNAUTHENTICATED,
-                                      "payout": grpc.StatusCode.UNAUTHENTICATED,
-                                      "export": grpc.StatusCode.UNAUTHENTICATED}
+    assert _calls(endpoint, None) == {
+        "health": grpc.StatusCode.OK,
+        "health-watch": grpc.StatusCode.OK,
+        "reflection": grpc.StatusCode.UNAUTHENTICATED,
+        "payout": grpc.StatusCode.UNAUTHENTICATED,
+        "export": grpc.StatusCode.UNAUTHENTICATED,
+    }
     unknown = _calls(endpoint, bearer("an-unknown-token-0123456789"))
     assert {k: unknown[k] for k in ("reflection", "payout", "export")} == dict.fromkeys(
-        ("reflection", "payout", "export"), grpc.StatusCode.UNAUTHENTICATED)
+        ("reflection", "payout", "export"), grpc.StatusCode.UNAUTHENTICATED
+    )
     enterprise = _calls(endpoint, as_role("enterprise"))
     assert (enterprise["payout"], enterprise["export"]) == (grpc.StatusCode.PERMISSION_DENIED,) * 2
     operator = _calls(endpoint, as_role("finance_operator"))
     assert (operator["reflection"], operator["payout"], operator["export"]) == (
-        grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.NOT_FOUND)
+        grpc.StatusCode.OK,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.NOT_FOUND,
+    )
 
 
-@pytest.mark.parametrize("listen", ["0.0.0.0:0", "dns:///0.0.0.0:0", "ipv4:0.0.0.0:0", "[::ffff:0.0.0.0]:0",
-                                    "[::ffff:127.0.0.1]:0", "0:0", "localhost.:0", "127.0.0.1.nip.io:0",
-                                    "[0:0:0:0:0:0:0:0]:0", "[::]:0"])
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "0.0.0.0:0",
+        "dns:///0.0.0.0:0",
+        "ipv4:0.0.0.0:0",
+        "[::ffff:0.0.0.0]:0",
+        "[::ffff:127.0.0.1]:0",
+        "0:0",
+        "localhost.:0",
+        "127.0.0.1.nip.io:0",
+        "[0:0:0:0:0:0:0:0]:0",
+        "[::]:0",
+    ],
+)
 def test_plaintext_on_a_network_address_is_refused_in_every_spelling(tmp_path: Path, listen: str) -> None:
     """PASSES. Whatever the spelling, a listen address that is not provably loopback is refused
     without TLS, before the database is touched."""
     url = f"sqlite:///{tmp_path / 'never.db'}"
-    config = ServeConfig(db_url=url, rules_dir=RULES_DIR, auth_file=write_auth_file(tmp_path / "auth.yaml"),
-                         listen="127.0.0.1:0")
+    config = ServeConfig(
+        db_url=url, rules_dir=RULES_DIR, auth_file=write_auth_file(tmp_path / "auth.yaml"), listen="127.0.0.1:0"
+    )
     with pytest.raises(ServerStartError, match="without TLS"):
         create_server(replace(config, listen=listen))
     assert not (tmp_path / "never.db").exists()

@@ -1,5 +1,6 @@
 """Bulk writes of records and facts snapshots: COPY on PostgreSQL inside the caller's
 transaction, executemany on SQLite; a snapshot stored once, even by two writers at once."""
+
 from __future__ import annotations
 
 import threading
@@ -16,7 +17,7 @@ from service.audit import bulk
 from service.audit.ledger import ledger_transaction
 from service.audit.records import create_audit_schema, evaluation_record, facts_snapshot, verify_records
 
-__all__ = ["policy"]   # fixture
+__all__ = ["policy"]  # fixture
 
 
 @pytest.fixture
@@ -75,7 +76,8 @@ class _CopySpy:
 
 @pytest.mark.postgres
 def test_postgresql_copies_records_and_new_snapshots_in_the_callers_transaction(
-        pg_engine: Engine, policy: LoadedPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg_engine: Engine, policy: LoadedPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spy = _CopySpy(monkeypatch)
     records = [prepared(policy, 1_000_000 + i, uscc=f"91420600MA4K0{i:04d}X") for i in range(50)]
     write_chunk(pg_engine, policy, records)
@@ -86,8 +88,7 @@ def test_postgresql_copies_records_and_new_snapshots_in_the_callers_transaction(
 
     # Already stored snapshots are skipped (by the server): each is stored once.
     spy.statements.clear()
-    write_chunk(pg_engine, policy, [prepared(policy, 1_000_000 + i, uscc=f"91420600MA4K0{i:04d}X")
-                                    for i in range(3)])
+    write_chunk(pg_engine, policy, [prepared(policy, 1_000_000 + i, uscc=f"91420600MA4K0{i:04d}X") for i in range(3)])
     assert [s.split(" (")[0] for s in spy.statements] == ["COPY facts_snapshot_incoming", "COPY evaluation_record"]
     assert (_count(pg_engine, evaluation_record), _count(pg_engine, facts_snapshot)) == (53, 50)
 
@@ -106,8 +107,11 @@ def test_two_chunks_in_one_transaction_each_store_their_snapshots(pg_engine: Eng
 
     with ledger_transaction(pg_engine) as conn:
         write_records(conn, policy, [prepared(policy, 1, uscc="91420600MA4K00001X")])
-        write_records(conn, policy, [prepared(policy, 2, uscc="91420600MA4K00002X"),
-                                     prepared(policy, 1, uscc="91420600MA4K00001X")])
+        write_records(
+            conn,
+            policy,
+            [prepared(policy, 2, uscc="91420600MA4K00002X"), prepared(policy, 1, uscc="91420600MA4K00001X")],
+        )
     assert (_count(pg_engine, evaluation_record), _count(pg_engine, facts_snapshot)) == (3, 2)
 
 

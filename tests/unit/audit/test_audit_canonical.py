@@ -1,4 +1,5 @@
 """Canonical JSON: sorted keys, UTF-8, no whitespace, no floats (the path of one is named)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,7 @@ def test_non_ascii_text_is_kept_as_utf8() -> None:
 
 def test_scalars_and_big_integers() -> None:
     assert canonical_json([0, -1, 2**63 - 1, -(2**63), 2**64 - 1, False, None, ""]) == (
-        b"[0,-1,9223372036854775807,-9223372036854775808,18446744073709551615,false,null,\"\"]"
+        b'[0,-1,9223372036854775807,-9223372036854775808,18446744073709551615,false,null,""]'
     )
 
 

@@ -1,5 +1,6 @@
 """Signed checkpoints catch what the hash chain alone cannot: a rebuilt chain and a cut tail.
 One test per rule of `verify_checkpoints`, and the key's life: made once, private, never replaced."""
+
 from __future__ import annotations
 
 import base64
@@ -65,8 +66,9 @@ def _append(engine: Engine, count: int) -> None:
 
 def _rebuild_from(conn: Connection, seq: int, payload: dict[str, object]) -> None:
     """What an attacker with write access does: change an entry, then re-hash every later one."""
-    rows = conn.execute(text("SELECT seq, kind, payload, payload_sha256, recorded_at FROM ledger_entry "
-                             "ORDER BY seq")).all()
+    rows = conn.execute(
+        text("SELECT seq, kind, payload, payload_sha256, recorded_at FROM ledger_entry ORDER BY seq")
+    ).all()
     prev = GENESIS_HASH
     for row in rows:
         body, digest = row.payload, row.payload_sha256
@@ -74,9 +76,13 @@ def _rebuild_from(conn: Connection, seq: int, payload: dict[str, object]) -> Non
             body = canonical_json(payload).decode()
             digest = sha256_hex(body.encode())
         new_hash = entry_hash(row.seq, row.kind, digest, prev, row.recorded_at)
-        conn.execute(text("UPDATE ledger_entry SET payload = :p, payload_sha256 = :d, prev_hash = :prev, "
-                          "entry_hash = :h WHERE seq = :s"),
-                     {"p": body, "d": digest, "prev": prev, "h": new_hash, "s": row.seq})
+        conn.execute(
+            text(
+                "UPDATE ledger_entry SET payload = :p, payload_sha256 = :d, prev_hash = :prev, "
+                "entry_hash = :h WHERE seq = :s"
+            ),
+            {"p": body, "d": digest, "prev": prev, "h": new_hash, "s": row.seq},
+        )
         prev = new_hash
 
 
@@ -155,8 +161,9 @@ def test_nothing_given_is_not_checked_and_says_so(ledger: Engine) -> None:
     assert result.valid and "not checked" in result.detail
 
 
-def test_an_empty_ledger_verifies_with_or_without_checkpoints(empty_ledger: Engine, key: Ed25519PrivateKey,
-                                                            file: Path) -> None:
+def test_an_empty_ledger_verifies_with_or_without_checkpoints(
+    empty_ledger: Engine, key: Ed25519PrivateKey, file: Path
+) -> None:
     assert _verify(empty_ledger, file, key).valid  # the file does not exist yet
     assert _verify(empty_ledger, None, key).valid
     file.write_text("")
@@ -195,8 +202,9 @@ def test_checkpoints_without_the_public_key_cannot_pass(ledger: Engine, key: Ed2
     assert not result.valid and "without the ledger's public key" in result.detail
 
 
-def test_a_rebuilt_chain_passes_the_chain_check_but_not_the_checkpoint(ledger: Engine, key: Ed25519PrivateKey,
-                                                                       file: Path) -> None:
+def test_a_rebuilt_chain_passes_the_chain_check_but_not_the_checkpoint(
+    ledger: Engine, key: Ed25519PrivateKey, file: Path
+) -> None:
     _checkpoint(ledger, key, file)
     with ledger.begin() as conn:
         drop_append_only_triggers(conn, ledger_entry.name)
@@ -222,8 +230,9 @@ def test_a_cut_tail_is_caught(ledger: Engine, key: Ed25519PrivateKey, file: Path
     assert result.first_bad_entry == 10
 
 
-def test_entries_after_the_newest_checkpoint_are_valid_and_said(ledger: Engine, key: Ed25519PrivateKey,
-                                                                file: Path) -> None:
+def test_entries_after_the_newest_checkpoint_are_valid_and_said(
+    ledger: Engine, key: Ed25519PrivateKey, file: Path
+) -> None:
     _checkpoint(ledger, key, file)
     _append(ledger, 3)
     result = _verify(ledger, file, key)
@@ -256,14 +265,21 @@ def test_a_file_cut_back_to_an_older_checkpoint_fails(ledger: Engine, key: Ed255
     assert "covers 10 entries, fewer than the 12 of line 2" in result.detail
 
 
-@pytest.mark.parametrize(("line", "reason"), [
-    ("{not json", "not a checkpoint"),
-    ("[1, 2]", "not a checkpoint (expected an object"),
-    ('{"entry_count": "10", "head_hash": "x", "signed_at": "x", "key_id": "x", "signature": "x"}',
-     "not a checkpoint (entry_count is not a count)"),
-], ids=["not-json", "not-an-object", "count-as-text"])
-def test_a_line_that_is_not_a_checkpoint_is_named(ledger: Engine, key: Ed25519PrivateKey, file: Path,
-                                                  line: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("{not json", "not a checkpoint"),
+        ("[1, 2]", "not a checkpoint (expected an object"),
+        (
+            '{"entry_count": "10", "head_hash": "x", "signed_at": "x", "key_id": "x", "signature": "x"}',
+            "not a checkpoint (entry_count is not a count)",
+        ),
+    ],
+    ids=["not-json", "not-an-object", "count-as-text"],
+)
+def test_a_line_that_is_not_a_checkpoint_is_named(
+    ledger: Engine, key: Ed25519PrivateKey, file: Path, line: str, reason: str
+) -> None:
     _checkpoint(ledger, key, file)
     with file.open("a") as out:
         out.write(line + "\n")
@@ -273,8 +289,9 @@ def test_a_line_that_is_not_a_checkpoint_is_named(ledger: Engine, key: Ed25519Pr
     assert f"{file} line 2: {reason}" in result.detail
 
 
-def test_a_forged_or_foreign_checkpoint_is_refused_by_its_line(ledger: Engine, key: Ed25519PrivateKey,
-                                                               file: Path) -> None:
+def test_a_forged_or_foreign_checkpoint_is_refused_by_its_line(
+    ledger: Engine, key: Ed25519PrivateKey, file: Path
+) -> None:
     genuine = _checkpoint(ledger, key, file)
     forged = checkpoints.Checkpoint(5, genuine.head_hash, genuine.signed_at, genuine.key_id, genuine.signature)
     checkpoints.write(forged, file)
@@ -288,8 +305,9 @@ def test_a_forged_or_foreign_checkpoint_is_refused_by_its_line(ledger: Engine, k
     assert not result.valid and result.detail == f"{file} line 2: checkpoint signed by another key"
 
 
-def test_the_signature_text_of_a_checkpoint_cannot_be_edited(ledger: Engine, key: Ed25519PrivateKey,
-                                                             file: Path) -> None:
+def test_the_signature_text_of_a_checkpoint_cannot_be_edited(
+    ledger: Engine, key: Ed25519PrivateKey, file: Path
+) -> None:
     """The last base64 character of a 64-byte signature carries 4 unused bits: flipping one leaves
     the decoded bytes as they were, but the line is no longer the one signed."""
     genuine = _checkpoint(ledger, key, file)
@@ -297,14 +315,17 @@ def test_the_signature_text_of_a_checkpoint_cannot_be_edited(ledger: Engine, key
     last = genuine.signature[85]
     edited = genuine.signature[:85] + alphabet[alphabet.index(last) ^ 1] + genuine.signature[86:]
     assert edited != genuine.signature and base64.b64decode(edited) == base64.b64decode(genuine.signature)
-    file.write_text(checkpoints.Checkpoint(genuine.entry_count, genuine.head_hash, genuine.signed_at,
-                                           genuine.key_id, edited).to_json() + "\n")
+    file.write_text(
+        checkpoints.Checkpoint(
+            genuine.entry_count, genuine.head_hash, genuine.signed_at, genuine.key_id, edited
+        ).to_json()
+        + "\n"
+    )
     result = _verify(ledger, file, key)
     assert not result.valid and result.detail == f"{file} line 1: checkpoint signature does not verify"
 
 
-def test_a_bad_signature_anywhere_fails_not_only_the_newest(ledger: Engine, key: Ed25519PrivateKey,
-                                                            file: Path) -> None:
+def test_a_bad_signature_anywhere_fails_not_only_the_newest(ledger: Engine, key: Ed25519PrivateKey, file: Path) -> None:
     _checkpoint(ledger, key, file)
     _checkpoint(ledger, key, file)
     lines = file.read_text().splitlines()

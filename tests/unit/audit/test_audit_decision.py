@@ -1,4 +1,5 @@
 """The decision an evaluation record stores, and its clause mask."""
+
 from __future__ import annotations
 
 import orjson
@@ -9,7 +10,7 @@ from rules.evaluator import ClauseResult, evaluate
 from rules.loader import LoadedPolicy
 from service.audit.decision import DECISION_FIELDS, MASK_CODES, Decision, is_mask, mask_of
 
-__all__ = ["policy"]   # fixture
+__all__ = ["policy"]  # fixture
 
 
 def _clauses(results: str) -> list[ClauseResult]:
@@ -29,9 +30,19 @@ def test_anything_else_is_no_mask(text: object) -> None:
 
 
 def _decision(**changes: object) -> Decision:
-    fields = {"policy_id": "p", "policy_version": "1", "rule_sha256": "0" * 64, "period": 2025, "fact_year": 2024,
-              "uscc": "91420600MA4K00001M", "evaluated_on": "2026-03-31", "outcome": "ELIGIBLE",
-              "amount_fen": 100, "mask": "TT/T", **changes}
+    fields = {
+        "policy_id": "p",
+        "policy_version": "1",
+        "rule_sha256": "0" * 64,
+        "period": 2025,
+        "fact_year": 2024,
+        "uscc": "91420600MA4K00001M",
+        "evaluated_on": "2026-03-31",
+        "outcome": "ELIGIBLE",
+        "amount_fen": 100,
+        "mask": "TT/T",
+        **changes,
+    }
     return Decision(**fields)  # type: ignore[arg-type]  # wrong types on purpose: __post_init__ refuses them
 
 
@@ -51,16 +62,20 @@ def test_a_decision_round_trips_through_its_record_fields() -> None:
 def test_an_ineligible_evaluation_marks_its_failed_condition(policy: LoadedPolicy) -> None:
     facts = document()
     failed = dict(facts.facts)
-    del failed["si.ui_months_paid"]                      # unknown
-    failed["si.ui_arrears"] = failed["si.ui_arrears"].__class__(True, "human_resources", None)   # false
-    result = evaluate(policy.compiled(2025), facts.__class__(facts.uscc, facts.fact_year, failed, facts.collections,
-                                                             facts.missing), today=TODAY)
+    del failed["si.ui_months_paid"]  # unknown
+    failed["si.ui_arrears"] = failed["si.ui_arrears"].__class__(True, "human_resources", None)  # false
+    result = evaluate(
+        policy.compiled(2025),
+        facts.__class__(facts.uscc, facts.fact_year, failed, facts.collections, facts.missing),
+        today=TODAY,
+    )
     decision = Decision.of(result)
     assert decision.outcome == "INELIGIBLE"
     assert decision.mask == mask_of(result.conditions, result.payable)
     assert "F" in decision.mask.split("/")[0]
     assert [c.result for c in result.conditions] == [
-        {v: k for k, v in MASK_CODES.items()}[code] for code in decision.mask.split("/")[0]]
+        {v: k for k, v in MASK_CODES.items()}[code] for code in decision.mask.split("/")[0]
+    ]
 
 
 def test_a_decision_and_a_prepared_record_cross_process_boundaries(policy: LoadedPolicy) -> None:

@@ -1,4 +1,5 @@
 """The hash-chained ledger on SQLite and PostgreSQL: appends, locking, triggers, tamper detection."""
+
 from __future__ import annotations
 
 import re
@@ -85,10 +86,17 @@ def test_entries_are_numbered_from_one_and_chained(ledger: Engine) -> None:
     for e in entries:
         assert e.payload.encode() == canonical_json(e.data())
         assert e.payload_sha256 == sha256_hex(e.payload.encode())
-        assert e.entry_hash == sha256_hex(canonical_json({
-            "seq": e.seq, "kind": e.kind, "payload_sha256": e.payload_sha256,
-            "prev_hash": e.prev_hash, "recorded_at": e.recorded_at,
-        }))
+        assert e.entry_hash == sha256_hex(
+            canonical_json(
+                {
+                    "seq": e.seq,
+                    "kind": e.kind,
+                    "payload_sha256": e.payload_sha256,
+                    "prev_hash": e.prev_hash,
+                    "recorded_at": e.recorded_at,
+                }
+            )
+        )
         assert STAMP.fullmatch(e.recorded_at)
     assert rows(ledger) == entries
     result = check(ledger)
@@ -136,8 +144,9 @@ def test_recorded_at_is_utc_and_never_runs_backwards(ledger: Engine) -> None:
         ("evaluation", [1], TypeError),
     ],
 )
-def test_bad_items_are_refused_before_anything_is_written(ledger: Engine, kind: str, payload: Any,
-                                                           error: type[Exception]) -> None:
+def test_bad_items_are_refused_before_anything_is_written(
+    ledger: Engine, kind: str, payload: Any, error: type[Exception]
+) -> None:
     with pytest.raises(error), ledger_transaction(ledger) as conn:
         append_many(conn, [("evaluation", {"ok": 1}), (kind, payload)])
     assert count(ledger) == 0
@@ -201,7 +210,8 @@ def test_32_concurrent_writers_never_fork_or_break_the_chain(db_url: str, via: s
         result = check(engine)
         assert (result.valid, result.entries_checked, result.head_hash) == (True, expected, stored[-1].entry_hash)
         assert sorted((e.data()["w"], e.data()["r"], e.data().get("i")) for e in stored) == sorted(
-            (w, r, i) for w in range(threads) for r in range(rounds) for i in ([0, 1] if r % 2 else [None]))
+            (w, r, i) for w in range(threads) for r in range(rounds) for i in ([0, 1] if r % 2 else [None])
+        )
     finally:
         engine.dispose()
 
@@ -257,9 +267,15 @@ def forge(seq: int, prev_hash: str, payload: dict[str, Any]) -> dict[str, Any]:
     body = canonical_json(payload)
     sha = sha256_hex(body)
     stamp = "2026-01-01T00:00:00.000000Z"
-    return {"seq": seq, "kind": "evaluation", "payload": body.decode(), "payload_sha256": sha,
-            "prev_hash": prev_hash, "recorded_at": stamp,
-            "entry_hash": entry_hash(seq, "evaluation", sha, prev_hash, stamp)}
+    return {
+        "seq": seq,
+        "kind": "evaluation",
+        "payload": body.decode(),
+        "payload_sha256": sha,
+        "prev_hash": prev_hash,
+        "recorded_at": stamp,
+        "entry_hash": entry_hash(seq, "evaluation", sha, prev_hash, stamp),
+    }
 
 
 def insert_row(conn: Connection, row: dict[str, Any]) -> None:
@@ -275,8 +291,13 @@ def alter_payload_and_rehash_the_entry(conn: Connection, chain: list[LedgerEntry
     old = chain[3]
     body = '{"n":4,"amount_fen":999999}'
     sha = sha256_hex(body.encode())
-    set_field(conn, 4, payload=body, payload_sha256=sha,
-              entry_hash=entry_hash(4, old.kind, sha, old.prev_hash, old.recorded_at))
+    set_field(
+        conn,
+        4,
+        payload=body,
+        payload_sha256=sha,
+        entry_hash=entry_hash(4, old.kind, sha, old.prev_hash, old.recorded_at),
+    )
 
 
 def alter_entry_hash(conn: Connection, chain: list[LedgerEntry]) -> None:
@@ -370,8 +391,9 @@ Tamper = Callable[[Connection, list[LedgerEntry]], None]
     ids=lambda value: value.__name__ if callable(value) else None,
 )
 @pytest.mark.parametrize("page_size", [1000, 3])
-def test_verify_names_the_first_bad_entry_and_the_fault(ledger: Engine, tamper: Tamper, fault: str,
-                                                        first_bad_seq: int, page_size: int) -> None:
+def test_verify_names_the_first_bad_entry_and_the_fault(
+    ledger: Engine, tamper: Tamper, fault: str, first_bad_seq: int, page_size: int
+) -> None:
     chain = fill(ledger, 10)
     with ledger.begin() as conn:
         drop_append_only_triggers(conn, ledger_entry.name)

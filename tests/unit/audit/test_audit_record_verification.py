@@ -1,5 +1,6 @@
 """Verification of the records chunk by chunk: every way of altering a stored record, its facts
 or its rule text is caught, naming the record when it can and its chunk when it cannot."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from service.audit.problems import AuditProblem
 from service.audit.record_proofs import prove_record
 from service.audit.records import PreparedRecord, evaluation_record, verify_records
 
-__all__ = ["audit_engine", "policy"]   # fixtures
+__all__ = ["audit_engine", "policy"]  # fixtures
 
 CHUNK = 5
 # (ledger seq of the chunk's entry, its records)
@@ -63,17 +64,31 @@ def test_an_edited_record_text_is_named(audit_engine: Engine, chunks: Chunks) ->
     seq, records = chunks[1]
     victim = records[2]
     with tampered(audit_engine) as conn:
-        conn.execute(update(evaluation_record).where(_key(victim)).values(
-            record=victim.record_json.replace('"amount_fen":', '"amount_fen":1')))
+        conn.execute(
+            update(evaluation_record)
+            .where(_key(victim))
+            .values(record=victim.record_json.replace('"amount_fen":', '"amount_fen":1'))
+        )
         problems = verify_records(conn)
     assert [(p.row, p.fault, p.ledger_seq) for p in problems] == [(victim.evaluation_id, Fault.EDITED, seq)]
     assert "no longer hashes to its record_sha256" in problems[0].detail
 
 
-@pytest.mark.parametrize(("column", "value"), [
-    ("uscc", "91420600MA4K99999X"), ("policy_id", "single-champion-reward"), ("period", 2024),
-    ("outcome", "INELIGIBLE"), ("amount_fen", 1), ("batch_id", "pb_forged"), ("rule_sha256", "0" * 64),
-    ("facts_sha256", "0" * 64), ("evaluated_on", "2026-01-01"), ("record_sha256", "0" * 64)])
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("uscc", "91420600MA4K99999X"),
+        ("policy_id", "single-champion-reward"),
+        ("period", 2024),
+        ("outcome", "INELIGIBLE"),
+        ("amount_fen", 1),
+        ("batch_id", "pb_forged"),
+        ("rule_sha256", "0" * 64),
+        ("facts_sha256", "0" * 64),
+        ("evaluated_on", "2026-01-01"),
+        ("record_sha256", "0" * 64),
+    ],
+)
 def test_an_edited_filter_column_is_named(audit_engine: Engine, chunks: Chunks, column: str, value: object) -> None:
     seq, records = chunks[0]
     with tampered(audit_engine) as conn:
@@ -149,43 +164,51 @@ def test_swapped_records_name_their_chunk(audit_engine: Engine, chunks: Chunks) 
     assert "no longer give its Merkle root" in problems[0].detail
 
 
-def test_a_record_rewritten_with_its_hash_recomputed_is_named_by_its_replay(audit_engine: Engine,
-                                                                           chunks: Chunks) -> None:
+def test_a_record_rewritten_with_its_hash_recomputed_is_named_by_its_replay(
+    audit_engine: Engine, chunks: Chunks
+) -> None:
     seq, records = chunks[2]
     victim = records[3]
     body = orjson.loads(victim.record_json)
     body["amount_fen"] *= 2
     text = canonical_json(body).decode()
     with tampered(audit_engine) as conn:
-        conn.execute(update(evaluation_record).where(_key(victim)).values(
-            record=text, record_sha256=sha256_hex(text.encode()), amount_fen=body["amount_fen"]))
+        conn.execute(
+            update(evaluation_record)
+            .where(_key(victim))
+            .values(record=text, record_sha256=sha256_hex(text.encode()), amount_fen=body["amount_fen"])
+        )
         problems = verify_records(conn)
     assert _named(problems) == {(victim.evaluation_id, Fault.EDITED)}
     assert f"ledger entry {seq}'s Merkle root fails" in problems[0].detail
     assert f"amount_fen: stored {body['amount_fen']}, replayed {victim.decision.amount_fen}" in problems[0].detail
 
 
-def test_a_record_rewritten_where_its_replay_cannot_tell_names_its_chunk(audit_engine: Engine,
-                                                                        chunks: Chunks) -> None:
+def test_a_record_rewritten_where_its_replay_cannot_tell_names_its_chunk(audit_engine: Engine, chunks: Chunks) -> None:
     seq, records = chunks[0]
     body = {**orjson.loads(records[1].record_json), "actor": {"principal": "someone-else", "role": "auditor"}}
     text = canonical_json(body).decode()
     with tampered(audit_engine) as conn:
-        conn.execute(update(evaluation_record).where(_key(records[1])).values(
-            record=text, record_sha256=sha256_hex(text.encode())))
+        conn.execute(
+            update(evaluation_record)
+            .where(_key(records[1]))
+            .values(record=text, record_sha256=sha256_hex(text.encode()))
+        )
         problems = verify_records(conn)
     assert _named(problems) == {(f"entry {seq}", Fault.EDITED)}
 
 
 @pytest.mark.parametrize(("table", "column"), [("facts_snapshot", "document"), ("policy_version", "source")])
-def test_an_edited_text_names_every_record_resting_on_it(audit_engine: Engine, chunks: Chunks, table: str,
-                                                         column: str) -> None:
+def test_an_edited_text_names_every_record_resting_on_it(
+    audit_engine: Engine, chunks: Chunks, table: str, column: str
+) -> None:
     _, records = chunks[1]
     what = "facts snapshot" if table == "facts_snapshot" else "rule text"
     with tampered(audit_engine) as conn:
         if table == "facts_snapshot":
-            conn.exec_driver_sql(f"UPDATE facts_snapshot SET document = document || ' ' "
-                                 f"WHERE facts_sha256 = '{records[2].facts_sha256}'")
+            conn.exec_driver_sql(
+                f"UPDATE facts_snapshot SET document = document || ' ' WHERE facts_sha256 = '{records[2].facts_sha256}'"
+            )
             victims = {records[2].evaluation_id}
         else:
             conn.exec_driver_sql("UPDATE policy_version SET source = source || '#'")
@@ -221,8 +244,13 @@ def test_every_record_has_an_inclusion_proof_under_its_entry(audit_engine: Engin
                 assert proof is not None and proof.verified, proof
                 assert (proof.ledger_seq, proof.leaf_index, proof.tree_size) == (seq, index, CHUNK)
                 assert proof.entry is not None and proof.sealed_root == proof.entry.data()["merkle_root"]
-                assert verify_inclusion(bytes.fromhex(proof.record_sha256), index, CHUNK,
-                                        [bytes.fromhex(h) for h in proof.path], bytes.fromhex(proof.sealed_root))
+                assert verify_inclusion(
+                    bytes.fromhex(proof.record_sha256),
+                    index,
+                    CHUNK,
+                    [bytes.fromhex(h) for h in proof.path],
+                    bytes.fromhex(proof.sealed_root),
+                )
         assert prove_record(conn, "ev_unknown") is None
 
 

@@ -1,5 +1,6 @@
 """Evaluation records: compact, stored with facts and rule text by hash, sealed one chunk per
 ledger entry, rendered on demand, found again for reuse."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,11 +48,27 @@ from service.audit.records import (
 from service.audit.rendering import render, render_faithful
 from service.errors import RecordMismatchError
 
-__all__ = ["audit_engine", "policy"]   # fixtures
+__all__ = ["audit_engine", "policy"]  # fixtures
 
-COMPACT_FIELDS = {"evaluation_id", "policy_id", "rule_sha256", "policy_version", "period", "fact_year", "uscc",
-                  "evaluated_on", "outcome", "amount_fen", "mask", "facts_sha256", "actor", "recorded_at",
-                  "batch_id", "engine", "service_version"}
+COMPACT_FIELDS = {
+    "evaluation_id",
+    "policy_id",
+    "rule_sha256",
+    "policy_version",
+    "period",
+    "fact_year",
+    "uscc",
+    "evaluated_on",
+    "outcome",
+    "amount_fen",
+    "mask",
+    "facts_sha256",
+    "actor",
+    "recorded_at",
+    "batch_id",
+    "engine",
+    "service_version",
+}
 
 
 def _record(engine: Engine, policy: LoadedPolicy, premium_fen: int = 123_456_715) -> str:
@@ -70,19 +87,23 @@ def test_a_record_is_compact_and_holds_the_decision(audit_engine: Engine, policy
     result = evaluate(policy.compiled(2025), facts, today=TODAY)
     evaluation_id = record_evaluation(audit_engine, result, facts, policy, AUDITOR)
     with audit_engine.connect() as conn:
-        stored = conn.execute(select(evaluation_record).where(
-            evaluation_record.c.evaluation_id == evaluation_id)).one()
+        stored = conn.execute(select(evaluation_record).where(evaluation_record.c.evaluation_id == evaluation_id)).one()
     record = orjson.loads(stored.record)
-    assert set(record) == COMPACT_FIELDS           # no trace, no explanation
+    assert set(record) == COMPACT_FIELDS  # no trace, no explanation
     assert stored.record == canonical_json(record).decode() and stored.record_sha256 == sha256_hex(
-        stored.record.encode())
+        stored.record.encode()
+    )
     assert Decision.from_record(record) == Decision.of(result)
     everything_holds = "T" * len(result.conditions) + "/" + "T" * len(result.payable)
     assert (record["outcome"], record["amount_fen"], record["mask"]) == ("ELIGIBLE", 37_037_015, everything_holds)
     assert record["actor"] == {"principal": "test-auditor", "role": "auditor"}
     assert record["facts_sha256"] == snapshot_of(facts)[1] and record["service_version"] == SERVICE_VERSION
     assert (stored.rule_sha256, stored.facts_sha256, stored.evaluated_on, stored.leaf_index) == (
-        policy.sha256, record["facts_sha256"], TODAY.isoformat(), 0)
+        policy.sha256,
+        record["facts_sha256"],
+        TODAY.isoformat(),
+        0,
+    )
     fat = len(canonical_json(result.to_dict()))
     assert len(stored.record) * 4 < fat, (len(stored.record), fat)
 
@@ -91,11 +112,23 @@ def test_a_record_needs_no_evaluation_object(audit_engine: Engine, policy: Loade
     """The fast path: a Decision and a shared snapshot suffice; the record replays faithfully."""
     facts = document()
     result = evaluate(policy.compiled(2025), facts, today=TODAY)
-    decision = Decision(policy.id, policy.version, policy.sha256, 2025, 2024, USCC, TODAY.isoformat(),
-                        result.outcome, result.amount_fen, Decision.of(result).mask)
+    decision = Decision(
+        policy.id,
+        policy.version,
+        policy.sha256,
+        2025,
+        2024,
+        USCC,
+        TODAY.isoformat(),
+        result.outcome,
+        result.amount_fen,
+        Decision.of(result).mask,
+    )
     facts_json, facts_sha = snapshot_of(facts)
-    records = [prepare_decision(decision, facts_json, facts_sha, AUDITOR, "pb_x", note)
-               for note in (None, "not paid: holds grant g of p")]
+    records = [
+        prepare_decision(decision, facts_json, facts_sha, AUDITOR, "pb_x", note)
+        for note in (None, "not paid: holds grant g of p")
+    ]
     write_chunk(audit_engine, policy, records)
     with audit_engine.connect() as conn:
         first, second = (load_record(conn, r.evaluation_id) for r in records)
@@ -103,28 +136,35 @@ def test_a_record_needs_no_evaluation_object(audit_engine: Engine, policy: Loade
         assert "payout_note" not in first and second["payout_note"] == "not paid: holds grant g of p"
         assert first["batch_id"] == "pb_x"
         assert render_faithful(conn, first, CATALOGUE) == result
-        assert conn.execute(select(func.count()).select_from(facts_snapshot)).scalar_one() == 1   # shared
+        assert conn.execute(select(func.count()).select_from(facts_snapshot)).scalar_one() == 1  # shared
         assert verify_records(conn) == []
 
 
-def test_a_written_chunk_is_one_ledger_entry_with_the_root_of_its_records(audit_engine: Engine,
-                                                                         policy: LoadedPolicy) -> None:
+def test_a_written_chunk_is_one_ledger_entry_with_the_root_of_its_records(
+    audit_engine: Engine, policy: LoadedPolicy
+) -> None:
     records = [prepared(policy, 1_000_000 + i) for i in range(5)]
     seq = write_chunk(audit_engine, policy, records)
     with audit_engine.connect() as conn:
         entries = conn.execute(select(ledger_entry.c.kind, ledger_entry.c.payload)).all()
-        places = conn.execute(select(evaluation_record.c.evaluation_id, evaluation_record.c.ledger_seq,
-                                     evaluation_record.c.leaf_index).order_by(evaluation_record.c.leaf_index)).all()
+        places = conn.execute(
+            select(
+                evaluation_record.c.evaluation_id, evaluation_record.c.ledger_seq, evaluation_record.c.leaf_index
+            ).order_by(evaluation_record.c.leaf_index)
+        ).all()
         assert verify(conn).valid and verify_records(conn) == []
     assert [kind for kind, _ in entries] == [RECORDS_KIND]
     seal = orjson.loads(entries[0].payload)
-    assert seal == {"count": 5, "merkle_root": root([bytes.fromhex(r.record_sha256) for r in records]).hex(),
-                    "policy_id": policy.id, "rule_sha256": policy.sha256}
+    assert seal == {
+        "count": 5,
+        "merkle_root": root([bytes.fromhex(r.record_sha256) for r in records]).hex(),
+        "policy_id": policy.id,
+        "rule_sha256": policy.sha256,
+    }
     assert [tuple(p) for p in places] == [(r.evaluation_id, seq, i) for i, r in enumerate(records)]
 
 
-def test_records_of_another_rule_text_are_refused(audit_engine: Engine, policy: LoadedPolicy,
-                                                  tmp_path: Path) -> None:
+def test_records_of_another_rule_text_are_refused(audit_engine: Engine, policy: LoadedPolicy, tmp_path: Path) -> None:
     changed = tmp_path / "stable-jobs-refund.yaml"
     changed.write_text(POLICY.read_text(encoding="utf-8").replace("2023: 30%", "2023: 35%"), encoding="utf-8")
     other = load_policy_file(changed, CATALOGUE, require_tests=False)
@@ -143,7 +183,8 @@ def test_a_recorded_evaluation_replays_identically(audit_engine: Engine, policy:
 
 
 def test_a_rule_file_changed_after_the_decision_still_replays_under_the_old_text(
-        audit_engine: Engine, policy: LoadedPolicy, tmp_path: Path) -> None:
+    audit_engine: Engine, policy: LoadedPolicy, tmp_path: Path
+) -> None:
     evaluation_id = _record(audit_engine, policy)
     changed = tmp_path / "stable-jobs-refund.yaml"
     changed.write_text(POLICY.read_text(encoding="utf-8").replace("2023: 30%", "2023: 35%"), encoding="utf-8")
@@ -166,8 +207,9 @@ def test_replay_reports_an_altered_snapshot(audit_engine: Engine, policy: Loaded
 
 
 @pytest.mark.parametrize(("field", "value"), [("outcome", "INELIGIBLE"), ("amount_fen", 1), ("mask", "TTTT/T")])
-def test_rendering_detects_a_record_that_disagrees_with_its_replay(audit_engine: Engine, policy: LoadedPolicy,
-                                                                   field: str, value: object) -> None:
+def test_rendering_detects_a_record_that_disagrees_with_its_replay(
+    audit_engine: Engine, policy: LoadedPolicy, field: str, value: object
+) -> None:
     """A record whose decision is not what its facts and rule text give (written so, or edited
     with its hash recomputed) is reported, and never shown as the stored evaluation."""
     honest = prepared(policy)
@@ -184,13 +226,14 @@ def test_rendering_detects_a_record_that_disagrees_with_its_replay(audit_engine:
 
 
 def test_rendering_refuses_a_record_whose_snapshot_is_gone(audit_engine: Engine, policy: LoadedPolicy) -> None:
-    record = orjson.loads(prepared(policy).record_json)   # never written: nothing is stored
+    record = orjson.loads(prepared(policy).record_json)  # never written: nothing is stored
     with audit_engine.connect() as conn, pytest.raises(RecordMismatchError, match="is not stored"):
         render(conn, record, CATALOGUE)
 
 
 class _RecordKey(TypedDict):
     """What find_recorded looks a decision up by."""
+
     rule_sha256: str
     facts_sha256: str
     evaluated_on: str
@@ -201,24 +244,35 @@ class _RecordKey(TypedDict):
 
 def test_a_recorded_decision_is_found_again_for_reuse(audit_engine: Engine, policy: LoadedPolicy) -> None:
     first, other = prepared(policy), prepared(policy, 1_000_000)
-    again = prepared(policy)                     # the same facts on the same day: the same decision
+    again = prepared(policy)  # the same facts on the same day: the same decision
     write_chunk(audit_engine, policy, [first, other])
     write_chunk(audit_engine, policy, [again])
-    key: _RecordKey = {"rule_sha256": policy.sha256, "facts_sha256": first.facts_sha256,
-                       "evaluated_on": TODAY.isoformat(), "uscc": USCC, "policy_id": policy.id, "period": 2025}
+    key: _RecordKey = {
+        "rule_sha256": policy.sha256,
+        "facts_sha256": first.facts_sha256,
+        "evaluated_on": TODAY.isoformat(),
+        "uscc": USCC,
+        "policy_id": policy.id,
+        "period": 2025,
+    }
     with audit_engine.connect() as conn:
         found = find_recorded(conn, **key)
-        assert found is not None and found["evaluation_id"] == again.evaluation_id   # the newest
+        assert found is not None and found["evaluation_id"] == again.evaluation_id  # the newest
         assert Decision.from_record(found) == again.decision
         wrong_keys: list[tuple[str, _RecordKey]] = [
-            ("period", {**key, "period": 2024}), ("evaluated_on", {**key, "evaluated_on": "2026-04-01"}),
-            ("uscc", {**key, "uscc": "91420600MA4K00002K"}), ("rule_sha256", {**key, "rule_sha256": "0" * 64}),
-            ("policy_id", {**key, "policy_id": "other"})]
+            ("period", {**key, "period": 2024}),
+            ("evaluated_on", {**key, "evaluated_on": "2026-04-01"}),
+            ("uscc", {**key, "uscc": "91420600MA4K00002K"}),
+            ("rule_sha256", {**key, "rule_sha256": "0" * 64}),
+            ("policy_id", {**key, "policy_id": "other"}),
+        ]
         for column, wrong in wrong_keys:
             assert find_recorded(conn, **wrong) is None, column
-    with audit_engine.begin() as conn:   # an altered record is never answered from
-        conn.execute(text("UPDATE evaluation_record SET record = replace(record, 'auditor', 'forger') "
-                          "WHERE evaluation_id = :e"), {"e": again.evaluation_id})
+    with audit_engine.begin() as conn:  # an altered record is never answered from
+        conn.execute(
+            text("UPDATE evaluation_record SET record = replace(record, 'auditor', 'forger') WHERE evaluation_id = :e"),
+            {"e": again.evaluation_id},
+        )
     with audit_engine.connect() as conn:
         found = find_recorded(conn, **key)
         assert found is not None and found["evaluation_id"] == first.evaluation_id
@@ -229,15 +283,23 @@ def test_the_reuse_lookup_and_an_enterprises_records_have_their_index(audit_engi
 
     indexes = {i["name"]: i["column_names"] for i in inspect(audit_engine).get_indexes("evaluation_record")}
     assert indexes["ix_evaluation_record_enterprise"] == ["uscc", "policy_id", "period"]
-    if audit_engine.dialect.name == "sqlite":   # (PostgreSQL plans an empty table as it likes)
+    if audit_engine.dialect.name == "sqlite":  # (PostgreSQL plans an empty table as it likes)
         with audit_engine.connect() as conn:
-            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN SELECT record FROM evaluation_record WHERE facts_sha256 = 'a' AND "
-                "rule_sha256 = 'b' AND evaluated_on = 'c' AND period = 1 AND uscc = 'd' AND policy_id = 'e'"))
+            plan = " ".join(
+                str(r[-1])
+                for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN SELECT record FROM evaluation_record WHERE facts_sha256 = 'a' AND "
+                    "rule_sha256 = 'b' AND evaluated_on = 'c' AND period = 1 AND uscc = 'd' AND policy_id = 'e'"
+                )
+            )
         assert "ix_evaluation_record_enterprise" in plan, plan
         with audit_engine.connect() as conn:
-            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN SELECT record FROM evaluation_record WHERE uscc = 'd' ORDER BY ledger_seq DESC"))
+            plan = " ".join(
+                str(r[-1])
+                for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN SELECT record FROM evaluation_record WHERE uscc = 'd' ORDER BY ledger_seq DESC"
+                )
+            )
         assert "ix_evaluation_record_enterprise" in plan, plan
 
 

@@ -1,4 +1,5 @@
 """Tests of the clock: the date is Shanghai's, whatever zone the instant is given in."""
+
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -8,13 +9,16 @@ import pytest
 from enterprise_registry.clock import SHANGHAI, Clock
 
 
-@pytest.mark.parametrize(("instant", "today"), [
-    (datetime(2026, 12, 2, 15, 59, 59, tzinfo=UTC), date(2026, 12, 2)),   # 23:59:59 in Shanghai
-    (datetime(2026, 12, 2, 16, 0, 0, tzinfo=UTC), date(2026, 12, 3)),     # midnight in Shanghai
-    (datetime(2026, 12, 2, 17, 0, 0, tzinfo=UTC), date(2026, 12, 3)),
-    (datetime(2026, 12, 2, 9, 0, tzinfo=timezone(timedelta(hours=-8))), date(2026, 12, 3)),
-    (datetime(2026, 12, 3, 0, 30, tzinfo=SHANGHAI), date(2026, 12, 3)),
-])
+@pytest.mark.parametrize(
+    ("instant", "today"),
+    [
+        (datetime(2026, 12, 2, 15, 59, 59, tzinfo=UTC), date(2026, 12, 2)),  # 23:59:59 in Shanghai
+        (datetime(2026, 12, 2, 16, 0, 0, tzinfo=UTC), date(2026, 12, 3)),  # midnight in Shanghai
+        (datetime(2026, 12, 2, 17, 0, 0, tzinfo=UTC), date(2026, 12, 3)),
+        (datetime(2026, 12, 2, 9, 0, tzinfo=timezone(timedelta(hours=-8))), date(2026, 12, 3)),
+        (datetime(2026, 12, 3, 0, 30, tzinfo=SHANGHAI), date(2026, 12, 3)),
+    ],
+)
 def test_today_is_the_shanghai_date(instant: datetime, today: date) -> None:
     clock = Clock.fixed(instant)
     assert clock.today() == today

@@ -1,4 +1,5 @@
 """Derived facts: who a shared hire counts for, staleness, size class recorded vs derived."""
+
 from __future__ import annotations
 
 from datetime import date
@@ -30,23 +31,35 @@ def test_a_yearly_record_is_final_only_from_the_last_day_of_its_year() -> None:
 
 
 def test_recorded_size_class_wins_over_the_standard() -> None:
-    fact = size_class("micro", "C3670", employees=5000, revenue_fen=10**12,
-                      main_business_revenue_fen=10**12, total_assets_fen=10**12)
+    fact = size_class(
+        "micro", "C3670", employees=5000, revenue_fen=10**12, main_business_revenue_fen=10**12, total_assets_fen=10**12
+    )
     assert fact is not None and (fact.size_class, fact.basis) == ("micro", SIZE_CLASS_RECORDED)
 
 
 def test_size_class_derived_by_the_standard_when_not_recorded() -> None:
-    fact = size_class(None, "C3670", employees=300, revenue_fen=None,
-                      main_business_revenue_fen=2000 * 1_000_000, total_assets_fen=None)
+    fact = size_class(
+        None,
+        "C3670",
+        employees=300,
+        revenue_fen=None,
+        main_business_revenue_fen=2000 * 1_000_000,
+        total_assets_fen=None,
+    )
     assert fact is not None and (fact.size_class, fact.basis) == ("medium", SIZE_CLASS_DERIVED)
     assert fact.reasons
 
 
 def test_size_class_unknown_without_the_figures_the_standard_needs() -> None:
-    assert size_class(None, "C3670", employees=None, revenue_fen=None,
-                      main_business_revenue_fen=None, total_assets_fen=None) is None
-    assert size_class(None, "J6620", employees=10, revenue_fen=1,
-                      main_business_revenue_fen=1, total_assets_fen=1) is None
+    assert (
+        size_class(
+            None, "C3670", employees=None, revenue_fen=None, main_business_revenue_fen=None, total_assets_fen=None
+        )
+        is None
+    )
+    assert (
+        size_class(None, "J6620", employees=10, revenue_fen=1, main_business_revenue_fen=1, total_assets_fen=1) is None
+    )
 
 
 def test_industry_section() -> None:

@@ -1,4 +1,5 @@
 """Tests of the importer on SQLite and PostgreSQL: all-or-nothing feeds, supersede and stale."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -75,8 +76,7 @@ def snapshot(engine: Engine) -> Snapshot:
 def row_counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as connection:
         return {
-            kind: connection.execute(select(func.count()).select_from(table_for(kind))).scalar_one()
-            for kind in KINDS
+            kind: connection.execute(select(func.count()).select_from(table_for(kind))).scalar_one() for kind in KINDS
         }
 
 
@@ -102,18 +102,42 @@ def test_good_feed_is_stored(db_engine: Engine, tmp_path: Path) -> None:
     rows = snapshot(db_engine)
     assert rows["enterprise"] == [
         (
-            USCC, "襄阳市测试精密机械有限公司", "enterprise", "420600", "C3484", date(2012, 3, 15),
-            "active", False, "中国工商银行股份有限公司襄阳分行", "1804020109200012345",
-            "襄阳市测试精密机械有限公司", "market_regulation", date(2025, 6, 30),
+            USCC,
+            "襄阳市测试精密机械有限公司",
+            "enterprise",
+            "420600",
+            "C3484",
+            date(2012, 3, 15),
+            "active",
+            False,
+            "中国工商银行股份有限公司襄阳分行",
+            "1804020109200012345",
+            "襄阳市测试精密机械有限公司",
+            "market_regulation",
+            date(2025, 6, 30),
         )
     ]
     # Fen above 2**31 survive: the money columns are BIGINT.
     assert rows["tax_year"][0][1:] == (
-        USCC, 2024, 86, 4523678915, 4312000000, 3900000000, 123456789, 98765432, "A", "tax",
+        USCC,
+        2024,
+        86,
+        4523678915,
+        4312000000,
+        3900000000,
+        123456789,
+        98765432,
+        "A",
+        "tax",
         date(2025, 5, 31),
     )
     assert rows["credit_listing"][0][1:] == (
-        USCC, "abnormal_operation", date(2023, 4, 1), date(2023, 10, 9), "credit", date(2025, 6, 30)
+        USCC,
+        "abnormal_operation",
+        date(2023, 4, 1),
+        date(2023, 10, 9),
+        "credit",
+        date(2025, 6, 30),
     )
 
 
@@ -153,9 +177,7 @@ def test_organisation_code_failure_is_only_a_warning(db_engine: Engine, tmp_path
 
 
 @pytest.mark.parametrize("case", BAD_CASES, ids=[case["name"] for case in BAD_CASES])
-def test_bad_line_rejects_the_whole_file(
-    db_engine: Engine, tmp_path: Path, case: dict[str, Any]
-) -> None:
+def test_bad_line_rejects_the_whole_file(db_engine: Engine, tmp_path: Path, case: dict[str, Any]) -> None:
     # Six good lines, a blank line (7), then the bad line: physical line 8.
     path = write_feed(tmp_path / "feed.jsonl", [*good_lines(), b"", case["raw"]])
     with pytest.raises(ImportRejectedError) as info:
@@ -187,9 +209,7 @@ def test_error_list_is_capped_but_every_error_counted(db_engine: Engine) -> None
         load_records(records, db_engine, origin="inline")
     assert len(info.value.errors) == importer.MAX_ERRORS == 1000
     assert info.value.total == 1005
-    assert info.value.errors[0] == RecordError(
-        "inline", 2, None, "must be a JSON object, got an array"
-    )
+    assert info.value.errors[0] == RecordError("inline", 2, None, "must be a JSON object, got an array")
     message = str(info.value)
     assert "1005 error(s)" in message and "and 985 more" in message
     assert "inline:2: must be a JSON object, got an array" in message
@@ -202,9 +222,7 @@ def test_duplicate_key_in_one_file(db_engine: Engine, tmp_path: Path) -> None:
     with pytest.raises(ImportRejectedError) as info:
         load_jsonl(path, db_engine)
     assert where(info.value.errors) == [(str(path), 7, None)]
-    assert info.value.errors[0].reason == (
-        f"duplicate tax_year (uscc={USCC}, year=2024): already on line 2"
-    )
+    assert info.value.errors[0].reason == (f"duplicate tax_year (uscc={USCC}, year=2024): already on line 2")
     assert nothing_stored(db_engine)
 
 
@@ -234,9 +252,7 @@ def test_good_data_survives_a_refused_file(db_engine: Engine, tmp_path: Path) ->
     assert snapshot(db_engine) == before
 
 
-def test_error_names_the_file_as_given(
-    db_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_error_names_the_file_as_given(db_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     write_feed(tmp_path / "relative.jsonl", [b"{"])
     with pytest.raises(ImportRejectedError) as info:
@@ -286,9 +302,11 @@ def test_a_feed_writes_only_for_its_departments() -> None:
     assert checker.check(1, good["enterprise"]) is None
     tax = checker.check(2, good["tax_year"])
     assert tax is not None and tax.source == "tax"
-    assert checker.errors == [RecordError(
-        "feed", 1, "source", "department market_regulation is not a source of this feed "
-                             "(it may write only for tax)")]
+    assert checker.errors == [
+        RecordError(
+            "feed", 1, "source", "department market_regulation is not a source of this feed (it may write only for tax)"
+        )
+    ]
     assert RecordChecker("feed", sources=["tax", "market_regulation"]).check(1, good["enterprise"]) is not None
 
 
@@ -338,9 +356,7 @@ def test_supersede_replaces_every_column(db_engine: Engine) -> None:
     assert row_counts(db_engine)["enterprise"] == 1
 
 
-def test_stale_and_stored_mix_across_batches(
-    db_engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_stale_and_stored_mix_across_batches(db_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importer, "BATCH_ROWS", 7)  # many statements from a few records
     tax = good_records()["tax_year"]
     first = [{**tax, "year": year} for year in range(1990, 2020)]
@@ -364,8 +380,10 @@ def test_checked_records_then_store_records(db_engine: Engine) -> None:
     """The building blocks ImportFacts streams through: check each record, store the good ones."""
     good = good_records()
     checker = RecordChecker("stream", max_errors=None)
-    checked = [checker.check(line, obj) for line, obj in
-               [(1, good["tax_year"]), (2, {**good["tax_year"], "year": "2024"}), (3, good["hire"])]]
+    checked = [
+        checker.check(line, obj)
+        for line, obj in [(1, good["tax_year"]), (2, {**good["tax_year"], "year": "2024"}), (3, good["hire"])]
+    ]
     records = [record for record in checked if record is not None]
     assert [record.kind for record in records] == ["tax_year", "hire"]
     assert checker.errors == [RecordError("stream", 2, "year", 'must be an integer, got "2024"')]

@@ -1,5 +1,6 @@
 """One description of each fact kind (`enterprise_registry.kinds`), and everything that must
 agree with it: the feed records, the tables, the fact catalogue and the documents."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,22 +34,25 @@ def test_the_feed_record_has_exactly_the_described_fields(spec: KindSpec) -> Non
 def test_the_table_stores_the_described_fields_with_their_key(spec: KindSpec) -> None:
     table = table_for(spec.kind)
     expected = {f.name for f in spec.fields if f.name != "bank_account"} | {"uscc", "source", "as_of"}
-    if spec.kind == "enterprise":   # the account is flattened into three columns
+    if spec.kind == "enterprise":  # the account is flattened into three columns
         expected |= {"bank_name", "bank_account_no", "bank_account_name"}
     assert set(table.c.keys()) - {"id"} == expected
     assert key_columns(spec.kind) == spec.key
     for field in spec.fields:
         if field.name in table.c:
             assert table.c[field.name].nullable == field.optional, field.name
-            if field.max_abs is not None and field.max_abs >= 2**31:   # money: 64-bit columns
+            if field.max_abs is not None and field.max_abs >= 2**31:  # money: 64-bit columns
                 assert isinstance(table.c[field.name].type, BigInteger), field.name
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=_ids)
 def test_the_catalogue_reads_each_fact_field_with_its_bound_values_and_label(spec: KindSpec) -> None:
     for field in spec.fields:
-        fact = (CATALOGUE.collections[spec.group].get(field.name) if spec.collection
-                else CATALOGUE.facts.get(f"{spec.group}.{field.name}"))
+        fact = (
+            CATALOGUE.collections[spec.group].get(field.name)
+            if spec.collection
+            else CATALOGUE.facts.get(f"{spec.group}.{field.name}")
+        )
         if not field.fact:
             assert fact is None
             continue
@@ -62,8 +66,9 @@ INT_FIELDS = [(spec, field) for spec in SPECS for field in spec.fields if field.
 
 
 @pytest.mark.parametrize(("spec", "field"), INT_FIELDS, ids=[f"{s.kind}.{f.name}" for s, f in INT_FIELDS])
-def test_the_registry_never_accepts_more_than_the_bound_the_compiler_relies_on(spec: KindSpec,
-                                                                               field: FieldSpec) -> None:
+def test_the_registry_never_accepts_more_than_the_bound_the_compiler_relies_on(
+    spec: KindSpec, field: FieldSpec
+) -> None:
     """The rules compiler proves from `max_abs` that policy arithmetic stays within int64."""
     assert field.max_abs is not None, field.name
     record = {**good_records()[spec.kind], field.name: field.max_abs + 1}

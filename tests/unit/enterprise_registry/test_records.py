@@ -1,4 +1,5 @@
 """Tests of record validation: one strict model per kind, clear reasons, natural keys."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -166,16 +167,36 @@ def test_a_nullable_field_left_out_reads_as_null() -> None:
     from enterprise_registry.uscc import make
 
     code = make("91420600MA4T00019")
-    listing = parse_record({"kind": "credit_listing", "uscc": code, "source": "credit",
-                            "as_of": "2025-06-30", "list": "zombie", "listed_on": "2025-01-02"})
+    listing = parse_record(
+        {
+            "kind": "credit_listing",
+            "uscc": code,
+            "source": "credit",
+            "as_of": "2025-06-30",
+            "list": "zombie",
+            "listed_on": "2025-01-02",
+        }
+    )
     assert isinstance(listing, CreditListingRecord) and listing.removed_on is None
-    hire = parse_record({"kind": "hire", "uscc": code, "source": "human_resources",
-                         "as_of": "2025-06-30", "year": 2025, "hired_on": "2025-03-01",
-                         "person_ref": "P0001", "category": "graduate", "graduation_year": 2025,
-                         "labor_contract": True, "insured_months": 3,
-                         "absorption_subsidy_claimed": False})
+    hire = parse_record(
+        {
+            "kind": "hire",
+            "uscc": code,
+            "source": "human_resources",
+            "as_of": "2025-06-30",
+            "year": 2025,
+            "hired_on": "2025-03-01",
+            "person_ref": "P0001",
+            "category": "graduate",
+            "graduation_year": 2025,
+            "labor_contract": True,
+            "insured_months": 3,
+            "absorption_subsidy_claimed": False,
+        }
+    )
     assert isinstance(hire, HireRecord) and hire.age is None and hire.hired_on == date(2025, 3, 1)
     with pytest.raises(RecordValidationError) as info:
-        parse_record({**hire.model_dump(mode="json"), "category": "unemployed_youth",
-                      "graduation_year": None, "age": None})
+        parse_record(
+            {**hire.model_dump(mode="json"), "category": "unemployed_youth", "graduation_year": None, "age": None}
+        )
     assert info.value.field == "age"

@@ -56,9 +56,7 @@ def figures(sector: str, **values: int | None) -> dict[str, int | None]:
         "main_business_revenue_fen": 0,
         "total_assets_fen": values.get("Z"),
     }
-    revenue_field = (
-        "main_business_revenue_fen" if sector in MAIN_BUSINESS_SECTORS else "revenue_fen"
-    )
+    revenue_field = "main_business_revenue_fen" if sector in MAIN_BUSINESS_SECTORS else "revenue_fen"
     kwargs[revenue_field] = values.get("Y")
     return kwargs
 
@@ -87,9 +85,7 @@ def boundary_cases() -> Iterator[Any]:
             for level, bound in enumerate(bounds):
                 at = bound * unit(ind)
                 yield pytest.param(sector, ind, at, CLASSES[level], id=f"{sector}-{ind}{bound}-at")
-                yield pytest.param(
-                    sector, ind, at - 1, CLASSES[level + 1], id=f"{sector}-{ind}{bound}-below"
-                )
+                yield pytest.param(sector, ind, at - 1, CLASSES[level + 1], id=f"{sector}-{ind}{bound}-below")
 
 
 @pytest.mark.parametrize(("sector", "indicator", "value", "expected"), list(boundary_cases()))
@@ -164,9 +160,7 @@ def test_warehousing_200_staff_is_large_and_99_is_small() -> None:
     assert run("warehousing", {"X": 99, "Y": 30000 * WAN}).size_class == "small"
 
 
-@pytest.mark.parametrize(
-    "revenue_fen", [1000 * WAN, 9999 * WAN, 10_000 * WAN, 50_000 * WAN, 100_000 * WAN - 1]
-)
+@pytest.mark.parametrize("revenue_fen", [1000 * WAN, 9999 * WAN, 10_000 * WAN, 50_000 * WAN, 100_000 * WAN - 1])
 def test_information_transmission_medium_revenue_reaches_100000_wan(revenue_fen: int) -> None:
     values = {"X": 2000, "Y": revenue_fen}
     assert run("information_transmission", values).size_class == "medium"
@@ -183,9 +177,7 @@ def test_information_transmission_medium_revenue_reaches_100000_wan(revenue_fen:
         ("software_it", "Y", 50),
     ],
 )
-def test_micro_is_strictly_below_the_small_bound(
-    sector: str, indicator: str, small_bound: int
-) -> None:
+def test_micro_is_strictly_below_the_small_bound(sector: str, indicator: str, small_bound: int) -> None:
     at = small_bound * unit(indicator)
     assert run(sector, at_large(sector) | {indicator: at}).size_class == "small"
     assert run(sector, at_large(sector) | {indicator: at - 1}).size_class == "micro"
@@ -237,9 +229,7 @@ def test_other_rows_read_operating_revenue(code: str) -> None:
 def test_uncovered_sectors_give_none(code: str) -> None:
     assert sector_of(code) is None
     big = 10**15
-    result = classify(
-        code, employees=10**6, revenue_fen=big, main_business_revenue_fen=big, total_assets_fen=big
-    )
+    result = classify(code, employees=10**6, revenue_fen=big, main_business_revenue_fen=big, total_assets_fen=big)
     assert result is None
 
 
@@ -264,9 +254,7 @@ def test_indicators_a_row_does_not_list_may_be_missing() -> None:
         main_business_revenue_fen=None,
         total_assets_fen=None,
     )
-    assert only_revenue == SizeClassification(
-        "small", "agriculture", ("营业收入 50 万元 ≥ 50 万元（小型下限）",)
-    )
+    assert only_revenue == SizeClassification("small", "agriculture", ("营业收入 50 万元 ≥ 50 万元（小型下限）",))
     only_staff = classify(
         "R8810",
         employees=100,
@@ -274,14 +262,10 @@ def test_indicators_a_row_does_not_list_may_be_missing() -> None:
         main_business_revenue_fen=None,
         total_assets_fen=None,
     )
-    assert only_staff == SizeClassification(
-        "medium", "other", ("从业人员 100 人 ≥ 100 人（中型下限）",)
-    )
+    assert only_staff == SizeClassification("medium", "other", ("从业人员 100 人 ≥ 100 人（中型下限）",))
 
 
-@pytest.mark.parametrize(
-    "field", ["employees", "revenue_fen", "main_business_revenue_fen", "total_assets_fen"]
-)
+@pytest.mark.parametrize("field", ["employees", "revenue_fen", "main_business_revenue_fen", "total_assets_fen"])
 def test_negative_figures_are_rejected(field: str) -> None:
     kwargs: dict[str, int | None] = {
         "employees": 10,

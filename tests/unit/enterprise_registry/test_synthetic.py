@@ -1,5 +1,6 @@
 """Tests of the synthetic registry: deterministic, valid, loadable, varied enough for policies,
 with facts for every year and outcomes for every period the reference pack covers."""
+
 from __future__ import annotations
 
 import time
@@ -182,9 +183,7 @@ def features(records: Records) -> Counter[str]:
     return found
 
 
-def _registry_features(
-    found: Counter[str], by_kind: dict[str, Records], tax_years: dict[Any, Any]
-) -> None:
+def _registry_features(found: Counter[str], by_kind: dict[str, Records], tax_years: dict[Any, Any]) -> None:
     si_years = {(s["uscc"], s["year"]) for s in by_kind["social_insurance_year"]}
     for e in by_kind["enterprise"]:
         found[f"org_type {e['org_type']}"] += 1
@@ -213,13 +212,17 @@ def _yearly_features(found: Counter[str], record: dict[str, Any], flags: dict[st
 
 def _tax_features(found: Counter[str], tax_years: Records) -> None:
     for t in tax_years:
-        _yearly_features(found, t, {
-            f"credit {t['credit_rating']}": True,
-            "staff on a threshold": t["employees"] in (10, 20, 50, 100, 200, 300, 1000),
-            "staff just below a threshold": t["employees"] in (9, 19, 49, 99, 199, 299, 999),
-            "revenue on a threshold": t["revenue_fen"] % WAN_FEN == 0,
-            "revenue a fen below": t["revenue_fen"] % WAN_FEN == WAN_FEN - 1,
-        })
+        _yearly_features(
+            found,
+            t,
+            {
+                f"credit {t['credit_rating']}": True,
+                "staff on a threshold": t["employees"] in (10, 20, 50, 100, 200, 300, 1000),
+                "staff just below a threshold": t["employees"] in (9, 19, 49, 99, 199, 299, 999),
+                "revenue on a threshold": t["revenue_fen"] % WAN_FEN == 0,
+                "revenue a fen below": t["revenue_fen"] % WAN_FEN == WAN_FEN - 1,
+            },
+        )
 
 
 def _insurance_features(found: Counter[str], years: Records) -> None:
@@ -230,24 +233,28 @@ def _insurance_features(found: Counter[str], years: Records) -> None:
         within = claimants * 1000 <= 55 * avg
         small = start <= 30
         within_20 = claimants * 5 <= avg
-        _yearly_features(found, s, {
-            f"size class {s['size_class']}": True,
-            "ui paid < 12 months": s["ui_months_paid"] < 12,
-            "ui paid 11 months": s["ui_months_paid"] == 11,
-            "ui paid >= 12 months": s["ui_months_paid"] >= 12,
-            "ui arrears": s["ui_arrears"],
-            "back payment": s["ui_back_payment_fen"] > 0,
-            "late fee": s["ui_late_fee_fen"] > 0,
-            "no insured": avg == 0,
-            "layoffs <= 5.5%": avg > 0 and within,
-            "layoffs exactly 5.5%": claimants > 0 and claimants * 1000 == 55 * avg,
-            "small employer, 5.5% < layoffs <= 20%": small and not within and within_20,
-            "small employer, layoffs exactly 20%": small and 0 < claimants * 5 == avg,
-            "small employer, layoffs > 20%": small and not within_20,
-            "larger employer, layoffs > 5.5%": not small and not within,
-            "30 insured at start": start == 30,
-            "31 insured at start": start == 31,
-        })
+        _yearly_features(
+            found,
+            s,
+            {
+                f"size class {s['size_class']}": True,
+                "ui paid < 12 months": s["ui_months_paid"] < 12,
+                "ui paid 11 months": s["ui_months_paid"] == 11,
+                "ui paid >= 12 months": s["ui_months_paid"] >= 12,
+                "ui arrears": s["ui_arrears"],
+                "back payment": s["ui_back_payment_fen"] > 0,
+                "late fee": s["ui_late_fee_fen"] > 0,
+                "no insured": avg == 0,
+                "layoffs <= 5.5%": avg > 0 and within,
+                "layoffs exactly 5.5%": claimants > 0 and claimants * 1000 == 55 * avg,
+                "small employer, 5.5% < layoffs <= 20%": small and not within and within_20,
+                "small employer, layoffs exactly 20%": small and 0 < claimants * 5 == avg,
+                "small employer, layoffs > 20%": small and not within_20,
+                "larger employer, layoffs > 5.5%": not small and not within,
+                "30 insured at start": start == 30,
+                "31 insured at start": start == 31,
+            },
+        )
 
 
 def _hire_features(found: Counter[str], hires: Records) -> None:
@@ -269,9 +276,7 @@ def _hire_features(found: Counter[str], hires: Records) -> None:
             found["person hired twice, same day" if same_day else "person hired twice"] += 1
 
 
-def _qualification_features(
-    found: Counter[str], qualifications: Records, tax_years: dict[Any, Any]
-) -> None:
+def _qualification_features(found: Counter[str], qualifications: Records, tax_years: dict[Any, Any]) -> None:
     granted: dict[tuple[str, str], set[str]] = defaultdict(set)
     for q in qualifications:
         year = q["granted_on"][:4]
@@ -298,47 +303,94 @@ def _revenue_tier(revenue_fen: int) -> str:
 
 # Features of yearly records that some edge case puts in every fact year.
 YEARLY_EDGE_FEATURES = [
-    "staff on a threshold", "staff just below a threshold", "revenue on a threshold",
-    "revenue a fen below", "credit D", "size class None", "ui paid 11 months", "ui arrears",
-    "no insured", "layoffs exactly 5.5%", "small employer, layoffs exactly 20%",
-    "30 insured at start", "31 insured at start",
+    "staff on a threshold",
+    "staff just below a threshold",
+    "revenue on a threshold",
+    "revenue a fen below",
+    "credit D",
+    "size class None",
+    "ui paid 11 months",
+    "ui arrears",
+    "no insured",
+    "layoffs exactly 5.5%",
+    "small employer, layoffs exactly 20%",
+    "30 insured at start",
+    "31 insured at start",
 ]
 
 EXPECTED_FEATURES = [
-    *(f"org_type {t}" for t in ("enterprise", "individual_business", "farmer_cooperative",
-                                "social_organization", "foundation", "social_service_org",
-                                "law_firm", "accounting_firm", "public_institution", "government")),
+    *(
+        f"org_type {t}"
+        for t in (
+            "enterprise",
+            "individual_business",
+            "farmer_cooperative",
+            "social_organization",
+            "foundation",
+            "social_service_org",
+            "law_firm",
+            "accounting_firm",
+            "public_institution",
+            "government",
+        )
+    ),
     *(f"status {s}" for s in ("active", "suspended", "liquidating", "deregistered", "revoked")),
     *(f"section {s}" for s in "ABCDEFGHIKLM"),
-    "industry C36", "industry C34", "industry C35", "industry C26", "industry C13", "industry C14",
-    "industry C38", "industry F51", "industry F52", "industry G54", "industry G59", "industry H61",
-    "industry H62", "industry I65", "industry K70", "industry L72",
-    "labor dispatch", "no bank account",
+    "industry C36",
+    "industry C34",
+    "industry C35",
+    "industry C26",
+    "industry C13",
+    "industry C14",
+    "industry C38",
+    "industry F51",
+    "industry F52",
+    "industry G54",
+    "industry G59",
+    "industry H61",
+    "industry H62",
+    "industry I65",
+    "industry K70",
+    "industry L72",
+    "labor dispatch",
+    "no bank account",
     *(f"established {year}" for year in (*FACT_YEARS, REGISTRY_AS_OF.year)),  # the last: none yet
     *(f"missing {what} {year}" for what in ("tax", "social insurance") for year in FACT_YEARS),
     *(f"{name} in {year}" for name in YEARLY_EDGE_FEATURES for year in FACT_YEARS),
     *(f"credit {r}" for r in "ABMC"),
     *(f"size class {c}" for c in ("large", "medium", "small", "micro")),
-    "ui paid < 12 months", "ui paid >= 12 months", "back payment", "late fee", "layoffs <= 5.5%",
-    "small employer, 5.5% < layoffs <= 20%", "small employer, layoffs > 20%",
+    "ui paid < 12 months",
+    "ui paid >= 12 months",
+    "back payment",
+    "late fee",
+    "layoffs <= 5.5%",
+    "small employer, 5.5% < layoffs <= 20%",
+    "small employer, layoffs > 20%",
     "larger employer, layoffs > 5.5%",
     *(f"hire {c} in {y}" for c in ("graduate", "unemployed_youth", "other") for y in HIRE_YEARS),
     *(f"graduate of year - {gap}" for gap in range(4)),
     *(f"unemployed youth aged {age}" for age in (14, 15, 16, 24, 25, 30)),
-    "hire without labour contract", "hire insured < 3 months", "hire insured 1 month",
-    "absorption subsidy claimed", "person hired twice", "person hired twice, same day",
+    "hire without labour contract",
+    "hire insured < 3 months",
+    "hire insured 1 month",
+    "absorption subsidy claimed",
+    "person hired twice",
+    "person hired twice, same day",
     *(f"high_tech national {first} {y}" for first in ("first", "renewed") for y in PERIOD_YEARS),
-    "first high-tech, last year's revenue <= 50m", "first high-tech, last year's revenue <= 200m",
+    "first high-tech, last year's revenue <= 50m",
+    "first high-tech, last year's revenue <= 200m",
     "first high-tech, last year's revenue > 200m",
-    *(f"{title} national first {y}" for title in ("little_giant", "single_champion")
-      for y in PERIOD_YEARS),
+    *(f"{title} national first {y}" for title in ("little_giant", "single_champion") for y in PERIOD_YEARS),
     *(f"little_giant provincial first {y}" for y in PERIOD_YEARS),
     *(f"above_designated_size provincial first {y}" for y in PERIOD_YEARS),
     *(f"little giant and single champion in {y}" for y in PERIOD_YEARS),
     *(f"above size and strategic emerging in {y}" for y in PERIOD_YEARS),
-    *(f"listed {name}" for name in ("serious_dishonesty", "judgment_defaulter", "wage_arrears",
-                                    "abnormal_operation", "zombie")),
-    "listing removed", "listing current",
+    *(
+        f"listed {name}"
+        for name in ("serious_dishonesty", "judgment_defaulter", "wage_arrears", "abnormal_operation", "zombie")
+    ),
+    "listing removed",
+    "listing current",
 ]
 
 
@@ -350,23 +402,24 @@ def test_every_outcome_relevant_feature_occurs(registry: Records) -> None:
 
 def _previous_year_periods(pack: PolicySet) -> dict[int, int]:
     """Period -> the fact year its yearly records come from, for policies reading tax or si."""
-    return {period: pack.get(policy_id).fact_year(period)
-            for policy_id, period in pack_coverage(pack) if policy_id == STABLE_JOBS}
+    return {
+        period: pack.get(policy_id).fact_year(period)
+        for policy_id, period in pack_coverage(pack)
+        if policy_id == STABLE_JOBS
+    }
 
 
-def test_stale_and_missing_records_in_every_year_a_period_reads(
-    registry: Records, pack: PolicySet
-) -> None:
+def test_stale_and_missing_records_in_every_year_a_period_reads(registry: Records, pack: PolicySet) -> None:
     found = features(registry)
     for period, year in _previous_year_periods(pack).items():
         for kind in ("tax_year", "social_insurance_year"):
             assert found[f"{kind} stale in {year}"] > 0, (period, kind)
         assert found[f"missing tax {year}"] > 0 and found[f"missing social insurance {year}"] > 0
     # A record extracted on its year's last day is final: the boundary itself occurs.
-    on_the_day = [r for r in registry if r["kind"] in ("tax_year", "social_insurance_year")
-                  and r["as_of"] == f"{r['year']}-12-31"]
-    assert on_the_day and all(yearly_record_is_final(r["year"], date.fromisoformat(r["as_of"]))
-                              for r in on_the_day)
+    on_the_day = [
+        r for r in registry if r["kind"] in ("tax_year", "social_insurance_year") and r["as_of"] == f"{r['year']}-12-31"
+    ]
+    assert on_the_day and all(yearly_record_is_final(r["year"], date.fromisoformat(r["as_of"])) for r in on_the_day)
 
 
 # The refund rate of each recorded size class (stable-jobs-refund's amount formula).
@@ -385,18 +438,21 @@ def test_refunds_tie_at_half_a_fen_in_every_period(registry: Records, pack: Poli
             assert isinstance(rate, Fraction)
             if rate.denominator % 2:
                 continue
-            ties = [r for r in registry if r["kind"] == "social_insurance_year"
-                    and r["year"] == year and r["size_class"] in classes
-                    and (r["ui_premium_paid_fen"] - r["ui_back_payment_fen"] - r["ui_late_fee_fen"])
-                    * rate % 1 == Fraction(1, 2)]
+            ties = [
+                r
+                for r in registry
+                if r["kind"] == "social_insurance_year"
+                and r["year"] == year
+                and r["size_class"] in classes
+                and (r["ui_premium_paid_fen"] - r["ui_back_payment_fen"] - r["ui_late_fee_fen"]) * rate % 1
+                == Fraction(1, 2)
+            ]
             assert ties, (period, name)
             checked += 1
     assert checked > len(PERIOD_YEARS)  # every period's large rate and at least one other
 
 
-def test_hires_on_both_sides_of_each_periods_insured_months_minimum(
-    registry: Records, pack: PolicySet
-) -> None:
+def test_hires_on_both_sides_of_each_periods_insured_months_minimum(registry: Records, pack: PolicySet) -> None:
     policy = pack.get(JOB_EXPANSION)
     months: dict[int, set[int]] = defaultdict(set)
     for record in registry:
@@ -437,9 +493,7 @@ def run_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 
 @pytest.mark.slow
-def test_every_policy_and_period_has_each_kind_of_outcome(
-    run_registry: Engine, pack: PolicySet
-) -> None:
+def test_every_policy_and_period_has_each_kind_of_outcome(run_registry: Engine, pack: PolicySet) -> None:
     coverage = pack_coverage(pack)
     outcomes: dict[tuple[str, int], dict[Outcome, int]] = {}
     for period in PERIOD_YEARS:
@@ -448,9 +502,15 @@ def test_every_policy_and_period_has_each_kind_of_outcome(
         for policy in summary.policies:
             outcomes[(policy.policy_id, period)] = policy.counts
     assert set(outcomes) == coverage
-    lacking = {key: counts for key, counts in outcomes.items()
-               if not (counts[Outcome.ELIGIBLE] and counts[Outcome.INELIGIBLE]
-                       and counts[Outcome.UNDETERMINED] + counts[Outcome.HELD])}
+    lacking = {
+        key: counts
+        for key, counts in outcomes.items()
+        if not (
+            counts[Outcome.ELIGIBLE]
+            and counts[Outcome.INELIGIBLE]
+            and counts[Outcome.UNDETERMINED] + counts[Outcome.HELD]
+        )
+    }
     assert lacking == {}
 
 

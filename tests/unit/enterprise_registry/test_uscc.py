@@ -1,4 +1,5 @@
 """Tests of the GB 32100 unified social credit code and its GB 11714 organisation code."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """The group-commit recorder on SQLite and PostgreSQL: concurrent calls share few transactions and
 return only once their records are durable; a failing transaction fails exactly its group's calls
 and the writer goes on; the queue is bounded; stopping writes what is queued."""
+
 from __future__ import annotations
 
 import threading
@@ -28,10 +29,9 @@ ACTOR = Actor("test-recorder", "admin")
 WAIT_SECONDS = 20.0
 
 
-
 @pytest.fixture
 def audit_engine(db_engine: Engine) -> Engine:
-    create_payout_schema(db_engine)   # the audit trail's tables included: verification reads both
+    create_payout_schema(db_engine)  # the audit trail's tables included: verification reads both
     return db_engine
 
 
@@ -61,8 +61,12 @@ def _wait_until(condition: Callable[[], bool], what: str) -> None:
 
 def _stored(engine: Engine, evaluation_id: str) -> bool:
     with engine.connect() as conn:
-        return conn.execute(select(evaluation_record.c.evaluation_id)
-                            .where(evaluation_record.c.evaluation_id == evaluation_id)).first() is not None
+        return (
+            conn.execute(
+                select(evaluation_record.c.evaluation_id).where(evaluation_record.c.evaluation_id == evaluation_id)
+            ).first()
+            is not None
+        )
 
 
 def _count(engine: Engine, table: Table) -> int:
@@ -70,9 +74,11 @@ def _count(engine: Engine, table: Table) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def _calls(recorder: Recorder, batches: list[list[tuple[LoadedPolicy, PreparedRecord]]],
-           after: Callable[[list[tuple[LoadedPolicy, PreparedRecord]]], None] = lambda _: None,
-           ) -> tuple[list[threading.Thread], dict[int, BaseException | None]]:
+def _calls(
+    recorder: Recorder,
+    batches: list[list[tuple[LoadedPolicy, PreparedRecord]]],
+    after: Callable[[list[tuple[LoadedPolicy, PreparedRecord]]], None] = lambda _: None,
+) -> tuple[list[threading.Thread], dict[int, BaseException | None]]:
     """One thread per call, started; each records its batch, then runs `after` (on success)."""
     outcomes: dict[int, BaseException | None] = {}
 
@@ -92,7 +98,8 @@ def _calls(recorder: Recorder, batches: list[list[tuple[LoadedPolicy, PreparedRe
 
 
 def test_concurrent_calls_share_few_transactions_and_answer_only_when_durable(
-        audit_engine: Engine, recorder: Recorder, policies: PolicySet) -> None:
+    audit_engine: Engine, recorder: Recorder, policies: PolicySet
+) -> None:
     in_force = _in_force(policies)
     # Calls of one record each, and of several policies in one call (ListMatchedBenefits).
     batches = [[(in_force[i % len(in_force)], _prepared(in_force[i % len(in_force)], i))] for i in range(36)]
@@ -104,7 +111,7 @@ def test_concurrent_calls_share_few_transactions_and_answer_only_when_durable(
         # Returned means committed: another connection sees every record of the call at once.
         durable.extend(p.evaluation_id for _, p in batch if _stored(audit_engine, p.evaluation_id))
 
-    with ledger_transaction(audit_engine):   # the writer's first group waits behind this lock
+    with ledger_transaction(audit_engine):  # the writer's first group waits behind this lock
         threads, outcomes = _calls(recorder, batches, committed)
         _wait_until(lambda: recorder.outstanding == total, "every call has handed its records over")
         assert not outcomes, "a call returned before its records could be committed"
@@ -115,19 +122,20 @@ def test_concurrent_calls_share_few_transactions_and_answer_only_when_durable(
     # The group taken before the lock was released, then everything queued behind it.
     assert 1 <= recorder.transactions <= 3 and recorder.records_written == total
     assert _count(audit_engine, evaluation_record) == total
-    assert _count(audit_engine, ledger_entry) <= recorder.transactions * len(in_force)   # one entry per policy
+    assert _count(audit_engine, ledger_entry) <= recorder.transactions * len(in_force)  # one entry per policy
     assert_audit_valid(audit_engine)
 
 
 def test_a_failing_transaction_fails_exactly_its_calls_and_later_calls_succeed(
-        audit_engine: Engine, recorder: Recorder, policies: PolicySet) -> None:
+    audit_engine: Engine, recorder: Recorder, policies: PolicySet
+) -> None:
     in_force = _in_force(policies)
     before = _prepared(in_force[0], 1)
     recorder.record([(in_force[0], before)])
     with audit_engine.begin() as conn:
         refuse_records(conn)
     doomed = [[(in_force[i % len(in_force)], _prepared(in_force[i % len(in_force)], 10 + i))] for i in range(12)]
-    with ledger_transaction(audit_engine):   # all of them in the groups that meet the refusal
+    with ledger_transaction(audit_engine):  # all of them in the groups that meet the refusal
         threads, outcomes = _calls(recorder, doomed)
         _wait_until(lambda: recorder.outstanding == len(doomed), "every doomed call is queued")
     for thread in threads:
@@ -139,15 +147,15 @@ def test_a_failing_transaction_fails_exactly_its_calls_and_later_calls_succeed(
     with audit_engine.begin() as conn:
         accept_records(conn)
     after = _prepared(in_force[1], 2)
-    recorder.record([(in_force[1], after)])   # the writer went on
+    recorder.record([(in_force[1], after)])  # the writer went on
     assert _stored(audit_engine, before.evaluation_id) and _stored(audit_engine, after.evaluation_id)
     assert _count(audit_engine, evaluation_record) == 2
-    assert_audit_valid(audit_engine)   # nothing of the failed groups is left half written
+    assert_audit_valid(audit_engine)  # nothing of the failed groups is left half written
 
 
 def test_an_unreachable_database_fails_every_call_and_the_writer_keeps_answering(policies: PolicySet) -> None:
     policy = _in_force(policies)[0]
-    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")   # nothing listens on port 1
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
     try:
         with Recorder(engine) as recorder:
             for n in range(2):
@@ -166,7 +174,7 @@ def test_the_queue_is_bounded(audit_engine: Engine, policies: PolicySet) -> None
         with ledger_transaction(audit_engine):
             threads, outcomes = _calls(recorder, calls)
             _wait_until(lambda: recorder.queued == 4, "the queue is full")
-            time.sleep(0.05)   # the other callers wait for room rather than queue
+            time.sleep(0.05)  # the other callers wait for room rather than queue
             assert recorder.queued == 4 and recorder.outstanding < len(calls)
         for thread in threads:
             thread.join(WAIT_SECONDS)

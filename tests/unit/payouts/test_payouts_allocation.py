@@ -1,4 +1,5 @@
 """Budget pro-rating by largest remainder, and 就高不重复 stacking in both orders of arrival."""
+
 from __future__ import annotations
 
 import random
@@ -71,11 +72,13 @@ def test_the_same_award_again_pays_nothing_more() -> None:
 
 def test_a_returned_lower_grant_under_a_top_up_is_made_good_by_the_lower_policy() -> None:
     # little giant 50万 paid, champion topped it up by 50万, then the bank returned the little giant line
-    result = stack({"little-giant-reward": 50_000_000, "single-champion-reward": 100_000_000},
-                   {"single-champion-reward": 50_000_000})
+    result = stack(
+        {"little-giant-reward": 50_000_000, "single-champion-reward": 100_000_000},
+        {"single-champion-reward": 50_000_000},
+    )
     assert result["little-giant-reward"].payable_fen == 50_000_000
     assert result["little-giant-reward"].tops_up == "single-champion-reward"
-    assert result["single-champion-reward"].payable_fen == 0   # it holds a grant already
+    assert result["single-champion-reward"].payable_fen == 0  # it holds a grant already
 
 
 def test_a_lower_policy_waits_while_the_higher_one_holds_nothing() -> None:

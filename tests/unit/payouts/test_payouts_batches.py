@@ -1,4 +1,5 @@
 """Creating batches on SQLite and PostgreSQL: exactly once, idempotent, stacked, sealed."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,31 +27,58 @@ BANK = {"bank_name": "中国工商银行襄阳分行", "account_no": "1804000109
 
 
 def _enterprise(uscc: str) -> dict[str, object]:
-    return {"kind": "enterprise", "uscc": uscc, "source": "market_regulation", "as_of": "2025-12-31",
-            "name": f"襄阳示例{uscc[-4:]}有限公司", "org_type": "enterprise", "region_code": "420606",
-            "industry_code": "C3670", "established_on": "2010-01-01", "status": "active",
-            "labor_dispatch": False, "bank_account": BANK}
+    return {
+        "kind": "enterprise",
+        "uscc": uscc,
+        "source": "market_regulation",
+        "as_of": "2025-12-31",
+        "name": f"襄阳示例{uscc[-4:]}有限公司",
+        "org_type": "enterprise",
+        "region_code": "420606",
+        "industry_code": "C3670",
+        "established_on": "2010-01-01",
+        "status": "active",
+        "labor_dispatch": False,
+        "bank_account": BANK,
+    }
 
 
 def _title(uscc: str, kind: str, number: str) -> dict[str, object]:
-    return {"kind": "qualification", "uscc": uscc, "source": "industry_it", "as_of": "2025-12-31",
-            "type": kind, "level": "national", "first_time": True, "granted_on": "2025-07-01",
-            "certificate_no": number}
-
+    return {
+        "kind": "qualification",
+        "uscc": uscc,
+        "source": "industry_it",
+        "as_of": "2025-12-31",
+        "type": kind,
+        "level": "national",
+        "first_time": True,
+        "granted_on": "2025-07-01",
+        "certificate_no": number,
+    }
 
 
 @pytest.fixture
 def registry(db_engine: Engine) -> Engine:
     create_payout_schema(db_engine)
-    load_records([_enterprise(BOTH), _title(BOTH, "little_giant", "LG-1"), _title(BOTH, "single_champion", "SC-1"),
-                  _enterprise(GIANT), _title(GIANT, "little_giant", "LG-2"),
-                  _enterprise(CHAMPION), _title(CHAMPION, "single_champion", "SC-3")], db_engine)
+    load_records(
+        [
+            _enterprise(BOTH),
+            _title(BOTH, "little_giant", "LG-1"),
+            _title(BOTH, "single_champion", "SC-1"),
+            _enterprise(GIANT),
+            _title(GIANT, "little_giant", "LG-2"),
+            _enterprise(CHAMPION),
+            _title(CHAMPION, "single_champion", "SC-3"),
+        ],
+        db_engine,
+    )
     return db_engine
 
 
 def _create(engine: Engine, policies: PolicySet, policy_id: str, request_id: str) -> Batch:
-    return create_batch(engine, policies, policy_id=policy_id, period=2025, request_id=request_id,
-                        actor=OPERATOR, today=TODAY)
+    return create_batch(
+        engine, policies, policy_id=policy_id, period=2025, request_id=request_id, actor=OPERATOR, today=TODAY
+    )
 
 
 def test_the_higher_award_of_a_group_is_the_only_one_paid(registry: Engine, policies: PolicySet) -> None:
@@ -58,8 +86,10 @@ def test_the_higher_award_of_a_group_is_the_only_one_paid(registry: Engine, poli
     champion = _create(registry, policies, "single-champion-reward", "req-2")
     with registry.connect() as conn:
         assert [(line["uscc"], line["amount_fen"]) for line in lines_of(conn, giant.batch_id)] == [(GIANT, 50_000_000)]
-        assert [(line["uscc"], line["amount_fen"]) for line in lines_of(conn, champion.batch_id)] == \
-            [(BOTH, 100_000_000), (CHAMPION, 100_000_000)]
+        assert [(line["uscc"], line["amount_fen"]) for line in lines_of(conn, champion.batch_id)] == [
+            (BOTH, 100_000_000),
+            (CHAMPION, 100_000_000),
+        ]
     assert (giant.state, giant.line_count, giant.total_fen) == ("DRAFT", 1, 50_000_000)
 
 
@@ -133,15 +163,22 @@ def test_a_line_whose_record_hash_was_edited_is_not_proven(registry: Engine, pol
 STATES = ("RUNNING", "DRAFT", "APPROVED", "EXPORTED", "SETTLED", "CANCELLED")
 # An approver may cancel an APPROVED batch that was not exported; a late return may reach a
 # SETTLED batch.
-LEGAL = {("approve", "DRAFT"), ("cancel", "DRAFT"), ("cancel", "APPROVED"), ("export", "APPROVED"),
-         ("results", "EXPORTED"), ("results", "SETTLED")}
+LEGAL = {
+    ("approve", "DRAFT"),
+    ("cancel", "DRAFT"),
+    ("cancel", "APPROVED"),
+    ("export", "APPROVED"),
+    ("results", "EXPORTED"),
+    ("results", "SETTLED"),
+}
 APPROVER = Actor("approver", "finance_approver")
 
 
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("action", ["approve", "cancel", "export", "results"])
-def test_every_transition_outside_the_lifecycle_is_refused(registry: Engine, policies: PolicySet,
-                                                           action: str, state: str) -> None:
+def test_every_transition_outside_the_lifecycle_is_refused(
+    registry: Engine, policies: PolicySet, action: str, state: str
+) -> None:
     from service.errors import BatchStateError
     from service.payouts.batches import BankResult, approve, cancel, record_results
     from service.payouts.export import Payer, export
@@ -156,13 +193,16 @@ def test_every_transition_outside_the_lifecycle_is_refused(registry: Engine, pol
         "approve": lambda: approve(registry, batch.batch_id, APPROVER),
         "cancel": lambda: cancel(registry, batch.batch_id, APPROVER, "test"),
         "export": lambda: export(registry, batch.batch_id, Payer("国库", "4200000000000000001", "人民银行"), OPERATOR),
-        "results": lambda: record_results(registry, batch.batch_id, [BankResult(line_id, LineState.PAID)], OPERATOR)}
+        "results": lambda: record_results(registry, batch.batch_id, [BankResult(line_id, LineState.PAID)], OPERATOR),
+    }
     if (action, state) in LEGAL:
         calls[action]()
     else:
         with pytest.raises(BatchStateError):
             calls[action]()
         with registry.connect() as conn:  # refused, and nothing changed
-            assert conn.execute(select(payout_batch.c.state).where(
-                payout_batch.c.batch_id == batch.batch_id)).scalar_one() == state
+            assert (
+                conn.execute(select(payout_batch.c.state).where(payout_batch.c.batch_id == batch.batch_id)).scalar_one()
+                == state
+            )
             assert len(lines_of(conn, batch.batch_id)) == 1

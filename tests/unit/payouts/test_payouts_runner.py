@@ -7,6 +7,7 @@ enterprise evaluated directly with `rules.evaluator.evaluate`, 就高不重复 a
 Interruptions are made with real mechanisms - the `stop` event, an exception raised inside a
 chunk's transaction, a lease that runs out while a worker stalls - never by editing tables.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,7 +50,7 @@ POLICIES_DIR = RULES / "policies"
 OPERATOR = Actor("finance-op", "finance_operator")
 TODAY = date(2026, 3, 31)
 PERIOD = 2025
-GIANT, CHAMPION = "little-giant-reward", "single-champion-reward"   # one conflict group: 50万 and 100万
+GIANT, CHAMPION = "little-giant-reward", "single-champion-reward"  # one conflict group: 50万 and 100万
 GIANT_FEN, CHAMPION_FEN = 50_000_000, 100_000_000
 ENTERPRISES = 45
 CHUNK = 7
@@ -73,33 +74,68 @@ def _uscc(n: int) -> str:
 
 
 def _enterprise(uscc: str, *, bank: bool = True) -> dict[str, object]:
-    return {"kind": "enterprise", "uscc": uscc, "source": "market_regulation", "as_of": "2025-12-31",
-            "name": f"襄阳示例{uscc[-5:]}有限公司", "org_type": "enterprise", "region_code": "420606",
-            "industry_code": "C3670", "established_on": "2010-01-01", "status": "active",
-            "labor_dispatch": False, "bank_account": BANK if bank else None}
+    return {
+        "kind": "enterprise",
+        "uscc": uscc,
+        "source": "market_regulation",
+        "as_of": "2025-12-31",
+        "name": f"襄阳示例{uscc[-5:]}有限公司",
+        "org_type": "enterprise",
+        "region_code": "420606",
+        "industry_code": "C3670",
+        "established_on": "2010-01-01",
+        "status": "active",
+        "labor_dispatch": False,
+        "bank_account": BANK if bank else None,
+    }
 
 
-def _title(uscc: str, kind: str, number: str, *, level: str = "national", first_time: bool = True,
-           granted_on: str = "2025-07-01", as_of: str = "2025-12-31") -> dict[str, object]:
-    return {"kind": "qualification", "uscc": uscc, "source": "industry_it", "as_of": as_of,
-            "type": kind, "level": level, "first_time": first_time, "granted_on": granted_on,
-            "certificate_no": number}
+def _title(
+    uscc: str,
+    kind: str,
+    number: str,
+    *,
+    level: str = "national",
+    first_time: bool = True,
+    granted_on: str = "2025-07-01",
+    as_of: str = "2025-12-31",
+) -> dict[str, object]:
+    return {
+        "kind": "qualification",
+        "uscc": uscc,
+        "source": "industry_it",
+        "as_of": as_of,
+        "type": kind,
+        "level": level,
+        "first_time": first_time,
+        "granted_on": granted_on,
+        "certificate_no": number,
+    }
 
 
 def _serious_listing(uscc: str) -> dict[str, object]:
-    return {"kind": "credit_listing", "uscc": uscc, "source": "credit", "as_of": "2025-12-31",
-            "list": "serious_dishonesty", "listed_on": "2025-09-01", "removed_on": None}
+    return {
+        "kind": "credit_listing",
+        "uscc": uscc,
+        "source": "credit",
+        "as_of": "2025-12-31",
+        "list": "serious_dishonesty",
+        "listed_on": "2025-09-01",
+        "removed_on": None,
+    }
 
 
 def _records_of(i: int, uscc: str) -> list[dict[str, object]]:
     profile = PROFILES[i % len(PROFILES)]
     giant, champion = _title(uscc, "little_giant", f"LG-{i}"), _title(uscc, "single_champion", f"SC-{i}")
-    return {"giant": [_enterprise(uscc), giant],
-            "champion": [_enterprise(uscc), champion],
-            "both": [_enterprise(uscc), giant, champion],
-            "none": [_enterprise(uscc)],
-            "giant-but-listed": [_enterprise(uscc), giant, _serious_listing(uscc)],
-            "champion-without-bank": [_enterprise(uscc, bank=False), champion]}[profile]
+    return {
+        "giant": [_enterprise(uscc), giant],
+        "champion": [_enterprise(uscc), champion],
+        "both": [_enterprise(uscc), giant, champion],
+        "none": [_enterprise(uscc)],
+        "giant-but-listed": [_enterprise(uscc), giant, _serious_listing(uscc)],
+        "champion-without-bank": [_enterprise(uscc, bank=False), champion],
+    }[profile]
 
 
 USCCS = [_uscc(i) for i in range(ENTERPRISES)]
@@ -109,7 +145,6 @@ def _of_profile(profile: str) -> list[str]:
     return [u for i, u in enumerate(USCCS) if PROFILES[i % len(PROFILES)] == profile]
 
 
-
 @pytest.fixture
 def registry(db_engine: Engine) -> Engine:
     create_payout_schema(db_engine)
@@ -117,8 +152,9 @@ def registry(db_engine: Engine) -> Engine:
     return db_engine
 
 
-def _policy_dir_with(tmp_path: Path, policy_id: str, edit: Callable[[str], str], *,
-                     keep: tuple[str, ...] = (GIANT, CHAMPION)) -> PolicySet:
+def _policy_dir_with(
+    tmp_path: Path, policy_id: str, edit: Callable[[str], str], *, keep: tuple[str, ...] = (GIANT, CHAMPION)
+) -> PolicySet:
     """The policies `keep`, copied (with their test files) into tmp_path, `policy_id` edited."""
     folder = tmp_path / "policies"
     folder.mkdir(exist_ok=True)
@@ -141,17 +177,25 @@ def _replace_once(text: str, old: str, new: str) -> str:
 def _cursor(engine: Engine, batch_id: str) -> str:
     """The cursor of the batch's one partition (these runs have one worker, so one partition)."""
     with engine.connect() as conn:
-        return str(conn.execute(select(payout_partition.c.cursor)
-                                .where(payout_partition.c.batch_id == batch_id)).scalar_one())
+        return str(
+            conn.execute(select(payout_partition.c.cursor).where(payout_partition.c.batch_id == batch_id)).scalar_one()
+        )
 
 
 def _start(engine: Engine, policies: PolicySet, policy_id: str, request_id: str) -> Batch:
-    return start_batch(engine, policies, policy_id=policy_id, period=PERIOD, request_id=request_id,
-                       actor=OPERATOR, today=TODAY)
+    return start_batch(
+        engine, policies, policy_id=policy_id, period=PERIOD, request_id=request_id, actor=OPERATOR, today=TODAY
+    )
 
 
-def _run(engine: Engine, policies: PolicySet, batch_id: str, worker: str = "w1",
-         settings: RunSettings = SETTINGS, stop: threading.Event | None = None) -> bool:
+def _run(
+    engine: Engine,
+    policies: PolicySet,
+    batch_id: str,
+    worker: str = "w1",
+    settings: RunSettings = SETTINGS,
+    stop: threading.Event | None = None,
+) -> bool:
     return run_batch(engine, policies, batch_id, worker=worker, settings=settings, stop=stop)
 
 
@@ -224,21 +268,29 @@ def _amounts(engine: Engine, batch_id: str) -> dict[str, int]:
 
 def _candidate_usccs(engine: Engine, batch_id: str) -> list[str]:
     with engine.connect() as conn:
-        return list(conn.execute(select(payout_candidate.c.uscc)
-                                 .where(payout_candidate.c.batch_id == batch_id)).scalars())
+        return list(
+            conn.execute(select(payout_candidate.c.uscc).where(payout_candidate.c.batch_id == batch_id)).scalars()
+        )
 
 
 def _recorded(engine: Engine, batch_id: str, policy_id: str) -> list[str]:
     """The USCCs of the batch's evaluation records under `policy_id`, one per record."""
     with engine.connect() as conn:
-        return list(conn.execute(select(evaluation_record.c.uscc).where(
-            evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == policy_id)).scalars())
+        return list(
+            conn.execute(
+                select(evaluation_record.c.uscc).where(
+                    evaluation_record.c.batch_id == batch_id, evaluation_record.c.policy_id == policy_id
+                )
+            ).scalars()
+        )
 
 
 def _all_grants_of(engine: Engine, policy_id: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(select(grant).where(
-            grant.c.policy_id == policy_id, grant.c.period == PERIOD))]
+        return [
+            dict(r._mapping)
+            for r in conn.execute(select(grant).where(grant.c.policy_id == policy_id, grant.c.period == PERIOD))
+        ]
 
 
 # -- the independent expectation ------------------------------------------------------------------
@@ -252,8 +304,7 @@ def _award(policy: LoadedPolicy, source: DocumentSource, uscc: str) -> int | Non
     return result.amount_fen if result.outcome == Outcome.ELIGIBLE else None
 
 
-def _expected_grants(engine: Engine, policies: PolicySet, policy_id: str,
-                     usccs: list[str] = USCCS) -> dict[str, int]:
+def _expected_grants(engine: Engine, policies: PolicySet, policy_id: str, usccs: list[str] = USCCS) -> dict[str, int]:
     """USCC -> full award, for the enterprises a first batch of `policy_id` must pay: eligible,
     and no other policy of its conflict group awards more (就高不重复; these awards never tie)."""
     policy, source = policies.get(policy_id), DocumentSource(engine)
@@ -273,7 +324,7 @@ def _largest_remainder(amounts: dict[str, int], budget: int) -> dict[str, int]:
     total = sum(amounts.values())
     exact = {u: Fraction(budget * fen, total) for u, fen in amounts.items()}
     shares = {u: math.floor(x) for u, x in exact.items()}
-    for uscc in sorted(amounts, key=lambda u: (shares[u] - exact[u], u))[:budget - sum(shares.values())]:
+    for uscc in sorted(amounts, key=lambda u: (shares[u] - exact[u], u))[: budget - sum(shares.values())]:
         shares[uscc] += 1
     return shares
 
@@ -306,10 +357,15 @@ def _assert_complete(engine: Engine, batch_id: str, expected: dict[str, int]) ->
     assert (batch.line_count, batch.total_fen) == (len(expected), sum(expected.values()))
     with engine.connect() as conn:
         for uscc, line in lines.items():
-            record = conn.execute(select(evaluation_record).where(
-                evaluation_record.c.evaluation_id == line["evaluation_id"])).one()
-            assert (record.uscc, record.policy_id, record.batch_id, record.outcome) == \
-                (uscc, batch.policy_id, batch_id, Outcome.ELIGIBLE)
+            record = conn.execute(
+                select(evaluation_record).where(evaluation_record.c.evaluation_id == line["evaluation_id"])
+            ).one()
+            assert (record.uscc, record.policy_id, record.batch_id, record.outcome) == (
+                uscc,
+                batch.policy_id,
+                batch_id,
+                Outcome.ELIGIBLE,
+            )
             assert record.record_sha256 == line["record_sha256"]
     ordered = [lines[u]["record_sha256"] for u in sorted(lines)]
     assert batch.merkle_root == root([bytes.fromhex(h) for h in ordered]).hex()
@@ -320,9 +376,10 @@ def _assert_complete(engine: Engine, batch_id: str, expected: dict[str, int]) ->
 
 
 def test_a_stopped_run_resumes_without_missing_or_doubling_anyone(
-        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     expected = _expected_grants(registry, policies, GIANT)
-    assert sorted(expected) == _of_profile("giant")   # "both" is paid by the champion policy only
+    assert sorted(expected) == _of_profile("giant")  # "both" is paid by the champion policy only
     batch = _start(registry, policies, GIANT, "req-stop")
     stop = _stop_after_chunks(monkeypatch, 1)
 
@@ -347,17 +404,19 @@ def test_a_stopped_run_resumes_without_missing_or_doubling_anyone(
 
 
 def test_a_crash_inside_a_chunk_leaves_nothing_of_it_and_the_next_worker_finishes(
-        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     expected = _expected_grants(registry, policies, GIANT)
     batch = _start(registry, policies, GIANT, "req-crash")
     first_chunk_end = USCCS[CHUNK - 1]
-    real_write, writes_in_second_chunk = write_records, Counter[str]()   # what partitions calls
+    real_write, writes_in_second_chunk = write_records, Counter[str]()  # what partitions calls
 
-    def write_then_crash(conn: Connection, policy: LoadedPolicy, prepared: Sequence[PreparedRecord], *,
-                         stored: set[str] | None = None) -> None:
+    def write_then_crash(
+        conn: Connection, policy: LoadedPolicy, prepared: Sequence[PreparedRecord], *, stored: set[str] | None = None
+    ) -> None:
         if any(p.decision.uscc > first_chunk_end for p in prepared):
             writes_in_second_chunk["calls"] += 1
-            if writes_in_second_chunk["calls"] == 2:   # after one policy's records of the chunk
+            if writes_in_second_chunk["calls"] == 2:  # after one policy's records of the chunk
                 raise SimulatedCrash("the server died mid-chunk")
         real_write(conn, policy, prepared, stored=stored)
 
@@ -368,13 +427,18 @@ def test_a_crash_inside_a_chunk_leaves_nothing_of_it_and_the_next_worker_finishe
 
     crashed, row = get_batch(registry, batch.batch_id), _row(registry, batch.batch_id)
     assert crashed.state == "RUNNING"
-    assert (crashed.evaluated_count, _cursor(registry, batch.batch_id)) == (CHUNK, first_chunk_end), \
+    assert (crashed.evaluated_count, _cursor(registry, batch.batch_id)) == (CHUNK, first_chunk_end), (
         "the cursor did not move"
-    assert sorted(_candidate_usccs(registry, batch.batch_id)) == \
-        sorted(u for u in USCCS[:CHUNK] if u in _of_profile("giant") + _of_profile("both"))
+    )
+    assert sorted(_candidate_usccs(registry, batch.batch_id)) == sorted(
+        u for u in USCCS[:CHUNK] if u in _of_profile("giant") + _of_profile("both")
+    )
     with registry.connect() as conn:
-        recorded = conn.execute(select(evaluation_record.c.uscc)
-                                .where(evaluation_record.c.batch_id == batch.batch_id)).scalars().all()
+        recorded = (
+            conn.execute(select(evaluation_record.c.uscc).where(evaluation_record.c.batch_id == batch.batch_id))
+            .scalars()
+            .all()
+        )
     assert recorded and max(recorded) <= first_chunk_end, "no record of the crashed chunk survived"
     assert row.worker == "w1", "a dead worker keeps its lease until it runs out"
     _assert_audit_intact(registry)
@@ -408,15 +472,15 @@ def test_a_live_lease_keeps_other_workers_out_until_it_runs_out(registry: Engine
 
 
 def test_a_worker_whose_lease_was_taken_over_writes_nothing_more(
-        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     expected = _expected_grants(registry, policies, GIANT)
     batch = _start(registry, policies, GIANT, "req-takeover")
     short = RunSettings(chunk_size=CHUNK, lease_seconds=0.3)
     original, taken_over = partitions.next_chunk, threading.Event()
 
     def stall_while_another_takes_over(conn: Connection, part: Any, limit: int) -> list[str]:
-        if part.cursor and not taken_over.is_set():   # w1 committed its first chunk, then hangs
+        if part.cursor and not taken_over.is_set():  # w1 committed its first chunk, then hangs
             _sleep_past_lease(registry, batch.batch_id)
             assert claim(registry, batch.batch_id, "w2", 30)
             taken_over.set()
@@ -430,8 +494,9 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing_more(
 
     lost, row = get_batch(registry, batch.batch_id), _row(registry, batch.batch_id)
     assert (lost.state, row.worker) == ("RUNNING", "w2")
-    assert (lost.evaluated_count, _cursor(registry, batch.batch_id)) == (CHUNK, USCCS[CHUNK - 1]), \
+    assert (lost.evaluated_count, _cursor(registry, batch.batch_id)) == (CHUNK, USCCS[CHUNK - 1]), (
         "w1's second chunk was not kept"
+    )
     assert sorted(_recorded(registry, batch.batch_id, GIANT)) == USCCS[:CHUNK]
     assert max(_candidate_usccs(registry, batch.batch_id)) <= USCCS[CHUNK - 1]
 
@@ -444,7 +509,8 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing_more(
 
 
 def test_a_second_request_waits_for_the_running_batch_and_then_grants_nobody_twice(
-        registry: Engine, policies: PolicySet) -> None:
+    registry: Engine, policies: PolicySet
+) -> None:
     expected = _expected_grants(registry, policies, GIANT)
     running = _start(registry, policies, GIANT, "req-1")
     assert running.state == "RUNNING"
@@ -458,8 +524,16 @@ def test_a_second_request_waits_for_the_running_batch_and_then_grants_nobody_twi
     assert _run(registry, policies, running.batch_id) is True
     _assert_complete(registry, running.batch_id, expected)
 
-    again = create_batch(registry, policies, policy_id=GIANT, period=PERIOD, request_id="req-2",
-                         actor=OPERATOR, today=TODAY, settings=SETTINGS)
+    again = create_batch(
+        registry,
+        policies,
+        policy_id=GIANT,
+        period=PERIOD,
+        request_id="req-2",
+        actor=OPERATOR,
+        today=TODAY,
+        settings=SETTINGS,
+    )
     assert (again.state, again.line_count, again.total_fen) == ("DRAFT", 0, 0)
     assert again.evaluated_count == ENTERPRISES
     assert sorted(g["uscc"] for g in _all_grants_of(registry, GIANT)) == sorted(expected)
@@ -470,18 +544,36 @@ def test_a_second_request_waits_for_the_running_batch_and_then_grants_nobody_twi
 
 
 def test_a_higher_award_after_a_lower_one_pays_the_difference_and_names_the_earlier_grant(
-        registry: Engine, policies: PolicySet) -> None:
+    registry: Engine, policies: PolicySet
+) -> None:
     late_champion = _of_profile("giant")[0]
-    giant = create_batch(registry, policies, policy_id=GIANT, period=PERIOD, request_id="req-giant",
-                         actor=OPERATOR, today=TODAY, settings=SETTINGS)
+    giant = create_batch(
+        registry,
+        policies,
+        policy_id=GIANT,
+        period=PERIOD,
+        request_id="req-giant",
+        actor=OPERATOR,
+        today=TODAY,
+        settings=SETTINGS,
+    )
     earlier = _grants(registry, giant.batch_id)[late_champion]
     assert earlier["amount_fen"] == GIANT_FEN
 
     # The enterprise is named a single champion of the same year after the first batch ran.
-    load_records([_title(late_champion, "single_champion", "SC-late", granted_on="2025-11-28",
-                         as_of="2026-01-15")], registry)
-    champion = create_batch(registry, policies, policy_id=CHAMPION, period=PERIOD, request_id="req-champion",
-                            actor=OPERATOR, today=TODAY, settings=SETTINGS)
+    load_records(
+        [_title(late_champion, "single_champion", "SC-late", granted_on="2025-11-28", as_of="2026-01-15")], registry
+    )
+    champion = create_batch(
+        registry,
+        policies,
+        policy_id=CHAMPION,
+        period=PERIOD,
+        request_id="req-champion",
+        actor=OPERATOR,
+        today=TODAY,
+        settings=SETTINGS,
+    )
 
     lines = _grants(registry, champion.batch_id)
     top_up = lines[late_champion]
@@ -495,21 +587,42 @@ def test_a_higher_award_after_a_lower_one_pays_the_difference_and_names_the_earl
 
 def test_a_lower_award_after_a_higher_one_pays_nothing(registry: Engine, policies: PolicySet) -> None:
     former_champion = _of_profile("champion")[0]
-    champion = create_batch(registry, policies, policy_id=CHAMPION, period=PERIOD, request_id="req-champion",
-                            actor=OPERATOR, today=TODAY, settings=SETTINGS)
+    champion = create_batch(
+        registry,
+        policies,
+        policy_id=CHAMPION,
+        period=PERIOD,
+        request_id="req-champion",
+        actor=OPERATOR,
+        today=TODAY,
+        settings=SETTINGS,
+    )
     assert _amounts(registry, champion.batch_id)[former_champion] == CHAMPION_FEN
 
     # Later the champion title is corrected to provincial and a 小巨人 title of the year arrives:
     # on its own the enterprise now qualifies for the lower award only, and it was paid the higher.
     i = USCCS.index(former_champion)
-    load_records([_title(former_champion, "single_champion", f"SC-{i}", level="provincial", as_of="2026-01-15"),
-                  _title(former_champion, "little_giant", "LG-late", as_of="2026-01-15")], registry)
+    load_records(
+        [
+            _title(former_champion, "single_champion", f"SC-{i}", level="provincial", as_of="2026-01-15"),
+            _title(former_champion, "little_giant", "LG-late", as_of="2026-01-15"),
+        ],
+        registry,
+    )
     source = DocumentSource(registry)
     assert _award(policies.get(GIANT), source, former_champion) == GIANT_FEN
     assert _award(policies.get(CHAMPION), source, former_champion) is None
 
-    giant = create_batch(registry, policies, policy_id=GIANT, period=PERIOD, request_id="req-giant",
-                         actor=OPERATOR, today=TODAY, settings=SETTINGS)
+    giant = create_batch(
+        registry,
+        policies,
+        policy_id=GIANT,
+        period=PERIOD,
+        request_id="req-giant",
+        actor=OPERATOR,
+        today=TODAY,
+        settings=SETTINGS,
+    )
     assert former_champion in _candidate_usccs(registry, giant.batch_id)
     assert _amounts(registry, giant.batch_id) == {u: GIANT_FEN for u in _of_profile("giant")}
     assert [g["amount_fen"] for g in _all_grants_of(registry, GIANT) if g["uscc"] == former_champion] == []
@@ -518,18 +631,26 @@ def test_a_lower_award_after_a_higher_one_pays_nothing(registry: Engine, policie
 
 # -- 6. budget ------------------------------------------------------------------------------------
 
-AWARD_PER_TITLE = 1_234_567          # fen: 12345.67元 per single-champion certificate on record
-BUDGET_FEN = 12_345_678              # 123456.78元, well below what the eligible enterprises add up to
+AWARD_PER_TITLE = 1_234_567  # fen: 12345.67元 per single-champion certificate on record
+BUDGET_FEN = 12_345_678  # 123456.78元, well below what the eligible enterprises add up to
 
 
 def _budgeted_champion(tmp_path: Path) -> PolicySet:
     """single-champion-reward alone, paying per certificate on record and with a budget."""
+
     def edit(text: str) -> str:
-        text = _replace_once(text, "conflict_group: national-manufacturing-titles\n",
-                             "conflict_group: national-manufacturing-titles\nbudget: 123456.78元\n")
+        text = _replace_once(
+            text,
+            "conflict_group: national-manufacturing-titles\n",
+            "conflict_group: national-manufacturing-titles\nbudget: 123456.78元\n",
+        )
         text = _replace_once(text, "value: 100万元", "value: 12345.67元")
-        return _replace_once(text, "formula: params.award",
-                             'formula: params.award * count(q in qualifications where q.type == "single_champion")')
+        return _replace_once(
+            text,
+            "formula: params.award",
+            'formula: params.award * count(q in qualifications where q.type == "single_champion")',
+        )
+
     budgeted = _policy_dir_with(tmp_path, CHAMPION, edit, keep=(CHAMPION,))
     assert budgeted.get(CHAMPION).budget_fen == BUDGET_FEN
     return budgeted
@@ -539,21 +660,30 @@ def _extra_certificates(engine: Engine) -> None:
     """Champions get 1, 2 or 3 certificates on record, so their full amounts differ."""
     extra = []
     for n, uscc in enumerate(_of_profile("champion") + _of_profile("both")):
-        extra += [_title(uscc, "single_champion", f"SC-old-{n}-{k}", first_time=False, granted_on="2023-05-01")
-                  for k in range(n % 3)]
+        extra += [
+            _title(uscc, "single_champion", f"SC-old-{n}-{k}", first_time=False, granted_on="2023-05-01")
+            for k in range(n % 3)
+        ]
     load_records(extra, engine)
 
 
-def test_lines_are_pro_rated_to_the_budget_by_largest_remainder(
-        registry: Engine, tmp_path: Path) -> None:
+def test_lines_are_pro_rated_to_the_budget_by_largest_remainder(registry: Engine, tmp_path: Path) -> None:
     budgeted = _budgeted_champion(tmp_path)
     _extra_certificates(registry)
     full = _expected_grants(registry, budgeted, CHAMPION)
     assert len(set(full.values())) == 3 and sum(full.values()) > BUDGET_FEN
     assert all(fen % AWARD_PER_TITLE == 0 for fen in full.values())
 
-    batch = create_batch(registry, budgeted, policy_id=CHAMPION, period=PERIOD, request_id="req-budget",
-                         actor=OPERATOR, today=TODAY, settings=SETTINGS)
+    batch = create_batch(
+        registry,
+        budgeted,
+        policy_id=CHAMPION,
+        period=PERIOD,
+        request_id="req-budget",
+        actor=OPERATOR,
+        today=TODAY,
+        settings=SETTINGS,
+    )
 
     lines = _grants(registry, batch.batch_id)
     assert {u: line["full_fen"] for u, line in lines.items()} == full
@@ -565,18 +695,33 @@ def test_lines_are_pro_rated_to_the_budget_by_largest_remainder(
     _assert_audit_intact(registry)
 
 
-def test_a_later_batch_of_the_period_spends_only_what_is_left_of_the_budget(
-        registry: Engine, tmp_path: Path) -> None:
+def test_a_later_batch_of_the_period_spends_only_what_is_left_of_the_budget(registry: Engine, tmp_path: Path) -> None:
     budgeted = _budgeted_champion(tmp_path)
-    first = create_batch(registry, budgeted, policy_id=CHAMPION, period=PERIOD, request_id="req-budget-1",
-                         actor=OPERATOR, today=TODAY, settings=SETTINGS)
+    first = create_batch(
+        registry,
+        budgeted,
+        policy_id=CHAMPION,
+        period=PERIOD,
+        request_id="req-budget-1",
+        actor=OPERATOR,
+        today=TODAY,
+        settings=SETTINGS,
+    )
     assert first.total_fen == BUDGET_FEN, "the first batch spent the whole budget"
 
     # A champion title of the year arrives late; the next batch picks up whoever the first did not pay.
     newcomer = _of_profile("none")[0]
     load_records([_title(newcomer, "single_champion", "SC-newcomer", as_of="2026-01-15")], registry)
-    create_batch(registry, budgeted, policy_id=CHAMPION, period=PERIOD, request_id="req-budget-2",
-                 actor=OPERATOR, today=TODAY, settings=SETTINGS)
+    create_batch(
+        registry,
+        budgeted,
+        policy_id=CHAMPION,
+        period=PERIOD,
+        request_id="req-budget-2",
+        actor=OPERATOR,
+        today=TODAY,
+        settings=SETTINGS,
+    )
     granted = sum(g["amount_fen"] for g in _all_grants_of(registry, CHAMPION))
     assert granted <= BUDGET_FEN, f"the period's budget is {BUDGET_FEN} fen, its grants add up to {granted}"
 
@@ -592,7 +737,8 @@ def _giant_paying_600k(tmp_path: Path) -> PolicySet:
 
 @pytest.mark.parametrize("reload", ["changed", "removed"])
 def test_a_batch_runs_under_the_rule_text_it_started_with(
-        registry: Engine, policies: PolicySet, tmp_path: Path, reload: str) -> None:
+    registry: Engine, policies: PolicySet, tmp_path: Path, reload: str
+) -> None:
     expected = _expected_grants(registry, policies, GIANT)
     batch = _start(registry, policies, GIANT, "req-reload")
     started_under = policies.get(GIANT).sha256
@@ -606,14 +752,20 @@ def test_a_batch_runs_under_the_rule_text_it_started_with(
 
     _assert_complete(registry, batch.batch_id, expected)
     with registry.connect() as conn:
-        shas = {orjson.loads(r)["rule_sha256"] for r in conn.execute(
-            select(evaluation_record.c.record).where(evaluation_record.c.batch_id == batch.batch_id,
-                                                     evaluation_record.c.policy_id == GIANT)).scalars()}
+        shas = {
+            orjson.loads(r)["rule_sha256"]
+            for r in conn.execute(
+                select(evaluation_record.c.record).where(
+                    evaluation_record.c.batch_id == batch.batch_id, evaluation_record.c.policy_id == GIANT
+                )
+            ).scalars()
+        }
     assert shas == {started_under}
 
 
 def test_a_batch_started_just_before_a_crash_still_runs_under_its_own_rule_text(
-        registry: Engine, policies: PolicySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine, policies: PolicySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """start_batch stores the RUNNING batch and its rule text in one transaction: a crash while
     storing the text leaves no batch, and the retried request runs under its own text even when
     the rules were reloaded before the run."""
@@ -627,8 +779,8 @@ def test_a_batch_started_just_before_a_crash_still_runs_under_its_own_rule_text(
         _start(registry, policies, GIANT, "req-crash-at-start")
     monkeypatch.undo()
     with registry.connect() as conn:
-        assert conn.execute(select(payout_batch.c.batch_id)).first() is None   # nothing half-made
-    batch = _start(registry, policies, GIANT, "req-crash-at-start")   # the client retries
+        assert conn.execute(select(payout_batch.c.batch_id)).first() is None  # nothing half-made
+    batch = _start(registry, policies, GIANT, "req-crash-at-start")  # the client retries
     assert batch.state == "RUNNING"
 
     assert _run(registry, _giant_paying_600k(tmp_path), batch.batch_id) is True
@@ -640,7 +792,8 @@ def test_a_batch_started_just_before_a_crash_still_runs_under_its_own_rule_text(
 
 @pytest.mark.parametrize("chunk_size", [1, CHUNK], ids=["alone-in-its-chunk", "among-other-candidates"])
 def test_an_enterprise_that_cannot_be_evaluated_is_counted_and_paid_by_a_later_batch(
-        registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch, chunk_size: int) -> None:
+    registry: Engine, policies: PolicySet, monkeypatch: pytest.MonkeyPatch, chunk_size: int
+) -> None:
     settings = RunSettings(chunk_size=chunk_size, lease_seconds=30)
     expected = _expected_grants(registry, policies, GIANT)
     source = DocumentSource(registry)
@@ -648,22 +801,41 @@ def test_an_enterprise_that_cannot_be_evaluated_is_counted_and_paid_by_a_later_b
     victim = _of_profile("giant")[2]
     _fail_evaluations_of(monkeypatch, victim)
 
-    first = create_batch(registry, policies, policy_id=GIANT, period=PERIOD, request_id="req-error-1",
-                         actor=OPERATOR, today=TODAY, settings=settings)
+    first = create_batch(
+        registry,
+        policies,
+        policy_id=GIANT,
+        period=PERIOD,
+        request_id="req-error-1",
+        actor=OPERATOR,
+        today=TODAY,
+        settings=settings,
+    )
     assert first.state == "DRAFT"
-    assert (first.error_count, first.eligible_count) == (1, len(eligible_alone) - 1)   # before stacking
+    assert (first.error_count, first.eligible_count) == (1, len(eligible_alone) - 1)  # before stacking
     assert first.eligible_fen == sum(eligible_alone.values()) - GIANT_FEN
     assert first.evaluated_count == ENTERPRISES
     assert _amounts(registry, first.batch_id) == {u: fen for u, fen in expected.items() if u != victim}
     with registry.connect() as conn:
-        error = conn.execute(select(payout_candidate.c.error).where(
-            payout_candidate.c.batch_id == first.batch_id, payout_candidate.c.uscc == victim)).scalar_one()
+        error = conn.execute(
+            select(payout_candidate.c.error).where(
+                payout_candidate.c.batch_id == first.batch_id, payout_candidate.c.uscc == victim
+            )
+        ).scalar_one()
     assert "engine and trace disagree: clause registered-active: engine failed, trace true" in error
     _assert_audit_intact(registry)
 
     monkeypatch.undo()
-    second = create_batch(registry, policies, policy_id=GIANT, period=PERIOD, request_id="req-error-2",
-                          actor=OPERATOR, today=TODAY, settings=settings)
+    second = create_batch(
+        registry,
+        policies,
+        policy_id=GIANT,
+        period=PERIOD,
+        request_id="req-error-2",
+        actor=OPERATOR,
+        today=TODAY,
+        settings=settings,
+    )
     assert (second.state, second.error_count) == ("DRAFT", 0)
     assert _amounts(registry, second.batch_id) == {victim: GIANT_FEN}
     assert sorted(g["uscc"] for g in _all_grants_of(registry, GIANT)) == sorted(expected)
@@ -689,7 +861,8 @@ def workers(registry: Engine, policies: PolicySet) -> Iterator[Callable[[], Batc
 
 
 def test_background_workers_run_a_started_batch_to_draft(
-        registry: Engine, policies: PolicySet, workers: Callable[[], BatchWorkers]) -> None:
+    registry: Engine, policies: PolicySet, workers: Callable[[], BatchWorkers]
+) -> None:
     expected = _expected_grants(registry, policies, GIANT)
     pool = workers()
     batch = _start(registry, policies, GIANT, "req-background")
@@ -702,8 +875,8 @@ def test_background_workers_run_a_started_batch_to_draft(
 
 
 def test_stopped_workers_give_the_batch_back_and_new_ones_resume_it(
-        registry: Engine, policies: PolicySet, workers: Callable[[], BatchWorkers],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    registry: Engine, policies: PolicySet, workers: Callable[[], BatchWorkers], monkeypatch: pytest.MonkeyPatch
+) -> None:
     expected = _expected_grants(registry, policies, GIANT)
     original = partitions.next_chunk
 

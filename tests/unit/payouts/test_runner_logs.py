@@ -1,5 +1,6 @@
 """The batch workers log a database failure by class and primary message, never the row's values
 (PostgreSQL's DETAIL), on SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,9 @@ def _database_error(engine: Engine) -> Exception:
     raise AssertionError("the second insert was accepted")
 
 
-def test_a_failed_batch_is_logged_without_the_row(db_engine: Engine, monkeypatch: pytest.MonkeyPatch,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_batch_is_logged_without_the_row(
+    db_engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     failure = _database_error(db_engine)
 
     def fail(*_args: object, **_kwargs: object) -> bool:
@@ -44,8 +46,9 @@ def test_a_failed_batch_is_logged_without_the_row(db_engine: Engine, monkeypatch
     assert "Traceback" in caplog.text and ACCOUNT not in caplog.text
 
 
-def test_a_failed_scan_is_logged_without_the_row(db_engine: Engine, monkeypatch: pytest.MonkeyPatch,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_scan_is_logged_without_the_row(
+    db_engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     failure = _database_error(db_engine)
 
     def fail(_engine: Engine) -> list[list[str]]:

@@ -4,6 +4,7 @@ Not a test module (pytest collects only test_*.py); the test modules import it b
 because pytest puts this folder on sys.path (the folder has no __init__.py on purpose: a package
 here would be named `rules` and shadow the real one).
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -25,31 +26,34 @@ TODAY = date(2025, 6, 1)
 AS_OF = date(2025, 3, 31)
 USCC = "91420600MA4K00001X"
 
-_SOURCE_BY_GROUP = {"enterprise": "market_regulation", "si": "human_resources", "tax": "tax",
-                    "derived": "derived"}
+_SOURCE_BY_GROUP = {"enterprise": "market_regulation", "si": "human_resources", "tax": "tax", "derived": "derived"}
 
 
 def fact(name: str, value: FactValue, as_of: date | None = AS_OF) -> Fact:
     return Fact(value, _SOURCE_BY_GROUP.get(name.split(".", 1)[0], "market_regulation"), as_of)
 
 
-def document(values: Mapping[str, FactValue | None], *,
-             collections: Mapping[str, Sequence[Record]] | None = None,
-             missing: Mapping[str, str] | None = None, uscc: str = USCC,
-             fact_year: int = 2024) -> FactsDocument:
+def document(
+    values: Mapping[str, FactValue | None],
+    *,
+    collections: Mapping[str, Sequence[Record]] | None = None,
+    missing: Mapping[str, str] | None = None,
+    uscc: str = USCC,
+    fact_year: int = 2024,
+) -> FactsDocument:
     """A facts document; a value of None means the fact is not on record."""
     facts = {name: fact(name, value) for name, value in values.items() if value is not None}
     return FactsDocument(uscc, fact_year, facts, dict(collections or {}), dict(missing or {}))
 
 
-def record(ref: str, source: str = "credit", as_of: date | None = AS_OF, /,
-           **fields: FactValue | None) -> Record:
+def record(ref: str, source: str = "credit", as_of: date | None = AS_OF, /, **fields: FactValue | None) -> Record:
     # positional-only: a record field may be named like them (a mapping of fields unpacked here)
     return Record(ref, fields, source, as_of)
 
 
 class PolicyArgs(TypedDict, total=False):
     """The arguments of policy_yaml, for a policy kept as data: policy_yaml(**args)."""
+
     conditions: Required[Sequence[str]]
     amount: str
     parameters: str
@@ -62,10 +66,19 @@ class PolicyArgs(TypedDict, total=False):
     rounding: str | None
 
 
-def policy_yaml(conditions: Sequence[str], *, amount: str = "1000元", parameters: str = "",
-                payable: Sequence[str] = (), cap: str | None = None, policy_id: str = "demo",
-                first_period: int = 2025, last_period: int | None = 2025,
-                definitions: Mapping[str, str] | None = None, rounding: str | None = None) -> str:
+def policy_yaml(
+    conditions: Sequence[str],
+    *,
+    amount: str = "1000元",
+    parameters: str = "",
+    payable: Sequence[str] = (),
+    cap: str | None = None,
+    policy_id: str = "demo",
+    first_period: int = 2025,
+    last_period: int | None = 2025,
+    definitions: Mapping[str, str] | None = None,
+    rounding: str | None = None,
+) -> str:
     """A minimal valid policy; every expression is written as a `|` block scalar
     (`definitions`: name -> expression, each with the text 名称<name>; `rounding` of the amount:
     the policy format's default when None)."""
@@ -74,43 +87,45 @@ def policy_yaml(conditions: Sequence[str], *, amount: str = "1000元", parameter
         out = []
         for i, expr in enumerate(exprs):
             body = textwrap.indent(expr.strip("\n"), " " * 6)
-            out.append(f"  - id: {prefix}{i}\n    text: 条件{i}\n    citation: 第{i}条\n"
-                       f"    expr: |\n{body}\n")
+            out.append(f"  - id: {prefix}{i}\n    text: 条件{i}\n    citation: 第{i}条\n    expr: |\n{body}\n")
         return "".join(out)
 
     last = f"  last_period: {last_period}\n" if last_period is not None else ""
     params = f"parameters:\n{textwrap.indent(parameters.strip(chr(10)), '  ')}\n" if parameters else ""
     pay = f"payable:\n{clauses(payable, 'p')}" if payable else ""
     cap_line = f"  cap: {cap}\n" if cap else ""
-    named = "".join(f"  {name}:\n    text: 名称{name}\n    expr: |\n"
-                    f"{textwrap.indent(expr.strip(chr(10)), ' ' * 6)}\n"
-                    for name, expr in (definitions or {}).items())
+    named = "".join(
+        f"  {name}:\n    text: 名称{name}\n    expr: |\n{textwrap.indent(expr.strip(chr(10)), ' ' * 6)}\n"
+        for name, expr in (definitions or {}).items()
+    )
     defs = f"definitions:\n{named}" if named else ""
     rounding_line = f"  rounding: {rounding}\n" if rounding is not None else ""
-    return (f"id: {policy_id}\n"
-            'version: "1"\n'
-            "title: 演示政策\n"
-            "authority: 演示局\n"
-            "legal_basis:\n"
-            "  - document: 演示〔2025〕1号\n"
-            "    title: 演示文件\n"
-            "apply_free: true\n"
-            "funding: treasury\n"
-            "effective:\n"
-            f"  first_period: {first_period}\n"
-            f"{last}"
-            "fact_year: previous\n"
-            f"{params}"
-            f"{defs}"
-            "conditions:\n"
-            f"{clauses(conditions, 'c')}"
-            f"{pay}"
-            "amount:\n"
-            "  text: 金额\n"
-            f"{rounding_line}"
-            "  formula: |\n"
-            f"{textwrap.indent(amount.strip(chr(10)), '    ')}\n"
-            f"{cap_line}")
+    return (
+        f"id: {policy_id}\n"
+        'version: "1"\n'
+        "title: 演示政策\n"
+        "authority: 演示局\n"
+        "legal_basis:\n"
+        "  - document: 演示〔2025〕1号\n"
+        "    title: 演示文件\n"
+        "apply_free: true\n"
+        "funding: treasury\n"
+        "effective:\n"
+        f"  first_period: {first_period}\n"
+        f"{last}"
+        "fact_year: previous\n"
+        f"{params}"
+        f"{defs}"
+        "conditions:\n"
+        f"{clauses(conditions, 'c')}"
+        f"{pay}"
+        "amount:\n"
+        "  text: 金额\n"
+        f"{rounding_line}"
+        "  formula: |\n"
+        f"{textwrap.indent(amount.strip(chr(10)), '    ')}\n"
+        f"{cap_line}"
+    )
 
 
 def write_policy(directory: Path, text: str, policy_id: str = "demo") -> Path:
@@ -120,8 +135,7 @@ def write_policy(directory: Path, text: str, policy_id: str = "demo") -> Path:
 
 
 def load_text(directory: Path, text: str, policy_id: str = "demo") -> LoadedPolicy:
-    return load_policy_file(write_policy(directory, text, policy_id), CATALOGUE,
-                            require_tests=False)
+    return load_policy_file(write_policy(directory, text, policy_id), CATALOGUE, require_tests=False)
 
 
 def compile_text(directory: Path, text: str, period: int = 2025) -> CompiledPolicy:
@@ -161,17 +175,19 @@ STABLE_BASE: dict[str, FactValue] = {
     "si.insured_avg_monthly": 1000,
     "si.insured_start": 1000,
     "derived.size_class": "large",
-    "si.ui_premium_paid_fen": 123_456_715,   # 1,234,567.15 元
+    "si.ui_premium_paid_fen": 123_456_715,  # 1,234,567.15 元
     "si.ui_back_payment_fen": 0,
     "si.ui_late_fee_fen": 0,
 }
 
 
-def stable_document(overrides: Mapping[str, FactValue | None] | None = None, *,
-                    credit_listings: Sequence[Record] = (),
-                    missing: Mapping[str, str] | None = None,
-                    uscc: str = USCC) -> FactsDocument:
+def stable_document(
+    overrides: Mapping[str, FactValue | None] | None = None,
+    *,
+    credit_listings: Sequence[Record] = (),
+    missing: Mapping[str, str] | None = None,
+    uscc: str = USCC,
+) -> FactsDocument:
     """A document for stable-jobs-refund: by default a large enterprise that qualifies."""
     values: dict[str, FactValue | None] = {**STABLE_BASE, **(overrides or {})}
-    return document(values, collections={"credit_listings": list(credit_listings)},
-                    missing=missing, uscc=uscc)
+    return document(values, collections={"credit_listings": list(credit_listings)}, missing=missing, uscc=uscc)

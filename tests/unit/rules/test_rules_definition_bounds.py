@@ -2,6 +2,7 @@
 definitions on either side, names matched whole, chains and written-out sizes bounded at load
 (with file and line, never a RecursionError or a hang), and a ratio-valued term refused at load
 instead of failing at evaluation."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -17,15 +18,19 @@ from rules.evaluator import evaluate
 
 
 # --- enumerated values through definitions --------------------------------------------------------
-@pytest.mark.parametrize(("definitions", "condition", "wrong"), [
-    ({"state": "enterprise.status"}, 'state == "actve"', '"actve"'),
-    ({"state": "enterprise.status"}, 'state in ["active", "gone"]', '"gone"'),
-    ({"wanted": '"actve"'}, "enterprise.status == wanted", "wanted"),
-    ({"wanted": '"actve"'}, "wanted == enterprise.status", "wanted"),
-    ({"state": "enterprise.status", "wanted": '"actve"'}, "state != wanted", "wanted"),
-])
+@pytest.mark.parametrize(
+    ("definitions", "condition", "wrong"),
+    [
+        ({"state": "enterprise.status"}, 'state == "actve"', '"actve"'),
+        ({"state": "enterprise.status"}, 'state in ["active", "gone"]', '"gone"'),
+        ({"wanted": '"actve"'}, "enterprise.status == wanted", "wanted"),
+        ({"wanted": '"actve"'}, "wanted == enterprise.status", "wanted"),
+        ({"state": "enterprise.status", "wanted": '"actve"'}, "state != wanted", "wanted"),
+    ],
+)
 def test_an_impossible_value_of_an_enumerated_fact_is_refused_through_definitions(
-        tmp_path: Path, definitions: dict[str, str], condition: str, wrong: str) -> None:
+    tmp_path: Path, definitions: dict[str, str], condition: str, wrong: str
+) -> None:
     text = policy_yaml([condition], definitions=definitions)
     with pytest.raises(ExpressionTypeError) as info:
         load_text(tmp_path, text)
@@ -43,7 +48,8 @@ def test_a_possible_value_through_a_definition_loads(tmp_path: Path) -> None:
 def test_a_definition_name_that_is_not_a_whole_name_is_refused(tmp_path: Path, name: str) -> None:
     yaml_name = name.replace("\n", "\\n")
     text = policy_yaml(["x >= 1"], definitions={"x": "si.layoffs"}).replace(
-        "definitions:\n  x:\n", f'definitions:\n  x:\n    text: x\n    expr: si.layoffs\n  "{yaml_name}":\n', 1)
+        "definitions:\n  x:\n", f'definitions:\n  x:\n    text: x\n    expr: si.layoffs\n  "{yaml_name}":\n', 1
+    )
     with pytest.raises(PolicySchemaError) as info:
         load_text(tmp_path, text)
     assert "definition name" in info.value.reason or "definitions" in (info.value.field or "")
@@ -62,7 +68,7 @@ def chain(links: int) -> dict[str, str]:
 
 
 def test_a_chain_within_the_bound_loads_and_decides(tmp_path: Path) -> None:
-    links = MAX_DEPTH // 2 - 2    # each link adds a Ref and a '+' level
+    links = MAX_DEPTH // 2 - 2  # each link adds a Ref and a '+' level
     text = policy_yaml([f"d{links - 1} >= {links}"], definitions=chain(links))
     result = evaluate(compile_text(tmp_path, text), document({"si.layoffs": 1}), today=TODAY)
     assert result.outcome == "ELIGIBLE"
@@ -71,14 +77,17 @@ def test_a_chain_within_the_bound_loads_and_decides(tmp_path: Path) -> None:
 def test_an_expression_at_the_depth_bound_is_decided_alike_by_all_three_in_a_worker_thread(tmp_path: Path) -> None:
     # gRPC serves on worker threads, whose stack is the one the bound is chosen against
     links = (MAX_DEPTH - 2) // 2
-    text = policy_yaml([f"d{links - 1} >= {links}"], definitions=chain(links),
-                       amount=f"d{links - 1} * 100")
+    text = policy_yaml([f"d{links - 1} >= {links}"], definitions=chain(links), amount=f"d{links - 1} * 100")
     compiled = compile_text(tmp_path, text)
     documents = [document({"si.layoffs": n}) for n in (0, 1, 5)] + [document({})]
     with ThreadPoolExecutor(1) as pool:
         trace = pool.submit(assert_agrees, compiled, documents).result()
     assert [trace.outcome_name(row) for row in range(len(documents))] == [
-        "INELIGIBLE", "ELIGIBLE", "ELIGIBLE", "UNDETERMINED"]
+        "INELIGIBLE",
+        "ELIGIBLE",
+        "ELIGIBLE",
+        "UNDETERMINED",
+    ]
 
 
 @pytest.mark.parametrize("links", [MAX_DEPTH, 170, 300, 2_000])
@@ -111,14 +120,19 @@ def test_a_deep_expression_in_a_condition_is_refused_where_it_is_written(tmp_pat
 
 
 # --- a ratio-valued term --------------------------------------------------------------------------
-@pytest.mark.parametrize("condition", [
-    "(if si.layoffs > 0 then ratio(si.layoffs, si.insured_start) else ratio(0, 1)) <= 5.5%",
-    "(if si.layoffs > 0 then ratio(si.layoffs, si.insured_start) else ratio(0, 1)) >= 1",
-    "share >= 1",
-])
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "(if si.layoffs > 0 then ratio(si.layoffs, si.insured_start) else ratio(0, 1)) <= 5.5%",
+        "(if si.layoffs > 0 then ratio(si.layoffs, si.insured_start) else ratio(0, 1)) >= 1",
+        "share >= 1",
+    ],
+)
 def test_a_ratio_valued_term_is_refused_at_load(tmp_path: Path, condition: str) -> None:
-    text = policy_yaml([condition], definitions={
-        "share": "if si.layoffs > 0 then ratio(si.layoffs, si.insured_start) else ratio(0, 1)"})
+    text = policy_yaml(
+        [condition],
+        definitions={"share": "if si.layoffs > 0 then ratio(si.layoffs, si.insured_start) else ratio(0, 1)"},
+    )
     with pytest.raises(EngineLimitError) as info:
         load_text(tmp_path, text)
     assert "ratio" in info.value.reason
@@ -126,6 +140,5 @@ def test_a_ratio_valued_term_is_refused_at_load(tmp_path: Path, condition: str) 
 
 def test_a_ratio_definition_compared_where_it_is_used_still_loads(tmp_path: Path) -> None:
     text = policy_yaml(["share <= 5.5%"], definitions={"share": "ratio(si.layoffs, si.insured_start)"})
-    result = evaluate(compile_text(tmp_path, text), document({"si.layoffs": 1, "si.insured_start": 100}),
-                      today=TODAY)
+    result = evaluate(compile_text(tmp_path, text), document({"si.layoffs": 1, "si.insured_start": 100}), today=TODAY)
     assert result.outcome == "ELIGIBLE"

@@ -1,4 +1,5 @@
 """rules.engine: the durable-rules driver (one live fact, every rule drained, errors wrapped)."""
+
 from __future__ import annotations
 
 import uuid
@@ -30,7 +31,7 @@ def test_fire_returns_every_rule_the_fact_matches() -> None:
     engine = DurableRuleset(fresh_name(), DEFINITION)
     assert engine.fire({"x": 11}) == {"big", "seen"}
     assert engine.fire({"x": 10, "s": "襄阳"}) == {"small", "named", "seen"}
-    assert engine.fire({"s": "襄阳市"}) == {"seen"}          # missing x: no comparison holds
+    assert engine.fire({"s": "襄阳市"}) == {"seen"}  # missing x: no comparison holds
     assert engine.fire({}) == {"seen"}
 
 

@@ -1,4 +1,5 @@
 """`excludes:`: checked per file and against the directory, symmetric, grouped into families."""
+
 from __future__ import annotations
 
 import shutil
@@ -49,6 +50,7 @@ def load_dir(root: Path) -> PolicySet:
 
 # --- each entry, within its own file ----------------------------------------------------------
 
+
 def test_excludes_loads_in_file_order(tmp_path: Path) -> None:
     policy = load_text(tmp_path, with_keys("demo", ["zeta", "alpha"]))
     assert policy.excludes == ("zeta", "alpha")
@@ -60,8 +62,11 @@ def test_self_exclusion_is_refused_on_its_line(tmp_path: Path) -> None:
     with pytest.raises(PolicySchemaError) as info:
         load_text(tmp_path, text)
     error = info.value
-    assert (error.file, error.line, error.field) == (str(tmp_path / "demo.yaml"),
-                                                     position_of(text, "- demo")[0], "excludes.1")
+    assert (error.file, error.line, error.field) == (
+        str(tmp_path / "demo.yaml"),
+        position_of(text, "- demo")[0],
+        "excludes.1",
+    )
     assert "cannot exclude itself" in error.reason
 
 
@@ -75,14 +80,16 @@ def test_duplicate_exclusion_is_refused_on_the_second_occurrence(tmp_path: Path)
     assert f"'other' is already excluded on line {first}" in info.value.reason
 
 
-@pytest.mark.parametrize(("entry", "reason"), [
-    ("Stable_Jobs", "ids are lower-case words joined by '-'"),
-    ("stable-jobs-", "ids are lower-case words joined by '-'"),
-    ("2025", "valid string"),
-    ("[a, b]", "valid string"),
-])
-def test_an_entry_that_is_not_a_policy_id_is_refused_on_its_line(tmp_path: Path, entry: str,
-                                                                  reason: str) -> None:
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ("Stable_Jobs", "ids are lower-case words joined by '-'"),
+        ("stable-jobs-", "ids are lower-case words joined by '-'"),
+        ("2025", "valid string"),
+        ("[a, b]", "valid string"),
+    ],
+)
+def test_an_entry_that_is_not_a_policy_id_is_refused_on_its_line(tmp_path: Path, entry: str, reason: str) -> None:
     text = with_keys("demo", ["other", entry])
     with pytest.raises(PolicySchemaError) as info:
         load_text(tmp_path, text)
@@ -108,14 +115,18 @@ def test_a_single_file_cannot_know_the_other_ids_and_does_not_refuse_them(tmp_pa
 
 # --- against the directory --------------------------------------------------------------------
 
+
 def test_an_unknown_excluded_id_is_refused_with_its_line_and_nothing_is_loaded(tmp_path: Path) -> None:
     text = with_keys("alpha", ["beta", "gamma"])
     root = directory(tmp_path, {"alpha": text, "beta": with_keys("beta")})
     with pytest.raises(PolicySchemaError) as info:
         load_dir(root)
     error = info.value
-    assert (error.file, error.line, error.field) == (str(root / "alpha.yaml"),
-                                                     position_of(text, "- gamma")[0], "excludes.1")
+    assert (error.file, error.line, error.field) == (
+        str(root / "alpha.yaml"),
+        position_of(text, "- gamma")[0],
+        "excludes.1",
+    )
     assert "excludes 'gamma', which is not a loaded policy" in error.reason
     assert f"alpha.yaml:{error.line}: excludes.1:" in str(error)
 
@@ -137,13 +148,19 @@ def test_an_exclusion_inside_a_conflict_group_is_refused_on_its_line(tmp_path: P
 
 
 def test_an_exclusion_across_conflict_groups_is_accepted(tmp_path: Path) -> None:
-    root = directory(tmp_path, {"alpha": with_keys("alpha", ["beta"], group="one"),
-                                "beta": with_keys("beta", group="two"),
-                                "gamma": with_keys("gamma", ["alpha"])})
+    root = directory(
+        tmp_path,
+        {
+            "alpha": with_keys("alpha", ["beta"], group="one"),
+            "beta": with_keys("beta", group="two"),
+            "gamma": with_keys("gamma", ["alpha"]),
+        },
+    )
     assert load_dir(root).excluded("alpha") == {"beta", "gamma"}
 
 
 # --- symmetry and families --------------------------------------------------------------------
+
 
 def test_only_one_side_naming_the_other_excludes_both_ways(tmp_path: Path) -> None:
     root = directory(tmp_path, {"alpha": with_keys("alpha", ["beta"]), "beta": with_keys("beta")})
@@ -155,21 +172,25 @@ def test_only_one_side_naming_the_other_excludes_both_ways(tmp_path: Path) -> No
 
 
 def test_both_sides_naming_each_other_is_the_same_exclusion(tmp_path: Path) -> None:
-    root = directory(tmp_path, {"alpha": with_keys("alpha", ["beta"]),
-                                "beta": with_keys("beta", ["alpha"])})
+    root = directory(tmp_path, {"alpha": with_keys("alpha", ["beta"]), "beta": with_keys("beta", ["alpha"])})
     policies = load_dir(root)
     assert (policies.excluded("alpha"), policies.excluded("beta")) == (frozenset({"beta"}), frozenset({"alpha"}))
 
 
 def test_excluded_is_the_symmetric_closure(tmp_path: Path) -> None:
-    root = directory(tmp_path, {"alpha": with_keys("alpha", ["beta", "gamma"]),
-                                "beta": with_keys("beta"), "gamma": with_keys("gamma"),
-                                "delta": with_keys("delta", ["alpha"]),
-                                "omega": with_keys("omega")})
+    root = directory(
+        tmp_path,
+        {
+            "alpha": with_keys("alpha", ["beta", "gamma"]),
+            "beta": with_keys("beta"),
+            "gamma": with_keys("gamma"),
+            "delta": with_keys("delta", ["alpha"]),
+            "omega": with_keys("omega"),
+        },
+    )
     policies = load_dir(root)
     assert policies.excluded("alpha") == frozenset({"beta", "gamma", "delta"})
-    assert policies.excluded("beta") == policies.excluded("gamma") == policies.excluded("delta") \
-        == frozenset({"alpha"})
+    assert policies.excluded("beta") == policies.excluded("gamma") == policies.excluded("delta") == frozenset({"alpha"})
     assert policies.excluded("omega") == frozenset()
     assert isinstance(policies.excluded("alpha"), frozenset)
 
@@ -177,9 +198,15 @@ def test_excluded_is_the_symmetric_closure(tmp_path: Path) -> None:
 def test_family_of_a_chain(tmp_path: Path) -> None:
     # alpha excludes beta, beta excludes gamma: alpha and gamma may be held together, but all
     # three are one family
-    root = directory(tmp_path, {"alpha": with_keys("alpha", ["beta"]),
-                                "beta": with_keys("beta", ["gamma"]),
-                                "gamma": with_keys("gamma"), "omega": with_keys("omega")})
+    root = directory(
+        tmp_path,
+        {
+            "alpha": with_keys("alpha", ["beta"]),
+            "beta": with_keys("beta", ["gamma"]),
+            "gamma": with_keys("gamma"),
+            "omega": with_keys("omega"),
+        },
+    )
     policies = load_dir(root)
     assert policies.excluded("alpha") == {"beta"}
     assert policies.excluded("beta") == {"alpha", "gamma"}
@@ -208,13 +235,18 @@ def test_the_reference_pack_has_no_exclusions() -> None:
 
 # --- a reload with a broken exclusion keeps serving -------------------------------------------
 
-@pytest.mark.parametrize(("target", "entry", "reason"), [
-    ("stable-jobs-refund.yaml", "stable-jobs-refnud", "not a loaded policy"),
-    ("stable-jobs-refund.yaml", "stable-jobs-refund", "cannot exclude itself"),
-    ("little-giant-reward.yaml", "single-champion-reward", "same conflict group"),
-])
-def test_reload_with_a_broken_exclusion_keeps_the_running_set(tmp_path: Path, target: str,
-                                                              entry: str, reason: str) -> None:
+
+@pytest.mark.parametrize(
+    ("target", "entry", "reason"),
+    [
+        ("stable-jobs-refund.yaml", "stable-jobs-refnud", "not a loaded policy"),
+        ("stable-jobs-refund.yaml", "stable-jobs-refund", "cannot exclude itself"),
+        ("little-giant-reward.yaml", "single-champion-reward", "same conflict group"),
+    ],
+)
+def test_reload_with_a_broken_exclusion_keeps_the_running_set(
+    tmp_path: Path, target: str, entry: str, reason: str
+) -> None:
     root = tmp_path / "policies"
     shutil.copytree(POLICIES_DIR, root)
     store = PolicyStore(root, CATALOGUE)
@@ -233,8 +265,7 @@ def test_reload_with_a_broken_exclusion_keeps_the_running_set(tmp_path: Path, ta
     running = store.current.get("stable-jobs-refund")
     assert evaluate(running.compiled(2025), stable_document(), today=TODAY).outcome == Outcome.ELIGIBLE
 
-    path.write_text(original.replace("\nfact_year:", "\nexcludes: [high-tech-reward]\nfact_year:", 1),
-                    encoding="utf-8")
+    path.write_text(original.replace("\nfact_year:", "\nexcludes: [high-tech-reward]\nfact_year:", 1), encoding="utf-8")
     fresh = store.reload()
     assert store.current is fresh is not before
     changed = path.name.removesuffix(".yaml")

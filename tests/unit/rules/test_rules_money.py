@@ -1,4 +1,5 @@
 """rules.money: exact rounding to the fen (half-up, not Python's half-to-even) and formatting."""
+
 from __future__ import annotations
 
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
@@ -16,17 +17,20 @@ def test_whole_fen_pass_through_unchanged() -> None:
     assert to_fen(Decimal(42)) == 42
 
 
-@pytest.mark.parametrize(("exact", "fen"), [
-    (Fraction(370_370_145, 10), 37_037_015),   # 370,370.145 yuan: the half goes up
-    (Fraction(370_370_144, 10), 37_037_014),   # .xx4 goes down
-    (Fraction(370_370_146, 10), 37_037_015),
-    (Fraction(5, 2), 3),                       # round() would give 2 (half to even)
-    (Fraction(9, 2), 5),
-    (Fraction(1, 2), 1),
-    (Fraction(49_999, 100_000), 0),
-    (Fraction(1, 3), 0),
-    (Fraction(2, 3), 1),
-])
+@pytest.mark.parametrize(
+    ("exact", "fen"),
+    [
+        (Fraction(370_370_145, 10), 37_037_015),  # 370,370.145 yuan: the half goes up
+        (Fraction(370_370_144, 10), 37_037_014),  # .xx4 goes down
+        (Fraction(370_370_146, 10), 37_037_015),
+        (Fraction(5, 2), 3),  # round() would give 2 (half to even)
+        (Fraction(9, 2), 5),
+        (Fraction(1, 2), 1),
+        (Fraction(49_999, 100_000), 0),
+        (Fraction(1, 3), 0),
+        (Fraction(2, 3), 1),
+    ],
+)
 def test_half_up_on_fractions(exact: Fraction, fen: int) -> None:
     assert to_fen(exact) == fen
     assert to_fen(exact, "half_up") == fen
@@ -39,20 +43,26 @@ def test_python_round_is_not_what_is_used() -> None:
     assert to_fen(Decimal("2.5")) == 3
 
 
-@pytest.mark.parametrize(("exact", "fen"), [
-    (Fraction(-5, 2), -3),
-    (Fraction(-370_370_145, 10), -37_037_015),
-    (Fraction(-370_370_144, 10), -37_037_014),
-])
+@pytest.mark.parametrize(
+    ("exact", "fen"),
+    [
+        (Fraction(-5, 2), -3),
+        (Fraction(-370_370_145, 10), -37_037_015),
+        (Fraction(-370_370_144, 10), -37_037_014),
+    ],
+)
 def test_half_up_is_away_from_zero_for_negatives(exact: Fraction, fen: int) -> None:
     assert to_fen(exact) == fen
 
 
-@pytest.mark.parametrize(("exact", "fen"), [
-    (Fraction(370_370_149, 10), 37_037_014),
-    (Fraction(-370_370_149, 10), -37_037_014),
-    (Fraction(99, 100), 0),
-])
+@pytest.mark.parametrize(
+    ("exact", "fen"),
+    [
+        (Fraction(370_370_149, 10), 37_037_014),
+        (Fraction(-370_370_149, 10), -37_037_014),
+        (Fraction(99, 100), 0),
+    ],
+)
 def test_round_down_truncates_towards_zero(exact: Fraction, fen: int) -> None:
     assert to_fen(exact, "down") == fen
 
@@ -76,14 +86,17 @@ def test_fraction_rounding_has_no_precision_limit() -> None:
     assert to_fen(Fraction(3 * huge + 1, 3)) == huge
 
 
-@pytest.mark.parametrize(("fen", "text"), [
-    (0, "0.00元"),
-    (5, "0.05元"),
-    (100, "1.00元"),
-    (12_345, "123.45元"),
-    (123_456_715, "1,234,567.15元"),
-    (-5, "-0.05元"),
-    (-123_456, "-1,234.56元"),
-])
+@pytest.mark.parametrize(
+    ("fen", "text"),
+    [
+        (0, "0.00元"),
+        (5, "0.05元"),
+        (100, "1.00元"),
+        (12_345, "123.45元"),
+        (123_456_715, "1,234,567.15元"),
+        (-5, "-0.05元"),
+        (-123_456, "-1,234.56元"),
+    ],
+)
 def test_format_yuan(fen: int, text: str) -> None:
     assert format_yuan(fen) == text

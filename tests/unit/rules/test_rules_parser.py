@@ -1,4 +1,5 @@
 """rules.parser: expression text -> AST, literal exactness, and errors located in the policy file."""
+
 from __future__ import annotations
 
 from datetime import date
@@ -52,8 +53,7 @@ CONSTRUCTS: list[tuple[str, ast.Expr]] = [
     ("min(1, si.layoffs)", ast.Call("min", (lit(1), name("si.layoffs")), P)),
     ("f()", ast.Call("f", (), P)),
     ("count(h in hires)", ast.Count("h", "hires", None, P)),
-    ("count(h in hires where h.age < 35)",
-     ast.Count("h", "hires", binary("<", name("h.age"), lit(35)), P)),
+    ("count(h in hires where h.age < 35)", ast.Count("h", "hires", binary("<", name("h.age"), lit(35)), P)),
     ("-si.layoffs", ast.Unary("-", name("si.layoffs"), P)),
     ("not a", ast.Unary("not", name("a"), P)),
     ("not not a", ast.Unary("not", ast.Unary("not", name("a"), P), P)),
@@ -78,8 +78,10 @@ CONSTRUCTS: list[tuple[str, ast.Expr]] = [
     ("not a and b", ast.Logical("and", (ast.Unary("not", name("a"), P), name("b")), P)),
     ("not a == 1", ast.Unary("not", binary("==", name("a"), lit(1)), P)),
     ("if a then 1 else 2", ast.Conditional(name("a"), lit(1), lit(2), P)),
-    ("if a then 1 else if b then 2 else 3",
-     ast.Conditional(name("a"), lit(1), ast.Conditional(name("b"), lit(2), lit(3), P), P)),
+    (
+        "if a then 1 else if b then 2 else 3",
+        ast.Conditional(name("a"), lit(1), ast.Conditional(name("b"), lit(2), lit(3), P), P),
+    ),
     ("a # a comment\n and b", ast.Logical("and", (name("a"), name("b")), P)),
 ]
 
@@ -91,9 +93,26 @@ def test_construct_parses_to_expected_tree(text: str, expected: ast.Expr) -> Non
     assert literal_types(tree) == literal_types(expected)
 
 
-@pytest.mark.parametrize("word", ["android", "order", "notice", "index", "iffy", "island",
-                                  "truely", "falsey", "counter", "date_x", "is_ok", "thenx",
-                                  "elsewhere", "wherever", "missing_rate"])
+@pytest.mark.parametrize(
+    "word",
+    [
+        "android",
+        "order",
+        "notice",
+        "index",
+        "iffy",
+        "island",
+        "truely",
+        "falsey",
+        "counter",
+        "date_x",
+        "is_ok",
+        "thenx",
+        "elsewhere",
+        "wherever",
+        "missing_rate",
+    ],
+)
 def test_names_that_start_with_a_keyword_are_names(word: str) -> None:
     assert parse_expression(f"{word} == 1") == binary("==", name(word), lit(1))
 
@@ -110,16 +129,20 @@ def test_node_positions_are_shifted_into_the_file() -> None:
 
 # --- money and rates are exact ------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "fen"), [
-    ("1500元", 150_000),
-    ("30万元", 30_000_000),
-    ("1.5万元", 1_500_000),
-    ("0.01元", 1),
-    ("1.23元", 123),
-    ("0.000001万元", 1),
-    ("2.5万元", 2_500_000),
-    ("0元", 0),
-])
+
+@pytest.mark.parametrize(
+    ("text", "fen"),
+    [
+        ("1500元", 150_000),
+        ("30万元", 30_000_000),
+        ("1.5万元", 1_500_000),
+        ("0.01元", 1),
+        ("1.23元", 123),
+        ("0.000001万元", 1),
+        ("2.5万元", 2_500_000),
+        ("0元", 0),
+    ],
+)
 def test_money_literal_is_whole_fen(text: str, fen: int) -> None:
     node = parse_expression(text)
     assert isinstance(node, ast.Literal)
@@ -140,13 +163,16 @@ def test_sub_fen_money_error_names_the_reason_and_place() -> None:
     assert (info.value.file, info.value.line, info.value.column) == ("p.yaml", 11, 3)
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("5.5%", Decimal("0.055")),
-    ("33.333%", Decimal("0.33333")),
-    ("0.1%", Decimal("0.001")),
-    ("100%", Decimal(1)),
-    ("20%", Decimal("0.2")),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("5.5%", Decimal("0.055")),
+        ("33.333%", Decimal("0.33333")),
+        ("0.1%", Decimal("0.001")),
+        ("100%", Decimal(1)),
+        ("20%", Decimal("0.2")),
+    ],
+)
 def test_percent_literal_is_an_exact_decimal(text: str, value: Decimal) -> None:
     node = parse_expression(text)
     assert isinstance(node, ast.Literal)
@@ -163,8 +189,17 @@ def test_percent_is_exact_not_binary_float() -> None:
     assert isinstance(node, ast.Literal) and node.value == Decimal("0.1")
 
 
-@pytest.mark.parametrize("text", ['date("2024-02-30")', 'date("2023-02-29")', 'date("2024-13-01")',
-                                  'date("2024-00-10")', 'date("2024-1-5")', 'date("soon")'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        'date("2024-02-30")',
+        'date("2023-02-29")',
+        'date("2024-13-01")',
+        'date("2024-00-10")',
+        'date("2024-1-5")',
+        'date("soon")',
+    ],
+)
 def test_impossible_dates_are_refused_at_the_string(text: str) -> None:
     with pytest.raises(ExpressionSyntaxError) as info:
         parse_expression(f"x <\n   {text}", file="p.yaml", line=4, column=11)
@@ -179,19 +214,23 @@ def test_date_of_a_non_string_is_a_syntax_error() -> None:
 
 # --- syntax errors point into the file -----------------------------------------------------
 
-@pytest.mark.parametrize(("text", "line", "column"), [
-    ("a $ b", 10, 11),
-    ("a and $", 10, 15),
-    ("a == == b", 10, 14),
-    ("a and\n  b $ c", 11, 5),
-    ("a and\n  b or\n    c ] d", 12, 7),
-    ('a ==\n date("2024-13-01")', 11, 7),
-    ("1.234元", 10, 9),
-    ("'single'", 10, 9),
-    ('"unterminated', 10, 9),
-    ("x in [1, 2,]", 10, 20),
-    ("1 < 2 < 3", 10, 15),
-])
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("a $ b", 10, 11),
+        ("a and $", 10, 15),
+        ("a == == b", 10, 14),
+        ("a and\n  b $ c", 11, 5),
+        ("a and\n  b or\n    c ] d", 12, 7),
+        ('a ==\n date("2024-13-01")', 11, 7),
+        ("1.234元", 10, 9),
+        ("'single'", 10, 9),
+        ('"unterminated', 10, 9),
+        ("x in [1, 2,]", 10, 20),
+        ("1 < 2 < 3", 10, 15),
+    ],
+)
 def test_syntax_error_carries_file_line_and_column(text: str, line: int, column: int) -> None:
     with pytest.raises(ExpressionSyntaxError) as info:
         parse_expression(text, file="policies/p.yaml", line=10, column=9)
@@ -201,24 +240,43 @@ def test_syntax_error_carries_file_line_and_column(text: str, line: int, column:
     assert str(error).startswith(f"policies/p.yaml:{line}:{column}:")
 
 
-@pytest.mark.parametrize(("text", "line"), [("", 10), ("(a", 10), ("a and", 10),
-                                             ("a and\n  b ==", 11), ("count(h in hires where)", 10)])
+@pytest.mark.parametrize(
+    ("text", "line"), [("", 10), ("(a", 10), ("a and", 10), ("a and\n  b ==", 11), ("count(h in hires where)", 10)]
+)
 def test_incomplete_expression_is_refused_on_its_line(text: str, line: int) -> None:
     with pytest.raises(ExpressionSyntaxError) as info:
         parse_expression(text, file="p.yaml", line=10, column=9)
     assert info.value.line == line
 
 
-@pytest.mark.parametrize("text", ["1e5", "0x10", "1_000", "2 ** 3", "a; b", "x[0]", "lambda: 1",
-                                  "[x for x in y]", "1 if a else 2", "a.b()", "a = 1",
-                                  '__import__("os").system("true")', "a && b", "a || b", "!a"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1e5",
+        "0x10",
+        "1_000",
+        "2 ** 3",
+        "a; b",
+        "x[0]",
+        "lambda: 1",
+        "[x for x in y]",
+        "1 if a else 2",
+        "a.b()",
+        "a = 1",
+        '__import__("os").system("true")',
+        "a && b",
+        "a || b",
+        "!a",
+    ],
+)
 def test_python_syntax_is_not_the_expression_language(text: str) -> None:
     with pytest.raises(ExpressionSyntaxError):
         parse_expression(text)
 
 
-@pytest.mark.parametrize("text", ['__import__("os")', 'eval("1 + 1")', 'exec("x = 1")',
-                                  'open("/etc/passwd")', 'getattr(today, "year")'])
+@pytest.mark.parametrize(
+    "text", ['__import__("os")', 'eval("1 + 1")', 'exec("x = 1")', 'open("/etc/passwd")', 'getattr(today, "year")']
+)
 def test_python_builtins_are_unknown_functions_not_executed(text: str) -> None:
     tree = parse_expression(text)
     assert isinstance(tree, ast.Call)  # parsed to data, nothing ran
@@ -236,15 +294,19 @@ def test_dunder_attribute_is_just_an_unknown_fact() -> None:
 
 # --- parameter literals --------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("-1500元", -150_000),
-    ("60%", Decimal("0.6")),
-    ("-5.5%", Decimal("-0.055")),
-    ('"large"', "large"),
-    ("12", 12),
-    ("true", True),
-    ('date("2025-01-01")', date(2025, 1, 1)),
-])
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("-1500元", -150_000),
+        ("60%", Decimal("0.6")),
+        ("-5.5%", Decimal("-0.055")),
+        ('"large"', "large"),
+        ("12", 12),
+        ("true", True),
+        ('date("2025-01-01")', date(2025, 1, 1)),
+    ],
+)
 def test_parse_literal(text: str, value: object) -> None:
     node = parse_literal(text)
     assert node.value == value

@@ -1,4 +1,5 @@
 """Many threads, one compiled policy: every result equals the sequential result for that document."""
+
 from __future__ import annotations
 
 import threading
@@ -58,8 +59,9 @@ def test_threads_share_one_compiled_policy_without_mixing_results() -> None:
             index = (worker * 7 + k * 5) % len(docs)
             result = evaluate(compiled, docs[index], today=TODAY).to_dict()
             if result != expected[index]:
-                mismatches.append(f"thread {worker} #{k} {docs[index].uscc}: "
-                                  f"{result['outcome']} {result['amount_fen']}")
+                mismatches.append(
+                    f"thread {worker} #{k} {docs[index].uscc}: {result['outcome']} {result['amount_fen']}"
+                )
         return mismatches
 
     with ThreadPoolExecutor(max_workers=THREADS) as pool:

@@ -1,5 +1,6 @@
 """The words of a decision (rules/values.py): the very strings records store and the ledger seals,
 and the vectorised trace's codes for them."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ durable-rules keeps every asserted fact until it is retracted: without retractio
 false duplicates after some tens of thousands of facts (docs/durable-rules-limits.md), and a host holds at
 most 1,024 state ids. The driver holds one live fact at a time, so the count here is unlimited.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -30,17 +31,28 @@ def expected(i: int) -> tuple[str, int]:
 
 
 def test_one_hundred_thousand_evaluations_through_one_compiled_policy(tmp_path: Path) -> None:
-    compiled = compile_text(tmp_path, policy_yaml(
-        ['enterprise.status == "active"', f"si.layoffs <= {MAX_LAYOFFS}"],
-        payable=["enterprise.has_bank_account"], amount="si.ui_premium_paid_fen * 30%"))
+    compiled = compile_text(
+        tmp_path,
+        policy_yaml(
+            ['enterprise.status == "active"', f"si.layoffs <= {MAX_LAYOFFS}"],
+            payable=["enterprise.has_bank_account"],
+            amount="si.ui_premium_paid_fen * 30%",
+        ),
+    )
     outcomes: Counter[str] = Counter()
     amounts: Counter[str] = Counter()
     wrong: list[int] = []
     for i in range(EVALUATIONS):
         status = None if i % 10 == 3 else ("revoked" if i % 10 == 7 else "active")
-        doc = document({"enterprise.status": status, "si.layoffs": i,
-                        "enterprise.has_bank_account": i % 10 != 5,
-                        "si.ui_premium_paid_fen": i * 7 + 15}, uscc=f"E{i:07d}")
+        doc = document(
+            {
+                "enterprise.status": status,
+                "si.layoffs": i,
+                "enterprise.has_bank_account": i % 10 != 5,
+                "si.ui_premium_paid_fen": i * 7 + 15,
+            },
+            uscc=f"E{i:07d}",
+        )
         result = evaluate(compiled, doc, today=TODAY)  # an engine error raises here
         outcomes[result.outcome] += 1
         amounts[result.outcome] += result.amount_fen

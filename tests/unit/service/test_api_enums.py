@@ -1,6 +1,7 @@
 """Our enums and the benefits.v1 enums (service/api/enums.py): every member maps to the proto value
 of its name and back, no value is left out or shared, UNSPECIFIED is never produced, and a pair
 that differs is refused when it is made."""
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -23,10 +24,12 @@ PAIRS = [
 ]
 
 
-@pytest.mark.parametrize(("pair", "ours", "proto", "prefix"), PAIRS,
-                         ids=["outcomes", "truths", "batch-states", "line-states", "faults"])
+@pytest.mark.parametrize(
+    ("pair", "ours", "proto", "prefix"), PAIRS, ids=["outcomes", "truths", "batch-states", "line-states", "faults"]
+)
 def test_every_member_maps_to_the_proto_value_of_its_name_and_back(
-        pair: enums.EnumPair[StrEnum, int], ours: type[StrEnum], proto: EnumTypeWrapper, prefix: str) -> None:
+    pair: enums.EnumPair[StrEnum, int], ours: type[StrEnum], proto: EnumTypeWrapper, prefix: str
+) -> None:
     values = {name: number for name, number in proto.items() if name != f"{prefix}UNSPECIFIED"}
     assert {f"{prefix}{member.name}": number for member, number in pair.to_proto.items()} == values
     assert set(pair.to_proto) == set(ours)
@@ -58,17 +61,21 @@ class _More(StrEnum):
 
 class _Renamed(StrEnum):
     ELIGIBLE = "ELIGIBLE"
-    NOT_ELIGIBLE = "INELIGIBLE"   # the value is the proto's, the name is not: names are matched
+    NOT_ELIGIBLE = "INELIGIBLE"  # the value is the proto's, the name is not: names are matched
     UNDETERMINED = "UNDETERMINED"
     HELD = "HELD"
 
 
-@pytest.mark.parametrize(("ours", "prefix", "message"), [
-    (_Fewer, "OUTCOME_", "no _Fewer member for OUTCOME_HELD"),
-    (_More, "OUTCOME_", "no benefits.v1.Outcome value for <_More.WITHDRAWN: 'WITHDRAWN'>"),
-    (_Renamed, "OUTCOME_", "no _Renamed member for OUTCOME_INELIGIBLE"),
-    (Outcome, "RESULT_", "no Outcome member for OUTCOME_ELIGIBLE"),
-], ids=["a-proto-value-left-out", "a-new-member", "a-member-renamed", "the-wrong-prefix"])
+@pytest.mark.parametrize(
+    ("ours", "prefix", "message"),
+    [
+        (_Fewer, "OUTCOME_", "no _Fewer member for OUTCOME_HELD"),
+        (_More, "OUTCOME_", "no benefits.v1.Outcome value for <_More.WITHDRAWN: 'WITHDRAWN'>"),
+        (_Renamed, "OUTCOME_", "no _Renamed member for OUTCOME_INELIGIBLE"),
+        (Outcome, "RESULT_", "no Outcome member for OUTCOME_ELIGIBLE"),
+    ],
+    ids=["a-proto-value-left-out", "a-new-member", "a-member-renamed", "the-wrong-prefix"],
+)
 def test_a_pair_that_differs_is_refused(ours: type[StrEnum], prefix: str, message: str) -> None:
     with pytest.raises(ValueError, match="differ") as raised:
         enums.pair(ours, evaluation_pb2.Outcome, prefix)

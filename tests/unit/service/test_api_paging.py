@@ -1,5 +1,6 @@
 """Page tokens of the list methods (service/api/paging.py): page sizes within their bounds, a token
 that leads to the next page of its own query only, and a precise refusal of every other token."""
+
 from __future__ import annotations
 
 import base64
@@ -33,14 +34,17 @@ def refusal(page_size: int, page_token: str, query: str = QUERY) -> list[tuple[s
 
 # ---------------------------------------------------------------------------------------------
 # Page sizes.
-@pytest.mark.parametrize(("page_size", "limit"), [
-    (0, DEFAULT_PAGE_SIZE),             # unset: the default
-    (1, 1),
-    (DEFAULT_PAGE_SIZE + 1, DEFAULT_PAGE_SIZE + 1),
-    (MAX_PAGE_SIZE, MAX_PAGE_SIZE),
-    (MAX_PAGE_SIZE + 1, MAX_PAGE_SIZE),  # more than the maximum: the maximum, not an error (AIP-158)
-    (10**9, MAX_PAGE_SIZE),
-])
+@pytest.mark.parametrize(
+    ("page_size", "limit"),
+    [
+        (0, DEFAULT_PAGE_SIZE),  # unset: the default
+        (1, 1),
+        (DEFAULT_PAGE_SIZE + 1, DEFAULT_PAGE_SIZE + 1),
+        (MAX_PAGE_SIZE, MAX_PAGE_SIZE),
+        (MAX_PAGE_SIZE + 1, MAX_PAGE_SIZE),  # more than the maximum: the maximum, not an error (AIP-158)
+        (10**9, MAX_PAGE_SIZE),
+    ],
+)
 def test_the_page_size_is_the_default_when_unset_and_never_above_the_maximum(page_size: int, limit: int) -> None:
     assert page_bounds(page_size, "", QUERY) == (0, limit)
 
@@ -109,26 +113,45 @@ def test_a_forged_offset_with_the_right_fingerprint_is_taken_as_it_says() -> Non
 
 # ---------------------------------------------------------------------------------------------
 # Anything else is refused as a token this service did not issue.
-@pytest.mark.parametrize("token", [
-    "not base64 at all!",
-    "QQ",                                              # base64 cut short (padding wrong)
-    base64.urlsafe_b64encode(b"not json").decode(),
-    base64.urlsafe_b64encode(b"{\xc3\x28}").decode(),  # not even UTF-8
-    token_of([10, "abc"]),                             # JSON, not an object
-    token_of("o"),
-    token_of(10),
-    token_of(None),
-    token_of({"q": "abc"}),                            # no offset
-    token_of({"o": 10}),                               # no fingerprint
-    token_of({}),
-    token_of({"o": "10", "q": "abc"}),                 # an offset that is not an integer
-    token_of({"o": 10.0, "q": "abc"}),
-    token_of({"o": True, "q": "abc"}),
-    token_of({"o": None, "q": "abc"}),
-    token_of({"o": [10], "q": "abc"}),
-], ids=["not-base64", "bad-padding", "not-json", "not-utf8", "json-list", "json-string", "json-number",
-        "json-null", "no-offset", "no-fingerprint", "empty-object", "offset-string", "offset-float",
-        "offset-bool", "offset-null", "offset-list"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not base64 at all!",
+        "QQ",  # base64 cut short (padding wrong)
+        base64.urlsafe_b64encode(b"not json").decode(),
+        base64.urlsafe_b64encode(b"{\xc3\x28}").decode(),  # not even UTF-8
+        token_of([10, "abc"]),  # JSON, not an object
+        token_of("o"),
+        token_of(10),
+        token_of(None),
+        token_of({"q": "abc"}),  # no offset
+        token_of({"o": 10}),  # no fingerprint
+        token_of({}),
+        token_of({"o": "10", "q": "abc"}),  # an offset that is not an integer
+        token_of({"o": 10.0, "q": "abc"}),
+        token_of({"o": True, "q": "abc"}),
+        token_of({"o": None, "q": "abc"}),
+        token_of({"o": [10], "q": "abc"}),
+    ],
+    ids=[
+        "not-base64",
+        "bad-padding",
+        "not-json",
+        "not-utf8",
+        "json-list",
+        "json-string",
+        "json-number",
+        "json-null",
+        "no-offset",
+        "no-fingerprint",
+        "empty-object",
+        "offset-string",
+        "offset-float",
+        "offset-bool",
+        "offset-null",
+        "offset-list",
+    ],
+)
 def test_a_token_the_service_did_not_issue_is_refused(token: str) -> None:
     assert refusal(10, token) == NOT_ISSUED
 

@@ -1,4 +1,5 @@
 """Every error of every layer has a gRPC status in the one table (service/api/status.py)."""
+
 from __future__ import annotations
 
 import grpc
@@ -17,8 +18,11 @@ def _subclasses(base: type[BaseException]) -> list[type[BaseException]]:
     return out
 
 
-@pytest.mark.parametrize("error", [e for base in (ServiceError, RuleError, RegistryError)
-                                   for e in _subclasses(base)], ids=lambda e: e.__name__)
+@pytest.mark.parametrize(
+    "error",
+    [e for base in (ServiceError, RuleError, RegistryError) for e in _subclasses(base)],
+    ids=lambda e: e.__name__,
+)
 def test_every_error_maps_to_a_status(error: type[BaseException]) -> None:
     code = next((ERROR_CODES[c] for c in error.__mro__ if c in ERROR_CODES), None)
     assert code is not None and code != grpc.StatusCode.UNKNOWN
