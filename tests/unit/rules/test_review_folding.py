@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rules_testkit import compile_text, document, policy_yaml
+from rules_testkit import compile_text, document, load_text, policy_yaml
 from test_vectorised import assert_agrees
 
+from rules.errors import PolicyFileError
 from rules.values import Outcome
 
 E, N, U = Outcome.ELIGIBLE, Outcome.INELIGIBLE, Outcome.UNDETERMINED
@@ -48,3 +49,36 @@ def test_a_folded_constant_decides_alike_everywhere(tmp_path: Path, condition: s
     documents = [document({"si.layoffs": n, "si.insured_start": 40}) for n in LAYOFFS]
     trace = assert_agrees(compiled, documents)
     assert [trace.outcome_name(row) for row in range(len(documents))] == outcomes
+
+
+# --- a ratio reached through a definition, an if, a negation ----------------------------------------
+RATIO = "ratio(si.layoffs, si.insured_start)"
+SHARES = {"share": RATIO, "share2": "share"}
+RATIO_ROWS = [{"si.layoffs": n, "si.insured_start": 40} for n in (0, 2, 3)] + [{"si.layoffs": 0, "si.insured_start": 0}]
+
+
+@pytest.mark.parametrize(
+    "condition",
+    ["share2 <= 5%", "5% >= share", f"not ({RATIO} > 5%)", "if si.layoffs > 1 then share <= 5% else share <= 10%"],
+)
+def test_a_ratio_compared_where_it_is_used_decides_alike_everywhere(tmp_path: Path, condition: str) -> None:
+    compiled = compile_text(tmp_path, policy_yaml([condition], definitions=SHARES))
+    trace = assert_agrees(compiled, [document(row) for row in RATIO_ROWS])
+    # 0/40 and 2/40 are within 5%, 3/40 is not, and nothing is a share of no one
+    assert [trace.outcome_name(row) for row in range(len(RATIO_ROWS))] == [E, E, N, U]
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "(if si.layoffs > 1 then share else share2) <= 5%",
+        f"min({RATIO}, share) <= 5%",
+        f"{RATIO} * 100 <= 5",
+        f"-{RATIO} >= -5%",
+        f"{RATIO} == 5%",
+    ],
+)
+def test_a_ratio_used_as_a_value_is_refused_at_load(tmp_path: Path, condition: str) -> None:
+    with pytest.raises(PolicyFileError) as info:
+        load_text(tmp_path, policy_yaml([condition], definitions=SHARES))
+    assert info.value.line is not None and "ratio" in str(info.value)
