@@ -16,8 +16,12 @@ from rules.evaluator import evaluate
 from rules.facts import Fact, FactsDocument
 from rules.loader import LoadedPolicy
 from rules.values import Outcome
+from service.audit.canonical import sha256_hex
 from service.audit.decision import Decision
 from service.audit.facts_json import snapshot_of
+from service.audit.ledger import Fault
+from service.audit.record_tables import evaluation_record
+from service.audit.record_verification import verify_records
 from service.audit.records import load_record, prepare_decision
 from service.audit.rendering import render, render_faithful, replay
 from service.errors import RecordMismatchError
@@ -65,6 +69,32 @@ def test_a_record_whose_facts_overflow_the_amount_is_refused_as_unreplayable(
             render_faithful(conn, record, CATALOGUE)
     with pytest.raises(RecordMismatchError):
         replay(audit_engine, pointed.evaluation_id, CATALOGUE)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="service/audit/record_verification.py _rewritten catches only RecordMismatchError and "
+    "JSONDecodeError from render: an attacker who rewrites a record (hash column recomputed, so only the "
+    "chunk's Merkle root fails) to point at an inserted, self-consistent facts snapshot whose amount "
+    "exceeds int64 makes verify_records, so verify_audit_log, VerifyAuditLog and `benefits audit verify`, "
+    "raise OverflowError instead of reporting the record EDITED",
+)
+def test_verification_names_a_rewritten_record_whose_facts_overflow_the_amount(
+    audit_engine: Engine, policy: LoadedPolicy
+) -> None:
+    facts_json, facts_sha256 = snapshot_of(_small(document(HUGE_PREMIUM)))
+    pointed = prepare_decision(prepared(policy).decision, facts_json, facts_sha256, AUDITOR)
+    write_chunk(audit_engine, policy, [prepared(policy), pointed])
+    edited = pointed.record_json.replace(AUDITOR.principal, AUDITOR.principal.upper())
+    with audit_engine.begin() as conn:
+        conn.execute(
+            evaluation_record.update()
+            .where(evaluation_record.c.evaluation_id == pointed.evaluation_id)
+            .values(record=edited, record_sha256=sha256_hex(edited.encode()))
+        )
+    with audit_engine.connect() as conn:
+        problems = verify_records(conn, catalogue=CATALOGUE)
+    assert (pointed.evaluation_id, Fault.EDITED) in [(p.row, p.fault) for p in problems]
 
 
 # --- the words a record stores --------------------------------------------------------------------
