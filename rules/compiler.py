@@ -31,6 +31,11 @@ from rules.interpreter import ParamValue, Tiers, Value
 MAX_RULES = 60
 MAX_PROPERTIES = 200
 MAX_STRING = 1000
+# Tests (comparisons, connectives) of one clause's engine form. An `if` in a true/false position is
+# written (c and a) or (not c and b) or (a and b), each branch twice, so nested ifs double it per
+# level: 14 levels of 73 terms gave 2.5 MB of ruleset JSON, 18 took ~50 s to load before durable-rules
+# refused them. The reference pack's largest clause needs 5 (stable-jobs-refund).
+MAX_CLAUSE_TESTS = 500
 INT64_MAX = 2**63 - 1
 
 DECISION = "_decision"  # marks the second fact of an evaluation (see compile_ruleset)
@@ -92,6 +97,7 @@ def compile_ruleset(
     emitter = _Emitter(layout, params, fact_bounds, file, term_type)
     rules: dict[str, Any] = {}
     for clause in [*conditions, *payable]:
+        emitter.tests = 0
         # Named definitions are lowered by inlining: the engine sees each written out where it
         # is used (a term it cannot compute becomes one property, however often it is used).
         rules[clause.rule] = _rule(emitter.boolean(ast.inline(clause.expr), negate=False))
@@ -133,12 +139,20 @@ class _Emitter:
     ) -> None:
         self.layout, self.params, self.fact_bounds, self.file = layout, params, fact_bounds, file
         self.term_type = term_type
+        self.tests = 0  # of the clause being emitted, bounded by MAX_CLAUSE_TESTS
 
     def refuse(self, node: ast.Expr, reason: str) -> EngineLimitError:
         return EngineLimitError(self.file, node.pos.line, reason, column=node.pos.column)
 
     # --- boolean positions -------------------------------------------------------------
     def boolean(self, node: ast.Expr, negate: bool) -> dict[str, Any]:
+        self.tests += 1
+        if self.tests > MAX_CLAUSE_TESTS:  # refused as it grows, before it is written out exponentially
+            raise self.refuse(
+                node,
+                f"this clause needs more than {MAX_CLAUSE_TESTS} tests in the engine (each `if` in a "
+                "true/false position writes its branches twice): compare inside the branches, or split it",
+            )
         if isinstance(node, ast.Logical):
             parts = [self.boolean(operand, negate) for operand in node.operands]
             return {"$and" if (node.op == "and") != negate else "$or": parts}

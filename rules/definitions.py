@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rules import ast
 from rules.errors import ExpressionTypeError, PolicySchemaError
@@ -138,6 +138,10 @@ def resolve(node: ast.Expr, definitions: Mapping[str, Definition], file: str) ->
 
 
 def _resolved(node: ast.Expr, definitions: Mapping[str, Definition], file: str) -> ast.Expr:
+    if isinstance(node, ast.Presence) and isinstance(node.subject, ast.Name):
+        named = _fact_named(node.subject, definitions)
+        if named is not None:  # `state is missing`, state a definition that only names a fact
+            return replace(node, subject=replace(named, pos=node.subject.pos))
     if isinstance(node, ast.Name) and len(node.parts) == 1 and node.parts[0] in definitions:
         return ast.Ref(node.parts[0], definitions[node.parts[0]].expr, node.pos)
     if isinstance(node, ast.Count) and node.variable in definitions:
@@ -146,6 +150,16 @@ def _resolved(node: ast.Expr, definitions: Mapping[str, Definition], file: str) 
     if not kids:
         return node
     return ast.with_children(node, tuple(_resolved(child, definitions, file) for child in kids))
+
+
+def _fact_named(name: ast.Name, definitions: Mapping[str, Definition]) -> ast.Name | None:
+    """The fact a definition stands for, through definitions that only name another, if it is one."""
+    node: ast.Expr = name
+    while isinstance(node, ast.Name) and len(node.parts) == 1 and node.parts[0] in definitions:
+        node = definitions[node.parts[0]].expr
+        while isinstance(node, ast.Ref):
+            node = node.expr
+    return node if isinstance(node, ast.Name) and node is not name else None
 
 
 def _written_out(node: ast.Expr, definitions: Mapping[str, Definition]) -> tuple[int, int]:

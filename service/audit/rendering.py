@@ -79,7 +79,8 @@ def render(connection: Connection, record: Mapping[str, Any], catalogue: Catalog
         policy = _policy(source, catalogue)
         document = document_from_json(orjson.loads(facts), catalogue)
         again = evaluate(policy.compiled(stored.period), document, today=date.fromisoformat(stored.evaluated_on))
-    except (RuleError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    # ArithmeticError: stored facts (edited, or beyond the importer's bounds) giving an amount beyond int64
+    except (RuleError, orjson.JSONDecodeError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
         raise RecordMismatchError(evaluation_id, [*differences, f"it cannot be replayed: {exc}"]) from exc
     replayed = Decision.of(again)
     # The engine's version is not compared: a newer engine replaying an old decision is no fault.

@@ -46,15 +46,6 @@ def test_the_huge_premium_makes_evaluate_raise_overflow(policy: LoadedPolicy) ->
         evaluate(policy.compiled(2025), _small(document(HUGE_PREMIUM)), today=TODAY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/audit/rendering.py render catches RuleError, JSONDecodeError, KeyError, TypeError "
-    "and ValueError around the replay, not the OverflowError evaluate raises since 25832dd for an amount "
-    "beyond int64: a record whose stored facts give such an amount (an inserted snapshot, or facts "
-    "beyond the importer's bounds) escapes as OverflowError, so GetEvaluation/ListEvaluations/"
-    "ReplayEvaluation answer INTERNAL instead of DATA_LOSS, and verify_records' replay of a chunk whose "
-    "root fails is aborted instead of naming the record",
-)
 def test_a_record_whose_facts_overflow_the_amount_is_refused_as_unreplayable(
     audit_engine: Engine, policy: LoadedPolicy
 ) -> None:
@@ -71,14 +62,6 @@ def test_a_record_whose_facts_overflow_the_amount_is_refused_as_unreplayable(
         replay(audit_engine, pointed.evaluation_id, CATALOGUE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/audit/record_verification.py _rewritten catches only RecordMismatchError and "
-    "JSONDecodeError from render: an attacker who rewrites a record (hash column recomputed, so only the "
-    "chunk's Merkle root fails) to point at an inserted, self-consistent facts snapshot whose amount "
-    "exceeds int64 makes verify_records, so verify_audit_log, VerifyAuditLog and `benefits audit verify`, "
-    "raise OverflowError instead of reporting the record EDITED",
-)
 def test_verification_names_a_rewritten_record_whose_facts_overflow_the_amount(
     audit_engine: Engine, policy: LoadedPolicy
 ) -> None:

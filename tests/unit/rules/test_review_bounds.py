@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from rules_testkit import TODAY, compile_text, document, load_text, policy_yaml, position_of
 
-from rules.compiler import Clause, compile_ruleset
+from rules.compiler import MAX_CLAUSE_TESTS, Clause, compile_ruleset
 from rules.definitions import MAX_DEPTH, MAX_SIZE
-from rules.errors import ExpressionTypeError, PolicyFileError
+from rules.errors import EngineLimitError, ExpressionTypeError, PolicyFileError
 from rules.evaluator import evaluate
 from rules.parser import parse_expression
 from rules.values import Outcome
@@ -72,18 +72,15 @@ def engine_json_size(condition: str) -> int:
     return len(json.dumps(definition))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules/compiler.py _Emitter.boolean: a conditional in a boolean position is rewritten "
-    "as (c and a) or (not c and b) or (a and b), copying each branch twice (and its negation), so "
-    "the engine ruleset is 4x larger per nested level: 14 levels (73 terms, far inside MAX_SIZE "
-    "and MAX_DEPTH) emit 2.5 MB of JSON and 18 levels take ~50 s to load before durable-rules "
-    "refuses them; the written-out bound does not cover this exponential inlining",
-)
-def test_the_engine_ruleset_of_nested_conditionals_grows_with_the_written_out_size() -> None:
-    small, large = engine_json_size(nested_conditionals(5)), engine_json_size(nested_conditionals(10))
-    # twice the levels is about twice the terms (28 -> 53): allow five times that
-    assert large < 10 * small
+def test_nested_conditionals_are_refused_at_load_before_the_engine_form_grows(tmp_path: Path) -> None:
+    # each level doubles the engine form ((c and a) or (not c and b) or (a and b)): refused as it
+    # grows, with the line, instead of emitting megabytes and hanging durable-rules
+    assert engine_json_size(nested_conditionals(5)) < 100_000
+    text = policy_yaml(["si.insured_start >= 1", nested_conditionals(18)])
+    with pytest.raises(EngineLimitError) as info:
+        load_text(tmp_path, text)
+    assert f"more than {MAX_CLAUSE_TESTS} tests" in info.value.reason
+    assert info.value.line is not None and info.value.line >= position_of(text, "(if si.layoffs")[0]
 
 
 def test_nested_conditionals_are_within_the_written_out_bounds() -> None:

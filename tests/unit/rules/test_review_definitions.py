@@ -47,12 +47,6 @@ def test_a_possible_value_through_two_definitions_decides(tmp_path: Path) -> Non
     assert result.outcome is Outcome.ELIGIBLE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules/typecheck.py _presence accepts only an ast.Name: `state is missing`, with state a "
-    "definition that names a fact, is refused ('applies to a fact name') although docs/policy-format.md "
-    "says a definition decides exactly as its expression written out, and `enterprise.status is missing` loads",
-)
 def test_a_definition_naming_a_fact_can_be_tested_for_presence(tmp_path: Path) -> None:
     text = policy_yaml(["state is present"], definitions={"state": "enterprise.status"})
     compiled = compile_text(tmp_path, text)
