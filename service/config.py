@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enterprise_registry.clock import Clock
+from enterprise_registry.db import DEFAULT_TIMEOUTS, DatabaseTimeouts
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -15,6 +16,7 @@ class ServeConfig:
     db_url: str
     rules_dir: Path
     auth_file: Path
+    db_timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS  # connect, statement, lock and SQLite busy timeouts
     listen: str = "127.0.0.1:50051"
     max_workers: int = 16
     max_message_bytes: int = MAX_MESSAGE_BYTES
