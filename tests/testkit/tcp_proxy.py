@@ -55,6 +55,8 @@ class TcpProxy:
 
     def stop(self) -> None:
         self._stopped.set()
+        with suppress(OSError):  # wakes the acceptor blocked in accept (close alone does not)
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             self._close_all()

@@ -17,7 +17,7 @@ import pytest
 from benefits.v1 import benefit_service_pb2, registry_service_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from testkit.api_fixtures import (
     SJR,
@@ -225,17 +225,3 @@ def test_a_sqlite_writer_kept_waiting_by_a_lock_is_told_to_retry(tmp_path: Path,
             call()  # the lock released: the same call succeeds
         finally:
             stubs.channel.close()
-
-
-@pytest.mark.postgres
-def test_timeouts_are_set_on_every_postgresql_connection(schema_url: str) -> None:
-    engine = make_engine(schema_url, timeouts=TIMEOUTS)
-    try:
-        with engine.connect() as conn:
-            conn.rollback()  # the pool's reset: the settings are the session's, not a transaction's
-            settings = {
-                name: conn.execute(text(f"show {name}")).scalar_one() for name in ("statement_timeout", "lock_timeout")
-            }
-    finally:
-        engine.dispose()
-    assert settings == {"statement_timeout": "10s", "lock_timeout": "5s"}
