@@ -14,11 +14,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from benefits.v1 import benefit_service_pb2, registry_service_pb2
+from benefits.v1 import benefit_service_pb2, payout_service_pb2, registry_service_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from testkit.api_fixtures import (
     SJR,
     A,
@@ -26,18 +26,20 @@ from testkit.api_fixtures import (
     as_role,
     channel_stubs,
     enterprise_record,
+    finished_batch,
     import_facts,
     registry_records,
     rpc_error,
     serving,
 )
 from testkit.databases import private_schema
-from testkit.money_fixtures import uscc
+from testkit.money_fixtures import GIANT, Money, titled, uscc, write_payers
 from testkit.tcp_proxy import TcpProxy, tcp_proxy
 
 from enterprise_registry.db import DatabaseTimeouts, make_engine
 from enterprise_registry.models import Enterprise
 from service.api.status import RETRY_DELAY_SECONDS
+from service.payouts.tables import grant, payout_batch
 
 # Short enough for a test; a call that waited on the database without bound would outlast the
 # deadline and end DEADLINE_EXCEEDED instead of UNAVAILABLE.
@@ -225,3 +227,74 @@ def test_a_sqlite_writer_kept_waiting_by_a_lock_is_told_to_retry(tmp_path: Path,
             call()  # the lock released: the same call succeeds
         finally:
             stubs.channel.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A payout batch running while the database is cut.
+BATCH_ENTERPRISES = 40
+
+
+@pytest.mark.postgres
+def test_a_payout_batch_cut_mid_run_resumes_after_restore_with_every_grant_once(
+    schema_url: str, proxy: TcpProxy, tmp_path: Path
+) -> None:
+    codes = [uscc(n, "MA4Y") for n in range(BATCH_ENTERPRISES)]
+    records = [r for n, code in enumerate(codes) for r in titled(code, n, 2025)]
+    proxied = make_url(schema_url).set(port=proxy.port).render_as_string(hide_password=False)
+    direct = make_engine(schema_url)
+    try:
+        with serving(
+            proxied,
+            records,
+            tmp_path,
+            db_timeouts=TIMEOUTS,
+            payers_file=write_payers(tmp_path),
+            batch_chunk_size=2,  # many commits: the cut falls between and within them
+            batch_lease_seconds=1.0,  # the failed run is taken up again soon after
+        ) as running:
+            stubs = Stubs.connect(running.port)
+            try:
+                money = Money(stubs)
+                started = stubs.payout.CreatePayoutBatch(
+                    payout_service_pb2.CreatePayoutBatchRequest(
+                        policy_id=GIANT, period=2025, request_id="outage-batch-0001"
+                    ),
+                    metadata=money.operator,
+                    timeout=DEADLINE,
+                )
+                _wait_until_evaluating(direct, started.batch_id)
+                proxy.cut()
+                get = lambda: money.get(started.batch_id)  # noqa: E731
+                assert_retry_later(rpc_error(get), *_secrets(schema_url, proxy))
+                proxy.restore()
+                batch = finished_batch(stubs, started.batch_id)
+                assert batch.state == payout_service_pb2.BATCH_STATE_DRAFT
+                assert batch.line_count == BATCH_ENTERPRISES
+                assert _grants_per_uscc(direct, started.batch_id) == dict.fromkeys(codes, 1)
+                assert money.verify().valid
+            finally:
+                stubs.channel.close()
+    finally:
+        direct.dispose()
+
+
+def _wait_until_evaluating(engine: Engine, batch_id: str) -> None:
+    """Until the batch has committed some chunks but not all (seen directly, not through the proxy)."""
+    for _ in range(400):
+        with engine.connect() as conn:
+            evaluated = conn.execute(
+                select(payout_batch.c.evaluated_count).where(payout_batch.c.batch_id == batch_id)
+            ).scalar_one()
+        if evaluated > 0:
+            assert evaluated < BATCH_ENTERPRISES, "the batch ran through before the cut"
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the batch never started")
+
+
+def _grants_per_uscc(engine: Engine, batch_id: str) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(grant.c.uscc, func.count()).where(grant.c.batch_id == batch_id).group_by(grant.c.uscc)
+        )
+        return {str(code): int(count) for code, count in rows}
