@@ -15,6 +15,7 @@ from testkit.databases import private_schema
 from testkit.tcp_proxy import tcp_proxy
 
 from enterprise_registry.db import DatabaseTimeouts, database_unavailable, make_engine
+from service.audit.ledger import ledger_transaction
 
 pytestmark = pytest.mark.postgres
 TIMEOUTS = DatabaseTimeouts(connect=2, statement=1, lock=0.5)
@@ -99,3 +100,10 @@ def _sleeping(engine: Engine) -> bool:
     with engine.connect() as conn:
         query = "select count(*) from pg_stat_activity where state = 'active' and query = 'select pg_sleep(10)'"
         return bool(conn.execute(text(query)).scalar_one())
+
+
+def test_the_ledger_chain_lock_is_waited_on_no_longer_than_the_lock_timeout(engine: Engine) -> None:
+    # the chain lock is an advisory lock: lock_timeout bounds the wait for it too
+    with ledger_transaction(engine), pytest.raises(DBAPIError) as caught, ledger_transaction(engine):
+        pass
+    assert database_unavailable(caught.value), caught.value.orig
