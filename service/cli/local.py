@@ -108,13 +108,23 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     timeouts = DEFAULT_TIMEOUTS  # seconds; docs/operations.md, "The database"
     for name, default, what in (
-        ("connect", timeouts.connect, "PostgreSQL: to connect"),
-        ("statement", timeouts.statement, "PostgreSQL statement_timeout (0: none)"),
-        ("lock", timeouts.lock, "PostgreSQL lock_timeout (0: none)"),
+        ("connect", timeouts.connect, "PostgreSQL: to connect (0: no limit)"),
+        ("statement", timeouts.statement, "PostgreSQL statement_timeout (0: no limit)"),
+        ("lock", timeouts.lock, "PostgreSQL lock_timeout (0: no limit)"),
         ("busy", timeouts.busy, "SQLite: a writer waits this long for another's write transaction"),
     ):
-        serve.add_argument(f"--db-{name}-timeout", type=float, default=default, help=f"seconds; {what}")
+        serve.add_argument(f"--db-{name}-timeout", type=_seconds, default=default, help=f"seconds; {what}")
     serve.set_defaults(run=_serve)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds (0 or more)")
+    return seconds
 
 
 def _registry_load(args: argparse.Namespace) -> int:
