@@ -16,7 +16,6 @@ class ServeConfig:
     db_url: str
     rules_dir: Path
     auth_file: Path
-    db_timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS  # connect, statement, lock and SQLite busy timeouts
     listen: str = "127.0.0.1:50051"
     max_workers: int = 16
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -34,3 +33,4 @@ class ServeConfig:
     tls_key: Path | None = None  # the certificate's private key (PEM, unencrypted)
     client_ca: Path | None = None  # CA of the client certificates required (mutual TLS)
     insecure: bool = False  # plaintext on a non-loopback address, said explicitly
+    db_timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS  # connect, statement, lock and SQLite busy timeouts
