@@ -5,14 +5,37 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError, StatementError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import SQLModel, create_engine
 
 DEFAULT_DB_URL = "sqlite:///var/benefits.db"
+
+
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    """How long a call waits on the database before it is told the database is unavailable
+    (docs/operations.md, "The database"). Seconds; 0 turns a PostgreSQL timeout off."""
+
+    connect: float = 5.0  # PostgreSQL: to connect, log in included (libpq connect_timeout)
+    statement: float = 60.0  # PostgreSQL statement_timeout: one statement, lock waits included
+    lock: float = 10.0  # PostgreSQL lock_timeout: one wait for a lock (the ledger's chain lock included)
+    busy: float = 30.0  # SQLite busy_timeout: a writer waiting for another's write transaction
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "statement", "lock", "busy"):
+            value = getattr(self, name)
+            if not value >= 0:  # also refuses NaN
+                raise ValueError(f"database timeout {name} must be 0 or more seconds, got {value}")
+
+
+DEFAULT_TIMEOUTS = DatabaseTimeouts()
 
 
 def normalise_url(url: str) -> str:
@@ -22,19 +45,72 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str = DEFAULT_DB_URL, **kwargs: Any) -> Engine:
+def make_engine(url: str = DEFAULT_DB_URL, *, timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, foreign keys and FULL sync (the ledger must survive power loss).
 
+    No call waits on the database without bound (`timeouts`); a `connect_timeout` in a
+    PostgreSQL URL wins over `timeouts.connect`. Connections are checked before use
+    (pool_pre_ping), so the pool recovers by itself when a database that went away comes back.
     Statement parameters (bank accounts, tax figures) never appear in the text of its errors.
     """
     url = normalise_url(url)
     if url.startswith("sqlite"):
         _ensure_sqlite_folder(url)
         engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True, **kwargs)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(timeouts))
     else:
-        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
+        connect_args: dict[str, Any] = {}
+        if url.startswith("postgresql") and "connect_timeout" not in make_url(url).query:
+            # libpq counts whole seconds; 0 would mean "wait for ever"
+            connect_args["connect_timeout"] = max(1, round(timeouts.connect)) if timeouts.connect else 0
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            connect_args=connect_args | kwargs.pop("connect_args", {}),
+            **kwargs,
+        )
+        if engine.dialect.name == "postgresql":
+            event.listen(engine, "connect", _postgresql_timeouts(timeouts))
     return engine
+
+
+# Database errors that say the database is away, overloaded or waited on too long, rather than
+# that a statement is wrong: PostgreSQL SQLSTATE classes and codes (appendix A of its manual).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")  # connection; insufficient resources; operator
+# intervention (57014 query_canceled is how statement_timeout ends a statement, 57P01 a shutdown)
+_UNAVAILABLE_SQLSTATES = frozenset({"55P03"})  # lock_not_available: lock_timeout
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+
+
+class DatabaseUnavailableError(Exception):
+    """The database is away, overloaded or busy: the same call may succeed later. Stands for
+    every error `database_unavailable` recognises (the API maps it to UNAVAILABLE)."""
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is unreachable, overloaded or busy - a connection
+    refused, lost or timed out, a statement or lock timeout, SQLite's "database is locked" - so
+    that retrying later may succeed, rather than that a statement is wrong."""
+    if isinstance(exc, DatabaseUnavailableError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, (PoolTimeoutError, DisconnectionError)):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, StatementError):  # SQLAlchemy's wrapper of a driver error
+        return exc.orig is not None and database_unavailable(exc.orig)
+    if isinstance(exc, sqlite3.OperationalError):  # also "no such table": by its message
+        return str(exc).startswith(_SQLITE_BUSY)
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return False
+    if isinstance(exc, psycopg.OperationalError):
+        sqlstate = exc.sqlstate
+        # None: raised by the client library, not a server: the connection failed or broke
+        return sqlstate is None or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES
+    # "the connection is closed", "the connection is lost": a connection the database dropped
+    return isinstance(exc, psycopg.InterfaceError) and exc.sqlstate is None
 
 
 def is_database_error(exc: BaseException) -> bool:
@@ -105,13 +181,33 @@ def create_schema(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+def _sqlite_pragmas(timeouts: DatabaseTimeouts) -> Callable[[Any, Any], None]:
+    busy_ms = round(timeouts.busy * 1000)
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.close()
+
+    return on_connect
+
+
+def _postgresql_timeouts(timeouts: DatabaseTimeouts) -> Callable[[Any, Any], None]:
+    settings = {
+        "statement_timeout": round(timeouts.statement * 1000),
+        "lock_timeout": round(timeouts.lock * 1000),
+    }
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            for name, ms in settings.items():  # session settings: they outlast the pool's rollbacks
+                cursor.execute(f"set {name} = {int(ms)}")
+        dbapi_connection.commit()  # the SETs ran in a transaction of their own; kept
+
+    return on_connect
 
 
 def _ensure_sqlite_folder(url: str) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enterprise_registry.clock import Clock
+from enterprise_registry.db import DEFAULT_TIMEOUTS, DatabaseTimeouts
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -32,3 +33,4 @@ class ServeConfig:
     tls_key: Path | None = None  # the certificate's private key (PEM, unencrypted)
     client_ca: Path | None = None  # CA of the client certificates required (mutual TLS)
     insecure: bool = False  # plaintext on a non-loopback address, said explicitly
+    db_timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS  # connect, statement, lock and SQLite busy timeouts

@@ -197,7 +197,7 @@ def create_server(config: ServeConfig) -> RunningServer:
     key = _ledger_key(config)
     auth = AuthTable.from_file(config.auth_file)
     policies = PolicyStore(config.rules_dir, CATALOGUE)
-    engine = make_engine(config.db_url)
+    engine = make_engine(config.db_url, timeouts=config.db_timeouts)
     create_schema(engine)
     create_payout_schema(engine)  # the audit trail's tables included
     refresh_statistics(engine)  # a registry loaded or restored outside the service

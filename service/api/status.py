@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from enterprise_registry.db import error_text, redacted
+from enterprise_registry.db import DatabaseUnavailableError, database_unavailable, error_text, redacted
 from enterprise_registry.errors import RegistryError
 from rules.errors import (
     EvaluationError,
@@ -54,6 +54,9 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     BatchStateError: grpc.StatusCode.FAILED_PRECONDITION,
     PolicyNotFoundError: grpc.StatusCode.NOT_FOUND,
     PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,
+    # The database away, overloaded or busy (`database_unavailable`: a connection refused, lost or
+    # timed out, a statement or lock timeout, SQLite's "database is locked"): retry later.
+    DatabaseUnavailableError: grpc.StatusCode.UNAVAILABLE,
     # Engine failures and disagreements are our fault, never the caller's: reported, with a
     # reference to the log entry that holds the details.
     EvaluationError: grpc.StatusCode.INTERNAL,
@@ -61,9 +64,15 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     ServiceError: grpc.StatusCode.INTERNAL,
 }
 _GENERIC = frozenset({grpc.StatusCode.INTERNAL})
+# The google.rpc.RetryInfo delay of an UNAVAILABLE answer: a database that went away (a restart,
+# a failover) is usually back within seconds, and the pool reconnects on the next call.
+RETRY_DELAY_SECONDS = 2
+_UNAVAILABLE_MESSAGE = f"the database is unavailable; retry in {RETRY_DELAY_SECONDS} s"
 
 
 def status_code_for(exc: BaseException) -> grpc.StatusCode | None:
+    if database_unavailable(exc):  # a driver's error, told by its state rather than its class
+        return ERROR_CODES[DatabaseUnavailableError]
     for cls in type(exc).__mro__:
         if cls in ERROR_CODES:
             return ERROR_CODES[cls]
@@ -78,6 +87,10 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         # Redacted: a database error's own text would carry DETAIL, i.e. the row's values.
         log.error("internal error %s: %s", reference, error_text(exc), exc_info=redacted(exc))
         return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (reference {reference})")
+    if database_unavailable(exc):
+        # The driver's text names hosts and ports: logged (its primary message only), never answered.
+        log.warning("database unavailable: %s", error_text(exc))
+        return retry_later(status_pb2.Status(code=code.value[0], message=_UNAVAILABLE_MESSAGE))
     status = status_pb2.Status(code=code.value[0], message=str(exc))
     violations: list[tuple[str, str]] = []
     if isinstance(exc, InvalidArgumentError):
@@ -94,6 +107,14 @@ def to_status(exc: BaseException) -> status_pb2.Status:
             )
         )
         status.details.append(detail)
+    return status
+
+
+def retry_later(status: status_pb2.Status, seconds: int = RETRY_DELAY_SECONDS) -> status_pb2.Status:
+    """`status` with a google.rpc.RetryInfo detail: the same call may succeed after `seconds`."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds)))
+    status.details.append(detail)
     return status
 
 

@@ -9,6 +9,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from enterprise_registry.db import DEFAULT_TIMEOUTS, DatabaseTimeouts
 from service.cli.defaults import DEFAULT_DB_URL, DEFAULT_LISTEN, DEFAULT_RULES, load_policies, open_database
 
 
@@ -105,7 +106,25 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=30.0,
         help="a payout batch whose worker is silent this long is taken over (after a crash)",
     )
+    timeouts = DEFAULT_TIMEOUTS  # seconds; docs/operations.md, "The database"
+    for name, default, what in (
+        ("connect", timeouts.connect, "PostgreSQL: to connect (0: no limit)"),
+        ("statement", timeouts.statement, "PostgreSQL statement_timeout (0: no limit)"),
+        ("lock", timeouts.lock, "PostgreSQL lock_timeout (0: no limit)"),
+        ("busy", timeouts.busy, "SQLite: a writer waits this long for another's write transaction"),
+    ):
+        serve.add_argument(f"--db-{name}-timeout", type=_seconds, default=default, help=f"seconds; {what}")
     serve.set_defaults(run=_serve)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds (0 or more)")
+    return seconds
 
 
 def _registry_load(args: argparse.Namespace) -> int:
@@ -265,6 +284,12 @@ def _serve(args: argparse.Namespace) -> int:
             db_url=args.db,
             rules_dir=args.rules,
             auth_file=args.auth_file,
+            db_timeouts=DatabaseTimeouts(
+                connect=args.db_connect_timeout,
+                statement=args.db_statement_timeout,
+                lock=args.db_lock_timeout,
+                busy=args.db_busy_timeout,
+            ),
             listen=args.listen,
             max_workers=args.workers,
             ledger_key=args.ledger_key,

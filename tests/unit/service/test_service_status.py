@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import grpc
-import pytest
+import sqlite3
+from pathlib import Path
 
+import grpc
+import psycopg
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from enterprise_registry.db import DatabaseTimeouts, database_unavailable, make_engine
 from enterprise_registry.errors import RegistryError
 from rules.errors import RuleError
-from service.api.status import ERROR_CODES, status_code_for
+from service.api.status import ERROR_CODES, RETRY_DELAY_SECONDS, status_code_for, to_status
 from service.errors import ServiceError
 
 
@@ -37,3 +45,64 @@ def test_bad_input_never_maps_to_internal() -> None:
     assert status_code_for(PolicyNotFoundError("p")) == grpc.StatusCode.NOT_FOUND
     assert status_code_for(EnterpriseNotFoundError("x")) == grpc.StatusCode.NOT_FOUND
     assert status_code_for(ValueError("boom")) is None  # unknown errors: logged, answered INTERNAL
+
+
+def _sqlite_error(tmp_path: Path, statement: str, *, lock: bool = False) -> BaseException:
+    """The error SQLAlchemy really raises for `statement` on a SQLite file (locked by another
+    connection's write transaction when `lock`)."""
+    path = tmp_path / "db.sqlite"
+    engine = make_engine(f"sqlite:///{path}", timeouts=DatabaseTimeouts(busy=0.05))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("create table if not exists t (x integer)")
+        if lock:
+            other.execute("begin immediate")
+        with pytest.raises(OperationalError) as caught, engine.begin() as conn:
+            conn.execute(text(statement))
+        return caught.value
+    finally:
+        if lock:
+            other.execute("rollback")
+        other.close()
+        engine.dispose()
+
+
+def test_a_locked_sqlite_database_is_unavailable_with_a_retry_delay(tmp_path: Path) -> None:
+    error = _sqlite_error(tmp_path, "insert into t values (1)", lock=True)
+    assert status_code_for(error) == grpc.StatusCode.UNAVAILABLE
+    status = to_status(error)
+    assert status.code == code_pb2.UNAVAILABLE and str(tmp_path) not in status.message
+    [detail] = status.details
+    info = error_details_pb2.RetryInfo()
+    assert detail.Unpack(info) and info.retry_delay.seconds == RETRY_DELAY_SECONDS
+
+
+def test_a_wrong_statement_stays_internal_though_sqlite_calls_it_operational(tmp_path: Path) -> None:
+    error = _sqlite_error(tmp_path, "select * from no_such_table")
+    assert status_code_for(error) is None
+    assert to_status(error).code == code_pb2.INTERNAL
+
+
+@pytest.mark.parametrize(
+    ("error", "unavailable"),
+    [
+        (psycopg.OperationalError("connection failed: Connection refused"), True),  # client side: no SQLSTATE
+        (psycopg.errors.ConnectionTimeout("connection timeout expired"), True),
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), True),
+        (psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"), True),
+        (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True),
+        (psycopg.errors.TooManyConnections("sorry, too many clients already"), True),
+        (psycopg.InterfaceError("the connection is closed"), True),
+        (psycopg.errors.UniqueViolation("duplicate key value"), False),  # our bug, never retried
+        (psycopg.errors.UndefinedTable("relation does not exist"), False),
+        (psycopg.errors.DivisionByZero("division by zero"), False),
+    ],
+    ids=lambda e: type(e).__name__ if isinstance(e, Exception) else str(e),
+)
+def test_psycopg_errors_are_unavailable_only_when_the_database_is_away_or_busy(
+    error: Exception, unavailable: bool
+) -> None:
+    assert database_unavailable(error) is unavailable
+    wrapped = OperationalError("select 1", {}, error)  # as SQLAlchemy raises it
+    assert database_unavailable(wrapped) is unavailable
+    assert status_code_for(wrapped) == (grpc.StatusCode.UNAVAILABLE if unavailable else None)
