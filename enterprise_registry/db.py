@@ -24,7 +24,10 @@ class DatabaseTimeouts:
     (docs/operations.md, "The database"). Seconds; 0 turns a PostgreSQL timeout off."""
 
     connect: float = 5.0  # PostgreSQL: to connect, log in included (libpq connect_timeout)
-    statement: float = 60.0  # PostgreSQL statement_timeout: one statement, lock waits included
+    # PostgreSQL statement_timeout: one statement, lock waits included. Generous: it stops a runaway
+    # statement, not a slow lookup (callers have deadlines); a batch's largest statements at 1,000,000
+    # enterprises (the DRAFT's stacking, ANALYZE of millions of records) are not measured against it yet.
+    statement: float = 600.0
     lock: float = 10.0  # PostgreSQL lock_timeout: one wait for a lock (the ledger's chain lock included)
     busy: float = 30.0  # SQLite busy_timeout: a writer waiting for another's write transaction
 
