@@ -124,7 +124,10 @@ def parse(data: bytes) -> StatusReport:
     original_message_id = _text(_one(original, "OrgnlMsgId"))
     group = original.find(_tag("GrpSts"))
     placed = report.findall(f"{_tag('OrgnlPmtInfAndSts')}/{_tag('TxInfAndSts')}")
-    stray = [t for t in root.iter(_tag("TxInfAndSts")) if not any(t is p for p in placed)]
+    # lxml hands out one proxy per element while a reference to it lives (`placed` keeps them), so
+    # membership by identity is exact; a set keeps it linear (24,000 transfers: quadratic took 30 s)
+    placed_set = set(placed)
+    stray = [t for t in root.iter(_tag("TxInfAndSts")) if t not in placed_set]
     if stray:
         raise _bad(
             f"TxInfAndSts (line {stray[0].sourceline}) is not inside CstmrPmtStsRpt/OrgnlPmtInfAndSts: "

@@ -105,7 +105,8 @@ def _p(stubs: Stubs) -> Any:
     return stubs.payout
 
 
-# The deadline only guards against a hang: 24,000 unknown transfers took over 30 s on a slow machine.
+# The deadline only guards against a hang: 24,000 unknown transfers took over 30 s while the stray-transfer
+# check was quadratic (service/payouts/status_report.py); about a second since.
 def _report(make: Callable[[Scene], bytes], batch: Callable[[Scene], str] = lambda s: s.exported) -> Callable[..., Any]:
     return lambda stubs, s: _p(stubs).ImportPaymentStatusReport(
         pb.ImportPaymentStatusReportRequest(batch_id=batch(s), data=make(s)), metadata=OPERATOR, timeout=120
