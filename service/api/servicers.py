@@ -68,7 +68,8 @@ if TYPE_CHECKING:  # imported where a batch is exported (the bank-file writers l
 
 MIN_PERIOD, MAX_PERIOD = 2000, 2100
 MAX_IMPORT_RECORDS = 1_000_000
-IMPORT_CHUNK = 1000
+IMPORT_CHUNK = 1000  # records committed together as an ImportFacts stream goes
+MAX_REPORTED_REJECTS = 1000  # rejects an ImportFacts answer lists; its rejected_count is exact
 WATCH_INTERVAL_SECONDS = 0.25
 
 
@@ -144,29 +145,43 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
     ) -> registry_service_pb2.ImportFactsResponse:
         # Today is read once: a stream that runs past midnight is judged by the day it began.
         checker = RecordChecker("ImportFacts", max_errors=None, sources=_caller().sources, today=self.clock.today())
-        received = stored = stale = 0
+        received = stored = stale = rejected = 0
         pending = []
         for index, message in enumerate(request_iterator, start=1):
             if index > MAX_IMPORT_RECORDS:
-                raise InvalidArgumentError([("record_json", f"more than {MAX_IMPORT_RECORDS} records in one stream")])
+                raise InvalidArgumentError(
+                    [
+                        (
+                            "record_json",
+                            f"more than {MAX_IMPORT_RECORDS} records in one stream; the first {stored + stale} "
+                            f"valid records were committed (resending them is harmless)",
+                        )
+                    ]
+                )
             received = index
             try:
                 obj: object = orjson.loads(message.record_json)
             except orjson.JSONDecodeError as exc:
                 checker.errors.append(_reject(index, None, f"malformed JSON: {exc}"))
-                continue
-            record = checker.check(index, obj)
+                record = None
+            else:
+                record = checker.check(index, obj)
             if record is not None:
                 pending.append(record)
+            elif len(checker.errors) > MAX_REPORTED_REJECTS:  # counted, not kept: memory stays bounded
+                del checker.errors[MAX_REPORTED_REJECTS:]
+                rejected += 1
             if len(pending) >= IMPORT_CHUNK:
                 stored, stale = _store(self.engine, pending, stored, stale)
                 pending = []
         stored, stale = _store(self.engine, pending, stored, stale)
+        rejected += len(checker.errors)
         refresh_statistics(self.engine)
         return registry_service_pb2.ImportFactsResponse(
             received_count=received,
             stored_count=stored,
             stale_count=stale,
+            rejected_count=rejected,
             rejects=[
                 registry_service_pb2.RecordReject(record_index=e.line, field=e.field or "", reason=e.reason)
                 for e in sorted(checker.errors, key=lambda e: e.line)

@@ -25,6 +25,7 @@ from testkit.api_fixtures import (
 
 from enterprise_registry.clock import Clock
 from enterprise_registry.uscc import make
+from service.api.servicers import MAX_REPORTED_REJECTS
 from service.server import RunningServer
 
 X = make("91420600MA4K50001")  # its enterprise record comes from the wrong feed: never stored
@@ -183,3 +184,19 @@ def test_admin_imports_nothing(feed_stubs: Stubs) -> None:
     err = rpc_error(lambda: import_facts(feed_stubs, [tax_record(Y)], as_role("admin")))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert err.details() == "role admin may not call ImportFacts"
+
+
+def test_rejects_beyond_the_reported_thousand_are_counted_not_listed(feed_stubs: Stubs) -> None:
+    # 1,500 refused records (the tax feed may not write market-regulation facts), every third good
+    many = [make(f"91420600MA4K6{i:04d}") for i in range(1_500)]
+    stream: list[dict[str, object]] = []
+    for i, uscc in enumerate(many):
+        stream.append(enterprise_record(uscc))
+        if i % 3 == 0:
+            stream.append(tax_record(uscc))
+    reply = import_facts(feed_stubs, stream, bearer(TAX_FEED_TOKEN))
+    assert (reply.received_count, reply.stored_count, reply.rejected_count) == (2_000, 500, 1_500)
+    assert len(reply.rejects) == MAX_REPORTED_REJECTS
+    indexes = [r.record_index for r in reply.rejects]
+    expected = [n for n, record in enumerate(stream, start=1) if record["kind"] == "enterprise"]
+    assert indexes == expected[:MAX_REPORTED_REJECTS], "the first ones, in stream order"
