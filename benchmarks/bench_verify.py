@@ -1,7 +1,7 @@
 """Benchmark: the auditor's whole check (`verify_audit_log`: the chain, every evaluation record,
 the money tables, the checkpoints) on a ledger of a small baseline of records and then of N, in
 the same run: records/s, queries issued and the peak of Python memory (tracemalloc) during the
-check. SQLite, and PostgreSQL when reachable.
+check. SQLite, and PostgreSQL when reachable (BENEFITS_TEST_PG_URL, or --pg).
 
 The ledger is built through the project's own writing code (`prepare_decision`, `write_records`:
 one ledger entry per chunk), from real evaluations of a synthetic registry reused under fresh
@@ -15,6 +15,7 @@ Usage: python benchmarks/bench_verify.py [--n 1000000] [--baseline 10000] [--chu
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=int, default=10_000, help="records of the small ledger, checked first")
     parser.add_argument("--chunk", type=int, default=2000, help="records per ledger entry (as a batch writes)")
     parser.add_argument("--enterprises", type=int, default=1000, help="distinct enterprises (facts snapshots)")
-    parser.add_argument("--pg", default=DEFAULT_PG)
+    parser.add_argument("--pg", default=os.environ.get("BENEFITS_TEST_PG_URL", DEFAULT_PG))
     parser.add_argument("--sqlite-only", action="store_true")
     args = parser.parse_args()
     from service.cli.defaults import load_policies
