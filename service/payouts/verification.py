@@ -14,7 +14,8 @@ and roots, never the lines, whatever their number.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +76,11 @@ def verify_payouts(
     events.progress = progress
     problems: list[AuditProblem] = list(events.unsigned)
     for check in (_check_seals, _check_lines, _check_batches, _check_exports):
-        for problem in check(connection, events):
-            problems.append(problem)
-            if len(problems) >= limit:
-                return problems
+        with closing(check(connection, events)) as found:  # closes its open cursor when stopping early
+            for problem in found:
+                problems.append(problem)
+                if len(problems) >= limit:
+                    return problems
     return problems
 
 
@@ -128,46 +130,45 @@ class _SealedEvent:
     stray: int = 0  # rows claiming an entry that sealed no lines
 
 
-def _check_seals(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+def _check_seals(connection: Connection, events: _Events) -> Generator[AuditProblem, None, None]:
     """The seal rows of each event give its sealed root; no seal row belongs to no event. One
     query over every seal row in (entry, position) order, whatever the number of events."""
-    rows = connection.execution_options(**_STREAM).execute(
-        select(
-            payout_line_seal.c.ledger_seq,
-            payout_line_seal.c.leaf_index,
-            payout_line_seal.c.line_id,
-            payout_line_seal.c.batch_id,
-            payout_line_seal.c.leaf,
-        ).order_by(payout_line_seal.c.ledger_seq, payout_line_seal.c.leaf_index)
-    )
-    sealed = sorted(events.line_seals)  # the events, in the rows' order
-    waiting = 0  # sealed[waiting:] not yet met among the rows
-    strays: list[_SealedEvent] = []  # reported after every event, as before streaming
-    current: _SealedEvent | None = None
-    for seq, index, line_id, seal_batch, leaf in rows:
-        if current is None or seq != current.seq:
-            if current is not None:
-                yield from _close_seals(current, events, strays)
-            while waiting < len(sealed) and sealed[waiting] < seq:  # events none of whose rows remain
-                yield from _close_seals(_SealedEvent(sealed[waiting]), events, strays)
-                waiting += 1
-            if waiting < len(sealed) and sealed[waiting] == seq:
-                waiting += 1
-            current = _SealedEvent(int(seq))
-        if seq not in events.line_seals:
-            current.stray += 1
-            continue
-        batch_id = events.line_seals[seq][0]
-        builder = current.builder
-        # The row's own columns must say what its (sealed) leaf says: the verification of
-        # lines looks seals up by them.
-        decoded = orjson.loads(leaf)
-        labelled = (line_id, seal_batch) == (decoded.get("grant_id"), decoded.get("batch_id"))
-        if (index != builder.count or seal_batch != batch_id or not labelled) and current.misplaced is None:
-            current.misplaced = f"position {index} ({line_id}) " + (
-                "is out of place" if labelled else "is labelled as another line than its leaf"
-            )
-        builder.add(leaf.encode())
+    query = select(
+        payout_line_seal.c.ledger_seq,
+        payout_line_seal.c.leaf_index,
+        payout_line_seal.c.line_id,
+        payout_line_seal.c.batch_id,
+        payout_line_seal.c.leaf,
+    ).order_by(payout_line_seal.c.ledger_seq, payout_line_seal.c.leaf_index)
+    with connection.execution_options(**_STREAM).execute(query) as rows:
+        sealed = sorted(events.line_seals)  # the events, in the rows' order
+        waiting = 0  # sealed[waiting:] not yet met among the rows
+        strays: list[_SealedEvent] = []  # reported after every event, as before streaming
+        current: _SealedEvent | None = None
+        for seq, index, line_id, seal_batch, leaf in rows:
+            if current is None or seq != current.seq:
+                if current is not None:
+                    yield from _close_seals(current, events, strays)
+                while waiting < len(sealed) and sealed[waiting] < seq:  # events none of whose rows remain
+                    yield from _close_seals(_SealedEvent(sealed[waiting]), events, strays)
+                    waiting += 1
+                if waiting < len(sealed) and sealed[waiting] == seq:
+                    waiting += 1
+                current = _SealedEvent(int(seq))
+            if seq not in events.line_seals:
+                current.stray += 1
+                continue
+            batch_id = events.line_seals[seq][0]
+            builder = current.builder
+            # The row's own columns must say what its (sealed) leaf says: the verification of
+            # lines looks seals up by them.
+            decoded = orjson.loads(leaf)
+            labelled = (line_id, seal_batch) == (decoded.get("grant_id"), decoded.get("batch_id"))
+            if (index != builder.count or seal_batch != batch_id or not labelled) and current.misplaced is None:
+                current.misplaced = f"position {index} ({line_id}) " + (
+                    "is out of place" if labelled else "is labelled as another line than its leaf"
+                )
+            builder.add(leaf.encode())
     if current is not None:
         yield from _close_seals(current, events, strays)
     for seq in sealed[waiting:]:
@@ -209,7 +210,7 @@ def _close_seals(event: _SealedEvent, events: _Events, strays: list[_SealedEvent
         )
 
 
-def _check_lines(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+def _check_lines(connection: Connection, events: _Events) -> Generator[AuditProblem, None, None]:
     """Every line equals its newest seal and rests on the evaluation it cites; every sealed line
     exists."""
     newest = (
@@ -308,7 +309,7 @@ def _unfounded(line: dict[str, Any], decision: dict[str, Any]) -> str:
     return "; ".join(wrong)
 
 
-def _check_batches(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+def _check_batches(connection: Connection, events: _Events) -> Generator[AuditProblem, None, None]:
     seen: set[str] = set()
     query = select(*(payout_batch.c[c] for c in SEALED_BATCH_COLUMNS)).order_by(payout_batch.c.batch_id)
     for row in connection.execution_options(**_STREAM).execute(query):
@@ -329,7 +330,7 @@ def _check_batches(connection: Connection, events: _Events) -> Iterator[AuditPro
             )
 
 
-def _check_exports(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+def _check_exports(connection: Connection, events: _Events) -> Generator[AuditProblem, None, None]:
     seen: set[str] = set()
     for row in connection.execution_options(stream_results=True, yield_per=1).execute(select(payout_export)):
         batch_id = str(row.batch_id)
