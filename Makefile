@@ -25,7 +25,7 @@ REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-snapshots bench-trace proto run serve serve-background stop seed check check-rules format-check typecheck test test-slow test-unit test-integration test-random test-policies bench lint layers clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-verify bench-snapshots bench-trace proto run serve serve-background stop seed check check-rules format-check typecheck test test-slow test-unit test-integration test-random test-policies bench lint layers clean
 
 install: $(VENV)/.installed $(GENERATED)  ## virtual environment with the project (editable) and its dev tools
 
@@ -134,6 +134,9 @@ bench-ledger: install  ## ledger appends/s vs plain inserts in one transaction; 
 
 bench-records: install  ## evaluation records/s written (100,000 in chunks of 2,000) and verified: compact vs the old fat records, SQLite and PostgreSQL
 	$(BIN)/python benchmarks/bench_records.py --records 100000 --chunk 2000
+
+bench-verify: install  ## the whole audit verification on N evaluation records (default 1,000,000) after a 10,000 baseline: records/s, queries, peak memory; SQLite and PostgreSQL
+	$(BIN)/python benchmarks/bench_verify.py --n $(N)
 
 bench-batches: install  ## a payout batch to DRAFT, enterprises/s, vs evaluation without writes
 	$(BIN)/python benchmarks/bench_batches.py

@@ -21,7 +21,7 @@ Memory stays bounded by one chunk whatever the number of records.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,22 +48,28 @@ from service.errors import RecordMismatchError
 _STREAM = {"stream_results": True, "yield_per": 2000}
 _REPLAY_BUDGET = 10_000  # records replayed to tell which of a failing chunk were rewritten
 _IN_LIST = 500
+_PROGRESS_EVERY = 2000  # records between two progress calls (the stream's page)
 _TABLE = evaluation_record.name
 
 
 def verify_records(
-    connection: Connection, *, limit: int = 100, catalogue: Catalogue | None = None
+    connection: Connection,
+    *,
+    limit: int = 100,
+    catalogue: Catalogue | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[AuditProblem]:
     """Every difference between the stored records (and the texts they point to) and the ledger,
     at most `limit`: the chunks in ledger order, then records claiming no entry, then records
-    whose facts snapshot or rule text is missing or edited."""
+    whose facts snapshot or rule text is missing or edited. `progress(records read)` every
+    `_PROGRESS_EVERY` records of the chunks and once at their end."""
     if limit <= 0:
         return []
     if catalogue is None:
         from service.catalogue import CATALOGUE
 
         catalogue = CATALOGUE
-    run = _Run(connection, catalogue)
+    run = _Run(connection, catalogue, progress)
     problems: list[AuditProblem] = []
     with closing(run.problems()) as found:  # closes the open cursors when stopping early
         for problem in found:
@@ -86,8 +92,8 @@ class _Chunk:
 
 
 class _Run:
-    def __init__(self, connection: Connection, catalogue: Catalogue) -> None:
-        self.conn, self.catalogue = connection, catalogue
+    def __init__(self, connection: Connection, catalogue: Catalogue, progress: Callable[[int], None] | None) -> None:
+        self.conn, self.catalogue, self.progress = connection, catalogue, progress
         self.named: set[str] = set()  # records already reported (one problem each)
         self.replays_left = _REPLAY_BUDGET
 
@@ -120,6 +126,7 @@ class _Run:
             .order_by(ledger_entry.c.seq, r.leaf_index)
         )
         chunk: _Chunk | None = None
+        read = 0
         with self.conn.execution_options(**_STREAM).execute(query) as rows:
             for row in rows:
                 if chunk is None or row.seq != chunk.seq:
@@ -127,9 +134,14 @@ class _Run:
                         yield from self._close(chunk)
                     chunk = _Chunk(int(row.seq), orjson.loads(row.payload))
                 if row.evaluation_id is not None:
+                    read += 1
+                    if self.progress is not None and read % _PROGRESS_EVERY == 0:
+                        self.progress(read)
                     yield from self._leaf(chunk, row)
         if chunk is not None:
             yield from self._close(chunk)
+        if self.progress is not None:
+            self.progress(read)
 
     def _leaf(self, chunk: _Chunk, row: Any) -> Iterator[AuditProblem]:
         seq, count, index = chunk.seq, int(chunk.seal["count"]), int(row.leaf_index)

@@ -4,7 +4,13 @@ ledger and every record, make the checkpoint signing key, prove a line or a reco
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Never
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 from service.cli.defaults import DEFAULT_DB_URL, open_database
 
@@ -24,6 +30,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--ledger-key", type=Path, default=None, help="or the private key itself, for its public half"
     )
     verify.add_argument("--checkpoints", type=Path, default=None, help="the signed checkpoints (JSON lines)")
+    verify.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: only when stderr is a terminal)",
+    )
     verify.set_defaults(run=_verify)
     keygen = audit.add_parser("keygen", help="make the Ed25519 key that signs ledger checkpoints (once)")
     keygen.add_argument(
@@ -77,8 +89,11 @@ def _verify(args: argparse.Namespace) -> int:
     )
     with open_database(args.db) as engine:
         create_payout_schema(engine)  # the audit trail's tables included
-        with read_snapshot(engine) as conn:
-            verdict = verify_audit_log(conn, checkpoint_file=args.checkpoints, public_key=public_key)
+        show = sys.stderr.isatty() if args.progress is None else args.progress
+        with read_snapshot(engine) as conn, _ProgressBars() as bars:
+            verdict = verify_audit_log(
+                conn, checkpoint_file=args.checkpoints, public_key=public_key, progress=bars.update if show else None
+            )
     where = f" at entry {verdict.first_bad_entry}" if verdict.first_bad_entry else ""  # 0: the checkpoints file
     state = "VALID" if verdict.valid else f"INVALID ({verdict.fault}{where})"
     print(f"{state}: {verdict.entries_checked} entries checked, head {verdict.head_hash}")
@@ -86,6 +101,37 @@ def _verify(args: argparse.Namespace) -> int:
     for problem in verdict.problems:  # each altered row, named
         print(f"  {problem.fault} {problem}")
     return 0 if verdict.valid else 1
+
+
+class _ProgressBars:
+    """One bar on stderr per part of the check, each closed when the next begins."""
+
+    def __init__(self) -> None:
+        self.what: str | None = None
+        self.bar: tqdm[Never] | None = None
+
+    def update(self, what: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if what != self.what:
+            self.close()
+            self.what = what
+            self.bar = tqdm(total=total, desc=what, unit=" rows", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        assert self.bar is not None
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> _ProgressBars:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def _keygen(args: argparse.Namespace) -> int:

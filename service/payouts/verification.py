@@ -8,12 +8,14 @@ bank files must be exactly what the money events sealed.
 - every batch row equals the snapshot of its newest event (state, totals, approver, ...);
 - every stored bank file has the SHA-256 and message id its export event sealed.
 The ledger itself is verified first by the chain walk, so its entries can be trusted here.
-Memory stays bounded by one event's seals, whatever the number of lines.
+Lines and seal rows stream (a fixed number of queries); memory holds the money events' snapshots
+and roots, never the lines, whatever their number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,7 @@ from service.payouts.seals import (
 from service.payouts.tables import SEALED_BATCH_COLUMNS, grant, payout_batch, payout_export, payout_line_seal
 
 _STREAM = {"stream_results": True, "yield_per": 2000}
+_PROGRESS_EVERY = 2000  # lines between two progress calls (the stream's page)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class _Events:
     line_seals: dict[int, tuple[str, int, str]]  # seq -> (batch, count, root)
     suspects: frozenset[str] = frozenset()  # evaluation records reported as altered
     unsigned: list[AuditProblem] = field(default_factory=list)  # money events without a valid signature
+    progress: Callable[[int], None] | None = None  # lines read so far
 
 
 def verify_payouts(
@@ -56,20 +60,27 @@ def verify_payouts(
     limit: int = 100,
     suspect_evaluations: frozenset[str] = frozenset(),
     public_key: Ed25519PublicKey | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[AuditProblem]:
     """Every difference between the money tables and the ledger, at most `limit` of them. Lines
     citing a `suspect_evaluations` record (already reported as altered) are not compared with it.
-    With the ledger's public key, every money event must carry its signature."""
+    With the ledger's public key, every money event must carry its signature. `progress(lines
+    read)` every `_PROGRESS_EVERY` lines and once at their end.
+
+    Queries: a fixed number, each streamed; memory: the money events' batch snapshots and seal
+    roots (a few per batch), never the lines or their seals."""
     if limit <= 0:
         return []
     events = _read_events(connection, public_key)
     events.suspects = suspect_evaluations
+    events.progress = progress
     problems: list[AuditProblem] = list(events.unsigned)
     for check in (_check_seals, _check_lines, _check_batches, _check_exports):
-        for problem in check(connection, events):
-            problems.append(problem)
-            if len(problems) >= limit:
-                return problems
+        with closing(check(connection, events)) as found:  # closes its open cursor when stopping early
+            for problem in found:
+                problems.append(problem)
+                if len(problems) >= limit:
+                    return problems
     return problems
 
 
@@ -109,65 +120,97 @@ def _read_events(connection: Connection, public_key: Ed25519PublicKey | None) ->
     return events
 
 
-def _check_seals(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
-    """The seal rows of each event give its sealed root; no seal row belongs to no event."""
-    for seq, (batch_id, count, expected_root) in events.line_seals.items():
-        builder = RootBuilder()
-        rows = connection.execution_options(**_STREAM).execute(
-            select(
-                payout_line_seal.c.leaf_index,
-                payout_line_seal.c.line_id,
-                payout_line_seal.c.batch_id,
-                payout_line_seal.c.leaf,
-            )
-            .where(payout_line_seal.c.ledger_seq == seq)
-            .order_by(payout_line_seal.c.leaf_index)
-        )
-        misplaced = None
-        for index, line_id, seal_batch, leaf in rows:
+@dataclass
+class _SealedEvent:
+    """The seal rows of one ledger entry, as they stream by."""
+
+    seq: int
+    builder: RootBuilder = field(default_factory=RootBuilder)
+    misplaced: str | None = None
+    stray: int = 0  # rows claiming an entry that sealed no lines
+
+
+def _check_seals(connection: Connection, events: _Events) -> Generator[AuditProblem, None, None]:
+    """The seal rows of each event give its sealed root; no seal row belongs to no event. One
+    query over every seal row in (entry, position) order, whatever the number of events."""
+    query = select(
+        payout_line_seal.c.ledger_seq,
+        payout_line_seal.c.leaf_index,
+        payout_line_seal.c.line_id,
+        payout_line_seal.c.batch_id,
+        payout_line_seal.c.leaf,
+    ).order_by(payout_line_seal.c.ledger_seq, payout_line_seal.c.leaf_index)
+    with connection.execution_options(**_STREAM).execute(query) as rows:
+        sealed = sorted(events.line_seals)  # the events, in the rows' order
+        waiting = 0  # sealed[waiting:] not yet met among the rows
+        strays: list[_SealedEvent] = []  # reported after every event, as before streaming
+        current: _SealedEvent | None = None
+        for seq, index, line_id, seal_batch, leaf in rows:
+            if current is None or seq != current.seq:
+                if current is not None:
+                    yield from _close_seals(current, events, strays)
+                while waiting < len(sealed) and sealed[waiting] < seq:  # events none of whose rows remain
+                    yield from _close_seals(_SealedEvent(sealed[waiting]), events, strays)
+                    waiting += 1
+                if waiting < len(sealed) and sealed[waiting] == seq:
+                    waiting += 1
+                current = _SealedEvent(int(seq))
+            if seq not in events.line_seals:
+                current.stray += 1
+                continue
+            batch_id = events.line_seals[seq][0]
+            builder = current.builder
             # The row's own columns must say what its (sealed) leaf says: the verification of
             # lines looks seals up by them.
-            sealed = orjson.loads(leaf)
-            labelled = (line_id, seal_batch) == (sealed.get("grant_id"), sealed.get("batch_id"))
-            if (index != builder.count or seal_batch != batch_id or not labelled) and misplaced is None:
-                misplaced = f"position {index} ({line_id}) " + (
+            decoded = orjson.loads(leaf)
+            labelled = (line_id, seal_batch) == (decoded.get("grant_id"), decoded.get("batch_id"))
+            if (index != builder.count or seal_batch != batch_id or not labelled) and current.misplaced is None:
+                current.misplaced = f"position {index} ({line_id}) " + (
                     "is out of place" if labelled else "is labelled as another line than its leaf"
                 )
             builder.add(leaf.encode())
-        where = f"entry {seq}"
-        if builder.count != count:
-            fault = Fault.DELETED if builder.count < count else Fault.INSERTED
-            yield AuditProblem(
-                payout_line_seal.name,
-                where,
-                fault,
-                seq,
-                f"ledger entry {seq} sealed {count} line(s) of batch {batch_id}; {builder.count} seal row(s) remain",
-            )
-        elif misplaced is not None or builder.root().hex() != expected_root:
-            yield AuditProblem(
-                payout_line_seal.name,
-                where,
-                Fault.EDITED,
-                seq,
-                f"the seal rows of ledger entry {seq} (batch {batch_id}) no longer give its Merkle "
-                f"root{': ' + misplaced if misplaced else ''}",
-            )
-    stray = connection.execute(
-        select(payout_line_seal.c.ledger_seq, func.count()).group_by(payout_line_seal.c.ledger_seq)
-    )
-    for seq, number in stray:
-        if seq not in events.line_seals:
-            yield AuditProblem(
-                payout_line_seal.name,
-                f"entry {seq}",
-                Fault.INSERTED,
-                0,
-                f"{number} seal row(s) claim ledger entry {seq}, which sealed no lines",
-            )
+    if current is not None:
+        yield from _close_seals(current, events, strays)
+    for seq in sealed[waiting:]:
+        yield from _close_seals(_SealedEvent(seq), events, strays)
+    for stray in strays:
+        yield AuditProblem(
+            payout_line_seal.name,
+            f"entry {stray.seq}",
+            Fault.INSERTED,
+            0,
+            f"{stray.stray} seal row(s) claim ledger entry {stray.seq}, which sealed no lines",
+        )
 
 
-def _check_lines(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+def _close_seals(event: _SealedEvent, events: _Events, strays: list[_SealedEvent]) -> Iterator[AuditProblem]:
+    if event.stray:
+        strays.append(event)
+        return
+    seq, builder, misplaced = event.seq, event.builder, event.misplaced
+    batch_id, count, expected_root = events.line_seals[seq]
+    where = f"entry {seq}"
+    if builder.count != count:
+        fault = Fault.DELETED if builder.count < count else Fault.INSERTED
+        yield AuditProblem(
+            payout_line_seal.name,
+            where,
+            fault,
+            seq,
+            f"ledger entry {seq} sealed {count} line(s) of batch {batch_id}; {builder.count} seal row(s) remain",
+        )
+    elif misplaced is not None or builder.root().hex() != expected_root:
+        yield AuditProblem(
+            payout_line_seal.name,
+            where,
+            Fault.EDITED,
+            seq,
+            f"the seal rows of ledger entry {seq} (batch {batch_id}) no longer give its Merkle "
+            f"root{': ' + misplaced if misplaced else ''}",
+        )
+
+
+def _check_lines(connection: Connection, events: _Events) -> Generator[AuditProblem, None, None]:
     """Every line equals its newest seal and rests on the evaluation it cites; every sealed line
     exists."""
     newest = (
@@ -184,7 +227,11 @@ def _check_lines(connection: Connection, events: _Events) -> Iterator[AuditProbl
         .outerjoin(seal, and_(seal.c.line_id == newest.c.line_id, seal.c.ledger_seq == newest.c.seq))
         .outerjoin(decision, decision.c.evaluation_id == grant.c.evaluation_id)
     )
+    read = 0
     for row in connection.execution_options(**_STREAM).execute(query):
+        read += 1
+        if events.progress is not None and read % _PROGRESS_EVERY == 0:
+            events.progress(read)
         line = {column: row._mapping[column] for column in LINE_COLUMNS}  # not the joined columns
         line_id = str(line["grant_id"])
         if row.seq is None:
@@ -217,6 +264,8 @@ def _check_lines(connection: Connection, events: _Events) -> Iterator[AuditProbl
                 f"the line does not rest on its evaluation {line['evaluation_id']}: {unfounded} "
                 f"(sealed so by ledger entry {row.seq}: its batch was drafted from altered data)",
             )
+    if events.progress is not None:
+        events.progress(read)
     missing = (
         select(payout_line_seal.c.line_id, func.max(payout_line_seal.c.ledger_seq))
         .where(~select(grant.c.grant_id).where(grant.c.grant_id == payout_line_seal.c.line_id).exists())
@@ -260,7 +309,7 @@ def _unfounded(line: dict[str, Any], decision: dict[str, Any]) -> str:
     return "; ".join(wrong)
 
 
-def _check_batches(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+def _check_batches(connection: Connection, events: _Events) -> Generator[AuditProblem, None, None]:
     seen: set[str] = set()
     query = select(*(payout_batch.c[c] for c in SEALED_BATCH_COLUMNS)).order_by(payout_batch.c.batch_id)
     for row in connection.execution_options(**_STREAM).execute(query):
@@ -281,7 +330,7 @@ def _check_batches(connection: Connection, events: _Events) -> Iterator[AuditPro
             )
 
 
-def _check_exports(connection: Connection, events: _Events) -> Iterator[AuditProblem]:
+def _check_exports(connection: Connection, events: _Events) -> Generator[AuditProblem, None, None]:
     seen: set[str] = set()
     for row in connection.execution_options(stream_results=True, yield_per=1).execute(select(payout_export)):
         batch_id = str(row.batch_id)

@@ -281,6 +281,23 @@ def test_evaluations_are_recorded_and_audit_verify_locates_an_edit(
     assert out.startswith("INVALID (edited") and first in out
 
 
+def test_audit_verify_shows_its_progress_on_stderr_when_asked(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _first_evaluation(capsys, db_url, tmp_path)
+    assert main(["audit", "verify", "--db", db_url, "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("VALID: 1 entries checked")
+    # one bar per part, each up to its total; the verdict stays on stdout alone
+    for part in ("ledger entries: 100%", "evaluation records: 100%", "payout lines"):
+        assert part in captured.err, captured.err
+    assert "1/1" in captured.err and "VALID" not in captured.err
+    assert main(["audit", "verify", "--db", db_url, "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["audit", "verify", "--db", db_url]) == 0  # stderr is no terminal here: no bar
+    assert capsys.readouterr().err == ""
+
+
 def test_audit_prove_gives_an_evaluation_records_inclusion_proof(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

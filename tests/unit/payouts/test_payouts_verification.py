@@ -13,7 +13,7 @@ from enterprise_registry.importer import load_records
 from enterprise_registry.uscc import make
 from rules.loader import PolicySet
 from service.audit.records import Actor
-from service.payouts.batches import lines_of
+from service.payouts.batches import lines_of, withdraw
 from service.payouts.runner import create_batch
 from service.payouts.tables import create_payout_schema
 from service.payouts.verification import verify_payouts
@@ -96,3 +96,30 @@ def test_an_edited_line_is_named_without_its_account(
     assert [(p.table, p.row, p.fault) for p in problems] == [("grant_award", line_id, "edited")]
     assert column in problems[0].detail
     assert ACCOUNT not in str(problems) and "6222000000000000" not in str(problems) and "某某" not in str(problems)
+
+
+def test_the_queries_do_not_grow_with_the_money_events(batch_lines: tuple[Engine, list[dict[str, object]]]) -> None:
+    """The seal rows of every event are read in one streamed query, not one per event."""
+    from sqlalchemy import event
+
+    engine, lines = batch_lines
+
+    def queries() -> int:
+        count = [0]
+
+        def tick(*_: object) -> None:
+            count[0] += 1
+
+        event.listen(engine, "before_cursor_execute", tick)
+        try:
+            with engine.connect() as conn:
+                assert verify_payouts(conn) == []
+        finally:
+            event.remove(engine, "before_cursor_execute", tick)
+        return count[0]
+
+    one_event = queries()  # the DRAFT, sealing both lines
+    withdraw(
+        engine, str(lines[0]["batch_id"]), [str(lines[0]["grant_id"])], "账户变更", Actor("op", "finance_operator")
+    )
+    assert queries() == one_event  # a second event sealing a line
