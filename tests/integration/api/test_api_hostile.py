@@ -19,7 +19,16 @@ from benefits.v1 import (
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
-from testkit.api_fixtures import ROLES, Stubs, as_role, field_violations, rpc_error
+from testkit.api_fixtures import (
+    ROLES,
+    UNKNOWN,
+    Stubs,
+    as_role,
+    enterprise_record,
+    field_violations,
+    import_facts,
+    rpc_error,
+)
 
 from service.api.auth import METHOD_ROLES
 
@@ -139,3 +148,16 @@ def test_every_other_request_enum_refuses_an_undefined_number(stubs: Stubs, requ
     err = rpc_error(lambda: _call(stubs, method, request_))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert list(field_violations(err)) == [field]
+
+
+def test_import_facts_rejects_a_record_with_nul_by_index_and_field_and_keeps_the_good_one(stubs: Stubs) -> None:
+    """ImportFacts is a stream: it is not refused whole; the importer names the bad record (the
+    NUL arrives JSON-escaped, so only the record's own check can see it)."""
+    records = [enterprise_record(UNKNOWN, name="襄阳\x00有限公司"), enterprise_record(UNKNOWN)]
+    reply = import_facts(stubs, records, as_role("registry_feed"))
+    assert [(r.record_index, r.field) for r in reply.rejects] == [(1, "name")]
+    assert (reply.received_count, reply.stored_count) == (2, 1)
+    enterprise = stubs.registry.GetEnterprise(
+        registry_service_pb2.GetEnterpriseRequest(uscc=UNKNOWN), metadata=as_role("admin"), timeout=20
+    )
+    assert "\x00" not in enterprise.name
