@@ -85,6 +85,14 @@ def test_a_nul_in_any_string_field_is_invalid_argument_naming_it(stubs: Stubs, m
     assert field_violations(err) == {f"{field}[1]" if repeated else field: "must not contain a NUL character"}
 
 
+def test_a_hostile_request_without_a_token_is_unauthenticated_first(stubs: Stubs) -> None:
+    """The checks run inside the interceptor's admission: nothing about a request is judged for
+    a caller who is not known."""
+    request = audit_service_pb2.ListEvaluationsRequest(policy_id="\x00", outcome=cast(evaluation_pb2.Outcome, 99))
+    err = rpc_error(lambda: stubs.audit.ListEvaluations(request, timeout=20))
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_a_nul_in_a_return_reason_names_its_result(stubs: Stubs) -> None:
     """PostgreSQL text cannot hold NUL: before this check the write of the result failed there."""
     results = [
