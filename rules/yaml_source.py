@@ -17,7 +17,7 @@ Path = tuple[str | int, ...]
 # construct) a document by recursion, a few frames a level; policies nest under 10 deep.
 MAX_DEPTH = 64
 # Values built in all, aliases expanded: a few `&a [*b, *b, ...]` lines would otherwise expand
-# to billions ("billion laughs"). The largest shipped test file builds a few thousand.
+# to billions ("billion laughs"). The largest shipped test file builds under 2,000.
 MAX_VALUES = 200_000
 
 
