@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import cast
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from rules import ast
@@ -19,6 +19,15 @@ _GRAMMAR = Path(__file__).with_name("grammar.lark")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 FEN_PER_YUAN = 100
 FEN_PER_WAN_YUAN = 1_000_000
+# How deep a parse tree may nest (`not not ...`, `- - ...`, `a + b + ...`, each level of
+# parentheses around an operator): checked without recursion, before the tree is turned into
+# ours by recursion (a few frames a level; Python allows 1000). Twice the language's own bound,
+# `rules.definitions.MAX_DEPTH`, which is checked on our tree with every definition written out
+# and keeps the type checker, compiler and engine far from the limit.
+MAX_NESTING = 200
+# Longer expressions are refused before parsing: a policy's longest is a few hundred characters,
+# and parsing 100,000 tokens takes seconds even when nesting refuses them afterwards.
+MAX_EXPRESSION_LENGTH = 20_000
 
 
 @lru_cache(maxsize=1)
@@ -32,8 +41,18 @@ def parse_expression(
     """Parse one expression. `line`/`column` say where the text starts in its file, and
     `indent` how much indentation YAML removed from its continuation lines (block scalars),
     so that errors and node positions point into the policy file, not into the snippet."""
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        raise ExpressionSyntaxError(
+            file, line, f"longer than {MAX_EXPRESSION_LENGTH} characters ({len(text)})", column=column
+        )
     try:
         tree = _parser().parse(text)
+        deep = _too_deep(tree)
+        if deep is not None:  # before any recursion over the tree
+            err_line, err_col = _shift(deep.meta.line, deep.meta.column, line, column, indent)
+            raise ExpressionSyntaxError(
+                file, err_line, f"nested more than {MAX_NESTING} operators deep", column=err_col
+            )
         return _ToAst(line, column, indent).transform(tree)  # type: ignore[no-any-return]
     except UnexpectedInput as exc:
         err_line, err_col = _shift(exc.line, exc.column, line, column, indent)
@@ -56,6 +75,17 @@ def parse_literal(text: str, *, file: str = "<parameter>", line: int = 1) -> ast
     if not isinstance(node, ast.Literal):
         raise ExpressionSyntaxError(file, line, f"expected a constant value, got {text!r}")
     return node
+
+
+def _too_deep(tree: Tree[Token]) -> Tree[Token] | None:
+    """The first node nested deeper than MAX_NESTING, found without recursion."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return node
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+    return None
 
 
 def _shift(err_line: int, err_col: int, line: int, column: int, indent: int = 0) -> tuple[int, int]:
@@ -104,7 +134,11 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
 
     # literals
     def int_lit(self, meta: object, children: list[Token]) -> ast.Literal:
-        return ast.Literal(int(children[0]), self._p(meta))
+        try:
+            value = int(children[0])
+        except ValueError:  # Python converts at most 4300 digits
+            raise self._fail(f"a number of {len(children[0])} digits is too long", children[0]) from None
+        return ast.Literal(value, self._p(meta))
 
     def dec_lit(self, meta: object, children: list[Token]) -> ast.Literal:
         return ast.Literal(Decimal(str(children[0])), self._p(meta))

@@ -536,6 +536,8 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             if value and (len(value) > 100 or not value.isprintable()):
                 violations.append((field, "at most 100 printable characters"))
         _raise_if(violations)
+        # UNSPECIFIED (0): every outcome; a number Outcome does not define never gets here
+        # (service.api.requests refuses it, naming `outcome`)
         outcome: str = enums.OUTCOMES.from_proto.get(request.outcome, "")
         query = f"evaluations:{request.uscc}:{request.policy_id}:{request.period}:{request.batch_id}:{outcome}"
         offset, limit = page_bounds(request.page_size, request.page_token, query, default=100, maximum=1000)
