@@ -41,7 +41,7 @@ def _small(facts: FactsDocument) -> FactsDocument:
 
 
 def test_the_huge_premium_makes_evaluate_raise_overflow(policy: LoadedPolicy) -> None:
-    """What the xfail below relies on: the reference evaluator refuses this amount."""
+    """What the replay tests below rely on: the reference evaluator refuses this amount."""
     with pytest.raises(OverflowError, match="beyond int64"):
         evaluate(policy.compiled(2025), _small(document(HUGE_PREMIUM)), today=TODAY)
 

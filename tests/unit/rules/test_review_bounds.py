@@ -22,12 +22,6 @@ LONG_CHAIN = 600
 
 
 # --- bounds that a policy gets past ---------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules/parser.py parse_expression: lark's Transformer recurses once per level of the parse "
-    "tree, so a flat chain of ~500 operators (a + 1 + 1 ..., not not ..., - - ...) raises "
-    "RecursionError while parsing, before resolve() can refuse it with file and line",
-)
 @pytest.mark.parametrize(
     "condition",
     [
@@ -44,11 +38,6 @@ def test_a_long_operator_chain_is_refused_with_its_line_not_a_recursion_error(tm
     assert info.value.line == position_of(text, condition[:20])[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules/parser.py: the same RecursionError for a definition's expression; load_definitions "
-    "parses every definition before any bound is checked",
-)
 def test_a_long_operator_chain_in_a_definition_is_refused_with_its_line(tmp_path: Path) -> None:
     chain = "si.layoffs" + " + 1" * LONG_CHAIN
     text = policy_yaml(["total >= 1"], definitions={"total": chain})
@@ -84,7 +73,7 @@ def test_nested_conditionals_are_refused_at_load_before_the_engine_form_grows(tm
 
 
 def test_nested_conditionals_are_within_the_written_out_bounds() -> None:
-    """What the xfail above relies on: these expressions are small by the bounds' own measure."""
+    """The nested conditionals above are small by the bounds' own measure: the engine form is what grows."""
     text = nested_conditionals(18)
     assert text.count("if ") == 18 and len(text) < 1000
 
