@@ -29,7 +29,6 @@ import resource
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -105,25 +104,12 @@ def policies_in_force(period: int) -> list[str]:
 # The server, in its own process.
 class ServerProcess:
     def __init__(self, db_url: str, auth_file: Path, workers: int) -> None:
+        from service.serve_command import serve_command
+
         self.log_path = CACHE / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "serve",
-                "--db",
-                db_url,
-                "--rules",
-                str(RULES_DIR),
-                "--auth-file",
-                str(auth_file),
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                str(workers),
-            ],
+            serve_command(db_url, RULES_DIR, auth_file, "--listen", "127.0.0.1:0", "--workers", str(workers)),
             cwd=REPO_ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from service.serve_command import serve_command
 from testkit.paths import REPO_ROOT, RULES_DIR
 
 STARTUP_SECONDS = 60.0
@@ -60,21 +60,7 @@ class ServerProcess:
 def server_process(db_url: str, auth_file: Path, log_file: Path, *extra: str) -> Iterator[tuple[ServerProcess, int]]:
     """Start `benefits serve` on a free loopback port; yields the child and its port, and kills
     it afterwards if it is still running."""
-    command = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        "--db",
-        db_url,
-        "--rules",
-        str(RULES_DIR),
-        "--auth-file",
-        str(auth_file),
-        "--listen",
-        "127.0.0.1:0",
-        *extra,
-    ]
+    command = serve_command(db_url, RULES_DIR, auth_file, "--listen", "127.0.0.1:0", *extra)
     with (
         open(log_file, "a", encoding="utf-8") as log,
         subprocess.Popen(

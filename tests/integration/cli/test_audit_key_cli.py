@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from testkit.paths import REPO_ROOT, RULES_DIR
 
 from service.audit import checkpoints
 from service.cli import main
+from service.serve_command import serve_command
 
 
 def test_keygen_makes_a_private_key_0600_and_the_public_key_beside(
@@ -45,24 +45,17 @@ def test_keygen_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_serve_refuses_a_missing_ledger_key_and_makes_none(tmp_path: Path) -> None:
     key = tmp_path / "ledger-key.pem"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--db",
+        serve_command(
             f"sqlite:///{tmp_path / 'never.db'}",
-            "--rules",
-            str(RULES_DIR),
-            "--auth-file",
-            str(tmp_path / "auth.yaml"),
+            RULES_DIR,
+            tmp_path / "auth.yaml",
             "--listen",
             "127.0.0.1:0",
             "--ledger-key",
             str(key),
             "--checkpoints",
             str(tmp_path / "checkpoints.jsonl"),
-        ],
+        ),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from testkit.tls_material import TlsFiles, make_tls_files
 from service.cli import main
 from service.config import ServeConfig
 from service.errors import ServerStartError, TlsConfigError
+from service.serve_command import serve_command
 from service.server import RunningServer, create_server
 from service.tls import Endpoint, client_tls, is_loopback, open_channel
 
@@ -325,19 +325,7 @@ def test_a_port_in_use_is_said_not_a_traceback(tmp_path: Path) -> None:
 # The real command in a process.
 def _serve_process(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--db",
-            f"sqlite:///{tmp_path / 'never.db'}",
-            "--rules",
-            str(RULES_DIR),
-            "--auth-file",
-            str(tmp_path / "auth.yaml"),
-            *extra,
-        ],
+        serve_command(f"sqlite:///{tmp_path / 'never.db'}", RULES_DIR, tmp_path / "auth.yaml", *extra),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
