@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from testkit.api_fixtures import A, enterprise_record, load_registry, si_record
+from testkit.cli_commands import evaluate_command
 from testkit.paths import REPO_ROOT, RULES_DIR
 
 from service.audit import checkpoints
@@ -75,25 +76,7 @@ def test_verify_with_the_public_key_checks_the_checkpoints(tmp_path: Path, capsy
     load_registry(db, [enterprise_record(A), si_record(A)])
     key_file, checkpoint_file = tmp_path / "ledger-key.pem", tmp_path / "checkpoints.jsonl"
     key = checkpoints.generate_key(key_file)
-    assert (
-        main(
-            [
-                "evaluate",
-                "--db",
-                db,
-                "--uscc",
-                A,
-                "--policy",
-                "stable-jobs-refund",
-                "--period",
-                "2025",
-                "--as-of",
-                "2026-03-31",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert main(evaluate_command(db, A)) == 0
     capsys.readouterr()
     verify = ["audit", "verify", "--db", db, "--checkpoints", str(checkpoint_file)]
     public = ["--public-key", str(checkpoints.public_key_path(key_file))]
@@ -115,25 +98,7 @@ def test_verify_with_the_public_key_checks_the_checkpoints(tmp_path: Path, capsy
     capsys.readouterr()
 
     # another evaluation date: a new record (the same one would be answered from its record)
-    assert (
-        main(
-            [
-                "evaluate",
-                "--db",
-                db,
-                "--uscc",
-                A,
-                "--policy",
-                "stable-jobs-refund",
-                "--period",
-                "2025",
-                "--as-of",
-                "2026-04-01",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert main(evaluate_command(db, A, as_of="2026-04-01")) == 0
     capsys.readouterr()
     assert main([*verify, *public]) == 0
     assert "1 entries after the newest checkpoint are not yet covered" in capsys.readouterr().out

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from benefits.v1 import audit_service_pb2
 from testkit.api_fixtures import A, Stubs, as_role, enterprise_record, load_registry, serving, si_record
+from testkit.cli_commands import evaluate_command
 from testkit.database_backups import backed_up, create_every_table
 
 from enterprise_registry.db import make_engine
@@ -20,25 +21,7 @@ from service.cli import main
 
 def _evaluate(db_url: str, as_of: str) -> None:
     # Another evaluation date: another record, sealed in another ledger entry.
-    assert (
-        main(
-            [
-                "evaluate",
-                "--db",
-                db_url,
-                "--uscc",
-                A,
-                "--policy",
-                "stable-jobs-refund",
-                "--period",
-                "2025",
-                "--as-of",
-                as_of,
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert main(evaluate_command(db_url, A, as_of=as_of)) == 0
 
 
 def _checkpoint(db_url: str, key_file: Path, checkpoint_file: Path) -> checkpoints.Checkpoint:

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 from testkit.api_fixtures import enterprise_record as _enterprise
 from testkit.api_fixtures import si_record
+from testkit.cli_commands import evaluate_command
 from testkit.paths import POLICIES_DIR
 
 from enterprise_registry.clock import Clock
@@ -56,22 +57,7 @@ def _write(path: Path, records: list[dict[str, object]]) -> Path:
 def _evaluate(
     capsys: pytest.CaptureFixture[str], db_url: str, uscc: str, policy: str, period: int = 2025
 ) -> dict[str, Any]:
-    code = main(
-        [
-            "evaluate",
-            "--db",
-            db_url,
-            "--uscc",
-            uscc,
-            "--policy",
-            policy,
-            "--period",
-            str(period),
-            "--as-of",
-            "2026-03-31",
-            "--json",
-        ]
-    )
+    code = main(evaluate_command(db_url, uscc, policy, period=period))
     out = capsys.readouterr().out
     assert code == 0, out
     evaluation: dict[str, Any] = json.loads(out)  # the JSON document `evaluate --json` prints
@@ -240,25 +226,7 @@ def test_evaluations_are_recorded_and_audit_verify_locates_an_edit(
     first = _first_evaluation(capsys, db_url, tmp_path)
     # The same decision (rule text, facts, evaluation date) again: answered from its record.
     assert _evaluate(capsys, db_url, A, "stable-jobs-refund")["evaluation_id"] == first
-    assert (
-        main(
-            [
-                "evaluate",
-                "--db",
-                db_url,
-                "--uscc",
-                A,
-                "--policy",
-                "stable-jobs-refund",
-                "--period",
-                "2025",
-                "--as-of",
-                "2026-04-01",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert main(evaluate_command(db_url, A, as_of="2026-04-01")) == 0
     # Another evaluation date is another decision: recorded anew.
     assert json.loads(capsys.readouterr().out)["evaluation_id"] != first
     assert main(["audit", "verify", "--db", db_url]) == 0
