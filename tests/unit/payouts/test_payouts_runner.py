@@ -254,6 +254,22 @@ def _row(engine: Engine, batch_id: str) -> Row[Any]:
         return conn.execute(select(payout_batch).where(payout_batch.c.batch_id == batch_id)).one()
 
 
+def _create(
+    registry: Engine, policies: PolicySet, policy_id: str, request_id: str, settings: RunSettings = SETTINGS
+) -> Batch:
+    """One batch of PERIOD run to DRAFT by the operator today."""
+    return create_batch(
+        registry,
+        policies,
+        policy_id=policy_id,
+        period=PERIOD,
+        request_id=request_id,
+        actor=OPERATOR,
+        today=TODAY,
+        settings=settings,
+    )
+
+
 def _grants(engine: Engine, batch_id: str) -> dict[str, dict[str, Any]]:
     with engine.connect() as conn:
         lines = lines_of(conn, batch_id)
@@ -524,16 +540,7 @@ def test_a_second_request_waits_for_the_running_batch_and_then_grants_nobody_twi
     assert _run(registry, policies, running.batch_id) is True
     _assert_complete(registry, running.batch_id, expected)
 
-    again = create_batch(
-        registry,
-        policies,
-        policy_id=GIANT,
-        period=PERIOD,
-        request_id="req-2",
-        actor=OPERATOR,
-        today=TODAY,
-        settings=SETTINGS,
-    )
+    again = _create(registry, policies, GIANT, "req-2")
     assert (again.state, again.line_count, again.total_fen) == ("DRAFT", 0, 0)
     assert again.evaluated_count == ENTERPRISES
     assert sorted(g["uscc"] for g in _all_grants_of(registry, GIANT)) == sorted(expected)
@@ -547,16 +554,7 @@ def test_a_higher_award_after_a_lower_one_pays_the_difference_and_names_the_earl
     registry: Engine, policies: PolicySet
 ) -> None:
     late_champion = _of_profile("giant")[0]
-    giant = create_batch(
-        registry,
-        policies,
-        policy_id=GIANT,
-        period=PERIOD,
-        request_id="req-giant",
-        actor=OPERATOR,
-        today=TODAY,
-        settings=SETTINGS,
-    )
+    giant = _create(registry, policies, GIANT, "req-giant")
     earlier = _grants(registry, giant.batch_id)[late_champion]
     assert earlier["amount_fen"] == GIANT_FEN
 
@@ -564,16 +562,7 @@ def test_a_higher_award_after_a_lower_one_pays_the_difference_and_names_the_earl
     load_records(
         [_title(late_champion, "single_champion", "SC-late", granted_on="2025-11-28", as_of="2026-01-15")], registry
     )
-    champion = create_batch(
-        registry,
-        policies,
-        policy_id=CHAMPION,
-        period=PERIOD,
-        request_id="req-champion",
-        actor=OPERATOR,
-        today=TODAY,
-        settings=SETTINGS,
-    )
+    champion = _create(registry, policies, CHAMPION, "req-champion")
 
     lines = _grants(registry, champion.batch_id)
     top_up = lines[late_champion]
@@ -587,16 +576,7 @@ def test_a_higher_award_after_a_lower_one_pays_the_difference_and_names_the_earl
 
 def test_a_lower_award_after_a_higher_one_pays_nothing(registry: Engine, policies: PolicySet) -> None:
     former_champion = _of_profile("champion")[0]
-    champion = create_batch(
-        registry,
-        policies,
-        policy_id=CHAMPION,
-        period=PERIOD,
-        request_id="req-champion",
-        actor=OPERATOR,
-        today=TODAY,
-        settings=SETTINGS,
-    )
+    champion = _create(registry, policies, CHAMPION, "req-champion")
     assert _amounts(registry, champion.batch_id)[former_champion] == CHAMPION_FEN
 
     # Later the champion title is corrected to provincial and a 小巨人 title of the year arrives:
@@ -613,16 +593,7 @@ def test_a_lower_award_after_a_higher_one_pays_nothing(registry: Engine, policie
     assert _award(policies.get(GIANT), source, former_champion) == GIANT_FEN
     assert _award(policies.get(CHAMPION), source, former_champion) is None
 
-    giant = create_batch(
-        registry,
-        policies,
-        policy_id=GIANT,
-        period=PERIOD,
-        request_id="req-giant",
-        actor=OPERATOR,
-        today=TODAY,
-        settings=SETTINGS,
-    )
+    giant = _create(registry, policies, GIANT, "req-giant")
     assert former_champion in _candidate_usccs(registry, giant.batch_id)
     assert _amounts(registry, giant.batch_id) == {u: GIANT_FEN for u in _of_profile("giant")}
     assert [g["amount_fen"] for g in _all_grants_of(registry, GIANT) if g["uscc"] == former_champion] == []
@@ -674,16 +645,7 @@ def test_lines_are_pro_rated_to_the_budget_by_largest_remainder(registry: Engine
     assert len(set(full.values())) == 3 and sum(full.values()) > BUDGET_FEN
     assert all(fen % AWARD_PER_TITLE == 0 for fen in full.values())
 
-    batch = create_batch(
-        registry,
-        budgeted,
-        policy_id=CHAMPION,
-        period=PERIOD,
-        request_id="req-budget",
-        actor=OPERATOR,
-        today=TODAY,
-        settings=SETTINGS,
-    )
+    batch = _create(registry, budgeted, CHAMPION, "req-budget")
 
     lines = _grants(registry, batch.batch_id)
     assert {u: line["full_fen"] for u, line in lines.items()} == full
@@ -697,31 +659,13 @@ def test_lines_are_pro_rated_to_the_budget_by_largest_remainder(registry: Engine
 
 def test_a_later_batch_of_the_period_spends_only_what_is_left_of_the_budget(registry: Engine, tmp_path: Path) -> None:
     budgeted = _budgeted_champion(tmp_path)
-    first = create_batch(
-        registry,
-        budgeted,
-        policy_id=CHAMPION,
-        period=PERIOD,
-        request_id="req-budget-1",
-        actor=OPERATOR,
-        today=TODAY,
-        settings=SETTINGS,
-    )
+    first = _create(registry, budgeted, CHAMPION, "req-budget-1")
     assert first.total_fen == BUDGET_FEN, "the first batch spent the whole budget"
 
     # A champion title of the year arrives late; the next batch picks up whoever the first did not pay.
     newcomer = _of_profile("none")[0]
     load_records([_title(newcomer, "single_champion", "SC-newcomer", as_of="2026-01-15")], registry)
-    create_batch(
-        registry,
-        budgeted,
-        policy_id=CHAMPION,
-        period=PERIOD,
-        request_id="req-budget-2",
-        actor=OPERATOR,
-        today=TODAY,
-        settings=SETTINGS,
-    )
+    _create(registry, budgeted, CHAMPION, "req-budget-2")
     granted = sum(g["amount_fen"] for g in _all_grants_of(registry, CHAMPION))
     assert granted <= BUDGET_FEN, f"the period's budget is {BUDGET_FEN} fen, its grants add up to {granted}"
 
@@ -801,16 +745,7 @@ def test_an_enterprise_that_cannot_be_evaluated_is_counted_and_paid_by_a_later_b
     victim = _of_profile("giant")[2]
     _fail_evaluations_of(monkeypatch, victim)
 
-    first = create_batch(
-        registry,
-        policies,
-        policy_id=GIANT,
-        period=PERIOD,
-        request_id="req-error-1",
-        actor=OPERATOR,
-        today=TODAY,
-        settings=settings,
-    )
+    first = _create(registry, policies, GIANT, "req-error-1", settings=settings)
     assert first.state == "DRAFT"
     assert (first.error_count, first.eligible_count) == (1, len(eligible_alone) - 1)  # before stacking
     assert first.eligible_fen == sum(eligible_alone.values()) - GIANT_FEN
@@ -826,16 +761,7 @@ def test_an_enterprise_that_cannot_be_evaluated_is_counted_and_paid_by_a_later_b
     _assert_audit_intact(registry)
 
     monkeypatch.undo()
-    second = create_batch(
-        registry,
-        policies,
-        policy_id=GIANT,
-        period=PERIOD,
-        request_id="req-error-2",
-        actor=OPERATOR,
-        today=TODAY,
-        settings=settings,
-    )
+    second = _create(registry, policies, GIANT, "req-error-2", settings=settings)
     assert (second.state, second.error_count) == ("DRAFT", 0)
     assert _amounts(registry, second.batch_id) == {victim: GIANT_FEN}
     assert sorted(g["uscc"] for g in _all_grants_of(registry, GIANT)) == sorted(expected)
