@@ -51,7 +51,7 @@ from service.catalogue import CATALOGUE
 from service.evaluation import chunks
 from service.facts_documents import DocumentSource, build_document
 from service.payouts import partitions, runner, seals
-from service.payouts.batches import create_payout_schema, get_batch, lines_of, start_batch
+from service.payouts.batches import Batch, create_payout_schema, get_batch, lines_of, start_batch
 from service.payouts.partitions import (
     ChunkEvaluator,
     ChunkOutcome,
@@ -213,6 +213,21 @@ def _paid(engine: Engine, batch_id: str) -> dict[str, int]:
         return {line["uscc"]: line["amount_fen"] for line in lines_of(conn, batch_id)}
 
 
+def _together(
+    engine: Engine, policies: PolicySet, policy_ids: Sequence[str], settings: RunSettings, prefix: str = "req"
+) -> list[Batch]:
+    """The policies' batches of PERIOD created and run together (the counterpart of `_one_by_one`)."""
+    return create_batches(
+        engine,
+        policies,
+        [(p, f"{prefix}-{p}-{PERIOD}") for p in policy_ids],
+        period=PERIOD,
+        actor=OPERATOR,
+        today=TODAY,
+        settings=settings,
+    )
+
+
 def _one_by_one(
     engine: Engine,
     policies: PolicySet,
@@ -307,15 +322,7 @@ def test_a_periods_six_batches_together_in_tiny_chunks_and_pages_equal_one_by_on
 
     joint = databases()
     settings = RunSettings(chunk_size=CHUNK, partitions=partition_count)
-    made = create_batches(
-        joint,
-        policies,
-        [(p, f"req-{p}-{PERIOD}") for p in wanted],
-        period=PERIOD,
-        actor=OPERATOR,
-        today=TODAY,
-        settings=settings,
-    )
+    made = _together(joint, policies, wanted, settings)
     assert {batch.policy_id: _outcome(joint, batch.batch_id) for batch in made} == expected
     # 就高不重复 by hand: an enterprise holding both titles is paid the champion's award, once.
     by_policy = {batch.policy_id: _paid(joint, batch.batch_id) for batch in made}
@@ -347,15 +354,7 @@ def test_a_second_round_run_together_tops_up_and_skips_the_granted_as_one_by_one
         if mode == "one-by-one":
             outcomes.append(_one_by_one(engine, policies, wanted, settings, prefix="r2"))
         else:
-            made = create_batches(
-                engine,
-                policies,
-                [(p, f"r2-{p}-{PERIOD}") for p in wanted],
-                period=PERIOD,
-                actor=OPERATOR,
-                today=TODAY,
-                settings=settings,
-            )
+            made = _together(engine, policies, wanted, settings, prefix="r2")
             outcomes.append({batch.policy_id: _outcome(engine, batch.batch_id) for batch in made})
         # By hand: champions who were paid as giants get the difference, as a top-up.
         champions = outcomes[-1][CHAMPION][7]
@@ -866,15 +865,7 @@ def test_an_engine_disagreement_on_a_rival_counts_the_same_errors_together_as_on
     assert {p: o[4] for p, o in expected.items()} == {p: int(p in (GIANT, CHAMPION)) for p in wanted}
     assert victim not in expected[GIANT][7] and victim not in expected[CHAMPION][7]
     joint = databases()
-    made = create_batches(
-        joint,
-        policies,
-        [(p, f"req-{p}-{PERIOD}") for p in wanted],
-        period=PERIOD,
-        actor=OPERATOR,
-        today=TODAY,
-        settings=settings,
-    )
+    made = _together(joint, policies, wanted, settings)
     assert {batch.policy_id: _outcome(joint, batch.batch_id) for batch in made} == expected
 
 
@@ -930,15 +921,7 @@ def test_standing_grants_of_a_chunk_are_its_enterprises_grants_and_no_others_of_
     enterprises outside the chunk (not in it, or not registered at all) must not be returned,
     and every grant of the chunk's enterprises must."""
     engine = databases()
-    made = create_batches(
-        engine,
-        policies,
-        [(p, f"req-{p}-{PERIOD}") for p in _in_force(policies)],
-        period=PERIOD,
-        actor=OPERATOR,
-        today=TODAY,
-        settings=RunSettings(chunk_size=50),
-    )
+    made = _together(engine, policies, _in_force(policies), RunSettings(chunk_size=50))
     assert all(b.state == "DRAFT" for b in made)
     registered = _registered(engine)
     with engine.begin() as conn:
