@@ -125,6 +125,25 @@ def si_record(uscc: str, **overrides: object) -> dict[str, object]:
     return record
 
 
+def tax_record(uscc: str, **overrides: object) -> dict[str, object]:
+    record: dict[str, object] = {
+        "kind": "tax_year",
+        "uscc": uscc,
+        "source": "tax",
+        "as_of": "2025-05-31",
+        "year": 2024,
+        "employees": 86,
+        "revenue_fen": 4523678915,
+        "main_business_revenue_fen": 4312000000,
+        "total_assets_fen": 3900000000,
+        "tax_paid_fen": 123456789,
+        "rd_expense_fen": 98765432,
+        "credit_rating": "A",
+    }
+    record.update(overrides)
+    return record
+
+
 def registry_records() -> list[dict[str, object]]:
     return [
         enterprise_record(A),

@@ -21,6 +21,7 @@ from testkit.api_fixtures import (
     rpc_error,
     serving,
     si_record,
+    tax_record,
 )
 
 from enterprise_registry.clock import Clock
@@ -69,25 +70,6 @@ def feed_stubs(feeds_server: RunningServer) -> Iterator[Stubs]:
 @pytest.fixture(autouse=True)
 def evening(clock: SettableClock) -> None:
     clock.instant = EVENING_UTC
-
-
-def tax_record(uscc: str, **overrides: object) -> dict[str, object]:
-    record: dict[str, object] = {
-        "kind": "tax_year",
-        "uscc": uscc,
-        "source": "tax",
-        "as_of": "2025-05-31",
-        "year": 2024,
-        "employees": 86,
-        "revenue_fen": 4523678915,
-        "main_business_revenue_fen": 4312000000,
-        "total_assets_fen": 3900000000,
-        "tax_paid_fen": 123456789,
-        "rd_expense_fen": 98765432,
-        "credit_rating": "A",
-    }
-    record.update(overrides)
-    return record
 
 
 def _kinds(stubs: Stubs, uscc: str) -> list[str]:

@@ -23,7 +23,16 @@ import pytest
 from benefits.v1 import payout_service_pb2 as pb
 from benefits.v1 import registry_service_pb2
 from sqlalchemy import update
-from testkit.api_fixtures import TAX_FEED_TOKEN, TOKENS, Stubs, as_role, bearer, load_registry, write_auth_file
+from testkit.api_fixtures import (
+    TAX_FEED_TOKEN,
+    TOKENS,
+    Stubs,
+    as_role,
+    bearer,
+    load_registry,
+    tax_record,
+    write_auth_file,
+)
 from testkit.grpc_stubs import debuggable
 from testkit.money_fixtures import GIANT, Money, enterprise, pain002, title, uscc, write_payers
 from testkit.server_process import server_process
@@ -40,27 +49,10 @@ TAX_PAID_FEN = 736251849302
 SECRET_TOKEN = "unknown-secret-token-9b2d7e4c10"
 
 
-def _tax(code: str) -> dict[str, object]:
-    return {
-        "kind": "tax_year",
-        "uscc": code,
-        "source": "tax",
-        "as_of": "2025-05-31",
-        "year": 2024,
-        "employees": 86,
-        "revenue_fen": 4523678915,
-        "main_business_revenue_fen": 4312000000,
-        "total_assets_fen": 3900000000,
-        "tax_paid_fen": TAX_PAID_FEN,
-        "rd_expense_fen": 98765432,
-        "credit_rating": "A",
-    }
-
-
 def _records() -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for code, account in zip(E, ACCOUNTS):
-        out += [enterprise(code, account), title(code, 2025), _tax(code)]
+        out += [enterprise(code, account), title(code, 2025), tax_record(code, tax_paid_fen=TAX_PAID_FEN)]
     return out
 
 

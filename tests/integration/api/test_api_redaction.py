@@ -22,6 +22,7 @@ from testkit.api_fixtures import (
     import_facts,
     load_registry,
     rpc_error,
+    tax_record,
     write_auth_file,
 )
 from testkit.grpc_stubs import debuggable
@@ -35,23 +36,6 @@ TAX_PAID_FEN = 918273645546  # recognisable tax figure
 SECRET_TOKEN = "unknown-secret-token-7f3a9c2e51"
 FIRST, SECOND = make("91420600MA4K70001"), make("91420600MA4K70002")
 REFERENCE = re.compile(r"^internal error \(reference ([0-9a-f]{12})\)$")
-
-
-def tax_record(uscc: str) -> dict[str, object]:
-    return {
-        "kind": "tax_year",
-        "uscc": uscc,
-        "source": "tax",
-        "as_of": "2025-05-31",
-        "year": 2024,
-        "employees": 86,
-        "revenue_fen": 4523678915,
-        "main_business_revenue_fen": 4312000000,
-        "total_assets_fen": 3900000000,
-        "tax_paid_fen": TAX_PAID_FEN,
-        "rd_expense_fen": 98765432,
-        "credit_rating": "A",
-    }
 
 
 def _reply(err: grpc.RpcError) -> str:
@@ -86,13 +70,15 @@ def test_no_account_tax_figure_or_token_in_the_log_or_the_errors(db_url: str, tm
         stubs = Stubs.connect(port)
         try:
             first = import_facts(
-                stubs, [enterprise_record(FIRST, bank_account=account), tax_record(FIRST)], as_role("registry_feed")
+                stubs,
+                [enterprise_record(FIRST, bank_account=account), tax_record(FIRST, tax_paid_fen=TAX_PAID_FEN)],
+                as_role("registry_feed"),
             )
             assert (first.stored_count, list(first.rejects)) == (2, [])
             references = []
             for records, token in (
                 ([enterprise_record(SECOND, bank_account=account)], TOKENS["registry_feed"]),
-                ([tax_record(SECOND)], TAX_FEED_TOKEN),
+                ([tax_record(SECOND, tax_paid_fen=TAX_PAID_FEN)], TAX_FEED_TOKEN),
             ):
                 err = rpc_error(partial(import_facts, stubs, records, bearer(token)))
                 references.append(_internal_reference(err))
