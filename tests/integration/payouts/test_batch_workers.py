@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from testkit.api_fixtures import database_factory
 from testkit.databases import BACKENDS
+from testkit.payout_runs import batch_counts, create_together_or_one_by_one
 
 from enterprise_registry.synthetic import generate
 from service.audit.records import Actor, evaluation_record, verify_records
@@ -96,17 +97,7 @@ def _outcome(engine: Engine, batch_id: str) -> Outcome:
         )
         assert verify_records(conn) == []
         assert verify_payouts(conn) == []
-    return (
-        batch.state,
-        batch.evaluated_count,
-        batch.eligible_count,
-        batch.eligible_fen,
-        batch.error_count,
-        batch.line_count,
-        batch.total_fen,
-        lines,
-        decisions,
-    )
+    return (*batch_counts(batch), lines, decisions)
 
 
 def _partitions(engine: Engine, batch_id: str) -> list[tuple[str, str | None, int]]:
@@ -166,37 +157,26 @@ def _in_force() -> list[str]:
     return [p.id for p in load_policies() if p.covers(PERIOD)]
 
 
-def _one_by_one(engine: Engine, settings: RunSettings) -> dict[str, Outcome]:
-    policies = load_policies()
-    return {
-        policy_id: _outcome(
-            engine,
-            create_batch(
-                engine,
-                policies,
-                policy_id=policy_id,
-                period=PERIOD,
-                request_id=f"req-{policy_id}",
-                actor=OPERATOR,
-                today=TODAY,
-                settings=settings,
-            ).batch_id,
-        )
-        for policy_id in _in_force()
-    }
-
-
-def _together(engine: Engine, settings: RunSettings) -> dict[str, Outcome]:
-    made = create_batches(
+def _outcomes(engine: Engine, settings: RunSettings, *, together: bool) -> dict[str, Outcome]:
+    made = create_together_or_one_by_one(
         engine,
         load_policies(),
         [(p, f"req-{p}") for p in _in_force()],
+        together=together,
         period=PERIOD,
         actor=OPERATOR,
         today=TODAY,
         settings=settings,
     )
     return {batch.policy_id: _outcome(engine, batch.batch_id) for batch in made}
+
+
+def _one_by_one(engine: Engine, settings: RunSettings) -> dict[str, Outcome]:
+    return _outcomes(engine, settings, together=False)
+
+
+def _together(engine: Engine, settings: RunSettings) -> dict[str, Outcome]:
+    return _outcomes(engine, settings, together=True)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

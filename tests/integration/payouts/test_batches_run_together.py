@@ -38,6 +38,7 @@ from testkit.api_fixtures import database_factory
 from testkit.databases import BACKENDS
 from testkit.money_fixtures import BUDGET_POLICY, budget_policies
 from testkit.paths import POLICIES_DIR
+from testkit.payout_runs import batch_counts, create_together_or_one_by_one
 
 from enterprise_registry.importer import load_records
 from enterprise_registry.models import Enterprise
@@ -67,7 +68,6 @@ from service.payouts.runner import (
     RunSettings,
     claim,
     create_batch,
-    create_batches,
     run_batch,
     run_batches,
 )
@@ -195,17 +195,7 @@ def _outcome(engine: Engine, batch_id: str) -> BatchRun:
         assert verify_payouts(conn) == []
         verdict = verify_audit_log(conn)
         assert verdict.valid, (verdict.fault, verdict.detail)
-    return (
-        batch.state,
-        batch.evaluated_count,
-        batch.eligible_count,
-        batch.eligible_fen,
-        batch.error_count,
-        batch.line_count,
-        batch.total_fen,
-        lines,
-        decided,
-    )
+    return (*batch_counts(batch), lines, decided)
 
 
 def _paid(engine: Engine, batch_id: str) -> dict[str, int]:
@@ -214,14 +204,21 @@ def _paid(engine: Engine, batch_id: str) -> dict[str, int]:
 
 
 def _together(
-    engine: Engine, policies: PolicySet, policy_ids: Sequence[str], settings: RunSettings, prefix: str = "req"
+    engine: Engine,
+    policies: PolicySet,
+    policy_ids: Sequence[str],
+    settings: RunSettings,
+    prefix: str = "req",
+    period: int = PERIOD,
+    together: bool = True,
 ) -> list[Batch]:
-    """The policies' batches of PERIOD created and run together (the counterpart of `_one_by_one`)."""
-    return create_batches(
+    """The policies' batches of `period` created and run together, or (`together=False`) one by one."""
+    return create_together_or_one_by_one(
         engine,
         policies,
-        [(p, f"{prefix}-{p}-{PERIOD}") for p in policy_ids],
-        period=PERIOD,
+        [(p, f"{prefix}-{p}-{period}") for p in policy_ids],
+        together=together,
+        period=period,
         actor=OPERATOR,
         today=TODAY,
         settings=settings,
@@ -236,22 +233,8 @@ def _one_by_one(
     period: int = PERIOD,
     prefix: str = "req",
 ) -> dict[str, BatchRun]:
-    return {
-        policy_id: _outcome(
-            engine,
-            create_batch(
-                engine,
-                policies,
-                policy_id=policy_id,
-                period=period,
-                request_id=f"{prefix}-{policy_id}-{period}",
-                actor=OPERATOR,
-                today=TODAY,
-                settings=settings,
-            ).batch_id,
-        )
-        for policy_id in policy_ids
-    }
+    made = _together(engine, policies, policy_ids, settings, prefix, period, together=False)
+    return {batch.policy_id: _outcome(engine, batch.batch_id) for batch in made}
 
 
 def _start(engine: Engine, policies: PolicySet, policy_id: str, period: int = PERIOD, prefix: str = "req") -> str:
