@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -29,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from enterprise_registry.db import create_schema, make_engine, refresh_statistics
+from rules.errors import PolicyFileError
 from rules.loader import PolicyStore
 from service.api.auth import AuthTable
 from service.api.servicers import (
@@ -186,6 +188,21 @@ class RunningServer:
         self.checkpoint.stop()  # the last word on what the ledger held when the server stopped
         self.engine.dispose()
 
+    def reload_policies(self) -> bool:
+        """Load the policy directory again (SIGHUP). A refused file keeps the running rules
+        serving; the error, with its file and line, goes to the log."""
+        try:
+            fresh = self.policies.reload()
+        except (PolicyFileError, OSError) as exc:
+            log.error("policy reload refused, the running rules stay in place: %s", exc)
+            return False
+        log.warning(
+            "policies reloaded from %s: %s",
+            self.policies.root,
+            ", ".join(f"{policy.id}@{policy.version}" for policy in fresh),
+        )
+        return True
+
 
 def create_server(config: ServeConfig) -> RunningServer:
     """Build and start the server; health turns SERVING once rules and database are ready.
@@ -297,13 +314,16 @@ def serve(config: ServeConfig) -> None:
     transport = ("mutual TLS" if config.client_ca else "TLS") if config.tls_cert else "plaintext"
     log.warning("benefits gRPC server listening on %s:%d (%s)", host, running.port, transport)
     print(f"listening on {host}:{running.port}", flush=True)
-    stopping = threading.Event()
+    # The handler only queues the signal (SimpleQueue.put is safe there); this thread acts on it.
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        stopping.set()
+        signals.put(signum)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stopping.wait()  # checkpoints tick on their own thread (Checkpointer)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    while signals.get() == signal.SIGHUP:  # checkpoints tick on their own thread (Checkpointer)
+        reloaded = running.reload_policies()
+        print("policies reloaded" if reloaded else "policy reload refused: the running rules stay", flush=True)
     print("shutting down: finishing in-flight calls", flush=True)
     running.stop(config.shutdown_grace_seconds)

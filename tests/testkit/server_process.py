@@ -57,10 +57,13 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(db_url: str, auth_file: Path, log_file: Path, *extra: str) -> Iterator[tuple[ServerProcess, int]]:
-    """Start `benefits serve` on a free loopback port; yields the child and its port, and kills
-    it afterwards if it is still running."""
-    command = serve_command(db_url, RULES_DIR, auth_file, "--listen", "127.0.0.1:0", *extra)
+def server_process(
+    db_url: str, auth_file: Path, log_file: Path, *extra: str, rules_dir: Path = RULES_DIR
+) -> Iterator[tuple[ServerProcess, int]]:
+    """Start `benefits serve` on a free loopback port (on the repository's policies unless
+    `rules_dir` says otherwise); yields the child and its port, and kills it afterwards if it is
+    still running."""
+    command = serve_command(db_url, rules_dir, auth_file, "--listen", "127.0.0.1:0", *extra)
     with (
         open(log_file, "a", encoding="utf-8") as log,
         subprocess.Popen(
