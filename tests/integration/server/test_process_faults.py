@@ -1,9 +1,11 @@
 """Processes killed with SIGKILL in the middle of an import, for real: `benefits registry load`
 (one transaction per file, SQLite and PostgreSQL) leaves nothing of the file behind and a rerun
 stores every record once; a `benefits serve` killed during an ImportFacts stream keeps what it
-committed, and resending the whole stream after a restart stores each record once.
+committed, and resending the whole stream after a restart stores each record once. A server
+stopped with SIGTERM during a payout batch exits 0 and gives the batch back; the next server
+finishes it, each enterprise evaluated once.
 
-SIGTERM during calls is tested in test_api_shutdown.py, SIGKILL during a payout batch in
+SIGTERM during other calls is tested in test_api_shutdown.py, SIGKILL during a payout batch in
 tests/integration/payouts/test_payout_crash.py, SIGHUP in test_policy_reload.py."""
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from benefits.v1 import payout_service_pb2 as pb
 from benefits.v1 import registry_service_pb2
 from sqlalchemy import func, select
-from testkit.api_fixtures import Stubs, as_role, write_auth_file
+from testkit.api_fixtures import Stubs, as_role, load_registry, write_auth_file
 from testkit.databases import BACKENDS, fresh_database
 from testkit.paths import REPO_ROOT
 from testkit.server_process import server_process
@@ -30,12 +33,18 @@ from testkit.server_process import server_process
 from enterprise_registry.db import create_schema, make_engine
 from enterprise_registry.models import MODEL_BY_KIND, table_for
 from enterprise_registry.synthetic import generate, write_jsonl
+from service.audit.records import evaluation_record
+from service.config import ServeConfig
+from service.payouts.tables import payout_batch
 
 CLI_ENTERPRISES = 8000  # ~100,000 lines: the load runs for a second or two
 KILL_AT = 0.3  # fraction of the file read when the loader is killed
 STREAM_ENTERPRISES = 300  # ~3,700 records, a few ImportFacts chunks
 HELD_AFTER = 2500  # records the stream sends before it waits (and the server is killed)
 WAIT_SECONDS = 60.0
+BATCH_ENTERPRISES = 1000
+GRACE = ServeConfig.shutdown_grace_seconds  # what `benefits serve` uses
+OPERATOR = as_role("finance_operator")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -178,3 +187,80 @@ def test_sigkill_of_the_server_during_import_facts_then_resending_stores_each_re
                 assert got.name == record["name"]
         finally:
             stubs.channel.close()
+
+
+def _create_batch(stubs: Stubs) -> pb.PayoutBatch:
+    batch: pb.PayoutBatch = stubs.payout.CreatePayoutBatch(
+        pb.CreatePayoutBatchRequest(policy_id="stable-jobs-refund", period=2025, request_id="req-sigterm-batch-01"),
+        metadata=OPERATOR,
+        timeout=30,
+    )
+    return batch
+
+
+def _watch_until(stubs: Stubs, batch_id: str, evaluated_at_least: int) -> pb.PayoutBatchProgress:
+    stream = stubs.payout.WatchPayoutBatch(
+        pb.WatchPayoutBatchRequest(batch_id=batch_id), metadata=OPERATOR, timeout=120
+    )
+    progress: pb.PayoutBatchProgress
+    try:
+        for progress in stream:
+            if progress.evaluated_count >= evaluated_at_least or progress.batch.state != pb.BATCH_STATE_RUNNING:
+                return progress
+    finally:
+        stream.cancel()  # not left open: a server being stopped would give it the grace period
+    raise AssertionError("the progress stream ended while the batch was RUNNING")
+
+
+def test_sigterm_during_a_batch_exits_0_and_the_next_server_finishes_it_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    load_registry(url, list(generate(BATCH_ENTERPRISES, seed=11)))
+    auth_file = write_auth_file(tmp_path / "auth.yaml")
+    log_file = tmp_path / "server.log"
+    # Small chunks: the batch runs for seconds; a long lease: only a batch given back on SIGTERM
+    # is taken up again at once by the next server.
+    serve_args = ("--batch-chunk", "10", "--batch-lease-seconds", "600")
+
+    with server_process(url, auth_file, log_file, *serve_args) as (child, port):
+        stubs = Stubs.connect(port)
+        try:
+            batch_id = _create_batch(stubs).batch_id
+            progress = _watch_until(stubs, batch_id, BATCH_ENTERPRISES // 10)
+            assert progress.batch.state == pb.BATCH_STATE_RUNNING, "the batch finished before SIGTERM"
+            child.proc.send_signal(signal.SIGTERM)
+            assert child.proc.wait(timeout=GRACE + 5) == 0
+        finally:
+            stubs.channel.close()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            state, worker, evaluated = conn.execute(
+                select(payout_batch.c.state, payout_batch.c.worker, payout_batch.c.evaluated_count).where(
+                    payout_batch.c.batch_id == batch_id
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    assert (state, worker) == ("RUNNING", None), "stopped after its chunk and given back"
+    assert evaluated < BATCH_ENTERPRISES
+
+    with server_process(url, auth_file, log_file, *serve_args) as (_child, port):
+        stubs = Stubs.connect(port)
+        try:
+            assert _create_batch(stubs).batch_id == batch_id  # the same request: the same batch
+            final = _watch_until(stubs, batch_id, BATCH_ENTERPRISES + 1)
+        finally:
+            stubs.channel.close()
+    assert final.batch.state == pb.BATCH_STATE_DRAFT
+    assert (final.evaluated_count, final.error_count) == (BATCH_ENTERPRISES, 0)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            recorded = (
+                conn.execute(select(evaluation_record.c.uscc).where(evaluation_record.c.batch_id == batch_id))
+                .scalars()
+                .all()
+            )
+    finally:
+        engine.dispose()
+    assert len(recorded) == len(set(recorded)) == BATCH_ENTERPRISES
