@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from benefits.v1 import policy_service_pb2
+from benefits.v1 import benefit_service_pb2, evaluation_pb2, policy_service_pb2
 from grpc_health.v1 import health_pb2
-from testkit.api_fixtures import Stubs, as_role, load_registry, registry_records, write_auth_file
+from testkit.api_fixtures import A, Stubs, as_role, load_registry, registry_records, write_auth_file
 from testkit.grpc_stubs import health_stub
 from testkit.paths import POLICIES_DIR
 from testkit.server_process import ServerProcess, server_process
@@ -43,6 +43,16 @@ class Running:
             policy_service_pb2.GetPolicyRequest(policy_id=POLICY), metadata=as_role("admin"), timeout=10
         )
         return str(reply.version)
+
+    def explain(self) -> evaluation_pb2.Evaluation:
+        """How the running rules decide enterprise A under POLICY (2025)."""
+        reply = self.stubs.benefit.ExplainEligibility(
+            benefit_service_pb2.ExplainEligibilityRequest(uscc=A, policy_id=POLICY, period=2025),
+            metadata=as_role("admin"),
+            timeout=30,
+        )
+        evaluation: evaluation_pb2.Evaluation = reply.evaluation
+        return evaluation
 
     def health(self) -> int:
         reply = health_stub(self.stubs.channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
@@ -79,10 +89,16 @@ def running(tmp_path: Path) -> Iterator[Running]:
 def test_sighup_serves_a_valid_change(running: Running) -> None:
     before = running.versions()
     assert before[POLICY] == OLD_VERSION
+    decided = running.explain()
+    assert decided.policy_version == OLD_VERSION
     running.rewrite(f'version: "{OLD_VERSION}"', f'version: "{NEW_VERSION}"')
     running.sighup(RELOADED)
     assert running.get_version() == NEW_VERSION
     assert running.versions() == {**before, POLICY: NEW_VERSION}
+    # Evaluations run on the new rules too (same conditions: same outcome and amount).
+    again = running.explain()
+    assert again.policy_version == NEW_VERSION
+    assert (again.outcome, again.amount_fen) == (decided.outcome, decided.amount_fen)
     assert running.health() == health_pb2.HealthCheckResponse.SERVING
 
 
