@@ -61,7 +61,7 @@ class LoadReport:
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
 
-class _Unparsable:
+class Unparsable:
     """Stands in for a line that is not JSON, so that it is reported like any other problem."""
 
     def __init__(self, reason: str) -> None:
@@ -97,7 +97,7 @@ class RecordChecker:
 
     def check(self, line: int, obj: object) -> Record | None:
         """The validated record, or None after noting why it was refused."""
-        if isinstance(obj, _Unparsable):
+        if isinstance(obj, Unparsable):
             self._error(line, None, obj.reason)
             return None
         try:
@@ -242,7 +242,7 @@ def _json_lines(stream: IO[bytes]) -> Iterator[tuple[int, object]]:
         try:
             yield number, orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            yield number, _Unparsable(f"malformed JSON at column {exc.colno}: {exc.msg}")
+            yield number, Unparsable(f"malformed JSON at column {exc.colno}: {exc.msg}")
 
 
 def _digest(kind: str, key: tuple[Any, ...]) -> int:

@@ -31,8 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.clock import Clock
 from enterprise_registry.db import refresh_statistics
-from enterprise_registry.errors import RecordError
-from enterprise_registry.importer import RecordChecker, store_records
+from enterprise_registry.importer import RecordChecker, Unparsable, store_records
 from enterprise_registry.models import MODEL_BY_KIND
 from enterprise_registry.records import Record
 from rules.evaluator import Evaluation
@@ -69,7 +68,6 @@ if TYPE_CHECKING:  # imported where a batch is exported (the bank-file writers l
 MIN_PERIOD, MAX_PERIOD = 2000, 2100
 MAX_IMPORT_RECORDS = 1_000_000
 IMPORT_CHUNK = 1000  # records committed together as an ImportFacts stream goes
-MAX_REPORTED_REJECTS = 1000  # rejects an ImportFacts answer lists; its rejected_count is exact
 WATCH_INTERVAL_SECONDS = 0.25
 
 
@@ -144,8 +142,9 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         self, request_iterator: Iterator[registry_service_pb2.ImportFactsRequest], context: grpc.ServicerContext
     ) -> registry_service_pb2.ImportFactsResponse:
         # Today is read once: a stream that runs past midnight is judged by the day it began.
-        checker = RecordChecker("ImportFacts", max_errors=None, sources=_caller().sources, today=self.clock.today())
-        received = stored = stale = rejected = 0
+        # The checker lists the first MAX_ERRORS rejects and counts them all: memory stays bounded.
+        checker = RecordChecker("ImportFacts", sources=_caller().sources, today=self.clock.today())
+        received = stored = stale = 0
         pending = []
         for index, message in enumerate(request_iterator, start=1):
             if index > MAX_IMPORT_RECORDS:
@@ -162,26 +161,20 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
             try:
                 obj: object = orjson.loads(message.record_json)
             except orjson.JSONDecodeError as exc:
-                checker.errors.append(_reject(index, None, f"malformed JSON: {exc}"))
-                record = None
-            else:
-                record = checker.check(index, obj)
+                obj = Unparsable(f"malformed JSON: {exc}")
+            record = checker.check(index, obj)
             if record is not None:
                 pending.append(record)
-            elif len(checker.errors) > MAX_REPORTED_REJECTS:  # counted, not kept: memory stays bounded
-                del checker.errors[MAX_REPORTED_REJECTS:]
-                rejected += 1
             if len(pending) >= IMPORT_CHUNK:
                 stored, stale = _store(self.engine, pending, stored, stale)
                 pending = []
         stored, stale = _store(self.engine, pending, stored, stale)
-        rejected += len(checker.errors)
         refresh_statistics(self.engine)
         return registry_service_pb2.ImportFactsResponse(
             received_count=received,
             stored_count=stored,
             stale_count=stale,
-            rejected_count=rejected,
+            rejected_count=checker.error_count,
             rejects=[
                 registry_service_pb2.RecordReject(record_index=e.line, field=e.field or "", reason=e.reason)
                 for e in sorted(checker.errors, key=lambda e: e.line)
@@ -214,10 +207,6 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         if not records:
             raise EnterpriseNotFoundError(request.uscc)
         return registry_service_pb2.Enterprise(uscc=request.uscc, name=name, records=records)
-
-
-def _reject(index: int, field: str | None, reason: str) -> RecordError:
-    return RecordError("ImportFacts", index, field, reason)
 
 
 def _store(engine: Engine, records: list[Record], stored: int, stale: int) -> tuple[int, int]:

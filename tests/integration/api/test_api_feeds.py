@@ -25,8 +25,8 @@ from testkit.api_fixtures import (
 )
 
 from enterprise_registry.clock import Clock
+from enterprise_registry.importer import MAX_ERRORS as MAX_REPORTED_REJECTS
 from enterprise_registry.uscc import make
-from service.api.servicers import MAX_REPORTED_REJECTS
 from service.server import RunningServer
 
 X = make("91420600MA4K50001")  # its enterprise record comes from the wrong feed: never stored
