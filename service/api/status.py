@@ -88,7 +88,7 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         # Redacted: a database error's own text would carry DETAIL, i.e. the row's values.
         log.error("internal error %s: %s", reference, error_text(exc), exc_info=redacted(exc))
         return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (reference {reference})")
-    if database_unavailable(exc):
+    if code is grpc.StatusCode.UNAVAILABLE:  # only the database's unavailability maps here
         # The driver's text names hosts and ports: logged (its primary message only), never answered.
         log.warning("database unavailable: %s", error_text(exc))
         return retry_later(status_pb2.Status(code=code.value[0], message=_UNAVAILABLE_MESSAGE))
