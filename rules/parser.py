@@ -13,6 +13,7 @@ from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from rules import ast
+from rules.definitions import MAX_DEPTH
 from rules.errors import ExpressionSyntaxError
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
@@ -24,7 +25,7 @@ FEN_PER_WAN_YUAN = 1_000_000
 # ours by recursion (a few frames a level; Python allows 1000). Twice the language's own bound,
 # `rules.definitions.MAX_DEPTH`, which is checked on our tree with every definition written out
 # and keeps the type checker, compiler and engine far from the limit.
-MAX_NESTING = 200
+MAX_NESTING = 2 * MAX_DEPTH
 # Longer expressions are refused before parsing: a policy's longest is a few hundred characters,
 # and parsing 100,000 tokens takes seconds even when nesting refuses them afterwards.
 MAX_EXPRESSION_LENGTH = 20_000
