@@ -9,6 +9,9 @@ from enterprise_registry.clock import Clock
 from enterprise_registry.db import DEFAULT_TIMEOUTS, DatabaseTimeouts
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# The longest wait for a call's request message (a unary body, or a client stream's next): a
+# caller that opened a call and went silent is ended after it (`service.api.interceptor`).
+REQUEST_IDLE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,7 @@ class ServeConfig:
     listen: str = "127.0.0.1:50051"
     max_workers: int = 16
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    request_idle_seconds: float = REQUEST_IDLE_SECONDS
     shutdown_grace_seconds: float = 10.0
     ledger_key: Path | None = None  # Ed25519 key signing ledger checkpoints (never in the DB),
     # made by `benefits audit keygen`

@@ -5,6 +5,8 @@ ServiceError
 ├── InvalidArgumentError         request fields are malformed (one violation per field)
 ├── UnauthenticatedError         no token, or an unknown one
 ├── PermissionDeniedError        a known caller without the right (role, or foreign USCC)
+├── LimitExceededError           a principal over its limits: calls per second, in flight, request size
+├── RequestTimeoutError          a call's request message did not arrive in time
 ├── EvaluationNotFoundError      no stored evaluation has that id
 ├── RecordMismatchError          a stored evaluation does not replay to its record (DATA_LOSS)
 ├── DuplicateBatchError          a payout request_id reused with other arguments
@@ -48,6 +50,21 @@ class UnauthenticatedError(ServiceError):
 
 class PermissionDeniedError(ServiceError):
     """Raised when a known caller may not do this: wrong role, or another enterprise's USCC."""
+
+
+class LimitExceededError(ServiceError):
+    """Raised when a principal asks more than its limits allow (RESOURCE_EXHAUSTED). `retry_after`
+    is when the same call would be admitted, or None when waiting does not help (a request
+    larger than the principal may send)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class RequestTimeoutError(ServiceError):
+    """Raised when a call's request message does not arrive within the server's idle bound: the
+    caller opened the call and went silent (DEADLINE_EXCEEDED)."""
 
 
 class AuthFileError(ServiceError):

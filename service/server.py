@@ -1,17 +1,24 @@
-"""The gRPC server: servicers, authentication, health, reflection, graceful shutdown."""
+"""The gRPC server: servicers, authentication, health, reflection, graceful shutdown.
+
+The server is grpc.aio on an event loop of its own thread (`_Loop`): waiting for a silent
+caller's body, a client stream's next record or a batch a watcher follows costs a coroutine, not
+a thread. The servicers' blocking work (the database, the engine) runs in a bounded thread pool,
+the loop's default executor (`service.api.interceptor`). The rest of the service, and its tests,
+see a synchronous server: `create_server` returns it started, `RunningServer.stop` stops it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from benefits.v1 import (
@@ -27,12 +34,15 @@ from benefits.v1 import (
     registry_service_pb2_grpc,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from enterprise_registry.db import create_schema, make_engine, refresh_statistics
 from rules.errors import PolicyFileError
 from rules.loader import PolicyStore
+from service.api.admission import Admission
 from service.api.auth import AuthTable
+from service.api.interceptor import ApiInterceptor
 from service.api.servicers import (
     AuditServicer,
     BenefitServicer,
@@ -40,7 +50,6 @@ from service.api.servicers import (
     PolicyServicer,
     RegistryServicer,
 )
-from service.api.status import ApiInterceptor
 from service.audit import checkpoints, signatures
 from service.audit.ledger import ledger_transaction
 from service.audit.records import remember_policy
@@ -56,6 +65,9 @@ from service.payouts.tables import create_payout_schema
 from service.tls import check_transport, is_loopback, server_credentials
 
 log = logging.getLogger("benefits.server")
+T = TypeVar("T")
+MAX_STREAMS_PER_CONNECTION = 100  # HTTP/2 streams one connection may hold open
+CALLS_PER_WORKER = 64  # calls open at once, server-wide, per pool thread (most of them waiting)
 CHECKPOINT_INTERVAL_SECONDS = 300
 CHECKPOINT_RETRY_SECONDS = (1.0, 5.0, 15.0, 60.0)  # after a failure: soon, then less often (a full disk stays full)
 SERVICE_NAMES = tuple(
@@ -166,22 +178,45 @@ class Checkpointer:
         return True
 
 
+class _Loop:
+    """The server's event loop, run by a thread of its own."""
+
+    def __init__(self, pool: futures.ThreadPoolExecutor) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(pool)  # servicers' blocking work: bounded, shared
+        self.pool = pool
+        self._thread = threading.Thread(target=self.loop.run_forever, name="rpc-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the loop; wait for its result here."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.pool.shutdown(wait=True)  # a servicer still running after the grace finishes its work
+        self.loop.close()
+
+
 @dataclass
 class RunningServer:
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: HealthServicer
     policies: PolicyStore
     engine: Any
     workers: BatchWorkers
     checkpoint: Checkpointer
     recorder: Recorder
     lookups: Lookups
+    admission: Admission
+    loop: _Loop
 
     def stop(self, grace: float | None = None) -> None:
-        for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.server.stop(grace).wait()
+        self.loop.run(self.health.enter_graceful_shutdown())  # NOT_SERVING, and stays so
+        self.loop.run(self.server.stop(grace))
+        self.loop.close()
         self.recorder.stop()  # the lookups' last records committed before the last checkpoint
         log.info("lookups: %d read and decided in %d chunks", self.lookups.lookups_read, self.lookups.chunks_read)
         self.workers.stop(grace)  # running batches stop after their chunk and are given back
@@ -222,24 +257,8 @@ def create_server(config: ServeConfig) -> RunningServer:
     with ledger_transaction(engine) as conn:  # every loaded policy version, by hash
         for policy in policies.current:
             remember_policy(conn, policy)
-    options = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-        interceptors=[ApiInterceptor(auth)],
-        options=options,
-        maximum_concurrent_rpcs=config.max_workers * 8,
-    )
-    policy_service_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(policies), server)
-    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine, config.clock), server)
     recorder = Recorder(engine)  # lookups' records, group-committed; started with the server
     lookups = Lookups(engine, recorder)
-    benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server(
-        BenefitServicer(policies, lookups, config.clock), server
-    )
     checkpoint = Checkpointer(engine, key, config.checkpoint_file)
     workers = BatchWorkers(
         engine,
@@ -247,22 +266,32 @@ def create_server(config: ServeConfig) -> RunningServer:
         RunSettings(config.batch_chunk_size, config.batch_lease_seconds, workers=config.batch_workers),
         pool=dask_pool(config.dask_scheduler) if config.dask_scheduler else None,
     )
-    payout_service_pb2_grpc.add_PayoutServiceServicer_to_server(
-        PayoutServicer(
-            policies, engine, workers, config.clock, payers=load_payers(config.payers_file), on_export=checkpoint
+    servicers = (
+        (policy_service_pb2_grpc.add_PolicyServiceServicer_to_server, PolicyServicer(policies)),
+        (registry_service_pb2_grpc.add_RegistryServiceServicer_to_server, RegistryServicer(engine, config.clock)),
+        (
+            benefit_service_pb2_grpc.add_BenefitServiceServicer_to_server,
+            BenefitServicer(policies, lookups, config.clock),
         ),
-        server,
+        (
+            payout_service_pb2_grpc.add_PayoutServiceServicer_to_server,
+            PayoutServicer(
+                policies, engine, workers, config.clock, payers=load_payers(config.payers_file), on_export=checkpoint
+            ),
+        ),
+        (
+            audit_service_pb2_grpc.add_AuditServiceServicer_to_server,
+            AuditServicer(engine, checkpoint_file=config.checkpoint_file, public_key=key.public_key() if key else None),
+        ),
     )
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(engine, checkpoint_file=config.checkpoint_file, public_key=key.public_key() if key else None),
-        server,
-    )
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    admission = Admission()
+    loop = _Loop(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"))
     try:
-        port = _listen(server, config.listen, credentials)
+        server, health_servicer, port = loop.run(
+            _listening(config, credentials, ApiInterceptor(auth, admission, config.request_idle_seconds), servicers)
+        )
     except ServerStartError:
+        loop.close()
         engine.dispose()
         raise
     if credentials is None and config.insecure and not is_loopback(config.listen):
@@ -273,11 +302,43 @@ def create_server(config: ServeConfig) -> RunningServer:
         )
     checkpoint.start()  # before the first call: a verification finds the ledger covered
     recorder.start()
-    server.start()
+    loop.run(server.start())
     workers.start()  # resumes any batch a stopped or crashed server left RUNNING
+    loop.run(_set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING))
+    return RunningServer(
+        server, port, health_servicer, policies, engine, workers, checkpoint, recorder, lookups, admission, loop
+    )
+
+
+async def _listening(
+    config: ServeConfig,
+    credentials: grpc.ServerCredentials | None,
+    interceptor: ApiInterceptor,
+    servicers: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], object]],
+) -> tuple[grpc.aio.Server, HealthServicer, int]:
+    """The aio server with every servicer, bound to its address (not yet started); built on the
+    loop that will run it."""
+    server = grpc.aio.server(
+        interceptors=[interceptor],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=config.max_workers * CALLS_PER_WORKER,
+    )
+    for add_to_server, servicer in servicers:
+        add_to_server(servicer, server)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server, health_servicer, _listen(server, config.listen, credentials)
+
+
+async def _set_health(servicer: HealthServicer, status: int) -> None:
     for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, policies, engine, workers, checkpoint, recorder, lookups)
+        await servicer.set(name, status)
 
 
 def _ledger_key(config: ServeConfig) -> Any:
@@ -295,7 +356,7 @@ def _ledger_key(config: ServeConfig) -> Any:
     return checkpoints.load_private_key(config.ledger_key)
 
 
-def _listen(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+def _listen(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
     try:
         port = (
             server.add_secure_port(listen, credentials) if credentials is not None else server.add_insecure_port(listen)

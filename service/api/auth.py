@@ -7,13 +7,14 @@ import hmac
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from enterprise_registry import uscc as uscc_codes
 from enterprise_registry.kinds import DEPARTMENTS
+from service.api.admission import Limits, limits_for
 from service.errors import AuthFileError, PermissionDeniedError, UnauthenticatedError
 
 ROLES = ("registry_feed", "finance_operator", "finance_approver", "auditor", "enterprise", "admin")
@@ -66,6 +67,7 @@ class Principal:
     role: str
     uscc: str | None = None  # enterprises only
     sources: tuple[str, ...] = ()  # registry feeds only: the departments whose facts it writes
+    limits: Limits = field(default_factory=Limits)  # what it may ask of the server (`admission`)
 
     @property
     def is_enterprise(self) -> bool:
@@ -139,7 +141,7 @@ def token_digest(token: str) -> str:
 def _entry(entry: object, where: str) -> tuple[Principal, str]:
     if not isinstance(entry, dict):
         raise AuthFileError(f"{where}: expected a mapping")
-    unknown = set(entry) - {"principal", "role", "uscc", "sources", "token", "token_sha256"}
+    unknown = set(entry) - {"principal", "role", "uscc", "sources", "token", "token_sha256", "limits"}
     if unknown:
         raise AuthFileError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     name, role = entry.get("principal"), entry.get("role")
@@ -167,7 +169,14 @@ def _entry(entry: object, where: str) -> tuple[Principal, str]:
         digest = token_digest(token)
     elif not isinstance(digest, str) or not _SHA256.fullmatch(digest):
         raise AuthFileError(f"{where}: `token_sha256` must be 64 lower-case hex digits")
-    return Principal(name, role, code, sources), digest
+    overrides = entry.get("limits", {})
+    if not isinstance(overrides, dict):
+        raise AuthFileError(f"{where}: `limits` must be a mapping")
+    try:
+        limits = limits_for(role, overrides, f"{where}: limits")
+    except ValueError as exc:
+        raise AuthFileError(str(exc)) from None
+    return Principal(name, role, code, sources, limits), digest
 
 
 def _sources(value: object, where: str) -> tuple[str, ...]:

@@ -6,22 +6,18 @@ message with its descriptor (nested and repeated fields included):
 - every enum field holds a number its enum defines: proto3 keeps an unknown number as a bare
   int, which a servicer would otherwise read as some other value or none ("all").
 
-`checked` applies them to a method handler; the interceptor (`service.api.status`) wraps each of
-our handlers with it, so a new field or RPC is covered without a line of its own.
+The interceptor (`service.api.interceptor`) applies `check` to the request of every unary call of
+ours before its servicer runs, so a new field or RPC is covered without a line of its own. A client
+stream (ImportFacts) judges each message itself and rejects it by index, keeping the good ones,
+where one bad message failing the call would end the stream half stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TypeVar
-
-import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from service.errors import InvalidArgumentError
-
-R = TypeVar("R")
 
 
 def violations(message: Message, prefix: str = "") -> list[tuple[str, str]]:
@@ -56,33 +52,3 @@ def check(message: Message) -> None:
     found = violations(message)
     if found:
         raise InvalidArgumentError(found)
-
-
-def checked(handler: grpc.RpcMethodHandler[Message, Message]) -> grpc.RpcMethodHandler[Message, Message]:
-    """`handler` with its request checked first. Only single requests are checked here: a
-    client stream (ImportFacts) judges each message itself and rejects it by index, keeping
-    the good ones, where one bad message raising here would end the stream half stored."""
-    decode, encode = handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_checking(handler.unary_unary), decode, encode)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_checking_stream(handler.unary_stream), decode, encode)
-    return handler
-
-
-def _checking(behavior: Callable[[Message, grpc.ServicerContext], R]) -> Callable[[Message, grpc.ServicerContext], R]:
-    def run(request: Message, context: grpc.ServicerContext) -> R:
-        check(request)
-        return behavior(request, context)
-
-    return run
-
-
-def _checking_stream(
-    behavior: Callable[[Message, grpc.ServicerContext], Iterator[Message]],
-) -> Callable[[Message, grpc.ServicerContext], Iterator[Message]]:
-    def run(request: Message, context: grpc.ServicerContext) -> Iterator[Message]:
-        check(request)  # before the first response: the stream ends with the status alone
-        yield from behavior(request, context)
-
-    return run

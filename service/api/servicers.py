@@ -3,9 +3,10 @@ USCC, and calls the domain layers; errors are mapped to status codes in `status.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,7 +34,6 @@ from enterprise_registry.clock import Clock
 from enterprise_registry.db import refresh_statistics
 from enterprise_registry.importer import RecordChecker, Unparsable, store_records
 from enterprise_registry.models import MODEL_BY_KIND
-from enterprise_registry.records import Record
 from rules.evaluator import Evaluation
 from rules.loader import PolicyStore
 from rules.values import Truth
@@ -54,6 +54,9 @@ from service.errors import (
     EnterpriseNotFoundError,
     EvaluationNotFoundError,
     InvalidArgumentError,
+    LimitExceededError,
+    RequestTimeoutError,
+    ServiceError,
 )
 from service.evaluation.lookups import Lookups, in_force
 from service.explain import OUTCOME_ZH, as_text
@@ -138,48 +141,57 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         self.engine = engine
         self.clock = clock
 
-    def ImportFacts(
-        self, request_iterator: Iterator[registry_service_pb2.ImportFactsRequest], context: grpc.ServicerContext
+    async def ImportFacts(
+        self, request_iterator: AsyncIterator[registry_service_pb2.ImportFactsRequest], context: object
     ) -> registry_service_pb2.ImportFactsResponse:
-        # Today is read once: a stream that runs past midnight is judged by the day it began.
-        # The checker lists the first MAX_ERRORS rejects and counts them all: memory stays bounded.
+        # A coroutine: waiting for the client's next record holds no thread. Each chunk is judged
+        # and committed in the pool. Today is read once: a stream that runs past midnight is judged
+        # by the day it began. The checker lists the first MAX_ERRORS rejects and counts them all.
         checker = RecordChecker("ImportFacts", sources=_caller().sources, today=self.clock.today())
-        received = stored = stale = 0
-        pending = []
-        for index, message in enumerate(request_iterator, start=1):
-            if index > MAX_IMPORT_RECORDS:
-                raise InvalidArgumentError(
-                    [
-                        (
-                            "record_json",
-                            f"more than {MAX_IMPORT_RECORDS} records in one stream; the first {stored + stale} "
-                            f"valid records were committed (resending them is harmless)",
-                        )
-                    ]
-                )
-            received = index
-            try:
-                obj: object = orjson.loads(message.record_json)
-            except orjson.JSONDecodeError as exc:
-                obj = Unparsable(f"malformed JSON: {exc}")
-            record = checker.check(index, obj)
-            if record is not None:
-                pending.append(record)
-            if len(pending) >= IMPORT_CHUNK:
-                stored, stale = _store(self.engine, pending, stored, stale)
-                pending = []
-        stored, stale = _store(self.engine, pending, stored, stale)
-        refresh_statistics(self.engine)
+        counts = _ImportCounts()
+        chunk: list[str] = []
+        try:
+            async for message in request_iterator:
+                if counts.received == MAX_IMPORT_RECORDS:
+                    raise InvalidArgumentError(
+                        [("record_json", f"more than {MAX_IMPORT_RECORDS} records in one stream")]
+                    )
+                counts.received += 1
+                chunk.append(message.record_json)
+                if len(chunk) == IMPORT_CHUNK:
+                    await asyncio.to_thread(self._store_chunk, checker, counts, chunk)
+                    chunk = []
+        except (InvalidArgumentError, LimitExceededError, RequestTimeoutError) as exc:
+            raise _stream_broken(exc, counts.committed) from None
+        await asyncio.to_thread(self._store_chunk, checker, counts, chunk)
+        await asyncio.to_thread(refresh_statistics, self.engine)
         return registry_service_pb2.ImportFactsResponse(
-            received_count=received,
-            stored_count=stored,
-            stale_count=stale,
+            received_count=counts.received,
+            stored_count=counts.stored,
+            stale_count=counts.stale,
             rejected_count=checker.error_count,
             rejects=[
                 registry_service_pb2.RecordReject(record_index=e.line, field=e.field or "", reason=e.reason)
                 for e in sorted(checker.errors, key=lambda e: e.line)
             ],
         )
+
+    def _store_chunk(self, checker: RecordChecker, counts: _ImportCounts, chunk: list[str]) -> None:
+        """Judge the chunk's records (numbered on from what came before) and commit the good ones."""
+        good = []
+        for index, raw in enumerate(chunk, start=counts.received - len(chunk) + 1):
+            try:
+                obj: object = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                obj = Unparsable(f"malformed JSON: {exc}")
+            record = checker.check(index, obj)
+            if record is not None:
+                good.append(record)
+        if good:
+            with self.engine.begin() as conn:
+                stored, stale = store_records(conn, good)
+            counts.stored += stored
+            counts.stale += stale
 
     def GetEnterprise(
         self, request: registry_service_pb2.GetEnterpriseRequest, context: grpc.ServicerContext
@@ -209,12 +221,25 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         return registry_service_pb2.Enterprise(uscc=request.uscc, name=name, records=records)
 
 
-def _store(engine: Engine, records: list[Record], stored: int, stale: int) -> tuple[int, int]:
-    if not records:
-        return stored, stale
-    with engine.begin() as conn:
-        new_stored, new_stale = store_records(conn, records)
-    return stored + new_stored, stale + new_stale
+@dataclass
+class _ImportCounts:
+    received: int = 0
+    stored: int = 0
+    stale: int = 0
+
+    @property
+    def committed(self) -> int:
+        return self.stored + self.stale
+
+
+def _stream_broken(exc: ServiceError, committed: int) -> ServiceError:
+    """The error that ended an import stream, saying what of it was committed before."""
+    note = f"{committed} valid records before it were committed (resending them is harmless)"
+    if isinstance(exc, InvalidArgumentError):
+        return InvalidArgumentError([(field, f"{reason}; {note}") for field, reason in exc.violations])
+    if isinstance(exc, LimitExceededError):
+        return LimitExceededError(f"{exc}; {note}", exc.retry_after)
+    return type(exc)(f"{exc}; {note}")
 
 
 class BenefitServicer(benefit_service_pb2_grpc.BenefitServiceServicer):
@@ -350,13 +375,14 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
     ) -> payout_service_pb2.PayoutBatch:
         return convert.payout_batch(batches.get_batch(self.engine, _batch_id(request)))
 
-    def WatchPayoutBatch(
-        self, request: payout_service_pb2.WatchPayoutBatchRequest, context: grpc.ServicerContext
-    ) -> Iterator[payout_service_pb2.PayoutBatchProgress]:
+    async def WatchPayoutBatch(
+        self, request: payout_service_pb2.WatchPayoutBatchRequest, context: object
+    ) -> AsyncIterator[payout_service_pb2.PayoutBatchProgress]:
+        # A coroutine: between looks a watcher holds no thread; a client that leaves cancels it.
         batch_id = _batch_id(request)
         last = None
-        while context.is_active():
-            batch = batches.get_batch(self.engine, batch_id)
+        while True:
+            batch = await asyncio.to_thread(batches.get_batch, self.engine, batch_id)
             if batch != last:
                 yield payout_service_pb2.PayoutBatchProgress(
                     batch=convert.payout_batch(batch),
@@ -369,7 +395,7 @@ class PayoutServicer(payout_service_pb2_grpc.PayoutServiceServicer):
                 last = batch
             if batch.state != BatchState.RUNNING:
                 return
-            time.sleep(self.watch_interval)
+            await asyncio.sleep(self.watch_interval)
 
     def ListPayoutLines(
         self, request: payout_service_pb2.ListPayoutLinesRequest, context: grpc.ServicerContext

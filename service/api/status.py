@@ -1,18 +1,15 @@
-"""One table from errors to gRPC status codes, and the interceptor that applies it with
-authentication. Domain code raises its own errors; only this module speaks gRPC status."""
+"""One table from errors to gRPC status codes, and the google.rpc.Status built from an error.
+Domain code raises its own errors; this module and the interceptor that applies it
+(`service.api.interceptor`) are the only ones that speak gRPC status."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from enterprise_registry.db import DatabaseUnavailableError, database_unavailable, error_text, redacted
 from enterprise_registry.errors import RegistryError
@@ -23,8 +20,6 @@ from rules.errors import (
     PolicyNotFoundError,
     RuleError,
 )
-from service.api import requests
-from service.api.auth import OPEN_METHODS, AuthTable, authorize_method, current_principal
 from service.errors import (
     BatchNotFoundError,
     BatchStateError,
@@ -32,8 +27,10 @@ from service.errors import (
     EnterpriseNotFoundError,
     EvaluationNotFoundError,
     InvalidArgumentError,
+    LimitExceededError,
     PermissionDeniedError,
     RecordMismatchError,
+    RequestTimeoutError,
     ServiceError,
     UnauthenticatedError,
 )
@@ -47,6 +44,8 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     RegistryError: grpc.StatusCode.INVALID_ARGUMENT,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    LimitExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RequestTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     EnterpriseNotFoundError: grpc.StatusCode.NOT_FOUND,
     EvaluationNotFoundError: grpc.StatusCode.NOT_FOUND,
     RecordMismatchError: grpc.StatusCode.DATA_LOSS,
@@ -93,6 +92,8 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         log.warning("database unavailable: %s", error_text(exc))
         return retry_later(status_pb2.Status(code=code.value[0], message=_UNAVAILABLE_MESSAGE))
     status = status_pb2.Status(code=code.value[0], message=str(exc))
+    if isinstance(exc, LimitExceededError) and exc.retry_after is not None:
+        return retry_later(status, exc.retry_after)
     violations: list[tuple[str, str]] = []
     if isinstance(exc, InvalidArgumentError):
         violations = exc.violations
@@ -111,71 +112,11 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     return status
 
 
-def retry_later(status: status_pb2.Status, seconds: int = RETRY_DELAY_SECONDS) -> status_pb2.Status:
+def retry_later(status: status_pb2.Status, seconds: float = RETRY_DELAY_SECONDS) -> status_pb2.Status:
     """`status` with a google.rpc.RetryInfo detail: the same call may succeed after `seconds`."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(1_000_000, round(seconds * 1e9)))  # at least a millisecond: never "now"
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds)))
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     status.details.append(detail)
     return status
-
-
-class ApiInterceptor(grpc.ServerInterceptor):
-    """Authenticates every call (health checks excepted), checks the caller's role for the
-    method, and maps errors raised by our servicers through the table above."""
-
-    def __init__(self, auth: AuthTable) -> None:
-        self.auth = auth
-
-    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None or details.method in OPEN_METHODS:
-            return handler
-        method, metadata = details.method, details.invocation_metadata
-        ours = method.startswith("/benefits.v1.")
-        if ours:  # NUL in a string, an enum number no enum defines: refused before the servicer
-            handler = requests.checked(handler)
-
-        @contextmanager
-        def admitted(context: grpc.ServicerContext) -> Iterator[None]:
-            """Authenticate and authorise, expose the caller to the servicer, and map its errors."""
-            try:
-                principal = self.auth.authenticate(metadata)
-                authorize_method(principal, method)
-            except (UnauthenticatedError, PermissionDeniedError) as exc:
-                context.abort_with_status(rpc_status.to_status(to_status(exc)))
-            token = current_principal.set(principal)
-            try:
-                yield
-            except Exception as exc:
-                if not ours:  # health and reflection keep their own statuses
-                    raise
-                context.abort_with_status(rpc_status.to_status(to_status(exc)))
-            finally:
-                current_principal.reset(token)
-
-        def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def run(request: Any, context: grpc.ServicerContext) -> Any:
-                with admitted(context):
-                    return behavior(request, context)
-
-            return run
-
-        def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                with admitted(context):
-                    yield from behavior(request, context)
-
-            return run
-
-        return _rewrap(handler, unary, streaming)
-
-
-def _rewrap(handler: Any, unary: Callable[..., Any], streaming: Callable[..., Any]) -> Any:
-    kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
-    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)

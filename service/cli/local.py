@@ -11,6 +11,7 @@ from pathlib import Path
 
 from enterprise_registry.db import DEFAULT_TIMEOUTS, DatabaseTimeouts
 from service.cli.defaults import DEFAULT_DB_URL, DEFAULT_LISTEN, DEFAULT_RULES, load_policies, open_database
+from service.config import REQUEST_IDLE_SECONDS
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +75,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--insecure", action="store_true", help="allow plaintext on a non-loopback address (logged as a warning)"
     )
     serve.add_argument("--auth-file", type=Path, required=True)
-    serve.add_argument("--workers", type=int, default=16)
+    serve.add_argument(
+        "--workers", type=int, default=16, help="threads doing the calls' blocking work (database, engine)"
+    )
+    serve.add_argument(
+        "--request-idle-seconds",
+        type=float,
+        default=REQUEST_IDLE_SECONDS,
+        help="the longest wait for a call's request message; a caller silent longer is ended (DEADLINE_EXCEEDED)",
+    )
     serve.add_argument(
         "--ledger-key",
         type=Path,
@@ -292,6 +301,7 @@ def _serve(args: argparse.Namespace) -> int:
             ),
             listen=args.listen,
             max_workers=args.workers,
+            request_idle_seconds=args.request_idle_seconds,
             ledger_key=args.ledger_key,
             checkpoint_file=args.checkpoints,
             payers_file=args.payers,

@@ -1,0 +1,216 @@
+"""The door of every call: who is calling (at the call's start, before its body is read), whether
+its role may call the method, whether the principal is within its limits, the wait for the
+request, the request checks, and the mapping of errors to statuses (`status.py`).
+
+The server is asyncio (grpc.aio, `service.server`): a caller that opens a call and goes silent
+holds a coroutine, never a thread, so no number of silent callers or watchers can stop the
+server answering others. Each of our methods is served as request-streaming, so that this code,
+not gRPC, reads the request: a refused call is answered without reading anything, a request that
+does not arrive within `request_idle_seconds` (ServeConfig) ends the call, and a message's size is checked
+against the principal's limit before it is parsed. Servicer methods written as plain functions
+run in the server's bounded thread pool (the loop's default executor) with the caller's context
+copied in; those written as coroutines (WatchPayoutBatch, ImportFacts) run on the loop and wait
+without a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from service.api import requests
+from service.api.admission import Admission, check_size
+from service.api.auth import OPEN_METHODS, AuthTable, Principal, authorize_method, current_principal
+from service.api.status import to_status
+from service.errors import (
+    InvalidArgumentError,
+    LimitExceededError,
+    PermissionDeniedError,
+    RequestTimeoutError,
+    UnauthenticatedError,
+)
+
+OUR_METHODS = "/benefits.v1."
+_END = object()  # a sync response stream's end, handed back from the pool
+
+Parse = Callable[[bytes], Message]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # a string: grpc's class is generic in its stubs only
+
+
+class ApiInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every call (health checks excepted), checks the caller's role and limits,
+    and serves our methods through `_Door`. Reflection keeps its own handler once admitted."""
+
+    def __init__(self, auth: AuthTable, admission: Admission, request_idle_seconds: float) -> None:
+        self.auth, self.admission = auth, admission
+        self.request_idle_seconds = request_idle_seconds
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(details)
+        if handler is None or details.method in OPEN_METHODS:
+            return handler
+        try:
+            principal = self.auth.authenticate(details.invocation_metadata)
+            authorize_method(principal, details.method)
+            self.admission.take(principal.name, principal.limits)
+        except (UnauthenticatedError, PermissionDeniedError, LimitExceededError) as exc:
+            return _refusal(handler, to_status(exc))
+        if not details.method.startswith(OUR_METHODS):
+            return handler  # reflection: its own async servicer and statuses
+        return _Door(self, principal, handler).method_handler()
+
+
+class _Door:
+    """One admitted call of ours: reads its request, runs its servicer, maps its errors."""
+
+    def __init__(self, interceptor: ApiInterceptor, principal: Principal, handler: Handler) -> None:
+        self.admission, self.idle = interceptor.admission, interceptor.request_idle_seconds
+        self.principal, self.handler = principal, handler
+        self.parse: Parse = handler.request_deserializer or _no_parser
+        # grpc's stubs type behaviors as sync functions; ours may be coroutines (see module doc)
+        self.behavior: Any = handler.unary_unary or handler.stream_unary or handler.unary_stream
+
+    def method_handler(self) -> Handler:
+        handler, encode = self.handler, self.handler.response_serializer
+        if handler.unary_unary or handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._unary_response, response_serializer=encode)
+        return grpc.stream_stream_rpc_method_handler(self._stream_response, response_serializer=encode)
+
+    async def _unary_response(self, incoming: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async with self._serving(context):
+            if self.handler.stream_unary:
+                return await self.behavior(self._messages(incoming), context)
+            request = await self._single(incoming)
+            return await _in_pool(self.behavior, request, context)
+        return None  # not reached: `_serving` ends a failed call with its status
+
+    async def _stream_response(
+        self, incoming: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async with self._serving(context):
+            request = await self._single(incoming)
+            behavior = self.behavior
+            responses = (
+                behavior(request, context)
+                if inspect.isasyncgenfunction(behavior)
+                else _from_pool(behavior, request, context)
+            )
+            async for response in responses:
+                yield response
+
+    @asynccontextmanager
+    async def _serving(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """The principal's call in flight, visible to the servicer; any error its status."""
+        name = self.principal.name
+        try:
+            self.admission.enter(name, self.principal.limits)
+        except LimitExceededError as exc:
+            await _abort(context, to_status(exc))
+        token = current_principal.set(self.principal)
+        try:
+            yield
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, to_status(exc))
+        finally:
+            current_principal.reset(token)
+            self.admission.leave(name)
+
+    async def _single(self, incoming: AsyncIterator[bytes]) -> Message:
+        """The one request message of a unary-request call, checked."""
+        try:
+            raw = await self._next(incoming)
+        except StopAsyncIteration:
+            raise InvalidArgumentError([("", "the call ended without its request message")]) from None
+        request = self._parsed(raw)
+        requests.check(request)
+        return request
+
+    async def _messages(self, incoming: AsyncIterator[bytes]) -> AsyncIterator[Message]:
+        """A client stream's messages, each within the idle bound and the size limit (their
+        contents are the servicer's to judge, by index)."""
+        while True:
+            try:
+                raw = await self._next(incoming)
+            except StopAsyncIteration:
+                return
+            yield self._parsed(raw)
+
+    async def _next(self, incoming: AsyncIterator[bytes]) -> bytes:
+        try:
+            return await asyncio.wait_for(anext(incoming), self.idle)
+        except TimeoutError:
+            raise RequestTimeoutError(f"no request message arrived within {self.idle:g} s") from None
+
+    def _parsed(self, raw: bytes) -> Message:
+        check_size(len(raw), self.principal.limits)
+        try:
+            return self.parse(raw)
+        except DecodeError:
+            raise InvalidArgumentError([("", "the request is not a valid message of the method's type")]) from None
+
+
+async def _in_pool(behavior: Callable[..., Any], request: Message, context: Any) -> Any:
+    if inspect.iscoroutinefunction(behavior):
+        return await behavior(request, context)
+    return await asyncio.to_thread(behavior, request, context)  # the caller's context goes along
+
+
+async def _from_pool(
+    behavior: Callable[..., Generator[Any, None, None]], request: Message, context: Any
+) -> AsyncIterator[Any]:
+    """A sync response stream, each step run in the pool: the thread is held while a response is
+    made, never while the client reads."""
+    loop = asyncio.get_running_loop()
+    call_context = contextvars.copy_context()
+    responses = behavior(request, context)
+    try:
+        while (response := await loop.run_in_executor(None, call_context.run, _step, responses)) is not _END:
+            yield response
+    finally:
+        await loop.run_in_executor(None, call_context.run, responses.close)
+
+
+def _step(responses: Iterator[Any]) -> Any:
+    return next(responses, _END)
+
+
+def _no_parser(raw: bytes) -> Message:
+    raise TypeError("a method of ours without a request deserializer")
+
+
+def _refusal(handler: Handler, status: status_pb2.Status) -> Handler:
+    """A handler that answers `status` at once, reading no request (a unary one would first wait
+    for the body, and that wait is what a silent caller exploits)."""
+
+    async def refuse(_incoming: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await _abort(context, status)
+
+    async def refuse_stream(
+        _incoming: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        await _abort(context, status)
+        yield  # pragma: no cover - makes this an async generator; never reached
+
+    if handler.unary_stream or handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
+    answer = rpc_status.to_status(status)
+    await context.abort(answer.code, answer.details, answer.trailing_metadata)
