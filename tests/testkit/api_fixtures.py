@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,9 +187,10 @@ TAX_FEED_TOKEN = "tax-feed-token-0123456789"  # a registry_feed of the tax depar
 WRONG_TOKEN = "not-a-known-token-0123456789"
 
 
-def write_auth_file(path: Path) -> Path:
-    """The registry_feed of TOKENS writes for every department; test-tax-feed only for tax."""
-    principals: list[dict[str, object]] = []
+def write_auth_file(path: Path, extra: Sequence[Mapping[str, object]] = ()) -> Path:
+    """The registry_feed of TOKENS writes for every department; test-tax-feed only for tax;
+    `extra` entries after them."""
+    principals: list[Mapping[str, object]] = []
     for role, token in TOKENS.items():
         entry: dict[str, object] = {"principal": f"test-{role}", "role": role, "token": token}
         if role == "enterprise":
@@ -208,6 +210,7 @@ def write_auth_file(path: Path) -> Path:
     principals.append(
         {"principal": "test-tax-feed", "role": "registry_feed", "sources": ["tax"], "token": TAX_FEED_TOKEN}
     )
+    principals.extend(extra)
     path.write_text(yaml.safe_dump({"principals": principals}, allow_unicode=True), encoding="utf-8")
     return path
 
@@ -414,6 +417,40 @@ def field_violations(err: grpc.RpcError) -> dict[str, str]:
     return found
 
 
+def silent_call(
+    channel: grpc.Channel, method: str, metadata: list[tuple[str, str]], release: threading.Event, timeout: float = 60
+) -> grpc.Future[Any]:
+    """A unary call to `method` whose request never comes until `release` is set (on the wire:
+    headers and no message, as a client that went silent sends)."""
+
+    def nothing_until_released() -> Iterator[bytes]:
+        release.wait()
+        yield from ()
+
+    call: grpc.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(method)
+    return call.future(nothing_until_released(), metadata=tuple(metadata), timeout=timeout)
+
+
+def future_error(call: grpc.Future[Any], timeout: float) -> grpc.RpcError:
+    """The error a call's future ended with (it must end with one within `timeout`)."""
+    error = call.exception(timeout=timeout)
+    assert isinstance(error, grpc.RpcError), f"the call ended with {error!r}, not an RpcError"
+    return error
+
+
+def retry_delays(err: grpc.RpcError) -> list[float]:
+    """The google.rpc.RetryInfo delays (seconds) of an error; [] when it has none."""
+    assert isinstance(err, grpc.Call), f"{type(err).__name__} is no grpc.Call"
+    status = rpc_status.from_call(err)
+    delays = []
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            delays.append(info.retry_delay.ToTimedelta().total_seconds())
+    return delays
+
+
 def channel_stubs(port: int) -> Iterator[Stubs]:
     stubs = Stubs.connect(port)
     try:
@@ -461,15 +498,23 @@ def database_factory(kind: str, folder: Path, records: list[dict[str, object]]) 
 
 
 @contextmanager
-def serving(db_url: str, records: list[dict[str, object]], folder: Path, **config: Any) -> Iterator[RunningServer]:
-    """Load `records` into the database at `db_url`, write the auth file into `folder`, start a
-    server on a loopback port (extra ServeConfig fields in `config`), stop it afterwards."""
+def serving(
+    db_url: str,
+    records: list[dict[str, object]],
+    folder: Path,
+    *,
+    principals: Sequence[Mapping[str, object]] = (),
+    **config: Any,
+) -> Iterator[RunningServer]:
+    """Load `records` into the database at `db_url`, write the auth file into `folder` (with
+    `principals` beside the usual ones), start a server on a loopback port (extra ServeConfig
+    fields in `config`), stop it afterwards."""
     load_registry(db_url, records)
     running = create_server(
         ServeConfig(
             db_url=db_url,
             rules_dir=RULES_DIR,
-            auth_file=write_auth_file(folder / "auth.yaml"),
+            auth_file=write_auth_file(folder / "auth.yaml", principals),
             listen="127.0.0.1:0",
             **config,
         )

@@ -43,7 +43,7 @@ def other_pki(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 
 def _server(folder: Path, **tls: object) -> Iterator[RunningServer]:
-    with serving(f"sqlite:///{folder / 'registry.db'}", registry_records(), folder, **tls) as running:
+    with serving(f"sqlite:///{folder / 'registry.db'}", registry_records(), folder, principals=(), **tls) as running:
         yield running
 
 
