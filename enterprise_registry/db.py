@@ -137,7 +137,7 @@ def database_unavailable(exc: BaseException) -> bool:
 def database_full(exc: BaseException) -> bool:
     """Whether `exc` says the database's storage is full - SQLITE_FULL (the file system, or
     `PRAGMA max_page_count`), PostgreSQL's disk_full - told by the error's code, not its text.
-    Nothing of the failed statement's transaction is kept: both roll it back whole."""
+    The failed statement's transaction is rolled back whole (SQLite does so by itself)."""
     if isinstance(exc, DatabaseFullError):
         return True
     if isinstance(exc, StatementError):  # SQLAlchemy's wrapper of a driver error

@@ -62,11 +62,12 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     BatchStateError: grpc.StatusCode.FAILED_PRECONDITION,
     PolicyNotFoundError: grpc.StatusCode.NOT_FOUND,
     PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,
-    # The database away, overloaded or busy (`database_unavailable`: a connection refused, lost or
-    # timed out, a statement or lock timeout, SQLite's "database is locked"): retry later.
+    # The database away, overloaded, busy or read-only (`database_unavailable`: a connection
+    # refused, lost or timed out, a statement or lock timeout, SQLite's "database is locked", a
+    # standby refusing writes): retry later.
     DatabaseUnavailableError: grpc.StatusCode.UNAVAILABLE,
     # The database's storage full (`database_full`): gRPC's code for "the entire file system is
-    # out of space". Nothing was written; the same call succeeds once the operator makes room.
+    # out of space". The refused transaction wrote nothing; the call succeeds once there is room.
     DatabaseFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # Engine failures and disagreements are our fault, never the caller's: reported, with a
     # reference to the log entry that holds the details.
