@@ -83,7 +83,14 @@ def make_engine(url: str = DEFAULT_DB_URL, *, timeouts: DatabaseTimeouts = DEFAU
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")  # connection; insufficient resources; operator
 # intervention (57014 query_canceled is how statement_timeout ends a statement, 57P01 a shutdown)
 _UNAVAILABLE_SQLSTATES = frozenset({"55P03"})  # lock_not_available: lock_timeout
+# 25006 read_only_sql_transaction: a standby after a failover, or default_transaction_read_only.
+# Writes fail until the primary is back; reads go on.
+_READ_ONLY_SQLSTATES = frozenset({"25006"})
+_FULL_SQLSTATES = frozenset({"53100"})  # disk_full: told apart from the rest of class 53
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+# SQLite's primary result codes (the low byte of an extended code: SQLITE_READONLY_DBMOVED...).
+_SQLITE_READONLY = 8  # a read-only file or directory, PRAGMA query_only
+_SQLITE_FULL = 13  # "database or disk is full": the file system, or PRAGMA max_page_count
 
 
 class DatabaseUnavailableError(Exception):
@@ -91,10 +98,16 @@ class DatabaseUnavailableError(Exception):
     every error `database_unavailable` recognises (the API maps it to UNAVAILABLE)."""
 
 
+class DatabaseFullError(Exception):
+    """The database's storage is full: writes fail until space is made, reads go on. Stands for
+    every error `database_full` recognises (the API maps it to RESOURCE_EXHAUSTED)."""
+
+
 def database_unavailable(exc: BaseException) -> bool:
-    """Whether `exc` says the database is unreachable, overloaded or busy - a connection
-    refused, lost or timed out, a statement or lock timeout, SQLite's "database is locked" - so
-    that retrying later may succeed, rather than that a statement is wrong."""
+    """Whether `exc` says the database is unreachable, overloaded, busy or read-only - a
+    connection refused, lost or timed out, a statement or lock timeout, SQLite's "database is
+    locked", a write refused by a standby or a read-only file - so that retrying later may
+    succeed, rather than that a statement is wrong. A full disk is `database_full` instead."""
     if isinstance(exc, DatabaseUnavailableError):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
@@ -103,17 +116,42 @@ def database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, StatementError):  # SQLAlchemy's wrapper of a driver error
         return exc.orig is not None and database_unavailable(exc.orig)
-    if isinstance(exc, sqlite3.OperationalError):  # also "no such table": by its message
-        return str(exc).startswith(_SQLITE_BUSY)
+    if isinstance(exc, sqlite3.OperationalError):
+        # busy: by its message ("no such table" shares the class and the generic code SQLITE_ERROR)
+        return _sqlite_code(exc) == _SQLITE_READONLY or str(exc).startswith(_SQLITE_BUSY)
     psycopg = sys.modules.get("psycopg")
     if psycopg is None:
         return False
+    if isinstance(exc, psycopg.Error) and exc.sqlstate in _READ_ONLY_SQLSTATES:  # an InternalError
+        return True
     if isinstance(exc, psycopg.OperationalError):
         sqlstate = exc.sqlstate
+        if sqlstate in _FULL_SQLSTATES:
+            return False
         # None: raised by the client library, not a server: the connection failed or broke
         return sqlstate is None or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES
     # "the connection is closed", "the connection is lost": a connection the database dropped
     return isinstance(exc, psycopg.InterfaceError) and exc.sqlstate is None
+
+
+def database_full(exc: BaseException) -> bool:
+    """Whether `exc` says the database's storage is full - SQLITE_FULL (the file system, or
+    `PRAGMA max_page_count`), PostgreSQL's disk_full - told by the error's code, not its text.
+    The failed statement's transaction is rolled back whole (SQLite does so by itself)."""
+    if isinstance(exc, DatabaseFullError):
+        return True
+    if isinstance(exc, StatementError):  # SQLAlchemy's wrapper of a driver error
+        return exc.orig is not None and database_full(exc.orig)
+    if isinstance(exc, sqlite3.Error):
+        return _sqlite_code(exc) == _SQLITE_FULL
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.Error) and exc.sqlstate in _FULL_SQLSTATES
+
+
+def _sqlite_code(exc: sqlite3.Error) -> int | None:
+    """The primary result code of a SQLite error (None for one raised by the module itself)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
 
 
 def is_database_error(exc: BaseException) -> bool:

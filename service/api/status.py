@@ -11,7 +11,14 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from enterprise_registry.db import DatabaseUnavailableError, database_unavailable, error_text, redacted
+from enterprise_registry.db import (
+    DatabaseFullError,
+    DatabaseUnavailableError,
+    database_full,
+    database_unavailable,
+    error_text,
+    redacted,
+)
 from enterprise_registry.errors import RegistryError
 from rules.errors import (
     EvaluationError,
@@ -54,9 +61,13 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     BatchStateError: grpc.StatusCode.FAILED_PRECONDITION,
     PolicyNotFoundError: grpc.StatusCode.NOT_FOUND,
     PolicyFileError: grpc.StatusCode.FAILED_PRECONDITION,
-    # The database away, overloaded or busy (`database_unavailable`: a connection refused, lost or
-    # timed out, a statement or lock timeout, SQLite's "database is locked"): retry later.
+    # The database away, overloaded, busy or read-only (`database_unavailable`: a connection
+    # refused, lost or timed out, a statement or lock timeout, SQLite's "database is locked", a
+    # standby refusing writes): retry later.
     DatabaseUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    # The database's storage full (`database_full`): gRPC's code for "the entire file system is
+    # out of space". The refused transaction wrote nothing; the call succeeds once there is room.
+    DatabaseFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # Engine failures and disagreements are our fault, never the caller's: reported, with a
     # reference to the log entry that holds the details.
     EvaluationError: grpc.StatusCode.INTERNAL,
@@ -68,9 +79,14 @@ _GENERIC = frozenset({grpc.StatusCode.INTERNAL})
 # a failover) is usually back within seconds, and the pool reconnects on the next call.
 RETRY_DELAY_SECONDS = 2
 _UNAVAILABLE_MESSAGE = f"the database is unavailable; retry in {RETRY_DELAY_SECONDS} s"
+# A full disk waits for an operator to make room: minutes rather than seconds.
+FULL_RETRY_DELAY_SECONDS = 60
+_FULL_MESSAGE = f"the database's storage is full; retry in {FULL_RETRY_DELAY_SECONDS} s"
 
 
 def status_code_for(exc: BaseException) -> grpc.StatusCode | None:
+    if database_full(exc):  # before unavailable: PostgreSQL's disk_full is in its class 53
+        return ERROR_CODES[DatabaseFullError]
     if database_unavailable(exc):  # a driver's error, told by its state rather than its class
         return ERROR_CODES[DatabaseUnavailableError]
     for cls in type(exc).__mro__:
@@ -91,6 +107,9 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         # The driver's text names hosts and ports: logged (its primary message only), never answered.
         log.warning("database unavailable: %s", error_text(exc))
         return retry_later(status_pb2.Status(code=code.value[0], message=_UNAVAILABLE_MESSAGE))
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:  # only the database's full storage maps here
+        log.error("database storage full: %s", error_text(exc))  # an operator must make room
+        return retry_later(status_pb2.Status(code=code.value[0], message=_FULL_MESSAGE), FULL_RETRY_DELAY_SECONDS)
     status = status_pb2.Status(code=code.value[0], message=str(exc))
     if isinstance(exc, LimitExceededError) and exc.retry_after is not None:
         return retry_later(status, exc.retry_after)

@@ -36,6 +36,7 @@ from sqlalchemy import exists, func, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
+from enterprise_registry.db import DEFAULT_TIMEOUTS, DatabaseTimeouts, make_engine
 from enterprise_registry.models import Enterprise
 from rules.loader import LoadedPolicy, load_policy_text
 from rules.values import Outcome
@@ -57,6 +58,9 @@ class RunSettings:
     lease_seconds: float = 30.0  # how long a silent worker keeps its batch or partition
     workers: int = 1  # worker processes evaluating partitions side by side (1: this thread)
     partitions: int = 0  # partitions of a new batch (0: one per worker)
+    # The server's --db-*-timeout flags, for the engines worker processes make of their own: a
+    # worker waits on the database no longer than the server would.
+    db_timeouts: DatabaseTimeouts = DEFAULT_TIMEOUTS
 
 
 DEFAULT_SETTINGS = RunSettings()
@@ -160,14 +164,17 @@ class PartitionResult:
 def run_partition(task: PartitionTask) -> PartitionResult:
     """Run one partition to its end in a process of its own (a worker process or a Dask worker):
     its own database engine, its own engine state."""
-    from enterprise_registry.db import make_engine
-
-    engine = make_engine(task.db_url)
+    engine = partition_engine(task)
     try:
         evaluators = [_evaluator(engine, batch) for batch in task.batches]
         return PartitionResult(task.partition_no, run_partition_with(engine, evaluators, task), os.getpid())
     finally:
         engine.dispose()
+
+
+def partition_engine(task: PartitionTask) -> Engine:
+    """The engine a worker process makes for a task: the task's database, with its timeouts."""
+    return make_engine(task.db_url, timeouts=task.settings.db_timeouts)
 
 
 def _evaluator(engine: Engine, batch: BatchTask) -> ChunkEvaluator:

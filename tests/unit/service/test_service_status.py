@@ -12,10 +12,10 @@ from google.rpc import code_pb2, error_details_pb2
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from enterprise_registry.db import DatabaseTimeouts, database_unavailable, make_engine
+from enterprise_registry.db import DatabaseTimeouts, database_full, database_unavailable, make_engine
 from enterprise_registry.errors import RegistryError
 from rules.errors import RuleError
-from service.api.status import ERROR_CODES, RETRY_DELAY_SECONDS, status_code_for, to_status
+from service.api.status import ERROR_CODES, FULL_RETRY_DELAY_SECONDS, RETRY_DELAY_SECONDS, status_code_for, to_status
 from service.errors import ServiceError
 
 
@@ -106,3 +106,58 @@ def test_psycopg_errors_are_unavailable_only_when_the_database_is_away_or_busy(
     wrapped = OperationalError("select 1", {}, error)  # as SQLAlchemy raises it
     assert database_unavailable(wrapped) is unavailable
     assert status_code_for(wrapped) == (grpc.StatusCode.UNAVAILABLE if unavailable else None)
+
+
+def _sqlite_write_error(tmp_path: Path, pragma: str) -> OperationalError:
+    """The error SQLAlchemy really raises for a write on a SQLite file after `pragma` (a
+    statement that may read the file's page count as {pages})."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("create table if not exists t (x text)"))
+        with pytest.raises(OperationalError) as caught, engine.begin() as conn:
+            pages = conn.execute(text("pragma page_count")).scalar_one()
+            conn.execute(text(pragma.format(pages=pages)))
+            conn.execute(text("insert into t values (:x)"), {"x": "x" * 100_000})  # more than a page
+        return caught.value
+    finally:
+        engine.dispose()
+
+
+def test_a_full_sqlite_database_is_resource_exhausted_by_its_code_with_a_retry_delay(tmp_path: Path) -> None:
+    error = _sqlite_write_error(tmp_path, "pragma max_page_count = {pages}")
+    assert isinstance(error.orig, sqlite3.OperationalError) and error.orig.sqlite_errorname == "SQLITE_FULL"
+    assert database_full(error) and not database_unavailable(error)
+    assert status_code_for(error) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = to_status(error)
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED and "storage is full" in status.message
+    assert str(tmp_path) not in status.message
+    [detail] = status.details
+    info = error_details_pb2.RetryInfo()
+    assert detail.Unpack(info) and info.retry_delay.seconds == FULL_RETRY_DELAY_SECONDS
+
+
+def test_a_read_only_sqlite_database_is_unavailable_by_its_code(tmp_path: Path) -> None:
+    error = _sqlite_write_error(tmp_path, "pragma query_only = 1")
+    assert isinstance(error.orig, sqlite3.OperationalError) and error.orig.sqlite_errorname == "SQLITE_READONLY"
+    assert database_unavailable(error) and not database_full(error)
+    assert to_status(error).code == code_pb2.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (psycopg.errors.DiskFull("could not extend file: No space left on device"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (
+            psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"),
+            grpc.StatusCode.UNAVAILABLE,
+        ),
+        (psycopg.errors.OutOfMemory("out of memory"), grpc.StatusCode.UNAVAILABLE),  # class 53, not full
+    ],
+    ids=lambda e: type(e).__name__ if isinstance(e, Exception) else str(e),
+)
+def test_postgresql_disk_full_and_read_only_are_told_by_their_sqlstate(error: Exception, code: grpc.StatusCode) -> None:
+    wrapped = OperationalError("insert", {}, error)  # as SQLAlchemy raises it
+    assert database_full(wrapped) is (code == grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert database_unavailable(wrapped) is (code == grpc.StatusCode.UNAVAILABLE)
+    assert status_code_for(wrapped) == code
