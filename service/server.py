@@ -263,7 +263,12 @@ def create_server(config: ServeConfig) -> RunningServer:
     workers = BatchWorkers(
         engine,
         lambda: policies.current,
-        RunSettings(config.batch_chunk_size, config.batch_lease_seconds, workers=config.batch_workers),
+        RunSettings(
+            config.batch_chunk_size,
+            config.batch_lease_seconds,
+            workers=config.batch_workers,
+            db_timeouts=config.db_timeouts,
+        ),
         pool=dask_pool(config.dask_scheduler) if config.dask_scheduler else None,
     )
     servicers = (

@@ -107,7 +107,7 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         # The driver's text names hosts and ports: logged (its primary message only), never answered.
         log.warning("database unavailable: %s", error_text(exc))
         return retry_later(status_pb2.Status(code=code.value[0], message=_UNAVAILABLE_MESSAGE))
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:  # only the database's full storage maps here
+    if database_full(exc):  # RESOURCE_EXHAUSTED, like a principal over its limits (below)
         log.error("database storage full: %s", error_text(exc))  # an operator must make room
         return retry_later(status_pb2.Status(code=code.value[0], message=_FULL_MESSAGE), FULL_RETRY_DELAY_SECONDS)
     status = status_pb2.Status(code=code.value[0], message=str(exc))
