@@ -55,7 +55,7 @@ from service.audit.ledger import ledger_transaction
 from service.audit.records import remember_policy
 from service.catalogue import CATALOGUE
 from service.config import ServeConfig
-from service.errors import LedgerKeyError, ServerStartError
+from service.errors import AuthFileError, LedgerKeyError, ServerStartError
 from service.evaluation.lookups import Lookups
 from service.evaluation.recorder import Recorder
 from service.payouts.export import load_payers
@@ -212,6 +212,8 @@ class RunningServer:
     lookups: Lookups
     admission: Admission
     loop: _Loop
+    interceptor: ApiInterceptor
+    auth_file: Path
 
     def stop(self, grace: float | None = None) -> None:
         self.loop.run(self.health.enter_graceful_shutdown())  # NOT_SERVING, and stays so
@@ -222,6 +224,18 @@ class RunningServer:
         self.workers.stop(grace)  # running batches stop after their chunk and are given back
         self.checkpoint.stop()  # the last word on what the ledger held when the server stopped
         self.engine.dispose()
+
+    def reload_auth(self) -> bool:
+        """Read the auth file again (SIGHUP): new principals, tokens and limits apply to the next
+        call. A refused file keeps the running principals; the error goes to the log."""
+        try:
+            fresh = AuthTable.from_file(self.auth_file)
+        except AuthFileError as exc:
+            log.error("auth file reload refused, the running principals stay: %s", exc)
+            return False
+        self.interceptor.auth = fresh  # one reference swapped: a call sees the old table or the new
+        log.warning("auth file reloaded from %s: %d principals", self.auth_file, len(fresh))
+        return True
 
     def reload_policies(self) -> bool:
         """Load the policy directory again (SIGHUP). A refused file keeps the running rules
@@ -290,11 +304,10 @@ def create_server(config: ServeConfig) -> RunningServer:
         ),
     )
     admission = Admission()
+    interceptor = ApiInterceptor(auth, admission, config.request_idle_seconds)
     loop = _Loop(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"))
     try:
-        server, health_servicer, port = loop.run(
-            _listening(config, credentials, ApiInterceptor(auth, admission, config.request_idle_seconds), servicers)
-        )
+        server, health_servicer, port = loop.run(_listening(config, credentials, interceptor, servicers))
     except ServerStartError:
         loop.close()
         engine.dispose()
@@ -311,7 +324,19 @@ def create_server(config: ServeConfig) -> RunningServer:
     workers.start()  # resumes any batch a stopped or crashed server left RUNNING
     loop.run(_set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING))
     return RunningServer(
-        server, port, health_servicer, policies, engine, workers, checkpoint, recorder, lookups, admission, loop
+        server,
+        port,
+        health_servicer,
+        policies,
+        engine,
+        workers,
+        checkpoint,
+        recorder,
+        lookups,
+        admission,
+        loop,
+        interceptor,
+        config.auth_file,
     )
 
 
@@ -391,5 +416,7 @@ def serve(config: ServeConfig) -> None:
     while signals.get() == signal.SIGHUP:  # checkpoints tick on their own thread (Checkpointer)
         reloaded = running.reload_policies()
         print("policies reloaded" if reloaded else "policy reload refused: the running rules stay", flush=True)
+        reloaded = running.reload_auth()
+        print("auth file reloaded" if reloaded else "auth file reload refused: the principals stay", flush=True)
     print("shutting down: finishing in-flight calls", flush=True)
     running.stop(config.shutdown_grace_seconds)

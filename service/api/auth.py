@@ -83,6 +83,9 @@ class AuthTable:
     def __init__(self, principals: Mapping[str, Principal]) -> None:
         self._by_digest = dict(principals)
 
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
     @classmethod
     def from_file(cls, path: Path) -> AuthTable:
         try:

@@ -1,6 +1,7 @@
-"""`benefits serve` as a process reloads its policy directory on SIGHUP: a valid change serves
-the new version, a broken file keeps the old rules serving with the error (file and line) in the
-log, and Health stays SERVING throughout (SQLite)."""
+"""`benefits serve` as a process reloads its policy directory and its auth file on SIGHUP: a valid
+change serves the new version (a new token admitted, a removed one refused), a broken file keeps
+the old rules or principals serving with the error (file and line) in the log, and Health stays
+SERVING throughout (SQLite)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+import yaml
 from benefits.v1 import benefit_service_pb2, evaluation_pb2, policy_service_pb2
 from grpc_health.v1 import health_pb2
-from testkit.api_fixtures import A, Stubs, as_role, load_registry, registry_records, write_auth_file
+from testkit.api_fixtures import (
+    TOKENS,
+    A,
+    Stubs,
+    as_role,
+    bearer,
+    load_registry,
+    registry_records,
+    status_code,
+    write_auth_file,
+)
 from testkit.grpc_stubs import health_stub
 from testkit.paths import POLICIES_DIR
 from testkit.server_process import ServerProcess, server_process
@@ -23,6 +36,9 @@ POLICY = "stable-jobs-refund"
 OLD_VERSION, NEW_VERSION = "2025.2", "2025.9"
 RELOADED = re.compile(r"^policies reloaded$")
 REFUSED = re.compile(r"^policy reload refused")
+AUTH_RELOADED = re.compile(r"^auth file reloaded$")
+AUTH_REFUSED = re.compile(r"^auth file reload refused")
+NEW_TOKEN = "a-new-auditor-token-0123456789"
 
 
 @dataclass
@@ -31,6 +47,7 @@ class Running:
     stubs: Stubs
     policy_file: Path
     log_file: Path
+    auth_file: Path
 
     def versions(self) -> dict[str, str]:
         reply = self.stubs.policy.ListPolicies(
@@ -81,7 +98,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
     with server_process(url, auth_file, log_file, rules_dir=rules) as (child, port):
         stubs = Stubs.connect(port)
         try:
-            yield Running(child, stubs, rules / "policies" / f"{POLICY}.yaml", log_file)
+            yield Running(child, stubs, rules / "policies" / f"{POLICY}.yaml", log_file, auth_file)
         finally:
             stubs.channel.close()
 
@@ -130,3 +147,36 @@ def test_sighup_with_a_broken_file_keeps_the_old_rules_and_logs_file_and_line(
     running.rewrite(broken, old)
     running.sighup(RELOADED)
     assert running.get_version() == NEW_VERSION
+
+
+def _list_as(running: Running, token: str) -> grpc.StatusCode:
+    return status_code(
+        lambda: running.stubs.policy.ListPolicies(
+            policy_service_pb2.ListPoliciesRequest(), metadata=bearer(token), timeout=10
+        )
+    )
+
+
+def test_sighup_takes_a_new_auth_file_a_new_token_in_a_removed_one_out(running: Running) -> None:
+    principals = yaml.safe_load(running.auth_file.read_text(encoding="utf-8"))["principals"]
+    kept = [p for p in principals if p["principal"] != "test-auditor"]
+    kept.append({"principal": "new-auditor", "role": "auditor", "token": NEW_TOKEN})
+    assert _list_as(running, NEW_TOKEN) == grpc.StatusCode.UNAUTHENTICATED
+    running.auth_file.write_text(yaml.safe_dump({"principals": kept}), encoding="utf-8")
+    running.sighup(AUTH_RELOADED)
+    assert _list_as(running, NEW_TOKEN) == grpc.StatusCode.OK
+    assert _list_as(running, TOKENS["auditor"]) == grpc.StatusCode.UNAUTHENTICATED
+    assert _list_as(running, TOKENS["admin"]) == grpc.StatusCode.OK
+
+
+def test_sighup_with_a_broken_auth_file_keeps_the_principals_and_logs_the_entry(running: Running) -> None:
+    principals = yaml.safe_load(running.auth_file.read_text(encoding="utf-8"))["principals"]
+    principals.append({"principal": "broken", "role": "nobody", "token": NEW_TOKEN})
+    running.auth_file.write_text(yaml.safe_dump({"principals": principals}), encoding="utf-8")
+    running.sighup(AUTH_REFUSED)
+    assert _list_as(running, TOKENS["auditor"]) == grpc.StatusCode.OK
+    assert running.health() == health_pb2.HealthCheckResponse.SERVING
+    log = running.log_file.read_text(encoding="utf-8")
+    refusal = next(entry for entry in log.splitlines() if "auth file reload refused" in entry)
+    assert f"{running.auth_file}: principals[{len(principals) - 1}]: `role` must be one of" in refusal
+    assert _list_as(running, NEW_TOKEN) == grpc.StatusCode.UNAUTHENTICATED  # nothing of the file taken
