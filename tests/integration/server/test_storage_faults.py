@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -365,7 +366,7 @@ def read_only_server(
 ) -> Iterator[tuple[Stubs, str, Callable[[bool], None]]]:
     """Stubs of a running server, its database URL, and how to make that database read-only."""
     records = registry_records() + [enterprise_record(code) for code in FRESH]
-    config = {"db_timeouts": TIMEOUTS, "payers_file": write_payers(tmp_path)}
+    config: dict[str, Any] = {"db_timeouts": TIMEOUTS, "payers_file": write_payers(tmp_path)}
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'registry.db'}"
         with serving(url, records, tmp_path, **config) as running, sqlite_storage(running.engine) as storage:
