@@ -89,8 +89,8 @@ audit-verify: install  ## verify the ledger, every stored record and the newest 
 stop:  ## stop the background server
 	@if [ -f var/server.pid ]; then kill $$(cat var/server.pid) 2>/dev/null || true; rm -f var/server.pid; fi
 
-test: install node-deps  ## the whole suite but the slow tests: unit, integration, policy cases, on SQLite and PostgreSQL
-	$(BIN)/python -m pytest -q -m "not slow"
+test: install node-deps  ## the whole suite but the slow tests: unit, integration, policy cases, on SQLite and PostgreSQL; results in var/test-results.xml
+	$(BIN)/python -m pytest -q -m "not slow" --junitxml=var/test-results.xml
 
 test-slow: install  ## the slow large-volume tests only (100,000 enterprises: registry load, vectorised differential)
 	$(BIN)/python -m pytest -q -m slow
@@ -157,6 +157,9 @@ bench-profile: install  ## make bench under py-spy (all processes, busy samples)
 
 bench-api: install  ## ExplainEligibility calls/s and p50/p99 at 1, 8, 32 clients vs a trivial RPC
 	$(BIN)/python benchmarks/bench_api.py --count $(BENCH_COUNT)
+
+reliability-report: install  ## docs/reliability.md from the last make test (var/test-results.xml) and make load (bench/results/load-latest-*.json)
+	$(BIN)/python tools/reliability_report.py --tests var/test-results.xml $(foreach f,$(wildcard bench/results/load-latest-*.json),--load $(f))
 
 lint: install  ## buf lint over proto/ and ruff over the Python code
 	$(BIN)/buf lint
