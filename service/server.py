@@ -304,8 +304,9 @@ def create_server(config: ServeConfig) -> RunningServer:
         ),
     )
     admission = Admission()
-    interceptor = ApiInterceptor(auth, admission, config.request_idle_seconds)
-    loop = _Loop(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"))
+    pool = futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc")
+    interceptor = ApiInterceptor(auth, admission, pool, config.request_idle_seconds)
+    loop = _Loop(pool)
     try:
         server, health_servicer, port = loop.run(_listening(config, credentials, interceptor, servicers))
     except ServerStartError:

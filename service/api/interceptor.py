@@ -16,11 +16,13 @@ without a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -42,6 +44,7 @@ from service.errors import (
 OUR_METHODS = "/benefits.v1."
 _END = object()  # a sync response stream's end, handed back from the pool
 
+T = TypeVar("T")
 Parse = Callable[[bytes], Message]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # a string: grpc's class is generic in its stubs only
 
@@ -50,8 +53,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call (health checks excepted), checks the caller's role and limits,
     and serves our methods through `_Door`. Reflection keeps its own handler once admitted."""
 
-    def __init__(self, auth: AuthTable, admission: Admission, request_idle_seconds: float) -> None:
-        self.auth, self.admission = auth, admission
+    def __init__(self, auth: AuthTable, admission: Admission, pool: Executor, request_idle_seconds: float) -> None:
+        self.auth, self.admission, self.pool = auth, admission, pool
         self.request_idle_seconds = request_idle_seconds
 
     async def intercept_service(
@@ -78,6 +81,7 @@ class _Door:
 
     def __init__(self, interceptor: ApiInterceptor, principal: Principal, handler: Handler) -> None:
         self.admission, self.idle = interceptor.admission, interceptor.request_idle_seconds
+        self.pool = interceptor.pool
         self.principal, self.handler = principal, handler
         self.parse: Parse = handler.request_deserializer or _no_parser
         # grpc's stubs type behaviors as sync functions; ours may be coroutines (see module doc)
@@ -85,6 +89,9 @@ class _Door:
 
     def method_handler(self) -> Handler:
         handler, encode = self.handler, self.handler.response_serializer
+        if handler.stream_stream or (handler.stream_unary and not inspect.iscoroutinefunction(self.behavior)):
+            # A client stream is read here as it comes, which only a coroutine can take.
+            raise TypeError("a client-streaming method of ours must be a coroutine; none may be bidirectional")
         if handler.unary_unary or handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(self._unary_response, response_serializer=encode)
         return grpc.stream_stream_rpc_method_handler(self._stream_response, response_serializer=encode)
@@ -94,7 +101,9 @@ class _Door:
             if self.handler.stream_unary:
                 return await self.behavior(self._messages(incoming), context)
             request = await self._single(incoming)
-            return await _in_pool(self.behavior, request, context)
+            if inspect.iscoroutinefunction(self.behavior):
+                return await self.behavior(request, context)
+            return await _in_pool(self.pool, self.behavior, request, context)
         return None  # not reached: `_serving` ends a failed call with its status
 
     async def _stream_response(
@@ -106,7 +115,7 @@ class _Door:
             responses = (
                 behavior(request, context)
                 if inspect.isasyncgenfunction(behavior)
-                else _from_pool(behavior, request, context)
+                else _from_pool(self.pool, behavior(request, context))  # made here, run step by step there
             )
             async for response in responses:
                 yield response
@@ -164,29 +173,29 @@ class _Door:
             raise InvalidArgumentError([("", "the request is not a valid message of the method's type")]) from None
 
 
-async def _in_pool(behavior: Callable[..., Any], request: Message, context: Any) -> Any:
-    if inspect.iscoroutinefunction(behavior):
-        return await behavior(request, context)
-    return await asyncio.to_thread(behavior, request, context)  # the caller's context goes along
-
-
-async def _from_pool(
-    behavior: Callable[..., Generator[Any, None, None]], request: Message, context: Any
-) -> AsyncIterator[Any]:
-    """A sync response stream, each step run in the pool: the thread is held while a response is
-    made, never while the client reads."""
-    loop = asyncio.get_running_loop()
-    call_context = contextvars.copy_context()
-    responses = behavior(request, context)
+async def _in_pool(pool: Executor, function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` on a pool thread, in a copy of the caller's context (the principal). A
+    call cancelled meanwhile (the client left, the server stops) stays in flight until its thread
+    is done with it, unless it had not started: a client that cancels and calls again cannot
+    pile work up in the pool beyond its `max_in_flight`."""
+    work = pool.submit(contextvars.copy_context().run, function, *args)
     try:
-        while (response := await loop.run_in_executor(None, call_context.run, _step, responses)) is not _END:
+        return await asyncio.wrap_future(work)
+    except asyncio.CancelledError:
+        if not work.cancel():
+            with contextlib.suppress(BaseException):  # its outcome is nobody's any more
+                await asyncio.wrap_future(work)
+        raise
+
+
+async def _from_pool(pool: Executor, responses: Generator[Any, None, None]) -> AsyncIterator[Any]:
+    """A sync response stream, each step run in the pool: a thread is held while a response is
+    made, never while the client reads it."""
+    try:
+        while (response := await _in_pool(pool, next, responses, _END)) is not _END:
             yield response
     finally:
-        await loop.run_in_executor(None, call_context.run, responses.close)
-
-
-def _step(responses: Iterator[Any]) -> Any:
-    return next(responses, _END)
+        await _in_pool(pool, responses.close)  # after the last step ended: never two at once
 
 
 def _no_parser(raw: bytes) -> Message:
