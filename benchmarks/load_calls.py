@@ -81,6 +81,9 @@ class MethodStats:
 
 
 Stats = dict[str, MethodStats]
+# evaluation id -> (USCC, policy, period, outcome as stored: "ELIGIBLE", ..., amount in fen), as answered
+Decision = tuple[str, str, int, str, int]
+Decisions = dict[str, Decision]
 
 
 def merge_stats(into: Stats, other: Stats) -> None:
@@ -123,14 +126,21 @@ def record(stats: Stats, method: str, code: str, seconds: float, measured: bool)
         entry.latencies.append(seconds)
 
 
-def run_client(work: Workload, index: int, tickets: TicketCounter, stats: Stats) -> None:
-    """One client: calls from the mix until the run's calls are all taken."""
+def merge_decisions(into: Decisions, other: Decisions) -> list[str]:
+    """Add `other` to `into`; the ids answered with two different decisions."""
+    conflicts = [key for key, decision in other.items() if into.setdefault(key, decision) != decision]
+    return conflicts
+
+
+def run_client(work: Workload, index: int, tickets: TicketCounter, stats: Stats, decisions: Decisions) -> None:
+    """One client: calls from the mix until the run's calls are all taken; the decisions it was
+    answered with go to `decisions`."""
     import grpc
 
     channel = grpc.insecure_channel(work.target, options=CLIENT_OPTIONS)
     try:
         grpc.channel_ready_future(channel).result(timeout=CALL_TIMEOUT)
-        client = _Client(work, channel, random.Random(index * 7919 + 1))
+        client = _Client(work, channel, random.Random(index * 7919 + 1), decisions)
         methods = [name for name, _ in MIX]
         weights = [weight for _, weight in MIX]
         while (ticket := tickets.take()) is not None:
@@ -154,7 +164,7 @@ def run_client(work: Workload, index: int, tickets: TicketCounter, stats: Stats)
 class _Client:
     """One client's stubs and what it has seen (evaluation ids and their USCCs)."""
 
-    def __init__(self, work: Workload, channel: grpc.Channel, rng: random.Random) -> None:
+    def __init__(self, work: Workload, channel: grpc.Channel, rng: random.Random, decisions: Decisions) -> None:
         from benefits.v1 import (
             audit_service_pb2_grpc,
             benefit_service_pb2_grpc,
@@ -163,7 +173,7 @@ class _Client:
         )
         from grpc_health.v1 import health_pb2_grpc
 
-        self.work, self.rng = work, rng
+        self.work, self.rng, self.decisions = work, rng, decisions
         self.benefits = benefit_service_pb2_grpc.BenefitServiceStub(channel)
         self.registry = registry_service_pb2_grpc.RegistryServiceStub(channel)
         self.policies = policy_service_pb2_grpc.PolicyServiceStub(channel)
@@ -225,6 +235,19 @@ class _Client:
         got = reply.evaluation
         if (got.uscc, got.policy_id, got.period) != (uscc, policy, self.work.period) or not got.evaluation_id:
             raise WrongAnswerError(f"ExplainEligibility {uscc} {policy}: answered {got.uscc} {got.policy_id}")
+        from benefits.v1 import evaluation_pb2
+
+        decision = (
+            uscc,
+            policy,
+            got.period,
+            evaluation_pb2.Outcome.Name(got.outcome).removeprefix("OUTCOME_"),
+            got.amount_fen,
+        )
+        if self.decisions.setdefault(got.evaluation_id, decision) != decision:
+            raise WrongAnswerError(
+                f"ExplainEligibility {got.evaluation_id}: answered before as {self.decisions[got.evaluation_id]}"
+            )
         self.seen.append((got.evaluation_id, uscc))
 
     def get_enterprise(self) -> None:

@@ -8,13 +8,16 @@ with its own channel, spread over --client-procs spawned processes so one GIL is
 bottleneck) make the weighted mix of load_calls.py until CALLS calls are done; when the warm-up
 (the first 20 % of the calls) ends, one payout batch is created and watched to DRAFT while the
 rest runs. The server's VmRSS is sampled every 0.5 s. After the run VerifyAuditLog must answer
-VALID.
+VALID, and every decision ExplainEligibility answered must be stored under its evaluation id as
+answered (read from the database once the server has stopped).
 
 Per method: calls, status codes, p50/p99/max latency (ms) of the OK calls after the warm-up.
 RESOURCE_EXHAUSTED (rate limits) is counted apart; every other non-OK status, or an OK reply
 that does not answer the request, is an error. Exit status 1 when there is any error, the RSS
-grew by 10 % or more from the end of the warm-up to the end, or the audit log is not VALID.
-Figures, machine, date and git commit go to bench/results/load-latest.json.
+grew by 10 % or more from the end of the warm-up to the end, the audit log is not VALID or an
+answered decision is not stored as answered.
+Figures, machine, date and git commit go to bench/results/load-latest.json (and
+load-latest-<db>.json).
 
 Usage: python benchmarks/load_run.py [--calls 50000] [--clients 32] [--count 2000]
                                      [--db sqlite|postgresql] [--client-procs 2]
@@ -49,11 +52,13 @@ from load_calls import (
     OK,
     RATE_LIMITED,
     WRONG_ANSWER,
+    Decisions,
     MethodStats,
     Stats,
     TicketCounter,
     Tokens,
     Workload,
+    merge_decisions,
     merge_stats,
     record,
     run_client,
@@ -66,6 +71,7 @@ RUN_DIR = CACHE / "load"
 WARMUP_SHARE = 0.20
 RSS_INTERVAL = 0.5  # seconds between samples of the server's VmRSS
 RSS_LIMIT = 0.10  # growth after the warm-up that fails the run
+PROGRESS_EVERY = 20  # RSS samples between progress lines (10 s)
 SERVER_WORKERS = 16
 
 
@@ -144,9 +150,12 @@ class RssSample:
 
 
 class RssSampler(threading.Thread):
-    def __init__(self, server: ServerProcess, started: Any) -> None:
+    """The server's VmRSS every RSS_INTERVAL seconds, with the calls started by then; a progress
+    line every PROGRESS_EVERY samples."""
+
+    def __init__(self, server: ServerProcess, started: Any, calls: int) -> None:
         super().__init__(daemon=True)
-        self.server, self.started = server, started
+        self.server, self.started, self.calls = server, started, calls
         self.samples: list[RssSample] = []
         self.done = threading.Event()
         self._t0 = time.perf_counter()
@@ -159,6 +168,13 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             self.sample()
+            if self.samples and len(self.samples) % PROGRESS_EVERY == 0:
+                last = self.samples[-1]
+                print(
+                    f"  {last.seconds:5.0f} s: {last.calls_started:,} of {self.calls:,} calls started, "
+                    f"server RSS {last.kib / 1024:,.0f} MB",
+                    flush=True,
+                )
             self.done.wait(RSS_INTERVAL)
 
     def stop(self) -> None:
@@ -231,10 +247,11 @@ def run_batch(target: str, tokens: Tokens, policy: str, period: int, started: An
 def _client_process(work: Workload, first: int, count: int, started: Any, results: Any) -> None:
     tickets = TicketCounter(started, work.calls)
     per_thread: list[Stats] = [{} for _ in range(count)]
+    answered: list[Decisions] = [{} for _ in range(count)]
 
     def client(slot: int) -> None:
         try:
-            run_client(work, first + slot, tickets, per_thread[slot])
+            run_client(work, first + slot, tickets, per_thread[slot], answered[slot])
         except Exception as exc:  # a client that died is an error of the run, never a hang
             record(per_thread[slot], "client", type(exc).__name__, 0.0, False)
 
@@ -245,9 +262,12 @@ def _client_process(work: Workload, first: int, count: int, started: Any, result
     for thread in threads:
         thread.join()
     merged: Stats = {}
-    for stats in per_thread:
+    decisions: Decisions = {}
+    conflicts: list[str] = []
+    for stats, theirs in zip(per_thread, answered, strict=True):
         merge_stats(merged, stats)
-    results.put((merged, _own_cpu() - cpu_before))
+        conflicts += merge_decisions(decisions, theirs)
+    results.put((merged, decisions, conflicts, _own_cpu() - cpu_before))
 
 
 def _own_cpu() -> float:
@@ -263,13 +283,15 @@ class RunFigures:
     server_cpu: float | None  # seconds
     batch: BatchWatch
     rss: list[RssSample]
+    decisions: Decisions  # every ExplainEligibility answer, by evaluation id
+    conflicts: list[str]  # evaluation ids answered with two different decisions
 
 
 def run_load(work: Workload, clients: int, procs: int, server: ServerProcess, batch_policy: str) -> RunFigures:
     ctx = multiprocessing.get_context("spawn")
     started = ctx.Value("q", 0)  # calls taken so far, over every process
     results = ctx.Queue()
-    sampler = RssSampler(server, started)
+    sampler = RssSampler(server, started, work.calls)
     holder: dict[str, BatchWatch] = {}
     batch = threading.Thread(
         target=lambda: holder.update(
@@ -289,10 +311,13 @@ def run_load(work: Workload, clients: int, procs: int, server: ServerProcess, ba
         children.append(child)
         first += share
     stats: Stats = {}
+    decisions: Decisions = {}
+    conflicts: list[str] = []
     client_cpu = 0.0
     for _ in children:
-        part, cpu = results.get()
+        part, theirs, their_conflicts, cpu = results.get()
         merge_stats(stats, part)
+        conflicts += their_conflicts + merge_decisions(decisions, theirs)
         client_cpu += cpu
     for child in children:
         child.join()
@@ -305,7 +330,7 @@ def run_load(work: Workload, clients: int, procs: int, server: ServerProcess, ba
         record(watch.stats, "WatchPayoutBatch", "NOT_FINISHED", 0.0, False)
     merge_stats(stats, watch.stats)
     server_cpu = None if server_before is None or server_after is None else server_after - server_before
-    return RunFigures(stats, wall, client_cpu, server_cpu, watch, sampler.samples)
+    return RunFigures(stats, wall, client_cpu, server_cpu, watch, sampler.samples, decisions, conflicts)
 
 
 def verify_audit_log(target: str, tokens: Tokens) -> dict[str, Any]:
@@ -330,6 +355,44 @@ def verify_audit_log(target: str, tokens: Tokens) -> dict[str, Any]:
         }
     finally:
         channel.close()
+
+
+def stored_decisions(url: str, decisions: Decisions) -> dict[str, Any]:
+    """Whether every decision answered is stored as answered: the records of the answered
+    evaluation ids, read from the database after the server has stopped."""
+    from sqlalchemy import select
+
+    from enterprise_registry.db import make_engine
+    from service.audit.record_tables import evaluation_record as table
+
+    ids = sorted(decisions)
+    stored: Decisions = {}
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(
+                        table.c.evaluation_id,
+                        table.c.uscc,
+                        table.c.policy_id,
+                        table.c.period,
+                        table.c.outcome,
+                        table.c.amount_fen,
+                    ).where(table.c.evaluation_id.in_(ids[start : start + 500]))
+                )
+                for row in rows:
+                    stored[row[0]] = (row[1], row[2], int(row[3]), str(row[4]), int(row[5]))
+    finally:
+        engine.dispose()
+    differing = [key for key, decision in stored.items() if decisions[key] != decision]
+    return {
+        "answered": len(ids),
+        "stored": len(stored),
+        "missing": len(ids) - len(stored),
+        "differing": len(differing),
+        "differing_samples": differing[:5],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +533,8 @@ def main() -> int:
         verdict = verify_audit_log(server.target, tokens)
     finally:
         server_exit = server.stop()
+    ledger = stored_decisions(url, figures.decisions)
+    ledger["conflicting_answers"] = len(figures.conflicts)
 
     methods = method_figures(figures.stats)
     rss = rss_figures(figures.rss, warmup_calls)
@@ -477,7 +542,8 @@ def main() -> int:
     errors = sum(f["errors"] for f in methods.values())
     limited = sum(f["rate_limited"] for f in methods.values())
     rss_ok = rss["growth_pct"] is not None and rss["growth_pct"] < RSS_LIMIT * 100
-    passed = errors == 0 and rss_ok and bool(verdict["valid"])
+    ledger_ok = ledger["missing"] == ledger["differing"] == ledger["conflicting_answers"] == 0
+    passed = errors == 0 and rss_ok and bool(verdict["valid"]) and ledger_ok
 
     print()
     print(
@@ -505,6 +571,11 @@ def main() -> int:
         f"VerifyAuditLog: {'VALID' if verdict['valid'] else 'NOT VALID'}, {verdict['entries_checked']:,} entries, "
         f"{verdict['fault']}, {verdict['problems']} problems, {verdict['seconds']:.1f} s"
         + (f" ({verdict['detail']})" if verdict["detail"] else "")
+    )
+    print(
+        f"decisions answered by ExplainEligibility: {ledger['answered']:,} evaluation ids, {ledger['stored']:,} "
+        f"stored as answered, {ledger['missing']:,} missing, {ledger['differing']:,} stored otherwise, "
+        f"{ledger['conflicting_answers']:,} answered twice differently"
     )
     print(f"errors: {errors:,}; rate limited (RESOURCE_EXHAUSTED, apart): {limited:,}; server exit {server_exit}")
 
@@ -542,12 +613,16 @@ def main() -> int:
             "seconds": b.seconds,
         },
         "verify": verdict,
+        "decisions": ledger,
         "server_exit": server_exit,
         "passed": passed,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"written: {args.out}; {'PASSED' if passed else 'FAILED'}")
+    # the newest run, and the newest on this database (a PostgreSQL run keeps the SQLite one's)
+    written = [args.out, args.out.with_name(f"{args.out.stem}-{args.db}.json")]
+    for path in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"written: {', '.join(str(path) for path in written)}; {'PASSED' if passed else 'FAILED'}")
     return 0 if passed else 1
 
 
