@@ -9,6 +9,9 @@ COUNT ?= 20000
 SEED ?= 7
 LISTEN ?= 127.0.0.1:50051
 BENCH_COUNT ?= 100000
+# make load: calls in all and concurrent clients (COUNT and DB have their own defaults there)
+CALLS ?= 50000
+CLIENTS ?= 32
 # make bench: enterprises and worker processes
 N ?= 1000000
 WORKERS ?= 2
@@ -25,7 +28,7 @@ REGISTRY := var/registry-$(COUNT)-$(SEED).jsonl
 PROTOS := $(wildcard proto/benefits/v1/*.proto)
 GENERATED := gen/benefits/v1/__init__.py
 
-.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-verify bench-snapshots bench-trace proto run serve serve-background stop seed check check-rules format-check typecheck test test-slow test-unit test-integration test-random test-policies bench lint layers clean
+.PHONY: install audit-verify node-deps bench-rules bench-api bench-batches bench-profile bench-columns bench-ledger bench-money bench-records bench-verify bench-snapshots bench-trace load proto run serve serve-background stop seed check check-rules format-check typecheck test test-slow test-unit test-integration test-random test-policies bench lint layers clean
 
 install: $(VENV)/.installed $(GENERATED)  ## virtual environment with the project (editable) and its dev tools
 
@@ -158,8 +161,16 @@ bench-profile: install  ## make bench under py-spy (all processes, busy samples)
 bench-api: install  ## ExplainEligibility calls/s and p50/p99 at 1, 8, 32 clients vs a trivial RPC
 	$(BIN)/python benchmarks/bench_api.py --count $(BENCH_COUNT)
 
+# The load run's own defaults: a registry that sets up in seconds, embedded SQLite; given on the
+# command line (make load COUNT=20000 DB=postgresql) they win over these.
+load: COUNT = 2000
+load: DB = sqlite
+load: install  ## the load run: CALLS mixed calls by CLIENTS clients on loopback (COUNT=, DB=sqlite|postgresql): p50/p99 per method, zero errors, server RSS growth < 10 %, audit log VALID; bench/results/load-latest.json
+	$(BIN)/python benchmarks/load_run.py --calls $(CALLS) --clients $(CLIENTS) --count $(COUNT) \
+	  --db $(if $(findstring postgres,$(DB)),postgresql,sqlite)
+
 reliability-report: install  ## docs/reliability.md from the last make test (var/test-results.xml) and make load (bench/results/load-latest-*.json)
-	$(BIN)/python tools/reliability_report.py --tests var/test-results.xml $(foreach f,$(wildcard bench/results/load-latest-*.json),--load $(f))
+	$(BIN)/python tools/reliability_report.py --tests var/test-results.xml $(foreach f,$(wildcard bench/results/load-latest-sqlite.json bench/results/load-latest-postgresql.json),--load $(f))
 
 lint: install  ## buf lint over proto/ and ruff over the Python code
 	$(BIN)/buf lint

@@ -27,147 +27,20 @@ import os
 import random
 import resource
 import secrets
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
-if TYPE_CHECKING:  # grpc is imported where it is used, as before
-    import grpc
-    from grpc_health.v1 import health_pb2
+from bench_server import CACHE, ServerProcess, policies_in_force, prepare_registry, wait_serving
 
-    class _Health(Protocol):
-        """HealthStub as it is at run time: its stub (types-grpcio-health-checking) declares no methods."""
+if TYPE_CHECKING:
+    from bench_server import Health
 
-        Check: grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CACHE = REPO_ROOT / "var" / "bench"
-RULES_DIR = REPO_ROOT / "rules"
 CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 CALL_TIMEOUT = 30.0
 BARRIER_TIMEOUT = 300.0  # a broken run fails instead of hanging
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-# ---------------------------------------------------------------------------------------------
-# The registry, cached under var/bench/.
-def prepare_registry(count: int, seed: int) -> tuple[str, list[str]]:
-    """The SQLite URL of a loaded synthetic registry, and the USCCs of its enterprises."""
-    from bench_registry import load_feed, write_feed
-    from sqlalchemy import text
-
-    from enterprise_registry.db import make_engine
-
-    CACHE.mkdir(parents=True, exist_ok=True)
-    stem = CACHE / f"registry-{count}-{seed}"
-    feed, db, marker = stem.with_suffix(".jsonl"), stem.with_suffix(".db"), stem.with_suffix(".loaded")
-    url = f"sqlite:///{db}"
-    if not feed.exists():
-        started = time.perf_counter()
-        records = write_feed(feed, count, seed)
-        print(
-            f"registry: wrote {records:,} records for {count:,} units to {feed} "
-            f"in {time.perf_counter() - started:.1f} s",
-            flush=True,
-        )
-    if not marker.exists():
-        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-            path.unlink(missing_ok=True)
-        report = load_feed(url, feed)
-        marker.touch()
-        print(f"registry: loaded {report.records:,} records into {db} in {report.seconds:.1f} s", flush=True)
-    else:
-        print(f"registry: reusing {db} (delete {marker.name} to rebuild)", flush=True)
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            usccs = [row[0] for row in connection.execute(text("select uscc from enterprise"))]
-    finally:
-        engine.dispose()
-    return url, usccs
-
-
-def policies_in_force(period: int) -> list[str]:
-    from rules.loader import load_policy_dir
-    from service.catalogue import CATALOGUE
-
-    return sorted(p.id for p in load_policy_dir(RULES_DIR, CATALOGUE) if p.covers(period))
-
-
-# ---------------------------------------------------------------------------------------------
-# The server, in its own process.
-class ServerProcess:
-    def __init__(self, db_url: str, auth_file: Path, workers: int) -> None:
-        from service.serve_command import serve_command
-
-        self.log_path = CACHE / "server.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
-        self.process = subprocess.Popen(
-            serve_command(db_url, RULES_DIR, auth_file, "--listen", "127.0.0.1:0", "--workers", str(workers)),
-            cwd=REPO_ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.target = self._wait_listening()
-
-    def _wait_listening(self, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-                if line.startswith("listening on "):
-                    return line.removeprefix("listening on ").strip()
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"the server did not start; see {self.log_path}")
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server process so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-def wait_serving(target: str, timeout: float = 30.0) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    channel = grpc.insecure_channel(target)
-    try:
-        stub = cast("_Health", health_pb2_grpc.HealthStub(channel))
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.1)
-    finally:
-        channel.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +73,7 @@ def _client(job: Job, index: int, barrier: Any, result: ClientResult) -> None:
     channel = grpc.insecure_channel(job.target, options=CLIENT_OPTIONS)
     try:
         if job.kind == "health":
-            check = cast("_Health", health_pb2_grpc.HealthStub(channel)).Check
+            check = cast("Health", health_pb2_grpc.HealthStub(channel)).Check
             request = health_pb2.HealthCheckRequest()
 
             def call() -> None:
