@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -277,6 +278,9 @@ _STALE_TABLES = text(
 )
 
 
+_REFRESHING = threading.Lock()
+
+
 def refresh_statistics(engine: Engine) -> list[str]:
     """Bring the planner's statistics up to date after bulk writes; the tables analysed.
 
@@ -294,9 +298,18 @@ def refresh_statistics(engine: Engine) -> list[str]:
     """
     if engine.dialect.name != "postgresql":
         return []
-    with engine.connect() as conn:
-        stale = list(conn.execute(_STALE_TABLES, {"growth": _GROWTH_FACTOR, "small": _SMALL_TABLE_PAGES}).scalars())
-        if stale:
-            conn.execute(text("analyze " + ", ".join(f'"{name}"' for name in stale)))
-        conn.commit()
-    return stale
+    # One analysis at a time, and none waiting for another: two ANALYZEs of a table wait for each
+    # other, and concurrent imports made that wait reach the lock timeout (the import, committed,
+    # then answered UNAVAILABLE). A refresh already running here, or a table another process is
+    # analysing (SKIP_LOCKED), is left to it; the next refresh catches up.
+    if not _REFRESHING.acquire(blocking=False):
+        return []
+    try:
+        with engine.connect() as conn:
+            stale = list(conn.execute(_STALE_TABLES, {"growth": _GROWTH_FACTOR, "small": _SMALL_TABLE_PAGES}).scalars())
+            if stale:
+                conn.execute(text("analyze (skip_locked) " + ", ".join(f'"{name}"' for name in stale)))
+            conn.commit()
+        return stale
+    finally:
+        _REFRESHING.release()

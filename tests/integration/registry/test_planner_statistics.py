@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from enterprise_registry.db import create_schema, make_engine, refresh_statistics
+from enterprise_registry.db import DatabaseTimeouts, create_schema, make_engine, refresh_statistics
 from enterprise_registry.importer import load_records
 from enterprise_registry.synthetic import generate
 from service.audit.records import Actor
@@ -102,3 +102,24 @@ def test_sqlite_is_left_without_statistics(tmp_path: Any) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from sqlite_master where name = 'sqlite_stat1'")).scalar() == 0
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_table_another_session_is_analysing_is_skipped_without_waiting(engine: Engine) -> None:
+    """Concurrent imports each refresh the statistics: an ANALYZE waiting for another's reached
+    the lock timeout and failed an import already committed. Now a table whose ANALYZE lock
+    another session holds is skipped (SKIP_LOCKED), even with a lock timeout far shorter than
+    the hold, and analysed by the next refresh."""
+    with engine.begin() as conn:  # a table of ~50 pages, never analysed: stale
+        conn.execute(text("create table filler as select g, repeat('x', 200) as pad from generate_series(1, 7000) g"))
+    impatient = make_engine(engine.url.render_as_string(hide_password=False), timeouts=DatabaseTimeouts(lock=0.2))
+    try:
+        with engine.connect() as holder:  # the lock an ANALYZE takes, held open
+            holder.execute(text("lock table filler in share update exclusive mode"))
+            assert "filler" in refresh_statistics(impatient)  # no LockNotAvailable
+            assert _analysed(engine)["filler"] is None
+            holder.rollback()
+        refresh_statistics(impatient)
+        assert _analysed(engine)["filler"] is not None
+    finally:
+        impatient.dispose()
