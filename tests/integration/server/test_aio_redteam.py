@@ -8,12 +8,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
 from benefits.v1 import policy_service_pb2, registry_service_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
+from sqlalchemy import text
 from testkit.api_fixtures import (
     A,
     Stubs,
@@ -29,7 +31,8 @@ from testkit.api_fixtures import (
 from testkit.databases import fresh_database
 from testkit.grpc_stubs import health_stub, reflection_stub
 
-from service.server import RunningServer
+from enterprise_registry.db import make_engine
+from service.server import CALLS_PER_WORKER, RunningServer
 
 LIST_POLICIES = "/benefits.v1.PolicyService/ListPolicies"
 GET_ENTERPRISE = "/benefits.v1.RegistryService/GetEnterprise"
@@ -214,3 +217,86 @@ def test_reflection_streams_count_against_the_principals_calls_in_flight(stubs: 
         release.set()
         for stream in streams:
             stream.cancel()
+
+
+@pytest.fixture
+def one_thread_server(tmp_path: Path) -> Iterator[RunningServer]:
+    """A server of one pool thread: it admits CALLS_PER_WORKER calls at once, server-wide."""
+    with (
+        fresh_database("sqlite", tmp_path) as url,
+        serving(url, registry_records(), tmp_path, principals=PRINCIPALS, max_workers=1) as running,
+    ):
+        yield running
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Health/Watch needs no token and is bounded by nothing but the server-wide "
+    "maximum_concurrent_rpcs (server.py:334): tokenless watchers take every slot and admitted "
+    "principals are refused RESOURCE_EXHAUSTED",
+)
+def test_tokenless_health_watchers_cannot_lock_out_the_principals(one_thread_server: RunningServer) -> None:
+    with _connected(one_thread_server.port) as anonymous, _connected(one_thread_server.port) as admin:
+        watchers = [
+            health_stub(anonymous.channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            for _ in range(CALLS_PER_WORKER)
+        ]
+        try:
+            for watcher in watchers:  # each open and served its first status
+                assert next(watcher).status == health_pb2.HealthCheckResponse.SERVING
+            reply = admin.policy.ListPolicies(
+                policy_service_pb2.ListPoliciesRequest(), metadata=as_role("admin"), timeout=5
+            )
+            assert reply.policies
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+
+
+@pytest.fixture
+def pg_server(tmp_path: Path) -> Iterator[tuple[RunningServer, str]]:
+    """A server of four pool threads on PostgreSQL, where a test can hold a table's lock."""
+    with (
+        fresh_database("postgresql", tmp_path) as url,
+        serving(url, registry_records(), tmp_path, principals=PRINCIPALS, max_workers=4) as running,
+    ):
+        yield running, url
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(
+    strict=True,
+    reason="a cancelled call leaves its in-flight count at once (interceptor.py:129-131) while its servicer "
+    "goes on in the pool (asyncio.to_thread cannot stop it, interceptor.py:170): cancel and call again, "
+    "and one principal of max_in_flight 2 holds every pool thread",
+)
+def test_cancelling_calls_does_not_let_a_principal_hold_more_pool_threads_than_its_limit(
+    pg_server: tuple[RunningServer, str],
+) -> None:
+    server, url = pg_server
+    locker = make_engine(url)
+    try:
+        with locker.connect() as conn, _connected(server.port) as narrow, _connected(server.port) as admin:
+            trans = conn.begin()
+            conn.execute(text("lock table enterprise in access exclusive mode"))  # GetEnterprise waits on it
+            try:
+                for _ in range(3):  # 3 rounds of 2 calls: 6 servicers waiting, the pool has 4 threads
+                    calls = [
+                        narrow.registry.GetEnterprise.future(
+                            registry_service_pb2.GetEnterpriseRequest(uscc=A), metadata=bearer(NARROW_TOKEN), timeout=30
+                        )
+                        for _ in range(2)
+                    ]
+                    _wait_until(lambda: server.admission.in_flight("rt-narrow") == 2)
+                    time.sleep(0.3)  # both past their request, waiting on the lock in the pool
+                    for call in calls:
+                        call.cancel()
+                    _wait_until(lambda: server.admission.in_flight("rt-narrow") == 0)
+                reply = admin.policy.ListPolicies(
+                    policy_service_pb2.ListPoliciesRequest(), metadata=as_role("admin"), timeout=3
+                )
+                assert reply.policies
+            finally:
+                trans.rollback()
+    finally:
+        locker.dispose()
