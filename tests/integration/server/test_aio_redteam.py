@@ -12,11 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from benefits.v1 import policy_service_pb2, registry_service_pb2
+from benefits.v1 import payout_service_pb2, payout_service_pb2_grpc, policy_service_pb2, registry_service_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from sqlalchemy import text
 from testkit.api_fixtures import (
+    CLIENT_OPTIONS,
     A,
     Stubs,
     as_role,
@@ -30,6 +31,7 @@ from testkit.api_fixtures import (
 )
 from testkit.databases import fresh_database
 from testkit.grpc_stubs import health_stub, reflection_stub
+from testkit.money_fixtures import Money, money_server, titled, uscc
 
 from enterprise_registry.db import make_engine
 from service.server import CALLS_PER_WORKER, RunningServer
@@ -300,3 +302,48 @@ def test_cancelling_calls_does_not_let_a_principal_hold_more_pool_threads_than_i
                 trans.rollback()
     finally:
         locker.dispose()
+
+
+EXPORT_ENTERPRISES = 400  # a pain.001 file of ~280 KB: more than a stream's 64 KiB flow-control window
+
+
+@pytest.fixture
+def approved_batch(tmp_path: Path) -> Iterator[tuple[RunningServer, str]]:
+    """A server with an APPROVED batch of EXPORT_ENTERPRISES lines."""
+    records = [r for n in range(1, EXPORT_ENTERPRISES + 1) for r in titled(uscc(n), n, 2025)]
+    with fresh_database("sqlite", tmp_path) as url, money_server(url, records, tmp_path) as running:
+        with _connected(running.port) as stubs:
+            money = Money(stubs)
+            batch = money.create("little-giant-reward", 2025, "redteam-export-0001")
+            assert batch.line_count == EXPORT_ENTERPRISES
+            money.approve(batch.batch_id)
+        yield running, batch.batch_id
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a server stream cancelled while gRPC writes its response leaves the async generator at its yield; "
+    "it is closed later by the loop's finaliser in another context, where current_principal.reset(token) "
+    "raises ValueError before admission.leave (interceptor.py:129-131): the call stays in flight forever",
+)
+def test_an_export_cancelled_while_its_response_is_written_leaves_no_call_in_flight(
+    approved_batch: tuple[RunningServer, str],
+) -> None:
+    server, batch_id = approved_batch
+    # No BDP probe: the client's window stays 64 KiB, so the server's write waits for the client to read.
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[*CLIENT_OPTIONS, ("grpc.http2.bdp_probe", 0)])
+    try:
+        export = payout_service_pb2_grpc.PayoutServiceStub(channel).ExportPayoutBatch(
+            payout_service_pb2.ExportPayoutBatchRequest(
+                batch_id=batch_id, format=payout_service_pb2.EXPORT_FORMAT_PAIN_001
+            ),
+            metadata=as_role("finance_operator"),
+            timeout=30,
+        )
+        assert len(next(export).data) == 64 * 1024
+        time.sleep(0.5)  # the server's next write waits for the window
+        assert server.admission.in_flight("test-finance_operator") == 1
+        export.cancel()
+        _wait_until(lambda: server.admission.in_flight("test-finance_operator") == 0, seconds=5)
+    finally:
+        channel.close()
