@@ -22,6 +22,7 @@ from sqlalchemy import text
 from testkit.api_fixtures import (
     CLIENT_OPTIONS,
     A,
+    B,
     Stubs,
     as_role,
     bearer,
@@ -49,8 +50,16 @@ GET_ENTERPRISE = "/benefits.v1.RegistryService/GetEnterprise"
 SMALL_TOKEN = "small-requests-token-0123456789"
 NARROW_TOKEN = "narrow-in-flight-token-0123456789"
 RATED_TOKEN = "rated-enterprise-token-0123456789"
+ENTERPRISE_B_TOKEN = "enterprise-b-token-0123456789"
 RATE, BURST = 20.0, 5
 PRINCIPALS = [
+    {
+        "principal": "rt-enterprise-b",
+        "role": "enterprise",
+        "uscc": B,
+        "token": ENTERPRISE_B_TOKEN,
+        "limits": {"calls_per_second": 10_000, "burst": 10_000},
+    },
     {"principal": "rt-small", "role": "admin", "token": SMALL_TOKEN, "limits": {"max_request_bytes": 1024}},
     {"principal": "rt-narrow", "role": "admin", "token": NARROW_TOKEN, "limits": {"max_in_flight": 2}},
     {
@@ -530,3 +539,34 @@ def test_one_large_bad_request_does_not_stall_the_loop(server: RunningServer, st
         done.set()
         prober.join()
     assert max(latencies) < 0.5, f"Health/Check took {max(latencies):.2f} s while the request was judged"
+
+
+# ----------------------------------------------------------------------------- whose call it is
+
+
+def test_concurrent_enterprises_each_see_only_their_own_records(server: RunningServer) -> None:
+    """Two enterprises call from eight threads at once, each asking for its own USCC and the
+    other's: the principal of each call is its own in every pool thread."""
+    callers = [(as_role("enterprise"), A, B), (bearer(ENTERPRISE_B_TOKEN), B, A)]
+    wrong: list[str] = []
+
+    def calls(metadata: list[tuple[str, str]], own: str, other: str) -> None:
+        with _connected(server.port) as stubs:
+            for _ in range(15):
+                for uscc_asked in (own, other):
+                    try:
+                        reply = stubs.registry.GetEnterprise(
+                            registry_service_pb2.GetEnterpriseRequest(uscc=uscc_asked), metadata=metadata, timeout=10
+                        )
+                        if uscc_asked != own or reply.uscc != own:
+                            wrong.append(f"{own} read {reply.uscc}")
+                    except grpc.RpcError as err:
+                        if uscc_asked == own or err.code() != grpc.StatusCode.PERMISSION_DENIED:
+                            wrong.append(f"{own} asking {uscc_asked}: {err.code()}")
+
+    threads = [threading.Thread(target=calls, args=callers[i % 2]) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
