@@ -90,7 +90,7 @@ def stubs(server: RunningServer) -> Iterator[Stubs]:
 def _raw_unary(stubs: Stubs, method: str, messages: list[bytes], metadata: list[tuple[str, str]]) -> bytes:
     """A call of `method` sending `messages` as they are (bytes on the wire, any number of them)."""
     call: grpc.StreamUnaryMultiCallable[bytes, bytes] = stubs.channel.stream_unary(method)
-    return call(iter(messages), metadata=tuple(metadata), timeout=10)
+    return call(iter(messages), metadata=tuple(metadata), timeout=30)
 
 
 @contextmanager
@@ -157,7 +157,9 @@ def test_reflection_needs_a_token_and_health_does_not(stubs: Stubs) -> None:
     err = rpc_error(lambda: list(reflection_stub(stubs.channel).ServerReflectionInfo(iter([request]), timeout=10)))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     answers = list(
-        reflection_stub(stubs.channel).ServerReflectionInfo(iter([request]), metadata=as_role("auditor"), timeout=10)
+        reflection_stub(stubs.channel).ServerReflectionInfo(
+            iter([request]), metadata=tuple(as_role("auditor")), timeout=10
+        )
     )
     names = {s.name for s in answers[0].list_services_response.service}
     assert "benefits.v1.PolicyService" in names
@@ -172,7 +174,9 @@ def test_one_principals_many_threads_never_pass_burst_plus_rate(server: RunningS
     """Eight threads of one enterprise call as fast as they can for a second: the calls admitted
     never exceed the bucket (burst + rate x elapsed), and the others are RESOURCE_EXHAUSTED with
     RetryInfo."""
-    admitted, refused, other = [], [], []
+    admitted: list[float] = []
+    refused: list[grpc.RpcError] = []
+    other: list[grpc.RpcError] = []
     lock = threading.Lock()
     start = time.monotonic()
     stop_at = start + 1.0
@@ -220,7 +224,9 @@ def test_reflection_streams_count_against_the_principals_calls_in_flight(stubs: 
         release.wait()
 
     streams = [
-        reflection_stub(stubs.channel).ServerReflectionInfo(requests(), metadata=bearer(NARROW_TOKEN), timeout=20)
+        reflection_stub(stubs.channel).ServerReflectionInfo(
+            requests(), metadata=tuple(bearer(NARROW_TOKEN)), timeout=20
+        )
         for _ in range(5)
     ]
     try:
@@ -450,11 +456,8 @@ def test_health_answers_promptly_while_an_import_streams(server: RunningServer, 
     prober.start()
     try:
         messages = [_record_message(20_000 + n) for n in range(4 * IMPORT_CHUNK)]
-        call: grpc.StreamUnaryMultiCallable[bytes, bytes] = stubs.channel.stream_unary(
-            "/benefits.v1.RegistryService/ImportFacts",
-            response_deserializer=registry_service_pb2.ImportFactsResponse.FromString,
-        )
-        reply = call(iter(messages), metadata=tuple(as_role("registry_feed")), timeout=60)
+        raw = _raw_unary(stubs, "/benefits.v1.RegistryService/ImportFacts", messages, as_role("registry_feed"))
+        reply = registry_service_pb2.ImportFactsResponse.FromString(raw)
     finally:
         done.set()
         prober.join()
