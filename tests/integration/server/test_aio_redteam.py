@@ -573,3 +573,27 @@ def test_concurrent_enterprises_each_see_only_their_own_records(server: RunningS
     for t in threads:
         t.join()
     assert wrong == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a record over the server's 4 MiB ends the call in gRPC core (RESOURCE_EXHAUSTED), but the servicer's "
+    "request iterator just ends as if the client had half-closed: ImportFacts (servicers.py:154-167) commits "
+    "the partial chunk after the last whole one and answers a call already failed",
+)
+def test_a_record_over_the_servers_limit_mid_import_commits_no_more_than_a_broken_stream(
+    server: RunningServer, stubs: Stubs
+) -> None:
+    messages = [_record_message(40_000 + n) for n in range(IMPORT_CHUNK + 5)]
+    oversize = registry_service_pb2.ImportFactsRequest(record_json="x" * (5 * 1024 * 1024)).SerializeToString()
+    err = rpc_error(
+        lambda: _raw_unary(
+            stubs, "/benefits.v1.RegistryService/ImportFacts", [*messages, oversize], as_role("registry_feed")
+        )
+    )
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    _wait_until(lambda: server.admission.in_flight("test-registry_feed") == 0, seconds=5)
+    time.sleep(0.3)  # anything still being committed has been
+    with server.engine.connect() as conn:
+        stored = conn.execute(text("select count(*) from enterprise where name like '红队4%'")).scalar()
+    assert stored == IMPORT_CHUNK  # like any broken stream: the whole chunks before the break
