@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sqlite3
 import threading
 import time
@@ -30,21 +31,26 @@ from testkit.api_fixtures import (
     enterprise_record,
     field_violations,
     future_error,
+    load_registry,
     registry_records,
     retry_delays,
     rpc_error,
     serving,
     silent_call,
+    write_auth_file,
 )
 from testkit.databases import fresh_database
 from testkit.grpc_stubs import health_stub, reflection_stub
-from testkit.money_fixtures import Money, money_server, titled, uscc
+from testkit.money_fixtures import Money, money_server, titled, uscc, write_payers
+from testkit.server_process import server_process
 
 from enterprise_registry.db import make_engine
 from enterprise_registry.uscc import make
 from service.api.servicers import IMPORT_CHUNK
+from service.config import ServeConfig
 from service.server import CALLS_PER_WORKER, RunningServer
 
+GRACE = ServeConfig.shutdown_grace_seconds  # what `benefits serve` uses
 LIST_POLICIES = "/benefits.v1.PolicyService/ListPolicies"
 GET_ENTERPRISE = "/benefits.v1.RegistryService/GetEnterprise"
 SMALL_TOKEN = "small-requests-token-0123456789"
@@ -643,3 +649,42 @@ def _stored_like(server: RunningServer, pattern: str) -> int:
         return int(
             conn.execute(text("select count(*) from enterprise where name like :p"), {"p": pattern}).scalar_one()
         )
+
+
+# ------------------------------------------------------------------------------------- shutdown
+
+
+def test_sigterm_while_an_export_is_mid_stream_lets_it_finish_and_exits_0(tmp_path: Path) -> None:
+    """`benefits serve` gets SIGTERM while a slow reader is part-way through a bank file: the
+    file arrives whole within the grace, and the process exits 0."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    load_registry(url, [r for n in range(1, EXPORT_ENTERPRISES + 1) for r in titled(uscc(n), n, 2025)])
+    auth_file = write_auth_file(tmp_path / "auth.yaml")
+    payers = ("--payers", str(write_payers(tmp_path)))
+    with server_process(url, auth_file, tmp_path / "server.log", *payers) as (child, port):
+        with _connected(port) as stubs:
+            money = Money(stubs)
+            batch = money.create("little-giant-reward", 2025, "redteam-sigterm-0001")
+            money.approve(batch.batch_id)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[*CLIENT_OPTIONS, ("grpc.http2.bdp_probe", 0)])
+        try:
+            export = payout_service_pb2_grpc.PayoutServiceStub(channel).ExportPayoutBatch(
+                payout_service_pb2.ExportPayoutBatchRequest(
+                    batch_id=batch.batch_id, format=payout_service_pb2.EXPORT_FORMAT_PAIN_001
+                ),
+                metadata=as_role("finance_operator"),
+                timeout=30,
+            )
+            chunks = [next(export).data]
+            time.sleep(0.3)  # the server's next write waits for this reader
+            signalled = time.monotonic()
+            child.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            chunks += [chunk.data for chunk in export]
+        finally:
+            channel.close()
+        assert child.proc.wait(timeout=GRACE + 5) == 0
+        assert time.monotonic() - signalled < GRACE
+    document = b"".join(chunks)
+    assert document.rstrip().endswith(b"</Document>")
+    assert document.count(b"<EndToEndId>") == EXPORT_ENTERPRISES
