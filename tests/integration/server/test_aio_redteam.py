@@ -349,9 +349,9 @@ def _approved_batch(folder: Path, enterprises: int) -> Iterator[tuple[RunningSer
         yield running, batch.batch_id
 
 
-@pytest.fixture
-def approved_batch(tmp_path: Path) -> Iterator[tuple[RunningServer, str]]:
-    with _approved_batch(tmp_path, EXPORT_ENTERPRISES) as served:
+@pytest.fixture(scope="module")
+def approved_batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, str]]:
+    with _approved_batch(tmp_path_factory.mktemp("export"), EXPORT_ENTERPRISES) as served:
         yield served
 
 
@@ -368,6 +368,7 @@ def test_an_export_ended_while_its_response_is_written_leaves_no_call_in_flight(
 ) -> None:
     """The client cancels, or its deadline passes, while the server waits to write a chunk."""
     server, batch_id = approved_batch
+    before = server.admission.in_flight("test-finance_operator")  # what another test left
     # No BDP probe: the client's window stays 64 KiB, so the server's write waits for the client to read.
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[*CLIENT_OPTIONS, ("grpc.http2.bdp_probe", 0)])
     try:
@@ -380,13 +381,13 @@ def test_an_export_ended_while_its_response_is_written_leaves_no_call_in_flight(
         )
         assert len(next(export).data) == 64 * 1024
         time.sleep(0.5)  # the server's next write waits for the window
-        assert server.admission.in_flight("test-finance_operator") == 1
+        assert server.admission.in_flight("test-finance_operator") == before + 1
         if ended_by == "cancel":
             export.cancel()
         else:
             time.sleep(1.5)  # the deadline passes while the server waits to write
             assert rpc_error(lambda: list(export)).code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        _wait_until(lambda: server.admission.in_flight("test-finance_operator") == 0, seconds=5)
+        _wait_until(lambda: server.admission.in_flight("test-finance_operator") == before, seconds=5)
     finally:
         channel.close()
 
