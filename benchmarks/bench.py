@@ -275,7 +275,8 @@ def _sample_of_records(conn: Any, size: int) -> list[str]:
 
 def lookup_phase(url: str, seconds: float) -> dict[int, tuple[float, float]]:
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from bench_api import Job, ServerProcess, run_phase, wait_serving
+    from bench_api import Job, run_phase
+    from bench_server import ServerProcess, wait_serving
     from sqlalchemy import text
 
     from enterprise_registry.db import make_engine

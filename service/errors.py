@@ -37,11 +37,17 @@ class EnterpriseNotFoundError(ServiceError):
 
 
 class InvalidArgumentError(ServiceError):
-    """Raised when request fields are malformed; carries one (field, reason) per problem."""
+    """Raised when request fields are malformed; carries one (field, reason) per problem. Its
+    message names the first MESSAGE_VIOLATIONS and counts the rest: a status travels in
+    trailers a client caps at 16 KiB, and a request may hold a million bad fields."""
+
+    MESSAGE_VIOLATIONS = 10
 
     def __init__(self, violations: list[tuple[str, str]]) -> None:
         self.violations = violations
-        super().__init__("; ".join(f"{field}: {reason}" for field, reason in violations))
+        shown = "; ".join(f"{field}: {reason}" for field, reason in violations[: self.MESSAGE_VIOLATIONS])
+        more = len(violations) - self.MESSAGE_VIOLATIONS
+        super().__init__(shown + (f"; and {more} more" if more > 0 else ""))
 
 
 class UnauthenticatedError(ServiceError):

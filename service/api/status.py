@@ -75,6 +75,7 @@ ERROR_CODES: dict[type[BaseException], grpc.StatusCode] = {
     ServiceError: grpc.StatusCode.INTERNAL,
 }
 _GENERIC = frozenset({grpc.StatusCode.INTERNAL})
+MAX_LISTED = 50  # field violations in a BadRequest detail; the rest are counted
 # The google.rpc.RetryInfo delay of an UNAVAILABLE answer: a database that went away (a restart,
 # a failover) is usually back within seconds, and the pool reconnects on the next call.
 RETRY_DELAY_SECONDS = 2
@@ -119,14 +120,15 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     elif isinstance(exc, PeriodNotCoveredError):
         violations = [("period", str(exc))]
     if violations:
-        detail = any_pb2.Any()
-        detail.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
-                ]
+        listed = [
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations[:MAX_LISTED]
+        ]
+        if len(violations) > MAX_LISTED:  # the trailers stay far below a client's 16 KiB
+            listed.append(
+                error_details_pb2.BadRequest.FieldViolation(description=f"and {len(violations) - MAX_LISTED} more")
             )
-        )
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=listed))
         status.details.append(detail)
     return status
 
