@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -449,6 +450,20 @@ def retry_delays(err: grpc.RpcError) -> list[float]:
             detail.Unpack(info)
             delays.append(info.retry_delay.ToTimedelta().total_seconds())
     return delays
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0, what: str = "the condition") -> None:
+    """Poll `condition` until it holds; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not come true within {seconds:g} s"
+        time.sleep(0.02)
+
+
+@contextmanager
+def connected(port: int) -> Iterator[Stubs]:
+    """Stubs on a channel of their own to the server at `port`, closed afterwards."""
+    yield from channel_stubs(port)
 
 
 def channel_stubs(port: int) -> Iterator[Stubs]:

@@ -3,9 +3,11 @@ one-by-one reference."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import date
 
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from rules.loader import PolicySet
@@ -13,6 +15,7 @@ from service.audit.records import Actor
 from service.payouts.batches import Batch
 from service.payouts.runner import RunSettings, create_batch, create_batches
 from service.payouts.states import BatchState
+from service.payouts.tables import payout_batch
 
 
 def create_together_or_one_by_one(
@@ -60,3 +63,19 @@ def batch_counts(batch: Batch) -> BatchCounts:
         batch.line_count,
         batch.total_fen,
     )
+
+
+def wait_until_evaluating(engine: Engine, batch_id: str, enterprises: int, seconds: float = 5.0) -> None:
+    """Until the batch has committed some of its chunks but not all `enterprises` (read on
+    `engine`: directly, not through whatever fault the test put in the server's way)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            evaluated = conn.execute(
+                select(payout_batch.c.evaluated_count).where(payout_batch.c.batch_id == batch_id)
+            ).scalar_one()
+        if evaluated > 0:
+            assert evaluated < enterprises, "the batch ran through before the fault"
+            return
+        time.sleep(0.005)
+    raise AssertionError("the batch never started")

@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from testkit.api_fixtures import (
     as_role,
     bearer,
     channel_stubs,
+    connected,
     enterprise_record,
     field_violations,
     future_error,
@@ -37,6 +38,7 @@ from testkit.api_fixtures import (
     rpc_error,
     serving,
     silent_call,
+    wait_until,
     write_auth_file,
 )
 from testkit.databases import fresh_database
@@ -98,18 +100,6 @@ def _raw_unary(stubs: Stubs, method: str, messages: list[bytes], metadata: list[
     """A call of `method` sending `messages` as they are (bytes on the wire, any number of them)."""
     call: grpc.StreamUnaryMultiCallable[bytes, bytes] = stubs.channel.stream_unary(method)
     return call(iter(messages), metadata=tuple(metadata), timeout=30)
-
-
-@contextmanager
-def _connected(port: int) -> Iterator[Stubs]:
-    yield from channel_stubs(port)
-
-
-def _wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.02)
 
 
 # ------------------------------------------------------------------------------------- statuses
@@ -184,7 +174,7 @@ def test_one_principals_many_threads_never_pass_burst_plus_rate(server: RunningS
     stop_at = start + 1.0
 
     def caller() -> None:
-        with _connected(server.port) as own:
+        with connected(server.port) as own:
             while time.monotonic() < stop_at:
                 try:
                     own.policy.ListPolicies(
@@ -254,7 +244,7 @@ def one_thread_server(tmp_path: Path) -> Iterator[RunningServer]:
 def test_tokenless_health_watchers_cannot_lock_out_the_principals(one_thread_server: RunningServer) -> None:
     """Tokenless callers are one principal (ANONYMOUS), bounded in flight: the watchers beyond
     its bound are refused, the principals with a token are served."""
-    with _connected(one_thread_server.port) as anonymous, _connected(one_thread_server.port) as admin:
+    with connected(one_thread_server.port) as anonymous, connected(one_thread_server.port) as admin:
         watchers = [
             health_stub(anonymous.channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
             for _ in range(CALLS_PER_WORKER)
@@ -295,7 +285,7 @@ def test_cancelling_calls_does_not_let_a_principal_hold_more_pool_threads_than_i
     server, url = pg_server
     locker = make_engine(url)
     try:
-        with locker.connect() as conn, _connected(server.port) as narrow, _connected(server.port) as admin:
+        with locker.connect() as conn, connected(server.port) as narrow, connected(server.port) as admin:
             trans = conn.begin()
             conn.execute(text("lock table enterprise in access exclusive mode"))  # GetEnterprise waits on it
             try:
@@ -306,11 +296,11 @@ def test_cancelling_calls_does_not_let_a_principal_hold_more_pool_threads_than_i
                         )
                         for _ in range(2)
                     ]
-                    _wait_until(lambda: server.admission.in_flight("rt-narrow") == 2)
+                    wait_until(lambda: server.admission.in_flight("rt-narrow") == 2)
                     time.sleep(0.3)  # both past their request, waiting on the lock in the pool
                     for call in calls:
                         call.cancel()
-                    _wait_until(lambda: server.admission.in_flight("rt-narrow") == 0)
+                    wait_until(lambda: server.admission.in_flight("rt-narrow") == 0)
                 reply = admin.policy.ListPolicies(
                     policy_service_pb2.ListPoliciesRequest(), metadata=as_role("admin"), timeout=3
                 )
@@ -329,7 +319,7 @@ def _approved_batch(folder: Path, enterprises: int) -> Iterator[tuple[RunningSer
     """A server (SQLite at `folder`) with an APPROVED batch of `enterprises` lines."""
     records = [r for n in range(1, enterprises + 1) for r in titled(uscc(n), n, 2025)]
     with fresh_database("sqlite", folder) as url, money_server(url, records, folder) as running:
-        with _connected(running.port) as stubs:
+        with connected(running.port) as stubs:
             money = Money(stubs)
             batch = money.create("little-giant-reward", 2025, "redteam-export-0001")
             assert batch.line_count == enterprises
@@ -368,7 +358,7 @@ def test_an_export_ended_while_its_response_is_written_leaves_no_call_in_flight(
         else:
             time.sleep(1.5)  # the deadline passes while the server waits to write
             assert rpc_error(lambda: list(export)).code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        _wait_until(lambda: server.admission.in_flight("test-finance_operator") == before, seconds=5)
+        wait_until(lambda: server.admission.in_flight("test-finance_operator") == before, seconds=5)
     finally:
         channel.close()
 
@@ -382,7 +372,7 @@ def test_a_call_over_the_principals_in_flight_limit_is_refused_with_retry_and_co
     release = threading.Event()
     try:
         silent = [silent_call(stubs.channel, LIST_POLICIES, bearer(NARROW_TOKEN), release) for _ in range(2)]
-        _wait_until(lambda: server.admission.in_flight("rt-narrow") == 2)
+        wait_until(lambda: server.admission.in_flight("rt-narrow") == 2)
         err = rpc_error(
             lambda: stubs.policy.ListPolicies(
                 policy_service_pb2.ListPoliciesRequest(), metadata=bearer(NARROW_TOKEN), timeout=5
@@ -394,7 +384,7 @@ def test_a_call_over_the_principals_in_flight_limit_is_refused_with_retry_and_co
             assert future_error(call, 10).code() == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         release.set()
-    _wait_until(lambda: server.admission.in_flight("rt-narrow") == 0, seconds=5)
+    wait_until(lambda: server.admission.in_flight("rt-narrow") == 0, seconds=5)
 
 
 def test_a_client_deadline_before_the_body_leaves_no_call_in_flight(server: RunningServer, stubs: Stubs) -> None:
@@ -407,7 +397,7 @@ def test_a_client_deadline_before_the_body_leaves_no_call_in_flight(server: Runn
             assert future_error(call, 5).code() == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         release.set()
-    _wait_until(lambda: server.admission.in_flight("rt-narrow") == 0, seconds=5)
+    wait_until(lambda: server.admission.in_flight("rt-narrow") == 0, seconds=5)
 
 
 # ---------------------------------------------------------------------------------- ImportFacts
@@ -440,7 +430,7 @@ def test_health_answers_promptly_while_an_import_streams(server: RunningServer, 
     latencies: list[float] = []
 
     def probe() -> None:
-        with _connected(server.port) as own:
+        with connected(server.port) as own:
             while not done.is_set():
                 start = time.monotonic()
                 health_stub(own.channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
@@ -463,7 +453,7 @@ def test_health_answers_promptly_while_an_import_streams(server: RunningServer, 
 def test_an_export_cancelled_while_its_step_runs_logs_no_internal_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with _approved_batch(tmp_path, 5) as (server, batch_id), _connected(server.port) as stubs:
+    with _approved_batch(tmp_path, 5) as (server, batch_id), connected(server.port) as stubs:
         database = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
         try:
             database.execute("begin immediate")  # the export's write waits on this lock
@@ -483,7 +473,7 @@ def test_an_export_cancelled_while_its_step_runs_logs_no_internal_error(
         finally:
             database.execute("rollback")
             database.close()
-        _wait_until(lambda: server.admission.in_flight("test-finance_operator") == 0, seconds=10)
+        wait_until(lambda: server.admission.in_flight("test-finance_operator") == 0, seconds=10)
         time.sleep(0.2)
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert errors == []
@@ -504,7 +494,7 @@ def test_one_large_bad_request_does_not_stall_the_loop(server: RunningServer, st
     latencies: list[float] = []
 
     def probe() -> None:
-        with _connected(server.port) as own:
+        with connected(server.port) as own:
             while not done.is_set():
                 start = time.monotonic()
                 health_stub(own.channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
@@ -534,7 +524,7 @@ def test_concurrent_enterprises_each_see_only_their_own_records(server: RunningS
     wrong: list[str] = []
 
     def calls(metadata: list[tuple[str, str]], own: str, other: str) -> None:
-        with _connected(server.port) as stubs:
+        with connected(server.port) as stubs:
             for _ in range(15):
                 for uscc_asked in (own, other):
                     try:
@@ -572,7 +562,7 @@ def test_a_record_over_the_servers_limit_mid_import_commits_no_more_than_a_broke
         )
     )
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    _wait_until(lambda: server.admission.in_flight("test-registry_feed") == 0, seconds=5)
+    wait_until(lambda: server.admission.in_flight("test-registry_feed") == 0, seconds=5)
     time.sleep(0.3)  # anything still being committed has been
     with server.engine.connect() as conn:
         stored = conn.execute(text("select count(*) from enterprise where name like '红队4%'")).scalar()
@@ -608,10 +598,10 @@ def _cancelled_import(server: RunningServer, stubs: Stubs, first: int) -> int:
     )
     future = call.future(records(), metadata=tuple(as_role("registry_feed")), timeout=30)
     try:
-        _wait_until(lambda: _stored_like(server, pattern) == IMPORT_CHUNK)  # the first chunk is in
+        wait_until(lambda: _stored_like(server, pattern) == IMPORT_CHUNK)  # the first chunk is in
         time.sleep(0.3)  # the 5 records after it have reached the server
         future.cancel()
-        _wait_until(lambda: server.admission.in_flight("test-registry_feed") == 0, seconds=5)
+        wait_until(lambda: server.admission.in_flight("test-registry_feed") == 0, seconds=5)
         time.sleep(0.5)
     finally:
         gate.set()
@@ -636,7 +626,7 @@ def test_sigterm_while_an_export_is_mid_stream_lets_it_finish_and_exits_0(tmp_pa
     auth_file = write_auth_file(tmp_path / "auth.yaml")
     payers = ("--payers", str(write_payers(tmp_path)))
     with server_process(url, auth_file, tmp_path / "server.log", *payers) as (child, port):
-        with _connected(port) as stubs:
+        with connected(port) as stubs:
             money = Money(stubs)
             batch = money.create("little-giant-reward", 2025, "redteam-sigterm-0001")
             money.approve(batch.batch_id)

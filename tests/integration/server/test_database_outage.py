@@ -35,12 +35,13 @@ from testkit.api_fixtures import (
 )
 from testkit.databases import private_schema
 from testkit.money_fixtures import GIANT, Money, titled, uscc, write_payers
+from testkit.payout_runs import wait_until_evaluating
 from testkit.tcp_proxy import TcpProxy, tcp_proxy
 
 from enterprise_registry.db import DatabaseTimeouts, make_engine
 from enterprise_registry.models import Enterprise
 from service.api.status import RETRY_DELAY_SECONDS
-from service.payouts.tables import grant, payout_batch
+from service.payouts.tables import grant
 
 # Short enough for a test; a call that waited on the database without bound would outlast the
 # deadline and end DEADLINE_EXCEEDED instead of UNAVAILABLE.
@@ -260,7 +261,7 @@ def test_a_payout_batch_cut_mid_run_resumes_after_restore_with_every_grant_once(
                     metadata=money.operator,
                     timeout=DEADLINE,
                 )
-                _wait_until_evaluating(direct, started.batch_id)
+                wait_until_evaluating(direct, started.batch_id, BATCH_ENTERPRISES)
                 proxy.cut()
                 get = lambda: money.get(started.batch_id)  # noqa: E731
                 assert_retry_later(rpc_error(get), *_secrets(schema_url, proxy))
@@ -274,20 +275,6 @@ def test_a_payout_batch_cut_mid_run_resumes_after_restore_with_every_grant_once(
                 stubs.channel.close()
     finally:
         direct.dispose()
-
-
-def _wait_until_evaluating(engine: Engine, batch_id: str) -> None:
-    """Until the batch has committed some chunks but not all (seen directly, not through the proxy)."""
-    for _ in range(400):
-        with engine.connect() as conn:
-            evaluated = conn.execute(
-                select(payout_batch.c.evaluated_count).where(payout_batch.c.batch_id == batch_id)
-            ).scalar_one()
-        if evaluated > 0:
-            assert evaluated < BATCH_ENTERPRISES, "the batch ran through before the cut"
-            return
-        time.sleep(0.01)
-    raise AssertionError("the batch never started")
 
 
 def _grants_per_uscc(engine: Engine, batch_id: str) -> dict[str, int]:

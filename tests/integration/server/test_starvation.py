@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -23,13 +22,13 @@ from benefits.v1 import benefit_service_pb2, payout_service_pb2
 from grpc_health.v1 import health_pb2
 from testkit.api_fixtures import (
     A,
-    Stubs,
     as_role,
-    channel_stubs,
+    connected,
     future_error,
     registry_records,
     serving,
     silent_call,
+    wait_until,
 )
 from testkit.databases import BACKENDS, fresh_database
 from testkit.grpc_stubs import health_stub
@@ -82,7 +81,7 @@ def _running_batch_held_elsewhere(running: RunningServer) -> str:
 
 def test_silent_callers_and_watchers_do_not_stop_the_server_answering_others(server: RunningServer) -> None:
     release = threading.Event()
-    with _connected(server.port) as stubs, _connected(server.port) as others:
+    with connected(server.port) as stubs, connected(server.port) as others:
         batch_id = _running_batch_held_elsewhere(server)
         watchers = [
             stubs.payout.WatchPayoutBatch(
@@ -119,21 +118,9 @@ def test_silent_callers_and_watchers_do_not_stop_the_server_answering_others(ser
             error = future_error(call, IDLE_SECONDS + ANSWER_WITHIN)
             assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert f"within {IDLE_SECONDS:g} s" in (error.details() or "")
-        _wait_until(lambda: server.admission.in_flight("test-admin") == 0)  # released just after the status went
+        wait_until(lambda: server.admission.in_flight("test-admin") == 0)  # released just after the status went
         assert server.admission.in_flight("test-finance_operator") == WATCHERS
         for watcher in watchers:
             watcher.cancel()
         release.set()
-    _wait_until(lambda: server.admission.in_flight("test-finance_operator") == 0)
-
-
-@contextmanager
-def _connected(port: int) -> Iterator[Stubs]:
-    yield from channel_stubs(port)
-
-
-def _wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        time.sleep(0.05)
+    wait_until(lambda: server.admission.in_flight("test-finance_operator") == 0)

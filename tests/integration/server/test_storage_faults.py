@@ -43,6 +43,7 @@ from testkit.api_fixtures import (
 )
 from testkit.databases import fresh_database, private_schema
 from testkit.money_fixtures import GIANT, Money, titled, uscc, write_payers
+from testkit.payout_runs import wait_until_evaluating
 from testkit.storage_faults import postgres_database, sqlite_storage, worker_engine_settings
 
 from enterprise_registry.db import DatabaseTimeouts, make_engine
@@ -257,7 +258,7 @@ def test_a_batch_running_while_the_disk_fills_finishes_after_room_is_made_with_e
                     metadata=money.operator,
                     timeout=DEADLINE,
                 )
-                _wait_until_evaluating(stored, started.batch_id)
+                wait_until_evaluating(stored, started.batch_id, BATCH_ENTERPRISES)
                 storage.fill()
                 _wait_for_log(caplog, "database or disk is full")  # a chunk (or the end) was refused
                 assert money.get(started.batch_id).state == payout_service_pb2.BATCH_STATE_RUNNING  # reads go on
@@ -270,19 +271,6 @@ def test_a_batch_running_while_the_disk_fills_finishes_after_room_is_made_with_e
             assert money.verify().valid
         finally:
             stubs.channel.close()
-
-
-def _wait_until_evaluating(engine: Engine, batch_id: str) -> None:
-    for _ in range(1000):
-        with engine.connect() as conn:
-            evaluated = conn.execute(
-                select(payout_batch.c.evaluated_count).where(payout_batch.c.batch_id == batch_id)
-            ).scalar_one()
-        if evaluated > 0:
-            assert evaluated < BATCH_ENTERPRISES, "the batch ran through before the disk filled"
-            return
-        time.sleep(0.005)
-    raise AssertionError("the batch never started")
 
 
 def _wait_for_log(caplog: pytest.LogCaptureFixture, words: str, seconds: float = 20.0) -> None:
