@@ -423,31 +423,43 @@ def test_bad_bytes_mid_import_keep_the_committed_chunk_and_say_so(server: Runnin
     assert len(names) == IMPORT_CHUNK and f"红队{IMPORT_CHUNK:05d}有限公司" not in names
 
 
-def test_health_answers_promptly_while_an_import_streams(server: RunningServer, stubs: Stubs) -> None:
-    """The loop is not blocked by an import's judging and committing: Health/Check latencies
-    measured throughout a stream of 4 chunks stay far under a second."""
+# A bound for "the loop answered meanwhile", not a speed figure: a stalled loop took 2.6 s
+# (300,000 bad fields judged on it) and more.
+LIVELY = 1.5
+
+
+@contextmanager
+def health_latencies(port: int) -> Iterator[list[float]]:
+    """Health/Check latencies (seconds), probed on a channel of their own while the block runs."""
     done = threading.Event()
     latencies: list[float] = []
 
     def probe() -> None:
-        with connected(server.port) as own:
+        with connected(port) as own:
             while not done.is_set():
                 start = time.monotonic()
-                health_stub(own.channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+                health_stub(own.channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
                 latencies.append(time.monotonic() - start)
                 time.sleep(0.01)
 
     prober = threading.Thread(target=probe)
     prober.start()
     try:
-        messages = [_record_message(20_000 + n) for n in range(4 * IMPORT_CHUNK)]
-        raw = _raw_unary(stubs, "/benefits.v1.RegistryService/ImportFacts", messages, as_role("registry_feed"))
-        reply = registry_service_pb2.ImportFactsResponse.FromString(raw)
+        yield latencies
     finally:
         done.set()
         prober.join()
+
+
+def test_health_answers_promptly_while_an_import_streams(server: RunningServer, stubs: Stubs) -> None:
+    """The loop is not blocked by an import's judging and committing: Health/Check latencies
+    measured throughout a stream of 4 chunks stay under LIVELY."""
+    with health_latencies(server.port) as latencies:
+        messages = [_record_message(20_000 + n) for n in range(4 * IMPORT_CHUNK)]
+        raw = _raw_unary(stubs, "/benefits.v1.RegistryService/ImportFacts", messages, as_role("registry_feed"))
+        reply = registry_service_pb2.ImportFactsResponse.FromString(raw)
     assert (reply.received_count, reply.stored_count, reply.rejected_count) == (4 * IMPORT_CHUNK,) * 2 + (0,)
-    assert len(latencies) > 10 and max(latencies) < 0.5, (len(latencies), max(latencies))
+    assert len(latencies) > 10 and max(latencies) < LIVELY, (len(latencies), max(latencies))
 
 
 def test_an_export_cancelled_while_its_step_runs_logs_no_internal_error(
@@ -490,28 +502,12 @@ def test_a_request_with_many_bad_fields_is_still_invalid_argument(stubs: Stubs) 
 
 
 def test_one_large_bad_request_does_not_stall_the_loop(server: RunningServer, stubs: Stubs) -> None:
-    done = threading.Event()
-    latencies: list[float] = []
-
-    def probe() -> None:
-        with connected(server.port) as own:
-            while not done.is_set():
-                start = time.monotonic()
-                health_stub(own.channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
-                latencies.append(time.monotonic() - start)
-                time.sleep(0.01)
-
-    prober = threading.Thread(target=probe)
-    prober.start()
-    try:
+    with health_latencies(server.port) as latencies:
         time.sleep(0.1)
         request = payout_service_pb2.WithdrawPayoutLinesRequest(batch_id="b1", line_ids=["\0"] * 300_000, reason="x")
         rpc_error(lambda: stubs.payout.WithdrawPayoutLines(request, metadata=as_role("finance_approver"), timeout=60))
         time.sleep(0.1)
-    finally:
-        done.set()
-        prober.join()
-    assert max(latencies) < 0.5, f"Health/Check took {max(latencies):.2f} s while the request was judged"
+    assert max(latencies) < LIVELY, f"Health/Check took {max(latencies):.2f} s while the request was judged"
 
 
 # ----------------------------------------------------------------------------- whose call it is
