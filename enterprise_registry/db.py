@@ -3,6 +3,7 @@ and database errors told without the data they carry."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import sys
 import threading
@@ -17,6 +18,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import SQLModel, create_engine
 
 DEFAULT_DB_URL = "sqlite:///var/benefits.db"
+
+log = logging.getLogger("benefits.db")
 
 
 @dataclass(frozen=True)
@@ -269,12 +272,14 @@ _SMALL_TABLE_PAGES = 8
 # when the writing backend flushes them (up to 10 s later on PostgreSQL 15), too late for a
 # batch that reads its records back at once. pg_class.relpages is what the last ANALYZE (or
 # CREATE INDEX, or VACUUM) saw.
+# The schema's tables are chosen first (a materialised CTE): pg_relation_size locks the table it
+# measures, and were it evaluated for another schema's rows it could wait on their locks.
 _STALE_TABLES = text(
-    "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
-    " where n.nspname = current_schema() and c.relkind = 'r'"
-    " and pg_relation_size(c.oid) / current_setting('block_size')::int"
-    "     > greatest(c.relpages * :growth, :small)"
-    " order by c.relname"
+    "with ours as materialized (select c.oid, c.relname, c.relpages from pg_class c"
+    "   join pg_namespace n on n.oid = c.relnamespace where n.nspname = current_schema() and c.relkind = 'r')"
+    " select relname from ours"
+    " where pg_relation_size(oid) / current_setting('block_size')::int > greatest(relpages * :growth, :small)"
+    " order by relname"
 )
 
 
@@ -311,5 +316,12 @@ def refresh_statistics(engine: Engine) -> list[str]:
                 conn.execute(text("analyze (skip_locked) " + ", ".join(f'"{name}"' for name in stale)))
             conn.commit()
         return stale
+    except DBAPIError as exc:
+        # Statistics are an optimisation: a table locked for longer than the lock timeout (an
+        # index being built, a table altered) must not fail the import or the start that asked.
+        if not database_unavailable(exc):
+            raise
+        log.warning("planner statistics not refreshed now (%s); the next refresh catches up", error_text(exc))
+        return []
     finally:
         _REFRESHING.release()

@@ -123,3 +123,23 @@ def test_a_table_another_session_is_analysing_is_skipped_without_waiting(engine:
         assert _analysed(engine)["filler"] is not None
     finally:
         impatient.dispose()
+
+
+@pytest.mark.postgres
+def test_a_table_locked_past_the_lock_timeout_leaves_the_statistics_for_later(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Even measuring a table waits on an exclusive lock (an index built, a table altered): the
+    refresh gives up at the lock timeout with a warning instead of failing what asked for it."""
+    with engine.begin() as conn:
+        conn.execute(text("create table filler as select g, repeat('x', 200) as pad from generate_series(1, 7000) g"))
+    impatient = make_engine(engine.url.render_as_string(hide_password=False), timeouts=DatabaseTimeouts(lock=0.2))
+    try:
+        with engine.connect() as holder:
+            holder.execute(text("lock table filler in access exclusive mode"))
+            assert refresh_statistics(impatient) == []
+            holder.rollback()
+        assert "planner statistics not refreshed now" in caplog.text
+        assert "filler" in refresh_statistics(impatient)
+    finally:
+        impatient.dispose()
