@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
 from testkit.databases import BACKENDS, PG_URL, fresh_database, postgres_reachable, private_schema
-from testkit.paths import POLICIES_DIR
+from testkit.paths import POLICIES_DIR, REPO_ROOT
 
 from enterprise_registry.db import create_schema, make_engine
 from rules.loader import PolicySet, load_policy_dir
@@ -18,6 +19,16 @@ from service.catalogue import CATALOGUE
 def pytest_report_header(config: pytest.Config) -> str:
     state = "reachable" if postgres_reachable() else "NOT reachable: PostgreSQL tests will be skipped"
     return f"postgresql: {PG_URL} ({state})"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _commit_tested(record_testsuite_property: Callable[[str, object], None]) -> None:
+    """The commit under test, in the JUnit XML (docs/reliability.md names it)."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    record_testsuite_property("git_commit", done.stdout.strip() + (" with changes" if dirty.stdout.strip() else ""))
 
 
 @pytest.fixture(params=BACKENDS)

@@ -108,6 +108,7 @@ class TestRun:
     by_database: dict[str, Outcome]
     examples: dict[str, int]  # test file -> Hypothesis examples generated (passing, all its tests)
     stamp: str
+    commit: str  # the commit tested, as tests/conftest.py records it ("" in older results)
 
 
 def read_tests(path: Path) -> TestRun:
@@ -117,6 +118,7 @@ def read_tests(path: Path) -> TestRun:
     by_file: dict[str, Outcome] = {}
     by_database: dict[str, Outcome] = {}
     examples: dict[str, int] = {}
+    tested = ""
     for suite in suites:
         for case in suite.iter("testcase"):
             module = _file_of(case.get("classname") or "")
@@ -127,6 +129,8 @@ def read_tests(path: Path) -> TestRun:
                 by_database.setdefault(database, Outcome()).add(case)
         for prop in suite.iter("property"):
             name = prop.get("name") or ""
+            if name == "git_commit":
+                tested = prop.get("value") or ""
             if name.startswith("hypothesis-statistics-"):
                 stats = base64.b64decode(prop.get("value") or "").decode()
                 module = name.removeprefix("hypothesis-statistics-").split("::", 1)[0]
@@ -134,7 +138,7 @@ def read_tests(path: Path) -> TestRun:
                     int(n) for n in re.findall(r"(\d+) passing(?: examples)?,", stats)
                 )
     stamp = suites[0].get("timestamp", "") if suites else ""
-    return TestRun(total, by_file, by_database, examples, stamp)
+    return TestRun(total, by_file, by_database, examples, stamp, tested)
 
 
 def _file_of(classname: str) -> str:
@@ -183,9 +187,15 @@ def _tests_part(tests: TestRun | None) -> list[str]:
     if tests is None:
         return [*lines, "No test results were given (`make test` writes var/test-results.xml).", ""]
     t = tests.total
+    tested = (
+        f"commit {tests.commit}"
+        if tests.commit
+        else f"a checkout the results do not name (this report was written at commit {commit()})"
+    )
     lines += [
-        f"`make test` at {tests.stamp or 'an unrecorded time'}, commit {commit()}: {t.ran + t.skipped:,} tests, "
-        f"{t.passed:,} passed, {t.failed:,} failed, {t.skipped:,} skipped or expected failures (xfail), {t.seconds / 60:.1f} min of test time.",
+        f"`make test` at {tests.stamp or 'an unrecorded time'}, {tested}: {t.ran + t.skipped:,} tests, "
+        f"{t.passed:,} passed, {t.failed:,} failed, {t.skipped:,} skipped or expected failures (xfail), "
+        f"{t.seconds / 60:.1f} min of test time.",
         "",
         "| database | passed | failed | skipped |",
         "|---|---|---|---|",

@@ -52,6 +52,7 @@ def test_counts_databases_and_examples_come_from_the_xml(tmp_path: Path) -> None
     assert "| `tests/unit/rules/test_hostile_rules.py` | 1/1 | 300 |" in report
     assert "Nothing: the 2 tests above passed" in report
     assert "Not measured in this report" in report
+    assert "a checkout the results do not name" in report  # no git_commit property in this XML
 
 
 def test_a_failed_test_is_listed_and_nothing_is_claimed(tmp_path: Path) -> None:
