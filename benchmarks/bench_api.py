@@ -25,7 +25,6 @@ import argparse
 import multiprocessing
 import os
 import random
-import resource
 import secrets
 import threading
 import time
@@ -33,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from bench_server import CACHE, ServerProcess, policies_in_force, prepare_registry, wait_serving
+from bench_server import CACHE, ServerProcess, own_cpu, policies_in_force, prepare_registry, wait_serving
 
 if TYPE_CHECKING:
     from bench_server import Health
@@ -146,20 +145,15 @@ def _process_main(job: Job, first_index: int, count: int, barrier: Any, queue: A
         # the barrier with the clients and sleeps through the warm-up.
         barrier.wait(timeout=BARRIER_TIMEOUT)
         time.sleep(job.warmup)
-        cpu.append(_own_cpu())
+        cpu.append(own_cpu())
         time.sleep(job.seconds)
-        cpu.append(_own_cpu())
+        cpu.append(own_cpu())
 
     sampler = threading.Thread(target=sample_cpu, daemon=True)
     sampler.start()
     result = _run_threads(job, first_index, count, barrier)
     sampler.join()
     queue.put((result, cpu[1] - cpu[0]))
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -204,9 +198,9 @@ def run_phase(job: Job, clients: int, procs: int, server: ServerProcess) -> Phas
 
     barrier.wait(timeout=BARRIER_TIMEOUT)
     time.sleep(job.warmup)
-    server_before, own_before, wall_before = server.cpu_seconds(), _own_cpu(), time.perf_counter()
+    server_before, own_before, wall_before = server.cpu_seconds(), own_cpu(), time.perf_counter()
     time.sleep(job.seconds)
-    server_after, own_after, wall_after = server.cpu_seconds(), _own_cpu(), time.perf_counter()
+    server_after, own_after, wall_after = server.cpu_seconds(), own_cpu(), time.perf_counter()
     window = wall_after - wall_before
 
     if procs == 1:

@@ -5,6 +5,7 @@ under var/bench/, the policies in force, and the server as a real child process
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -148,6 +149,12 @@ class ServerProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process so far, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def wait_serving(target: str, timeout: float = 30.0) -> None:

@@ -30,7 +30,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import secrets
 import shutil
 import subprocess
@@ -44,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_server import CACHE, REPO_ROOT, ServerProcess, cached_feed, policies_in_force, registry_usccs, wait_serving
+from bench_server import (
+    CACHE,
+    REPO_ROOT,
+    ServerProcess,
+    cached_feed,
+    own_cpu,
+    policies_in_force,
+    registry_usccs,
+    wait_serving,
+)
 from load_calls import (
     CALL_TIMEOUT,
     CLIENT_OPTIONS,
@@ -255,7 +263,7 @@ def _client_process(work: Workload, first: int, count: int, started: Any, result
         except Exception as exc:  # a client that died is an error of the run, never a hang
             record(per_thread[slot], "client", type(exc).__name__, 0.0, False)
 
-    cpu_before = _own_cpu()
+    cpu_before = own_cpu()
     threads = [threading.Thread(target=client, args=(slot,)) for slot in range(count)]
     for thread in threads:
         thread.start()
@@ -267,12 +275,7 @@ def _client_process(work: Workload, first: int, count: int, started: Any, result
     for stats, theirs in zip(per_thread, answered, strict=True):
         merge_stats(merged, stats)
         conflicts += merge_decisions(decisions, theirs)
-    results.put((merged, decisions, conflicts, _own_cpu() - cpu_before))
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    results.put((merged, decisions, conflicts, own_cpu() - cpu_before))
 
 
 @dataclass
