@@ -27,7 +27,8 @@ class Limits:
 
     def check(self, where: str) -> None:
         """ValueError naming the key of a limit that cannot work."""
-        if self.calls_per_second is not None and not self.calls_per_second > 0:
+        rate = self.calls_per_second
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0):
             raise ValueError(f"{where}: `calls_per_second` must be a positive number")
         for name in ("burst", "max_in_flight", "max_request_bytes"):
             value = getattr(self, name)
@@ -49,11 +50,9 @@ def limits_for(role: str, overrides: Mapping[str, object], where: str) -> Limits
     if unknown:
         raise ValueError(f"{where}: unknown limit {sorted(unknown)[0]!r} (known: {', '.join(LIMIT_KEYS)})")
     limits = replace(ROLE_LIMITS.get(role, Limits()), **overrides)  # type: ignore[arg-type]
-    if isinstance(limits.calls_per_second, int) and not isinstance(limits.calls_per_second, bool):
-        limits = replace(limits, calls_per_second=float(limits.calls_per_second))
-    if limits.calls_per_second is not None and not isinstance(limits.calls_per_second, float):
-        raise ValueError(f"{where}: `calls_per_second` must be a positive number")
     limits.check(where)
+    if limits.calls_per_second is not None:  # YAML's 5 is an int; the bucket counts in floats
+        limits = replace(limits, calls_per_second=float(limits.calls_per_second))
     return limits
 
 
