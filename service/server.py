@@ -210,10 +210,14 @@ class RunningServer:
     checkpoint: Checkpointer
     recorder: Recorder
     lookups: Lookups
-    admission: Admission
     loop: _Loop
     interceptor: ApiInterceptor
     auth_file: Path
+
+    @property
+    def admission(self) -> Admission:
+        """Each principal's calls in flight and rate, as the interceptor counts them."""
+        return self.interceptor.admission
 
     def stop(self, grace: float | None = None) -> None:
         self.loop.run(self.health.enter_graceful_shutdown())  # NOT_SERVING, and stays so
@@ -303,9 +307,8 @@ def create_server(config: ServeConfig) -> RunningServer:
             AuditServicer(engine, checkpoint_file=config.checkpoint_file, public_key=key.public_key() if key else None),
         ),
     )
-    admission = Admission()
     pool = futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc")
-    interceptor = ApiInterceptor(auth, admission, pool, config.request_idle_seconds)
+    interceptor = ApiInterceptor(auth, Admission(), pool, config.request_idle_seconds)
     loop = _Loop(pool)
     try:
         server, health_servicer, port = loop.run(_listening(config, credentials, interceptor, servicers))
@@ -334,7 +337,6 @@ def create_server(config: ServeConfig) -> RunningServer:
         checkpoint,
         recorder,
         lookups,
-        admission,
         loop,
         interceptor,
         config.auth_file,

@@ -4,13 +4,13 @@ request, the request checks, and the mapping of errors to statuses (`status.py`)
 
 The server is asyncio (grpc.aio, `service.server`): a caller that opens a call and goes silent
 holds a coroutine, never a thread, so no number of silent callers or watchers can stop the
-server answering others. Each of our methods is served as request-streaming, so that this code,
-not gRPC, reads the request: a refused call is answered without reading anything, a request that
-does not arrive within `request_idle_seconds` (ServeConfig) ends the call, and a message's size is checked
-against the principal's limit before it is parsed. Servicer methods written as plain functions
-run in the server's bounded thread pool (the loop's default executor) with the caller's context
-copied in; those written as coroutines (WatchPayoutBatch, ImportFacts) run on the loop and wait
-without a thread.
+server answering others. Every method but reflection's is served as request-streaming, so that
+this code, not gRPC, reads the request: a refused call is answered without reading anything, a
+request that does not arrive within `request_idle_seconds` (ServeConfig) ends the call, a
+message's size is checked against the principal's limit before it is parsed, and a second
+message to a unary method is refused. Servicer methods written as plain functions run in the
+server's bounded thread pool (`_in_pool`, with the caller's context copied in); those written
+as coroutines (WatchPayoutBatch, ImportFacts) run on the loop and wait without a thread.
 """
 
 from __future__ import annotations
